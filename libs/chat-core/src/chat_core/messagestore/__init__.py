@@ -1,0 +1,207 @@
+"""MessageStore port: conversations, members, messages, devices, the outbox and push receipts.
+
+Adapters: ``firestore.FirestoreMessageStore`` (production; the emulator in tests) and
+``sqlite.SqliteMessageStore`` (embedded default, WAL). Both pass one contract suite
+(``tests/contract/test_messagestore_contract.py``).
+
+Firestore layout (SQLite mirrors it in tables):
+
+* ``conversations/{cid}``: participants, name, createdAt, updatedAt, lastMessage
+* ``conversations/{cid}/messages/{messageId}``: exactly the spec's message fields
+* ``imageRefs/{sha256(stored_key)}``: which message an object backs (one object, at most one message)
+* ``outbox/{messageId}``: publish + enqueue still to do for a stored message (written in the same
+  transaction as the message: "a 201 means durably stored, and its notification is never dropped")
+* ``devices/{sha256(token)}``: userId, token, platform
+* ``pushReceipts/{sha256(notification_id + token)}``: a device already pushed for a notification
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Mapping, Sequence
+from typing import Generic, Literal, Protocol, TypeVar
+
+import msgspec
+
+__all__ = [
+    "Conversation",
+    "ConversationNotFound",
+    "Device",
+    "ImageMetadata",
+    "LastMessage",
+    "Message",
+    "MessageStore",
+    "MessageType",
+    "ObjectAlreadyUsed",
+    "OutboxEntry",
+    "Page",
+    "Platform",
+]
+
+T = TypeVar("T")
+MessageType = Literal["text", "image"]
+Platform = Literal["ios", "android", "web"]
+
+
+class ImageMetadata(msgspec.Struct, frozen=True, kw_only=True):
+    """The spec's image metadata (snake_case), as the server verified it."""
+
+    object_key: str
+    url: str
+    content_type: str
+    size_bytes: int
+    width: int | None = None
+    height: int | None = None
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """The spec's "Message Data Structure" (camelCase on the wire and in Firestore)."""
+
+    message_id: str
+    content: str | None
+    message_type: MessageType
+    sender_id: str
+    timestamp: dt.datetime
+    read_by: tuple[str, ...]
+    metadata: ImageMetadata | None = None
+
+
+class LastMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    message_id: str
+    sender_id: str
+    message_type: MessageType
+    preview: str  # caption or text, truncated
+    timestamp: dt.datetime
+
+
+class Conversation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    conversation_id: str
+    participants: tuple[str, ...]
+    name: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    last_message: LastMessage | None = None
+
+
+class Device(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    token: str
+    platform: Platform
+    user_id: str
+    updated_at: dt.datetime
+
+
+class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """Work left for a stored message: publish it, enqueue notifications for its offline members."""
+
+    conversation_id: str
+    message: Message
+    created_at: dt.datetime
+    trace: dict[str, str] = {}  # W3C trace context of the send, so relayed work joins its trace
+
+
+class Page(msgspec.Struct, Generic[T], frozen=True):
+    items: list[T]
+    next_cursor: str | None  # opaque; None on the last page
+
+
+class ConversationNotFound(LookupError):
+    pass
+
+
+class ObjectAlreadyUsed(Exception):
+    """The object already backs another message (one object, at most one message)."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(f"object already backs message {message_id}")
+        self.message_id = message_id
+
+
+class MessageStore(Protocol):
+    name: str  # "firestore" or "sqlite"
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise unless the store answers (readiness)."""
+
+    # --- conversations and membership --------------------------------------------------------------
+    async def create_conversation(self, conversation: Conversation) -> None: ...
+
+    async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
+
+    async def get_participants(self, conversation_id: str) -> frozenset[str] | None:
+        """Members of the conversation; None when it does not exist. The membership read."""
+
+    async def list_conversations(
+        self, user_id: str, *, limit: int, cursor: str | None = None
+    ) -> Page[Conversation]:
+        """Conversations ``user_id`` belongs to, most recently updated first."""
+
+    async def add_participants(self, conversation_id: str, user_ids: Collection[str]) -> Conversation:
+        """Raises ConversationNotFound."""
+
+    async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
+        """Raises ConversationNotFound."""
+
+    async def touch_conversation(self, conversation_id: str, last_message: LastMessage) -> None:
+        """Set ``lastMessage``/``updatedAt`` unless a newer last message is already stored."""
+
+    # --- messages ----------------------------------------------------------------------------------
+    async def create_message(
+        self,
+        conversation_id: str,
+        message: Message,
+        *,
+        object_key: str | None = None,
+        trace: Mapping[str, str] | None = None,
+    ) -> tuple[Message, bool]:
+        """Store ``message`` atomically with its image reference and its outbox entry.
+
+        Returns ``(message, True)`` when written. When a message with the same ``message_id`` already
+        exists (an idempotent retry) nothing is written and ``(existing, False)`` is returned.
+        ``object_key`` is the *stored* key the message references; when another message already
+        references it, raises ObjectAlreadyUsed. Raises ConversationNotFound.
+        """
+
+    async def get_message(self, conversation_id: str, message_id: str) -> Message | None: ...
+
+    async def list_messages(
+        self, conversation_id: str, *, limit: int, before: str | None = None
+    ) -> Page[Message]:
+        """Newest first; the cursor pages to older messages and is stable while new ones arrive."""
+
+    async def mark_read(
+        self, conversation_id: str, message_id: str, user_id: str
+    ) -> tuple[Message, bool] | None:
+        """Add ``user_id`` to ``readBy`` (idempotent). ``(message, changed)``; None when no such message."""
+
+    # --- objects -----------------------------------------------------------------------------------
+    async def referenced_objects(self, stored_keys: Sequence[str]) -> set[str]:
+        """Which of ``stored_keys`` back a message (for orphan cleanup)."""
+
+    # --- devices -----------------------------------------------------------------------------------
+    async def put_device(self, device: Device) -> None:
+        """Register (or move) a push token; a token belongs to one user at a time."""
+
+    async def delete_device(self, user_id: str, token: str) -> bool:
+        """Remove ``user_id``'s token; False when the user had no such token."""
+
+    async def devices_for(self, user_ids: Collection[str]) -> dict[str, list[Device]]: ...
+
+    # --- outbox ------------------------------------------------------------------------------------
+    async def pending_outbox(self, *, older_than: float, limit: int) -> list[OutboxEntry]:
+        """Entries created more than ``older_than`` seconds ago, oldest first."""
+
+    async def delete_outbox(self, message_ids: Collection[str]) -> None: ...
+
+    async def outbox_stats(self) -> tuple[int, dt.datetime | None]:
+        """(pending entries, creation time of the oldest)."""
+
+    # --- push receipts (a redelivered notification never pushes twice to one device) ---------------
+    async def claim_push(self, notification_id: str, device_token: str) -> bool:
+        """True when this call claimed the pair; False when it was claimed before."""
+
+    async def release_push(self, notification_id: str, device_token: str) -> None:
+        """Undo a claim whose push failed, so a retry may send it."""

@@ -1,0 +1,112 @@
+"""Every metric the services export, declared in one place.
+
+Dashboards and alert rules in the Helm chart query exactly these names; a test scrapes the running
+services and checks that each queried name exists. HTTP metrics are labelled by route template, never
+by raw path, so cardinality stays bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "REGISTRY", "render"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_SIZE_BUCKETS = tuple(float(2**p) for p in range(10, 27, 2))  # 1 KiB .. 64 MiB
+_WAIT_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 7200)
+
+# --- RED, per route --------------------------------------------------------------------------------
+HTTP_REQUESTS = Counter(
+    "chat_http_requests",
+    "HTTP requests handled, by route template, method and status.",
+    ["component", "route", "method", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "chat_http_request_duration_seconds",
+    "Time from request start to the last response byte, by route template and method.",
+    ["component", "route", "method"],
+    buckets=_LATENCY_BUCKETS,
+)
+HTTP_IN_FLIGHT = Gauge("chat_http_requests_in_flight", "Requests being handled now.", ["component"])
+
+# --- upload ----------------------------------------------------------------------------------------
+UPLOAD_URLS_ISSUED = Counter("chat_upload_urls_issued", "Presigned upload URLs issued.")
+UPLOAD_URLS_REFUSED = Counter(
+    "chat_upload_urls_refused",
+    "Upload URL requests refused, by reason (the problem code, or backend_error).",
+    ["reason"],
+)
+MEMBERSHIP_CACHE = Counter(
+    "chat_membership_cache_lookups", "Membership lookups, by cache result (hit or miss).", ["result"]
+)
+
+# --- messages --------------------------------------------------------------------------------------
+MESSAGES_SENT = Counter("chat_messages_sent", "Messages stored, by type (text or image).", ["type"])
+IMAGE_MESSAGES_REJECTED = Counter(
+    "chat_image_messages_rejected", "Image messages refused, by reason (the problem code).", ["reason"]
+)
+IMAGE_SIZE = Histogram("chat_image_size_bytes", "Size of images in sent messages.", buckets=_SIZE_BUCKETS)
+UPLOAD_TO_SEND = Histogram(
+    "chat_image_upload_to_send_seconds",
+    "From the object's last-modified time to the send that references it.",
+    buckets=_WAIT_BUCKETS,
+)
+
+# --- image proxy -----------------------------------------------------------------------------------
+IMAGE_PROXY_REQUESTS = Counter(
+    "chat_image_proxy_requests",
+    "Image proxy requests, by decision (allowed or denied) and reason.",
+    ["decision", "reason"],
+)
+
+# --- storage (orphan cleanup) ---------------------------------------------------------------------
+STORED_OBJECTS = Gauge("chat_stored_objects", "Objects in the image store at the last cleanup scan.")
+STORED_BYTES = Gauge("chat_stored_bytes", "Bytes in the image store at the last cleanup scan.")
+ORPHANS_DELETED = Counter("chat_orphan_objects_deleted", "Unreferenced objects deleted by cleanup.")
+ORPHAN_BYTES_DELETED = Counter(
+    "chat_orphan_bytes_deleted", "Bytes of unreferenced objects deleted by cleanup."
+)
+CLEANUP_LAST_SUCCESS = Gauge(
+    "chat_cleanup_last_success_timestamp_seconds", "Unix time the last cleanup scan finished."
+)
+
+# --- real-time and notifications ------------------------------------------------------------------
+EVENTS_PUBLISHED = Counter(
+    "chat_events_published", "Events published on the real-time bus, by type.", ["type"]
+)
+WEBSOCKET_CONNECTIONS = Gauge("chat_websocket_connections", "Open real-time sockets.")
+NOTIFICATIONS_ENQUEUED = Counter(
+    "chat_notifications_enqueued", "Notification jobs put on the queue (one per chat message or chunk)."
+)
+OUTBOX_DEPTH = Gauge("chat_outbox_depth", "Stored messages whose publish/enqueue is still pending.")
+OUTBOX_OLDEST_AGE = Gauge("chat_outbox_oldest_age_seconds", "Age of the oldest pending outbox entry.")
+OUTBOX_RELAY_ERRORS = Counter(
+    "chat_outbox_relay_errors",
+    "Failed attempts to relay an outbox entry, by target (bus or queue).",
+    ["target"],
+)
+NOTIFICATIONS_SENT = Counter("chat_notifications_sent", "Pushes accepted by the provider.", ["provider"])
+NOTIFICATIONS_FAILED = Counter(
+    "chat_notifications_failed",
+    "Pushes the provider refused or that errored, by reason.",
+    ["provider", "reason"],
+)
+NOTIFICATIONS_RETRIED = Counter(
+    "chat_notifications_retried", "Queue messages released for another attempt after a failure."
+)
+NOTIFICATIONS_DEAD_LETTERED = Counter(
+    "chat_notifications_dead_lettered", "Queue messages that ran out of attempts (moved to the DLQ)."
+)
+NOTIFICATION_QUEUE_AGE = Histogram(
+    "chat_notification_queue_age_seconds",
+    "Time a notification waited in the queue before the consumer received it.",
+    buckets=_WAIT_BUCKETS,
+)
+NOTIFICATION_QUEUE_DEPTH = Gauge(
+    "chat_notification_queue_messages", "Approximate messages in a queue, by queue (main or dlq).", ["queue"]
+)
+
+
+def render(registry: CollectorRegistry = REGISTRY) -> bytes:
+    return generate_latest(registry)

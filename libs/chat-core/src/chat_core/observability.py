@@ -1,0 +1,133 @@
+"""One ASGI wrapper for the three per-request signals: a server span, RED metrics, one access log line.
+
+It wraps Litestar's whole handler (outside routing), so 404s and 405s are counted too; the route label is
+the matched route template (``scope["path_template"]``), never the raw path.
+"""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+from typing import Any
+
+import structlog
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from chat_core import metrics, tracing
+
+__all__ = ["ObservabilityMiddleware", "RequestInfo", "current_request", "set_request_user"]
+
+UNMATCHED_ROUTE = "unmatched"
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class RequestInfo:
+    """Mutable facts about the current request, filled in by handlers (the user) for the access log."""
+
+    __slots__ = ("client_ip", "user_id")
+
+    def __init__(self, client_ip: str | None) -> None:
+        self.user_id: str | None = None
+        self.client_ip = client_ip
+
+
+_current: ContextVar[RequestInfo | None] = ContextVar("chat_request_info", default=None)
+
+
+def current_request() -> RequestInfo | None:
+    return _current.get()
+
+
+def set_request_user(user_id: str) -> None:
+    info = _current.get()
+    if info is not None:
+        info.user_id = user_id
+
+
+class ObservabilityMiddleware:
+    def __init__(self, app: ASGIApp, *, component: str, access_log: bool = True) -> None:
+        self.app = app
+        self.component = component
+        self.access_log = access_log
+        self._tracer = tracing.get_tracer("chat_core.http")
+        self._log = structlog.get_logger("access")
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._histograms: dict[tuple[str, str], Any] = {}
+        self._in_flight = metrics.HTTP_IN_FLIGHT.labels(component)
+
+    def _observe(self, route: str, method: str, status: int, elapsed: float) -> None:
+        counter = self._counters.get((route, method, status))
+        if counter is None:
+            counter = self._counters[(route, method, status)] = metrics.HTTP_REQUESTS.labels(
+                self.component, route, method, str(status)
+            )
+        histogram = self._histograms.get((route, method))
+        if histogram is None:
+            histogram = self._histograms[(route, method)] = metrics.HTTP_LATENCY.labels(
+                self.component, route, method
+            )
+        counter.inc()
+        histogram.observe(elapsed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind: str = str(scope["type"])
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        method: str = str(scope.get("method", "WS")) if kind == "http" else "WS"
+        carrier: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            if name in (b"traceparent", b"tracestate"):
+                carrier[name.decode()] = value.decode("latin-1")
+        client = scope.get("client")
+        info = RequestInfo(client[0] if client else None)
+        token = _current.set(info)
+        status = 500 if kind == "http" else 101
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "websocket.close":
+                status = int(message.get("code", 1000))
+            await send(message)
+
+        self._in_flight.inc()
+        span = self._tracer.start_span(
+            f"{method} {scope['path']}" if kind == "websocket" else f"HTTP {method}",
+            context=tracing.extract(carrier) if carrier else None,
+            kind=SpanKind.SERVER,
+        )
+        try:
+            with trace.use_span(span, end_on_exit=True, record_exception=True, set_status_on_exception=True):
+                try:
+                    await self.app(scope, receive, send_wrapper)
+                finally:
+                    route = str(scope.get("path_template") or UNMATCHED_ROUTE)
+                    elapsed = time.perf_counter() - started
+                    span.update_name(f"{method} {route}")
+                    span.set_attribute("http.route", route)
+                    span.set_attribute("http.request.method", method)
+                    span.set_attribute("http.response.status_code", status)
+                    if info.user_id:
+                        span.set_attribute("enduser.id", info.user_id)
+                    if kind == "http" and status >= 500:
+                        span.set_status(Status(StatusCode.ERROR))
+                    self._observe(route, method, status, elapsed)
+                    if self.access_log and route not in QUIET_ROUTES:
+                        self._log.info(
+                            "request",
+                            method=method,
+                            route=route,
+                            path=scope["path"],
+                            status=status,
+                            duration_ms=round(elapsed * 1000, 3),
+                            user_id=info.user_id,
+                            client_ip=info.client_ip,
+                        )
+        finally:
+            self._in_flight.dec()
+            _current.reset(token)

@@ -1,0 +1,68 @@
+"""EventBus and Presence ports: real-time fan-out to online members.
+
+Adapters: ``redis`` (pub/sub, one channel per conversation; presence keys with a TTL) and ``memory``
+(one process). Both pass one contract suite (``tests/contract/test_realtime_contract.py``).
+
+Cost rules (DESIGN.md "Fan-out cost"): one publish per chat message whatever the group size; the presence
+of all members of a conversation in one round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from typing import Protocol
+
+__all__ = ["EventBus", "EventHandler", "Presence", "Subscription", "conversation_channel", "user_channel"]
+
+EventHandler = Callable[[str, bytes], None]  # (channel, payload); must not block
+
+
+def conversation_channel(conversation_id: str) -> str:
+    return f"conv:{conversation_id}"
+
+
+def user_channel(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+class Subscription(Protocol):
+    """A set of channels delivered to one handler; channels can change while it is open."""
+
+    async def add(self, channels: Iterable[str]) -> None: ...
+
+    async def remove(self, channels: Iterable[str]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class EventBus(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        """Deliver ``payload`` to every current subscriber of ``channel`` (at most once, best effort)."""
+
+    async def subscribe(self, channels: Iterable[str], handler: EventHandler) -> Subscription: ...
+
+
+class Presence(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def heartbeat(self, user_id: str, connection_id: str) -> None:
+        """Mark one connection of ``user_id`` online for the presence TTL."""
+
+    async def disconnect(self, user_id: str, connection_id: str) -> None: ...
+
+    async def online(self, user_ids: Collection[str]) -> set[str]:
+        """Which of ``user_ids`` have at least one live connection, in one round trip."""

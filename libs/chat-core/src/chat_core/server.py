@@ -1,0 +1,50 @@
+"""Run a service app under uvicorn (uvloop + httptools), with settings checked before anything starts."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+
+import uvicorn
+from litestar import Litestar
+
+from chat_core.logging import configure_logging
+from chat_core.settings import Settings, SettingsError, load_settings
+
+__all__ = ["load_or_exit", "serve"]
+
+
+def load_or_exit(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings, or exit 2 with one line naming the bad variable."""
+    try:
+        return load_settings(environ)
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def serve(
+    factory: Callable[[Settings], Litestar],
+    *,
+    component: str,
+    host: str | None = None,
+    port: int | None = None,
+    settings: Settings | None = None,
+) -> None:
+    settings = settings or load_or_exit()
+    configure_logging(settings.service.log_level, service=component)
+    app = factory(settings)
+    uvicorn.run(
+        app,
+        host=host or settings.service.host,
+        port=settings.service.port if port is None else port,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+        ws="websockets-sansio",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        proxy_headers=True,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.service.drain_seconds),
+    )

@@ -1,0 +1,180 @@
+"""The shared app factory: every service is ``ServiceParts`` (routes, dependencies, workers) on top of this.
+
+``create_service_app`` adds what all services have — problem-details errors, CORS, OpenAPI at ``/docs``,
+``/healthz``, ``/readyz``, ``/metrics``, the observability wrapper, the auth dependency — and a lifespan
+that starts the backends, then the workers, and stops them in reverse order. The all-in-one process
+passes the parts of all four services to one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from litestar import Litestar, Request, Response, get
+from litestar.config.cors import CORSConfig
+from litestar.di import NamedDependency, Provide
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from chat_core import metrics, tracing
+from chat_core.auth import Principal, token_from_connection
+from chat_core.backends import Backends
+from chat_core.errors import exception_handlers, problem_response
+from chat_core.observability import ObservabilityMiddleware, set_request_user
+from chat_core.settings import Settings
+
+__all__ = [
+    "ServiceParts",
+    "Worker",
+    "create_service_app",
+    "provide_principal",
+    "provide_principal_or_cookie",
+]
+
+Worker = Callable[[], contextlib.AbstractAsyncContextManager[None]]
+_log = structlog.get_logger("chat_core.service")
+READINESS_TIMEOUT_SECONDS = 2.0
+
+
+@dataclass
+class ServiceParts:
+    """What one service contributes to an app."""
+
+    component: str
+    route_handlers: list[Any] = field(default_factory=list)
+    dependencies: dict[str, Provide] = field(default_factory=dict)
+    workers: list[Worker] = field(default_factory=list)
+    description: str = ""
+
+
+async def provide_principal(
+    request: Request[Any, Any, Any], backends: NamedDependency[Backends]
+) -> Principal:
+    """The caller, from ``Authorization: Bearer <JWT>``; 401 otherwise."""
+    principal = await backends.verifier.verify(token_from_connection(request))
+    set_request_user(principal.user_id)
+    return principal
+
+
+async def provide_principal_or_cookie(
+    request: Request[Any, Any, Any], backends: NamedDependency[Backends]
+) -> Principal:
+    """Like ``provide_principal``, also reading the token cookie (``<img>`` tags cannot send headers)."""
+    token = token_from_connection(request, cookie_name=backends.settings.auth.cookie_name)
+    principal = await backends.verifier.verify(token)
+    set_request_user(principal.user_id)
+    return principal
+
+
+def _health_handlers(backends: Backends) -> list[Any]:
+    @get("/healthz", include_in_schema=False, sync_to_thread=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/readyz", include_in_schema=False)
+    async def readyz() -> Response[Any]:
+        checks = backends.readiness_checks()
+
+        async def run(name: str, check: Callable[[], Any]) -> tuple[str, str | None]:
+            try:
+                await asyncio.wait_for(check(), READINESS_TIMEOUT_SECONDS)
+            except Exception as exc:
+                return name, f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__
+            return name, None
+
+        results = await asyncio.gather(*(run(name, check) for name, check in checks.items()))
+        failing = {name: error for name, error in results if error is not None}
+        if failing:
+            detail = "not ready: " + ", ".join(f"{name} ({error})" for name, error in failing.items())
+            return problem_response(
+                503,
+                "not_ready",
+                detail,
+                instance="/readyz",
+                extra={"checks": {name: failing.get(name, "ok") for name in checks}},
+            )
+        return Response({"status": "ready", "checks": dict.fromkeys(checks, "ok")})
+
+    @get("/metrics", include_in_schema=False, sync_to_thread=False)
+    def metrics_endpoint() -> Response[bytes]:
+        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
+
+    return [healthz, readyz, metrics_endpoint]
+
+
+def create_service_app(
+    settings: Settings,
+    backends: Backends,
+    parts: Sequence[ServiceParts],
+    *,
+    component: str,
+    title: str,
+    description: str = "",
+) -> Litestar:
+    tracing.configure_tracing(settings.telemetry.service_name or component, settings.telemetry.otlp_endpoint)
+    route_handlers: list[Any] = [*_health_handlers(backends)]
+    dependencies: dict[str, Provide] = {
+        "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
+        "backends": Provide(lambda: backends, use_cache=True, sync_to_thread=False),
+        "principal": Provide(provide_principal),
+    }
+    workers: list[Worker] = []
+    for part in parts:
+        route_handlers.extend(part.route_handlers)
+        dependencies.update(part.dependencies)
+        workers.extend(part.workers)
+    route_handlers.extend(backends.route_handlers())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(backends)
+            for worker in workers:
+                await stack.enter_async_context(worker())
+            _log.info("started", component=component, backends=sorted(backends.readiness_checks()))
+            yield
+        _log.info("stopped", component=component)
+
+    origins = list(settings.service.cors_allow_origins)
+    app = Litestar(
+        route_handlers=route_handlers,
+        dependencies=dependencies,
+        exception_handlers=exception_handlers,
+        lifespan=[lifespan],
+        cors_config=CORSConfig(
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS", "HEAD"],
+            allow_headers=["Authorization", "Content-Type", "If-None-Match", "Range", "traceparent"],
+            expose_headers=["ETag", "Content-Range", "Location", "WWW-Authenticate"],
+            allow_credentials="*" not in origins,
+            max_age=600,
+        )
+        if origins
+        else None,
+        openapi_config=OpenAPIConfig(
+            title=title,
+            version="0.1.0",
+            description=description,
+            path="/docs",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            components=Components(
+                security_schemes={
+                    "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
+                }
+            ),
+            security=[{"BearerToken": []}],
+        ),
+        debug=False,
+    )
+    app.state.backends = backends
+    app.state.settings = settings
+    app.asgi_handler = ObservabilityMiddleware(
+        app.asgi_handler, component=component, access_log=settings.service.access_log
+    )
+    return app

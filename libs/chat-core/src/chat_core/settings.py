@@ -1,0 +1,375 @@
+"""Typed settings, read once from the environment and validated at start-up.
+
+Every field names the environment variable it comes from (``env("NAME", "what it means")``), so the
+loader, the error messages and the README's configuration table all come from one declaration.
+A bad or missing value raises ``SettingsError`` with one line that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import msgspec
+
+__all__ = [
+    "AuthSettings",
+    "AwsSettings",
+    "BackendSettings",
+    "FirestoreSettings",
+    "ImageSettings",
+    "PushSettings",
+    "RedisSettings",
+    "S3Settings",
+    "ServiceSettings",
+    "Settings",
+    "SettingsError",
+    "SqsSettings",
+    "TelemetrySettings",
+    "env",
+    "iter_env_vars",
+    "load_settings",
+    "markdown_table",
+]
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+class SettingsError(ValueError):
+    """A configuration problem; ``str()`` is one line naming the variable."""
+
+
+def env(name: str, help: str) -> msgspec.Meta:
+    return msgspec.Meta(description=help, extra={"env": name})
+
+
+class _Frozen(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class ServiceSettings(_Frozen, frozen=True, kw_only=True):
+    host: Annotated[str, env("HOST", "Interface the HTTP server listens on.")] = "0.0.0.0"
+    port: Annotated[int, env("PORT", "Port the HTTP server listens on."), msgspec.Meta(ge=0, le=65535)] = 8000
+    public_base_url: Annotated[
+        str,
+        env(
+            "PUBLIC_BASE_URL",
+            "Base URL clients reach the API on; `file_url` and image `url` are built from it. "
+            "Default: `http://127.0.0.1:{PORT}`.",
+        ),
+    ] = ""
+    cors_allow_origins: Annotated[
+        tuple[str, ...],
+        env(
+            "CORS_ALLOW_ORIGINS",
+            "Comma-separated origins allowed by CORS (`*` for any); empty turns CORS off.",
+        ),
+    ] = ("*",)
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR"], env("LOG_LEVEL", "Minimum log level.")
+    ] = "INFO"
+    access_log: Annotated[bool, env("ACCESS_LOG", "Write one structured log line per request.")] = True
+    data_dir: Annotated[
+        str, env("DATA_DIR", "Where the embedded adapters keep their files (objects, SQLite databases).")
+    ] = ".data"
+    drain_seconds: Annotated[
+        float,
+        env("SHUTDOWN_DRAIN_SECONDS", "Grace given to in-flight requests and jobs on SIGTERM."),
+        msgspec.Meta(ge=0),
+    ] = 10.0
+
+    def base_url(self) -> str:
+        return (self.public_base_url or f"http://127.0.0.1:{self.port}").rstrip("/")
+
+
+class AuthSettings(_Frozen, frozen=True, kw_only=True):
+    jwt_secret: Annotated[
+        str,
+        env("AUTH_JWT_SECRET", "Dev/test: HS256 secret (at least 32 characters). Set this or AUTH_JWKS_URL."),
+    ] = ""
+    jwks_url: Annotated[
+        str, env("AUTH_JWKS_URL", "Production: JWKS URL of the identity provider (RS256/ES256 tokens).")
+    ] = ""
+    issuer: Annotated[str, env("AUTH_ISSUER", "Required `iss` claim (required with AUTH_JWKS_URL).")] = ""
+    audience: Annotated[str, env("AUTH_AUDIENCE", "Required `aud` claim (required with AUTH_JWKS_URL).")] = ""
+    leeway_seconds: Annotated[
+        int,
+        env("AUTH_LEEWAY_SECONDS", "Clock skew tolerated on `exp`/`nbf`/`iat`."),
+        msgspec.Meta(ge=0, le=300),
+    ] = 30
+    cookie_name: Annotated[
+        str, env("AUTH_COOKIE_NAME", "Cookie the image proxy also reads the token from (for `<img>` tags).")
+    ] = "access_token"
+    jwks_cache_seconds: Annotated[
+        int, env("AUTH_JWKS_CACHE_SECONDS", "How long fetched signing keys are trusted before a refresh.")
+    ] = 3600
+
+
+ObjectStoreKind = Literal["local", "s3"]
+MessageStoreKind = Literal["sqlite", "firestore"]
+EventBusKind = Literal["memory", "redis"]
+QueueKind = Literal["sqlite", "sqs"]
+PushKind = Literal["log", "webhook", "fcm"]
+
+
+class BackendSettings(_Frozen, frozen=True, kw_only=True):
+    object_store: Annotated[
+        ObjectStoreKind, env("OBJECT_STORE", "`local` (disk under DATA_DIR) or `s3`.")
+    ] = "local"
+    message_store: Annotated[
+        MessageStoreKind, env("MESSAGE_STORE", "`sqlite` (under DATA_DIR) or `firestore`.")
+    ] = "sqlite"
+    event_bus: Annotated[
+        EventBusKind, env("EVENT_BUS", "Real-time bus and presence: `memory` (one process) or `redis`.")
+    ] = "memory"
+    notification_queue: Annotated[
+        QueueKind, env("NOTIFICATION_QUEUE", "`sqlite` (under DATA_DIR) or `sqs`.")
+    ] = "sqlite"
+    push_provider: Annotated[PushKind, env("PUSH_PROVIDER", "`log`, `webhook` or `fcm`.")] = "log"
+
+
+class AwsSettings(_Frozen, frozen=True, kw_only=True):
+    region: Annotated[str, env("AWS_REGION", "AWS region of the bucket and queues.")] = "us-east-1"
+    access_key_id: Annotated[
+        str,
+        env("AWS_ACCESS_KEY_ID", "Static credentials; empty uses the default chain (IRSA, profile, IMDS)."),
+    ] = ""
+    secret_access_key: Annotated[str, env("AWS_SECRET_ACCESS_KEY", "Secret for AWS_ACCESS_KEY_ID.")] = ""
+    session_token: Annotated[str, env("AWS_SESSION_TOKEN", "Session token for temporary credentials.")] = ""
+    endpoint_url: Annotated[
+        str, env("AWS_ENDPOINT_URL", "Override the AWS endpoint (LocalStack); empty means real AWS.")
+    ] = ""
+
+
+class S3Settings(_Frozen, frozen=True, kw_only=True):
+    bucket: Annotated[
+        str, env("S3_BUCKET_NAME", "Bucket holding the images (required with OBJECT_STORE=s3).")
+    ] = ""
+    public_endpoint_url: Annotated[
+        str,
+        env(
+            "S3_PUBLIC_ENDPOINT_URL",
+            "Endpoint presigned URLs point at (what clients reach). Default: AWS_ENDPOINT_URL.",
+        ),
+    ] = ""
+
+
+class SqsSettings(_Frozen, frozen=True, kw_only=True):
+    queue_name: Annotated[str, env("SQS_QUEUE_NAME", "Notification queue name.")] = "chat-notifications"
+    dlq_name: Annotated[str, env("SQS_DLQ_NAME", "Dead-letter queue name.")] = "chat-notifications-dlq"
+    max_receives: Annotated[
+        int,
+        env("NOTIFICATION_MAX_RECEIVES", "Deliveries before a notification moves to the dead-letter queue."),
+        msgspec.Meta(ge=1, le=1000),
+    ] = 5
+    visibility_timeout_seconds: Annotated[
+        int,
+        env("NOTIFICATION_VISIBILITY_TIMEOUT_SECONDS", "How long a received notification stays hidden."),
+        msgspec.Meta(ge=1, le=43200),
+    ] = 30
+    wait_seconds: Annotated[
+        int, env("SQS_WAIT_SECONDS", "Long-poll wait of one receive."), msgspec.Meta(ge=0, le=20)
+    ] = 10
+
+
+class FirestoreSettings(_Frozen, frozen=True, kw_only=True):
+    project_id: Annotated[
+        str, env("FIRESTORE_PROJECT_ID", "Google Cloud project of the Firestore database.")
+    ] = "chat-management-dev"
+    database: Annotated[str, env("FIRESTORE_DATABASE", "Firestore database id.")] = "(default)"
+    emulator_host: Annotated[
+        str, env("FIRESTORE_EMULATOR_HOST", "host:port of the Firestore emulator (dev/test).")
+    ] = ""
+
+
+class RedisSettings(_Frozen, frozen=True, kw_only=True):
+    url: Annotated[str, env("REDIS_URL", "Redis for pub/sub and presence (EVENT_BUS=redis).")] = (
+        "redis://127.0.0.1:6379/0"
+    )
+    presence_ttl_seconds: Annotated[
+        int,
+        env("PRESENCE_TTL_SECONDS", "A socket counts as online this long after its last heartbeat."),
+        msgspec.Meta(ge=2, le=3600),
+    ] = 60
+
+
+class ImageSettings(_Frozen, frozen=True, kw_only=True):
+    max_bytes: Annotated[int, env("MAX_IMAGE_BYTES", "Largest accepted image."), msgspec.Meta(ge=1)] = (
+        20 * 1024 * 1024
+    )
+    allowed_types: Annotated[
+        tuple[str, ...],
+        env("ALLOWED_IMAGE_TYPES", "Comma-separated image content types accepted (SVG and HTML never)."),
+    ] = ("image/jpeg", "image/png", "image/gif", "image/webp")
+    upload_url_ttl_seconds: Annotated[
+        int,
+        env("UPLOAD_URL_TTL_SECONDS", "Lifetime of a presigned upload URL."),
+        msgspec.Meta(ge=60, le=7 * 24 * 3600),
+    ] = 3600
+    proxy_mode: Annotated[
+        Literal["redirect", "stream"],
+        env(
+            "IMAGE_PROXY_MODE",
+            "`redirect` (302 to a short-lived signed GET) or `stream` (bytes via the proxy).",
+        ),
+    ] = "redirect"
+    proxy_url_window_seconds: Annotated[
+        int,
+        env(
+            "IMAGE_URL_WINDOW_SECONDS",
+            "Signed GET URLs are signed on windows this long, so a viewer gets the same URL within one.",
+        ),
+        msgspec.Meta(ge=10, le=86400),
+    ] = 300
+    membership_cache_seconds: Annotated[
+        float,
+        env(
+            "MEMBERSHIP_CACHE_SECONDS", "How stale a cached membership answer may be (0 turns the cache off)."
+        ),
+        msgspec.Meta(ge=0, le=300),
+    ] = 5.0
+    orphan_grace_seconds: Annotated[
+        int,
+        env("ORPHAN_GRACE_SECONDS", "Uploaded objects no message references are deleted after this long."),
+        msgspec.Meta(ge=0),
+    ] = 24 * 3600
+
+
+class PushSettings(_Frozen, frozen=True, kw_only=True):
+    webhook_url: Annotated[str, env("PUSH_WEBHOOK_URL", "Receiver of PUSH_PROVIDER=webhook.")] = ""
+    webhook_secret: Annotated[
+        str, env("PUSH_WEBHOOK_SECRET", "HMAC-SHA256 key for the webhook's `X-Chat-Signature` header.")
+    ] = ""
+    fcm_credentials_file: Annotated[
+        str, env("FCM_CREDENTIALS_FILE", "Service-account JSON for PUSH_PROVIDER=fcm.")
+    ] = ""
+    fcm_project_id: Annotated[str, env("FCM_PROJECT_ID", "Firebase project (default: the credentials').")] = (
+        ""
+    )
+    fcm_endpoint: Annotated[str, env("FCM_ENDPOINT", "FCM HTTP v1 base URL.")] = "https://fcm.googleapis.com"
+    fcm_token_url: Annotated[str, env("FCM_TOKEN_URL", "OAuth token endpoint for the service account.")] = (
+        "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
+    )
+    concurrency: Annotated[
+        int,
+        env("NOTIFICATION_CONCURRENCY", "Queue messages the consumer works on at once."),
+        msgspec.Meta(ge=1, le=1000),
+    ] = 32
+
+
+class TelemetrySettings(_Frozen, frozen=True, kw_only=True):
+    otlp_endpoint: Annotated[
+        str, env("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/HTTP collector base URL; empty exports no traces.")
+    ] = ""
+    service_name: Annotated[
+        str, env("OTEL_SERVICE_NAME", "Service name on traces (default: the service's own).")
+    ] = ""
+
+
+class Settings(_Frozen, frozen=True, kw_only=True):
+    service: ServiceSettings = ServiceSettings()
+    auth: AuthSettings = AuthSettings()
+    backends: BackendSettings = BackendSettings()
+    aws: AwsSettings = AwsSettings()
+    s3: S3Settings = S3Settings()
+    sqs: SqsSettings = SqsSettings()
+    firestore: FirestoreSettings = FirestoreSettings()
+    redis: RedisSettings = RedisSettings()
+    images: ImageSettings = ImageSettings()
+    push: PushSettings = PushSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+
+    def validate(self) -> Settings:
+        """Cross-field rules; raises ``SettingsError`` naming the variable."""
+        auth = self.auth
+        if not auth.jwt_secret and not auth.jwks_url:
+            raise SettingsError("AUTH_JWT_SECRET or AUTH_JWKS_URL: one must be set")
+        if auth.jwt_secret and len(auth.jwt_secret) < 32:
+            raise SettingsError("AUTH_JWT_SECRET: must be at least 32 characters")
+        if auth.jwks_url and not (auth.issuer and auth.audience):
+            raise SettingsError("AUTH_ISSUER and AUTH_AUDIENCE: required with AUTH_JWKS_URL")
+        if self.backends.object_store == "s3" and not self.s3.bucket:
+            raise SettingsError("S3_BUCKET_NAME: required with OBJECT_STORE=s3")
+        if self.backends.push_provider == "webhook" and not self.push.webhook_url:
+            raise SettingsError("PUSH_WEBHOOK_URL: required with PUSH_PROVIDER=webhook")
+        if self.backends.push_provider == "fcm" and not self.push.fcm_credentials_file:
+            raise SettingsError("FCM_CREDENTIALS_FILE: required with PUSH_PROVIDER=fcm")
+        refused = {"image/svg+xml", "text/html", "application/xhtml+xml"}
+        for content_type in self.images.allowed_types:
+            if content_type in refused or not content_type.startswith("image/"):
+                raise SettingsError(f"ALLOWED_IMAGE_TYPES: {content_type!r} is not an allowed image type")
+        return self
+
+
+def _env_name(hint: Any) -> str | None:
+    for meta in getattr(hint, "__metadata__", ()):
+        if isinstance(meta, msgspec.Meta) and meta.extra and "env" in meta.extra:
+            return str(meta.extra["env"])
+    return None
+
+
+def _is_sequence(hint: Any) -> bool:
+    base = get_args(hint)[0] if get_origin(hint) is Annotated else hint
+    return get_origin(base) in (tuple, list)
+
+
+def _load_struct(cls: type[T], environ: Mapping[str, str]) -> T:
+    hints = get_type_hints(cls, include_extras=True)
+    values: dict[str, Any] = {}
+    for field in msgspec.structs.fields(cls):
+        hint = hints[field.name]
+        name = _env_name(hint)
+        if name is None:  # a nested concern
+            values[field.name] = _load_struct(hint, environ)
+            continue
+        raw = environ.get(name)
+        if raw is None or (raw.strip() == "" and not _is_sequence(hint)):
+            continue
+        value: Any = [part.strip() for part in raw.split(",") if part.strip()] if _is_sequence(hint) else raw
+        try:
+            values[field.name] = msgspec.convert(value, hint, strict=False)
+        except msgspec.ValidationError as exc:
+            reason = str(exc).split(" - at ", 1)[0]
+            raise SettingsError(f"{name}={raw!r}: {reason}") from None
+    return cls(**values)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``environ`` (default ``os.environ``) and validate them."""
+    settings = _load_struct(Settings, os.environ if environ is None else environ)
+    if overrides:
+        settings = msgspec.structs.replace(settings, **overrides)
+    return settings.validate()
+
+
+def iter_env_vars() -> Iterator[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, in declaration order."""
+
+    def walk(cls: type[msgspec.Struct]) -> Iterator[tuple[str, str, str]]:
+        hints = get_type_hints(cls, include_extras=True)
+        for field in msgspec.structs.fields(cls):
+            hint = hints[field.name]
+            name = _env_name(hint)
+            if name is None:
+                yield from walk(hint)
+                continue
+            meta = next(m for m in hint.__metadata__ if isinstance(m, msgspec.Meta) and m.extra)
+            default = field.default
+            if isinstance(default, tuple):
+                shown = ",".join(default)
+            elif isinstance(default, bool):
+                shown = str(default).lower()
+            else:
+                shown = str(default)
+            yield name, shown, meta.description or ""
+
+    yield from walk(Settings)
+
+
+def markdown_table() -> str:
+    """The configuration table of the README (``make docs``) and of ``chat-management config``."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, default, meaning in iter_env_vars():
+        rows.append(f"| `{name}` | {f'`{default}`' if default else ''} | {meaning} |")
+    return "\n".join(rows)

@@ -1,0 +1,3 @@
+from chat_management.cli import main
+
+main()

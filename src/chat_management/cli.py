@@ -1,0 +1,74 @@
+"""``chat-management``: run a service, mint a dev token, print the configuration table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from litestar import Litestar
+
+from chat_core.auth import USER_ID_PATTERN, mint_token
+from chat_core.server import load_or_exit, serve
+from chat_core.settings import Settings, markdown_table
+from chat_management import all as all_in_one
+
+TARGETS: dict[str, Callable[[Settings], Litestar]] = {
+    name: module.create_app for name, module in all_in_one.SERVICES.items()
+}
+TARGETS[all_in_one.COMPONENT] = all_in_one.create_app
+
+
+def _serve(args: argparse.Namespace) -> int:
+    serve(TARGETS[args.target], component=args.target, host=args.host, port=args.port)
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    if not USER_ID_PATTERN.match(args.user):
+        print(f"--user {args.user!r}: letters, digits and _ . @ : - only", file=sys.stderr)
+        return 2
+    settings = load_or_exit()
+    if not settings.auth.jwt_secret:
+        print("AUTH_JWT_SECRET: required to mint dev tokens", file=sys.stderr)
+        return 2
+    print(
+        mint_token(
+            settings.auth.jwt_secret,
+            args.user,
+            ttl_seconds=args.ttl,
+            issuer=settings.auth.issuer,
+            audience=settings.auth.audience,
+        )
+    )
+    return 0
+
+
+def _config_table(_args: argparse.Namespace) -> int:
+    print(markdown_table())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chat-management", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_cmd = commands.add_parser("serve", help="run one service, or `all` of them in one process")
+    serve_cmd.add_argument("target", choices=sorted(TARGETS))
+    serve_cmd.add_argument("--host", default=None, help="overrides HOST")
+    serve_cmd.add_argument("--port", type=int, default=None, help="overrides PORT")
+    serve_cmd.set_defaults(func=_serve)
+
+    token_cmd = commands.add_parser("token", help="mint an HS256 dev token with AUTH_JWT_SECRET")
+    token_cmd.add_argument("--user", required=True)
+    token_cmd.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds")
+    token_cmd.set_defaults(func=_token)
+
+    config_cmd = commands.add_parser("config", help="print every setting as a Markdown table")
+    config_cmd.set_defaults(func=_config_table)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    raise SystemExit(args.func(args))

@@ -1,0 +1,84 @@
+"""Settings: typed, read once from the environment, one line naming the bad variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chat_core.settings import SettingsError, iter_env_vars, load_settings, markdown_table
+from tests.conftest import TEST_SECRET
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_are_the_embedded_single_node_setup() -> None:
+    settings = load_settings({"AUTH_JWT_SECRET": TEST_SECRET})
+    assert settings.backends.object_store == "local"
+    assert settings.backends.message_store == "sqlite"
+    assert settings.images.upload_url_ttl_seconds == 3600
+    assert settings.images.allowed_types == ("image/jpeg", "image/png", "image/gif", "image/webp")
+
+
+def test_values_are_typed_from_strings() -> None:
+    settings = load_settings(
+        {
+            "AUTH_JWT_SECRET": TEST_SECRET,
+            "PORT": "9000",
+            "ACCESS_LOG": "false",
+            "ALLOWED_IMAGE_TYPES": "image/png",
+        }
+    )
+    assert settings.service.port == 9000
+    assert settings.service.access_log is False
+    assert settings.images.allowed_types == ("image/png",)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PORT": "abc"}, "PORT='abc': Expected `int`"),
+        ({"PORT": "70000"}, "PORT='70000'"),
+        ({"OBJECT_STORE": "gcs"}, "OBJECT_STORE='gcs'"),
+        ({"OBJECT_STORE": "s3"}, "S3_BUCKET_NAME: required with OBJECT_STORE=s3"),
+        ({"ALLOWED_IMAGE_TYPES": "image/png,image/svg+xml"}, "ALLOWED_IMAGE_TYPES: 'image/svg+xml'"),
+        ({"AUTH_JWT_SECRET": "short"}, "AUTH_JWT_SECRET: must be at least 32 characters"),
+        ({"AUTH_JWT_SECRET": "", "AUTH_JWKS_URL": "https://x/jwks"}, "AUTH_ISSUER and AUTH_AUDIENCE"),
+    ],
+)
+def test_a_bad_value_names_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"AUTH_JWT_SECRET": TEST_SECRET, **env})
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_no_auth_configured_is_refused() -> None:
+    with pytest.raises(SettingsError, match="AUTH_JWT_SECRET or AUTH_JWKS_URL"):
+        load_settings({})
+
+
+def test_a_service_with_bad_config_stops_with_one_line_naming_the_variable() -> None:
+    env = {**os.environ, "AUTH_JWT_SECRET": TEST_SECRET, "PORT": "not-a-port"}
+    result = subprocess.run(
+        [sys.executable, "-m", "upload_service"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "configuration error: PORT='not-a-port': Expected `int`, got `str`"
+    ]
+
+
+def test_the_readme_documents_every_variable() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name, _default, _meaning in iter_env_vars() if f"`{name}`" not in readme]
+    assert missing == []
+    assert markdown_table() in readme, "the README's configuration table is stale: run `make docs`"
