@@ -70,7 +70,7 @@ def docker_engine_available() -> bool:
     try:
         import docker
 
-        client = docker.from_env(timeout=3)  # type: ignore[attr-defined]
+        client = docker.from_env(timeout=3)
         client.ping()
         client.close()
     except Exception:
