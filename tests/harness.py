@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import os
 import shutil
 import signal
@@ -68,8 +69,8 @@ def docker_engine_available() -> bool:
     if shutil.which("docker") is None and not os.environ.get("DOCKER_HOST"):
         return False
     try:
-        import docker
-
+        # By name: the repo's own docker/ folder would shadow the package for mypy.
+        docker: Any = importlib.import_module("docker")
         client = docker.from_env(timeout=3)
         client.ping()
         client.close()
