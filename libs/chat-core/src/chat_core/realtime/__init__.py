@@ -12,9 +12,20 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable
 from typing import Protocol
 
-__all__ = ["EventBus", "EventHandler", "Presence", "Subscription", "conversation_channel", "user_channel"]
+__all__ = [
+    "MEMBERSHIP_CHANNEL",
+    "EventBus",
+    "EventHandler",
+    "Presence",
+    "Subscription",
+    "conversation_channel",
+    "user_channel",
+]
 
 EventHandler = Callable[[str, bytes], None]  # (channel, payload); must not block
+
+# Membership changes (JSON ``{"conversationId": ...}``), so every process drops its cached answer.
+MEMBERSHIP_CHANNEL = "membership"
 
 
 def conversation_channel(conversation_id: str) -> str:
