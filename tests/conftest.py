@@ -200,11 +200,15 @@ async def client_for() -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Any]:
-    """``await serve(app)`` -> base URL of a real uvicorn server (HTTP and WebSocket) on a free port."""
+    """``await serve(app)`` -> base URL of a real uvicorn server (HTTP and WebSocket) on a free port.
+
+    ``serve(app, port)`` takes a port chosen beforehand, for apps that must know their own URL
+    (``PUBLIC_BASE_URL``: the local object store's signed links point at it).
+    """
     servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
-    async def start(app: Litestar) -> str:
-        port = harness.free_port()
+    async def start(app: Litestar, port: int | None = None) -> str:
+        port = port or harness.free_port()
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
