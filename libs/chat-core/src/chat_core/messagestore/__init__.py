@@ -17,6 +17,8 @@ Firestore layout (SQLite mirrors it in tables):
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
 from typing import Generic, Literal, Protocol, TypeVar
@@ -28,6 +30,7 @@ __all__ = [
     "ConversationNotFound",
     "Device",
     "ImageMetadata",
+    "InvalidCursor",
     "LastMessage",
     "Message",
     "MessageStore",
@@ -36,6 +39,8 @@ __all__ = [
     "OutboxEntry",
     "Page",
     "Platform",
+    "decode_cursor",
+    "encode_cursor",
 ]
 
 T = TypeVar("T")
@@ -108,6 +113,33 @@ class ConversationNotFound(LookupError):
     pass
 
 
+class InvalidCursor(ValueError):
+    """A cursor this store did not hand out (garbled or tampered with)."""
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def encode_cursor(position: dt.datetime, key: str) -> str:
+    """An opaque cursor for keyset pagination on (time, id): both adapters page with it."""
+    raw = msgspec.json.encode([(position - _EPOCH) // _MICROSECOND, key])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    """(time, id) of a cursor made by ``encode_cursor``; raises InvalidCursor."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        micros, key = msgspec.json.decode(raw, type=tuple[int, str])
+        position = _EPOCH + micros * _MICROSECOND
+    except (binascii.Error, ValueError, OverflowError, msgspec.DecodeError):
+        raise InvalidCursor("the cursor is not one this server issued") from None
+    if not key:
+        raise InvalidCursor("the cursor is not one this server issued")
+    return position, key
+
+
 class ObjectAlreadyUsed(Exception):
     """The object already backs another message (one object, at most one message)."""
 
@@ -137,7 +169,7 @@ class MessageStore(Protocol):
     async def list_conversations(
         self, user_id: str, *, limit: int, cursor: str | None = None
     ) -> Page[Conversation]:
-        """Conversations ``user_id`` belongs to, most recently updated first."""
+        """Conversations ``user_id`` belongs to, most recently updated first. Raises InvalidCursor."""
 
     async def add_participants(self, conversation_id: str, user_ids: Collection[str]) -> Conversation:
         """Raises ConversationNotFound."""
@@ -170,7 +202,10 @@ class MessageStore(Protocol):
     async def list_messages(
         self, conversation_id: str, *, limit: int, before: str | None = None
     ) -> Page[Message]:
-        """Newest first; the cursor pages to older messages and is stable while new ones arrive."""
+        """Newest first; the cursor pages to older messages and is stable while new ones arrive.
+
+        Raises InvalidCursor.
+        """
 
     async def mark_read(
         self, conversation_id: str, message_id: str, user_id: str

@@ -1,0 +1,326 @@
+"""SQLite MessageStore: the embedded default, one WAL database under ``DATA_DIR``.
+
+sqlite3 calls never run on the event loop: they run in worker threads. All writes go through one
+connection behind a limiter of one, each operation a single ``BEGIN IMMEDIATE`` transaction, so a
+multi-row write (message + image reference + outbox entry) is atomic and writers never interleave.
+Reads use a small pool of connections; WAL lets them run beside the writer, each seeing the last
+committed state. ``synchronous=FULL`` because a 201 promises the message survives a power cut, not only
+a crash of the process.
+
+Several processes may share the file (separate services on one laptop): ``BEGIN IMMEDIATE`` takes
+SQLite's write lock and ``busy_timeout`` waits for it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import queue
+import sqlite3
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+from chat_core.messagestore import (
+    Conversation,
+    ConversationNotFound,
+    LastMessage,
+    Page,
+    decode_cursor,
+    encode_cursor,
+)
+
+if TYPE_CHECKING:
+    from chat_core.backends import Backends
+
+__all__ = ["SqliteMessageStore", "create"]
+
+R = TypeVar("R")
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+_BUSY_TIMEOUT_MS = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    conversation_id TEXT PRIMARY KEY,
+    name            TEXT,
+    participants    TEXT    NOT NULL,  -- JSON array, in the order members joined
+    created_at      INTEGER NOT NULL,  -- microseconds since the epoch, UTC
+    updated_at      INTEGER NOT NULL,
+    last_message    BLOB               -- JSON LastMessage
+);
+-- One row per member: the by-user index behind "my conversations".
+CREATE TABLE IF NOT EXISTS participants (
+    conversation_id TEXT NOT NULL,
+    user_id         TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS participants_by_user ON participants (user_id, conversation_id);
+CREATE INDEX IF NOT EXISTS conversations_by_update ON conversations (updated_at, conversation_id);
+"""
+
+
+def _micros(value: dt.datetime) -> int:
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def _datetime(micros: int) -> dt.datetime:
+    return _EPOCH + micros * _MICROSECOND
+
+
+def _is_newer(candidate: LastMessage, current: LastMessage | None) -> bool:
+    if current is None:
+        return True
+    return (candidate.timestamp, candidate.message_id) > (current.timestamp, current.message_id)
+
+
+def _conversation(row: sqlite3.Row) -> Conversation:
+    return Conversation(
+        conversation_id=row["conversation_id"],
+        participants=tuple(msgspec.json.decode(row["participants"], type=list[str])),
+        name=row["name"],
+        created_at=_datetime(row["created_at"]),
+        updated_at=_datetime(row["updated_at"]),
+        last_message=msgspec.json.decode(row["last_message"], type=LastMessage)
+        if row["last_message"] is not None
+        else None,
+    )
+
+
+_CONVERSATION_COLUMNS = (
+    "c.conversation_id, c.name, c.participants, c.created_at, c.updated_at, c.last_message"
+)
+
+
+def _select_conversation(conn: sqlite3.Connection, conversation_id: str) -> Conversation | None:
+    row = conn.execute(
+        f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c WHERE c.conversation_id = ?",  # noqa: S608
+        (conversation_id,),
+    ).fetchone()
+    return None if row is None else _conversation(row)
+
+
+class SqliteMessageStore:
+    name = "sqlite"
+
+    def __init__(self, path: Path | str, *, readers: int = 4) -> None:
+        self._path = Path(path)
+        self._reader_count = readers
+        self._writer: sqlite3.Connection | None = None
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._write_limiter = anyio.CapacityLimiter(1)
+        # As many threads as connections, so a reader always finds a free connection in the pool.
+        self._read_limiter = anyio.CapacityLimiter(readers)
+
+    # --- plumbing ---------------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        return conn
+
+    async def _write(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run ``fn(conn, *args)`` as one write transaction in the writer thread."""
+
+        def run() -> R:
+            conn = self._writer
+            if conn is None:
+                raise RuntimeError("the SQLite message store is not started")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn, *args)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        # Not cancellable: once the transaction started it finishes, so it is never left half-done.
+        return await anyio.to_thread.run_sync(run, limiter=self._write_limiter)
+
+    async def _read(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run ``fn(conn, *args)`` in one read transaction (a consistent snapshot) on a pooled connection."""
+
+        def run() -> R:
+            conn = self._readers.get_nowait()
+            try:
+                conn.execute("BEGIN")
+                try:
+                    return fn(conn, *args)
+                finally:
+                    conn.execute("COMMIT")
+            finally:
+                self._readers.put(conn)
+
+        if self._writer is None:
+            raise RuntimeError("the SQLite message store is not started")
+        return await anyio.to_thread.run_sync(run, limiter=self._read_limiter)
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._writer is not None:
+            return
+
+        def open_all() -> None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            writer = self._connect()
+            writer.executescript(_SCHEMA)
+            for _ in range(self._reader_count):
+                self._readers.put(self._connect())
+            self._writer = writer
+
+        await anyio.to_thread.run_sync(open_all)
+
+    async def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+
+        def close_all() -> None:
+            while not self._readers.empty():
+                self._readers.get_nowait().close()
+            writer.close()
+
+        await anyio.to_thread.run_sync(close_all, limiter=self._write_limiter)
+
+    async def ping(self) -> None:
+        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    # --- conversations and membership ------------------------------------------------------------
+    async def create_conversation(self, conversation: Conversation) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO conversations"
+                " (conversation_id, name, participants, created_at, updated_at, last_message)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    conversation.conversation_id,
+                    conversation.name,
+                    msgspec.json.encode(list(conversation.participants)).decode(),
+                    _micros(conversation.created_at),
+                    _micros(conversation.updated_at),
+                    None
+                    if conversation.last_message is None
+                    else msgspec.json.encode(conversation.last_message),
+                ),
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO participants (conversation_id, user_id) VALUES (?, ?)",
+                [(conversation.conversation_id, user) for user in conversation.participants],
+            )
+
+        await self._write(insert)
+
+    async def get_conversation(self, conversation_id: str) -> Conversation | None:
+        return await self._read(_select_conversation, conversation_id)
+
+    async def get_participants(self, conversation_id: str) -> frozenset[str] | None:
+        def select(conn: sqlite3.Connection) -> frozenset[str] | None:
+            row = conn.execute(
+                "SELECT participants FROM conversations WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()
+            return None if row is None else frozenset(msgspec.json.decode(row[0], type=list[str]))
+
+        return await self._read(select)
+
+    async def list_conversations(
+        self, user_id: str, *, limit: int, cursor: str | None = None
+    ) -> Page[Conversation]:
+        # Keyset pagination on (updated_at, id). A conversation that gets a new message while someone
+        # pages moves to the front: it is on a page already seen, so it is not repeated further down.
+        after = decode_cursor(cursor) if cursor else None
+
+        def select(conn: sqlite3.Connection) -> list[Conversation]:
+            sql = (
+                f"SELECT {_CONVERSATION_COLUMNS} FROM participants p"  # noqa: S608
+                " JOIN conversations c ON c.conversation_id = p.conversation_id WHERE p.user_id = ?"
+            )
+            params: list[Any] = [user_id]
+            if after is not None:
+                sql += " AND (c.updated_at, c.conversation_id) < (?, ?)"
+                params += [_micros(after[0]), after[1]]
+            sql += " ORDER BY c.updated_at DESC, c.conversation_id DESC LIMIT ?"
+            params.append(limit + 1)
+            return [_conversation(row) for row in conn.execute(sql, params)]
+
+        rows = await self._read(select)
+        items = rows[:limit]
+        next_cursor = (
+            encode_cursor(items[-1].updated_at, items[-1].conversation_id) if len(rows) > limit else None
+        )
+        return Page(items=items, next_cursor=next_cursor)
+
+    async def add_participants(self, conversation_id: str, user_ids: Collection[str]) -> Conversation:
+        def add(conn: sqlite3.Connection) -> Conversation:
+            current = _select_conversation(conn, conversation_id)
+            if current is None:
+                raise ConversationNotFound(conversation_id)
+            joined = [user for user in dict.fromkeys(user_ids) if user not in current.participants]
+            if not joined:
+                return current
+            participants = (*current.participants, *joined)
+            conn.execute(
+                "UPDATE conversations SET participants = ? WHERE conversation_id = ?",
+                (msgspec.json.encode(list(participants)).decode(), conversation_id),
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO participants (conversation_id, user_id) VALUES (?, ?)",
+                [(conversation_id, user) for user in joined],
+            )
+            return msgspec.structs.replace(current, participants=participants)
+
+        return await self._write(add)
+
+    async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
+        def remove(conn: sqlite3.Connection) -> Conversation:
+            current = _select_conversation(conn, conversation_id)
+            if current is None:
+                raise ConversationNotFound(conversation_id)
+            if user_id not in current.participants:
+                return current
+            participants = tuple(user for user in current.participants if user != user_id)
+            conn.execute(
+                "UPDATE conversations SET participants = ? WHERE conversation_id = ?",
+                (msgspec.json.encode(list(participants)).decode(), conversation_id),
+            )
+            conn.execute(
+                "DELETE FROM participants WHERE conversation_id = ? AND user_id = ?",
+                (conversation_id, user_id),
+            )
+            return msgspec.structs.replace(current, participants=participants)
+
+        return await self._write(remove)
+
+    async def touch_conversation(self, conversation_id: str, last_message: LastMessage) -> None:
+        def touch(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT updated_at, last_message FROM conversations WHERE conversation_id = ?",
+                (conversation_id,),
+            ).fetchone()
+            if row is None:
+                return
+            current = None if row[1] is None else msgspec.json.decode(row[1], type=LastMessage)
+            if not _is_newer(last_message, current):
+                return
+            conn.execute(
+                "UPDATE conversations SET last_message = ?, updated_at = ? WHERE conversation_id = ?",
+                (
+                    msgspec.json.encode(last_message),
+                    max(row[0], _micros(last_message.timestamp)),
+                    conversation_id,
+                ),
+            )
+
+        await self._write(touch)
+
+
+def create(backends: Backends) -> SqliteMessageStore:
+    return SqliteMessageStore(Path(backends.settings.service.data_dir) / "messages.sqlite3")
