@@ -1,0 +1,213 @@
+{{/* Names ---------------------------------------------------------------------------------------- */}}
+{{- define "chat-management.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "chat-management.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of one component's objects: (dict "root" $ "component" "upload") */}}
+{{- define "chat-management.componentName" -}}
+{{- printf "%s-%s" (include "chat-management.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "chat-management.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels ------------------------------------------------------------------------------------------ */}}
+{{- define "chat-management.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "chat-management.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* (dict "root" $ "component" "upload") */}}
+{{- define "chat-management.labels" -}}
+helm.sh/chart: {{ include "chat-management.chart" .root }}
+{{ include "chat-management.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: chat-management
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Image ------------------------------------------------------------------------------------------- */}}
+{{- define "chat-management.image" -}}
+{{- $image := .Values.image -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A service's settings: podDefaults overlaid with the service's own keys.
+     (dict "root" $ "spec" $serviceValues) */}}
+{{- define "chat-management.podSettings" -}}
+{{- $merged := mergeOverwrite (deepCopy .root.Values.podDefaults) (deepCopy .spec) -}}
+{{- toYaml $merged -}}
+{{- end -}}
+
+{{/* Fail rendering early on a configuration the services would refuse at start-up. */}}
+{{- define "chat-management.validate" -}}
+{{- $config := .Values.config -}}
+{{- if and (eq (toString (default "local" $config.OBJECT_STORE)) "s3") (not (or $config.S3_BUCKET_NAME .Values.testing.enabled)) -}}
+{{- fail "config.S3_BUCKET_NAME is required with config.OBJECT_STORE=s3" -}}
+{{- end -}}
+{{- if not (or $config.AUTH_JWKS_URL (hasKey .Values.secretEnv "AUTH_JWT_SECRET") .Values.testing.enabled .Values.envFrom) -}}
+{{- fail "set config.AUTH_JWKS_URL (with AUTH_ISSUER and AUTH_AUDIENCE), or secretEnv.AUTH_JWT_SECRET" -}}
+{{- end -}}
+{{- range $name, $_ := .Values.secretEnv -}}
+{{- if hasKey $config $name -}}
+{{- fail (printf "%s is set in both config and secretEnv: keep it in one place" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The cleanup job and the smoke test are pods of the same image; they share this environment. */}}
+{{- define "chat-management.env" -}}
+{{- $root := .root -}}
+- name: PORT
+  value: "8000"
+- name: SHUTDOWN_DRAIN_SECONDS
+  value: {{ $root.Values.drainSeconds | quote }}
+- name: DATA_DIR
+  value: /tmp/chat-data
+{{- if not (hasKey $root.Values.config "OTEL_SERVICE_NAME") }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .component | quote }}
+{{- end }}
+{{- if $root.Values.testing.enabled }}
+{{- include "chat-management.testingEnv" $root }}
+{{- end }}
+{{- range $name, $ref := $root.Values.secretEnv }}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $ref.name }}
+      key: {{ $ref.key }}
+{{- end }}
+{{- range $name, $value := .env }}
+- name: {{ $name }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "chat-management.envFrom" -}}
+- configMapRef:
+    name: {{ include "chat-management.fullname" . }}-config
+{{- with .Values.envFrom }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Restricted Pod Security Standard, for every pod running the chat-management image. */}}
+{{- define "chat-management.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "chat-management.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Address of a public service for the ingress/route backends: (dict "root" $ "component" "upload") */}}
+{{- define "chat-management.requireService" -}}
+{{- $spec := get .root.Values.services .component -}}
+{{- if not (and $spec $spec.enabled) -}}
+{{- fail (printf "the %s service is routed to, so services.%s.enabled must be true" .component .component) -}}
+{{- end -}}
+{{- include "chat-management.componentName" . -}}
+{{- end -}}
+
+{{/* NetworkPolicy egress from named rules: (dict "root" $ "names" (list "dns" "cloud") "owner" "services.upload") */}}
+{{- define "chat-management.egress" -}}
+{{- $rules := .root.Values.networkPolicy.egressRules -}}
+{{- $names := uniq (concat (default list .names) (default list .root.Values.networkPolicy.egressForAll)) -}}
+egress:
+{{- range $ruleName := $names }}
+{{- $rule := get $rules $ruleName }}
+{{- if not $rule }}
+{{- fail (printf "%s.egressTo names %q, which networkPolicy.egressRules does not define" $.owner $ruleName) }}
+{{- end }}
+  # {{ $ruleName }}
+  {{- toYaml (list $rule) | nindent 2 }}
+{{- end }}
+{{- if not $names }} []{{ end }}
+{{- end -}}
+
+{{/* The public routes, for the Ingress and the HTTPRoute alike. `ingressPath` is an ingress-nginx regex
+     (anchored at the start, longest path wins); `match` is the Gateway API path match. The upload route
+     shares the /conversations prefix with the message service and must win over it. */}}
+{{- define "chat-management.routes" -}}
+- component: upload
+  ingressPath: /conversations/[^/]+/images/upload_url$
+  match: {type: RegularExpression, value: "/conversations/[^/]+/images/upload_url"}
+- component: message
+  ingressPath: /conversations(/|$)
+  match: {type: PathPrefix, value: /conversations}
+- component: message
+  ingressPath: /ws(/|$)
+  match: {type: PathPrefix, value: /ws}
+- component: message
+  ingressPath: /me/
+  match: {type: PathPrefix, value: /me}
+- component: image-proxy
+  ingressPath: /images/
+  match: {type: PathPrefix, value: /images}
+{{- end -}}
+
+{{/* testing.enabled: the services talk to the in-cluster Redis, LocalStack and Firestore emulator. */}}
+{{- define "chat-management.testingEnv" -}}
+{{- $fullname := include "chat-management.fullname" . }}
+- name: AWS_ENDPOINT_URL
+  value: http://{{ $fullname }}-localstack:4566
+- name: S3_PUBLIC_ENDPOINT_URL
+  value: http://{{ $fullname }}-localstack:4566
+- name: AWS_REGION
+  value: us-east-1
+# LocalStack's fixed test credentials; real AWS is never reached from the test profile.
+- name: AWS_ACCESS_KEY_ID
+  value: test
+- name: AWS_SECRET_ACCESS_KEY
+  value: test
+- name: S3_BUCKET_NAME
+  value: {{ .Values.testing.bucket | quote }}
+- name: FIRESTORE_EMULATOR_HOST
+  value: {{ $fullname }}-firestore:8080
+- name: FIRESTORE_PROJECT_ID
+  value: {{ .Values.testing.firestoreProject | quote }}
+- name: REDIS_URL
+  value: redis://{{ $fullname }}-redis:6379/0
+{{- if not (hasKey .Values.secretEnv "AUTH_JWT_SECRET") }}
+- name: AUTH_JWT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ $fullname }}-test-auth
+      key: jwt-secret
+{{- end }}
+{{- end -}}
