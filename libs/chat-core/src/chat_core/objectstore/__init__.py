@@ -117,4 +117,7 @@ class ObjectStore(Protocol):
         """Idempotent: deleting a missing key is not an error."""
 
     def list(self, prefix: str = "", *, page_size: int = 1000) -> AsyncIterator[ObjectInfo]:
-        """Every object under ``prefix``, streamed page by page (memory flat in the object count)."""
+        """Every object under ``prefix`` in key order, streamed page by page (memory flat in their count).
+
+        ``content_type`` is empty here: S3's listing does not carry it (``head`` does).
+        """

@@ -1,0 +1,118 @@
+"""Serving an object over HTTP with conditional and range requests (RFC 9110 §13, §14).
+
+One piece of code for the two places that stream stored bytes to a client: the image proxy's stream mode
+and the local object store's signed GET route.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from email.utils import format_datetime
+from typing import Any, Literal, NamedTuple
+
+from litestar import Response
+from litestar.response import Stream
+
+from chat_core.objectstore import ByteRange, ObjectInfo, ObjectNotFound, ObjectStore, RangeNotSatisfiable
+
+__all__ = ["Served", "etag_matches", "object_headers", "parse_range", "serve_object"]
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+Outcome = Literal["ok", "partial", "not_modified"]
+
+
+class Served(NamedTuple):
+    response: Response[Any]
+    outcome: Outcome
+
+
+def parse_range(header: str, size: int) -> ByteRange | None:
+    """The one byte range a ``Range`` header asks of an object of ``size`` bytes.
+
+    None means "ignore the header and send everything" (not bytes, several ranges, or invalid syntax:
+    RFC 9110 lets a server ignore those). Raises RangeNotSatisfiable when no byte of the object is asked.
+    """
+    match = _RANGE.match(header.strip().replace(" ", ""))
+    if match is None:
+        return None
+    first, last = match[1], match[2]
+    if not first and not last:
+        return None
+    if not first:  # a suffix: the last N bytes
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiable(size)
+        return ByteRange(max(size - suffix, 0), size - 1)
+    start = int(first)
+    end = int(last) if last else None
+    if end is not None and end < start:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiable(size)
+    return ByteRange(start, size - 1 if end is None else min(end, size - 1))
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """Weak comparison, as ``If-None-Match`` uses (RFC 9110 §13.1.2)."""
+    if if_none_match.strip() == "*":
+        return True
+    ours = etag.removeprefix("W/")
+    return any(candidate.strip().removeprefix("W/") == ours for candidate in if_none_match.split(","))
+
+
+def object_headers(info: ObjectInfo) -> dict[str, str]:
+    return {
+        "ETag": info.etag,
+        "Last-Modified": format_datetime(info.last_modified, usegmt=True),
+        "Accept-Ranges": "bytes",
+    }
+
+
+async def serve_object(
+    store: ObjectStore,
+    key: str,
+    request_headers: Mapping[str, str],
+    *,
+    headers: Mapping[str, str] | None = None,
+    content_type: str | None = None,
+) -> Served:
+    """200, 206 or 304 for ``key``; raises ObjectNotFound, or RangeNotSatisfiable (answer 416).
+
+    A plain GET is one store round trip; a conditional or range request adds a ``head`` first, so a 304
+    or a 416 never opens the body.
+    """
+    extra = dict(headers or {})
+    range_header = request_headers.get("range")
+    if_none_match = request_headers.get("if-none-match")
+    byte_range: ByteRange | None = None
+    if range_header or if_none_match:
+        info = await store.head(key)
+        if info is None:
+            raise ObjectNotFound(key)
+        if if_none_match and etag_matches(if_none_match, info.etag):
+            return Served(
+                Response(b"", status_code=304, headers={**object_headers(info), **extra}), "not_modified"
+            )
+        if_range = request_headers.get("if-range")
+        if range_header and (if_range is None or if_range.strip() == info.etag):
+            byte_range = parse_range(range_header, info.size)
+    read = await store.open(key, byte_range)
+    response_headers = {
+        **object_headers(read.info),
+        "Content-Length": str(read.length),
+        **extra,
+    }
+    status = 200
+    if byte_range is not None:
+        status = 206
+        response_headers["Content-Range"] = f"bytes {read.start}-{read.end}/{read.info.size}"
+    return Served(
+        Stream(
+            read.body,
+            status_code=status,
+            media_type=content_type or read.info.content_type or "application/octet-stream",
+            headers=response_headers,
+        ),
+        "partial" if status == 206 else "ok",
+    )
