@@ -9,14 +9,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace as msgspec_replace
 
 from chat_core.backends import Backends
 from chat_core.messagestore import (
     Conversation,
     ConversationNotFound,
+    Device,
+    ImageMetadata,
     InvalidCursor,
     LastMessage,
+    Message,
     MessageStore,
+    ObjectAlreadyUsed,
+    OutboxEntry,
 )
 from tests.conftest import make_settings
 
@@ -58,6 +64,54 @@ def last_message(at: dt.datetime, message_id: str = "m1", preview: str = "hi") -
     return LastMessage(
         message_id=message_id, sender_id="alice", message_type="text", preview=preview, timestamp=at
     )
+
+
+def text(
+    at: dt.datetime = T0, *, sender: str = "alice", content: str = "hello", message_id: str = ""
+) -> Message:
+    return Message(
+        message_id=message_id or str(uuid.uuid4()),
+        content=content,
+        message_type="text",
+        sender_id=sender,
+        timestamp=at,
+        read_by=(sender,),
+    )
+
+
+def image(cid: str, at: dt.datetime = T0, *, sender: str = "alice", message_id: str = "") -> Message:
+    key = f"images/{sender}/20240419-123456-{uuid.uuid4()}.jpg"
+    return Message(
+        message_id=message_id or str(uuid.uuid4()),
+        content=None,
+        message_type="image",
+        sender_id=sender,
+        timestamp=at,
+        read_by=(sender,),
+        metadata=ImageMetadata(
+            object_key=key,
+            url=f"https://chat.example/images/{cid}/{key}",
+            content_type="image/jpeg",
+            size_bytes=102400,
+            width=800,
+            height=600,
+        ),
+    )
+
+
+def stored_key(cid: str, message: Message) -> str:
+    assert message.metadata is not None
+    return f"{cid}/{message.metadata.object_key}"
+
+
+async def new_conversation(store: MessageStore, participants: tuple[str, ...] = ("alice", "bob")) -> str:
+    created = conversation(participants)
+    await store.create_conversation(created)
+    return created.conversation_id
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 # --- conversations and membership -----------------------------------------------------------------
@@ -205,3 +259,292 @@ async def test_a_garbled_conversation_cursor_is_refused(store: MessageStore) -> 
 
 async def test_the_store_answers_ping(store: MessageStore) -> None:
     await store.ping()
+
+
+# --- messages -------------------------------------------------------------------------------------
+async def test_a_text_message_reads_back_exactly(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    message = text()
+    assert await store.create_message(cid, message) == (message, True)
+    assert await store.get_message(cid, message.message_id) == message
+
+
+async def test_an_image_message_reads_back_with_its_metadata(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    message = image(cid)
+    await store.create_message(cid, message, object_key=stored_key(cid, message))
+    assert await store.get_message(cid, message.message_id) == message
+
+
+async def test_a_message_is_only_found_in_its_own_conversation(store: MessageStore) -> None:
+    cid, other = await new_conversation(store), await new_conversation(store)
+    message = text()
+    await store.create_message(cid, message)
+    assert await store.get_message(other, message.message_id) is None
+    assert await store.get_message(cid, "no-such-message") is None
+
+
+async def test_creating_a_message_writes_its_outbox_entry(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    message = text(now() - dt.timedelta(seconds=30))
+    trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    await store.create_message(cid, message, trace=trace)
+    pending = await store.pending_outbox(older_than=0, limit=10)
+    assert pending == [
+        OutboxEntry(conversation_id=cid, message=message, created_at=message.timestamp, trace=trace)
+    ]
+
+
+async def test_the_same_message_id_again_returns_the_stored_message_and_writes_nothing(
+    store: MessageStore,
+) -> None:
+    cid = await new_conversation(store)
+    first = text(content="first")
+    retry = msgspec_replace(first, content="retried with other content")
+    await store.create_message(cid, first)
+    assert await store.create_message(cid, retry) == (first, False)
+    assert (await store.list_messages(cid, limit=10)).items == [first]
+    assert (await store.outbox_stats())[0] == 1
+
+
+async def test_an_idempotent_retry_of_an_image_message_is_not_a_reuse(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    message = image(cid)
+    await store.create_message(cid, message, object_key=stored_key(cid, message))
+    again = await store.create_message(cid, message, object_key=stored_key(cid, message))
+    assert again == (message, False)
+
+
+async def test_an_object_backs_at_most_one_message(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    first = image(cid)
+    await store.create_message(cid, first, object_key=stored_key(cid, first))
+    second = msgspec_replace(first, message_id=str(uuid.uuid4()))
+    with pytest.raises(ObjectAlreadyUsed) as caught:
+        await store.create_message(cid, second, object_key=stored_key(cid, first))
+    assert caught.value.message_id == first.message_id
+    assert await store.get_message(cid, second.message_id) is None
+    assert (await store.outbox_stats())[0] == 1  # nothing half-written
+
+
+async def test_concurrent_messages_on_one_object_store_exactly_one(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    template = image(cid)
+    key = stored_key(cid, template)
+    attempts = [msgspec_replace(template, message_id=str(uuid.uuid4())) for _ in range(5)]
+    results = await asyncio.gather(
+        *(store.create_message(cid, m, object_key=key) for m in attempts), return_exceptions=True
+    )
+    stored = [r for r in results if isinstance(r, tuple)]
+    refused = [r for r in results if isinstance(r, ObjectAlreadyUsed)]
+    assert len(stored) == 1
+    assert len(refused) == 4
+    assert {r.message_id for r in refused} == {stored[0][0].message_id}
+    assert [m.message_id for m in (await store.list_messages(cid, limit=10)).items] == [
+        stored[0][0].message_id
+    ]
+
+
+async def test_concurrent_creates_of_one_message_store_it_once(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    message = image(cid)
+    results = await asyncio.gather(
+        *(store.create_message(cid, message, object_key=stored_key(cid, message)) for _ in range(4))
+    )
+    assert sorted(created for _, created in results) == [False, False, False, True]
+    assert all(stored == message for stored, _ in results)
+    assert (await store.outbox_stats())[0] == 1
+
+
+async def test_a_message_in_an_unknown_conversation_is_refused(store: MessageStore) -> None:
+    with pytest.raises(ConversationNotFound):
+        await store.create_message("nope", text())
+
+
+async def test_messages_list_newest_first(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    messages = [text(T0 + dt.timedelta(seconds=i)) for i in range(5)]
+    for message in (messages[2], messages[0], messages[4], messages[1], messages[3]):
+        await store.create_message(cid, message)
+    page = await store.list_messages(cid, limit=10)
+    assert page.items == messages[::-1]
+    assert page.next_cursor is None
+
+
+async def test_messages_with_one_timestamp_are_ordered_by_id(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    same_time = [text(T0, message_id=f"m{i}") for i in range(4)]
+    for message in same_time:
+        await store.create_message(cid, message)
+    first = await store.list_messages(cid, limit=2)
+    rest = await store.list_messages(cid, limit=2, before=first.next_cursor)
+    assert [m.message_id for m in first.items + rest.items] == ["m3", "m2", "m1", "m0"]
+    assert rest.next_cursor is None
+
+
+async def test_message_pages_are_stable_while_new_messages_arrive(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    originals = [text(T0 + dt.timedelta(milliseconds=i)) for i in range(30)]
+    for message in originals:
+        await store.create_message(cid, message)
+    seen: list[str] = []
+    cursor: str | None = None
+    for round_ in range(100):
+        page = await store.list_messages(cid, limit=7, before=cursor)
+        seen += [m.message_id for m in page.items]
+        await store.create_message(cid, text(T0 + dt.timedelta(hours=1, seconds=round_)))
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == [m.message_id for m in reversed(originals)]
+
+
+async def test_a_garbled_message_cursor_is_refused(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    with pytest.raises(InvalidCursor):
+        await store.list_messages(cid, limit=10, before="garbage!")
+
+
+async def test_marking_read_adds_the_reader_once(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    message = text()
+    await store.create_message(cid, message)
+    read = await store.mark_read(cid, message.message_id, "bob")
+    assert read is not None
+    assert read[0].read_by == ("alice", "bob")
+    assert read[1] is True
+    again = await store.mark_read(cid, message.message_id, "bob")
+    assert again == (read[0], False)
+    stored = await store.get_message(cid, message.message_id)
+    assert stored is not None
+    assert stored.read_by == ("alice", "bob")
+
+
+async def test_the_sender_reading_changes_nothing(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    message = text()
+    await store.create_message(cid, message)
+    assert await store.mark_read(cid, message.message_id, "alice") == (message, False)
+
+
+async def test_marking_an_unknown_message_read_is_none(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    assert await store.mark_read(cid, "no-such-message", "bob") is None
+
+
+async def test_concurrent_readers_are_all_kept(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    message = text()
+    await store.create_message(cid, message)
+    readers = [f"reader{i}" for i in range(6)]
+    await asyncio.gather(*(store.mark_read(cid, message.message_id, r) for r in readers))
+    stored = await store.get_message(cid, message.message_id)
+    assert stored is not None
+    assert set(stored.read_by) == {"alice", *readers}
+    assert len(stored.read_by) == 7
+
+
+# --- objects --------------------------------------------------------------------------------------
+async def test_referenced_objects_are_those_backing_a_message(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    used = image(cid)
+    await store.create_message(cid, used, object_key=stored_key(cid, used))
+    orphan = f"{cid}/images/alice/20240419-123456-{uuid.uuid4()}.png"
+    assert await store.referenced_objects([stored_key(cid, used), orphan]) == {stored_key(cid, used)}
+    assert await store.referenced_objects([]) == set()
+
+
+# --- devices --------------------------------------------------------------------------------------
+def device(token: str, user: str, platform: str = "ios") -> Device:
+    return Device(token=token, platform=platform, user_id=user, updated_at=T0)  # type: ignore[arg-type]
+
+
+async def test_devices_are_found_by_user(store: MessageStore) -> None:
+    for item in (device("t1", "alice"), device("t2", "alice", "web"), device("t3", "bob", "android")):
+        await store.put_device(item)
+    assert await store.devices_for(["alice", "bob", "carol"]) == {
+        "alice": [device("t1", "alice"), device("t2", "alice", "web")],
+        "bob": [device("t3", "bob", "android")],
+    }
+
+
+async def test_a_token_registered_again_moves_to_its_new_user(store: MessageStore) -> None:
+    await store.put_device(device("shared-phone", "alice"))
+    await store.put_device(device("shared-phone", "bob", "android"))
+    assert await store.devices_for(["alice", "bob"]) == {"bob": [device("shared-phone", "bob", "android")]}
+
+
+async def test_a_user_deletes_only_their_own_token(store: MessageStore) -> None:
+    await store.put_device(device("t1", "alice"))
+    assert await store.delete_device("bob", "t1") is False
+    assert await store.devices_for(["alice"]) == {"alice": [device("t1", "alice")]}
+    assert await store.delete_device("alice", "t1") is True
+    assert await store.devices_for(["alice"]) == {}
+    assert await store.delete_device("alice", "t1") is False
+
+
+async def test_devices_of_many_users_are_found(store: MessageStore) -> None:
+    users = [f"user{i}" for i in range(45)]  # more than one "in" query's worth on Firestore
+    for user in users:
+        await store.put_device(device(f"token-{user}", user))
+    found = await store.devices_for(users)
+    assert sorted(found) == sorted(users)
+
+
+async def test_a_device_token_with_slashes_is_stored_verbatim(store: MessageStore) -> None:
+    token = "fcm:APA91b/abc+def/=="
+    await store.put_device(device(token, "alice"))
+    assert (await store.devices_for(["alice"]))["alice"][0].token == token
+
+
+# --- outbox ---------------------------------------------------------------------------------------
+async def test_pending_outbox_is_oldest_first_and_respects_the_age(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    oldest = text(now() - dt.timedelta(seconds=300))
+    older = text(now() - dt.timedelta(seconds=200))
+    fresh = text(now())
+    for message in (older, fresh, oldest):
+        await store.create_message(cid, message)
+    pending = await store.pending_outbox(older_than=60, limit=10)
+    assert [e.message.message_id for e in pending] == [oldest.message_id, older.message_id]
+    limited = await store.pending_outbox(older_than=60, limit=1)
+    assert [e.message.message_id for e in limited] == [oldest.message_id]
+
+
+async def test_deleted_outbox_entries_are_gone(store: MessageStore) -> None:
+    cid = await new_conversation(store)
+    first, second = text(now() - dt.timedelta(seconds=10)), text(now() - dt.timedelta(seconds=5))
+    await store.create_message(cid, first)
+    await store.create_message(cid, second)
+    await store.delete_outbox([first.message_id, "unknown"])
+    pending = await store.pending_outbox(older_than=0, limit=10)
+    assert [e.message.message_id for e in pending] == [second.message_id]
+    assert await store.get_message(cid, first.message_id) == first  # the message itself stays
+
+
+async def test_outbox_stats_count_and_age(store: MessageStore) -> None:
+    assert await store.outbox_stats() == (0, None)
+    cid = await new_conversation(store)
+    old, new = text(T0), text(T0 + dt.timedelta(seconds=3))
+    await store.create_message(cid, new)
+    await store.create_message(cid, old)
+    assert await store.outbox_stats() == (2, T0)
+
+
+# --- push receipts --------------------------------------------------------------------------------
+async def test_a_push_is_claimed_once(store: MessageStore) -> None:
+    assert await store.claim_push("m1:0", "token-a") is True
+    assert await store.claim_push("m1:0", "token-a") is False
+    assert await store.claim_push("m1:0", "token-b") is True
+    assert await store.claim_push("m2:0", "token-a") is True
+
+
+async def test_a_released_push_can_be_claimed_again(store: MessageStore) -> None:
+    assert await store.claim_push("m1:0", "token-a") is True
+    await store.release_push("m1:0", "token-a")
+    assert await store.claim_push("m1:0", "token-a") is True
+
+
+async def test_concurrent_claims_have_one_winner(store: MessageStore) -> None:
+    results = await asyncio.gather(*(store.claim_push("m1:0", "token-a") for _ in range(5)))
+    assert sorted(results) == [False, False, False, False, True]

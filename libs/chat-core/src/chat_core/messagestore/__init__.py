@@ -26,6 +26,7 @@ from typing import Generic, Literal, Protocol, TypeVar
 import msgspec
 
 __all__ = [
+    "PUSH_RECEIPT_TTL",
     "Conversation",
     "ConversationNotFound",
     "Device",
@@ -44,6 +45,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# How long a push receipt is kept: longer than a notification can be redelivered (SQS keeps a message
+# at most 14 days). Firestore drops older ones with a TTL policy on ``pushReceipts.expireAt``.
+PUSH_RECEIPT_TTL = dt.timedelta(days=14)
 MessageType = Literal["text", "image"]
 Platform = Literal["ios", "android", "web"]
 
@@ -96,7 +100,11 @@ class Device(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
 
 class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """Work left for a stored message: publish it, enqueue notifications for its offline members."""
+    """Work left for a stored message: publish it, enqueue notifications for its offline members.
+
+    ``create_message`` writes it with ``created_at`` = the message's timestamp, so the entry a caller
+    builds from the stored message is the stored entry.
+    """
 
     conversation_id: str
     message: Message

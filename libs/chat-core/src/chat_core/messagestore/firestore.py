@@ -12,7 +12,8 @@ coalesce per conversation (``message_service.touches``).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection
+import hashlib
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -24,9 +25,14 @@ from google.cloud.firestore_v1.base_document import DocumentSnapshot
 from google.cloud.firestore_v1.base_query import BaseQuery
 
 from chat_core.messagestore import (
+    PUSH_RECEIPT_TTL,
     Conversation,
     ConversationNotFound,
+    Device,
     LastMessage,
+    Message,
+    ObjectAlreadyUsed,
+    OutboxEntry,
     Page,
     decode_cursor,
     encode_cursor,
@@ -40,6 +46,14 @@ __all__ = ["FirestoreMessageStore", "create"]
 
 
 CONVERSATIONS = "conversations"
+MESSAGES = "messages"
+IMAGE_REFS = "imageRefs"
+OUTBOX = "outbox"
+DEVICES = "devices"
+PUSH_RECEIPTS = "pushReceipts"
+_GET_ALL_CHUNK = 100
+_IN_CHUNK = 30  # Firestore's limit on the values of an "in" filter
+_BATCH_LIMIT = 500  # writes per batch
 _OPTIMISTIC_ATTEMPTS = 8
 _DESCENDING = BaseQuery.DESCENDING
 
@@ -74,6 +88,29 @@ def _is_newer(candidate: LastMessage, current: LastMessage | None) -> bool:
     if current is None:
         return True
     return (candidate.timestamp, candidate.message_id) > (current.timestamp, current.message_id)
+
+
+def _doc_id(*parts: str) -> str:
+    """Document id for free-form keys (object keys, push tokens): fixed length, no '/' to escape."""
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
+def _message(snapshot: DocumentSnapshot[Any]) -> Message:
+    return msgspec.convert(_plain(snapshot.to_dict() or {}), Message)
+
+
+def _outbox_entry(snapshot: DocumentSnapshot[Any]) -> OutboxEntry:
+    data = _plain(snapshot.to_dict() or {})
+    return OutboxEntry(
+        conversation_id=data["conversationId"],
+        message=msgspec.convert(data["message"], Message),
+        created_at=data["createdAt"],
+        trace=data.get("trace") or {},
+    )
+
+
+def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _conversation(snapshot: DocumentSnapshot[Any]) -> Conversation:
@@ -206,6 +243,183 @@ class FirestoreMessageStore:
                 continue
             return
         raise RuntimeError(f"conversation {conversation_id} kept changing; lastMessage not updated")
+
+    # --- messages ---------------------------------------------------------------------------------
+    def _message_ref(self, conversation_id: str, message_id: str) -> AsyncDocumentReference:
+        ref: AsyncDocumentReference = (
+            self._conversation_ref(conversation_id).collection(MESSAGES).document(message_id)
+        )
+        return ref
+
+    async def create_message(
+        self,
+        conversation_id: str,
+        message: Message,
+        *,
+        object_key: str | None = None,
+        trace: Mapping[str, str] | None = None,
+    ) -> tuple[Message, bool]:
+        # A plain read, outside any transaction: it takes no lock on the busy conversation document.
+        conversation = await self._conversation_ref(conversation_id).get(field_paths=["createdAt"])
+        if not conversation.exists:
+            raise ConversationNotFound(conversation_id)
+        # One atomic batch of three create()s, no reads and no locks: the message, the object's
+        # reference and the outbox entry are written together or not at all. create() fails on an
+        # existing document, which is both the idempotency check (same message id) and the
+        # one-object-one-message rule (same object reference); only then do we read to say which.
+        message_ref = self._message_ref(conversation_id, message.message_id)
+        image_ref = self.client.collection(IMAGE_REFS).document(_doc_id(object_key)) if object_key else None
+        batch = self.client.batch()
+        batch.create(message_ref, _fields(message))
+        if image_ref is not None:
+            batch.create(
+                image_ref,
+                {"storedKey": object_key, "conversationId": conversation_id, "messageId": message.message_id},
+            )
+        batch.create(
+            self.client.collection(OUTBOX).document(message.message_id),
+            {
+                "conversationId": conversation_id,
+                "message": _fields(message),
+                "createdAt": message.timestamp,
+                "trace": dict(trace or {}),
+            },
+        )
+        try:
+            await batch.commit()
+        except gexc.AlreadyExists:
+            existing = await message_ref.get()
+            if existing.exists:
+                return _message(existing), False
+            holder = await image_ref.get() if image_ref is not None else None
+            if holder is not None and holder.exists:
+                raise ObjectAlreadyUsed(str(holder.get("messageId"))) from None
+            raise  # an outbox entry without its message: a message id reused elsewhere
+        return message, True
+
+    async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
+        snapshot = await self._message_ref(conversation_id, message_id).get()
+        return _message(snapshot) if snapshot.exists else None
+
+    async def list_messages(
+        self, conversation_id: str, *, limit: int, before: str | None = None
+    ) -> Page[Message]:
+        # The built-in single-field index on timestamp serves this (a DESC order on one field, then
+        # __name__ in the same direction): no composite index.
+        after = decode_cursor(before) if before else None
+        query = (
+            self._conversation_ref(conversation_id)
+            .collection(MESSAGES)
+            .order_by("timestamp", direction=_DESCENDING)
+            .order_by("__name__", direction=_DESCENDING)
+        )
+        if after is not None:
+            query = query.start_after([after[0], after[1]])
+        rows = [_message(snapshot) async for snapshot in query.limit(limit + 1).stream()]
+        items = rows[:limit]
+        next_cursor = encode_cursor(items[-1].timestamp, items[-1].message_id) if len(rows) > limit else None
+        return Page(items=items, next_cursor=next_cursor)
+
+    async def mark_read(
+        self, conversation_id: str, message_id: str, user_id: str
+    ) -> tuple[Message, bool] | None:
+        # No transaction: many members read one message at once, and ArrayUnion merges on the server
+        # without a lock. Two racing calls by the same reader may both report a change (harmless).
+        ref = self._message_ref(conversation_id, message_id)
+        snapshot = await ref.get()
+        if not snapshot.exists:
+            return None
+        message = _message(snapshot)
+        if user_id in message.read_by:
+            return message, False
+        await ref.update({"readBy": ArrayUnion([user_id])})
+        return msgspec.structs.replace(message, read_by=(*message.read_by, user_id)), True
+
+    # --- objects ----------------------------------------------------------------------------------
+    async def referenced_objects(self, stored_keys: Sequence[str]) -> set[str]:
+        refs = {_doc_id(key): key for key in stored_keys}
+        collection = self.client.collection(IMAGE_REFS)
+        found: set[str] = set()
+        for chunk in _chunks(list(refs), _GET_ALL_CHUNK):
+            async for snapshot in self.client.get_all([collection.document(doc) for doc in chunk]):
+                if snapshot.exists:
+                    found.add(refs[snapshot.id])
+        return found
+
+    # --- devices ----------------------------------------------------------------------------------
+    async def put_device(self, device: Device) -> None:
+        # Keyed by the token: registering it again (for another user) moves it.
+        await self.client.collection(DEVICES).document(_doc_id(device.token)).set(_fields(device))
+
+    async def delete_device(self, user_id: str, token: str) -> bool:
+        ref = self.client.collection(DEVICES).document(_doc_id(token))
+        for _ in range(_OPTIMISTIC_ATTEMPTS):
+            snapshot = await ref.get()
+            if not snapshot.exists or snapshot.get("userId") != user_id:
+                return False
+            try:
+                await ref.delete(option=self.client.write_option(last_update_time=snapshot.update_time))
+            except (gexc.FailedPrecondition, gexc.Aborted):
+                continue  # moved or re-registered meanwhile: look again
+            return True
+        return False
+
+    async def devices_for(self, user_ids: Collection[str]) -> dict[str, list[Device]]:
+        # Single-field index on userId ("in" filter, no order): built in.
+        found: dict[str, list[Device]] = {}
+        collection = self.client.collection(DEVICES)
+        for chunk in _chunks(list(dict.fromkeys(user_ids)), _IN_CHUNK):
+            query = collection.where(filter=FieldFilter("userId", "in", list(chunk)))
+            async for snapshot in query.stream():
+                device = msgspec.convert(_plain(snapshot.to_dict() or {}), Device)
+                found.setdefault(device.user_id, []).append(device)
+        for devices in found.values():
+            devices.sort(key=lambda device: device.token)
+        return found
+
+    # --- outbox -----------------------------------------------------------------------------------
+    async def pending_outbox(self, *, older_than: float, limit: int) -> list[OutboxEntry]:
+        # Single-field index on createdAt: built in.
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+        query = (
+            self.client.collection(OUTBOX)
+            .where(filter=FieldFilter("createdAt", "<", cutoff))
+            .order_by("createdAt")
+            .limit(limit)
+        )
+        return [_outbox_entry(snapshot) async for snapshot in query.stream()]
+
+    async def delete_outbox(self, message_ids: Collection[str]) -> None:
+        collection = self.client.collection(OUTBOX)
+        for chunk in _chunks(list(dict.fromkeys(message_ids)), _BATCH_LIMIT):
+            batch = self.client.batch()
+            for message_id in chunk:
+                batch.delete(collection.document(message_id))
+            await batch.commit()
+
+    async def outbox_stats(self) -> tuple[int, dt.datetime | None]:
+        collection = self.client.collection(OUTBOX)
+        counted = await collection.count().get()  # type: ignore[no-untyped-call]
+        oldest = [s async for s in collection.order_by("createdAt").limit(1).select(["createdAt"]).stream()]
+        created_at = _plain(oldest[0].get("createdAt")) if oldest else None
+        return int(counted[0][0].value), created_at
+
+    # --- push receipts ----------------------------------------------------------------------------
+    def _receipt_ref(self, notification_id: str, device_token: str) -> AsyncDocumentReference:
+        return self.client.collection(PUSH_RECEIPTS).document(_doc_id(notification_id, device_token))
+
+    async def claim_push(self, notification_id: str, device_token: str) -> bool:
+        now = dt.datetime.now(dt.UTC)
+        try:
+            await self._receipt_ref(notification_id, device_token).create(
+                {"notificationId": notification_id, "claimedAt": now, "expireAt": now + PUSH_RECEIPT_TTL}
+            )
+        except gexc.AlreadyExists:
+            return False
+        return True
+
+    async def release_push(self, notification_id: str, device_token: str) -> None:
+        await self._receipt_ref(notification_id, device_token).delete()
 
 
 def create(backends: Backends) -> FirestoreMessageStore:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import queue
 import sqlite3
-from collections.abc import Callable, Collection
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,9 +26,14 @@ import anyio.to_thread
 import msgspec
 
 from chat_core.messagestore import (
+    PUSH_RECEIPT_TTL,
     Conversation,
     ConversationNotFound,
+    Device,
     LastMessage,
+    Message,
+    ObjectAlreadyUsed,
+    OutboxEntry,
     Page,
     decode_cursor,
     encode_cursor,
@@ -43,6 +49,7 @@ R = TypeVar("R")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
 _BUSY_TIMEOUT_MS = 10_000
+_IN_CHUNK = 500  # bound on "IN (?, ?, ...)" lists (SQLite allows 32766 variables; keep statements small)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -61,6 +68,40 @@ CREATE TABLE IF NOT EXISTS participants (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS participants_by_user ON participants (user_id, conversation_id);
 CREATE INDEX IF NOT EXISTS conversations_by_update ON conversations (updated_at, conversation_id);
+CREATE TABLE IF NOT EXISTS messages (
+    conversation_id TEXT    NOT NULL,
+    message_id      TEXT    NOT NULL,
+    timestamp       INTEGER NOT NULL,
+    body            BLOB    NOT NULL,  -- JSON Message (the spec's fields)
+    PRIMARY KEY (conversation_id, message_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_by_time ON messages (conversation_id, timestamp, message_id);
+-- The stored key is the primary key: one object backs at most one message.
+CREATE TABLE IF NOT EXISTS image_refs (
+    stored_key      TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    message_id      TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    message_id TEXT    PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    body       BLOB    NOT NULL  -- JSON OutboxEntry
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (created_at, message_id);
+CREATE TABLE IF NOT EXISTS devices (
+    token      TEXT    PRIMARY KEY,
+    user_id    TEXT    NOT NULL,
+    platform   TEXT    NOT NULL,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS devices_by_user ON devices (user_id);
+CREATE TABLE IF NOT EXISTS push_receipts (
+    notification_id TEXT    NOT NULL,
+    device_token    TEXT    NOT NULL,
+    claimed_at      INTEGER NOT NULL,
+    PRIMARY KEY (notification_id, device_token)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS push_receipts_by_age ON push_receipts (claimed_at);
 """
 
 
@@ -94,6 +135,14 @@ def _conversation(row: sqlite3.Row) -> Conversation:
 _CONVERSATION_COLUMNS = (
     "c.conversation_id, c.name, c.participants, c.created_at, c.updated_at, c.last_message"
 )
+
+
+def _chunks(items: Sequence[str]) -> list[Sequence[str]]:
+    return [items[i : i + _IN_CHUNK] for i in range(0, len(items), _IN_CHUNK)]
+
+
+def _placeholders(items: Sequence[object]) -> str:
+    return ",".join("?" * len(items))
 
 
 def _select_conversation(conn: sqlite3.Connection, conversation_id: str) -> Conversation | None:
@@ -173,6 +222,9 @@ class SqliteMessageStore:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             writer = self._connect()
             writer.executescript(_SCHEMA)
+            # Receipts only guard against redelivery, which stops once the queue's retention is over.
+            cutoff = _micros(dt.datetime.now(dt.UTC) - PUSH_RECEIPT_TTL)
+            writer.execute("DELETE FROM push_receipts WHERE claimed_at < ?", (cutoff,))
             for _ in range(self._reader_count):
                 self._readers.put(self._connect())
             self._writer = writer
@@ -320,6 +372,219 @@ class SqliteMessageStore:
             )
 
         await self._write(touch)
+
+    # --- messages ---------------------------------------------------------------------------------
+    async def create_message(
+        self,
+        conversation_id: str,
+        message: Message,
+        *,
+        object_key: str | None = None,
+        trace: Mapping[str, str] | None = None,
+    ) -> tuple[Message, bool]:
+        entry = OutboxEntry(
+            conversation_id=conversation_id,
+            message=message,
+            created_at=message.timestamp,
+            trace=dict(trace or {}),
+        )
+
+        def insert(conn: sqlite3.Connection) -> tuple[Message, bool]:
+            exists = conn.execute("SELECT 1 FROM conversations WHERE conversation_id = ?", (conversation_id,))
+            if exists.fetchone() is None:
+                raise ConversationNotFound(conversation_id)
+            row = conn.execute(
+                "SELECT body FROM messages WHERE conversation_id = ? AND message_id = ?",
+                (conversation_id, message.message_id),
+            ).fetchone()
+            if row is not None:
+                return msgspec.json.decode(row[0], type=Message), False
+            if object_key is not None:
+                holder = conn.execute(
+                    "SELECT message_id FROM image_refs WHERE stored_key = ?", (object_key,)
+                ).fetchone()
+                if holder is not None:
+                    raise ObjectAlreadyUsed(holder[0])
+                conn.execute(
+                    "INSERT INTO image_refs (stored_key, conversation_id, message_id) VALUES (?, ?, ?)",
+                    (object_key, conversation_id, message.message_id),
+                )
+            conn.execute(
+                "INSERT INTO messages (conversation_id, message_id, timestamp, body) VALUES (?, ?, ?, ?)",
+                (
+                    conversation_id,
+                    message.message_id,
+                    _micros(message.timestamp),
+                    msgspec.json.encode(message),
+                ),
+            )
+            conn.execute(
+                "INSERT INTO outbox (message_id, created_at, body) VALUES (?, ?, ?)",
+                (message.message_id, _micros(entry.created_at), msgspec.json.encode(entry)),
+            )
+            return message, True
+
+        return await self._write(insert)
+
+    async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
+        def select(conn: sqlite3.Connection) -> Message | None:
+            row = conn.execute(
+                "SELECT body FROM messages WHERE conversation_id = ? AND message_id = ?",
+                (conversation_id, message_id),
+            ).fetchone()
+            return None if row is None else msgspec.json.decode(row[0], type=Message)
+
+        return await self._read(select)
+
+    async def list_messages(
+        self, conversation_id: str, *, limit: int, before: str | None = None
+    ) -> Page[Message]:
+        # Keyset pagination on (timestamp, id): a new message is newer than any cursor handed out, so it
+        # can never shift what an older page holds.
+        after = decode_cursor(before) if before else None
+
+        def select(conn: sqlite3.Connection) -> list[Message]:
+            sql = "SELECT body FROM messages WHERE conversation_id = ?"
+            params: list[Any] = [conversation_id]
+            if after is not None:
+                sql += " AND (timestamp, message_id) < (?, ?)"
+                params += [_micros(after[0]), after[1]]
+            sql += " ORDER BY timestamp DESC, message_id DESC LIMIT ?"
+            params.append(limit + 1)
+            return [msgspec.json.decode(row[0], type=Message) for row in conn.execute(sql, params)]
+
+        rows = await self._read(select)
+        items = rows[:limit]
+        next_cursor = encode_cursor(items[-1].timestamp, items[-1].message_id) if len(rows) > limit else None
+        return Page(items=items, next_cursor=next_cursor)
+
+    async def mark_read(
+        self, conversation_id: str, message_id: str, user_id: str
+    ) -> tuple[Message, bool] | None:
+        def update(conn: sqlite3.Connection) -> tuple[Message, bool] | None:
+            row = conn.execute(
+                "SELECT body FROM messages WHERE conversation_id = ? AND message_id = ?",
+                (conversation_id, message_id),
+            ).fetchone()
+            if row is None:
+                return None
+            message = msgspec.json.decode(row[0], type=Message)
+            if user_id in message.read_by:
+                return message, False
+            message = msgspec.structs.replace(message, read_by=(*message.read_by, user_id))
+            conn.execute(
+                "UPDATE messages SET body = ? WHERE conversation_id = ? AND message_id = ?",
+                (msgspec.json.encode(message), conversation_id, message_id),
+            )
+            return message, True
+
+        return await self._write(update)
+
+    # --- objects ----------------------------------------------------------------------------------
+    async def referenced_objects(self, stored_keys: Sequence[str]) -> set[str]:
+        keys = list(dict.fromkeys(stored_keys))
+
+        def select(conn: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for chunk in _chunks(keys):
+                sql = f"SELECT stored_key FROM image_refs WHERE stored_key IN ({_placeholders(chunk)})"  # noqa: S608
+                found.update(row[0] for row in conn.execute(sql, chunk))
+            return found
+
+        return await self._read(select)
+
+    # --- devices ----------------------------------------------------------------------------------
+    async def put_device(self, device: Device) -> None:
+        def upsert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO devices (token, user_id, platform, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (token) DO UPDATE SET"
+                " user_id = excluded.user_id, platform = excluded.platform, updated_at = excluded.updated_at",
+                (device.token, device.user_id, device.platform, _micros(device.updated_at)),
+            )
+
+        await self._write(upsert)
+
+    async def delete_device(self, user_id: str, token: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute("DELETE FROM devices WHERE token = ? AND user_id = ?", (token, user_id))
+            return cursor.rowcount > 0
+
+        return await self._write(delete)
+
+    async def devices_for(self, user_ids: Collection[str]) -> dict[str, list[Device]]:
+        users = list(dict.fromkeys(user_ids))
+
+        def select(conn: sqlite3.Connection) -> dict[str, list[Device]]:
+            found: dict[str, list[Device]] = {}
+            for chunk in _chunks(users):
+                sql = (
+                    "SELECT token, user_id, platform, updated_at FROM devices"  # noqa: S608
+                    f" WHERE user_id IN ({_placeholders(chunk)}) ORDER BY user_id, token"
+                )
+                for row in conn.execute(sql, chunk):
+                    found.setdefault(row["user_id"], []).append(
+                        Device(
+                            token=row["token"],
+                            user_id=row["user_id"],
+                            platform=row["platform"],
+                            updated_at=_datetime(row["updated_at"]),
+                        )
+                    )
+            return found
+
+        return await self._read(select)
+
+    # --- outbox -----------------------------------------------------------------------------------
+    async def pending_outbox(self, *, older_than: float, limit: int) -> list[OutboxEntry]:
+        cutoff = _micros(dt.datetime.now(dt.UTC)) - int(older_than * 1_000_000)
+
+        def select(conn: sqlite3.Connection) -> list[OutboxEntry]:
+            rows = conn.execute(
+                "SELECT body FROM outbox WHERE created_at < ? ORDER BY created_at, message_id LIMIT ?",
+                (cutoff, limit),
+            )
+            return [msgspec.json.decode(row[0], type=OutboxEntry) for row in rows]
+
+        return await self._read(select)
+
+    async def delete_outbox(self, message_ids: Collection[str]) -> None:
+        ids = list(dict.fromkeys(message_ids))
+
+        def delete(conn: sqlite3.Connection) -> None:
+            for chunk in _chunks(ids):
+                conn.execute(f"DELETE FROM outbox WHERE message_id IN ({_placeholders(chunk)})", chunk)  # noqa: S608
+
+        if ids:
+            await self._write(delete)
+
+    async def outbox_stats(self) -> tuple[int, dt.datetime | None]:
+        def select(conn: sqlite3.Connection) -> tuple[int, dt.datetime | None]:
+            count, oldest = conn.execute("SELECT count(*), min(created_at) FROM outbox").fetchone()
+            return int(count), None if oldest is None else _datetime(oldest)
+
+        return await self._read(select)
+
+    # --- push receipts ----------------------------------------------------------------------------
+    async def claim_push(self, notification_id: str, device_token: str) -> bool:
+        def claim(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO push_receipts (notification_id, device_token, claimed_at)"
+                " VALUES (?, ?, ?)",
+                (notification_id, device_token, int(time.time() * 1_000_000)),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(claim)
+
+    async def release_push(self, notification_id: str, device_token: str) -> None:
+        def release(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "DELETE FROM push_receipts WHERE notification_id = ? AND device_token = ?",
+                (notification_id, device_token),
+            )
+
+        await self._write(release)
 
 
 def create(backends: Backends) -> SqliteMessageStore:
