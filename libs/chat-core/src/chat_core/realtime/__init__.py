@@ -15,6 +15,7 @@ from typing import Protocol
 __all__ = [
     "MEMBERSHIP_CHANNEL",
     "EventBus",
+    "EventBusUnavailable",
     "EventHandler",
     "Presence",
     "Subscription",
@@ -34,6 +35,10 @@ def conversation_channel(conversation_id: str) -> str:
 
 def user_channel(user_id: str) -> str:
     return f"user:{user_id}"
+
+
+class EventBusUnavailable(ConnectionError):
+    """The bus (or presence store) cannot be reached; the caller decides whether to retry or degrade."""
 
 
 class Subscription(Protocol):
@@ -56,9 +61,16 @@ class EventBus(Protocol):
     async def ping(self) -> None: ...
 
     async def publish(self, channel: str, payload: bytes) -> None:
-        """Deliver ``payload`` to every current subscriber of ``channel`` (at most once, best effort)."""
+        """Deliver ``payload`` to every current subscriber of ``channel`` (at most once, best effort).
 
-    async def subscribe(self, channels: Iterable[str], handler: EventHandler) -> Subscription: ...
+        Raises ``EventBusUnavailable`` when the bus cannot take it.
+        """
+
+    async def subscribe(self, channels: Iterable[str], handler: EventHandler) -> Subscription:
+        """Once this returns (and once ``Subscription.add`` returns), publishes on those channels reach
+        ``handler``. Raises ``EventBusUnavailable`` when the bus cannot confirm the subscription.
+        A subscription outlives bus outages: the adapter resubscribes when the bus is back (events
+        published meanwhile are lost; clients resync with the list endpoint)."""
 
 
 class Presence(Protocol):
@@ -76,4 +88,7 @@ class Presence(Protocol):
     async def disconnect(self, user_id: str, connection_id: str) -> None: ...
 
     async def online(self, user_ids: Collection[str]) -> set[str]:
-        """Which of ``user_ids`` have at least one live connection, in one round trip."""
+        """Which of ``user_ids`` have at least one live connection, in one round trip.
+
+        Raises ``EventBusUnavailable`` when presence cannot be read.
+        """
