@@ -25,6 +25,17 @@ test-deps: install ## install what the tests start: redis-server and the LocalSt
 	@[ -x /usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator ] || \
 	  echo "!!! the Firestore emulator is not installed: tests marked 'firestore' will be skipped"
 
+.PHONY: deploy-deps
+deploy-deps: ## install promtool (Debian's prometheus package) for the alert-rule tests
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing promtool"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends prometheus; fi; }
+
+.PHONY: dashboards
+dashboards: install ## regenerate the chart's Grafana dashboards from deploy/grafana/dashboards.py
+	uv run --frozen python deploy/grafana/dashboards.py
+
 .PHONY: lint
 lint: install ## ruff format check, ruff lint, mypy --strict
 	uv run --frozen ruff format --check .
@@ -37,7 +48,7 @@ fmt: install ## format and fix what ruff can
 	uv run --frozen ruff check --fix .
 
 .PHONY: test
-test: test-deps lint ## everything CI runs: lint, types, and all tests against real backends
+test: test-deps deploy-deps lint ## everything CI runs: lint, types, and all tests against real backends
 	uv run --frozen pytest
 
 .PHONY: docs
