@@ -1,0 +1,292 @@
+"""SQS NotificationQueue over the SQS JSON 1.0 protocol, signed by ``chat_core.aws.AwsClient``.
+
+* Two queues: the main one with a visibility timeout and a redrive policy (after
+  ``NOTIFICATION_MAX_RECEIVES`` receives SQS moves a message to the DLQ), and the DLQ.
+* ``ensure()`` creates both idempotently (and updates the main queue's attributes if they changed);
+  ``chat-management setup`` calls it. ``start()`` only resolves the queue URLs, creating the queues when
+  they do not exist, and never fails the start-up: when SQS is unreachable the URLs are resolved on
+  first use (the message service keeps accepting messages; its outbox holds the notifications).
+* If the queues vanish (LocalStack restarted empty), the next call recreates them and retries once.
+* Trace context travels in message attributes (``traceparent``/``tracestate``), not in the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+
+from chat_core.aws import AwsClient, AwsError
+from chat_core.notifications import Notification, ReceivedNotification
+from chat_core.settings import Settings
+
+if TYPE_CHECKING:
+    from chat_core.backends import Backends
+
+__all__ = ["SqsNotificationQueue", "create"]
+
+_log = structlog.get_logger("chat_core.notifications.sqs")
+
+MAX_BATCH = 10  # SQS: entries per SendMessageBatch / messages per ReceiveMessage
+MAX_BATCH_BYTES = 256 * 1024  # SQS: a batch's total payload, bodies and attributes together
+RETENTION_SECONDS = 14 * 24 * 3600  # the SQS maximum: a notification outlives a long consumer outage
+_SEND_ATTEMPTS = 3
+_MISSING_QUEUE = {"QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue", "NonExistentQueue"}
+_NAME_TAKEN = {"QueueNameExists", "QueueAlreadyExists"}
+_TRACE_KEYS = ("traceparent", "tracestate", "baggage")
+_BODY = msgspec.json.Decoder(Notification)
+
+
+def _error(response_status: int, body: bytes, headers: Mapping[str, str]) -> AwsError:
+    code, message = "", ""
+    try:
+        parsed = msgspec.json.decode(body) if body else {}
+    except msgspec.DecodeError:
+        parsed = {}
+    if isinstance(parsed, dict):
+        code = str(parsed.get("__type", "")).rpartition("#")[2]
+        message = str(parsed.get("message") or parsed.get("Message") or "")
+    query_error = headers.get("x-amzn-query-error", "")
+    if query_error:
+        # The legacy code (what the Query protocol reported); some tools key on it.
+        legacy = query_error.partition(";")[0]
+        if legacy in _MISSING_QUEUE:
+            code = "QueueDoesNotExist"
+        code = code or legacy
+    return AwsError(response_status, code or "Unknown", message or body[:200].decode(errors="replace"))
+
+
+class SqsNotificationQueue:
+    name = "sqs"
+    uses_aws = True
+
+    def __init__(self, settings: Settings, client: AwsClient) -> None:
+        self._settings = settings.sqs
+        self._client = client
+        self._main_url: str | None = None
+        self._dlq_url: str | None = None
+        self._resolving = asyncio.Lock()
+
+    # --- protocol -----------------------------------------------------------------------------------
+    async def _call(self, operation: str, payload: Mapping[str, Any], *, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        response = await self._client.send(
+            "POST",
+            "/",
+            headers={
+                "content-type": "application/x-amz-json-1.0",
+                "x-amz-target": f"AmazonSQS.{operation}",
+            },
+            content=msgspec.json.encode(payload),
+            timeout=timeout,
+        )
+        if response.status_code != 200:
+            raise _error(response.status_code, response.content, response.headers)
+        return msgspec.json.decode(response.content) if response.content else {}
+
+    async def _on_queue(
+        self, operation: str, payload: Mapping[str, Any], *, dlq: bool = False, **kw: Any
+    ) -> Any:
+        """Call ``operation`` on a queue; when the queue has vanished, recreate it and retry once."""
+        url = await self._url(dlq=dlq)
+        try:
+            return await self._call(operation, {**payload, "QueueUrl": url}, **kw)
+        except AwsError as exc:
+            if exc.code not in _MISSING_QUEUE:
+                raise
+            _log.warning("sqs_queue_missing_recreating", queue=url)
+            self._main_url = self._dlq_url = None
+            await self.ensure()
+            return await self._call(operation, {**payload, "QueueUrl": await self._url(dlq=dlq)}, **kw)
+
+    async def _url(self, *, dlq: bool = False) -> str:
+        if self._main_url is None or self._dlq_url is None:
+            async with self._resolving:
+                if self._main_url is None or self._dlq_url is None:
+                    await self._resolve()
+        url = self._dlq_url if dlq else self._main_url
+        assert url is not None
+        return url
+
+    async def _resolve(self) -> None:
+        try:
+            main = await self._call("GetQueueUrl", {"QueueName": self._settings.queue_name})
+            dlq = await self._call("GetQueueUrl", {"QueueName": self._settings.dlq_name})
+        except AwsError as exc:
+            if exc.code not in _MISSING_QUEUE:
+                raise
+            await self.ensure()
+            return
+        self._main_url, self._dlq_url = main["QueueUrl"], dlq["QueueUrl"]
+
+    # --- setup --------------------------------------------------------------------------------------
+    async def ensure(self) -> None:
+        """Create the DLQ and the main queue (with its redrive policy) if missing; idempotent."""
+        dlq = await self._call(
+            "CreateQueue",
+            {
+                "QueueName": self._settings.dlq_name,
+                "Attributes": {"MessageRetentionPeriod": str(RETENTION_SECONDS)},
+            },
+        )
+        dlq_url = dlq["QueueUrl"]
+        arn = (await self._call("GetQueueAttributes", {"QueueUrl": dlq_url, "AttributeNames": ["QueueArn"]}))[
+            "Attributes"
+        ]["QueueArn"]
+        attributes = {
+            "VisibilityTimeout": str(self._settings.visibility_timeout_seconds),
+            "MessageRetentionPeriod": str(RETENTION_SECONDS),
+            "RedrivePolicy": msgspec.json.encode(
+                {"deadLetterTargetArn": arn, "maxReceiveCount": self._settings.max_receives}
+            ).decode(),
+        }
+        try:
+            main = await self._call(
+                "CreateQueue", {"QueueName": self._settings.queue_name, "Attributes": attributes}
+            )
+            main_url = main["QueueUrl"]
+        except AwsError as exc:
+            if exc.code not in _NAME_TAKEN:
+                raise
+            # It exists with other attributes (the settings changed): bring it in line.
+            main_url = (await self._call("GetQueueUrl", {"QueueName": self._settings.queue_name}))["QueueUrl"]
+            await self._call("SetQueueAttributes", {"QueueUrl": main_url, "Attributes": attributes})
+        self._main_url, self._dlq_url = main_url, dlq_url
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            await self._url()
+        except Exception as exc:
+            _log.warning("sqs_unreachable_at_start", error=f"{type(exc).__name__}: {exc}")
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
+        await self._on_queue("GetQueueAttributes", {"AttributeNames": ["QueueArn"]})
+
+    # --- the port -----------------------------------------------------------------------------------
+    async def send(self, notifications: Sequence[Notification]) -> None:
+        entries = [self._entry(str(i), n) for i, n in enumerate(notifications)]
+        for batch in _batches(entries):
+            await self._send_batch(batch)
+
+    def _entry(self, entry_id: str, notification: Notification) -> dict[str, Any]:
+        body = msgspec.json.encode(msgspec.structs.replace(notification, trace={})).decode()
+        attributes = {
+            key: {"DataType": "String", "StringValue": value}
+            for key, value in notification.trace.items()
+            if key in _TRACE_KEYS and value
+        }
+        entry: dict[str, Any] = {"Id": entry_id, "MessageBody": body}
+        if attributes:
+            entry["MessageAttributes"] = attributes
+        return entry
+
+    async def _send_batch(self, batch: list[dict[str, Any]]) -> None:
+        pending = batch
+        for attempt in range(1, _SEND_ATTEMPTS + 1):
+            result = await self._on_queue("SendMessageBatch", {"Entries": pending})
+            failed = {f["Id"]: f for f in result.get("Failed", [])}
+            if not failed:
+                return
+            sender_faults = [f for f in failed.values() if f.get("SenderFault")]
+            if sender_faults or attempt == _SEND_ATTEMPTS:
+                first = (sender_faults or list(failed.values()))[0]
+                raise AwsError(
+                    400 if sender_faults else 500, str(first.get("Code")), str(first.get("Message", ""))
+                )
+            pending = [entry for entry in pending if entry["Id"] in failed]
+            await asyncio.sleep(0.05 * 2**attempt)
+
+    async def receive(self, *, max_messages: int, wait_seconds: float) -> list[ReceivedNotification]:
+        wait = max(0, min(20, int(wait_seconds)))
+        result = await self._on_queue(
+            "ReceiveMessage",
+            {
+                "MaxNumberOfMessages": max(1, min(MAX_BATCH, max_messages)),
+                "WaitTimeSeconds": wait,
+                "MessageSystemAttributeNames": ["ApproximateReceiveCount", "SentTimestamp"],
+                "AttributeNames": ["ApproximateReceiveCount", "SentTimestamp"],
+                "MessageAttributeNames": list(_TRACE_KEYS),
+            },
+            timeout=wait + 10.0,
+        )
+        received: list[ReceivedNotification] = []
+        for message in result.get("Messages", []):
+            try:
+                notification = _BODY.decode(message["Body"])
+            except msgspec.DecodeError:
+                # Left alone: once its receives are used up SQS moves it to the DLQ for a human to read.
+                _log.error("undecodable_notification", message_id=message.get("MessageId"))
+                continue
+            system = message.get("Attributes", {})
+            trace = {
+                key: value["StringValue"]
+                for key, value in message.get("MessageAttributes", {}).items()
+                if key in _TRACE_KEYS and "StringValue" in value
+            }
+            received.append(
+                ReceivedNotification(
+                    notification=msgspec.structs.replace(notification, trace=trace),
+                    receipt=message["ReceiptHandle"],
+                    receive_count=int(system.get("ApproximateReceiveCount", "1")),
+                    enqueued_at=dt.datetime.fromtimestamp(
+                        int(system.get("SentTimestamp", "0")) / 1000, dt.UTC
+                    ),
+                )
+            )
+        return received
+
+    async def ack(self, receipt: str) -> None:
+        await self._on_queue("DeleteMessage", {"ReceiptHandle": receipt})
+
+    async def retry_later(self, receipt: str, delay_seconds: float) -> None:
+        delay = max(0, min(43200, round(delay_seconds)))
+        await self._on_queue(
+            "ChangeMessageVisibility", {"ReceiptHandle": receipt, "VisibilityTimeout": delay}
+        )
+
+    async def depth(self) -> tuple[int, int]:
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        main = (await self._on_queue("GetQueueAttributes", {"AttributeNames": names}))["Attributes"]
+        dead = (await self._on_queue("GetQueueAttributes", {"AttributeNames": names[:1]}, dlq=True))[
+            "Attributes"
+        ]
+        return (
+            int(main.get(names[0], 0)) + int(main.get(names[1], 0)),
+            int(dead.get(names[0], 0)),
+        )
+
+
+def _batches(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Up to 10 entries and 256 KiB per batch."""
+    batches: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    size = 0
+    for entry in entries:
+        entry_size = len(entry["MessageBody"].encode()) + sum(
+            len(k) + len(v["DataType"]) + len(v["StringValue"])
+            for k, v in entry.get("MessageAttributes", {}).items()
+        )
+        if current and (len(current) == MAX_BATCH or size + entry_size > MAX_BATCH_BYTES):
+            batches.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += entry_size
+    if current:
+        batches.append(current)
+    return batches
+
+
+def create(backends: Backends) -> SqsNotificationQueue:
+    settings = backends.settings
+    endpoint = settings.aws.endpoint_url or f"https://sqs.{settings.aws.region}.amazonaws.com"
+    client = AwsClient(
+        settings.aws, "sqs", endpoint_url=endpoint, http=backends.http, credentials=backends.aws_credentials
+    )
+    return SqsNotificationQueue(settings, client)
