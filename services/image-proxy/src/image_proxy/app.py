@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 from litestar import Litestar
+from litestar.di import Provide
 
 from chat_core.backends import Backends
+from chat_core.membership import MembershipCache
 from chat_core.service import ServiceParts, create_service_app
 from chat_core.settings import Settings
+from image_proxy.routes import get_image
+from image_proxy.service import ImageProxy
 
 COMPONENT = "image-proxy"
 
 
 def build(settings: Settings, backends: Backends) -> ServiceParts:
     """This service's routes, dependencies and workers, wired to ``backends``."""
-    return ServiceParts(component=COMPONENT, description="serves images to conversation members only.")
+    membership = MembershipCache.of(backends)
+    proxy = ImageProxy(settings, backends, backends.object_store, membership)
+    return ServiceParts(
+        component=COMPONENT,
+        route_handlers=[get_image],
+        dependencies={"image_proxy": Provide(lambda: proxy, use_cache=True, sync_to_thread=False)},
+        workers=membership.workers(backends),
+        description="serves images to conversation members only.",
+    )
 
 
 def create_app(settings: Settings, backends: Backends | None = None) -> Litestar:

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 from litestar import Litestar
+from litestar.di import Provide
 
 from chat_core.backends import Backends
+from chat_core.membership import MembershipCache
 from chat_core.service import ServiceParts, create_service_app
 from chat_core.settings import Settings
+from upload_service.routes import create_upload_url
+from upload_service.service import UploadService
 
 COMPONENT = "upload"
 
 
 def build(settings: Settings, backends: Backends) -> ServiceParts:
     """This service's routes, dependencies and workers, wired to ``backends``."""
-    return ServiceParts(component=COMPONENT, description="issues presigned upload URLs for image messages.")
+    membership = MembershipCache.of(backends)
+    service = UploadService(settings, backends.object_store, membership)
+    return ServiceParts(
+        component=COMPONENT,
+        route_handlers=[create_upload_url],
+        dependencies={"upload_service": Provide(lambda: service, use_cache=True, sync_to_thread=False)},
+        workers=membership.workers(backends),
+        description="issues presigned upload URLs for image messages.",
+    )
 
 
 def create_app(settings: Settings, backends: Backends | None = None) -> Litestar:

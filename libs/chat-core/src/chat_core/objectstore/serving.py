@@ -7,7 +7,7 @@ and the local object store's signed GET route.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from email.utils import format_datetime
 from typing import Any, Literal, NamedTuple
 
@@ -76,9 +76,12 @@ async def serve_object(
     *,
     headers: Mapping[str, str] | None = None,
     content_type: str | None = None,
+    safe_types: Collection[str] | None = None,
 ) -> Served:
     """200, 206 or 304 for ``key``; raises ObjectNotFound, or RangeNotSatisfiable (answer 416).
 
+    ``content_type`` overrides the stored type; a stored type outside ``safe_types`` (when given) is sent
+    as ``application/octet-stream``, so nothing but an allowed image is ever rendered from our origin.
     A plain GET is one store round trip; a conditional or range request adds a ``head`` first, so a 304
     or a 416 never opens the body.
     """
@@ -103,6 +106,9 @@ async def serve_object(
         "Content-Length": str(read.length),
         **extra,
     }
+    media_type = content_type or read.info.content_type or "application/octet-stream"
+    if content_type is None and safe_types is not None and media_type not in safe_types:
+        media_type = "application/octet-stream"
     status = 200
     if byte_range is not None:
         status = 206
@@ -111,7 +117,7 @@ async def serve_object(
         Stream(
             read.body,
             status_code=status,
-            media_type=content_type or read.info.content_type or "application/octet-stream",
+            media_type=media_type,
             headers=response_headers,
         ),
         "partial" if status == 206 else "ok",

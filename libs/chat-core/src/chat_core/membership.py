@@ -1,0 +1,218 @@
+"""Who may see a conversation, asked of the MessageStore at most once per conversation every few seconds.
+
+A chat screen loads many images at once, each an authorised request; without a cache each would be one
+store read. ``MembershipCache`` keeps each conversation's participants for ``MEMBERSHIP_CACHE_SECONDS``
+(bounded staleness) in a bounded LRU, and coalesces concurrent misses for one conversation into one read.
+
+Freshness, in the direction that matters for safety:
+
+* A removed member loses access as soon as the message service publishes ``{"conversationId": ...}`` on
+  ``chat_core.realtime.MEMBERSHIP_CHANNEL``: every process's worker drops that entry. Should the bus lose the
+  event, the entry still expires after the TTL.
+* A new member never waits for the TTL: a cached answer is only trusted when it says "member"; "not a
+  member" and "no such conversation" are always read again (and never cached).
+
+One cache per process (``MembershipCache.of(backends)``), so the upload service and the image proxy share it
+and its bus subscription in the all-in-one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+
+from chat_core import metrics
+from chat_core.realtime import MEMBERSHIP_CHANNEL, EventBus, Subscription
+
+if TYPE_CHECKING:
+    from chat_core.backends import Backends
+    from chat_core.messagestore import MessageStore
+
+__all__ = ["DEFAULT_MAX_ENTRIES", "Membership", "MembershipCache"]
+
+DEFAULT_MAX_ENTRIES = 10_000
+RESUBSCRIBE_SECONDS = 5.0
+_log = structlog.get_logger("chat_core.membership")
+_HIT = metrics.MEMBERSHIP_CACHE.labels("hit")
+_MISS = metrics.MEMBERSHIP_CACHE.labels("miss")
+_caches: weakref.WeakKeyDictionary[Backends, MembershipCache] = weakref.WeakKeyDictionary()
+
+
+class _Changed(msgspec.Struct, frozen=True, rename="camel"):
+    conversation_id: str
+
+
+class Membership(msgspec.Struct, frozen=True):
+    """The answer for one user: does the conversation exist, and are they in it."""
+
+    exists: bool
+    member: bool
+
+
+class MembershipCache:
+    def __init__(
+        self,
+        store: MessageStore,
+        *,
+        ttl_seconds: float,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._ttl = ttl_seconds
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[frozenset[str], float]] = OrderedDict()
+        self._inflight: dict[str, asyncio.Task[frozenset[str] | None]] = {}
+        self._workers = 0
+        self._subscription: Subscription | None = None
+        self._subscriber: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of(cls, backends: Backends) -> MembershipCache:
+        """The process's cache over ``backends.message_store`` (one per ``Backends``)."""
+        cache = _caches.get(backends)
+        if cache is None:
+            cache = cls(backends.message_store, ttl_seconds=backends.settings.images.membership_cache_seconds)
+            _caches[backends] = cache
+        return cache
+
+    def workers(self, backends: Backends) -> list[Callable[[], AbstractAsyncContextManager[None]]]:
+        """The service workers that keep this cache honest: the invalidation subscription, when caching.
+
+        Asks for the event bus now, in ``build()``: Backends builds adapters before start-up only.
+        """
+        if not self.enabled:
+            return []
+        bus = backends.event_bus
+        return [lambda: self.invalidation_worker(bus)]
+
+    @property
+    def enabled(self) -> bool:
+        return self._ttl > 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # --- lookups ----------------------------------------------------------------------------------
+    async def check(self, conversation_id: str, user_id: str) -> Membership:
+        participants = self._cached(conversation_id)
+        if participants is not None and user_id in participants:
+            _HIT.inc()
+            return Membership(exists=True, member=True)
+        _MISS.inc()
+        participants = await self._read(conversation_id)
+        if participants is None:
+            return Membership(exists=False, member=False)
+        return Membership(exists=True, member=user_id in participants)
+
+    def _cached(self, conversation_id: str) -> frozenset[str] | None:
+        entry = self._entries.get(conversation_id)
+        if entry is None:
+            return None
+        participants, expires_at = entry
+        if self._clock() >= expires_at:
+            del self._entries[conversation_id]
+            return None
+        self._entries.move_to_end(conversation_id)
+        return participants
+
+    async def _read(self, conversation_id: str) -> frozenset[str] | None:
+        task = self._inflight.get(conversation_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._fetch(conversation_id))
+            self._inflight[conversation_id] = task
+            task.add_done_callback(lambda done: self._forget(conversation_id, done))
+        # Shielded: a caller that gives up must not cancel the read the others are waiting on.
+        return await asyncio.shield(task)
+
+    def _forget(self, conversation_id: str, task: asyncio.Task[frozenset[str] | None]) -> None:
+        if self._inflight.get(conversation_id) is task:
+            del self._inflight[conversation_id]
+        if not task.cancelled():
+            task.exception()  # retrieved, so a read nobody awaited any more is not reported as lost
+
+    async def _fetch(self, conversation_id: str) -> frozenset[str] | None:
+        participants = await self._store.get_participants(conversation_id)
+        # Kept only while this is still the conversation's registered read: an invalidation that arrived
+        # meanwhile unregistered it, and its answer may predate the change (its callers, who asked before
+        # the change, still get it).
+        current = self._inflight.get(conversation_id) is asyncio.current_task()
+        if participants and self.enabled and current:
+            self._entries[conversation_id] = (participants, self._clock() + self._ttl)
+            self._entries.move_to_end(conversation_id)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        return participants
+
+    # --- invalidation -----------------------------------------------------------------------------
+    def invalidate(self, conversation_id: str) -> None:
+        """Drop what is known about ``conversation_id``; later lookups read the store again."""
+        self._entries.pop(conversation_id, None)
+        # Later callers must not join a read that started before the change.
+        self._inflight.pop(conversation_id, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def _on_change(self, _channel: str, payload: bytes) -> None:
+        try:
+            changed = msgspec.json.decode(payload, type=_Changed)
+        except msgspec.DecodeError:
+            _log.warning("membership_event_malformed", payload=payload[:200].decode(errors="replace"))
+            return
+        self.invalidate(changed.conversation_id)
+
+    @contextlib.asynccontextmanager
+    async def invalidation_worker(self, bus: EventBus) -> AsyncIterator[None]:
+        """Drop entries named on ``MEMBERSHIP_CHANNEL`` while open. Shared: the first user subscribes.
+
+        When the bus cannot be reached at start-up the service starts anyway (the TTL bounds staleness)
+        and the subscription is retried in the background.
+        """
+        self._workers += 1
+        if self._workers == 1 and self.enabled:
+            self._subscriber = asyncio.get_running_loop().create_task(
+                self._subscribe(bus), name="membership-invalidation"
+            )
+            # Give a healthy bus the chance to confirm before the first request is served.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._subscriber), RESUBSCRIBE_SECONDS)
+        try:
+            yield
+        finally:
+            self._workers -= 1
+            if self._workers == 0:
+                await self._stop_worker()
+
+    async def _subscribe(self, bus: EventBus) -> None:
+        while True:
+            try:
+                self._subscription = await bus.subscribe([MEMBERSHIP_CHANNEL], self._on_change)
+            except Exception as exc:
+                _log.warning("membership_subscribe_failed", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(RESUBSCRIBE_SECONDS)
+                continue
+            # Anything that changed while we were not listening may still be cached.
+            self.clear()
+            return
+
+    async def _stop_worker(self) -> None:
+        if self._subscriber is not None:
+            self._subscriber.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._subscriber
+            self._subscriber = None
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.close()
+            self._subscription = None

@@ -1,0 +1,32 @@
+"""HTTP handler of the image proxy: small, the logic is in ``service.ImageProxy``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+
+from image_proxy.service import ImageProxy
+
+__all__ = ["get_image"]
+
+
+@get(
+    "/images/{conversation_id:str}/{object_key:path}",
+    summary="See an image of a conversation",
+    description=(
+        "Participants only; the token comes from `Authorization: Bearer` or the token cookie (for `<img>`). "
+        "Redirect mode: 302 to a short-lived signed URL, the same within a time window. Stream mode: the "
+        "bytes, with ETag/If-None-Match and Range."
+    ),
+    tags=["images"],
+)
+async def get_image(
+    request: Request[Any, Any, Any],
+    conversation_id: FromPath[str],
+    object_key: FromPath[str],
+    image_proxy: NamedDependency[ImageProxy],
+) -> Response[Any]:
+    return await image_proxy.serve(request, conversation_id, object_key)

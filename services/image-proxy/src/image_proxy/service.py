@@ -1,0 +1,160 @@
+"""Serving an image to the members of its conversation, and writing down every attempt.
+
+Checks run cheapest first and nothing malformed reaches a store: the token (401), the key's layout under
+the path's conversation (400), membership (403, the same for an unknown conversation, so a non-member
+learns nothing), then the object (404). One audit line and one metric per request, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+import structlog
+from litestar import Request, Response
+
+from chat_core import keys, metrics, tracing
+from chat_core.backends import Backends
+from chat_core.errors import ProblemError
+from chat_core.membership import MembershipCache
+from chat_core.objectstore import ObjectNotFound, ObjectStore, RangeNotSatisfiable
+from chat_core.objectstore.serving import serve_object
+from chat_core.service import provide_principal_or_cookie
+from chat_core.settings import Settings
+
+__all__ = ["ImageProxy"]
+
+_audit = structlog.get_logger("audit")
+_log = structlog.get_logger("image_proxy")
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+# The answer depends on who asks: a shared browser must not hand one user's answer to the next.
+VARY = "Authorization, Cookie"
+# Failures that happen after access was granted (the member asked for something that is not there).
+_AFTER_GRANT = frozenset({"image_not_found", "range_not_satisfiable"})
+_MAX_LOGGED = 300
+
+
+class ImageProxy:
+    def __init__(
+        self, settings: Settings, backends: Backends, store: ObjectStore, membership: MembershipCache
+    ) -> None:
+        self._backends = backends
+        self._store = store
+        self._membership = membership
+        self._mode = settings.images.proxy_mode
+        self._window = settings.images.proxy_url_window_seconds
+        self._safe_types = frozenset(settings.images.allowed_types)
+
+    async def serve(
+        self, request: Request[Any, Any, Any], conversation_id: str, raw_key: str
+    ) -> Response[Any]:
+        object_key = raw_key.removeprefix("/")
+        user_id: str | None = None
+        try:
+            principal = await provide_principal_or_cookie(request, self._backends)
+            user_id = principal.user_id
+            response, reason = await self._authorised(request, user_id, conversation_id, object_key)
+        except ProblemError as exc:
+            decision = "allowed" if exc.code in _AFTER_GRANT else "denied"
+            self._record(request, user_id, conversation_id, object_key, decision, exc.code, exc.status)
+            exc.headers.update(NOSNIFF)
+            raise
+        except Exception:
+            _log.exception("image_proxy_failed", conversation_id=conversation_id, object_key=object_key)
+            self._record(request, user_id, conversation_id, object_key, "allowed", "backend_error", 503)
+            raise ProblemError(
+                503, "storage_unavailable", "the image could not be fetched; retry shortly", headers=NOSNIFF
+            ) from None
+        response.headers.update(NOSNIFF)
+        self._record(
+            request, user_id, conversation_id, object_key, "allowed", reason, response.status_code or 200
+        )
+        return response
+
+    async def _authorised(
+        self, request: Request[Any, Any, Any], user_id: str, conversation_id: str, object_key: str
+    ) -> tuple[Response[Any], str]:
+        try:
+            stored = keys.stored_key(conversation_id, object_key)
+        except keys.InvalidKey as exc:
+            raise ProblemError(400, "invalid_object_key", str(exc)) from None
+        membership = await self._membership.check(conversation_id, user_id)
+        if not membership.member:
+            raise ProblemError(
+                403,
+                "not_a_member" if membership.exists else "conversation_not_found",
+                "only participants of the conversation can see its images",
+                title="Forbidden",
+            )
+        if self._mode == "redirect":
+            return await self._redirect(stored), "redirect"
+        return await self._stream(request, stored)
+
+    async def _redirect(self, stored: str) -> Response[Any]:
+        info = await self._store.head(stored)
+        if info is None:
+            raise ProblemError(404, "image_not_found", "no such image in this conversation")
+        # Signed on the start of the current window: every request in the window gets the same URL, so
+        # the browser's cache of that URL works. Valid for two windows, so a URL handed out at the end of
+        # one still loads.
+        now = time.time()
+        window_start = int(now // self._window) * self._window
+        overrides = {"Cache-Control": f"private, max-age={self._window}"}
+        if info.content_type not in self._safe_types:
+            overrides["Content-Type"] = "application/octet-stream"
+        url = self._store.presign_get(
+            stored,
+            expires_in=2 * self._window,
+            signed_at=dt.datetime.fromtimestamp(window_start, dt.UTC),
+            response_headers=overrides,
+        )
+        remaining = max(1, int(window_start + self._window - now))
+        return Response(
+            b"",
+            status_code=302,
+            headers={"Location": url, "Cache-Control": f"private, max-age={remaining}", "Vary": VARY},
+        )
+
+    async def _stream(self, request: Request[Any, Any, Any], stored: str) -> tuple[Response[Any], str]:
+        headers = {"Cache-Control": f"private, max-age={self._window}", "Vary": VARY}
+        try:
+            served = await serve_object(
+                self._store, stored, request.headers, headers=headers, safe_types=self._safe_types
+            )
+        except ObjectNotFound:
+            raise ProblemError(404, "image_not_found", "no such image in this conversation") from None
+        except RangeNotSatisfiable as exc:
+            raise ProblemError(
+                416,
+                "range_not_satisfiable",
+                f"the image has {exc.size} bytes",
+                headers={"Content-Range": f"bytes */{exc.size}"},
+            ) from None
+        reason = {"ok": "stream", "partial": "stream_partial", "not_modified": "not_modified"}[served.outcome]
+        return served.response, reason
+
+    def _record(
+        self,
+        request: Request[Any, Any, Any],
+        user_id: str | None,
+        conversation_id: str,
+        object_key: str,
+        decision: str,
+        reason: str,
+        status: int,
+    ) -> None:
+        metrics.IMAGE_PROXY_REQUESTS.labels(decision, reason).inc()
+        _audit.info(
+            "image_access",
+            decision=decision,
+            reason=reason,
+            status=status,
+            user_id=user_id,
+            conversation_id=conversation_id[:_MAX_LOGGED],
+            object_key=object_key[:_MAX_LOGGED],
+            client_ip=request.client.host if request.client else None,
+            user_agent=request.headers.get("user-agent", "")[:_MAX_LOGGED],
+            trace_id=tracing.current_trace_id(),
+            mode=self._mode,
+        )

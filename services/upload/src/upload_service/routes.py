@@ -1,0 +1,33 @@
+"""HTTP handlers of the upload service: small, the logic is in ``service.UploadService``."""
+
+from __future__ import annotations
+
+from litestar import post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+
+from chat_core.auth import Principal
+from upload_service.schemas import UploadUrlRequest, UploadUrlResponse
+from upload_service.service import UploadService
+
+__all__ = ["create_upload_url"]
+
+
+@post(
+    "/conversations/{conversation_id:str}/images/upload_url",
+    status_code=200,
+    summary="Get a presigned URL to upload an image to",
+    description=(
+        "Participants only. PUT the image to `upload_url` with the same `Content-Type` (and exactly "
+        "`size_bytes` bytes when given) before `expires_at`, then send a message with `object_key`. "
+        "`file_url` is where members see the image (the authenticated proxy)."
+    ),
+    tags=["images"],
+)
+async def create_upload_url(
+    conversation_id: FromPath[str],
+    data: JSONBody[UploadUrlRequest],
+    principal: NamedDependency[Principal],
+    upload_service: NamedDependency[UploadService],
+) -> UploadUrlResponse:
+    return await upload_service.issue_upload_url(principal.user_id, conversation_id, data)

@@ -1,0 +1,92 @@
+"""Issuing presigned upload URLs: who may upload, what, how big, and where it goes."""
+
+from __future__ import annotations
+
+import structlog
+
+from chat_core import keys, metrics
+from chat_core.errors import ProblemError
+from chat_core.membership import MembershipCache
+from chat_core.objectstore import ObjectStore
+from chat_core.settings import Settings
+from upload_service.schemas import UploadUrlRequest, UploadUrlResponse
+
+__all__ = ["UploadService"]
+
+_log = structlog.get_logger("upload_service")
+
+
+class UploadService:
+    def __init__(self, settings: Settings, store: ObjectStore, membership: MembershipCache) -> None:
+        self._store = store
+        self._membership = membership
+        self._base_url = settings.service.base_url()
+        self._allowed = frozenset(settings.images.allowed_types) & keys.EXTENSIONS.keys()
+        self._max_bytes = settings.images.max_bytes
+        self._ttl = settings.images.upload_url_ttl_seconds
+
+    async def issue_upload_url(
+        self, user_id: str, conversation_id: str, request: UploadUrlRequest
+    ) -> UploadUrlResponse:
+        try:
+            response = await self._issue(user_id, conversation_id, request)
+        except ProblemError as exc:
+            metrics.UPLOAD_URLS_REFUSED.labels(exc.code).inc()
+            raise
+        except Exception:
+            metrics.UPLOAD_URLS_REFUSED.labels("backend_error").inc()
+            _log.exception("upload_url_failed", conversation_id=conversation_id, user_id=user_id)
+            raise ProblemError(
+                503, "service_unavailable", "the upload URL could not be issued; retry shortly"
+            ) from None
+        metrics.UPLOAD_URLS_ISSUED.inc()
+        return response
+
+    async def _issue(
+        self, user_id: str, conversation_id: str, request: UploadUrlRequest
+    ) -> UploadUrlResponse:
+        if not keys.CONVERSATION_ID_PATTERN.match(conversation_id):
+            raise ProblemError(404, "conversation_not_found", "no such conversation")
+        membership = await self._membership.check(conversation_id, user_id)
+        if not membership.exists:
+            raise ProblemError(404, "conversation_not_found", "no such conversation")
+        if not membership.member:
+            raise ProblemError(403, "not_a_member", "only participants of the conversation can upload to it")
+        # Media types are case-insensitive; the signed type is the canonical lower-case one.
+        content_type = request.content_type.strip().lower()
+        if content_type not in self._allowed:
+            raise ProblemError(
+                415,
+                "unsupported_image_type",
+                f"content_type {request.content_type!r} is not accepted; "
+                f"use one of {', '.join(sorted(self._allowed))}",
+                extra={"allowed_types": sorted(self._allowed)},
+            )
+        if request.size_bytes is not None and request.size_bytes > self._max_bytes:
+            raise ProblemError(
+                413,
+                "image_too_large",
+                f"size_bytes {request.size_bytes} is over the limit of {self._max_bytes} bytes",
+                extra={"max_bytes": self._max_bytes},
+            )
+        object_key = keys.new_object_key(user_id, content_type)
+        upload = self._store.presign_put(
+            keys.stored_key(conversation_id, object_key),
+            content_type=content_type,
+            content_length=request.size_bytes,
+            expires_in=self._ttl,
+        )
+        _log.info(
+            "upload_url_issued",
+            user_id=user_id,
+            conversation_id=conversation_id,
+            object_key=object_key,
+            content_type=content_type,
+            size_bytes=request.size_bytes,
+        )
+        return UploadUrlResponse(
+            upload_url=upload.url,
+            object_key=object_key,
+            file_url=f"{self._base_url}/images/{conversation_id}/{object_key}",
+            expires_at=upload.expires_at,
+        )
