@@ -1,7 +1,5 @@
 #!/bin/sh
-# LocalStack runs this once S3 and SQS answer: the bucket and the notification queues with their redrive.
+# LocalStack runs this once S3 answers. The queues need nothing: the SQS adapter creates them (with
+# their redrive policy) when they are missing.
 set -eu
 awslocal s3 mb s3://chat-images
-awslocal sqs create-queue --queue-name chat-notifications-dlq
-awslocal sqs create-queue --queue-name chat-notifications \
-  --attributes '{"RedrivePolicy": "{\"deadLetterTargetArn\":\"arn:aws:sqs:us-east-1:000000000000:chat-notifications-dlq\",\"maxReceiveCount\":\"5\"}"}'
