@@ -1,0 +1,49 @@
+"""Log PushProvider (the default): one structured log line per push, nothing leaves the process."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+import structlog
+
+from chat_core.push import PushMessage, PushOutcome
+
+if TYPE_CHECKING:
+    from chat_core.backends import Backends
+
+__all__ = ["LogPushProvider", "create"]
+
+_log = structlog.get_logger("chat_core.push")
+
+
+def token_fingerprint(token: str) -> str:
+    """Enough of a device token to tell devices apart in logs, without writing the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+class LogPushProvider:
+    name = "log"
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def send(self, message: PushMessage) -> PushOutcome:
+        _log.info(
+            "push",
+            provider=self.name,
+            user_id=message.user_id,
+            platform=message.platform,
+            device=token_fingerprint(message.device_token),
+            title=message.title,
+            body=message.body,
+            data=message.data,
+        )
+        return "sent"
+
+
+def create(backends: Backends) -> LogPushProvider:
+    return LogPushProvider()
