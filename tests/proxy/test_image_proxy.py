@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 
 from chat_core import keys
 from chat_core.logging import configure_logging
+from chat_core.realtime import MEMBERSHIP_CHANNEL
 from tests.conftest import auth_header, token_for
 from tests.image_stack import ImageStack, image_bytes
 
@@ -351,3 +352,14 @@ async def test_a_png_round_trips_through_the_proxy(streaming: ImageStack) -> Non
     response = await streaming.http.get(_proxy_path(image.file_url, streaming), headers=auth_header("alice"))
     assert response.content == image.data
     assert response.headers["content-type"] == "image/png"
+
+
+async def test_a_removed_member_loses_access_as_soon_as_the_change_is_announced(stack: ImageStack) -> None:
+    cid = await stack.conversation("alice", "bob")
+    image = await stack.upload("alice", cid)
+    path = _proxy_path(image.file_url, stack)
+    assert (await stack.http.get(path, headers=auth_header("bob"))).status_code == 302  # now cached
+    await stack.backends.message_store.remove_participant(cid, "bob")
+    # What the message service publishes when participants change.
+    await stack.backends.event_bus.publish(MEMBERSHIP_CHANNEL, json.dumps({"conversationId": cid}).encode())
+    assert (await stack.http.get(path, headers=auth_header("bob"))).status_code == 403

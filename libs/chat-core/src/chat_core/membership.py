@@ -41,6 +41,7 @@ __all__ = ["DEFAULT_MAX_ENTRIES", "Membership", "MembershipCache"]
 
 DEFAULT_MAX_ENTRIES = 10_000
 RESUBSCRIBE_SECONDS = 5.0
+STARTUP_WAIT_SECONDS = 1.0  # a healthy bus confirms in milliseconds; a dead one must not hold up start-up
 _log = structlog.get_logger("chat_core.membership")
 _HIT = metrics.MEMBERSHIP_CACHE.labels("hit")
 _MISS = metrics.MEMBERSHIP_CACHE.labels("miss")
@@ -66,11 +67,15 @@ class MembershipCache:
         ttl_seconds: float,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
+        resubscribe_seconds: float = RESUBSCRIBE_SECONDS,
+        startup_wait_seconds: float = STARTUP_WAIT_SECONDS,
     ) -> None:
         self._store = store
         self._ttl = ttl_seconds
         self._max_entries = max_entries
         self._clock = clock
+        self._resubscribe_seconds = resubscribe_seconds
+        self._startup_wait_seconds = startup_wait_seconds
         self._entries: OrderedDict[str, tuple[frozenset[str], float]] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[frozenset[str] | None]] = {}
         self._workers = 0
@@ -99,6 +104,11 @@ class MembershipCache:
     @property
     def enabled(self) -> bool:
         return self._ttl > 0
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether invalidations from the bus are being received (the worker's subscription is open)."""
+        return self._subscription is not None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -186,7 +196,7 @@ class MembershipCache:
             )
             # Give a healthy bus the chance to confirm before the first request is served.
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._subscriber), RESUBSCRIBE_SECONDS)
+                await asyncio.wait_for(asyncio.shield(self._subscriber), self._startup_wait_seconds)
         try:
             yield
         finally:
@@ -200,7 +210,7 @@ class MembershipCache:
                 self._subscription = await bus.subscribe([MEMBERSHIP_CHANNEL], self._on_change)
             except Exception as exc:
                 _log.warning("membership_subscribe_failed", error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(RESUBSCRIBE_SECONDS)
+                await asyncio.sleep(self._resubscribe_seconds)
                 continue
             # Anything that changed while we were not listening may still be cached.
             self.clear()
