@@ -44,6 +44,15 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cleanup_orphans(args: argparse.Namespace) -> int:
+    from chat_core import cleanup
+    from chat_core.logging import configure_logging
+
+    settings = load_or_exit()
+    configure_logging(settings.service.log_level, service="cleanup")
+    return cleanup.main(settings, dry_run=args.dry_run)
+
+
 def _config_table(_args: argparse.Namespace) -> int:
     print(markdown_table())
     return 0
@@ -66,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     config_cmd = commands.add_parser("config", help="print every setting as a Markdown table")
     config_cmd.set_defaults(func=_config_table)
+
+    cleanup_cmd = commands.add_parser(
+        "cleanup-orphans", help="delete uploaded images no message references (after ORPHAN_GRACE_SECONDS)"
+    )
+    cleanup_cmd.add_argument(
+        "--dry-run", action="store_true", help="log what would be deleted, delete nothing"
+    )
+    cleanup_cmd.set_defaults(func=_cleanup_orphans)
     return parser
 
 

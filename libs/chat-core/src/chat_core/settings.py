@@ -265,6 +265,13 @@ class TelemetrySettings(_Frozen, frozen=True, kw_only=True):
     service_name: Annotated[
         str, env("OTEL_SERVICE_NAME", "Service name on traces (default: the service's own).")
     ] = ""
+    pushgateway_url: Annotated[
+        str,
+        env(
+            "PUSHGATEWAY_URL",
+            "Prometheus Pushgateway the orphan-cleanup job pushes its metrics to; empty: it only logs them.",
+        ),
+    ] = ""
 
 
 class Settings(_Frozen, frozen=True, kw_only=True):
