@@ -3,23 +3,51 @@
 from __future__ import annotations
 
 from litestar import Litestar
+from litestar.di import Provide
 
 from chat_core.backends import Backends
 from chat_core.service import ServiceParts, create_service_app
 from chat_core.settings import Settings
+from message_service import routes
+from message_service.events import MessageEvents, NoMessageEvents
+from message_service.service import ConversationService, MessageService
+from message_service.touches import ConversationTouches
+from message_service.verification import ImageVerifier
 
 COMPONENT = "message"
 
 
-def build(settings: Settings, backends: Backends) -> ServiceParts:
-    """This service's routes, dependencies and workers, wired to ``backends``."""
+def build(settings: Settings, backends: Backends, events: MessageEvents | None = None) -> ServiceParts:
+    """This service's routes, dependencies and workers, wired to ``backends``.
+
+    ``events`` is the fan-out after a change is stored (publish, notifications, membership events; see
+    ``events.py``); tests pass their own.
+    """
+    store = backends.message_store
+    touches = ConversationTouches(store)
+    events = events or NoMessageEvents()
+    conversations = ConversationService(store, events)
+    messages = MessageService(store, ImageVerifier(settings, backends.object_store), touches, events)
     return ServiceParts(
-        component=COMPONENT, description="conversations, members, messages, devices and the real-time socket."
+        component=COMPONENT,
+        route_handlers=[*routes.ROUTES],
+        dependencies={
+            "conversation_service": Provide(lambda: conversations, use_cache=True, sync_to_thread=False),
+            "message_service": Provide(lambda: messages, use_cache=True, sync_to_thread=False),
+        },
+        workers=[touches.worker],
+        description="conversations, members, messages, devices and the real-time socket.",
     )
 
 
-def create_app(settings: Settings, backends: Backends | None = None) -> Litestar:
+def create_app(
+    settings: Settings, backends: Backends | None = None, events: MessageEvents | None = None
+) -> Litestar:
     backends = backends or Backends(settings)
     return create_service_app(
-        settings, backends, [build(settings, backends)], component=COMPONENT, title="chat-management message"
+        settings,
+        backends,
+        [build(settings, backends, events)],
+        component=COMPONENT,
+        title="chat-management message",
     )

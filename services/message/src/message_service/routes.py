@@ -1,0 +1,153 @@
+"""HTTP handlers for conversations and messages: small, the logic is in ``service``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Response, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+
+from chat_core.auth import Principal
+from chat_core.messagestore import Conversation, Message
+from message_service.schemas import (
+    AddParticipants,
+    ConversationPage,
+    CreateConversation,
+    MessagePage,
+    SendMessage,
+)
+from message_service.service import ConversationService, MessageService
+
+__all__ = ["ROUTES"]
+
+Limit = Annotated[int, QueryParameter(ge=1, le=100, description="Items per page.")]
+Before = Annotated[
+    str | None, QueryParameter(description="`nextCursor` of the previous page; omit for the first page.")
+]
+
+
+@post(
+    "/conversations",
+    status_code=201,
+    summary="Start a conversation",
+    description="The caller is always a member; `participantIds` are the others.",
+    tags=["conversations"],
+)
+async def create_conversation(
+    data: JSONBody[CreateConversation],
+    principal: NamedDependency[Principal],
+    conversation_service: NamedDependency[ConversationService],
+) -> Conversation:
+    return await conversation_service.create(principal.user_id, data)
+
+
+@get("/conversations", summary="My conversations, most recently active first", tags=["conversations"])
+async def list_conversations(
+    principal: NamedDependency[Principal],
+    conversation_service: NamedDependency[ConversationService],
+    limit: Limit = 20,
+    before: Before = None,
+) -> ConversationPage:
+    return await conversation_service.list(principal.user_id, limit=limit, before=before)
+
+
+@get("/conversations/{conversation_id:str}", summary="One conversation", tags=["conversations"])
+async def get_conversation(
+    conversation_id: FromPath[str],
+    principal: NamedDependency[Principal],
+    conversation_service: NamedDependency[ConversationService],
+) -> Conversation:
+    return await conversation_service.get(principal.user_id, conversation_id)
+
+
+@post(
+    "/conversations/{conversation_id:str}/participants",
+    status_code=200,
+    summary="Add members",
+    tags=["conversations"],
+)
+async def add_participants(
+    conversation_id: FromPath[str],
+    data: JSONBody[AddParticipants],
+    principal: NamedDependency[Principal],
+    conversation_service: NamedDependency[ConversationService],
+) -> Conversation:
+    return await conversation_service.add_participants(principal.user_id, conversation_id, data)
+
+
+@delete(
+    "/conversations/{conversation_id:str}/participants/{user_id:str}",
+    status_code=204,
+    summary="Remove a member (or leave)",
+    tags=["conversations"],
+)
+async def remove_participant(
+    conversation_id: FromPath[str],
+    user_id: FromPath[str],
+    principal: NamedDependency[Principal],
+    conversation_service: NamedDependency[ConversationService],
+) -> None:
+    await conversation_service.remove_participant(principal.user_id, conversation_id, user_id)
+
+
+@post(
+    "/conversations/{conversation_id:str}/messages",
+    summary="Send a text or image message",
+    description=(
+        "201 with the stored message. For an image, the uploaded object is verified (exists, uploaded by "
+        "you to this conversation, declared type, size limit, magic bytes) and its width/height are read "
+        "from the image header. A retry with the same `clientMessageId` returns the same message (200)."
+    ),
+    tags=["messages"],
+)
+async def send_message(
+    conversation_id: FromPath[str],
+    data: JSONBody[SendMessage],
+    principal: NamedDependency[Principal],
+    message_service: NamedDependency[MessageService],
+) -> Response[Message]:
+    message, created = await message_service.send(principal.user_id, conversation_id, data)
+    return Response(message, status_code=201 if created else 200)
+
+
+@get(
+    "/conversations/{conversation_id:str}/messages",
+    summary="Messages, newest first",
+    tags=["messages"],
+)
+async def list_messages(
+    conversation_id: FromPath[str],
+    principal: NamedDependency[Principal],
+    message_service: NamedDependency[MessageService],
+    limit: Limit = 50,
+    before: Before = None,
+) -> MessagePage:
+    return await message_service.list(principal.user_id, conversation_id, limit=limit, before=before)
+
+
+@post(
+    "/conversations/{conversation_id:str}/messages/{message_id:str}/read",
+    status_code=200,
+    summary="Mark a message read",
+    tags=["messages"],
+)
+async def mark_read(
+    conversation_id: FromPath[str],
+    message_id: FromPath[str],
+    principal: NamedDependency[Principal],
+    message_service: NamedDependency[MessageService],
+) -> Message:
+    return await message_service.mark_read(principal.user_id, conversation_id, message_id)
+
+
+ROUTES = [
+    create_conversation,
+    list_conversations,
+    get_conversation,
+    add_participants,
+    remove_participant,
+    send_message,
+    list_messages,
+    mark_read,
+]

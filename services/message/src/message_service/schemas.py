@@ -1,0 +1,87 @@
+"""Request and response bodies of the conversation and message endpoints.
+
+The send request is exactly the spec's (camelCase message fields, snake_case image metadata), plus an
+optional ``clientMessageId`` for idempotent retries. Stored messages are returned as
+``chat_core.messagestore.Message``, the spec's "Message Data Structure".
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from chat_core.auth import USER_ID_PATTERN
+from chat_core.messagestore import Conversation, Message
+
+__all__ = [
+    "MAX_CONTENT_CHARS",
+    "MAX_PARTICIPANTS",
+    "AddParticipants",
+    "ConversationPage",
+    "CreateConversation",
+    "ImageMetadataRequest",
+    "MessagePage",
+    "SendMessage",
+]
+
+MAX_PARTICIPANTS = 500  # a group's membership array stays far below Firestore's 1 MiB document limit
+MAX_CONTENT_CHARS = 4000
+
+UserId = Annotated[str, msgspec.Meta(pattern=USER_ID_PATTERN.pattern, description="A user id (`sub`).")]
+
+
+class CreateConversation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    participant_ids: Annotated[
+        list[UserId],
+        msgspec.Meta(
+            max_length=MAX_PARTICIPANTS,
+            description="The other members; the caller is always a member.",
+        ),
+    ] = []
+    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class AddParticipants(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    participant_ids: Annotated[list[UserId], msgspec.Meta(min_length=1, max_length=MAX_PARTICIPANTS)]
+
+
+class ImageMetadataRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """The spec's image metadata as a client sends it. Only ``object_key`` and ``content_type`` are used:
+    size, width and height are measured by the server and ``url`` is always the proxy URL."""
+
+    object_key: Annotated[
+        str,
+        msgspec.Meta(min_length=1, max_length=512, description="`object_key` from the upload URL response."),
+    ]
+    content_type: Annotated[str, msgspec.Meta(min_length=1, max_length=127)]
+    url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
+    width: int | None = None
+    height: int | None = None
+    size_bytes: int | None = None
+
+
+class SendMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    message_type: Literal["text", "image"]
+    content: Annotated[str, msgspec.Meta(max_length=MAX_CONTENT_CHARS)] | None = None
+    metadata: ImageMetadataRequest | None = None
+    client_message_id: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+                description="Any id the client picks per message; a retry with it returns the same message.",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class ConversationPage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    items: list[Conversation]
+    next_cursor: str | None  # pass as `before` for the next page; null on the last page
+
+
+class MessagePage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    items: list[Message]
+    next_cursor: str | None  # pass as `before` for older messages; null on the last page

@@ -1,0 +1,280 @@
+"""Conversations, members and messages: who may do what, and what gets stored.
+
+Members only, and a non-member learns nothing: every endpoint under ``/conversations/{id}`` answers a
+non-member exactly as it answers for a conversation that does not exist (404 ``conversation_not_found``),
+before looking at anything else, so neither the conversation nor a message id can be probed.
+
+Idempotent sends: with a ``clientMessageId`` the message id is derived from (conversation, sender,
+clientMessageId) (UUIDv5), so the store's create-if-absent is the idempotency check and no extra record
+is kept; the stored message has exactly the spec's fields. Without one, every send is a new message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from collections.abc import Awaitable
+
+import structlog
+
+from chat_core import keys, metrics, tracing
+from chat_core.auth import USER_ID_PATTERN
+from chat_core.errors import ProblemError
+from chat_core.messagestore import (
+    Conversation,
+    ConversationNotFound,
+    InvalidCursor,
+    LastMessage,
+    Message,
+    MessageStore,
+    ObjectAlreadyUsed,
+    OutboxEntry,
+)
+from message_service.events import MessageEvents
+from message_service.schemas import (
+    MAX_PARTICIPANTS,
+    AddParticipants,
+    ConversationPage,
+    CreateConversation,
+    MessagePage,
+    SendMessage,
+)
+from message_service.touches import ConversationTouches
+from message_service.verification import ImageVerifier, VerifiedImage
+
+__all__ = ["ConversationService", "MessageService", "message_id_for"]
+
+_log = structlog.get_logger("message_service")
+_CLIENT_MESSAGE_IDS = uuid.UUID("5b2f7f0e-6c1a-4d0e-9a57-3f1f5f3e2c11")  # namespace of derived ids
+_MESSAGE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_PREVIEW_CHARS = 120
+
+
+def message_id_for(conversation_id: str, sender_id: str, client_message_id: str | None) -> str:
+    """A fresh id, or the one id a (conversation, sender, clientMessageId) retry always maps to."""
+    if client_message_id is None:
+        return str(uuid.uuid4())
+    # The sender is part of the name: another member reusing the same clientMessageId gets another id.
+    return str(uuid.uuid5(_CLIENT_MESSAGE_IDS, f"{conversation_id}\n{sender_id}\n{client_message_id}"))
+
+
+def _no_such_conversation() -> ProblemError:
+    return ProblemError(404, "conversation_not_found", "no such conversation")
+
+
+async def _participants_for(store: MessageStore, conversation_id: str, user_id: str) -> frozenset[str]:
+    """The members, when ``user_id`` is one; otherwise 404 whether or not the conversation exists."""
+    if not keys.CONVERSATION_ID_PATTERN.match(conversation_id):
+        raise _no_such_conversation()
+    participants = await store.get_participants(conversation_id)
+    if participants is None or user_id not in participants:
+        raise _no_such_conversation()
+    return participants
+
+
+async def _emit(event: str, call: Awaitable[None]) -> None:
+    try:
+        await call
+    except Exception:
+        # The change is stored; fan-out has its own recovery (the outbox). Never fail the request.
+        _log.exception("message_event_failed", event=event)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class ConversationService:
+    def __init__(self, store: MessageStore, events: MessageEvents) -> None:
+        self._store = store
+        self._events = events
+
+    async def create(self, user_id: str, request: CreateConversation) -> Conversation:
+        participants = tuple(dict.fromkeys([user_id, *request.participant_ids]))
+        if len(participants) > MAX_PARTICIPANTS:
+            raise ProblemError(
+                422, "too_many_participants", f"a conversation has at most {MAX_PARTICIPANTS} members"
+            )
+        now = _now()
+        conversation = Conversation(
+            conversation_id=uuid.uuid4().hex,
+            participants=participants,
+            name=(request.name or "").strip() or None,
+            created_at=now,
+            updated_at=now,
+        )
+        await self._store.create_conversation(conversation)
+        await _emit(
+            "participants_changed",
+            self._events.participants_changed(
+                conversation.conversation_id, frozenset(participants), frozenset()
+            ),
+        )
+        return conversation
+
+    async def list(self, user_id: str, *, limit: int, before: str | None) -> ConversationPage:
+        try:
+            page = await self._store.list_conversations(user_id, limit=limit, cursor=before)
+        except InvalidCursor as exc:
+            raise ProblemError(400, "invalid_cursor", str(exc)) from None
+        return ConversationPage(items=page.items, next_cursor=page.next_cursor)
+
+    async def get(self, user_id: str, conversation_id: str) -> Conversation:
+        if not keys.CONVERSATION_ID_PATTERN.match(conversation_id):
+            raise _no_such_conversation()
+        conversation = await self._store.get_conversation(conversation_id)
+        if conversation is None or user_id not in conversation.participants:
+            raise _no_such_conversation()
+        return conversation
+
+    async def add_participants(
+        self, user_id: str, conversation_id: str, request: AddParticipants
+    ) -> Conversation:
+        current = await _participants_for(self._store, conversation_id, user_id)
+        added = [user for user in dict.fromkeys(request.participant_ids) if user not in current]
+        if len(current) + len(added) > MAX_PARTICIPANTS:
+            raise ProblemError(
+                422, "too_many_participants", f"a conversation has at most {MAX_PARTICIPANTS} members"
+            )
+        try:
+            if not added:
+                conversation = await self._store.get_conversation(conversation_id)
+                if conversation is None:
+                    raise ConversationNotFound(conversation_id)
+                return conversation
+            conversation = await self._store.add_participants(conversation_id, added)
+        except ConversationNotFound:
+            raise _no_such_conversation() from None
+        await _emit(
+            "participants_changed",
+            self._events.participants_changed(conversation_id, frozenset(added), frozenset()),
+        )
+        return conversation
+
+    async def remove_participant(self, user_id: str, conversation_id: str, removed_id: str) -> None:
+        """Any member may remove any member, themselves included (leaving); there are no roles."""
+        current = await _participants_for(self._store, conversation_id, user_id)
+        if not USER_ID_PATTERN.match(removed_id) or removed_id not in current:
+            raise ProblemError(404, "participant_not_found", "that user is not a member of this conversation")
+        try:
+            await self._store.remove_participant(conversation_id, removed_id)
+        except ConversationNotFound:
+            raise _no_such_conversation() from None
+        await _emit(
+            "participants_changed",
+            self._events.participants_changed(conversation_id, frozenset(), frozenset({removed_id})),
+        )
+
+
+class MessageService:
+    def __init__(
+        self,
+        store: MessageStore,
+        verifier: ImageVerifier,
+        touches: ConversationTouches,
+        events: MessageEvents,
+    ) -> None:
+        self._store = store
+        self._verifier = verifier
+        self._touches = touches
+        self._events = events
+
+    async def send(self, user_id: str, conversation_id: str, request: SendMessage) -> tuple[Message, bool]:
+        """Store a message; ``(message, True)`` when new, ``(stored, False)`` for a retry of one."""
+        await _participants_for(self._store, conversation_id, user_id)
+        verified: VerifiedImage | None = None
+        if request.message_type == "text":
+            if request.metadata is not None:
+                raise ProblemError(400, "invalid_request", "metadata is only for image messages")
+            if not (request.content or "").strip():
+                raise ProblemError(400, "empty_message", "a text message needs some content")
+            content: str | None = request.content
+        else:
+            if request.metadata is None:
+                raise ProblemError(400, "invalid_request", "an image message needs metadata.object_key")
+            verified = await self._verify(user_id, conversation_id, request)
+            content = request.content if (request.content or "").strip() else None
+        message = Message(
+            message_id=message_id_for(conversation_id, user_id, request.client_message_id),
+            content=content,
+            message_type=request.message_type,
+            sender_id=user_id,
+            timestamp=_now(),
+            read_by=(user_id,),
+            metadata=verified.metadata if verified else None,
+        )
+        trace = tracing.inject()
+        try:
+            stored, created = await self._store.create_message(
+                conversation_id, message, object_key=verified.stored_key if verified else None, trace=trace
+            )
+        except ObjectAlreadyUsed:
+            metrics.IMAGE_MESSAGES_REJECTED.labels("object_already_used").inc()
+            raise ProblemError(
+                409, "object_already_used", "this image already belongs to another message; upload it again"
+            ) from None
+        except ConversationNotFound:
+            raise _no_such_conversation() from None
+        if created:
+            self._record(stored, verified)
+            await self._after_send(conversation_id, stored, trace)
+        return stored, created
+
+    async def _verify(self, user_id: str, conversation_id: str, request: SendMessage) -> VerifiedImage:
+        assert request.metadata is not None
+        try:
+            return await self._verifier.verify(user_id, conversation_id, request.metadata)
+        except ProblemError as exc:
+            metrics.IMAGE_MESSAGES_REJECTED.labels(exc.code).inc()
+            raise
+
+    @staticmethod
+    def _record(message: Message, verified: VerifiedImage | None) -> None:
+        metrics.MESSAGES_SENT.labels(message.message_type).inc()
+        if verified is not None:
+            metrics.IMAGE_SIZE.observe(verified.metadata.size_bytes)
+            waited = (message.timestamp - verified.last_modified).total_seconds()
+            metrics.UPLOAD_TO_SEND.observe(max(0.0, waited))  # clocks of store and server may differ
+
+    async def _after_send(self, conversation_id: str, message: Message, trace: dict[str, str]) -> None:
+        preview = (message.content or "")[:_PREVIEW_CHARS]
+        await self._touches.touch(
+            conversation_id,
+            LastMessage(
+                message_id=message.message_id,
+                sender_id=message.sender_id,
+                message_type=message.message_type,
+                preview=preview,
+                timestamp=message.timestamp,
+            ),
+        )
+        entry = OutboxEntry(
+            conversation_id=conversation_id, message=message, created_at=message.timestamp, trace=trace
+        )
+        await _emit("message_created", self._events.message_created(entry))
+
+    async def list(
+        self, user_id: str, conversation_id: str, *, limit: int, before: str | None
+    ) -> MessagePage:
+        await _participants_for(self._store, conversation_id, user_id)
+        try:
+            page = await self._store.list_messages(conversation_id, limit=limit, before=before)
+        except InvalidCursor as exc:
+            raise ProblemError(400, "invalid_cursor", str(exc)) from None
+        return MessagePage(items=page.items, next_cursor=page.next_cursor)
+
+    async def mark_read(self, user_id: str, conversation_id: str, message_id: str) -> Message:
+        await _participants_for(self._store, conversation_id, user_id)
+        # Every id this service hands out is a UUID; anything else cannot exist (nor reach the store).
+        result = (
+            await self._store.mark_read(conversation_id, message_id, user_id)
+            if _MESSAGE_ID.match(message_id)
+            else None
+        )
+        if result is None:
+            raise ProblemError(404, "message_not_found", "no such message in this conversation")
+        message, changed = result
+        if changed:
+            await _emit("message_read", self._events.message_read(conversation_id, message, user_id))
+        return message

@@ -1,0 +1,132 @@
+"""Coalesced ``lastMessage``/``updatedAt`` updates: at most one conversation write per interval.
+
+Firestore sustains about one write per second per document, and a busy group sends ten messages a
+second. The send itself never writes the conversation document (message, image reference and outbox
+entry are new documents); this class keeps its summary fresh without contending on it:
+
+* the first touch of a conversation that was not written within ``interval`` is written at once, so a
+  quiet conversation's list entry is current when the send returns;
+* later touches within the interval only replace the pending newest message (only-if-newer), and the
+  worker writes it when the interval is over: one write per conversation per interval, whatever the
+  message rate;
+* the store's ``touch_conversation`` is itself only-if-newer, so several processes coalescing on their
+  own (N replicas: up to N writes per interval) never move a conversation back in time.
+
+A crash loses at most the pending summary of the last interval; the next message repairs it. The
+messages themselves are unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+
+import structlog
+
+from chat_core.messagestore import LastMessage, MessageStore
+
+__all__ = ["ConversationTouches"]
+
+_log = structlog.get_logger("message_service.touches")
+_CONCURRENT_WRITES = 32
+
+
+def _newer(candidate: LastMessage, current: LastMessage | None) -> bool:
+    return current is None or (candidate.timestamp, candidate.message_id) > (
+        current.timestamp,
+        current.message_id,
+    )
+
+
+class ConversationTouches:
+    def __init__(
+        self, store: MessageStore, *, interval: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._store = store
+        self._interval = interval
+        self._clock = clock
+        self._pending: dict[str, LastMessage] = {}
+        self._written_at: dict[str, float] = {}  # when each conversation's last write started
+        self._wake = asyncio.Event()
+
+    def _due(self, conversation_id: str, now: float) -> bool:
+        return now - self._written_at.get(conversation_id, -math.inf) >= self._interval
+
+    async def touch(self, conversation_id: str, last_message: LastMessage) -> None:
+        """Record a new message; writes now only if the conversation was not written within the interval."""
+        waiting = self._pending.get(conversation_id)
+        if _newer(last_message, waiting):
+            self._pending[conversation_id] = last_message
+        if self._due(conversation_id, self._clock()):
+            await self._write(conversation_id)
+        elif waiting is None:
+            self._wake.set()  # newly pending: the worker may need to wake earlier than planned
+
+    async def flush_due(self) -> None:
+        """Write every pending conversation whose interval is over; forget idle ones."""
+        now = self._clock()
+        await self._write_all([c for c in self._pending if self._due(c, now)])
+        for conversation_id in [
+            c for c, at in self._written_at.items() if c not in self._pending and now - at >= self._interval
+        ]:
+            del self._written_at[conversation_id]
+
+    async def flush_all(self) -> None:
+        """Write everything pending (shutdown)."""
+        await self._write_all(list(self._pending))
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def _write_all(self, conversation_ids: list[str]) -> None:
+        # Many busy conversations: a bounded number of writes in flight, not one after the other.
+        for start in range(0, len(conversation_ids), _CONCURRENT_WRITES):
+            await asyncio.gather(
+                *(self._write(c) for c in conversation_ids[start : start + _CONCURRENT_WRITES])
+            )
+
+    async def _write(self, conversation_id: str) -> None:
+        last_message = self._pending.pop(conversation_id, None)
+        if last_message is None:
+            return
+        # Claimed before the await, so concurrent touches of this conversation queue behind this write.
+        self._written_at[conversation_id] = self._clock()
+        try:
+            await self._store.touch_conversation(conversation_id, last_message)
+        except Exception as exc:
+            # The message is stored; only its summary is late. Keep it (unless newer came) and retry.
+            if _newer(last_message, self._pending.get(conversation_id)):
+                self._pending[conversation_id] = last_message
+            _log.warning("conversation_touch_failed", conversation_id=conversation_id, error=repr(exc))
+
+    def _seconds_to_next_due(self) -> float | None:
+        if not self._pending:
+            return None
+        now = self._clock()
+        earliest = min(self._written_at.get(c, -math.inf) for c in self._pending) + self._interval
+        return max(0.0, earliest - now)
+
+    @contextlib.asynccontextmanager
+    async def worker(self) -> AsyncIterator[None]:
+        """Runs during the service's lifespan: writes pending summaries when due, and all at shutdown."""
+
+        async def run() -> None:
+            while True:
+                delay = self._seconds_to_next_due()
+                # Bounded sleep even when idle, so an interval that failed is retried.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._interval if delay is None else delay)
+                self._wake.clear()
+                await self.flush_due()
+
+        task = asyncio.create_task(run(), name="conversation-touches")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await self.flush_all()

@@ -1,0 +1,146 @@
+"""Verifying the object an image message references, before anything is stored.
+
+Nothing the client says about the image is trusted beyond which object it means and which type it
+declares. The checks, cheapest first, each a problem response with a stable code:
+
+1. the declared type is an accepted image type                      415 unsupported_image_type
+2. the key has the upload layout                                     400 invalid_object_key
+3. it lies under this conversation                                   403 object_not_in_conversation
+4. it was uploaded by the sender                                     403 object_not_yours
+5. its extension is the declared type's                              422 content_type_mismatch
+6. the object exists (ONE ranged read: type, size, mtime, 256 KiB)   404 image_not_found
+7. its size is within MAX_IMAGE_BYTES                                413 image_too_large
+8. its stored type equals the declared one                           422 content_type_mismatch
+9. its first bytes really are that type, with a sane header         422 not_an_image
+
+Width and height come from the image header (``chat_core.images``); ``size_bytes`` from the store; the
+``url`` is the proxy URL. The store being unreachable is a 503, never a verdict on the image.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from urllib.parse import urlsplit
+
+import msgspec
+import structlog
+
+from chat_core import images, keys
+from chat_core.errors import ProblemError
+from chat_core.messagestore import ImageMetadata
+from chat_core.objectstore import ObjectStore
+from chat_core.settings import Settings
+from message_service.schemas import ImageMetadataRequest
+
+__all__ = ["ImageVerifier", "VerifiedImage"]
+
+_log = structlog.get_logger("message_service.verification")
+# The conversation a proxy URL ({base}/images/{conversation_id}/images/{uploader}/{file}) points into.
+_PROXY_PATH = re.compile(r"/images/(?P<conversation_id>[^/]+)/images/[^/]+/[^/]+$")
+
+
+class VerifiedImage(msgspec.Struct, frozen=True, kw_only=True):
+    stored_key: str  # {conversation_id}/{object_key}: what the message references in the store
+    metadata: ImageMetadata  # what the server measured, as stored in the message
+    last_modified: dt.datetime  # when the upload finished (upload-to-send latency)
+
+
+class ImageVerifier:
+    def __init__(self, settings: Settings, objects: ObjectStore) -> None:
+        self._objects = objects
+        self._base_url = settings.service.base_url()
+        self._allowed = frozenset(settings.images.allowed_types) & keys.EXTENSIONS.keys()
+        self._max_bytes = settings.images.max_bytes
+
+    async def verify(
+        self, sender_id: str, conversation_id: str, requested: ImageMetadataRequest
+    ) -> VerifiedImage:
+        content_type = requested.content_type.strip().lower()
+        if content_type not in self._allowed:
+            raise ProblemError(
+                415,
+                "unsupported_image_type",
+                f"{content_type!r} is not accepted; use one of {', '.join(sorted(self._allowed))}",
+            )
+        object_key, parsed = self._locate(conversation_id, requested)
+        if parsed.uploader_id != sender_id:
+            raise ProblemError(403, "object_not_yours", "the image was uploaded by someone else")
+        if keys.EXTENSIONS[content_type] != parsed.extension:
+            raise ProblemError(
+                422,
+                "content_type_mismatch",
+                f"the object was uploaded as .{parsed.extension}, not as {content_type}",
+            )
+        stored_key = keys.stored_key(conversation_id, object_key)
+        try:
+            found = await self._objects.read_prefix(stored_key, images.HEADER_BYTES)
+        except Exception as exc:
+            _log.warning("image_read_failed", key=stored_key, error=repr(exc))
+            raise ProblemError(
+                503, "storage_unavailable", "the image could not be checked; retry shortly"
+            ) from None
+        if found is None:
+            raise ProblemError(
+                404, "image_not_found", "no uploaded image with that object_key in this conversation"
+            )
+        info, prefix = found
+        if info.size > self._max_bytes:
+            raise ProblemError(
+                413, "image_too_large", f"the image is {info.size} bytes; the limit is {self._max_bytes}"
+            )
+        stored_type = info.content_type.partition(";")[0].strip().lower()
+        if stored_type != content_type:
+            raise ProblemError(
+                422,
+                "content_type_mismatch",
+                f"the object was stored as {stored_type or 'no type'}, not as {content_type}",
+            )
+        try:
+            header = images.inspect_image(prefix, total_size=info.size)
+        except images.NotAnImage as exc:
+            raise ProblemError(422, "not_an_image", str(exc)) from None
+        if header.content_type != content_type:
+            raise ProblemError(
+                422,
+                "not_an_image",
+                f"the bytes are a {header.content_type.removeprefix('image/').upper()} image, "
+                f"not {content_type}",
+            )
+        metadata = ImageMetadata(
+            object_key=object_key,
+            url=f"{self._base_url}/images/{conversation_id}/{object_key}",
+            content_type=content_type,
+            size_bytes=info.size,
+            width=header.width,
+            height=header.height,
+        )
+        return VerifiedImage(stored_key=stored_key, metadata=metadata, last_modified=info.last_modified)
+
+    @staticmethod
+    def _locate(conversation_id: str, requested: ImageMetadataRequest) -> tuple[str, keys.ParsedKey]:
+        """(object_key, parsed) of the object meant, refusing one that lies in another conversation.
+
+        ``object_key`` is normally the upload response's ``images/...`` (under this conversation by
+        construction). A client may also pass the stored form ``{conversation_id}/images/...``, and its
+        ``url`` (the upload response's ``file_url``) names the conversation too: either naming another
+        conversation is refused without looking at that conversation's objects.
+        """
+        raw = requested.object_key
+        try:
+            if raw.startswith("images/"):
+                owner, object_key = conversation_id, raw
+                parsed = keys.parse_object_key(raw)
+            else:
+                owner, object_key, parsed = keys.parse_stored_key(raw)
+        except keys.InvalidKey as exc:
+            raise ProblemError(400, "invalid_object_key", str(exc)) from None
+        if requested.url:
+            match = _PROXY_PATH.search(urlsplit(requested.url).path)
+            if match and match["conversation_id"] != conversation_id:
+                owner = match["conversation_id"]
+        if owner != conversation_id:
+            raise ProblemError(
+                403, "object_not_in_conversation", "the image was uploaded to another conversation"
+            )
+        return object_key, parsed
