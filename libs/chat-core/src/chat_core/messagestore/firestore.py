@@ -1,7 +1,18 @@
 """Firestore MessageStore (production; the emulator in tests), on ``google-cloud-firestore``'s AsyncClient.
 
-Layout: see ``chat_core.messagestore``. Composite indexes the queries here need are in the repo's
-``firestore.indexes.json``; each query below says which index serves it.
+Layout: see ``chat_core.messagestore``. Every query, and the index serving it (the emulator enforces
+none, so this is reasoned, and ``firestore.indexes.json`` at the repo root is what to deploy):
+
+* ``list_conversations``: ``participants`` array-contains + ``updatedAt`` DESC, ``__name__`` DESC:
+  the one composite index in ``firestore.indexes.json``;
+* ``list_messages``: one conversation's ``messages``, ``timestamp`` DESC, ``__name__`` DESC: the
+  automatic single-field index (``__name__`` follows the last order's direction);
+* ``pending_outbox`` / ``outbox_stats``: ``createdAt`` < t ordered by ``createdAt``, and ``count()``:
+  automatic single-field index;
+* ``devices_for``: ``userId`` in [...]: automatic single-field index.
+
+Everything else reads documents by id. Fields never queried are exempt from indexing (fewer index
+writes: ``readBy`` changes on every read receipt), and ``pushReceipts.expireAt`` carries a TTL policy.
 
 Write rates: Firestore sustains about one write per second per document. Nothing on the send path
 writes the conversation document: a message, its image reference and its outbox entry are three new

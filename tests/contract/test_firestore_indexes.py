@@ -1,0 +1,62 @@
+"""``firestore.indexes.json`` covers the Firestore adapter's queries and exempts none of their fields."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from chat_core.messagestore import firestore
+
+INDEXES = Path(__file__).resolve().parents[2] / "firestore.indexes.json"
+# (collection, field) pairs the adapter's queries filter or order on.
+QUERIED = {
+    (firestore.CONVERSATIONS, "participants"),
+    (firestore.CONVERSATIONS, "updatedAt"),
+    (firestore.MESSAGES, "timestamp"),
+    (firestore.OUTBOX, "createdAt"),
+    (firestore.DEVICES, "userId"),
+}
+COLLECTIONS = {
+    firestore.CONVERSATIONS,
+    firestore.MESSAGES,
+    firestore.IMAGE_REFS,
+    firestore.OUTBOX,
+    firestore.DEVICES,
+    firestore.PUSH_RECEIPTS,
+}
+
+
+def load() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(INDEXES.read_text())
+    return data
+
+
+def test_my_conversations_query_has_its_composite_index() -> None:
+    assert {
+        "collectionGroup": "conversations",
+        "queryScope": "COLLECTION",
+        "fields": [
+            {"fieldPath": "participants", "arrayConfig": "CONTAINS"},
+            {"fieldPath": "updatedAt", "order": "DESCENDING"},
+        ],
+    } in load()["indexes"]
+
+
+def test_no_queried_field_is_exempt_from_indexing() -> None:
+    exempt = {(o["collectionGroup"], o["fieldPath"]) for o in load()["fieldOverrides"] if o["indexes"] == []}
+    assert not exempt & QUERIED
+
+
+def test_overrides_name_only_collections_the_adapter_uses() -> None:
+    data = load()
+    groups = {o["collectionGroup"] for o in data["fieldOverrides"]} | {
+        i["collectionGroup"] for i in data["indexes"]
+    }
+    assert groups <= COLLECTIONS
+
+
+def test_push_receipts_expire_by_ttl() -> None:
+    assert {"collectionGroup": "pushReceipts", "fieldPath": "expireAt", "ttl": True, "indexes": []} in load()[
+        "fieldOverrides"
+    ]
