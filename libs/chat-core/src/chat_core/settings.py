@@ -256,6 +256,14 @@ class PushSettings(_Frozen, frozen=True, kw_only=True):
         env("NOTIFICATION_CONCURRENCY", "Queue messages the consumer works on at once."),
         msgspec.Meta(ge=1, le=1000),
     ] = 32
+    retry_base_seconds: Annotated[
+        float,
+        env(
+            "NOTIFICATION_RETRY_BASE_SECONDS",
+            "Delay before a failed push is retried; doubles with each attempt, at most 15 minutes.",
+        ),
+        msgspec.Meta(ge=0, le=900),
+    ] = 5.0
 
 
 class TelemetrySettings(_Frozen, frozen=True, kw_only=True):
