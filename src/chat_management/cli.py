@@ -53,6 +53,45 @@ def _cleanup_orphans(args: argparse.Namespace) -> int:
     return cleanup.main(settings, dry_run=args.dry_run)
 
 
+def _smoke(args: argparse.Namespace) -> int:
+    from chat_management import smoke
+
+    urls = {name: getattr(args, f"{name}_url") or args.base_url for name in ("upload", "message", "proxy")}
+    if not all(urls.values()):
+        print("--base-url, or all of --upload-url, --message-url and --proxy-url", file=sys.stderr)
+        return 2
+    urls = {name: url.rstrip("/") for name, url in urls.items()}
+    if args.token:
+        targets = smoke.SmokeTargets(
+            upload_url=urls["upload"],
+            message_url=urls["message"],
+            proxy_url=urls["proxy"],
+            token=args.token,
+            stranger_token=args.stranger_token,
+        )
+    else:
+        auth = load_or_exit().auth
+        if not auth.jwt_secret:
+            print("AUTH_JWT_SECRET (to mint test users' tokens), or --token", file=sys.stderr)
+            return 2
+
+        def mint(user: str) -> str:
+            return mint_token(
+                auth.jwt_secret, user, ttl_seconds=600, issuer=auth.issuer, audience=auth.audience
+            )
+
+        targets = smoke.SmokeTargets(
+            upload_url=urls["upload"],
+            message_url=urls["message"],
+            proxy_url=urls["proxy"],
+            token=mint("smoke-sender"),
+            peer_token=mint("smoke-member"),
+            peer_id="smoke-member",
+            stranger_token=mint("smoke-stranger"),
+        )
+    return smoke.main(targets)
+
+
 def _config_table(_args: argparse.Namespace) -> int:
     print(markdown_table())
     return 0
@@ -83,6 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="log what would be deleted, delete nothing"
     )
     cleanup_cmd.set_defaults(func=_cleanup_orphans)
+
+    smoke_cmd = commands.add_parser(
+        "smoke", help="walk one image message end to end over HTTP: upload URL, PUT, send, proxy"
+    )
+    smoke_cmd.add_argument("--base-url", help="where clients reach the API (the ingress)")
+    smoke_cmd.add_argument("--upload-url", help="the upload service (overrides --base-url)")
+    smoke_cmd.add_argument("--message-url", help="the message service (overrides --base-url)")
+    smoke_cmd.add_argument("--proxy-url", help="the image proxy (overrides --base-url)")
+    smoke_cmd.add_argument("--token", help="the sender's token (default: minted with AUTH_JWT_SECRET)")
+    smoke_cmd.add_argument("--stranger-token", help="a non-member's token, which the proxy must refuse")
+    smoke_cmd.set_defaults(func=_smoke)
     return parser
 
 
