@@ -10,10 +10,15 @@ Routing is computed the way the controllers do it:
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from chat_core.backends import Backends
+from chat_core.service import create_service_app
+from chat_management import all as all_in_one
+from tests.conftest import make_settings
 from tests.deploy.conftest import RELEASE, Rendered, rendered
 
 OBJECT_PATH = "/images/c1/images/alice/20240419-123456-3f0c2a1e-9b7d-4c1e-8f00-1234567890ab.jpg"
@@ -120,3 +125,37 @@ def test_routes_point_at_rendered_services_and_ports() -> None:
                 for rule in obj["spec"]["rules"]:
                     for ref in rule["backendRefs"]:
                         assert ref["port"] in {p["port"] for p in services[ref["name"]]["spec"]["ports"]}
+
+
+# --- every route the services really serve -----------------------------------------------------------
+def served_paths(component: str, tmp_path: Path) -> list[str]:
+    """Concrete paths for every route the service itself adds (not health, metrics, docs or storage)."""
+    module = all_in_one.SERVICES[component]
+    settings = make_settings(tmp_path)
+    backends = Backends(settings)
+    parts = module.build(settings, backends)
+    app = create_service_app(settings, backends, [parts], component=component, title=component)
+    bare = create_service_app(settings, Backends(settings), [], component="bare", title="bare")
+    adapter_paths = {path for handler in backends.route_handlers() for path in handler.paths}
+    templates = {route.path for route in app.routes} - {route.path for route in bare.routes} - adapter_paths
+    object_key = OBJECT_PATH.split("/", 3)[3]
+    return sorted(
+        re.sub(r"\{[^}:]+(:[a-z]+)?\}", lambda m: object_key if m.group(1) == ":path" else "c1", template)
+        for template in templates
+    )
+
+
+@pytest.mark.parametrize("component", ["upload", "message", "image-proxy"])
+def test_ingress_and_httproute_send_every_served_route_to_its_service(component: str, tmp_path: Path) -> None:
+    paths = served_paths(component, tmp_path)
+    if not paths:
+        pytest.skip(f"the {component} service has no routes in this build yet")
+    ingresses = rendered("production-aws").of_kind("Ingress")
+    routes = rendered("gateway-gke").of_kind("HTTPRoute")
+    for path in paths:
+        assert nginx_route(ingresses, "chat.example.com", path) == component, path
+        assert gateway_route(routes, path) == component, path
+
+
+def test_the_consumer_serves_nothing_public(tmp_path: Path) -> None:
+    assert served_paths("notification-consumer", tmp_path) == []
