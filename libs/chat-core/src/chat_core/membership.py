@@ -120,7 +120,10 @@ class MembershipCache:
             _HIT.inc()
             return Membership(exists=True, member=True)
         _MISS.inc()
-        participants = await self._read(conversation_id)
+        if self.enabled:
+            participants = await self._read(conversation_id)
+        else:  # off means off: every lookup is its own fresh read, not even shared with a concurrent one
+            participants = await self._store.get_participants(conversation_id)
         if participants is None:
             return Membership(exists=False, member=False)
         return Membership(exists=True, member=user_id in participants)
