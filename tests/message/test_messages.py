@@ -304,6 +304,17 @@ async def test_two_concurrent_sends_of_one_object_give_one_201_and_one_409(chat:
     assert len(await chat.messages("alice", cid)) == 1
 
 
+async def test_two_concurrent_retries_of_one_send_store_one_message(chat: Chat) -> None:
+    cid = await chat.create_conversation("alice")
+    object_key = await chat.upload("alice", cid, image_bytes())
+    responses = await asyncio.gather(
+        *(chat.send_image("alice", cid, object_key, clientMessageId="c-1") for _ in range(2))
+    )
+    assert sorted(r.status_code for r in responses) == [200, 201]
+    assert responses[0].json() == responses[1].json()
+    assert len(chat.events.created) == 1
+
+
 async def test_a_refused_send_stores_nothing_and_announces_nothing(chat: Chat) -> None:
     cid = await chat.create_conversation("alice")
     object_key = await chat.upload("alice", cid, b"not an image", "image/jpeg")

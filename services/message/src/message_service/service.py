@@ -238,21 +238,21 @@ class MessageService:
             metrics.UPLOAD_TO_SEND.observe(max(0.0, waited))  # clocks of store and server may differ
 
     async def _after_send(self, conversation_id: str, message: Message, trace: dict[str, str]) -> None:
-        preview = (message.content or "")[:_PREVIEW_CHARS]
+        # Fan-out first: real-time delivery should not wait for the conversation summary's write.
+        entry = OutboxEntry(
+            conversation_id=conversation_id, message=message, created_at=message.timestamp, trace=trace
+        )
+        await _emit("message_created", self._events.message_created(entry))
         await self._touches.touch(
             conversation_id,
             LastMessage(
                 message_id=message.message_id,
                 sender_id=message.sender_id,
                 message_type=message.message_type,
-                preview=preview,
+                preview=(message.content or "")[:_PREVIEW_CHARS],
                 timestamp=message.timestamp,
             ),
         )
-        entry = OutboxEntry(
-            conversation_id=conversation_id, message=message, created_at=message.timestamp, trace=trace
-        )
-        await _emit("message_created", self._events.message_created(entry))
 
     async def list(
         self, user_id: str, conversation_id: str, *, limit: int, before: str | None

@@ -207,7 +207,10 @@ class SqliteMessageStore:
                 finally:
                     conn.execute("COMMIT")
             finally:
-                self._readers.put(conn)
+                if self._writer is None:  # closed meanwhile: this connection was not in the pool to close
+                    conn.close()
+                else:
+                    self._readers.put(conn)
 
         if self._writer is None:
             raise RuntimeError("the SQLite message store is not started")
