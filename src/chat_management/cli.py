@@ -1,14 +1,16 @@
-"""``chat-management``: run a service, mint a dev token, print the configuration table."""
+"""``chat-management``: run a service, set up its backends, mint a dev token, print the config table."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from litestar import Litestar
 
 from chat_core.auth import USER_ID_PATTERN, mint_token
+from chat_core.backends import Backends
 from chat_core.server import load_or_exit, serve
 from chat_core.settings import Settings, markdown_table
 from chat_management import all as all_in_one
@@ -92,6 +94,40 @@ def _smoke(args: argparse.Namespace) -> int:
     return smoke.main(targets)
 
 
+def _setup_steps(backends: Backends) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+    """What ``setup`` makes exist: one idempotent step per backend that has something to ensure.
+
+    Adapters are asked for here, before ``Backends`` starts them.
+    """
+    settings = backends.settings
+    store = backends.object_store
+    return [
+        (
+            f"object store ({store.name}): bucket and browser-upload CORS rule",
+            lambda: store.ensure_bucket(settings.service.cors_allow_origins),
+        ),
+    ]
+
+
+def _setup(_args: argparse.Namespace) -> int:
+    settings = load_or_exit()
+
+    async def run() -> int:
+        backends = Backends(settings)
+        steps = _setup_steps(backends)
+        async with backends:
+            for what, ensure in steps:
+                try:
+                    await ensure()
+                except Exception as exc:
+                    print(f"failed: {what}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                    return 1
+                print(f"ok: {what}")
+        return 0
+
+    return asyncio.run(run())
+
+
 def _config_table(_args: argparse.Namespace) -> int:
     print(markdown_table())
     return 0
@@ -111,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     token_cmd.add_argument("--user", required=True)
     token_cmd.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds")
     token_cmd.set_defaults(func=_token)
+
+    setup_cmd = commands.add_parser(
+        "setup", help="create what the configured backends need (bucket with its CORS rule); idempotent"
+    )
+    setup_cmd.set_defaults(func=_setup)
 
     config_cmd = commands.add_parser("config", help="print every setting as a Markdown table")
     config_cmd.set_defaults(func=_config_table)
