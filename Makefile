@@ -52,8 +52,9 @@ test: test-deps deploy-deps lint ## everything CI runs: lint, types, and all tes
 	uv run --frozen pytest
 
 .PHONY: docs
-docs: install ## regenerate the README's configuration table
+docs: install ## regenerate the README's configuration table and the chart's list of settings
 	uv run --frozen python scripts/update_readme_config.py
+	uv run --frozen python deploy/chart_schema.py
 
 .PHONY: run
 run: install ## run all four services in one process on http://127.0.0.1:8000 (embedded adapters)

@@ -96,7 +96,8 @@ def test_values_schema_refuses_a_config_variable_the_services_do_not_read() -> N
 
 def test_values_schema_lists_every_setting() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
-    assert set(schema["properties"]["config"]["properties"]) == {name for name, _, _ in iter_env_vars()}
+    listed = set(schema["properties"]["config"]["properties"])
+    assert listed == {name for name, _, _ in iter_env_vars()}, "stale values.schema.json: run `make docs`"
 
 
 def test_render_refuses_s3_without_a_bucket() -> None:
