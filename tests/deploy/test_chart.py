@@ -170,6 +170,23 @@ def test_secrets_are_referenced_never_inlined() -> None:
     assert {"secretRef": {"name": "chat-google-credentials"}} in container["envFrom"]
 
 
+def test_numbers_reach_the_services_as_the_settings_parse_them() -> None:
+    values = profile_values("default")
+    values["config"] |= {"MAX_IMAGE_BYTES": 20971520, "MEMBERSHIP_CACHE_SECONDS": 2.5, "ACCESS_LOG": False}
+    values["services"] = {"upload": {"enabled": True, "env": {"UPLOAD_URL_TTL_SECONDS": 7200}}}
+    profile = Rendered("numbers", render_values(values))
+    config = profile.named("ConfigMap", f"{RELEASE}-chat-management-config")["data"]
+    assert (config["MAX_IMAGE_BYTES"], config["MEMBERSHIP_CACHE_SECONDS"], config["ACCESS_LOG"]) == (
+        "20971520",
+        "2.5",
+        "false",
+    )
+    container = profile.named("Deployment", component_name("upload"))["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert {"name": "UPLOAD_URL_TTL_SECONDS", "value": "7200"} in container["env"]
+
+
 def test_config_map_holds_the_configured_variables() -> None:
     config = rendered("production-aws").named("ConfigMap", f"{RELEASE}-chat-management-config")["data"]
     assert config["S3_BUCKET_NAME"] == "zalo-phake-images"

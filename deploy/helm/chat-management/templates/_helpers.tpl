@@ -100,9 +100,15 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
       name: {{ $ref.name }}
       key: {{ $ref.key }}
 {{- end }}
+{{- if $root.Values.networkPolicy.enabled }}
+# Only the ingress controller can reach the pods (NetworkPolicy), so its X-Forwarded-For is trusted and
+# access and audit logs show the client's address (uvicorn's setting, not the services').
+- name: FORWARDED_ALLOW_IPS
+  value: "*"
+{{- end }}
 {{- range $name, $value := .env }}
 - name: {{ $name }}
-  value: {{ $value | toString | quote }}
+  value: {{ include "chat-management.envValue" $value | quote }}
 {{- end }}
 {{- end -}}
 
@@ -210,4 +216,14 @@ egress:
       name: {{ $fullname }}-test-auth
       key: jwt-secret
 {{- end }}
+{{- end -}}
+
+{{/* An environment value as the services read it: YAML numbers reach templates as float64, and
+     20971520 must not become "2.097152e+07". */}}
+{{- define "chat-management.envValue" -}}
+{{- if and (kindIs "float64" .) (eq (floor .) .) -}}
+{{- printf "%.0f" . -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
 {{- end -}}
