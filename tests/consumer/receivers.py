@@ -39,9 +39,14 @@ class WebhookReceiver:
     """Records every POST; answers each device token with a chosen status (200 by default)."""
 
     secret: str = "webhook-secret-for-tests"
-    status_for: dict[str, int] = field(default_factory=dict)
-    deliveries: list[Delivery] = field(default_factory=list)
+    status_for: dict[str, int] = field(default_factory=dict)  # token -> status, every time
+    fail_first: dict[str, int] = field(default_factory=dict)  # token -> how many 503s before a 200
+    delay: float = 0.0  # seconds each answer takes
+    deliveries: list[Delivery] = field(default_factory=list)  # every request, answered or not yet
+    answers: list[tuple[Delivery, int]] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    in_flight: int = 0
+    max_in_flight: int = 0
 
     def app(self) -> Litestar:
         @post("/hook", status_code=200)
@@ -49,21 +54,42 @@ class WebhookReceiver:
             body = await request.body()
             delivery = Delivery(dict(request.headers), body)
             self.deliveries.append(delivery)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.arrived.set()
-            return Response(b"", status_code=self.status_for.get(delivery.json["deviceToken"], 200))
+            try:
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+            finally:
+                self.in_flight -= 1
+            token = delivery.json["deviceToken"]
+            status = self.status_for.get(token, 200)
+            if self.fail_first.get(token, 0) > 0:
+                self.fail_first[token] -= 1
+                status = 503
+            self.answers.append((delivery, status))
+            self.arrived.set()
+            return Response(b"", status_code=status)
 
         return Litestar([hook])
 
     def accepted(self) -> list[Delivery]:
-        return [d for d in self.deliveries if self.status_for.get(d.json["deviceToken"], 200) < 300]
+        return [delivery for delivery, status in self.answers if status < 300]
+
+    def attempts(self, token: str) -> int:
+        return sum(1 for delivery, _ in self.answers if delivery.json["deviceToken"] == token)
 
     def tokens(self) -> list[str]:
         return [d.json["deviceToken"] for d in self.accepted()]
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[Delivery]:
         """Wait until ``count`` pushes were accepted."""
+        return await self.wait_until(lambda: len(self.accepted()) >= count, timeout)
+
+    async def wait_until(self, condition: Any, timeout: float = 10.0) -> list[Delivery]:
+        """Wait until ``condition()`` holds, checking as each request arrives and as it is answered."""
         async with asyncio.timeout(timeout):
-            while len(self.accepted()) < count:
+            while not condition():
                 self.arrived.clear()
                 await self.arrived.wait()
         return self.accepted()

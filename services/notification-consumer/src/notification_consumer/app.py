@@ -1,4 +1,9 @@
-"""Notification consumer service: turns queued notifications into pushes to devices."""
+"""Notification consumer service: turns queued notifications into pushes to devices.
+
+No public API: the worker runs in the lifespan of a small app that serves ``/healthz``, ``/readyz`` (the
+queue, the message store and the push provider answer) and ``/metrics``. In the all-in-one process the
+worker runs beside the other services.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,19 @@ from litestar import Litestar
 from chat_core.backends import Backends
 from chat_core.service import ServiceParts, create_service_app
 from chat_core.settings import Settings
+from notification_consumer.consumer import NotificationConsumer
 
 COMPONENT = "notification-consumer"
 
 
 def build(settings: Settings, backends: Backends) -> ServiceParts:
     """This service's routes, dependencies and workers, wired to ``backends``."""
-    return ServiceParts(component=COMPONENT, description="turns queued notifications into pushes to devices.")
+    consumer = NotificationConsumer.from_backends(settings, backends)
+    return ServiceParts(
+        component=COMPONENT,
+        workers=[consumer.worker],
+        description="turns queued notifications into pushes to devices.",
+    )
 
 
 def create_app(settings: Settings, backends: Backends | None = None) -> Litestar:

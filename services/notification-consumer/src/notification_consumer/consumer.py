@@ -1,0 +1,289 @@
+"""The notification worker: queue message -> recipients' devices -> one push per device -> ack.
+
+* At most ``NOTIFICATION_CONCURRENCY`` queue messages in work at once (the poller only asks the queue for
+  as many as there are free slots), and at most as many pushes in flight.
+* A redelivered message never pushes twice to one device: each (notification, device) pair is claimed in
+  the MessageStore before its push, and released again if the push failed, so only failures are retried.
+* A transient failure (provider answered ``retry``, or the store was unreachable) leaves the message on
+  the queue with a delay that doubles per attempt (``NOTIFICATION_RETRY_BASE_SECONDS``, through the
+  visibility timeout); after ``NOTIFICATION_MAX_RECEIVES`` receives the queue moves it to the DLQ.
+* A token the provider reports dead is deleted from the store.
+* Shutdown (SIGTERM -> lifespan exit) stops polling, lets in-flight messages finish for up to
+  ``SHUTDOWN_DRAIN_SECONDS``, then cancels the rest (their claims are released, so their redelivery
+  pushes them).
+* Each message's span continues the sender's trace (W3C context from the queue message attributes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import random
+from collections.abc import AsyncIterator, Awaitable
+from typing import Literal
+
+import structlog
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from chat_core import metrics, tracing
+from chat_core.backends import Backends
+from chat_core.messagestore import Device, MessageStore
+from chat_core.notifications import Notification, NotificationQueue, ReceivedNotification
+from chat_core.push import PushMessage, PushProvider
+from chat_core.settings import Settings
+
+__all__ = ["MAX_RETRY_DELAY_SECONDS", "NotificationConsumer", "push_message_for"]
+
+MAX_RETRY_DELAY_SECONDS = 900.0
+MAX_RECEIVE_BATCH = 10
+DEPTH_INTERVAL_SECONDS = 15.0
+_POLL_ERROR_MAX_BACKOFF = 10.0
+_log = structlog.get_logger("notification_consumer")
+_tracer = tracing.get_tracer("notification_consumer")
+
+DeviceResult = Literal["done", "retry"]
+
+
+def push_message_for(notification: Notification, device: Device) -> PushMessage:
+    if notification.preview:
+        body = notification.preview
+    elif notification.message_type == "image":
+        body = "sent a photo"
+    else:
+        body = "sent a message"
+    return PushMessage(
+        device_token=device.token,
+        platform=device.platform,
+        user_id=device.user_id,
+        title=notification.sender_id,
+        body=body,
+        data={
+            "type": "message.created",
+            "conversationId": notification.conversation_id,
+            "messageId": notification.message_id,
+            "senderId": notification.sender_id,
+            "messageType": notification.message_type,
+        },
+    )
+
+
+class NotificationConsumer:
+    def __init__(
+        self,
+        queue: NotificationQueue,
+        store: MessageStore,
+        push: PushProvider,
+        *,
+        concurrency: int,
+        wait_seconds: float,
+        max_receives: int,
+        retry_base_seconds: float,
+        drain_seconds: float,
+    ) -> None:
+        self._queue = queue
+        self._store = store
+        self._push = push
+        self._concurrency = concurrency
+        self._wait_seconds = wait_seconds
+        self._max_receives = max_receives
+        self._retry_base = retry_base_seconds
+        self._drain_seconds = drain_seconds
+        self._slots = asyncio.Semaphore(concurrency)
+        self._push_slots = asyncio.Semaphore(concurrency)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+        self._sent = metrics.NOTIFICATIONS_SENT.labels(push.name)
+
+    @classmethod
+    def from_backends(cls, settings: Settings, backends: Backends) -> NotificationConsumer:
+        return cls(
+            backends.notification_queue,
+            backends.message_store,
+            backends.push_provider,
+            concurrency=settings.push.concurrency,
+            wait_seconds=settings.sqs.wait_seconds,
+            max_receives=settings.sqs.max_receives,
+            retry_base_seconds=settings.push.retry_base_seconds,
+            drain_seconds=settings.service.drain_seconds,
+        )
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def worker(self) -> AsyncIterator[None]:
+        self._stop = asyncio.Event()
+        poller = asyncio.create_task(self._poll(), name="notification-poller")
+        depth = asyncio.create_task(self._export_depth(), name="notification-queue-depth")
+        try:
+            yield
+        finally:
+            # Stop taking work, but let the receive in flight return: what it took is handled below
+            # instead of sitting hidden for a visibility timeout (a long poll is at most wait_seconds).
+            self._stop.set()
+            depth.cancel()
+            await asyncio.wait({poller}, timeout=self._wait_seconds + 2.0)
+            for task in (poller, depth):
+                task.cancel()
+            await asyncio.gather(poller, depth, return_exceptions=True)
+            await self.drain()
+
+    async def drain(self) -> None:
+        """Let in-flight messages finish, within the shutdown grace; cancel what is left."""
+        if not self._in_flight:
+            return
+        _done, pending = await asyncio.wait(set(self._in_flight), timeout=self._drain_seconds)
+        for task in pending:
+            task.cancel()
+        if pending:
+            _log.warning("notifications_cancelled_at_shutdown", count=len(pending))
+            await asyncio.wait(pending)
+
+    # --- polling ------------------------------------------------------------------------------------
+    async def _take_slots(self) -> int:
+        """Wait for one free slot, then take every other free one (up to one receive's worth)."""
+        await self._slots.acquire()
+        taken = 1
+        while taken < MAX_RECEIVE_BATCH and not self._slots.locked():
+            await self._slots.acquire()  # free: returns at once
+            taken += 1
+        return taken
+
+    async def _poll(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            taken = await self._take_slots()
+            if self._stop.is_set():
+                for _ in range(taken):
+                    self._slots.release()
+                return
+            try:
+                batch = await self._queue.receive(max_messages=taken, wait_seconds=self._wait_seconds)
+            except Exception as exc:
+                for _ in range(taken):
+                    self._slots.release()
+                _log.warning("notification_receive_failed", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+                backoff = min(backoff * 2, _POLL_ERROR_MAX_BACKOFF)
+                continue
+            except BaseException:
+                for _ in range(taken):
+                    self._slots.release()
+                raise
+            backoff = 0.5
+            for _ in range(taken - len(batch)):
+                self._slots.release()
+            for received in batch:
+                task = asyncio.create_task(self._run_one(received), name="notification")
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+
+    async def _run_one(self, received: ReceivedNotification) -> None:
+        try:
+            await self.handle(received)
+        finally:
+            self._slots.release()
+
+    async def _export_depth(self) -> None:
+        while True:
+            try:
+                main, dead = await self._queue.depth()
+                metrics.NOTIFICATION_QUEUE_DEPTH.labels("main").set(main)
+                metrics.NOTIFICATION_QUEUE_DEPTH.labels("dlq").set(dead)
+            except Exception as exc:
+                _log.debug("queue_depth_unavailable", error=repr(exc))
+            await asyncio.sleep(DEPTH_INTERVAL_SECONDS)
+
+    # --- one queue message --------------------------------------------------------------------------
+    def retry_delay(self, receive_count: int) -> float:
+        delay = self._retry_base * 2 ** max(0, receive_count - 1)
+        return float(min(MAX_RETRY_DELAY_SECONDS, delay * random.uniform(0.8, 1.2)))  # noqa: S311 - jitter
+
+    async def handle(self, received: ReceivedNotification) -> None:
+        """Push one queue message to every device of its recipients, then ack it (or schedule a retry)."""
+        notification = received.notification
+        with _tracer.start_as_current_span(
+            "notification process",
+            context=tracing.extract(notification.trace),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.message.id": notification.notification_id,
+                "messaging.message.delivery_count": received.receive_count,
+                "chat.recipients": len(notification.recipient_ids),
+            },
+        ) as span:
+            if received.receive_count == 1:
+                waited = (dt.datetime.now(dt.UTC) - received.enqueued_at).total_seconds()
+                metrics.NOTIFICATION_QUEUE_AGE.observe(max(0.0, waited))
+            try:
+                complete = await self._push_all(notification)
+            except Exception as exc:
+                _log.warning(
+                    "notification_failed", notification_id=notification.notification_id, error=repr(exc)
+                )
+                complete = False
+            if complete:
+                await self._settle(self._queue.ack(received.receipt), notification)
+                return
+            span.set_status(Status(StatusCode.ERROR, "some pushes will be retried"))
+            if received.receive_count >= self._max_receives:
+                # The queue moves it to the DLQ on its next receive: let that happen now.
+                metrics.NOTIFICATIONS_DEAD_LETTERED.inc()
+                _log.error(
+                    "notification_dead_lettered",
+                    notification_id=notification.notification_id,
+                    receives=received.receive_count,
+                )
+                delay = 0.0
+            else:
+                metrics.NOTIFICATIONS_RETRIED.inc()
+                delay = self.retry_delay(received.receive_count)
+            await self._settle(self._queue.retry_later(received.receipt, delay), notification)
+
+    async def _settle(self, call: Awaitable[None], notification: Notification) -> None:
+        try:
+            await call
+        except Exception as exc:
+            # The visibility timeout brings it back; claims keep a redelivery from pushing twice.
+            _log.warning(
+                "notification_settle_failed", notification_id=notification.notification_id, error=repr(exc)
+            )
+
+    async def _push_all(self, notification: Notification) -> bool:
+        """True when every device is done (pushed now or before, or gone); False if any needs a retry."""
+        devices = await self._store.devices_for(notification.recipient_ids)
+        targets = [device for user in notification.recipient_ids for device in devices.get(user, ())]
+        results = await asyncio.gather(*(self._push_device(notification, device) for device in targets))
+        return all(result == "done" for result in results)
+
+    async def _push_device(self, notification: Notification, device: Device) -> DeviceResult:
+        if not await self._store.claim_push(notification.notification_id, device.token):
+            return "done"  # pushed by an earlier delivery of this message
+        try:
+            async with self._push_slots:
+                with _tracer.start_as_current_span(f"push {self._push.name}", kind=SpanKind.CLIENT):
+                    outcome = await self._push.send(push_message_for(notification, device))
+        except BaseException as exc:
+            await self._release(notification, device)
+            if not isinstance(exc, Exception):
+                raise  # cancelled (shutdown): the claim is released, the redelivery pushes it
+            metrics.NOTIFICATIONS_FAILED.labels(self._push.name, "error").inc()
+            _log.warning("push_error", user_id=device.user_id, error=repr(exc))
+            return "retry"
+        if outcome == "sent":
+            self._sent.inc()
+            return "done"
+        if outcome == "invalid_token":
+            metrics.NOTIFICATIONS_FAILED.labels(self._push.name, "invalid_token").inc()
+            _log.info("device_token_invalid_deleted", user_id=device.user_id, platform=device.platform)
+            await self._store.delete_device(device.user_id, device.token)
+            return "done"
+        metrics.NOTIFICATIONS_FAILED.labels(self._push.name, "retry").inc()
+        await self._release(notification, device)
+        return "retry"
+
+    async def _release(self, notification: Notification, device: Device) -> None:
+        try:
+            # Shielded: a cancelled push must still give its claim back.
+            await asyncio.shield(self._store.release_push(notification.notification_id, device.token))
+        except Exception as exc:
+            _log.warning("push_claim_not_released", user_id=device.user_id, error=repr(exc))
