@@ -231,7 +231,8 @@ class MessageStore(Protocol):
     async def delete_device(self, user_id: str, token: str) -> bool:
         """Remove ``user_id``'s token; False when the user had no such token."""
 
-    async def devices_for(self, user_ids: Collection[str]) -> dict[str, list[Device]]: ...
+    async def devices_for(self, user_ids: Collection[str]) -> dict[str, list[Device]]:
+        """Devices by user, each list ordered by token; users without a device are absent."""
 
     # --- outbox ------------------------------------------------------------------------------------
     async def pending_outbox(self, *, older_than: float, limit: int) -> list[OutboxEntry]:
