@@ -8,8 +8,11 @@ from litestar.di import Provide
 from chat_core.backends import Backends
 from chat_core.service import ServiceParts, create_service_app
 from chat_core.settings import Settings
-from message_service import routes
-from message_service.events import MessageEvents, NoMessageEvents
+from message_service import devices, routes
+from message_service.devices import DeviceService
+from message_service.events import MessageEvents
+from message_service.fanout import Fanout
+from message_service.realtime import RealtimeSockets
 from message_service.service import ConversationService, MessageService
 from message_service.touches import ConversationTouches
 from message_service.verification import ImageVerifier
@@ -25,17 +28,34 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
     """
     store = backends.message_store
     touches = ConversationTouches(store)
-    events = events or NoMessageEvents()
+    fanout: Fanout | None = None
+    if events is None:
+        events = fanout = Fanout(
+            store,
+            backends.event_bus,
+            backends.presence,
+            backends.notification_queue,
+            drain_seconds=settings.service.drain_seconds,
+        )
+    sockets = RealtimeSockets(
+        backends.verifier,
+        store,
+        backends.event_bus,
+        backends.presence,
+        presence_ttl_seconds=settings.redis.presence_ttl_seconds,
+    )
+    device_service = DeviceService(store)
     conversations = ConversationService(store, events)
     messages = MessageService(store, ImageVerifier(settings, backends.object_store), touches, events)
     return ServiceParts(
         component=COMPONENT,
-        route_handlers=[*routes.ROUTES],
+        route_handlers=[*routes.ROUTES, *devices.ROUTES, sockets.route_handler()],
         dependencies={
             "conversation_service": Provide(lambda: conversations, use_cache=True, sync_to_thread=False),
             "message_service": Provide(lambda: messages, use_cache=True, sync_to_thread=False),
+            "device_service": Provide(lambda: device_service, use_cache=True, sync_to_thread=False),
         },
-        workers=[touches.worker],
+        workers=[touches.worker, *([fanout.worker] if fanout is not None else [])],
         description="conversations, members, messages, devices and the real-time socket.",
     )
 

@@ -1,0 +1,84 @@
+"""``PUT /me/devices/{token}`` and ``DELETE /me/devices/{token}``: where the caller's pushes go.
+
+A token belongs to one user at a time: registering a token another user had moves it (the device was
+handed over or the app signed in as someone else). Tokens the push provider reports dead are deleted by
+the notification consumer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated
+
+import msgspec
+from litestar import Response, delete, put
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+
+from chat_core.auth import Principal
+from chat_core.errors import ProblemError
+from chat_core.messagestore import Device, MessageStore, Platform
+
+__all__ = ["ROUTES", "DeviceRegistration", "DeviceService"]
+
+# FCM registration tokens, APNs device tokens (hex) and the like: no spaces, no slashes.
+_TOKEN = re.compile(r"^[A-Za-z0-9_:.\-]{8,4096}$")
+
+
+class DeviceRegistration(msgspec.Struct, frozen=True, kw_only=True):
+    platform: Annotated[Platform, msgspec.Meta(description="`ios`, `android` or `web`.")]
+
+
+class DeviceService:
+    def __init__(self, store: MessageStore) -> None:
+        self._store = store
+
+    @staticmethod
+    def _check(token: str) -> None:
+        if not _TOKEN.match(token):
+            raise ProblemError(
+                400,
+                "invalid_device_token",
+                "a device token is 8 to 4096 letters, digits, '_', ':', '.' or '-'",
+            )
+
+    async def register(self, user_id: str, token: str, platform: Platform) -> Device:
+        self._check(token)
+        device = Device(token=token, platform=platform, user_id=user_id, updated_at=dt.datetime.now(dt.UTC))
+        await self._store.put_device(device)
+        return device
+
+    async def unregister(self, user_id: str, token: str) -> None:
+        self._check(token)
+        if not await self._store.delete_device(user_id, token):
+            raise ProblemError(404, "device_not_found", "you have no device with this token")
+
+
+@put(
+    "/me/devices/{token:str}",
+    status_code=200,
+    summary="Register a device for push notifications",
+    description="Idempotent; a token registered by another user moves to the caller.",
+    tags=["devices"],
+)
+async def register_device(
+    token: FromPath[str],
+    data: JSONBody[DeviceRegistration],
+    principal: NamedDependency[Principal],
+    device_service: NamedDependency[DeviceService],
+) -> Device:
+    return await device_service.register(principal.user_id, token, data.platform)
+
+
+@delete("/me/devices/{token:str}", status_code=204, summary="Stop pushes to a device", tags=["devices"])
+async def unregister_device(
+    token: FromPath[str],
+    principal: NamedDependency[Principal],
+    device_service: NamedDependency[DeviceService],
+) -> Response[None]:
+    await device_service.unregister(principal.user_id, token)
+    return Response(None, status_code=204)
+
+
+ROUTES = [register_device, unregister_device]

@@ -1,0 +1,367 @@
+"""Fan-out after a change is stored: real-time events, notification jobs, membership-change events.
+
+``Fanout`` is the message service's ``MessageEvents``. For each new message (its outbox entry is already
+stored with it):
+
+1. publish ``message.created`` once on the conversation's channel, whatever the group size;
+2. read the presence of every other member in one round trip; the offline ones go into O(1) queue
+   messages (recipient ids inside, one per ``RECIPIENTS_PER_NOTIFICATION``), notification id
+   ``{messageId}:{chunk}``;
+3. delete the outbox entry once both are done.
+
+The request does not wait for any of it: ``message_created`` hands the entry to a background task and
+returns, so a slow or dead bus or queue never delays a 201. Whatever fails stays in the outbox, and the
+relay worker retries it (with backoff) until it is delivered: nothing is dropped when Redis or SQS is
+down, only late. Steps already done for an entry are remembered in memory, so a retry after a queue
+outage does not publish again (after a restart a step may repeat: clients de-duplicate events by
+``messageId``, and the consumer never pushes one message twice to one device).
+
+Degraded modes: presence unreadable (Redis down) -> every other member counts as offline (a push too many
+beats a push missed); a ``message.created`` older than ``STALE_EVENT_SECONDS`` is no longer published
+(clients that were connected then have resynced since).
+
+Event payloads on the bus are an envelope: the client-facing event plus ``members`` (so a socket whose
+user was removed drops the event even if it missed the ``conversation.left``) and ``trace``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import AsyncIterator, Collection
+
+import msgspec
+import structlog
+from opentelemetry.trace import SpanKind
+
+from chat_core import metrics, tracing
+from chat_core.messagestore import Message, MessageStore, OutboxEntry
+from chat_core.notifications import Notification, NotificationQueue
+from chat_core.realtime import (
+    MEMBERSHIP_CHANNEL,
+    EventBus,
+    Presence,
+    conversation_channel,
+    user_channel,
+)
+
+__all__ = [
+    "RECIPIENTS_PER_NOTIFICATION",
+    "Envelope",
+    "Fanout",
+    "bus_event_for_client",
+    "decode_envelope",
+    "notifications_for",
+]
+
+RECIPIENTS_PER_NOTIFICATION = 1000  # ~130 KiB of ids at most: well inside SQS's 256 KiB per message
+STALE_EVENT_SECONDS = 300.0
+PREVIEW_CHARS = 100
+RELAY_INTERVAL_SECONDS = 1.0
+RELAY_GRACE_SECONDS = 5.0  # an entry younger than this is still in its immediate attempt
+RELAY_MAX_BACKOFF_SECONDS = 10.0
+RELAY_BATCH = 100
+_PROGRESS_TTL_SECONDS = 3600.0
+
+_log = structlog.get_logger("message_service.fanout")
+_tracer = tracing.get_tracer("message_service.fanout")
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """What travels on the bus: the client-facing event plus what sockets need to route it."""
+
+    type: str
+    conversation_id: str
+    message: Message | None = None  # message.created: the full stored message
+    message_id: str | None = None  # message.read
+    user_id: str | None = None  # message.read: the reader
+    read_by: tuple[str, ...] | None = None  # message.read
+    members: tuple[str, ...] | None = None  # never forwarded to clients
+    trace: dict[str, str] = {}  # never forwarded to clients
+
+
+def notifications_for(
+    entry: OutboxEntry, recipients: Collection[str], *, trace: dict[str, str]
+) -> list[Notification]:
+    """The queue messages for one chat message: one per ``RECIPIENTS_PER_NOTIFICATION`` recipients."""
+    message = entry.message
+    ordered = sorted(recipients)
+    preview = (message.content or "")[:PREVIEW_CHARS]
+    return [
+        Notification(
+            notification_id=f"{message.message_id}:{chunk}",
+            conversation_id=entry.conversation_id,
+            message_id=message.message_id,
+            sender_id=message.sender_id,
+            message_type=message.message_type,
+            preview=preview,
+            recipient_ids=tuple(ordered[start : start + RECIPIENTS_PER_NOTIFICATION]),
+            created_at=message.timestamp,
+            trace=trace,
+        )
+        for chunk, start in enumerate(range(0, len(ordered), RECIPIENTS_PER_NOTIFICATION))
+    ]
+
+
+class _Progress:
+    __slots__ = ("published", "queued", "seen")
+
+    def __init__(self) -> None:
+        self.published = False
+        self.queued = False
+        self.seen = time.monotonic()
+
+
+class Fanout:
+    def __init__(
+        self,
+        store: MessageStore,
+        bus: EventBus,
+        presence: Presence,
+        queue: NotificationQueue,
+        *,
+        drain_seconds: float = 10.0,
+        relay_interval: float = RELAY_INTERVAL_SECONDS,
+        relay_grace: float = RELAY_GRACE_SECONDS,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._presence = presence
+        self._queue = queue
+        self._drain_seconds = drain_seconds
+        self._relay_interval = relay_interval
+        self._relay_grace = relay_grace
+        self._progress: dict[str, _Progress] = {}
+        self._delivering: set[str] = set()
+        self._background: set[asyncio.Task[bool]] = set()
+        self._conversation_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._relay_wake = asyncio.Event()
+
+    # --- MessageEvents ------------------------------------------------------------------------------
+    async def message_created(self, entry: OutboxEntry) -> None:
+        task = asyncio.get_running_loop().create_task(self.deliver(entry), name="fanout")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def message_read(self, conversation_id: str, message: Message, reader_id: str) -> None:
+        try:
+            members = await self._store.get_participants(conversation_id)
+            envelope = Envelope(
+                type="message.read",
+                conversation_id=conversation_id,
+                message_id=message.message_id,
+                user_id=reader_id,
+                read_by=message.read_by,
+                members=tuple(sorted(members or ())),
+            )
+            await self._publish(conversation_channel(conversation_id), envelope)
+        except Exception as exc:
+            # Read receipts are best effort in real time; the list endpoint always has readBy.
+            metrics.OUTBOX_RELAY_ERRORS.labels("bus").inc()
+            _log.warning("read_event_not_published", conversation_id=conversation_id, error=repr(exc))
+
+    async def participants_changed(
+        self, conversation_id: str, added: frozenset[str], removed: frozenset[str]
+    ) -> None:
+        events: list[tuple[str, bytes]] = [
+            (MEMBERSHIP_CHANNEL, msgspec.json.encode({"conversationId": conversation_id}))
+        ]
+        for users, kind in ((added, "conversation.joined"), (removed, "conversation.left")):
+            payload = msgspec.json.encode(Envelope(type=kind, conversation_id=conversation_id))
+            events.extend((user_channel(user), payload) for user in sorted(users))
+        try:
+            for channel, payload in events:
+                await self._bus.publish(channel, payload)
+                metrics.EVENTS_PUBLISHED.labels("membership").inc()
+        except Exception as exc:
+            # Caches expire on their own (MEMBERSHIP_CACHE_SECONDS); sockets pick it up on reconnect.
+            metrics.OUTBOX_RELAY_ERRORS.labels("bus").inc()
+            _log.warning("membership_event_not_published", conversation_id=conversation_id, error=repr(exc))
+
+    # --- delivery of one outbox entry ---------------------------------------------------------------
+    async def deliver(self, entry: OutboxEntry) -> bool:
+        """Publish and enqueue what is still to do for ``entry``; True once its outbox entry is gone."""
+        message_id = entry.message.message_id
+        if message_id in self._delivering:
+            return False
+        self._delivering.add(message_id)
+        try:
+            async with self._conversation_lock(entry.conversation_id):
+                with _tracer.start_as_current_span(
+                    "fanout message.created",
+                    context=tracing.extract(entry.trace),
+                    kind=SpanKind.PRODUCER,
+                    attributes={
+                        "messaging.message.id": message_id,
+                        "chat.conversation.id": entry.conversation_id,
+                    },
+                ):
+                    return await self._deliver(entry)
+        finally:
+            self._delivering.discard(message_id)
+
+    async def _deliver(self, entry: OutboxEntry) -> bool:
+        message = entry.message
+        progress = self._progress.setdefault(message.message_id, _Progress())
+        try:
+            members = await self._store.get_participants(entry.conversation_id)
+        except Exception as exc:
+            metrics.OUTBOX_RELAY_ERRORS.labels("store").inc()
+            _log.warning("fanout_store_unavailable", message_id=message.message_id, error=repr(exc))
+            return False
+        if members is None:  # the conversation is gone: nobody left to tell
+            progress.published = progress.queued = True
+        failed: list[str] = []
+        age = (dt.datetime.now(dt.UTC) - message.timestamp).total_seconds()
+        if not progress.published and age > STALE_EVENT_SECONDS:
+            progress.published = True
+        if not progress.published:
+            try:
+                envelope = Envelope(
+                    type="message.created",
+                    conversation_id=entry.conversation_id,
+                    message=message,
+                    members=tuple(sorted(members or ())),
+                )
+                await self._publish(conversation_channel(entry.conversation_id), envelope)
+                progress.published = True
+            except Exception as exc:
+                failed.append("bus")
+                _log.warning("fanout_publish_failed", message_id=message.message_id, error=repr(exc))
+        if not progress.queued:
+            try:
+                await self._enqueue(entry, frozenset(members or ()) - {message.sender_id})
+                progress.queued = True
+            except Exception as exc:
+                failed.append("queue")
+                _log.warning("fanout_enqueue_failed", message_id=message.message_id, error=repr(exc))
+        if failed:
+            for target in failed:
+                metrics.OUTBOX_RELAY_ERRORS.labels(target).inc()
+            return False
+        try:
+            await self._store.delete_outbox([message.message_id])
+        except Exception as exc:
+            metrics.OUTBOX_RELAY_ERRORS.labels("store").inc()
+            _log.warning("fanout_outbox_delete_failed", message_id=message.message_id, error=repr(exc))
+            return False
+        self._progress.pop(message.message_id, None)
+        return True
+
+    async def _publish(self, channel: str, envelope: Envelope) -> None:
+        with _tracer.start_as_current_span("publish " + envelope.type, kind=SpanKind.PRODUCER):
+            envelope = msgspec.structs.replace(envelope, trace=tracing.inject())
+            await self._bus.publish(channel, msgspec.json.encode(envelope))
+        metrics.EVENTS_PUBLISHED.labels(envelope.type).inc()
+
+    async def _enqueue(self, entry: OutboxEntry, recipients: frozenset[str]) -> None:
+        if not recipients:
+            return
+        try:
+            online = await self._presence.online(recipients)
+        except Exception as exc:
+            online = set()
+            _log.warning("presence_unavailable_notifying_everyone", error=repr(exc))
+        offline = recipients - online
+        if not offline:
+            return
+        with _tracer.start_as_current_span("enqueue notifications", kind=SpanKind.PRODUCER) as span:
+            notifications = notifications_for(entry, offline, trace=tracing.inject())
+            span.set_attribute("chat.notifications", len(notifications))
+            span.set_attribute("chat.recipients", len(offline))
+            await self._queue.send(notifications)
+        metrics.NOTIFICATIONS_ENQUEUED.inc(len(notifications))
+
+    @contextlib.asynccontextmanager
+    async def _conversation_lock(self, conversation_id: str) -> AsyncIterator[None]:
+        # Per conversation, events go out in the order the messages were stored (asyncio.Lock is FIFO).
+        lock, users = self._conversation_locks.get(conversation_id, (asyncio.Lock(), 0))
+        self._conversation_locks[conversation_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._conversation_locks[conversation_id]
+            if users == 1:
+                del self._conversation_locks[conversation_id]
+            else:
+                self._conversation_locks[conversation_id] = (lock, users - 1)
+
+    # --- the relay ----------------------------------------------------------------------------------
+    async def relay_once(self) -> bool:
+        """One pass over the outbox; False when an entry could not be delivered (back off)."""
+        entries = await self._store.pending_outbox(older_than=self._relay_grace, limit=RELAY_BATCH)
+        healthy = True
+        for entry in entries:
+            if not await self.deliver(entry):
+                healthy = False
+                break  # the bus or queue is down: the rest would fail the same way
+        await self._export_outbox_stats()
+        self._forget_stale_progress()
+        return healthy
+
+    async def _export_outbox_stats(self) -> None:
+        count, oldest = await self._store.outbox_stats()
+        metrics.OUTBOX_DEPTH.set(count)
+        age = 0.0 if oldest is None else (dt.datetime.now(dt.UTC) - oldest).total_seconds()
+        metrics.OUTBOX_OLDEST_AGE.set(max(0.0, age))
+
+    def _forget_stale_progress(self) -> None:
+        # Entries another replica delivered never come back here; do not keep their progress forever.
+        cutoff = time.monotonic() - _PROGRESS_TTL_SECONDS
+        for message_id in [m for m, p in self._progress.items() if p.seen < cutoff]:
+            del self._progress[message_id]
+
+    async def _relay(self) -> None:
+        delay = self._relay_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._relay_wake.wait()
+            self._relay_wake.clear()
+            try:
+                healthy = await self.relay_once()
+            except Exception as exc:
+                metrics.OUTBOX_RELAY_ERRORS.labels("store").inc()
+                _log.warning("outbox_relay_failed", error=repr(exc))
+                healthy = False
+            delay = self._relay_interval if healthy else min(delay * 2, RELAY_MAX_BACKOFF_SECONDS)
+
+    @contextlib.asynccontextmanager
+    async def worker(self) -> AsyncIterator[None]:
+        """The relay, during the service's lifespan; at shutdown, in-flight deliveries get time to finish."""
+        relay = asyncio.create_task(self._relay(), name="outbox-relay")
+        try:
+            yield
+        finally:
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+            if self._background:
+                # What does not finish stays in the outbox for the next start's relay.
+                _done, pending = await asyncio.wait(set(self._background), timeout=self._drain_seconds)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    await asyncio.wait(pending)
+
+    def wake_relay(self) -> None:
+        """Run a relay pass now (tests, and after an outage is known to be over)."""
+        self._relay_wake.set()
+
+
+def bus_event_for_client(envelope: Envelope) -> bytes:
+    """The event as a client receives it: without routing fields."""
+    return msgspec.json.encode(msgspec.structs.replace(envelope, members=None, trace={}))
+
+
+def decode_envelope(payload: bytes) -> Envelope | None:
+    try:
+        return _ENVELOPE.decode(payload)
+    except msgspec.DecodeError:
+        return None
+
+
+_ENVELOPE = msgspec.json.Decoder(Envelope)

@@ -1,0 +1,261 @@
+"""``GET /ws``: the real-time socket. Events of every conversation the user is in, as they happen.
+
+Protocol (JSON text frames):
+
+* connect with ``Authorization: Bearer <token>`` or ``?access_token=<token>`` (browsers cannot set headers
+  on a WebSocket); a missing, bad or expired token closes the socket with code 4401;
+* the server sends ``{"type": "session.ready", "userId", "heartbeatSeconds"}`` once it is subscribed, then:
+  ``message.created`` ``{conversationId, message}`` (the full stored message), ``message.read``
+  ``{conversationId, messageId, userId, readBy}``, ``conversation.joined`` / ``conversation.left``
+  ``{conversationId}``, when the user is added to or removed from a conversation while connected;
+* the client may send ``{"type": "ping"}`` (answer ``{"type": "pong"}``);
+* close code 1013 means "try again later": the real-time bus is unavailable, or the client read too
+  slowly and fell ``OUTBOUND_LIMIT`` events behind. Events are at most once: after a reconnect, clients
+  resync with the list endpoints (and de-duplicate by ``messageId``).
+
+The user is online (presence) while the socket is open: the server refreshes presence every third of
+``PRESENCE_TTL_SECONDS`` and clears it on close, so a crashed server's sockets expire on their own.
+One subscription per socket, on the user's own channel (membership changes) plus one channel per
+conversation; the bus multiplexes them onto one connection per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import WebSocket, websocket
+from litestar.exceptions import WebSocketDisconnect
+from litestar.handlers import WebsocketRouteHandler
+
+from chat_core import metrics
+from chat_core.auth import AuthError, Principal, TokenVerifier, token_from_connection
+from chat_core.messagestore import MessageStore
+from chat_core.realtime import (
+    EventBus,
+    EventBusUnavailable,
+    Presence,
+    Subscription,
+    conversation_channel,
+    user_channel,
+)
+from message_service.fanout import bus_event_for_client, decode_envelope
+
+__all__ = ["CLOSE_TRY_AGAIN", "CLOSE_UNAUTHORIZED", "OUTBOUND_LIMIT", "RealtimeSockets"]
+
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_TRY_AGAIN = 1013
+OUTBOUND_LIMIT = 1000  # events queued for one socket before it counts as too slow
+_PAGE = 100
+_log = structlog.get_logger("message_service.realtime")
+
+
+class _Ping(msgspec.Struct):
+    type: str = ""
+
+
+_PONG = b'{"type":"pong"}'
+_CLIENT_FRAME = msgspec.json.Decoder(_Ping)
+
+
+class _Session:
+    """One open socket: its subscription, its outbound queue and its presence."""
+
+    def __init__(
+        self, sockets: RealtimeSockets, socket: WebSocket[Any, Any, Any], principal: Principal
+    ) -> None:
+        self.sockets = sockets
+        self.socket = socket
+        self.user_id = principal.user_id
+        self.expires_at = principal.expires_at
+        self.connection_id = uuid.uuid4().hex
+        self.own_channel = user_channel(self.user_id)
+        self.outbound: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=OUTBOUND_LIMIT)
+        self.overflowed = asyncio.Event()
+        self.subscription: Subscription | None = None
+
+    def on_event(self, channel: str, payload: bytes) -> None:
+        try:
+            self.outbound.put_nowait((channel, payload))
+        except asyncio.QueueFull:
+            self.overflowed.set()
+
+    async def open(self) -> None:
+        bus = self.sockets.bus
+        # The user's own channel first: a conversation joined while the list below is read is not missed.
+        self.subscription = await bus.subscribe([self.own_channel], self.on_event)
+        channels: list[str] = []
+        cursor: str | None = None
+        while True:
+            page = await self.sockets.store.list_conversations(self.user_id, limit=_PAGE, cursor=cursor)
+            channels.extend(conversation_channel(c.conversation_id) for c in page.items)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        await self.subscription.add(channels)
+        await self.heartbeat()
+
+    async def heartbeat(self) -> None:
+        try:
+            await self.sockets.presence.heartbeat(self.user_id, self.connection_id)
+        except Exception as exc:
+            # Without presence the user merely gets pushes while online; the socket itself still works.
+            _log.warning("presence_heartbeat_failed", user_id=self.user_id, error=repr(exc))
+
+    async def close(self) -> None:
+        if self.subscription is not None:
+            with contextlib.suppress(Exception):
+                await self.subscription.close()
+        try:
+            await self.sockets.presence.disconnect(self.user_id, self.connection_id)
+        except Exception as exc:
+            _log.warning("presence_disconnect_failed", user_id=self.user_id, error=repr(exc))
+
+    # --- the tasks of a session ---------------------------------------------------------------------
+    async def send_events(self) -> None:
+        while True:
+            channel, payload = await self.outbound.get()
+            frame = payload if channel == "" else await self._route(channel, payload)
+            if frame is not None:
+                await self.socket.send_data(frame.decode(), mode="text")
+
+    async def _route(self, channel: str, payload: bytes) -> bytes | None:
+        envelope = decode_envelope(payload)
+        if envelope is None:
+            return None
+        assert self.subscription is not None
+        if channel == self.own_channel:
+            target = conversation_channel(envelope.conversation_id)
+            try:
+                if envelope.type == "conversation.joined":
+                    await self.subscription.add([target])
+                elif envelope.type == "conversation.left":
+                    await self.subscription.remove([target])
+            except EventBusUnavailable as exc:
+                _log.warning("socket_resubscribe_failed", user_id=self.user_id, error=repr(exc))
+            return bus_event_for_client(envelope)
+        if envelope.members is not None and self.user_id not in envelope.members:
+            # Removed while connected, and the conversation.left was lost: stop listening.
+            await self.subscription.remove([channel])
+            return None
+        return bus_event_for_client(envelope)
+
+    async def receive_frames(self) -> None:
+        while True:
+            try:
+                raw = await self.socket.receive_data(mode="text")
+            except WebSocketDisconnect:
+                return
+            with contextlib.suppress(msgspec.DecodeError):
+                if _CLIENT_FRAME.decode(raw).type == "ping":
+                    await self.heartbeat()
+                    self.on_event("", _PONG)
+
+    async def keep_presence(self) -> None:
+        while True:
+            await asyncio.sleep(self.sockets.heartbeat_seconds)
+            await self.heartbeat()
+
+    async def watch(self) -> int:
+        """Ends the session when the token expires or the client is too slow; returns the close code."""
+        try:
+            async with asyncio.timeout(max(0.0, self.expires_at - time.time())):
+                await self.overflowed.wait()
+        except TimeoutError:
+            return CLOSE_UNAUTHORIZED
+        return CLOSE_TRY_AGAIN
+
+
+class RealtimeSockets:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        store: MessageStore,
+        bus: EventBus,
+        presence: Presence,
+        *,
+        presence_ttl_seconds: float,
+    ) -> None:
+        self.verifier = verifier
+        self.store = store
+        self.bus = bus
+        self.presence = presence
+        self.heartbeat_seconds = max(1.0, presence_ttl_seconds / 3)
+
+    def route_handler(self) -> WebsocketRouteHandler:
+        sockets = self
+
+        @websocket("/ws", name="realtime_socket")
+        async def realtime_socket(socket: WebSocket[Any, Any, Any]) -> None:
+            await sockets.serve(socket)
+
+        return realtime_socket
+
+    async def _authenticate(self, socket: WebSocket[Any, Any, Any]) -> Principal | None:
+        try:
+            return await self.verifier.verify(token_from_connection(socket, query_param="access_token"))
+        except AuthError as exc:
+            await socket.close(code=CLOSE_UNAUTHORIZED, reason=(exc.detail or "unauthorized")[:120])
+            return None
+
+    async def serve(self, socket: WebSocket[Any, Any, Any]) -> None:
+        # Accept first: a browser cannot read the HTTP status of a refused handshake, only a close code.
+        await socket.accept()
+        principal = await self._authenticate(socket)
+        if principal is None:
+            return
+        session = _Session(self, socket, principal)
+        metrics.WEBSOCKET_CONNECTIONS.inc()
+        try:
+            try:
+                await session.open()
+            except EventBusUnavailable as exc:
+                _log.warning("socket_refused_bus_unavailable", user_id=session.user_id, error=repr(exc))
+                await socket.close(code=CLOSE_TRY_AGAIN, reason="real-time events are unavailable")
+                return
+            await socket.send_json(
+                {
+                    "type": "session.ready",
+                    "userId": session.user_id,
+                    "heartbeatSeconds": self.heartbeat_seconds,
+                }
+            )
+            await self._run(session)
+        finally:
+            metrics.WEBSOCKET_CONNECTIONS.dec()
+            await session.close()
+
+    async def _run(self, session: _Session) -> None:
+        watcher = asyncio.ensure_future(session.watch())
+        tasks: set[asyncio.Future[Any]] = {
+            asyncio.ensure_future(session.receive_frames()),
+            asyncio.ensure_future(session.send_events()),
+            asyncio.ensure_future(session.keep_presence()),
+            watcher,
+        }
+        try:
+            done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if watcher in done and not watcher.cancelled() and watcher.exception() is None:
+            code = watcher.result()
+            reason = "token expired" if code == CLOSE_UNAUTHORIZED else "too slow: events were dropped"
+            with contextlib.suppress(Exception):
+                await session.socket.close(code=code, reason=reason)
+            return
+        for task in done:
+            if (
+                not task.cancelled()
+                and (error := task.exception()) is not None
+                and not isinstance(error, WebSocketDisconnect)
+            ):
+                _log.warning("socket_failed", user_id=session.user_id, error=repr(error))
+                with contextlib.suppress(Exception):
+                    await session.socket.close(code=1011, reason="internal error")
