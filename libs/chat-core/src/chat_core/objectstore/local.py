@@ -176,6 +176,7 @@ class _Upload:
 
 class LocalObjectStore:
     name = "local"
+    readiness_name = "object_store"  # "local" alone would not tell an operator what is failing
 
     def __init__(self, settings: Settings, *, threads: int = 16) -> None:
         data_dir = os.path.abspath(settings.service.data_dir)
