@@ -267,3 +267,12 @@ async def test_a_member_token_works_for_every_member(stack: ImageStack) -> None:
     response = await stack.upload_url("bob", cid, {"content_type": "image/webp"}, headers=auth_header("bob"))
     assert response.status_code == 200
     assert response.json()["object_key"].startswith("images/bob/")
+
+
+async def test_a_user_id_that_cannot_be_a_key_segment_is_a_clear_400(stack: ImageStack) -> None:
+    cid = await stack.conversation("alice", "a..b")
+    response = await stack.upload_url(
+        "a..b", cid, {"content_type": "image/jpeg"}, headers=auth_header("a..b")
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "unsupported_user_id"

@@ -70,8 +70,15 @@ class UploadService:
                 extra={"max_bytes": self._max_bytes},
             )
         object_key = keys.new_object_key(user_id, content_type)
+        try:
+            stored = keys.stored_key(conversation_id, object_key)
+        except keys.InvalidKey:
+            # The token's subject is a valid user id but cannot be a key segment (e.g. it contains "..").
+            raise ProblemError(
+                400, "unsupported_user_id", "images cannot be stored for this user id"
+            ) from None
         upload = self._store.presign_put(
-            keys.stored_key(conversation_id, object_key),
+            stored,
             content_type=content_type,
             content_length=request.size_bytes,
             expires_in=self._ttl,
