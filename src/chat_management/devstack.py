@@ -1,0 +1,385 @@
+"""The cluster's topology on one machine: real backends and each service as its own process.
+
+Used by ``chat-management dev`` (``make dev``), by the end-to-end tests and by the benchmarks. Backends are
+local processes on free ports (Redis, LocalStack without Docker, the Firestore emulator), stopped by PID;
+the four services run as ``python -m chat_management serve <service>`` with the cloud adapters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "SERVICES",
+    "Backend",
+    "ServiceProcess",
+    "Stack",
+    "free_port",
+    "start_local_firestore",
+    "start_local_localstack",
+    "start_local_redis",
+    "wait_until",
+]
+
+SERVICES = ("upload", "message", "image-proxy", "notification-consumer")
+FIRESTORE_EMULATOR = Path(
+    os.environ.get(
+        "FIRESTORE_EMULATOR_BIN",
+        "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator",
+    )
+)
+LOCALSTACK_ENV = {
+    "SERVICES": "s3,sqs",
+    "EAGER_SERVICE_LOADING": "1",
+    "SQS_ENDPOINT_STRATEGY": "path",
+    "S3_SKIP_SIGNATURE_VALIDATION": "0",  # only then are bad content types, expiry and tampering refused
+    "DISABLE_EVENTS": "1",
+    "LOCALSTACK_TELEMETRY_DISABLED": "1",
+    "SKIP_SSL_CERT_DOWNLOAD": "1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(probe: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            if probe():
+                return
+        except Exception as exc:
+            last = exc
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} did not become ready in {timeout:.0f}s (last error: {last})")
+
+
+def http_ok(url: str, expect: bytes | None = None) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local URL
+        body: bytes = response.read()
+        return response.status == 200 and (expect is None or expect in body)
+
+
+def kill_group(process: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    """SIGTERM the process group (wrappers and their children), SIGKILL if it lingers."""
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
+@dataclass
+class Backend:
+    """One running backend and how it was obtained; local processes can stop and start on one address."""
+
+    name: str
+    how: str  # "env", "testcontainers" or "local process"
+    address: str  # URL or host:port, as the matching env var would hold it
+    detail: str = ""
+    process: subprocess.Popen[bytes] | None = None
+    _restart: Callable[[], None] | None = None
+    _stop: Callable[[], None] | None = None
+
+    @property
+    def restartable(self) -> bool:
+        return self._restart is not None
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop()
+
+    def start(self) -> None:
+        """Start again on the same address after ``stop()`` (local processes only)."""
+        if self._restart is None:
+            raise RuntimeError(f"{self.name} ({self.how}) cannot be restarted here")
+        self._restart()
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.how} at {self.address}" + (f" ({self.detail})" if self.detail else "")
+
+
+def start_local_redis(port: int | None = None) -> Backend:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
+    port = port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="chat-redis-"))
+    pidfile = workdir / "redis.pid"
+    backend = Backend("redis", "local process", f"redis://127.0.0.1:{port}/0")
+
+    def ping() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+
+    def start() -> None:
+        subprocess.run(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--daemonize", "yes", "--pidfile", str(pidfile), "--dir", str(workdir),
+             "--logfile", str(workdir / "redis.log")],
+            check=True,
+        )  # fmt: skip
+        wait_until(ping, 10, "redis-server")
+        backend.detail = f"pid {pidfile.read_text().strip()}"
+
+    def stop() -> None:
+        if not pidfile.exists():
+            return
+        pid = int(pidfile.read_text().strip())
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        pidfile.unlink(missing_ok=True)
+
+    start()
+    backend._restart, backend._stop = start, stop
+    return backend
+
+
+def localstack_venv() -> Path:
+    return Path(os.environ.get("LOCALSTACK_VENV", ".venv-localstack")).resolve()
+
+
+def start_local_localstack(port: int | None = None, venv: Path | None = None) -> Backend:
+    python = (venv or localstack_venv()) / "bin" / "python"
+    if not python.exists():
+        raise RuntimeError(f"no LocalStack venv at {python.parent.parent} (run scripts/setup-localstack.sh)")
+    port = port or free_port()
+    volume = Path(tempfile.mkdtemp(prefix="chat-localstack-"))
+    backend = Backend("localstack", "local process", f"http://127.0.0.1:{port}")
+
+    def healthy() -> bool:
+        return http_ok(f"http://127.0.0.1:{port}/_localstack/health", b'"sqs": "running"')
+
+    def start() -> None:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LOCALSTACK_"))},
+            **LOCALSTACK_ENV,
+            "GATEWAY_LISTEN": f"127.0.0.1:{port}",
+            "LOCALSTACK_HOST": f"localhost:{port}",
+            "LOCALSTACK_VOLUME_DIR": str(volume),
+        }
+        log = (volume / "localstack.log").open("ab")
+        backend.process = subprocess.Popen(
+            [str(python), "-m", "localstack.runtime.main"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=volume,
+        )
+        try:
+            wait_until(healthy, 60, "LocalStack")
+        except TimeoutError:
+            kill_group(backend.process)
+            tail = (volume / "localstack.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"LocalStack did not start:\n{tail}") from None
+        backend.detail = f"pid {backend.process.pid}, venv {python.parent.parent.name}"
+
+    def stop() -> None:
+        kill_group(backend.process)
+
+    start()
+    backend._restart, backend._stop = start, stop
+    return backend
+
+
+def start_local_firestore(port: int | None = None) -> Backend:
+    if not FIRESTORE_EMULATOR.exists():
+        raise RuntimeError(f"the Firestore emulator is not installed at {FIRESTORE_EMULATOR}")
+    if shutil.which("java") is None:
+        raise RuntimeError("the Firestore emulator needs Java, and `java` is not on PATH")
+    port = port or free_port()
+    logdir = Path(tempfile.mkdtemp(prefix="chat-firestore-"))
+    backend = Backend("firestore", "local process", f"127.0.0.1:{port}")
+
+    def start() -> None:
+        log = (logdir / "emulator.log").open("ab")
+        backend.process = subprocess.Popen(
+            [str(FIRESTORE_EMULATOR), "start", "--host=127.0.0.1", f"--port={port}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the wrapper starts a java child: kill the whole group
+        )
+        try:
+            wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/", b"Ok"), 60, "Firestore emulator")
+        except TimeoutError:
+            kill_group(backend.process)
+            tail = (logdir / "emulator.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the Firestore emulator did not start:\n{tail}") from None
+        backend.detail = f"pid {backend.process.pid}"
+
+    def stop() -> None:
+        kill_group(backend.process)
+
+    start()
+    backend._restart, backend._stop = start, stop
+    return backend
+
+
+def reset_firestore(address: str, project: str) -> None:
+    request = urllib.request.Request(
+        f"http://{address}/emulator/v1/projects/{project}/databases/(default)/documents", method="DELETE"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        response.read()
+
+
+# --- the services ----------------------------------------------------------------------------------
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, env: Mapping[str, str]) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "chat_management", "serve", self.name, "--port", str(self.port)],
+            env={**env, "PORT": str(self.port)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{tail}")
+            return http_ok(f"{self.url}/readyz")
+
+        try:
+            wait_until(ready, timeout, self.name)
+        except TimeoutError:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise TimeoutError(f"{self.name} not ready in {timeout:.0f}s; its log ends:\n{tail}") from None
+
+    def stop(self, timeout: float = 15) -> int | None:
+        """SIGTERM (graceful drain), then SIGKILL; returns the exit code."""
+        kill_group(self.process, timeout)
+        return None if self.process is None else self.process.returncode
+
+
+@dataclass
+class Stack:
+    """The four services as separate processes with the cloud adapters, on real local backends."""
+
+    redis_url: str
+    aws_endpoint_url: str
+    firestore_host: str
+    workdir: Path
+    base_port: int = 0  # 0: free ports; else base+1 .. base+4
+    extra_env: dict[str, str] = field(default_factory=dict)
+    suffix: str = "dev"
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for index, name in enumerate(SERVICES):
+            port = self.base_port + 1 + index if self.base_port else free_port()
+            self.services[name] = ServiceProcess(name, port, self.workdir / f"{name}.log")
+
+    def url(self, service: str) -> str:
+        return self.services[service].url
+
+    def env(self) -> dict[str, str]:
+        inherited = {
+            k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FIRESTORE_", "REDIS_"))
+        }
+        return {
+            **inherited,
+            "AUTH_JWT_SECRET": os.environ.get(
+                "AUTH_JWT_SECRET", "dev-only-secret-change-me-0123456789abcdef"
+            ),
+            "OBJECT_STORE": "s3",
+            "MESSAGE_STORE": "firestore",
+            "EVENT_BUS": "redis",
+            "NOTIFICATION_QUEUE": "sqs",
+            "AWS_ENDPOINT_URL": self.aws_endpoint_url,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_REGION": "us-east-1",
+            "S3_BUCKET_NAME": f"chat-images-{self.suffix}",
+            "SQS_QUEUE_NAME": f"chat-notifications-{self.suffix}",
+            "SQS_DLQ_NAME": f"chat-notifications-{self.suffix}-dlq",
+            "FIRESTORE_EMULATOR_HOST": self.firestore_host,
+            "FIRESTORE_PROJECT_ID": f"chat-{self.suffix}",
+            "REDIS_URL": self.redis_url,
+            # file_url and image urls point at the image proxy, as the ingress would route them
+            "PUBLIC_BASE_URL": self.url("image-proxy"),
+            **self.extra_env,
+        }
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = self.env()
+        subprocess.run(
+            [sys.executable, "-m", "chat_management", "setup"],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        for service in self.services.values():
+            service.start(env)
+        for service in self.services.values():
+            service.wait_ready()
+
+    def stop(self) -> dict[str, int | None]:
+        return {name: service.stop() for name, service in self.services.items()}
+
+    def prometheus_config(self) -> str:
+        targets = "\n".join(
+            f"      - targets: ['127.0.0.1:{s.port}']\n        labels: {{service: '{name}'}}"
+            for name, s in self.services.items()
+        )
+        return (
+            "global:\n  scrape_interval: 5s\n"
+            "scrape_configs:\n  - job_name: chat-management\n    static_configs:\n" + targets + "\n"
+        )
+
+
+@contextlib.contextmanager
+def local_backends() -> Iterator[tuple[Backend, Backend, Backend]]:
+    started: list[Backend] = []
+    try:
+        for launcher in (start_local_redis, start_local_localstack, start_local_firestore):
+            started.append(launcher())
+        redis, localstack, firestore = started
+        yield redis, localstack, firestore
+    finally:
+        for backend in reversed(started):
+            backend.stop()
