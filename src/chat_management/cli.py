@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -101,12 +102,21 @@ def _setup_steps(backends: Backends) -> list[tuple[str, Callable[[], Awaitable[N
     """
     settings = backends.settings
     store = backends.object_store
-    return [
+    steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         (
             f"object store ({store.name}): bucket and browser-upload CORS rule",
             lambda: store.ensure_bucket(settings.service.cors_allow_origins),
         ),
     ]
+    if settings.backends.notification_queue == "sqs":
+        from chat_core.notifications.sqs import SqsNotificationQueue
+
+        queue = backends.notification_queue
+        assert isinstance(queue, SqsNotificationQueue)
+        steps.append(
+            ("notification queue (sqs): queue and dead-letter queue with its redrive policy", queue.ensure)
+        )
+    return steps
 
 
 def _setup(_args: argparse.Namespace) -> int:
@@ -126,6 +136,47 @@ def _setup(_args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(run())
+
+
+def _dev(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    from pathlib import Path
+
+    from chat_management import devstack
+
+    workdir = Path(args.data_dir).resolve()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("starting Redis, LocalStack and the Firestore emulator ...", flush=True)
+    with devstack.local_backends() as (redis, localstack, firestore):
+        stack = devstack.Stack(
+            redis_url=redis.address,
+            aws_endpoint_url=localstack.address,
+            firestore_host=firestore.address,
+            workdir=workdir,
+            base_port=args.base_port,
+        )
+        print("starting the four services ...", flush=True)
+        try:
+            stack.start()
+            scrape = workdir / "prometheus.yml"
+            scrape.write_text(stack.prometheus_config())
+            secret = stack.env()["AUTH_JWT_SECRET"]
+            print("\nchat-management dev stack (each service its own process, cloud adapters):")
+            for backend in (redis, localstack, firestore):
+                print(f"  {backend.describe()}")
+            for name, service in stack.services.items():
+                print(f"  {name:<22} {service.url}   log: {service.log_path}")
+            print(f"  prometheus scrape config: {scrape}  (prometheus --config.file={scrape})")
+            print(f"  token for alice: {mint_token(secret, 'alice')}")
+            print("Ctrl-C stops everything.", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                stop.wait()
+        finally:
+            print("stopping ...", flush=True)
+            stack.stop()
+    return 0
 
 
 def _config_table(_args: argparse.Namespace) -> int:
@@ -149,9 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
     token_cmd.set_defaults(func=_token)
 
     setup_cmd = commands.add_parser(
-        "setup", help="create what the configured backends need (bucket with its CORS rule); idempotent"
+        "setup",
+        help="create what the configured backends need (bucket with its CORS rule, SQS queues); idempotent",
     )
     setup_cmd.set_defaults(func=_setup)
+
+    dev_cmd = commands.add_parser(
+        "dev",
+        help="the cluster's topology on one machine: Redis, LocalStack, the Firestore emulator and each "
+        "service as its own process (cloud adapters)",
+    )
+    dev_cmd.add_argument("--base-port", type=int, default=8100, help="services listen on base+1 .. base+4")
+    dev_cmd.add_argument("--data-dir", default=".data/dev", help="logs and the Prometheus scrape config")
+    dev_cmd.set_defaults(func=_dev)
 
     config_cmd = commands.add_parser("config", help="print every setting as a Markdown table")
     config_cmd.set_defaults(func=_config_table)
