@@ -1,0 +1,196 @@
+"""The fan-out on real adapters: cost per message, chunking, the outbox and its relay."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
+
+from chat_core.backends import Backends
+from chat_core.messagestore import Conversation, Message, OutboxEntry
+from chat_core.realtime import conversation_channel
+from message_service.fanout import RECIPIENTS_PER_NOTIFICATION, Fanout, notifications_for
+from tests import harness
+from tests.conftest import make_settings
+
+
+def message(sender: str = "alice", *, age: float = 0.0, content: str = "hi") -> Message:
+    return Message(
+        message_id=str(uuid.uuid4()),
+        content=content,
+        message_type="text",
+        sender_id=sender,
+        timestamp=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=age),
+        read_by=(sender,),
+    )
+
+
+@dataclass
+class Rig:
+    backends: Backends
+    fanout: Fanout
+    events: asyncio.Queue[tuple[str, bytes]]
+
+    async def conversation(self, *members: str) -> str:
+        conversation_id = f"c-{uuid.uuid4().hex[:12]}"
+        now = dt.datetime.now(dt.UTC)
+        await self.backends.message_store.create_conversation(
+            Conversation(
+                conversation_id=conversation_id,
+                participants=members,
+                name=None,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await self.backends.event_bus.subscribe([conversation_channel(conversation_id)], self._heard)
+        return conversation_id
+
+    def _heard(self, channel: str, payload: bytes) -> None:
+        self.events.put_nowait((channel, payload))
+
+    async def stored(self, conversation_id: str, msg: Message) -> OutboxEntry:
+        await self.backends.message_store.create_message(conversation_id, msg)
+        [entry] = [
+            e
+            for e in await self.backends.message_store.pending_outbox(older_than=0, limit=1000)
+            if e.message.message_id == msg.message_id
+        ]
+        return entry
+
+    async def outbox_ids(self) -> set[str]:
+        entries = await self.backends.message_store.pending_outbox(older_than=0, limit=1000)
+        return {e.message.message_id for e in entries}
+
+
+@pytest.fixture
+async def make_rig(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    opened: list[Backends] = []
+
+    async def make(env: dict[str, str] | None = None, *, start_queue: bool = True) -> Rig:
+        backends = Backends(make_settings(tmp_path / uuid.uuid4().hex, env))
+        fanout = Fanout(
+            backends.message_store,
+            backends.event_bus,
+            backends.presence,
+            backends.notification_queue,
+            relay_grace=0.0,
+        )
+        if start_queue:
+            await backends.start()
+        else:
+            # A queue that was never started refuses every send: the queue is "down".
+            await backends.message_store.start()
+            await backends.event_bus.start()
+            await backends.presence.start()
+        opened.append(backends)
+        return Rig(backends, fanout, asyncio.Queue())
+
+    yield make
+    for backends in opened:
+        await backends.close()
+
+
+def test_huge_groups_are_chunked_into_numbered_notifications() -> None:
+    recipients = [f"user-{n:05d}" for n in range(2 * RECIPIENTS_PER_NOTIFICATION + 500)]
+    entry = OutboxEntry(conversation_id="c-1", message=message(), created_at=dt.datetime.now(dt.UTC))
+    notifications = notifications_for(entry, recipients, trace={})
+    message_id = entry.message.message_id
+    assert [n.notification_id for n in notifications] == [f"{message_id}:{i}" for i in range(3)]
+    assert [len(n.recipient_ids) for n in notifications] == [1000, 1000, 500]
+    assert sorted(r for n in notifications for r in n.recipient_ids) == recipients
+
+
+async def test_a_delivered_message_is_published_once_enqueued_once_and_leaves_the_outbox(
+    make_rig: Callable[..., Any],
+) -> None:
+    rig: Rig = await make_rig()
+    conversation = await rig.conversation("alice", "bob", "carol")
+    await rig.backends.presence.heartbeat("bob", "socket-1")
+    entry = await rig.stored(conversation, message())
+    assert await rig.fanout.deliver(entry) is True
+    channel, _payload = await asyncio.wait_for(rig.events.get(), 5)
+    assert channel == conversation_channel(conversation)
+    [job] = await rig.backends.notification_queue.receive(max_messages=10, wait_seconds=1)
+    assert job.notification.recipient_ids == ("carol",)  # bob is online, alice sent it
+    assert job.notification.notification_id == f"{entry.message.message_id}:0"
+    assert await rig.outbox_ids() == set()
+
+
+async def test_nobody_offline_means_no_queue_message(make_rig: Callable[..., Any]) -> None:
+    rig: Rig = await make_rig()
+    conversation = await rig.conversation("alice", "bob")
+    await rig.backends.presence.heartbeat("bob", "socket-1")
+    assert await rig.fanout.deliver(await rig.stored(conversation, message())) is True
+    assert await rig.backends.notification_queue.depth() == (0, 0)
+
+
+async def test_when_the_queue_is_down_the_entry_stays_and_a_retry_does_not_publish_again(
+    make_rig: Callable[..., Any],
+) -> None:
+    rig: Rig = await make_rig(start_queue=False)
+    conversation = await rig.conversation("alice", "bob")
+    entry = await rig.stored(conversation, message())
+    assert await rig.fanout.deliver(entry) is False
+    assert await rig.outbox_ids() == {entry.message.message_id}
+    await rig.events.get()  # published once
+    await rig.backends.notification_queue.start()  # the queue is back
+    assert await rig.fanout.deliver(entry) is True
+    assert rig.events.empty()
+    assert await rig.backends.notification_queue.depth() == (1, 0)
+    assert await rig.outbox_ids() == set()
+
+
+async def test_the_relay_delivers_what_the_outbox_holds_and_exports_its_depth(
+    make_rig: Callable[..., Any],
+) -> None:
+    rig: Rig = await make_rig()
+    conversation = await rig.conversation("alice", "bob")
+    for _ in range(3):
+        await rig.backends.message_store.create_message(
+            conversation, message()
+        )  # e.g. a crash before fan-out
+    assert await rig.fanout.relay_once() is True
+    assert await rig.outbox_ids() == set()
+    assert await rig.backends.notification_queue.depth() == (3, 0)
+    assert REGISTRY.get_sample_value("chat_outbox_depth") == 0
+
+
+async def test_a_stale_message_is_still_notified_but_no_longer_published(
+    make_rig: Callable[..., Any],
+) -> None:
+    rig: Rig = await make_rig()
+    conversation = await rig.conversation("alice", "bob")
+    entry = await rig.stored(conversation, message(age=3600))
+    assert await rig.fanout.deliver(entry) is True
+    assert rig.events.empty()
+    assert await rig.backends.notification_queue.depth() == (1, 0)
+
+
+async def test_on_redis_a_message_to_a_large_group_is_one_publish_and_one_presence_call(
+    make_rig: Callable[..., Any], private_redis: harness.Backend
+) -> None:
+    rig: Rig = await make_rig({"EVENT_BUS": "redis", "REDIS_URL": private_redis.address})
+    members = ["alice", *(f"member-{n}" for n in range(300))]
+    conversation = await rig.conversation(*members)
+    entry = await rig.stored(conversation, message())
+    raw = aioredis.from_url(private_redis.address)
+    try:
+        await rig.backends.presence.online(["warm-up"])  # loads the script
+        await raw.config_resetstat()
+        assert await rig.fanout.deliver(entry) is True
+        stats = await raw.info("commandstats")
+    finally:
+        await raw.aclose()
+    calls = {name: value["calls"] for name, value in stats.items()}
+    assert calls["cmdstat_publish"] == 1
+    assert calls["cmdstat_evalsha"] == 1
+    assert await rig.backends.notification_queue.depth() == (1, 0)
