@@ -60,6 +60,10 @@ docs: install ## regenerate the README's configuration table and the chart's lis
 run: install ## run all four services in one process on http://127.0.0.1:8000 (embedded adapters)
 	uv run --frozen chat-management serve all
 
+.PHONY: dev
+dev: test-deps ## each service as its own process with the cloud adapters, on local Redis, LocalStack, Firestore emulator
+	uv run --frozen chat-management dev
+
 .PHONY: clean
 clean: ## remove local data and caches (keeps the venvs)
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache
