@@ -45,6 +45,7 @@ def test_values_are_typed_from_strings() -> None:
         ({"OBJECT_STORE": "gcs"}, "OBJECT_STORE='gcs'"),
         ({"OBJECT_STORE": "s3"}, "S3_BUCKET_NAME: required with OBJECT_STORE=s3"),
         ({"ALLOWED_IMAGE_TYPES": "image/png,image/svg+xml"}, "ALLOWED_IMAGE_TYPES: 'image/svg+xml'"),
+        ({"ALLOWED_IMAGE_TYPES": "image/avif"}, "ALLOWED_IMAGE_TYPES: 'image/avif' is not one of image/jpeg"),
         ({"AUTH_JWT_SECRET": "short"}, "AUTH_JWT_SECRET: must be at least 32 characters"),
         ({"AUTH_JWT_SECRET": "", "AUTH_JWKS_URL": "https://x/jwks"}, "AUTH_ISSUER and AUTH_AUDIENCE"),
     ],

@@ -269,10 +269,10 @@ async def test_a_member_token_works_for_every_member(stack: ImageStack) -> None:
     assert response.json()["object_key"].startswith("images/bob/")
 
 
-async def test_a_user_id_that_cannot_be_a_key_segment_is_a_clear_400(stack: ImageStack) -> None:
-    cid = await stack.conversation("alice", "a..b")
+async def test_a_token_whose_user_id_cannot_be_a_key_segment_is_refused(stack: ImageStack) -> None:
+    cid = await stack.conversation("alice", "bob")
     response = await stack.upload_url(
         "a..b", cid, {"content_type": "image/jpeg"}, headers=auth_header("a..b")
     )
-    assert response.status_code == 400
-    assert response.json()["code"] == "unsupported_user_id"
+    assert response.status_code == 401
+    assert response.json()["code"] == "invalid_token"

@@ -15,7 +15,6 @@ image request.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -27,9 +26,11 @@ import msgspec
 from litestar.connection import ASGIConnection
 
 from chat_core.errors import ProblemError
+from chat_core.keys import USER_ID_PATTERN
 from chat_core.settings import AuthSettings
 
 __all__ = [
+    "USER_ID_PATTERN",
     "AuthError",
     "CachingVerifier",
     "HS256Verifier",
@@ -41,7 +42,6 @@ __all__ = [
     "token_from_connection",
 ]
 
-USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
 _EC_ALG_BY_CURVE = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 _RSA_ALGS = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
 

@@ -16,6 +16,7 @@ import msgspec
 __all__ = [
     "CONVERSATION_ID_PATTERN",
     "EXTENSIONS",
+    "USER_ID_PATTERN",
     "InvalidKey",
     "ParsedKey",
     "new_object_key",
@@ -24,6 +25,8 @@ __all__ = [
     "stored_key",
 ]
 
+# A user id (the token's ``sub``) is a key segment: never ``..``, never a slash.
+USER_ID_PATTERN = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
 CONVERSATION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}
 _OBJECT_KEY = re.compile(

@@ -90,16 +90,14 @@ def _health_handlers(backends: Backends) -> list[Any]:
 
         results = await asyncio.gather(*(run(name, check) for name, check in checks.items()))
         failing = {name: error for name, error in results if error is not None}
-        if failing:
-            detail = "not ready: " + ", ".join(f"{name} ({error})" for name, error in failing.items())
-            return problem_response(
-                503,
-                "not_ready",
-                detail,
-                instance="/readyz",
-                extra={"checks": {name: failing.get(name, "ok") for name in checks}},
-            )
-        return Response({"status": "ready", "checks": dict.fromkeys(checks, "ok")})
+        report = {name: failing.get(name, "ok") for name in checks}
+        blocking = {
+            name: error for name, error in failing.items() if name not in backends.degradable_checks()
+        }
+        if blocking:
+            detail = "not ready: " + ", ".join(f"{name} ({error})" for name, error in blocking.items())
+            return problem_response(503, "not_ready", detail, instance="/readyz", extra={"checks": report})
+        return Response({"status": "degraded" if failing else "ready", "checks": report})
 
     @get("/metrics", include_in_schema=False, sync_to_thread=False)
     def metrics_endpoint() -> Response[bytes]:

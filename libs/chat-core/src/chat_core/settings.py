@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_t
 
 import msgspec
 
+from chat_core.keys import EXTENSIONS
+
 __all__ = [
     "AuthSettings",
     "AwsSettings",
@@ -310,10 +312,10 @@ class Settings(_Frozen, frozen=True, kw_only=True):
             raise SettingsError("PUSH_WEBHOOK_URL: required with PUSH_PROVIDER=webhook")
         if self.backends.push_provider == "fcm" and not self.push.fcm_credentials_file:
             raise SettingsError("FCM_CREDENTIALS_FILE: required with PUSH_PROVIDER=fcm")
-        refused = {"image/svg+xml", "text/html", "application/xhtml+xml"}
         for content_type in self.images.allowed_types:
-            if content_type in refused or not content_type.startswith("image/"):
-                raise SettingsError(f"ALLOWED_IMAGE_TYPES: {content_type!r} is not an allowed image type")
+            if content_type not in EXTENSIONS:  # SVG, HTML and anything without a key layout
+                known = ", ".join(EXTENSIONS)
+                raise SettingsError(f"ALLOWED_IMAGE_TYPES: {content_type!r} is not one of {known}")
         return self
 
 

@@ -69,14 +69,10 @@ class UploadService:
                 f"size_bytes {request.size_bytes} is over the limit of {self._max_bytes} bytes",
                 extra={"max_bytes": self._max_bytes},
             )
+        # Verified user ids and stored conversation ids are valid key segments by construction
+        # (``keys.USER_ID_PATTERN`` is what auth accepts), so the stored key always parses.
         object_key = keys.new_object_key(user_id, content_type)
-        try:
-            stored = keys.stored_key(conversation_id, object_key)
-        except keys.InvalidKey:
-            # The token's subject is a valid user id but cannot be a key segment (e.g. it contains "..").
-            raise ProblemError(
-                400, "unsupported_user_id", "images cannot be stored for this user id"
-            ) from None
+        stored = keys.stored_key(conversation_id, object_key)
         upload = self._store.presign_put(
             stored,
             content_type=content_type,
