@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from chat_core.settings import Settings
 from chat_management import all as all_in_one
+from tests.conftest import make_settings
 from tests.deploy.conftest import CHART, load_yaml
 from tests.harness import ROOT
 
@@ -84,7 +84,9 @@ def exported_names(exposition: str) -> set[str]:
 
 # --- the scrape ------------------------------------------------------------------------------------
 @pytest.fixture
-async def scraped_names(settings: Settings, serve: Any) -> set[str]:
+async def scraped_names(tmp_path: Path, serve: Any) -> set[str]:
+    # Short polls: the consumer's shutdown waits for its in-flight receive (10 s by default).
+    settings = make_settings(tmp_path, {"SHUTDOWN_DRAIN_SECONDS": "0.2", "SQS_WAIT_SECONDS": "1"})
     base_url = await serve(all_in_one.create_app(settings))
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
         response = await client.get("/metrics")

@@ -45,9 +45,14 @@ def stack_env(request: pytest.FixtureRequest) -> dict[str, str]:
 
 async def start(tmp_path: Path, serve: Any, env: Mapping[str, str]) -> str:
     port = harness.free_port()
-    settings = make_settings(
-        tmp_path, {"PORT": str(port), "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", **env}
-    )
+    # Short polls: the consumer's shutdown waits for its in-flight receive (10 s by default).
+    fast = {
+        "PORT": str(port),
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "SHUTDOWN_DRAIN_SECONDS": "0.2",
+        "SQS_WAIT_SECONDS": "1",
+    }
+    settings = make_settings(tmp_path, {**fast, **env})
     backends = Backends(settings)
     app = all_in_one.create_app(settings, backends)
     if not any(route.path == "/conversations" for route in app.routes):
