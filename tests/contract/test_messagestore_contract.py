@@ -14,6 +14,7 @@ from msgspec.structs import replace as msgspec_replace
 from chat_core.backends import Backends
 from chat_core.messagestore import (
     Conversation,
+    ConversationExists,
     ConversationNotFound,
     Device,
     ImageMetadata,
@@ -118,6 +119,15 @@ def now() -> dt.datetime:
 async def test_a_created_conversation_reads_back_exactly(store: MessageStore) -> None:
     created = conversation(("alice", "bob", "carol"))
     await store.create_conversation(created)
+    assert await store.get_conversation(created.conversation_id) == created
+
+
+async def test_a_taken_conversation_id_is_refused_and_not_overwritten(store: MessageStore) -> None:
+    created = conversation(("alice", "bob"))
+    await store.create_conversation(created)
+    squatter = msgspec_replace(conversation(("mallory",)), conversation_id=created.conversation_id)
+    with pytest.raises(ConversationExists):
+        await store.create_conversation(squatter)
     assert await store.get_conversation(created.conversation_id) == created
 
 

@@ -40,6 +40,43 @@ async def test_a_conversation_with_a_malformed_user_id_is_refused(chat: Chat) ->
     assert response.json()["code"] == "invalid_request"
 
 
+async def test_a_conversation_can_have_an_id_of_the_callers_choosing(chat: Chat) -> None:
+    response = await chat.client.post(
+        "/conversations",
+        json={"conversationId": "123", "participantIds": ["bob"]},
+        headers=auth_header("alice"),
+    )
+    assert response.status_code == 201
+    assert response.json()["conversationId"] == "123"
+    read = await chat.client.get("/conversations/123", headers=auth_header("bob"))
+    assert read.status_code == 200
+
+
+async def test_a_taken_conversation_id_is_a_409_and_changes_nothing(chat: Chat) -> None:
+    await chat.client.post(
+        "/conversations",
+        json={"conversationId": "team", "participantIds": ["bob"]},
+        headers=auth_header("alice"),
+    )
+    squat = await chat.client.post(
+        "/conversations",
+        json={"conversationId": "team", "participantIds": []},
+        headers=auth_header("mallory"),
+    )
+    assert squat.status_code == 409
+    assert squat.json()["code"] == "conversation_exists"
+    assert (await chat.client.get("/conversations/team", headers=auth_header("mallory"))).status_code == 404
+    assert (await chat.client.get("/conversations/team", headers=auth_header("bob"))).status_code == 200
+
+
+async def test_a_malformed_conversation_id_is_refused(chat: Chat) -> None:
+    response = await chat.client.post(
+        "/conversations", json={"conversationId": "../x", "participantIds": []}, headers=auth_header("alice")
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_request"
+
+
 async def test_creating_a_conversation_needs_a_token(chat: Chat) -> None:
     response = await chat.client.post("/conversations", json={"participantIds": ["bob"]})
     assert response.status_code == 401

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from chat_core.auth import USER_ID_PATTERN
+from chat_core.keys import CONVERSATION_ID_PATTERN
 from chat_core.messagestore import Conversation, Message
 
 __all__ = [
@@ -40,6 +41,17 @@ class CreateConversation(msgspec.Struct, frozen=True, kw_only=True, rename="came
         ),
     ] = []
     name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    conversation_id: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                pattern=CONVERSATION_ID_PATTERN.pattern,
+                description="Optional id of your choosing (e.g. an existing chat's); 409 when taken. "
+                "Default: a random one.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class AddParticipants(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

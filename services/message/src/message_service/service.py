@@ -23,6 +23,7 @@ from chat_core.auth import USER_ID_PATTERN
 from chat_core.errors import ProblemError
 from chat_core.messagestore import (
     Conversation,
+    ConversationExists,
     ConversationNotFound,
     InvalidCursor,
     LastMessage,
@@ -98,13 +99,18 @@ class ConversationService:
             )
         now = _now()
         conversation = Conversation(
-            conversation_id=uuid.uuid4().hex,
+            conversation_id=request.conversation_id or uuid.uuid4().hex,
             participants=participants,
             name=(request.name or "").strip() or None,
             created_at=now,
             updated_at=now,
         )
-        await self._store.create_conversation(conversation)
+        try:
+            await self._store.create_conversation(conversation)
+        except ConversationExists:
+            raise ProblemError(
+                409, "conversation_exists", "a conversation with that id exists; pick another or omit it"
+            ) from None
         await _emit(
             "participants_changed",
             self._events.participants_changed(

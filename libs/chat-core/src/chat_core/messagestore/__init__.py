@@ -28,6 +28,7 @@ import msgspec
 __all__ = [
     "PUSH_RECEIPT_TTL",
     "Conversation",
+    "ConversationExists",
     "ConversationNotFound",
     "Device",
     "ImageMetadata",
@@ -121,6 +122,10 @@ class ConversationNotFound(LookupError):
     pass
 
 
+class ConversationExists(Exception):
+    """A conversation with that id already exists (ids may be chosen by the client)."""
+
+
 class InvalidCursor(ValueError):
     """A cursor this store did not hand out (garbled or tampered with)."""
 
@@ -167,7 +172,8 @@ class MessageStore(Protocol):
         """Raise unless the store answers (readiness)."""
 
     # --- conversations and membership --------------------------------------------------------------
-    async def create_conversation(self, conversation: Conversation) -> None: ...
+    async def create_conversation(self, conversation: Conversation) -> None:
+        """Raises ConversationExists when the id is taken; never overwrites."""
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
 

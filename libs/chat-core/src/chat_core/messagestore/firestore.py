@@ -38,6 +38,7 @@ from google.cloud.firestore_v1.base_query import BaseQuery
 from chat_core.messagestore import (
     PUSH_RECEIPT_TTL,
     Conversation,
+    ConversationExists,
     ConversationNotFound,
     Device,
     LastMessage,
@@ -176,7 +177,10 @@ class FirestoreMessageStore:
     async def create_conversation(self, conversation: Conversation) -> None:
         data = _fields(conversation)
         del data["conversationId"]
-        await self._conversation_ref(conversation.conversation_id).create(data)
+        try:
+            await self._conversation_ref(conversation.conversation_id).create(data)
+        except gexc.AlreadyExists:
+            raise ConversationExists(conversation.conversation_id) from None
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None:
         snapshot = await self._conversation_ref(conversation_id).get()

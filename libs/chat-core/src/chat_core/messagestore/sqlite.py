@@ -28,6 +28,7 @@ import msgspec
 from chat_core.messagestore import (
     PUSH_RECEIPT_TTL,
     Conversation,
+    ConversationExists,
     ConversationNotFound,
     Device,
     LastMessage,
@@ -252,6 +253,11 @@ class SqliteMessageStore:
     # --- conversations and membership ------------------------------------------------------------
     async def create_conversation(self, conversation: Conversation) -> None:
         def insert(conn: sqlite3.Connection) -> None:
+            taken = conn.execute(
+                "SELECT 1 FROM conversations WHERE conversation_id = ?", (conversation.conversation_id,)
+            ).fetchone()
+            if taken is not None:
+                raise ConversationExists(conversation.conversation_id)
             conn.execute(
                 "INSERT INTO conversations"
                 " (conversation_id, name, participants, created_at, updated_at, last_message)"
