@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
+import msgspec
 from litestar import Litestar
 
 from chat_core.auth import USER_ID_PATTERN, mint_token
@@ -23,8 +25,36 @@ TARGETS[all_in_one.COMPONENT] = all_in_one.create_app
 
 
 def _serve(args: argparse.Namespace) -> int:
-    serve(TARGETS[args.target], component=args.target, host=args.host, port=args.port)
+    settings = load_or_exit()
+    if args.port is not None:
+        settings = msgspec.structs.replace(
+            settings, service=msgspec.structs.replace(settings.service, port=args.port)
+        )
+    if args.target == all_in_one.COMPONENT:
+        _print_banner(settings)
+    serve(TARGETS[args.target], component=args.target, host=args.host, settings=settings)
     return 0
+
+
+def _print_banner(settings: Settings) -> None:
+    """What a new user needs after `make run`: where it is, where the docs are, a token to try it with."""
+    base = settings.service.base_url()
+    lines = [
+        f"chat-management: all four services in one process on {base}",
+        f"  API docs       {base}/docs",
+        f"  data           {Path(settings.service.data_dir).resolve()}  (kept across restarts)",
+        f"  backends       object store={settings.backends.object_store}, "
+        f"messages={settings.backends.message_store}, bus={settings.backends.event_bus}, "
+        f"queue={settings.backends.notification_queue}, push={settings.backends.push_provider}",
+    ]
+    auth = settings.auth
+    if auth.jwt_secret:
+        token = mint_token(auth.jwt_secret, "alice", issuer=auth.issuer, audience=auth.audience)
+        lines += [
+            f"  dev token      {token}",
+            "                 (user alice, 24 h; `uv run chat-management token --user bob` mints others)",
+        ]
+    print("\n".join(lines), flush=True)
 
 
 def _token(args: argparse.Namespace) -> int:

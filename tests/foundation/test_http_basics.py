@@ -219,3 +219,15 @@ async def test_one_access_line_per_request_with_route_user_and_trace(tmp_path: A
     assert line["duration_ms"] >= 0
     assert line["trace_id"] == "0af7651916cd43dd8448eb211c80319c"  # continues the caller's trace
     assert len(line["span_id"]) == 16
+
+
+async def test_creating_an_app_keeps_stdlib_logs_json(settings: Settings) -> None:
+    import logging
+
+    stream = io.BytesIO()
+    configure_logging("INFO", service="test", stream=stream, cache=False)
+    _app(settings)  # Litestar would install its own logging config unless told not to
+    logging.getLogger("uvicorn.error").info("Started server process [1]")
+    (line,) = [entry for entry in _lines(stream) if entry.get("logger") == "uvicorn.error"]
+    assert line["event"] == "Started server process [1]"
+    assert line["service"] == "test"

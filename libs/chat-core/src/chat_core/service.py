@@ -169,6 +169,7 @@ def create_service_app(
             security=[{"BearerToken": []}],
         ),
         debug=False,
+        logging_config=None,  # logging is ours (chat_core.logging): JSON lines, trace ids
     )
     app.state.backends = backends
     app.state.settings = settings
