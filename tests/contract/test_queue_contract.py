@@ -159,6 +159,22 @@ async def test_an_acked_message_is_never_delivered_again(queue: NotificationQueu
     assert await queue.receive(max_messages=10, wait_seconds=0) == []
 
 
+async def test_many_acks_at_once_all_take_effect(queue: NotificationQueue) -> None:
+    await queue.send([notification(n) for n in range(25)])
+    received = await receive_all(queue, 25)
+    await asyncio.gather(*(queue.ack(r.receipt) for r in received))
+    assert await queue.depth() == (0, 0)
+
+
+async def test_an_ack_with_a_foreign_receipt_fails_and_deletes_nothing(queue: NotificationQueue) -> None:
+    await queue.send([notification()])
+    received = await receive_one(queue)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - each adapter names the error its own way
+        await queue.ack("not-a-receipt-of-this-queue")
+    await queue.ack(received.receipt)
+    assert await queue.depth() == (0, 0)
+
+
 async def test_retry_later_redelivers_with_the_next_receive_count(queue: NotificationQueue) -> None:
     sent = notification()
     await queue.send([sent])

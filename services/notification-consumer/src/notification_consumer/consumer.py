@@ -1,7 +1,7 @@
 """The notification worker: queue message -> recipients' devices -> one push per device -> ack.
 
-* At most ``NOTIFICATION_CONCURRENCY`` queue messages in work at once (the poller only asks the queue for
-  as many as there are free slots), and at most as many pushes in flight.
+* At most ``NOTIFICATION_CONCURRENCY`` queue messages in work at once (pollers only ask the queue for as
+  many as there are free slots), and at most as many pushes in flight.
 * A redelivered message never pushes twice to one device: each (notification, device) pair is claimed in
   the MessageStore before its push, and released again if the push failed, so only failures are retried.
 * A transient failure (provider answered ``retry``, or the store was unreachable) leaves the message on
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable
 from typing import Literal
@@ -112,19 +113,24 @@ class NotificationConsumer:
     @contextlib.asynccontextmanager
     async def worker(self) -> AsyncIterator[None]:
         self._stop = asyncio.Event()
-        poller = asyncio.create_task(self._poll(), name="notification-poller")
+        # Enough pollers that receives (at most 10 messages each) keep every slot busy; each waits for a
+        # free slot before asking, so together they never take more than the concurrency limit.
+        pollers = {
+            asyncio.create_task(self._poll(), name=f"notification-poller-{n}")
+            for n in range(max(1, math.ceil(self._concurrency / MAX_RECEIVE_BATCH)))
+        }
         depth = asyncio.create_task(self._export_depth(), name="notification-queue-depth")
         try:
             yield
         finally:
-            # Stop taking work, but let the receive in flight return: what it took is handled below
+            # Stop taking work, but let the receives in flight return: what they took is handled below
             # instead of sitting hidden for a visibility timeout (a long poll is at most wait_seconds).
             self._stop.set()
             depth.cancel()
-            await asyncio.wait({poller}, timeout=self._wait_seconds + 2.0)
-            for task in (poller, depth):
+            await asyncio.wait(pollers, timeout=self._wait_seconds + 2.0)
+            for task in (*pollers, depth):
                 task.cancel()
-            await asyncio.gather(poller, depth, return_exceptions=True)
+            await asyncio.gather(*pollers, depth, return_exceptions=True)
             await self.drain()
 
     async def drain(self) -> None:

@@ -29,6 +29,7 @@ import msgspec
 import structlog
 
 from chat_core.notifications import Notification, ReceivedNotification
+from chat_core.notifications.batching import Coalescer
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
@@ -91,6 +92,8 @@ class SqliteNotificationQueue:
         self._conn: sqlite3.Connection | None = None
         self._limiter = anyio.CapacityLimiter(1)
         self._sent = asyncio.Event()
+        # Acks close together share one transaction (one fsync) instead of one each.
+        self._acks: Coalescer[str] = Coalescer(self._delete_acked, max_batch=200, linger=0.005)
 
     # --- plumbing -----------------------------------------------------------------------------------
     async def _write(self, fn: Callable[..., R], *args: Any) -> R:
@@ -132,6 +135,7 @@ class SqliteNotificationQueue:
         self._conn = await anyio.to_thread.run_sync(open_db)
 
     async def close(self) -> None:
+        await self._acks.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
@@ -237,10 +241,15 @@ class SqliteNotificationQueue:
             raise ValueError(f"not a receipt of this queue: {receipt!r}") from None
 
     async def ack(self, receipt: str) -> None:
-        seq, receipt = self._parse_receipt(receipt)
+        self._parse_receipt(receipt)
+        await self._acks.submit(receipt)
+
+    async def _delete_acked(self, receipts: list[str]) -> list[None]:
+        rows = [self._parse_receipt(receipt) for receipt in receipts]
         await self._write(
-            lambda conn: conn.execute("DELETE FROM queue WHERE seq = ? AND receipt = ?", (seq, receipt))
+            lambda conn: conn.executemany("DELETE FROM queue WHERE seq = ? AND receipt = ?", rows)
         )
+        return [None] * len(receipts)
 
     async def retry_later(self, receipt: str, delay_seconds: float) -> None:
         seq, receipt = self._parse_receipt(receipt)

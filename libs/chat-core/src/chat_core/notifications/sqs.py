@@ -22,6 +22,7 @@ import structlog
 
 from chat_core.aws import AwsClient, AwsError
 from chat_core.notifications import Notification, ReceivedNotification
+from chat_core.notifications.batching import Coalescer
 from chat_core.settings import Settings
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ __all__ = ["SqsNotificationQueue", "create"]
 _log = structlog.get_logger("chat_core.notifications.sqs")
 
 MAX_BATCH = 10  # SQS: entries per SendMessageBatch / messages per ReceiveMessage
+ACK_LINGER_SECONDS = 0.01
 MAX_BATCH_BYTES = 256 * 1024  # SQS: a batch's total payload, bodies and attributes together
 RETENTION_SECONDS = 14 * 24 * 3600  # the SQS maximum: a notification outlives a long consumer outage
 _SEND_ATTEMPTS = 3
@@ -70,6 +72,9 @@ class SqsNotificationQueue:
         self._main_url: str | None = None
         self._dlq_url: str | None = None
         self._resolving = asyncio.Lock()
+        self._acks: Coalescer[str] = Coalescer(
+            self._delete_batch, max_batch=MAX_BATCH, linger=ACK_LINGER_SECONDS
+        )
 
     # --- protocol -----------------------------------------------------------------------------------
     async def _call(self, operation: str, payload: Mapping[str, Any], *, timeout: float | None = None) -> Any:  # noqa: ASYNC109
@@ -164,7 +169,7 @@ class SqsNotificationQueue:
             _log.warning("sqs_unreachable_at_start", error=f"{type(exc).__name__}: {exc}")
 
     async def close(self) -> None:
-        return None
+        await self._acks.close()
 
     async def ping(self) -> None:
         await self._on_queue("GetQueueAttributes", {"AttributeNames": ["QueueArn"]})
@@ -243,7 +248,19 @@ class SqsNotificationQueue:
         return received
 
     async def ack(self, receipt: str) -> None:
-        await self._on_queue("DeleteMessage", {"ReceiptHandle": receipt})
+        # Acks that come within a few milliseconds of each other share one DeleteMessageBatch.
+        await self._acks.submit(receipt)
+
+    async def _delete_batch(self, receipts: list[str]) -> list[AwsError | None]:
+        entries = [{"Id": str(i), "ReceiptHandle": receipt} for i, receipt in enumerate(receipts)]
+        result = await self._on_queue("DeleteMessageBatch", {"Entries": entries})
+        failed = {
+            f["Id"]: AwsError(
+                400 if f.get("SenderFault") else 500, str(f.get("Code")), str(f.get("Message", ""))
+            )
+            for f in result.get("Failed", [])
+        }
+        return [failed.get(str(i)) for i in range(len(receipts))]
 
     async def retry_later(self, receipt: str, delay_seconds: float) -> None:
         delay = max(0, min(43200, round(delay_seconds)))
