@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import time
 import uuid
+from pathlib import Path
 
 from prometheus_client import REGISTRY
 
@@ -206,6 +209,31 @@ async def test_a_missing_object_is_image_not_found(chat: Chat) -> None:
     response = await chat.send_image("alice", cid, keys.new_object_key("alice", "image/jpeg"))
     assert response.status_code == 404
     assert response.json()["code"] == "image_not_found"
+
+
+def _age_upload(chat: Chat, cid: str, object_key: str, seconds: float) -> None:
+    """Make a local-disk upload look ``seconds`` old (its mtime is the object's last-modified)."""
+    path = Path(chat.settings.service.data_dir) / "objects" / cid / object_key
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+async def test_an_upload_older_than_the_send_window_is_gone(chat: Chat) -> None:
+    # Cleanup may delete it any moment (ORPHAN_GRACE_SECONDS = 24 h by default; the window is 23 h).
+    cid = await chat.create_conversation("alice")
+    object_key = await chat.upload("alice", cid, image_bytes())
+    _age_upload(chat, cid, object_key, 23.5 * 3600)
+    response = await chat.send_image("alice", cid, object_key)
+    assert response.status_code == 410
+    assert response.json()["code"] == "upload_expired"
+    assert await chat.messages("alice", cid) == []
+
+
+async def test_an_upload_inside_the_send_window_is_accepted(chat: Chat) -> None:
+    cid = await chat.create_conversation("alice")
+    object_key = await chat.upload("alice", cid, image_bytes())
+    _age_upload(chat, cid, object_key, 22 * 3600)
+    assert (await chat.send_image("alice", cid, object_key)).status_code == 201
 
 
 async def test_an_image_over_the_size_limit_is_refused(make_chat: ChatFactory) -> None:

@@ -11,7 +11,13 @@ declares. The checks, cheapest first, each a problem response with a stable code
 6. the object exists (ONE ranged read: type, size, mtime, 256 KiB)   404 image_not_found
 7. its size is within MAX_IMAGE_BYTES                                413 image_too_large
 8. its stored type equals the declared one                           422 content_type_mismatch
-9. its first bytes really are that type, with a sane header         422 not_an_image
+9. it is not older than the send window (see below)                 410 upload_expired
+10. its first bytes really are that type, with a sane header        422 not_an_image
+
+The send window: orphan cleanup deletes unreferenced objects older than ``ORPHAN_GRACE_SECONDS``. A send
+could otherwise check an object, cleanup find it unreferenced and delete it, and the send commit a
+message whose image is gone. So an upload must be sent within the grace period minus a margin
+(half of it, at most an hour: 23 h by default); ``ORPHAN_GRACE_SECONDS=0`` turns the window off.
 
 Width and height come from the image header (``chat_core.images``); ``size_bytes`` from the store; the
 ``url`` is the proxy URL. The store being unreachable is a 503, never a verdict on the image.
@@ -52,6 +58,8 @@ class ImageVerifier:
         self._base_url = settings.service.base_url()
         self._allowed = frozenset(settings.images.allowed_types) & keys.EXTENSIONS.keys()
         self._max_bytes = settings.images.max_bytes
+        grace = settings.images.orphan_grace_seconds
+        self._send_window = dt.timedelta(seconds=grace - min(grace / 2, 3600)) if grace else None
 
     async def verify(
         self, sender_id: str, conversation_id: str, requested: ImageMetadataRequest
@@ -95,6 +103,12 @@ class ImageVerifier:
                 422,
                 "content_type_mismatch",
                 f"the object was stored as {stored_type or 'no type'}, not as {content_type}",
+            )
+        if self._send_window is not None and dt.datetime.now(dt.UTC) - info.last_modified > self._send_window:
+            raise ProblemError(
+                410,
+                "upload_expired",
+                f"uploaded more than {self._send_window} ago, so it may be cleaned up: upload it again",
             )
         try:
             header = images.inspect_image(prefix, total_size=info.size)
