@@ -198,13 +198,8 @@ async def client_for() -> AsyncIterator[Any]:
         yield open_client
 
 
-@pytest.fixture
-async def serve() -> AsyncIterator[Any]:
-    """``await serve(app)`` -> base URL of a real uvicorn server (HTTP and WebSocket) on a free port.
-
-    ``serve(app, port)`` takes a port chosen beforehand, for apps that must know their own URL
-    (``PUBLIC_BASE_URL``: the local object store's signed links point at it).
-    """
+@contextlib.asynccontextmanager
+async def _uvicorn_servers() -> AsyncIterator[Any]:
     servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
     async def start(app: Litestar, port: int | None = None) -> str:
@@ -228,7 +223,27 @@ async def serve() -> AsyncIterator[Any]:
         servers.append((server, task))
         return f"http://127.0.0.1:{port}"
 
-    yield start
-    for server, task in reversed(servers):
-        server.should_exit = True
-        await task
+    try:
+        yield start
+    finally:
+        for server, task in reversed(servers):
+            server.should_exit = True
+            await task
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Any]:
+    """``await serve(app)`` -> base URL of a real uvicorn server (HTTP and WebSocket) on a free port.
+
+    ``serve(app, port)`` takes a port chosen beforehand, for apps that must know their own URL
+    (``PUBLIC_BASE_URL``: the local object store's signed links point at it).
+    """
+    async with _uvicorn_servers() as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+async def serve_module() -> AsyncIterator[Any]:
+    """``serve`` for module-scoped fixtures (servers shared by a module's tests)."""
+    async with _uvicorn_servers() as start:
+        yield start
