@@ -3,10 +3,11 @@
 * Two queues: the main one with a visibility timeout and a redrive policy (after
   ``NOTIFICATION_MAX_RECEIVES`` receives SQS moves a message to the DLQ), and the DLQ.
 * ``ensure()`` creates both idempotently (and updates the main queue's attributes if they changed);
-  ``chat-management setup`` calls it. ``start()`` only resolves the queue URLs, creating the queues when
-  they do not exist, and never fails the start-up: when SQS is unreachable the URLs are resolved on
-  first use (the message service keeps accepting messages; its outbox holds the notifications).
-* If the queues vanish (LocalStack restarted empty), the next call recreates them and retries once.
+  ``chat-management setup`` calls it (with credentials allowed ``sqs:CreateQueue``; the services' own
+  IAM policies only use the queues). ``start()`` only resolves the main queue's URL and never fails the
+  start-up: when SQS is unreachable it is resolved on first use (the message service keeps accepting
+  messages; its outbox holds the notifications). The DLQ is looked up only by ``depth()``.
+* If a queue is missing (LocalStack restarted empty), the call creates both and retries once.
 * Trace context travels in message attributes (``traceparent``/``tracestate``), not in the body.
 """
 
@@ -107,25 +108,34 @@ class SqsNotificationQueue:
             await self.ensure()
             return await self._call(operation, {**payload, "QueueUrl": await self._url(dlq=dlq)}, **kw)
 
+    def _known(self, *, dlq: bool) -> str | None:
+        return self._dlq_url if dlq else self._main_url
+
     async def _url(self, *, dlq: bool = False) -> str:
-        if self._main_url is None or self._dlq_url is None:
+        # Each queue is looked up only when first used: the message service may only see the main queue
+        # (least-privilege IAM), the DLQ matters to the consumer's depth metric alone.
+        url = self._known(dlq=dlq)
+        if url is None:
             async with self._resolving:
-                if self._main_url is None or self._dlq_url is None:
-                    await self._resolve()
-        url = self._dlq_url if dlq else self._main_url
-        assert url is not None
+                url = self._known(dlq=dlq) or await self._resolve(dlq=dlq)
         return url
 
-    async def _resolve(self) -> None:
+    async def _resolve(self, *, dlq: bool) -> str:
+        name = self._settings.dlq_name if dlq else self._settings.queue_name
         try:
-            main = await self._call("GetQueueUrl", {"QueueName": self._settings.queue_name})
-            dlq = await self._call("GetQueueUrl", {"QueueName": self._settings.dlq_name})
+            url = str((await self._call("GetQueueUrl", {"QueueName": name}))["QueueUrl"])
         except AwsError as exc:
             if exc.code not in _MISSING_QUEUE:
                 raise
             await self.ensure()
-            return
-        self._main_url, self._dlq_url = main["QueueUrl"], dlq["QueueUrl"]
+            created = self._known(dlq=dlq)
+            assert created is not None
+            return created
+        if dlq:
+            self._dlq_url = url
+        else:
+            self._main_url = url
+        return url
 
     # --- setup --------------------------------------------------------------------------------------
     async def ensure(self) -> None:
