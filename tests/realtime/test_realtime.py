@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import msgspec
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -13,14 +14,22 @@ from websockets.exceptions import ConnectionClosed
 
 from chat_core import tracing
 from chat_core.auth import mint_token
+from chat_core.realtime import conversation_channel
+from message_service.fanout import Envelope
+from message_service.realtime import OUTBOUND_LIMIT
 from tests.conftest import TEST_SECRET, auth_header
-from tests.realtime.conftest import Deployment, Socket
+from tests.realtime.conftest import DeployFactory, Deployment, Socket
 
 Users = Callable[..., list[str]]
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+async def _read_until_closed(socket: Socket) -> None:
+    while True:  # the events that made it out, then the close
+        await socket.next_event()
 
 
 async def closed_with(socket: Socket) -> int | None:
@@ -264,3 +273,28 @@ async def test_one_trace_runs_from_the_send_through_publish_and_enqueue_to_the_p
         "notification process",
         "push webhook",
     } <= names
+
+
+# --- presence and slow clients (embedded: the in-process bus lets the test publish directly) --------
+async def test_the_server_keeps_an_open_socket_present_past_the_presence_ttl(
+    deploy: DeployFactory, users: Users
+) -> None:
+    deployment = await deploy("embedded", {"PRESENCE_TTL_SECONDS": "2"})
+    [bob] = users("bob")
+    await deployment.connect(bob)
+    await asyncio.sleep(3)  # longer than the TTL: only the server's heartbeats keep bob online
+    assert await deployment.message_backends.presence.online([bob]) == {bob}
+
+
+async def test_a_client_too_slow_to_read_is_closed_with_1013(deploy: DeployFactory, users: Users) -> None:
+    deployment = await deploy("embedded")
+    alice, bob = users("alice", "bob")
+    conversation = await deployment.create_conversation(alice, bob)
+    socket = await deployment.connect(bob)
+    event = msgspec.json.encode(Envelope(type="message.read", conversation_id=conversation, message_id="m"))
+    for _ in range(OUTBOUND_LIMIT * 3):
+        await deployment.message_backends.event_bus.publish(conversation_channel(conversation), event)
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(_read_until_closed(socket), 10)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1013
