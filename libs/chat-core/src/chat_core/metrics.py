@@ -83,7 +83,7 @@ OUTBOX_DEPTH = Gauge("chat_outbox_depth", "Stored messages whose publish/enqueue
 OUTBOX_OLDEST_AGE = Gauge("chat_outbox_oldest_age_seconds", "Age of the oldest pending outbox entry.")
 OUTBOX_RELAY_ERRORS = Counter(
     "chat_outbox_relay_errors",
-    "Failed attempts to relay an outbox entry, by target (bus or queue).",
+    "Failed attempts to relay an outbox entry, by target (bus, queue, or store: the message store).",
     ["target"],
 )
 NOTIFICATIONS_SENT = Counter("chat_notifications_sent", "Pushes accepted by the provider.", ["provider"])
