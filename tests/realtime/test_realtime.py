@@ -175,46 +175,49 @@ async def test_a_member_removed_while_connected_hears_nothing_more(
     assert event["message"]["messageId"] == marker.json()["messageId"]
 
 
-# --- the socket itself ------------------------------------------------------------------------------
-async def test_the_token_may_come_in_the_query_string(deployment: Deployment, users: Users) -> None:
+# --- the socket itself (on the embedded deployment: nothing here depends on the bus) -----------------
+@pytest.fixture
+async def embedded(deploy: DeployFactory) -> Deployment:
+    return await deploy("embedded")
+
+
+async def test_the_token_may_come_in_the_query_string(embedded: Deployment, users: Users) -> None:
     alice, bob = users("alice", "bob")
-    conversation = await deployment.create_conversation(alice, bob)
-    socket = await deployment.connect(bob, via_query=True)
-    await deployment.send_text(alice, conversation)
+    conversation = await embedded.create_conversation(alice, bob)
+    socket = await embedded.connect(bob, via_query=True)
+    await embedded.send_text(alice, conversation)
     assert (await socket.next_of("message.created"))["conversationId"] == conversation
 
 
-async def test_a_bad_token_closes_the_socket_with_4401(deployment: Deployment) -> None:
-    socket = await deployment.open_socket(None, token="not-a-jwt")
+async def test_a_bad_token_closes_the_socket_with_4401(embedded: Deployment) -> None:
+    socket = await embedded.open_socket(None, token="not-a-jwt")
     assert await closed_with(socket) == 4401
 
 
-async def test_a_missing_token_closes_the_socket_with_4401(deployment: Deployment) -> None:
-    socket = await deployment.open_socket(None)
+async def test_a_missing_token_closes_the_socket_with_4401(embedded: Deployment) -> None:
+    socket = await embedded.open_socket(None)
     assert await closed_with(socket) == 4401
 
 
 async def test_a_token_signed_with_another_key_closes_the_socket_with_4401(
-    deployment: Deployment, users: Users
+    embedded: Deployment, users: Users
 ) -> None:
     [bob] = users("bob")
     forged = mint_token("another-secret-0123456789abcdef-0123456789", bob)
-    socket = await deployment.open_socket(None, token=forged, via_query=True)
+    socket = await embedded.open_socket(None, token=forged, via_query=True)
     assert await closed_with(socket) == 4401
 
 
-async def test_the_socket_closes_with_4401_when_its_token_expires(
-    deployment: Deployment, users: Users
-) -> None:
+async def test_the_socket_closes_with_4401_when_its_token_expires(embedded: Deployment, users: Users) -> None:
     [bob] = users("bob")
-    socket = await deployment.open_socket(None, token=mint_token(TEST_SECRET, bob, ttl_seconds=1))
+    socket = await embedded.open_socket(None, token=mint_token(TEST_SECRET, bob, ttl_seconds=1))
     assert (await socket.next_event())["type"] == "session.ready"
     assert await closed_with(socket) == 4401
 
 
-async def test_a_ping_gets_a_pong(deployment: Deployment, users: Users) -> None:
+async def test_a_ping_gets_a_pong(embedded: Deployment, users: Users) -> None:
     [bob] = users("bob")
-    socket = await deployment.connect(bob)
+    socket = await embedded.connect(bob)
     await socket.send({"type": "ping"})
     assert await socket.next_event() == {"type": "pong"}
 
@@ -232,10 +235,10 @@ async def test_an_open_socket_makes_its_user_present_and_closing_it_clears_that(
             await asyncio.sleep(0.02)  # the server notices the close on its own schedule
 
 
-async def test_open_sockets_are_counted(deployment: Deployment, users: Users) -> None:
+async def test_open_sockets_are_counted(embedded: Deployment, users: Users) -> None:
     [bob] = users("bob")
     before = sample("chat_websocket_connections")
-    socket = await deployment.connect(bob)
+    socket = await embedded.connect(bob)
     assert sample("chat_websocket_connections") == before + 1
     await socket.connection.close()
     async with asyncio.timeout(5):
