@@ -64,6 +64,15 @@ run: install ## run all four services in one process on http://127.0.0.1:8000 (e
 dev: test-deps ## each service as its own process with the cloud adapters, on local Redis, LocalStack, Firestore emulator
 	uv run --frozen chat-management dev
 
+.PHONY: bench
+bench: test-deps ## load the embedded and the multi-process stacks; prints req/s, p50, p99 and ratios to a bare route
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq wrk; fi; }
+	uv run --frozen python scripts/bench_presign.py
+	uv run --frozen python -m bench.http
+	uv run --frozen python scripts/bench_consumer.py --queue sqlite
+
 .PHONY: clean
 clean: ## remove local data and caches (keeps the venvs)
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache

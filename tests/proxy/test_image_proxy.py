@@ -136,6 +136,30 @@ async def test_a_missing_object_is_404(stack: ImageStack) -> None:
     assert response.headers["x-content-type-options"] == "nosniff"
 
 
+async def test_an_image_that_lands_after_a_404_is_served_at_once(stack: ImageStack) -> None:
+    # A miss is never remembered: the client may ask while its upload is still in flight.
+    cid = await stack.conversation("alice", "bob")
+    object_key = keys.new_object_key("alice", "image/jpeg")
+    assert (
+        await stack.http.get(f"/images/{cid}/{object_key}", headers=auth_header("bob"))
+    ).status_code == 404
+    await stack.store.put(keys.stored_key(cid, object_key), image_bytes(), content_type="image/jpeg")
+    assert (
+        await stack.http.get(f"/images/{cid}/{object_key}", headers=auth_header("bob"))
+    ).status_code == 302
+
+
+async def test_an_images_existence_is_checked_once_per_window(stack: ImageStack) -> None:
+    # Repeated views cost no store round trip: with the object gone from the store, a view in the same
+    # window is still redirected (only cleanup deletes, and only what no message references).
+    cid = await stack.conversation("alice", "bob")
+    image = await stack.upload("alice", cid)
+    path = _proxy_path(image.file_url, stack)
+    assert (await stack.http.get(path, headers=auth_header("bob"))).status_code == 302
+    await stack.store.delete(keys.stored_key(cid, image.object_key))
+    assert (await stack.http.get(path, headers=auth_header("alice"))).status_code == 302
+
+
 async def test_a_key_of_another_conversation_is_not_found_under_this_one(stack: ImageStack) -> None:
     mine = await stack.conversation("alice", "bob")
     theirs = await stack.conversation("bob", "carol")

@@ -12,9 +12,8 @@ from typing import BinaryIO
 
 import msgspec
 import structlog
+from opentelemetry import trace
 from structlog.types import EventDict, Processor, WrappedLogger
-
-from chat_core import tracing
 
 __all__ = ["configure_logging"]
 
@@ -22,10 +21,10 @@ _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARN
 
 
 def add_trace_ids(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-    trace_id = tracing.current_trace_id()
-    if trace_id is not None:
-        event_dict.setdefault("trace_id", trace_id)
-        event_dict.setdefault("span_id", tracing.current_span_id())
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid and "trace_id" not in event_dict:
+        event_dict["trace_id"] = format(context.trace_id, "032x")
+        event_dict["span_id"] = format(context.span_id, "016x")
     return event_dict
 
 

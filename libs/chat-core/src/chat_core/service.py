@@ -23,7 +23,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from chat_core import metrics, tracing
-from chat_core.auth import Principal, token_from_connection
+from chat_core.auth import Principal, TokenVerifier, token_from_connection
 from chat_core.backends import Backends
 from chat_core.errors import exception_handlers, problem_response
 from chat_core.observability import ObservabilityMiddleware, set_request_user
@@ -32,6 +32,7 @@ from chat_core.settings import Settings
 __all__ = [
     "ServiceParts",
     "Worker",
+    "authenticate",
     "create_service_app",
     "provide_principal",
     "provide_principal_or_cookie",
@@ -53,23 +54,36 @@ class ServiceParts:
     description: str = ""
 
 
+async def authenticate(
+    request: Request[Any, Any, Any], verifier: TokenVerifier, *, cookie_name: str | None = None
+) -> Principal:
+    """The caller, from ``Authorization: Bearer <JWT>`` (or the ``cookie_name`` cookie); 401 otherwise."""
+    principal = await verifier.verify(token_from_connection(request, cookie_name=cookie_name))
+    set_request_user(principal.user_id)
+    return principal
+
+
 async def provide_principal(
     request: Request[Any, Any, Any], backends: NamedDependency[Backends]
 ) -> Principal:
     """The caller, from ``Authorization: Bearer <JWT>``; 401 otherwise."""
-    principal = await backends.verifier.verify(token_from_connection(request))
-    set_request_user(principal.user_id)
-    return principal
+    return await authenticate(request, backends.verifier)
 
 
 async def provide_principal_or_cookie(
     request: Request[Any, Any, Any], backends: NamedDependency[Backends]
 ) -> Principal:
     """Like ``provide_principal``, also reading the token cookie (``<img>`` tags cannot send headers)."""
-    token = token_from_connection(request, cookie_name=backends.settings.auth.cookie_name)
-    principal = await backends.verifier.verify(token)
-    set_request_user(principal.user_id)
-    return principal
+    return await authenticate(request, backends.verifier, cookie_name=backends.settings.auth.cookie_name)
+
+
+def _principal_provider(verifier: TokenVerifier) -> Provide:
+    # Bound to the verifier rather than depending on ``backends``: every extra dependency level costs a
+    # resolution per request, and Litestar resolves sibling dependencies in an anyio task group.
+    async def principal(request: Request[Any, Any, Any]) -> Principal:
+        return await authenticate(request, verifier)
+
+    return Provide(principal)
 
 
 def _health_handlers(backends: Backends) -> list[Any]:
@@ -120,7 +134,7 @@ def create_service_app(
     dependencies: dict[str, Provide] = {
         "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
         "backends": Provide(lambda: backends, use_cache=True, sync_to_thread=False),
-        "principal": Provide(provide_principal),
+        "principal": _principal_provider(backends.verifier),
     }
     workers: list[Worker] = []
     for part in parts:

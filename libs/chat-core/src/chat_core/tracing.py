@@ -7,13 +7,22 @@ event-bus payloads and queue-message attributes, so one trace runs send -> publi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.util.types import Attributes
 
 __all__ = [
     "configure_tracing",
@@ -27,6 +36,40 @@ __all__ = [
 _configured = False
 
 
+class _SampleWhenExported(Sampler):
+    """Record spans only when something receives them (an exporter or a test's processor).
+
+    Without one, spans are still created — with real trace and span ids, so log lines and propagated
+    context carry them — but as cheap non-recording spans: no attributes, no processor calls.
+    """
+
+    def __init__(self) -> None:
+        self.exporting = False
+        self._delegate = ParentBased(ALWAYS_ON)
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> SamplingResult:
+        if not self.exporting:
+            return SamplingResult(Decision.DROP)
+        return self._delegate.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return "SampleWhenExported"
+
+
+_sampler = _SampleWhenExported()
+
+
 def configure_tracing(
     service_name: str, otlp_endpoint: str = "", extra_processors: tuple[SpanProcessor, ...] = ()
 ) -> TracerProvider:
@@ -36,8 +79,10 @@ def configure_tracing(
     if _configured and isinstance(current, TracerProvider):
         for processor in extra_processors:
             current.add_span_processor(processor)
+        _sampler.exporting = _sampler.exporting or bool(extra_processors)
         return current
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}), sampler=_sampler)
+    _sampler.exporting = bool(otlp_endpoint or extra_processors)
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

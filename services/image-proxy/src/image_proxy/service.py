@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import OrderedDict
 from typing import Any
 
 import structlog
@@ -18,7 +19,7 @@ from chat_core import keys, metrics, tracing
 from chat_core.backends import Backends
 from chat_core.errors import ProblemError
 from chat_core.membership import MembershipCache
-from chat_core.objectstore import ObjectNotFound, ObjectStore, RangeNotSatisfiable
+from chat_core.objectstore import ObjectInfo, ObjectNotFound, ObjectStore, RangeNotSatisfiable
 from chat_core.objectstore.serving import serve_object
 from chat_core.service import provide_principal_or_cookie
 from chat_core.settings import Settings
@@ -33,6 +34,7 @@ VARY = "Authorization, Cookie"
 # Failures that happen after access was granted (the member asked for something that is not there).
 _AFTER_GRANT = frozenset({"image_not_found", "range_not_satisfiable"})
 _MAX_LOGGED = 300
+_SEEN_MAX = 50_000  # images whose existence is remembered (about 10 MB)
 
 
 class ImageProxy:
@@ -45,6 +47,10 @@ class ImageProxy:
         self._mode = settings.images.proxy_mode
         self._window = settings.images.proxy_url_window_seconds
         self._safe_types = frozenset(settings.images.allowed_types)
+        # Uploaded objects never change type (it is signed into the upload URL) and are only deleted when
+        # no message references them, so one existence check per image per window is enough: a chat
+        # screen's repeated views, and a group's many viewers, then cost no store round trip.
+        self._seen: OrderedDict[str, tuple[ObjectInfo, float]] = OrderedDict()
 
     async def serve(
         self, request: Request[Any, Any, Any], conversation_id: str, raw_key: str
@@ -91,8 +97,21 @@ class ImageProxy:
             return await self._redirect(stored), "redirect"
         return await self._stream(request, stored)
 
-    async def _redirect(self, stored: str) -> Response[Any]:
+    async def _head(self, stored: str) -> ObjectInfo | None:
+        now = time.monotonic()
+        cached = self._seen.get(stored)
+        if cached is not None and cached[1] > now:
+            self._seen.move_to_end(stored)
+            return cached[0]
         info = await self._store.head(stored)
+        if info is not None:  # a miss is never remembered: the upload may land a moment later
+            self._seen[stored] = (info, now + self._window)
+            if len(self._seen) > _SEEN_MAX:
+                self._seen.popitem(last=False)
+        return info
+
+    async def _redirect(self, stored: str) -> Response[Any]:
+        info = await self._head(stored)
         if info is None:
             raise ProblemError(404, "image_not_found", "no such image in this conversation")
         # Signed on the start of the current window: every request in the window gets the same URL, so

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from litestar import Litestar
-from litestar.di import Provide
 
 from chat_core.backends import Backends
 from chat_core.membership import MembershipCache
 from chat_core.service import ServiceParts, create_service_app
 from chat_core.settings import Settings
-from upload_service.routes import create_upload_url
+from upload_service.routes import route_handlers
 from upload_service.service import UploadService
 
 COMPONENT = "upload"
@@ -21,8 +20,7 @@ def build(settings: Settings, backends: Backends) -> ServiceParts:
     service = UploadService(settings, backends.object_store, membership)
     return ServiceParts(
         component=COMPONENT,
-        route_handlers=[create_upload_url],
-        dependencies={"upload_service": Provide(lambda: service, use_cache=True, sync_to_thread=False)},
+        route_handlers=route_handlers(service),
         workers=membership.workers(backends),
         description="issues presigned upload URLs for image messages.",
     )

@@ -4,30 +4,39 @@ from __future__ import annotations
 
 from litestar import post
 from litestar.di import NamedDependency
+from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody
 
 from chat_core.auth import Principal
 from upload_service.schemas import UploadUrlRequest, UploadUrlResponse
 from upload_service.service import UploadService
 
-__all__ = ["create_upload_url"]
+__all__ = ["route_handlers"]
 
 
-@post(
-    "/conversations/{conversation_id:str}/images/upload_url",
-    status_code=200,
-    summary="Get a presigned URL to upload an image to",
-    description=(
-        "Participants only. PUT the image to `upload_url` with the same `Content-Type` (and exactly "
-        "`size_bytes` bytes when given) before `expires_at`, then send a message with `object_key`. "
-        "`file_url` is where members see the image (the authenticated proxy)."
-    ),
-    tags=["images"],
-)
-async def create_upload_url(
-    conversation_id: FromPath[str],
-    data: JSONBody[UploadUrlRequest],
-    principal: NamedDependency[Principal],
-    upload_service: NamedDependency[UploadService],
-) -> UploadUrlResponse:
-    return await upload_service.issue_upload_url(principal.user_id, conversation_id, data)
+def route_handlers(upload_service: UploadService) -> list[HTTPRouteHandler]:
+    """The upload routes, bound to ``upload_service``.
+
+    The service is bound here rather than injected: this is a hot path, and with two dependencies (the
+    caller and the service) Litestar resolves them in an anyio task group on every request.
+    """
+
+    @post(
+        "/conversations/{conversation_id:str}/images/upload_url",
+        status_code=200,
+        summary="Get a presigned URL to upload an image to",
+        description=(
+            "Participants only. PUT the image to `upload_url` with the same `Content-Type` (and exactly "
+            "`size_bytes` bytes when given) before `expires_at`, then send a message with `object_key`. "
+            "`file_url` is where members see the image (the authenticated proxy)."
+        ),
+        tags=["images"],
+    )
+    async def create_upload_url(
+        conversation_id: FromPath[str],
+        data: JSONBody[UploadUrlRequest],
+        principal: NamedDependency[Principal],
+    ) -> UploadUrlResponse:
+        return await upload_service.issue_upload_url(principal.user_id, conversation_id, data)
+
+    return [create_upload_url]

@@ -79,7 +79,7 @@ class UploadService:
             content_length=request.size_bytes,
             expires_in=self._ttl,
         )
-        _log.info(
+        _log.debug(  # the access log already has one line per request; this adds the key, when debugging
             "upload_url_issued",
             user_id=user_id,
             conversation_id=conversation_id,

@@ -1,0 +1,305 @@
+"""HTTP load against a running stack, side by side with a bare Litestar route on the same server settings.
+
+    uv run python -m bench.http [--seconds 10] [--connections 32] [--stacks embedded,cloud]
+
+For each stack (``embedded``: ``chat-management serve all`` with local disk, SQLite and the in-process bus;
+``cloud``: each service its own process on local Redis, LocalStack and the Firestore emulator) it measures,
+with wrk (one thread, closed loop), ``POST .../images/upload_url``, ``GET /images/...`` (the proxy's 302) and
+``GET /bare`` of a bare Litestar app served by the same ``chat_core.server.serve`` settings (uvicorn,
+uvloop, httptools, one process); then, open loop at a fixed rate, image sends (each of a fresh upload) with
+p50/p99 measured from each request's scheduled start (no coordinated omission).
+Machines here are noisy: compare ratios within one run, not figures across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from chat_core.auth import mint_token
+from chat_management import devstack
+
+SECRET = "bench-secret-0123456789abcdef-0123456789"  # noqa: S105 - a throwaway dev secret
+LUA = Path(__file__).resolve().parent / "request.lua"
+LABELS = {
+    "embedded": "embedded (serve all: local disk, SQLite, in-process bus)",
+    "cloud": "cloud adapters, a process per service (Redis, LocalStack, Firestore emulator)",
+}
+
+
+@dataclass
+class Result:
+    name: str
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    def row(self, bare: Result | None) -> str:
+        ratio = f"{self.requests_per_second / bare.requests_per_second:6.0%}" if bare else "     -"
+        return (
+            f"  {self.name:<34} {self.requests_per_second:9.0f} {self.p50_ms:8.2f} {self.p99_ms:8.2f} "
+            f"{ratio}   {self.errors}"
+        )
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(
+    name: str,
+    url: str,
+    *,
+    seconds: int,
+    connections: int,
+    method: str = "GET",
+    body: str = "",
+    token: str = "",
+) -> Result:
+    env = {**os.environ, "WRK_METHOD": method, "WRK_BODY": body, "WRK_TOKEN": token}
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(LUA), url],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    distribution = out.partition("Latency Distribution")[2]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", distribution, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", distribution, re.M).group(1))  # type: ignore[union-attr]
+    errors_match = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = int(errors_match.group(1)) if errors_match else 0
+    if socket_errors:
+        errors += sum(int(n) for n in socket_errors.groups())
+    return Result(name, rps, p50, p99, errors)
+
+
+def jpeg(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (320, 240), color=(seed % 256, (seed // 256) % 256, 90)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def start_process(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+@contextlib.contextmanager
+def bare_server(workdir: Path) -> Iterator[str]:
+    port = devstack.free_port()
+    env = {**os.environ, "AUTH_JWT_SECRET": SECRET, "PORT": str(port)}
+    process = start_process([sys.executable, "-m", "bench.bare_app"], env, workdir / "bare.log")
+    try:
+        devstack.wait_until(lambda: devstack.http_ok(f"http://127.0.0.1:{port}/bare"), 30, "bare app")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        devstack.kill_group(process)
+
+
+@contextlib.contextmanager
+def embedded_stack(workdir: Path) -> Iterator[dict[str, str]]:
+    port = devstack.free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FIRESTORE_", "REDIS_"))},
+        "AUTH_JWT_SECRET": SECRET,
+        "PORT": str(port),
+        "DATA_DIR": str(workdir / "data"),
+    }
+    process = start_process(
+        [sys.executable, "-m", "chat_management", "serve", "all"], env, workdir / "embedded.log"
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        devstack.wait_until(lambda: devstack.http_ok(f"{base}/readyz"), 60, "embedded stack")
+        yield {"upload": base, "message": base, "image-proxy": base}
+    finally:
+        devstack.kill_group(process)
+
+
+@contextlib.contextmanager
+def cloud_stack(workdir: Path) -> Iterator[dict[str, str]]:
+    with devstack.local_backends() as (redis, localstack, firestore):
+        stack = devstack.Stack(
+            redis_url=redis.address,
+            aws_endpoint_url=localstack.address,
+            firestore_host=firestore.address,
+            workdir=workdir / "cloud",
+            extra_env={"AUTH_JWT_SECRET": SECRET, "SQS_WAIT_SECONDS": "2"},
+            suffix="bench",
+        )
+        stack.start()
+        try:
+            yield {name: service.url for name, service in stack.services.items()}
+        finally:
+            stack.stop()
+
+
+class Flow:
+    """A conversation, tokens, and uploaded images ready to be sent."""
+
+    def __init__(self, urls: dict[str, str]) -> None:
+        self.urls = urls
+        self.token = mint_token(SECRET, "alice")
+        self.headers = {"Authorization": f"Bearer {self.token}"}
+        self.http = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64))
+        self.conversation_id = ""
+
+    async def setup(self) -> None:
+        created = await self.http.post(
+            f"{self.urls['message']}/conversations",
+            json={"participantIds": ["bob", "carol"], "name": "bench"},
+            headers=self.headers,
+        )
+        created.raise_for_status()
+        self.conversation_id = created.json()["conversationId"]
+
+    @property
+    def upload_url_endpoint(self) -> str:
+        return f"{self.urls['upload']}/conversations/{self.conversation_id}/images/upload_url"
+
+    async def upload(self, seed: int) -> tuple[str, str]:
+        grant = await self.http.post(
+            self.upload_url_endpoint, json={"content_type": "image/jpeg"}, headers=self.headers
+        )
+        grant.raise_for_status()
+        body = grant.json()
+        put = await self.http.put(
+            body["upload_url"], content=jpeg(seed), headers={"Content-Type": "image/jpeg"}
+        )
+        put.raise_for_status()
+        return body["object_key"], body["file_url"]
+
+    async def uploads(self, count: int) -> list[str]:
+        semaphore = asyncio.Semaphore(16)
+
+        async def one(seed: int) -> str:
+            async with semaphore:
+                return (await self.upload(seed))[0]
+
+        return list(await asyncio.gather(*(one(seed) for seed in range(count))))
+
+    async def send_at_rate(self, object_keys: list[str], rate: float) -> Result:
+        """Open loop: request i starts at i/rate; latency counts from that scheduled start."""
+        url = f"{self.urls['message']}/conversations/{self.conversation_id}/messages"
+        latencies: list[float] = []
+        errors = 0
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.1
+
+        async def one(index: int, object_key: str) -> None:
+            nonlocal errors
+            scheduled = start + index / rate
+            await asyncio.sleep(max(0.0, scheduled - loop.time()))
+            response = await self.http.post(
+                url,
+                json={
+                    "messageType": "image",
+                    "metadata": {"object_key": object_key, "content_type": "image/jpeg"},
+                },
+                headers=self.headers,
+            )
+            latencies.append(loop.time() - scheduled)
+            if response.status_code != 201:
+                errors += 1
+
+        began = time.perf_counter()
+        await asyncio.gather(*(one(i, key) for i, key in enumerate(object_keys)))
+        elapsed = time.perf_counter() - began
+        latencies.sort()
+        return Result(
+            f"image send @ {rate:.0f}/s (open loop)",
+            len(object_keys) / elapsed,
+            statistics.median(latencies) * 1000,
+            latencies[int(len(latencies) * 0.99) - 1] * 1000,
+            errors,
+        )
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+async def measure(stack_name: str, urls: dict[str, str], bare: str, args: argparse.Namespace) -> list[str]:
+    flow = Flow(urls)
+    try:
+        await flow.setup()
+        _, file_url = await flow.upload(0)
+        load = {"seconds": args.seconds, "connections": args.connections}
+        bare_result = await asyncio.to_thread(wrk, "bare Litestar GET /bare", f"{bare}/bare", **load)
+        upload_url = await asyncio.to_thread(
+            wrk,
+            "POST upload_url",
+            flow.upload_url_endpoint,
+            method="POST",
+            body='{"content_type": "image/jpeg"}',
+            token=flow.token,
+            **load,
+        )
+        proxy = await asyncio.to_thread(
+            wrk, "GET /images/... (proxy 302)", file_url, token=flow.token, **load
+        )
+        bare_again = await asyncio.to_thread(wrk, "bare Litestar GET /bare (again)", f"{bare}/bare", **load)
+        await flow.setup()  # a fresh conversation for the sends
+        keys = await flow.uploads(int(args.send_rate * args.send_seconds))
+        sends = await flow.send_at_rate(keys, args.send_rate)
+    finally:
+        await flow.close()
+    lines = [f"\n{stack_name}", f"  {'':<34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6}   errors"]
+    lines.append(bare_result.row(None))
+    lines += [result.row(bare_result) for result in (upload_url, proxy, bare_again, sends)]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--send-rate", type=float, default=200.0, help="image sends per second (open loop)")
+    parser.add_argument("--send-seconds", type=float, default=10.0)
+    parser.add_argument("--stacks", default="embedded,cloud")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install -y wrk (make bench does it)")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    workdir = Path(tempfile.mkdtemp(prefix="chat-bench-"))
+    stacks = {"embedded": embedded_stack, "cloud": cloud_stack}
+    report: list[str] = [
+        f"HTTP: wrk -t1 -c{args.connections} -d{args.seconds}s; sends open loop at {args.send_rate:.0f}/s "
+        f"for {args.send_seconds:.0f}s; ratio = req/s / bare route's req/s (first bare run)"
+    ]
+    with bare_server(workdir) as bare:
+        for name in args.stacks.split(","):
+            with stacks[name](workdir) as urls:
+                label = LABELS[name]
+                print(f"measuring: {label} ...", file=sys.stderr, flush=True)
+                report += asyncio.run(measure(label, urls, bare, args))
+    print("\n".join(report))
+    print(f"(logs in {workdir})")
+
+
+if __name__ == "__main__":
+    main()
