@@ -1,7 +1,7 @@
 """The notification worker: queue message -> recipients' devices -> one push per device -> ack.
 
-* At most ``NOTIFICATION_CONCURRENCY`` queue messages in work at once (pollers only ask the queue for as
-  many as there are free slots), and at most as many pushes in flight.
+* At most ``NOTIFICATION_CONCURRENCY`` queue messages in work at once (the poller only asks the queue for
+  as many as there are free slots), and at most as many pushes in flight.
 * A redelivered message never pushes twice to one device: each (notification, device) pair is claimed in
   the MessageStore before its push, and released again if the push failed, so only failures are retried.
 * A transient failure (provider answered ``retry``, or the store was unreachable) leaves the message on
@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import math
 import random
 from collections.abc import AsyncIterator, Awaitable
 from typing import Literal
@@ -113,12 +112,10 @@ class NotificationConsumer:
     @contextlib.asynccontextmanager
     async def worker(self) -> AsyncIterator[None]:
         self._stop = asyncio.Event()
-        # Enough pollers that receives (at most 10 messages each) keep every slot busy; each waits for a
-        # free slot before asking, so together they never take more than the concurrency limit.
-        pollers = {
-            asyncio.create_task(self._poll(), name=f"notification-poller-{n}")
-            for n in range(max(1, math.ceil(self._concurrency / MAX_RECEIVE_BATCH)))
-        }
+        # One poller: it asks for as many messages as there are free slots (up to 10 per receive). More
+        # pollers measured slower on SQLite (write-lock contention) and on LocalStack (more, smaller
+        # receives); a replica's rate is bounded by push latency x concurrency long before that.
+        pollers = {asyncio.create_task(self._poll(), name="notification-poller")}
         depth = asyncio.create_task(self._export_depth(), name="notification-queue-depth")
         try:
             yield
