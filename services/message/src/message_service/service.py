@@ -11,6 +11,7 @@ is kept; the stored message has exactly the spec's fields. Without one, every se
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 import uuid
@@ -188,18 +189,16 @@ class MessageService:
 
     async def send(self, user_id: str, conversation_id: str, request: SendMessage) -> tuple[Message, bool]:
         """Store a message; ``(message, True)`` when new, ``(stored, False)`` for a retry of one."""
-        await _participants_for(self._store, conversation_id, user_id)
         verified: VerifiedImage | None = None
         if request.message_type == "text":
+            await _participants_for(self._store, conversation_id, user_id)
             if request.metadata is not None:
                 raise ProblemError(400, "invalid_request", "metadata is only for image messages")
             if not (request.content or "").strip():
                 raise ProblemError(400, "empty_message", "a text message needs some content")
             content: str | None = request.content
         else:
-            if request.metadata is None:
-                raise ProblemError(400, "invalid_request", "an image message needs metadata.object_key")
-            verified = await self._verify(user_id, conversation_id, request)
+            verified = await self._member_and_image(user_id, conversation_id, request)
             content = request.content if (request.content or "").strip() else None
         message = Message(
             message_id=message_id_for(conversation_id, user_id, request.client_message_id),
@@ -213,7 +212,11 @@ class MessageService:
         trace = tracing.inject()
         try:
             stored, created = await self._store.create_message(
-                conversation_id, message, object_key=verified.stored_key if verified else None, trace=trace
+                conversation_id,
+                message,
+                object_key=verified.stored_key if verified else None,
+                trace=trace,
+                conversation_checked=True,  # membership was just read
             )
         except ObjectAlreadyUsed:
             metrics.IMAGE_MESSAGES_REJECTED.labels("object_already_used").inc()
@@ -227,13 +230,29 @@ class MessageService:
             await self._after_send(conversation_id, stored, trace)
         return stored, created
 
-    async def _verify(self, user_id: str, conversation_id: str, request: SendMessage) -> VerifiedImage:
-        assert request.metadata is not None
-        try:
-            return await self._verifier.verify(user_id, conversation_id, request.metadata)
-        except ProblemError as exc:
-            metrics.IMAGE_MESSAGES_REJECTED.labels(exc.code).inc()
-            raise
+    async def _member_and_image(
+        self, user_id: str, conversation_id: str, request: SendMessage
+    ) -> VerifiedImage:
+        """Membership and the object check, overlapped: two independent round trips, one wait.
+
+        Membership is judged first: a non-member learns nothing about the image, and the rejection
+        metric only counts what members sent.
+        """
+        if request.metadata is None:
+            await _participants_for(self._store, conversation_id, user_id)
+            raise ProblemError(400, "invalid_request", "an image message needs metadata.object_key")
+        membership, verification = await asyncio.gather(
+            _participants_for(self._store, conversation_id, user_id),
+            self._verifier.verify(user_id, conversation_id, request.metadata),
+            return_exceptions=True,
+        )
+        if isinstance(membership, BaseException):
+            raise membership
+        if isinstance(verification, ProblemError):
+            metrics.IMAGE_MESSAGES_REJECTED.labels(verification.code).inc()
+        if isinstance(verification, BaseException):
+            raise verification
+        return verification
 
     @staticmethod
     def _record(message: Message, verified: VerifiedImage | None) -> None:

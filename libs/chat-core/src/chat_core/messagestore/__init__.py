@@ -202,13 +202,16 @@ class MessageStore(Protocol):
         *,
         object_key: str | None = None,
         trace: Mapping[str, str] | None = None,
+        conversation_checked: bool = False,
     ) -> tuple[Message, bool]:
         """Store ``message`` atomically with its image reference and its outbox entry.
 
         Returns ``(message, True)`` when written. When a message with the same ``message_id`` already
         exists (an idempotent retry) nothing is written and ``(existing, False)`` is returned.
         ``object_key`` is the *stored* key the message references; when another message already
-        references it, raises ObjectAlreadyUsed. Raises ConversationNotFound.
+        references it, raises ObjectAlreadyUsed. Raises ConversationNotFound, unless
+        ``conversation_checked``: the caller has just read the conversation (its membership), and
+        conversations are never deleted, so a store may skip a round trip it would spend on the check.
         """
 
     async def get_message(self, conversation_id: str, message_id: str) -> Message | None: ...

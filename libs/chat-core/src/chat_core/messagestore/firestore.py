@@ -273,11 +273,13 @@ class FirestoreMessageStore:
         *,
         object_key: str | None = None,
         trace: Mapping[str, str] | None = None,
+        conversation_checked: bool = False,
     ) -> tuple[Message, bool]:
-        # A plain read, outside any transaction: it takes no lock on the busy conversation document.
-        conversation = await self._conversation_ref(conversation_id).get(field_paths=["createdAt"])
-        if not conversation.exists:
-            raise ConversationNotFound(conversation_id)
+        if not conversation_checked:
+            # A plain read, outside any transaction: it takes no lock on the busy conversation document.
+            conversation = await self._conversation_ref(conversation_id).get(field_paths=["createdAt"])
+            if not conversation.exists:
+                raise ConversationNotFound(conversation_id)
         # One atomic batch of three create()s, no reads and no locks: the message, the object's
         # reference and the outbox entry are written together or not at all. create() fails on an
         # existing document, which is both the idempotency check (same message id) and the

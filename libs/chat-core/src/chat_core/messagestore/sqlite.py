@@ -390,6 +390,7 @@ class SqliteMessageStore:
         *,
         object_key: str | None = None,
         trace: Mapping[str, str] | None = None,
+        conversation_checked: bool = False,  # the check is free inside the write transaction
     ) -> tuple[Message, bool]:
         entry = OutboxEntry(
             conversation_id=conversation_id,
