@@ -366,6 +366,28 @@ async def test_concurrent_creates_of_one_message_store_it_once(store: MessageSto
     assert (await store.outbox_stats())[0] == 1
 
 
+async def test_a_refused_create_among_concurrent_ones_fails_alone(store: MessageStore) -> None:
+    # Concurrent writes may share a transaction (SQLite's group commit): each stays atomic on its own.
+    cid = await new_conversation(store)
+    taken = image(cid)
+    await store.create_message(cid, taken, object_key=stored_key(cid, taken))
+    others = [image(cid) for _ in range(8)]
+    reuse = msgspec_replace(taken, message_id=str(uuid.uuid4()))
+    results = await asyncio.gather(
+        *(store.create_message(cid, m, object_key=stored_key(cid, m)) for m in others[:4]),
+        store.create_message(cid, reuse, object_key=stored_key(cid, taken)),
+        store.create_message("no-such-conversation", text()),
+        *(store.create_message(cid, m, object_key=stored_key(cid, m)) for m in others[4:]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[4], ObjectAlreadyUsed)
+    assert isinstance(results[5], ConversationNotFound)
+    assert all(r == (m, True) for r, m in zip(results[:4] + results[6:], others, strict=True))
+    listed = {m.message_id for m in (await store.list_messages(cid, limit=20)).items}
+    assert listed == {taken.message_id, *(m.message_id for m in others)}
+    assert (await store.outbox_stats())[0] == 9  # the refused ones left nothing behind
+
+
 async def test_a_message_in_an_unknown_conversation_is_refused(store: MessageStore) -> None:
     with pytest.raises(ConversationNotFound):
         await store.create_message("nope", text())

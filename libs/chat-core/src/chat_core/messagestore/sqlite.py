@@ -1,8 +1,9 @@
 """SQLite MessageStore: the embedded default, one WAL database under ``DATA_DIR``.
 
 sqlite3 calls never run on the event loop: they run in worker threads. All writes go through one
-connection behind a limiter of one, each operation a single ``BEGIN IMMEDIATE`` transaction, so a
-multi-row write (message + image reference + outbox entry) is atomic and writers never interleave.
+connection behind a limiter of one, each operation atomic in its own savepoint (message + image
+reference + outbox entry together or not at all); operations that arrive while a commit is under way
+share the next ``BEGIN IMMEDIATE`` transaction and its one fsync (group commit).
 Reads use a small pool of connections; WAL lets them run beside the writer, each seeing the last
 committed state. ``synchronous=FULL`` because a 201 promises the message survives a power cut, not only
 a crash of the process.
@@ -13,13 +14,14 @@ SQLite's write lock and ``busy_timeout`` waits for it.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import queue
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
@@ -50,6 +52,8 @@ R = TypeVar("R")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
 _BUSY_TIMEOUT_MS = 10_000
+_GROUP_MAX = 256  # write jobs sharing one transaction at most
+_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
 _IN_CHUNK = 500  # bound on "IN (?, ?, ...)" lists (SQLite allows 32766 variables; keep statements small)
 
 _SCHEMA = """
@@ -163,6 +167,8 @@ class SqliteMessageStore:
         self._writer: sqlite3.Connection | None = None
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._write_limiter = anyio.CapacityLimiter(1)
+        self._queued: list[_Job] = []
+        self._committer: asyncio.Task[None] | None = None
         # As many threads as connections, so a reader always finds a free connection in the pool.
         self._read_limiter = anyio.CapacityLimiter(readers)
 
@@ -178,23 +184,59 @@ class SqliteMessageStore:
         return conn
 
     async def _write(self, fn: Callable[..., R], *args: Any) -> R:
-        """Run ``fn(conn, *args)`` as one write transaction in the writer thread."""
+        """Run ``fn(conn, *args)`` as one atomic write in the writer thread; durable when it returns.
 
-        def run() -> R:
-            conn = self._writer
-            if conn is None:
-                raise RuntimeError("the SQLite message store is not started")
-            conn.execute("BEGIN IMMEDIATE")
+        Group commit: writes that arrive while a commit is under way are run together in the next
+        transaction, each inside its own savepoint (one failing job rolls back alone), and share one
+        COMMIT, so one fsync covers many sends instead of one each (``synchronous=FULL``).
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        self._queued.append((fn, args, done))
+        if self._committer is None or self._committer.done():
+            self._committer = loop.create_task(self._commit_queued(), name="sqlite-group-commit")
+        # Not cancellable: once queued the job runs and commits, so it is never left half-done.
+        return cast("R", await asyncio.shield(done))
+
+    async def _commit_queued(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued[:_GROUP_MAX], self._queued[_GROUP_MAX:]
             try:
-                result = fn(conn, *args)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+                outcomes = await anyio.to_thread.run_sync(self._run_group, batch, limiter=self._write_limiter)
+            except BaseException as exc:  # the thread could not run at all (e.g. the store was closed)
+                outcomes = [(False, exc)] * len(batch)
+            for (_fn, _args, done), (ok, value) in zip(batch, outcomes, strict=True):
+                if done.done():
+                    continue
+                if ok:
+                    done.set_result(value)
+                else:
+                    done.set_exception(value)
 
-        # Not cancellable: once the transaction started it finishes, so it is never left half-done.
-        return await anyio.to_thread.run_sync(run, limiter=self._write_limiter)
+    def _run_group(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
+        conn = self._writer
+        if conn is None:
+            raise RuntimeError("the SQLite message store is not started")
+        outcomes: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for fn, args, _done in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    value = fn(conn, *args)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((False, exc))
+                else:
+                    conn.execute("RELEASE job")
+                    outcomes.append((True, value))
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return [(False, exc)] * len(batch)
+        return outcomes
 
     async def _read(self, fn: Callable[..., R], *args: Any) -> R:
         """Run ``fn(conn, *args)`` in one read transaction (a consistent snapshot) on a pooled connection."""
