@@ -21,18 +21,18 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import msgspec
 from PIL import Image
 
+from bench.openloop import run_open_loop
 from chat_core.auth import mint_token
 from chat_management import devstack
 
@@ -202,39 +202,22 @@ class Flow:
         return list(await asyncio.gather(*(one(seed) for seed in range(count))))
 
     async def send_at_rate(self, object_keys: list[str], rate: float) -> Result:
-        """Open loop: request i starts at i/rate; latency counts from that scheduled start."""
+        """Open loop (bench.openloop): send i starts at i/rate; latency counts from that schedule."""
         url = f"{self.urls['message']}/conversations/{self.conversation_id}/messages"
-        latencies: list[float] = []
-        errors = 0
-        loop = asyncio.get_running_loop()
-        start = loop.time() + 0.1
-
-        async def one(index: int, object_key: str) -> None:
-            nonlocal errors
-            scheduled = start + index / rate
-            await asyncio.sleep(max(0.0, scheduled - loop.time()))
-            response = await self.http.post(
-                url,
-                json={
-                    "messageType": "image",
-                    "metadata": {"object_key": object_key, "content_type": "image/jpeg"},
-                },
-                headers=self.headers,
+        bodies = [
+            msgspec.json.encode(
+                {"messageType": "image", "metadata": {"object_key": key, "content_type": "image/jpeg"}}
             )
-            latencies.append(loop.time() - scheduled)
-            if response.status_code != 201:
-                errors += 1
-
-        began = time.perf_counter()
-        await asyncio.gather(*(one(i, key) for i, key in enumerate(object_keys)))
-        elapsed = time.perf_counter() - began
-        latencies.sort()
+            for key in object_keys
+        ]
+        headers = {**self.headers, "Content-Type": "application/json"}
+        outcome = await asyncio.to_thread(run_open_loop, url, bodies, headers, rate=rate)
         return Result(
             f"image send @ {rate:.0f}/s (open loop)",
-            len(object_keys) / elapsed,
-            statistics.median(latencies) * 1000,
-            latencies[int(len(latencies) * 0.99) - 1] * 1000,
-            errors,
+            len(bodies) / outcome.elapsed,
+            outcome.percentile(0.5) * 1000,
+            outcome.percentile(0.99) * 1000,
+            sum(count for status, count in outcome.statuses.items() if status != 201),
         )
 
     async def close(self) -> None:
