@@ -384,3 +384,19 @@ async def test_readiness_fails_while_redis_is_down(
     with pytest.raises(Exception):  # noqa: B017, PT011 - whichever error the client raises
         await redis_realtime.bus.ping()
     private_redis.start()
+
+
+async def test_readiness_is_back_as_soon_as_redis_is(
+    redis_realtime: Realtime, private_redis: harness.Backend
+) -> None:
+    channel = _unique_channel()
+    inbox = Inbox()
+    subscription = await redis_realtime.bus.subscribe([channel], inbox)
+    private_redis.stop()
+    with pytest.raises(EventBusUnavailable):
+        await redis_realtime.bus.ping()
+    private_redis.start()  # blocks the loop: the subscriber's reconnect timer is late, the probe is not
+    await redis_realtime.bus.ping()
+    await redis_realtime.bus.publish(channel, b"back")
+    assert await inbox.next() == (channel, b"back")
+    await subscription.close()

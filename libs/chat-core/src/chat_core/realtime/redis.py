@@ -127,6 +127,7 @@ class _Subscriber:
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self._retry_now = asyncio.Event()
 
     # --- what subscriptions call ----------------------------------------------------------------------
     async def acquire(self, channels: list[str], subscription: _RedisSubscription) -> None:
@@ -201,7 +202,10 @@ class _Subscriber:
             except Exception as exc:
                 _log.warning("redis_subscriber_connect_failed", error=f"{type(exc).__name__}: {exc}")
                 self._fail_waiters(EventBusUnavailable(f"redis is unreachable: {exc}"))
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._retry_now.wait()  # a readiness probe saw Redis answer again
+                self._retry_now.clear()
                 delay = min(delay * 2, RECONNECT_MAX_DELAY_SECONDS)
                 continue
             self._writer = writer
@@ -322,9 +326,19 @@ class _Subscriber:
                 waiter.cancel()
         self._after_reconnect.clear()
 
-    def healthy(self) -> bool:
-        """False while a started subscriber connection is down (sockets would miss events)."""
-        return self._task is None or self.connected.is_set()
+    async def healthy(self, wait: float) -> bool:
+        """False while a started subscriber connection is down (sockets would miss events).
+
+        When it is down, the reconnect backoff is cut short and the answer waits up to ``wait`` seconds
+        for the reconnect: the caller just reached Redis, so it is probably back.
+        """
+        if self._task is None or self.connected.is_set():
+            return True
+        self._retry_now.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self.connected.wait()
+        return self.connected.is_set()
 
 
 def _pack(*parts: bytes) -> bytes:
@@ -381,8 +395,11 @@ class RedisEventBus:
         await self._connections.close()
 
     async def ping(self) -> None:
-        await self._client.ping()
-        if not self._connections.subscriber.healthy():
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as exc:
+            raise EventBusUnavailable(f"redis does not answer: {exc}") from exc
+        if not await self._connections.subscriber.healthy(wait=1.0):
             raise EventBusUnavailable("the subscriber connection to redis is down")
 
     async def publish(self, channel: str, payload: bytes) -> None:
@@ -414,7 +431,10 @@ class RedisPresence:
         await self._connections.close()
 
     async def ping(self) -> None:
-        await self._client.ping()
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as exc:
+            raise EventBusUnavailable(f"redis does not answer: {exc}") from exc
 
     async def heartbeat(self, user_id: str, connection_id: str) -> None:
         try:
