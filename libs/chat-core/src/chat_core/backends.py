@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx
@@ -54,7 +54,6 @@ class Backends:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._built: dict[str, Any] = {}
-        self._required: set[str] = set()
         self._started = False
         self._http: httpx.AsyncClient | None = None
         self._aws: AwsCredentialSource | None = None
@@ -78,14 +77,12 @@ class Backends:
         return self._aws
 
     # --- ports ------------------------------------------------------------------------------------
-    def _get(self, port: str, kind: str, *, required: bool = True) -> Any:
+    def _get(self, port: str, kind: str) -> Any:
         if port not in self._built:
             if self._started:
                 raise RuntimeError(f"{port} was first asked for after start-up; ask for it in create_app()")
             module_name, _, factory = ADAPTERS[(port, kind)].partition(":")
             self._built[port] = getattr(importlib.import_module(module_name), factory)(self)
-        if required:
-            self._required.add(port)
         return self._built[port]
 
     @property
@@ -99,15 +96,6 @@ class Backends:
     @property
     def event_bus(self) -> EventBus:
         return cast("EventBus", self._get("event_bus", self.settings.backends.event_bus))
-
-    def event_bus_for_hints(self) -> EventBus:
-        """The event bus for work that degrades gracefully without it (cache-invalidation hints).
-
-        Unless another service in this process needs the bus outright, its outage shows as ``degraded``
-        in ``/readyz`` without making the process unready: taking upload or the image proxy out of
-        rotation because Redis blinked would turn a staleness bound into an outage.
-        """
-        return cast("EventBus", self._get("event_bus", self.settings.backends.event_bus, required=False))
 
     @property
     def presence(self) -> Presence:
@@ -138,10 +126,9 @@ class Backends:
             checks["auth_jwks"] = self.verifier.ping
         return checks
 
-    def degradable_checks(self) -> set[str]:
-        """Checks whose failure degrades this process without making it unready."""
-        required = {self._check_name(port) for port in self._required}
-        return {self._check_name(port) for port in self._built if port not in self._required} - required
+    def check_names(self, ports: Iterable[str]) -> set[str]:
+        """The readiness-check names of those of ``ports`` this process uses."""
+        return {self._check_name(port) for port in ports if port in self._built}
 
     def route_handlers(self) -> list[Any]:
         """Routes an embedded adapter serves itself (the local object store's signed URLs)."""

@@ -98,7 +98,7 @@ class MembershipCache:
         """
         if not self.enabled:
             return []
-        bus = backends.event_bus_for_hints()
+        bus = backends.event_bus
         return [lambda: self.invalidation_worker(bus)]
 
     @property

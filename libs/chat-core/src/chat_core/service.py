@@ -24,7 +24,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from chat_core import metrics, tracing
 from chat_core.auth import Principal, TokenVerifier, token_from_connection
-from chat_core.backends import Backends
+from chat_core.backends import ADAPTERS, Backends
 from chat_core.errors import exception_handlers, problem_response
 from chat_core.observability import ObservabilityMiddleware, set_request_user
 from chat_core.settings import Settings
@@ -41,6 +41,7 @@ __all__ = [
 Worker = Callable[[], contextlib.AbstractAsyncContextManager[None]]
 _log = structlog.get_logger("chat_core.service")
 READINESS_TIMEOUT_SECONDS = 2.0
+ALL_PORTS = frozenset(port for port, _kind in ADAPTERS)
 
 
 @dataclass
@@ -52,6 +53,11 @@ class ServiceParts:
     dependencies: dict[str, Provide] = field(default_factory=dict)
     workers: list[Worker] = field(default_factory=list)
     description: str = ""
+    # Ports without which this service cannot do its job: their outage makes /readyz 503. Any other
+    # backend's outage shows as "degraded" (a 200): the service copes (the outbox keeps notifications,
+    # caches expire on their own), and taking every replica out of rotation because a shared dependency
+    # blinked would turn a degradation into an outage.
+    essential: tuple[str, ...] = ()
 
 
 async def authenticate(
@@ -86,7 +92,7 @@ def _principal_provider(verifier: TokenVerifier) -> Provide:
     return Provide(principal)
 
 
-def _health_handlers(backends: Backends) -> list[Any]:
+def _health_handlers(backends: Backends, essential_ports: frozenset[str]) -> list[Any]:
     @get("/healthz", include_in_schema=False, sync_to_thread=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -105,9 +111,10 @@ def _health_handlers(backends: Backends) -> list[Any]:
         results = await asyncio.gather(*(run(name, check) for name, check in checks.items()))
         failing = {name: error for name, error in results if error is not None}
         report = {name: failing.get(name, "ok") for name in checks}
-        blocking = {
-            name: error for name, error in failing.items() if name not in backends.degradable_checks()
-        }
+        # A check shared by an essential and another port (one Redis for bus and presence) is essential;
+        # checks that are no port's (JWKS) are always essential.
+        degradable = backends.check_names(ALL_PORTS - essential_ports) - backends.check_names(essential_ports)
+        blocking = {name: error for name, error in failing.items() if name not in degradable}
         if blocking:
             detail = "not ready: " + ", ".join(f"{name} ({error})" for name, error in blocking.items())
             return problem_response(503, "not_ready", detail, instance="/readyz", extra={"checks": report})
@@ -130,7 +137,8 @@ def create_service_app(
     description: str = "",
 ) -> Litestar:
     tracing.configure_tracing(settings.telemetry.service_name or component, settings.telemetry.otlp_endpoint)
-    route_handlers: list[Any] = [*_health_handlers(backends)]
+    essential = frozenset(port for part in parts for port in part.essential)
+    route_handlers: list[Any] = [*_health_handlers(backends, essential)]
     dependencies: dict[str, Provide] = {
         "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
         "backends": Provide(lambda: backends, use_cache=True, sync_to_thread=False),

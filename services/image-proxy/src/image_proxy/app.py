@@ -21,6 +21,7 @@ def build(settings: Settings, backends: Backends) -> ServiceParts:
     proxy = ImageProxy(settings, backends, backends.object_store, membership)
     return ServiceParts(
         component=COMPONENT,
+        essential=("message_store", "object_store"),
         route_handlers=[get_image],
         dependencies={"image_proxy": Provide(lambda: proxy, use_cache=True, sync_to_thread=False)},
         workers=membership.workers(backends),

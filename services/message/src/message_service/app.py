@@ -49,6 +49,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
     messages = MessageService(store, ImageVerifier(settings, backends.object_store), touches, events)
     return ServiceParts(
         component=COMPONENT,
+        essential=("message_store",),
         route_handlers=[*routes.ROUTES, *devices.ROUTES, sockets.route_handler()],
         dependencies={
             "conversation_service": Provide(lambda: conversations, use_cache=True, sync_to_thread=False),

@@ -22,6 +22,7 @@ def build(settings: Settings, backends: Backends) -> ServiceParts:
     consumer = NotificationConsumer.from_backends(settings, backends)
     return ServiceParts(
         component=COMPONENT,
+        essential=("notification_queue", "message_store"),
         workers=[consumer.worker],
         description="turns queued notifications into pushes to devices.",
     )

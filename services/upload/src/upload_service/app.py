@@ -20,6 +20,7 @@ def build(settings: Settings, backends: Backends) -> ServiceParts:
     service = UploadService(settings, backends.object_store, membership)
     return ServiceParts(
         component=COMPONENT,
+        essential=("message_store",),
         route_handlers=route_handlers(service),
         workers=membership.workers(backends),
         description="issues presigned upload URLs for image messages.",
