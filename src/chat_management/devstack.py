@@ -77,17 +77,29 @@ def http_ok(url: str, expect: bytes | None = None) -> bool:
 
 
 def kill_group(process: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
-    """SIGTERM the process group (wrappers and their children), SIGKILL if it lingers."""
-    if process is None or process.poll() is not None:
+    """SIGTERM the process group (wrappers and their children), SIGKILL what lingers; returns when the
+    whole group is gone (a wrapper may exit before the java child it started stops serving)."""
+    if process is None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
+    deadline = time.monotonic() + timeout
+    while _group_alive(process) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _group_alive(process):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        process.wait(5)
+        while _group_alive(process):
+            time.sleep(0.05)
+
+
+def _group_alive(leader: subprocess.Popen[bytes]) -> bool:
+    leader.poll()  # reaps the leader (keeping its exit status), so a zombie does not count
+    try:
+        os.killpg(leader.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @dataclass
