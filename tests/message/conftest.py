@@ -37,11 +37,13 @@ class RecordingEvents:
 
     def __init__(self) -> None:
         self.created: list[OutboxEntry] = []
+        self.created_members: list[frozenset[str]] = []
         self.read: list[tuple[str, Message, str]] = []
         self.membership: list[tuple[str, frozenset[str], frozenset[str]]] = []
 
-    async def message_created(self, entry: OutboxEntry) -> None:
+    async def message_created(self, entry: OutboxEntry, members: frozenset[str]) -> None:
         self.created.append(entry)
+        self.created_members.append(members)
 
     async def message_read(self, conversation_id: str, message: Message, reader_id: str) -> None:
         self.read.append((conversation_id, message, reader_id))

@@ -358,6 +358,7 @@ async def test_the_fan_out_seam_gets_the_stored_outbox_entry(chat: Chat) -> None
     assert chat.events.created == pending
     assert pending[0].message.message_id == sent["messageId"]
     assert pending[0].conversation_id == cid
+    assert chat.events.created_members == [frozenset({"alice", "bob"})]  # read once, handed over
 
 
 # --- listing --------------------------------------------------------------------------------------

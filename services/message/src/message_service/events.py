@@ -23,29 +23,15 @@ from typing import Protocol
 
 from chat_core.messagestore import Message, OutboxEntry
 
-__all__ = ["MessageEvents", "NoMessageEvents"]
+__all__ = ["MessageEvents"]
 
 
 class MessageEvents(Protocol):
-    async def message_created(self, entry: OutboxEntry) -> None: ...
+    async def message_created(self, entry: OutboxEntry, members: frozenset[str]) -> None:
+        """``members``: the conversation's members as the send read them (so fan-out need not)."""
 
     async def message_read(self, conversation_id: str, message: Message, reader_id: str) -> None: ...
 
     async def participants_changed(
         self, conversation_id: str, added: frozenset[str], removed: frozenset[str]
     ) -> None: ...
-
-
-class NoMessageEvents:
-    """No fan-out wired: stored messages wait in the outbox for a relay."""
-
-    async def message_created(self, entry: OutboxEntry) -> None:
-        return None
-
-    async def message_read(self, conversation_id: str, message: Message, reader_id: str) -> None:
-        return None
-
-    async def participants_changed(
-        self, conversation_id: str, added: frozenset[str], removed: frozenset[str]
-    ) -> None:
-        return None

@@ -7,7 +7,11 @@ stored with it):
 2. read the presence of every other member in one round trip; the offline ones go into O(1) queue
    messages (recipient ids inside, one per ``RECIPIENTS_PER_NOTIFICATION``), notification id
    ``{messageId}:{chunk}``;
-3. delete the outbox entry once both are done.
+3. delete the outbox entry once both are done (deletes of many entries share one store write).
+
+Per conversation, events are published in the order the messages were stored; only the publish holds
+the conversation's lock, so a busy group's enqueues and deletes overlap instead of queueing behind it.
+The send hands over the members it just read, so the immediate attempt reads nothing.
 
 The request does not wait for any of it: ``message_created`` hands the entry to a background task and
 returns, so a slow or dead bus or queue never delays a 201. Whatever fails stays in the outbox, and the
@@ -63,6 +67,8 @@ RELAY_INTERVAL_SECONDS = 1.0
 RELAY_GRACE_SECONDS = 5.0  # an entry younger than this is still in its immediate attempt
 RELAY_MAX_BACKOFF_SECONDS = 10.0
 RELAY_BATCH = 100
+DELETE_BATCH = 200  # outbox entries removed by one store write at most
+DELETE_LINGER_SECONDS = 0.02  # how long a delete waits for company
 _PROGRESS_TTL_SECONDS = 3600.0
 
 _log = structlog.get_logger("message_service.fanout")
@@ -137,11 +143,13 @@ class Fanout:
         self._delivering: set[str] = set()
         self._background: set[asyncio.Task[bool]] = set()
         self._conversation_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._releases: dict[str, asyncio.Future[bool]] = {}
+        self._releaser: asyncio.Task[None] | None = None
         self._relay_wake = asyncio.Event()
 
     # --- MessageEvents ------------------------------------------------------------------------------
-    async def message_created(self, entry: OutboxEntry) -> None:
-        task = asyncio.get_running_loop().create_task(self.deliver(entry), name="fanout")
+    async def message_created(self, entry: OutboxEntry, members: frozenset[str]) -> None:
+        task = asyncio.get_running_loop().create_task(self.deliver(entry, members), name="fanout")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -181,58 +189,62 @@ class Fanout:
             _log.warning("membership_event_not_published", conversation_id=conversation_id, error=repr(exc))
 
     # --- delivery of one outbox entry ---------------------------------------------------------------
-    async def deliver(self, entry: OutboxEntry) -> bool:
-        """Publish and enqueue what is still to do for ``entry``; True once its outbox entry is gone."""
+    async def deliver(self, entry: OutboxEntry, members: frozenset[str] | None = None) -> bool:
+        """Publish and enqueue what is still to do for ``entry``; True once its outbox entry is released.
+
+        ``members``: the conversation's members as the send saw them (None: read them, as the relay does).
+        """
         message_id = entry.message.message_id
         if message_id in self._delivering:
             return False
         self._delivering.add(message_id)
         try:
-            async with self._conversation_lock(entry.conversation_id):
-                with _tracer.start_as_current_span(
-                    "fanout message.created",
-                    context=tracing.extract(entry.trace),
-                    kind=SpanKind.PRODUCER,
-                    attributes={
-                        "messaging.message.id": message_id,
-                        "chat.conversation.id": entry.conversation_id,
-                    },
-                ):
-                    return await self._deliver(entry)
+            with _tracer.start_as_current_span(
+                "fanout message.created",
+                context=tracing.extract(entry.trace),
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.message.id": message_id,
+                    "chat.conversation.id": entry.conversation_id,
+                },
+            ):
+                return await self._deliver(entry, members)
         finally:
             self._delivering.discard(message_id)
 
-    async def _deliver(self, entry: OutboxEntry) -> bool:
+    async def _deliver(self, entry: OutboxEntry, members: frozenset[str] | None) -> bool:
         message = entry.message
         progress = self._progress.setdefault(message.message_id, _Progress())
-        try:
-            members = await self._store.get_participants(entry.conversation_id)
-        except Exception as exc:
-            metrics.OUTBOX_RELAY_ERRORS.labels("store").inc()
-            _log.warning("fanout_store_unavailable", message_id=message.message_id, error=repr(exc))
-            return False
-        if members is None:  # the conversation is gone: nobody left to tell
-            progress.published = progress.queued = True
         failed: list[str] = []
-        age = (dt.datetime.now(dt.UTC) - message.timestamp).total_seconds()
-        if not progress.published and age > STALE_EVENT_SECONDS:
-            progress.published = True
-        if not progress.published:
-            try:
-                envelope = Envelope(
-                    type="message.created",
-                    conversation_id=entry.conversation_id,
-                    message=message,
-                    members=tuple(sorted(members or ())),
-                )
-                await self._publish(conversation_channel(entry.conversation_id), envelope)
+        async with self._conversation_lock(entry.conversation_id):
+            if members is None:
+                try:
+                    members = await self._store.get_participants(entry.conversation_id) or frozenset()
+                except Exception as exc:
+                    metrics.OUTBOX_RELAY_ERRORS.labels("store").inc()
+                    _log.warning("fanout_store_unavailable", message_id=message.message_id, error=repr(exc))
+                    return False
+                if not members:  # the conversation is gone: nobody left to tell
+                    progress.published = progress.queued = True
+            age = (dt.datetime.now(dt.UTC) - message.timestamp).total_seconds()
+            if not progress.published and age > STALE_EVENT_SECONDS:
                 progress.published = True
-            except Exception as exc:
-                failed.append("bus")
-                _log.warning("fanout_publish_failed", message_id=message.message_id, error=repr(exc))
+            if not progress.published:
+                try:
+                    envelope = Envelope(
+                        type="message.created",
+                        conversation_id=entry.conversation_id,
+                        message=message,
+                        members=tuple(sorted(members)),
+                    )
+                    await self._publish(conversation_channel(entry.conversation_id), envelope)
+                    progress.published = True
+                except Exception as exc:
+                    failed.append("bus")
+                    _log.warning("fanout_publish_failed", message_id=message.message_id, error=repr(exc))
         if not progress.queued:
             try:
-                await self._enqueue(entry, frozenset(members or ()) - {message.sender_id})
+                await self._enqueue(entry, members - {message.sender_id})
                 progress.queued = True
             except Exception as exc:
                 failed.append("queue")
@@ -241,14 +253,37 @@ class Fanout:
             for target in failed:
                 metrics.OUTBOX_RELAY_ERRORS.labels(target).inc()
             return False
-        try:
-            await self._store.delete_outbox([message.message_id])
-        except Exception as exc:
-            metrics.OUTBOX_RELAY_ERRORS.labels("store").inc()
-            _log.warning("fanout_outbox_delete_failed", message_id=message.message_id, error=repr(exc))
+        if not await self._release(message.message_id):
             return False
         self._progress.pop(message.message_id, None)
         return True
+
+    async def _release(self, message_id: str) -> bool:
+        """Delete the outbox entry, together with others released at about the same time."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._releases[message_id] = done
+        if self._releaser is None or self._releaser.done():
+            self._releaser = asyncio.get_running_loop().create_task(
+                self._release_batches(), name="outbox-release"
+            )
+        return await asyncio.shield(done)
+
+    async def _release_batches(self) -> None:
+        while self._releases:
+            await asyncio.sleep(DELETE_LINGER_SECONDS)
+            batch = dict(list(self._releases.items())[:DELETE_BATCH])
+            for message_id in batch:
+                del self._releases[message_id]
+            try:
+                await self._store.delete_outbox(list(batch))
+                ok = True
+            except Exception as exc:
+                metrics.OUTBOX_RELAY_ERRORS.labels("store").inc()
+                _log.warning("fanout_outbox_delete_failed", entries=len(batch), error=repr(exc))
+                ok = False  # they stay in the outbox: the relay delivers them again (idempotently)
+            for done in batch.values():
+                if not done.done():
+                    done.set_result(ok)
 
     async def _publish(self, channel: str, envelope: Envelope) -> None:
         with _tracer.start_as_current_span("publish " + envelope.type, kind=SpanKind.PRODUCER):

@@ -191,14 +191,14 @@ class MessageService:
         """Store a message; ``(message, True)`` when new, ``(stored, False)`` for a retry of one."""
         verified: VerifiedImage | None = None
         if request.message_type == "text":
-            await _participants_for(self._store, conversation_id, user_id)
+            members = await _participants_for(self._store, conversation_id, user_id)
             if request.metadata is not None:
                 raise ProblemError(400, "invalid_request", "metadata is only for image messages")
             if not (request.content or "").strip():
                 raise ProblemError(400, "empty_message", "a text message needs some content")
             content: str | None = request.content
         else:
-            verified = await self._member_and_image(user_id, conversation_id, request)
+            members, verified = await self._member_and_image(user_id, conversation_id, request)
             content = request.content if (request.content or "").strip() else None
         message = Message(
             message_id=message_id_for(conversation_id, user_id, request.client_message_id),
@@ -227,12 +227,12 @@ class MessageService:
             raise _no_such_conversation() from None
         if created:
             self._record(stored, verified)
-            await self._after_send(conversation_id, stored, trace)
+            await self._after_send(conversation_id, stored, trace, members)
         return stored, created
 
     async def _member_and_image(
         self, user_id: str, conversation_id: str, request: SendMessage
-    ) -> VerifiedImage:
+    ) -> tuple[frozenset[str], VerifiedImage]:
         """Membership and the object check, overlapped: two independent round trips, one wait.
 
         Membership is judged first: a non-member learns nothing about the image, and the rejection
@@ -252,7 +252,7 @@ class MessageService:
             metrics.IMAGE_MESSAGES_REJECTED.labels(verification.code).inc()
         if isinstance(verification, BaseException):
             raise verification
-        return verification
+        return membership, verification
 
     @staticmethod
     def _record(message: Message, verified: VerifiedImage | None) -> None:
@@ -262,12 +262,14 @@ class MessageService:
             waited = (message.timestamp - verified.last_modified).total_seconds()
             metrics.UPLOAD_TO_SEND.observe(max(0.0, waited))  # clocks of store and server may differ
 
-    async def _after_send(self, conversation_id: str, message: Message, trace: dict[str, str]) -> None:
+    async def _after_send(
+        self, conversation_id: str, message: Message, trace: dict[str, str], members: frozenset[str]
+    ) -> None:
         # Fan-out first: real-time delivery should not wait for the conversation summary's write.
         entry = OutboxEntry(
             conversation_id=conversation_id, message=message, created_at=message.timestamp, trace=trace
         )
-        await _emit("message_created", self._events.message_created(entry))
+        await _emit("message_created", self._events.message_created(entry, members))
         await self._touches.touch(
             conversation_id,
             LastMessage(
