@@ -15,16 +15,56 @@ import msgspec
 import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
 from chat_core import tracing
 
-__all__ = ["PROBLEM_JSON", "ProblemError", "exception_handlers", "problem_response"]
+__all__ = [
+    "PROBLEM_JSON",
+    "FieldError",
+    "ProblemDetails",
+    "ProblemError",
+    "exception_handlers",
+    "problem_response",
+    "problem_responses",
+]
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://chat-management.dev/problems/"
 
 _log = structlog.get_logger("chat_core.errors")
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    field: str
+    message: str
+
+
+class ProblemDetails(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The body of every error (RFC 9457), as documented in the OpenAPI of each service."""
+
+    type: str
+    title: str
+    status: int
+    code: str  # stable and machine-readable: branch on this
+    detail: str | None = None
+    instance: str | None = None
+    trace_id: str | None = None
+    errors: list[FieldError] | None = None  # request validation: the bad fields
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the error statuses a route answers with, all ``application/problem+json``."""
+    return {
+        status: ResponseSpec(
+            data_container=ProblemDetails,
+            description=HTTPStatus(status).phrase + " (problem details; see `code`)",
+            media_type=PROBLEM_JSON,
+            generate_examples=False,
+        )
+        for status in statuses
+    }
 
 
 class ProblemError(Exception):

@@ -6,8 +6,10 @@ from typing import Any
 
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 
+from chat_core.errors import problem_responses
 from image_proxy.service import ImageProxy
 
 __all__ = ["get_image"]
@@ -22,6 +24,16 @@ __all__ = ["get_image"]
         "bytes, with ETag/If-None-Match and Range."
     ),
     tags=["images"],
+    responses={
+        302: ResponseSpec(
+            None,
+            description="Redirect mode: `Location` is a signed GET of the image, the same for the whole "
+            "signing window; `Cache-Control: private, max-age=<rest of the window>`.",
+        ),
+        206: ResponseSpec(None, description="Stream mode, with `Range`: the requested bytes."),
+        304: ResponseSpec(None, description="Stream mode, with a matching `If-None-Match`."),
+        **problem_responses(400, 401, 403, 404, 416, 503),
+    },
 )
 async def get_image(
     request: Request[Any, Any, Any],

@@ -6,11 +6,16 @@ from typing import Annotated
 
 from litestar import Response, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.enums import RequestEncodingType
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import BodyKwarg, FromPath, JSONBody, QueryParameter
 
 from chat_core.auth import Principal
+from chat_core.errors import problem_responses
 from chat_core.messagestore import Conversation, Message
 from message_service.schemas import (
+    MESSAGE_EXAMPLE,
+    SEND_EXAMPLES,
     AddParticipants,
     ConversationPage,
     CreateConversation,
@@ -100,10 +105,16 @@ async def remove_participant(
         "from the image header. A retry with the same `clientMessageId` returns the same message (200)."
     ),
     tags=["messages"],
+    responses={
+        201: ResponseSpec(
+            Message, description="Stored (a retry of a stored one: 200)", examples=[MESSAGE_EXAMPLE]
+        ),
+        **problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 422, 503),
+    },
 )
 async def send_message(
     conversation_id: FromPath[str],
-    data: JSONBody[SendMessage],
+    data: Annotated[SendMessage, BodyKwarg(media_type=RequestEncodingType.JSON, examples=SEND_EXAMPLES)],
     principal: NamedDependency[Principal],
     message_service: NamedDependency[MessageService],
 ) -> Response[Message]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import msgspec
+from litestar.openapi.spec import Example
 
 from chat_core.auth import USER_ID_PATTERN
 from chat_core.keys import CONVERSATION_ID_PATTERN
@@ -18,6 +19,8 @@ from chat_core.messagestore import Conversation, Message
 __all__ = [
     "MAX_CONTENT_CHARS",
     "MAX_PARTICIPANTS",
+    "MESSAGE_EXAMPLE",
+    "SEND_EXAMPLES",
     "AddParticipants",
     "ConversationPage",
     "CreateConversation",
@@ -25,6 +28,40 @@ __all__ = [
     "MessagePage",
     "SendMessage",
 ]
+
+_KEY = "images/user123/20240419-123456-0f8e4c2a-9b7d-4e11-8a3c-5d6e7f809112.jpg"
+_URL = f"https://images.zalo-phake.example.com/images/123/{_KEY}"
+SEND_EXAMPLES = [
+    Example(
+        summary="The spec's image message",
+        value={
+            "content": "Check out this photo!",
+            "messageType": "image",
+            "metadata": {"object_key": _KEY, "url": _URL, "content_type": "image/jpeg"},
+            "clientMessageId": "c-7f3a91",
+        },
+    ),
+    Example(summary="A text message", value={"content": "See you at 8", "messageType": "text"}),
+]
+MESSAGE_EXAMPLE = Example(
+    summary="The stored image message (the spec's Message Data Structure)",
+    value={
+        "messageId": "5b8e0f3c-2d7a-5e41-9c6b-1a2f3e4d5c6b",
+        "content": "Check out this photo!",
+        "messageType": "image",
+        "senderId": "user123",
+        "timestamp": "2024-04-19T12:35:00Z",
+        "readBy": ["user123"],
+        "metadata": {
+            "object_key": _KEY,
+            "url": _URL,
+            "content_type": "image/jpeg",
+            "size_bytes": 102400,
+            "width": 800,
+            "height": 600,
+        },
+    },
+)
 
 MAX_PARTICIPANTS = 500  # a group's membership array stays far below Firestore's 1 MiB document limit
 MAX_CONTENT_CHARS = 4000

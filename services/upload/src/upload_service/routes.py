@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from litestar import post
 from litestar.di import NamedDependency
+from litestar.enums import RequestEncodingType
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import FromPath, JSONBody
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import BodyKwarg, FromPath
 
 from chat_core.auth import Principal
-from upload_service.schemas import UploadUrlRequest, UploadUrlResponse
+from chat_core.errors import problem_responses
+from upload_service.schemas import REQUEST_EXAMPLES, RESPONSE_EXAMPLE, UploadUrlRequest, UploadUrlResponse
 from upload_service.service import UploadService
 
 __all__ = ["route_handlers"]
@@ -31,10 +36,18 @@ def route_handlers(upload_service: UploadService) -> list[HTTPRouteHandler]:
             "`file_url` is where members see the image (the authenticated proxy)."
         ),
         tags=["images"],
+        responses={
+            200: ResponseSpec(
+                UploadUrlResponse, description="Upload URL issued", examples=[RESPONSE_EXAMPLE]
+            ),
+            **problem_responses(400, 401, 403, 404, 413, 415),
+        },
     )
     async def create_upload_url(
         conversation_id: FromPath[str],
-        data: JSONBody[UploadUrlRequest],
+        data: Annotated[
+            UploadUrlRequest, BodyKwarg(media_type=RequestEncodingType.JSON, examples=REQUEST_EXAMPLES)
+        ],
         principal: NamedDependency[Principal],
     ) -> UploadUrlResponse:
         return await upload_service.issue_upload_url(principal.user_id, conversation_id, data)
