@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,7 @@ LUA = Path(__file__).resolve().parent / "request.lua"
 LABELS = {
     "embedded": "embedded (serve all: local disk, SQLite, in-process bus)",
     "cloud": "cloud adapters, a process per service (Redis, LocalStack, Firestore emulator)",
+    "cloud-sqlite": "the same, with one shared SQLite file instead of the Firestore emulator",
 }
 
 
@@ -140,14 +141,14 @@ def embedded_stack(workdir: Path) -> Iterator[dict[str, str]]:
 
 
 @contextlib.contextmanager
-def cloud_stack(workdir: Path) -> Iterator[dict[str, str]]:
+def cloud_stack(workdir: Path, extra_env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
     with devstack.local_backends() as (redis, localstack, firestore):
         stack = devstack.Stack(
             redis_url=redis.address,
             aws_endpoint_url=localstack.address,
             firestore_host=firestore.address,
             workdir=workdir / "cloud",
-            extra_env={"AUTH_JWT_SECRET": SECRET, "SQS_WAIT_SECONDS": "2"},
+            extra_env={"AUTH_JWT_SECRET": SECRET, "SQS_WAIT_SECONDS": "2", **(extra_env or {})},
             suffix="bench",
         )
         stack.start()
@@ -155,6 +156,12 @@ def cloud_stack(workdir: Path) -> Iterator[dict[str, str]]:
             yield {name: service.url for name, service in stack.services.items()}
         finally:
             stack.stop()
+
+
+def cloud_sqlite_stack(workdir: Path) -> contextlib.AbstractContextManager[dict[str, str]]:
+    """The cloud stack with the message store swapped for one SQLite file the processes share: what the
+    services themselves sustain once the Firestore emulator (CPU-bound Java) is out of the way."""
+    return cloud_stack(workdir, {"MESSAGE_STORE": "sqlite", "DATA_DIR": str(workdir / "shared-data")})
 
 
 class Flow:
@@ -263,13 +270,17 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--send-rate", type=float, default=200.0, help="image sends per second (open loop)")
     parser.add_argument("--send-seconds", type=float, default=10.0)
-    parser.add_argument("--stacks", default="embedded,cloud")
+    parser.add_argument("--stacks", default="embedded,cloud,cloud-sqlite")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk (make bench does it)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     workdir = Path(tempfile.mkdtemp(prefix="chat-bench-"))
-    stacks = {"embedded": embedded_stack, "cloud": cloud_stack}
+    stacks: dict[str, Callable[[Path], contextlib.AbstractContextManager[dict[str, str]]]] = {
+        "embedded": embedded_stack,
+        "cloud": cloud_stack,
+        "cloud-sqlite": cloud_sqlite_stack,
+    }
     report: list[str] = [
         f"HTTP: wrk -t1 -c{args.connections} -d{args.seconds}s; sends open loop at {args.send_rate:.0f}/s "
         f"for {args.send_seconds:.0f}s; ratio = req/s / bare route's req/s (first bare run)"

@@ -13,11 +13,10 @@ import statistics
 import time
 from collections.abc import Callable
 
-import httpx
 from botocore.config import Config
 from botocore.session import get_session
 
-from chat_core.aws import AwsCredentialSource
+from chat_core.aws import AwsCredentialSource, AwsHttp
 from chat_core.objectstore.s3 import S3ObjectStore
 from chat_core.settings import load_settings
 
@@ -54,7 +53,7 @@ def main() -> None:
             "AWS_REGION": "us-east-1",
         }
     )
-    ours = S3ObjectStore(settings, http=httpx.AsyncClient(), credentials=AwsCredentialSource(settings.aws))
+    ours = S3ObjectStore(settings, http=AwsHttp(), credentials=AwsCredentialSource(settings.aws))
     boto = get_session().create_client(
         "s3",
         region_name="us-east-1",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httpx
 
 from chat_core.auth import TokenVerifier, build_verifier
-from chat_core.aws import AwsCredentialSource
+from chat_core.aws import AwsCredentialSource, AwsHttp
 from chat_core.settings import Settings
 
 if TYPE_CHECKING:
@@ -57,12 +57,13 @@ class Backends:
         self._started = False
         self._http: httpx.AsyncClient | None = None
         self._aws: AwsCredentialSource | None = None
+        self.aws_http = AwsHttp()  # S3 and SQS: the hot path's transport (see chat_core.aws)
         self.verifier: TokenVerifier = build_verifier(settings.auth)
 
     # --- shared clients ---------------------------------------------------------------------------
     @property
     def http(self) -> httpx.AsyncClient:
-        """One pooled HTTP client per process (AWS, JWKS, webhooks, FCM)."""
+        """One pooled HTTP client per process for the light traffic: JWKS, webhooks, FCM."""
         if self._http is None:
             self._http = httpx.AsyncClient(
                 timeout=httpx.Timeout(10.0, connect=3.0),
@@ -155,6 +156,7 @@ class Backends:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+        await self.aws_http.close()
         self._started = False
 
     async def __aenter__(self) -> Backends:

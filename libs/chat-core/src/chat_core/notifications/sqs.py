@@ -314,6 +314,10 @@ def create(backends: Backends) -> SqsNotificationQueue:
     settings = backends.settings
     endpoint = settings.aws.endpoint_url or f"https://sqs.{settings.aws.region}.amazonaws.com"
     client = AwsClient(
-        settings.aws, "sqs", endpoint_url=endpoint, http=backends.http, credentials=backends.aws_credentials
+        settings.aws,
+        "sqs",
+        endpoint_url=endpoint,
+        http=backends.aws_http,
+        credentials=backends.aws_credentials,
     )
     return SqsNotificationQueue(settings, client)

@@ -1,4 +1,4 @@
-"""S3 adapter of the ObjectStore port: S3 REST/XML on ``chat_core.aws.AwsClient`` (awscrt SigV4 + httpx).
+"""S3 adapter of the ObjectStore port: S3 REST/XML on ``chat_core.aws.AwsClient`` (awscrt SigV4 + aiohttp).
 
 Path-style addressing (``{endpoint}/{bucket}/{key}``) so one code path serves AWS, LocalStack and MinIO.
 Presigned URLs point at ``S3_PUBLIC_ENDPOINT_URL`` (what clients reach: the cluster-internal LocalStack name
@@ -19,9 +19,7 @@ from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
-import httpx
-
-from chat_core.aws import AwsClient, AwsCredentialSource, AwsError, uri_encode_path
+from chat_core.aws import AwsClient, AwsCredentialSource, AwsError, AwsHttp, AwsResponse, uri_encode_path
 from chat_core.objectstore import (
     ByteRange,
     ObjectInfo,
@@ -69,7 +67,7 @@ def _parse_xml(body: bytes) -> ET.Element:
     return _strip_namespaces(ET.fromstring(body))  # noqa: S314 - trusted endpoint, see the import
 
 
-async def _raise_for(response: httpx.Response) -> NoReturn:
+async def _raise_for(response: AwsResponse) -> NoReturn:
     """Raise ``AwsError`` with S3's error code for a non-2xx answer (reads and closes the body)."""
     body = await response.aread()
     code, message = f"Http{response.status_code}", ""
@@ -82,7 +80,7 @@ async def _raise_for(response: httpx.Response) -> NoReturn:
     raise AwsError(response.status_code, code, message)
 
 
-def _info_from_headers(key: str, headers: httpx.Headers, size: int) -> ObjectInfo:
+def _info_from_headers(key: str, headers: Mapping[str, str], size: int) -> ObjectInfo:
     modified = headers.get("last-modified")
     return ObjectInfo(
         key=key,
@@ -113,9 +111,7 @@ class S3ObjectStore:
     name = "s3"
     uses_aws = True  # Backends resolves credentials before start()
 
-    def __init__(
-        self, settings: Settings, *, http: httpx.AsyncClient, credentials: AwsCredentialSource
-    ) -> None:
+    def __init__(self, settings: Settings, *, http: AwsHttp, credentials: AwsCredentialSource) -> None:
         self.bucket = settings.s3.bucket
         self._region = settings.aws.region
         endpoint = settings.aws.endpoint_url or f"https://s3.{settings.aws.region}.amazonaws.com"
@@ -323,4 +319,4 @@ class S3ObjectStore:
 
 
 def create(backends: Backends) -> S3ObjectStore:
-    return S3ObjectStore(backends.settings, http=backends.http, credentials=backends.aws_credentials)
+    return S3ObjectStore(backends.settings, http=backends.aws_http, credentials=backends.aws_credentials)
