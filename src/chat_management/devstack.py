@@ -128,6 +128,10 @@ class Backend:
             raise RuntimeError(f"{self.name} ({self.how}) cannot be restarted here")
         self._restart()
 
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
     def describe(self) -> str:
         return f"{self.name}: {self.how} at {self.address}" + (f" ({self.detail})" if self.detail else "")
 
@@ -199,28 +203,19 @@ def start_local_localstack(port: int | None = None, venv: Path | None = None) ->
             "LOCALSTACK_HOST": f"localhost:{port}",
             "LOCALSTACK_VOLUME_DIR": str(volume),
         }
-        log = (volume / "localstack.log").open("ab")
-        backend.process = subprocess.Popen(
+        _launch(
+            backend,
             [str(python), "-m", "localstack.runtime.main"],
+            log_path=volume / "localstack.log",
+            ready=healthy,
+            what="LocalStack",
             env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
             cwd=volume,
         )
-        try:
-            wait_until(healthy, 60, "LocalStack")
-        except TimeoutError:
-            kill_group(backend.process)
-            tail = (volume / "localstack.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"LocalStack did not start:\n{tail}") from None
-        backend.detail = f"pid {backend.process.pid}, venv {python.parent.parent.name}"
-
-    def stop() -> None:
-        kill_group(backend.process)
+        backend.detail = f"pid {backend.pid}, venv {python.parent.parent.name}"
 
     start()
-    backend._restart, backend._stop = start, stop
+    backend._restart, backend._stop = start, lambda: kill_group(backend.process)
     return backend
 
 
@@ -234,27 +229,42 @@ def start_local_firestore(port: int | None = None) -> Backend:
     backend = Backend("firestore", "local process", f"127.0.0.1:{port}")
 
     def start() -> None:
-        log = (logdir / "emulator.log").open("ab")
-        backend.process = subprocess.Popen(
+        _launch(
+            backend,
             [str(FIRESTORE_EMULATOR), "start", "--host=127.0.0.1", f"--port={port}"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # the wrapper starts a java child: kill the whole group
+            log_path=logdir / "emulator.log",
+            ready=lambda: http_ok(f"http://127.0.0.1:{port}/", b"Ok"),
+            what="the Firestore emulator",
         )
-        try:
-            wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/", b"Ok"), 60, "Firestore emulator")
-        except TimeoutError:
-            kill_group(backend.process)
-            tail = (logdir / "emulator.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"the Firestore emulator did not start:\n{tail}") from None
-        backend.detail = f"pid {backend.process.pid}"
-
-    def stop() -> None:
-        kill_group(backend.process)
+        backend.detail = f"pid {backend.pid}"
 
     start()
-    backend._restart, backend._stop = start, stop
+    backend._restart, backend._stop = start, lambda: kill_group(backend.process)
     return backend
+
+
+def _launch(
+    backend: Backend,
+    args: list[str],
+    *,
+    log_path: Path,
+    ready: Callable[[], bool],
+    what: str,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> None:
+    """Start ``args`` in a session of its own (its children die with it), logging to ``log_path``, and
+    wait until ``ready``; on a timeout, stop it and raise with the end of its log."""
+    with log_path.open("ab") as log:
+        backend.process = subprocess.Popen(
+            args, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_until(ready, 60, what)
+    except TimeoutError:
+        kill_group(backend.process)
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{what} did not start:\n{tail}") from None
 
 
 def reset_firestore(address: str, project: str) -> None:
@@ -278,14 +288,14 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, env: Mapping[str, str]) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "chat_management", "serve", self.name, "--port", str(self.port)],
-            env={**env, "PORT": str(self.port)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "chat_management", "serve", self.name, "--port", str(self.port)],
+                env={**env, "PORT": str(self.port)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def wait_ready(self, timeout: float = 60) -> None:
         def ready() -> bool:
