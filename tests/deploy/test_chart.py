@@ -270,7 +270,8 @@ def test_notification_consumer_admits_only_prometheus() -> None:
     assert _ingress_sources(policy) == ["prometheus/"]
 
 
-def test_only_the_message_service_may_reach_redis() -> None:
+def test_only_the_services_on_the_event_bus_may_reach_redis() -> None:
+    # message publishes and serves sockets; upload and image-proxy hear membership changes (their caches).
     profile = rendered("default")
     for component in (*SERVICES, "cleanup"):
         ports = {
@@ -278,7 +279,7 @@ def test_only_the_message_service_may_reach_redis() -> None:
             for rule in profile.named("NetworkPolicy", component_name(component))["spec"]["egress"]
             for port in rule["ports"]
         }
-        assert (6379 in ports) == (component == "message"), component
+        assert (6379 in ports) == (component in {"message", "upload", "image-proxy"}), component
         assert {53, 443} <= ports, component
 
 
