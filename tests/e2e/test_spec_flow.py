@@ -32,10 +32,13 @@ ORIGIN = "https://app.example"
 
 
 @pytest.fixture(scope="module")
-async def webhook(serve_module: Any) -> WebhookReceiver:
-    receiver = WebhookReceiver()
-    receiver.url = await serve_module(receiver.app())  # type: ignore[attr-defined]
-    return receiver
+def webhook() -> WebhookReceiver:
+    return WebhookReceiver()
+
+
+@pytest.fixture(scope="module")
+async def webhook_url(webhook: WebhookReceiver, serve_module: Any) -> str:
+    return f"{await serve_module(webhook.app())}/hook"
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +47,7 @@ async def stack(
     localstack: harness.Backend,
     firestore_emulator: harness.Backend,
     webhook: WebhookReceiver,
+    webhook_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
     running = Stack(
@@ -55,7 +59,7 @@ async def stack(
         extra_env={
             "AUTH_JWT_SECRET": TEST_SECRET,
             "PUSH_PROVIDER": "webhook",
-            "PUSH_WEBHOOK_URL": f"{webhook.url}/hook",  # type: ignore[attr-defined]
+            "PUSH_WEBHOOK_URL": webhook_url,
             "PUSH_WEBHOOK_SECRET": webhook.secret,
             "CORS_ALLOW_ORIGINS": ORIGIN,
             "SQS_WAIT_SECONDS": "1",
