@@ -63,7 +63,7 @@ class ImageStack:
     async def conversation(self, *members: str) -> str:
         conversation_id = uuid.uuid4().hex
         now = dt.datetime.now(dt.UTC)
-        await self.backends.message_store.create_conversation(
+        await self.backends.chat_store.create_conversation(
             Conversation(
                 conversation_id=conversation_id,
                 participants=members,

@@ -13,7 +13,7 @@ import msgspec
 from litestar import Litestar
 
 from chat_core.auth import USER_ID_PATTERN, mint_token
-from chat_core.backends import Backends
+from chat_core.backends import Backends, NeedsSetup
 from chat_core.server import load_or_exit, serve
 from chat_core.settings import Settings, markdown_table
 from chat_management import all as all_in_one
@@ -138,13 +138,13 @@ def _setup_steps(backends: Backends) -> list[tuple[str, Callable[[], Awaitable[N
             lambda: store.ensure_bucket(settings.service.cors_allow_origins),
         ),
     ]
-    if settings.backends.notification_queue == "sqs":
-        from chat_core.notifications.sqs import SqsNotificationQueue
-
-        queue = backends.notification_queue
-        assert isinstance(queue, SqsNotificationQueue)
+    queue = backends.notification_queue
+    if isinstance(queue, NeedsSetup):  # SQS: the queues exist before the services use them
         steps.append(
-            ("notification queue (sqs): queue and dead-letter queue with its redrive policy", queue.ensure)
+            (
+                f"notification queue ({queue.name}): queue and dead-letter queue with its redrive policy",
+                queue.ensure,
+            )
         )
     return steps
 

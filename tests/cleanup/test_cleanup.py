@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 from chat_core import cleanup
 from chat_core.backends import Backends
 from chat_core.keys import new_object_key, stored_key
-from chat_core.messagestore import Conversation, ImageMetadata, Message, MessageStore
+from chat_core.messagestore import ChatStore, Conversation, ImageMetadata, Message, MessageStore
 from chat_core.objectstore import ObjectStore
 from chat_core.settings import Settings
 from tests import harness
@@ -39,7 +39,7 @@ class Stores:
     kind: str
     settings: Settings
     objects: ObjectStore
-    messages: MessageStore
+    messages: ChatStore
 
     async def conversation(self, *members: str) -> str:
         conversation_id = uuid.uuid4().hex[:12]
@@ -107,7 +107,7 @@ def _env(kind: str, request: pytest.FixtureRequest) -> dict[str, str]:
 async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
     kind = str(request.param)
     backends = Backends(make_settings(tmp_path, _env(kind, request)))
-    objects, messages = backends.object_store, backends.message_store
+    objects, messages = backends.object_store, backends.chat_store
     async with backends:
         await objects.ensure_bucket(())
         yield Stores(kind, backends.settings, objects, messages)
@@ -116,7 +116,7 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 @contextlib.asynccontextmanager
 async def embedded(settings: Settings) -> AsyncIterator[Stores]:
     backends = Backends(settings)
-    objects, messages = backends.object_store, backends.message_store  # asked for before start-up
+    objects, messages = backends.object_store, backends.chat_store  # asked for before start-up
     async with backends:
         yield Stores("embedded", settings, objects, messages)
 

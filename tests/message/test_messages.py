@@ -348,13 +348,13 @@ async def test_a_refused_send_stores_nothing_and_announces_nothing(chat: Chat) -
     object_key = await chat.upload("alice", cid, b"not an image", "image/jpeg")
     assert (await chat.send_image("alice", cid, object_key)).status_code == 422
     assert chat.events.created == []
-    assert await chat.backends.message_store.outbox_stats() == (0, None)
+    assert await chat.backends.chat_store.outbox_stats() == (0, None)
 
 
 async def test_the_fan_out_seam_gets_the_stored_outbox_entry(chat: Chat) -> None:
     cid = await chat.create_conversation("alice", "bob")
     sent = (await chat.send_text("alice", cid, "hi")).json()
-    pending = await chat.backends.message_store.pending_outbox(older_than=0, limit=10)
+    pending = await chat.backends.chat_store.pending_outbox(older_than=0, limit=10)
     assert chat.events.created == pending
     assert pending[0].message.message_id == sent["messageId"]
     assert pending[0].conversation_id == cid

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from chat_core.messagestore import Conversation, LastMessage
-from chat_core.messagestore.sqlite import SqliteMessageStore
+from chat_core.messagestore.sqlite import SqliteChatStore
 from message_service.touches import ConversationTouches
 
 T0 = dt.datetime(2024, 4, 19, 12, 0, tzinfo=dt.UTC)
@@ -29,7 +29,7 @@ class Clock:
         return self.now
 
 
-class CountingStore(SqliteMessageStore):
+class CountingStore(SqliteChatStore):
     """The real SQLite store, counting conversation writes."""
 
     touches = 0

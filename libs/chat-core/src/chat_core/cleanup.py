@@ -155,7 +155,7 @@ async def push_metrics(url: str, *, job: str = PUSH_JOB) -> None:
 async def run(settings: Settings, *, dry_run: bool) -> CleanupReport:
     """The ``chat-management cleanup-orphans`` command: scan, delete, record, push, summarise."""
     backends = Backends(settings)
-    object_store, message_store = backends.object_store, backends.message_store
+    object_store, message_store = backends.object_store, backends.messages
     started = time.monotonic()
     async with backends:
         report = await cleanup_orphans(

@@ -13,12 +13,16 @@ import uuid
 
 import msgspec
 
+from chat_core.errors import ProblemError
+
 __all__ = [
     "CONVERSATION_ID_PATTERN",
     "EXTENSIONS",
     "USER_ID_PATTERN",
+    "UUID_PATTERN",
     "InvalidKey",
     "ParsedKey",
+    "accepted_content_type",
     "new_object_key",
     "parse_object_key",
     "parse_stored_key",
@@ -29,11 +33,29 @@ __all__ = [
 USER_ID_PATTERN = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
 CONVERSATION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}
+# A UUID as ``str(uuid.uuid4())`` writes it: message ids and the unique part of object keys.
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+UUID_PATTERN = re.compile(f"^{UUID}$")
 _OBJECT_KEY = re.compile(
     r"^images/(?P<uploader>[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127})/"
-    r"(?P<stamp>\d{8}-\d{6})-(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+    rf"(?P<stamp>\d{{8}}-\d{{6}})-(?P<uuid>{UUID})"
     r"\.(?P<ext>jpg|png|gif|webp)$"
 )
+
+
+def accepted_content_type(declared: str, allowed: frozenset[str]) -> str:
+    """The canonical (lower-case) media type of ``declared``; a 415 ``unsupported_image_type`` problem
+    naming the accepted ones when it is not among ``allowed``."""
+    # Media types are case-insensitive; the signed and stored type is the canonical lower-case one.
+    content_type = declared.strip().lower()
+    if content_type not in allowed:
+        raise ProblemError(
+            415,
+            "unsupported_image_type",
+            f"content_type {declared!r} is not accepted; use one of {', '.join(sorted(allowed))}",
+            extra={"allowed_types": sorted(allowed)},
+        )
+    return content_type
 
 
 class InvalidKey(ValueError):

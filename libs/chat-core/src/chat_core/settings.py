@@ -21,6 +21,8 @@ __all__ = [
     "BackendSettings",
     "FirestoreSettings",
     "ImageSettings",
+    "NotificationSettings",
+    "PresenceSettings",
     "PushSettings",
     "RedisSettings",
     "S3Settings",
@@ -158,6 +160,14 @@ class S3Settings(_Frozen, frozen=True, kw_only=True):
 
 
 class SqsSettings(_Frozen, frozen=True, kw_only=True):
+    wait_seconds: Annotated[
+        int, env("SQS_WAIT_SECONDS", "Long-poll wait of one receive."), msgspec.Meta(ge=0, le=20)
+    ] = 10
+
+
+class NotificationSettings(_Frozen, frozen=True, kw_only=True):
+    """The notification queue and its consumer (whatever the queue's backend)."""
+
     queue_name: Annotated[str, env("SQS_QUEUE_NAME", "Notification queue name.")] = "chat-notifications"
     dlq_name: Annotated[str, env("SQS_DLQ_NAME", "Dead-letter queue name.")] = "chat-notifications-dlq"
     max_receives: Annotated[
@@ -170,9 +180,19 @@ class SqsSettings(_Frozen, frozen=True, kw_only=True):
         env("NOTIFICATION_VISIBILITY_TIMEOUT_SECONDS", "How long a received notification stays hidden."),
         msgspec.Meta(ge=1, le=43200),
     ] = 30
-    wait_seconds: Annotated[
-        int, env("SQS_WAIT_SECONDS", "Long-poll wait of one receive."), msgspec.Meta(ge=0, le=20)
-    ] = 10
+    concurrency: Annotated[
+        int,
+        env("NOTIFICATION_CONCURRENCY", "Queue messages the consumer works on at once."),
+        msgspec.Meta(ge=1, le=1000),
+    ] = 32
+    retry_base_seconds: Annotated[
+        float,
+        env(
+            "NOTIFICATION_RETRY_BASE_SECONDS",
+            "Delay before a failed push is retried; doubles with each attempt, at most 15 minutes.",
+        ),
+        msgspec.Meta(ge=0, le=900),
+    ] = 5.0
 
 
 class FirestoreSettings(_Frozen, frozen=True, kw_only=True):
@@ -189,7 +209,10 @@ class RedisSettings(_Frozen, frozen=True, kw_only=True):
     url: Annotated[str, env("REDIS_URL", "Redis for pub/sub and presence (EVENT_BUS=redis).")] = (
         "redis://127.0.0.1:6379/0"
     )
-    presence_ttl_seconds: Annotated[
+
+
+class PresenceSettings(_Frozen, frozen=True, kw_only=True):
+    ttl_seconds: Annotated[
         int,
         env("PRESENCE_TTL_SECONDS", "A socket counts as online this long after its last heartbeat."),
         msgspec.Meta(ge=2, le=3600),
@@ -253,19 +276,6 @@ class PushSettings(_Frozen, frozen=True, kw_only=True):
     fcm_token_url: Annotated[str, env("FCM_TOKEN_URL", "OAuth token endpoint for the service account.")] = (
         "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
     )
-    concurrency: Annotated[
-        int,
-        env("NOTIFICATION_CONCURRENCY", "Queue messages the consumer works on at once."),
-        msgspec.Meta(ge=1, le=1000),
-    ] = 32
-    retry_base_seconds: Annotated[
-        float,
-        env(
-            "NOTIFICATION_RETRY_BASE_SECONDS",
-            "Delay before a failed push is retried; doubles with each attempt, at most 15 minutes.",
-        ),
-        msgspec.Meta(ge=0, le=900),
-    ] = 5.0
 
 
 class TelemetrySettings(_Frozen, frozen=True, kw_only=True):
@@ -291,8 +301,10 @@ class Settings(_Frozen, frozen=True, kw_only=True):
     aws: AwsSettings = AwsSettings()
     s3: S3Settings = S3Settings()
     sqs: SqsSettings = SqsSettings()
+    notifications: NotificationSettings = NotificationSettings()
     firestore: FirestoreSettings = FirestoreSettings()
     redis: RedisSettings = RedisSettings()
+    presence: PresenceSettings = PresenceSettings()
     images: ImageSettings = ImageSettings()
     push: PushSettings = PushSettings()
     telemetry: TelemetrySettings = TelemetrySettings()

@@ -26,12 +26,12 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
     ``events`` is the fan-out after a change is stored (publish, notifications, membership events; see
     ``events.py``); tests pass their own.
     """
-    store = backends.message_store
-    touches = ConversationTouches(store)
+    touches = ConversationTouches(backends.conversations)
     fanout: Fanout | None = None
     if events is None:
         events = fanout = Fanout(
-            store,
+            backends.conversations,
+            backends.outbox,
             backends.event_bus,
             backends.presence,
             backends.notification_queue,
@@ -39,14 +39,20 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
         )
     sockets = RealtimeSockets(
         backends.verifier,
-        store,
+        backends.conversations,
         backends.event_bus,
         backends.presence,
-        presence_ttl_seconds=settings.redis.presence_ttl_seconds,
+        presence_ttl_seconds=settings.presence.ttl_seconds,
     )
-    device_service = DeviceService(store)
-    conversations = ConversationService(store, events)
-    messages = MessageService(store, ImageVerifier(settings, backends.object_store), touches, events)
+    device_service = DeviceService(backends.devices)
+    conversations = ConversationService(backends.conversations, events)
+    messages = MessageService(
+        backends.conversations,
+        backends.messages,
+        ImageVerifier(settings, backends.object_store),
+        touches,
+        events,
+    )
     return ServiceParts(
         component=COMPONENT,
         essential=("message_store",),

@@ -64,13 +64,7 @@ class ImageVerifier:
     async def verify(
         self, sender_id: str, conversation_id: str, requested: ImageMetadataRequest
     ) -> VerifiedImage:
-        content_type = requested.content_type.strip().lower()
-        if content_type not in self._allowed:
-            raise ProblemError(
-                415,
-                "unsupported_image_type",
-                f"{content_type!r} is not accepted; use one of {', '.join(sorted(self._allowed))}",
-            )
+        content_type = keys.accepted_content_type(requested.content_type, self._allowed)
         object_key, parsed = self._locate(conversation_id, requested)
         if parsed.uploader_id != sender_id:
             raise ProblemError(403, "object_not_yours", "the image was uploaded by someone else")
