@@ -23,10 +23,10 @@ from PIL import Image
 
 import image_proxy.app
 import upload_service.app
+from chat_core.app_factory import create_service_app
 from chat_core.backends import Backends
 from chat_core.messagestore import Conversation
 from chat_core.objectstore import ObjectStore
-from chat_core.service import create_service_app
 from tests import harness
 from tests.conftest import auth_header, make_settings, unique
 

@@ -78,12 +78,21 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _cleanup_orphans(args: argparse.Namespace) -> int:
-    from chat_core import cleanup
+    import structlog
+
     from chat_core.logging import configure_logging
+    from upload_service import cleanup
 
     settings = load_or_exit()
     configure_logging(settings.service.log_level, service="cleanup")
-    return cleanup.main(settings, dry_run=args.dry_run)
+    try:
+        asyncio.run(cleanup.run(settings, dry_run=args.dry_run))
+    except Exception as exc:
+        structlog.get_logger("upload_service.cleanup").exception(
+            "cleanup_failed", error=f"{type(exc).__name__}: {exc}"
+        )
+        return 1
+    return 0
 
 
 def _smoke(args: argparse.Namespace) -> int:
@@ -173,8 +182,15 @@ def _dev(args: argparse.Namespace) -> int:
     import threading
     from pathlib import Path
 
-    from chat_management import devstack
-
+    try:
+        import chat_devstack as devstack  # dev-only (tools/devstack): never in the runtime image
+    except ImportError:
+        print(
+            "chat-management dev: a development command; run it from a checkout after `uv sync` "
+            "(the dev group brings tools/devstack)",
+            file=sys.stderr,
+        )
+        return 2
     workdir = Path(args.data_dir).resolve()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -21,7 +21,6 @@ from litestar.params import FromPath
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from chat_core import cleanup
 from chat_core.backends import Backends
 from chat_core.keys import new_object_key, stored_key
 from chat_core.messagestore import ChatStore, Conversation, ImageMetadata, Message, MessageStore
@@ -29,6 +28,7 @@ from chat_core.objectstore import ObjectStore
 from chat_core.settings import Settings
 from tests import harness
 from tests.conftest import TEST_SECRET, make_settings, unique
+from upload_service import cleanup
 
 GRACE = 3600
 LATER = dt.timedelta(seconds=GRACE + 60)  # "now" for a run that sees every object as past its grace

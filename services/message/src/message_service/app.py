@@ -5,16 +5,16 @@ from __future__ import annotations
 from litestar import Litestar
 from litestar.di import Provide
 
+from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.backends import Backends
-from chat_core.service import ServiceParts, create_service_app
 from chat_core.settings import Settings
 from message_service import devices, routes
 from message_service.devices import DeviceService
 from message_service.events import MessageEvents
 from message_service.fanout import Fanout
+from message_service.last_message import LastMessageWriter
 from message_service.realtime import RealtimeSockets
 from message_service.service import ConversationService, MessageService
-from message_service.touches import ConversationTouches
 from message_service.verification import ImageVerifier
 
 COMPONENT = "message"
@@ -26,7 +26,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
     ``events`` is the fan-out after a change is stored (publish, notifications, membership events; see
     ``events.py``); tests pass their own.
     """
-    touches = ConversationTouches(backends.conversations)
+    last_messages = LastMessageWriter(backends.conversations)
     fanout: Fanout | None = None
     if events is None:
         events = fanout = Fanout(
@@ -50,7 +50,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
         backends.conversations,
         backends.messages,
         ImageVerifier(settings, backends.object_store),
-        touches,
+        last_messages,
         events,
     )
     return ServiceParts(
@@ -62,7 +62,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
             "message_service": Provide(lambda: messages, use_cache=True, sync_to_thread=False),
             "device_service": Provide(lambda: device_service, use_cache=True, sync_to_thread=False),
         },
-        workers=[touches.worker, *([fanout.worker] if fanout is not None else [])],
+        workers=[last_messages.worker, *([fanout.worker] if fanout is not None else [])],
         description="conversations, members, messages, devices and the real-time socket.",
     )
 

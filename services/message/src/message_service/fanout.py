@@ -133,7 +133,6 @@ class Fanout:
         self._releases: Coalescer[str] = Coalescer(
             self._delete_released, max_batch=DELETE_BATCH, linger=DELETE_LINGER_SECONDS
         )
-        self._relay_wake = asyncio.Event()
 
     # --- MessageEvents ------------------------------------------------------------------------------
     async def message_created(self, entry: OutboxEntry, members: frozenset[str]) -> None:
@@ -330,10 +329,7 @@ class Fanout:
     async def _relay(self) -> None:
         delay = self._relay_interval
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._relay_wake.wait()
-            self._relay_wake.clear()
+            await asyncio.sleep(delay)
             try:
                 healthy = await self.relay_once()
             except Exception as exc:
@@ -360,7 +356,3 @@ class Fanout:
                 if pending:
                     await asyncio.wait(pending)
             await self._releases.close()
-
-    def wake_relay(self) -> None:
-        """Run a relay pass now (tests, and after an outage is known to be over)."""
-        self._relay_wake.set()

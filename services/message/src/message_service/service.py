@@ -34,6 +34,7 @@ from chat_core.messagestore import (
     OutboxEntry,
 )
 from message_service.events import MessageEvents
+from message_service.last_message import LastMessageWriter
 from message_service.schemas import (
     MAX_PARTICIPANTS,
     AddParticipants,
@@ -42,7 +43,6 @@ from message_service.schemas import (
     MessagePage,
     SendMessage,
 )
-from message_service.touches import ConversationTouches
 from message_service.verification import ImageVerifier, VerifiedImage
 
 __all__ = ["ConversationService", "MessageService", "message_id_for"]
@@ -179,13 +179,13 @@ class MessageService:
         conversations: ConversationStore,
         messages: MessageStore,
         verifier: ImageVerifier,
-        touches: ConversationTouches,
+        last_messages: LastMessageWriter,
         events: MessageEvents,
     ) -> None:
         self._conversations = conversations
         self._store = messages
         self._verifier = verifier
-        self._touches = touches
+        self._last_messages = last_messages
         self._events = events
 
     async def send(self, user_id: str, conversation_id: str, request: SendMessage) -> tuple[Message, bool]:
@@ -271,7 +271,7 @@ class MessageService:
             conversation_id=conversation_id, message=message, created_at=message.timestamp, trace=trace
         )
         await _emit("message_created", self._events.message_created(entry, members))
-        await self._touches.touch(
+        await self._last_messages.touch(
             conversation_id,
             LastMessage(
                 message_id=message.message_id,

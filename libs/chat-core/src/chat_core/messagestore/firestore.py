@@ -17,7 +17,7 @@ writes: ``readBy`` changes on every read receipt), and ``pushReceipts.expireAt``
 Write rates: Firestore sustains about one write per second per document. Nothing on the send path
 writes the conversation document: a message, its image reference and its outbox entry are three new
 documents, and ``lastMessage``/``updatedAt`` arrive later through ``touch_conversation``, which callers
-coalesce per conversation (``message_service.touches``).
+coalesce per conversation (``message_service.last_message``).
 """
 
 from __future__ import annotations

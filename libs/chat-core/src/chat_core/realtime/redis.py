@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Collection, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 import structlog
@@ -80,7 +80,7 @@ class _RedisConnections:
             await self.client.aclose()
 
 
-_shared: weakref.WeakKeyDictionary[Any, _RedisConnections] = weakref.WeakKeyDictionary()
+_shared: weakref.WeakKeyDictionary[Backends, _RedisConnections] = weakref.WeakKeyDictionary()
 
 
 def _connections(backends: Backends) -> _RedisConnections:
@@ -90,7 +90,9 @@ def _connections(backends: Backends) -> _RedisConnections:
     return connections
 
 
-class RedisEventBus:
+class _OnSharedConnections:
+    """Bus and presence share the process's Redis connections (started and closed by reference count)."""
+
     name = "redis"
     readiness_name = "redis"
 
@@ -109,6 +111,11 @@ class RedisEventBus:
             await self._client.ping()
         except (RedisError, OSError) as exc:
             raise EventBusUnavailable(f"redis does not answer: {exc}") from exc
+
+
+class RedisEventBus(_OnSharedConnections):
+    async def ping(self) -> None:
+        await super().ping()
         if not await self._connections.subscriber.healthy(wait=1.0):
             raise EventBusUnavailable("the subscriber connection to redis is down")
 
@@ -124,28 +131,12 @@ class RedisEventBus:
         return subscription
 
 
-class RedisPresence:
-    name = "redis"
-    readiness_name = "redis"
-
+class RedisPresence(_OnSharedConnections):
     def __init__(self, connections: _RedisConnections, ttl_seconds: float) -> None:
-        self._connections = connections
-        self._client = connections.client
+        super().__init__(connections)
         self._ttl_ms = max(1, round(ttl_seconds * 1000))
         self._heartbeat = self._client.register_script(_HEARTBEAT)
         self._online = self._client.register_script(_ONLINE)
-
-    async def start(self) -> None:
-        await self._connections.start()
-
-    async def close(self) -> None:
-        await self._connections.close()
-
-    async def ping(self) -> None:
-        try:
-            await self._client.ping()
-        except (RedisError, OSError) as exc:
-            raise EventBusUnavailable(f"redis does not answer: {exc}") from exc
 
     async def heartbeat(self, user_id: str, connection_id: str) -> None:
         try:

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 Worker = Callable[[], contextlib.AbstractAsyncContextManager[None]]
-_log = structlog.get_logger("chat_core.service")
+_log = structlog.get_logger("chat_core.app_factory")
 READINESS_TIMEOUT_SECONDS = 2.0
 ALL_PORTS = PORTS
 

@@ -28,13 +28,13 @@ import structlog
 
 from chat_core.messagestore import ConversationStore, LastMessage
 
-__all__ = ["ConversationTouches"]
+__all__ = ["LastMessageWriter"]
 
-_log = structlog.get_logger("message_service.touches")
+_log = structlog.get_logger("message_service.last_message")
 _CONCURRENT_WRITES = 32
 
 
-class ConversationTouches:
+class LastMessageWriter:
     def __init__(
         self, store: ConversationStore, *, interval: float = 1.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
