@@ -9,12 +9,11 @@ process.
 
 Several processes may share a file (separate services on one laptop): ``BEGIN IMMEDIATE`` takes SQLite's
 write lock and ``busy_timeout`` waits for it. The SQLite chat store and the SQLite job queue both run on
-this engine.
+this engine; its group commit is ``chat_core.batching.Coalescer`` without a linger.
 """
 
 from __future__ import annotations
 
-import asyncio
 import queue
 import sqlite3
 from collections.abc import Callable
@@ -24,6 +23,8 @@ from typing import Generic, Protocol, TypeVar
 import anyio
 import anyio.to_thread
 
+from chat_core.batching import Coalescer
+
 __all__ = ["SqliteEngine"]
 
 R = TypeVar("R")
@@ -32,21 +33,13 @@ BUSY_TIMEOUT_MS = 10_000
 GROUP_MAX = 256  # write jobs sharing one transaction at most
 
 
-class _Queued(Protocol):
-    def run(self, conn: sqlite3.Connection) -> None: ...
-
-    def fail(self, error: BaseException) -> None: ...
-
-    def settle(self) -> None: ...
-
-
 class _Write(Generic[R]):
-    """One write: run in the writer thread, settled on the event loop."""
+    """One write: run in the writer thread inside its own savepoint, read back on the event loop."""
 
-    def __init__(self, fn: Callable[..., R], args: tuple[object, ...], done: asyncio.Future[R]) -> None:
-        self._fn, self._args, self.done = fn, args, done
+    def __init__(self, fn: Callable[..., R], args: tuple[object, ...]) -> None:
+        self._fn, self._args = fn, args
         self._result: tuple[R] | None = None  # a tuple: R may itself be None
-        self._error: BaseException | None = None
+        self.error: Exception | None = None
 
     def run(self, conn: sqlite3.Connection) -> None:
         conn.execute("SAVEPOINT job")
@@ -55,21 +48,23 @@ class _Write(Generic[R]):
         except Exception as exc:
             conn.execute("ROLLBACK TO job")
             conn.execute("RELEASE job")
-            self._error = exc
+            self.error = exc
         else:
             conn.execute("RELEASE job")
             self._result = (value,)
 
-    def fail(self, error: BaseException) -> None:
-        self._error = error
+    def result(self) -> R:
+        if self._result is None:
+            raise RuntimeError("the write was not run")
+        return self._result[0]
 
-    def settle(self) -> None:
-        if self.done.done():
-            return
-        if self._error is not None:
-            self.done.set_exception(self._error)
-        elif self._result is not None:
-            self.done.set_result(self._result[0])
+
+class _Writes(Protocol):
+    """A queued write, whatever it returns."""
+
+    error: Exception | None
+
+    def run(self, conn: sqlite3.Connection) -> None: ...
 
 
 class SqliteEngine:
@@ -90,8 +85,7 @@ class SqliteEngine:
         self._writer: sqlite3.Connection | None = None
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._write_limiter = anyio.CapacityLimiter(1)
-        self._queued: list[_Queued] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._writes: Coalescer[_Writes] = Coalescer(self._commit, max_batch=GROUP_MAX, linger=None)
         # As many threads as connections, so a reader always finds a free connection in the pool.
         self._read_limiter = anyio.CapacityLimiter(max(1, readers))
 
@@ -123,6 +117,7 @@ class SqliteEngine:
         await anyio.to_thread.run_sync(open_all)
 
     async def close(self) -> None:
+        await self._writes.close()
         writer, self._writer = self._writer, None
         if writer is None:
             return
@@ -142,33 +137,23 @@ class SqliteEngine:
         transaction, each inside its own savepoint (one failing job rolls back alone), and share one
         COMMIT, so one fsync covers many writes instead of one each.
         """
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[R] = loop.create_future()
-        self._queued.append(_Write(fn, args, done))
-        if self._committer is None or self._committer.done():
-            self._committer = loop.create_task(self._commit_queued(), name="sqlite-group-commit")
-        # Not cancellable: once queued the job runs and commits, so it is never left half-done.
-        return await asyncio.shield(done)
+        write = _Write(fn, args)
+        # Not cancellable (the helper shields it): once queued the job runs and commits, never half-done.
+        await self._writes.submit(write)
+        return write.result()
 
-    async def _commit_queued(self) -> None:
-        while self._queued:
-            batch, self._queued = self._queued[:GROUP_MAX], self._queued[GROUP_MAX:]
-            try:
-                await anyio.to_thread.run_sync(self._run_group, batch, limiter=self._write_limiter)
-            except BaseException as exc:  # the thread could not run at all (e.g. the store was closed)
-                for job in batch:
-                    job.fail(exc)
-            for job in batch:
-                job.settle()
+    async def _commit(self, batch: list[_Writes]) -> list[Exception | None]:
+        await anyio.to_thread.run_sync(self._run_group, batch, limiter=self._write_limiter)
+        return [write.error for write in batch]
 
-    def _run_group(self, batch: list[_Queued]) -> None:
+    def _run_group(self, batch: list[_Writes]) -> None:
         conn = self._writer
         if conn is None:
             raise RuntimeError(f"the {self._label} is not started")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for job in batch:
-                job.run(conn)
+            for write in batch:
+                write.run(conn)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
