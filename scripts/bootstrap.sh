@@ -134,7 +134,7 @@ find_python312() {
      && candidate="$(uv python find "$LOCALSTACK_PYTHON" 2>/dev/null)"; then
     echo "$candidate"; return 0
   fi
-  say "!!! no Python >= $LOCALSTACK_PYTHON (none installed, and \`uv python install $LOCALSTACK_PYTHON\` failed: it downloads from GitHub): install one ($(os_hint python3.12 python@3.12), or pyenv install $LOCALSTACK_PYTHON)"
+  say "!!! no Python >= $LOCALSTACK_PYTHON: none installed, and \`uv python install $LOCALSTACK_PYTHON\` failed (it downloads from GitHub); install one: $(os_hint 'python3.12 (Ubuntu 24.04+)' python@3.12), or pyenv install $LOCALSTACK_PYTHON"
   return 1
 }
 

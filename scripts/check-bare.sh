@@ -8,19 +8,23 @@ cd "$(dirname "$0")/.."
 src="$PWD"
 bare_path=/usr/sbin:/usr/bin:/sbin:/bin
 work="$(mktemp -d "${TMPDIR:-/tmp}/chat-bare.XXXXXX")"
-run_pid=""
 
-stop_run() {  # the whole process group of `make run` (setsid), TERM then KILL
-  [ -n "$run_pid" ] || return 0
-  if kill -0 "$run_pid" 2>/dev/null; then
-    kill -TERM -- "-$run_pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 -- "-$run_pid" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL -- "-$run_pid" 2>/dev/null || true
+stop_run() {  # TERM to the whole process group of `make run` (make, uv, uvicorn), then wait; KILL after 30 s
+  local pgid t0
+  [ -s "$work/run.pgid" ] || return 0
+  pgid="$(cat "$work/run.pgid")"; rm -f "$work/run.pgid"
+  kill -0 -- "-$pgid" 2>/dev/null || return 0
+  t0=$(date +%s.%N)
+  kill -TERM -- "-$pgid" 2>/dev/null || true
+  for _ in $(seq 1 150); do kill -0 -- "-$pgid" 2>/dev/null || break; sleep 0.2; done
+  if kill -0 -- "-$pgid" 2>/dev/null; then
+    kill -KILL -- "-$pgid" 2>/dev/null || true
+    echo "!!! bare check: \`make run\` ignored SIGTERM for 30 s and was killed" >&2
+    return 1
   fi
-  wait "$run_pid" 2>/dev/null || true
-  run_pid=""
+  echo "bare check: \`make run\` stopped cleanly on SIGTERM in $(elapsed "$t0" "$(date +%s.%N)") s"
 }
-cleanup() { stop_run; rm -rf "$work"; }
+cleanup() { stop_run || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 port="${BARE_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
@@ -29,19 +33,21 @@ bare() {  # $1: HOME; the rest: the command
   local home="$1"; shift
   env -i HOME="$home" PATH="$bare_path" LANG=C.UTF-8 "$@"
 }
+python3 -c "import socket; socket.create_server(('127.0.0.1', $port)).close()" 2>/dev/null \
+  || { echo "!!! bare check: port $port is taken" >&2; exit 1; }
 echo "bare check: python3 on the bare PATH is $(PATH=$bare_path command -v python3) ($(PATH=$bare_path python3 -V 2>&1))"
 
 # --- make run -------------------------------------------------------------------------------------------
 start=$(date +%s.%N)
 git clone --quiet "$src" "$work/run"
 mkdir "$work/home-run"
-# its own process group (setsid), so stopping it stops uvicorn too
-( cd "$work/run" && exec setsid env -i HOME="$work/home-run" PATH="$bare_path" LANG=C.UTF-8 PORT="$port" make run \
-    >"$work/run.log" 2>&1 ) &
-run_pid=$!
+# in a session of its own (setsid), whose id it writes down, so stopping it stops uv and uvicorn too
+( cd "$work/run" && exec setsid bash -c 'echo $$ >"$0"; exec "$@"' "$work/run.pgid" \
+    env -i HOME="$work/home-run" PATH="$bare_path" LANG=C.UTF-8 PORT="$port" make run >"$work/run.log" 2>&1 ) &
 deadline=$(( $(date +%s) + ${BARE_TIMEOUT:-900} ))
 until python3 -c "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:$port/healthz', timeout=2).status != 200)" 2>/dev/null; do
-  if ! kill -0 "$run_pid" 2>/dev/null || [ "$(date +%s)" -gt "$deadline" ]; then
+  if { [ -s "$work/run.pgid" ] && ! kill -0 -- "-$(cat "$work/run.pgid")" 2>/dev/null; } \
+     || [ "$(date +%s)" -gt "$deadline" ]; then
     tail -n 40 "$work/run.log" >&2
     echo "!!! bare check: \`make run\` did not serve /healthz on port $port" >&2
     exit 1
