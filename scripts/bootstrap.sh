@@ -91,9 +91,9 @@ install_uv_official() {
   local dir="$TOOLS/uv-official"
   say "installing uv with the official installer (https://astral.sh/uv/install.sh)"
   if command -v curl >/dev/null 2>&1; then
-    curl -LsSf --max-time 60 https://astral.sh/uv/install.sh | env UV_UNMANAGED_INSTALL="$dir" sh >/dev/null 2>&1
+    curl -LsSf --max-time 60 https://astral.sh/uv/install.sh 2>/dev/null | env UV_UNMANAGED_INSTALL="$dir" sh >/dev/null 2>&1
   elif command -v wget >/dev/null 2>&1; then
-    wget -qO- --timeout=60 https://astral.sh/uv/install.sh | env UV_UNMANAGED_INSTALL="$dir" sh >/dev/null 2>&1
+    wget -qO- --timeout=60 https://astral.sh/uv/install.sh 2>/dev/null | env UV_UNMANAGED_INSTALL="$dir" sh >/dev/null 2>&1
   else
     return 1
   fi || return 1
@@ -168,7 +168,7 @@ case "${1:-}" in
     uv sync --frozen
     system_packages redis-server prometheus=promtool
     bash scripts/setup-localstack.sh
-    [ -x /usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator ] || \
+    [ -x "${FIRESTORE_EMULATOR_BIN:-/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator}" ] || \
       say "!!! the Firestore emulator is not installed: tests marked 'firestore' will be skipped (optional; see the README's Prerequisites)"
     ;;
   python312)
