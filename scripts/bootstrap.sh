@@ -115,24 +115,26 @@ ensure_uv() {
 }
 
 # A Python >= 3.12 (LocalStack's). Prints its path; exits 1 with one line when there is none.
+python_ok() {  # $1: a candidate; prints the real interpreter when it runs and is >= 3.12 (a pyenv shim may not)
+  [ -n "$1" ] || return 1
+  "$1" -c 'import sys; assert sys.version_info >= (3, 12); print(sys.executable)' 2>/dev/null
+}
 find_python312() {
   local candidate
-  if candidate="$(uv python find ">=$LOCALSTACK_PYTHON" 2>/dev/null)" && [ -x "$candidate" ]; then
-    echo "$candidate"; return 0
-  fi
+  python_ok "$(uv python find ">=$LOCALSTACK_PYTHON" 2>/dev/null)" && return 0
   for candidate in python3.13 python3.12; do
-    if command -v "$candidate" >/dev/null 2>&1; then command -v "$candidate"; return 0; fi
+    python_ok "$(command -v "$candidate")" && return 0
   done
   for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13 \
                    "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 \
                    /opt/homebrew/bin/python3.13 /opt/homebrew/bin/python3.12 \
                    /usr/local/bin/python3.13 /usr/local/bin/python3.12 /usr/bin/python3.13 /usr/bin/python3.12; do
-    if [ -x "$candidate" ]; then echo "$candidate"; return 0; fi
+    python_ok "$candidate" && return 0
   done
   say "no Python >= $LOCALSTACK_PYTHON here: trying \`uv python install $LOCALSTACK_PYTHON\`"
   if uv python install "$LOCALSTACK_PYTHON" >/dev/null 2>&1 \
-     && candidate="$(uv python find "$LOCALSTACK_PYTHON" 2>/dev/null)"; then
-    echo "$candidate"; return 0
+     && python_ok "$(uv python find "$LOCALSTACK_PYTHON" 2>/dev/null)"; then
+    return 0
   fi
   say "!!! no Python >= $LOCALSTACK_PYTHON: none installed, and \`uv python install $LOCALSTACK_PYTHON\` failed (it downloads from GitHub); install one: $(os_hint 'python3.12 (Ubuntu 24.04+)' python@3.12), or pyenv install $LOCALSTACK_PYTHON"
   return 1
