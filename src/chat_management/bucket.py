@@ -207,7 +207,11 @@ class BucketConfiguration:
 
 # --- applying them ------------------------------------------------------------------------------------
 def _contains(actual: Any, wanted: Any) -> bool:
-    """Whether ``actual`` (what AWS reports) says all that ``wanted`` says; AWS adds defaults of its own."""
+    """Whether ``actual`` (what AWS reports) says all that ``wanted`` says; AWS adds defaults of its own.
+
+    Lists must match in length: ``setup`` owns the policy, CORS and lifecycle configurations (a rule
+    added by hand is replaced on the next run); notifications of other ids are the exception, kept.
+    """
     if isinstance(wanted, dict):
         return isinstance(actual, dict) and all(
             key in actual and _contains(actual[key], value) for key, value in wanted.items()
@@ -219,6 +223,7 @@ def _contains(actual: Any, wanted: Any) -> bool:
             and all(_contains(a, w) for a, w in zip(actual, wanted, strict=True))
         )
     if isinstance(wanted, str) and isinstance(actual, str):
+        # Notification filter rule names come back as `Prefix` or `prefix` depending on who wrote them.
         return actual == wanted or (actual.lower() == wanted.lower() and wanted in ("Prefix", "Suffix"))
     return bool(actual == wanted)
 
