@@ -59,6 +59,7 @@ test: test-deps lint deps-check ## everything CI runs: lint, types, and all test
 docs: install ## regenerate the README's configuration table and the chart's list of settings
 	uv run --frozen python scripts/update_readme_config.py
 	uv run --frozen python deploy/chart_schema.py
+	uv run --frozen python -m chat_management.bucket deploy/bucket
 
 .PHONY: run
 run: install-runtime ## run all four services in one process on http://127.0.0.1:8000 (embedded adapters)

@@ -164,14 +164,22 @@ async def test_dry_run_reports_the_orphans_and_deletes_nothing(stores: Stores) -
 
 
 async def test_never_touches_objects_outside_the_key_layout(stores: Stores) -> None:
-    foreign = {"backups/2024-01-01.tar", "c1/notes.txt", "c1/images/alice/profile.png"}
+    foreign = {
+        "backups/2024-01-01.tar",
+        "c1/notes.txt",
+        "c1/images/alice/profile.png",
+        "uploads/c1/images/alice/profile.png",
+        # A derivative, and a raw upload's key without the uploads/ prefix: neither is a raw upload.
+        "c1/media/m1/original.jpg",
+        f"c1/images/alice/20240419-123456-{uuid.uuid4()}.png",
+    }
     for key in foreign:
         await stores.objects.put(key, b"not ours", content_type="application/octet-stream")
 
     report = await stores.run()
 
     assert await stores.keys() == foreign
-    assert report.foreign_objects == 3
+    assert report.foreign_objects == len(foreign)
 
 
 async def test_every_deletion_is_logged(stores: Stores) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "BackendSettings",
     "FirestoreSettings",
     "ImageSettings",
+    "MediaSettings",
     "NotificationSettings",
     "PresenceSettings",
     "PushSettings",
@@ -157,12 +158,38 @@ class S3Settings(_Frozen, frozen=True, kw_only=True):
             "Endpoint presigned URLs point at (what clients reach). Default: AWS_ENDPOINT_URL.",
         ),
     ] = ""
+    kms_key_id: Annotated[
+        str,
+        env(
+            "S3_KMS_KEY_ID",
+            "`setup`: default encryption is SSE-KMS with this key (id, ARN or alias); empty: SSE-S3.",
+        ),
+    ] = ""
+    raw_upload_expiry_days: Annotated[
+        int,
+        env(
+            "RAW_UPLOAD_EXPIRY_DAYS",
+            "`setup`: lifecycle backstop deleting raw uploads (`uploads/`) this old; 0: no such rule.",
+        ),
+        msgspec.Meta(ge=0),
+    ] = 7
 
 
 class SqsSettings(_Frozen, frozen=True, kw_only=True):
     wait_seconds: Annotated[
         int, env("SQS_WAIT_SECONDS", "Long-poll wait of one receive."), msgspec.Meta(ge=0, le=20)
     ] = 10
+
+
+class MediaSettings(_Frozen, frozen=True, kw_only=True):
+    """The media pipeline: its job queue and the processor's limits."""
+
+    queue_name: Annotated[
+        str,
+        env(
+            "MEDIA_QUEUE_NAME", "Media job queue (also hears the bucket's `uploads/` object-created events)."
+        ),
+    ] = "chat-management-media"
 
 
 class NotificationSettings(_Frozen, frozen=True, kw_only=True):
@@ -302,6 +329,7 @@ class Settings(_Frozen, frozen=True, kw_only=True):
     s3: S3Settings = S3Settings()
     sqs: SqsSettings = SqsSettings()
     notifications: NotificationSettings = NotificationSettings()
+    media: MediaSettings = MediaSettings()
     firestore: FirestoreSettings = FirestoreSettings()
     redis: RedisSettings = RedisSettings()
     presence: PresenceSettings = PresenceSettings()
@@ -324,6 +352,10 @@ class Settings(_Frozen, frozen=True, kw_only=True):
             raise SettingsError("PUSH_WEBHOOK_URL: required with PUSH_PROVIDER=webhook")
         if self.backends.push_provider == "fcm" and not self.push.fcm_credentials_file:
             raise SettingsError("FCM_CREDENTIALS_FILE: required with PUSH_PROVIDER=fcm")
+        expiry_days = self.s3.raw_upload_expiry_days
+        if expiry_days and expiry_days * 86400 <= self.images.orphan_grace_seconds:
+            # The backstop must never beat the send window: an upload still sendable would vanish.
+            raise SettingsError("RAW_UPLOAD_EXPIRY_DAYS: must be longer than ORPHAN_GRACE_SECONDS (or 0)")
         for content_type in self.images.allowed_types:
             if content_type not in EXTENSIONS:  # SVG, HTML and anything without a key layout
                 known = ", ".join(EXTENSIONS)
