@@ -117,14 +117,18 @@ def test_only_the_cleanup_job_may_delete_images() -> None:
 # --- the policies against the code ------------------------------------------------------------------
 LIB = ROOT / "libs" / "chat-core" / "src" / "chat_core"
 S3_ADAPTER = LIB / "objectstore" / "s3.py"
-SQS_ADAPTER = LIB / "notifications" / "sqs.py"
+SQS_ADAPTER = LIB / "jobqueue" / "sqs.py"
 # Where each role's calls live: its service package, plus the lib modules only it runs.
 ROLE_SOURCES: dict[str, list[Path]] = {
-    "upload": [ROOT / "services" / "upload" / "src"],
+    "upload": [
+        path
+        for path in (ROOT / "services" / "upload" / "src").rglob("*.py")
+        if path.name != "cleanup.py"  # the cleanup job runs under its own role
+    ],
     "message": [ROOT / "services" / "message" / "src"],
     "image-proxy": [ROOT / "services" / "image-proxy" / "src", LIB / "objectstore" / "serving.py"],
     "notification-consumer": [ROOT / "services" / "notification-consumer" / "src"],
-    "cleanup": [LIB / "cleanup.py"],
+    "cleanup": [ROOT / "services" / "upload" / "src" / "upload_service" / "cleanup.py"],
 }
 SETUP = ROOT / "src" / "chat_management" / "bucket.py"
 # boto3 operations `setup` calls -> the IAM action that authorises each.
@@ -233,7 +237,7 @@ def s3_actions_by_method() -> dict[str, set[str]]:
 
 def sqs_actions_by_method() -> dict[str, set[tuple[str, str]]]:
     """Per method, (action, QUEUE or DLQ) pairs; every queue call also looks the queue's URL up once."""
-    methods = _methods(SQS_ADAPTER, "SqsNotificationQueue")
+    methods = _methods(SQS_ADAPTER, "SqsJobQueue")
     direct: dict[str, set[str]] = {}
     for name, node in methods.items():
         if name in PROVISIONING or name in ("_call", "_resolve", "_url"):
@@ -299,7 +303,7 @@ def setup_actions_from_code() -> set[tuple[str, str]]:
                     needed.add((action, BUCKET))
                 else:
                     needed |= {(action, MEDIA_QUEUE), (action, MEDIA_DLQ)}
-    ensure = _methods(SQS_ADAPTER, "SqsNotificationQueue")["ensure"]
+    ensure = _methods(SQS_ADAPTER, "SqsJobQueue")["ensure"]
     for node in ast.walk(ensure):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "_call":
             operation = node.args[0]
