@@ -79,6 +79,7 @@ async def running_cluster(
                 "SQS_WAIT_SECONDS": "1",
                 "NOTIFICATION_VISIBILITY_TIMEOUT_SECONDS": "6",
                 "SHUTDOWN_DRAIN_SECONDS": "5",
+                "REQUEST_TIMEOUT_SECONDS": "5",
                 "ACCESS_LOG": "false",
                 "LOG_LEVEL": "WARNING",
             },

@@ -78,6 +78,14 @@ class ServiceSettings(_Frozen, frozen=True, kw_only=True):
     data_dir: Annotated[
         str, env("DATA_DIR", "Where the embedded adapters keep their files (objects, SQLite databases).")
     ] = ".data"
+    request_timeout_seconds: Annotated[
+        float,
+        env(
+            "REQUEST_TIMEOUT_SECONDS",
+            "Deadline of a request until its answer starts (then 503 `backend_timeout`); 0: none.",
+        ),
+        msgspec.Meta(ge=0),
+    ] = 15.0
     drain_seconds: Annotated[
         float,
         env("SHUTDOWN_DRAIN_SECONDS", "Grace given to in-flight requests and jobs on SIGTERM."),
