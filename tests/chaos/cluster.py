@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from chat_management.devstack import Stack
+from chat_devstack import Stack
 from tests.chaos.faultproxy import FaultProxy, running_proxy
 from tests.conftest import TEST_SECRET
 

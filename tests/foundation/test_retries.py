@@ -20,7 +20,7 @@ from chat_core.auth import JwksVerifier
 from chat_core.aws import AwsError, AwsHttp, aws_endpoint, aws_partition
 from chat_core.backends import Backends
 from chat_core.notifications import Notification
-from chat_core.notifications.sqs import SqsNotificationQueue
+from chat_core.jobqueue.sqs import SqsJobQueue
 from chat_core.objectstore.s3 import S3ObjectStore
 from chat_core.push import PushMessage
 from chat_core.settings import load_settings
@@ -124,7 +124,7 @@ async def test_the_budget_bounds_the_attempts_and_the_answer_is_the_last_one(
 async def test_sqs_calls_survive_transient_failures(proxied_aws: tuple[FaultProxy, Backends]) -> None:
     proxy, backends = proxied_aws
     queue = backends.notification_queue
-    assert isinstance(queue, SqsNotificationQueue)
+    assert isinstance(queue, SqsJobQueue)
     await queue.ensure()
     before = retries("sqs", "SendMessageBatch", "connection")
     await backends.aws_http.close()
@@ -145,7 +145,7 @@ async def test_sqs_calls_survive_transient_failures(proxied_aws: tuple[FaultProx
     proxy.fail_next(1, "503")
     before = retries("sqs", "ReceiveMessage", "throttled")
     [got] = await queue.receive(max_messages=10, wait_seconds=1)
-    assert got.notification.message_id == "m-retry"
+    assert got.job.message_id == "m-retry"
     assert retries("sqs", "ReceiveMessage", "throttled") == before + 1
 
 
@@ -247,7 +247,7 @@ def test_aws_conventions_region_endpoints_and_partitions(tmp_path: Path) -> None
     store = backends.object_store
     queue = backends.notification_queue
     assert isinstance(store, S3ObjectStore)
-    assert isinstance(queue, SqsNotificationQueue)
+    assert isinstance(queue, SqsJobQueue)
     assert store.public_endpoint_url == "http://shared:4566"
     assert queue._client.endpoint_url == "http://sqs-only:9324"
     assert (
