@@ -19,8 +19,8 @@ from prometheus_client import REGISTRY
 from chat_core.auth import JwksVerifier
 from chat_core.aws import AwsError, AwsHttp, aws_endpoint, aws_partition
 from chat_core.backends import Backends
-from chat_core.notifications import Notification
 from chat_core.jobqueue.sqs import SqsJobQueue
+from chat_core.notifications import Notification
 from chat_core.objectstore.s3 import S3ObjectStore
 from chat_core.push import PushMessage
 from chat_core.settings import load_settings
