@@ -3,8 +3,9 @@ word (a blackholed network, a hung emulator) costs the caller ``REQUEST_TIMEOUT_
 ``503 backend_timeout`` with ``Retry-After``, never a hang.
 
 Only the time to the first byte of the answer is bounded: a streamed body (an image on its way to a slow
-client) has its own per-read timeouts, and WebSockets are not HTTP requests. A send cut off by the
-deadline may still have been stored; the client's retry with the same ``clientMessageId`` gets it (200).
+client) has its own per-read timeouts, and WebSockets are not HTTP requests. Uploads to the local object
+store (``/_storage``, bytes from a possibly slow phone) are exempt: their time is the client's. A send
+cut off by the deadline may still have been stored; a retry with the same ``clientMessageId`` gets it (200).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from chat_core.errors import PROBLEM_JSON, RETRY_AFTER_SECONDS, problem_body
 __all__ = ["DeadlineMiddleware"]
 
 _log = structlog.get_logger("chat_core.deadline")
+_EXEMPT = "/_storage/"  # chat_core.objectstore.local.STORAGE_ROUTE: uploads go at the client's pace
 
 
 class DeadlineMiddleware:
@@ -30,7 +32,11 @@ class DeadlineMiddleware:
         self._seconds = seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or self._seconds <= 0:
+        if (
+            scope["type"] != ScopeType.HTTP
+            or self._seconds <= 0
+            or str(scope.get("path", "")).startswith(_EXEMPT)
+        ):
             await self._app(scope, receive, send)
             return
         started = False
