@@ -79,3 +79,7 @@ bench: test-deps ## load the embedded and the multi-process stacks; prints req/s
 .PHONY: clean
 clean: ## remove local data and caches (keeps the venvs)
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: chaos
+chaos: test-deps ## fault injection (long form): every fault on every backend, kill -9 and SIGTERM under load
+	CHAOS=long uv run --frozen pytest tests/chaos -s -q -p no:randomly --timeout 900

@@ -20,7 +20,7 @@ import upload_service.app
 from chat_devstack import start_local_firestore
 from chat_management import all as all_in_one
 from tests import harness
-from tests.conftest import make_settings
+from tests.conftest import make_settings, skip_unless_required
 
 
 def _redis_env(redis: harness.Backend) -> dict[str, str]:
@@ -32,7 +32,7 @@ def private_firestore() -> Iterator[harness.Backend]:
     try:
         backend = start_local_firestore()
     except RuntimeError as exc:
-        pytest.skip(str(exc))
+        skip_unless_required("firestore", str(exc))
     yield backend
     backend.stop()
 

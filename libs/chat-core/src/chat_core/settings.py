@@ -78,6 +78,14 @@ class ServiceSettings(_Frozen, frozen=True, kw_only=True):
     data_dir: Annotated[
         str, env("DATA_DIR", "Where the embedded adapters keep their files (objects, SQLite databases).")
     ] = ".data"
+    request_timeout_seconds: Annotated[
+        float,
+        env(
+            "REQUEST_TIMEOUT_SECONDS",
+            "Deadline of a request until its answer starts (then 503 `backend_timeout`); 0: none.",
+        ),
+        msgspec.Meta(ge=0),
+    ] = 15.0
     drain_seconds: Annotated[
         float,
         env("SHUTDOWN_DRAIN_SECONDS", "Grace given to in-flight requests and jobs on SIGTERM."),
@@ -135,7 +143,9 @@ class BackendSettings(_Frozen, frozen=True, kw_only=True):
 
 
 class AwsSettings(_Frozen, frozen=True, kw_only=True):
-    region: Annotated[str, env("AWS_REGION", "AWS region of the bucket and queues.")] = "us-east-1"
+    region: Annotated[
+        str, env("AWS_REGION", "AWS region of the bucket and queues (else `AWS_DEFAULT_REGION`).")
+    ] = "us-east-1"
     access_key_id: Annotated[
         str,
         env("AWS_ACCESS_KEY_ID", "Static credentials; empty uses the default chain (IRSA, profile, IMDS)."),
@@ -144,6 +154,12 @@ class AwsSettings(_Frozen, frozen=True, kw_only=True):
     session_token: Annotated[str, env("AWS_SESSION_TOKEN", "Session token for temporary credentials.")] = ""
     endpoint_url: Annotated[
         str, env("AWS_ENDPOINT_URL", "Override the AWS endpoint (LocalStack); empty means real AWS.")
+    ] = ""
+    s3_endpoint_url: Annotated[
+        str, env("AWS_ENDPOINT_URL_S3", "Override the S3 endpoint alone (wins over AWS_ENDPOINT_URL).")
+    ] = ""
+    sqs_endpoint_url: Annotated[
+        str, env("AWS_ENDPOINT_URL_SQS", "Override the SQS endpoint alone (wins over AWS_ENDPOINT_URL).")
     ] = ""
 
 
@@ -398,7 +414,10 @@ def _load_struct(cls: type[T], environ: Mapping[str, str]) -> T:
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Read settings from ``environ`` (default ``os.environ``) and validate them."""
-    settings = _load_struct(Settings, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    if not environ.get("AWS_REGION") and environ.get("AWS_DEFAULT_REGION"):
+        environ = {**environ, "AWS_REGION": environ["AWS_DEFAULT_REGION"]}  # the AWS CLI's fallback
+    settings = _load_struct(Settings, environ)
     if overrides:
         settings = msgspec.structs.replace(settings, **overrides)
     return settings.validate()

@@ -24,6 +24,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 
 from chat_core.push import PushMessage, PushOutcome
+from chat_core.retries import RetryableAnswer, RetryBudget, retrying, status_reason
 from chat_core.settings import PushSettings
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 _ASSERTION_LIFETIME = 3600
 _REFRESH_MARGIN = 120.0  # renew the access token this long before it expires
 _TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+_TOKEN_RETRY = RetryBudget(attempts=4, seconds=10.0, base=0.1, cap=2.0)
 _DEAD_TOKEN_CODES = {"UNREGISTERED", "SENDER_ID_MISMATCH"}
 _log = structlog.get_logger("chat_core.push.fcm")
 
@@ -111,11 +113,22 @@ class FcmPushProvider:
             algorithm="RS256",
             headers={"kid": account.private_key_id} if account.private_key_id else None,
         )
-        response = await self._http.post(
-            self._settings.fcm_token_url,
-            data={"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion},
-            timeout=_TIMEOUT,
-        )
+
+        async def attempt() -> httpx.Response:
+            answer = await self._http.post(
+                self._settings.fcm_token_url,
+                data={"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion},
+                timeout=_TIMEOUT,
+            )
+            reason = status_reason(answer.status_code) if answer.status_code >= 400 else None
+            if reason is not None:
+                raise RetryableAnswer(reason, answer)
+            return answer
+
+        try:  # 5xx, 429 and failed connections are tried again; a refused assertion (4xx) is not
+            response = await retrying("fcm", "token", attempt, _TOKEN_RETRY)
+        except RetryableAnswer as exhausted:
+            response = exhausted.answer
         if response.status_code != 200:
             raise _AuthFailed(f"token endpoint answered {response.status_code}: {response.text[:200]}")
         answer = response.json()
