@@ -25,12 +25,16 @@ test-deps: install ## install what the tests start: redis-server and the LocalSt
 	@[ -x /usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator ] || \
 	  echo "!!! the Firestore emulator is not installed: tests marked 'firestore' will be skipped"
 
+# The tests start their own Prometheus on a free port: the package's service is stopped if it started.
 .PHONY: deploy-deps
-deploy-deps: ## install promtool (Debian's prometheus package) for the alert-rule tests
-	@command -v promtool >/dev/null 2>&1 || { \
-	  echo "installing promtool"; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends prometheus; fi; }
+deploy-deps: ## install Debian's prometheus (the server for the live dashboard/alert check, and promtool)
+	@{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || { \
+	  echo "installing prometheus"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; \
+	  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then \
+	    $$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; \
+	  elif [ -f /run/prometheus/prometheus.pid ]; then $$SUDO kill "$$(cat /run/prometheus/prometheus.pid)" || true; fi; }
 
 .PHONY: dashboards
 dashboards: install ## regenerate the chart's Grafana dashboards from deploy/grafana/dashboards.py

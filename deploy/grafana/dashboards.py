@@ -69,7 +69,9 @@ def red_row(component: str | None) -> Row:
                 "Server error ratio (5xx)",
                 [
                     (
-                        f'sum by ({by}) (rate(chat_http_requests_total{{{scope}, status=~"5.."}}[{RATE}]))'
+                        # `or 0 * all`: a route without a single 5xx shows 0, not "no data".
+                        f'(sum by ({by}) (rate(chat_http_requests_total{{{scope}, status=~"5.."}}[{RATE}]))'
+                        f" or 0 * sum by ({by}) (rate(chat_http_requests_total{{{scope}}}[{RATE}])))"
                         f" / sum by ({by}) (rate(chat_http_requests_total{{{scope}}}[{RATE}]))",
                         legend,
                     )
@@ -353,6 +355,33 @@ def proxy_row() -> Row:
     )
 
 
+def workers_row(component: str) -> Row:
+    """A queue worker serves no API (its HTTP is health and metrics): show its pods and its intake."""
+    scope = f'{NS}, component="{component}"'
+    return Row(
+        "Workers",
+        [
+            Panel(
+                "Pods up",
+                [(f"sum by (namespace, release) (up{{{scope}}})", "{{namespace}}/{{release}}")],
+                description="Scraped and answering; 0 or no line fires ChatQueueWorkerDown.",
+            ),
+            Panel(
+                "Jobs received",
+                [
+                    (
+                        f"sum by (namespace, release) (rate(chat_notification_queue_age_seconds_count{{{NS}}}"
+                        f"[{RATE}]))",
+                        "{{namespace}}/{{release}}",
+                    )
+                ],
+                unit="ops",
+                description="Flat while the queue grows fires ChatNotificationQueueNotConsumed.",
+            ),
+        ],
+    )
+
+
 def membership_row() -> Row:
     return Row(
         "Membership cache",
@@ -401,7 +430,7 @@ DASHBOARDS = [
         "chat-mgmt-notifications",
         "chat-management / Notification consumer",
         "The notification queue and the pushes it turns into.",
-        [notifications_row(), red_row("notification-consumer")],
+        [notifications_row(), workers_row("notification-consumer")],
     ),
 ]
 
