@@ -20,10 +20,12 @@ from typing import Any
 
 OUT_DIR = Path(__file__).resolve().parents[1] / "helm" / "chat-management" / "files" / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-NS = 'namespace=~"$namespace"'
+# Two releases in one namespace are told apart by `release` (the ServiceMonitor sets it).
+NS = 'namespace=~"$namespace", release=~"$release"'
 # Health, readiness and scrapes are not traffic.
 API = f'{NS}, route!~"/healthz|/readyz|/metrics"'
 RATE = "$__rate_interval"
+RELEASES = 'label_values(chat_http_requests_total{namespace=~"$namespace"}, release)'
 
 
 @dataclass
@@ -514,6 +516,20 @@ def render(dashboard: Dashboard) -> dict[str, Any]:
                     "datasource": DATASOURCE,
                     "query": {"query": "label_values(chat_http_requests_total, namespace)", "refId": "ns"},
                     "definition": "label_values(chat_http_requests_total, namespace)",
+                    "includeAll": True,
+                    "allValue": ".*",
+                    "multi": True,
+                    "refresh": 2,
+                    "current": {},
+                    "hide": 0,
+                },
+                {
+                    "name": "release",
+                    "label": "Release",
+                    "type": "query",
+                    "datasource": DATASOURCE,
+                    "query": {"query": RELEASES, "refId": "release"},
+                    "definition": RELEASES,
                     "includeAll": True,
                     "allValue": ".*",
                     "multi": True,

@@ -334,21 +334,23 @@ async def driven(live: Live) -> Live:
 
 
 # --- queries ---------------------------------------------------------------------------------------------
-def panel_queries() -> list[tuple[str, str, str]]:
+def panel_queries(release: str) -> list[tuple[str, str, str]]:
     """(dashboard, panel title, PromQL as Grafana sends it) for every panel target."""
     found = []
     for path in sorted(DASHBOARDS.glob("*.json")):
         dashboard = json.loads(path.read_text())
         for panel in dashboard["panels"]:
             for target in panel.get("targets", []):
-                found.append((path.name, panel["title"], grafana_expand(target["expr"])))
+                found.append((path.name, panel["title"], grafana_expand(target["expr"], release)))
     return found
 
 
-def grafana_expand(expr: str) -> str:
-    # $__rate_interval spans the whole run (at least four scrapes, as Grafana makes sure);
-    # $namespace is the dashboard variable, here the one namespace scraped.
-    return expr.replace("$__rate_interval", "5m").replace("$namespace", NAMESPACE)
+def grafana_expand(expr: str, release: str) -> str:
+    # $__rate_interval spans the whole run (at least four scrapes, as Grafana makes sure); $namespace and
+    # $release are the dashboard's variables, here the one namespace and release scraped.
+    return (
+        expr.replace("$__rate_interval", "5m").replace("$namespace", NAMESPACE).replace("$release", release)
+    )
 
 
 def rules() -> list[tuple[str, str]]:
@@ -357,7 +359,7 @@ def rules() -> list[tuple[str, str]]:
 
 
 async def test_every_dashboard_panel_returns_data_from_a_real_prometheus(driven: Live) -> None:
-    queries = panel_queries()
+    queries = panel_queries(driven.release)
     assert len(queries) > 60
     empty, broken = [], []
     answered: dict[tuple[str, str], bool] = {}  # a panel shows data when any of its queries does
