@@ -2,39 +2,39 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export UV_LINK_MODE ?= copy
+# uv from PATH, else the project-local one scripts/bootstrap.sh installs into .tools (never the system Python)
+export PATH := $(PATH):$(CURDIR)/.tools/bin
+# uv trusts the platform's certificate store (a proxy's own root CA, as on CI)
+export UV_SYSTEM_CERTS ?= 1
+export UV_NATIVE_TLS ?= 1
 
 AUTH_JWT_SECRET ?= dev-only-secret-change-me-0123456789abcdef
 export AUTH_JWT_SECRET
 
 .PHONY: help
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 .PHONY: install
-install: ## install uv (if missing) and the project's Python dependencies
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
+install: ## install uv (if missing, into .tools) and every Python dependency, dev tools included
+	@bash scripts/bootstrap.sh uv
 	uv sync --frozen
 
-.PHONY: test-deps
-test-deps: install ## install what the tests start: redis-server and the LocalStack venv
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing redis-server"; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server; fi; }
-	@bash scripts/setup-localstack.sh
-	@[ -x /usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator ] || \
-	  echo "!!! the Firestore emulator is not installed: tests marked 'firestore' will be skipped"
+.PHONY: install-runtime
+install-runtime: ## install uv (if missing, into .tools) and the runtime dependencies only
+	@bash scripts/bootstrap.sh run
 
-# The tests start their own Prometheus on a free port: the package's service is stopped if it started.
+.PHONY: test-deps
+test-deps: ## install what the tests need: dependencies, redis-server, prometheus + promtool (apt as root/sudo), the LocalStack venv
+	@bash scripts/bootstrap.sh test
+
 .PHONY: deploy-deps
-deploy-deps: ## install Debian's prometheus (the server for the live dashboard/alert check, and promtool)
-	@{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || { \
-	  echo "installing prometheus"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; \
-	  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then \
-	    $$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; \
-	  elif [ -f /run/prometheus/prometheus.pid ]; then $$SUDO kill "$$(cat /run/prometheus/prometheus.pid)" || true; fi; }
+deploy-deps: ## install Debian's prometheus: promtool and the server the live dashboard/alert check starts
+	@bash scripts/bootstrap.sh system prometheus=prometheus prometheus=promtool
+
+.PHONY: deps-check
+deps-check: install ## the lock matches the pyprojects; each workspace member's imports match its own dependencies
+	@bash scripts/check-deps.sh
 
 .PHONY: dashboards
 dashboards: install ## regenerate the chart's Grafana dashboards from deploy/grafana/dashboards.py
@@ -52,17 +52,18 @@ fmt: install ## format and fix what ruff can
 	uv run --frozen ruff check --fix .
 
 .PHONY: test
-test: test-deps deploy-deps lint ## everything CI runs: lint, types, and all tests against real backends
+test: test-deps lint deps-check ## everything CI runs: lint, types, and all tests against real backends
 	uv run --frozen pytest
 
 .PHONY: docs
 docs: install ## regenerate the README's configuration table and the chart's list of settings
 	uv run --frozen python scripts/update_readme_config.py
 	uv run --frozen python deploy/chart_schema.py
+	uv run --frozen python -m chat_management.bucket deploy/bucket
 
 .PHONY: run
-run: install ## run all four services in one process on http://127.0.0.1:8000 (embedded adapters)
-	uv run --frozen chat-management serve all
+run: install-runtime ## run all four services in one process on http://127.0.0.1:8000 (embedded adapters)
+	uv run --frozen --no-dev chat-management serve all
 
 .PHONY: dev
 dev: test-deps ## each service as its own process with the cloud adapters, on local Redis, LocalStack, Firestore emulator
@@ -70,9 +71,7 @@ dev: test-deps ## each service as its own process with the cloud adapters, on lo
 
 .PHONY: bench
 bench: test-deps ## load the embedded and the multi-process stacks; prints req/s, p50, p99 and ratios to a bare route
-	@command -v wrk >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq wrk; fi; }
+	@bash scripts/bootstrap.sh system wrk
 	uv run --frozen python scripts/bench_presign.py
 	uv run --frozen python -m bench.http
 	uv run --frozen python scripts/bench_consumer.py --queue sqlite

@@ -39,7 +39,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from PIL import Image
 from websockets.asyncio.client import connect
 
-from chat_management.devstack import Stack, free_port, kill_group, wait_until
+from chat_devstack import Stack, free_port, kill_group, wait_until
 from tests import harness
 from tests.conftest import TEST_SECRET, auth_header, token_for, unique
 from tests.consumer.receivers import WebhookReceiver

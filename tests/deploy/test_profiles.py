@@ -209,7 +209,7 @@ def test_localstack_is_ready_only_when_s3_and_sqs_answer() -> None:
     probe = pod["containers"][0]["readinessProbe"]
     assert probe["exec"]["command"] == ["sh", "/etc/chat-probe/ready.sh"]
     script = profile.named("ConfigMap", component_name("localstack-probe"))["data"]["ready.sh"]
-    for needed in ("_localstack/health", "s3 sqs", "Action=ListQueues", '-I "$base/chat-images"'):
+    for needed in ("_localstack/health", "s3 sqs", 'answers "$base/"', "Action=ListQueues"):
         assert needed in script, needed
 
 

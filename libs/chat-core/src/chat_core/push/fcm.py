@@ -66,6 +66,7 @@ def load_credentials(settings: PushSettings) -> tuple[Credentials, str]:
 
 class FcmPushProvider:
     name = "fcm"
+    readiness_name = "fcm"
 
     def __init__(self, http: httpx.AsyncClient, settings: PushSettings) -> None:
         self._http = http
