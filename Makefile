@@ -25,12 +25,12 @@ install-runtime: ## install uv (if missing, into .tools) and the runtime depende
 	@bash scripts/bootstrap.sh run
 
 .PHONY: test-deps
-test-deps: ## install what the tests need: dependencies, redis-server, promtool (apt as root/sudo), the LocalStack venv
+test-deps: ## install what the tests need: dependencies, redis-server, prometheus + promtool (apt as root/sudo), the LocalStack venv
 	@bash scripts/bootstrap.sh test
 
 .PHONY: deploy-deps
-deploy-deps: ## install promtool (Debian's prometheus package) for the alert-rule tests
-	@bash scripts/bootstrap.sh system prometheus=promtool
+deploy-deps: ## install Debian's prometheus: promtool and the server the live dashboard/alert check starts
+	@bash scripts/bootstrap.sh system prometheus=prometheus prometheus=promtool
 
 .PHONY: deps-check
 deps-check: install ## the lock matches the pyprojects; each workspace member's imports match its own dependencies

@@ -5,6 +5,8 @@ Like Loki's or Tempo's monolithic target: what ``make run`` starts, with the emb
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from litestar import Litestar
 
 import image_proxy.app
@@ -22,6 +24,19 @@ SERVICES = {
     image_proxy.app.COMPONENT: image_proxy.app,
     notification_consumer.app.COMPONENT: notification_consumer.app,
 }
+
+
+def create_combined_app(
+    names: Sequence[str], settings: Settings, backends: Backends | None = None
+) -> Litestar:
+    """Several services in one process (`serve message upload`), labelled as the first one.
+
+    For routers without regex path matches (GKE's Gateway): the upload route shares the /conversations
+    prefix with the message service, so the pods that get /conversations serve both.
+    """
+    backends = backends or Backends(settings)
+    parts = [SERVICES[name].build(settings, backends) for name in names]
+    return create_service_app(settings, backends, parts, component=names[0], title=" + ".join(names))
 
 
 def create_app(settings: Settings, backends: Backends | None = None) -> Litestar:

@@ -310,7 +310,11 @@ class PushSettings(_Frozen, frozen=True, kw_only=True):
         str, env("PUSH_WEBHOOK_SECRET", "HMAC-SHA256 key for the webhook's `X-Chat-Signature` header.")
     ] = ""
     fcm_credentials_file: Annotated[
-        str, env("FCM_CREDENTIALS_FILE", "Service-account JSON for PUSH_PROVIDER=fcm.")
+        str,
+        env(
+            "FCM_CREDENTIALS_FILE",
+            "Service-account JSON for PUSH_PROVIDER=fcm; empty: Application Default Credentials.",
+        ),
     ] = ""
     fcm_project_id: Annotated[str, env("FCM_PROJECT_ID", "Firebase project (default: the credentials').")] = (
         ""
@@ -366,8 +370,6 @@ class Settings(_Frozen, frozen=True, kw_only=True):
             raise SettingsError("S3_BUCKET_NAME: required with OBJECT_STORE=s3")
         if self.backends.push_provider == "webhook" and not self.push.webhook_url:
             raise SettingsError("PUSH_WEBHOOK_URL: required with PUSH_PROVIDER=webhook")
-        if self.backends.push_provider == "fcm" and not self.push.fcm_credentials_file:
-            raise SettingsError("FCM_CREDENTIALS_FILE: required with PUSH_PROVIDER=fcm")
         expiry_days = self.s3.raw_upload_expiry_days
         if expiry_days and expiry_days * 86400 <= self.images.orphan_grace_seconds:
             # The backstop must never beat the send window: an upload still sendable would vanish.
