@@ -16,12 +16,15 @@ install: ## install uv (if missing) and the project's Python dependencies
 	uv sync --frozen
 
 .PHONY: test-deps
-test-deps: install ## install what the tests start: redis-server and the LocalStack venv
+test-deps: install ## install what the tests start: redis-server, the LocalStack venv, chromium
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "installing redis-server"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server; fi; }
 	@bash scripts/setup-localstack.sh
+	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium (the web client's browser tests)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; }
 	@[ -x /usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator ] || \
 	  echo "!!! the Firestore emulator is not installed: tests marked 'firestore' will be skipped"
 
@@ -55,6 +58,9 @@ test: test-deps deploy-deps lint ## everything CI runs: lint, types, and all tes
 docs: install ## regenerate the README's configuration table and the chart's list of settings
 	uv run --frozen python scripts/update_readme_config.py
 	uv run --frozen python deploy/chart_schema.py
+
+# the web client's "sign in as" (POST /dev/token) is for laptops only: these two targets turn it on
+run dev: export DEV_LOGIN ?= true
 
 .PHONY: run
 run: install ## run all four services in one process on http://127.0.0.1:8000 (embedded adapters)
