@@ -363,3 +363,127 @@ async def test_older_messages_load_as_you_scroll_up(browser: Any, server: Server
     await texts.get_by_text("message number 0", exact=True).wait_for()
     await shot(bob, "10-bob-history-top")
     watch.check()
+
+
+BLURHASH = "LEHV6nWB2yk8pyo0adR*.7kCMdnj"  # the reference example: 4x3 components
+BLURHASH_COLOURS = """() => {
+  const canvas = document.querySelector(".photo canvas.blurhash");
+  if (!canvas) return 0;
+  const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  const colours = new Set();
+  for (let i = 0; i < pixels.length; i += 4) colours.add(`${pixels[i]},${pixels[i + 1]},${pixels[i + 2]}`);
+  return colours.size;
+}"""
+
+
+async def test_the_pipelines_message_shape_is_drawn_blurhash_then_thumbnail_then_preview(
+    browser: Any, server: Server
+) -> None:
+    """Ahead of the media pipeline: bob's page is handed the message shape it will produce (``status``,
+    ``blurhash``, ``variants``, a ``message.updated`` on the real socket), over a real image message, and
+    draws each stage. Once the pipeline lands, PENDING_MEDIA_STEPS replace these rewritten answers."""
+    async with httpx.AsyncClient(base_url=server.url, headers=auth_header("alice")) as api:
+        created = await api.post("/conversations", json={"participantIds": ["bob"], "name": "Pipeline"})
+        conversation_id = created.json()["conversationId"]
+        ticket = (
+            await api.post(
+                f"/conversations/{conversation_id}/images/upload_url", json={"content_type": "image/jpeg"}
+            )
+        ).json()
+        put = await api.put(
+            ticket["upload_url"], content=photo_with_gps(), headers={"Content-Type": "image/jpeg"}
+        )
+        assert put.status_code in (200, 204)
+        sent = await api.post(
+            f"/conversations/{conversation_id}/messages",
+            json={
+                "messageType": "image",
+                "content": "Lake",
+                "metadata": {"object_key": ticket["object_key"], "content_type": "image/jpeg"},
+            },
+        )
+        message = sent.json()
+    url = message["metadata"]["url"]
+
+    def variant(name: str) -> dict[str, Any]:
+        return {"url": f"{url}?variant={name}", "width": 640, "height": 480, "content_type": "image/jpeg"}
+
+    processing = {
+        **message,
+        "metadata": {**message["metadata"], "status": "processing", "blurhash": BLURHASH},
+    }
+    ready = {
+        **message,
+        "metadata": {
+            **processing["metadata"],
+            "status": "ready",
+            "variants": {"thumbnail": variant("thumbnail"), "preview": variant("preview")},
+        },
+    }
+    failed = {**message, "metadata": {**processing["metadata"], "status": "failed", "error": "undecodable"}}
+
+    # what the server says of this message (list page, read receipt) is rewritten to its current stage
+    stage = {"now": processing}
+
+    def staged(item: dict[str, Any]) -> dict[str, Any]:
+        if item["messageId"] != message["messageId"]:
+            return item
+        return {**stage["now"], "readBy": item["readBy"]}
+
+    async def rewrite(route: Any) -> None:
+        response = await route.fetch()
+        body = await response.json()
+        body = {**body, "items": [staged(m) for m in body["items"]]} if "items" in body else staged(body)
+        await route.fulfill(response=response, json=body)
+
+    sockets: list[Any] = []
+
+    def keep_socket(route: Any) -> None:
+        route.connect_to_server()
+        sockets.append(route)
+
+    async def updated(shape: dict[str, Any]) -> None:
+        stage["now"] = shape
+        event = {"type": "message.updated", "conversationId": conversation_id, "message": shape}
+        sockets[-1].send(json.dumps(event))
+
+    watch = Watch()
+    context = await browser.new_context(viewport={"width": 1100, "height": 720}, service_workers="block")
+    context.on("request", lambda request: watch.urls.append(request.url))
+    bob = await context.new_page()
+    watch.page(bob, "bob")
+    await bob.route(re.compile(r"/conversations/[^/]+/messages(\?|/[^/]+/read$)"), rewrite)
+    await bob.route_web_socket(re.compile(r"/ws\?"), keep_socket)
+    await bob.goto(server.url + "/")
+    await bob.get_by_label("User id").fill("bob")
+    await bob.get_by_label("User id").press("Enter")
+    await bob.get_by_role("status", name="Connection: online").wait_for()
+    await bob.locator("button.conversation", has_text="Pipeline").click()
+
+    # processing: the BlurHash at once (a real gradient, not one colour), no image yet, a badge
+    photo = bob.locator(".photo")
+    await bob.locator(".photo[data-status='processing']").wait_for()
+    assert await bob.evaluate(BLURHASH_COLOURS) > 20
+    assert await photo.locator("img").count() == 0
+    await photo.get_by_text("Processing…").wait_for()
+    await shot(bob, "11-pipeline-blurhash")
+
+    # message.updated, ready: the thumbnail variant replaces the BlurHash; the viewer shows the preview
+    await updated(ready)
+    await bob.locator(".photo[data-status='ready'] img.loaded").wait_for()
+    assert await photo.locator("img").get_attribute("src") == f"{url}?variant=thumbnail"
+    assert await photo.get_by_text("Processing…").count() == 0
+    await shot(bob, "12-pipeline-thumbnail")
+    await photo.click()
+    viewer = bob.get_by_role("dialog", name="Photo")
+    assert await viewer.locator("img").get_attribute("src") == f"{url}?variant=preview"
+    await bob.wait_for_function("() => document.querySelector('dialog.viewer img')?.naturalWidth === 640")
+    assert await viewer.get_by_role("link", name="Open original").get_attribute("href") == url
+    await bob.keyboard.press("Escape")
+    await viewer.wait_for(state="hidden")
+
+    # message.updated, failed: the reason, and no broken image
+    await updated(failed)
+    await photo.get_by_text("Could not be processed: undecodable").wait_for()
+    assert await photo.locator("img").count() == 0
+    watch.check()

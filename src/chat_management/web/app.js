@@ -256,7 +256,7 @@ function ConversationList({ store, selected, onSelect }) {
       ${conversations.map((c) => {
         const unread = store.unread(c.conversationId);
         const last = c.lastMessage;
-        const preview = last ? (last.messageType === "image" ? `📷 ${last.preview || "Photo"}` : last.preview) : "No messages";
+        const preview = last ? (last.messageType === "image" ? (last.preview ? `Photo: ${last.preview}` : "Photo") : last.preview) : "No messages";
         return html`<li key=${c.conversationId}>
           <button type="button" class="conversation" aria-current=${selected === c.conversationId ? "true" : undefined}
             data-conversation=${c.conversationId} onClick=${() => onSelect(c.conversationId)}>
