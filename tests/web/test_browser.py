@@ -167,6 +167,22 @@ async def shot(page: Any, name: str) -> None:
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
+def side_by_side(names: list[str], name: str) -> None:
+    """One picture of both windows (the README's)."""
+    images = [Image.open(ARTIFACTS / f"{n}.png").convert("RGB") for n in names]
+    gap = 16
+    canvas = Image.new(
+        "RGB",
+        (sum(i.width for i in images) + gap * (len(images) + 1), max(i.height for i in images) + 2 * gap),
+        (205, 210, 218),
+    )
+    x = gap
+    for image in images:
+        canvas.paste(image, (x, gap))
+        x += image.width + gap
+    canvas.save(ARTIFACTS / f"{name}.png", optimize=True)
+
+
 def photo_with_gps() -> bytes:
     """A 640x480 JPEG whose EXIF says where it was taken (what the pipeline must strip)."""
     image = Image.new("RGB", (640, 480), (250, 170, 90))
@@ -278,6 +294,8 @@ async def test_two_people_chat_with_a_photo_in_the_browser(browser: Any, server:
     await receipts.nth(1).wait_for()
     assert await receipts.count() == 2
     await shot(alice, "05-alice-read-by-bob")
+    await shot(bob, "05-bob-reading")
+    side_by_side(["05-alice-read-by-bob", "05-bob-reading"], "readme")
 
     # bob opens the viewer; Escape closes it (keyboard)
     await bob.get_by_role("button", name="Open Photo: Sunset at the lake").click()

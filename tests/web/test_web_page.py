@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import pytest
 import yaml
 
@@ -14,7 +15,7 @@ from chat_core.settings import SettingsError, load_settings
 from chat_management import all as all_in_one
 from chat_management.webclient import WEB_ROOT
 from tests.conftest import make_settings
-from tests.deploy.conftest import CHART, PROFILES, rendered
+from tests.deploy.conftest import CHART, PROFILES, render_values, rendered
 
 CSP_REQUIRED = {
     "default-src": "'none'",
@@ -128,6 +129,11 @@ def test_dev_login_needs_the_dev_secret() -> None:
                 "AUTH_AUDIENCE": "chat",
             }
         )
+
+
+def test_the_chart_refuses_dev_login() -> None:
+    with pytest.raises(helm.HelmValuesError, match="DEV_LOGIN"):
+        render_values({"config": {"DEV_LOGIN": "true"}})
 
 
 @pytest.mark.parametrize("profile", PROFILES)
