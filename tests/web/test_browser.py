@@ -19,7 +19,7 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import pytest
@@ -339,10 +339,21 @@ async def test_two_people_chat_with_a_photo_in_the_browser(browser: Any, server:
     await alice.get_by_label("Message", exact=True).press("Enter")
     away = "li.message p.text >> text='Sent while bob was away'"
     await alice.locator(away).wait_for()
+    # more than one page (30) of messages is missed: the backfill pages back to what bob already has
+    conversation_id = unquote(urlsplit(alice.url).fragment)
+    async with httpx.AsyncClient(base_url=server.url, headers=auth_header("alice")) as api:
+        for n in range(35):
+            sent = await api.post(
+                f"/conversations/{conversation_id}/messages",
+                json={"messageType": "text", "content": f"missed {n}"},
+            )
+            assert sent.status_code == 201
     await asyncio.sleep(1)
     assert await bob.locator(away).count() == 0  # no live event reached him
     blocked = False
     await bob.locator(away).wait_for(timeout=20_000)
+    missed = await bob.locator("li.message p.text", has_text="missed").all_inner_texts()
+    assert sorted(missed) == sorted(f"missed {n}" for n in range(35))
     await bob.get_by_role("status", name="Connection: online").wait_for()
     await receipts.nth(2).wait_for()  # and it was on his screen, so alice sees it read
     await shot(bob, "08-bob-backfilled")

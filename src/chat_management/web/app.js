@@ -104,15 +104,25 @@ class Store {
     const page = await this.api.conversations();
     for (const c of page.items) this.conversations.set(c.conversationId, c);
     this.changed();
-    return page.items;
+    return page;
   }
-  /** The newest page, merged by messageId: first load, and the backfill after a reconnect. */
+  /**
+   * The newest messages, merged by messageId. On a thread already loaded (the backfill after a reconnect)
+   * it pages back until it meets a message it knows, so a long outage leaves no gap.
+   */
   async loadNewest(id) {
-    const page = await this.api.messages(id);
     const thread = this.thread(id);
-    for (const m of page.items) this.putMessage(id, m);
-    if (!thread.loaded) thread.nextCursor = page.nextCursor;
-    thread.loaded = true;
+    const resuming = thread.loaded && thread.messages.size > 0;
+    let cursor = null;
+    for (let pages = 0; pages < 20; pages++) {
+      const page = await this.api.messages(id, cursor);
+      const metKnown = page.items.some((m) => thread.messages.has(m.messageId));
+      for (const m of page.items) this.putMessage(id, m);
+      if (!thread.loaded) thread.nextCursor = page.nextCursor;
+      thread.loaded = true;
+      if (!resuming || metKnown || !page.nextCursor) break;
+      cursor = page.nextCursor;
+    }
     this.changed();
   }
   async loadOlder(id) {
@@ -171,8 +181,18 @@ class Store {
   }
   /** After a reconnect: what was missed, from the list endpoints, de-duplicated by id. */
   async backfill() {
-    const items = await this.loadConversations();
-    await Promise.all(items.map((c) => this.loadNewest(c.conversationId)));
+    const page = await this.loadConversations();
+    if (!page.nextCursor) {
+      // the whole list: a conversation missing from it was left while offline
+      const current = new Set(page.items.map((c) => c.conversationId));
+      for (const id of [...this.conversations.keys()]) {
+        if (!current.has(id)) {
+          this.conversations.delete(id);
+          this.threads.delete(id);
+        }
+      }
+    }
+    await Promise.all(page.items.map((c) => this.loadNewest(c.conversationId)));
   }
 }
 
@@ -386,7 +406,10 @@ function MessageItem({ store, conversationId, message, observer, onOpen }) {
     if (!unreadByMe || !node || !observer) return undefined;
     node._read = () => store.markRead(conversationId, message);
     observer.observe(node);
-    return () => observer.unobserve(node);
+    return () => {
+      observer.unobserve(node);
+      node._read = null;
+    };
   }, [unreadByMe, observer, message]);
   return html`<li ref=${element} class=${`message ${mine ? "mine" : "theirs"}`} data-message=${message.messageId}>
     ${!mine && html`<span class="sender">${message.senderId}</span>`}
@@ -414,7 +437,21 @@ function MessageList({ store, conversationId, onOpen }) {
       { root: scroller.current, threshold: 0.5 },
     );
     setObserver(seen);
-    return () => seen.disconnect();
+    // back from another tab: what is on screen now counts (re-observing reports it afresh)
+    const visible = () => {
+      if (document.visibilityState !== "visible" || !scroller.current) return;
+      for (const node of scroller.current.querySelectorAll("li.message")) {
+        if (node._read) {
+          seen.unobserve(node);
+          seen.observe(node);
+        }
+      }
+    };
+    document.addEventListener("visibilitychange", visible);
+    return () => {
+      seen.disconnect();
+      document.removeEventListener("visibilitychange", visible);
+    };
   }, [conversationId]);
 
   // Infinite scroll: the sentinel above the oldest message asks for the page before it.
@@ -604,24 +641,32 @@ function Chat({ session, onSignOut }) {
 
   useEffect(() => {
     let first = true;
-    store.loadConversations().then(
-      (items) => Promise.all(items.slice(0, 20).map((c) => store.loadNewest(c.conversationId))),
-      (e) => (e instanceof ApiError && e.status === 401 ? onSignOut("Your token was refused: sign in again.") : setError(describeError(e))),
-    );
+    const failed = (e) =>
+      e instanceof ApiError && e.status === 401 ? onSignOut("Your token was refused: sign in again.") : setError(describeError(e));
+    store
+      .loadConversations()
+      .then((page) => Promise.all(page.items.slice(0, 20).map((c) => store.loadNewest(c.conversationId))))
+      .catch(failed);
     const socket = connectSocket(session.token, {
       onStatus: setStatus,
       onReady: () => {
-        if (!first) store.backfill().catch((e) => setError(describeError(e)));
+        if (!first) store.backfill().catch(failed);
         first = false;
       },
-      onEvent: (event) => store.apply(event).catch((e) => setError(describeError(e))),
+      onEvent: (event) => store.apply(event).catch(failed),
       onUnauthorized: () => onSignOut("Your session has expired: sign in again."),
     });
     const reassert = () => setImageCookie(session.token); // another window may have signed in as someone else
     window.addEventListener("focus", reassert);
+    // a photo dropped beside the conversation must not navigate away from the chat
+    const keep = (e) => e.preventDefault();
+    window.addEventListener("dragover", keep);
+    window.addEventListener("drop", keep);
     return () => {
       socket.close();
       window.removeEventListener("focus", reassert);
+      window.removeEventListener("dragover", keep);
+      window.removeEventListener("drop", keep);
     };
   }, [store]);
 
