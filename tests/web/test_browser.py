@@ -36,7 +36,7 @@ ARTIFACTS = harness.ROOT / ".artifacts" / "web"
 # What the browser itself logs for refusals the test provokes on purpose: the 415 of an SVG upload and the
 # socket's reconnect attempts while the server is down. Anything else in the console fails the test.
 EXPECTED_CONSOLE = (
-    re.compile(r"^Failed to load resource: the server responded with a status of 415"),
+    re.compile(r"^Failed to load resource: the server responded with a status of 41[35]"),
     re.compile(r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws\?access_token=[^']*' failed"),
 )
 PENDING_MEDIA_STEPS = """
@@ -97,12 +97,26 @@ class Server:
 
 
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    port = harness.free_port()
-    running = Server(make_settings(tmp_path, {"PORT": str(port), "DEV_LOGIN": "true"}))
-    await running.start()
-    yield running
-    await running.stop()
+async def server_with(tmp_path: Path) -> AsyncIterator[Any]:
+    """``await server_with({"MAX_IMAGE_BYTES": "1000"})`` -> a started ``Server`` with those settings."""
+    started: list[Server] = []
+
+    async def start(env: dict[str, str]) -> Server:
+        port = harness.free_port()
+        running = Server(make_settings(tmp_path, {"PORT": str(port), "DEV_LOGIN": "true", **env}))
+        await running.start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.stop()
+
+
+@pytest.fixture
+async def server(server_with: Any) -> Server:
+    started: Server = await server_with({})
+    return started
 
 
 class Watch:
@@ -515,4 +529,28 @@ async def test_the_pipelines_message_shape_is_drawn_blurhash_then_thumbnail_then
     await updated(failed)
     await photo.get_by_text("Could not be processed: undecodable").wait_for()
     assert await photo.locator("img").count() == 0
+    watch.check()
+
+
+async def test_a_photo_over_the_size_limit_is_refused_with_the_servers_words(
+    browser: Any, server_with: Any
+) -> None:
+    server = await server_with({"MAX_IMAGE_BYTES": "10000"})
+    watch = Watch()
+    alice = await open_as(browser, watch, server.url, "alice")
+    await alice.get_by_role("button", name="New conversation").click()
+    await alice.get_by_label("Participants").fill("bob")
+    await alice.get_by_role("button", name="Create").click()
+    await alice.get_by_role("heading", name="bob").wait_for()
+    photo = photo_with_gps()
+    assert len(photo) > 10_000
+    await drop_file(alice, photo, "big.jpg", "image/jpeg")
+    alert = alice.get_by_role("alert")
+    await alert.wait_for()
+    text = await alert.inner_text()
+    assert "big.jpg" in text
+    assert "image_too_large" in text
+    assert "413" in text
+    assert await alice.get_by_label("Upload progress").count() == 0
+    await shot(alice, "13-alice-413")
     watch.check()
