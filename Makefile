@@ -2,38 +2,40 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export UV_LINK_MODE ?= copy
+# uv from PATH, else the project-local one scripts/bootstrap.sh installs into .tools (never the system Python)
+export PATH := $(PATH):$(CURDIR)/.tools/bin
+# uv trusts the platform's certificate store (a proxy's own root CA, as on CI)
+export UV_SYSTEM_CERTS ?= 1
+export UV_NATIVE_TLS ?= 1
 
 AUTH_JWT_SECRET ?= dev-only-secret-change-me-0123456789abcdef
 export AUTH_JWT_SECRET
 
 .PHONY: help
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 .PHONY: install
-install: ## install uv (if missing) and the project's Python dependencies
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
+install: ## install uv (if missing, into .tools) and every Python dependency, dev tools included
+	@bash scripts/bootstrap.sh uv
 	uv sync --frozen
 
+.PHONY: install-runtime
+install-runtime: ## install uv (if missing, into .tools) and the runtime dependencies only
+	@bash scripts/bootstrap.sh run
+
 .PHONY: test-deps
-test-deps: install ## install what the tests start: redis-server, the LocalStack venv, chromium
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing redis-server"; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server; fi; }
-	@bash scripts/setup-localstack.sh
-	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium (the web client's browser tests)"; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; }
-	@[ -x /usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator ] || \
-	  echo "!!! the Firestore emulator is not installed: tests marked 'firestore' will be skipped"
+test-deps: ## install what the tests need: dependencies, redis-server, promtool, chromium (apt as root/sudo), the LocalStack venv
+	@bash scripts/bootstrap.sh test
+	@bash scripts/bootstrap.sh system chromium  # the web client's browser tests (tests/web)
 
 .PHONY: deploy-deps
 deploy-deps: ## install promtool (Debian's prometheus package) for the alert-rule tests
-	@command -v promtool >/dev/null 2>&1 || { \
-	  echo "installing promtool"; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends prometheus; fi; }
+	@bash scripts/bootstrap.sh system prometheus=promtool
+
+.PHONY: deps-check
+deps-check: install ## the lock matches the pyprojects; each workspace member's imports match its own dependencies
+	@bash scripts/check-deps.sh
 
 .PHONY: dashboards
 dashboards: install ## regenerate the chart's Grafana dashboards from deploy/grafana/dashboards.py
@@ -51,20 +53,21 @@ fmt: install ## format and fix what ruff can
 	uv run --frozen ruff check --fix .
 
 .PHONY: test
-test: test-deps deploy-deps lint ## everything CI runs: lint, types, and all tests against real backends
+test: test-deps lint deps-check ## everything CI runs: lint, types, and all tests against real backends
 	uv run --frozen pytest
 
 .PHONY: docs
 docs: install ## regenerate the README's configuration table and the chart's list of settings
 	uv run --frozen python scripts/update_readme_config.py
 	uv run --frozen python deploy/chart_schema.py
+	uv run --frozen python -m chat_management.bucket deploy/bucket
 
 # the web client's "sign in as" (POST /dev/token) is for laptops only: these two targets turn it on
 run dev: export DEV_LOGIN ?= true
 
 .PHONY: run
-run: install ## run all four services in one process on http://127.0.0.1:8000 (embedded adapters)
-	uv run --frozen chat-management serve all
+run: install-runtime ## run all four services in one process on http://127.0.0.1:8000 (embedded adapters)
+	uv run --frozen --no-dev chat-management serve all
 
 .PHONY: dev
 dev: test-deps ## each service as its own process with the cloud adapters, on local Redis, LocalStack, Firestore emulator
@@ -72,9 +75,7 @@ dev: test-deps ## each service as its own process with the cloud adapters, on lo
 
 .PHONY: bench
 bench: test-deps ## load the embedded and the multi-process stacks; prints req/s, p50, p99 and ratios to a bare route
-	@command -v wrk >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq wrk; fi; }
+	@bash scripts/bootstrap.sh system wrk
 	uv run --frozen python scripts/bench_presign.py
 	uv run --frozen python -m bench.http
 	uv run --frozen python scripts/bench_consumer.py --queue sqlite

@@ -32,9 +32,9 @@ import httpx
 import msgspec
 from PIL import Image
 
+import chat_devstack as devstack
 from bench.openloop import run_open_loop
 from chat_core.auth import mint_token
-from chat_management import devstack
 
 SECRET = "bench-secret-0123456789abcdef-0123456789"  # noqa: S105 - a throwaway dev secret
 LUA = Path(__file__).resolve().parent / "request.lua"

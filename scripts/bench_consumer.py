@@ -65,7 +65,7 @@ async def run(args: argparse.Namespace, log_sink: BinaryIO) -> None:
     backends = Backends(settings)
     consumer = NotificationConsumer.from_backends(settings, backends)
     async with backends:
-        store, queue = backends.message_store, backends.notification_queue
+        store, queue = backends.chat_store, backends.notification_queue
         now = dt.datetime.now(dt.UTC)
         users = [f"user-{n}" for n in range(args.notifications * args.recipients)]
         for user in users:

@@ -33,7 +33,7 @@ from chat_core.auth import mint_token
 from chat_core.backends import Backends
 from chat_core.logging import configure_logging
 from chat_core.membership import MembershipCache
-from chat_core.messagestore import Conversation, MessageStore
+from chat_core.messagestore import ChatStore, Conversation
 from chat_core.settings import Settings, load_settings
 
 SECRET = "bench-secret-0123456789abcdef0123456789"  # noqa: S105 - a throwaway HS256 key for the run
@@ -42,7 +42,7 @@ SECRET = "bench-secret-0123456789abcdef0123456789"  # noqa: S105 - a throwaway H
 class CountingStore:
     """The real store; counts the membership reads."""
 
-    def __init__(self, inner: MessageStore) -> None:
+    def __init__(self, inner: ChatStore) -> None:
         self.inner = inner
         self.reads = 0
 
@@ -66,7 +66,7 @@ def settings_for(store: str, data_dir: str, cache_seconds: float) -> Settings:
     return load_settings(env)
 
 
-async def make_conversations(store: MessageStore, count: int, members: int) -> list[tuple[str, list[str]]]:
+async def make_conversations(store: ChatStore, count: int, members: int) -> list[tuple[str, list[str]]]:
     now = dt.datetime.now(dt.UTC)
     made = []
     for _ in range(count):
@@ -84,7 +84,7 @@ async def make_conversations(store: MessageStore, count: int, members: int) -> l
 async def lookups(args: argparse.Namespace, cache_seconds: float) -> tuple[float, int, float]:
     with tempfile.TemporaryDirectory() as data_dir:
         backends = Backends(settings_for(args.store, data_dir, cache_seconds))
-        store = backends.message_store
+        store = backends.chat_store
         async with backends:
             conversations = await make_conversations(store, args.conversations, args.members)
             counting = CountingStore(store)
@@ -111,11 +111,11 @@ async def proxy(args: argparse.Namespace, cache_seconds: float) -> tuple[float, 
         backends = Backends(settings)
         app: Any = image_proxy.app.create_app(settings, backends)
         membership = MembershipCache.of(backends)
-        counting = CountingStore(backends.message_store)
+        counting = CountingStore(backends.chat_store)
         membership._store = counting  # type: ignore[assignment] # count the reads of the real store
         transport = httpx.ASGITransport(app=app)
         async with app.lifespan(), httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
-            conversations = await make_conversations(backends.message_store, args.conversations, args.members)
+            conversations = await make_conversations(backends.chat_store, args.conversations, args.members)
             images: dict[str, str] = {}
             for cid, users in conversations:
                 object_key = keys.new_object_key(users[0], "image/jpeg")

@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from chat_management import devstack
-from chat_management.devstack import (
+import chat_devstack as devstack
+from chat_devstack import (
     LOCALSTACK_ENV,
     Backend,
     free_port,

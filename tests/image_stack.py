@@ -23,10 +23,10 @@ from PIL import Image
 
 import image_proxy.app
 import upload_service.app
+from chat_core.app_factory import create_service_app
 from chat_core.backends import Backends
 from chat_core.messagestore import Conversation
 from chat_core.objectstore import ObjectStore
-from chat_core.service import create_service_app
 from tests import harness
 from tests.conftest import auth_header, make_settings, unique
 
@@ -63,7 +63,7 @@ class ImageStack:
     async def conversation(self, *members: str) -> str:
         conversation_id = uuid.uuid4().hex
         now = dt.datetime.now(dt.UTC)
-        await self.backends.message_store.create_conversation(
+        await self.backends.chat_store.create_conversation(
             Conversation(
                 conversation_id=conversation_id,
                 participants=members,

@@ -12,8 +12,8 @@ import image_proxy.app
 import message_service.app
 import notification_consumer.app
 import upload_service.app
+from chat_core.app_factory import create_service_app
 from chat_core.backends import Backends
-from chat_core.service import create_service_app
 from chat_core.settings import Settings
 from chat_management import webclient
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ import msgspec
 from litestar import Litestar
 
 from chat_core.auth import USER_ID_PATTERN, mint_token
-from chat_core.backends import Backends
+from chat_core.backends import Backends, NeedsSetup
 from chat_core.server import load_or_exit, serve
 from chat_core.settings import Settings, markdown_table
 from chat_management import all as all_in_one
@@ -80,12 +81,21 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _cleanup_orphans(args: argparse.Namespace) -> int:
-    from chat_core import cleanup
+    import structlog
+
     from chat_core.logging import configure_logging
+    from upload_service import cleanup
 
     settings = load_or_exit()
     configure_logging(settings.service.log_level, service="cleanup")
-    return cleanup.main(settings, dry_run=args.dry_run)
+    try:
+        asyncio.run(cleanup.run(settings, dry_run=args.dry_run))
+    except Exception as exc:
+        structlog.get_logger("upload_service.cleanup").exception(
+            "cleanup_failed", error=f"{type(exc).__name__}: {exc}"
+        )
+        return 1
+    return 0
 
 
 def _smoke(args: argparse.Namespace) -> int:
@@ -127,26 +137,39 @@ def _smoke(args: argparse.Namespace) -> int:
     return smoke.main(targets)
 
 
-def _setup_steps(backends: Backends) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
-    """What ``setup`` makes exist: one idempotent step per backend that has something to ensure.
+def _setup_steps(backends: Backends) -> list[tuple[str, Callable[[], Awaitable[str | None]]]]:
+    """What ``setup`` makes exist: one idempotent step per thing to ensure, each saying what it did.
 
-    Adapters are asked for here, before ``Backends`` starts them.
+    Adapters are asked for here, before ``Backends`` starts them. An S3 bucket is configured with boto3
+    (``chat_management.bucket``: the hardened bucket and the media queue its uploads are announced on).
     """
     settings = backends.settings
-    store = backends.object_store
-    steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-        (
-            f"object store ({store.name}): bucket and browser-upload CORS rule",
-            lambda: store.ensure_bucket(settings.service.cors_allow_origins),
-        ),
-    ]
-    if settings.backends.notification_queue == "sqs":
-        from chat_core.notifications.sqs import SqsNotificationQueue
+    steps: list[tuple[str, Callable[[], Awaitable[str | None]]]] = []
+    if settings.backends.object_store == "s3":
+        from chat_management import bucket
 
-        queue = backends.notification_queue
-        assert isinstance(queue, SqsNotificationQueue)
+        s3, sqs = bucket.clients(settings)
+        for what, step in bucket.setup_steps(bucket.BucketConfiguration.from_settings(settings), s3, sqs):
+            steps.append((what, functools.partial(asyncio.to_thread, step)))
+    else:
+        store = backends.object_store
+
+        async def ensure_store() -> None:
+            await store.ensure_bucket(settings.service.cors_allow_origins)
+
+        steps.append((f"object store ({store.name}): bucket and browser-upload CORS rule", ensure_store))
+    queue = backends.notification_queue
+    if isinstance(queue, NeedsSetup):  # SQS: the queues exist before the services use them
+        needs_setup = queue
+
+        async def ensure_queue() -> None:
+            await needs_setup.ensure()
+
         steps.append(
-            ("notification queue (sqs): queue and dead-letter queue with its redrive policy", queue.ensure)
+            (
+                f"notification queue ({queue.name}): queue and dead-letter queue with its redrive policy",
+                ensure_queue,
+            )
         )
     return steps
 
@@ -158,13 +181,15 @@ def _setup(_args: argparse.Namespace) -> int:
         backends = Backends(settings)
         steps = _setup_steps(backends)
         async with backends:
+            # Stops at the first failure (later steps may need it); every step is idempotent, so the
+            # fix is to run setup again.
             for what, ensure in steps:
                 try:
-                    await ensure()
+                    done = await ensure()
                 except Exception as exc:
                     print(f"failed: {what}: {type(exc).__name__}: {exc}", file=sys.stderr)
                     return 1
-                print(f"ok: {what}")
+                print(f"ok: {what}" + (f" ({done})" if done else ""), flush=True)
         return 0
 
     return asyncio.run(run())
@@ -175,8 +200,15 @@ def _dev(args: argparse.Namespace) -> int:
     import threading
     from pathlib import Path
 
-    from chat_management import devstack
-
+    try:
+        import chat_devstack as devstack  # dev-only (tools/devstack): never in the runtime image
+    except ImportError:
+        print(
+            "chat-management dev: a development command; run it from a checkout after `uv sync` "
+            "(the dev group brings tools/devstack)",
+            file=sys.stderr,
+        )
+        return 2
     workdir = Path(args.data_dir).resolve()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -233,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     setup_cmd = commands.add_parser(
         "setup",
-        help="create what the configured backends need (bucket with its CORS rule, SQS queues); idempotent",
+        help="create what the configured backends need (the hardened bucket, its media queue and "
+        "notification, SQS queues); idempotent",
     )
     setup_cmd.set_defaults(func=_setup)
 

@@ -26,9 +26,9 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import FromPath, JSONBody
 
+from chat_core.app_factory import ServiceParts
 from chat_core.auth import USER_ID_PATTERN, mint_token
 from chat_core.errors import ProblemError
-from chat_core.service import ServiceParts
 from chat_core.settings import Settings
 
 __all__ = ["COMPONENT", "DEV_TOKEN_TTL_SECONDS", "WEB_ROOT", "build", "content_security_policy"]

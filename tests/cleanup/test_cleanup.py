@@ -21,14 +21,14 @@ from litestar.params import FromPath
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from chat_core import cleanup
 from chat_core.backends import Backends
 from chat_core.keys import new_object_key, stored_key
-from chat_core.messagestore import Conversation, ImageMetadata, Message, MessageStore
+from chat_core.messagestore import ChatStore, Conversation, ImageMetadata, Message, MessageStore
 from chat_core.objectstore import ObjectStore
 from chat_core.settings import Settings
 from tests import harness
 from tests.conftest import TEST_SECRET, make_settings, unique
+from upload_service import cleanup
 
 GRACE = 3600
 LATER = dt.timedelta(seconds=GRACE + 60)  # "now" for a run that sees every object as past its grace
@@ -39,7 +39,7 @@ class Stores:
     kind: str
     settings: Settings
     objects: ObjectStore
-    messages: MessageStore
+    messages: ChatStore
 
     async def conversation(self, *members: str) -> str:
         conversation_id = uuid.uuid4().hex[:12]
@@ -107,7 +107,7 @@ def _env(kind: str, request: pytest.FixtureRequest) -> dict[str, str]:
 async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
     kind = str(request.param)
     backends = Backends(make_settings(tmp_path, _env(kind, request)))
-    objects, messages = backends.object_store, backends.message_store
+    objects, messages = backends.object_store, backends.chat_store
     async with backends:
         await objects.ensure_bucket(())
         yield Stores(kind, backends.settings, objects, messages)
@@ -116,7 +116,7 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 @contextlib.asynccontextmanager
 async def embedded(settings: Settings) -> AsyncIterator[Stores]:
     backends = Backends(settings)
-    objects, messages = backends.object_store, backends.message_store  # asked for before start-up
+    objects, messages = backends.object_store, backends.chat_store  # asked for before start-up
     async with backends:
         yield Stores("embedded", settings, objects, messages)
 
@@ -164,14 +164,22 @@ async def test_dry_run_reports_the_orphans_and_deletes_nothing(stores: Stores) -
 
 
 async def test_never_touches_objects_outside_the_key_layout(stores: Stores) -> None:
-    foreign = {"backups/2024-01-01.tar", "c1/notes.txt", "c1/images/alice/profile.png"}
+    foreign = {
+        "backups/2024-01-01.tar",
+        "c1/notes.txt",
+        "c1/images/alice/profile.png",
+        "uploads/c1/images/alice/profile.png",
+        # A derivative, and a raw upload's key without the uploads/ prefix: neither is a raw upload.
+        "c1/media/m1/original.jpg",
+        f"c1/images/alice/20240419-123456-{uuid.uuid4()}.png",
+    }
     for key in foreign:
         await stores.objects.put(key, b"not ours", content_type="application/octet-stream")
 
     report = await stores.run()
 
     assert await stores.keys() == foreign
-    assert report.foreign_objects == 3
+    assert report.foreign_objects == len(foreign)
 
 
 async def test_every_deletion_is_logged(stores: Stores) -> None:

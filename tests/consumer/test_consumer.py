@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from chat_core import tracing
 from chat_core.backends import Backends
-from chat_core.messagestore import Device, MessageStore
+from chat_core.messagestore import ChatStore, Device
 from chat_core.notifications import Notification, NotificationQueue
 from notification_consumer import app as consumer_app
 from notification_consumer.consumer import NotificationConsumer
@@ -59,7 +59,7 @@ def notification(recipients: tuple[str, ...], **fields: Any) -> Notification:
 class Rig:
     backends: Backends
     queue: NotificationQueue
-    store: MessageStore
+    store: ChatStore
     receiver: WebhookReceiver
     consumer: NotificationConsumer
 
@@ -100,7 +100,7 @@ async def rig(
         consumer = NotificationConsumer.from_backends(settings, backends)
         await backends.start()
         made.append(backends)
-        return Rig(backends, backends.notification_queue, backends.message_store, receiver, consumer)
+        return Rig(backends, backends.notification_queue, backends.chat_store, receiver, consumer)
 
     yield make
     for backends in made:
@@ -142,7 +142,7 @@ async def test_the_same_queue_message_delivered_twice_pushes_once(rig: Callable[
     [first] = await r.queue.receive(max_messages=1, wait_seconds=5)
     await r.queue.retry_later(first.receipt, 0)  # as if the first consumer died before its ack
     [second] = await r.queue.receive(max_messages=1, wait_seconds=5)
-    assert second.notification.notification_id == first.notification.notification_id
+    assert second.job.notification_id == first.job.notification_id
     await r.consumer.handle(first)
     await r.consumer.handle(second)
     assert r.receiver.tokens() == ["bob-phone-0001"]
@@ -248,7 +248,7 @@ async def test_shutdown_finishes_in_flight_pushes_and_stops_polling(
     later = notification(("bob",))
     await r.queue.send([later])
     [untouched] = await r.queue.receive(max_messages=1, wait_seconds=5)
-    assert untouched.notification == later
+    assert untouched.job == later
 
 
 async def test_sent_pushes_and_queue_age_are_measured(rig: Callable[..., Awaitable[Rig]]) -> None:
@@ -290,7 +290,7 @@ async def test_the_consumer_app_runs_the_worker_and_reports_readiness(
     await r.backends.close()
     app = consumer_app.create_app(r.backends.settings)
     client = await client_for(app)
-    store: MessageStore = app.state.backends.message_store
+    store: ChatStore = app.state.backends.chat_store
     await store.put_device(
         Device(token="bob-phone-0001", platform="android", user_id="bob", updated_at=dt.datetime.now(dt.UTC))
     )

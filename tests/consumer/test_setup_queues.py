@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 
 from chat_core.backends import Backends
-from chat_core.notifications.sqs import SqsNotificationQueue
+from chat_core.jobqueue.sqs import SqsJobQueue
 from tests import harness
 from tests.conftest import TEST_SECRET, make_settings, unique
 
@@ -46,7 +46,7 @@ async def test_setup_creates_the_queue_and_its_dead_letter_queue_and_can_run_aga
     assert "ok: notification queue (sqs)" in again.stdout
     backends = Backends(make_settings(tmp_path, env))
     queue = backends.notification_queue
-    assert isinstance(queue, SqsNotificationQueue)
+    assert isinstance(queue, SqsJobQueue)
     async with backends:
         url = (await queue._call("GetQueueUrl", {"QueueName": name}))["QueueUrl"]
         attributes = await queue._call("GetQueueAttributes", {"QueueUrl": url, "AttributeNames": ["All"]})

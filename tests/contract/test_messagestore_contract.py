@@ -1,4 +1,4 @@
-"""MessageStore contract: the same tests against SQLite (embedded) and the Firestore emulator."""
+"""ChatStore contract: the same tests against SQLite (embedded) and the Firestore emulator."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from msgspec.structs import replace as msgspec_replace
 
 from chat_core.backends import Backends
 from chat_core.messagestore import (
+    ChatStore,
     Conversation,
     ConversationExists,
     ConversationNotFound,
@@ -21,7 +22,6 @@ from chat_core.messagestore import (
     InvalidCursor,
     LastMessage,
     Message,
-    MessageStore,
     ObjectAlreadyUsed,
     OutboxEntry,
 )
@@ -31,7 +31,7 @@ T0 = dt.datetime(2024, 4, 19, 12, 35, 0, 123456, tzinfo=dt.UTC)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.firestore)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MessageStore]:
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChatStore]:
     """The adapter as a service gets it: built by ``Backends`` from settings, started, closed."""
     env = {"MESSAGE_STORE": request.param}
     if request.param == "firestore":
@@ -39,10 +39,19 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         emulator = request.getfixturevalue("firestore_emulator")
         env |= {"FIRESTORE_PROJECT_ID": project, "FIRESTORE_EMULATOR_HOST": emulator.address}
     backends = Backends(make_settings(tmp_path, env))
-    message_store = backends.message_store
+    message_store = backends.chat_store
     assert message_store.name == request.param
     async with backends:
         yield message_store
+
+
+async def test_every_narrow_store_is_served_by_the_one_adapter(tmp_path: Path) -> None:
+    """A message, its image reference and its outbox entry commit together: one adapter behind all ports."""
+    backends = Backends(make_settings(tmp_path))
+    adapter = backends.chat_store
+    narrow = [backends.conversations, backends.messages, backends.devices, backends.outbox]
+    assert all(store is adapter for store in [*narrow, backends.push_receipts])
+    assert list(backends.readiness_checks()) == [adapter.readiness_name]
 
 
 def conversation(
@@ -105,7 +114,7 @@ def stored_key(cid: str, message: Message) -> str:
     return f"{cid}/{message.metadata.object_key}"
 
 
-async def new_conversation(store: MessageStore, participants: tuple[str, ...] = ("alice", "bob")) -> str:
+async def new_conversation(store: ChatStore, participants: tuple[str, ...] = ("alice", "bob")) -> str:
     created = conversation(participants)
     await store.create_conversation(created)
     return created.conversation_id
@@ -115,14 +124,14 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-# --- conversations and membership -----------------------------------------------------------------
-async def test_a_created_conversation_reads_back_exactly(store: MessageStore) -> None:
+# --- ConversationStore: conversations and membership ------------------------------------------------
+async def test_a_created_conversation_reads_back_exactly(store: ChatStore) -> None:
     created = conversation(("alice", "bob", "carol"))
     await store.create_conversation(created)
     assert await store.get_conversation(created.conversation_id) == created
 
 
-async def test_a_taken_conversation_id_is_refused_and_not_overwritten(store: MessageStore) -> None:
+async def test_a_taken_conversation_id_is_refused_and_not_overwritten(store: ChatStore) -> None:
     created = conversation(("alice", "bob"))
     await store.create_conversation(created)
     squatter = msgspec_replace(conversation(("mallory",)), conversation_id=created.conversation_id)
@@ -131,18 +140,18 @@ async def test_a_taken_conversation_id_is_refused_and_not_overwritten(store: Mes
     assert await store.get_conversation(created.conversation_id) == created
 
 
-async def test_an_unknown_conversation_reads_as_none(store: MessageStore) -> None:
+async def test_an_unknown_conversation_reads_as_none(store: ChatStore) -> None:
     assert await store.get_conversation("nope") is None
     assert await store.get_participants("nope") is None
 
 
-async def test_participants_are_the_membership(store: MessageStore) -> None:
+async def test_participants_are_the_membership(store: ChatStore) -> None:
     created = conversation(("alice", "bob"))
     await store.create_conversation(created)
     assert await store.get_participants(created.conversation_id) == frozenset({"alice", "bob"})
 
 
-async def test_a_conversation_without_a_name_keeps_none(store: MessageStore) -> None:
+async def test_a_conversation_without_a_name_keeps_none(store: ChatStore) -> None:
     created = conversation(name=None)
     await store.create_conversation(created)
     fetched = await store.get_conversation(created.conversation_id)
@@ -150,7 +159,7 @@ async def test_a_conversation_without_a_name_keeps_none(store: MessageStore) -> 
     assert fetched.name is None
 
 
-async def test_adding_participants_appends_new_ones_once(store: MessageStore) -> None:
+async def test_adding_participants_appends_new_ones_once(store: ChatStore) -> None:
     created = conversation(("alice", "bob"))
     await store.create_conversation(created)
     updated = await store.add_participants(created.conversation_id, ["carol", "bob", "dave", "carol"])
@@ -160,13 +169,13 @@ async def test_adding_participants_appends_new_ones_once(store: MessageStore) ->
     assert await store.get_conversation(created.conversation_id) == updated
 
 
-async def test_adding_only_existing_members_changes_nothing(store: MessageStore) -> None:
+async def test_adding_only_existing_members_changes_nothing(store: ChatStore) -> None:
     created = conversation(("alice", "bob"))
     await store.create_conversation(created)
     assert await store.add_participants(created.conversation_id, ["bob"]) == created
 
 
-async def test_removing_a_participant_ends_their_membership(store: MessageStore) -> None:
+async def test_removing_a_participant_ends_their_membership(store: ChatStore) -> None:
     created = conversation(("alice", "bob", "carol"))
     await store.create_conversation(created)
     updated = await store.remove_participant(created.conversation_id, "bob")
@@ -175,20 +184,20 @@ async def test_removing_a_participant_ends_their_membership(store: MessageStore)
     assert (await store.list_conversations("bob", limit=10)).items == []
 
 
-async def test_removing_a_non_member_changes_nothing(store: MessageStore) -> None:
+async def test_removing_a_non_member_changes_nothing(store: ChatStore) -> None:
     created = conversation(("alice", "bob"))
     await store.create_conversation(created)
     assert await store.remove_participant(created.conversation_id, "zed") == created
 
 
-async def test_membership_changes_on_an_unknown_conversation_raise(store: MessageStore) -> None:
+async def test_membership_changes_on_an_unknown_conversation_raise(store: ChatStore) -> None:
     with pytest.raises(ConversationNotFound):
         await store.add_participants("nope", ["bob"])
     with pytest.raises(ConversationNotFound):
         await store.remove_participant("nope", "bob")
 
 
-async def test_concurrent_additions_are_all_kept(store: MessageStore) -> None:
+async def test_concurrent_additions_are_all_kept(store: ChatStore) -> None:
     created = conversation(("alice",))
     await store.create_conversation(created)
     newcomers = [f"user{i}" for i in range(6)]
@@ -196,7 +205,7 @@ async def test_concurrent_additions_are_all_kept(store: MessageStore) -> None:
     assert await store.get_participants(created.conversation_id) == frozenset({"alice", *newcomers})
 
 
-async def test_my_conversations_are_listed_most_recently_updated_first(store: MessageStore) -> None:
+async def test_my_conversations_are_listed_most_recently_updated_first(store: ChatStore) -> None:
     old = conversation(("alice", "bob"), at=T0)
     middle = conversation(("alice", "carol"), at=T0 + dt.timedelta(minutes=1))
     new = conversation(("alice",), at=T0 + dt.timedelta(minutes=2))
@@ -212,7 +221,7 @@ async def test_my_conversations_are_listed_most_recently_updated_first(store: Me
     assert page.next_cursor is None
 
 
-async def test_conversation_pages_cover_each_conversation_once(store: MessageStore) -> None:
+async def test_conversation_pages_cover_each_conversation_once(store: ChatStore) -> None:
     created = [conversation(("alice",), at=T0 + dt.timedelta(seconds=i // 2)) for i in range(7)]
     for item in created:  # pairs share an updatedAt: the id breaks the tie
         await store.create_conversation(item)
@@ -231,7 +240,7 @@ async def test_conversation_pages_cover_each_conversation_once(store: MessageSto
     assert len(seen) == len(set(seen))
 
 
-async def test_a_touched_conversation_moves_to_the_front(store: MessageStore) -> None:
+async def test_a_touched_conversation_moves_to_the_front(store: ChatStore) -> None:
     first = conversation(("alice",), at=T0)
     second = conversation(("alice",), at=T0 + dt.timedelta(minutes=1))
     await store.create_conversation(first)
@@ -244,7 +253,7 @@ async def test_a_touched_conversation_moves_to_the_front(store: MessageStore) ->
     assert page.items[0].updated_at == touch.timestamp
 
 
-async def test_touch_keeps_the_newest_last_message(store: MessageStore) -> None:
+async def test_touch_keeps_the_newest_last_message(store: ChatStore) -> None:
     created = conversation()
     await store.create_conversation(created)
     newer = last_message(T0 + dt.timedelta(seconds=10), "m2", "newer")
@@ -257,36 +266,36 @@ async def test_touch_keeps_the_newest_last_message(store: MessageStore) -> None:
     assert fetched.updated_at == newer.timestamp
 
 
-async def test_touching_an_unknown_conversation_is_a_no_op(store: MessageStore) -> None:
+async def test_touching_an_unknown_conversation_is_a_no_op(store: ChatStore) -> None:
     await store.touch_conversation("nope", last_message(T0))
     assert await store.get_conversation("nope") is None
 
 
-async def test_a_garbled_conversation_cursor_is_refused(store: MessageStore) -> None:
+async def test_a_garbled_conversation_cursor_is_refused(store: ChatStore) -> None:
     with pytest.raises(InvalidCursor):
         await store.list_conversations("alice", limit=10, cursor="not-a-cursor")
 
 
-async def test_the_store_answers_ping(store: MessageStore) -> None:
+async def test_the_store_answers_ping(store: ChatStore) -> None:
     await store.ping()
 
 
-# --- messages -------------------------------------------------------------------------------------
-async def test_a_text_message_reads_back_exactly(store: MessageStore) -> None:
+# --- MessageStore: messages, read receipts, the objects they reference ------------------------------
+async def test_a_text_message_reads_back_exactly(store: ChatStore) -> None:
     cid = await new_conversation(store)
     message = text()
     assert await store.create_message(cid, message) == (message, True)
     assert await store.get_message(cid, message.message_id) == message
 
 
-async def test_an_image_message_reads_back_with_its_metadata(store: MessageStore) -> None:
+async def test_an_image_message_reads_back_with_its_metadata(store: ChatStore) -> None:
     cid = await new_conversation(store)
     message = image(cid)
     await store.create_message(cid, message, object_key=stored_key(cid, message))
     assert await store.get_message(cid, message.message_id) == message
 
 
-async def test_a_message_is_only_found_in_its_own_conversation(store: MessageStore) -> None:
+async def test_a_message_is_only_found_in_its_own_conversation(store: ChatStore) -> None:
     cid, other = await new_conversation(store), await new_conversation(store)
     message = text()
     await store.create_message(cid, message)
@@ -294,7 +303,7 @@ async def test_a_message_is_only_found_in_its_own_conversation(store: MessageSto
     assert await store.get_message(cid, "no-such-message") is None
 
 
-async def test_creating_a_message_writes_its_outbox_entry(store: MessageStore) -> None:
+async def test_creating_a_message_writes_its_outbox_entry(store: ChatStore) -> None:
     cid = await new_conversation(store)
     message = text(now() - dt.timedelta(seconds=30))
     trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
@@ -306,7 +315,7 @@ async def test_creating_a_message_writes_its_outbox_entry(store: MessageStore) -
 
 
 async def test_the_same_message_id_again_returns_the_stored_message_and_writes_nothing(
-    store: MessageStore,
+    store: ChatStore,
 ) -> None:
     cid = await new_conversation(store)
     first = text(content="first")
@@ -317,7 +326,7 @@ async def test_the_same_message_id_again_returns_the_stored_message_and_writes_n
     assert (await store.outbox_stats())[0] == 1
 
 
-async def test_an_idempotent_retry_of_an_image_message_is_not_a_reuse(store: MessageStore) -> None:
+async def test_an_idempotent_retry_of_an_image_message_is_not_a_reuse(store: ChatStore) -> None:
     cid = await new_conversation(store)
     message = image(cid)
     await store.create_message(cid, message, object_key=stored_key(cid, message))
@@ -325,7 +334,7 @@ async def test_an_idempotent_retry_of_an_image_message_is_not_a_reuse(store: Mes
     assert again == (message, False)
 
 
-async def test_an_object_backs_at_most_one_message(store: MessageStore) -> None:
+async def test_an_object_backs_at_most_one_message(store: ChatStore) -> None:
     cid = await new_conversation(store)
     first = image(cid)
     await store.create_message(cid, first, object_key=stored_key(cid, first))
@@ -337,7 +346,7 @@ async def test_an_object_backs_at_most_one_message(store: MessageStore) -> None:
     assert (await store.outbox_stats())[0] == 1  # nothing half-written
 
 
-async def test_concurrent_messages_on_one_object_store_exactly_one(store: MessageStore) -> None:
+async def test_concurrent_messages_on_one_object_store_exactly_one(store: ChatStore) -> None:
     cid = await new_conversation(store)
     template = image(cid)
     key = stored_key(cid, template)
@@ -355,7 +364,7 @@ async def test_concurrent_messages_on_one_object_store_exactly_one(store: Messag
     ]
 
 
-async def test_concurrent_creates_of_one_message_store_it_once(store: MessageStore) -> None:
+async def test_concurrent_creates_of_one_message_store_it_once(store: ChatStore) -> None:
     cid = await new_conversation(store)
     message = image(cid)
     results = await asyncio.gather(
@@ -366,7 +375,7 @@ async def test_concurrent_creates_of_one_message_store_it_once(store: MessageSto
     assert (await store.outbox_stats())[0] == 1
 
 
-async def test_a_refused_create_among_concurrent_ones_fails_alone(store: MessageStore) -> None:
+async def test_a_refused_create_among_concurrent_ones_fails_alone(store: ChatStore) -> None:
     # Concurrent writes may share a transaction (SQLite's group commit): each stays atomic on its own.
     cid = await new_conversation(store)
     taken = image(cid)
@@ -388,12 +397,12 @@ async def test_a_refused_create_among_concurrent_ones_fails_alone(store: Message
     assert (await store.outbox_stats())[0] == 9  # the refused ones left nothing behind
 
 
-async def test_a_message_in_an_unknown_conversation_is_refused(store: MessageStore) -> None:
+async def test_a_message_in_an_unknown_conversation_is_refused(store: ChatStore) -> None:
     with pytest.raises(ConversationNotFound):
         await store.create_message("nope", text())
 
 
-async def test_messages_list_newest_first(store: MessageStore) -> None:
+async def test_messages_list_newest_first(store: ChatStore) -> None:
     cid = await new_conversation(store)
     messages = [text(T0 + dt.timedelta(seconds=i)) for i in range(5)]
     for message in (messages[2], messages[0], messages[4], messages[1], messages[3]):
@@ -403,7 +412,7 @@ async def test_messages_list_newest_first(store: MessageStore) -> None:
     assert page.next_cursor is None
 
 
-async def test_messages_with_one_timestamp_are_ordered_by_id(store: MessageStore) -> None:
+async def test_messages_with_one_timestamp_are_ordered_by_id(store: ChatStore) -> None:
     cid = await new_conversation(store)
     same_time = [text(T0, message_id=f"m{i}") for i in range(4)]
     for message in same_time:
@@ -414,7 +423,7 @@ async def test_messages_with_one_timestamp_are_ordered_by_id(store: MessageStore
     assert rest.next_cursor is None
 
 
-async def test_message_pages_are_stable_while_new_messages_arrive(store: MessageStore) -> None:
+async def test_message_pages_are_stable_while_new_messages_arrive(store: ChatStore) -> None:
     cid = await new_conversation(store)
     originals = [text(T0 + dt.timedelta(milliseconds=i)) for i in range(30)]
     for message in originals:
@@ -431,13 +440,13 @@ async def test_message_pages_are_stable_while_new_messages_arrive(store: Message
     assert seen == [m.message_id for m in reversed(originals)]
 
 
-async def test_a_garbled_message_cursor_is_refused(store: MessageStore) -> None:
+async def test_a_garbled_message_cursor_is_refused(store: ChatStore) -> None:
     cid = await new_conversation(store)
     with pytest.raises(InvalidCursor):
         await store.list_messages(cid, limit=10, before="garbage!")
 
 
-async def test_marking_read_adds_the_reader_once(store: MessageStore) -> None:
+async def test_marking_read_adds_the_reader_once(store: ChatStore) -> None:
     cid = await new_conversation(store)
     message = text()
     await store.create_message(cid, message)
@@ -452,19 +461,19 @@ async def test_marking_read_adds_the_reader_once(store: MessageStore) -> None:
     assert stored.read_by == ("alice", "bob")
 
 
-async def test_the_sender_reading_changes_nothing(store: MessageStore) -> None:
+async def test_the_sender_reading_changes_nothing(store: ChatStore) -> None:
     cid = await new_conversation(store)
     message = text()
     await store.create_message(cid, message)
     assert await store.mark_read(cid, message.message_id, "alice") == (message, False)
 
 
-async def test_marking_an_unknown_message_read_is_none(store: MessageStore) -> None:
+async def test_marking_an_unknown_message_read_is_none(store: ChatStore) -> None:
     cid = await new_conversation(store)
     assert await store.mark_read(cid, "no-such-message", "bob") is None
 
 
-async def test_concurrent_readers_are_all_kept(store: MessageStore) -> None:
+async def test_concurrent_readers_are_all_kept(store: ChatStore) -> None:
     cid = await new_conversation(store)
     message = text()
     await store.create_message(cid, message)
@@ -476,8 +485,7 @@ async def test_concurrent_readers_are_all_kept(store: MessageStore) -> None:
     assert len(stored.read_by) == 7
 
 
-# --- objects --------------------------------------------------------------------------------------
-async def test_referenced_objects_are_those_backing_a_message(store: MessageStore) -> None:
+async def test_referenced_objects_are_those_backing_a_message(store: ChatStore) -> None:
     cid = await new_conversation(store)
     used = image(cid)
     await store.create_message(cid, used, object_key=stored_key(cid, used))
@@ -486,12 +494,12 @@ async def test_referenced_objects_are_those_backing_a_message(store: MessageStor
     assert await store.referenced_objects([]) == set()
 
 
-# --- devices --------------------------------------------------------------------------------------
+# --- DeviceStore ------------------------------------------------------------------------------------
 def device(token: str, user: str, platform: str = "ios") -> Device:
     return Device(token=token, platform=platform, user_id=user, updated_at=T0)  # type: ignore[arg-type]
 
 
-async def test_devices_are_found_by_user(store: MessageStore) -> None:
+async def test_devices_are_found_by_user(store: ChatStore) -> None:
     for item in (device("t1", "alice"), device("t2", "alice", "web"), device("t3", "bob", "android")):
         await store.put_device(item)
     assert await store.devices_for(["alice", "bob", "carol"]) == {
@@ -500,13 +508,13 @@ async def test_devices_are_found_by_user(store: MessageStore) -> None:
     }
 
 
-async def test_a_token_registered_again_moves_to_its_new_user(store: MessageStore) -> None:
+async def test_a_token_registered_again_moves_to_its_new_user(store: ChatStore) -> None:
     await store.put_device(device("shared-phone", "alice"))
     await store.put_device(device("shared-phone", "bob", "android"))
     assert await store.devices_for(["alice", "bob"]) == {"bob": [device("shared-phone", "bob", "android")]}
 
 
-async def test_a_user_deletes_only_their_own_token(store: MessageStore) -> None:
+async def test_a_user_deletes_only_their_own_token(store: ChatStore) -> None:
     await store.put_device(device("t1", "alice"))
     assert await store.delete_device("bob", "t1") is False
     assert await store.devices_for(["alice"]) == {"alice": [device("t1", "alice")]}
@@ -515,7 +523,7 @@ async def test_a_user_deletes_only_their_own_token(store: MessageStore) -> None:
     assert await store.delete_device("alice", "t1") is False
 
 
-async def test_devices_of_many_users_are_found(store: MessageStore) -> None:
+async def test_devices_of_many_users_are_found(store: ChatStore) -> None:
     users = [f"user{i}" for i in range(45)]  # more than one "in" query's worth on Firestore
     for user in users:
         await store.put_device(device(f"token-{user}", user))
@@ -523,14 +531,14 @@ async def test_devices_of_many_users_are_found(store: MessageStore) -> None:
     assert sorted(found) == sorted(users)
 
 
-async def test_a_device_token_with_slashes_is_stored_verbatim(store: MessageStore) -> None:
+async def test_a_device_token_with_slashes_is_stored_verbatim(store: ChatStore) -> None:
     token = "fcm:APA91b/abc+def/=="
     await store.put_device(device(token, "alice"))
     assert (await store.devices_for(["alice"]))["alice"][0].token == token
 
 
-# --- outbox ---------------------------------------------------------------------------------------
-async def test_pending_outbox_is_oldest_first_and_respects_the_age(store: MessageStore) -> None:
+# --- OutboxStore (create_message writes the entries) ------------------------------------------------
+async def test_pending_outbox_is_oldest_first_and_respects_the_age(store: ChatStore) -> None:
     cid = await new_conversation(store)
     oldest = text(now() - dt.timedelta(seconds=300))
     older = text(now() - dt.timedelta(seconds=200))
@@ -543,7 +551,7 @@ async def test_pending_outbox_is_oldest_first_and_respects_the_age(store: Messag
     assert [e.message.message_id for e in limited] == [oldest.message_id]
 
 
-async def test_deleted_outbox_entries_are_gone(store: MessageStore) -> None:
+async def test_deleted_outbox_entries_are_gone(store: ChatStore) -> None:
     cid = await new_conversation(store)
     first, second = text(now() - dt.timedelta(seconds=10)), text(now() - dt.timedelta(seconds=5))
     await store.create_message(cid, first)
@@ -554,7 +562,7 @@ async def test_deleted_outbox_entries_are_gone(store: MessageStore) -> None:
     assert await store.get_message(cid, first.message_id) == first  # the message itself stays
 
 
-async def test_outbox_stats_count_and_age(store: MessageStore) -> None:
+async def test_outbox_stats_count_and_age(store: ChatStore) -> None:
     assert await store.outbox_stats() == (0, None)
     cid = await new_conversation(store)
     old, new = text(T0), text(T0 + dt.timedelta(seconds=3))
@@ -563,20 +571,20 @@ async def test_outbox_stats_count_and_age(store: MessageStore) -> None:
     assert await store.outbox_stats() == (2, T0)
 
 
-# --- push receipts --------------------------------------------------------------------------------
-async def test_a_push_is_claimed_once(store: MessageStore) -> None:
+# --- PushReceiptStore -------------------------------------------------------------------------------
+async def test_a_push_is_claimed_once(store: ChatStore) -> None:
     assert await store.claim_push("m1:0", "token-a") is True
     assert await store.claim_push("m1:0", "token-a") is False
     assert await store.claim_push("m1:0", "token-b") is True
     assert await store.claim_push("m2:0", "token-a") is True
 
 
-async def test_a_released_push_can_be_claimed_again(store: MessageStore) -> None:
+async def test_a_released_push_can_be_claimed_again(store: ChatStore) -> None:
     assert await store.claim_push("m1:0", "token-a") is True
     await store.release_push("m1:0", "token-a")
     assert await store.claim_push("m1:0", "token-a") is True
 
 
-async def test_concurrent_claims_have_one_winner(store: MessageStore) -> None:
+async def test_concurrent_claims_have_one_winner(store: ChatStore) -> None:
     results = await asyncio.gather(*(store.claim_push("m1:0", "token-a") for _ in range(5)))
     assert sorted(results) == [False, False, False, False, True]

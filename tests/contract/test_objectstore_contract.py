@@ -17,9 +17,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 import pytest
 
+from chat_core.app_factory import create_service_app
 from chat_core.backends import Backends
 from chat_core.objectstore import ByteRange, ObjectNotFound, ObjectStore, RangeNotSatisfiable
-from chat_core.service import create_service_app
 from tests import harness
 from tests.conftest import make_settings, unique
 

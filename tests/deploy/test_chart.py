@@ -354,7 +354,7 @@ def test_test_profile_runs_the_backends_in_cluster_and_a_helm_test_smoke_job() -
     profile = rendered("test")
     backends = {d["metadata"]["name"] for d in profile.of_kind("Deployment")}
     assert {f"{RELEASE}-chat-management-{b}" for b in ("redis", "localstack", "firestore")} <= backends
-    (job,) = profile.of_kind("Job")
+    job = profile.named("Job", component_name("smoke-test"))
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "test"
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[0] == "smoke"
@@ -370,7 +370,7 @@ def test_test_profile_runs_the_backends_in_cluster_and_a_helm_test_smoke_job() -
 def test_production_profiles_render_no_test_backends() -> None:
     for name in ("default", "production-aws", "gateway-gke"):
         components = {c for c, _ in pod_specs(rendered(name))}
-        assert not {c for c in components if c.startswith("test-") or c == "smoke-test"}, name
+        assert not {c for c in components if c.startswith("test-") or c in {"smoke-test", "setup"}}, name
 
 
 def test_notes_tell_how_to_reach_the_release() -> None:

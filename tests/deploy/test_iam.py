@@ -1,8 +1,17 @@
-"""Least-privilege IAM policies: one per service, no wildcards, scoped to the bucket and the queues."""
+"""Least-privilege IAM policies: one per service, no wildcards, scoped to the bucket and the queues.
+
+Each role's actions are also derived from the code (``test_each_role_is_granted_exactly_what_its_code_calls``
+below): the S3 and SQS adapters are read for the requests each port method makes, the role's sources for
+the port methods they call, so a new call without a grant (or a grant no code needs) fails here.
+"""
 
 from __future__ import annotations
 
+import ast
 import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,9 +20,31 @@ from tests.harness import ROOT
 
 IAM = ROOT / "deploy" / "iam"
 BUCKET = "arn:aws:s3:::BUCKET_NAME"
-OBJECTS = "arn:aws:s3:::BUCKET_NAME/*"
+# Raw uploads only (docs/adr/0001-raw-upload-prefix.md): no role reaches objects outside uploads/.
+OBJECTS = "arn:aws:s3:::BUCKET_NAME/uploads/*"
 QUEUE = "arn:aws:sqs:AWS_REGION:AWS_ACCOUNT_ID:QUEUE_NAME"
 DLQ = "arn:aws:sqs:AWS_REGION:AWS_ACCOUNT_ID:DLQ_NAME"
+MEDIA_QUEUE = "arn:aws:sqs:AWS_REGION:AWS_ACCOUNT_ID:MEDIA_QUEUE_NAME"
+MEDIA_DLQ = "arn:aws:sqs:AWS_REGION:AWS_ACCOUNT_ID:MEDIA_QUEUE_NAME-dlq"
+SETUP_S3 = {
+    "s3:CreateBucket",
+    "s3:ListBucket",
+    "s3:GetBucketOwnershipControls",
+    "s3:PutBucketOwnershipControls",
+    "s3:GetBucketPublicAccessBlock",
+    "s3:PutBucketPublicAccessBlock",
+    "s3:GetBucketPolicy",
+    "s3:PutBucketPolicy",
+    "s3:GetEncryptionConfiguration",
+    "s3:PutEncryptionConfiguration",
+    "s3:GetBucketCORS",
+    "s3:PutBucketCORS",
+    "s3:GetLifecycleConfiguration",
+    "s3:PutLifecycleConfiguration",
+    "s3:GetBucketNotification",
+    "s3:PutBucketNotification",
+}
+SETUP_SQS = {"sqs:CreateQueue", "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SetQueueAttributes"}
 # (action, resource) pairs each role may have, and no others.
 EXPECTED = {
     "upload": {("s3:PutObject", OBJECTS), ("s3:ListBucket", BUCKET)},
@@ -35,6 +66,9 @@ EXPECTED = {
         ("sqs:GetQueueUrl", DLQ),
     },
     "cleanup": {("s3:ListBucket", BUCKET), ("s3:DeleteObject", OBJECTS)},
+    # `chat-management setup`: provisioning, run once per release by whoever owns the infrastructure.
+    "setup": {(action, BUCKET) for action in SETUP_S3}
+    | {(action, queue) for action in SETUP_SQS for queue in (QUEUE, DLQ, MEDIA_QUEUE, MEDIA_DLQ)},
 }
 
 
@@ -50,7 +84,7 @@ def grants(policy: dict[str, Any]) -> set[tuple[str, str]]:
     return pairs
 
 
-def test_there_is_one_policy_per_service_and_the_cleanup_job() -> None:
+def test_there_is_one_policy_per_service_the_cleanup_job_and_setup() -> None:
     assert {p.stem for p in IAM.glob("*.json")} == set(EXPECTED)
 
 
@@ -78,3 +112,236 @@ def test_only_the_cleanup_job_may_delete_images() -> None:
         )
     }
     assert deleters == {"cleanup"}
+
+
+# --- the policies against the code ------------------------------------------------------------------
+LIB = ROOT / "libs" / "chat-core" / "src" / "chat_core"
+S3_ADAPTER = LIB / "objectstore" / "s3.py"
+SQS_ADAPTER = LIB / "jobqueue" / "sqs.py"
+# Where each role's calls live: its service package, plus the lib modules only it runs.
+ROLE_SOURCES: dict[str, list[Path]] = {
+    "upload": [
+        path
+        for path in (ROOT / "services" / "upload" / "src").rglob("*.py")
+        if path.name != "cleanup.py"  # the cleanup job runs under its own role
+    ],
+    "message": [ROOT / "services" / "message" / "src"],
+    "image-proxy": [ROOT / "services" / "image-proxy" / "src", LIB / "objectstore" / "serving.py"],
+    "notification-consumer": [ROOT / "services" / "notification-consumer" / "src"],
+    "cleanup": [ROOT / "services" / "upload" / "src" / "upload_service" / "cleanup.py"],
+}
+SETUP = ROOT / "src" / "chat_management" / "bucket.py"
+# boto3 operations `setup` calls -> the IAM action that authorises each.
+BOTO3_ACTIONS = {
+    "create_bucket": "s3:CreateBucket",
+    "head_bucket": "s3:ListBucket",
+    "get_bucket_ownership_controls": "s3:GetBucketOwnershipControls",
+    "put_bucket_ownership_controls": "s3:PutBucketOwnershipControls",
+    "get_public_access_block": "s3:GetBucketPublicAccessBlock",
+    "put_public_access_block": "s3:PutBucketPublicAccessBlock",
+    "get_bucket_policy": "s3:GetBucketPolicy",
+    "put_bucket_policy": "s3:PutBucketPolicy",
+    "get_bucket_encryption": "s3:GetEncryptionConfiguration",
+    "put_bucket_encryption": "s3:PutEncryptionConfiguration",
+    "get_bucket_cors": "s3:GetBucketCORS",
+    "put_bucket_cors": "s3:PutBucketCORS",
+    "delete_bucket_cors": "s3:PutBucketCORS",  # S3 authorises DeleteBucketCors with PutBucketCORS
+    "get_bucket_lifecycle_configuration": "s3:GetLifecycleConfiguration",
+    "put_bucket_lifecycle_configuration": "s3:PutLifecycleConfiguration",
+    "get_bucket_notification_configuration": "s3:GetBucketNotification",
+    "put_bucket_notification_configuration": "s3:PutBucketNotification",
+    "create_queue": "sqs:CreateQueue",
+    "get_queue_url": "sqs:GetQueueUrl",
+    "get_queue_attributes": "sqs:GetQueueAttributes",
+    "set_queue_attributes": "sqs:SetQueueAttributes",
+}
+# Provisioning (`chat-management setup`, with its own credentials) and the queue adapter's recovery
+# from a vanished queue: never granted to a service role (deploy/iam/README.md, last paragraph).
+PROVISIONING = {"ensure_bucket", "ensure"}
+# A request S3 authorises as an IAM action: (method, object or bucket) -> action.
+S3_REQUESTS = {
+    ("HEAD", "object"): "s3:GetObject",  # S3 has no HeadObject permission
+    ("GET", "object"): "s3:GetObject",
+    ("PUT", "object"): "s3:PutObject",
+    ("DELETE", "object"): "s3:DeleteObject",
+    ("HEAD", "bucket"): "s3:ListBucket",  # HeadBucket
+    ("GET", "bucket"): "s3:ListBucket",  # ListObjectsV2
+}
+# SQS operations authorised by another action's name.
+SQS_ACTIONS = {
+    "SendMessageBatch": "sqs:SendMessage",
+    "DeleteMessageBatch": "sqs:DeleteMessage",
+    "ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
+}
+
+
+def _methods(path: Path, class_name: str) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
+    tree = ast.parse(path.read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name]
+    return {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+
+
+def _self_references(node: ast.AST) -> set[str]:
+    return {
+        n.attr
+        for n in ast.walk(node)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"
+    }
+
+
+def _closure(
+    methods: dict[str, ast.FunctionDef | ast.AsyncFunctionDef], direct: dict[str, set[str]]
+) -> dict[str, set[str]]:
+    """Per public method, what it and every method it reaches (through ``self.x``) request."""
+    # An attribute set in __init__ from a method (``self._acks = Coalescer(self._delete_batch)``)
+    # reaches that method.
+    reaches: dict[str, set[str]] = {name: _self_references(node) for name, node in methods.items()}
+    for statement in ast.walk(methods["__init__"]):
+        if isinstance(statement, ast.Assign | ast.AnnAssign):
+            targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+            for target in targets:
+                if isinstance(target, ast.Attribute) and statement.value is not None:
+                    reaches[target.attr] = _self_references(statement.value)
+    result: dict[str, set[str]] = {}
+    for name in methods:
+        seen, todo, found = {name}, [name], set()
+        while todo:
+            current = todo.pop()
+            found |= direct.get(current, set())
+            for nxt in reaches.get(current, set()) - seen - PROVISIONING:
+                seen.add(nxt)
+                todo.append(nxt)
+        result[name] = found
+    return result
+
+
+def s3_actions_by_method() -> dict[str, set[str]]:
+    methods = _methods(S3_ADAPTER, "S3ObjectStore")
+    direct: dict[str, set[str]] = {}
+    for name, node in methods.items():
+        for call in ast.walk(node):
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
+                continue
+            if call.func.attr not in ("send", "presign") or len(call.args) < 2:
+                continue
+            verb = call.args[0]
+            assert isinstance(verb, ast.Constant), ast.unparse(call)
+            target = "object" if "_object_path" in ast.unparse(call.args[1]) else "bucket"
+            method = str(verb.value)
+            action = S3_REQUESTS.get((method, target))
+            if name not in PROVISIONING:
+                assert action, f"S3ObjectStore.{name}: {method} on the {target}: which IAM action?"
+                direct.setdefault(name, set()).add(action)
+    return _closure(methods, direct)
+
+
+def sqs_actions_by_method() -> dict[str, set[tuple[str, str]]]:
+    """Per method, (action, QUEUE or DLQ) pairs; every queue call also looks the queue's URL up once."""
+    methods = _methods(SQS_ADAPTER, "SqsJobQueue")
+    direct: dict[str, set[str]] = {}
+    for name, node in methods.items():
+        if name in PROVISIONING or name in ("_call", "_resolve", "_url"):
+            continue  # _call is the transport; _on_queue's lookups are counted at each call below
+        for call in ast.walk(node):
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
+                continue
+            if call.func.attr not in ("_call", "_on_queue") or not call.args:
+                continue
+            operation = call.args[0]
+            if not isinstance(operation, ast.Constant):
+                continue  # _on_queue passing its own argument through
+            queue = "QUEUE"
+            for keyword in call.keywords:
+                if keyword.arg == "dlq" and isinstance(keyword.value, ast.Constant) and keyword.value.value:
+                    queue = "DLQ"
+            op = str(operation.value)
+            action = SQS_ACTIONS.get(op, f"sqs:{op}")
+            direct.setdefault(name, set()).update({f"{action}@{queue}", f"sqs:GetQueueUrl@{queue}"})
+    return {
+        name: {tuple(pair.split("@")) for pair in pairs}  # type: ignore[misc]
+        for name, pairs in _closure(methods, direct).items()
+    }
+
+
+def _python_files(paths: Iterable[Path]) -> list[Path]:
+    return [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*.py")))]
+
+
+def port_calls(role: str, methods: Iterable[str], receiver: str) -> set[str]:
+    """Which of ``methods`` the role's code calls on a receiver whose name matches ``receiver``."""
+    wanted, pattern = set(methods), re.compile(receiver)
+    called: set[str] = set()
+    for path in _python_files(ROLE_SOURCES[role]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in wanted
+                and pattern.search(ast.unparse(node.func.value))
+            ):
+                called.add(node.func.attr)
+            # Holding the port means /readyz pings it (and Backends starts it).
+            if isinstance(node, ast.Attribute) and node.attr == receiver_port(receiver):
+                called |= {"ping", "start"} & wanted
+    return called
+
+
+def receiver_port(receiver: str) -> str:
+    return "object_store" if "store" in receiver else "notification_queue"
+
+
+def setup_actions_from_code() -> set[tuple[str, str]]:
+    """What ``setup`` calls: boto3 on the bucket and the media queues, ``ensure`` on the notification ones."""
+    needed: set[tuple[str, str]] = set()
+    for node in ast.walk(ast.parse(SETUP.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            client = node.func.value
+            if isinstance(client, ast.Name) and client.id in ("s3", "sqs"):
+                action = BOTO3_ACTIONS.get(node.func.attr)
+                assert action, f"setup calls {client.id}.{node.func.attr}: which IAM action?"
+                if client.id == "s3":
+                    needed.add((action, BUCKET))
+                else:
+                    needed |= {(action, MEDIA_QUEUE), (action, MEDIA_DLQ)}
+    ensure = _methods(SQS_ADAPTER, "SqsJobQueue")["ensure"]
+    for node in ast.walk(ensure):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "_call":
+            operation = node.args[0]
+            assert isinstance(operation, ast.Constant)
+            op = str(operation.value)
+            needed |= {(f"sqs:{op}", QUEUE), (f"sqs:{op}", DLQ)}
+    return needed
+
+
+def actions_from_code(role: str) -> set[tuple[str, str]]:
+    """(action, resource) pairs the role's code needs, resources as in EXPECTED."""
+    if role == "setup":
+        return setup_actions_from_code()
+    s3 = s3_actions_by_method()
+    sqs = sqs_actions_by_method()
+    needed: set[tuple[str, str]] = set()
+    for method in port_calls(role, s3, r"(_store|_objects|^store|^object_store)$"):
+        for action in s3[method]:
+            needed.add((action, BUCKET if action == "s3:ListBucket" else OBJECTS))
+            if action == "s3:GetObject":
+                # Without ListBucket S3 answers a missing object with 403, not 404 (deploy/iam/README.md).
+                needed.add(("s3:ListBucket", BUCKET))
+    for method in port_calls(role, sqs, r"_queue$"):
+        needed |= {(action, QUEUE if queue == "QUEUE" else DLQ) for action, queue in sqs[method]}
+    return needed
+
+
+def test_the_adapters_requests_are_read_from_their_code() -> None:
+    s3, sqs = s3_actions_by_method(), sqs_actions_by_method()
+    assert s3["presign_put"] == {"s3:PutObject"}
+    assert s3["read_prefix"] == {"s3:GetObject"}
+    assert s3["list"] == {"s3:ListBucket"}
+    assert ("sqs:SendMessage", "QUEUE") in sqs["send"]
+    assert ("sqs:DeleteMessage", "QUEUE") in sqs["ack"]  # via the batching of acknowledgements
+    assert ("sqs:GetQueueAttributes", "DLQ") in sqs["depth"]
+
+
+@pytest.mark.parametrize("role", sorted(EXPECTED))
+def test_each_role_is_granted_exactly_what_its_code_calls(role: str) -> None:
+    granted = grants(json.loads((IAM / f"{role}.json").read_text()))
+    assert granted == actions_from_code(role)

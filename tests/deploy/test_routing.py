@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from chat_core.app_factory import create_service_app
 from chat_core.backends import Backends
-from chat_core.service import create_service_app
 from chat_management import all as all_in_one
 from tests.conftest import make_settings
 from tests.deploy.conftest import RELEASE, Rendered, rendered

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from websockets.asyncio.client import connect
 
-from chat_management.devstack import Stack
+from chat_devstack import Stack
 from tests import harness
 from tests.conftest import TEST_SECRET, auth_header, token_for, unique
 from tests.consumer.receivers import WebhookReceiver

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from litestar import get
 from litestar.di import NamedDependency
 
+from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.auth import AuthError, CachingVerifier, HS256Verifier, JwksVerifier, Principal
 from chat_core.backends import Backends
-from chat_core.service import ServiceParts, create_service_app
 from chat_core.settings import Settings
 from tests.conftest import TEST_SECRET, token_for
 from tests.jwks_server import JwksServer

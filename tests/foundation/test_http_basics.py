@@ -15,11 +15,11 @@ from litestar.params import FromPath, JSONBody
 from prometheus_client.parser import text_string_to_metric_families
 
 from chat_core import tracing
+from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.auth import Principal
 from chat_core.backends import Backends
 from chat_core.errors import ProblemError
 from chat_core.logging import configure_logging
-from chat_core.service import ServiceParts, create_service_app
 from chat_core.settings import Settings
 from tests import harness
 from tests.conftest import auth_header

@@ -48,6 +48,8 @@ def test_values_are_typed_from_strings() -> None:
         ({"ALLOWED_IMAGE_TYPES": "image/avif"}, "ALLOWED_IMAGE_TYPES: 'image/avif' is not one of image/jpeg"),
         ({"AUTH_JWT_SECRET": "short"}, "AUTH_JWT_SECRET: must be at least 32 characters"),
         ({"AUTH_JWT_SECRET": "", "AUTH_JWKS_URL": "https://x/jwks"}, "AUTH_ISSUER and AUTH_AUDIENCE"),
+        # The raw-upload expiry must not beat the send window (uploads still sendable would vanish).
+        ({"RAW_UPLOAD_EXPIRY_DAYS": "1"}, "RAW_UPLOAD_EXPIRY_DAYS: must be longer than ORPHAN_GRACE_SECONDS"),
     ],
 )
 def test_a_bad_value_names_the_variable(env: dict[str, str], message: str) -> None:

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from chat_core.backends import Backends
 from chat_core.membership import MembershipCache
-from chat_core.messagestore import Conversation, MessageStore
+from chat_core.messagestore import ChatStore, Conversation, ConversationStore
 from chat_core.realtime import MEMBERSHIP_CHANNEL, EventBus
 from tests import harness
 from tests.conftest import make_settings
@@ -29,7 +29,7 @@ TIMEOUT = 5.0
 class ReadCounter:
     """The real store, with its membership reads counted and optionally held at a gate."""
 
-    def __init__(self, inner: MessageStore) -> None:
+    def __init__(self, inner: ChatStore) -> None:
         self.inner = inner
         self.reads = 0
         self.gate: asyncio.Event | None = None
@@ -57,14 +57,14 @@ class Clock:
 @pytest.fixture
 async def backends(tmp_path: Path) -> AsyncIterator[Backends]:
     backends = Backends(make_settings(tmp_path))
-    _ = backends.message_store
+    _ = backends.chat_store
     async with backends:
         yield backends
 
 
 @pytest.fixture
 def store(backends: Backends) -> ReadCounter:
-    return ReadCounter(backends.message_store)
+    return ReadCounter(backends.chat_store)
 
 
 @pytest.fixture
@@ -74,13 +74,13 @@ def clock() -> Clock:
 
 @pytest.fixture
 def cache(store: ReadCounter, clock: Clock) -> MembershipCache:
-    return MembershipCache(cast(MessageStore, store), ttl_seconds=5.0, clock=clock)
+    return MembershipCache(cast(ConversationStore, store), ttl_seconds=5.0, clock=clock)
 
 
 async def _conversation(backends: Backends, *members: str) -> str:
     conversation_id = uuid.uuid4().hex
     now = dt.datetime.now(dt.UTC)
-    await backends.message_store.create_conversation(
+    await backends.chat_store.create_conversation(
         Conversation(
             conversation_id=conversation_id, participants=members, name=None, created_at=now, updated_at=now
         )
@@ -116,7 +116,7 @@ async def test_a_removed_member_is_refused_after_the_ttl_even_without_an_invalid
 ) -> None:
     cid = await _conversation(backends, "alice", "bob")
     await cache.check(cid, "bob")
-    await backends.message_store.remove_participant(cid, "bob")
+    await backends.chat_store.remove_participant(cid, "bob")
     clock.now += 5.0
     assert not (await cache.check(cid, "bob")).member
 
@@ -188,7 +188,7 @@ async def test_a_member_added_after_a_refusal_is_let_in_at_once(
 ) -> None:
     cid = await _conversation(backends, "alice")
     assert not (await cache.check(cid, "carol")).member
-    await backends.message_store.add_participants(cid, ["carol"])
+    await backends.chat_store.add_participants(cid, ["carol"])
     assert (await cache.check(cid, "carol")).member
 
 
@@ -196,7 +196,7 @@ async def test_an_unknown_conversation_is_not_cached(cache: MembershipCache, bac
     cid = uuid.uuid4().hex
     assert not (await cache.check(cid, "alice")).exists
     now = dt.datetime.now(dt.UTC)
-    await backends.message_store.create_conversation(
+    await backends.chat_store.create_conversation(
         Conversation(conversation_id=cid, participants=("alice",), name=None, created_at=now, updated_at=now)
     )
     assert (await cache.check(cid, "alice")).member
@@ -208,7 +208,7 @@ async def test_invalidate_makes_a_removed_member_refused_at_once(
 ) -> None:
     cid = await _conversation(backends, "alice", "bob")
     await cache.check(cid, "bob")
-    await backends.message_store.remove_participant(cid, "bob")
+    await backends.chat_store.remove_participant(cid, "bob")
     cache.invalidate(cid)
     assert not (await cache.check(cid, "bob")).member
 
@@ -243,7 +243,7 @@ async def test_a_lookup_after_an_invalidation_does_not_join_the_older_read(
 
 # --- bounds and switches --------------------------------------------------------------------------
 async def test_the_cache_holds_at_most_max_entries(store: ReadCounter, backends: Backends) -> None:
-    cache = MembershipCache(cast(MessageStore, store), ttl_seconds=60, max_entries=3)
+    cache = MembershipCache(cast(ConversationStore, store), ttl_seconds=60, max_entries=3)
     conversations = [await _conversation(backends, "alice") for _ in range(5)]
     for cid in conversations:
         await cache.check(cid, "alice")
@@ -257,7 +257,7 @@ async def test_the_cache_holds_at_most_max_entries(store: ReadCounter, backends:
 async def test_a_ttl_of_zero_reads_the_store_for_every_lookup_even_concurrent_ones(
     store: ReadCounter, backends: Backends
 ) -> None:
-    cache = MembershipCache(cast(MessageStore, store), ttl_seconds=0)
+    cache = MembershipCache(cast(ConversationStore, store), ttl_seconds=0)
     cid = await _conversation(backends, "alice")
     assert (await cache.check(cid, "alice")).member
     answers = await asyncio.gather(*(cache.check(cid, "alice") for _ in range(3)))
@@ -322,7 +322,7 @@ async def test_the_worker_drops_the_conversation_named_on_the_membership_channel
         assert cache.subscribed
         await cache.check(cid, "bob")
         await cache.check(other, "alice")
-        await backends.message_store.remove_participant(cid, "bob")
+        await backends.chat_store.remove_participant(cid, "bob")
         await _published(bus, b'{"conversationId": "%s"}' % cid.encode())
         assert len(cache) == 1  # only the named conversation was dropped
         assert not (await cache.check(cid, "bob")).member
@@ -353,7 +353,7 @@ async def test_the_worker_starts_while_redis_is_down_and_subscribes_once_it_is_b
     private_redis: harness.Backend, store: ReadCounter, backends: Backends, tmp_path: Path
 ) -> None:
     cache = MembershipCache(
-        cast(MessageStore, store), ttl_seconds=60, resubscribe_seconds=0.2, startup_wait_seconds=0.2
+        cast(ConversationStore, store), ttl_seconds=60, resubscribe_seconds=0.2, startup_wait_seconds=0.2
     )
     env = {"EVENT_BUS": "redis", "REDIS_URL": private_redis.address}
     bus_backends = Backends(make_settings(tmp_path / "bus", env))
@@ -369,7 +369,7 @@ async def test_the_worker_starts_while_redis_is_down_and_subscribes_once_it_is_b
             assert (await cache.check(cid, "bob")).member  # lookups go on without the bus
             private_redis.start()
             await _until_subscribed(cache)
-            await backends.message_store.remove_participant(cid, "bob")
+            await backends.chat_store.remove_participant(cid, "bob")
             await _published(redis_bus, b'{"conversationId": "%s"}' % cid.encode())
             assert not (await cache.check(cid, "bob")).member
         finally:

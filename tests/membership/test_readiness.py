@@ -16,8 +16,8 @@ import pytest
 import image_proxy.app
 import message_service.app
 import upload_service.app
+from chat_devstack import start_local_firestore
 from chat_management import all as all_in_one
-from chat_management.devstack import start_local_firestore
 from tests import harness
 from tests.conftest import make_settings
 

@@ -177,7 +177,7 @@ async def test_a_key_from_another_conversation_is_refused(chat: Chat) -> None:
     mine = await chat.create_conversation("alice", "bob")
     other = await chat.create_conversation("alice", "carol")
     object_key = await chat.upload("alice", other, image_bytes())
-    stored_form = await chat.send_image("alice", mine, keys.stored_key(other, object_key))
+    stored_form = await chat.send_image("alice", mine, f"{other}/{object_key}")
     assert stored_form.status_code == 403
     assert stored_form.json()["code"] == "object_not_in_conversation"
     file_url = f"{PUBLIC_BASE_URL}/images/{other}/{object_key}"
@@ -213,7 +213,7 @@ async def test_a_missing_object_is_image_not_found(chat: Chat) -> None:
 
 def _age_upload(chat: Chat, cid: str, object_key: str, seconds: float) -> None:
     """Make a local-disk upload look ``seconds`` old (its mtime is the object's last-modified)."""
-    path = Path(chat.settings.service.data_dir) / "objects" / cid / object_key
+    path = Path(chat.settings.service.data_dir) / "objects" / keys.stored_key(cid, object_key)
     then = time.time() - seconds
     os.utime(path, (then, then))
 
@@ -348,13 +348,13 @@ async def test_a_refused_send_stores_nothing_and_announces_nothing(chat: Chat) -
     object_key = await chat.upload("alice", cid, b"not an image", "image/jpeg")
     assert (await chat.send_image("alice", cid, object_key)).status_code == 422
     assert chat.events.created == []
-    assert await chat.backends.message_store.outbox_stats() == (0, None)
+    assert await chat.backends.chat_store.outbox_stats() == (0, None)
 
 
 async def test_the_fan_out_seam_gets_the_stored_outbox_entry(chat: Chat) -> None:
     cid = await chat.create_conversation("alice", "bob")
     sent = (await chat.send_text("alice", cid, "hi")).json()
-    pending = await chat.backends.message_store.pending_outbox(older_than=0, limit=10)
+    pending = await chat.backends.chat_store.pending_outbox(older_than=0, limit=10)
     assert chat.events.created == pending
     assert pending[0].message.message_id == sent["messageId"]
     assert pending[0].conversation_id == cid

@@ -16,8 +16,8 @@ import pytest
 import image_proxy.app
 import message_service.app
 import upload_service.app
+from chat_core.app_factory import create_service_app
 from chat_core.backends import Backends
-from chat_core.service import create_service_app
 from tests import harness
 from tests.conftest import auth_header, make_settings, unique
 from tests.message.conftest import image_bytes

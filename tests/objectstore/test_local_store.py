@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
+from chat_core.app_factory import create_service_app
 from chat_core.backends import Backends
 from chat_core.objectstore import ObjectNotFound
 from chat_core.objectstore.local import SIGNING_KEY_FILE, InvalidObjectKey, LocalObjectStore
-from chat_core.service import create_service_app
 from tests import harness
 from tests.conftest import make_settings
 

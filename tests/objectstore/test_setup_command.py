@@ -1,4 +1,7 @@
-"""``chat-management setup``: creates the bucket with its browser-upload CORS rule, idempotently."""
+"""``chat-management setup``: creates the bucket with its browser-upload CORS rule, idempotently.
+
+The rest of the hardened bucket: ``test_bucket_setup.py``.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ async def test_setup_creates_the_bucket_with_its_cors_rule_and_can_run_again(
     env = {
         "OBJECT_STORE": "s3",
         "S3_BUCKET_NAME": unique("setup"),
+        "MEDIA_QUEUE_NAME": unique("setup-media"),
         "AWS_ENDPOINT_URL": localstack.address,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",

@@ -383,7 +383,7 @@ async def test_a_removed_member_loses_access_as_soon_as_the_change_is_announced(
     image = await stack.upload("alice", cid)
     path = _proxy_path(image.file_url, stack)
     assert (await stack.http.get(path, headers=auth_header("bob"))).status_code == 302  # now cached
-    await stack.backends.message_store.remove_participant(cid, "bob")
+    await stack.backends.chat_store.remove_participant(cid, "bob")
     # What the message service publishes when participants change.
     await stack.backends.event_bus.publish(MEMBERSHIP_CHANNEL, json.dumps({"conversationId": cid}).encode())
     assert (await stack.http.get(path, headers=auth_header("bob"))).status_code == 403

@@ -21,7 +21,7 @@ async def service(settings: Settings, client_for: Any) -> tuple[Any, Backends]:
 
 
 async def _tokens(backends: Backends, user: str) -> list[str]:
-    return [device.token for device in (await backends.message_store.devices_for([user])).get(user, [])]
+    return [device.token for device in (await backends.chat_store.devices_for([user])).get(user, [])]
 
 
 async def test_registering_a_device_stores_it_for_the_caller(service: tuple[Any, Backends]) -> None:

@@ -42,7 +42,7 @@ class Rig:
     async def conversation(self, *members: str) -> str:
         conversation_id = f"c-{uuid.uuid4().hex[:12]}"
         now = dt.datetime.now(dt.UTC)
-        await self.backends.message_store.create_conversation(
+        await self.backends.chat_store.create_conversation(
             Conversation(
                 conversation_id=conversation_id,
                 participants=members,
@@ -58,16 +58,16 @@ class Rig:
         self.events.put_nowait((channel, payload))
 
     async def stored(self, conversation_id: str, msg: Message) -> OutboxEntry:
-        await self.backends.message_store.create_message(conversation_id, msg)
+        await self.backends.chat_store.create_message(conversation_id, msg)
         [entry] = [
             e
-            for e in await self.backends.message_store.pending_outbox(older_than=0, limit=1000)
+            for e in await self.backends.chat_store.pending_outbox(older_than=0, limit=1000)
             if e.message.message_id == msg.message_id
         ]
         return entry
 
     async def outbox_ids(self) -> set[str]:
-        entries = await self.backends.message_store.pending_outbox(older_than=0, limit=1000)
+        entries = await self.backends.chat_store.pending_outbox(older_than=0, limit=1000)
         return {e.message.message_id for e in entries}
 
 
@@ -78,7 +78,8 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     async def make(env: dict[str, str] | None = None, *, start_queue: bool = True) -> Rig:
         backends = Backends(make_settings(tmp_path / uuid.uuid4().hex, env))
         fanout = Fanout(
-            backends.message_store,
+            backends.conversations,
+            backends.outbox,
             backends.event_bus,
             backends.presence,
             backends.notification_queue,
@@ -88,7 +89,7 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
             await backends.start()
         else:
             # A queue that was never started refuses every send: the queue is "down".
-            await backends.message_store.start()
+            await backends.chat_store.start()
             await backends.event_bus.start()
             await backends.presence.start()
         opened.append(backends)
@@ -120,8 +121,8 @@ async def test_a_delivered_message_is_published_once_enqueued_once_and_leaves_th
     channel, _payload = await asyncio.wait_for(rig.events.get(), 5)
     assert channel == conversation_channel(conversation)
     [job] = await rig.backends.notification_queue.receive(max_messages=10, wait_seconds=1)
-    assert job.notification.recipient_ids == ("carol",)  # bob is online, alice sent it
-    assert job.notification.notification_id == f"{entry.message.message_id}:0"
+    assert job.job.recipient_ids == ("carol",)  # bob is online, alice sent it
+    assert job.job.notification_id == f"{entry.message.message_id}:0"
     assert await rig.outbox_ids() == set()
 
 
@@ -155,9 +156,7 @@ async def test_the_relay_delivers_what_the_outbox_holds_and_exports_its_depth(
     rig: Rig = await make_rig()
     conversation = await rig.conversation("alice", "bob")
     for _ in range(3):
-        await rig.backends.message_store.create_message(
-            conversation, message()
-        )  # e.g. a crash before fan-out
+        await rig.backends.chat_store.create_message(conversation, message())  # e.g. a crash before fan-out
     assert await rig.fanout.relay_once() is True
     assert await rig.outbox_ids() == set()
     assert await rig.backends.notification_queue.depth() == (3, 0)

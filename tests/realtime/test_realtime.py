@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from chat_core import tracing
 from chat_core.auth import mint_token
 from chat_core.realtime import conversation_channel
-from message_service.fanout import Envelope
+from chat_core.realtime.events import Envelope
 from message_service.realtime import OUTBOUND_LIMIT
 from tests.conftest import TEST_SECRET, auth_header
 from tests.realtime.conftest import DeployFactory, Deployment, Socket

@@ -1,19 +1,22 @@
 """The backends a process uses, built from settings on first use and shared by every service in it.
 
-A service asks for what it needs (``backends.object_store``); only those adapters are imported, started
-at start-up, closed at shutdown and checked by ``/readyz``. In the all-in-one process the four services
-share one ``Backends``, so the embedded adapters (in-process bus, SQLite) are one instance each.
+A service asks for what it needs (``backends.conversations``, ``backends.object_store``); only those
+adapters are imported, started at start-up, closed at shutdown and checked by ``/readyz``. In the
+all-in-one process the four services share one ``Backends``, so the embedded adapters (in-process bus,
+SQLite) are one instance each.
 
-Adapters are found by module path (``"chat_core.objectstore.s3:create"``): each adapter module exposes
-``create(backends) -> <port>``, so a deployment never imports a client library it does not use.
+Each port has one typed factory below (``object_store(backends) -> ObjectStore``): a ``match`` on the
+configured kind with the adapter's import inside it, so a deployment never imports a client library it
+does not use and an IDE goes from the port to every adapter in one jump. What only some adapters can do
+is a small protocol of its own (``ReadinessProbe``, ``ServesRoutes``, ``UsesAws``, ``NeedsSetup``),
+checked with ``isinstance``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, runtime_checkable
 
 import httpx
 
@@ -22,38 +25,173 @@ from chat_core.aws import AwsCredentialSource, AwsHttp
 from chat_core.settings import Settings
 
 if TYPE_CHECKING:
-    from chat_core.messagestore import MessageStore
-    from chat_core.notifications import NotificationQueue
+    from litestar.handlers import HTTPRouteHandler
+
+    from chat_core.jobqueue import Job, JobKind, JobQueue
+    from chat_core.messagestore import (
+        ChatStore,
+        ConversationStore,
+        DeviceStore,
+        MessageStore,
+        OutboxStore,
+        PushReceiptStore,
+    )
+    from chat_core.notifications import Notification
     from chat_core.objectstore import ObjectStore
     from chat_core.push import PushProvider
     from chat_core.realtime import EventBus, Presence
 
-__all__ = ["ADAPTERS", "Backends", "ReadinessCheck"]
+__all__ = [
+    "PORTS",
+    "Backends",
+    "Lifecycle",
+    "NeedsSetup",
+    "ReadinessCheck",
+    "ReadinessProbe",
+    "ServesRoutes",
+    "UsesAws",
+    "chat_store",
+    "event_bus",
+    "job_queue",
+    "object_store",
+    "presence",
+    "push_provider",
+]
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+J = TypeVar("J", bound="Job")
+A = TypeVar("A", bound="Lifecycle")
 
-# (port, kind) -> "module:factory"
-ADAPTERS: dict[tuple[str, str], str] = {
-    ("object_store", "local"): "chat_core.objectstore.local:create",
-    ("object_store", "s3"): "chat_core.objectstore.s3:create",
-    ("message_store", "sqlite"): "chat_core.messagestore.sqlite:create",
-    ("message_store", "firestore"): "chat_core.messagestore.firestore:create",
-    ("event_bus", "memory"): "chat_core.realtime.memory:create_event_bus",
-    ("event_bus", "redis"): "chat_core.realtime.redis:create_event_bus",
-    ("presence", "memory"): "chat_core.realtime.memory:create_presence",
-    ("presence", "redis"): "chat_core.realtime.redis:create_presence",
-    ("notification_queue", "sqlite"): "chat_core.notifications.sqlite:create",
-    ("notification_queue", "sqs"): "chat_core.notifications.sqs:create",
-    ("push_provider", "log"): "chat_core.push.log:create",
-    ("push_provider", "webhook"): "chat_core.push.webhook:create",
-    ("push_provider", "fcm"): "chat_core.push.fcm:create",
-}
+# The ports a service may name as essential for its readiness (``ServiceParts.essential``).
+PORTS = frozenset(
+    {"object_store", "message_store", "event_bus", "presence", "notification_queue", "push_provider"}
+)
+
+
+# --- what every adapter is, and what only some can do ---------------------------------------------------
+class Lifecycle(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ReadinessProbe(Protocol):
+    """An adapter ``/readyz`` can ask; ``readiness_name`` is what an operator looks for (``redis``)."""
+
+    readiness_name: str
+
+    async def ping(self) -> None: ...
+
+
+@runtime_checkable
+class ServesRoutes(Protocol):
+    """An embedded adapter that serves HTTP itself (the local object store's signed URLs)."""
+
+    def route_handlers(self) -> list[HTTPRouteHandler]: ...
+
+
+@runtime_checkable
+class UsesAws(Protocol):
+    """An adapter that signs AWS requests: ``Backends`` resolves credentials before starting it."""
+
+    uses_aws: Literal[True]
+
+
+@runtime_checkable
+class NeedsSetup(Protocol):
+    """An adapter with something to create before first use (``chat-management setup``); idempotent."""
+
+    async def ensure(self) -> None: ...
+
+
+# --- one factory per port ------------------------------------------------------------------------------
+def object_store(backends: Backends) -> ObjectStore:
+    match backends.settings.backends.object_store:
+        case "local":
+            from chat_core.objectstore import local
+
+            return local.create(backends)
+        case "s3":
+            from chat_core.objectstore import s3
+
+            return s3.create(backends)
+
+
+def chat_store(backends: Backends) -> ChatStore:
+    match backends.settings.backends.message_store:
+        case "sqlite":
+            from chat_core.messagestore import sqlite
+
+            return sqlite.create(backends)
+        case "firestore":
+            from chat_core.messagestore import firestore
+
+            return firestore.create(backends)
+
+
+def event_bus(backends: Backends) -> EventBus:
+    match backends.settings.backends.event_bus:
+        case "memory":
+            from chat_core.realtime import memory
+
+            return memory.create_event_bus(backends)
+        case "redis":
+            from chat_core.realtime import redis
+
+            return redis.create_event_bus(backends)
+
+
+def presence(backends: Backends) -> Presence:
+    match backends.settings.backends.event_bus:
+        case "memory":
+            from chat_core.realtime import memory
+
+            return memory.create_presence(backends)
+        case "redis":
+            from chat_core.realtime import redis
+
+            return redis.create_presence(backends)
+
+
+def job_queue(backends: Backends, kind: JobKind[J]) -> JobQueue[J]:
+    match backends.settings.backends.notification_queue:
+        case "sqlite":
+            from chat_core.jobqueue import sqlite
+
+            return sqlite.create(backends, kind)
+        case "sqs":
+            from chat_core.jobqueue import sqs
+
+            return sqs.create(backends, kind)
+
+
+def push_provider(backends: Backends) -> PushProvider:
+    match backends.settings.backends.push_provider:
+        case "log":
+            from chat_core.push import log
+
+            return log.create(backends)
+        case "webhook":
+            from chat_core.push import webhook
+
+            return webhook.create(backends)
+        case "fcm":
+            from chat_core.push import fcm
+
+            return fcm.create(backends)
 
 
 class Backends:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._built: dict[str, Any] = {}
+        self._adapters: dict[str, Lifecycle] = {}  # by port, in the order they were built
+        self._object_store: ObjectStore | None = None
+        self._chat_store: ChatStore | None = None
+        self._event_bus: EventBus | None = None
+        self._presence: Presence | None = None
+        self._notification_queue: JobQueue[Notification] | None = None
+        self._push_provider: PushProvider | None = None
         self._started = False
         self._http: httpx.AsyncClient | None = None
         self._aws: AwsCredentialSource | None = None
@@ -78,77 +216,112 @@ class Backends:
         return self._aws
 
     # --- ports ------------------------------------------------------------------------------------
-    def _get(self, port: str, kind: str) -> Any:
-        if port not in self._built:
-            if self._started:
-                raise RuntimeError(f"{port} was first asked for after start-up; ask for it in create_app()")
-            module_name, _, factory = ADAPTERS[(port, kind)].partition(":")
-            self._built[port] = getattr(importlib.import_module(module_name), factory)(self)
-        return self._built[port]
+    def _adopt(self, port: str, adapter: A) -> A:
+        """Keep ``adapter`` for its lifecycle and readiness; ports must be asked for before start-up."""
+        if self._started:
+            raise RuntimeError(f"{port} was first asked for after start-up; ask for it in create_app()")
+        self._adapters[port] = adapter
+        return adapter
 
     @property
     def object_store(self) -> ObjectStore:
-        return cast("ObjectStore", self._get("object_store", self.settings.backends.object_store))
+        if self._object_store is None:
+            self._object_store = self._adopt("object_store", object_store(self))
+        return self._object_store
 
     @property
-    def message_store(self) -> MessageStore:
-        return cast("MessageStore", self._get("message_store", self.settings.backends.message_store))
+    def chat_store(self) -> ChatStore:
+        """The one adapter behind the narrow stores below (start, close, ping)."""
+        if self._chat_store is None:
+            self._chat_store = self._adopt("message_store", chat_store(self))
+        return self._chat_store
+
+    @property
+    def conversations(self) -> ConversationStore:
+        return self.chat_store
+
+    @property
+    def messages(self) -> MessageStore:
+        return self.chat_store
+
+    @property
+    def devices(self) -> DeviceStore:
+        return self.chat_store
+
+    @property
+    def outbox(self) -> OutboxStore:
+        return self.chat_store
+
+    @property
+    def push_receipts(self) -> PushReceiptStore:
+        return self.chat_store
 
     @property
     def event_bus(self) -> EventBus:
-        return cast("EventBus", self._get("event_bus", self.settings.backends.event_bus))
+        if self._event_bus is None:
+            self._event_bus = self._adopt("event_bus", event_bus(self))
+        return self._event_bus
 
     @property
     def presence(self) -> Presence:
-        return cast("Presence", self._get("presence", self.settings.backends.event_bus))
+        if self._presence is None:
+            self._presence = self._adopt("presence", presence(self))
+        return self._presence
 
     @property
-    def notification_queue(self) -> NotificationQueue:
-        return cast(
-            "NotificationQueue", self._get("notification_queue", self.settings.backends.notification_queue)
-        )
+    def notification_queue(self) -> JobQueue[Notification]:
+        if self._notification_queue is None:
+            from chat_core.notifications import notification_jobs
+
+            queue = job_queue(self, notification_jobs(self.settings))
+            self._notification_queue = self._adopt("notification_queue", queue)
+        return self._notification_queue
 
     @property
     def push_provider(self) -> PushProvider:
-        return cast("PushProvider", self._get("push_provider", self.settings.backends.push_provider))
+        if self._push_provider is None:
+            self._push_provider = self._adopt("push_provider", push_provider(self))
+        return self._push_provider
 
     # --- lifecycle --------------------------------------------------------------------------------
-    def _check_name(self, port: str) -> str:
-        adapter = self._built[port]
-        return str(getattr(adapter, "readiness_name", None) or getattr(adapter, "name", port))
-
     def readiness_checks(self) -> dict[str, ReadinessCheck]:
         """One check per backend in use, named by what an operator would look for (``redis``, ``s3``)."""
         checks: dict[str, ReadinessCheck] = {}
-        for port, adapter in self._built.items():
-            if hasattr(adapter, "ping"):
-                checks[self._check_name(port)] = adapter.ping
+        for adapter in self._adapters.values():
+            if isinstance(adapter, ReadinessProbe):
+                checks[adapter.readiness_name] = adapter.ping
         if self.settings.auth.jwks_url:
             checks["auth_jwks"] = self.verifier.ping
         return checks
 
     def check_names(self, ports: Iterable[str]) -> set[str]:
         """The readiness-check names of those of ``ports`` this process uses."""
-        return {self._check_name(port) for port in ports if port in self._built}
+        wanted = set(ports)
+        return {
+            adapter.readiness_name
+            for port, adapter in self._adapters.items()
+            if port in wanted and isinstance(adapter, ReadinessProbe)
+        }
 
-    def route_handlers(self) -> list[Any]:
+    def route_handlers(self) -> list[HTTPRouteHandler]:
         """Routes an embedded adapter serves itself (the local object store's signed URLs)."""
-        handlers: list[Any] = []
-        for adapter in self._built.values():
-            handlers.extend(getattr(adapter, "route_handlers", list)())
+        handlers: list[HTTPRouteHandler] = []
+        for adapter in self._adapters.values():
+            if isinstance(adapter, ServesRoutes):
+                handlers.extend(adapter.route_handlers())
         return handlers
 
     async def start(self) -> None:
         if self._started:
             return
         self._started = True
-        if any(hasattr(a, "uses_aws") and a.uses_aws for a in self._built.values()):
+        if any(isinstance(adapter, UsesAws) for adapter in self._adapters.values()):
             await self.aws_credentials.start()
-        for adapter in self._built.values():
+        for adapter in self._adapters.values():
             await adapter.start()
 
     async def close(self) -> None:
-        for adapter in reversed(list(self._built.values())):
+        for adapter in reversed(list(self._adapters.values())):
             try:
                 await adapter.close()
             except Exception:  # noqa: S112 - closing must go on for the rest

@@ -1,8 +1,14 @@
 """Object-key layout (DESIGN.md "Keys"), in one place for upload, send, serve and cleanup.
 
 ``object_key`` (what clients see) is ``images/{uploader_id}/{yyyymmdd-HHMMSS}-{uuid}.{ext}``; the stored
-key is ``{conversation_id}/{object_key}``. Parsing is strict (a regular expression over the whole key),
-so nothing like ``..``, ``//``, encoded slashes or another extension ever reaches a store.
+key is ``uploads/{conversation_id}/{object_key}``. Parsing is strict (a regular expression over the whole
+key), so nothing like ``..``, ``//``, encoded slashes or another extension ever reaches a store.
+
+Raw uploads share one server-side prefix, ``RAW_UPLOAD_PREFIX``, because S3 lifecycle rules, event
+notifications and IAM resources select objects by prefix only: ``uploads/`` is what expires, what the
+media queue hears about and what the upload role may write, while derivatives under
+``{conversation_id}/media/`` are never matched (docs/adr/0001-raw-upload-prefix.md). Clients never see the
+prefix: ``object_key`` and ``file_url`` keep the spec's shapes.
 """
 
 from __future__ import annotations
@@ -13,13 +19,19 @@ import uuid
 
 import msgspec
 
+from chat_core.errors import ProblemError
+
 __all__ = [
     "CONVERSATION_ID_PATTERN",
     "EXTENSIONS",
+    "RAW_UPLOAD_PREFIX",
     "USER_ID_PATTERN",
+    "UUID_PATTERN",
     "InvalidKey",
     "ParsedKey",
+    "accepted_content_type",
     "new_object_key",
+    "parse_conversation_key",
     "parse_object_key",
     "parse_stored_key",
     "stored_key",
@@ -28,12 +40,32 @@ __all__ = [
 # A user id (the token's ``sub``) is a key segment: never ``..``, never a slash.
 USER_ID_PATTERN = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
 CONVERSATION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# Every raw upload lives under this prefix (lifecycle, notification and IAM rules target it).
+RAW_UPLOAD_PREFIX = "uploads/"
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}
+# A UUID as ``str(uuid.uuid4())`` writes it: message ids and the unique part of object keys.
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+UUID_PATTERN = re.compile(f"^{UUID}$")
 _OBJECT_KEY = re.compile(
     r"^images/(?P<uploader>[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127})/"
-    r"(?P<stamp>\d{8}-\d{6})-(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+    rf"(?P<stamp>\d{{8}}-\d{{6}})-(?P<uuid>{UUID})"
     r"\.(?P<ext>jpg|png|gif|webp)$"
 )
+
+
+def accepted_content_type(declared: str, allowed: frozenset[str]) -> str:
+    """The canonical (lower-case) media type of ``declared``; a 415 ``unsupported_image_type`` problem
+    naming the accepted ones when it is not among ``allowed``."""
+    # Media types are case-insensitive; the signed and stored type is the canonical lower-case one.
+    content_type = declared.strip().lower()
+    if content_type not in allowed:
+        raise ProblemError(
+            415,
+            "unsupported_image_type",
+            f"content_type {declared!r} is not accepted; use one of {', '.join(sorted(allowed))}",
+            extra={"allowed_types": sorted(allowed)},
+        )
+    return content_type
 
 
 class InvalidKey(ValueError):
@@ -64,12 +96,22 @@ def stored_key(conversation_id: str, object_key: str) -> str:
     if not CONVERSATION_ID_PATTERN.match(conversation_id):
         raise InvalidKey("conversation id is malformed")
     parse_object_key(object_key)
-    return f"{conversation_id}/{object_key}"
+    return f"{RAW_UPLOAD_PREFIX}{conversation_id}/{object_key}"
 
 
-def parse_stored_key(key: str) -> tuple[str, str, ParsedKey]:
-    """(conversation_id, object_key, parsed) of a stored key; raises InvalidKey."""
+def parse_conversation_key(key: str) -> tuple[str, str, ParsedKey]:
+    """(conversation_id, object_key, parsed) of ``{conversation_id}/{object_key}``; raises InvalidKey.
+
+    The form a client may name an image by (the path of its ``file_url`` after ``/images/``).
+    """
     conversation_id, _, object_key = key.partition("/")
     if not CONVERSATION_ID_PATTERN.match(conversation_id):
         raise InvalidKey("conversation id is malformed")
     return conversation_id, object_key, parse_object_key(object_key)
+
+
+def parse_stored_key(key: str) -> tuple[str, str, ParsedKey]:
+    """(conversation_id, object_key, parsed) of a stored raw-upload key; raises InvalidKey."""
+    if not key.startswith(RAW_UPLOAD_PREFIX):
+        raise InvalidKey(f"a stored upload key starts with {RAW_UPLOAD_PREFIX}")
+    return parse_conversation_key(key.removeprefix(RAW_UPLOAD_PREFIX))

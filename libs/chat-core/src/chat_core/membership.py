@@ -1,4 +1,4 @@
-"""Who may see a conversation, asked of the MessageStore at most once per conversation every few seconds.
+"""Who may see a conversation, asked of the ConversationStore at most once per conversation every few seconds.
 
 A chat screen loads many images at once, each an authorised request; without a cache each would be one
 store read. ``MembershipCache`` keeps each conversation's participants for ``MEMBERSHIP_CACHE_SECONDS``
@@ -32,10 +32,11 @@ import structlog
 
 from chat_core import metrics
 from chat_core.realtime import MEMBERSHIP_CHANNEL, EventBus, Subscription
+from chat_core.realtime.events import decode_membership_changed
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
-    from chat_core.messagestore import MessageStore
+    from chat_core.messagestore import ConversationStore
 
 __all__ = ["DEFAULT_MAX_ENTRIES", "Membership", "MembershipCache"]
 
@@ -48,10 +49,6 @@ _MISS = metrics.MEMBERSHIP_CACHE.labels("miss")
 _caches: weakref.WeakKeyDictionary[Backends, MembershipCache] = weakref.WeakKeyDictionary()
 
 
-class _Changed(msgspec.Struct, frozen=True, rename="camel"):
-    conversation_id: str
-
-
 class Membership(msgspec.Struct, frozen=True):
     """The answer for one user: does the conversation exist, and are they in it."""
 
@@ -62,7 +59,7 @@ class Membership(msgspec.Struct, frozen=True):
 class MembershipCache:
     def __init__(
         self,
-        store: MessageStore,
+        store: ConversationStore,
         *,
         ttl_seconds: float,
         max_entries: int = DEFAULT_MAX_ENTRIES,
@@ -84,10 +81,10 @@ class MembershipCache:
 
     @classmethod
     def of(cls, backends: Backends) -> MembershipCache:
-        """The process's cache over ``backends.message_store`` (one per ``Backends``)."""
+        """The process's cache over ``backends.conversations`` (one per ``Backends``)."""
         cache = _caches.get(backends)
         if cache is None:
-            cache = cls(backends.message_store, ttl_seconds=backends.settings.images.membership_cache_seconds)
+            cache = cls(backends.conversations, ttl_seconds=backends.settings.images.membership_cache_seconds)
             _caches[backends] = cache
         return cache
 
@@ -178,9 +175,8 @@ class MembershipCache:
         self._entries.clear()
 
     def _on_change(self, _channel: str, payload: bytes) -> None:
-        try:
-            changed = msgspec.json.decode(payload, type=_Changed)
-        except msgspec.DecodeError:
+        changed = decode_membership_changed(payload)
+        if changed is None:
             _log.warning("membership_event_malformed", payload=payload[:200].decode(errors="replace"))
             return
         self.invalidate(changed.conversation_id)

@@ -21,6 +21,9 @@ __all__ = [
     "BackendSettings",
     "FirestoreSettings",
     "ImageSettings",
+    "MediaSettings",
+    "NotificationSettings",
+    "PresenceSettings",
     "PushSettings",
     "RedisSettings",
     "S3Settings",
@@ -163,9 +166,43 @@ class S3Settings(_Frozen, frozen=True, kw_only=True):
             "Endpoint presigned URLs point at (what clients reach). Default: AWS_ENDPOINT_URL.",
         ),
     ] = ""
+    kms_key_id: Annotated[
+        str,
+        env(
+            "S3_KMS_KEY_ID",
+            "`setup`: default encryption is SSE-KMS with this key (id, ARN or alias); empty: SSE-S3.",
+        ),
+    ] = ""
+    raw_upload_expiry_days: Annotated[
+        int,
+        env(
+            "RAW_UPLOAD_EXPIRY_DAYS",
+            "`setup`: lifecycle backstop deleting raw uploads (`uploads/`) this old; 0: no such rule.",
+        ),
+        msgspec.Meta(ge=0),
+    ] = 7
 
 
 class SqsSettings(_Frozen, frozen=True, kw_only=True):
+    wait_seconds: Annotated[
+        int, env("SQS_WAIT_SECONDS", "Long-poll wait of one receive."), msgspec.Meta(ge=0, le=20)
+    ] = 10
+
+
+class MediaSettings(_Frozen, frozen=True, kw_only=True):
+    """The media pipeline: its job queue and the processor's limits."""
+
+    queue_name: Annotated[
+        str,
+        env(
+            "MEDIA_QUEUE_NAME", "Media job queue (also hears the bucket's `uploads/` object-created events)."
+        ),
+    ] = "chat-management-media"
+
+
+class NotificationSettings(_Frozen, frozen=True, kw_only=True):
+    """The notification queue and its consumer (whatever the queue's backend)."""
+
     queue_name: Annotated[str, env("SQS_QUEUE_NAME", "Notification queue name.")] = "chat-notifications"
     dlq_name: Annotated[str, env("SQS_DLQ_NAME", "Dead-letter queue name.")] = "chat-notifications-dlq"
     max_receives: Annotated[
@@ -178,9 +215,19 @@ class SqsSettings(_Frozen, frozen=True, kw_only=True):
         env("NOTIFICATION_VISIBILITY_TIMEOUT_SECONDS", "How long a received notification stays hidden."),
         msgspec.Meta(ge=1, le=43200),
     ] = 30
-    wait_seconds: Annotated[
-        int, env("SQS_WAIT_SECONDS", "Long-poll wait of one receive."), msgspec.Meta(ge=0, le=20)
-    ] = 10
+    concurrency: Annotated[
+        int,
+        env("NOTIFICATION_CONCURRENCY", "Queue messages the consumer works on at once."),
+        msgspec.Meta(ge=1, le=1000),
+    ] = 32
+    retry_base_seconds: Annotated[
+        float,
+        env(
+            "NOTIFICATION_RETRY_BASE_SECONDS",
+            "Delay before a failed push is retried; doubles with each attempt, at most 15 minutes.",
+        ),
+        msgspec.Meta(ge=0, le=900),
+    ] = 5.0
 
 
 class FirestoreSettings(_Frozen, frozen=True, kw_only=True):
@@ -197,7 +244,10 @@ class RedisSettings(_Frozen, frozen=True, kw_only=True):
     url: Annotated[str, env("REDIS_URL", "Redis for pub/sub and presence (EVENT_BUS=redis).")] = (
         "redis://127.0.0.1:6379/0"
     )
-    presence_ttl_seconds: Annotated[
+
+
+class PresenceSettings(_Frozen, frozen=True, kw_only=True):
+    ttl_seconds: Annotated[
         int,
         env("PRESENCE_TTL_SECONDS", "A socket counts as online this long after its last heartbeat."),
         msgspec.Meta(ge=2, le=3600),
@@ -261,19 +311,6 @@ class PushSettings(_Frozen, frozen=True, kw_only=True):
     fcm_token_url: Annotated[str, env("FCM_TOKEN_URL", "OAuth token endpoint for the service account.")] = (
         "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
     )
-    concurrency: Annotated[
-        int,
-        env("NOTIFICATION_CONCURRENCY", "Queue messages the consumer works on at once."),
-        msgspec.Meta(ge=1, le=1000),
-    ] = 32
-    retry_base_seconds: Annotated[
-        float,
-        env(
-            "NOTIFICATION_RETRY_BASE_SECONDS",
-            "Delay before a failed push is retried; doubles with each attempt, at most 15 minutes.",
-        ),
-        msgspec.Meta(ge=0, le=900),
-    ] = 5.0
 
 
 class TelemetrySettings(_Frozen, frozen=True, kw_only=True):
@@ -299,8 +336,11 @@ class Settings(_Frozen, frozen=True, kw_only=True):
     aws: AwsSettings = AwsSettings()
     s3: S3Settings = S3Settings()
     sqs: SqsSettings = SqsSettings()
+    notifications: NotificationSettings = NotificationSettings()
+    media: MediaSettings = MediaSettings()
     firestore: FirestoreSettings = FirestoreSettings()
     redis: RedisSettings = RedisSettings()
+    presence: PresenceSettings = PresenceSettings()
     images: ImageSettings = ImageSettings()
     push: PushSettings = PushSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
@@ -322,6 +362,10 @@ class Settings(_Frozen, frozen=True, kw_only=True):
             raise SettingsError("PUSH_WEBHOOK_URL: required with PUSH_PROVIDER=webhook")
         if self.backends.push_provider == "fcm" and not self.push.fcm_credentials_file:
             raise SettingsError("FCM_CREDENTIALS_FILE: required with PUSH_PROVIDER=fcm")
+        expiry_days = self.s3.raw_upload_expiry_days
+        if expiry_days and expiry_days * 86400 <= self.images.orphan_grace_seconds:
+            # The backstop must never beat the send window: an upload still sendable would vanish.
+            raise SettingsError("RAW_UPLOAD_EXPIRY_DAYS: must be longer than ORPHAN_GRACE_SECONDS (or 0)")
         for content_type in self.images.allowed_types:
             if content_type not in EXTENSIONS:  # SVG, HTML and anything without a key layout
                 known = ", ".join(EXTENSIONS)

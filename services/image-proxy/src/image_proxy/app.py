@@ -5,9 +5,9 @@ from __future__ import annotations
 from litestar import Litestar
 from litestar.di import Provide
 
+from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.backends import Backends
 from chat_core.membership import MembershipCache
-from chat_core.service import ServiceParts, create_service_app
 from chat_core.settings import Settings
 from image_proxy.routes import get_image
 from image_proxy.service import ImageProxy

@@ -16,12 +16,12 @@ import structlog
 from litestar import Request, Response
 
 from chat_core import keys, metrics, tracing
+from chat_core.app_factory import provide_principal_or_cookie
 from chat_core.backends import Backends
 from chat_core.errors import ProblemError
 from chat_core.membership import MembershipCache
 from chat_core.objectstore import ObjectInfo, ObjectNotFound, ObjectStore, RangeNotSatisfiable
 from chat_core.objectstore.serving import serve_object
-from chat_core.service import provide_principal_or_cookie
 from chat_core.settings import Settings
 
 __all__ = ["ImageProxy"]

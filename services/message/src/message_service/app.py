@@ -5,16 +5,16 @@ from __future__ import annotations
 from litestar import Litestar
 from litestar.di import Provide
 
+from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.backends import Backends
-from chat_core.service import ServiceParts, create_service_app
 from chat_core.settings import Settings
 from message_service import devices, routes
 from message_service.devices import DeviceService
 from message_service.events import MessageEvents
 from message_service.fanout import Fanout
+from message_service.last_message import LastMessageWriter
 from message_service.realtime import RealtimeSockets
 from message_service.service import ConversationService, MessageService
-from message_service.touches import ConversationTouches
 from message_service.verification import ImageVerifier
 
 COMPONENT = "message"
@@ -26,12 +26,12 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
     ``events`` is the fan-out after a change is stored (publish, notifications, membership events; see
     ``events.py``); tests pass their own.
     """
-    store = backends.message_store
-    touches = ConversationTouches(store)
+    last_messages = LastMessageWriter(backends.conversations)
     fanout: Fanout | None = None
     if events is None:
         events = fanout = Fanout(
-            store,
+            backends.conversations,
+            backends.outbox,
             backends.event_bus,
             backends.presence,
             backends.notification_queue,
@@ -39,14 +39,20 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
         )
     sockets = RealtimeSockets(
         backends.verifier,
-        store,
+        backends.conversations,
         backends.event_bus,
         backends.presence,
-        presence_ttl_seconds=settings.redis.presence_ttl_seconds,
+        presence_ttl_seconds=settings.presence.ttl_seconds,
     )
-    device_service = DeviceService(store)
-    conversations = ConversationService(store, events)
-    messages = MessageService(store, ImageVerifier(settings, backends.object_store), touches, events)
+    device_service = DeviceService(backends.devices)
+    conversations = ConversationService(backends.conversations, events)
+    messages = MessageService(
+        backends.conversations,
+        backends.messages,
+        ImageVerifier(settings, backends.object_store),
+        last_messages,
+        events,
+    )
     return ServiceParts(
         component=COMPONENT,
         essential=("message_store",),
@@ -56,7 +62,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
             "message_service": Provide(lambda: messages, use_cache=True, sync_to_thread=False),
             "device_service": Provide(lambda: device_service, use_cache=True, sync_to_thread=False),
         },
-        workers=[touches.worker, *([fanout.worker] if fanout is not None else [])],
+        workers=[last_messages.worker, *([fanout.worker] if fanout is not None else [])],
         description="conversations, members, messages, devices and the real-time socket.",
     )
 

@@ -18,7 +18,7 @@ from litestar.params import FromPath, JSONBody
 
 from chat_core.auth import Principal
 from chat_core.errors import ProblemError
-from chat_core.messagestore import Device, MessageStore, Platform
+from chat_core.messagestore import Device, DeviceStore, Platform
 
 __all__ = ["ROUTES", "DeviceRegistration", "DeviceService"]
 
@@ -31,7 +31,7 @@ class DeviceRegistration(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DeviceService:
-    def __init__(self, store: MessageStore) -> None:
+    def __init__(self, store: DeviceStore) -> None:
         self._store = store
 
     @staticmethod

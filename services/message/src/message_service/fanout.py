@@ -24,8 +24,7 @@ Degraded modes: presence unreadable (Redis down) -> every other member counts as
 beats a push missed); a ``message.created`` older than ``STALE_EVENT_SECONDS`` is no longer published
 (clients that were connected then have resynced since).
 
-Event payloads on the bus are an envelope: the client-facing event plus ``members`` (so a socket whose
-user was removed drops the event even if it missed the ``conversation.left``) and ``trace``.
+What goes on the bus is shaped in ``chat_core.realtime.events`` (the readers decode it from there).
 """
 
 from __future__ import annotations
@@ -41,7 +40,8 @@ import structlog
 from opentelemetry.trace import SpanKind
 
 from chat_core import metrics, tracing
-from chat_core.messagestore import Message, MessageStore, OutboxEntry
+from chat_core.batching import Coalescer
+from chat_core.messagestore import ConversationStore, Message, OutboxEntry, OutboxStore
 from chat_core.notifications import Notification, NotificationQueue
 from chat_core.realtime import (
     MEMBERSHIP_CHANNEL,
@@ -50,13 +50,11 @@ from chat_core.realtime import (
     conversation_channel,
     user_channel,
 )
+from chat_core.realtime.events import Envelope, MembershipChanged, encode
 
 __all__ = [
     "RECIPIENTS_PER_NOTIFICATION",
-    "Envelope",
     "Fanout",
-    "bus_event_for_client",
-    "decode_envelope",
     "notifications_for",
 ]
 
@@ -73,19 +71,6 @@ _PROGRESS_TTL_SECONDS = 3600.0
 
 _log = structlog.get_logger("message_service.fanout")
 _tracer = tracing.get_tracer("message_service.fanout")
-
-
-class Envelope(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
-    """What travels on the bus: the client-facing event plus what sockets need to route it."""
-
-    type: str
-    conversation_id: str
-    message: Message | None = None  # message.created: the full stored message
-    message_id: str | None = None  # message.read
-    user_id: str | None = None  # message.read: the reader
-    read_by: tuple[str, ...] | None = None  # message.read
-    members: tuple[str, ...] | None = None  # never forwarded to clients
-    trace: dict[str, str] = {}  # never forwarded to clients
 
 
 def notifications_for(
@@ -123,7 +108,8 @@ class _Progress:
 class Fanout:
     def __init__(
         self,
-        store: MessageStore,
+        conversations: ConversationStore,
+        outbox: OutboxStore,
         bus: EventBus,
         presence: Presence,
         queue: NotificationQueue,
@@ -132,7 +118,8 @@ class Fanout:
         relay_interval: float = RELAY_INTERVAL_SECONDS,
         relay_grace: float = RELAY_GRACE_SECONDS,
     ) -> None:
-        self._store = store
+        self._conversations = conversations
+        self._outbox = outbox
         self._bus = bus
         self._presence = presence
         self._queue = queue
@@ -143,9 +130,9 @@ class Fanout:
         self._delivering: set[str] = set()
         self._background: set[asyncio.Task[bool]] = set()
         self._conversation_locks: dict[str, tuple[asyncio.Lock, int]] = {}
-        self._releases: dict[str, asyncio.Future[bool]] = {}
-        self._releaser: asyncio.Task[None] | None = None
-        self._relay_wake = asyncio.Event()
+        self._releases: Coalescer[str] = Coalescer(
+            self._delete_released, max_batch=DELETE_BATCH, linger=DELETE_LINGER_SECONDS
+        )
 
     # --- MessageEvents ------------------------------------------------------------------------------
     async def message_created(self, entry: OutboxEntry, members: frozenset[str]) -> None:
@@ -155,7 +142,7 @@ class Fanout:
 
     async def message_read(self, conversation_id: str, message: Message, reader_id: str) -> None:
         try:
-            members = await self._store.get_participants(conversation_id)
+            members = await self._conversations.get_participants(conversation_id)
             envelope = Envelope(
                 type="message.read",
                 conversation_id=conversation_id,
@@ -174,10 +161,10 @@ class Fanout:
         self, conversation_id: str, added: frozenset[str], removed: frozenset[str]
     ) -> None:
         events: list[tuple[str, bytes]] = [
-            (MEMBERSHIP_CHANNEL, msgspec.json.encode({"conversationId": conversation_id}))
+            (MEMBERSHIP_CHANNEL, encode(MembershipChanged(conversation_id=conversation_id)))
         ]
         for users, kind in ((added, "conversation.joined"), (removed, "conversation.left")):
-            payload = msgspec.json.encode(Envelope(type=kind, conversation_id=conversation_id))
+            payload = encode(Envelope(type=kind, conversation_id=conversation_id))
             events.extend((user_channel(user), payload) for user in sorted(users))
         try:
             for channel, payload in events:
@@ -219,7 +206,7 @@ class Fanout:
         async with self._conversation_lock(entry.conversation_id):
             if members is None:
                 try:
-                    members = await self._store.get_participants(entry.conversation_id) or frozenset()
+                    members = await self._conversations.get_participants(entry.conversation_id) or frozenset()
                 except Exception as exc:
                     metrics.OUTBOX_RELAY_ERRORS.labels("store").inc()
                     _log.warning("fanout_store_unavailable", message_id=message.message_id, error=repr(exc))
@@ -260,35 +247,25 @@ class Fanout:
 
     async def _release(self, message_id: str) -> bool:
         """Delete the outbox entry, together with others released at about the same time."""
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._releases[message_id] = done
-        if self._releaser is None or self._releaser.done():
-            self._releaser = asyncio.get_running_loop().create_task(
-                self._release_batches(), name="outbox-release"
-            )
-        return await asyncio.shield(done)
+        try:
+            await self._releases.submit(message_id)
+        except Exception:
+            return False  # it stays in the outbox: the relay delivers it again (idempotently)
+        return True
 
-    async def _release_batches(self) -> None:
-        while self._releases:
-            await asyncio.sleep(DELETE_LINGER_SECONDS)
-            batch = dict(list(self._releases.items())[:DELETE_BATCH])
-            for message_id in batch:
-                del self._releases[message_id]
-            try:
-                await self._store.delete_outbox(list(batch))
-                ok = True
-            except Exception as exc:
-                metrics.OUTBOX_RELAY_ERRORS.labels("store").inc()
-                _log.warning("fanout_outbox_delete_failed", entries=len(batch), error=repr(exc))
-                ok = False  # they stay in the outbox: the relay delivers them again (idempotently)
-            for done in batch.values():
-                if not done.done():
-                    done.set_result(ok)
+    async def _delete_released(self, message_ids: list[str]) -> list[None]:
+        try:
+            await self._outbox.delete_outbox(message_ids)
+        except Exception as exc:
+            metrics.OUTBOX_RELAY_ERRORS.labels("store").inc()
+            _log.warning("fanout_outbox_delete_failed", entries=len(message_ids), error=repr(exc))
+            raise
+        return [None] * len(message_ids)
 
     async def _publish(self, channel: str, envelope: Envelope) -> None:
         with _tracer.start_as_current_span("publish " + envelope.type, kind=SpanKind.PRODUCER):
             envelope = msgspec.structs.replace(envelope, trace=tracing.inject())
-            await self._bus.publish(channel, msgspec.json.encode(envelope))
+            await self._bus.publish(channel, encode(envelope))
         metrics.EVENTS_PUBLISHED.labels(envelope.type).inc()
 
     async def _enqueue(self, entry: OutboxEntry, recipients: frozenset[str]) -> None:
@@ -327,7 +304,7 @@ class Fanout:
     # --- the relay ----------------------------------------------------------------------------------
     async def relay_once(self) -> bool:
         """One pass over the outbox; False when an entry could not be delivered (back off)."""
-        entries = await self._store.pending_outbox(older_than=self._relay_grace, limit=RELAY_BATCH)
+        entries = await self._outbox.pending_outbox(older_than=self._relay_grace, limit=RELAY_BATCH)
         healthy = True
         for entry in entries:
             if not await self.deliver(entry):
@@ -338,7 +315,7 @@ class Fanout:
         return healthy
 
     async def _export_outbox_stats(self) -> None:
-        count, oldest = await self._store.outbox_stats()
+        count, oldest = await self._outbox.outbox_stats()
         metrics.OUTBOX_DEPTH.set(count)
         age = 0.0 if oldest is None else (dt.datetime.now(dt.UTC) - oldest).total_seconds()
         metrics.OUTBOX_OLDEST_AGE.set(max(0.0, age))
@@ -352,10 +329,7 @@ class Fanout:
     async def _relay(self) -> None:
         delay = self._relay_interval
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._relay_wake.wait()
-            self._relay_wake.clear()
+            await asyncio.sleep(delay)
             try:
                 healthy = await self.relay_once()
             except Exception as exc:
@@ -381,22 +355,4 @@ class Fanout:
                     task.cancel()
                 if pending:
                     await asyncio.wait(pending)
-
-    def wake_relay(self) -> None:
-        """Run a relay pass now (tests, and after an outage is known to be over)."""
-        self._relay_wake.set()
-
-
-def bus_event_for_client(envelope: Envelope) -> bytes:
-    """The event as a client receives it: without routing fields."""
-    return msgspec.json.encode(msgspec.structs.replace(envelope, members=None, trace={}))
-
-
-def decode_envelope(payload: bytes) -> Envelope | None:
-    try:
-        return _ENVELOPE.decode(payload)
-    except msgspec.DecodeError:
-        return None
-
-
-_ENVELOPE = msgspec.json.Decoder(Envelope)
+            await self._releases.close()

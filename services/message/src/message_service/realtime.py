@@ -35,7 +35,7 @@ from litestar.handlers import WebsocketRouteHandler
 
 from chat_core import metrics
 from chat_core.auth import AuthError, Principal, TokenVerifier, token_from_connection
-from chat_core.messagestore import MessageStore
+from chat_core.messagestore import ConversationStore
 from chat_core.realtime import (
     EventBus,
     EventBusUnavailable,
@@ -44,7 +44,7 @@ from chat_core.realtime import (
     conversation_channel,
     user_channel,
 )
-from message_service.fanout import bus_event_for_client, decode_envelope
+from chat_core.realtime.events import bus_event_for_client, decode_envelope
 
 __all__ = ["CLOSE_TRY_AGAIN", "CLOSE_UNAUTHORIZED", "OUTBOUND_LIMIT", "RealtimeSockets"]
 
@@ -175,7 +175,7 @@ class RealtimeSockets:
     def __init__(
         self,
         verifier: TokenVerifier,
-        store: MessageStore,
+        store: ConversationStore,
         bus: EventBus,
         presence: Presence,
         *,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import re
 import uuid
 from collections.abc import Awaitable
 
@@ -26,6 +25,7 @@ from chat_core.messagestore import (
     Conversation,
     ConversationExists,
     ConversationNotFound,
+    ConversationStore,
     InvalidCursor,
     LastMessage,
     Message,
@@ -34,6 +34,7 @@ from chat_core.messagestore import (
     OutboxEntry,
 )
 from message_service.events import MessageEvents
+from message_service.last_message import LastMessageWriter
 from message_service.schemas import (
     MAX_PARTICIPANTS,
     AddParticipants,
@@ -42,14 +43,12 @@ from message_service.schemas import (
     MessagePage,
     SendMessage,
 )
-from message_service.touches import ConversationTouches
 from message_service.verification import ImageVerifier, VerifiedImage
 
 __all__ = ["ConversationService", "MessageService", "message_id_for"]
 
 _log = structlog.get_logger("message_service")
 _CLIENT_MESSAGE_IDS = uuid.UUID("5b2f7f0e-6c1a-4d0e-9a57-3f1f5f3e2c11")  # namespace of derived ids
-_MESSAGE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _PREVIEW_CHARS = 120
 
 
@@ -65,7 +64,7 @@ def _no_such_conversation() -> ProblemError:
     return ProblemError(404, "conversation_not_found", "no such conversation")
 
 
-async def _participants_for(store: MessageStore, conversation_id: str, user_id: str) -> frozenset[str]:
+async def _participants_for(store: ConversationStore, conversation_id: str, user_id: str) -> frozenset[str]:
     """The members, when ``user_id`` is one; otherwise 404 whether or not the conversation exists."""
     if not keys.CONVERSATION_ID_PATTERN.match(conversation_id):
         raise _no_such_conversation()
@@ -88,7 +87,7 @@ def _now() -> dt.datetime:
 
 
 class ConversationService:
-    def __init__(self, store: MessageStore, events: MessageEvents) -> None:
+    def __init__(self, store: ConversationStore, events: MessageEvents) -> None:
         self._store = store
         self._events = events
 
@@ -177,21 +176,23 @@ class ConversationService:
 class MessageService:
     def __init__(
         self,
-        store: MessageStore,
+        conversations: ConversationStore,
+        messages: MessageStore,
         verifier: ImageVerifier,
-        touches: ConversationTouches,
+        last_messages: LastMessageWriter,
         events: MessageEvents,
     ) -> None:
-        self._store = store
+        self._conversations = conversations
+        self._store = messages
         self._verifier = verifier
-        self._touches = touches
+        self._last_messages = last_messages
         self._events = events
 
     async def send(self, user_id: str, conversation_id: str, request: SendMessage) -> tuple[Message, bool]:
         """Store a message; ``(message, True)`` when new, ``(stored, False)`` for a retry of one."""
         verified: VerifiedImage | None = None
         if request.message_type == "text":
-            members = await _participants_for(self._store, conversation_id, user_id)
+            members = await _participants_for(self._conversations, conversation_id, user_id)
             if request.metadata is not None:
                 raise ProblemError(400, "invalid_request", "metadata is only for image messages")
             if not (request.content or "").strip():
@@ -239,10 +240,10 @@ class MessageService:
         metric only counts what members sent.
         """
         if request.metadata is None:
-            await _participants_for(self._store, conversation_id, user_id)
+            await _participants_for(self._conversations, conversation_id, user_id)
             raise ProblemError(400, "invalid_request", "an image message needs metadata.object_key")
         membership, verification = await asyncio.gather(
-            _participants_for(self._store, conversation_id, user_id),
+            _participants_for(self._conversations, conversation_id, user_id),
             self._verifier.verify(user_id, conversation_id, request.metadata),
             return_exceptions=True,
         )
@@ -270,7 +271,7 @@ class MessageService:
             conversation_id=conversation_id, message=message, created_at=message.timestamp, trace=trace
         )
         await _emit("message_created", self._events.message_created(entry, members))
-        await self._touches.touch(
+        await self._last_messages.touch(
             conversation_id,
             LastMessage(
                 message_id=message.message_id,
@@ -284,7 +285,7 @@ class MessageService:
     async def list(
         self, user_id: str, conversation_id: str, *, limit: int, before: str | None
     ) -> MessagePage:
-        await _participants_for(self._store, conversation_id, user_id)
+        await _participants_for(self._conversations, conversation_id, user_id)
         try:
             page = await self._store.list_messages(conversation_id, limit=limit, before=before)
         except InvalidCursor as exc:
@@ -292,11 +293,11 @@ class MessageService:
         return MessagePage(items=page.items, next_cursor=page.next_cursor)
 
     async def mark_read(self, user_id: str, conversation_id: str, message_id: str) -> Message:
-        await _participants_for(self._store, conversation_id, user_id)
+        await _participants_for(self._conversations, conversation_id, user_id)
         # Every id this service hands out is a UUID; anything else cannot exist (nor reach the store).
         result = (
             await self._store.mark_read(conversation_id, message_id, user_id)
-            if _MESSAGE_ID.match(message_id)
+            if keys.UUID_PATTERN.match(message_id)
             else None
         )
         if result is None:

@@ -47,7 +47,7 @@ _PROXY_PATH = re.compile(r"/images/(?P<conversation_id>[^/]+)/images/[^/]+/[^/]+
 
 
 class VerifiedImage(msgspec.Struct, frozen=True, kw_only=True):
-    stored_key: str  # {conversation_id}/{object_key}: what the message references in the store
+    stored_key: str  # uploads/{conversation_id}/{object_key}: what the message references in the store
     metadata: ImageMetadata  # what the server measured, as stored in the message
     last_modified: dt.datetime  # when the upload finished (upload-to-send latency)
 
@@ -64,13 +64,7 @@ class ImageVerifier:
     async def verify(
         self, sender_id: str, conversation_id: str, requested: ImageMetadataRequest
     ) -> VerifiedImage:
-        content_type = requested.content_type.strip().lower()
-        if content_type not in self._allowed:
-            raise ProblemError(
-                415,
-                "unsupported_image_type",
-                f"{content_type!r} is not accepted; use one of {', '.join(sorted(self._allowed))}",
-            )
+        content_type = keys.accepted_content_type(requested.content_type, self._allowed)
         object_key, parsed = self._locate(conversation_id, requested)
         if parsed.uploader_id != sender_id:
             raise ProblemError(403, "object_not_yours", "the image was uploaded by someone else")
@@ -136,8 +130,8 @@ class ImageVerifier:
         """(object_key, parsed) of the object meant, refusing one that lies in another conversation.
 
         ``object_key`` is normally the upload response's ``images/...`` (under this conversation by
-        construction). A client may also pass the stored form ``{conversation_id}/images/...``, and its
-        ``url`` (the upload response's ``file_url``) names the conversation too: either naming another
+        construction). A client may also pass ``{conversation_id}/images/...``, and its ``url`` (the
+        upload response's ``file_url``) names the conversation too: either naming another
         conversation is refused without looking at that conversation's objects.
         """
         raw = requested.object_key
@@ -146,7 +140,7 @@ class ImageVerifier:
                 owner, object_key = conversation_id, raw
                 parsed = keys.parse_object_key(raw)
             else:
-                owner, object_key, parsed = keys.parse_stored_key(raw)
+                owner, object_key, parsed = keys.parse_conversation_key(raw)
         except keys.InvalidKey as exc:
             raise ProblemError(400, "invalid_object_key", str(exc)) from None
         if requested.url:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from litestar import Litestar
 
+from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.backends import Backends
-from chat_core.service import ServiceParts, create_service_app
 from chat_core.settings import Settings
 from notification_consumer.consumer import NotificationConsumer
 

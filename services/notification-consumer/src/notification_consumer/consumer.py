@@ -3,7 +3,7 @@
 * At most ``NOTIFICATION_CONCURRENCY`` queue messages in work at once (the poller only asks the queue for
   as many as there are free slots), and at most as many pushes in flight.
 * A redelivered message never pushes twice to one device: each (notification, device) pair is claimed in
-  the MessageStore before its push, and released again if the push failed, so only failures are retried.
+  the PushReceiptStore before its push, and released again if the push failed, so only failures are retried.
 * A transient failure (provider answered ``retry``, or the store was unreachable) leaves the message on
   the queue with a delay that doubles per attempt (``NOTIFICATION_RETRY_BASE_SECONDS``, through the
   visibility timeout); after ``NOTIFICATION_MAX_RECEIVES`` receives the queue moves it to the DLQ.
@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from chat_core import metrics, tracing
 from chat_core.backends import Backends
-from chat_core.messagestore import Device, MessageStore
+from chat_core.messagestore import Device, DeviceStore, PushReceiptStore
 from chat_core.notifications import Notification, NotificationQueue, ReceivedNotification
 from chat_core.push import PushMessage, PushProvider
 from chat_core.settings import Settings
@@ -72,7 +72,8 @@ class NotificationConsumer:
     def __init__(
         self,
         queue: NotificationQueue,
-        store: MessageStore,
+        devices: DeviceStore,
+        receipts: PushReceiptStore,
         push: PushProvider,
         *,
         concurrency: int,
@@ -82,7 +83,8 @@ class NotificationConsumer:
         drain_seconds: float,
     ) -> None:
         self._queue = queue
-        self._store = store
+        self._devices = devices
+        self._receipts = receipts
         self._push = push
         self._concurrency = concurrency
         self._wait_seconds = wait_seconds
@@ -99,12 +101,13 @@ class NotificationConsumer:
     def from_backends(cls, settings: Settings, backends: Backends) -> NotificationConsumer:
         return cls(
             backends.notification_queue,
-            backends.message_store,
+            backends.devices,
+            backends.push_receipts,
             backends.push_provider,
-            concurrency=settings.push.concurrency,
+            concurrency=settings.notifications.concurrency,
             wait_seconds=settings.sqs.wait_seconds,
-            max_receives=settings.sqs.max_receives,
-            retry_base_seconds=settings.push.retry_base_seconds,
+            max_receives=settings.notifications.max_receives,
+            retry_base_seconds=settings.notifications.retry_base_seconds,
             drain_seconds=settings.service.drain_seconds,
         )
 
@@ -203,7 +206,7 @@ class NotificationConsumer:
 
     async def handle(self, received: ReceivedNotification) -> None:
         """Push one queue message to every device of its recipients, then ack it (or schedule a retry)."""
-        notification = received.notification
+        notification = received.job
         with _tracer.start_as_current_span(
             "notification process",
             context=tracing.extract(notification.trace),
@@ -253,13 +256,13 @@ class NotificationConsumer:
 
     async def _push_all(self, notification: Notification) -> bool:
         """True when every device is done (pushed now or before, or gone); False if any needs a retry."""
-        devices = await self._store.devices_for(notification.recipient_ids)
+        devices = await self._devices.devices_for(notification.recipient_ids)
         targets = [device for user in notification.recipient_ids for device in devices.get(user, ())]
         results = await asyncio.gather(*(self._push_device(notification, device) for device in targets))
         return all(result == "done" for result in results)
 
     async def _push_device(self, notification: Notification, device: Device) -> DeviceResult:
-        if not await self._store.claim_push(notification.notification_id, device.token):
+        if not await self._receipts.claim_push(notification.notification_id, device.token):
             return "done"  # pushed by an earlier delivery of this message
         try:
             async with self._push_slots:
@@ -278,7 +281,7 @@ class NotificationConsumer:
         if outcome == "invalid_token":
             metrics.NOTIFICATIONS_FAILED.labels(self._push.name, "invalid_token").inc()
             _log.info("device_token_invalid_deleted", user_id=device.user_id, platform=device.platform)
-            await self._store.delete_device(device.user_id, device.token)
+            await self._devices.delete_device(device.user_id, device.token)
             return "done"
         metrics.NOTIFICATIONS_FAILED.labels(self._push.name, "retry").inc()
         await self._release(notification, device)
@@ -287,6 +290,6 @@ class NotificationConsumer:
     async def _release(self, notification: Notification, device: Device) -> None:
         try:
             # Shielded: a cancelled push must still give its claim back.
-            await asyncio.shield(self._store.release_push(notification.notification_id, device.token))
+            await asyncio.shield(self._receipts.release_push(notification.notification_id, device.token))
         except Exception as exc:
             _log.warning("push_claim_not_released", user_id=device.user_id, error=repr(exc))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from litestar import Litestar
 
+from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.backends import Backends
 from chat_core.membership import MembershipCache
-from chat_core.service import ServiceParts, create_service_app
 from chat_core.settings import Settings
 from upload_service.routes import route_handlers
 from upload_service.service import UploadService

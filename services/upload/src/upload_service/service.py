@@ -52,16 +52,7 @@ class UploadService:
             raise ProblemError(404, "conversation_not_found", "no such conversation")
         if not membership.member:
             raise ProblemError(403, "not_a_member", "only participants of the conversation can upload to it")
-        # Media types are case-insensitive; the signed type is the canonical lower-case one.
-        content_type = request.content_type.strip().lower()
-        if content_type not in self._allowed:
-            raise ProblemError(
-                415,
-                "unsupported_image_type",
-                f"content_type {request.content_type!r} is not accepted; "
-                f"use one of {', '.join(sorted(self._allowed))}",
-                extra={"allowed_types": sorted(self._allowed)},
-            )
+        content_type = keys.accepted_content_type(request.content_type, self._allowed)
         if request.size_bytes is not None and request.size_bytes > self._max_bytes:
             raise ProblemError(
                 413,

@@ -1,8 +1,11 @@
-"""MessageStore port: conversations, members, messages, devices, the outbox and push receipts.
+"""The chat store: narrow ports for conversations, messages, devices, the outbox and push receipts.
 
-Adapters: ``firestore.FirestoreMessageStore`` (production; the emulator in tests) and
-``sqlite.SqliteMessageStore`` (embedded default, WAL). Both pass one contract suite
-(``tests/contract/test_messagestore_contract.py``).
+Callers depend on the narrow port they use (``ConversationStore``, ``MessageStore``, ``DeviceStore``,
+``OutboxStore``, ``PushReceiptStore``); one adapter per backend serves them all (``ChatStore``), so a
+message, its image reference and its outbox entry still commit in one transaction.
+Adapters: ``firestore.FirestoreChatStore`` (production; the emulator in tests) and
+``sqlite.SqliteChatStore`` (embedded default, WAL). Both pass one contract suite with a section per
+narrow port (``tests/contract/test_messagestore_contract.py``).
 
 Firestore layout (SQLite mirrors it in tables):
 
@@ -20,17 +23,22 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
+from chat_core.timestamps import from_micros, micros
+
 __all__ = [
     "PUSH_RECEIPT_TTL",
+    "ChatStore",
     "Conversation",
     "ConversationExists",
     "ConversationNotFound",
+    "ConversationStore",
     "Device",
+    "DeviceStore",
     "ImageMetadata",
     "InvalidCursor",
     "LastMessage",
@@ -39,10 +47,13 @@ __all__ = [
     "MessageType",
     "ObjectAlreadyUsed",
     "OutboxEntry",
+    "OutboxStore",
     "Page",
     "Platform",
+    "PushReceiptStore",
     "decode_cursor",
     "encode_cursor",
+    "page_of",
 ]
 
 T = TypeVar("T")
@@ -83,6 +94,10 @@ class LastMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     preview: str  # caption or text, truncated
     timestamp: dt.datetime
 
+    def is_newer_than(self, current: LastMessage | None) -> bool:
+        """Later in the conversation's order (time, then id) than ``current``; anything beats None."""
+        return current is None or (self.timestamp, self.message_id) > (current.timestamp, current.message_id)
+
 
 class Conversation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     conversation_id: str
@@ -118,6 +133,14 @@ class Page(msgspec.Struct, Generic[T], frozen=True):
     next_cursor: str | None  # opaque; None on the last page
 
 
+def page_of(rows: list[T], limit: int, position: Callable[[T], tuple[dt.datetime, str]]) -> Page[T]:
+    """The page of a keyset query that fetched ``limit + 1`` rows, newest first: the extra row only says
+    there is more, and the cursor is the (time, id) ``position`` of the last row shown."""
+    items = rows[:limit]
+    next_cursor = encode_cursor(*position(items[-1])) if len(rows) > limit else None
+    return Page(items=items, next_cursor=next_cursor)
+
+
 class ConversationNotFound(LookupError):
     pass
 
@@ -130,13 +153,9 @@ class InvalidCursor(ValueError):
     """A cursor this store did not hand out (garbled or tampered with)."""
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_MICROSECOND = dt.timedelta(microseconds=1)
-
-
 def encode_cursor(position: dt.datetime, key: str) -> str:
     """An opaque cursor for keyset pagination on (time, id): both adapters page with it."""
-    raw = msgspec.json.encode([(position - _EPOCH) // _MICROSECOND, key])
+    raw = msgspec.json.encode([micros(position), key])
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
@@ -144,8 +163,8 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     """(time, id) of a cursor made by ``encode_cursor``; raises InvalidCursor."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        micros, key = msgspec.json.decode(raw, type=tuple[int, str])
-        position = _EPOCH + micros * _MICROSECOND
+        stamp, key = msgspec.json.decode(raw, type=tuple[int, str])
+        position = from_micros(stamp)
     except (binascii.Error, ValueError, OverflowError, msgspec.DecodeError):
         raise InvalidCursor("the cursor is not one this server issued") from None
     if not key:
@@ -161,17 +180,9 @@ class ObjectAlreadyUsed(Exception):
         self.message_id = message_id
 
 
-class MessageStore(Protocol):
-    name: str  # "firestore" or "sqlite"
+class ConversationStore(Protocol):
+    """Conversations and their membership."""
 
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def ping(self) -> None:
-        """Raise unless the store answers (readiness)."""
-
-    # --- conversations and membership --------------------------------------------------------------
     async def create_conversation(self, conversation: Conversation) -> None:
         """Raises ConversationExists when the id is taken; never overwrites."""
 
@@ -194,7 +205,10 @@ class MessageStore(Protocol):
     async def touch_conversation(self, conversation_id: str, last_message: LastMessage) -> None:
         """Set ``lastMessage``/``updatedAt`` unless a newer last message is already stored."""
 
-    # --- messages ----------------------------------------------------------------------------------
+
+class MessageStore(Protocol):
+    """Messages, their read receipts and the objects they reference."""
+
     async def create_message(
         self,
         conversation_id: str,
@@ -229,11 +243,13 @@ class MessageStore(Protocol):
     ) -> tuple[Message, bool] | None:
         """Add ``user_id`` to ``readBy`` (idempotent). ``(message, changed)``; None when no such message."""
 
-    # --- objects -----------------------------------------------------------------------------------
     async def referenced_objects(self, stored_keys: Sequence[str]) -> set[str]:
         """Which of ``stored_keys`` back a message (for orphan cleanup)."""
 
-    # --- devices -----------------------------------------------------------------------------------
+
+class DeviceStore(Protocol):
+    """Push tokens by user."""
+
     async def put_device(self, device: Device) -> None:
         """Register (or move) a push token; a token belongs to one user at a time."""
 
@@ -243,7 +259,10 @@ class MessageStore(Protocol):
     async def devices_for(self, user_ids: Collection[str]) -> dict[str, list[Device]]:
         """Devices by user, each list ordered by token; users without a device are absent."""
 
-    # --- outbox ------------------------------------------------------------------------------------
+
+class OutboxStore(Protocol):
+    """Work left for stored messages (``create_message`` writes the entries)."""
+
     async def pending_outbox(self, *, older_than: float, limit: int) -> list[OutboxEntry]:
         """Entries created more than ``older_than`` seconds ago, oldest first."""
 
@@ -252,9 +271,30 @@ class MessageStore(Protocol):
     async def outbox_stats(self) -> tuple[int, dt.datetime | None]:
         """(pending entries, creation time of the oldest)."""
 
-    # --- push receipts (a redelivered notification never pushes twice to one device) ---------------
+
+class PushReceiptStore(Protocol):
+    """A redelivered notification never pushes twice to one device."""
+
     async def claim_push(self, notification_id: str, device_token: str) -> bool:
         """True when this call claimed the pair; False when it was claimed before."""
 
     async def release_push(self, notification_id: str, device_token: str) -> None:
         """Undo a claim whose push failed, so a retry may send it."""
+
+
+class ChatStore(ConversationStore, MessageStore, DeviceStore, OutboxStore, PushReceiptStore, Protocol):
+    """One adapter (one database, one transaction engine) serving every narrow store above.
+
+    ``Backends`` builds one per process and hands each caller only the narrow store it uses
+    (``backends.conversations``, ``backends.messages``, ...), as Synapse composes its stores.
+    """
+
+    name: str  # "firestore" or "sqlite"
+    readiness_name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise unless the store answers (readiness)."""

@@ -17,21 +17,23 @@ writes: ``readBy`` changes on every read receipt), and ``pushReceipts.expireAt``
 Write rates: Firestore sustains about one write per second per document. Nothing on the send path
 writes the conversation document: a message, its image reference and its outbox entry are three new
 documents, and ``lastMessage``/``updatedAt`` arrive later through ``touch_conversation``, which callers
-coalesce per conversation (``message_service.touches``).
+coalesce per conversation (``message_service.last_message``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud.firestore_v1 import ArrayRemove, ArrayUnion, AsyncClient, FieldFilter
+from google.cloud.firestore_v1.async_collection import AsyncCollectionReference
 from google.cloud.firestore_v1.async_document import AsyncDocumentReference
+from google.cloud.firestore_v1.async_query import AsyncQuery
 from google.cloud.firestore_v1.base_document import DocumentSnapshot
 from google.cloud.firestore_v1.base_query import BaseQuery
 
@@ -47,14 +49,16 @@ from chat_core.messagestore import (
     OutboxEntry,
     Page,
     decode_cursor,
-    encode_cursor,
+    page_of,
 )
 from chat_core.settings import FirestoreSettings
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
 
-__all__ = ["FirestoreMessageStore", "create"]
+__all__ = ["FirestoreChatStore", "create"]
+
+T = TypeVar("T")
 
 
 CONVERSATIONS = "conversations"
@@ -96,12 +100,6 @@ def _fields(struct: msgspec.Struct) -> dict[str, Any]:
     return fields
 
 
-def _is_newer(candidate: LastMessage, current: LastMessage | None) -> bool:
-    if current is None:
-        return True
-    return (candidate.timestamp, candidate.message_id) > (current.timestamp, current.message_id)
-
-
 def _doc_id(*parts: str) -> str:
     """Document id for free-form keys (object keys, push tokens): fixed length, no '/' to escape."""
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
@@ -130,8 +128,29 @@ def _conversation(snapshot: DocumentSnapshot[Any]) -> Conversation:
     return msgspec.convert({**data, "conversationId": snapshot.id}, Conversation)
 
 
-class FirestoreMessageStore:
+async def _newest_first(
+    source: AsyncQuery | AsyncCollectionReference,
+    *,
+    time_field: str,
+    cursor: str | None,
+    limit: int,
+    decode: Callable[[DocumentSnapshot[Any]], T],
+    position: Callable[[T], tuple[dt.datetime, str]],
+) -> Page[T]:
+    """One page of ``source``, newest first on (``time_field``, document id), after ``cursor``.
+
+    Raises InvalidCursor."""
+    after = decode_cursor(cursor) if cursor else None
+    query = source.order_by(time_field, direction=_DESCENDING).order_by("__name__", direction=_DESCENDING)
+    if after is not None:
+        query = query.start_after([after[0], after[1]])
+    rows = [decode(snapshot) async for snapshot in query.limit(limit + 1).stream()]
+    return page_of(rows, limit, position)
+
+
+class FirestoreChatStore:
     name = "firestore"
+    readiness_name = "firestore"
 
     def __init__(self, settings: FirestoreSettings) -> None:
         self._settings = settings
@@ -196,21 +215,16 @@ class FirestoreMessageStore:
         self, user_id: str, *, limit: int, cursor: str | None = None
     ) -> Page[Conversation]:
         # Index: conversations (participants CONTAINS, updatedAt DESC) — firestore.indexes.json.
-        after = decode_cursor(cursor) if cursor else None
-        query = (
-            self.client.collection(CONVERSATIONS)
-            .where(filter=FieldFilter("participants", "array_contains", user_id))
-            .order_by("updatedAt", direction=_DESCENDING)
-            .order_by("__name__", direction=_DESCENDING)
+        return await _newest_first(
+            self.client.collection(CONVERSATIONS).where(
+                filter=FieldFilter("participants", "array_contains", user_id)
+            ),
+            time_field="updatedAt",
+            cursor=cursor,
+            limit=limit,
+            decode=_conversation,
+            position=lambda c: (c.updated_at, c.conversation_id),
         )
-        if after is not None:
-            query = query.start_after([after[0], after[1]])
-        rows = [_conversation(snapshot) async for snapshot in query.limit(limit + 1).stream()]
-        items = rows[:limit]
-        next_cursor = (
-            encode_cursor(items[-1].updated_at, items[-1].conversation_id) if len(rows) > limit else None
-        )
-        return Page(items=items, next_cursor=next_cursor)
 
     async def add_participants(self, conversation_id: str, user_ids: Collection[str]) -> Conversation:
         # ArrayUnion is applied by the server: no read, no transaction, so concurrent additions neither
@@ -244,7 +258,7 @@ class FirestoreMessageStore:
             data = _plain(snapshot.to_dict() or {})
             raw = data.get("lastMessage")
             current = None if raw is None else msgspec.convert(raw, LastMessage)
-            if not _is_newer(last_message, current):
+            if not last_message.is_newer_than(current):
                 return
             fields = {
                 "lastMessage": _fields(last_message),
@@ -323,19 +337,14 @@ class FirestoreMessageStore:
     ) -> Page[Message]:
         # The built-in single-field index on timestamp serves this (a DESC order on one field, then
         # __name__ in the same direction): no composite index.
-        after = decode_cursor(before) if before else None
-        query = (
-            self._conversation_ref(conversation_id)
-            .collection(MESSAGES)
-            .order_by("timestamp", direction=_DESCENDING)
-            .order_by("__name__", direction=_DESCENDING)
+        return await _newest_first(
+            self._conversation_ref(conversation_id).collection(MESSAGES),
+            time_field="timestamp",
+            cursor=before,
+            limit=limit,
+            decode=_message,
+            position=lambda m: (m.timestamp, m.message_id),
         )
-        if after is not None:
-            query = query.start_after([after[0], after[1]])
-        rows = [_message(snapshot) async for snapshot in query.limit(limit + 1).stream()]
-        items = rows[:limit]
-        next_cursor = encode_cursor(items[-1].timestamp, items[-1].message_id) if len(rows) > limit else None
-        return Page(items=items, next_cursor=next_cursor)
 
     async def mark_read(
         self, conversation_id: str, message_id: str, user_id: str
@@ -439,5 +448,5 @@ class FirestoreMessageStore:
         await self._receipt_ref(notification_id, device_token).delete()
 
 
-def create(backends: Backends) -> FirestoreMessageStore:
-    return FirestoreMessageStore(backends.settings.firestore)
+def create(backends: Backends) -> FirestoreChatStore:
+    return FirestoreChatStore(backends.settings.firestore)

@@ -1,30 +1,20 @@
-"""SQLite MessageStore: the embedded default, one WAL database under ``DATA_DIR``.
+"""SQLite chat store: the embedded default, one WAL database under ``DATA_DIR``.
 
-sqlite3 calls never run on the event loop: they run in worker threads. All writes go through one
-connection behind a limiter of one, each operation atomic in its own savepoint (message + image
-reference + outbox entry together or not at all); operations that arrive while a commit is under way
-share the next ``BEGIN IMMEDIATE`` transaction and its one fsync (group commit).
-Reads use a small pool of connections; WAL lets them run beside the writer, each seeing the last
-committed state. ``synchronous=FULL`` because a 201 promises the message survives a power cut, not only
-a crash of the process.
-
-Several processes may share the file (separate services on one laptop): ``BEGIN IMMEDIATE`` takes
-SQLite's write lock and ``busy_timeout`` waits for it.
+The queries of every narrow store (conversations, messages, devices, outbox, push receipts) over one
+``chat_core.sqlite_engine.SqliteEngine``: each operation is atomic (message + image reference + outbox
+entry together or not at all), writes share group commits, reads run on a pool beside the writer.
+``synchronous=FULL`` because a 201 promises the message survives a power cut, not only a crash.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import queue
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar
 
-import anyio
-import anyio.to_thread
 import msgspec
 
 from chat_core.messagestore import (
@@ -39,21 +29,18 @@ from chat_core.messagestore import (
     OutboxEntry,
     Page,
     decode_cursor,
-    encode_cursor,
+    page_of,
 )
+from chat_core.sqlite_engine import SqliteEngine
+from chat_core.timestamps import from_micros, micros
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
 
-__all__ = ["SqliteMessageStore", "create"]
+__all__ = ["SqliteChatStore", "create"]
 
-R = TypeVar("R")
+T = TypeVar("T")
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_MICROSECOND = dt.timedelta(microseconds=1)
-_BUSY_TIMEOUT_MS = 10_000
-_GROUP_MAX = 256  # write jobs sharing one transaction at most
-_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
 _IN_CHUNK = 500  # bound on "IN (?, ?, ...)" lists (SQLite allows 32766 variables; keep statements small)
 
 _SCHEMA = """
@@ -110,18 +97,10 @@ CREATE INDEX IF NOT EXISTS push_receipts_by_age ON push_receipts (claimed_at);
 """
 
 
-def _micros(value: dt.datetime) -> int:
-    return (value - _EPOCH) // _MICROSECOND
-
-
-def _datetime(micros: int) -> dt.datetime:
-    return _EPOCH + micros * _MICROSECOND
-
-
-def _is_newer(candidate: LastMessage, current: LastMessage | None) -> bool:
-    if current is None:
-        return True
-    return (candidate.timestamp, candidate.message_id) > (current.timestamp, current.message_id)
+def _expire_receipts(conn: sqlite3.Connection) -> None:
+    # Receipts only guard against redelivery, which stops once the queue's retention is over.
+    cutoff = micros(dt.datetime.now(dt.UTC) - PUSH_RECEIPT_TTL)
+    conn.execute("DELETE FROM push_receipts WHERE claimed_at < ?", (cutoff,))
 
 
 def _conversation(row: sqlite3.Row) -> Conversation:
@@ -129,8 +108,8 @@ def _conversation(row: sqlite3.Row) -> Conversation:
         conversation_id=row["conversation_id"],
         participants=tuple(msgspec.json.decode(row["participants"], type=list[str])),
         name=row["name"],
-        created_at=_datetime(row["created_at"]),
-        updated_at=_datetime(row["updated_at"]),
+        created_at=from_micros(row["created_at"]),
+        updated_at=from_micros(row["updated_at"]),
         last_message=msgspec.json.decode(row["last_message"], type=LastMessage)
         if row["last_message"] is not None
         else None,
@@ -158,139 +137,51 @@ def _select_conversation(conn: sqlite3.Connection, conversation_id: str) -> Conv
     return None if row is None else _conversation(row)
 
 
-class SqliteMessageStore:
+class SqliteChatStore:
     name = "sqlite"
+    readiness_name = "sqlite"
 
     def __init__(self, path: Path | str, *, readers: int = 4) -> None:
-        self._path = Path(path)
-        self._reader_count = readers
-        self._writer: sqlite3.Connection | None = None
-        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        self._write_limiter = anyio.CapacityLimiter(1)
-        self._queued: list[_Job] = []
-        self._committer: asyncio.Task[None] | None = None
-        # As many threads as connections, so a reader always finds a free connection in the pool.
-        self._read_limiter = anyio.CapacityLimiter(readers)
-
-    # --- plumbing ---------------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self._path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        self._db = SqliteEngine(
+            path, schema=_SCHEMA, readers=readers, on_open=_expire_receipts, label="SQLite message store"
         )
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-        return conn
 
-    async def _write(self, fn: Callable[..., R], *args: Any) -> R:
-        """Run ``fn(conn, *args)`` as one atomic write in the writer thread; durable when it returns.
+    async def _newest_first(
+        self,
+        select: str,
+        params: tuple[object, ...],
+        *,
+        order: tuple[str, str],
+        cursor: str | None,
+        limit: int,
+        decode: Callable[[sqlite3.Row], T],
+        position: Callable[[T], tuple[dt.datetime, str]],
+    ) -> Page[T]:
+        """One page of ``select`` (a query ending in a WHERE clause), newest first on the (time, id)
+        columns ``order``, after ``cursor``. Raises InvalidCursor."""
+        after = decode_cursor(cursor) if cursor else None
+        time_column, id_column = order
 
-        Group commit: writes that arrive while a commit is under way are run together in the next
-        transaction, each inside its own savepoint (one failing job rolls back alone), and share one
-        COMMIT, so one fsync covers many sends instead of one each (``synchronous=FULL``).
-        """
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[Any] = loop.create_future()
-        self._queued.append((fn, args, done))
-        if self._committer is None or self._committer.done():
-            self._committer = loop.create_task(self._commit_queued(), name="sqlite-group-commit")
-        # Not cancellable: once queued the job runs and commits, so it is never left half-done.
-        return cast("R", await asyncio.shield(done))
+        def run(conn: sqlite3.Connection) -> list[T]:
+            sql, args = select, [*params]
+            if after is not None:
+                sql += f" AND ({time_column}, {id_column}) < (?, ?)"
+                args += [micros(after[0]), after[1]]
+            sql += f" ORDER BY {time_column} DESC, {id_column} DESC LIMIT ?"
+            args.append(limit + 1)
+            return [decode(row) for row in conn.execute(sql, args)]
 
-    async def _commit_queued(self) -> None:
-        while self._queued:
-            batch, self._queued = self._queued[:_GROUP_MAX], self._queued[_GROUP_MAX:]
-            try:
-                outcomes = await anyio.to_thread.run_sync(self._run_group, batch, limiter=self._write_limiter)
-            except BaseException as exc:  # the thread could not run at all (e.g. the store was closed)
-                outcomes = [(False, exc)] * len(batch)
-            for (_fn, _args, done), (ok, value) in zip(batch, outcomes, strict=True):
-                if done.done():
-                    continue
-                if ok:
-                    done.set_result(value)
-                else:
-                    done.set_exception(value)
-
-    def _run_group(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
-        conn = self._writer
-        if conn is None:
-            raise RuntimeError("the SQLite message store is not started")
-        outcomes: list[tuple[bool, Any]] = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for fn, args, _done in batch:
-                conn.execute("SAVEPOINT job")
-                try:
-                    value = fn(conn, *args)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    outcomes.append((False, exc))
-                else:
-                    conn.execute("RELEASE job")
-                    outcomes.append((True, value))
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            return [(False, exc)] * len(batch)
-        return outcomes
-
-    async def _read(self, fn: Callable[..., R], *args: Any) -> R:
-        """Run ``fn(conn, *args)`` in one read transaction (a consistent snapshot) on a pooled connection."""
-
-        def run() -> R:
-            conn = self._readers.get_nowait()
-            try:
-                conn.execute("BEGIN")
-                try:
-                    return fn(conn, *args)
-                finally:
-                    conn.execute("COMMIT")
-            finally:
-                if self._writer is None:  # closed meanwhile: this connection was not in the pool to close
-                    conn.close()
-                else:
-                    self._readers.put(conn)
-
-        if self._writer is None:
-            raise RuntimeError("the SQLite message store is not started")
-        return await anyio.to_thread.run_sync(run, limiter=self._read_limiter)
+        return page_of(await self._db.read(run), limit, position)
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self._writer is not None:
-            return
-
-        def open_all() -> None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            writer = self._connect()
-            writer.executescript(_SCHEMA)
-            # Receipts only guard against redelivery, which stops once the queue's retention is over.
-            cutoff = _micros(dt.datetime.now(dt.UTC) - PUSH_RECEIPT_TTL)
-            writer.execute("DELETE FROM push_receipts WHERE claimed_at < ?", (cutoff,))
-            for _ in range(self._reader_count):
-                self._readers.put(self._connect())
-            self._writer = writer
-
-        await anyio.to_thread.run_sync(open_all)
+        await self._db.start()
 
     async def close(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is None:
-            return
-
-        def close_all() -> None:
-            while not self._readers.empty():
-                self._readers.get_nowait().close()
-            writer.close()
-
-        await anyio.to_thread.run_sync(close_all, limiter=self._write_limiter)
+        await self._db.close()
 
     async def ping(self) -> None:
-        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+        await self._db.read(lambda conn: conn.execute("SELECT 1").fetchone())
 
     # --- conversations and membership ------------------------------------------------------------
     async def create_conversation(self, conversation: Conversation) -> None:
@@ -308,8 +199,8 @@ class SqliteMessageStore:
                     conversation.conversation_id,
                     conversation.name,
                     msgspec.json.encode(list(conversation.participants)).decode(),
-                    _micros(conversation.created_at),
-                    _micros(conversation.updated_at),
+                    micros(conversation.created_at),
+                    micros(conversation.updated_at),
                     None
                     if conversation.last_message is None
                     else msgspec.json.encode(conversation.last_message),
@@ -320,10 +211,10 @@ class SqliteMessageStore:
                 [(conversation.conversation_id, user) for user in conversation.participants],
             )
 
-        await self._write(insert)
+        await self._db.write(insert)
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None:
-        return await self._read(_select_conversation, conversation_id)
+        return await self._db.read(_select_conversation, conversation_id)
 
     async def get_participants(self, conversation_id: str) -> frozenset[str] | None:
         def select(conn: sqlite3.Connection) -> frozenset[str] | None:
@@ -332,34 +223,23 @@ class SqliteMessageStore:
             ).fetchone()
             return None if row is None else frozenset(msgspec.json.decode(row[0], type=list[str]))
 
-        return await self._read(select)
+        return await self._db.read(select)
 
     async def list_conversations(
         self, user_id: str, *, limit: int, cursor: str | None = None
     ) -> Page[Conversation]:
         # Keyset pagination on (updated_at, id). A conversation that gets a new message while someone
         # pages moves to the front: it is on a page already seen, so it is not repeated further down.
-        after = decode_cursor(cursor) if cursor else None
-
-        def select(conn: sqlite3.Connection) -> list[Conversation]:
-            sql = (
-                f"SELECT {_CONVERSATION_COLUMNS} FROM participants p"  # noqa: S608
-                " JOIN conversations c ON c.conversation_id = p.conversation_id WHERE p.user_id = ?"
-            )
-            params: list[Any] = [user_id]
-            if after is not None:
-                sql += " AND (c.updated_at, c.conversation_id) < (?, ?)"
-                params += [_micros(after[0]), after[1]]
-            sql += " ORDER BY c.updated_at DESC, c.conversation_id DESC LIMIT ?"
-            params.append(limit + 1)
-            return [_conversation(row) for row in conn.execute(sql, params)]
-
-        rows = await self._read(select)
-        items = rows[:limit]
-        next_cursor = (
-            encode_cursor(items[-1].updated_at, items[-1].conversation_id) if len(rows) > limit else None
+        return await self._newest_first(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM participants p"  # noqa: S608
+            " JOIN conversations c ON c.conversation_id = p.conversation_id WHERE p.user_id = ?",
+            (user_id,),
+            order=("c.updated_at", "c.conversation_id"),
+            cursor=cursor,
+            limit=limit,
+            decode=_conversation,
+            position=lambda c: (c.updated_at, c.conversation_id),
         )
-        return Page(items=items, next_cursor=next_cursor)
 
     async def add_participants(self, conversation_id: str, user_ids: Collection[str]) -> Conversation:
         def add(conn: sqlite3.Connection) -> Conversation:
@@ -380,7 +260,7 @@ class SqliteMessageStore:
             )
             return msgspec.structs.replace(current, participants=participants)
 
-        return await self._write(add)
+        return await self._db.write(add)
 
     async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
         def remove(conn: sqlite3.Connection) -> Conversation:
@@ -400,7 +280,7 @@ class SqliteMessageStore:
             )
             return msgspec.structs.replace(current, participants=participants)
 
-        return await self._write(remove)
+        return await self._db.write(remove)
 
     async def touch_conversation(self, conversation_id: str, last_message: LastMessage) -> None:
         def touch(conn: sqlite3.Connection) -> None:
@@ -411,18 +291,18 @@ class SqliteMessageStore:
             if row is None:
                 return
             current = None if row[1] is None else msgspec.json.decode(row[1], type=LastMessage)
-            if not _is_newer(last_message, current):
+            if not last_message.is_newer_than(current):
                 return
             conn.execute(
                 "UPDATE conversations SET last_message = ?, updated_at = ? WHERE conversation_id = ?",
                 (
                     msgspec.json.encode(last_message),
-                    max(row[0], _micros(last_message.timestamp)),
+                    max(row[0], micros(last_message.timestamp)),
                     conversation_id,
                 ),
             )
 
-        await self._write(touch)
+        await self._db.write(touch)
 
     # --- messages ---------------------------------------------------------------------------------
     async def create_message(
@@ -466,17 +346,17 @@ class SqliteMessageStore:
                 (
                     conversation_id,
                     message.message_id,
-                    _micros(message.timestamp),
+                    micros(message.timestamp),
                     msgspec.json.encode(message),
                 ),
             )
             conn.execute(
                 "INSERT INTO outbox (message_id, created_at, body) VALUES (?, ?, ?)",
-                (message.message_id, _micros(entry.created_at), msgspec.json.encode(entry)),
+                (message.message_id, micros(entry.created_at), msgspec.json.encode(entry)),
             )
             return message, True
 
-        return await self._write(insert)
+        return await self._db.write(insert)
 
     async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
         def select(conn: sqlite3.Connection) -> Message | None:
@@ -486,29 +366,22 @@ class SqliteMessageStore:
             ).fetchone()
             return None if row is None else msgspec.json.decode(row[0], type=Message)
 
-        return await self._read(select)
+        return await self._db.read(select)
 
     async def list_messages(
         self, conversation_id: str, *, limit: int, before: str | None = None
     ) -> Page[Message]:
         # Keyset pagination on (timestamp, id): a new message is newer than any cursor handed out, so it
         # can never shift what an older page holds.
-        after = decode_cursor(before) if before else None
-
-        def select(conn: sqlite3.Connection) -> list[Message]:
-            sql = "SELECT body FROM messages WHERE conversation_id = ?"
-            params: list[Any] = [conversation_id]
-            if after is not None:
-                sql += " AND (timestamp, message_id) < (?, ?)"
-                params += [_micros(after[0]), after[1]]
-            sql += " ORDER BY timestamp DESC, message_id DESC LIMIT ?"
-            params.append(limit + 1)
-            return [msgspec.json.decode(row[0], type=Message) for row in conn.execute(sql, params)]
-
-        rows = await self._read(select)
-        items = rows[:limit]
-        next_cursor = encode_cursor(items[-1].timestamp, items[-1].message_id) if len(rows) > limit else None
-        return Page(items=items, next_cursor=next_cursor)
+        return await self._newest_first(
+            "SELECT body FROM messages WHERE conversation_id = ?",
+            (conversation_id,),
+            order=("timestamp", "message_id"),
+            cursor=before,
+            limit=limit,
+            decode=lambda row: msgspec.json.decode(row[0], type=Message),
+            position=lambda m: (m.timestamp, m.message_id),
+        )
 
     async def mark_read(
         self, conversation_id: str, message_id: str, user_id: str
@@ -530,7 +403,7 @@ class SqliteMessageStore:
             )
             return message, True
 
-        return await self._write(update)
+        return await self._db.write(update)
 
     # --- objects ----------------------------------------------------------------------------------
     async def referenced_objects(self, stored_keys: Sequence[str]) -> set[str]:
@@ -543,7 +416,7 @@ class SqliteMessageStore:
                 found.update(row[0] for row in conn.execute(sql, chunk))
             return found
 
-        return await self._read(select)
+        return await self._db.read(select)
 
     # --- devices ----------------------------------------------------------------------------------
     async def put_device(self, device: Device) -> None:
@@ -552,17 +425,17 @@ class SqliteMessageStore:
                 "INSERT INTO devices (token, user_id, platform, updated_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (token) DO UPDATE SET"
                 " user_id = excluded.user_id, platform = excluded.platform, updated_at = excluded.updated_at",
-                (device.token, device.user_id, device.platform, _micros(device.updated_at)),
+                (device.token, device.user_id, device.platform, micros(device.updated_at)),
             )
 
-        await self._write(upsert)
+        await self._db.write(upsert)
 
     async def delete_device(self, user_id: str, token: str) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute("DELETE FROM devices WHERE token = ? AND user_id = ?", (token, user_id))
             return cursor.rowcount > 0
 
-        return await self._write(delete)
+        return await self._db.write(delete)
 
     async def devices_for(self, user_ids: Collection[str]) -> dict[str, list[Device]]:
         users = list(dict.fromkeys(user_ids))
@@ -580,16 +453,16 @@ class SqliteMessageStore:
                             token=row["token"],
                             user_id=row["user_id"],
                             platform=row["platform"],
-                            updated_at=_datetime(row["updated_at"]),
+                            updated_at=from_micros(row["updated_at"]),
                         )
                     )
             return found
 
-        return await self._read(select)
+        return await self._db.read(select)
 
     # --- outbox -----------------------------------------------------------------------------------
     async def pending_outbox(self, *, older_than: float, limit: int) -> list[OutboxEntry]:
-        cutoff = _micros(dt.datetime.now(dt.UTC)) - int(older_than * 1_000_000)
+        cutoff = micros(dt.datetime.now(dt.UTC)) - int(older_than * 1_000_000)
 
         def select(conn: sqlite3.Connection) -> list[OutboxEntry]:
             rows = conn.execute(
@@ -598,7 +471,7 @@ class SqliteMessageStore:
             )
             return [msgspec.json.decode(row[0], type=OutboxEntry) for row in rows]
 
-        return await self._read(select)
+        return await self._db.read(select)
 
     async def delete_outbox(self, message_ids: Collection[str]) -> None:
         ids = list(dict.fromkeys(message_ids))
@@ -608,14 +481,14 @@ class SqliteMessageStore:
                 conn.execute(f"DELETE FROM outbox WHERE message_id IN ({_placeholders(chunk)})", chunk)  # noqa: S608
 
         if ids:
-            await self._write(delete)
+            await self._db.write(delete)
 
     async def outbox_stats(self) -> tuple[int, dt.datetime | None]:
         def select(conn: sqlite3.Connection) -> tuple[int, dt.datetime | None]:
             count, oldest = conn.execute("SELECT count(*), min(created_at) FROM outbox").fetchone()
-            return int(count), None if oldest is None else _datetime(oldest)
+            return int(count), None if oldest is None else from_micros(oldest)
 
-        return await self._read(select)
+        return await self._db.read(select)
 
     # --- push receipts ----------------------------------------------------------------------------
     async def claim_push(self, notification_id: str, device_token: str) -> bool:
@@ -627,7 +500,7 @@ class SqliteMessageStore:
             )
             return cursor.rowcount == 1
 
-        return await self._write(claim)
+        return await self._db.write(claim)
 
     async def release_push(self, notification_id: str, device_token: str) -> None:
         def release(conn: sqlite3.Connection) -> None:
@@ -636,8 +509,8 @@ class SqliteMessageStore:
                 (notification_id, device_token),
             )
 
-        await self._write(release)
+        await self._db.write(release)
 
 
-def create(backends: Backends) -> SqliteMessageStore:
-    return SqliteMessageStore(Path(backends.settings.service.data_dir) / "messages.sqlite3")
+def create(backends: Backends) -> SqliteChatStore:
+    return SqliteChatStore(Path(backends.settings.service.data_dir) / "messages.sqlite3")

@@ -1,25 +1,21 @@
-"""NotificationQueue port: durable work for the notification consumer.
+"""Notifications: the job the message service queues for the notification consumer.
 
-Adapters: ``sqs`` (long poll, visibility timeout, redrive to a DLQ, trace context in message attributes)
-and ``sqlite`` (embedded, same semantics). Both pass one contract suite
-(``tests/contract/test_queue_contract.py``). One queue message per chat message (recipient ids inside,
-chunked only for huge groups); the consumer fans out to devices.
+One queue message per chat message (recipient ids inside, chunked only for huge groups); the consumer fans
+out to devices. The queue is a ``chat_core.jobqueue.JobQueue[Notification]``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from typing import Protocol
 
-import msgspec
-
+from chat_core.jobqueue import Job, JobKind, JobQueue, Received
 from chat_core.messagestore import MessageType
+from chat_core.settings import Settings
 
-__all__ = ["Notification", "NotificationQueue", "ReceivedNotification"]
+__all__ = ["Notification", "NotificationQueue", "ReceivedNotification", "notification_jobs"]
 
 
-class Notification(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class Notification(Job, frozen=True, kw_only=True, rename="camel"):
     notification_id: str  # "{messageId}:{chunk}": stable, so a re-relayed job dedupes at the consumer
     conversation_id: str
     message_id: str
@@ -28,36 +24,20 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     preview: str
     recipient_ids: tuple[str, ...]
     created_at: dt.datetime
-    trace: dict[str, str] = {}
 
 
-class ReceivedNotification(msgspec.Struct, frozen=True, kw_only=True):
-    notification: Notification
-    receipt: str  # handle for ack / retry_later
-    receive_count: int  # 1 on first delivery
-    enqueued_at: dt.datetime
+NotificationQueue = JobQueue[Notification]
+ReceivedNotification = Received[Notification]
 
 
-class NotificationQueue(Protocol):
-    name: str
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def ping(self) -> None: ...
-
-    async def send(self, notifications: Sequence[Notification]) -> None:
-        """Enqueue durably (batched); raises when the queue cannot take them."""
-
-    async def receive(self, *, max_messages: int, wait_seconds: float) -> list[ReceivedNotification]:
-        """Long poll; received messages stay hidden for the visibility timeout."""
-
-    async def ack(self, receipt: str) -> None:
-        """Done: delete the message."""
-
-    async def retry_later(self, receipt: str, delay_seconds: float) -> None:
-        """Make the message visible again after ``delay_seconds`` (it counts as another receive)."""
-
-    async def depth(self) -> tuple[int, int]:
-        """Approximate (visible + in-flight messages in the main queue, messages in the DLQ)."""
+def notification_jobs(settings: Settings) -> JobKind[Notification]:
+    """The notification queue's kind: its SQS names and redrive limits come from the settings."""
+    queue = settings.notifications
+    return JobKind(
+        name="notification",
+        job_type=Notification,
+        queue_name=queue.queue_name,
+        dlq_name=queue.dlq_name,
+        max_receives=queue.max_receives,
+        visibility_timeout_seconds=queue.visibility_timeout_seconds,
+    )

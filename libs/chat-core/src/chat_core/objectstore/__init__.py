@@ -4,7 +4,7 @@ Adapters: ``s3.S3ObjectStore`` (production; LocalStack in tests) and ``local.Loc
 default: files under one data dir, HMAC-signed URLs served by the process itself). Both pass one contract
 suite (``tests/contract/test_objectstore_contract.py``).
 
-Keys here are *stored* keys, ``{conversation_id}/{object_key}`` (see ``chat_core.keys``).
+Keys here are *stored* keys, e.g. ``uploads/{conversation_id}/{object_key}`` (see ``chat_core.keys``).
 """
 
 from __future__ import annotations

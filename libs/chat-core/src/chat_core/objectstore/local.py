@@ -56,6 +56,8 @@ from chat_core.objectstore.serving import serve_object
 from chat_core.settings import Settings
 
 if TYPE_CHECKING:
+    from litestar.handlers import HTTPRouteHandler
+
     from chat_core.backends import Backends
 
 __all__ = ["STORAGE_ROUTE", "InvalidObjectKey", "LocalObjectStore", "create"]
@@ -379,7 +381,7 @@ class LocalObjectStore:
         return grant
 
     # --- the storage route ------------------------------------------------------------------------
-    def route_handlers(self) -> list[Any]:
+    def route_handlers(self) -> list[HTTPRouteHandler]:
         store = self
 
         @route(

@@ -109,6 +109,7 @@ def _cors_configuration(origins: tuple[str, ...]) -> bytes:
 
 class S3ObjectStore:
     name = "s3"
+    readiness_name = "s3"
     uses_aws = True  # Backends resolves credentials before start()
 
     def __init__(self, settings: Settings, *, http: AwsHttp, credentials: AwsCredentialSource) -> None:

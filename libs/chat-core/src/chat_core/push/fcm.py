@@ -52,6 +52,7 @@ class _AuthFailed(Exception):
 
 class FcmPushProvider:
     name = "fcm"
+    readiness_name = "fcm"
 
     def __init__(self, http: httpx.AsyncClient, settings: PushSettings) -> None:
         self._http = http

@@ -140,6 +140,4 @@ def create_event_bus(backends: Backends) -> MemoryEventBus:
 
 
 def create_presence(backends: Backends, ttl_seconds: float | None = None) -> MemoryPresence:
-    return MemoryPresence(
-        backends.settings.redis.presence_ttl_seconds if ttl_seconds is None else ttl_seconds
-    )
+    return MemoryPresence(backends.settings.presence.ttl_seconds if ttl_seconds is None else ttl_seconds)

@@ -24,7 +24,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from chat_core import metrics, tracing
 from chat_core.auth import Principal, TokenVerifier, token_from_connection
-from chat_core.backends import ADAPTERS, Backends
+from chat_core.backends import PORTS, Backends
 from chat_core.errors import exception_handlers, problem_response
 from chat_core.observability import ObservabilityMiddleware, set_request_user
 from chat_core.settings import Settings
@@ -39,9 +39,9 @@ __all__ = [
 ]
 
 Worker = Callable[[], contextlib.AbstractAsyncContextManager[None]]
-_log = structlog.get_logger("chat_core.service")
+_log = structlog.get_logger("chat_core.app_factory")
 READINESS_TIMEOUT_SECONDS = 2.0
-ALL_PORTS = frozenset(port for port, _kind in ADAPTERS)
+ALL_PORTS = PORTS
 
 
 @dataclass

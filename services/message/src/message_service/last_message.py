@@ -26,24 +26,17 @@ from collections.abc import AsyncIterator, Callable
 
 import structlog
 
-from chat_core.messagestore import LastMessage, MessageStore
+from chat_core.messagestore import ConversationStore, LastMessage
 
-__all__ = ["ConversationTouches"]
+__all__ = ["LastMessageWriter"]
 
-_log = structlog.get_logger("message_service.touches")
+_log = structlog.get_logger("message_service.last_message")
 _CONCURRENT_WRITES = 32
 
 
-def _newer(candidate: LastMessage, current: LastMessage | None) -> bool:
-    return current is None or (candidate.timestamp, candidate.message_id) > (
-        current.timestamp,
-        current.message_id,
-    )
-
-
-class ConversationTouches:
+class LastMessageWriter:
     def __init__(
-        self, store: MessageStore, *, interval: float = 1.0, clock: Callable[[], float] = time.monotonic
+        self, store: ConversationStore, *, interval: float = 1.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._store = store
         self._interval = interval
@@ -58,7 +51,7 @@ class ConversationTouches:
     async def touch(self, conversation_id: str, last_message: LastMessage) -> None:
         """Record a new message; writes now only if the conversation was not written within the interval."""
         waiting = self._pending.get(conversation_id)
-        if _newer(last_message, waiting):
+        if last_message.is_newer_than(waiting):
             self._pending[conversation_id] = last_message
         if self._due(conversation_id, self._clock()):
             await self._write(conversation_id)
@@ -98,7 +91,7 @@ class ConversationTouches:
             await self._store.touch_conversation(conversation_id, last_message)
         except Exception as exc:
             # The message is stored; only its summary is late. Keep it (unless newer came) and retry.
-            if _newer(last_message, self._pending.get(conversation_id)):
+            if last_message.is_newer_than(self._pending.get(conversation_id)):
                 self._pending[conversation_id] = last_message
             _log.warning("conversation_touch_failed", conversation_id=conversation_id, error=repr(exc))
 

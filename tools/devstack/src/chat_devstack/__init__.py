@@ -357,6 +357,7 @@ class Stack:
             "S3_BUCKET_NAME": f"chat-images-{self.suffix}",
             "SQS_QUEUE_NAME": f"chat-notifications-{self.suffix}",
             "SQS_DLQ_NAME": f"chat-notifications-{self.suffix}-dlq",
+            "MEDIA_QUEUE_NAME": f"chat-media-{self.suffix}",
             "FIRESTORE_EMULATOR_HOST": self.firestore_host,
             "FIRESTORE_PROJECT_ID": f"chat-{self.suffix}",
             "REDIS_URL": self.redis_url,

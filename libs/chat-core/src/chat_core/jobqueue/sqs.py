@@ -1,7 +1,7 @@
-"""SQS NotificationQueue over the SQS JSON 1.0 protocol, signed by ``chat_core.aws.AwsClient``.
+"""SQS JobQueue over the SQS JSON 1.0 protocol, signed by ``chat_core.aws.AwsClient``.
 
-* Two queues: the main one with a visibility timeout and a redrive policy (after
-  ``NOTIFICATION_MAX_RECEIVES`` receives SQS moves a message to the DLQ), and the DLQ.
+* Two queues per ``JobKind``: the main one with a visibility timeout and a redrive policy (after
+  ``max_receives`` receives SQS moves a message to the DLQ), and the DLQ.
 * ``ensure()`` creates both idempotently (and updates the main queue's attributes if they changed);
   ``chat-management setup`` calls it (with credentials allowed ``sqs:CreateQueue``; the services' own
   IAM policies only use the queues). ``start()`` only resolves the main queue's URL and never fails the
@@ -16,22 +16,22 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 import structlog
 
 from chat_core.aws import AwsClient, AwsError
-from chat_core.notifications import Notification, ReceivedNotification
-from chat_core.notifications.batching import Coalescer
-from chat_core.settings import Settings
+from chat_core.batching import Coalescer
+from chat_core.jobqueue import Job, JobKind, Received
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
 
-__all__ = ["SqsNotificationQueue", "create"]
+__all__ = ["SqsJobQueue", "create"]
 
-_log = structlog.get_logger("chat_core.notifications.sqs")
+J = TypeVar("J", bound=Job)
+_log = structlog.get_logger("chat_core.jobqueue.sqs")
 
 MAX_BATCH = 10  # SQS: entries per SendMessageBatch / messages per ReceiveMessage
 ACK_LINGER_SECONDS = 0.01
@@ -41,7 +41,6 @@ _SEND_ATTEMPTS = 3
 _MISSING_QUEUE = {"QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue", "NonExistentQueue"}
 _NAME_TAKEN = {"QueueNameExists", "QueueAlreadyExists"}
 _TRACE_KEYS = ("traceparent", "tracestate", "baggage")
-_BODY = msgspec.json.Decoder(Notification)
 
 
 def _error(response_status: int, body: bytes, headers: Mapping[str, str]) -> AwsError:
@@ -63,12 +62,14 @@ def _error(response_status: int, body: bytes, headers: Mapping[str, str]) -> Aws
     return AwsError(response_status, code or "Unknown", message or body[:200].decode(errors="replace"))
 
 
-class SqsNotificationQueue:
+class SqsJobQueue(Generic[J]):
     name = "sqs"
+    readiness_name = "sqs"
     uses_aws = True
 
-    def __init__(self, settings: Settings, client: AwsClient) -> None:
-        self._settings = settings.sqs
+    def __init__(self, kind: JobKind[J], client: AwsClient) -> None:
+        self._kind = kind
+        self._body = msgspec.json.Decoder(kind.job_type)
         self._client = client
         self._main_url: str | None = None
         self._dlq_url: str | None = None
@@ -121,7 +122,7 @@ class SqsNotificationQueue:
         return url
 
     async def _resolve(self, *, dlq: bool) -> str:
-        name = self._settings.dlq_name if dlq else self._settings.queue_name
+        name = self._kind.dlq_name if dlq else self._kind.queue_name
         try:
             url = str((await self._call("GetQueueUrl", {"QueueName": name}))["QueueUrl"])
         except AwsError as exc:
@@ -143,7 +144,7 @@ class SqsNotificationQueue:
         dlq = await self._call(
             "CreateQueue",
             {
-                "QueueName": self._settings.dlq_name,
+                "QueueName": self._kind.dlq_name,
                 "Attributes": {"MessageRetentionPeriod": str(RETENTION_SECONDS)},
             },
         )
@@ -152,22 +153,22 @@ class SqsNotificationQueue:
             "Attributes"
         ]["QueueArn"]
         attributes = {
-            "VisibilityTimeout": str(self._settings.visibility_timeout_seconds),
+            "VisibilityTimeout": str(self._kind.visibility_timeout_seconds),
             "MessageRetentionPeriod": str(RETENTION_SECONDS),
             "RedrivePolicy": msgspec.json.encode(
-                {"deadLetterTargetArn": arn, "maxReceiveCount": self._settings.max_receives}
+                {"deadLetterTargetArn": arn, "maxReceiveCount": self._kind.max_receives}
             ).decode(),
         }
         try:
             main = await self._call(
-                "CreateQueue", {"QueueName": self._settings.queue_name, "Attributes": attributes}
+                "CreateQueue", {"QueueName": self._kind.queue_name, "Attributes": attributes}
             )
             main_url = main["QueueUrl"]
         except AwsError as exc:
             if exc.code not in _NAME_TAKEN:
                 raise
             # It exists with other attributes (the settings changed): bring it in line.
-            main_url = (await self._call("GetQueueUrl", {"QueueName": self._settings.queue_name}))["QueueUrl"]
+            main_url = (await self._call("GetQueueUrl", {"QueueName": self._kind.queue_name}))["QueueUrl"]
             await self._call("SetQueueAttributes", {"QueueUrl": main_url, "Attributes": attributes})
         self._main_url, self._dlq_url = main_url, dlq_url
 
@@ -185,16 +186,16 @@ class SqsNotificationQueue:
         await self._on_queue("GetQueueAttributes", {"AttributeNames": ["QueueArn"]})
 
     # --- the port -----------------------------------------------------------------------------------
-    async def send(self, notifications: Sequence[Notification]) -> None:
-        entries = [self._entry(str(i), n) for i, n in enumerate(notifications)]
+    async def send(self, jobs: Sequence[J]) -> None:
+        entries = [self._entry(str(i), job) for i, job in enumerate(jobs)]
         for batch in _batches(entries):
             await self._send_batch(batch)
 
-    def _entry(self, entry_id: str, notification: Notification) -> dict[str, Any]:
-        body = msgspec.json.encode(msgspec.structs.replace(notification, trace={})).decode()
+    def _entry(self, entry_id: str, job: J) -> dict[str, Any]:
+        body = msgspec.json.encode(msgspec.structs.replace(job, trace={})).decode()
         attributes = {
             key: {"DataType": "String", "StringValue": value}
-            for key, value in notification.trace.items()
+            for key, value in job.trace.items()
             if key in _TRACE_KEYS and value
         }
         entry: dict[str, Any] = {"Id": entry_id, "MessageBody": body}
@@ -218,7 +219,7 @@ class SqsNotificationQueue:
             pending = [entry for entry in pending if entry["Id"] in failed]
             await asyncio.sleep(0.05 * 2**attempt)
 
-    async def receive(self, *, max_messages: int, wait_seconds: float) -> list[ReceivedNotification]:
+    async def receive(self, *, max_messages: int, wait_seconds: float) -> list[Received[J]]:
         wait = max(0, min(20, int(wait_seconds)))
         result = await self._on_queue(
             "ReceiveMessage",
@@ -231,13 +232,13 @@ class SqsNotificationQueue:
             },
             timeout=wait + 10.0,
         )
-        received: list[ReceivedNotification] = []
+        received: list[Received[J]] = []
         for message in result.get("Messages", []):
             try:
-                notification = _BODY.decode(message["Body"])
+                job = self._body.decode(message["Body"])
             except msgspec.DecodeError:
                 # Left alone: once its receives are used up SQS moves it to the DLQ for a human to read.
-                _log.error("undecodable_notification", message_id=message.get("MessageId"))
+                _log.error(f"undecodable_{self._kind.name}", message_id=message.get("MessageId"))
                 continue
             system = message.get("Attributes", {})
             trace = {
@@ -246,8 +247,8 @@ class SqsNotificationQueue:
                 if key in _TRACE_KEYS and "StringValue" in value
             }
             received.append(
-                ReceivedNotification(
-                    notification=msgspec.structs.replace(notification, trace=trace),
+                Received(
+                    job=msgspec.structs.replace(job, trace=trace),
                     receipt=message["ReceiptHandle"],
                     receive_count=int(system.get("ApproximateReceiveCount", "1")),
                     enqueued_at=dt.datetime.fromtimestamp(
@@ -310,7 +311,7 @@ def _batches(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return batches
 
 
-def create(backends: Backends) -> SqsNotificationQueue:
+def create(backends: Backends, kind: JobKind[J]) -> SqsJobQueue[J]:
     settings = backends.settings
     endpoint = settings.aws.endpoint_url or f"https://sqs.{settings.aws.region}.amazonaws.com"
     client = AwsClient(
@@ -320,4 +321,4 @@ def create(backends: Backends) -> SqsNotificationQueue:
         http=backends.aws_http,
         credentials=backends.aws_credentials,
     )
-    return SqsNotificationQueue(settings, client)
+    return SqsJobQueue(kind, client)

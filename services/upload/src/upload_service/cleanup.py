@@ -1,5 +1,8 @@
 """Orphan cleanup: delete uploaded images that no message references once their grace period is over.
 
+A job of the upload service's (the uploads it signs are what may be orphaned), run by the CronJob as
+``chat-management cleanup-orphans``.
+
 A client may ask for an upload URL, PUT the bytes and never send the message (the app was closed, the
 send failed for good). Those objects cost storage forever and nobody can see them. The job streams the
 store's listing page by page, asks the message store which keys of a batch back a message, and deletes
@@ -15,7 +18,6 @@ counters and the last-success time to ``PUSHGATEWAY_URL`` when it is set, and al
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from collections.abc import Sequence
@@ -36,7 +38,7 @@ from chat_core.settings import Settings
 __all__ = ["PUSH_JOB", "CleanupReport", "cleanup_orphans", "push_metrics", "run"]
 
 PUSH_JOB = "chat-management-cleanup"
-_log = structlog.get_logger("chat_core.cleanup")
+_log = structlog.get_logger("upload_service.cleanup")
 
 
 class CleanupReport(msgspec.Struct, kw_only=True):
@@ -155,7 +157,7 @@ async def push_metrics(url: str, *, job: str = PUSH_JOB) -> None:
 async def run(settings: Settings, *, dry_run: bool) -> CleanupReport:
     """The ``chat-management cleanup-orphans`` command: scan, delete, record, push, summarise."""
     backends = Backends(settings)
-    object_store, message_store = backends.object_store, backends.message_store
+    object_store, message_store = backends.object_store, backends.messages
     started = time.monotonic()
     async with backends:
         report = await cleanup_orphans(
@@ -176,12 +178,3 @@ async def run(settings: Settings, *, dry_run: bool) -> CleanupReport:
     if settings.telemetry.pushgateway_url:
         await push_metrics(settings.telemetry.pushgateway_url)
     return report
-
-
-def main(settings: Settings, *, dry_run: bool) -> int:
-    try:
-        asyncio.run(run(settings, dry_run=dry_run))
-    except Exception as exc:
-        _log.exception("cleanup_failed", error=f"{type(exc).__name__}: {exc}")
-        return 1
-    return 0

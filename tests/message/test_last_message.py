@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from chat_core.messagestore import Conversation, LastMessage
-from chat_core.messagestore.sqlite import SqliteMessageStore
-from message_service.touches import ConversationTouches
+from chat_core.messagestore.sqlite import SqliteChatStore
+from message_service.last_message import LastMessageWriter
 
 T0 = dt.datetime(2024, 4, 19, 12, 0, tzinfo=dt.UTC)
 
@@ -29,7 +29,7 @@ class Clock:
         return self.now
 
 
-class CountingStore(SqliteMessageStore):
+class CountingStore(SqliteChatStore):
     """The real SQLite store, counting conversation writes."""
 
     touches = 0
@@ -72,7 +72,7 @@ async def stored_last(store: CountingStore, cid: str) -> LastMessage | None:
 
 
 async def test_the_first_message_of_a_quiet_conversation_is_written_at_once(store: CountingStore) -> None:
-    touches = ConversationTouches(store, interval=1.0, clock=Clock())
+    touches = LastMessageWriter(store, interval=1.0, clock=Clock())
     cid = await conversation(store)
     await touches.touch(cid, last(1))
     assert await stored_last(store, cid) == last(1)
@@ -81,7 +81,7 @@ async def test_the_first_message_of_a_quiet_conversation_is_written_at_once(stor
 
 async def test_a_burst_is_one_write_now_and_one_when_the_interval_ends(store: CountingStore) -> None:
     clock = Clock()
-    touches = ConversationTouches(store, interval=1.0, clock=clock)
+    touches = LastMessageWriter(store, interval=1.0, clock=clock)
     cid = await conversation(store)
     for n in range(1, 51):  # 50 messages within one interval
         await touches.touch(cid, last(n))
@@ -98,7 +98,7 @@ async def test_a_burst_is_one_write_now_and_one_when_the_interval_ends(store: Co
 
 async def test_a_steady_stream_writes_once_per_interval(store: CountingStore) -> None:
     clock = Clock()
-    touches = ConversationTouches(store, interval=1.0, clock=clock)
+    touches = LastMessageWriter(store, interval=1.0, clock=clock)
     cid = await conversation(store)
     for n in range(100):  # 10 messages a second for 10 seconds, the worker flushing as it would
         await touches.touch(cid, last(n))
@@ -113,7 +113,7 @@ async def test_an_older_message_arriving_late_does_not_replace_a_newer_pending_o
     store: CountingStore,
 ) -> None:
     clock = Clock()
-    touches = ConversationTouches(store, interval=1.0, clock=clock)
+    touches = LastMessageWriter(store, interval=1.0, clock=clock)
     cid = await conversation(store)
     await touches.touch(cid, last(1))
     await touches.touch(cid, last(9))
@@ -124,7 +124,7 @@ async def test_an_older_message_arriving_late_does_not_replace_a_newer_pending_o
 
 
 async def test_conversations_are_coalesced_separately(store: CountingStore) -> None:
-    touches = ConversationTouches(store, interval=1.0, clock=Clock())
+    touches = LastMessageWriter(store, interval=1.0, clock=Clock())
     first, second = await conversation(store), await conversation(store)
     await touches.touch(first, last(1))
     await touches.touch(second, last(2))
@@ -133,7 +133,7 @@ async def test_conversations_are_coalesced_separately(store: CountingStore) -> N
 
 
 async def test_shutdown_writes_what_is_pending(store: CountingStore) -> None:
-    touches = ConversationTouches(store, interval=60.0, clock=Clock())
+    touches = LastMessageWriter(store, interval=60.0, clock=Clock())
     cid = await conversation(store)
     async with touches.worker():
         await touches.touch(cid, last(1))
@@ -143,7 +143,7 @@ async def test_shutdown_writes_what_is_pending(store: CountingStore) -> None:
 
 
 async def test_the_worker_writes_the_pending_message_when_the_interval_ends(store: CountingStore) -> None:
-    touches = ConversationTouches(store, interval=0.05)
+    touches = LastMessageWriter(store, interval=0.05)
     cid = await conversation(store)
     async with touches.worker():
         await touches.touch(cid, last(1))
@@ -159,7 +159,7 @@ async def test_a_failed_write_is_kept_and_retried(tmp_path: Path) -> None:
     store = CountingStore(tmp_path / "messages.sqlite3")
     await store.start()
     clock = Clock()
-    touches = ConversationTouches(store, interval=1.0, clock=clock)
+    touches = LastMessageWriter(store, interval=1.0, clock=clock)
     cid = await conversation(store)
     await store.close()
     await touches.touch(cid, last(1))  # the store is down: the send must not fail

@@ -1,0 +1,71 @@
+"""The event bus's wire format: what the message service publishes and what its readers decode.
+
+Publishers (``message_service.fanout``) and readers (the sockets in ``message_service.realtime``, the
+membership caches in ``chat_core.membership``) import their shapes from here, so the two ends cannot drift.
+
+* Conversation and user channels carry an ``Envelope``: the client-facing event plus what sockets need to
+  route it (``members``, so a socket whose user was removed drops the event even if it missed the
+  ``conversation.left``) and the W3C ``trace``; neither is forwarded to clients.
+* ``MEMBERSHIP_CHANNEL`` carries ``MembershipChanged`` (``{"conversationId": ...}``).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from chat_core.messagestore import Message
+
+__all__ = [
+    "Envelope",
+    "MembershipChanged",
+    "bus_event_for_client",
+    "decode_envelope",
+    "decode_membership_changed",
+    "encode",
+]
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """What travels on a conversation's or a user's channel."""
+
+    type: str
+    conversation_id: str
+    message: Message | None = None  # message.created: the full stored message
+    message_id: str | None = None  # message.read
+    user_id: str | None = None  # message.read: the reader
+    read_by: tuple[str, ...] | None = None  # message.read
+    members: tuple[str, ...] | None = None  # never forwarded to clients
+    trace: dict[str, str] = {}  # never forwarded to clients
+
+
+class MembershipChanged(msgspec.Struct, frozen=True, rename="camel"):
+    """Someone joined or left: every process drops its cached membership of the conversation."""
+
+    conversation_id: str
+
+
+_ENVELOPE = msgspec.json.Decoder(Envelope)
+_MEMBERSHIP_CHANGED = msgspec.json.Decoder(MembershipChanged)
+
+
+def encode(event: Envelope | MembershipChanged) -> bytes:
+    return msgspec.json.encode(event)
+
+
+def bus_event_for_client(envelope: Envelope) -> bytes:
+    """The event as a client receives it: without routing fields."""
+    return msgspec.json.encode(msgspec.structs.replace(envelope, members=None, trace={}))
+
+
+def decode_envelope(payload: bytes) -> Envelope | None:
+    try:
+        return _ENVELOPE.decode(payload)
+    except msgspec.DecodeError:
+        return None
+
+
+def decode_membership_changed(payload: bytes) -> MembershipChanged | None:
+    try:
+        return _MEMBERSHIP_CHANGED.decode(payload)
+    except msgspec.DecodeError:
+        return None

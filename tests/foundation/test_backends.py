@@ -1,0 +1,82 @@
+"""Wiring: each port's factory builds the adapter its setting names; optional abilities are protocols.
+
+Nothing here starts an adapter: building one must not touch the network (the contract suites do that).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chat_core.backends import Backends, NeedsSetup, ReadinessProbe, ServesRoutes, UsesAws
+from chat_core.jobqueue.sqlite import SqliteJobQueue
+from chat_core.jobqueue.sqs import SqsJobQueue
+from chat_core.messagestore.firestore import FirestoreChatStore
+from chat_core.messagestore.sqlite import SqliteChatStore
+from chat_core.objectstore.local import LocalObjectStore
+from chat_core.objectstore.s3 import S3ObjectStore
+from chat_core.realtime.memory import MemoryEventBus, MemoryPresence
+from chat_core.realtime.redis import RedisEventBus, RedisPresence
+from tests.conftest import make_settings
+
+CLOUD = {
+    "OBJECT_STORE": "s3",
+    "S3_BUCKET_NAME": "images",
+    "MESSAGE_STORE": "firestore",
+    "EVENT_BUS": "redis",
+    "NOTIFICATION_QUEUE": "sqs",
+}
+
+
+def test_the_embedded_kinds_build_the_embedded_adapters(tmp_path: Path) -> None:
+    backends = Backends(make_settings(tmp_path))
+    assert isinstance(backends.object_store, LocalObjectStore)
+    assert isinstance(backends.chat_store, SqliteChatStore)
+    assert isinstance(backends.event_bus, MemoryEventBus)
+    assert isinstance(backends.presence, MemoryPresence)
+    assert isinstance(backends.notification_queue, SqliteJobQueue)
+
+
+def test_the_cloud_kinds_build_the_cloud_adapters(tmp_path: Path) -> None:
+    backends = Backends(make_settings(tmp_path, CLOUD))
+    assert isinstance(backends.object_store, S3ObjectStore)
+    assert isinstance(backends.chat_store, FirestoreChatStore)
+    assert isinstance(backends.event_bus, RedisEventBus)
+    assert isinstance(backends.presence, RedisPresence)
+    assert isinstance(backends.notification_queue, SqsJobQueue)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, {"object_store", "sqlite", "event_bus", "presence", "notification_queue"}),
+        (CLOUD, {"s3", "firestore", "redis", "sqs"}),
+    ],
+)
+def test_readiness_checks_are_named_for_an_operator(
+    tmp_path: Path, env: dict[str, str], expected: set[str]
+) -> None:
+    backends = Backends(make_settings(tmp_path, env))
+    _ = (backends.object_store, backends.messages, backends.event_bus, backends.presence)
+    _ = backends.notification_queue
+    assert set(backends.readiness_checks()) == expected
+
+
+def test_abilities_are_declared_by_the_adapters_that_have_them(tmp_path: Path) -> None:
+    embedded, cloud = Backends(make_settings(tmp_path)), Backends(make_settings(tmp_path, CLOUD))
+    assert isinstance(embedded.object_store, ServesRoutes)
+    assert not isinstance(cloud.object_store, ServesRoutes)
+    assert isinstance(cloud.object_store, UsesAws)
+    assert isinstance(cloud.notification_queue, UsesAws)
+    assert not isinstance(embedded.notification_queue, UsesAws)
+    assert isinstance(cloud.notification_queue, NeedsSetup)
+    assert not isinstance(embedded.notification_queue, NeedsSetup)
+    assert isinstance(embedded.chat_store, ReadinessProbe)
+
+
+async def test_a_port_first_asked_for_after_start_up_is_refused(tmp_path: Path) -> None:
+    backends = Backends(make_settings(tmp_path))
+    async with backends:  # every port must be asked for in create_app(), before the lifespan starts
+        with pytest.raises(RuntimeError, match="after start-up"):
+            _ = backends.object_store
