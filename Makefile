@@ -25,8 +25,9 @@ install-runtime: ## install uv (if missing, into .tools) and the runtime depende
 	@bash scripts/bootstrap.sh run
 
 .PHONY: test-deps
-test-deps: ## install what the tests need: dependencies, redis-server, prometheus + promtool (apt as root/sudo), the LocalStack venv
+test-deps: ## install what the tests need: dependencies, redis-server, prometheus + promtool, chromium (apt as root/sudo), the LocalStack venv
 	@bash scripts/bootstrap.sh test
+	@bash scripts/bootstrap.sh system chromium  # the web client's browser tests (tests/web)
 
 .PHONY: deploy-deps
 deploy-deps: ## install Debian's prometheus: promtool and the server the live dashboard/alert check starts
@@ -60,6 +61,9 @@ docs: install ## regenerate the README's configuration table and the chart's lis
 	uv run --frozen python scripts/update_readme_config.py
 	uv run --frozen python deploy/chart_schema.py
 	uv run --frozen python -m chat_management.bucket deploy/bucket
+
+# the web client's "sign in as" (POST /dev/token) is for laptops only: these two targets turn it on
+run dev: export DEV_LOGIN ?= true
 
 .PHONY: run
 run: install-runtime ## run all four services in one process on http://127.0.0.1:8000 (embedded adapters)

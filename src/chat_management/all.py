@@ -1,6 +1,7 @@
 """The all-in-one process: the four services on one server, sharing one set of backends.
 
-Like Loki's or Tempo's monolithic target: what ``make run`` starts, with the embedded adapters by default.
+Like Loki's or Tempo's monolithic target: what ``make run`` starts, with the embedded adapters by default,
+and the web client at ``/``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import upload_service.app
 from chat_core.app_factory import create_service_app
 from chat_core.backends import Backends
 from chat_core.settings import Settings
+from chat_management import webclient
 
 COMPONENT = "all"
 SERVICES = {
@@ -42,6 +44,7 @@ def create_combined_app(
 def create_app(settings: Settings, backends: Backends | None = None) -> Litestar:
     backends = backends or Backends(settings)
     parts = [module.build(settings, backends) for module in SERVICES.values()]
+    parts.append(webclient.build(settings))  # the web client at `/`
     return create_service_app(
         settings,
         backends,

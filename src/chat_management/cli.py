@@ -56,6 +56,8 @@ def _print_banner(settings: Settings) -> None:
     base = settings.service.base_url()
     lines = [
         f"chat-management: all four services in one process on {base}",
+        f"  web client     {base}/"
+        + ("  (sign in as anyone: DEV_LOGIN is on)" if settings.auth.dev_login else "  (paste a token)"),
         f"  API docs       {base}/docs",
         f"  data           {Path(settings.service.data_dir).resolve()}  (kept across restarts)",
         f"  backends       object store={settings.backends.object_store}, "

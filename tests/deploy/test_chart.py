@@ -100,7 +100,9 @@ def test_values_schema_refuses_a_config_variable_the_services_do_not_read() -> N
 def test_values_schema_lists_every_setting() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     listed = set(schema["properties"]["config"]["properties"])
-    assert listed == {name for name, _, _ in iter_env_vars()}, "stale values.schema.json: run `make docs`"
+    laptop_only = {"DEV_LOGIN"}  # refused by the chart (deploy/chart_schema.py NOT_IN_CHART)
+    wanted = {name for name, _, _ in iter_env_vars()} - laptop_only
+    assert listed == wanted, "stale values.schema.json: run `make docs`"
 
 
 def test_render_refuses_s3_without_a_bucket() -> None:

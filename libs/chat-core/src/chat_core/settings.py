@@ -117,6 +117,14 @@ class AuthSettings(_Frozen, frozen=True, kw_only=True):
     jwks_cache_seconds: Annotated[
         int, env("AUTH_JWKS_CACHE_SECONDS", "How long fetched signing keys are trusted before a refresh.")
     ] = 3600
+    dev_login: Annotated[
+        bool,
+        env(
+            "DEV_LOGIN",
+            "Dev only: the web client's `POST /dev/token` mints a token for any user id (needs "
+            "AUTH_JWT_SECRET). `make run`/`make dev` turn it on; never enable it where real users are.",
+        ),
+    ] = False
 
 
 ObjectStoreKind = Literal["local", "s3"]
@@ -364,6 +372,8 @@ class Settings(_Frozen, frozen=True, kw_only=True):
             raise SettingsError("AUTH_JWT_SECRET or AUTH_JWKS_URL: one must be set")
         if auth.jwt_secret and len(auth.jwt_secret) < 32:
             raise SettingsError("AUTH_JWT_SECRET: must be at least 32 characters")
+        if auth.dev_login and not auth.jwt_secret:
+            raise SettingsError("DEV_LOGIN: needs AUTH_JWT_SECRET (it mints HS256 dev tokens)")
         if auth.jwks_url and not (auth.issuer and auth.audience):
             raise SettingsError("AUTH_ISSUER and AUTH_AUDIENCE: required with AUTH_JWKS_URL")
         if self.backends.object_store == "s3" and not self.s3.bucket:
