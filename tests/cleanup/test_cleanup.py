@@ -83,7 +83,13 @@ class Stores:
     async def run(self, **kwargs: Any) -> cleanup.CleanupReport:
         kwargs.setdefault("grace_seconds", GRACE)
         kwargs.setdefault("now", dt.datetime.now(dt.UTC) + LATER)
-        return await cleanup.cleanup_orphans(self.objects, self.messages, **kwargs)
+        return await cleanup.cleanup_orphans(self.job_objects(), self.messages, **kwargs)
+
+    def job_objects(self) -> ObjectStore | cleanup.S3Objects:
+        """What the command lists and deletes through: boto3 on S3, the port on the local disk."""
+        objects = cleanup.objects_for(self.settings, self.objects)
+        assert isinstance(objects, cleanup.S3Objects) == (self.kind == "cloud")
+        return objects
 
 
 def _env(kind: str, request: pytest.FixtureRequest) -> dict[str, str]:
@@ -214,7 +220,7 @@ async def test_streams_the_listing_and_asks_about_references_in_bounded_batches(
     recorder = BatchRecorder(stores.messages)
 
     report = await cleanup.cleanup_orphans(
-        stores.objects,
+        stores.job_objects(),
         recorder,  # type: ignore[arg-type]  # only referenced_objects is used
         grace_seconds=GRACE,
         now=dt.datetime.now(dt.UTC) + LATER,
