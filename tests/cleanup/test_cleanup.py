@@ -379,6 +379,16 @@ async def test_run_records_storage_and_deletion_metrics(tmp_path: Path) -> None:
     )
 
 
+def test_a_run_with_keys_left_undeleted_counts_them_but_is_not_a_success() -> None:
+    before = _sample("chat_cleanup_last_success_timestamp_seconds")
+    deleted_before = _sample("chat_orphan_objects_deleted_total")
+
+    cleanup.record_metrics(cleanup.CleanupReport(dry_run=False, deleted_objects=2, failed_objects=1))
+
+    assert _sample("chat_orphan_objects_deleted_total") - deleted_before == 2
+    assert _sample("chat_cleanup_last_success_timestamp_seconds") == before
+
+
 async def test_run_pushes_only_the_cleanup_metrics_to_the_pushgateway(tmp_path: Path, serve: Any) -> None:
     received: list[tuple[str, str]] = []
 
