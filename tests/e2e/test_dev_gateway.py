@@ -13,18 +13,21 @@ import asyncio
 import io
 import json
 import signal
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 from PIL import Image
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from chat_devstack import SERVICES, WEB, Stack
+from chat_devstack import SERVICES, WEB, ServiceProcess, Stack, gateway
 from tests import harness
-from tests.conftest import TEST_SECRET, unique
+from tests.conftest import TEST_SECRET, token_for, unique
 
 pytestmark = pytest.mark.e2e
 
@@ -173,3 +176,49 @@ async def test_paths_the_chart_does_not_route_are_not_reachable(http: httpx.Asyn
     for path in ("/metrics", "/readyz", "/docs", "/nowhere"):
         answer = await http.get(path)
         assert answer.status_code == 404, path
+
+
+async def test_stopping_the_gateway_ends_open_sockets_as_going_away(stack: Stack) -> None:
+    # a second gateway over the same processes, so the module's stays up
+    port = harness.free_port()
+    upstreams = [f"--upstream={name}={service.url}" for name, service in stack.services.items()]
+    front = ServiceProcess(
+        "gateway-2",
+        port,
+        stack.workdir / "gateway-2.log",
+        command=(sys.executable, "-m", "chat_devstack.gateway", "--port", str(port), *upstreams),
+        ready_path="/",
+    )
+    front.start(stack.env())
+    try:
+        await asyncio.to_thread(front.wait_ready)
+        async with connect(f"ws://127.0.0.1:{port}/ws?access_token={token_for('bob')}") as socket:
+            assert json.loads(await asyncio.wait_for(socket.recv(), 10))["type"] == "session.ready"
+            started = time.monotonic()
+            exit_code = await asyncio.to_thread(front.stop)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(socket.recv(), 5)
+            assert socket.close_code == 1001
+        assert time.monotonic() - started < 5
+        assert exit_code != -signal.SIGKILL
+    finally:
+        await asyncio.to_thread(front.stop)
+
+
+async def test_a_process_that_is_down_answers_502_not_a_hang() -> None:
+    nobody = harness.free_port()
+    app = gateway.create_app(gateway.load_routes(), {"message": f"http://127.0.0.1:{nobody}"})
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = harness.free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            down = await client.get("/conversations")
+            assert down.status_code == 502
+            assert down.json()["code"] == "upstream_unreachable"
+            not_started = await client.get("/")  # the page: no upstream given at all
+            assert not_started.status_code == 502
+            assert not_started.json()["code"] == "no_upstream"
+    finally:
+        await runner.cleanup()

@@ -50,6 +50,8 @@ WEBSOCKET_HEADERS = ("authorization", "cookie", "origin", "user-agent")
 CLOSED = frozenset({aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
                     aiohttp.WSMsgType.ERROR})  # fmt: skip
 _SESSION = web.AppKey("session", aiohttp.ClientSession)
+_SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])
+SOCKET_HEARTBEAT_SECONDS = 30.0  # finds a browser that vanished without closing its socket
 
 
 @dataclass(frozen=True)
@@ -132,13 +134,20 @@ def create_app(routes: Sequence[Route], upstreams: Mapping[str, str]) -> web.App
         session = request.app[_SESSION]
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await _relay_websocket(request, session, upstream)
-        async with session.request(
-            request.method,
-            upstream + request.rel_url.path_qs,
-            headers=_forwarded(request),
-            data=request.content if request.body_exists else None,
-            allow_redirects=False,
-        ) as answer:
+        try:
+            answer = await session.request(
+                request.method,
+                upstream + request.rel_url.path_qs,
+                headers=_forwarded(request),
+                data=request.content if request.body_exists else None,
+                allow_redirects=False,
+            )
+        except aiohttp.ClientConnectionError as exc:  # the process is down or restarting
+            return web.json_response(
+                {"status": 502, "code": "upstream_unreachable", "detail": f"{route.component}: {exc}"},
+                status=502,
+            )
+        async with answer:
             response = web.StreamResponse(status=answer.status, reason=answer.reason)
             for name, value in answer.headers.items():
                 if name.lower() not in HOP_BY_HOP:
@@ -149,8 +158,16 @@ def create_app(routes: Sequence[Route], upstreams: Mapping[str, str]) -> web.App
             await response.write_eof()
             return response
 
+    async def close_sockets(app: web.Application) -> None:
+        # Ctrl-C: sockets end with 1001 (going away) at once, and the page reconnects when it comes back.
+        sockets: set[web.WebSocketResponse] = app[_SOCKETS]
+        for socket in sockets.copy():
+            await socket.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"gateway stopping")
+
     app = web.Application(client_max_size=0)
+    app[_SOCKETS] = set()
     app.cleanup_ctx.append(session_context)
+    app.on_shutdown.append(close_sockets)
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app
 
@@ -168,9 +185,12 @@ async def _relay_websocket(
         return web.Response(status=refused.status, text=refused.message)
     async with upstream_socket:
         client = web.WebSocketResponse(
-            protocols=[upstream_socket.protocol] if upstream_socket.protocol else [], autoping=True
+            protocols=[upstream_socket.protocol] if upstream_socket.protocol else [],
+            autoping=True,
+            heartbeat=SOCKET_HEARTBEAT_SECONDS,
         )
         await client.prepare(request)
+        request.app[_SOCKETS].add(client)
 
         async def pump(
             source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
@@ -200,6 +220,7 @@ async def _relay_websocket(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                     await task
+            request.app[_SOCKETS].discard(client)
         return client
 
 
@@ -218,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     upstreams = dict(item.split("=", 1) for item in args.upstream)
     app = create_app(load_routes(args.routes), upstreams)
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=3)
 
 
 if __name__ == "__main__":
