@@ -418,3 +418,5 @@ def test_each_profile_with_the_web_client_on_lints_validates_and_runs_serve_web(
         check = profile.named("HealthCheckPolicy", component_name("web"))
         assert check["spec"]["default"]["config"]["httpHealthCheck"]["requestPath"] == "/readyz"
     assert "DEV_LOGIN" not in json.dumps([obj for _, obj in profile.objects])
+    assert "The web client is at /" in profile.notes
+    assert "The web client" not in rendered(name).notes
