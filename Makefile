@@ -70,7 +70,7 @@ run: install-runtime ## run all four services in one process on http://127.0.0.1
 	uv run --frozen --no-dev chat-management serve all
 
 .PHONY: dev
-dev: test-deps ## each service as its own process with the cloud adapters, on local Redis, LocalStack, Firestore emulator
+dev: test-deps ## each service as its own process with the cloud adapters, on local Redis, LocalStack, Firestore emulator; open http://127.0.0.1:8100/ (the gateway)
 	uv run --frozen chat-management dev
 
 .PHONY: bench

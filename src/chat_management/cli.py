@@ -18,11 +18,13 @@ from chat_core.backends import Backends, NeedsSetup
 from chat_core.server import load_or_exit, serve
 from chat_core.settings import Settings, markdown_table
 from chat_management import all as all_in_one
+from chat_management import webclient
 
 TARGETS: dict[str, Callable[[Settings], Litestar]] = {
     name: module.create_app for name, module in all_in_one.SERVICES.items()
 }
 TARGETS[all_in_one.COMPONENT] = all_in_one.create_app
+TARGETS[webclient.COMPONENT] = webclient.create_app  # the page alone (the chart's optional `web`)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -234,8 +236,9 @@ def _dev(args: argparse.Namespace) -> int:
             firestore_host=firestore.address,
             workdir=workdir,
             base_port=args.base_port,
+            gateway=True,
         )
-        print("starting the four services ...", flush=True)
+        print("starting the four services, the web client and the gateway ...", flush=True)
         try:
             stack.start()
             scrape = workdir / "prometheus.yml"
@@ -248,6 +251,10 @@ def _dev(args: argparse.Namespace) -> int:
                 print(f"  {name:<22} {service.url}   log: {service.log_path}")
             print(f"  prometheus scrape config: {scrape}  (prometheus --config.file={scrape})")
             print(f"  token for alice: {mint_token(secret, 'alice')}")
+            print(
+                f"\nOpen {stack.public_url}/  (the web client and the whole API on one origin, routed as the "
+                "chart's ingress routes them; sign in as anyone: DEV_LOGIN is on)"
+            )
             print("Ctrl-C stops everything.", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 stop.wait()
@@ -271,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         "target",
         nargs="+",
         choices=sorted(TARGETS),
-        help="one service, `all`, or several services in one process",
+        help="one service, `all`, `web` (the web client's page alone), or several services in one process",
     )
     serve_cmd.add_argument("--host", default=None, help="overrides HOST")
     serve_cmd.add_argument("--port", type=int, default=None, help="overrides PORT")
@@ -294,7 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the cluster's topology on one machine: Redis, LocalStack, the Firestore emulator and each "
         "service as its own process (cloud adapters)",
     )
-    dev_cmd.add_argument("--base-port", type=int, default=8100, help="services listen on base+1 .. base+4")
+    dev_cmd.add_argument(
+        "--base-port",
+        type=int,
+        default=8100,
+        help="the gateway (the URL to open) listens on base; the services on base+1 .. base+5",
+    )
     dev_cmd.add_argument("--data-dir", default=".data/dev", help="logs and the Prometheus scrape config")
     dev_cmd.set_defaults(func=_dev)
 

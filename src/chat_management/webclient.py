@@ -10,6 +10,9 @@ preview of a photo being uploaded), connections to here and to the object store 
 
 ``POST /dev/token`` exists only when ``DEV_LOGIN`` is on (``make run``, ``make dev``): it mints a token for
 any user id, which is what a developer wants on a laptop and nobody wants anywhere else.
+
+``chat-management serve web`` (``create_app``) serves the page alone, no API: the chart's optional ``web``
+service and ``make dev``'s page process, behind routes that send ``/`` and ``/web/`` to it.
 """
 
 from __future__ import annotations
@@ -23,15 +26,23 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import Litestar, Request, Response, get, post
 from litestar.params import FromPath, JSONBody
 
-from chat_core.app_factory import ServiceParts
+from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.auth import USER_ID_PATTERN, mint_token
+from chat_core.backends import Backends
 from chat_core.errors import ProblemError
 from chat_core.settings import Settings
 
-__all__ = ["COMPONENT", "DEV_TOKEN_TTL_SECONDS", "WEB_ROOT", "build", "content_security_policy"]
+__all__ = [
+    "COMPONENT",
+    "DEV_TOKEN_TTL_SECONDS",
+    "WEB_ROOT",
+    "build",
+    "content_security_policy",
+    "create_app",
+]
 
 COMPONENT = "web"
 WEB_ROOT = Path(__file__).parent / "web"
@@ -170,3 +181,15 @@ def build(settings: Settings) -> ServiceParts:
 
         handlers.append(dev_token)
     return ServiceParts(component=COMPONENT, route_handlers=handlers, description="the web client")
+
+
+def create_app(settings: Settings, backends: Backends | None = None) -> Litestar:
+    """The page and its files alone (``serve web``): no API, no backend but the token verifier's."""
+    return create_service_app(
+        settings,
+        backends or Backends(settings),
+        [build(settings)],
+        component=COMPONENT,
+        title="chat-management web client",
+        description="The web client's page and files; the API is served by the other services.",
+    )

@@ -57,6 +57,18 @@ def rendered(profile: str) -> Rendered:
     return Rendered(profile, render_values(profile_values(profile)))
 
 
+def values_with_web(profile: str) -> dict[str, Any]:
+    """A profile with the optional web client (``services.web``, off by default) turned on."""
+    values = profile_values(profile)
+    values.setdefault("services", {}).setdefault("web", {})["enabled"] = True
+    return values
+
+
+@functools.cache
+def rendered_with_web(profile: str) -> Rendered:
+    return Rendered(profile, render_values(values_with_web(profile)))
+
+
 @pytest.fixture(params=PROFILES)
 def profile(request: pytest.FixtureRequest) -> Rendered:
     return rendered(str(request.param))

@@ -20,6 +20,8 @@ from tests.deploy.conftest import (
     profile_values,
     render_values,
     rendered,
+    rendered_with_web,
+    values_with_web,
 )
 
 # A current Kubernetes release; kubernetes-validate ships its OpenAPI schemas (strict: unknown fields fail).
@@ -387,3 +389,34 @@ def test_notes_tell_how_to_reach_the_release() -> None:
     notes = rendered("test").notes
     assert f"helm test {RELEASE} -n {NAMESPACE}" in notes
     assert component_name("message") in notes
+
+
+# --- the optional web client (services.web) -----------------------------------------------------------
+def test_the_web_client_is_off_by_default_in_every_profile() -> None:
+    for name in PROFILES:
+        names = {obj["metadata"]["name"] for _, obj in rendered(name).objects}
+        assert component_name("web") not in names, name
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_each_profile_with_the_web_client_on_lints_validates_and_runs_serve_web(name: str) -> None:
+    report = helm.lint(str(CHART), values_with_web(name), strict=True, kube_version=f"v{KUBE_VERSION}")
+    assert not report["errors"], report
+    assert not [m for m in report["messages"] if m["severity"] >= 2], report
+    profile = rendered_with_web(name)
+    test_every_manifest_is_valid_for_kubernetes(profile)
+    test_every_pod_has_the_restricted_security_context(profile)
+    test_every_object_carries_the_recommended_labels(profile)
+    deployment = profile.named("Deployment", component_name("web"))
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == ["serve", "web"]
+    profile.named("Service", component_name("web"))
+    # clients reach it through the ingress controller or gateway, exactly like the message service
+    policy = profile.named("NetworkPolicy", component_name("web"))
+    message = profile.named("NetworkPolicy", component_name("message"))
+    assert policy["spec"]["ingress"] == message["spec"]["ingress"]
+    if name == "gateway-gke":  # GKE's load balancer health-checks /readyz, not the page
+        check = profile.named("HealthCheckPolicy", component_name("web"))
+        assert check["spec"]["default"]["config"]["httpHealthCheck"]["requestPath"] == "/readyz"
+    assert "DEV_LOGIN" not in json.dumps([obj for _, obj in profile.objects])
+    assert "The web client is at /" in profile.notes
+    assert "The web client" not in rendered(name).notes

@@ -21,9 +21,19 @@ import pytest
 
 from chat_core.app_factory import create_service_app
 from chat_core.backends import Backends
+from chat_devstack import gateway
 from chat_management import all as all_in_one
+from chat_management import webclient
 from tests.conftest import make_settings
-from tests.deploy.conftest import RELEASE, Rendered, rendered
+from tests.deploy.conftest import (
+    CHART,
+    PROFILES,
+    RELEASE,
+    Rendered,
+    load_yaml,
+    rendered,
+    rendered_with_web,
+)
 
 OBJECT_PATH = "/images/c1/images/alice/20240419-123456-3f0c2a1e-9b7d-4c1e-8f00-1234567890ab.jpg"
 # The spec's paths and DESIGN.md's: path -> the service that must get it (None: not public).
@@ -261,3 +271,94 @@ def test_message_pods_serving_upload_too_have_both_services_routes(tmp_path: Pat
     assert "/conversations/{conversation_id:str}/images/upload_url" in paths
     assert "/conversations/{conversation_id:str}/messages" in paths
     assert "/ws" in paths
+
+
+# --- the optional web client, and make dev's gateway (same route table) --------------------------------
+# With services.web.enabled: the page and its files go to the web pods; /dev/token (DEV_LOGIN, laptops
+# only) is the dev gateway's alone and reaches nothing in a chart.
+WEB_PATHS: dict[str, str | None] = {
+    **SPEC_PATHS,
+    "/": "web",
+    "/web/app.js": "web",
+    "/web/vendor/preact.module.js": "web",
+    "/dev/token": None,
+    "/website": None,
+}
+DEV_ONLY_PATHS = {"/dev/token": "web"}
+
+
+@pytest.mark.parametrize(("path", "component"), WEB_PATHS.items())
+def test_with_web_enabled_the_ingress_sends_the_page_to_it(path: str, component: str | None) -> None:
+    ingresses = rendered_with_web("production-aws").of_kind("Ingress")
+    assert nginx_route(ingresses, "chat.example.com", path) == component
+
+
+@pytest.mark.parametrize("profile_name", GATEWAY_PROFILES)
+@pytest.mark.parametrize(("path", "component"), WEB_PATHS.items())
+def test_with_web_enabled_the_httproute_sends_the_page_to_it(
+    profile_name: str, path: str, component: str | None
+) -> None:
+    profile = rendered_with_web(profile_name)
+    assert component in served_by(profile, gateway_route(profile.of_kind("HTTPRoute"), path))
+
+
+@pytest.mark.parametrize("profile_name", PROFILES)
+def test_no_profile_routes_the_dev_sign_in(profile_name: str) -> None:
+    profile = rendered_with_web(profile_name)
+    paths = [
+        p["path"] for i in profile.of_kind("Ingress") for r in i["spec"]["rules"] for p in r["http"]["paths"]
+    ]
+    paths += [
+        m["path"]["value"]
+        for h in profile.of_kind("HTTPRoute")
+        for r in h["spec"]["rules"]
+        for m in r["matches"]
+    ]
+    assert not [path for path in paths if "dev" in path]
+
+
+def test_every_route_of_serve_web_reaches_the_web_pods(tmp_path: Path) -> None:
+    app = webclient.create_app(make_settings(tmp_path))
+    bare = create_service_app(
+        make_settings(tmp_path), Backends(make_settings(tmp_path)), [], component="b", title="b"
+    )
+    templates = {route.path for route in app.routes} - {route.path for route in bare.routes}
+    assert templates == {"/", "/web/{name:path}"}
+    for path in ("/", "/web/app.css"):
+        assert (
+            nginx_route(rendered_with_web("production-aws").of_kind("Ingress"), "chat.example.com", path)
+            == "web"
+        )
+        for name in GATEWAY_PROFILES:
+            profile = rendered_with_web(name)
+            assert "web" in served_by(profile, gateway_route(profile.of_kind("HTTPRoute"), path)), (
+                name,
+                path,
+            )
+
+
+@pytest.mark.parametrize(("path", "component"), {**WEB_PATHS, **DEV_ONLY_PATHS}.items())
+def test_the_dev_gateway_routes_each_path_as_the_chart_does(path: str, component: str | None) -> None:
+    # make dev's gateway reads the chart's own table (files/routes.yaml) with the Gateway API's rules:
+    # it agrees with the rendered HTTPRoute of the Envoy profile and with the Ingress, path by path.
+    route = gateway.route_for(gateway.load_routes(), path)
+    assert (route.component if route else None) == component
+    if path not in DEV_ONLY_PATHS:
+        envoy = rendered_with_web("gateway-envoy")
+        assert gateway_route(envoy.of_kind("HTTPRoute"), path) == component
+        ingresses = rendered_with_web("production-aws").of_kind("Ingress")
+        assert nginx_route(ingresses, "chat.example.com", path) == component
+
+
+def test_the_dev_gateway_reads_the_table_the_chart_renders() -> None:
+    assert gateway.ROUTES_FILE == CHART / "files" / "routes.yaml"
+    table = load_yaml(gateway.ROUTES_FILE)
+    rendered_matches = {
+        (m["path"]["type"], m["path"]["value"])
+        for h in rendered_with_web("gateway-envoy").of_kind("HTTPRoute")
+        for r in h["spec"]["rules"]
+        for m in r["matches"]
+    }
+    in_chart = {(e["match"]["type"], e["match"]["value"]) for e in table if not e.get("devOnly")}
+    assert rendered_matches == in_chart
+    assert {(r.match_type, r.value) for r in gateway.load_routes()} >= in_chart

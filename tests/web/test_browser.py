@@ -27,9 +27,10 @@ import uvicorn
 from PIL import ExifTags, Image, ImageDraw
 
 from chat_core.settings import Settings
+from chat_devstack import Stack
 from chat_management import all as all_in_one
 from tests import harness
-from tests.conftest import auth_header, make_settings
+from tests.conftest import auth_header, make_settings, unique
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = harness.ROOT / ".artifacts" / "web"
@@ -554,3 +555,67 @@ async def test_a_photo_over_the_size_limit_is_refused_with_the_servers_words(
     assert await alice.get_by_label("Upload progress").count() == 0
     await shot(alice, "13-alice-413")
     watch.check()
+
+
+# --- make dev: the page through the gateway, in front of each service as its own process ---------------
+@pytest.fixture
+async def dev_stack(
+    redis_backend: harness.Backend,
+    localstack: harness.Backend,
+    firestore_emulator: harness.Backend,
+    tmp_path: Path,
+) -> AsyncIterator[Stack]:
+    """What ``make dev`` runs (cloud adapters on real backends, the gateway, DEV_LOGIN on the page)."""
+    stack = Stack(
+        redis_url=redis_backend.address,
+        aws_endpoint_url=localstack.address,
+        firestore_host=firestore_emulator.address,
+        workdir=tmp_path / "dev",
+        suffix=unique("webdev"),
+        gateway=True,
+        extra_env={"SHUTDOWN_DRAIN_SECONDS": "1"},
+    )
+    await asyncio.to_thread(stack.start)
+    yield stack
+    await asyncio.to_thread(stack.stop)
+
+
+async def test_make_devs_one_url_serves_the_page_and_two_people_chat_through_it(
+    browser: Any, dev_stack: Stack
+) -> None:
+    watch = Watch()
+    url = dev_stack.public_url  # what `make dev` prints
+    alice = await open_as(browser, watch, url, "alice")
+    bob = await open_as(browser, watch, url, "bob", phone=True)
+
+    await alice.get_by_role("button", name="New conversation").click()
+    await alice.get_by_label("Participants").fill("bob")
+    await alice.get_by_label("Name (optional)").fill("Dev stack")
+    await alice.get_by_role("button", name="Create").click()
+    await alice.get_by_role("heading", name="Dev stack").wait_for()
+    bobs_entry = bob.locator("button.conversation", has_text="Dev stack")
+    await bobs_entry.wait_for()  # conversation.joined, over the socket through the gateway
+
+    await alice.get_by_label("Message", exact=True).fill("hello through the gateway")
+    await alice.get_by_label("Message", exact=True).press("Enter")
+    await bobs_entry.get_by_label("1 unread").wait_for()
+    await bobs_entry.click()
+    await bob.locator("li.message p.text", has_text="hello through the gateway").wait_for()
+
+    # a photo: upload URL (the upload process), the direct PUT to LocalStack, the send (message), and
+    # the <img> through the image proxy with the page's cookie, its redirect to a signed GET
+    await drop_file(alice, photo_with_gps(), "dev.jpg", "image/jpeg")
+    await alice.wait_for_function("() => document.querySelector('progress')?.value === 1")
+    await alice.get_by_label("Caption").fill("Seen through the gateway")
+    await alice.get_by_label("Caption").press("Enter")
+    photo = "img[alt='Photo: Seen through the gateway']"
+    loaded = (
+        f'() => {{ const i = document.querySelector("{photo}"); '
+        "return !!i && i.complete && i.naturalWidth === 640; }"
+    )
+    await bob.wait_for_function(loaded, timeout=20_000)
+    await shot(bob, "20-make-dev-gateway-phone")
+    watch.check()
+    # every page and API call went to the one origin (or the bucket, for the PUT and the signed GET)
+    gateway_or_bucket = {urlsplit(url).netloc, urlsplit(dev_stack.aws_endpoint_url).netloc}
+    assert {urlsplit(u).netloc for u in watch.urls if u.startswith(("http", "ws"))} <= gateway_or_bucket

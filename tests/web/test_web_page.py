@@ -13,6 +13,7 @@ import yaml
 
 from chat_core.settings import SettingsError, load_settings
 from chat_management import all as all_in_one
+from chat_management import cli, webclient
 from chat_management.webclient import WEB_ROOT
 from tests.conftest import make_settings
 from tests.deploy.conftest import CHART, PROFILES, render_values, rendered
@@ -142,3 +143,28 @@ def test_no_chart_profile_turns_dev_login_on(profile: str) -> None:
     assert "DEV_LOGIN" not in (CHART / "values.yaml").read_text()
     manifests = yaml.safe_dump_all([obj for _, obj in rendered(profile).objects])
     assert "DEV_LOGIN" not in manifests
+
+
+# --- `serve web`: the page alone (the chart's optional `web` service, make dev's page process) -------------
+async def test_serve_web_serves_the_page_and_its_files_and_no_api(client_for: Any, tmp_path: Path) -> None:
+    client = await client_for(webclient.create_app(make_settings(tmp_path)))
+    page = await client.get("/")
+    assert page.status_code == 200
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert (await client.get("/web/app.js")).status_code == 200
+    assert (await client.get("/readyz")).status_code == 200  # the chart's probes
+    for method, path in (
+        ("POST", "/conversations"),
+        ("GET", "/conversations/c1/messages"),
+        ("POST", "/conversations/c1/images/upload_url"),
+        ("GET", "/images/c1/images/alice/x.jpg"),
+        ("POST", "/dev/token"),  # DEV_LOGIN off: no dev sign-in either
+    ):
+        answer = await client.request(method, path, json={})
+        assert answer.status_code == 404, (method, path)
+
+
+def test_serve_web_is_a_target_of_the_command() -> None:
+    args = cli.build_parser().parse_args(["serve", "web"])
+    assert args.target == ["web"]
+    assert cli.TARGETS["web"] is webclient.create_app

@@ -237,34 +237,22 @@ egress:
 {{- if not $names }} []{{ end }}
 {{- end -}}
 
-{{/* The public routes, for the Ingress and the HTTPRoute alike. `ingressPath` is an ingress-nginx regex
-     (anchored at the start, longest path wins); `match` is the Gateway API path match. The upload route
-     shares the /conversations prefix with the message service and must win over it; with GKE's Gateway
-     (no regex) it is left out and message pods serve it (services.message.alsoServe: [upload]).
-     `websocket` routes get their own Ingress/HTTPRoute, so long timeouts apply to them alone. */}}
+{{/* The public routes, for the Ingress and the HTTPRoute alike, from files/routes.yaml (the table
+     `make dev`'s gateway reads too; its header says what each key means). A route to an `optional`
+     service joins when that service is enabled; `devOnly` routes never do. `gateway: false` leaves a
+     RegularExpression match out of GKE's HTTPRoute (GKE's Gateway has none). */}}
 {{- define "chat-management.routes" -}}
 {{- $gke := eq (toString .Values.httpRoute.controller) "gke" }}
-- component: upload
-  ingressPath: /conversations/[^/]+/images/upload_url$
-  match: {type: RegularExpression, value: "/conversations/[^/]+/images/upload_url"}
-  gateway: {{ not $gke }}
-- component: message
-  ingressPath: /conversations(/|$)
-  match: {type: PathPrefix, value: /conversations}
-  gateway: true
-- component: message
-  ingressPath: /ws(/|$)
-  match: {type: PathPrefix, value: /ws}
-  gateway: true
-  websocket: true
-- component: message
-  ingressPath: /me/
-  match: {type: PathPrefix, value: /me}
-  gateway: true
-- component: image-proxy
-  ingressPath: /images/
-  match: {type: PathPrefix, value: /images}
-  gateway: true
+{{- $routes := list }}
+{{- range $route := .Files.Get "files/routes.yaml" | fromYamlArray }}
+{{- $spec := get $.Values.services $route.component }}
+{{- $enabled := and $spec $spec.enabled }}
+{{- if and (not $route.devOnly) (or $enabled (not $route.optional)) }}
+{{- $regex := eq $route.match.type "RegularExpression" }}
+{{- $routes = append $routes (set (deepCopy $route) "gateway" (not (and $gke $regex))) }}
+{{- end }}
+{{- end }}
+{{- toYaml $routes }}
 {{- end -}}
 
 {{/* testing.enabled: the services talk to the in-cluster Redis, LocalStack and Firestore emulator. */}}

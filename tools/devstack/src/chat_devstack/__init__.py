@@ -3,6 +3,10 @@
 Used by ``chat-management dev`` (``make dev``), by the end-to-end tests and by the benchmarks. Backends are
 local processes on free ports (Redis, LocalStack without Docker, the Firestore emulator), stopped by PID;
 the four services run as ``python -m chat_management serve <service>`` with the cloud adapters.
+
+With ``gateway=True`` (``make dev``), a fifth process serves the web client's page (``serve web``,
+``DEV_LOGIN`` on) and a gateway (``chat_devstack.gateway``) puts them all behind one origin, routed by the
+chart's own route table: the one URL to open.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 __all__ = [
     "SERVICES",
+    "WEB",
     "Backend",
     "ServiceProcess",
     "Stack",
@@ -34,6 +39,7 @@ __all__ = [
 ]
 
 SERVICES = ("upload", "message", "image-proxy", "notification-consumer")
+WEB = "web"  # the page alone (`serve web`), started with the gateway
 FIRESTORE_EMULATOR = Path(
     os.environ.get(
         "FIRESTORE_EMULATOR_BIN",
@@ -282,6 +288,9 @@ class ServiceProcess:
     port: int
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    # Default: `python -m chat_management serve <name> --port <port>`, ready when /readyz says so.
+    command: tuple[str, ...] = ()
+    ready_path: str = "/readyz"
 
     @property
     def url(self) -> str:
@@ -289,8 +298,11 @@ class ServiceProcess:
 
     def start(self, env: Mapping[str, str]) -> None:
         with self.log_path.open("ab") as log:
+            command = self.command or (
+                sys.executable, "-m", "chat_management", "serve", self.name, "--port", str(self.port)
+            )  # fmt: skip
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "chat_management", "serve", self.name, "--port", str(self.port)],
+                command,
                 env={**env, "PORT": str(self.port)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -302,7 +314,7 @@ class ServiceProcess:
             if self.process is not None and self.process.poll() is not None:
                 tail = self.log_path.read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{tail}")
-            return http_ok(f"{self.url}/readyz")
+            return http_ok(f"{self.url}{self.ready_path}")
 
         try:
             wait_until(ready, timeout, self.name)
@@ -318,21 +330,40 @@ class ServiceProcess:
 
 @dataclass
 class Stack:
-    """The four services as separate processes with the cloud adapters, on real local backends."""
+    """The four services as separate processes with the cloud adapters, on real local backends; with
+    ``gateway``, also the web client's page and the gateway in front of them all."""
 
     redis_url: str
     aws_endpoint_url: str
     firestore_host: str
     workdir: Path
-    base_port: int = 0  # 0: free ports; else base+1 .. base+4
+    base_port: int = 0  # 0: free ports; else base+1 .. base+4 (base+5: web), the gateway on base
     extra_env: dict[str, str] = field(default_factory=dict)
     suffix: str = "dev"
+    gateway: bool = False
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    front: ServiceProcess | None = None  # the gateway, when there is one
 
     def __post_init__(self) -> None:
-        for index, name in enumerate(SERVICES):
+        names = (*SERVICES, WEB) if self.gateway else SERVICES
+        for index, name in enumerate(names):
             port = self.base_port + 1 + index if self.base_port else free_port()
             self.services[name] = ServiceProcess(name, port, self.workdir / f"{name}.log")
+        if self.gateway:
+            port = self.base_port or free_port()
+            upstreams = [f"--upstream={name}={service.url}" for name, service in self.services.items()]
+            self.front = ServiceProcess(
+                "gateway",
+                port,
+                self.workdir / "gateway.log",
+                command=(sys.executable, "-m", "chat_devstack.gateway", "--port", str(port), *upstreams),
+                ready_path="/",  # the page, through its route: ready once routing works end to end
+            )
+
+    @property
+    def public_url(self) -> str:
+        """What a browser opens: the gateway with one, else the image proxy (where file_url points)."""
+        return self.front.url if self.front is not None else self.url("image-proxy")
 
     def url(self, service: str) -> str:
         return self.services[service].url
@@ -361,8 +392,8 @@ class Stack:
             "FIRESTORE_EMULATOR_HOST": self.firestore_host,
             "FIRESTORE_PROJECT_ID": f"chat-{self.suffix}",
             "REDIS_URL": self.redis_url,
-            # file_url and image urls point at the image proxy, as the ingress would route them
-            "PUBLIC_BASE_URL": self.url("image-proxy"),
+            # file_url and image urls point at the gateway (or the image proxy), as the ingress routes them
+            "PUBLIC_BASE_URL": self.public_url,
             **self.extra_env,
         }
 
@@ -376,13 +407,19 @@ class Stack:
             capture_output=True,
             timeout=120,
         )
-        for service in self.services.values():
-            service.start(env)
+        for name, service in self.services.items():
+            # the page's "sign in as ..." (POST /dev/token): a laptop's stack, never a deployment's
+            service.start({"DEV_LOGIN": "true", **env} if name == WEB else env)
         for service in self.services.values():
             service.wait_ready()
+        if self.front is not None:
+            self.front.start(env)
+            self.front.wait_ready()
 
     def stop(self) -> dict[str, int | None]:
-        return {name: service.stop() for name, service in self.services.items()}
+        """Exit codes by process (the gateway's too, when there is one), the gateway stopped first."""
+        codes = {} if self.front is None else {self.front.name: self.front.stop()}
+        return {**codes, **{name: service.stop() for name, service in self.services.items()}}
 
     def prometheus_config(self) -> str:
         targets = "\n".join(
