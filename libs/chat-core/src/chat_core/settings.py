@@ -236,6 +236,15 @@ class RedisSettings(_Frozen, frozen=True, kw_only=True):
     url: Annotated[str, env("REDIS_URL", "Redis for pub/sub and presence (EVENT_BUS=redis).")] = (
         "redis://127.0.0.1:6379/0"
     )
+    mode: Annotated[
+        Literal["standalone", "cluster"],
+        env(
+            "REDIS_MODE",
+            "`standalone` (one node: PUBLISH/SUBSCRIBE) or `cluster` (Redis Cluster, e.g. ElastiCache or "
+            "Memorystore cluster mode: sharded pub/sub, REDIS_URL is any node). `rediss://` turns TLS on; "
+            "user and password go in the URL.",
+        ),
+    ] = "standalone"
 
 
 class PresenceSettings(_Frozen, frozen=True, kw_only=True):
