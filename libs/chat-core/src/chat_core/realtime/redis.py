@@ -22,7 +22,7 @@ import asyncio
 import hashlib
 import weakref
 from collections.abc import Collection, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -87,25 +87,28 @@ _ONLINE_CROSS_SLOT_SHA = hashlib.sha1(_ONLINE_CROSS_SLOT.encode()).hexdigest()  
 class _RedisConnections:
     """What the bus and presence of one process share: the pooled client and the subscriber."""
 
-    def __init__(self, url: str, mode: str = "standalone") -> None:
+    def __init__(self, url: str, mode: str = "standalone", ca_cert: str = "") -> None:
         self.cluster: RedisCluster | None = None
         self.subscriber: RespSubscriber | ShardedSubscriber
+        tls: dict[str, Any] = {"ssl_ca_data": ca_cert} if ca_cert and url.startswith("rediss:") else {}
         if mode == "cluster":
             self.cluster = RedisCluster.from_url(
                 url,
                 socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
                 socket_timeout=COMMAND_TIMEOUT_SECONDS,
+                **tls,
             )
             self.client: aioredis.Redis | RedisCluster = self.cluster
-            self.subscriber = ShardedSubscriber(url, self.cluster)
+            self.subscriber = ShardedSubscriber(url, self.cluster, ca_cert=ca_cert)
         else:
             self.client = aioredis.from_url(
                 url,
                 socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
                 socket_timeout=COMMAND_TIMEOUT_SECONDS,
                 health_check_interval=30,
+                **tls,
             )
-            self.subscriber = RespSubscriber(url)
+            self.subscriber = RespSubscriber(url, ca_cert=ca_cert)
         self._users = 0
 
     async def start(self) -> None:
@@ -125,7 +128,7 @@ def _connections(backends: Backends) -> _RedisConnections:
     connections = _shared.get(backends)
     if connections is None:
         redis = backends.settings.redis
-        connections = _shared[backends] = _RedisConnections(redis.url, redis.mode)
+        connections = _shared[backends] = _RedisConnections(redis.address(), redis.mode, redis.tls_ca_cert)
     return connections
 
 

@@ -119,8 +119,10 @@ class RespSubscriber:
         sharded: bool = False,
         on_lost: Callable[[LostChannels], None] | None = None,
         on_unreachable: Callable[[], None] | None = None,
+        ca_cert: str = "",
     ) -> None:
         self._url = urlsplit(url)
+        self._ca_cert = ca_cert
         self.sharded = sharded
         self._subscribe_command = b"SSUBSCRIBE" if sharded else b"SUBSCRIBE"
         self._unsubscribe_command = b"SUNSUBSCRIBE" if sharded else b"UNSUBSCRIBE"
@@ -236,7 +238,9 @@ class RespSubscriber:
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         url = self._url
-        context = ssl.create_default_context() if url.scheme == "rediss" else None
+        context = None
+        if url.scheme == "rediss":
+            context = ssl.create_default_context(cadata=self._ca_cert or None)
         reader, writer = await asyncio.open_connection(
             url.hostname or "127.0.0.1", url.port or 6379, ssl=context
         )
@@ -405,8 +409,9 @@ class ShardedSubscriber:
     stops answering. Every local subscription of a channel still shares one ``SSUBSCRIBE``.
     """
 
-    def __init__(self, url: str, client: RedisCluster) -> None:
+    def __init__(self, url: str, client: RedisCluster, *, ca_cert: str = "") -> None:
         self._url = urlsplit(url)
+        self._ca_cert = ca_cert
         self._client = client
         self._nodes: dict[tuple[str, int], RespSubscriber] = {}
         self._placement: dict[str, RespSubscriber] = {}  # channel -> the node it is subscribed on
@@ -456,6 +461,7 @@ class ShardedSubscriber:
                 sharded=True,
                 on_lost=self._on_lost,
                 on_unreachable=lambda: self._spawn(self._node_unreachable(host, port)),
+                ca_cert=self._ca_cert,
             )
             self._nodes[(host, port)] = subscriber
         return subscriber
