@@ -1,6 +1,6 @@
 """Socket capacity of one message-service process: memory per idle socket, fan-out latency by group size.
 
-    uv run python -m bench.sockets [--sockets 10000] [--samples 40] [--redis cluster|standalone]
+    uv run python -m bench.sockets [--sockets 10000] [--samples 100] [--redis cluster|standalone]
 
 One message-service process (SQLite store, Redis event bus: a local 3-primary cluster by default) on a
 hand-run port; the sockets live in another process (``bench.socket_client``: one ``asyncio.Protocol`` per
@@ -31,7 +31,7 @@ def percentile(values: list[float], p: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sockets", type=int, default=10_000)
-    parser.add_argument("--samples", type=int, default=40)
+    parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--redis", choices=("cluster", "standalone"), default="cluster")
     args = parser.parse_args()
     limit = rt.raise_file_limit()

@@ -243,7 +243,7 @@ class RedisSettings(_Frozen, frozen=True, kw_only=True):
             "REDIS_MODE",
             "`standalone` (one node: PUBLISH/SUBSCRIBE) or `cluster` (Redis Cluster, e.g. ElastiCache or "
             "Memorystore cluster mode: sharded pub/sub, REDIS_URL is any node). `rediss://` turns TLS on; "
-            "user and password go in the URL.",
+            "credentials in the URL or in REDIS_USERNAME / REDIS_PASSWORD.",
         ),
     ] = "standalone"
     username: Annotated[
