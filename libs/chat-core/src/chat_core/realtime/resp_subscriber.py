@@ -387,17 +387,26 @@ class RespSubscriber:
         self._after_reconnect.clear()
 
     async def healthy(self, wait: float) -> bool:
-        """False while a started subscriber connection is down (sockets would miss events).
+        """False while a started subscriber connection is down (sockets would miss events), or while
+        the channels it carries are not all confirmed on it again.
 
         When it is down, the reconnect backoff is cut short and the answer waits up to ``wait`` seconds
-        for the reconnect: the caller just reached Redis, so it is probably back.
+        for the reconnect and the resubscribe: the caller just reached Redis, so it is probably back.
         """
-        if self._task is None or self.connected.is_set():
+        if self._task is None:
             return True
-        self._retry_now.set()
-        with contextlib.suppress(TimeoutError):
+        if self.connected.is_set() and not self._pending and not self._after_reconnect:
+            return True
+        if not self.connected.is_set():
+            self._retry_now.set()
+        try:
             async with asyncio.timeout(wait):
                 await self.connected.wait()
+                waits = [w for w in (self._wait_live(c) for c in list(self._handlers)) if w is not None]
+                if waits:
+                    await asyncio.gather(*waits)
+        except (TimeoutError, EventBusUnavailable):
+            return False
         return self.connected.is_set()
 
 
