@@ -74,11 +74,13 @@ dev: test-deps ## each service as its own process with the cloud adapters, on lo
 	uv run --frozen chat-management dev
 
 .PHONY: bench
-bench: test-deps ## load the embedded and the multi-process stacks; prints req/s, p50, p99 and ratios to a bare route
+bench: test-deps ## stacks under load (req/s, p50, p99 vs a bare route); sockets per process; per-pod cost on a Redis Cluster
 	@bash scripts/bootstrap.sh system wrk
 	uv run --frozen python scripts/bench_presign.py
 	uv run --frozen python -m bench.http
 	uv run --frozen python scripts/bench_consumer.py --queue sqlite
+	uv run --frozen python -m bench.sockets
+	uv run --frozen python -m bench.pods
 
 .PHONY: clean
 clean: ## remove local data and caches (keeps the venvs)

@@ -22,7 +22,12 @@ from tests import harness
 TEST_SECRET = "test-secret-0123456789abcdef-0123456789"
 SESSION_ID = uuid.uuid4().hex[:8]
 REQUIRED_BACKENDS = {name for name in os.environ.get("CHAT_REQUIRE_BACKENDS", "").split(",") if name}
-BACKEND_FIXTURES = {"redis_backend": "redis", "localstack": "localstack", "firestore_emulator": "firestore"}
+BACKEND_FIXTURES = {
+    "redis_backend": "redis",
+    "redis_cluster": "redis",
+    "localstack": "localstack",
+    "firestore_emulator": "firestore",
+}
 
 
 class BackendRegistry:
@@ -44,7 +49,7 @@ class BackendRegistry:
                     f"BACKEND {name} UNAVAILABLE ({self.unavailable[name]}): tests marked '{name}' skip"
                 )
         if name in self.unavailable:
-            if name in REQUIRED_BACKENDS:
+            if name in REQUIRED_BACKENDS or name.partition("-")[0] in REQUIRED_BACKENDS:
                 pytest.fail(
                     f"{name} is required (CHAT_REQUIRE_BACKENDS) but unavailable: {self.unavailable[name]}"
                 )
@@ -95,6 +100,12 @@ def backend_registry() -> Iterator[BackendRegistry]:
 @pytest.fixture(scope="session")
 def redis_backend(backend_registry: BackendRegistry) -> harness.Backend:
     return backend_registry.require("redis")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(backend_registry: BackendRegistry) -> harness.Backend:
+    """A 3-primary Redis Cluster, started once per session (``REDIS_CLUSTER_URL`` to bring your own)."""
+    return backend_registry.require("redis-cluster")
 
 
 @pytest.fixture(scope="session")

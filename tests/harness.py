@@ -28,6 +28,7 @@ from chat_devstack import (
     reset_firestore,
     start_local_firestore,
     start_local_redis,
+    start_local_redis_cluster,
     wait_until,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "start_local_firestore",
     "start_local_localstack",
     "start_local_redis",
+    "start_local_redis_cluster",
     "wait_until",
 ]
 
@@ -76,6 +78,17 @@ def redis_backend() -> Backend:
         url = f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
         return Backend("redis", "testcontainers", url, _stop=container.stop)
     return start_local_redis()
+
+
+def redis_cluster_backend() -> Backend:
+    """A Redis Cluster (3 primaries): ``REDIS_CLUSTER_URL`` (any node), else local processes.
+
+    Local processes only (no testcontainers): the nodes announce their own addresses, which must be the
+    ones the tests reach.
+    """
+    if url := os.environ.get("REDIS_CLUSTER_URL"):
+        return Backend("redis-cluster", "env", url, "REDIS_CLUSTER_URL")
+    return start_local_redis_cluster(3)
 
 
 # --- LocalStack (S3 + SQS) -------------------------------------------------------------------------
@@ -117,7 +130,12 @@ def firestore_backend() -> Backend:
     return start_local_firestore()
 
 
-FACTORIES = {"redis": redis_backend, "localstack": localstack_backend, "firestore": firestore_backend}
+FACTORIES = {
+    "redis": redis_backend,
+    "redis-cluster": redis_cluster_backend,
+    "localstack": localstack_backend,
+    "firestore": firestore_backend,
+}
 
 
 def loud(line: str) -> None:

@@ -60,11 +60,15 @@ def _unique_channel() -> str:
 
 
 async def _open(kind: str, tmp_path: Path, env: dict[str, str]) -> AsyncIterator[Realtime]:
-    settings = make_settings(tmp_path, {"EVENT_BUS": kind, **env})
+    """``kind``: ``memory``, ``redis`` (one node) or ``redis-cluster`` (REDIS_MODE=cluster)."""
+    if kind == "redis-cluster":
+        env = {"REDIS_MODE": "cluster", **env}
+    settings = make_settings(tmp_path, {"EVENT_BUS": kind.partition("-")[0], **env})
     backends = Backends(settings)
     factories: dict[str, Callable[..., Presence]] = {
         "memory": memory_adapter.create_presence,
         "redis": redis_adapter.create_presence,
+        "redis-cluster": redis_adapter.create_presence,
     }
     bus, presence = backends.event_bus, backends.presence
     short = factories[kind](backends, ttl_seconds=SHORT_TTL)
@@ -74,11 +78,13 @@ async def _open(kind: str, tmp_path: Path, env: dict[str, str]) -> AsyncIterator
     await short.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def realtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Realtime]:
     env: dict[str, str] = {}
     if request.param == "redis":
         env["REDIS_URL"] = request.getfixturevalue("redis_backend").address
+    elif request.param == "redis-cluster":
+        env["REDIS_URL"] = request.getfixturevalue("redis_cluster").address
     async for opened in _open(request.param, tmp_path, env):
         yield opened
 

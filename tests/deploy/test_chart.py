@@ -9,7 +9,7 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 
-from chat_core.settings import iter_env_vars
+from chat_core.settings import iter_env_vars, load_settings
 from tests.deploy.conftest import (
     CHART,
     NAMESPACE,
@@ -182,6 +182,40 @@ def test_secrets_are_referenced_never_inlined() -> None:
         "name": "chat-aws",
         "key": "secret-access-key",
     }
+
+
+def _message_env(profile: Rendered) -> dict[str, dict[str, Any]]:
+    container = profile.named("Deployment", component_name("message"))["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_managed_redis_cluster_with_tls_and_credentials_from_a_secret() -> None:
+    # ElastiCache cluster mode: sharded pub/sub, TLS, the RBAC user and password from a Secret.
+    profile = rendered("production-aws")
+    config = profile.named("ConfigMap", f"{RELEASE}-chat-management-config")["data"]
+    assert config["REDIS_MODE"] == "cluster"
+    assert config["REDIS_URL"].startswith("rediss://")
+    assert "@" not in config["REDIS_URL"]  # no credentials in the URL
+    env = _message_env(profile)
+    for name, key in (("REDIS_USERNAME", "username"), ("REDIS_PASSWORD", "password")):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "chat-redis", "key": key}
+    settings = load_settings({**config, "REDIS_USERNAME": "chat", "REDIS_PASSWORD": "p@ss/word:1"})
+    assert settings.redis.mode == "cluster"
+    assert settings.redis.address().startswith("rediss://chat:p%40ss%2Fword%3A1@clustercfg.")
+
+
+def test_memorystore_with_its_own_ca_reaches_its_tls_port() -> None:
+    profile = rendered("gateway-gke")
+    config = profile.named("ConfigMap", f"{RELEASE}-chat-management-config")["data"]
+    assert config["REDIS_URL"].startswith("rediss://")
+    env = _message_env(profile)
+    assert env["REDIS_TLS_CA_CERT"]["valueFrom"]["secretKeyRef"]["name"] == "chat-redis"
+    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "chat-redis"
+    policy = profile.named("NetworkPolicy", component_name("message"))
+    ports = {port["port"] for rule in policy["spec"]["egress"] for port in rule["ports"]}
+    assert 6378 in ports
 
 
 def test_numbers_reach_the_services_as_the_settings_parse_them() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import msgspec
 
@@ -260,6 +261,44 @@ class RedisSettings(_Frozen, frozen=True, kw_only=True):
     url: Annotated[str, env("REDIS_URL", "Redis for pub/sub and presence (EVENT_BUS=redis).")] = (
         "redis://127.0.0.1:6379/0"
     )
+    mode: Annotated[
+        Literal["standalone", "cluster"],
+        env(
+            "REDIS_MODE",
+            "`standalone` (one node: PUBLISH/SUBSCRIBE) or `cluster` (Redis Cluster, e.g. ElastiCache or "
+            "Memorystore cluster mode: sharded pub/sub, REDIS_URL is any node). `rediss://` turns TLS on; "
+            "credentials in the URL or in REDIS_USERNAME / REDIS_PASSWORD.",
+        ),
+    ] = "standalone"
+    username: Annotated[
+        str, env("REDIS_USERNAME", "Redis ACL user (ElastiCache RBAC); overrides the URL's. From a Secret.")
+    ] = ""
+    password: Annotated[
+        str,
+        env(
+            "REDIS_PASSWORD",
+            "Redis password / AUTH token (any characters); overrides the URL's. From a Secret.",
+        ),
+    ] = ""
+
+    tls_ca_cert: Annotated[
+        str,
+        env(
+            "REDIS_TLS_CA_CERT",
+            "PEM of the CA that signed Redis's TLS certificate (`rediss://`), when the system's trust store "
+            "does not hold it (Memorystore's per-instance CA). Empty: the system's trust store.",
+        ),
+    ] = ""
+
+    def address(self) -> str:
+        """``url`` with ``username``/``password`` (percent-encoded) in it, when they are set."""
+        if not (self.username or self.password):
+            return self.url
+        split = urlsplit(self.url)
+        host = split.netloc.rpartition("@")[2]
+        user = quote(self.username or unquote(split.username or ""), safe="")
+        secret = quote(self.password or unquote(split.password or ""), safe="")
+        return urlunsplit(split._replace(netloc=f"{user}:{secret}@{host}"))
 
 
 class PresenceSettings(_Frozen, frozen=True, kw_only=True):

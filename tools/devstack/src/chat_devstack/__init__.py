@@ -12,6 +12,7 @@ chart's own route table: the one URL to open.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -35,6 +36,7 @@ __all__ = [
     "start_local_firestore",
     "start_local_localstack",
     "start_local_redis",
+    "start_local_redis_cluster",
     "wait_until",
 ]
 
@@ -119,6 +121,7 @@ class Backend:
     process: subprocess.Popen[bytes] | None = None
     _restart: Callable[[], None] | None = None
     _stop: Callable[[], None] | None = None
+    cluster_ports: list[int] = field(default_factory=list)  # Redis Cluster: every node's port
 
     @property
     def restartable(self) -> bool:
@@ -183,6 +186,105 @@ def start_local_redis(port: int | None = None) -> Backend:
 
     start()
     backend._restart, backend._stop = start, stop
+    return backend
+
+
+def _redis_pid_alive(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    return pid
+
+
+def _stop_pidfile(pidfile: Path, timeout: float = 10) -> None:
+    pid = _redis_pid_alive(pidfile)
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _redis_pid_alive(pidfile) is not None:
+        time.sleep(0.05)
+    pidfile.unlink(missing_ok=True)
+
+
+def _redis_ask(port: int, *command: str) -> bytes:
+    """One inline command to a local redis-server, the raw reply (for readiness probes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(" ".join(command).encode() + b"\r\n")
+        return sock.recv(65536)
+
+
+def _answers(port: int, command: str, expect: bytes) -> bool:
+    return expect in _redis_ask(port, *command.split())
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too (so at most 55535)."""
+    for _ in range(200):
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a redis cluster node")
+
+
+def start_local_redis_cluster(primaries: int = 3, ports: list[int] | None = None) -> Backend:
+    """A Redis Cluster of ``primaries`` primaries (no replicas): ``redis-server --cluster-enabled yes``
+    processes joined by ``redis-cli --cluster create``; stopped by PID. The address is one seed node.
+
+    ``backend.detail`` lists the PIDs; ``cluster_ports`` (attribute) the nodes' ports, for tests that move
+    slots or stop a node.
+    """
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        raise RuntimeError("redis-server/redis-cli are not installed (apt-get install -y redis-server)")
+    ports = ports or [_cluster_port() for _ in range(primaries)]
+    workdir = Path(tempfile.mkdtemp(prefix="chat-redis-cluster-"))
+    pidfiles = [workdir / f"{port}.pid" for port in ports]
+    backend = Backend("redis-cluster", "local process", f"redis://127.0.0.1:{ports[0]}/0")
+    created: list[bool] = []
+
+    def start() -> None:
+        for port, pidfile in zip(ports, pidfiles, strict=True):
+            subprocess.run(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--cluster-enabled", "yes", "--cluster-config-file", str(workdir / f"nodes-{port}.conf"),
+                 "--cluster-node-timeout", "2000", "--daemonize", "yes", "--pidfile", str(pidfile),
+                 "--dir", str(workdir), "--logfile", str(workdir / f"{port}.log")],
+                check=True,
+            )  # fmt: skip
+        for port in ports:
+            wait_until(functools.partial(_answers, port, "PING", b"+PONG"), 10, "redis-server")
+        if not created:  # a restart keeps nodes.conf: the same nodes own the same slots
+            created.append(True)
+            subprocess.run(
+                [cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports),
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+            )  # fmt: skip
+        for port in ports:
+            wait_until(functools.partial(_answers, port, "CLUSTER INFO", b"cluster_state:ok"), 30, "cluster")
+        backend.detail = "pids " + ", ".join(pidfile.read_text().strip() for pidfile in pidfiles)
+
+    def stop() -> None:
+        for pidfile in pidfiles:
+            _stop_pidfile(pidfile)
+
+    try:
+        start()
+    except BaseException:
+        stop()
+        raise
+    backend._restart, backend._stop = start, stop
+    backend.cluster_ports = list(ports)
     return backend
 
 

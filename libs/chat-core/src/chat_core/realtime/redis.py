@@ -3,24 +3,40 @@
 Publishing and presence go through one pooled ``redis.asyncio`` client. Subscriptions share ONE connection
 in subscriber mode per process (``chat_core.realtime.resp_subscriber``; see there why it is our own).
 
-Presence: ``presence:{user}`` is a sorted set of connection ids scored by their expiry (server time, ms);
-a heartbeat re-scores one connection and pushes the key's TTL out, a clean close removes it, and
-``online()`` counts unexpired connections of every member in one Lua call (one round trip, no clock skew
-between replicas since Redis's own clock is used).
+``REDIS_MODE=cluster``: the client is redis-py's ``RedisCluster``; the bus uses sharded pub/sub
+(``SPUBLISH``; the subscriber keeps one ``SSUBSCRIBE`` connection per primary owning a subscribed slot), so
+a message only travels inside one shard. ``standalone`` keeps ``PUBLISH``/``SUBSCRIBE`` (any Redis, 6 too).
+
+Presence: ``presence:{u:<user>}`` (``chat_core.redis_keys``) is a sorted set of connection ids scored by
+their expiry (server time, ms); a heartbeat re-scores one connection and pushes the key's TTL out, a clean
+close removes it, and ``online()`` counts unexpired connections of every member in one Lua call (one round
+trip, no clock skew between replicas since Redis's own clock is used).
+
+In a cluster the members' keys spread over the nodes: ``online()`` sends one script per node owning some of
+them (``allow-cross-slot-keys``), all at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import weakref
 from collections.abc import Collection, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import NoScriptError, RedisError
 
 from chat_core.realtime import EventBusUnavailable, EventHandler
-from chat_core.realtime.resp_subscriber import CONNECT_TIMEOUT_SECONDS, RespSubscriber, RespSubscription
+from chat_core.realtime.resp_subscriber import (
+    CONNECT_TIMEOUT_SECONDS,
+    RespSubscriber,
+    RespSubscription,
+    ShardedSubscriber,
+)
+from chat_core.redis_keys import presence_key
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
@@ -53,21 +69,46 @@ return counts
 """
 
 
-def presence_key(user_id: str) -> str:
-    return f"presence:{user_id}"
+# Cluster mode: the same count over keys of many slots owned by the node it runs on. Declared keys must
+# share one slot even with ``allow-cross-slot-keys``, so the names travel as arguments; Redis still refuses
+# a key this node does not serve (then the slot map is refreshed and the call retried).
+_ONLINE_CROSS_SLOT = """#!lua flags=allow-cross-slot-keys,no-writes
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local counts = {}
+for i, key in ipairs(ARGV) do
+  counts[i] = redis.call('ZCOUNT', key, '(' .. now, '+inf')
+end
+return counts
+"""
+_ONLINE_CROSS_SLOT_SHA = hashlib.sha1(_ONLINE_CROSS_SLOT.encode()).hexdigest()  # noqa: S324 - Redis's id
 
 
 class _RedisConnections:
     """What the bus and presence of one process share: the pooled client and the subscriber."""
 
-    def __init__(self, url: str) -> None:
-        self.client: aioredis.Redis = aioredis.from_url(
-            url,
-            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            socket_timeout=COMMAND_TIMEOUT_SECONDS,
-            health_check_interval=30,
-        )
-        self.subscriber = RespSubscriber(url)
+    def __init__(self, url: str, mode: str = "standalone", ca_cert: str = "") -> None:
+        self.cluster: RedisCluster | None = None
+        self.subscriber: RespSubscriber | ShardedSubscriber
+        tls: dict[str, Any] = {"ssl_ca_data": ca_cert} if ca_cert and url.startswith("rediss:") else {}
+        if mode == "cluster":
+            self.cluster = RedisCluster.from_url(
+                url,
+                socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                socket_timeout=COMMAND_TIMEOUT_SECONDS,
+                **tls,
+            )
+            self.client: aioredis.Redis | RedisCluster = self.cluster
+            self.subscriber = ShardedSubscriber(url, self.cluster, ca_cert=ca_cert)
+        else:
+            self.client = aioredis.from_url(
+                url,
+                socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                socket_timeout=COMMAND_TIMEOUT_SECONDS,
+                health_check_interval=30,
+                **tls,
+            )
+            self.subscriber = RespSubscriber(url, ca_cert=ca_cert)
         self._users = 0
 
     async def start(self) -> None:
@@ -86,7 +127,8 @@ _shared: weakref.WeakKeyDictionary[Backends, _RedisConnections] = weakref.WeakKe
 def _connections(backends: Backends) -> _RedisConnections:
     connections = _shared.get(backends)
     if connections is None:
-        connections = _shared[backends] = _RedisConnections(backends.settings.redis.url)
+        redis = backends.settings.redis
+        connections = _shared[backends] = _RedisConnections(redis.address(), redis.mode, redis.tls_ca_cert)
     return connections
 
 
@@ -121,7 +163,10 @@ class RedisEventBus(_OnSharedConnections):
 
     async def publish(self, channel: str, payload: bytes) -> None:
         try:
-            await self._client.publish(channel, payload)
+            if self._connections.cluster is not None:
+                await self._connections.cluster.spublish(channel, payload)
+            else:
+                await self._client.publish(channel, payload)
         except (RedisError, OSError) as exc:
             raise EventBusUnavailable(f"redis publish failed: {exc}") from exc
 
@@ -155,9 +200,51 @@ class RedisPresence(_OnSharedConnections):
         if not users:
             return set()
         try:
+            if self._connections.cluster is not None:
+                return await self._online_in_cluster(self._connections.cluster, users)
             counts = await self._online(keys=[presence_key(u) for u in users])
         except (RedisError, OSError) as exc:
             raise EventBusUnavailable(f"redis presence read failed: {exc}") from exc
+        return {user for user, count in zip(users, counts, strict=True) if int(count) > 0}
+
+    async def _online_in_cluster(self, cluster: RedisCluster, users: list[str]) -> set[str]:
+        """One script per node owning some of the keys, every node at once (a retry after a slot moved)."""
+        for attempt in range(2):
+            if attempt:
+                await cluster.nodes_manager.initialize()
+            elif not cluster.nodes_manager.slots_cache:
+                await cluster.initialize()
+            by_node: dict[str, tuple[ClusterNode, list[str]]] = {}
+            for user in users:
+                node = cluster.get_node_from_key(presence_key(user))
+                if node is None:
+                    raise EventBusUnavailable("a presence key's slot is not served")
+                by_node.setdefault(node.name, (node, []))[1].append(user)
+            groups = list(by_node.values())
+            results = await asyncio.gather(
+                *(self._online_on(cluster, node, members) for node, members in groups),
+                return_exceptions=True,
+            )
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if not failures:
+                online: set[str] = set()
+                for found in results:
+                    assert isinstance(found, set)
+                    online |= found
+                return online
+            if attempt or not all(isinstance(f, RedisError) for f in failures):
+                raise failures[0]
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _online_on(cluster: RedisCluster, node: ClusterNode, users: list[str]) -> set[str]:
+        keys = [presence_key(u) for u in users]
+        try:
+            counts = await cluster.execute_command(
+                "EVALSHA", _ONLINE_CROSS_SLOT_SHA, 0, *keys, target_nodes=node
+            )
+        except NoScriptError:
+            counts = await cluster.execute_command("EVAL", _ONLINE_CROSS_SLOT, 0, *keys, target_nodes=node)
         return {user for user, count in zip(users, counts, strict=True) if int(count) > 0}
 
 

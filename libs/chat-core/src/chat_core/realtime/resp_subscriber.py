@@ -6,6 +6,12 @@ because we need what that one's reconnect path does not give: many tasks subscri
 ``subscribe()`` returning only once Redis has confirmed (so an event published right after is never
 missed), and an explicit resubscribe of every live channel after an outage. hiredis parses the replies.
 (``docs/adr/0002-own-redis-subscriber.md``.)
+
+Cluster mode (``REDIS_MODE=cluster``, ``ShardedSubscriber``): sharded pub/sub (``SSUBSCRIBE``), so a
+message only travels inside the shard that owns its channel's slot. One ``RespSubscriber(sharded=True)``
+connection per primary that owns a subscribed slot; a channel whose slot moves (``-MOVED`` to a
+subscribe, the server's ``sunsubscribe`` push when a slot migrates away, a node that stops answering) is
+taken off its old node and subscribed on the owner the refreshed slot map names.
 """
 
 from __future__ import annotations
@@ -14,18 +20,22 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import hiredis
 import structlog
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from chat_core.realtime import EventBusUnavailable, EventHandler
 
-__all__ = ["RespSubscriber", "RespSubscription"]
+if TYPE_CHECKING:
+    from redis.asyncio.cluster import RedisCluster
+
+__all__ = ["ChannelMoved", "RespSubscriber", "RespSubscription", "ShardedSubscriber"]
 
 _log = structlog.get_logger("chat_core.realtime.redis")
 
@@ -34,6 +44,21 @@ SUBSCRIBE_TIMEOUT_SECONDS = 5.0
 IDLE_PING_SECONDS = 15.0  # a silent subscriber connection is probed this often; no answer -> reconnect
 RECONNECT_MAX_DELAY_SECONDS = 2.0
 _SUBSCRIBE_CHUNK = 500
+TOPOLOGY_REFRESH_MIN_SECONDS = 0.5  # a node that keeps failing refreshes the slot map at most this often
+_MOVE_ATTEMPTS = 5
+
+
+class ChannelMoved(EventBusUnavailable):
+    """The channel's slot is no longer served by the node this subscribe went to."""
+
+
+class _Multiplexer(Protocol):
+    async def acquire(self, channels: list[str], subscription: RespSubscription) -> None: ...
+
+    def release(self, channels: list[str], subscription: RespSubscription) -> None: ...
+
+
+LostChannels = dict[str, set["RespSubscription"]]
 
 
 @dataclass
@@ -50,7 +75,7 @@ class _Op:
 
 
 class RespSubscription:
-    def __init__(self, subscriber: RespSubscriber, handler: EventHandler) -> None:
+    def __init__(self, subscriber: _Multiplexer, handler: EventHandler) -> None:
         self._subscriber = subscriber
         self.handler = handler
         self.channels: set[str] = set()
@@ -80,10 +105,32 @@ class RespSubscription:
 
 
 class RespSubscriber:
-    """The process's one subscriber-mode connection, multiplexing every local subscription."""
+    """The process's one subscriber-mode connection, multiplexing every local subscription.
 
-    def __init__(self, url: str) -> None:
+    ``sharded``: speak ``SSUBSCRIBE``/``SUNSUBSCRIBE`` to one cluster node (one channel per command, since a
+    multi-channel one must stay in one slot). Channels this node stops serving are taken off it and handed
+    to ``on_lost``; ``on_unreachable`` hears every failed connect.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        sharded: bool = False,
+        on_lost: Callable[[LostChannels], None] | None = None,
+        on_unreachable: Callable[[], None] | None = None,
+        ca_cert: str = "",
+    ) -> None:
         self._url = urlsplit(url)
+        self._ca_cert = ca_cert
+        self.sharded = sharded
+        self._subscribe_command = b"SSUBSCRIBE" if sharded else b"SUBSCRIBE"
+        self._unsubscribe_command = b"SUNSUBSCRIBE" if sharded else b"UNSUBSCRIBE"
+        self._message_kind = b"smessage" if sharded else b"message"
+        self._subscribed_kind = b"ssubscribe" if sharded else b"subscribe"
+        self._unsubscribed_kind = b"sunsubscribe" if sharded else b"unsubscribe"
+        self._on_lost = on_lost
+        self._on_unreachable = on_unreachable
         self._handlers: dict[str, set[RespSubscription]] = {}
         self._live: set[str] = set()  # channels Redis confirmed on the current connection
         self._pending: dict[str, deque[_Op]] = {}  # per channel, commands awaiting their reply, in order
@@ -104,7 +151,7 @@ class RespSubscriber:
                 first.append(channel)
             subscribers.add(subscription)
         if first and self._writer is not None:
-            self._send(b"SUBSCRIBE", first, subscribe=True)
+            self._send(self._subscribe_command, first, subscribe=True)
         waits = [w for w in (self._wait_live(channel) for channel in channels) if w is not None]
         if not waits:
             return
@@ -127,7 +174,7 @@ class RespSubscriber:
                 for waiter in self._after_reconnect.pop(channel, []):
                     waiter.cancel()
         if last and self._writer is not None:
-            self._send(b"UNSUBSCRIBE", last, subscribe=False)
+            self._send(self._unsubscribe_command, last, subscribe=False)
 
     def _wait_live(self, channel: str) -> asyncio.Future[None] | None:
         """A future resolved once ``channel`` is subscribed on Redis; None when it already is."""
@@ -154,7 +201,10 @@ class RespSubscriber:
                     op.waiters.extend(self._after_reconnect.pop(channel, []))
                 self._pending.setdefault(channel, deque()).append(op)
             # Writes are buffered synchronously, so commands from concurrent tasks never interleave.
-            writer.write(_pack(command, *(c.encode() for c in chunk)))
+            if self.sharded:
+                writer.write(b"".join(_pack(command, c.encode()) for c in chunk))
+            else:
+                writer.write(_pack(command, *(c.encode() for c in chunk)))
 
     # --- the connection -------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -166,6 +216,8 @@ class RespSubscriber:
             except Exception as exc:
                 _log.warning("redis_subscriber_connect_failed", error=f"{type(exc).__name__}: {exc}")
                 self._fail_waiters(EventBusUnavailable(f"redis is unreachable: {exc}"))
+                if self._on_unreachable is not None:
+                    self._on_unreachable()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._retry_now.wait()  # a readiness probe saw Redis answer again
@@ -175,7 +227,7 @@ class RespSubscriber:
             self._writer = writer
             try:
                 if self._handlers:
-                    self._send(b"SUBSCRIBE", list(self._handlers), subscribe=True)
+                    self._send(self._subscribe_command, list(self._handlers), subscribe=True)
                 self.connected.set()
                 delay = 0.05
                 await self._read(reader, writer)
@@ -186,7 +238,9 @@ class RespSubscriber:
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         url = self._url
-        context = ssl.create_default_context() if url.scheme == "rediss" else None
+        context = None
+        if url.scheme == "rediss":
+            context = ssl.create_default_context(cadata=self._ca_cert or None)
         reader, writer = await asyncio.open_connection(
             url.hostname or "127.0.0.1", url.port or 6379, ssl=context
         )
@@ -230,12 +284,17 @@ class RespSubscriber:
 
     def _on_reply(self, reply: Any) -> None:
         if isinstance(reply, Exception):
+            moved = str(reply).split()
+            if self.sharded and len(moved) >= 2 and moved[0] in ("MOVED", "ASK") and moved[1].isdigit():
+                # A subscribe reached a node that no longer serves the slot: move its channels.
+                self._slot_lost(int(moved[1]))
+                return
             _log.error("redis_subscriber_error_reply", error=str(reply))
             return
         if not isinstance(reply, list) or len(reply) < 2:
             return
         kind = reply[0]
-        if kind == b"message":
+        if kind == self._message_kind:
             channel = reply[1].decode()
             for subscription in list(self._handlers.get(channel, ())):
                 try:
@@ -243,9 +302,13 @@ class RespSubscriber:
                 except Exception:
                     # One broken subscriber must not keep an event from the others.
                     _log.exception("event_handler_failed", channel=channel)
-        elif kind in (b"subscribe", b"unsubscribe"):
+        elif kind in (self._subscribed_kind, self._unsubscribed_kind):
             channel = reply[1].decode()
             ops = self._pending.get(channel)
+            if self.sharded and kind == self._unsubscribed_kind and (not ops or ops[0].subscribe):
+                # Not an answer: the server dropped the channel because its slot migrated away.
+                self._hand_over(self.evict([channel]))
+                return
             if not ops:
                 return
             op = ops.popleft()
@@ -256,6 +319,39 @@ class RespSubscriber:
                 op.resolve()
             else:
                 self._live.discard(channel)
+
+    # --- cluster mode: channels this node no longer serves ---------------------------------------------
+    def evict(self, channels: Iterable[str]) -> LostChannels:
+        """Take ``channels`` off this connection (no command sent) and return their subscribers.
+
+        Subscribes still waiting for a confirmation here fail with ``ChannelMoved``.
+        """
+        lost: LostChannels = {}
+        moved = ChannelMoved("the channel's slot moved to another node")
+        for channel in dict.fromkeys(channels):
+            subscribers = self._handlers.pop(channel, None)
+            if subscribers:
+                lost[channel] = subscribers
+            self._live.discard(channel)
+            for op in self._pending.pop(channel, ()):
+                for waiter in op.waiters:
+                    if not waiter.done():
+                        waiter.set_exception(moved)
+            for waiter in self._after_reconnect.pop(channel, []):
+                if not waiter.done():
+                    waiter.set_exception(moved)
+        return lost
+
+    def channels(self) -> set[str]:
+        return set(self._handlers)
+
+    def _slot_lost(self, slot: int) -> None:
+        channels = [c for c in {*self._handlers, *self._pending} if key_slot(c.encode()) == slot]
+        self._hand_over(self.evict(channels))
+
+    def _hand_over(self, lost: LostChannels) -> None:
+        if lost and self._on_lost is not None:
+            self._on_lost(lost)
 
     def _fail_waiters(self, error: Exception) -> None:
         """Subscribers waiting for a confirmation learn now that Redis is down, not at their timeout.
@@ -291,18 +387,193 @@ class RespSubscriber:
         self._after_reconnect.clear()
 
     async def healthy(self, wait: float) -> bool:
-        """False while a started subscriber connection is down (sockets would miss events).
+        """False while a started subscriber connection is down (sockets would miss events), or while
+        the channels it carries are not all confirmed on it again.
 
         When it is down, the reconnect backoff is cut short and the answer waits up to ``wait`` seconds
-        for the reconnect: the caller just reached Redis, so it is probably back.
+        for the reconnect and the resubscribe: the caller just reached Redis, so it is probably back.
         """
-        if self._task is None or self.connected.is_set():
+        if self._task is None:
             return True
-        self._retry_now.set()
-        with contextlib.suppress(TimeoutError):
+        if self.connected.is_set() and not self._pending and not self._after_reconnect:
+            return True
+        if not self.connected.is_set():
+            self._retry_now.set()
+        try:
             async with asyncio.timeout(wait):
                 await self.connected.wait()
+                waits = [w for w in (self._wait_live(c) for c in list(self._handlers)) if w is not None]
+                if waits:
+                    await asyncio.gather(*waits)
+        except (TimeoutError, EventBusUnavailable):
+            return False
         return self.connected.is_set()
+
+
+class ShardedSubscriber:
+    """Cluster mode: sharded pub/sub over one connection per primary owning a subscribed channel's slot.
+
+    Publishing uses redis-py's ``RedisCluster`` (``SPUBLISH`` goes to the slot's owner); this side reads the
+    same client's slot map to place each channel, and refreshes it whenever a node says a slot moved or
+    stops answering. Every local subscription of a channel still shares one ``SSUBSCRIBE``.
+    """
+
+    def __init__(self, url: str, client: RedisCluster, *, ca_cert: str = "") -> None:
+        self._url = urlsplit(url)
+        self._ca_cert = ca_cert
+        self._client = client
+        self._nodes: dict[tuple[str, int], RespSubscriber] = {}
+        self._placement: dict[str, RespSubscriber] = {}  # channel -> the node it is subscribed on
+        self._initialized = False
+        self._refreshing: asyncio.Task[None] | None = None
+        self._last_refresh = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- placement -------------------------------------------------------------------------------------
+    async def _refresh(self, *, force: bool = True) -> None:
+        """Reload the slot map (one refresh at a time; concurrent callers share it)."""
+        loop = asyncio.get_running_loop()
+        if not force and loop.time() - self._last_refresh < TOPOLOGY_REFRESH_MIN_SECONDS:
+            return
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = loop.create_task(self._load_slots(initial=not self._initialized))
+        await asyncio.shield(self._refreshing)
+
+    async def _load_slots(self, *, initial: bool) -> None:
+        try:
+            if initial:
+                await self._client.initialize()
+            else:
+                await self._client.nodes_manager.initialize()
+        except (RedisError, OSError) as exc:
+            raise EventBusUnavailable(f"the redis cluster's slot map cannot be read: {exc}") from exc
+        finally:
+            self._last_refresh = asyncio.get_running_loop().time()
+        self._initialized = True
+
+    def _owner(self, channel: str) -> RespSubscriber:
+        try:
+            node = self._client.get_node_from_key(channel)
+        except RedisError as exc:
+            raise EventBusUnavailable(f"no redis node serves {channel!r}: {exc}") from exc
+        if node is None:
+            raise EventBusUnavailable(f"no redis node serves {channel!r}")
+        return self._node(node.host, int(node.port))
+
+    def _node(self, host: str, port: int) -> RespSubscriber:
+        subscriber = self._nodes.get((host, port))
+        if subscriber is None:
+            userinfo = self._url.netloc.rpartition("@")[0]
+            netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
+            subscriber = RespSubscriber(
+                self._url._replace(netloc=netloc).geturl(),
+                sharded=True,
+                on_lost=self._on_lost,
+                on_unreachable=lambda: self._spawn(self._node_unreachable(host, port)),
+                ca_cert=self._ca_cert,
+            )
+            self._nodes[(host, port)] = subscriber
+        return subscriber
+
+    # --- what subscriptions call ----------------------------------------------------------------------
+    async def acquire(self, channels: list[str], subscription: RespSubscription) -> None:
+        if not self._initialized:
+            await self._refresh()
+        remaining = channels
+        for _ in range(_MOVE_ATTEMPTS):
+            groups: dict[RespSubscriber, list[str]] = {}
+            for channel in remaining:
+                owner = self._owner(channel)
+                self._placement[channel] = owner
+                groups.setdefault(owner, []).append(channel)
+            nodes = list(groups)
+            results = await asyncio.gather(
+                *(node.acquire(groups[node], subscription) for node in nodes), return_exceptions=True
+            )
+            remaining = []
+            for node, result in zip(nodes, results, strict=True):
+                if isinstance(result, ChannelMoved):
+                    remaining.extend(c for c in groups[node] if c in subscription.channels)
+                elif isinstance(result, BaseException):
+                    raise result
+            if not remaining:
+                return
+            await self._refresh()
+        raise EventBusUnavailable("the redis cluster kept moving the subscribed channels' slots")
+
+    def release(self, channels: list[str], subscription: RespSubscription) -> None:
+        for channel in channels:
+            node = self._placement.get(channel)
+            if node is None:
+                continue
+            node.release([channel], subscription)
+            if channel not in node.channels():
+                del self._placement[channel]
+
+    # --- slots that moved, nodes that failed -----------------------------------------------------------
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_lost(self, lost: LostChannels) -> None:
+        for channel in lost:
+            self._placement.pop(channel, None)
+        self._spawn(self._resubscribe(lost))
+
+    async def _resubscribe(self, lost: LostChannels) -> None:
+        """Subscribe channels a node dropped on the node that owns them now."""
+        by_subscription: dict[RespSubscription, list[str]] = {}
+        for channel, subscriptions in lost.items():
+            for subscription in subscriptions:
+                if channel in subscription.channels:  # not removed meanwhile
+                    by_subscription.setdefault(subscription, []).append(channel)
+        delay = 0.05
+        while by_subscription:
+            try:
+                await self._refresh()
+                for subscription, channels in list(by_subscription.items()):
+                    await self.acquire([c for c in channels if c in subscription.channels], subscription)
+                    del by_subscription[subscription]
+            except EventBusUnavailable as exc:
+                _log.warning("redis_cluster_resubscribe_failed", error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY_SECONDS)
+        _log.info("redis_cluster_channels_moved", channels=len(lost))
+
+    async def _node_unreachable(self, host: str, port: int) -> None:
+        """A node does not answer: if the slot map now names other owners (failover), move there."""
+        try:
+            await self._refresh(force=False)
+        except EventBusUnavailable:
+            return
+        node = self._nodes.get((host, port))
+        if node is None:
+            return
+        moved = []
+        for channel in node.channels():
+            with contextlib.suppress(EventBusUnavailable):
+                if self._owner(channel) is not node:
+                    moved.append(channel)
+        if moved:
+            self._on_lost(node.evict(moved))
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+    async def healthy(self, wait: float) -> bool:
+        nodes = [node for node in self._nodes.values() if node.channels()]
+        results = await asyncio.gather(*(node.healthy(wait) for node in nodes))
+        return all(results)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for node in self._nodes.values():
+            await node.close()
+        self._nodes.clear()
+        self._placement.clear()
 
 
 def _pack(*parts: bytes) -> bytes:
