@@ -52,6 +52,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
         ImageVerifier(settings, backends.object_store),
         last_messages,
         events,
+        backends.quotas,
     )
     return ServiceParts(
         component=COMPONENT,

@@ -13,6 +13,7 @@ from litestar.params import BodyKwarg, FromPath, JSONBody, QueryParameter
 from chat_core.auth import Principal
 from chat_core.errors import problem_responses
 from chat_core.messagestore import Conversation, Message
+from chat_core.ratelimit import RATE_LIMIT_OPT
 from message_service.schemas import (
     MESSAGE_EXAMPLE,
     SEND_EXAMPLES,
@@ -38,6 +39,7 @@ Before = Annotated[
     summary="Start a conversation",
     description="The caller is always a member; `participantIds` are the others.",
     tags=["conversations"],
+    opt={RATE_LIMIT_OPT: "conversations"},
 )
 async def create_conversation(
     data: JSONBody[CreateConversation],
@@ -71,6 +73,7 @@ async def get_conversation(
     status_code=200,
     summary="Add members",
     tags=["conversations"],
+    opt={RATE_LIMIT_OPT: "participant_changes"},
 )
 async def add_participants(
     conversation_id: FromPath[str],
@@ -86,6 +89,7 @@ async def add_participants(
     status_code=204,
     summary="Remove a member (or leave)",
     tags=["conversations"],
+    opt={RATE_LIMIT_OPT: "participant_changes"},
 )
 async def remove_participant(
     conversation_id: FromPath[str],
@@ -105,11 +109,12 @@ async def remove_participant(
         "from the image header. A retry with the same `clientMessageId` returns the same message (200)."
     ),
     tags=["messages"],
+    opt={RATE_LIMIT_OPT: "sends"},
     responses={
         201: ResponseSpec(
             Message, description="Stored (a retry of a stored one: 200)", examples=[MESSAGE_EXAMPLE]
         ),
-        **problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 422, 503),
+        **problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 503),
     },
 )
 async def send_message(
@@ -142,6 +147,7 @@ async def list_messages(
     status_code=200,
     summary="Mark a message read",
     tags=["messages"],
+    opt={RATE_LIMIT_OPT: "read_receipts"},
 )
 async def mark_read(
     conversation_id: FromPath[str],

@@ -349,6 +349,7 @@ class Stack:
             "OBJECT_STORE": "s3",
             "MESSAGE_STORE": "firestore",
             "EVENT_BUS": "redis",
+            "LIMIT_STORE": "redis",
             "NOTIFICATION_QUEUE": "sqs",
             "AWS_ENDPOINT_URL": self.aws_endpoint_url,
             "AWS_ACCESS_KEY_ID": "test",
