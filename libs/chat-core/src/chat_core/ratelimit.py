@@ -49,6 +49,7 @@ __all__ = [
     "client_ip",
     "create_memory",
     "create_redis",
+    "in_process",
     "rate_limit_headers",
 ]
 
@@ -220,9 +221,15 @@ def redis_storage_uri(url: str) -> str:
     return url if url.startswith("async+") else f"async+{url}"
 
 
+def in_process(settings: LimitSettings) -> RateLimiter:
+    """Moving windows in this process's memory: the embedded store, and what is local whatever the store
+    (the frames of one socket)."""
+    return RateLimiter(MemoryStorage(), settings, name="memory")
+
+
 def create_memory(backends: Backends) -> RateLimiter:
     """The embedded limiter: in-process moving windows (one replica)."""
-    return RateLimiter(MemoryStorage(), backends.settings.limits, name="memory")
+    return in_process(backends.settings.limits)
 
 
 def create_redis(backends: Backends) -> RateLimiter:
