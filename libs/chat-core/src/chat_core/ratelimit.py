@@ -27,12 +27,12 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
-import limits
 import structlog
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from litestar.connection import ASGIConnection
 
+import limits
 from chat_core import metrics
 from chat_core.errors import ProblemError
 from chat_core.settings import LimitSettings

@@ -6,6 +6,7 @@ as atomic as the Redis script. Counters live as long as the process: a restart f
 
 from __future__ import annotations
 
+import heapq
 import time
 from typing import TYPE_CHECKING
 
@@ -25,9 +26,34 @@ class _Day:
         self.charged: set[str] = set()
 
 
+class _Pending:
+    """One user's pending uploads: upload -> expiry, plus a heap by expiry (stale entries skipped)."""
+
+    __slots__ = ("by_expiry", "expiry")
+
+    def __init__(self) -> None:
+        self.expiry: dict[str, float] = {}
+        self.by_expiry: list[tuple[float, str]] = []
+
+    def trim(self, now: float) -> None:
+        while self.by_expiry and self.by_expiry[0][0] <= now:
+            expiry, upload = heapq.heappop(self.by_expiry)
+            if self.expiry.get(upload) == expiry:
+                del self.expiry[upload]
+
+    def oldest(self) -> float:
+        while self.by_expiry[0][1] not in self.expiry:  # sent: removed from the dict only
+            heapq.heappop(self.by_expiry)
+        return self.by_expiry[0][0]
+
+    def add(self, upload: str, expiry: float) -> None:
+        self.expiry[upload] = expiry
+        heapq.heappush(self.by_expiry, (expiry, upload))
+
+
 class MemoryQuotaStore:
     def __init__(self) -> None:
-        self._pending: dict[str, dict[str, float]] = {}  # user -> upload -> expiry (Unix seconds)
+        self._pending: dict[str, _Pending] = {}
         self._day = ""
         self._days: dict[str, _Day] = {}  # user -> today's usage; emptied when the day changes
 
@@ -39,14 +65,12 @@ class MemoryQuotaStore:
             usage = self._days[user_id] = _Day()
         return usage
 
-    def _live(self, user_id: str, now: float) -> dict[str, float]:
-        pending = self._pending.get(user_id, {})
-        live = {upload: expiry for upload, expiry in pending.items() if expiry > now}
-        if live:
-            self._pending[user_id] = live
-        else:
-            self._pending.pop(user_id, None)
-        return live
+    def _live(self, user_id: str, now: float) -> _Pending:
+        pending = self._pending.get(user_id)
+        if pending is None:
+            pending = self._pending[user_id] = _Pending()
+        pending.trim(now)
+        return pending
 
     async def reserve_upload(
         self,
@@ -61,13 +85,12 @@ class MemoryQuotaStore:
     ) -> QuotaRefusal | None:
         now = time.time()
         live = self._live(user_id, now)
-        if len(live) >= max_pending:
-            return QuotaRefusal("pending_uploads", min(live.values()) - now, len(live))
+        if len(live.expiry) >= max_pending:
+            return QuotaRefusal("pending_uploads", live.oldest() - now, len(live.expiry))
         usage = self._today(user_id, day)
         if declared_bytes is not None and usage.bytes + declared_bytes > bytes_per_day:
             return QuotaRefusal("upload_bytes_per_day", seconds_to_next_day(now), usage.bytes)
-        live[upload] = expires_at
-        self._pending[user_id] = live
+        live.add(upload, expires_at)
         return None
 
     async def charge_send(
@@ -79,7 +102,11 @@ class MemoryQuotaStore:
                 return QuotaRefusal("upload_bytes_per_day", seconds_to_next_day(), usage.bytes)
             usage.bytes += size_bytes
             usage.charged.add(upload)
-        self._pending.get(user_id, {}).pop(upload, None)
+        pending = self._pending.get(user_id)
+        if pending is not None:
+            pending.expiry.pop(upload, None)
+            if not pending.expiry:
+                del self._pending[user_id]
         return None
 
     async def start(self) -> None:
