@@ -70,10 +70,11 @@ dev: test-deps ## each service as its own process with the cloud adapters, on lo
 	uv run --frozen chat-management dev
 
 .PHONY: bench
-bench: test-deps ## load the embedded and the multi-process stacks; prints req/s, p50, p99 and ratios to a bare route
+bench: test-deps ## load the embedded and the multi-process stacks; prints req/s, p50, p99 and ratios to a bare route, and the rate limiter's cost per request
 	@bash scripts/bootstrap.sh system wrk
 	uv run --frozen python scripts/bench_presign.py
 	uv run --frozen python -m bench.http
+	uv run --frozen python -m bench.limiter
 	uv run --frozen python scripts/bench_consumer.py --queue sqlite
 
 .PHONY: clean
