@@ -109,6 +109,10 @@ def _principal_provider(verifier: TokenVerifier) -> Provide:
     return Provide(principal)
 
 
+def _names_a_limit(route_handlers: Sequence[Any]) -> bool:
+    return any(RATE_LIMIT_OPT in (getattr(handler, "opt", None) or {}) for handler in route_handlers)
+
+
 def _rate_limit_guard(backends: Backends) -> Any:
     """One app-wide guard: a route naming a limit in its ``opt`` (``opt={"rate_limit": "sends"}``) counts
     one hit per request against the caller, before its body is read (429 ``rate_limited`` when over)."""
@@ -200,7 +204,8 @@ def create_service_app(
         dependencies=dependencies,
         exception_handlers=exception_handlers,
         lifespan=[lifespan],
-        guards=[_rate_limit_guard(backends)],
+        # Only apps with a limited route build the limiter (the consumer and the proxy have none).
+        guards=[_rate_limit_guard(backends)] if _names_a_limit(route_handlers) else [],
         # 413 before parsing: Content-Length is checked first, then the streamed count (chunked bodies).
         # Routes that take images (the local store's PUT) set their own limit.
         request_max_body_size=settings.limits.max_request_body_bytes,
