@@ -28,6 +28,7 @@ from chat_core.quota import QuotaStore, utc_day
 from chat_core.quota import memory as memory_quota
 from chat_core.quota import redis as redis_quota
 from chat_core.ratelimit import client_ip, trusted_networks
+from chat_core.settings import SettingsError
 from chat_management import all as all_in_one
 from message_service.realtime import CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TOO_MANY_SOCKETS
 from tests import harness
@@ -418,3 +419,19 @@ async def test_sockets_per_user_are_bounded_with_4429(socket_url: Any) -> None:
     assert "session.ready" in await again.recv()
     for socket in [kept[1], again]:
         await socket.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"RATE_LIMIT_SENDS": "lots"}, "RATE_LIMIT_SENDS"),
+        ({"RATE_LIMIT_PARTICIPANT_CHANGES": "5 per fortnight"}, "RATE_LIMIT_PARTICIPANT_CHANGES"),
+        ({"TRUSTED_PROXIES": "10.0.0.0/8,ingress"}, "TRUSTED_PROXIES"),
+        ({"MAX_PENDING_UPLOADS": "0"}, "MAX_PENDING_UPLOADS"),
+    ],
+)
+def test_a_bad_limit_setting_is_refused_naming_its_variable(
+    env: dict[str, str], variable: str, tmp_path: Path
+) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        make_settings(tmp_path, env)
