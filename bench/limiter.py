@@ -1,12 +1,18 @@
 """The rate limiter's cost per request, in µs: the same route with and without its limit, side by side.
 
-    uv run python -m bench.limiter [--requests 3000] [--redis-url redis://...]
+    uv run python -m bench.limiter [--requests 2000] [--redis-url redis://...]
 
 One app (the shared app factory, so the real guard, auth and error handling) serves ``POST /unlimited``
-and ``POST /limited`` (named limit ``sends``, set high enough never to refuse). Requests go straight into
-the ASGI app, one at a time, no network in between, so what differs between the two rows is the guard:
-the limiter's cost. Run for ``LIMIT_STORE=memory`` and ``LIMIT_STORE=redis`` (a local redis-server, or
-``--redis-url``/``REDIS_URL``); ``hit()`` alone is timed too. Medians of 5 runs; compare within one run.
+and ``POST /limited`` (named limit ``sends``, set high enough never to refuse); both authenticate the
+caller, so what differs is the limit alone. Two ways in, one request at a time:
+
+* **in-process**: straight into the ASGI app, no network. The unlimited route then never waits on I/O,
+  so with Redis the difference also holds the event loop's turn that the round trip costs;
+* **over HTTP**: uvicorn (httptools) and a keep-alive httpx client in one process: both routes wait on
+  sockets, as in production, so the difference is what a client sees the limit add.
+
+For ``LIMIT_STORE=memory`` and ``LIMIT_STORE=redis`` (a local redis-server, or ``--redis-url``/
+``REDIS_URL``); ``hit()`` alone is timed too. Medians of 5 alternating runs; compare within one run.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Protocol
 
+import httpx
+import uvicorn
 from litestar import post
 from litestar.di import NamedDependency
 
@@ -44,6 +52,38 @@ async def unlimited(principal: NamedDependency[Principal]) -> dict[str, str]:
 @post("/limited", status_code=200, opt={RATE_LIMIT_OPT: "sends"})
 async def limited(principal: NamedDependency[Principal]) -> dict[str, str]:
     return {"user": principal.user_id}
+
+
+class Caller(Protocol):
+    async def call(self, path: str) -> int: ...
+
+
+class HttpCaller:
+    def __init__(self, http: httpx.AsyncClient, token: str) -> None:
+        self.http = http
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    async def call(self, path: str) -> int:
+        return (await self.http.post(path, content=b"{}", headers=self.headers)).status_code
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_server(app: Any) -> AsyncIterator[str]:
+    port = devstack.free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http="httptools", lifespan="on", log_config=None, access_log=False
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            raise SystemExit("uvicorn did not start")
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
 
 
 class AsgiCaller:
@@ -113,7 +153,7 @@ async def lifespan(app: Any) -> AsyncIterator[None]:
         await task
 
 
-async def per_request_us(caller: AsgiCaller, path: str, requests: int) -> float:
+async def per_request_us(caller: Caller, path: str, requests: int) -> float:
     started = time.perf_counter()
     for _ in range(requests):
         status = await caller.call(path)
@@ -122,7 +162,7 @@ async def per_request_us(caller: AsgiCaller, path: str, requests: int) -> float:
     return (time.perf_counter() - started) / requests * 1e6
 
 
-async def side_by_side(caller: AsgiCaller, requests: int, repeats: int = 5) -> tuple[float, float]:
+async def side_by_side(caller: Caller, requests: int, repeats: int = 5) -> tuple[float, float]:
     """Medians of runs taken in turn (without, with, without, ...), so load on the machine hits both."""
     for path in ("/unlimited", "/limited"):
         await per_request_us(caller, path, min(requests, 500))  # warm-up
@@ -145,7 +185,7 @@ async def hit_us(backends: Backends, requests: int, repeats: int = 5) -> float:
     return statistics.median(runs)
 
 
-async def measure(store: str, redis_url: str, requests: int) -> tuple[float, float, float]:
+def bench_app(store: str, redis_url: str) -> tuple[Any, Backends]:
     env = {
         "AUTH_JWT_SECRET": SECRET,
         "LIMIT_STORE": store,
@@ -157,12 +197,25 @@ async def measure(store: str, redis_url: str, requests: int) -> tuple[float, flo
     settings = load_settings(env)
     backends = Backends(settings)
     parts = ServiceParts(component="bench", route_handlers=[unlimited, limited])
-    app = create_service_app(settings, backends, [parts], component="bench", title="limiter bench")
-    caller = AsgiCaller(app, mint_token(SECRET, f"bench-{uuid.uuid4().hex[:8]}"))
+    return create_service_app(settings, backends, [parts], component="bench", title="limiter bench"), backends
+
+
+async def measure(store: str, redis_url: str, requests: int) -> dict[str, float]:
+    token = mint_token(SECRET, f"bench-{uuid.uuid4().hex[:8]}")
+    app, backends = bench_app(store, redis_url)
     async with lifespan(app):
-        without, with_limit = await side_by_side(caller, requests)
+        without, with_limit = await side_by_side(AsgiCaller(app, token), requests)
         hit = await hit_us(backends, requests)
-    return without, with_limit, hit
+    app, _ = bench_app(store, redis_url)
+    async with uvicorn_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
+        http_without, http_with = await side_by_side(HttpCaller(http, token), requests)
+    return {
+        "without": without,
+        "with": with_limit,
+        "http_without": http_without,
+        "http_with": http_with,
+        "hit": hit,
+    }
 
 
 @contextlib.contextmanager
@@ -181,20 +234,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))
     args = parser.parse_args()
     rows = []
     with redis_server(args.redis_url or None) as redis_url:
         for store in ("memory", "redis"):
-            without, with_limit, hit = asyncio.run(measure(store, redis_url, args.requests))
-            rows.append((store, without, with_limit, with_limit - without, hit))
-    print(
-        f"\nrate limiter cost per request (µs; {args.requests} sequential requests in-process, median of 5)"
-    )
-    print(f"  {'LIMIT_STORE':<12} {'without':>9} {'with':>9} {'cost':>9} {'hit() alone':>12}")
-    for store, without, with_limit, cost, hit in rows:
-        print(f"  {store:<12} {without:>9.1f} {with_limit:>9.1f} {cost:>9.1f} {hit:>12.1f}")
+            rows.append((store, asyncio.run(measure(store, redis_url, args.requests))))
+    print(f"\nrate limiter cost per request, µs ({args.requests} sequential requests, median of 5 runs)")
+    print(f"  {'':<12} {'in-process':^29} {'over HTTP (uvicorn)':^29}")
+    header = f"{'without':>9} {'with':>9} {'cost':>9}"
+    print(f"  {'LIMIT_STORE':<12} {header} {header} {'hit() alone':>12}")
+    for store, m in rows:
+        print(
+            f"  {store:<12} {m['without']:>9.1f} {m['with']:>9.1f} {m['with'] - m['without']:>9.1f}"
+            f" {m['http_without']:>9.1f} {m['http_with']:>9.1f} {m['http_with'] - m['http_without']:>9.1f}"
+            f" {m['hit']:>12.1f}"
+        )
 
 
 if __name__ == "__main__":

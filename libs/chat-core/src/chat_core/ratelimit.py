@@ -1,8 +1,11 @@
 """Rate limits per user (per client IP before there is a user), on the `limits` library.
 
-One implementation for both stacks: the moving-window strategy of ``limits`` over its async storage,
-``MemoryStorage`` embedded (``LIMIT_STORE=memory``) and ``RedisStorage`` (``async+redis://``, redis-py)
-in the cloud, where one Lua call per check keeps a limit atomic across replicas. A moving window lets a
+One implementation for both stacks: the moving-window strategy of ``limits`` over its storages,
+``MemoryStorage`` embedded (``LIMIT_STORE=memory``) and the async ``RedisStorage`` (``async+redis://``,
+redis-py) in the cloud, where one Lua call per check keeps a limit atomic across replicas. In memory we
+use the library's thread-safe synchronous storage, called inline (no I/O to wait for): its async twin
+starts an expiry pass over every key, with a thread hop per key, after each hit, which costs more than
+the check itself; the synchronous one expires on a 10 ms timer thread. A moving window lets a
 client spend its whole allowance in a burst (60 upload URLs at once is fine), then refuses until the
 oldest hit is a window old: a real chat app never notices, a script stops.
 
@@ -25,11 +28,14 @@ import ipaddress
 import math
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import structlog
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter as SyncMovingWindowRateLimiter
+from limits.util import WindowStats
 from litestar.connection import ASGIConnection
 
 import limits
@@ -133,13 +139,58 @@ class StoreHealth:
             self._down_since = None
 
 
+class Windows(Protocol):
+    """Moving windows: ``limits``' strategy over one storage."""
+
+    async def hit(self, item: limits.RateLimitItem, *identifiers: str) -> bool: ...
+
+    async def get_window_stats(self, item: limits.RateLimitItem, *identifiers: str) -> WindowStats: ...
+
+    async def close(self) -> None: ...
+
+
+class StoreWindows:
+    """Over an async storage (Redis): one round trip per hit."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._strategy = MovingWindowRateLimiter(storage)
+
+    async def hit(self, item: limits.RateLimitItem, *identifiers: str) -> bool:
+        return await self._strategy.hit(item, *identifiers)
+
+    async def get_window_stats(self, item: limits.RateLimitItem, *identifiers: str) -> WindowStats:
+        return await self._strategy.get_window_stats(item, *identifiers)
+
+    async def close(self) -> None:
+        client = getattr(getattr(self._storage, "bridge", None), "storage", None)  # RedisStorage's client
+        if client is not None:
+            await client.aclose()
+
+
+class MemoryWindows:
+    """In this process: the library's synchronous memory storage, called inline."""
+
+    def __init__(self) -> None:
+        self._storage = MemoryStorage()
+        self._strategy = SyncMovingWindowRateLimiter(self._storage)
+
+    async def hit(self, item: limits.RateLimitItem, *identifiers: str) -> bool:
+        return self._strategy.hit(item, *identifiers)
+
+    async def get_window_stats(self, item: limits.RateLimitItem, *identifiers: str) -> WindowStats:
+        return self._strategy.get_window_stats(item, *identifiers)
+
+    async def close(self) -> None:
+        self._storage.timer.cancel()
+
+
 class RateLimiter:
     """Checks (and counts) one hit of a named limit for a subject; raises ``RateLimited`` when over."""
 
-    def __init__(self, storage: Storage, settings: LimitSettings, *, name: str) -> None:
+    def __init__(self, windows: Windows, settings: LimitSettings, *, name: str) -> None:
         self.name = name
-        self._storage = storage
-        self._strategy = MovingWindowRateLimiter(storage)
+        self._strategy = windows
         self._items: dict[str, limits.RateLimitItem] = {
             limit: limits.parse(value) for limit, value in settings.rate_limits().items()
         }
@@ -178,10 +229,7 @@ class RateLimiter:
         return None
 
     async def close(self) -> None:
-        bridge = getattr(self._storage, "bridge", None)  # RedisStorage: its redis-py client
-        client = getattr(bridge, "storage", None)
-        if client is not None:
-            await client.aclose()
+        await self._strategy.close()
 
 
 def trusted_networks(proxies: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -224,7 +272,7 @@ def redis_storage_uri(url: str) -> str:
 def in_process(settings: LimitSettings) -> RateLimiter:
     """Moving windows in this process's memory: the embedded store, and what is local whatever the store
     (the frames of one socket)."""
-    return RateLimiter(MemoryStorage(), settings, name="memory")
+    return RateLimiter(MemoryWindows(), settings, name="memory")
 
 
 def create_memory(backends: Backends) -> RateLimiter:
@@ -243,4 +291,4 @@ def create_redis(backends: Backends) -> RateLimiter:
         socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
         socket_timeout=REDIS_TIMEOUT_SECONDS,
     )
-    return RateLimiter(storage, backends.settings.limits, name="redis")
+    return RateLimiter(StoreWindows(storage), backends.settings.limits, name="redis")
