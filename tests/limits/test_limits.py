@@ -183,6 +183,16 @@ async def test_a_body_over_the_limit_is_413_before_parsing(tmp_path: Path, clien
     assert small.status_code == 400  # under the limit it is parsed (and refused as bad JSON)
 
 
+async def test_the_local_stores_image_put_keeps_its_own_larger_limit(images_api: Any) -> None:
+    api = await images_api({})
+    user = unique("u")
+    cid = await _conversation(api, user)
+    issued = (await _upload_url(api, user, cid)).json()
+    big = image_bytes() + b"\0" * (256 * 1024)  # four times the API body limit, far under MAX_IMAGE_BYTES
+    put = await api.put(issued["upload_url"], content=big, headers={"Content-Type": "image/jpeg"})
+    assert put.status_code == 200, put.text
+
+
 # --- quotas --------------------------------------------------------------------------------------------
 @pytest.fixture
 async def images_api(tmp_path: Path, serve: Any) -> AsyncIterator[Any]:
