@@ -40,6 +40,7 @@ Before = Annotated[
     description="The caller is always a member; `participantIds` are the others.",
     tags=["conversations"],
     opt={RATE_LIMIT_OPT: "conversations"},
+    responses=problem_responses(409),
 )
 async def create_conversation(
     data: JSONBody[CreateConversation],
@@ -114,7 +115,7 @@ async def remove_participant(
         201: ResponseSpec(
             Message, description="Stored (a retry of a stored one: 200)", examples=[MESSAGE_EXAMPLE]
         ),
-        **problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 503),
+        **problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 422, 503),
     },
 )
 async def send_message(
