@@ -9,7 +9,7 @@ the check itself; the synchronous one expires on a 10 ms timer thread. A moving 
 client spend its whole allowance in a burst (60 upload URLs at once is fine), then refuses until the
 oldest hit is a window old: a real chat app never notices, a script stops.
 
-Keys are one per limit and subject (``ratelimit:LIMITER/{limit}/{subject}/{N}/{M}/{unit}``), a single
+Keys are one per limit and subject (``{LIMIT_KEY_PREFIX}:ratelimit:LIMITER/{limit}/{subject}/...``), a single
 Redis key each, so a cluster spreads them over slots with no hash tag.
 
 Over a limit: 429 problem details, code ``rate_limited``, with ``Retry-After`` and the IETF
@@ -287,7 +287,7 @@ def create_redis(backends: Backends) -> RateLimiter:
     storage = RedisStorage(
         redis_storage_uri(backends.settings.redis.url),
         implementation="redispy",
-        key_prefix=KEY_PREFIX,
+        key_prefix=f"{backends.settings.limits.key_prefix}:{KEY_PREFIX}",
         socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
         socket_timeout=REDIS_TIMEOUT_SECONDS,
     )

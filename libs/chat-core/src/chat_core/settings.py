@@ -373,6 +373,11 @@ class LimitSettings(_Frozen, frozen=True, kw_only=True):
         env("UPLOAD_BYTES_PER_DAY", "Image bytes a user may send per UTC day (declared and verified sizes)."),
         msgspec.Meta(ge=1),
     ] = 2 * 1024**3
+    key_prefix: Annotated[
+        str,
+        env("LIMIT_KEY_PREFIX", "Prefix of the limit store's Redis keys (deployments sharing one Redis)."),
+        msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]+$"),
+    ] = "chat"
     trusted_proxies: Annotated[
         tuple[str, ...],
         env(

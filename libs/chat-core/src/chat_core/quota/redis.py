@@ -1,12 +1,12 @@
 """Redis quota store (``LIMIT_STORE=redis``): one Lua script per check, atomic across replicas.
 
-Keys, per user, all with the hash tag ``{user}`` because each script touches two of them (a cluster
-keeps them in one slot):
+Keys, per user, under ``LIMIT_KEY_PREFIX`` (``p``), all with the hash tag ``{user}`` because each script
+touches two of them (a cluster keeps them in one slot):
 
-* ``quota:{u}:pending`` — sorted set of pending uploads scored by URL expiry (ms, Redis's own clock);
+* ``p:quota:{u}:pending`` — sorted set of pending uploads scored by URL expiry (ms, Redis's own clock);
   expired members are trimmed on every reserve; the key expires with its last member.
-* ``quota:{u}:day:{yyyymmdd}`` — hash: ``bytes`` (the day's total) and one field per charged upload (so a
-  retried send counts once); expires two days later.
+* ``p:quota:{u}:day:{yyyymmdd}`` — hash: ``bytes`` (the day's total) and one field per charged upload (so
+  a retried send counts once); expires two days later.
 """
 
 from __future__ import annotations
@@ -66,12 +66,12 @@ return {0}
 """
 
 
-def pending_key(user_id: str) -> str:
-    return f"quota:{{{user_id}}}:pending"
+def pending_key(prefix: str, user_id: str) -> str:
+    return f"{prefix}:quota:{{{user_id}}}:pending"
 
 
-def day_key(user_id: str, day: str) -> str:
-    return f"quota:{{{user_id}}}:day:{day}"
+def day_key(prefix: str, user_id: str, day: str) -> str:
+    return f"{prefix}:quota:{{{user_id}}}:day:{day}"
 
 
 def _refusal(result: list[int]) -> QuotaRefusal | None:
@@ -83,7 +83,8 @@ def _refusal(result: list[int]) -> QuotaRefusal | None:
 
 
 class RedisQuotaStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, prefix: str = "chat") -> None:
+        self._prefix = prefix
         self._client: aioredis.Redis = aioredis.from_url(
             url, socket_connect_timeout=TIMEOUT_SECONDS, socket_timeout=TIMEOUT_SECONDS
         )
@@ -102,7 +103,7 @@ class RedisQuotaStore:
         day: str,
     ) -> QuotaRefusal | None:
         result = await self._reserve(
-            keys=[pending_key(user_id), day_key(user_id, day)],
+            keys=[pending_key(self._prefix, user_id), day_key(self._prefix, user_id, day)],
             args=[
                 upload,
                 int(expires_at * 1000),
@@ -117,7 +118,7 @@ class RedisQuotaStore:
         self, user_id: str, upload: str, *, size_bytes: int, bytes_per_day: int, day: str
     ) -> QuotaRefusal | None:
         result = await self._charge(
-            keys=[pending_key(user_id), day_key(user_id, day)],
+            keys=[pending_key(self._prefix, user_id), day_key(self._prefix, user_id, day)],
             args=[upload, size_bytes, bytes_per_day, 2 * DAY_SECONDS],
         )
         return _refusal(result)
@@ -130,4 +131,4 @@ class RedisQuotaStore:
 
 
 def create(backends: Backends) -> RedisQuotaStore:
-    return RedisQuotaStore(backends.settings.redis.url)
+    return RedisQuotaStore(backends.settings.redis.url, backends.settings.limits.key_prefix)
