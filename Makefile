@@ -74,10 +74,11 @@ dev: test-deps ## each service as its own process with the cloud adapters, on lo
 	uv run --frozen chat-management dev
 
 .PHONY: bench
-bench: test-deps ## stacks under load (req/s, p50, p99 vs a bare route); sockets per process; per-pod cost on a Redis Cluster
+bench: test-deps ## stacks under load (req/s, p50, p99 vs a bare route); the rate limiter's cost; sockets per process; per-pod cost on a Redis Cluster
 	@bash scripts/bootstrap.sh system wrk
 	uv run --frozen python scripts/bench_presign.py
 	uv run --frozen python -m bench.http
+	uv run --frozen python -m bench.limiter
 	uv run --frozen python scripts/bench_consumer.py --queue sqlite
 	uv run --frozen python -m bench.sockets
 	uv run --frozen python -m bench.pods

@@ -403,6 +403,27 @@ def membership_row() -> Row:
     )
 
 
+def limits_row() -> Row:
+    return Row(
+        "Abuse limits",
+        [
+            Panel(
+                "Refused with 429 by limit",
+                [(f"sum by (limit) (rate(chat_rate_limited_total{{{NS}}}[{RATE}]))", "{{limit}}")],
+                unit="ops",
+                stack=True,
+                description="Rate limits (rate_limited) and quotas (quota_exceeded), by limit name.",
+            ),
+            Panel(
+                "Limit checks failed open",
+                [(f"sum by (check) (rate(chat_rate_limit_errors_total{{{NS}}}[{RATE}]))", "{{check}}")],
+                unit="ops",
+                description="The limit store (Redis) did not answer: these requests were let through.",
+            ),
+        ],
+    )
+
+
 DASHBOARDS = [
     Dashboard(
         "chat-mgmt-overview",
@@ -414,13 +435,13 @@ DASHBOARDS = [
         "chat-mgmt-upload",
         "chat-management / Upload",
         "POST /conversations/{id}/images/upload_url: presigned URLs issued and refused.",
-        [red_row("upload"), uploads_row(), membership_row()],
+        [red_row("upload"), uploads_row(), limits_row(), membership_row()],
     ),
     Dashboard(
         "chat-mgmt-message",
         "chat-management / Message",
         "Conversations, messages, image checks, the real-time socket and the outbox.",
-        [red_row("message"), images_row(), realtime_row()],
+        [red_row("message"), images_row(), realtime_row(), limits_row()],
     ),
     Dashboard(
         "chat-mgmt-image-proxy",

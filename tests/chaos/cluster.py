@@ -82,6 +82,11 @@ async def running_cluster(
                 "REQUEST_TIMEOUT_SECONDS": "5",
                 "ACCESS_LOG": "false",
                 "LOG_LEVEL": "WARNING",
+                # One user drives the whole load (and its uploads are granted up front): limits that never
+                # refuse it. The limiter still runs on the faulty Redis, so its failing open is exercised.
+                "RATE_LIMIT_UPLOAD_URLS": "100000/minute",
+                "RATE_LIMIT_SENDS": "100000/minute",
+                "MAX_PENDING_UPLOADS": "100000",
             },
         )
         await asyncio.to_thread(stack.start)

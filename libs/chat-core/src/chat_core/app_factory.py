@@ -17,7 +17,9 @@ from typing import Any
 import structlog
 from litestar import Litestar, Request, Response, get
 from litestar.config.cors import CORSConfig
+from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency, Provide
+from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -29,6 +31,7 @@ from chat_core.deadline import DeadlineMiddleware
 from chat_core.errors import exception_handlers, problem_response
 from chat_core.observability import ObservabilityMiddleware, set_request_user
 from chat_core.openapi import complete_error_responses, fix_options_allow
+from chat_core.ratelimit import RATE_LIMIT_OPT
 from chat_core.settings import Settings
 
 __all__ = [
@@ -62,13 +65,27 @@ class ServiceParts:
     essential: tuple[str, ...] = ()
 
 
+_PRINCIPAL_STATE = "chat_principal"  # the caller, once authenticated for this request (by the guard)
+
+
 async def authenticate(
-    request: Request[Any, Any, Any], verifier: TokenVerifier, *, cookie_name: str | None = None
+    request: ASGIConnection[Any, Any, Any, Any], verifier: TokenVerifier, *, cookie_name: str | None = None
 ) -> Principal:
     """The caller, from ``Authorization: Bearer <JWT>`` (or the ``cookie_name`` cookie); 401 otherwise."""
     principal = await verifier.verify(token_from_connection(request, cookie_name=cookie_name))
     set_request_user(principal.user_id)
     return principal
+
+
+async def _bearer_principal(
+    connection: ASGIConnection[Any, Any, Any, Any], verifier: TokenVerifier
+) -> Principal:
+    """``authenticate`` once per request: the rate-limit guard and the ``principal`` dependency share it."""
+    known: Principal | None = connection.state.get(_PRINCIPAL_STATE)
+    if known is None:
+        known = await authenticate(connection, verifier)
+        connection.state[_PRINCIPAL_STATE] = known
+    return known
 
 
 async def provide_principal(
@@ -89,9 +106,29 @@ def _principal_provider(verifier: TokenVerifier) -> Provide:
     # Bound to the verifier rather than depending on ``backends``: every extra dependency level costs a
     # resolution per request, and Litestar resolves sibling dependencies in an anyio task group.
     async def principal(request: Request[Any, Any, Any]) -> Principal:
-        return await authenticate(request, verifier)
+        return await _bearer_principal(request, verifier)
 
     return Provide(principal)
+
+
+def _names_a_limit(route_handlers: Sequence[Any]) -> bool:
+    return any(RATE_LIMIT_OPT in (getattr(handler, "opt", None) or {}) for handler in route_handlers)
+
+
+def _rate_limit_guard(backends: Backends) -> Any:
+    """One app-wide guard: a route naming a limit in its ``opt`` (``opt={"rate_limit": "sends"}``) counts
+    one hit per request against the caller, before its body is read (429 ``rate_limited`` when over)."""
+    limiter = backends.rate_limiter
+    verifier = backends.verifier
+
+    async def rate_limit(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        limit = handler.opt.get(RATE_LIMIT_OPT)
+        if limit is None:
+            return
+        principal = await _bearer_principal(connection, verifier)
+        await limiter.hit(limit, limiter.subject(connection, principal.user_id))
+
+    return rate_limit
 
 
 def _health_handlers(backends: Backends, essential_ports: frozenset[str]) -> list[Any]:
@@ -169,11 +206,24 @@ def create_service_app(
         dependencies=dependencies,
         exception_handlers=exception_handlers,
         lifespan=[lifespan],
+        # Only apps with a limited route build the limiter (the consumer and the proxy have none).
+        guards=[_rate_limit_guard(backends)] if _names_a_limit(route_handlers) else [],
+        # 413 before parsing: Content-Length is checked first, then the streamed count (chunked bodies).
+        # Routes that take images (the local store's PUT) set their own limit.
+        request_max_body_size=settings.limits.max_request_body_bytes,
         cors_config=CORSConfig(
             allow_origins=origins,
             allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS", "HEAD"],
             allow_headers=["Authorization", "Content-Type", "If-None-Match", "Range", "traceparent"],
-            expose_headers=["ETag", "Content-Range", "Location", "WWW-Authenticate"],
+            expose_headers=[
+                "ETag",
+                "Content-Range",
+                "Location",
+                "WWW-Authenticate",
+                "Retry-After",
+                "RateLimit",
+                "RateLimit-Policy",
+            ],
             allow_credentials="*" not in origins,
             max_age=600,
         )

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from chat_core.notifications import Notification
     from chat_core.objectstore import ObjectStore
     from chat_core.push import PushProvider
+    from chat_core.quota import Quotas, QuotaStore
+    from chat_core.ratelimit import RateLimiter
     from chat_core.realtime import EventBus, Presence
 
 __all__ = [
@@ -56,6 +58,8 @@ __all__ = [
     "object_store",
     "presence",
     "push_provider",
+    "quota_store",
+    "rate_limiter",
 ]
 
 ReadinessCheck = Callable[[], Awaitable[None]]
@@ -182,6 +186,30 @@ def push_provider(backends: Backends) -> PushProvider:
             return fcm.create(backends)
 
 
+def rate_limiter(backends: Backends) -> RateLimiter:
+    match backends.settings.backends.limit_store:
+        case "memory":
+            from chat_core import ratelimit
+
+            return ratelimit.create_memory(backends)
+        case "redis":
+            from chat_core import ratelimit
+
+            return ratelimit.create_redis(backends)
+
+
+def quota_store(backends: Backends) -> QuotaStore:
+    match backends.settings.backends.limit_store:
+        case "memory":
+            from chat_core.quota import memory
+
+            return memory.create(backends)
+        case "redis":
+            from chat_core.quota import redis
+
+            return redis.create(backends)
+
+
 class Backends:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -192,6 +220,8 @@ class Backends:
         self._presence: Presence | None = None
         self._notification_queue: JobQueue[Notification] | None = None
         self._push_provider: PushProvider | None = None
+        self._rate_limiter: RateLimiter | None = None
+        self._quotas: Quotas | None = None
         self._started = False
         self._http: httpx.AsyncClient | None = None
         self._aws: AwsCredentialSource | None = None
@@ -282,6 +312,23 @@ class Backends:
         if self._push_provider is None:
             self._push_provider = self._adopt("push_provider", push_provider(self))
         return self._push_provider
+
+    @property
+    def rate_limiter(self) -> RateLimiter:
+        """Rate limits (``LIMIT_STORE``); every process has one: the app factory's guard uses it."""
+        if self._rate_limiter is None:
+            self._rate_limiter = self._adopt("rate_limiter", rate_limiter(self))
+        return self._rate_limiter
+
+    @property
+    def quotas(self) -> Quotas:
+        """Upload quotas (pending upload URLs, bytes per day) over ``LIMIT_STORE``."""
+        if self._quotas is None:
+            from chat_core.quota import Quotas
+
+            store = self._adopt("quota_store", quota_store(self))
+            self._quotas = Quotas(store, self.settings.limits)
+        return self._quotas
 
     # --- lifecycle --------------------------------------------------------------------------------
     def readiness_checks(self) -> dict[str, ReadinessCheck]:

@@ -53,6 +53,18 @@ UPLOAD_TO_SEND = Histogram(
     buckets=_WAIT_BUCKETS,
 )
 
+# --- abuse limits -----------------------------------------------------------------------------------
+RATE_LIMITED = Counter(
+    "chat_rate_limited",
+    "Requests refused with 429, by limit (a rate limit's name, pending_uploads or upload_bytes_per_day).",
+    ["limit"],
+)
+RATE_LIMIT_ERRORS = Counter(
+    "chat_rate_limit_errors",
+    "Limit checks that failed open because their store was unreachable, by check (rate or quota).",
+    ["check"],
+)
+
 # --- image proxy -----------------------------------------------------------------------------------
 IMAGE_PROXY_REQUESTS = Counter(
     "chat_image_proxy_requests",

@@ -13,8 +13,10 @@ operation, what any route can answer whatever its handler says:
 * ``503`` with ``Retry-After``: a backend the route needs is down, or the identity provider's keys could
   not be fetched.
 
+* ``429`` with ``Retry-After`` and the RateLimit headers when the route names a rate limit
+  (``opt={"rate_limit": ...}``, ``chat_core.ratelimit``): over the limit, or over an upload quota.
+
 Route-specific statuses (``403``, ``409``, ``410``, ``415``, ``416``, ``422``) stay declared on the routes.
-``429`` is not ours to answer (no rate limit in the services; an ingress may add one) and is not listed.
 
 ``fix_options_allow``: Litestar's automatic OPTIONS handler keeps the route object of the first handler
 registered on a path, so ``GET`` and ``POST`` on one path declared by two functions answered ``Allow:
@@ -38,6 +40,7 @@ from litestar.openapi.spec import (
 from litestar.routes import HTTPRoute
 
 from chat_core.errors import PROBLEM_JSON
+from chat_core.ratelimit import RATE_LIMIT_OPT
 
 __all__ = ["complete_error_responses", "fix_options_allow"]
 
@@ -57,9 +60,34 @@ def _header(description: str, schema: Schema) -> OpenAPIHeader:
     return OpenAPIHeader(description=description, schema=schema)
 
 
+def _rate_limited_operations(app: Litestar) -> set[tuple[str, str]]:
+    """(path, method) of every operation whose handler names a rate limit."""
+    return {
+        (route.path_format, method.lower())
+        for route in app.routes
+        if isinstance(route, HTTPRoute)
+        for handler in route.route_handlers
+        if RATE_LIMIT_OPT in (handler.opt or {})
+        for method in handler.http_methods
+    }
+
+
+def _too_many_requests() -> OpenAPIResponse:
+    text = Schema(type=OpenAPIType.STRING)
+    return _problem(
+        429,
+        {
+            "Retry-After": _header("Seconds to wait before trying again", Schema(type=OpenAPIType.INTEGER)),
+            "RateLimit-Policy": _header('The limit, e.g. `"sends";q=120;w=60` (IETF draft)', text),
+            "RateLimit": _header('What is left, e.g. `"sends";r=0;t=17` (IETF draft)', text),
+        },
+    )
+
+
 def complete_error_responses(app: Litestar) -> None:
     """Add the statuses every route may answer to each operation of ``app``'s document (in place)."""
     schema = app.openapi_schema
+    rate_limited = _rate_limited_operations(app)
     secured_by_default = bool(schema.security)
     for path, item in (schema.paths or {}).items():
         for method in _METHODS:
@@ -97,6 +125,8 @@ def complete_error_responses(app: Litestar) -> None:
             )
             if operation.request_body is not None:
                 responses.setdefault("413", _problem(413))
+            if (path, method) in rate_limited:
+                responses["429"] = _too_many_requests()
             responses.setdefault(
                 "503",
                 _problem(

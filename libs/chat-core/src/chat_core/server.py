@@ -41,6 +41,9 @@ def serve(
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         http="httptools",
         ws="websockets-sansio",
+        ws_max_size=settings.limits.socket_max_frame_bytes,  # bigger frames: close 1009 by the server
+        # The same trusted proxies as the per-IP limits: the access log and the limits see one client.
+        forwarded_allow_ips=list(settings.limits.trusted_proxies),
         lifespan="on",
         access_log=False,
         log_config=None,

@@ -7,6 +7,7 @@ A bad or missing value raises ``SettingsError`` with one line that names the var
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
@@ -14,6 +15,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import msgspec
 
+import limits
 from chat_core.keys import EXTENSIONS
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "BackendSettings",
     "FirestoreSettings",
     "ImageSettings",
+    "LimitSettings",
     "MediaSettings",
     "NotificationSettings",
     "PresenceSettings",
@@ -133,6 +136,7 @@ MessageStoreKind = Literal["sqlite", "firestore"]
 EventBusKind = Literal["memory", "redis"]
 QueueKind = Literal["sqlite", "sqs"]
 PushKind = Literal["log", "webhook", "fcm"]
+LimitStoreKind = Literal["memory", "redis"]
 
 
 class BackendSettings(_Frozen, frozen=True, kw_only=True):
@@ -149,6 +153,13 @@ class BackendSettings(_Frozen, frozen=True, kw_only=True):
         QueueKind, env("NOTIFICATION_QUEUE", "`sqlite` (under DATA_DIR) or `sqs`.")
     ] = "sqlite"
     push_provider: Annotated[PushKind, env("PUSH_PROVIDER", "`log`, `webhook` or `fcm`.")] = "log"
+    limit_store: Annotated[
+        LimitStoreKind,
+        env(
+            "LIMIT_STORE",
+            "Rate limits and quotas: `memory` (one process) or `redis` (shared by replicas, REDIS_URL).",
+        ),
+    ] = "memory"
 
 
 class AwsSettings(_Frozen, frozen=True, kw_only=True):
@@ -351,6 +362,82 @@ class ImageSettings(_Frozen, frozen=True, kw_only=True):
     ] = 24 * 3600
 
 
+def _rate(name: str, default_meaning: str) -> msgspec.Meta:
+    return env(name, f"{default_meaning} (`N/second|minute|hour|day`, moving window: bursts up to N).")
+
+
+class LimitSettings(_Frozen, frozen=True, kw_only=True):
+    """Abuse limits: rate limits per user (per client IP before there is one), quotas and sizes."""
+
+    upload_urls: Annotated[str, _rate("RATE_LIMIT_UPLOAD_URLS", "Upload URLs per user")] = "60/minute"
+    sends: Annotated[str, _rate("RATE_LIMIT_SENDS", "Messages sent per user")] = "120/minute"
+    conversations: Annotated[str, _rate("RATE_LIMIT_CONVERSATIONS", "Conversations created per user")] = (
+        "30/minute"
+    )
+    participant_changes: Annotated[
+        str, _rate("RATE_LIMIT_PARTICIPANT_CHANGES", "Participant adds/removes per user")
+    ] = "60/minute"
+    read_receipts: Annotated[str, _rate("RATE_LIMIT_READ_RECEIPTS", "Read receipts per user")] = "600/minute"
+    socket_connects: Annotated[
+        str, _rate("RATE_LIMIT_SOCKET_CONNECTS", "Socket connects per user (per client IP without a token)")
+    ] = "30/minute"
+    socket_messages: Annotated[
+        str, _rate("RATE_LIMIT_SOCKET_MESSAGES", "Frames one socket may send (over: close 1008)")
+    ] = "120/minute"
+    sockets_per_user: Annotated[
+        int,
+        env("MAX_SOCKETS_PER_USER", "Open sockets per user on one replica (over: close 4429)."),
+        msgspec.Meta(ge=1),
+    ] = 10
+    socket_max_frame_bytes: Annotated[
+        int,
+        env("SOCKET_MAX_FRAME_BYTES", "Largest frame a client may send on the socket (over: close 1009)."),
+        msgspec.Meta(ge=64),
+    ] = 4096
+    max_request_body_bytes: Annotated[
+        int,
+        env(
+            "MAX_REQUEST_BODY_BYTES",
+            "Largest API request body (413 before parsing); the local store's image PUT has its own limit.",
+        ),
+        msgspec.Meta(ge=1024),
+    ] = 64 * 1024
+    max_pending_uploads: Annotated[
+        int,
+        env("MAX_PENDING_UPLOADS", "Upload URLs per user whose object is neither sent nor expired."),
+        msgspec.Meta(ge=1),
+    ] = 20
+    upload_bytes_per_day: Annotated[
+        int,
+        env("UPLOAD_BYTES_PER_DAY", "Image bytes a user may send per UTC day (declared and verified sizes)."),
+        msgspec.Meta(ge=1),
+    ] = 2 * 1024**3
+    key_prefix: Annotated[
+        str,
+        env("LIMIT_KEY_PREFIX", "Prefix of the limit store's Redis keys (deployments sharing one Redis)."),
+        msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]+$"),
+    ] = "chat"
+    trusted_proxies: Annotated[
+        tuple[str, ...],
+        env(
+            "TRUSTED_PROXIES",
+            "Comma-separated proxy addresses/CIDRs whose X-Forwarded-For names the client (per-IP limits).",
+        ),
+    ] = ("127.0.0.1",)
+
+    def rate_limits(self) -> dict[str, str]:
+        """Each rate limit by its name in metrics and headers, with its env variable's value."""
+        return {
+            "upload_urls": self.upload_urls,
+            "sends": self.sends,
+            "conversations": self.conversations,
+            "participant_changes": self.participant_changes,
+            "read_receipts": self.read_receipts,
+            "socket_connects": self.socket_connects,
+            "socket_messages": self.socket_messages,
+        }
+
+
 class PushSettings(_Frozen, frozen=True, kw_only=True):
     webhook_url: Annotated[str, env("PUSH_WEBHOOK_URL", "Receiver of PUSH_PROVIDER=webhook.")] = ""
     webhook_secret: Annotated[
@@ -401,6 +488,7 @@ class Settings(_Frozen, frozen=True, kw_only=True):
     redis: RedisSettings = RedisSettings()
     presence: PresenceSettings = PresenceSettings()
     images: ImageSettings = ImageSettings()
+    limits: LimitSettings = LimitSettings()
     push: PushSettings = PushSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
 
@@ -423,6 +511,18 @@ class Settings(_Frozen, frozen=True, kw_only=True):
         if expiry_days and expiry_days * 86400 <= self.images.orphan_grace_seconds:
             # The backstop must never beat the send window: an upload still sendable would vanish.
             raise SettingsError("RAW_UPLOAD_EXPIRY_DAYS: must be longer than ORPHAN_GRACE_SECONDS (or 0)")
+        for name, value in self.limits.rate_limits().items():
+            try:
+                limits.parse(value)
+            except ValueError:
+                raise SettingsError(
+                    f"RATE_LIMIT_{name.upper()}={value!r}: not a rate like `60/minute`"
+                ) from None
+        for proxy in self.limits.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise SettingsError(f"TRUSTED_PROXIES: {proxy!r} is not an address or CIDR") from None
         for content_type in self.images.allowed_types:
             if content_type not in EXTENSIONS:  # SVG, HTML and anything without a key layout
                 known = ", ".join(EXTENSIONS)

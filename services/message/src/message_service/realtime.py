@@ -13,6 +13,13 @@ Protocol (JSON text frames):
   slowly and fell ``OUTBOUND_LIMIT`` events behind. Events are at most once: after a reconnect, clients
   resync with the list endpoints (and de-duplicate by ``messageId``).
 
+Limits (README, "Limits"): connects count against ``RATE_LIMIT_SOCKET_CONNECTS`` per user (per client IP
+without a valid token) before the handshake is accepted: over it, the handshake is answered with HTTP 429
+(``Retry-After``, RateLimit headers) where the server supports the ASGI denial response (uvicorn does),
+else accepted and closed with 1008. Once open: a frame over ``SOCKET_MAX_FRAME_BYTES`` closes with 1009,
+more frames than ``RATE_LIMIT_SOCKET_MESSAGES`` with 1008, and a socket beyond ``MAX_SOCKETS_PER_USER``
+(on this replica) with 4429.
+
 The user is online (presence) while the socket is open: the server refreshes presence every third of
 ``PRESENCE_TTL_SECONDS`` and clears it on close, so a crashed server's sockets expire on their own.
 One subscription per socket, on the user's own channel (membership changes) plus one channel per
@@ -35,7 +42,9 @@ from litestar.handlers import WebsocketRouteHandler
 
 from chat_core import metrics
 from chat_core.auth import AuthError, Principal, TokenVerifier, token_from_connection
+from chat_core.errors import problem_body
 from chat_core.messagestore import ConversationStore
+from chat_core.ratelimit import RateLimited, RateLimiter
 from chat_core.realtime import (
     EventBus,
     EventBusUnavailable,
@@ -46,10 +55,21 @@ from chat_core.realtime import (
 )
 from chat_core.realtime.events import bus_event_for_client, decode_envelope
 
-__all__ = ["CLOSE_TRY_AGAIN", "CLOSE_UNAUTHORIZED", "OUTBOUND_LIMIT", "RealtimeSockets"]
+__all__ = [
+    "CLOSE_POLICY",
+    "CLOSE_TOO_BIG",
+    "CLOSE_TOO_MANY_SOCKETS",
+    "CLOSE_TRY_AGAIN",
+    "CLOSE_UNAUTHORIZED",
+    "OUTBOUND_LIMIT",
+    "RealtimeSockets",
+]
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TRY_AGAIN = 1013
+CLOSE_POLICY = 1008  # too many frames (or connects, where a 429 cannot be sent)
+CLOSE_TOO_BIG = 1009  # a frame over SOCKET_MAX_FRAME_BYTES
+CLOSE_TOO_MANY_SOCKETS = 4429  # over MAX_SOCKETS_PER_USER
 OUTBOUND_LIMIT = 1000  # events queued for one socket before it counts as too slow
 _PAGE = 100
 _log = structlog.get_logger("message_service.realtime")
@@ -145,12 +165,19 @@ class _Session:
             return None
         return bus_event_for_client(envelope)
 
-    async def receive_frames(self) -> None:
+    async def receive_frames(self) -> int:
+        """Answers pings until the client leaves (0) or breaks a limit (the close code)."""
         while True:
             try:
                 raw = await self.socket.receive_data(mode="text")
             except WebSocketDisconnect:
-                return
+                return 0
+            if len(raw) > self.sockets.max_frame_bytes:  # the server's ws_max_size catches it first
+                return CLOSE_TOO_BIG
+            try:
+                await self.sockets.frames.hit("socket_messages", self.connection_id)
+            except RateLimited:
+                return CLOSE_POLICY
             with contextlib.suppress(msgspec.DecodeError):
                 if _CLIENT_FRAME.decode(raw).type == "ping":
                     await self.heartbeat()
@@ -178,9 +205,18 @@ class RealtimeSockets:
         store: ConversationStore,
         bus: EventBus,
         presence: Presence,
+        limiter: RateLimiter,
+        frames: RateLimiter,
         *,
         presence_ttl_seconds: float,
+        max_frame_bytes: int,
+        sockets_per_user: int,
     ) -> None:
+        self.limiter = limiter  # connects: shared by replicas (LIMIT_STORE)
+        self.frames = frames  # frames of one socket: this process's memory
+        self.max_frame_bytes = max_frame_bytes
+        self.sockets_per_user = sockets_per_user
+        self._open: dict[str, int] = {}  # user -> sockets open on this replica
         self.verifier = verifier
         self.store = store
         self.bus = bus
@@ -203,12 +239,61 @@ class RealtimeSockets:
             await socket.close(code=CLOSE_UNAUTHORIZED, reason=(exc.detail or "unauthorized")[:120])
             return None
 
+    async def _connect_allowed(self, socket: WebSocket[Any, Any, Any]) -> bool:
+        """Counts the connect (per user, or per client IP without a valid token); refuses it when over."""
+        try:
+            principal: Principal | None = await self.verifier.verify(
+                token_from_connection(socket, query_param="access_token")
+            )
+        except AuthError:
+            principal = None  # told after the accept, with 4401; counted against its IP meanwhile
+        try:
+            await self.limiter.hit(
+                "socket_connects", self.limiter.subject(socket, principal.user_id if principal else None)
+            )
+        except RateLimited as refused:
+            await self._refuse(socket, refused)
+            return False
+        return True
+
+    @staticmethod
+    async def _refuse(socket: WebSocket[Any, Any, Any], refused: RateLimited) -> None:
+        if "websocket.http.response" in (socket.scope.get("extensions") or {}):
+            if socket.connection_state == "init":
+                await socket.receive()  # the websocket.connect event
+            body = msgspec.json.encode(
+                problem_body(429, refused.code, refused.title, refused.detail, "/ws", refused.extra)
+            )
+            headers = [(b"content-type", b"application/problem+json")]
+            headers += [(k.lower().encode(), v.encode()) for k, v in refused.headers.items()]
+            await socket.send({"type": "websocket.http.response.start", "status": 429, "headers": headers})
+            await socket.send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+            return
+        await socket.accept()
+        await socket.close(code=CLOSE_POLICY, reason=f"rate limited; retry in {refused.retry_after} s")
+
     async def serve(self, socket: WebSocket[Any, Any, Any]) -> None:
+        if not await self._connect_allowed(socket):
+            return
         # Accept first: a browser cannot read the HTTP status of a refused handshake, only a close code.
         await socket.accept()
         principal = await self._authenticate(socket)
         if principal is None:
             return
+        user_id = principal.user_id
+        if self._open.get(user_id, 0) >= self.sockets_per_user:
+            await socket.close(code=CLOSE_TOO_MANY_SOCKETS, reason="too many open sockets for this user")
+            return
+        self._open[user_id] = self._open.get(user_id, 0) + 1
+        try:
+            await self._serve(socket, principal)
+        finally:
+            if (left := self._open[user_id] - 1) > 0:
+                self._open[user_id] = left
+            else:
+                del self._open[user_id]
+
+    async def _serve(self, socket: WebSocket[Any, Any, Any], principal: Principal) -> None:
         session = _Session(self, socket, principal)
         metrics.WEBSOCKET_CONNECTIONS.inc()
         try:
@@ -232,8 +317,9 @@ class RealtimeSockets:
 
     async def _run(self, session: _Session) -> None:
         watcher = asyncio.ensure_future(session.watch())
+        receiver = asyncio.ensure_future(session.receive_frames())
         tasks: set[asyncio.Future[Any]] = {
-            asyncio.ensure_future(session.receive_frames()),
+            receiver,
             asyncio.ensure_future(session.send_events()),
             asyncio.ensure_future(session.keep_presence()),
             watcher,
@@ -247,6 +333,17 @@ class RealtimeSockets:
         if watcher in done and not watcher.cancelled() and watcher.exception() is None:
             code = watcher.result()
             reason = "token expired" if code == CLOSE_UNAUTHORIZED else "too slow: events were dropped"
+            with contextlib.suppress(Exception):
+                await session.socket.close(code=code, reason=reason)
+            return
+        if (
+            receiver in done
+            and not receiver.cancelled()
+            and receiver.exception() is None
+            and receiver.result()
+        ):
+            code = receiver.result()
+            reason = "frame too big" if code == CLOSE_TOO_BIG else "too many frames: slow down"
             with contextlib.suppress(Exception):
                 await session.socket.close(code=code, reason=reason)
             return

@@ -13,6 +13,7 @@ from litestar.params import BodyKwarg, FromPath, JSONBody, QueryParameter
 from chat_core.auth import Principal
 from chat_core.errors import problem_responses
 from chat_core.messagestore import Conversation, Message
+from chat_core.ratelimit import RATE_LIMIT_OPT
 from message_service.schemas import (
     MESSAGE_EXAMPLE,
     SEND_EXAMPLES,
@@ -38,6 +39,7 @@ Before = Annotated[
     summary="Start a conversation",
     description="The caller is always a member; `participantIds` are the others.",
     tags=["conversations"],
+    opt={RATE_LIMIT_OPT: "conversations"},
     responses=problem_responses(409),
 )
 async def create_conversation(
@@ -72,6 +74,7 @@ async def get_conversation(
     status_code=200,
     summary="Add members",
     tags=["conversations"],
+    opt={RATE_LIMIT_OPT: "participant_changes"},
 )
 async def add_participants(
     conversation_id: FromPath[str],
@@ -87,6 +90,7 @@ async def add_participants(
     status_code=204,
     summary="Remove a member (or leave)",
     tags=["conversations"],
+    opt={RATE_LIMIT_OPT: "participant_changes"},
 )
 async def remove_participant(
     conversation_id: FromPath[str],
@@ -106,6 +110,7 @@ async def remove_participant(
         "from the image header. A retry with the same `clientMessageId` returns the same message (200)."
     ),
     tags=["messages"],
+    opt={RATE_LIMIT_OPT: "sends"},
     responses={
         201: ResponseSpec(
             Message, description="Stored (a retry of a stored one: 200)", examples=[MESSAGE_EXAMPLE]
@@ -143,6 +148,7 @@ async def list_messages(
     status_code=200,
     summary="Mark a message read",
     tags=["messages"],
+    opt={RATE_LIMIT_OPT: "read_receipts"},
 )
 async def mark_read(
     conversation_id: FromPath[str],

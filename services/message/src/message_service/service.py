@@ -33,6 +33,7 @@ from chat_core.messagestore import (
     ObjectAlreadyUsed,
     OutboxEntry,
 )
+from chat_core.quota import Quotas
 from message_service.events import MessageEvents
 from message_service.last_message import LastMessageWriter
 from message_service.schemas import (
@@ -181,7 +182,9 @@ class MessageService:
         verifier: ImageVerifier,
         last_messages: LastMessageWriter,
         events: MessageEvents,
+        quotas: Quotas,
     ) -> None:
+        self._quotas = quotas
         self._conversations = conversations
         self._store = messages
         self._verifier = verifier
@@ -200,6 +203,8 @@ class MessageService:
             content: str | None = request.content
         else:
             members, verified = await self._member_and_image(user_id, conversation_id, request)
+            # Frees the upload's slot and counts its verified size (once per upload, so a retry is free).
+            await self._quotas.charge_send(user_id, verified.stored_key, verified.metadata.size_bytes)
             content = request.content if (request.content or "").strip() else None
         message = Message(
             message_id=message_id_for(conversation_id, user_id, request.client_message_id),

@@ -17,7 +17,7 @@ COMPONENT = "upload"
 def build(settings: Settings, backends: Backends) -> ServiceParts:
     """This service's routes, dependencies and workers, wired to ``backends``."""
     membership = MembershipCache.of(backends)
-    service = UploadService(settings, backends.object_store, membership)
+    service = UploadService(settings, backends.object_store, membership, backends.quotas)
     return ServiceParts(
         component=COMPONENT,
         essential=("message_store",),

@@ -13,6 +13,7 @@ from litestar.params import BodyKwarg, FromPath
 
 from chat_core.auth import Principal
 from chat_core.errors import problem_responses
+from chat_core.ratelimit import RATE_LIMIT_OPT
 from upload_service.schemas import REQUEST_EXAMPLES, RESPONSE_EXAMPLE, UploadUrlRequest, UploadUrlResponse
 from upload_service.service import UploadService
 
@@ -36,6 +37,7 @@ def route_handlers(upload_service: UploadService) -> list[HTTPRouteHandler]:
             "`file_url` is where members see the image (the authenticated proxy)."
         ),
         tags=["images"],
+        opt={RATE_LIMIT_OPT: "upload_urls"},
         responses={
             200: ResponseSpec(
                 UploadUrlResponse, description="Upload URL issued", examples=[RESPONSE_EXAMPLE]

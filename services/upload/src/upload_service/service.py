@@ -8,6 +8,7 @@ from chat_core import keys, metrics
 from chat_core.errors import ProblemError
 from chat_core.membership import MembershipCache
 from chat_core.objectstore import ObjectStore
+from chat_core.quota import Quotas
 from chat_core.settings import Settings
 from upload_service.schemas import UploadUrlRequest, UploadUrlResponse
 
@@ -17,8 +18,11 @@ _log = structlog.get_logger("upload_service")
 
 
 class UploadService:
-    def __init__(self, settings: Settings, store: ObjectStore, membership: MembershipCache) -> None:
+    def __init__(
+        self, settings: Settings, store: ObjectStore, membership: MembershipCache, quotas: Quotas
+    ) -> None:
         self._store = store
+        self._quotas = quotas
         self._membership = membership
         self._base_url = settings.service.base_url()
         self._allowed = frozenset(settings.images.allowed_types) & keys.EXTENSIONS.keys()
@@ -69,6 +73,11 @@ class UploadService:
             content_type=content_type,
             content_length=request.size_bytes,
             expires_in=self._ttl,
+        )
+        # After every other check: a refused request takes no slot. The slot frees when the upload is
+        # sent (the message service charges it) or when this URL expires.
+        await self._quotas.reserve_upload(
+            user_id, stored, expires_at=upload.expires_at.timestamp(), declared_bytes=request.size_bytes
         )
         _log.debug(  # the access log already has one line per request; this adds the key, when debugging
             "upload_url_issued",

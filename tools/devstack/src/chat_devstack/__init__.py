@@ -482,6 +482,8 @@ class Stack:
             "OBJECT_STORE": "s3",
             "MESSAGE_STORE": "firestore",
             "EVENT_BUS": "redis",
+            "LIMIT_STORE": "redis",
+            "LIMIT_KEY_PREFIX": f"chat-{self.suffix}",  # stacks sharing one Redis count apart
             "NOTIFICATION_QUEUE": "sqs",
             "AWS_ENDPOINT_URL": self.aws_endpoint_url,
             "AWS_ACCESS_KEY_ID": "test",

@@ -1,0 +1,294 @@
+"""Rate limits per user (per client IP before there is a user), on the `limits` library.
+
+One implementation for both stacks: the moving-window strategy of ``limits`` over its storages,
+``MemoryStorage`` embedded (``LIMIT_STORE=memory``) and the async ``RedisStorage`` (``async+redis://``,
+redis-py) in the cloud, where one Lua call per check keeps a limit atomic across replicas. In memory we
+use the library's thread-safe synchronous storage, called inline (no I/O to wait for): its async twin
+starts an expiry pass over every key, with a thread hop per key, after each hit, which costs more than
+the check itself; the synchronous one expires on a 10 ms timer thread. A moving window lets a
+client spend its whole allowance in a burst (60 upload URLs at once is fine), then refuses until the
+oldest hit is a window old: a real chat app never notices, a script stops.
+
+Keys are one per limit and subject (``{LIMIT_KEY_PREFIX}:ratelimit:LIMITER/{limit}/{subject}/...``), a single
+Redis key each, so a cluster spreads them over slots with no hash tag.
+
+Over a limit: 429 problem details, code ``rate_limited``, with ``Retry-After`` and the IETF
+``RateLimit``/``RateLimit-Policy`` headers (draft-ietf-httpapi-ratelimit-headers, structured fields:
+``RateLimit-Policy: "sends";q=120;w=60`` and ``RateLimit: "sends";r=0;t=17``). They are sent on the 429
+only: the success path stays one round trip.
+
+The store being down never takes the service down: every check fails open, counted in
+``chat_rate_limit_errors_total``, with one log line when an outage starts and one when it ends. While it
+is down the store is asked again at most every ``RETRY_SECONDS`` (requests do not queue on timeouts).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import structlog
+from limits.aio.storage import Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter as SyncMovingWindowRateLimiter
+from limits.util import WindowStats
+from litestar.connection import ASGIConnection
+
+import limits
+from chat_core import metrics
+from chat_core.errors import ProblemError
+from chat_core.settings import LimitSettings
+
+if TYPE_CHECKING:
+    from chat_core.backends import Backends
+
+__all__ = [
+    "RATE_LIMIT_OPT",
+    "LimitName",
+    "RateLimited",
+    "RateLimiter",
+    "StoreHealth",
+    "client_ip",
+    "create_memory",
+    "create_redis",
+    "in_process",
+    "rate_limit_headers",
+]
+
+LimitName = Literal[
+    "upload_urls",
+    "sends",
+    "conversations",
+    "participant_changes",
+    "read_receipts",
+    "socket_connects",
+    "socket_messages",
+]
+# A route names its limit in its ``opt`` (``@post(..., opt={RATE_LIMIT_OPT: "sends"})``).
+RATE_LIMIT_OPT = "rate_limit"
+KEY_PREFIX = "ratelimit"
+RETRY_SECONDS = 1.0
+# An outage must cost a request little: the store is skipped after the first failure (above), and a
+# dead connection is given up on quickly.
+REDIS_TIMEOUT_SECONDS = 0.5
+
+_log = structlog.get_logger("chat_core.ratelimit")
+
+
+def rate_limit_headers(
+    name: str, item: limits.RateLimitItem, remaining: int, reset_in: float
+) -> dict[str, str]:
+    """``Retry-After`` plus the IETF RateLimit headers of one limit (reset in whole seconds, at least 1)."""
+    seconds = max(1, math.ceil(reset_in))
+    return {
+        "Retry-After": str(seconds),
+        "RateLimit-Policy": f'"{name}";q={item.amount};w={item.get_expiry()}',
+        "RateLimit": f'"{name}";r={max(0, remaining)};t={seconds}',
+    }
+
+
+class RateLimited(ProblemError):
+    """429 ``rate_limited`` with its headers; ``retry_after`` in seconds."""
+
+    def __init__(self, name: str, item: limits.RateLimitItem, remaining: int, reset_in: float) -> None:
+        headers = rate_limit_headers(name, item, remaining, reset_in)
+        self.limit = name
+        self.retry_after = int(headers["Retry-After"])
+        super().__init__(
+            429,
+            "rate_limited",
+            f"too many requests ({name}: {item.amount} per {item.get_expiry()} s); "
+            f"retry in {self.retry_after} s",
+            headers=headers,
+            extra={"limit": name},
+        )
+
+
+class StoreHealth:
+    """Fail-open bookkeeping of one limit store: the metric, one log line per outage, a retry pause."""
+
+    def __init__(self, check: str) -> None:
+        self._check = check
+        self._errors = metrics.RATE_LIMIT_ERRORS.labels(check)
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+
+    def skipping(self) -> bool:
+        """True while the store is known down and not yet due for another try."""
+        return self._down_since is not None and time.monotonic() < self._retry_at
+
+    def failed(self, exc: BaseException) -> None:
+        self._errors.inc()
+        now = time.monotonic()
+        self._retry_at = now + RETRY_SECONDS
+        if self._down_since is None:
+            self._down_since = now
+            _log.warning("limit_store_down_failing_open", check=self._check, error=repr(exc)[:300])
+
+    def succeeded(self) -> None:
+        if self._down_since is not None:
+            _log.info(
+                "limit_store_recovered",
+                check=self._check,
+                down_seconds=round(time.monotonic() - self._down_since, 3),
+            )
+            self._down_since = None
+
+
+class Windows(Protocol):
+    """Moving windows: ``limits``' strategy over one storage."""
+
+    async def hit(self, item: limits.RateLimitItem, *identifiers: str) -> bool: ...
+
+    async def get_window_stats(self, item: limits.RateLimitItem, *identifiers: str) -> WindowStats: ...
+
+    async def close(self) -> None: ...
+
+
+class StoreWindows:
+    """Over an async storage (Redis): one round trip per hit."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._strategy = MovingWindowRateLimiter(storage)
+
+    async def hit(self, item: limits.RateLimitItem, *identifiers: str) -> bool:
+        return await self._strategy.hit(item, *identifiers)
+
+    async def get_window_stats(self, item: limits.RateLimitItem, *identifiers: str) -> WindowStats:
+        return await self._strategy.get_window_stats(item, *identifiers)
+
+    async def close(self) -> None:
+        client = getattr(getattr(self._storage, "bridge", None), "storage", None)  # RedisStorage's client
+        if client is not None:
+            await client.aclose()
+
+
+class MemoryWindows:
+    """In this process: the library's synchronous memory storage, called inline."""
+
+    def __init__(self) -> None:
+        self._storage = MemoryStorage()
+        self._strategy = SyncMovingWindowRateLimiter(self._storage)
+
+    async def hit(self, item: limits.RateLimitItem, *identifiers: str) -> bool:
+        return self._strategy.hit(item, *identifiers)
+
+    async def get_window_stats(self, item: limits.RateLimitItem, *identifiers: str) -> WindowStats:
+        return self._strategy.get_window_stats(item, *identifiers)
+
+    async def close(self) -> None:
+        self._storage.timer.cancel()
+
+
+class RateLimiter:
+    """Checks (and counts) one hit of a named limit for a subject; raises ``RateLimited`` when over."""
+
+    def __init__(self, windows: Windows, settings: LimitSettings, *, name: str) -> None:
+        self.name = name
+        self._strategy = windows
+        self._items: dict[str, limits.RateLimitItem] = {
+            limit: limits.parse(value) for limit, value in settings.rate_limits().items()
+        }
+        self._limited = {limit: metrics.RATE_LIMITED.labels(limit) for limit in self._items}
+        self._health = StoreHealth("rate")
+        self._trusted = trusted_networks(settings.trusted_proxies)
+
+    def item(self, limit: LimitName) -> limits.RateLimitItem:
+        return self._items[limit]
+
+    async def hit(self, limit: LimitName, subject: str) -> None:
+        """Count one hit; ``RateLimited`` when the subject is over ``limit``. Fails open."""
+        if self._health.skipping():
+            return
+        item = self._items[limit]
+        try:
+            allowed = await self._strategy.hit(item, limit, subject)
+            if allowed:
+                self._health.succeeded()
+                return
+            stats = await self._strategy.get_window_stats(item, limit, subject)
+        except Exception as exc:
+            self._health.failed(exc)
+            return
+        self._health.succeeded()
+        self._limited[limit].inc()
+        raise RateLimited(limit, item, stats.remaining, stats.reset_time - time.time())
+
+    def subject(self, connection: ASGIConnection[Any, Any, Any, Any], user_id: str | None) -> str:
+        """Whom a hit counts against: ``user:{id}``, or ``ip:{address}`` before there is a user."""
+        if user_id is not None:
+            return f"user:{user_id}"
+        return f"ip:{client_ip(connection.scope, self._trusted)}"
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self._strategy.close()
+
+
+def trusted_networks(proxies: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(proxy, strict=False) for proxy in proxies)
+
+
+def client_ip(scope: Any, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()) -> str:
+    """The client's address: the peer, or, when the peer is a trusted proxy, the right-most address of
+    ``X-Forwarded-For`` that is not itself a trusted proxy (what a client cannot forge)."""
+    client = scope.get("client")
+    peer = str(client[0]) if client else "unknown"
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer
+    forwarded: list[str] = [
+        part.strip()
+        for name, value in scope.get("headers", ())
+        if name == b"x-forwarded-for"
+        for part in value.decode("latin-1").split(",")
+        if part.strip()
+    ]
+    for address in reversed(forwarded):
+        if not _is_trusted(address, trusted):
+            return address
+    return forwarded[0] if forwarded else peer
+
+
+def _is_trusted(address: str, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
+def redis_storage_uri(url: str) -> str:
+    """``limits``' async scheme for a Redis URL (``redis://`` -> ``async+redis://``)."""
+    return url if url.startswith("async+") else f"async+{url}"
+
+
+def in_process(settings: LimitSettings) -> RateLimiter:
+    """Moving windows in this process's memory: the embedded store, and what is local whatever the store
+    (the frames of one socket)."""
+    return RateLimiter(MemoryWindows(), settings, name="memory")
+
+
+def create_memory(backends: Backends) -> RateLimiter:
+    """The embedded limiter: in-process moving windows (one replica)."""
+    return in_process(backends.settings.limits)
+
+
+def create_redis(backends: Backends) -> RateLimiter:
+    """The cloud limiter: moving windows in Redis (REDIS_URL), atomic across replicas."""
+    from limits.aio.storage import RedisStorage
+
+    storage = RedisStorage(
+        redis_storage_uri(backends.settings.redis.url),
+        implementation="redispy",
+        key_prefix=f"{backends.settings.limits.key_prefix}:{KEY_PREFIX}",
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+    )
+    return RateLimiter(StoreWindows(storage), backends.settings.limits, name="redis")
