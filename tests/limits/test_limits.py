@@ -40,11 +40,20 @@ def _metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-cluster", marks=pytest.mark.redis),
+    ]
+)
 def limit_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    """Both limit stores: the embedded one, and the shared Redis."""
+    """Every limit store: the embedded one, the shared Redis, and a Redis Cluster."""
     if request.param == "memory":
         return {"LIMIT_STORE": "memory"}
+    if request.param == "redis-cluster":
+        cluster: harness.Backend = request.getfixturevalue("redis_cluster")
+        return {"LIMIT_STORE": "redis", "REDIS_MODE": "cluster", "REDIS_URL": cluster.address}
     redis: harness.Backend = request.getfixturevalue("redis_backend")
     return {"LIMIT_STORE": "redis", "REDIS_URL": redis.address}
 
@@ -300,11 +309,20 @@ async def test_bytes_per_day_refuse_a_declared_size_and_a_real_one(
     assert retry.status_code != 429
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-cluster", marks=pytest.mark.redis),
+    ]
+)
 async def quota_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[QuotaStore]:
     store: QuotaStore
     if request.param == "memory":
         store = memory_quota.MemoryQuotaStore()
+    elif request.param == "redis-cluster":
+        cluster: harness.Backend = request.getfixturevalue("redis_cluster")
+        store = redis_quota.RedisQuotaStore(cluster.address, mode="cluster")
     else:
         redis: harness.Backend = request.getfixturevalue("redis_backend")
         store = redis_quota.RedisQuotaStore(redis.address)

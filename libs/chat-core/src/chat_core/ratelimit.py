@@ -28,7 +28,7 @@ import ipaddress
 import math
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
 import structlog
 from limits.aio.storage import Storage
@@ -280,15 +280,42 @@ def create_memory(backends: Backends) -> RateLimiter:
     return in_process(backends.settings.limits)
 
 
-def create_redis(backends: Backends) -> RateLimiter:
-    """The cloud limiter: moving windows in Redis (REDIS_URL), atomic across replicas."""
-    from limits.aio.storage import RedisStorage
+class _RedisOptions(TypedDict, total=False):
+    socket_connect_timeout: float
+    socket_timeout: float
+    ssl: bool
+    ssl_ca_data: str
 
-    storage = RedisStorage(
-        redis_storage_uri(backends.settings.redis.url),
-        implementation="redispy",
-        key_prefix=f"{backends.settings.limits.key_prefix}:{KEY_PREFIX}",
-        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-        socket_timeout=REDIS_TIMEOUT_SECONDS,
-    )
+
+def create_redis(backends: Backends) -> RateLimiter:
+    """The cloud limiter: moving windows in Redis (REDIS_URL, REDIS_MODE), atomic across replicas.
+
+    Each window is one key, so a Redis Cluster spreads them over its shards with no hash tag.
+    """
+    from limits.aio.storage import RedisClusterStorage, RedisStorage
+
+    redis = backends.settings.redis
+    url = redis.address()
+    options: _RedisOptions = {
+        "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+        "socket_timeout": REDIS_TIMEOUT_SECONDS,
+    }
+    if url.startswith("rediss:"):  # TLS: the CA that signed the server's certificate, when not trusted
+        if redis.tls_ca_cert:
+            options["ssl_ca_data"] = redis.tls_ca_cert
+        if redis.mode == "cluster":
+            options["ssl"] = True  # limits' cluster scheme does not carry rediss:// through
+    key_prefix = f"{backends.settings.limits.key_prefix}:{KEY_PREFIX}"
+    storage: RedisStorage
+    if redis.mode == "cluster":
+        storage = RedisClusterStorage(
+            "async+redis+cluster://" + url.partition("://")[2],
+            implementation="redispy",
+            key_prefix=key_prefix,
+            **options,
+        )
+    else:
+        storage = RedisStorage(
+            redis_storage_uri(url), implementation="redispy", key_prefix=key_prefix, **options
+        )
     return RateLimiter(StoreWindows(storage), backends.settings.limits, name="redis")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from chat_core.quota import DAY_SECONDS, QuotaRefusal, seconds_to_next_day
 
@@ -83,11 +84,20 @@ def _refusal(result: list[int]) -> QuotaRefusal | None:
 
 
 class RedisQuotaStore:
-    def __init__(self, url: str, prefix: str = "chat") -> None:
+    def __init__(
+        self, url: str, prefix: str = "chat", *, mode: str = "standalone", ca_cert: str = ""
+    ) -> None:
         self._prefix = prefix
-        self._client: aioredis.Redis = aioredis.from_url(
-            url, socket_connect_timeout=TIMEOUT_SECONDS, socket_timeout=TIMEOUT_SECONDS
-        )
+        tls: dict[str, str] = {"ssl_ca_data": ca_cert} if ca_cert and url.startswith("rediss:") else {}
+        self._client: aioredis.Redis | RedisCluster
+        if mode == "cluster":  # both keys of a script carry the user's hash tag: one slot
+            self._client = RedisCluster.from_url(
+                url, socket_connect_timeout=TIMEOUT_SECONDS, socket_timeout=TIMEOUT_SECONDS, **tls
+            )
+        else:
+            self._client = aioredis.from_url(
+                url, socket_connect_timeout=TIMEOUT_SECONDS, socket_timeout=TIMEOUT_SECONDS, **tls
+            )
         self._reserve = self._client.register_script(_RESERVE)
         self._charge = self._client.register_script(_CHARGE)
 
@@ -131,4 +141,7 @@ class RedisQuotaStore:
 
 
 def create(backends: Backends) -> RedisQuotaStore:
-    return RedisQuotaStore(backends.settings.redis.url, backends.settings.limits.key_prefix)
+    redis = backends.settings.redis
+    return RedisQuotaStore(
+        redis.address(), backends.settings.limits.key_prefix, mode=redis.mode, ca_cert=redis.tls_ca_cert
+    )
