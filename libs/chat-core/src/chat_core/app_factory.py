@@ -26,6 +26,7 @@ from chat_core import metrics, tracing
 from chat_core.auth import Principal, TokenVerifier, token_from_connection
 from chat_core.backends import PORTS, Backends
 from chat_core.errors import exception_handlers, problem_response
+from chat_core.json_guard import JsonGuard
 from chat_core.observability import ObservabilityMiddleware, set_request_user
 from chat_core.settings import Settings
 
@@ -196,6 +197,6 @@ def create_service_app(
     app.state.backends = backends
     app.state.settings = settings
     app.asgi_handler = ObservabilityMiddleware(
-        app.asgi_handler, component=component, access_log=settings.service.access_log
+        JsonGuard(app.asgi_handler), component=component, access_log=settings.service.access_log
     )
     return app

@@ -51,10 +51,22 @@ class Principal(msgspec.Struct, frozen=True):
     expires_at: float
 
 
+_MAX_ECHO = 40
+
+
+def _printable(value: object) -> str:
+    """``value`` as printable ASCII without quotes or backslashes, shortened: safe in a header, a log line
+    and a WebSocket close reason (RFC 6750 limits ``error_description`` to exactly these characters)."""
+    text = "".join(char if " " <= char <= "~" and char not in '"\\' else "?" for char in str(value))
+    return text if len(text) <= _MAX_ECHO else text[: _MAX_ECHO - 3] + "..."
+
+
 class AuthError(ProblemError):
     """401 with a ``WWW-Authenticate`` challenge (RFC 6750)."""
 
     def __init__(self, detail: str, *, error: str = "invalid_token") -> None:
+        # Details may quote a client's token header: only printable ASCII ever reaches the challenge.
+        detail = "".join(char if " " <= char <= "~" and char not in '"\\' else "?" for char in detail)
         challenge = 'Bearer realm="chat-management"'
         if error:
             challenge += f', error="{error}", error_description="{detail}"'
@@ -75,7 +87,7 @@ class TokenVerifier(Protocol):
 
 def _principal(claims: Mapping[str, Any]) -> Principal:
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not USER_ID_PATTERN.match(sub):
+    if not isinstance(sub, str) or not USER_ID_PATTERN.fullmatch(sub):
         raise AuthError("the token's subject is not a valid user id")
     return Principal(user_id=sub, expires_at=float(claims["exp"]))
 
@@ -127,7 +139,7 @@ class HS256Verifier:
     async def verify(self, token: str) -> Principal:
         header = _unverified_header(token)
         if header.get("alg") != "HS256":
-            raise AuthError(f"algorithm {header.get('alg')!r} is not accepted")
+            raise AuthError(f"algorithm '{_printable(header.get('alg'))}' is not accepted")
         claims = _decode(
             token, self._secret, "HS256", issuer=self._issuer, audience=self._audience, leeway=self._leeway
         )
@@ -221,7 +233,7 @@ class JwksVerifier:
             raise AuthError("the token names no signing key (kid)")
         key = await self._key_for(kid)
         if header.get("alg") != key.algorithm:
-            raise AuthError(f"algorithm {header.get('alg')!r} does not match the signing key")
+            raise AuthError(f"algorithm '{_printable(header.get('alg'))}' does not match the signing key")
         claims = _decode(
             token, key.key, key.algorithm, issuer=self._issuer, audience=self._audience, leeway=self._leeway
         )

@@ -118,7 +118,7 @@ class SendMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
         Annotated[
             str,
             msgspec.Meta(
-                pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+                pattern=r"^[A-Za-z0-9_.:-]{1,128}(?!\n)$",
                 description="Any id the client picks per message; a retry with it returns the same message.",
             ),
         ]

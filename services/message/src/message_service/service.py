@@ -66,7 +66,7 @@ def _no_such_conversation() -> ProblemError:
 
 async def _participants_for(store: ConversationStore, conversation_id: str, user_id: str) -> frozenset[str]:
     """The members, when ``user_id`` is one; otherwise 404 whether or not the conversation exists."""
-    if not keys.CONVERSATION_ID_PATTERN.match(conversation_id):
+    if not keys.CONVERSATION_ID_PATTERN.fullmatch(conversation_id):
         raise _no_such_conversation()
     participants = await store.get_participants(conversation_id)
     if participants is None or user_id not in participants:
@@ -127,7 +127,7 @@ class ConversationService:
         return ConversationPage(items=page.items, next_cursor=page.next_cursor)
 
     async def get(self, user_id: str, conversation_id: str) -> Conversation:
-        if not keys.CONVERSATION_ID_PATTERN.match(conversation_id):
+        if not keys.CONVERSATION_ID_PATTERN.fullmatch(conversation_id):
             raise _no_such_conversation()
         conversation = await self._store.get_conversation(conversation_id)
         if conversation is None or user_id not in conversation.participants:
@@ -161,7 +161,7 @@ class ConversationService:
     async def remove_participant(self, user_id: str, conversation_id: str, removed_id: str) -> None:
         """Any member may remove any member, themselves included (leaving); there are no roles."""
         current = await _participants_for(self._store, conversation_id, user_id)
-        if not USER_ID_PATTERN.match(removed_id) or removed_id not in current:
+        if not USER_ID_PATTERN.fullmatch(removed_id) or removed_id not in current:
             raise ProblemError(404, "participant_not_found", "that user is not a member of this conversation")
         try:
             await self._store.remove_participant(conversation_id, removed_id)
@@ -297,7 +297,7 @@ class MessageService:
         # Every id this service hands out is a UUID; anything else cannot exist (nor reach the store).
         result = (
             await self._store.mark_read(conversation_id, message_id, user_id)
-            if keys.UUID_PATTERN.match(message_id)
+            if keys.UUID_PATTERN.fullmatch(message_id)
             else None
         )
         if result is None:

@@ -45,7 +45,7 @@ class UploadService:
     async def _issue(
         self, user_id: str, conversation_id: str, request: UploadUrlRequest
     ) -> UploadUrlResponse:
-        if not keys.CONVERSATION_ID_PATTERN.match(conversation_id):
+        if not keys.CONVERSATION_ID_PATTERN.fullmatch(conversation_id):
             raise ProblemError(404, "conversation_not_found", "no such conversation")
         membership = await self._membership.check(conversation_id, user_id)
         if not membership.exists:

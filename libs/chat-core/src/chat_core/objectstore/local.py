@@ -25,6 +25,7 @@ import errno
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import stat
 import time
@@ -68,6 +69,7 @@ SIGNING_KEY_FILE = "object-url-signing.key"
 _MAX_KEY_BYTES = 1024
 _MAX_SEGMENT_BYTES = 200  # leaves room for the sidecar and temporary names within NAME_MAX (255)
 _READ_CHUNK = 256 * 1024
+_DECIMAL = re.compile(r"[0-9]{1,18}")  # str.isdigit() also takes "²" and thousands of digits
 _WRITE_BUFFER = 1024 * 1024
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _CREATE_FLAGS = (
@@ -374,7 +376,9 @@ class LocalObjectStore:
             signature = str(query["signature"])
         except (KeyError, ValueError):
             raise _Refusal(403, "AccessDenied", "Query-string authentication requires a signature") from None
-        if not hmac.compare_digest(signature, self._signature(grant)) or grant.method != request.method:
+        # As bytes: compare_digest refuses str with non-ASCII characters (a hostile signature).
+        expected = self._signature(grant).encode()
+        if not hmac.compare_digest(signature.encode(), expected) or grant.method != request.method:
             raise _Refusal(403, "SignatureDoesNotMatch", "The request signature we calculated does not match")
         if time.time() > grant.expires:
             raise _Refusal(403, "AccessDenied", "Request has expired")
@@ -426,7 +430,7 @@ class LocalObjectStore:
         if request.headers.get("content-type", "") != grant.content_type:
             raise _Refusal(403, "SignatureDoesNotMatch", "Content-Type is not the signed one")
         declared = request.headers.get("content-length")
-        if declared is None or not declared.isdigit():
+        if declared is None or not _DECIMAL.fullmatch(declared):
             raise _Refusal(411, "MissingContentLength", "You must provide the Content-Length HTTP header.")
         length = int(declared)
         if grant.content_length is not None and length != grant.content_length:

@@ -18,7 +18,9 @@ from chat_core.objectstore import ByteRange, ObjectInfo, ObjectNotFound, ObjectS
 
 __all__ = ["Served", "etag_matches", "object_headers", "parse_range", "serve_object"]
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# At most 18 digits a position: beyond any object's size, and a longer one (thousands of digits) is
+# ignored as invalid syntax instead of costing a huge int() conversion or failing it.
+_RANGE = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
 Outcome = Literal["ok", "partial", "not_modified"]
 
 
@@ -33,7 +35,7 @@ def parse_range(header: str, size: int) -> ByteRange | None:
     None means "ignore the header and send everything" (not bytes, several ranges, or invalid syntax:
     RFC 9110 lets a server ignore those). Raises RangeNotSatisfiable when no byte of the object is asked.
     """
-    match = _RANGE.match(header.strip().replace(" ", ""))
+    match = _RANGE.fullmatch(header.strip().replace(" ", ""))
     if match is None:
         return None
     first, last = match[1], match[2]
