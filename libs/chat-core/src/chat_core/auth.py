@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import httpx
 import jwt
 import msgspec
+import structlog
 from litestar.connection import ASGIConnection
 
 from chat_core.errors import ProblemError
@@ -42,6 +43,8 @@ __all__ = [
     "token_from_connection",
 ]
 
+REFRESH_BACKOFF_MAX_SECONDS = 300.0
+_log = structlog.get_logger("chat_core.auth")
 _EC_ALG_BY_CURVE = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 _RSA_ALGS = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
 
@@ -190,6 +193,11 @@ class JwksVerifier:
         self._keys: dict[str, _Key] = {}
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
+        # After a failed refresh, none is tried again before ``_retry_at`` (backoff doubling per failure,
+        # up to ``REFRESH_BACKOFF_MAX_SECONDS``): an identity provider that is down is not asked once per
+        # request, and requests signed with cached keys keep being served meanwhile.
+        self._failures = 0
+        self._retry_at = float("-inf")
 
     async def _refresh(self) -> None:
         async with self._lock:
@@ -210,17 +218,30 @@ class JwksVerifier:
             self._fetched_at = time.monotonic()
 
     async def _key_for(self, kid: str) -> _Key:
-        stale = time.monotonic() - self._fetched_at > self._cache_seconds
-        if stale or kid not in self._keys:
+        now = time.monotonic()
+        stale = now - self._fetched_at > self._cache_seconds
+        if (stale or kid not in self._keys) and now >= self._retry_at:
             try:
                 await self._refresh()
-            except httpx.HTTPError as exc:
-                if kid not in self._keys:
-                    raise ProblemError(
-                        503,
-                        "auth_keys_unavailable",
-                        f"signing keys could not be fetched: {type(exc).__name__}",
-                    ) from None
+            except (httpx.HTTPError, ValueError) as exc:  # ValueError: a body that is not JSON
+                self._failures += 1
+                backoff = min(
+                    REFRESH_BACKOFF_MAX_SECONDS,
+                    (self._min_refresh_interval or 1.0) * 2 ** (self._failures - 1),
+                )
+                self._retry_at = time.monotonic() + backoff
+                _log.warning("jwks_refresh_failed", error=type(exc).__name__, retry_in_seconds=backoff)
+            else:
+                self._failures = 0
+                self._retry_at = float("-inf")
+        if kid not in self._keys and self._failures:
+            retry_after = max(1, int(self._retry_at - time.monotonic() + 0.999))
+            raise ProblemError(
+                503,
+                "auth_keys_unavailable",
+                "the identity provider's signing keys could not be fetched; retry shortly",
+                headers={"Retry-After": str(retry_after)},
+            )
         key = self._keys.get(kid)
         if key is None:
             raise AuthError("the token is signed with an unknown key")

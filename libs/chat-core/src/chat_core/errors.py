@@ -129,14 +129,20 @@ def problem_response(
     )
 
 
+RETRY_AFTER_SECONDS = 5  # what a 503 tells clients to wait when the raiser did not say
+
+
 def _handle_problem(request: Request[Any, Any, Any], exc: ProblemError) -> Response[bytes]:
+    headers = exc.headers
+    if exc.status == 503 and not any(name.lower() == "retry-after" for name in headers):
+        headers = {**headers, "Retry-After": str(RETRY_AFTER_SECONDS)}  # every 503 says when to retry
     return problem_response(
         exc.status,
         exc.code,
         exc.detail,
         instance=request.url.path,
         title=exc.title,
-        headers=exc.headers,
+        headers=headers,
         extra=exc.extra,
     )
 

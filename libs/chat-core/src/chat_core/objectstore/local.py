@@ -61,7 +61,14 @@ if TYPE_CHECKING:
 
     from chat_core.backends import Backends
 
-__all__ = ["STORAGE_ROUTE", "InvalidObjectKey", "LocalObjectStore", "create"]
+__all__ = [
+    "MIN_SIGNING_KEY_BYTES",
+    "STORAGE_ROUTE",
+    "InvalidObjectKey",
+    "LocalObjectStore",
+    "SigningKeyError",
+    "create",
+]
 
 T = TypeVar("T")
 STORAGE_ROUTE = "/_storage"
@@ -75,6 +82,26 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXE
 _CREATE_FLAGS = (
     os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 )
+
+
+MIN_SIGNING_KEY_BYTES = 32
+
+
+class SigningKeyError(ValueError):
+    """The URL-signing key file is unusable: refused at start-up rather than signing with a weak key."""
+
+
+def _checked_signing_key(path: str, content: bytes) -> bytes:
+    try:
+        key = base64.b64decode(content.strip(), validate=True)
+    except ValueError:
+        raise SigningKeyError(f"{path}: the URL-signing key is not base64") from None
+    if len(key) < MIN_SIGNING_KEY_BYTES:
+        raise SigningKeyError(
+            f"{path}: the URL-signing key has {len(key)} bytes, fewer than {MIN_SIGNING_KEY_BYTES}; "
+            "delete the file to have a new one made (every signed link changes)"
+        )
+    return key
 
 
 class InvalidObjectKey(ValueError):
@@ -207,9 +234,7 @@ class LocalObjectStore:
     def _load_signing_key(self) -> bytes:
         try:
             with open(self._key_file, "rb") as existing:
-                key = base64.b64decode(existing.read().strip())
-            if len(key) >= 32:
-                return key
+                return _checked_signing_key(self._key_file, existing.read())
         except FileNotFoundError:
             pass
         temp = f"{self._key_file}.{uuid.uuid4().hex}"
@@ -226,7 +251,7 @@ class LocalObjectStore:
         finally:
             os.unlink(temp)
         with open(self._key_file, "rb") as created:
-            return base64.b64decode(created.read().strip())
+            return _checked_signing_key(self._key_file, created.read())
 
     async def close(self) -> None:
         return None
