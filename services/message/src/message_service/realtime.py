@@ -50,6 +50,7 @@ __all__ = ["CLOSE_TRY_AGAIN", "CLOSE_UNAUTHORIZED", "OUTBOUND_LIMIT", "RealtimeS
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TRY_AGAIN = 1013
+CLOSE_INTERNAL_ERROR = 1011
 OUTBOUND_LIMIT = 1000  # events queued for one socket before it counts as too slow
 _PAGE = 100
 _log = structlog.get_logger("message_service.realtime")
@@ -256,6 +257,12 @@ class RealtimeSockets:
                 and (error := task.exception()) is not None
                 and not isinstance(error, WebSocketDisconnect)
             ):
+                # The bus failing under a live socket (a resubscribe while routing) is "try again later"
+                # like a bus that is down at connect time; anything else is our error.
+                unavailable = isinstance(error, EventBusUnavailable)
                 _log.warning("socket_failed", user_id=session.user_id, error=repr(error))
                 with contextlib.suppress(Exception):
-                    await session.socket.close(code=1011, reason="internal error")
+                    await session.socket.close(
+                        code=CLOSE_TRY_AGAIN if unavailable else CLOSE_INTERNAL_ERROR,
+                        reason="real-time events are unavailable" if unavailable else "internal error",
+                    )

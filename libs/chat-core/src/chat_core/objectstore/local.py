@@ -30,6 +30,7 @@ import secrets
 import stat
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -203,6 +204,52 @@ class _Upload:
             os.close(self.fd)
         with contextlib.suppress(OSError):
             os.unlink(self.temp)
+
+
+class _FileBody:
+    """The bytes of an open file as an async iterator that closes its descriptor on every path.
+
+    An async generator's ``finally`` only runs once it has started: a body nobody reads (the client left
+    before the response began, an error between ``open`` and streaming) would keep its descriptor
+    forever. Here the descriptor is closed at the end, on an error, on ``aclose()``, and, failing all
+    of those, when the body is garbage-collected (``weakref.finalize``).
+    """
+
+    def __init__(self, fd: int, position: int, remaining: int, limiter: anyio.CapacityLimiter) -> None:
+        self._fd = fd
+        self._position = position
+        self._remaining = remaining
+        self._limiter = limiter
+        self._closer = weakref.finalize(self, _close_quietly, fd)
+
+    def __aiter__(self) -> _FileBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._remaining <= 0 or not self._closer.alive:
+            await self.aclose()
+            raise StopAsyncIteration
+        try:
+            chunk = await anyio.to_thread.run_sync(
+                os.pread, self._fd, min(_READ_CHUNK, self._remaining), self._position, limiter=self._limiter
+            )
+        except BaseException:
+            await self.aclose()
+            raise
+        if not chunk:
+            await self.aclose()
+            raise StopAsyncIteration
+        self._position += len(chunk)
+        self._remaining -= len(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        self._closer()  # closes once; later calls do nothing
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 class LocalObjectStore:
@@ -525,20 +572,8 @@ class LocalObjectStore:
             start = byte_range.start
             end = info.size - 1 if byte_range.end is None else min(byte_range.end, info.size - 1)
 
-        async def body() -> AsyncIterator[bytes]:
-            position, remaining = start, end - start + 1
-            try:
-                while remaining > 0:
-                    chunk = await self._run(os.pread, fd, min(_READ_CHUNK, remaining), position)
-                    if not chunk:
-                        return
-                    position += len(chunk)
-                    remaining -= len(chunk)
-                    yield chunk
-            finally:
-                await anyio.to_thread.run_sync(os.close, fd, limiter=self._limiter, abandon_on_cancel=False)
-
-        return ObjectRead(info=info, start=start, end=end, body=body())
+        body = _FileBody(fd, start, end - start + 1, self._limiter)
+        return ObjectRead(info=info, start=start, end=end, body=body)
 
     def _put_sync(self, key: str, data: bytes, content_type: str) -> ObjectInfo:
         upload = _Upload(self, key)
