@@ -66,6 +66,8 @@ def token_with_header(header: dict[str, Any], sub: str = "alice") -> str:
 
 NON_LATIN1_ALG = token_with_header({"alg": "HS256\u2603\u4e2d", "typ": "JWT"})
 NON_LATIN1_KID = token_with_header({"alg": "HS256\u2603", "kid": "k\u4e2d"})
+# Long enough that echoing it overflows a WebSocket close reason (123 bytes of UTF-8).
+LONG_NON_LATIN1_ALG = token_with_header({"alg": "\u2603" * 60})
 
 
 def _service_apps(settings: Any) -> dict[str, Litestar]:
@@ -150,7 +152,9 @@ def test_every_service_route_is_in_the_table(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("method", "path"), ALL_ROUTES, ids=[f"{m} {p}" for m, p in ALL_ROUTES])
-@pytest.mark.parametrize("token", [NON_LATIN1_ALG, NON_LATIN1_KID], ids=["alg", "kid"])
+@pytest.mark.parametrize(
+    "token", [NON_LATIN1_ALG, LONG_NON_LATIN1_ALG, NON_LATIN1_KID], ids=["alg", "long_alg", "kid"]
+)
 async def test_a_token_header_with_non_latin1_characters_is_a_401(
     client: httpx.AsyncClient, method: str, path: str, token: str
 ) -> None:
@@ -324,8 +328,8 @@ async def test_after_the_hostile_rounds_the_app_is_healthy_and_nothing_malformed
 
 @pytest.mark.parametrize(
     "token",
-    [NON_LATIN1_ALG, NON_LATIN1_KID, token_for("alice\n"), "\u2603"],
-    ids=["alg", "kid", "sub", "garbage"],
+    [NON_LATIN1_ALG, LONG_NON_LATIN1_ALG, NON_LATIN1_KID, token_for("alice\n"), "\u2603"],
+    ids=["alg", "long_alg", "kid", "sub", "garbage"],
 )
 async def test_a_hostile_token_closes_the_socket_with_4401(serve: Any, tmp_path: Path, token: str) -> None:
     websocket_routes = [
