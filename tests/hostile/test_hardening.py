@@ -168,16 +168,20 @@ def jwks() -> Iterator[JwksServer]:
 async def test_a_failing_jwks_is_not_asked_on_every_request(jwks: JwksServer) -> None:
     verifier = JwksVerifier(jwks.url, issuer="https://idp.test", audience="chat", min_refresh_interval=0.3)
     jwks.status = 500
-    for _ in range(20):
+    attempts = 0
+    for n in range(20):
         with pytest.raises(ProblemError) as refused:
             await verifier.verify(_token())
         assert (refused.value.status, refused.value.code) == (503, "auth_keys_unavailable")
         assert int(refused.value.headers["Retry-After"]) >= 1
-    assert jwks.requests == 1  # one attempt, then the cool-down
+        if n == 0:
+            attempts = jwks.requests  # one refresh (with its own bounded retries), then the cool-down
+    assert 1 <= attempts <= 5
+    assert jwks.requests == attempts
     time.sleep(0.35)
     jwks.status = 200
     assert (await verifier.verify(_token())).user_id == "alice"  # the cool-down ended: refreshed
-    assert jwks.requests == 2
+    assert jwks.requests == attempts + 1
 
 
 async def test_cached_keys_keep_working_while_the_jwks_is_down(jwks: JwksServer) -> None:
@@ -188,9 +192,12 @@ async def test_cached_keys_keep_working_while_the_jwks_is_down(jwks: JwksServer)
     jwks.status = 503
     time.sleep(0.35)  # past the minimum refresh interval: the next stale lookup asks the IdP once
     before = jwks.requests
+    assert (await verifier.verify(_token())).user_id == "alice"
+    attempts = jwks.requests - before  # one refresh (with its own bounded retries), then the cool-down
     for _ in range(20):  # keys are stale (cache_seconds=0): each would refresh, but the cool-down holds
         assert (await verifier.verify(_token())).user_id == "alice"
-    assert jwks.requests - before == 1
+    assert 1 <= attempts <= 5
+    assert jwks.requests - before == attempts
 
 
 async def test_signing_keys_unavailable_is_a_503_problem_with_retry_after(

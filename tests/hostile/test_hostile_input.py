@@ -44,8 +44,10 @@ PATH_VALUES = {
     "object_key": IMAGE_KEY,
     "key": f"uploads/{CONVERSATION}/{IMAGE_KEY}",
     "path": "openapi.json",
+    "name": "icon.svg",
 }
-PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/docs", "/_storage")
+PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/docs", "/_storage", "/web/")
+PUBLIC_PATHS = frozenset({"/"})  # the web client's page
 STORAGE = "/_storage"
 CODE = re.compile(r"[a-z][a-z0-9_]*")
 DEEP_ARRAY = b"[" * 1000 + b"]" * 1000  # ~2 KB
@@ -98,7 +100,7 @@ def fill(template: str, override: dict[str, str] | None = None) -> str:
 
 
 def requires_auth(path: str) -> bool:
-    return not path.startswith(PUBLIC_PREFIXES)
+    return path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES)
 
 
 def assert_clean_refusal(response: httpx.Response, *, statuses: range = range(400, 500)) -> None:

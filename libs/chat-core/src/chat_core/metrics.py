@@ -107,6 +107,14 @@ NOTIFICATION_QUEUE_DEPTH = Gauge(
     "chat_notification_queue_messages", "Approximate messages in a queue, by queue (main or dlq).", ["queue"]
 )
 
+# --- backends --------------------------------------------------------------------------------------
+BACKEND_RETRIES = Counter(
+    "chat_backend_retries",
+    "Calls to a backend tried again after a transient failure, by backend (s3, sqs, jwks, fcm), "
+    "operation and reason (5xx, throttled, connection, timeout).",
+    ["backend", "operation", "reason"],
+)
+
 
 def render(registry: CollectorRegistry = REGISTRY) -> bytes:
     return generate_latest(registry)
