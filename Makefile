@@ -10,6 +10,9 @@ export UV_NATIVE_TLS ?= 1
 
 AUTH_JWT_SECRET ?= dev-only-secret-change-me-0123456789abcdef
 export AUTH_JWT_SECRET
+# `make run` listens on loopback only: the dev secret above is public (and refused anywhere else).
+HOST ?= 127.0.0.1
+export HOST
 
 .PHONY: help
 help: ## list the targets

@@ -15,6 +15,7 @@ class JwksServer:
         self.keys: list[dict[str, Any]] = []
         self.requests = 0
         self.url = ""
+        self.status = 200  # anything else: the identity provider is failing
 
     @contextmanager
     def running(self) -> Iterator[JwksServer]:
@@ -23,8 +24,8 @@ class JwksServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 owner.requests += 1
-                body = json.dumps({"keys": owner.keys}).encode()
-                self.send_response(200)
+                body = json.dumps({"keys": owner.keys}).encode() if owner.status == 200 else b"down"
+                self.send_response(owner.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -77,7 +77,7 @@ def _print_banner(settings: Settings) -> None:
 
 
 def _token(args: argparse.Namespace) -> int:
-    if not USER_ID_PATTERN.match(args.user):
+    if not USER_ID_PATTERN.fullmatch(args.user):
         print(f"--user {args.user!r}: letters, digits and _ . @ : - only", file=sys.stderr)
         return 2
     settings = load_or_exit()

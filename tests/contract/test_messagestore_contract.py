@@ -190,6 +190,50 @@ async def test_removing_a_non_member_changes_nothing(store: ChatStore) -> None:
     assert await store.remove_participant(created.conversation_id, "zed") == created
 
 
+async def test_roles_are_stored_with_the_members(store: ChatStore) -> None:
+    created = msgspec_replace(conversation(("alice", "bob")), admins=("alice",))
+    await store.create_conversation(created)
+    stored = await store.get_conversation(created.conversation_id)
+    assert stored is not None
+    assert (stored.admins, stored.admin_ids()) == (("alice",), frozenset({"alice"}))
+
+
+async def test_adding_admins_promotes_new_and_existing_members_in_one_change(store: ChatStore) -> None:
+    created = msgspec_replace(conversation(("alice", "bob")), admins=("alice",))
+    await store.create_conversation(created)
+    cid = created.conversation_id
+    changed = await store.add_participants(cid, ["carol"], admins=["bob", "carol"])
+    assert changed.participants == ("alice", "bob", "carol")
+    assert set(changed.admins) == {"alice", "bob", "carol"}
+    plain = await store.add_participants(cid, ["dave"])
+    assert "dave" in plain.participants
+    assert "dave" not in plain.admin_ids()
+    stored = await store.get_conversation(cid)
+    assert stored is not None
+    assert set(stored.admins) == {"alice", "bob", "carol"}
+
+
+async def test_removing_a_member_removes_their_role(store: ChatStore) -> None:
+    created = msgspec_replace(conversation(("alice", "bob")), admins=("alice", "bob"))
+    await store.create_conversation(created)
+    after = await store.remove_participant(created.conversation_id, "alice")
+    assert (after.participants, after.admins) == (("bob",), ("bob",))
+    stored = await store.get_conversation(created.conversation_id)
+    assert stored is not None
+    assert stored.admins == ("bob",)
+    # Rejoining later does not bring the old role back.
+    rejoined = await store.add_participants(created.conversation_id, ["alice"])
+    assert rejoined.admin_ids() == frozenset({"bob"})
+
+
+async def test_a_conversation_stored_without_roles_has_its_creator_as_admin(store: ChatStore) -> None:
+    legacy = conversation(("alice", "bob"))  # no admins: as stored before roles existed
+    await store.create_conversation(legacy)
+    stored = await store.get_conversation(legacy.conversation_id)
+    assert stored is not None
+    assert stored.admin_ids() == frozenset({"alice"})
+
+
 async def test_membership_changes_on_an_unknown_conversation_raise(store: ChatStore) -> None:
     with pytest.raises(ConversationNotFound):
         await store.add_participants("nope", ["bob"])

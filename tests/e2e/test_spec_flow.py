@@ -201,7 +201,7 @@ async def test_an_image_message_goes_from_upload_to_every_member(
         assert viewed.content == data
         assert viewed.headers["content-type"] == "image/jpeg"
         stranger = await http.get(grant["file_url"], headers=auth_header("mallory"))
-        assert stranger.status_code == 403
+        assert stranger.status_code == 404
 
         # 7. The list shows it with the server-verified dimensions.
         listed = await call(http, "GET", f"{message}/conversations/{cid}/messages", "carol")

@@ -111,12 +111,12 @@ async def test_no_token_is_401(stack: ImageStack) -> None:
     assert "location" not in response.headers
 
 
-async def test_a_non_member_is_403(stack: ImageStack) -> None:
+async def test_a_non_member_is_404_as_if_the_conversation_did_not_exist(stack: ImageStack) -> None:
     cid = await stack.conversation("alice", "bob")
     image = await stack.upload("alice", cid)
     response = await stack.http.get(_proxy_path(image.file_url, stack), headers=auth_header("mallory"))
-    assert response.status_code == 403
-    assert response.json()["code"] == "not_a_member"
+    assert response.status_code == 404
+    assert response.json()["code"] == "conversation_not_found"
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "location" not in response.headers
 
@@ -124,7 +124,12 @@ async def test_a_non_member_is_403(stack: ImageStack) -> None:
 async def test_an_unknown_conversation_looks_the_same_as_a_foreign_one(stack: ImageStack) -> None:
     object_key = keys.new_object_key("alice", "image/jpeg")
     response = await stack.http.get(f"/images/nosuchconversation/{object_key}", headers=auth_header("alice"))
-    assert response.status_code == 403
+    assert response.status_code == 404
+    assert response.json()["code"] == "conversation_not_found"
+    cid = await stack.conversation("bob")
+    foreign = await stack.http.get(f"/images/{cid}/{object_key}", headers=auth_header("alice"))
+    assert (foreign.status_code, foreign.json()["code"]) == (404, "conversation_not_found")
+    assert foreign.json()["detail"] == response.json()["detail"]
 
 
 async def test_a_missing_object_is_404(stack: ImageStack) -> None:
@@ -173,7 +178,7 @@ async def test_another_conversations_image_is_refused_to_a_non_member(stack: Ima
     theirs = await stack.conversation("bob", "carol")
     image = await stack.upload("carol", theirs)
     response = await stack.http.get(_proxy_path(image.file_url, stack), headers=auth_header("alice"))
-    assert response.status_code == 403
+    assert response.status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -286,7 +291,7 @@ async def test_stream_mode_refuses_a_non_member(streaming: ImageStack) -> None:
     response = await streaming.http.get(
         _proxy_path(image.file_url, streaming), headers=auth_header("mallory")
     )
-    assert response.status_code == 403
+    assert response.status_code == 404
     assert image.data not in response.content
 
 
@@ -334,9 +339,31 @@ async def test_every_request_writes_one_audit_line_allowed_or_denied(stack: Imag
     assert allowed["client_ip"] == "127.0.0.1"
     assert allowed["user_agent"] == "viewer/1.0"
     assert len(allowed["trace_id"]) == 32
-    assert (denied["decision"], denied["reason"], denied["user_id"]) == ("denied", "not_a_member", "mallory")
+    assert (denied["decision"], denied["reason"], denied["user_id"]) == (
+        "denied",
+        "conversation_not_found",
+        "mallory",
+    )
     assert denied["user_agent"] == "prober/2.0"
     assert (anonymous["decision"], anonymous["user_id"], anonymous["status"]) == ("denied", None, 401)
+
+
+@pytest.mark.parametrize("level", ["WARNING", "ERROR"])
+async def test_no_log_level_silences_the_audit_lines(stack: ImageStack, level: str) -> None:
+    cid = await stack.conversation("alice")
+    image = await stack.upload("alice", cid)
+    stream = io.BytesIO()
+    configure_logging(level, service="test", stream=stream, cache=False)
+    try:
+        path = _proxy_path(image.file_url, stack)
+        await stack.http.get(path, headers=auth_header("alice"))
+        await stack.http.get(path, headers=auth_header("mallory"))
+    finally:
+        configure_logging("INFO", cache=False)
+    allowed, denied = _audit_lines(stream)
+    assert (allowed["decision"], denied["decision"]) == ("allowed", "denied")
+    assert allowed["audit"] is True
+    assert denied["reason"] == "conversation_not_found"
 
 
 async def test_metrics_count_requests_by_decision_and_reason(stack: ImageStack) -> None:
@@ -346,11 +373,11 @@ async def test_metrics_count_requests_by_decision_and_reason(stack: ImageStack) 
 
     cid = await stack.conversation("alice")
     image = await stack.upload("alice", cid)
-    redirects, refusals = sample("allowed", "redirect"), sample("denied", "not_a_member")
+    redirects, refusals = sample("allowed", "redirect"), sample("denied", "conversation_not_found")
     await stack.http.get(_proxy_path(image.file_url, stack), headers=auth_header("alice"))
     await stack.http.get(_proxy_path(image.file_url, stack), headers=auth_header("mallory"))
     assert sample("allowed", "redirect") == redirects + 1
-    assert sample("denied", "not_a_member") == refusals + 1
+    assert sample("denied", "conversation_not_found") == refusals + 1
 
 
 # --- browsers -------------------------------------------------------------------------------------
@@ -386,4 +413,4 @@ async def test_a_removed_member_loses_access_as_soon_as_the_change_is_announced(
     await stack.backends.chat_store.remove_participant(cid, "bob")
     # What the message service publishes when participants change.
     await stack.backends.event_bus.publish(MEMBERSHIP_CHANNEL, json.dumps({"conversationId": cid}).encode())
-    assert (await stack.http.get(path, headers=auth_header("bob"))).status_code == 403
+    assert (await stack.http.get(path, headers=auth_header("bob"))).status_code == 404

@@ -129,11 +129,11 @@ async def test_a_declared_size_accepts_an_upload_of_exactly_that_size(stack: Ima
 
 
 # --- who may ask ----------------------------------------------------------------------------------
-async def test_a_non_member_is_refused_403(stack: ImageStack) -> None:
+async def test_a_non_member_is_refused_as_if_the_conversation_did_not_exist(stack: ImageStack) -> None:
     cid = await stack.conversation("alice", "bob")
     response = await stack.upload_url("mallory", cid, {"content_type": "image/jpeg"})
-    assert response.status_code == 403
-    assert response.json()["code"] == "not_a_member"
+    assert response.status_code == 404
+    assert response.json()["code"] == "conversation_not_found"
     assert "upload_url" not in response.json()
 
 
@@ -215,13 +215,13 @@ async def test_a_malformed_request_is_400(stack: ImageStack, body: dict[str, obj
 async def test_metrics_count_issued_urls_and_refusals_by_reason(stack: ImageStack) -> None:
     cid = await stack.conversation("alice")
     issued = _sample("chat_upload_urls_issued_total")
-    refused = _sample("chat_upload_urls_refused_total", {"reason": "not_a_member"})
+    refused = _sample("chat_upload_urls_refused_total", {"reason": "conversation_not_found"})
     unsupported = _sample("chat_upload_urls_refused_total", {"reason": "unsupported_image_type"})
     await stack.upload_url("alice", cid, {"content_type": "image/jpeg"})
     await stack.upload_url("bob", cid, {"content_type": "image/jpeg"})
     await stack.upload_url("alice", cid, {"content_type": "text/html"})
     assert _sample("chat_upload_urls_issued_total") == issued + 1
-    assert _sample("chat_upload_urls_refused_total", {"reason": "not_a_member"}) == refused + 1
+    assert _sample("chat_upload_urls_refused_total", {"reason": "conversation_not_found"}) == refused + 1
     assert _sample("chat_upload_urls_refused_total", {"reason": "unsupported_image_type"}) == unsupported + 1
 
 

@@ -29,6 +29,7 @@ from chat_core.auth import Principal, TokenVerifier, token_from_connection
 from chat_core.backends import PORTS, Backends
 from chat_core.deadline import DeadlineMiddleware
 from chat_core.errors import exception_handlers, problem_response
+from chat_core.json_guard import JsonGuard
 from chat_core.observability import ObservabilityMiddleware, set_request_user
 from chat_core.openapi import complete_error_responses, fix_options_allow
 from chat_core.ratelimit import RATE_LIMIT_OPT
@@ -250,7 +251,7 @@ def create_service_app(
     fix_options_allow(app)
     complete_error_responses(app)
     app.asgi_handler = ObservabilityMiddleware(
-        DeadlineMiddleware(app.asgi_handler, seconds=settings.service.request_timeout_seconds),
+        DeadlineMiddleware(JsonGuard(app.asgi_handler), seconds=settings.service.request_timeout_seconds),
         component=component,
         access_log=settings.service.access_log,
     )

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import httpx
 import jwt
 import msgspec
+import structlog
 from litestar.connection import ASGIConnection
 
 from chat_core.errors import ProblemError
@@ -43,6 +44,8 @@ __all__ = [
     "token_from_connection",
 ]
 
+REFRESH_BACKOFF_MAX_SECONDS = 300.0
+_log = structlog.get_logger("chat_core.auth")
 _EC_ALG_BY_CURVE = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 _JWKS_RETRY = RetryBudget(attempts=3, seconds=3.0, base=0.05, cap=0.5)
 _RSA_ALGS = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
@@ -53,10 +56,22 @@ class Principal(msgspec.Struct, frozen=True):
     expires_at: float
 
 
+_MAX_ECHO = 40
+
+
+def _printable(value: object) -> str:
+    """``value`` as printable ASCII without quotes or backslashes, shortened: safe in a header, a log line
+    and a WebSocket close reason (RFC 6750 limits ``error_description`` to exactly these characters)."""
+    text = "".join(char if " " <= char <= "~" and char not in '"\\' else "?" for char in str(value))
+    return text if len(text) <= _MAX_ECHO else text[: _MAX_ECHO - 3] + "..."
+
+
 class AuthError(ProblemError):
     """401 with a ``WWW-Authenticate`` challenge (RFC 6750)."""
 
     def __init__(self, detail: str, *, error: str = "invalid_token") -> None:
+        # Details may quote a client's token header: only printable ASCII ever reaches the challenge.
+        detail = "".join(char if " " <= char <= "~" and char not in '"\\' else "?" for char in detail)
         challenge = 'Bearer realm="chat-management"'
         if error:
             challenge += f', error="{error}", error_description="{detail}"'
@@ -77,7 +92,7 @@ class TokenVerifier(Protocol):
 
 def _principal(claims: Mapping[str, Any]) -> Principal:
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not USER_ID_PATTERN.match(sub):
+    if not isinstance(sub, str) or not USER_ID_PATTERN.fullmatch(sub):
         raise AuthError("the token's subject is not a valid user id")
     return Principal(user_id=sub, expires_at=float(claims["exp"]))
 
@@ -129,7 +144,7 @@ class HS256Verifier:
     async def verify(self, token: str) -> Principal:
         header = _unverified_header(token)
         if header.get("alg") != "HS256":
-            raise AuthError(f"algorithm {header.get('alg')!r} is not accepted")
+            raise AuthError(f"algorithm '{_printable(header.get('alg'))}' is not accepted")
         claims = _decode(
             token, self._secret, "HS256", issuer=self._issuer, audience=self._audience, leeway=self._leeway
         )
@@ -180,6 +195,11 @@ class JwksVerifier:
         self._keys: dict[str, _Key] = {}
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
+        # After a failed refresh, none is tried again before ``_retry_at`` (backoff doubling per failure,
+        # up to ``REFRESH_BACKOFF_MAX_SECONDS``): an identity provider that is down is not asked once per
+        # request, and requests signed with cached keys keep being served meanwhile.
+        self._failures = 0
+        self._retry_at = float("-inf")
 
     async def _refresh(self) -> None:
         async with self._lock:
@@ -217,17 +237,30 @@ class JwksVerifier:
         return response
 
     async def _key_for(self, kid: str) -> _Key:
-        stale = time.monotonic() - self._fetched_at > self._cache_seconds
-        if stale or kid not in self._keys:
+        now = time.monotonic()
+        stale = now - self._fetched_at > self._cache_seconds
+        if (stale or kid not in self._keys) and now >= self._retry_at:
             try:
                 await self._refresh()
-            except httpx.HTTPError as exc:
-                if kid not in self._keys:
-                    raise ProblemError(
-                        503,
-                        "auth_keys_unavailable",
-                        f"signing keys could not be fetched: {type(exc).__name__}",
-                    ) from None
+            except (httpx.HTTPError, ValueError) as exc:  # ValueError: a body that is not JSON
+                self._failures += 1
+                backoff = min(
+                    REFRESH_BACKOFF_MAX_SECONDS,
+                    (self._min_refresh_interval or 1.0) * 2 ** (self._failures - 1),
+                )
+                self._retry_at = time.monotonic() + backoff
+                _log.warning("jwks_refresh_failed", error=type(exc).__name__, retry_in_seconds=backoff)
+            else:
+                self._failures = 0
+                self._retry_at = float("-inf")
+        if kid not in self._keys and self._failures:
+            retry_after = max(1, int(self._retry_at - time.monotonic() + 0.999))
+            raise ProblemError(
+                503,
+                "auth_keys_unavailable",
+                "the identity provider's signing keys could not be fetched; retry shortly",
+                headers={"Retry-After": str(retry_after)},
+            )
         key = self._keys.get(kid)
         if key is None:
             raise AuthError("the token is signed with an unknown key")
@@ -240,7 +273,7 @@ class JwksVerifier:
             raise AuthError("the token names no signing key (kid)")
         key = await self._key_for(kid)
         if header.get("alg") != key.algorithm:
-            raise AuthError(f"algorithm {header.get('alg')!r} does not match the signing key")
+            raise AuthError(f"algorithm '{_printable(header.get('alg'))}' does not match the signing key")
         claims = _decode(
             token, key.key, key.algorithm, issuer=self._issuer, audience=self._audience, leeway=self._leeway
         )

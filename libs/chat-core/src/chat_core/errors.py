@@ -134,7 +134,7 @@ def problem_response(
 
 
 def _handle_problem(request: Request[Any, Any, Any], exc: ProblemError) -> Response[bytes]:
-    return problem_response(
+    return problem_response(  # every 503 gets Retry-After there
         exc.status,
         exc.code,
         exc.detail,

@@ -37,19 +37,22 @@ __all__ = [
     "stored_key",
 ]
 
+# Patterns end in ``(?!\n)$``: Python's ``$`` also matches before a trailing newline, so ``"alice\n"`` would
+# pass a plain ``^…$`` (msgspec searches with the pattern as written), while ECMAScript (the OpenAPI
+# documents, client generators) reads the same text as a plain end anchor. Code matches with ``fullmatch``.
 # A user id (the token's ``sub``) is a key segment: never ``..``, never a slash.
-USER_ID_PATTERN = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
-CONVERSATION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+USER_ID_PATTERN = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}(?!\n)$")
+CONVERSATION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}(?!\n)$")
 # Every raw upload lives under this prefix (lifecycle, notification and IAM rules target it).
 RAW_UPLOAD_PREFIX = "uploads/"
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}
 # A UUID as ``str(uuid.uuid4())`` writes it: message ids and the unique part of object keys.
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-UUID_PATTERN = re.compile(f"^{UUID}$")
+UUID_PATTERN = re.compile(f"^{UUID}(?!\\n)$")
 _OBJECT_KEY = re.compile(
     r"^images/(?P<uploader>[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127})/"
     rf"(?P<stamp>\d{{8}}-\d{{6}})-(?P<uuid>{UUID})"
-    r"\.(?P<ext>jpg|png|gif|webp)$"
+    r"\.(?P<ext>jpg|png|gif|webp)\Z"
 )
 
 
@@ -86,14 +89,14 @@ def new_object_key(uploader_id: str, content_type: str, now: dt.datetime | None 
 
 
 def parse_object_key(object_key: str) -> ParsedKey:
-    match = _OBJECT_KEY.match(object_key)
+    match = _OBJECT_KEY.fullmatch(object_key)
     if match is None or ".." in object_key:
         raise InvalidKey("object_key does not have the layout images/{user}/{yyyymmdd-HHMMSS}-{uuid}.{ext}")
     return ParsedKey(uploader_id=match["uploader"], extension=match["ext"])
 
 
 def stored_key(conversation_id: str, object_key: str) -> str:
-    if not CONVERSATION_ID_PATTERN.match(conversation_id):
+    if not CONVERSATION_ID_PATTERN.fullmatch(conversation_id):
         raise InvalidKey("conversation id is malformed")
     parse_object_key(object_key)
     return f"{RAW_UPLOAD_PREFIX}{conversation_id}/{object_key}"
@@ -105,7 +108,7 @@ def parse_conversation_key(key: str) -> tuple[str, str, ParsedKey]:
     The form a client may name an image by (the path of its ``file_url`` after ``/images/``).
     """
     conversation_id, _, object_key = key.partition("/")
-    if not CONVERSATION_ID_PATTERN.match(conversation_id):
+    if not CONVERSATION_ID_PATTERN.fullmatch(conversation_id):
         raise InvalidKey("conversation id is malformed")
     return conversation_id, object_key, parse_object_key(object_key)
 

@@ -15,6 +15,8 @@ import structlog
 from opentelemetry import trace
 from structlog.types import EventDict, Processor, WrappedLogger
 
+from chat_core.audit import configure_audit
+
 __all__ = ["configure_logging"]
 
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
@@ -85,6 +87,7 @@ def configure_logging(
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    configure_audit(out, service=service)  # its own logger and level: LOG_LEVEL never silences it
     root.setLevel(_LEVELS[level])
     # Our middleware writes the access line; uvicorn's own would duplicate it.
     logging.getLogger("uvicorn.access").disabled = True

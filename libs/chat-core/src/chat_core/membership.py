@@ -14,6 +14,12 @@ Freshness, in the direction that matters for safety:
 
 One cache per process (``MembershipCache.of(backends)``), so the upload service and the image proxy share it
 and its bus subscription in the all-in-one process.
+
+The access decision is made here, once, for every entry point (upload, proxy, messages, and the socket,
+which only ever subscribes to the caller's own conversations): a malformed id, a conversation that does
+not exist and one the caller is not in are the same answer, 404 ``conversation_not_found``, reached by the
+same path (one membership read; a malformed id reads nothing and exists nowhere), so a stranger cannot tell
+"not yours" from "does not exist".
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from typing import TYPE_CHECKING
 import msgspec
 import structlog
 
-from chat_core import metrics
+from chat_core import keys, metrics
+from chat_core.errors import ProblemError
 from chat_core.realtime import MEMBERSHIP_CHANNEL, EventBus, Subscription
 from chat_core.realtime.events import decode_membership_changed
 
@@ -38,7 +45,13 @@ if TYPE_CHECKING:
     from chat_core.backends import Backends
     from chat_core.messagestore import ConversationStore
 
-__all__ = ["DEFAULT_MAX_ENTRIES", "Membership", "MembershipCache"]
+__all__ = [
+    "DEFAULT_MAX_ENTRIES",
+    "Membership",
+    "MembershipCache",
+    "conversation_not_found",
+    "require_member",
+]
 
 DEFAULT_MAX_ENTRIES = 10_000
 RESUBSCRIBE_SECONDS = 5.0
@@ -54,6 +67,22 @@ class Membership(msgspec.Struct, frozen=True):
 
     exists: bool
     member: bool
+
+
+def conversation_not_found() -> ProblemError:
+    """The one answer to "not yours", "does not exist" and "not an id at all"."""
+    return ProblemError(404, "conversation_not_found", "no such conversation")
+
+
+async def require_member(store: ConversationStore, conversation_id: str, user_id: str) -> frozenset[str]:
+    """The members of ``conversation_id`` read fresh from the store, when ``user_id`` is one; otherwise
+    ``conversation_not_found``. For changes that must see the latest membership (sending, listing)."""
+    if not keys.CONVERSATION_ID_PATTERN.fullmatch(conversation_id):
+        raise conversation_not_found()
+    participants = await store.get_participants(conversation_id)
+    if participants is None or user_id not in participants:
+        raise conversation_not_found()
+    return participants
 
 
 class MembershipCache:
@@ -111,6 +140,13 @@ class MembershipCache:
         return len(self._entries)
 
     # --- lookups ----------------------------------------------------------------------------------
+    async def require(self, conversation_id: str, user_id: str) -> None:
+        """Return when ``user_id`` is a member (cached); otherwise ``conversation_not_found``."""
+        if not keys.CONVERSATION_ID_PATTERN.fullmatch(conversation_id):
+            raise conversation_not_found()
+        if not (await self.check(conversation_id, user_id)).member:
+            raise conversation_not_found()
+
     async def check(self, conversation_id: str, user_id: str) -> Membership:
         participants = self._cached(conversation_id)
         if participants is not None and user_id in participants:

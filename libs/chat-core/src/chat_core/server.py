@@ -9,7 +9,7 @@ import uvicorn
 from litestar import Litestar
 
 from chat_core.logging import configure_logging
-from chat_core.settings import Settings, SettingsError, load_settings
+from chat_core.settings import Settings, SettingsError, load_settings, refuse_dev_secret
 
 __all__ = ["load_or_exit", "serve"]
 
@@ -32,11 +32,17 @@ def serve(
     settings: Settings | None = None,
 ) -> None:
     settings = settings or load_or_exit()
+    bind_host = host or settings.service.host
+    try:
+        refuse_dev_secret(settings, bind_host)
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     configure_logging(settings.service.log_level, service=component)
     app = factory(settings)
     uvicorn.run(
         app,
-        host=host or settings.service.host,
+        host=bind_host,
         port=settings.service.port if port is None else port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         http="httptools",

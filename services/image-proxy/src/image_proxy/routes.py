@@ -32,7 +32,7 @@ __all__ = ["get_image"]
         ),
         206: ResponseSpec(None, description="Stream mode, with `Range`: the requested bytes."),
         304: ResponseSpec(None, description="Stream mode, with a matching `If-None-Match`."),
-        **problem_responses(400, 401, 403, 404, 416, 503),
+        **problem_responses(400, 401, 404, 416, 503),
     },
 )
 async def get_image(

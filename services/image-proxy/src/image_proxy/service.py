@@ -1,8 +1,10 @@
 """Serving an image to the members of its conversation, and writing down every attempt.
 
-Checks run cheapest first and nothing malformed reaches a store: the token (401), the key's layout under
-the path's conversation (400), membership (403, the same for an unknown conversation, so a non-member
-learns nothing), then the object (404). One audit line and one metric per request, whatever the outcome.
+Checks run cheapest first and nothing malformed reaches a store: the token (401), the conversation id and
+the key's layout (404 ``conversation_not_found`` for a malformed id, 400 for a malformed key), membership
+(the lib's one decision: 404 ``conversation_not_found``, the same for a conversation that does not exist,
+so a non-member learns nothing), then the object (404 ``image_not_found``). One audit line
+(``chat_core.audit``, never silenced by LOG_LEVEL) and one metric per request, whatever the outcome.
 """
 
 from __future__ import annotations
@@ -15,18 +17,18 @@ from typing import Any
 import structlog
 from litestar import Request, Response
 
-from chat_core import keys, metrics, tracing
+from chat_core import keys, metrics
 from chat_core.app_factory import provide_principal_or_cookie
+from chat_core.audit import audit
 from chat_core.backends import Backends
 from chat_core.errors import ProblemError
-from chat_core.membership import MembershipCache
+from chat_core.membership import MembershipCache, conversation_not_found
 from chat_core.objectstore import ObjectInfo, ObjectNotFound, ObjectStore, RangeNotSatisfiable
 from chat_core.objectstore.serving import serve_object
 from chat_core.settings import Settings
 
 __all__ = ["ImageProxy"]
 
-_audit = structlog.get_logger("audit")
 _log = structlog.get_logger("image_proxy")
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 # The answer depends on who asks: a shared browser must not hand one user's answer to the next.
@@ -81,18 +83,13 @@ class ImageProxy:
     async def _authorised(
         self, request: Request[Any, Any, Any], user_id: str, conversation_id: str, object_key: str
     ) -> tuple[Response[Any], str]:
+        if not keys.CONVERSATION_ID_PATTERN.fullmatch(conversation_id):
+            raise conversation_not_found()
         try:
             stored = keys.stored_key(conversation_id, object_key)
         except keys.InvalidKey as exc:
             raise ProblemError(400, "invalid_object_key", str(exc)) from None
-        membership = await self._membership.check(conversation_id, user_id)
-        if not membership.member:
-            raise ProblemError(
-                403,
-                "not_a_member" if membership.exists else "conversation_not_found",
-                "only participants of the conversation can see its images",
-                title="Forbidden",
-            )
+        await self._membership.require(conversation_id, user_id)
         if self._mode == "redirect":
             return await self._redirect(stored), "redirect"
         return await self._stream(request, stored)
@@ -164,7 +161,7 @@ class ImageProxy:
         status: int,
     ) -> None:
         metrics.IMAGE_PROXY_REQUESTS.labels(decision, reason).inc()
-        _audit.info(
+        audit(
             "image_access",
             decision=decision,
             reason=reason,
@@ -174,6 +171,5 @@ class ImageProxy:
             object_key=object_key[:_MAX_LOGGED],
             client_ip=request.client.host if request.client else None,
             user_agent=request.headers.get("user-agent", "")[:_MAX_LOGGED],
-            trace_id=tracing.current_trace_id(),
             mode=self._mode,
         )

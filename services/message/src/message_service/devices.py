@@ -23,7 +23,7 @@ from chat_core.messagestore import Device, DeviceStore, Platform
 __all__ = ["ROUTES", "DeviceRegistration", "DeviceService"]
 
 # FCM registration tokens, APNs device tokens (hex) and the like: no spaces, no slashes.
-_TOKEN = re.compile(r"^[A-Za-z0-9_:.\-]{8,4096}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_:.\-]{8,4096}(?!\n)$")
 # Documented (not enforced by Litestar: the service answers its own `invalid_device_token`).
 DeviceToken = Annotated[
     str,
@@ -44,7 +44,7 @@ class DeviceService:
 
     @staticmethod
     def _check(token: str) -> None:
-        if not _TOKEN.match(token):
+        if not _TOKEN.fullmatch(token):
             raise ProblemError(
                 400,
                 "invalid_device_token",

@@ -70,6 +70,7 @@ CLOSE_TRY_AGAIN = 1013
 CLOSE_POLICY = 1008  # too many frames (or connects, where a 429 cannot be sent)
 CLOSE_TOO_BIG = 1009  # a frame over SOCKET_MAX_FRAME_BYTES
 CLOSE_TOO_MANY_SOCKETS = 4429  # over MAX_SOCKETS_PER_USER
+CLOSE_INTERNAL_ERROR = 1011
 OUTBOUND_LIMIT = 1000  # events queued for one socket before it counts as too slow
 _PAGE = 100
 _log = structlog.get_logger("message_service.realtime")
@@ -353,6 +354,12 @@ class RealtimeSockets:
                 and (error := task.exception()) is not None
                 and not isinstance(error, WebSocketDisconnect)
             ):
+                # The bus failing under a live socket (a resubscribe while routing) is "try again later"
+                # like a bus that is down at connect time; anything else is our error.
+                unavailable = isinstance(error, EventBusUnavailable)
                 _log.warning("socket_failed", user_id=session.user_id, error=repr(error))
                 with contextlib.suppress(Exception):
-                    await session.socket.close(code=1011, reason="internal error")
+                    await session.socket.close(
+                        code=CLOSE_TRY_AGAIN if unavailable else CLOSE_INTERNAL_ERROR,
+                        reason="real-time events are unavailable" if unavailable else "internal error",
+                    )

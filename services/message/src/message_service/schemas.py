@@ -93,6 +93,12 @@ class CreateConversation(msgspec.Struct, frozen=True, kw_only=True, rename="came
 
 class AddParticipants(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     participant_ids: Annotated[list[UserId], msgspec.Meta(min_length=1, max_length=MAX_PARTICIPANTS)]
+    role: Annotated[
+        Literal["member", "admin"],
+        msgspec.Meta(
+            description="`admin` (admins only) adds them as admins, or makes members already in it admins."
+        ),
+    ] = "member"
 
 
 class ImageMetadataRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -118,7 +124,7 @@ class SendMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
         Annotated[
             str,
             msgspec.Meta(
-                pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+                pattern=r"^[A-Za-z0-9_.:-]{1,128}(?!\n)$",
                 description="Any id the client picks per message; a retry with it returns the same message.",
             ),
         ]

@@ -19,8 +19,10 @@ from collections.abc import Awaitable
 import structlog
 
 from chat_core import keys, metrics, tracing
+from chat_core.audit import audit
 from chat_core.auth import USER_ID_PATTERN
 from chat_core.errors import ProblemError
+from chat_core.membership import conversation_not_found, require_member
 from chat_core.messagestore import (
     Conversation,
     ConversationExists,
@@ -61,18 +63,12 @@ def message_id_for(conversation_id: str, sender_id: str, client_message_id: str 
     return str(uuid.uuid5(_CLIENT_MESSAGE_IDS, f"{conversation_id}\n{sender_id}\n{client_message_id}"))
 
 
-def _no_such_conversation() -> ProblemError:
-    return ProblemError(404, "conversation_not_found", "no such conversation")
+_no_such_conversation = conversation_not_found
+_participants_for = require_member  # the lib's one membership decision (chat_core.membership)
 
 
-async def _participants_for(store: ConversationStore, conversation_id: str, user_id: str) -> frozenset[str]:
-    """The members, when ``user_id`` is one; otherwise 404 whether or not the conversation exists."""
-    if not keys.CONVERSATION_ID_PATTERN.match(conversation_id):
-        raise _no_such_conversation()
-    participants = await store.get_participants(conversation_id)
-    if participants is None or user_id not in participants:
-        raise _no_such_conversation()
-    return participants
+def _not_an_admin(detail: str) -> ProblemError:
+    return ProblemError(403, "not_an_admin", detail)
 
 
 async def _emit(event: str, call: Awaitable[None]) -> None:
@@ -105,13 +101,23 @@ class ConversationService:
             name=(request.name or "").strip() or None,
             created_at=now,
             updated_at=now,
+            admins=(user_id,),  # the creator administers the conversation
         )
         try:
             await self._store.create_conversation(conversation)
         except ConversationExists:
+            # The same answer whoever asks (member or not): a taken id says nothing of who is in it.
             raise ProblemError(
                 409, "conversation_exists", "a conversation with that id exists; pick another or omit it"
             ) from None
+        audit(
+            "membership_changed",
+            action="create",
+            actor=user_id,
+            conversation_id=conversation.conversation_id,
+            added=list(participants),
+            admins=[user_id],
+        )
         await _emit(
             "participants_changed",
             self._events.participants_changed(
@@ -128,8 +134,16 @@ class ConversationService:
         return ConversationPage(items=page.items, next_cursor=page.next_cursor)
 
     async def get(self, user_id: str, conversation_id: str) -> Conversation:
-        if not keys.CONVERSATION_ID_PATTERN.match(conversation_id):
+        if not keys.CONVERSATION_ID_PATTERN.fullmatch(conversation_id):
             raise _no_such_conversation()
+        conversation = await self._store.get_conversation(conversation_id)
+        if conversation is None or user_id not in conversation.participants:
+            raise _no_such_conversation()
+        return conversation
+
+    async def _as_member(self, user_id: str, conversation_id: str) -> Conversation:
+        """The conversation, when ``user_id`` is in it; otherwise the lib's one 404."""
+        await _participants_for(self._store, conversation_id, user_id)
         conversation = await self._store.get_conversation(conversation_id)
         if conversation is None or user_id not in conversation.participants:
             raise _no_such_conversation()
@@ -138,21 +152,41 @@ class ConversationService:
     async def add_participants(
         self, user_id: str, conversation_id: str, request: AddParticipants
     ) -> Conversation:
-        current = await _participants_for(self._store, conversation_id, user_id)
-        added = [user for user in dict.fromkeys(request.participant_ids) if user not in current]
+        """Any member adds members (as in Slack channels and WhatsApp's default); only admins add admins
+        or make members admins."""
+        conversation = await self._as_member(user_id, conversation_id)
+        current = frozenset(conversation.participants)
+        if request.role == "admin" and user_id not in conversation.admin_ids():
+            raise _not_an_admin("only admins can add admins")
+        wanted = list(dict.fromkeys(request.participant_ids))
+        added = [user for user in wanted if user not in current]
+        promoted = (
+            [user for user in wanted if user not in conversation.admin_ids()]
+            if request.role == "admin"
+            else []
+        )
         if len(current) + len(added) > MAX_PARTICIPANTS:
             raise ProblemError(
                 422, "too_many_participants", f"a conversation has at most {MAX_PARTICIPANTS} members"
             )
+        if not added and not promoted:
+            return conversation
+        # A conversation stored before roles has no admins list: write its implicit admin down too.
+        admins = [*conversation.admin_ids(), *promoted] if promoted and not conversation.admins else promoted
         try:
-            if not added:
-                conversation = await self._store.get_conversation(conversation_id)
-                if conversation is None:
-                    raise ConversationNotFound(conversation_id)
-                return conversation
-            conversation = await self._store.add_participants(conversation_id, added)
+            conversation = await self._store.add_participants(conversation_id, added, admins=admins)
         except ConversationNotFound:
             raise _no_such_conversation() from None
+        audit(
+            "membership_changed",
+            action="add",
+            actor=user_id,
+            conversation_id=conversation_id,
+            added=added,
+            admins=promoted,
+        )
+        if not added:
+            return conversation
         await _emit(
             "participants_changed",
             self._events.participants_changed(conversation_id, frozenset(added), frozenset()),
@@ -160,14 +194,31 @@ class ConversationService:
         return conversation
 
     async def remove_participant(self, user_id: str, conversation_id: str, removed_id: str) -> None:
-        """Any member may remove any member, themselves included (leaving); there are no roles."""
-        current = await _participants_for(self._store, conversation_id, user_id)
-        if not USER_ID_PATTERN.match(removed_id) or removed_id not in current:
+        """Anyone may leave; only admins remove others. When the last admin leaves, the member who joined
+        first becomes admin (as WhatsApp does), so a conversation with members always has one."""
+        conversation = await self._as_member(user_id, conversation_id)
+        if not USER_ID_PATTERN.fullmatch(removed_id) or removed_id not in conversation.participants:
             raise ProblemError(404, "participant_not_found", "that user is not a member of this conversation")
+        if removed_id != user_id and user_id not in conversation.admin_ids():
+            raise _not_an_admin("only admins can remove other members; anyone can leave")
         try:
-            await self._store.remove_participant(conversation_id, removed_id)
+            remaining = await self._store.remove_participant(conversation_id, removed_id)
+            successor: list[str] = []
+            if remaining.participants and not (
+                frozenset(remaining.admins) & frozenset(remaining.participants)
+            ):
+                successor = [remaining.participants[0]]
+                await self._store.add_participants(conversation_id, [], admins=successor)
         except ConversationNotFound:
             raise _no_such_conversation() from None
+        audit(
+            "membership_changed",
+            action="leave" if removed_id == user_id else "remove",
+            actor=user_id,
+            conversation_id=conversation_id,
+            removed=[removed_id],
+            admins=successor,
+        )
         await _emit(
             "participants_changed",
             self._events.participants_changed(conversation_id, frozenset(), frozenset({removed_id})),
@@ -302,7 +353,7 @@ class MessageService:
         # Every id this service hands out is a UUID; anything else cannot exist (nor reach the store).
         result = (
             await self._store.mark_read(conversation_id, message_id, user_id)
-            if keys.UUID_PATTERN.match(message_id)
+            if keys.UUID_PATTERN.fullmatch(message_id)
             else None
         )
         if result is None:

@@ -258,7 +258,15 @@ class NotificationConsumer:
         """True when every device is done (pushed now or before, or gone); False if any needs a retry."""
         devices = await self._devices.devices_for(notification.recipient_ids)
         targets = [device for user in notification.recipient_ids for device in devices.get(user, ())]
-        results = await asyncio.gather(*(self._push_device(notification, device) for device in targets))
+        # Supervised: every sibling push is settled (sent and kept, or released) before this returns, even
+        # when one fails, so none is left running behind the retry decision. Cancelling the siblings
+        # instead would release claims of pushes that may already have been delivered.
+        results = await asyncio.gather(
+            *(self._push_device(notification, device) for device in targets), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return all(result == "done" for result in results)
 
     async def _push_device(self, notification: Notification, device: Device) -> DeviceResult:

@@ -42,7 +42,7 @@ def route_handlers(upload_service: UploadService) -> list[HTTPRouteHandler]:
             200: ResponseSpec(
                 UploadUrlResponse, description="Upload URL issued", examples=[RESPONSE_EXAMPLE]
             ),
-            **problem_responses(400, 401, 403, 404, 413, 415),
+            **problem_responses(400, 401, 404, 413, 415),
         },
     )
     async def create_upload_url(

@@ -49,13 +49,7 @@ class UploadService:
     async def _issue(
         self, user_id: str, conversation_id: str, request: UploadUrlRequest
     ) -> UploadUrlResponse:
-        if not keys.CONVERSATION_ID_PATTERN.match(conversation_id):
-            raise ProblemError(404, "conversation_not_found", "no such conversation")
-        membership = await self._membership.check(conversation_id, user_id)
-        if not membership.exists:
-            raise ProblemError(404, "conversation_not_found", "no such conversation")
-        if not membership.member:
-            raise ProblemError(403, "not_a_member", "only participants of the conversation can upload to it")
+        await self._membership.require(conversation_id, user_id)  # 404 alike for strangers and unknown ids
         content_type = keys.accepted_content_type(request.content_type, self._allowed)
         if request.size_bytes is not None and request.size_bytes > self._max_bytes:
             raise ProblemError(

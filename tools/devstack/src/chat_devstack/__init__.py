@@ -479,6 +479,7 @@ class Stack:
             "AUTH_JWT_SECRET": os.environ.get(
                 "AUTH_JWT_SECRET", "dev-only-secret-change-me-0123456789abcdef"
             ),
+            "HOST": "127.0.0.1",  # the dev secret is refused off loopback
             "OBJECT_STORE": "s3",
             "MESSAGE_STORE": "firestore",
             "EVENT_BUS": "redis",

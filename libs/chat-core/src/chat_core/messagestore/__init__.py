@@ -101,11 +101,20 @@ class LastMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
 class Conversation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     conversation_id: str
-    participants: tuple[str, ...]
+    participants: tuple[str, ...]  # in the order members joined
     name: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
     last_message: LastMessage | None = None
+    # Members with the admin role (a subset of ``participants``). Stored since roles exist; a
+    # conversation stored before has none, and its creator (the first participant) is its admin.
+    admins: tuple[str, ...] = ()
+
+    def admin_ids(self) -> frozenset[str]:
+        """Who administers the conversation (see ``admins``)."""
+        if self.admins:
+            return frozenset(self.admins) & frozenset(self.participants)
+        return frozenset(self.participants[:1])
 
 
 class Device(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -196,11 +205,14 @@ class ConversationStore(Protocol):
     ) -> Page[Conversation]:
         """Conversations ``user_id`` belongs to, most recently updated first. Raises InvalidCursor."""
 
-    async def add_participants(self, conversation_id: str, user_ids: Collection[str]) -> Conversation:
-        """Raises ConversationNotFound."""
+    async def add_participants(
+        self, conversation_id: str, user_ids: Collection[str], *, admins: Collection[str] = ()
+    ) -> Conversation:
+        """Add ``user_ids`` as members and give ``admins`` (members, or among ``user_ids``) the admin role,
+        in one atomic change. Raises ConversationNotFound."""
 
     async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
-        """Raises ConversationNotFound."""
+        """Remove the member and any role they had. Raises ConversationNotFound."""
 
     async def touch_conversation(self, conversation_id: str, last_message: LastMessage) -> None:
         """Set ``lastMessage``/``updatedAt`` unless a newer last message is already stored."""

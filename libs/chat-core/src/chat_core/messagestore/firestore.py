@@ -226,20 +226,28 @@ class FirestoreChatStore:
             position=lambda c: (c.updated_at, c.conversation_id),
         )
 
-    async def add_participants(self, conversation_id: str, user_ids: Collection[str]) -> Conversation:
+    async def add_participants(
+        self, conversation_id: str, user_ids: Collection[str], *, admins: Collection[str] = ()
+    ) -> Conversation:
         # ArrayUnion is applied by the server: no read, no transaction, so concurrent additions neither
-        # lose each other nor queue on a lock.
-        return await self._update_participants(conversation_id, ArrayUnion(list(dict.fromkeys(user_ids))))
+        # lose each other nor queue on a lock. Members and roles change in one update.
+        change: dict[str, Any] = {}
+        if user_ids:  # Firestore refuses an empty union
+            change["participants"] = ArrayUnion(list(dict.fromkeys(user_ids)))
+        if admins:
+            change["admins"] = ArrayUnion(list(dict.fromkeys(admins)))
+        return await self._update_participants(conversation_id, change)
 
     async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
-        return await self._update_participants(conversation_id, ArrayRemove([user_id]))
+        return await self._update_participants(
+            conversation_id, {"participants": ArrayRemove([user_id]), "admins": ArrayRemove([user_id])}
+        )
 
-    async def _update_participants(
-        self, conversation_id: str, change: ArrayUnion | ArrayRemove
-    ) -> Conversation:
+    async def _update_participants(self, conversation_id: str, change: dict[str, Any]) -> Conversation:
         ref = self._conversation_ref(conversation_id)
         try:
-            await ref.update({"participants": change})
+            if change:
+                await ref.update(change)
         except gexc.NotFound:
             raise ConversationNotFound(conversation_id) from None
         snapshot = await ref.get()

@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     participants    TEXT    NOT NULL,  -- JSON array, in the order members joined
     created_at      INTEGER NOT NULL,  -- microseconds since the epoch, UTC
     updated_at      INTEGER NOT NULL,
-    last_message    BLOB               -- JSON LastMessage
+    last_message    BLOB,              -- JSON LastMessage
+    admins          TEXT               -- JSON array: members with the admin role
 );
 -- One row per member: the by-user index behind "my conversations".
 CREATE TABLE IF NOT EXISTS participants (
@@ -97,6 +98,14 @@ CREATE INDEX IF NOT EXISTS push_receipts_by_age ON push_receipts (claimed_at);
 """
 
 
+def _on_open(conn: sqlite3.Connection) -> None:
+    # Data dirs made before roles existed: add the column (NULL: the creator is the admin).
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(conversations)")}
+    if "admins" not in columns:
+        conn.execute("ALTER TABLE conversations ADD COLUMN admins TEXT")
+    _expire_receipts(conn)
+
+
 def _expire_receipts(conn: sqlite3.Connection) -> None:
     # Receipts only guard against redelivery, which stops once the queue's retention is over.
     cutoff = micros(dt.datetime.now(dt.UTC) - PUSH_RECEIPT_TTL)
@@ -113,11 +122,12 @@ def _conversation(row: sqlite3.Row) -> Conversation:
         last_message=msgspec.json.decode(row["last_message"], type=LastMessage)
         if row["last_message"] is not None
         else None,
+        admins=tuple(msgspec.json.decode(row["admins"], type=list[str])) if row["admins"] else (),
     )
 
 
 _CONVERSATION_COLUMNS = (
-    "c.conversation_id, c.name, c.participants, c.created_at, c.updated_at, c.last_message"
+    "c.conversation_id, c.name, c.participants, c.created_at, c.updated_at, c.last_message, c.admins"
 )
 
 
@@ -143,7 +153,7 @@ class SqliteChatStore:
 
     def __init__(self, path: Path | str, *, readers: int = 4) -> None:
         self._db = SqliteEngine(
-            path, schema=_SCHEMA, readers=readers, on_open=_expire_receipts, label="SQLite message store"
+            path, schema=_SCHEMA, readers=readers, on_open=_on_open, label="SQLite message store"
         )
 
     async def _newest_first(
@@ -193,8 +203,8 @@ class SqliteChatStore:
                 raise ConversationExists(conversation.conversation_id)
             conn.execute(
                 "INSERT INTO conversations"
-                " (conversation_id, name, participants, created_at, updated_at, last_message)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " (conversation_id, name, participants, created_at, updated_at, last_message, admins)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     conversation.conversation_id,
                     conversation.name,
@@ -204,6 +214,7 @@ class SqliteChatStore:
                     None
                     if conversation.last_message is None
                     else msgspec.json.encode(conversation.last_message),
+                    msgspec.json.encode(list(conversation.admins)).decode(),
                 ),
             )
             conn.executemany(
@@ -241,24 +252,33 @@ class SqliteChatStore:
             position=lambda c: (c.updated_at, c.conversation_id),
         )
 
-    async def add_participants(self, conversation_id: str, user_ids: Collection[str]) -> Conversation:
+    async def add_participants(
+        self, conversation_id: str, user_ids: Collection[str], *, admins: Collection[str] = ()
+    ) -> Conversation:
         def add(conn: sqlite3.Connection) -> Conversation:
             current = _select_conversation(conn, conversation_id)
             if current is None:
                 raise ConversationNotFound(conversation_id)
             joined = [user for user in dict.fromkeys(user_ids) if user not in current.participants]
-            if not joined:
-                return current
             participants = (*current.participants, *joined)
+            promoted = tuple(
+                dict.fromkeys([*current.admins, *(user for user in admins if user in participants)])
+            )
+            if not joined and promoted == current.admins:
+                return current
             conn.execute(
-                "UPDATE conversations SET participants = ? WHERE conversation_id = ?",
-                (msgspec.json.encode(list(participants)).decode(), conversation_id),
+                "UPDATE conversations SET participants = ?, admins = ? WHERE conversation_id = ?",
+                (
+                    msgspec.json.encode(list(participants)).decode(),
+                    msgspec.json.encode(list(promoted)).decode(),
+                    conversation_id,
+                ),
             )
             conn.executemany(
                 "INSERT OR IGNORE INTO participants (conversation_id, user_id) VALUES (?, ?)",
                 [(conversation_id, user) for user in joined],
             )
-            return msgspec.structs.replace(current, participants=participants)
+            return msgspec.structs.replace(current, participants=participants, admins=promoted)
 
         return await self._db.write(add)
 
@@ -270,15 +290,20 @@ class SqliteChatStore:
             if user_id not in current.participants:
                 return current
             participants = tuple(user for user in current.participants if user != user_id)
+            admins = tuple(user for user in current.admins if user != user_id)
             conn.execute(
-                "UPDATE conversations SET participants = ? WHERE conversation_id = ?",
-                (msgspec.json.encode(list(participants)).decode(), conversation_id),
+                "UPDATE conversations SET participants = ?, admins = ? WHERE conversation_id = ?",
+                (
+                    msgspec.json.encode(list(participants)).decode(),
+                    msgspec.json.encode(list(admins)).decode(),
+                    conversation_id,
+                ),
             )
             conn.execute(
                 "DELETE FROM participants WHERE conversation_id = ? AND user_id = ?",
                 (conversation_id, user_id),
             )
-            return msgspec.structs.replace(current, participants=participants)
+            return msgspec.structs.replace(current, participants=participants, admins=admins)
 
         return await self._db.write(remove)
 

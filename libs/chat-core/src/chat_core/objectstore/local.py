@@ -9,39 +9,27 @@ Nothing can escape the directory: keys are checked segment by segment (no empty,
 covers ``..`` and our own hidden files — or control-character segments, no backslashes, no absolute keys),
 files are opened with ``O_NOFOLLOW``, and no directory on the way may be a symlink.
 
-Presigned URLs are HMAC-SHA256-signed links to this process's own route ``/_storage/{key}``. The route
-enforces what S3 enforces, with the same statuses: the method, the expiry, the signed content type and
-length (403), a missing length (411). The HMAC key is 32 random bytes created once in
-``DATA_DIR/object-url-signing.key`` (mode 0600) and shared by every process using that data dir; it is
-independent of the JWT secret, so rotating one never touches the other.
+Split by job: this module is the file store (the port); ``local_signing`` signs and verifies the
+presigned links (and owns the key file); ``local_route`` is the ``/_storage/{key}`` route they point to.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
 import errno
 import hashlib
-import hmac
 import os
-import secrets
 import stat
-import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
-from xml.sax.saxutils import escape
 
 import anyio
 import anyio.to_thread
 import msgspec
-from litestar import Request, Response, route
-from litestar.enums import HttpMethod
-from litestar.exceptions import InternalServerException
-from litestar.params import FromPath
 
 from chat_core.objectstore import (
     ByteRange,
@@ -51,8 +39,15 @@ from chat_core.objectstore import (
     PresignedUpload,
     RangeNotSatisfiable,
 )
-from chat_core.objectstore.s3 import RESPONSE_OVERRIDES
-from chat_core.objectstore.serving import serve_object
+from chat_core.objectstore.local_signing import (
+    CREATE_FLAGS,
+    MIN_SIGNING_KEY_BYTES,
+    SIGNING_KEY_FILE,
+    STORAGE_ROUTE,
+    SigningKeyError,
+    UrlSigner,
+    load_signing_key,
+)
 from chat_core.settings import Settings
 
 if TYPE_CHECKING:
@@ -60,19 +55,24 @@ if TYPE_CHECKING:
 
     from chat_core.backends import Backends
 
-__all__ = ["STORAGE_ROUTE", "InvalidObjectKey", "LocalObjectStore", "create"]
+__all__ = [
+    "MIN_SIGNING_KEY_BYTES",
+    "SIGNING_KEY_FILE",
+    "STORAGE_ROUTE",
+    "InvalidObjectKey",
+    "LocalObjectStore",
+    "SigningKeyError",
+    "Upload",
+    "create",
+    "key_segments",
+]
 
 T = TypeVar("T")
-STORAGE_ROUTE = "/_storage"
-SIGNING_KEY_FILE = "object-url-signing.key"
 _MAX_KEY_BYTES = 1024
 _MAX_SEGMENT_BYTES = 200  # leaves room for the sidecar and temporary names within NAME_MAX (255)
 _READ_CHUNK = 256 * 1024
-_WRITE_BUFFER = 1024 * 1024
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-_CREATE_FLAGS = (
-    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-)
+_CREATE_FLAGS = CREATE_FLAGS
 
 
 class InvalidObjectKey(ValueError):
@@ -82,39 +82,6 @@ class InvalidObjectKey(ValueError):
 class _Meta(msgspec.Struct, frozen=True):
     content_type: str
     etag: str
-
-
-class _Signed(msgspec.Struct, frozen=True):
-    """What a signed URL grants; its canonical JSON is what the HMAC covers."""
-
-    method: str
-    key: str
-    expires: int
-    content_type: str
-    content_length: int | None
-    overrides: list[tuple[str, str]]
-
-
-class _Refusal(Exception):
-    """An S3-style error answer of the storage route."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def _s3_error(status: int, code: str, message: str) -> Response[bytes]:
-    body = (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{code}</Code><Message>{escape(message)}</Message></Error>"
-    )
-    return Response(body.encode(), status_code=status, media_type="application/xml")
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def key_segments(key: str) -> list[str]:
@@ -134,7 +101,7 @@ def key_segments(key: str) -> list[str]:
     return segments
 
 
-class _Upload:
+class Upload:
     """A file being written: a hidden temporary beside its final name, renamed into place on commit."""
 
     def __init__(self, store: LocalObjectStore, key: str) -> None:
@@ -176,6 +143,52 @@ class _Upload:
             os.unlink(self.temp)
 
 
+class _FileBody:
+    """The bytes of an open file as an async iterator that closes its descriptor on every path.
+
+    An async generator's ``finally`` only runs once it has started: a body nobody reads (the client left
+    before the response began, an error between ``open`` and streaming) would keep its descriptor
+    forever. Here the descriptor is closed at the end, on an error, on ``aclose()``, and, failing all
+    of those, when the body is garbage-collected (``weakref.finalize``).
+    """
+
+    def __init__(self, fd: int, position: int, remaining: int, limiter: anyio.CapacityLimiter) -> None:
+        self._fd = fd
+        self._position = position
+        self._remaining = remaining
+        self._limiter = limiter
+        self._closer = weakref.finalize(self, _close_quietly, fd)
+
+    def __aiter__(self) -> _FileBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._remaining <= 0 or not self._closer.alive:
+            await self.aclose()
+            raise StopAsyncIteration
+        try:
+            chunk = await anyio.to_thread.run_sync(
+                os.pread, self._fd, min(_READ_CHUNK, self._remaining), self._position, limiter=self._limiter
+            )
+        except BaseException:
+            await self.aclose()
+            raise
+        if not chunk:
+            await self.aclose()
+            raise StopAsyncIteration
+        self._position += len(chunk)
+        self._remaining -= len(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        self._closer()  # closes once; later calls do nothing
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
 class LocalObjectStore:
     name = "local"
     readiness_name = "object_store"  # "local" alone would not tell an operator what is failing
@@ -188,49 +201,26 @@ class LocalObjectStore:
         self._base_url = settings.service.base_url()
         self._max_bytes = settings.images.max_bytes
         self._limiter = anyio.CapacityLimiter(threads)
-        self._signing_key: bytes | None = None
+        self._signer: UrlSigner | None = None
 
-    async def _run(self, func: Callable[..., T], *args: Any) -> T:
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` on the store's bounded thread pool."""
         return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
-        await self._run(self._start_sync)
+        await self.run(self._start_sync)
 
     def _start_sync(self) -> None:
         os.makedirs(self._root, exist_ok=True)
         self._root_real = os.path.realpath(self._root)
-        self._signing_key = self._load_signing_key()
-
-    def _load_signing_key(self) -> bytes:
-        try:
-            with open(self._key_file, "rb") as existing:
-                key = base64.b64decode(existing.read().strip())
-            if len(key) >= 32:
-                return key
-        except FileNotFoundError:
-            pass
-        temp = f"{self._key_file}.{uuid.uuid4().hex}"
-        fd = os.open(temp, _CREATE_FLAGS, 0o600)
-        try:
-            os.write(fd, base64.b64encode(secrets.token_bytes(32)) + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(temp, self._key_file)  # atomic and exclusive: two processes starting agree on one key
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(temp)
-        with open(self._key_file, "rb") as created:
-            return base64.b64decode(created.read().strip())
+        self._signer = UrlSigner(load_signing_key(self._key_file), self._base_url)
 
     async def close(self) -> None:
         return None
 
     async def ping(self) -> None:
-        if not await self._run(os.access, self._root, os.W_OK):
+        if not await self.run(os.access, self._root, os.W_OK):
             raise OSError(f"{self._root} is not writable")
 
     async def ensure_bucket(self, cors_origins: tuple[str, ...]) -> None:
@@ -292,37 +282,27 @@ class LocalObjectStore:
             last_modified=dt.datetime.fromtimestamp(st.st_mtime, dt.UTC),
         )
 
-    # --- presigning -------------------------------------------------------------------------------
-    def _signature(self, grant: _Signed) -> str:
-        if self._signing_key is None:
+    # --- presigning (local_signing) and the storage route (local_route) ------------------------------
+    @property
+    def signer(self) -> UrlSigner:
+        if self._signer is None:
             raise RuntimeError("the local object store was not started")
-        return _b64(hmac.digest(self._signing_key, msgspec.json.encode(grant), "sha256"))
+        return self._signer
 
-    def _url(self, key: str, grant: _Signed, params: list[tuple[str, str]]) -> str:
-        params = [*params, ("signature", self._signature(grant))]
-        query = "&".join(f"{name}={quote(value, safe='')}" for name, value in params)
-        return f"{self._base_url}{STORAGE_ROUTE}/{quote(key, safe='/~')}?{query}"
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    @property
+    def limiter(self) -> anyio.CapacityLimiter:
+        return self._limiter
 
     def presign_put(
         self, key: str, *, content_type: str, content_length: int | None, expires_in: int
     ) -> PresignedUpload:
         key_segments(key)
-        expires_at = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=expires_in)
-        grant = _Signed(
-            method="PUT",
-            key=key,
-            expires=int(expires_at.timestamp()),
-            content_type=content_type,
-            content_length=content_length,
-            overrides=[],
-        )
-        params = [("method", "PUT"), ("expires", str(grant.expires)), ("content-type", content_type)]
-        headers = {"Content-Type": content_type}
-        if content_length is not None:
-            params.append(("content-length", str(content_length)))
-            headers["Content-Length"] = str(content_length)
-        return PresignedUpload(
-            url=self._url(key, grant, params), method="PUT", headers=headers, expires_at=expires_at
+        return self.signer.presign_put(
+            key, content_type=content_type, content_length=content_length, expires_in=expires_in
         )
 
     def presign_get(
@@ -334,134 +314,22 @@ class LocalObjectStore:
         response_headers: Mapping[str, str] | None = None,
     ) -> str:
         key_segments(key)
-        overrides = sorted((name.lower(), value) for name, value in (response_headers or {}).items())
-        for name, _ in overrides:
-            if name not in RESPONSE_OVERRIDES:
-                raise ValueError(f"a signed GET cannot override the response header {name!r}")
-        signed_at = signed_at or dt.datetime.now(dt.UTC)
-        grant = _Signed(
-            method="GET",
-            key=key,
-            expires=int(signed_at.timestamp()) + expires_in,
-            content_type="",
-            content_length=None,
-            overrides=overrides,
+        return self.signer.presign_get(
+            key, expires_in=expires_in, signed_at=signed_at, response_headers=response_headers
         )
-        params = [
-            ("method", "GET"),
-            ("expires", str(grant.expires)),
-            *((f"response-{name}", value) for name, value in overrides),
-        ]
-        return self._url(key, grant, params)
 
-    def _verify(self, request: Request[Any, Any, Any], key: str) -> _Signed:
-        """The grant of a signed URL, or a _Refusal with S3's status and code."""
-        query = request.query_params
-        try:
-            content_length = query.get("content-length")
-            grant = _Signed(
-                method=str(query.get("method", "")),
-                key=key,
-                expires=int(query.get("expires", "")),
-                content_type=str(query.get("content-type", "")),
-                content_length=int(content_length) if content_length is not None else None,
-                overrides=sorted(
-                    (name.removeprefix("response-"), str(value))
-                    for name, value in query.items()
-                    if name.startswith("response-")
-                ),
-            )
-            signature = str(query["signature"])
-        except (KeyError, ValueError):
-            raise _Refusal(403, "AccessDenied", "Query-string authentication requires a signature") from None
-        if not hmac.compare_digest(signature, self._signature(grant)) or grant.method != request.method:
-            raise _Refusal(403, "SignatureDoesNotMatch", "The request signature we calculated does not match")
-        if time.time() > grant.expires:
-            raise _Refusal(403, "AccessDenied", "Request has expired")
-        return grant
-
-    # --- the storage route ------------------------------------------------------------------------
     def route_handlers(self) -> list[HTTPRouteHandler]:
-        store = self
+        from chat_core.objectstore.local_route import storage_route
 
-        @route(
-            f"{STORAGE_ROUTE}/{{key:path}}",
-            http_method=[HttpMethod.GET, HttpMethod.PUT],
-            include_in_schema=False,
-            request_max_body_size=None,  # enforced below against the signed length and MAX_IMAGE_BYTES
-        )
-        async def local_storage(request: Request[Any, Any, Any], key: FromPath[str]) -> Response[Any]:
-            key = key.removeprefix("/")
-            try:
-                key_segments(key)
-                grant = store._verify(request, key)
-                if request.method == HttpMethod.PUT:
-                    etag = await store._receive(request, key, grant)
-                    return Response(b"", status_code=200, headers={"ETag": etag})
-                overrides = dict(grant.overrides)
-                content_type = overrides.pop("content-type", None)
-                served = await serve_object(
-                    store,
-                    key,
-                    request.headers,
-                    headers={name.title(): value for name, value in overrides.items()},
-                    content_type=content_type,
-                )
-                return served.response
-            except InvalidObjectKey as exc:
-                return _s3_error(400, "InvalidObjectName", str(exc))
-            except _Refusal as refusal:
-                return _s3_error(refusal.status, refusal.code, refusal.message)
-            except ObjectNotFound:
-                return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
-            except RangeNotSatisfiable as exc:
-                response = _s3_error(416, "InvalidRange", "The requested range is not satisfiable")
-                response.headers["Content-Range"] = f"bytes */{exc.size}"
-                return response
-
-        return [local_storage]
-
-    async def _receive(self, request: Request[Any, Any, Any], key: str, grant: _Signed) -> str:
-        """Stream the body to disk under the grant's limits; the new object's ETag."""
-        if request.headers.get("content-type", "") != grant.content_type:
-            raise _Refusal(403, "SignatureDoesNotMatch", "Content-Type is not the signed one")
-        declared = request.headers.get("content-length")
-        if declared is None or not declared.isdigit():
-            raise _Refusal(411, "MissingContentLength", "You must provide the Content-Length HTTP header.")
-        length = int(declared)
-        if grant.content_length is not None and length != grant.content_length:
-            raise _Refusal(403, "SignatureDoesNotMatch", "Content-Length is not the signed one")
-        if length > self._max_bytes:
-            raise _Refusal(413, "EntityTooLarge", f"Your proposed upload exceeds {self._max_bytes} bytes")
-        upload = await self._run(_Upload, self, key)
-        try:
-            buffer = bytearray()
-            async for chunk in request.stream():
-                buffer += chunk
-                if len(buffer) >= _WRITE_BUFFER:
-                    await self._run(upload.write, bytes(buffer))
-                    buffer.clear()
-                if upload.size + len(buffer) > length:
-                    raise _Refusal(400, "IncompleteBody", "More bytes than Content-Length")
-            await self._run(upload.write, bytes(buffer))
-            if upload.size != length:
-                raise _Refusal(400, "IncompleteBody", "Fewer bytes than Content-Length")
-            await self._run(upload.commit, grant.content_type)
-        except InternalServerException:  # the client went away mid-body
-            await self._run(upload.abort)
-            raise _Refusal(400, "IncompleteBody", "The upload was interrupted") from None
-        except BaseException:
-            await anyio.to_thread.run_sync(upload.abort, limiter=self._limiter, abandon_on_cancel=False)
-            raise
-        return f'"{upload.md5.hexdigest()}"'
+        return [storage_route(self)]
 
     # --- the port ---------------------------------------------------------------------------------
     async def head(self, key: str) -> ObjectInfo | None:
-        opened = await self._run(self._open_sync, key)
+        opened = await self.run(self._open_sync, key)
         if opened is None:
             return None
         fd, info = opened
-        await self._run(os.close, fd)
+        await self.run(os.close, fd)
         return info
 
     def _read_prefix_sync(self, key: str, length: int) -> tuple[ObjectInfo, bytes] | None:
@@ -477,42 +345,30 @@ class LocalObjectStore:
     async def read_prefix(self, key: str, length: int) -> tuple[ObjectInfo, bytes] | None:
         if length < 1:
             raise ValueError("length must be at least 1")
-        return await self._run(self._read_prefix_sync, key, length)
+        return await self.run(self._read_prefix_sync, key, length)
 
     async def open(self, key: str, byte_range: ByteRange | None = None) -> ObjectRead:
         if byte_range is not None and (
             byte_range.start < 0 or (byte_range.end is not None and byte_range.end < byte_range.start)
         ):
             raise ValueError(f"invalid byte range {byte_range!r}")
-        opened = await self._run(self._open_sync, key)
+        opened = await self.run(self._open_sync, key)
         if opened is None:
             raise ObjectNotFound(key)
         fd, info = opened
         start, end = 0, info.size - 1
         if byte_range is not None:
             if byte_range.start >= info.size:
-                await self._run(os.close, fd)
+                await self.run(os.close, fd)
                 raise RangeNotSatisfiable(info.size)
             start = byte_range.start
             end = info.size - 1 if byte_range.end is None else min(byte_range.end, info.size - 1)
 
-        async def body() -> AsyncIterator[bytes]:
-            position, remaining = start, end - start + 1
-            try:
-                while remaining > 0:
-                    chunk = await self._run(os.pread, fd, min(_READ_CHUNK, remaining), position)
-                    if not chunk:
-                        return
-                    position += len(chunk)
-                    remaining -= len(chunk)
-                    yield chunk
-            finally:
-                await anyio.to_thread.run_sync(os.close, fd, limiter=self._limiter, abandon_on_cancel=False)
-
-        return ObjectRead(info=info, start=start, end=end, body=body())
+        body = _FileBody(fd, start, end - start + 1, self._limiter)
+        return ObjectRead(info=info, start=start, end=end, body=body)
 
     def _put_sync(self, key: str, data: bytes, content_type: str) -> ObjectInfo:
-        upload = _Upload(self, key)
+        upload = Upload(self, key)
         try:
             upload.write(data)
             st = upload.commit(content_type)
@@ -522,7 +378,7 @@ class LocalObjectStore:
         return self._info(key, upload.path, st)
 
     async def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:
-        return await self._run(self._put_sync, key, data, content_type)
+        return await self.run(self._put_sync, key, data, content_type)
 
     def _delete_sync(self, key: str) -> None:
         path = self._path(key)
@@ -533,7 +389,7 @@ class LocalObjectStore:
                 os.unlink(victim)
 
     async def delete(self, key: str) -> None:
-        await self._run(self._delete_sync, key)
+        await self.run(self._delete_sync, key)
 
     def _walk(self, prefix: str) -> Iterator[ObjectInfo]:
         """Objects under ``prefix`` in S3's order (by key, as UTF-8 bytes), one directory in memory at a time.
@@ -575,7 +431,7 @@ class LocalObjectStore:
             raise ValueError("page_size must be positive")
         walker = self._walk(prefix)
         while True:
-            page = await self._run(lambda: [*islice(walker, page_size)])
+            page = await self.run(lambda: [*islice(walker, page_size)])
             for info in page:
                 # Same as S3's listing, which cannot tell the content type.
                 yield msgspec.structs.replace(info, content_type="")

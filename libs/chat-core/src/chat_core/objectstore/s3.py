@@ -57,7 +57,7 @@ RESPONSE_OVERRIDES = frozenset(
 )
 CORS_ALLOWED_METHODS = ("GET", "PUT", "POST", "HEAD")  # the spec's rule
 CORS_MAX_AGE_SECONDS = 3000
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,18})-([0-9]{1,18})/([0-9]{1,18})")
 _STREAM_CHUNK = 64 * 1024
 
 
@@ -244,7 +244,7 @@ class S3ObjectStore:
         if response.status_code not in (200, 206):
             await _raise_for(response)
         size = len(response.content)
-        match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
         if match:
             size = int(match[3])
         return _info_from_headers(key, response.headers, size), response.content[:length]
@@ -267,7 +267,7 @@ class S3ObjectStore:
         if response.status_code not in (200, 206):
             await _raise_for(response)
         length = int(response.headers.get("content-length", 0))
-        match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
         if response.status_code == 206 and match:
             start, end, size = int(match[1]), int(match[2]), int(match[3])
         else:

@@ -14,12 +14,41 @@ from typing import Any, Literal, NamedTuple
 from litestar import Response
 from litestar.response import Stream
 
+from chat_core.keys import EXTENSIONS
 from chat_core.objectstore import ByteRange, ObjectInfo, ObjectNotFound, ObjectStore, RangeNotSatisfiable
 
-__all__ = ["Served", "etag_matches", "object_headers", "parse_range", "serve_object"]
+__all__ = [
+    "BYTES_CSP",
+    "Served",
+    "byte_safety_headers",
+    "etag_matches",
+    "object_headers",
+    "parse_range",
+    "serve_object",
+]
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# At most 18 digits a position: beyond any object's size, and a longer one (thousands of digits) is
+# ignored as invalid syntax instead of costing a huge int() conversion or failing it.
+_RANGE = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
 Outcome = Literal["ok", "partial", "not_modified"]
+# Stored bytes are never a page of ours: nothing they contain may run, load or be sniffed into HTML.
+BYTES_CSP = "default-src 'none'; sandbox"
+_FIXED = ("X-Content-Type-Options", "Content-Security-Policy")
+_INLINE_TYPES = frozenset(EXTENSIONS)  # the image types a browser may show in place
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def byte_safety_headers(key: str, media_type: str) -> dict[str, str]:
+    """Headers every response carrying stored bytes gets: ``nosniff``, a CSP that forbids everything,
+    and ``Content-Disposition``: ``inline`` for an image, ``attachment`` for anything else, with the key's
+    last segment as a filename reduced to safe characters."""
+    name = _UNSAFE_NAME_CHARS.sub("_", key.rsplit("/", 1)[-1])[:128] or "download"
+    disposition = "inline" if media_type in _INLINE_TYPES else "attachment"
+    return {
+        "Content-Disposition": f'{disposition}; filename="{name}"',
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": BYTES_CSP,
+    }
 
 
 class Served(NamedTuple):
@@ -33,7 +62,7 @@ def parse_range(header: str, size: int) -> ByteRange | None:
     None means "ignore the header and send everything" (not bytes, several ranges, or invalid syntax:
     RFC 9110 lets a server ignore those). Raises RangeNotSatisfiable when no byte of the object is asked.
     """
-    match = _RANGE.match(header.strip().replace(" ", ""))
+    match = _RANGE.fullmatch(header.strip().replace(" ", ""))
     if match is None:
         return None
     first, last = match[1], match[2]
@@ -94,9 +123,10 @@ async def serve_object(
         if info is None:
             raise ObjectNotFound(key)
         if if_none_match and etag_matches(if_none_match, info.etag):
-            return Served(
-                Response(b"", status_code=304, headers={**object_headers(info), **extra}), "not_modified"
-            )
+            safety = byte_safety_headers(key, content_type or info.content_type)
+            headers_304 = {**object_headers(info), **safety, **extra}
+            headers_304.update({name: safety[name] for name in _FIXED})
+            return Served(Response(b"", status_code=304, headers=headers_304), "not_modified")
         if_range = request_headers.get("if-range")
         if range_header and (if_range is None or if_range.strip() == info.etag):
             byte_range = parse_range(range_header, info.size)
@@ -109,6 +139,9 @@ async def serve_object(
     media_type = content_type or read.info.content_type or "application/octet-stream"
     if content_type is None and safe_types is not None and media_type not in safe_types:
         media_type = "application/octet-stream"
+    safety = byte_safety_headers(key, media_type)
+    # A signed override may name the disposition; nosniff and the CSP are never overridden.
+    response_headers = {**safety, **response_headers, **{name: safety[name] for name in _FIXED}}
     status = 200
     if byte_range is not None:
         status = 206
