@@ -1,0 +1,1 @@
+"""Media processor: sanitizes uploaded images into immutable derivatives (original, preview, thumbnail)."""
