@@ -135,16 +135,22 @@ def animated_webp(frames: int = 4, size: tuple[int, int] = (400, 300)) -> bytes:
 
 
 @functools.cache
-def heic(size: tuple[int, int] = (640, 480)) -> bytes:
-    """An HEVC-coded HEIF (what iPhones write), red top-left, with GPS EXIF."""
+def heic(size: tuple[int, int] = (640, 480), orientation: int = 1) -> bytes:
+    """An HEVC-coded HEIF (what iPhones write), with GPS EXIF, red top-left as displayed.
+
+    With ``orientation`` the pixels are stored turned and an ``irot``/``imir`` says how to show them
+    (pillow-heif turns the EXIF orientation into those, as phones write them).
+    """
+    shown = displayed(size)
+    stored = shown.transpose(_UNDO[orientation]) if orientation in _UNDO else shown
     buffer = io.BytesIO()
-    heif = pillow_heif.from_pillow(displayed(size))
-    heif.save(buffer, quality=90, exif=exif_with_gps().tobytes())
+    heif = pillow_heif.from_pillow(stored)
+    heif.save(buffer, quality=90, exif=exif_with_gps(orientation).tobytes())
     return buffer.getvalue()
 
 
 @functools.cache
-def large_jpeg(megapixels: int) -> bytes:
+def large_jpeg(megapixels: int, orientation: int = 1) -> bytes:
     """A photo-like JPEG of about ``megapixels`` MP (3:2), under the 50 MP limit when asked for 50."""
     width = int((megapixels * 1_000_000 * 1.5) ** 0.5) // 16 * 16
     height = min(megapixels * 1_000_000 // width, 50_000_000 // width)
@@ -152,7 +158,7 @@ def large_jpeg(megapixels: int) -> bytes:
     base = Image.linear_gradient("L").resize((width, height))
     noise = Image.effect_noise((width, height), 40)
     image = Image.merge("RGB", (base, noise, base.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
-    return _save(image, "JPEG", quality=90, exif=exif_with_gps())
+    return _save(image, "JPEG", quality=90, exif=exif_with_gps(orientation))
 
 
 @functools.cache

@@ -3,9 +3,11 @@
 A queue worker calls ``await processor.process(data, content_type)`` and always gets a ``Sanitized`` or
 a ``Rejected``: a job past its time is killed (``timeout``); one past its memory fails inside the worker
 (``memory``: the address space is capped with ``RLIMIT_AS``, so an allocation fails instead of the
-kernel's OOM killer taking the pod); a worker that dies anyway (a decoder crash) fails only its own job
-(``worker_crashed``, or ``memory`` if it was SIGKILLed, which is what an OOM kill looks like). A killed or
-dead worker is replaced before it takes another job, so one bad image never takes the service down.
+kernel's OOM killer taking the pod; libvips then reports the failure, or GLib aborts the worker, which
+is how GLib answers a failed allocation); a worker that dies otherwise (a decoder crash) fails only
+its own job (``worker_crashed``; a SIGKILL counts as ``memory``: that is what an OOM kill looks like).
+A killed or dead worker is replaced before it takes another job, so one bad image never takes the
+service down.
 
 One worker per core by default, each with one libvips thread: the CPU is shared by processes, not by
 threads inside one job, so a slow image holds one core and no more. Jobs are handed over a pipe
@@ -60,6 +62,7 @@ def _available_cpus() -> int:
 def _worker_main(connection: Connection, limits: ImageLimits, memory_bytes: int, vips_threads: int) -> None:
     """The worker's loop: one job in, one result out, until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    _limit_malloc_arenas()
     if memory_bytes:
         import resource
 
@@ -85,6 +88,22 @@ def _worker_main(connection: Connection, limits: ImageLimits, memory_bytes: int,
             connection.send(result)
         except MemoryError:
             connection.send(Rejected(Reason.MEMORY, "the result needs more memory than a job may use"))
+
+
+def _limit_malloc_arenas() -> None:
+    """glibc reserves a 64 MB arena per thread; two are plenty here, and the address space cap then
+    measures memory in use rather than reservations."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(name).mallopt(_M_ARENA_MAX, 2)
+
+
+_M_ARENA_MAX = -8  # from glibc's malloc.h
 
 
 class _Worker:
@@ -154,6 +173,11 @@ class MediaProcessor:
     ) -> None:
         await self.close()
 
+    @property
+    def worker_pids(self) -> list[int]:
+        """The live workers' process ids (for health checks, and for tests that kill one)."""
+        return [worker.process.pid for worker in self._workers if worker.process.pid is not None]
+
     def _spawn(self) -> _Worker:
         worker = _Worker(self._context, self.limits, self.pool)
         self._workers.add(worker)
@@ -194,6 +218,8 @@ class MediaProcessor:
             await asyncio.to_thread(worker.process.join, 5)
             if worker.process.exitcode == -signal.SIGKILL:  # what the kernel's OOM killer does
                 return Rejected(Reason.MEMORY, "the worker was killed (out of memory)")
+            if worker.process.exitcode == -signal.SIGABRT and self.pool.memory_bytes:
+                return Rejected(Reason.MEMORY, "an allocation failed under the job's memory bound")
             return Rejected(Reason.WORKER_CRASHED, f"the worker exited with {worker.process.exitcode}")
         return result
 
