@@ -83,10 +83,11 @@ async def test_jobs_run_side_by_side_on_the_workers() -> None:
     assert all(isinstance(result, Sanitized) for result in results)
 
 
-def test_a_50_mp_image_stays_under_300_mb_in_the_worker(tmp_path: Path) -> None:
+@pytest.mark.parametrize("orientation", [1, 6], ids=["upright", "turned"])
+def test_a_50_mp_image_stays_under_300_mb_in_the_worker(tmp_path: Path, orientation: int) -> None:
     """Measured in a fresh process, so the worker's peak RSS is its own (ru_maxrss survives fork+exec)."""
     image = tmp_path / "50mp.jpg"
-    image.write_bytes(corpus.large_jpeg(50))
+    image.write_bytes(corpus.large_jpeg(50, orientation=orientation))
     script = textwrap.dedent(
         f"""
         import asyncio, resource, sys
@@ -115,4 +116,5 @@ def test_a_50_mp_image_stays_under_300_mb_in_the_worker(tmp_path: Path) -> None:
     kind, pixels, peak = done.stdout.split()
     assert kind == "Sanitized"
     assert int(pixels) > 49_000_000
+    print(f"peak RSS {int(peak) / 2**20:.0f} MiB")
     assert int(peak) < 300 * 1024 * 1024, f"peak RSS {int(peak) / 2**20:.0f} MiB"
