@@ -5,10 +5,11 @@ libvips command-line tools (C, no Python) as the floor.
 
 One job is what the media processor does to an upload: decode under limits, orient, sRGB, strip all
 metadata, write ``original`` (same format), ``preview`` (long edge 1280) and ``thumbnail`` (320), and a
-BlurHash. Three fixed generated files: a 12 MP JPEG (a phone photo), a 2 MP PNG (a screenshot), an
-animated GIF (24 frames, 480x360). Each implementation runs in this process on one thread (libvips'
-concurrency 1, as in a worker); throughput is jobs per CPU-second (process CPU time, so the other
-loads on a shared machine do not skew it), i.e. images per second per core.
+BlurHash. Three fixed generated files: a 12 MP JPEG (a phone photo held upright: EXIF orientation 6,
+so the pixels must be turned; the same photo with orientation 1 is a row of its own), a 2 MP PNG (a
+screenshot), an animated GIF (24 frames, 480x360). Each implementation runs in this process on one
+thread (libvips' concurrency 1, as in a worker); throughput is jobs per CPU-second (process CPU
+time, so the other loads on a shared machine do not skew it), i.e. images per second per core.
 
 The floor is Debian's ``vips`` + ``vipsthumbnail`` (libvips 8.14 there) doing the same three outputs
 per file (``vips autorot`` to a stripped original, ``vipsthumbnail`` twice), timed by the children's
@@ -45,6 +46,7 @@ from tests.media import corpus
 LIMITS = ImageLimits()
 FILES: dict[str, tuple[str, str, Callable[[], bytes]]] = {
     "12 MP JPEG": ("photo.jpg", "image/jpeg", lambda: corpus.large_jpeg(12, orientation=6)),
+    "  (upright)": ("upright.jpg", "image/jpeg", lambda: corpus.large_jpeg(12)),
     "2 MP PNG": ("screen.png", "image/png", lambda: corpus.png_photo(2)),
     "animated GIF": ("anim.gif", "image/gif", lambda: corpus.animated_gif(24, (480, 360))),
 }

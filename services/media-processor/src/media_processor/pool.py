@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import multiprocessing
 import os
 import signal
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import TracebackType
 
 from media_processor.imaging import DEFAULT_LIMITS, ImageLimits, Reason, Rejected, Sanitized, sanitize
@@ -45,7 +47,7 @@ near 250 MB of RSS; the rest of the budget is the mappings that cost no memory."
 @dataclass(frozen=True, slots=True)
 class PoolSettings:
     workers: int = 0
-    """Worker processes; 0 means one per CPU this process may use."""
+    """Worker processes; 0 means one per CPU this process may use (affinity and cgroup CPU quota)."""
     timeout_seconds: float = DEFAULT_JOB_TIMEOUT_SECONDS
     memory_bytes: int = DEFAULT_JOB_MEMORY_BYTES
     """0 leaves the address space unbounded (for measuring)."""
@@ -53,10 +55,16 @@ class PoolSettings:
 
 
 def _available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a pod's CPU limit)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    return cpus
 
 
 def _worker_main(connection: Connection, limits: ImageLimits, memory_bytes: int, vips_threads: int) -> None:
