@@ -70,11 +70,17 @@ dev: test-deps ## each service as its own process with the cloud adapters, on lo
 	uv run --frozen chat-management dev
 
 .PHONY: bench
-bench: test-deps ## load the embedded and the multi-process stacks; prints req/s, p50, p99 and ratios to a bare route
+bench: test-deps ## load the embedded and the multi-process stacks (req/s, p50, p99, ratios to a bare route); images/s/core pyvips vs Pillow vs vips CLI
 	@bash scripts/bootstrap.sh system wrk
 	uv run --frozen python scripts/bench_presign.py
 	uv run --frozen python -m bench.http
 	uv run --frozen python scripts/bench_consumer.py --queue sqlite
+	@command -v vipsthumbnail >/dev/null 2>&1 || { \
+	  echo "installing libvips-tools (vipsthumbnail: the C floor of the image benchmark)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libvips-tools; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq libvips-tools; fi; } || \
+	  echo "!!! libvips-tools could not be installed: bench.media skips its C floor"
+	uv run --frozen python -m bench.media
 
 .PHONY: clean
 clean: ## remove local data and caches (keeps the venvs)

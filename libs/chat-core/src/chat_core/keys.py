@@ -42,14 +42,21 @@ USER_ID_PATTERN = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
 CONVERSATION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # Every raw upload lives under this prefix (lifecycle, notification and IAM rules target it).
 RAW_UPLOAD_PREFIX = "uploads/"
-EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}
+EXTENSIONS = {
+    "image/jpeg": "jpg",
+    "image/png": "png",
+    "image/gif": "gif",
+    "image/webp": "webp",
+    "image/heic": "heic",
+    "image/heif": "heif",
+}
 # A UUID as ``str(uuid.uuid4())`` writes it: message ids and the unique part of object keys.
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 UUID_PATTERN = re.compile(f"^{UUID}$")
 _OBJECT_KEY = re.compile(
     r"^images/(?P<uploader>[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127})/"
     rf"(?P<stamp>\d{{8}}-\d{{6}})-(?P<uuid>{UUID})"
-    r"\.(?P<ext>jpg|png|gif|webp)$"
+    r"\.(?P<ext>jpg|png|gif|webp|heic|heif)$"
 )
 
 
