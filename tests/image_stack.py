@@ -155,7 +155,9 @@ async def stack_factory(
     """``await make(kind, env)`` -> an ImageStack; everything is closed when the test ends."""
     async with contextlib.AsyncExitStack() as stack:
 
-        async def make(kind: str, env: Mapping[str, str] | None = None) -> ImageStack:
+        async def make(
+            kind: str, env: Mapping[str, str] | None = None, *, processor: bool = True
+        ) -> ImageStack:
             port = harness.free_port()
             settings_env = {"PORT": str(port), **(env or {})}
             if kind == "s3":
@@ -170,8 +172,10 @@ async def stack_factory(
             settings = backends.settings
             parts = [
                 module.build(settings, backends)
-                for module in (upload_service.app, message_service.app, image_proxy.app, media_processor.app)
+                for module in (upload_service.app, message_service.app, image_proxy.app)
             ]
+            if processor:  # without: media jobs wait in the queue (a test runs MediaWorker by hand)
+                parts.append(media_processor.app.build(settings, backends))
             app: Litestar = create_service_app(settings, backends, parts, component="images", title="images")
             base_url = await serve(app, port)
             if kind == "s3" and bucket not in _buckets_ready:
@@ -205,8 +209,10 @@ async def make_stack(
     bucket = request.getfixturevalue("image_bucket") if store_kind == "s3" else ""
     async with stack_factory(tmp_path, serve, localstack, bucket) as make:
 
-        async def make_for_kind(env: Mapping[str, str] | None = None) -> ImageStack:
-            return await make(store_kind, env)
+        async def make_for_kind(
+            env: Mapping[str, str] | None = None, *, processor: bool = True
+        ) -> ImageStack:
+            return await make(store_kind, env, processor=processor)
 
         yield make_for_kind
 
