@@ -62,7 +62,7 @@ docs: install ## regenerate the README's configuration table and the chart's lis
 	uv run --frozen python -m chat_management.bucket deploy/bucket
 
 .PHONY: run
-run: install-runtime ## run all four services in one process on http://127.0.0.1:8000 (embedded adapters)
+run: install-runtime ## run all five services in one process on http://127.0.0.1:8000 (embedded adapters)
 	uv run --frozen --no-dev chat-management serve all
 
 .PHONY: dev

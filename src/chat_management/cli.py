@@ -41,7 +41,7 @@ def _print_banner(settings: Settings) -> None:
     """What a new user needs after `make run`: where it is, where the docs are, a token to try it with."""
     base = settings.service.base_url()
     lines = [
-        f"chat-management: all four services in one process on {base}",
+        f"chat-management: all five services in one process on {base}",
         f"  API docs       {base}/docs",
         f"  data           {Path(settings.service.data_dir).resolve()}  (kept across restarts)",
         f"  backends       object store={settings.backends.object_store}, "
@@ -219,7 +219,7 @@ def _dev(args: argparse.Namespace) -> int:
             workdir=workdir,
             base_port=args.base_port,
         )
-        print("starting the four services ...", flush=True)
+        print("starting the five services ...", flush=True)
         try:
             stack.start()
             scrape = workdir / "prometheus.yml"

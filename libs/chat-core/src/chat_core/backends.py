@@ -2,7 +2,7 @@
 
 A service asks for what it needs (``backends.conversations``, ``backends.object_store``); only those
 adapters are imported, started at start-up, closed at shutdown and checked by ``/readyz``. In the
-all-in-one process the four services share one ``Backends``, so the embedded adapters (in-process bus,
+all-in-one process the five services share one ``Backends``, so the embedded adapters (in-process bus,
 SQLite) are one instance each.
 
 Each port has one typed factory below (``object_store(backends) -> ObjectStore``): a ``match`` on the

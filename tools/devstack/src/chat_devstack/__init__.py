@@ -33,7 +33,7 @@ __all__ = [
     "wait_until",
 ]
 
-SERVICES = ("upload", "message", "image-proxy", "notification-consumer")
+SERVICES = ("upload", "message", "image-proxy", "notification-consumer", "media-processor")
 FIRESTORE_EMULATOR = Path(
     os.environ.get(
         "FIRESTORE_EMULATOR_BIN",
@@ -318,13 +318,13 @@ class ServiceProcess:
 
 @dataclass
 class Stack:
-    """The four services as separate processes with the cloud adapters, on real local backends."""
+    """The five services as separate processes with the cloud adapters, on real local backends."""
 
     redis_url: str
     aws_endpoint_url: str
     firestore_host: str
     workdir: Path
-    base_port: int = 0  # 0: free ports; else base+1 .. base+4
+    base_port: int = 0  # 0: free ports; else base+1 .. base+5
     extra_env: dict[str, str] = field(default_factory=dict)
     suffix: str = "dev"
     services: dict[str, ServiceProcess] = field(default_factory=dict)
