@@ -81,6 +81,7 @@ bench: test-deps ## load the embedded and the multi-process stacks (req/s, p50, 
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq libvips-tools; fi; } || \
 	  echo "!!! libvips-tools could not be installed: bench.media skips its C floor"
 	uv run --frozen python -m bench.media
+	uv run --frozen python -m bench.media_pipeline
 
 .PHONY: clean
 clean: ## remove local data and caches (keeps the venvs)

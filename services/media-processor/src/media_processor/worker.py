@@ -169,6 +169,9 @@ class MediaWorker:
     @contextlib.asynccontextmanager
     async def worker(self) -> AsyncIterator[None]:
         self._stop = asyncio.Event()
+        # The image workers start in the background: the service is ready at once, and the first
+        # image does not pay for starting them (a second or more each on a busy node).
+        warm_up = asyncio.create_task(self._pool(), name="media-pool-start")
         poller = asyncio.create_task(self._poll(), name="media-poller")
         depth = asyncio.create_task(self._export_depth(), name="media-queue-depth")
         try:
@@ -178,7 +181,7 @@ class MediaWorker:
             depth.cancel()
             await asyncio.wait({poller}, timeout=self._wait_seconds + 2.0)
             poller.cancel()
-            await asyncio.gather(poller, depth, return_exceptions=True)
+            await asyncio.gather(poller, depth, warm_up, return_exceptions=True)
             await self.drain()
             await self._processor.close()
 
@@ -193,7 +196,6 @@ class MediaWorker:
             await asyncio.wait(pending)
 
     async def _pool(self) -> MediaProcessor:
-        # Started on the first image, not at start-up: a process that never sees one spawns no workers.
         if not self._pool_started:
             async with self._pool_lock:
                 if not self._pool_started:
