@@ -156,19 +156,17 @@ def _setup_steps(backends: Backends) -> list[tuple[str, Callable[[], Awaitable[s
             await store.ensure_bucket(settings.service.cors_allow_origins)
 
         steps.append((f"object store ({store.name}): bucket and browser-upload CORS rule", ensure_store))
-    queue = backends.notification_queue
-    if isinstance(queue, NeedsSetup):  # SQS: the queues exist before the services use them
-        needs_setup = queue
-
-        async def ensure_queue() -> None:
-            await needs_setup.ensure()
-
-        steps.append(
-            (
-                f"notification queue ({queue.name}): queue and dead-letter queue with its redrive policy",
-                ensure_queue,
+    queues: list[tuple[str, object]] = [("notification queue", backends.notification_queue)]
+    if settings.backends.object_store != "s3":  # with S3 the bucket's steps make it (and its policy)
+        queues.append(("media queue", backends.media_queue))
+    for what, queue in queues:
+        if isinstance(queue, NeedsSetup):  # SQS: the queues exist before the services use them
+            steps.append(
+                (
+                    f"{what} (sqs): queue and dead-letter queue with its redrive policy",
+                    queue.ensure,
+                )
             )
-        )
     return steps
 
 
