@@ -25,8 +25,9 @@ magic bytes of an accepted type, declared pixels within ``MAX_IMAGE_PIXELS``. On
 sent is deleted within seconds, as is a raw upload whose message is already finished (an overwrite after
 processing). Anything else on the queue is acknowledged and dropped.
 
-Shutdown: polling stops, in-flight jobs get ``SHUTDOWN_DRAIN_SECONDS`` to finish, the rest are cancelled
-(they come back after their visibility timeout). Each job's span continues the trace of the send.
+Shutdown: polling stops (a long poll in flight is cancelled), in-flight jobs get
+``SHUTDOWN_DRAIN_SECONDS`` to finish, the rest are cancelled (they come back after their visibility
+timeout, and the message's status keeps the second attempt idempotent). Each job's span continues the trace of the send.
 """
 
 from __future__ import annotations
@@ -179,7 +180,9 @@ class MediaWorker:
         finally:
             self._stop.set()
             depth.cancel()
-            await asyncio.wait({poller}, timeout=self._wait_seconds + 2.0)
+            # A long poll in flight is cancelled rather than awaited (up to SQS_WAIT_SECONDS): a job it
+            # was about to hand over is not lost, only visible again after its visibility timeout.
+            await asyncio.wait({poller}, timeout=0.5)
             poller.cancel()
             await asyncio.gather(poller, depth, warm_up, return_exceptions=True)
             await self.drain()
