@@ -27,7 +27,8 @@ processing). Anything else on the queue is acknowledged and dropped.
 
 Shutdown: polling stops (a long poll in flight is cancelled), in-flight jobs get
 ``SHUTDOWN_DRAIN_SECONDS`` to finish, the rest are cancelled (they come back after their visibility
-timeout, and the message's status keeps the second attempt idempotent). Each job's span continues the trace of the send.
+timeout, and the message's status keeps the second attempt idempotent). Each job's span continues the
+trace of the send.
 """
 
 from __future__ import annotations
