@@ -25,12 +25,13 @@ install-runtime: ## install uv (if missing, into .tools) and the runtime depende
 	@bash scripts/bootstrap.sh run
 
 .PHONY: test-deps
-test-deps: ## install what the tests need: dependencies, redis-server, promtool (apt as root/sudo), the LocalStack venv
+test-deps: ## install what the tests need: dependencies, redis-server, prometheus + promtool, chromium (apt as root/sudo), the LocalStack venv
 	@bash scripts/bootstrap.sh test
+	@bash scripts/bootstrap.sh system chromium  # the web client's browser tests (tests/web)
 
 .PHONY: deploy-deps
-deploy-deps: ## install promtool (Debian's prometheus package) for the alert-rule tests
-	@bash scripts/bootstrap.sh system prometheus=promtool
+deploy-deps: ## install Debian's prometheus: promtool and the server the live dashboard/alert check starts
+	@bash scripts/bootstrap.sh system prometheus=prometheus prometheus=promtool
 
 .PHONY: deps-check
 deps-check: install ## the lock matches the pyprojects; each workspace member's imports match its own dependencies
@@ -61,6 +62,9 @@ docs: install ## regenerate the README's configuration table and the chart's lis
 	uv run --frozen python deploy/chart_schema.py
 	uv run --frozen python -m chat_management.bucket deploy/bucket
 
+# the web client's "sign in as" (POST /dev/token) is for laptops only: these two targets turn it on
+run dev: export DEV_LOGIN ?= true
+
 .PHONY: run
 run: install-runtime ## run all five services in one process on http://127.0.0.1:8000 (embedded adapters)
 	uv run --frozen --no-dev chat-management serve all
@@ -86,3 +90,7 @@ bench: test-deps ## load the embedded and the multi-process stacks (req/s, p50, 
 .PHONY: clean
 clean: ## remove local data and caches (keeps the venvs)
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: chaos
+chaos: test-deps ## fault injection (long form): every fault on every backend, kill -9 and SIGTERM under load
+	CHAOS=long uv run --frozen pytest tests/chaos -s -q -p no:randomly --timeout 900

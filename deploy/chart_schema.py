@@ -17,12 +17,16 @@ from chat_core.settings import iter_env_vars
 
 SCHEMA = Path(__file__).resolve().parent / "helm" / "chat-management" / "values.schema.json"
 SCALAR = ["string", "number", "boolean"]
+# Settings for a developer's laptop only, which no chart install may set: refused like a typo.
+NOT_IN_CHART = frozenset({"DEV_LOGIN"})
 
 
 def updated(schema: dict[str, Any]) -> dict[str, Any]:
     config = schema["properties"]["config"]
     config["properties"] = {
-        name: {"type": SCALAR, "description": meaning} for name, _, meaning in iter_env_vars()
+        name: {"type": SCALAR, "description": meaning}
+        for name, _, meaning in iter_env_vars()
+        if name not in NOT_IN_CHART
     }
     return schema
 

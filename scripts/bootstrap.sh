@@ -3,7 +3,7 @@
 #
 #   scripts/bootstrap.sh uv                  uv on PATH or in .tools/bin (installed into a project-local venv)
 #   scripts/bootstrap.sh run                 uv + the runtime dependencies only (`make run`)
-#   scripts/bootstrap.sh test                uv + runtime and dev dependencies, redis-server, promtool and the
+#   scripts/bootstrap.sh test                uv + runtime and dev dependencies, redis-server, prometheus (+ promtool), the
 #                                            LocalStack venv (`make test`, `make test-deps`)
 #   scripts/bootstrap.sh python312           prints a Python >= 3.12 (for LocalStack), via uv when needed
 #   scripts/bootstrap.sh system PKG[=CMD]... apt-installs each Debian package whose command CMD is missing
@@ -142,6 +142,18 @@ find_python312() {
 
 # system PKG[=CMD]...: for each package whose command (CMD, default PKG) is missing, apt-install it when
 # allowed; otherwise print the one command that would. Never fails: the tests that need it skip loudly.
+# Debian's prometheus package starts a server on :9090 where an init system runs; the tests start their
+# own on a free port, so a freshly installed packaged one is stopped (and kept from starting again).
+stop_packaged_prometheus() {
+  case " $* " in *" prometheus "*) ;; *) return 0 ;; esac
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo -n"
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+    $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+  elif [ -f /run/prometheus/prometheus.pid ]; then
+    $sudo kill "$(cat /run/prometheus/prometheus.pid)" 2>/dev/null || true
+  fi
+}
+
 system_packages() {
   local spec pkg cmd missing=()
   for spec in "$@"; do
@@ -151,6 +163,7 @@ system_packages() {
   [ "${#missing[@]}" -eq 0 ] && return 0
   if can_apt; then
     apt_install "${missing[@]}" || say "!!! apt-get install ${missing[*]} failed"
+    stop_packaged_prometheus "${missing[@]}"
   elif [ "$(uname -s)" = Darwin ]; then
     say "!!! missing: ${missing[*]} (Homebrew: brew install ${missing[*]/redis-server/redis}); the tests that need them will skip"
   else
@@ -168,7 +181,7 @@ case "${1:-}" in
   test)
     ensure_uv
     uv sync --frozen
-    system_packages redis-server prometheus=promtool
+    system_packages redis-server prometheus=prometheus prometheus=promtool
     bash scripts/setup-localstack.sh
     [ -x "${FIRESTORE_EMULATOR_BIN:-/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator}" ] || \
       say "!!! the Firestore emulator is not installed: tests marked 'firestore' will be skipped (optional; see the README's Prerequisites)"

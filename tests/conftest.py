@@ -59,6 +59,13 @@ class BackendRegistry:
 _registry = BackendRegistry()
 
 
+def skip_unless_required(backend: str, reason: str) -> None:
+    """Skip a test for want of ``backend``, or fail it when ``CHAT_REQUIRE_BACKENDS`` names the backend."""
+    if backend in REQUIRED_BACKENDS:
+        pytest.fail(f"{backend} is required (CHAT_REQUIRE_BACKENDS) but unavailable: {reason}")
+    pytest.skip(f"{backend} unavailable: {reason}")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # A test that uses a backend fixture carries that backend's marker, so `-m "not firestore"` works.
     for item in items:
@@ -114,7 +121,7 @@ def private_redis() -> Iterator[harness.Backend]:
     try:
         backend = harness.start_local_redis()
     except RuntimeError as exc:
-        pytest.skip(str(exc))
+        skip_unless_required("redis", str(exc))
     yield backend
     backend.stop()
 

@@ -20,10 +20,12 @@ from typing import Any
 
 OUT_DIR = Path(__file__).resolve().parents[1] / "helm" / "chat-management" / "files" / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-NS = 'namespace=~"$namespace"'
+# Two releases in one namespace are told apart by `release` (the ServiceMonitor sets it).
+NS = 'namespace=~"$namespace", release=~"$release"'
 # Health, readiness and scrapes are not traffic.
 API = f'{NS}, route!~"/healthz|/readyz|/metrics"'
 RATE = "$__rate_interval"
+RELEASES = 'label_values(chat_http_requests_total{namespace=~"$namespace"}, release)'
 
 
 @dataclass
@@ -69,7 +71,9 @@ def red_row(component: str | None) -> Row:
                 "Server error ratio (5xx)",
                 [
                     (
-                        f'sum by ({by}) (rate(chat_http_requests_total{{{scope}, status=~"5.."}}[{RATE}]))'
+                        # `or 0 * all`: a route without a single 5xx shows 0, not "no data".
+                        f'(sum by ({by}) (rate(chat_http_requests_total{{{scope}, status=~"5.."}}[{RATE}]))'
+                        f" or 0 * sum by ({by}) (rate(chat_http_requests_total{{{scope}}}[{RATE}])))"
                         f" / sum by ({by}) (rate(chat_http_requests_total{{{scope}}}[{RATE}]))",
                         legend,
                     )
@@ -342,7 +346,8 @@ def media_row() -> Row:
                 "Failure ratio",
                 [
                     (
-                        f'sum(rate(chat_media_jobs_total{{{NS}, outcome="failed"}}[{RATE}])) / '
+                        f'(sum(rate(chat_media_jobs_total{{{NS}, outcome="failed"}}[{RATE}])) '
+                        "or vector(0)) / "
                         f'sum(rate(chat_media_jobs_total{{{NS}, outcome=~"ready|failed"}}[{RATE}]))',
                         "failed",
                     )
@@ -438,6 +443,33 @@ def proxy_row() -> Row:
     )
 
 
+def workers_row(component: str) -> Row:
+    """A queue worker serves no API (its HTTP is health and metrics): show its pods and its intake."""
+    scope = f'{NS}, component="{component}"'
+    return Row(
+        "Workers",
+        [
+            Panel(
+                "Pods up",
+                [(f"sum by (namespace, release) (up{{{scope}}})", "{{namespace}}/{{release}}")],
+                description="Scraped and answering; 0 or no line fires ChatQueueWorkerDown.",
+            ),
+            Panel(
+                "Jobs received",
+                [
+                    (
+                        f"sum by (namespace, release) (rate(chat_notification_queue_age_seconds_count{{{NS}}}"
+                        f"[{RATE}]))",
+                        "{{namespace}}/{{release}}",
+                    )
+                ],
+                unit="ops",
+                description="Flat while the queue grows fires ChatNotificationQueueNotConsumed.",
+            ),
+        ],
+    )
+
+
 def membership_row() -> Row:
     return Row(
         "Membership cache",
@@ -486,13 +518,13 @@ DASHBOARDS = [
         "chat-mgmt-notifications",
         "chat-management / Notification consumer",
         "The notification queue and the pushes it turns into.",
-        [notifications_row(), red_row("notification-consumer")],
+        [notifications_row(), workers_row("notification-consumer")],
     ),
     Dashboard(
         "chat-mgmt-media",
         "chat-management / Media processor",
         "Raw uploads turned into sanitized originals, previews and thumbnails: outcomes, time, bytes, queue.",
-        [media_row(), red_row("media-processor")],
+        [media_row()],  # no public HTTP: its only requests are probes and scrapes
     ),
 ]
 
@@ -576,6 +608,20 @@ def render(dashboard: Dashboard) -> dict[str, Any]:
                     "datasource": DATASOURCE,
                     "query": {"query": "label_values(chat_http_requests_total, namespace)", "refId": "ns"},
                     "definition": "label_values(chat_http_requests_total, namespace)",
+                    "includeAll": True,
+                    "allValue": ".*",
+                    "multi": True,
+                    "refresh": 2,
+                    "current": {},
+                    "hide": 0,
+                },
+                {
+                    "name": "release",
+                    "label": "Release",
+                    "type": "query",
+                    "datasource": DATASOURCE,
+                    "query": {"query": RELEASES, "refId": "release"},
+                    "definition": RELEASES,
                     "includeAll": True,
                     "allValue": ".*",
                     "multi": True,

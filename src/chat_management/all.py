@@ -1,9 +1,12 @@
 """The all-in-one process: the five services on one server, sharing one set of backends.
 
-Like Loki's or Tempo's monolithic target: what ``make run`` starts, with the embedded adapters by default.
+Like Loki's or Tempo's monolithic target: what ``make run`` starts, with the embedded adapters by default,
+and the web client at ``/``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from litestar import Litestar
 
@@ -15,6 +18,7 @@ import upload_service.app
 from chat_core.app_factory import create_service_app
 from chat_core.backends import Backends
 from chat_core.settings import Settings
+from chat_management import webclient
 
 COMPONENT = "all"
 SERVICES = {
@@ -26,9 +30,23 @@ SERVICES = {
 }
 
 
+def create_combined_app(
+    names: Sequence[str], settings: Settings, backends: Backends | None = None
+) -> Litestar:
+    """Several services in one process (`serve message upload`), labelled as the first one.
+
+    For routers without regex path matches (GKE's Gateway): the upload route shares the /conversations
+    prefix with the message service, so the pods that get /conversations serve both.
+    """
+    backends = backends or Backends(settings)
+    parts = [SERVICES[name].build(settings, backends) for name in names]
+    return create_service_app(settings, backends, parts, component=names[0], title=" + ".join(names))
+
+
 def create_app(settings: Settings, backends: Backends | None = None) -> Litestar:
     backends = backends or Backends(settings)
     parts = [module.build(settings, backends) for module in SERVICES.values()]
+    parts.append(webclient.build(settings))  # the web client at `/`
     return create_service_app(
         settings,
         backends,

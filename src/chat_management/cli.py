@@ -31,9 +31,23 @@ def _serve(args: argparse.Namespace) -> int:
         settings = msgspec.structs.replace(
             settings, service=msgspec.structs.replace(settings.service, port=args.port)
         )
-    if args.target == all_in_one.COMPONENT:
+    target, *also = args.target
+    if target == all_in_one.COMPONENT:
         _print_banner(settings)
-    serve(TARGETS[args.target], component=args.target, host=args.host, settings=settings)
+    if also:
+        unknown = [name for name in args.target if name not in all_in_one.SERVICES]
+        if unknown:
+            print(f"serve: several targets must each be a service, not {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        names = list(args.target)
+        serve(
+            functools.partial(all_in_one.create_combined_app, names),
+            component=target,
+            host=args.host,
+            settings=settings,
+        )
+        return 0
+    serve(TARGETS[target], component=target, host=args.host, settings=settings)
     return 0
 
 
@@ -42,6 +56,8 @@ def _print_banner(settings: Settings) -> None:
     base = settings.service.base_url()
     lines = [
         f"chat-management: all five services in one process on {base}",
+        f"  web client     {base}/"
+        + ("  (sign in as anyone: DEV_LOGIN is on)" if settings.auth.dev_login else "  (paste a token)"),
         f"  API docs       {base}/docs",
         f"  data           {Path(settings.service.data_dir).resolve()}  (kept across restarts)",
         f"  backends       object store={settings.backends.object_store}, "
@@ -249,7 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_cmd = commands.add_parser("serve", help="run one service, or `all` of them in one process")
-    serve_cmd.add_argument("target", choices=sorted(TARGETS))
+    serve_cmd.add_argument(
+        "target",
+        nargs="+",
+        choices=sorted(TARGETS),
+        help="one service, `all`, or several services in one process",
+    )
     serve_cmd.add_argument("--host", default=None, help="overrides HOST")
     serve_cmd.add_argument("--port", type=int, default=None, help="overrides PORT")
     serve_cmd.set_defaults(func=_serve)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import pytest
 from litestar import Litestar, Request, put
 from litestar.params import FromPath
@@ -40,6 +42,7 @@ class Stores:
     settings: Settings
     objects: ObjectStore
     messages: ChatStore
+    job: ObjectStore | cleanup.S3Objects | None = None
 
     async def conversation(self, *members: str) -> str:
         conversation_id = uuid.uuid4().hex[:12]
@@ -83,7 +86,16 @@ class Stores:
     async def run(self, **kwargs: Any) -> cleanup.CleanupReport:
         kwargs.setdefault("grace_seconds", GRACE)
         kwargs.setdefault("now", dt.datetime.now(dt.UTC) + LATER)
-        return await cleanup.cleanup_orphans(self.objects, self.messages, **kwargs)
+        return await cleanup.cleanup_orphans(self.job_objects(), self.messages, **kwargs)
+
+    def job_objects(self) -> ObjectStore | cleanup.S3Objects:
+        """What the command lists and deletes through: boto3 on S3, the port on the local disk.
+
+        One per test, so hooks registered on its client see the run's requests."""
+        if self.job is None:
+            self.job = cleanup.objects_for(self.settings, self.objects)
+            assert isinstance(self.job, cleanup.S3Objects) == (self.kind == "cloud")
+        return self.job
 
 
 def _env(kind: str, request: pytest.FixtureRequest) -> dict[str, str]:
@@ -214,7 +226,7 @@ async def test_streams_the_listing_and_asks_about_references_in_bounded_batches(
     recorder = BatchRecorder(stores.messages)
 
     report = await cleanup.cleanup_orphans(
-        stores.objects,
+        stores.job_objects(),
         recorder,  # type: ignore[arg-type]  # only referenced_objects is used
         grace_seconds=GRACE,
         now=dt.datetime.now(dt.UTC) + LATER,
@@ -226,6 +238,117 @@ async def test_streams_the_listing_and_asks_about_references_in_bounded_batches(
     assert report.deleted_objects == 23 - len(keys[::4])
     assert sum(recorder.batches) == 23
     assert max(recorder.batches) == 5
+
+
+# --- S3 through boto3: DeleteObjects, 1,000 keys a request -----------------------------------------------
+@pytest.fixture
+async def cloud(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
+    backends = Backends(make_settings(tmp_path, _env("cloud", request)))
+    objects, messages = backends.object_store, backends.chat_store
+    async with backends:
+        await objects.ensure_bucket(())
+        yield Stores("cloud", backends.settings, objects, messages)
+
+
+class Requests:
+    """Counts, with botocore's event hooks on the job's own client, what it asks S3 for."""
+
+    def __init__(self, objects: cleanup.S3Objects) -> None:
+        self.sent: dict[str, int] = {}  # HTTP requests (every attempt) per operation
+        self.delete_keys: list[int] = []  # keys per DeleteObjects call
+        self.quiet: list[bool] = []
+        events = objects.client.meta.events
+        for operation in ("DeleteObjects", "ListObjectsV2"):
+            events.register(f"before-send.s3.{operation}", self._count(operation))
+        events.register("before-parameter-build.s3.DeleteObjects", self._delete_params)
+
+    def _count(self, operation: str) -> Any:
+        def hook(**_: Any) -> None:
+            self.sent[operation] = self.sent.get(operation, 0) + 1
+
+        return hook
+
+    def _delete_params(self, params: dict[str, Any], **_: Any) -> None:
+        self.delete_keys.append(len(params["Delete"]["Objects"]))
+        self.quiet.append(params["Delete"]["Quiet"])
+
+
+def _put_many(objects: cleanup.S3Objects, keys: Sequence[str]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def put(key: str) -> None:
+        objects.client.put_object(Bucket=objects.bucket, Key=key, Body=b"x" * 10, ContentType="image/png")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, keys))
+
+
+@pytest.mark.localstack
+@pytest.mark.firestore
+async def test_s3_deletes_orphans_in_requests_of_1000_keys_and_nothing_else(cloud: Stores) -> None:
+    objects = cloud.job_objects()
+    assert isinstance(objects, cleanup.S3Objects)
+    first, second = await cloud.conversation("alice"), await cloud.conversation("alice", "bob")
+    orphans = [stored_key((first, second)[i % 2], new_object_key("alice", "image/png")) for i in range(2001)]
+    await anyio.to_thread.run_sync(_put_many, objects, orphans)
+    referenced = set()
+    for conversation_id in (first, second, second):
+        key = await cloud.upload(conversation_id)
+        await cloud.send(conversation_id, key)
+        referenced.add(key)
+    media = uuid.uuid4().hex
+    derivatives = {f"{first}/media/{media}/original.jpg", f"{first}/media/{media}/thumb.webp"}
+    derivatives.add(f"{second}/media/{uuid.uuid4().hex}/original.png")
+    for key in derivatives:
+        await cloud.objects.put(key, b"derived", content_type="image/jpeg")
+    requests = Requests(objects)
+
+    with capture_logs() as logs:
+        report = await cleanup.cleanup_orphans(
+            objects, cloud.messages, grace_seconds=GRACE, now=dt.datetime.now(dt.UTC) + LATER
+        )
+
+    n = len(orphans)
+    assert requests.sent["DeleteObjects"] == math.ceil(n / 1000) == 3
+    assert requests.delete_keys == [1000, 1000, 1]
+    assert all(requests.quiet)
+    assert requests.sent["ListObjectsV2"] == math.ceil((n + 6) / 1000)
+    assert await cloud.keys() == referenced | derivatives
+    assert (report.deleted_objects, report.deleted_bytes, report.failed_objects) == (n, 10 * n, 0)
+    assert (report.referenced_objects, report.foreign_objects, report.stored_objects) == (3, 3, 6)
+    assert sorted(e["key"] for e in logs if e["event"] == "orphan_deleted") == sorted(orphans)
+
+
+@pytest.mark.localstack
+@pytest.mark.firestore
+async def test_s3_reports_each_key_it_could_not_delete_and_deletes_the_rest(cloud: Stores) -> None:
+    """S3 answers a DeleteObjects with per-key errors (AccessDenied, ...): each is logged and counted."""
+    objects = cloud.job_objects()
+    assert isinstance(objects, cleanup.S3Objects)
+    conversation_id = await cloud.conversation("alice")
+    keys = [await cloud.upload(conversation_id) for _ in range(4)]
+    refused = keys[1]
+
+    # A fault at the client's edge, as S3 reports one: the key is not sent, its error comes back.
+    def withhold(params: dict[str, Any], **_: Any) -> None:
+        params["Delete"]["Objects"] = [o for o in params["Delete"]["Objects"] if o["Key"] != refused]
+
+    def refuse(parsed: dict[str, Any], **_: Any) -> None:
+        parsed.setdefault("Errors", []).append(
+            {"Key": refused, "Code": "AccessDenied", "Message": "Access Denied"}
+        )
+
+    objects.client.meta.events.register("before-parameter-build.s3.DeleteObjects", withhold)
+    objects.client.meta.events.register("after-call.s3.DeleteObjects", refuse)
+
+    with capture_logs() as logs:
+        report = await cloud.run()
+
+    assert await cloud.keys() == {refused}
+    assert (report.deleted_objects, report.failed_objects, report.stored_objects) == (3, 1, 1)
+    (failed,) = [e for e in logs if e["event"] == "orphan_delete_failed"]
+    assert (failed["key"], failed["code"], failed["log_level"]) == (refused, "AccessDenied", "error")
+    assert refused not in {e["key"] for e in logs if e["event"] == "orphan_deleted"}
 
 
 # --- metrics and the command -------------------------------------------------------------------------
@@ -254,6 +377,16 @@ async def test_run_records_storage_and_deletion_metrics(tmp_path: Path) -> None:
     assert (
         abs(_sample("chat_cleanup_last_success_timestamp_seconds") - dt.datetime.now(dt.UTC).timestamp()) < 60
     )
+
+
+def test_a_run_with_keys_left_undeleted_counts_them_but_is_not_a_success() -> None:
+    before = _sample("chat_cleanup_last_success_timestamp_seconds")
+    deleted_before = _sample("chat_orphan_objects_deleted_total")
+
+    cleanup.record_metrics(cleanup.CleanupReport(dry_run=False, deleted_objects=2, failed_objects=1))
+
+    assert _sample("chat_orphan_objects_deleted_total") - deleted_before == 2
+    assert _sample("chat_cleanup_last_success_timestamp_seconds") == before
 
 
 async def test_run_pushes_only_the_cleanup_metrics_to_the_pushgateway(tmp_path: Path, serve: Any) -> None:

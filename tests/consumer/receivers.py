@@ -23,6 +23,8 @@ from litestar.params import FromPath
 
 from chat_core.push.fcm import FCM_SCOPE
 
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
+
 
 @dataclass
 class Delivery:
@@ -125,7 +127,7 @@ class FcmReceiver:
     public_key: rsa.RSAPublicKey
     client_email: str
     project: str = "test-project"
-    base_url: str = ""  # set once served: the assertion's audience is "{base_url}/token"
+    base_url: str = ""  # set once served
     errors_for: dict[str, tuple[int, str, str]] = field(default_factory=dict)  # token -> (status, code, msg)
     token_requests: int = 0
     issued: set[str] = field(default_factory=set)
@@ -145,7 +147,8 @@ class FcmReceiver:
                     str(form.get("assertion")),
                     self.public_key,
                     algorithms=["RS256"],
-                    audience=f"{self.base_url}/token",
+                    # Google's token endpoint wants its own URL as the audience, wherever it is reached.
+                    audience=GOOGLE_TOKEN_AUDIENCE,
                     issuer=self.client_email,
                 )
             except jwt.PyJWTError as exc:

@@ -243,3 +243,64 @@ async def test_fcm_credentials_the_token_endpoint_refuses_mean_retry(
     )
     assert await provider.send(push()) == "retry"
     assert receiver.sent == []
+
+
+# --- FCM credentials: a key file, or Application Default Credentials ----------------------------------
+def _fcm_env(base: str, credentials_file: str = "") -> dict[str, str]:
+    return {
+        "PUSH_PROVIDER": "fcm",
+        "FCM_CREDENTIALS_FILE": credentials_file,
+        "FCM_ENDPOINT": base,
+        "FCM_TOKEN_URL": f"{base}/token",
+    }
+
+
+async def test_fcm_without_a_key_file_uses_application_default_credentials(
+    serve: Serve,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    open_provider: Callable[[dict[str, str]], Awaitable[PushProvider]],
+) -> None:
+    # GOOGLE_APPLICATION_CREDENTIALS is how ADC finds a key outside GKE; on GKE the same code path asks
+    # the metadata server (Workload Identity) instead.
+    account, public_key = service_account(project="adc-project")
+    receiver = FcmReceiver(public_key=public_key, client_email=account["client_email"], project="adc-project")
+    base = await serve(receiver.app())
+    receiver.base_url = base
+    key = tmp_path / "adc.json"
+    key.write_text(json.dumps(account))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    provider = await open_provider(_fcm_env(base))
+    assert await provider.send(push()) == "sent"
+    assert receiver.token_requests == 1
+    assert [m["token"] for m in receiver.sent] == ["device-token-1"]
+
+
+def test_a_key_file_wins_over_application_default_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from google.oauth2 import service_account as google_service_account
+
+    from chat_core.push.fcm import FCM_SCOPE, load_credentials
+
+    named, _ = service_account(project="named")
+    ambient, _ = service_account(project="ambient")
+    ambient["client_email"] = "ambient@ambient.iam.gserviceaccount.com"
+    (tmp_path / "named.json").write_text(json.dumps(named))
+    (tmp_path / "ambient.json").write_text(json.dumps(ambient))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "ambient.json"))
+    env = _fcm_env("http://127.0.0.1:9", str(tmp_path / "named.json"))
+
+    credentials, project = load_credentials(make_settings(tmp_path, env).push)
+    assert isinstance(credentials, google_service_account.Credentials)
+    assert (credentials.service_account_email, project) == (named["client_email"], "named")
+    assert credentials._token_uri == "http://127.0.0.1:9/token"
+    assert credentials.scopes == [FCM_SCOPE]
+
+    credentials, project = load_credentials(make_settings(tmp_path, _fcm_env("http://127.0.0.1:9")).push)
+    assert isinstance(credentials, google_service_account.Credentials)
+    assert (credentials.service_account_email, project) == (ambient["client_email"], "ambient")
+
+    # FCM_PROJECT_ID picks another Firebase project than the credentials'.
+    env["FCM_PROJECT_ID"] = "firebase-prod"
+    assert load_credentials(make_settings(tmp_path, env).push)[1] == "firebase-prod"

@@ -151,6 +151,12 @@ ROLE_SOURCES: dict[str, list[Path]] = {
     "cleanup": [ROOT / "services" / "upload" / "src" / "upload_service" / "cleanup.py"],
 }
 SETUP = ROOT / "src" / "chat_management" / "bucket.py"
+CLEANUP = ROOT / "services" / "upload" / "src" / "upload_service" / "cleanup.py"
+# boto3 operations the cleanup job calls (directly or through a paginator) -> the IAM action of each.
+CLEANUP_BOTO3_ACTIONS = {
+    "list_objects_v2": "s3:ListBucket",  # S3 authorises ListObjectsV2 with ListBucket
+    "delete_objects": "s3:DeleteObject",  # and DeleteObjects with DeleteObject, per key
+}
 # boto3 operations `setup` calls -> the IAM action that authorises each.
 BOTO3_ACTIONS = {
     "create_bucket": "s3:CreateBucket",
@@ -338,6 +344,29 @@ def setup_actions_from_code() -> set[tuple[str, str]]:
     return needed
 
 
+def cleanup_boto3_actions_from_code() -> set[tuple[str, str]]:
+    """What the cleanup job asks boto3 for: calls on its client, and the paginators it takes from it."""
+    needed: set[tuple[str, str]] = set()
+    for node in ast.walk(ast.parse(CLEANUP.read_text())):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if not re.search(r"(^|\.)client$", ast.unparse(node.func.value)):
+            continue
+        operation = node.func.attr
+        if operation == "get_paginator":
+            (argument,) = node.args
+            assert isinstance(argument, ast.Constant), ast.unparse(node)
+            operation = str(argument.value)
+        action = CLEANUP_BOTO3_ACTIONS.get(operation)
+        assert action, f"cleanup calls boto3 {operation}: which IAM action?"
+        needed.add((action, BUCKET if action == "s3:ListBucket" else OBJECTS))
+    return needed
+
+
+def test_the_cleanup_jobs_boto3_calls_are_read_from_its_code() -> None:
+    assert cleanup_boto3_actions_from_code() == {("s3:ListBucket", BUCKET), ("s3:DeleteObject", OBJECTS)}
+
+
 def actions_from_code(role: str) -> set[tuple[str, str]]:
     """(action, resource) pairs the role's code needs, resources as in EXPECTED."""
     if role == "setup":
@@ -355,6 +384,8 @@ def actions_from_code(role: str) -> set[tuple[str, str]]:
     for receiver, port, main, dead in QUEUES_OF.get(role, [NOTIFICATION_QUEUES, MEDIA_QUEUES]):
         for method in port_calls(role, sqs, receiver, port):
             needed |= {(action, main if queue == "QUEUE" else dead) for action, queue in sqs[method]}
+    if role == "cleanup":  # with OBJECT_STORE=s3 the job goes through boto3, not the port
+        needed |= cleanup_boto3_actions_from_code()
     return needed
 
 

@@ -129,7 +129,7 @@ def test_queries_use_only_chat_metrics_or_prometheus_builtins() -> None:
     keywords = {"and", "or", "unless", "bool", "offset", "on", "ignoring"}
     for query in dashboard_queries() + alert_queries():
         bare = re.sub(r"label_values\(([^,]+),[^)]*\)", r"\1", query)  # Grafana: (metric, label)
-        bare = re.sub(r"\b(by|without) \([^)]*\)", "", bare)
+        bare = re.sub(r"\b(by|without|on|ignoring|group_left|group_right) \([^)]*\)", "", bare)
         bare = re.sub(r'"[^"]*"|\{[^}]*\}|\[[^]]*\]', "", bare)
         series = set(re.findall(r"\b([a-zA-Z_][a-zA-Z0-9_:]*)\b(?!\s*\()", bare)) - keywords
         unknown = {
@@ -249,12 +249,60 @@ def test_every_alert_the_issue_asks_for_is_unit_tested() -> None:
     }
     assert alerts == tested
     assert {
-        "ChatHttp5xxRateHigh",
+        "ChatAvailabilitySloBurnFast",
+        "ChatAvailabilitySloBurnSlow",
         "ChatLatencySloBurnFast",
         "ChatLatencySloBurnSlow",
+        "ChatQueueWorkerDown",
+        "ChatNotificationQueueNotConsumed",
         "ChatUploadUrlFailureRateHigh",
         "ChatImageRejectionSpike",
         "ChatNotificationQueueAgeHigh",
         "ChatNotificationDlqNotEmpty",
         "ChatOutboxBacklog",
     } <= alerts
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in load_yaml(ALERTS)["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+RUNBOOKS = ROOT / "docs" / "runbooks"
+RUNBOOK_BASE = "https://github.com/chat-management/chat-management/blob/main/docs/runbooks/"
+
+
+def test_every_alert_links_its_runbook_in_this_repo() -> None:
+    for rule in _alert_rules():
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"{RUNBOOK_BASE}{rule['alert']}.md", rule["alert"]
+        text = (RUNBOOKS / f"{rule['alert']}.md").read_text()
+        for section in ("**Meaning.**", "**Confirm.**", "**Mitigate.**"):
+            assert section in text, (rule["alert"], section)
+    listed = {p.stem for p in RUNBOOKS.glob("Chat*.md")}
+    assert listed == {rule["alert"] for rule in _alert_rules()}, "a runbook without its alert"
+
+
+def test_every_aggregation_keeps_namespace_and_release() -> None:
+    # Two releases (or namespaces) in one Prometheus must never be summed together.
+    aggregations = re.compile(r"\b(sum|max|min|count|avg) by \(([^)]*)\)")
+    for rule in (r for group in load_yaml(ALERTS)["groups"] for r in group["rules"]):
+        found = aggregations.findall(rule["expr"])
+        assert found or "chat:" in rule["expr"], rule  # SLO alerts read the recording rules
+        for _, labels in found:
+            names = {label.strip() for label in labels.split(",")}
+            assert {"namespace", "release"} <= names, (rule.get("alert") or rule.get("record"), labels)
+        assert not re.search(r"\b(sum|max|min|count|avg)\s*\(", rule["expr"]), rule
+
+
+def test_slo_alerts_use_the_workbook_windows_and_burn_rates() -> None:
+    rules = {rule["alert"]: rule["expr"] for rule in _alert_rules()}
+    for sli, budget in (("http_errors", "0.001"), ("http_slow_requests", "0.01")):
+        name = "Availability" if sli == "http_errors" else "Latency"
+        fast, slow = rules[f"Chat{name}SloBurnFast"], rules[f"Chat{name}SloBurnSlow"]
+        for expr, pairs in (
+            (fast, (("1h", "5m", "14.4"), ("6h", "30m", "6"))),
+            (slow, (("1d", "2h", "3"), ("3d", "6h", "1"))),
+        ):
+            for long, short, factor in pairs:
+                for window in (long, short):
+                    assert f"chat:{sli}:ratio_rate{window} > ({factor} * {budget})" in expr, (name, window)

@@ -4,7 +4,11 @@ Routing is computed the way the controllers do it:
 * ingress-nginx with ``use-regex``: every path is a case-insensitive regex anchored at the start
   (``location ~* "^<path>"``); locations are ordered by path length, longest first; the first match wins.
 * Gateway API (Envoy Gateway, Contour, NGINX Gateway Fabric, kgateway): Exact, then RegularExpression
-  (full match, in rule order), then the longest PathPrefix (matching whole path segments).
+  (full match, in rule order), then the longest PathPrefix (matching whole path segments). GKE's Gateway
+  has no RegularExpression: its profile must do with Exact and PathPrefix (checked below).
+
+A path reaches the right place when the Service it is sent to selects pods that serve that component
+(`chat-management serve <component> [also served...]`).
 """
 
 from __future__ import annotations
@@ -43,8 +47,22 @@ SPEC_PATHS: dict[str, str | None] = {
 }
 
 
+GATEWAY_PROFILES = ("gateway-envoy", "gateway-gke")
+
+
 def _component_of(service_name: str) -> str:
-    return service_name.removeprefix(f"{RELEASE}-chat-management-")
+    # The /ws route of GKE goes to a Service of its own (for its timeout policy) over the message pods.
+    return service_name.removeprefix(f"{RELEASE}-chat-management-").removesuffix("-ws")
+
+
+def served_by(profile: Rendered, component: str | None) -> set[str | None]:
+    """The components the pods behind ``component``'s Service serve (their `serve` arguments)."""
+    if component is None:
+        return {None}
+    deployment = profile.named("Deployment", f"{RELEASE}-chat-management-{component}")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "serve"
+    return set(args[1:])
 
 
 def nginx_route(ingresses: list[dict[str, Any]], host: str, path: str) -> str | None:
@@ -95,21 +113,91 @@ def test_ingress_sends_each_path_to_its_service(path: str, component: str | None
     assert nginx_route(profile.of_kind("Ingress"), "chat.example.com", path) == component
 
 
+@pytest.mark.parametrize("profile_name", GATEWAY_PROFILES)
 @pytest.mark.parametrize(("path", "component"), SPEC_PATHS.items())
-def test_httproute_sends_each_path_to_its_service(path: str, component: str | None) -> None:
-    assert gateway_route(rendered("gateway-gke").of_kind("HTTPRoute"), path) == component
+def test_httproute_sends_each_path_to_its_service(
+    profile_name: str, path: str, component: str | None
+) -> None:
+    profile = rendered(profile_name)
+    assert component in served_by(profile, gateway_route(profile.of_kind("HTTPRoute"), path))
+
+
+def test_gke_routes_use_only_the_path_matches_gkes_gateway_supports() -> None:
+    for route in rendered("gateway-gke").of_kind("HTTPRoute"):
+        for rule in route["spec"]["rules"]:
+            for match in rule["matches"]:
+                assert match["path"]["type"] in {"Exact", "PathPrefix"}, match
+
+
+def test_envoy_gateway_sends_the_upload_path_to_the_upload_pods_alone() -> None:
+    profile = rendered("gateway-envoy")
+    backend = gateway_route(profile.of_kind("HTTPRoute"), "/conversations/c1/images/upload_url")
+    assert backend == "upload"
+    assert served_by(profile, "message") == {"message"}
 
 
 def test_ingress_class_and_annotations_come_from_values() -> None:
-    (ingress,) = rendered("production-aws").of_kind("Ingress")
-    assert ingress["spec"]["ingressClassName"] == "nginx"
-    assert ingress["spec"]["tls"][0]["secretName"] == "chat-example-com-tls"
-    # WebSockets outlive nginx's default 60 s read timeout.
-    assert int(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+    profile = rendered("production-aws")
+    api, ws = (
+        profile.named("Ingress", f"{RELEASE}-chat-management"),
+        profile.named("Ingress", f"{RELEASE}-chat-management-ws"),
+    )
+    for ingress in (api, ws):
+        assert ingress["spec"]["ingressClassName"] == "nginx"
+        assert ingress["spec"]["tls"][0]["secretName"] == "chat-example-com-tls"
+    # WebSockets outlive nginx's default 60 s read timeout; nothing else gets an hour.
+    assert int(ws["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+    assert "nginx.ingress.kubernetes.io/proxy-read-timeout" not in api["metadata"]["annotations"]
+    assert [p["path"] for rule in ws["spec"]["rules"] for p in rule["http"]["paths"]] == ["/ws(/|$)"]
+
+
+def test_envoy_gateway_socket_timeout_applies_to_the_ws_route_alone() -> None:
+    profile = rendered("gateway-envoy")
+    (policy,) = profile.of_kind("BackendTrafficPolicy")
+    (target,) = policy["spec"]["targetRefs"]
+    ws_route = profile.named("HTTPRoute", target["name"])
+    paths = [m["path"]["value"] for rule in ws_route["spec"]["rules"] for m in rule["matches"]]
+    assert paths == ["/ws"]
+    assert policy["spec"]["timeout"]["http"]["requestTimeout"] == "3600s"
+
+
+def test_gke_socket_timeout_applies_to_a_service_only_the_ws_route_uses() -> None:
+    profile = rendered("gateway-gke")
+    (policy,) = profile.of_kind("GCPBackendPolicy")
+    assert policy["spec"]["default"]["timeoutSec"] == 3600
+    target = policy["spec"]["targetRef"]["name"]
+    users = {
+        m["path"]["value"]
+        for route in profile.of_kind("HTTPRoute")
+        for rule in route["spec"]["rules"]
+        for m in rule["matches"]
+        if any(ref["name"] == target for ref in rule["backendRefs"])
+    }
+    assert users == {"/ws"}
+    service = profile.named("Service", target)
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "message"
+
+
+def test_gke_load_balancer_health_checks_readiness() -> None:
+    profile = rendered("gateway-gke")
+    checked = {p["spec"]["targetRef"]["name"]: p for p in profile.of_kind("HealthCheckPolicy")}
+    routed = {
+        ref["name"]
+        for route in profile.of_kind("HTTPRoute")
+        for rule in route["spec"]["rules"]
+        for ref in rule["backendRefs"]
+    }
+    assert routed <= set(checked)
+    for policy in checked.values():
+        assert policy["spec"]["default"]["config"]["httpHealthCheck"]["requestPath"] == "/readyz"
 
 
 def test_routes_point_at_rendered_services_and_ports() -> None:
-    for name, kind in (("production-aws", "Ingress"), ("gateway-gke", "HTTPRoute")):
+    for name, kind in (
+        ("production-aws", "Ingress"),
+        ("gateway-gke", "HTTPRoute"),
+        ("gateway-envoy", "HTTPRoute"),
+    ):
         profile: Rendered = rendered(name)
         services = {s["metadata"]["name"]: s for s in profile.of_kind("Service")}
         for obj in profile.of_kind(kind):
@@ -151,11 +239,25 @@ def test_ingress_and_httproute_send_every_served_route_to_its_service(component:
     if not paths:
         pytest.skip(f"the {component} service has no routes in this build yet")
     ingresses = rendered("production-aws").of_kind("Ingress")
-    routes = rendered("gateway-gke").of_kind("HTTPRoute")
     for path in paths:
         assert nginx_route(ingresses, "chat.example.com", path) == component, path
-        assert gateway_route(routes, path) == component, path
+        for name in GATEWAY_PROFILES:
+            profile = rendered(name)
+            assert component in served_by(profile, gateway_route(profile.of_kind("HTTPRoute"), path)), (
+                name,
+                path,
+            )
 
 
 def test_the_consumer_serves_nothing_public(tmp_path: Path) -> None:
     assert served_paths("notification-consumer", tmp_path) == []
+
+
+def test_message_pods_serving_upload_too_have_both_services_routes(tmp_path: Path) -> None:
+    # GKE's profile sends the whole /conversations prefix to `serve message upload`.
+    settings = make_settings(tmp_path)
+    combined = all_in_one.create_combined_app(["message", "upload"], settings)
+    paths = {route.path for route in combined.routes}
+    assert "/conversations/{conversation_id:str}/images/upload_url" in paths
+    assert "/conversations/{conversation_id:str}/messages" in paths
+    assert "/ws" in paths

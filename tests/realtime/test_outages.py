@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests import harness
-from tests.conftest import auth_header
+from tests.conftest import auth_header, skip_unless_required
 from tests.realtime.conftest import DeployFactory, distributed_env
 
 Users = Callable[..., list[str]]
@@ -35,7 +35,7 @@ def private_localstack() -> Iterator[harness.Backend]:
     try:
         backend = harness.start_local_localstack()
     except RuntimeError as exc:
-        pytest.skip(str(exc))
+        skip_unless_required("localstack", str(exc))
     yield backend
     backend.stop()
 

@@ -75,6 +75,67 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- fail (printf "%s is set in both config and secretEnv: keep it in one place" $name) -}}
 {{- end -}}
 {{- end -}}
+{{- /* A setting that names a file must name a mounted one: otherwise the pod crash-loops. */ -}}
+{{- range $name, $value := $config -}}
+{{- if and $value (or (hasSuffix "_FILE" $name) (eq $name "GOOGLE_APPLICATION_CREDENTIALS")) -}}
+{{- $mounted := false -}}
+{{- range $_, $files := $.Values.secretFiles -}}
+{{- if hasPrefix (printf "%s/" (trimSuffix "/" $files.mountPath)) (toString $value) -}}
+{{- $mounted = true -}}
+{{- end -}}
+{{- end -}}
+{{- if not $mounted -}}
+{{- fail (printf "config.%s names %s, which no secretFiles entry mounts: add one (or set it through secretFiles.<name>.env)" $name (toString $value)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $key, $files := .Values.secretFiles -}}
+{{- range $name, $_ := $files.env -}}
+{{- if or (hasKey $config $name) (hasKey $.Values.secretEnv $name) -}}
+{{- fail (printf "%s is set by secretFiles.%s.env and elsewhere: keep it in one place" $name $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $component, $spec := .Values.services -}}
+{{- if and $spec.enabled $spec.keda $spec.keda.enabled (not $spec.keda.queueURL) -}}
+{{- fail (printf "services.%s.keda.queueURL: the SQS queue the scaler watches" $component) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.httpRoute.enabled (eq .Values.httpRoute.controller "gke") -}}
+{{- $uploadOnMessage := false -}}
+{{- with .Values.services.message -}}
+{{- if and .enabled (has "upload" (default list .alsoServe)) -}}{{- $uploadOnMessage = true -}}{{- end -}}
+{{- end -}}
+{{- if not $uploadOnMessage -}}
+{{- fail "httpRoute.controller=gke: GKE's Gateway has no regex path match, so the upload path (under /conversations) reaches message pods: set services.message.alsoServe: [upload]" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Volumes and mounts of the secretFiles one component gets: (dict "root" $ "component" "upload") */}}
+{{- define "chat-management.secretFileVolumes" -}}
+{{- range $key, $files := .root.Values.secretFiles }}
+{{- if or (not $files.services) (has $.component $files.services) }}
+- name: secret-{{ $key }}
+  secret:
+    secretName: {{ $files.secretName }}
+    defaultMode: 0440
+    {{- with $files.items }}
+    items:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "chat-management.secretFileMounts" -}}
+{{- range $key, $files := .root.Values.secretFiles }}
+{{- if or (not $files.services) (has $.component $files.services) }}
+- name: secret-{{ $key }}
+  mountPath: {{ $files.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* The cleanup job and the smoke test are pods of the same image; they share this environment. */}}
@@ -94,11 +155,21 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- include "chat-management.testingEnv" $root }}
 {{- end }}
 {{- range $name, $ref := $root.Values.secretEnv }}
+{{- if or (not $ref.services) (has $.component $ref.services) }}
 - name: {{ $name }}
   valueFrom:
     secretKeyRef:
       name: {{ $ref.name }}
       key: {{ $ref.key }}
+{{- end }}
+{{- end }}
+{{- range $_, $files := $root.Values.secretFiles }}
+{{- if or (not $files.services) (has $.component $files.services) }}
+{{- range $name, $file := $files.env }}
+- name: {{ $name }}
+  value: {{ printf "%s/%s" (trimSuffix "/" $files.mountPath) $file | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if $root.Values.networkPolicy.enabled }}
 # Only the ingress controller can reach the pods (NetworkPolicy), so its X-Forwarded-For is trusted and
@@ -168,23 +239,32 @@ egress:
 
 {{/* The public routes, for the Ingress and the HTTPRoute alike. `ingressPath` is an ingress-nginx regex
      (anchored at the start, longest path wins); `match` is the Gateway API path match. The upload route
-     shares the /conversations prefix with the message service and must win over it. */}}
+     shares the /conversations prefix with the message service and must win over it; with GKE's Gateway
+     (no regex) it is left out and message pods serve it (services.message.alsoServe: [upload]).
+     `websocket` routes get their own Ingress/HTTPRoute, so long timeouts apply to them alone. */}}
 {{- define "chat-management.routes" -}}
+{{- $gke := eq (toString .Values.httpRoute.controller) "gke" }}
 - component: upload
   ingressPath: /conversations/[^/]+/images/upload_url$
   match: {type: RegularExpression, value: "/conversations/[^/]+/images/upload_url"}
+  gateway: {{ not $gke }}
 - component: message
   ingressPath: /conversations(/|$)
   match: {type: PathPrefix, value: /conversations}
+  gateway: true
 - component: message
   ingressPath: /ws(/|$)
   match: {type: PathPrefix, value: /ws}
+  gateway: true
+  websocket: true
 - component: message
   ingressPath: /me/
   match: {type: PathPrefix, value: /me}
+  gateway: true
 - component: image-proxy
   ingressPath: /images/
   match: {type: PathPrefix, value: /images}
+  gateway: true
 {{- end -}}
 
 {{/* testing.enabled: the services talk to the in-cluster Redis, LocalStack and Firestore emulator. */}}

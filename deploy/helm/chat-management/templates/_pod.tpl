@@ -73,11 +73,13 @@ containers:
     volumeMounts:
       - name: tmp
         mountPath: /tmp
+      {{- include "chat-management.secretFileMounts" $nameArgs | nindent 6 }}
 volumes:
   # The root filesystem is read-only; Python and the HTTP clients may still want a scratch dir.
   - name: tmp
     emptyDir:
       sizeLimit: 64Mi
+  {{- include "chat-management.secretFileVolumes" $nameArgs | nindent 2 }}
 {{- with $s.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}

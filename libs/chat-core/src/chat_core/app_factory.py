@@ -25,8 +25,10 @@ from litestar.openapi.spec import Components, SecurityScheme
 from chat_core import metrics, tracing
 from chat_core.auth import Principal, TokenVerifier, token_from_connection
 from chat_core.backends import PORTS, Backends
+from chat_core.deadline import DeadlineMiddleware
 from chat_core.errors import exception_handlers, problem_response
 from chat_core.observability import ObservabilityMiddleware, set_request_user
+from chat_core.openapi import complete_error_responses, fix_options_allow
 from chat_core.settings import Settings
 
 __all__ = [
@@ -195,7 +197,11 @@ def create_service_app(
     )
     app.state.backends = backends
     app.state.settings = settings
+    fix_options_allow(app)
+    complete_error_responses(app)
     app.asgi_handler = ObservabilityMiddleware(
-        app.asgi_handler, component=component, access_log=settings.service.access_log
+        DeadlineMiddleware(app.asgi_handler, seconds=settings.service.request_timeout_seconds),
+        component=component,
+        access_log=settings.service.access_log,
     )
     return app

@@ -27,6 +27,7 @@ from litestar.connection import ASGIConnection
 
 from chat_core.errors import ProblemError
 from chat_core.keys import USER_ID_PATTERN
+from chat_core.retries import RetryableAnswer, RetryBudget, retrying, status_reason
 from chat_core.settings import AuthSettings
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 _EC_ALG_BY_CURVE = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+_JWKS_RETRY = RetryBudget(attempts=3, seconds=3.0, base=0.05, cap=0.5)
 _RSA_ALGS = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
 
 
@@ -183,8 +185,7 @@ class JwksVerifier:
         async with self._lock:
             if time.monotonic() - self._fetched_at < self._min_refresh_interval:
                 return  # another request just refreshed, or a flood of unknown kids: don't hammer the IdP
-            response = await self._client.get(self._url)
-            response.raise_for_status()
+            response = await self._fetch()
             keys: dict[str, _Key] = {}
             for jwk in response.json().get("keys", []):
                 kid, alg = jwk.get("kid"), _pinned_algorithm(jwk)
@@ -196,6 +197,24 @@ class JwksVerifier:
                     continue
             self._keys = keys
             self._fetched_at = time.monotonic()
+
+    async def _fetch(self) -> httpx.Response:
+        """GET the JWKS, tried again on a 5xx, a 429 or a failed connection (a short budget: a request
+        waits on it); any other error status raises ``httpx.HTTPStatusError``."""
+
+        async def attempt() -> httpx.Response:
+            response = await self._client.get(self._url)
+            reason = status_reason(response.status_code) if response.status_code >= 400 else None
+            if reason is not None:
+                raise RetryableAnswer(reason, response)
+            return response
+
+        try:
+            response = await retrying("jwks", "fetch", attempt, _JWKS_RETRY)
+        except RetryableAnswer as exhausted:
+            response = exhausted.answer
+        response.raise_for_status()
+        return response
 
     async def _key_for(self, kid: str) -> _Key:
         stale = time.monotonic() - self._fetched_at > self._cache_seconds

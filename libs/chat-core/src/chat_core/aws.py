@@ -10,6 +10,14 @@ The S3 and SQS adapters speak the two small protocols they need (S3 REST/XML, SQ
 Credentials: static when ``AWS_ACCESS_KEY_ID`` is set, else the CRT default chain (environment, profile,
 web identity / IRSA, ECS, IMDS), resolved asynchronously and cached until shortly before they expire, so
 signing itself never waits on I/O.
+
+Every request is retried on a transient failure (5xx, 429 or a throttling code, a failed connection)
+with full-jitter backoff within a budget (``chat_core.retries``); a 4xx client error never is. A whole
+answer must come within ``timeout``; a streamed body (an image on its way to a slow client) only has to
+keep moving: each read waits at most ``read_timeout``, however long the whole transfer takes.
+
+Endpoints follow the AWS conventions: ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL_SQS`` over
+``AWS_ENDPOINT_URL``, else the region's endpoint in its partition (``aws_endpoint``).
 """
 
 from __future__ import annotations
@@ -28,9 +36,45 @@ from awscrt import auth as crt_auth
 from awscrt import http as crt_http
 from yarl import URL
 
+from chat_core.retries import RetryableAnswer, RetryBudget, aws_error_code, retrying, status_reason
 from chat_core.settings import AwsSettings
 
-__all__ = ["AwsClient", "AwsCredentialSource", "AwsError", "AwsHttp", "AwsResponse", "uri_encode_path"]
+__all__ = [
+    "AwsClient",
+    "AwsCredentialSource",
+    "AwsError",
+    "AwsHttp",
+    "AwsResponse",
+    "aws_dns_suffix",
+    "aws_endpoint",
+    "aws_partition",
+    "uri_encode_path",
+]
+
+# Region prefix -> (partition, DNS suffix); the rest are in "aws" (amazonaws.com).
+_PARTITIONS = (
+    ("cn-", "aws-cn", "amazonaws.com.cn"),
+    ("us-gov-", "aws-us-gov", "amazonaws.com"),
+    ("us-isof-", "aws-iso-f", "csp.hci.ic.gov"),
+    ("us-isob-", "aws-iso-b", "sc2s.sgov.gov"),
+    ("us-iso-", "aws-iso", "c2s.ic.gov"),
+    ("eu-isoe-", "aws-iso-e", "cloud.adc-e.uk"),
+)
+
+
+def aws_partition(region: str) -> str:
+    """The partition of ``region`` (``aws``, ``aws-cn``, ``aws-us-gov``, ``aws-iso``...), as ARNs name it."""
+    return next((partition for prefix, partition, _ in _PARTITIONS if region.startswith(prefix)), "aws")
+
+
+def aws_dns_suffix(region: str) -> str:
+    return next((suffix for prefix, _, suffix in _PARTITIONS if region.startswith(prefix)), "amazonaws.com")
+
+
+def aws_endpoint(service: str, region: str, *, override: str = "") -> str:
+    """The endpoint of ``service``: ``override`` when set, else ``https://{service}.{region}.{suffix}``."""
+    return (override or f"https://{service}.{region}.{aws_dns_suffix(region)}").rstrip("/")
+
 
 _REFRESH_MARGIN = 300.0  # refresh temporary credentials this long before they expire
 
@@ -86,10 +130,21 @@ class AwsHttp:
     """One pooled aiohttp session per process for AWS calls, opened on first use (inside the loop)."""
 
     def __init__(
-        self, *, connections: int = 200, timeout: float = 10.0, connect_timeout: float = 3.0
+        self,
+        *,
+        connections: int = 200,
+        timeout: float = 10.0,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 10.0,
+        retry: RetryBudget | None = None,
     ) -> None:
         self._connections = connections
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
+        # A streamed body has no total: only the connection and each read are bounded.
+        self.stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self.retry = retry or RetryBudget()
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
@@ -228,9 +283,40 @@ class AwsClient:
         unsigned_payload: bool = False,
         stream: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109 - a per-request transport timeout, not a deadline
+        operation: str = "",
     ) -> AwsResponse:
-        """Sign (headers) and send; the caller checks the status. ``stream=True`` leaves the body unread
-        (the caller then reads or closes it)."""
+        """Sign (headers) and send, retrying transient failures; the caller checks the status.
+        ``stream=True`` leaves the body of a successful answer unread (the caller then reads or closes
+        it). ``operation`` names the call in the retry metric (default: the method)."""
+
+        async def attempt() -> AwsResponse:
+            return await self._send_once(
+                method,
+                path_and_query,
+                headers=headers,
+                content=content,
+                unsigned_payload=unsigned_payload,
+                stream=stream,
+                timeout=timeout,
+            )
+
+        try:
+            return await retrying(self.service, operation or method, attempt, self._http.retry)
+        except RetryableAnswer as exhausted:
+            answer: AwsResponse = exhausted.answer
+            return answer
+
+    async def _send_once(
+        self,
+        method: str,
+        path_and_query: str,
+        *,
+        headers: Mapping[str, str] | None,
+        content: bytes,
+        unsigned_payload: bool,
+        stream: bool,
+        timeout: float | None,  # noqa: ASYNC109
+    ) -> AwsResponse:
         split = urlsplit(self.endpoint_url)
         all_headers = [("host", split.netloc), *(headers or {}).items()]
         if content:
@@ -247,17 +333,28 @@ class AwsClient:
             unsigned_payload=unsigned_payload,
         )
         signed = crt_auth.aws_sign_request(request, config).result()
+        if timeout is not None:
+            client_timeout: Any = aiohttp.ClientTimeout(total=timeout)
+        elif stream:
+            client_timeout = self._http.stream_timeout
+        else:
+            client_timeout = aiohttp.helpers.sentinel
         raw = await self._http.session().request(
             method,
             URL(f"{split.scheme}://{split.netloc}{signed.path}", encoded=True),  # exactly as signed
             headers=[(k, v) for k, v in signed.headers if k.lower() != "content-length"],
             data=content or None,
-            timeout=aiohttp.ClientTimeout(total=timeout) if timeout is not None else aiohttp.helpers.sentinel,
+            timeout=client_timeout,
         )
-        if stream:
+        if stream and raw.status < 400:
             return AwsResponse(raw, None)
         try:
             body = await raw.read()
         finally:
             raw.release()
-        return AwsResponse(raw, body)
+        response = AwsResponse(raw, body)
+        if raw.status >= 400:
+            reason = status_reason(raw.status, aws_error_code(body, raw.headers))
+            if reason is not None:
+                raise RetryableAnswer(reason, response)
+        return response

@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 PROBLEM_JSON = "application/problem+json"
+RETRY_AFTER_SECONDS = "2"  # on every 503: an outage of a backend is worth a retry a little later
 PROBLEM_TYPE_BASE = "https://chat-management.dev/problems/"
 
 _log = structlog.get_logger("chat_core.errors")
@@ -121,11 +122,14 @@ def problem_response(
     extra: Mapping[str, Any] | None = None,
 ) -> Response[bytes]:
     body = problem_body(status, code, title or HTTPStatus(status).phrase, detail, instance, extra)
+    all_headers = dict(headers or {})
+    if status == 503 and not any(name.lower() == "retry-after" for name in all_headers):
+        all_headers["Retry-After"] = RETRY_AFTER_SECONDS  # a backend outage: clients back off, then retry
     return Response(
         content=msgspec.json.encode(body),
         status_code=status,
         media_type=PROBLEM_JSON,
-        headers=dict(headers or {}),
+        headers=all_headers,
     )
 
 

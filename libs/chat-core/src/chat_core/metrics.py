@@ -107,6 +107,14 @@ NOTIFICATION_QUEUE_DEPTH = Gauge(
     "chat_notification_queue_messages", "Approximate messages in a queue, by queue (main or dlq).", ["queue"]
 )
 
+# --- backends --------------------------------------------------------------------------------------
+BACKEND_RETRIES = Counter(
+    "chat_backend_retries",
+    "Calls to a backend tried again after a transient failure, by backend (s3, sqs, jwks, fcm), "
+    "operation and reason (5xx, throttled, connection, timeout).",
+    ["backend", "operation", "reason"],
+)
+
 
 # --- media processor -------------------------------------------------------------------------------
 _PROCESSING_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)

@@ -46,6 +46,33 @@ def set_request_user(user_id: str) -> None:
         info.user_id = user_id
 
 
+def _server_attributes(scope: Scope, method: str, client: Any) -> dict[str, str | int]:
+    """The HTTP server span's semantic-convention attributes known at the request's start."""
+    headers = dict(scope["headers"])
+    scheme = str(scope.get("scheme", "http"))
+    host = headers.get(b"host", b"").decode("latin-1")
+    server: tuple[str, int | None] | None = scope.get("server")
+    address, _, port = host.rpartition(":") if host.rpartition(":")[2].isdigit() else (host, "", "")
+    attributes: dict[str, str | int] = {
+        "http.request.method": method,
+        "url.path": str(scope["path"]),
+        "url.scheme": scheme,
+        "network.protocol.version": str(scope.get("http_version", "1.1")),
+        "server.address": address or (server[0] if server else ""),
+    }
+    if port:
+        attributes["server.port"] = int(port)
+    elif server is not None and server[1] is not None:
+        attributes["server.port"] = server[1]
+    # No url.query: signed URLs carry their signature there.
+    if client:
+        attributes["client.address"] = str(client[0])
+    agent = headers.get(b"user-agent")
+    if agent:
+        attributes["user_agent.original"] = agent.decode("latin-1")
+    return attributes
+
+
 class ObservabilityMiddleware:
     def __init__(self, app: ASGIApp, *, component: str, access_log: bool = True) -> None:
         self.app = app
@@ -101,6 +128,8 @@ class ObservabilityMiddleware:
             context=tracing.extract(carrier) if carrier else None,
             kind=SpanKind.SERVER,
         )
+        if span.is_recording():
+            span.set_attributes(_server_attributes(scope, method, client))
         try:
             with trace.use_span(span, end_on_exit=True, record_exception=True, set_status_on_exception=True):
                 try:

@@ -78,6 +78,14 @@ class ServiceSettings(_Frozen, frozen=True, kw_only=True):
     data_dir: Annotated[
         str, env("DATA_DIR", "Where the embedded adapters keep their files (objects, SQLite databases).")
     ] = ".data"
+    request_timeout_seconds: Annotated[
+        float,
+        env(
+            "REQUEST_TIMEOUT_SECONDS",
+            "Deadline of a request until its answer starts (then 503 `backend_timeout`); 0: none.",
+        ),
+        msgspec.Meta(ge=0),
+    ] = 15.0
     drain_seconds: Annotated[
         float,
         env("SHUTDOWN_DRAIN_SECONDS", "Grace given to in-flight requests and jobs on SIGTERM."),
@@ -109,6 +117,14 @@ class AuthSettings(_Frozen, frozen=True, kw_only=True):
     jwks_cache_seconds: Annotated[
         int, env("AUTH_JWKS_CACHE_SECONDS", "How long fetched signing keys are trusted before a refresh.")
     ] = 3600
+    dev_login: Annotated[
+        bool,
+        env(
+            "DEV_LOGIN",
+            "Dev only: the web client's `POST /dev/token` mints a token for any user id (needs "
+            "AUTH_JWT_SECRET). `make run`/`make dev` turn it on; never enable it where real users are.",
+        ),
+    ] = False
 
 
 ObjectStoreKind = Literal["local", "s3"]
@@ -135,7 +151,9 @@ class BackendSettings(_Frozen, frozen=True, kw_only=True):
 
 
 class AwsSettings(_Frozen, frozen=True, kw_only=True):
-    region: Annotated[str, env("AWS_REGION", "AWS region of the bucket and queues.")] = "us-east-1"
+    region: Annotated[
+        str, env("AWS_REGION", "AWS region of the bucket and queues (else `AWS_DEFAULT_REGION`).")
+    ] = "us-east-1"
     access_key_id: Annotated[
         str,
         env("AWS_ACCESS_KEY_ID", "Static credentials; empty uses the default chain (IRSA, profile, IMDS)."),
@@ -144,6 +162,12 @@ class AwsSettings(_Frozen, frozen=True, kw_only=True):
     session_token: Annotated[str, env("AWS_SESSION_TOKEN", "Session token for temporary credentials.")] = ""
     endpoint_url: Annotated[
         str, env("AWS_ENDPOINT_URL", "Override the AWS endpoint (LocalStack); empty means real AWS.")
+    ] = ""
+    s3_endpoint_url: Annotated[
+        str, env("AWS_ENDPOINT_URL_S3", "Override the S3 endpoint alone (wins over AWS_ENDPOINT_URL).")
+    ] = ""
+    sqs_endpoint_url: Annotated[
+        str, env("AWS_ENDPOINT_URL_SQS", "Override the SQS endpoint alone (wins over AWS_ENDPOINT_URL).")
     ] = ""
 
 
@@ -356,7 +380,11 @@ class PushSettings(_Frozen, frozen=True, kw_only=True):
         str, env("PUSH_WEBHOOK_SECRET", "HMAC-SHA256 key for the webhook's `X-Chat-Signature` header.")
     ] = ""
     fcm_credentials_file: Annotated[
-        str, env("FCM_CREDENTIALS_FILE", "Service-account JSON for PUSH_PROVIDER=fcm.")
+        str,
+        env(
+            "FCM_CREDENTIALS_FILE",
+            "Service-account JSON for PUSH_PROVIDER=fcm; empty: Application Default Credentials.",
+        ),
     ] = ""
     fcm_project_id: Annotated[str, env("FCM_PROJECT_ID", "Firebase project (default: the credentials').")] = (
         ""
@@ -406,14 +434,14 @@ class Settings(_Frozen, frozen=True, kw_only=True):
             raise SettingsError("AUTH_JWT_SECRET or AUTH_JWKS_URL: one must be set")
         if auth.jwt_secret and len(auth.jwt_secret) < 32:
             raise SettingsError("AUTH_JWT_SECRET: must be at least 32 characters")
+        if auth.dev_login and not auth.jwt_secret:
+            raise SettingsError("DEV_LOGIN: needs AUTH_JWT_SECRET (it mints HS256 dev tokens)")
         if auth.jwks_url and not (auth.issuer and auth.audience):
             raise SettingsError("AUTH_ISSUER and AUTH_AUDIENCE: required with AUTH_JWKS_URL")
         if self.backends.object_store == "s3" and not self.s3.bucket:
             raise SettingsError("S3_BUCKET_NAME: required with OBJECT_STORE=s3")
         if self.backends.push_provider == "webhook" and not self.push.webhook_url:
             raise SettingsError("PUSH_WEBHOOK_URL: required with PUSH_PROVIDER=webhook")
-        if self.backends.push_provider == "fcm" and not self.push.fcm_credentials_file:
-            raise SettingsError("FCM_CREDENTIALS_FILE: required with PUSH_PROVIDER=fcm")
         expiry_days = self.s3.raw_upload_expiry_days
         if expiry_days and expiry_days * 86400 <= self.images.orphan_grace_seconds:
             # The backstop must never beat the send window: an upload still sendable would vanish.
@@ -465,7 +493,10 @@ def _load_struct(cls: type[T], environ: Mapping[str, str]) -> T:
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Read settings from ``environ`` (default ``os.environ``) and validate them."""
-    settings = _load_struct(Settings, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    if not environ.get("AWS_REGION") and environ.get("AWS_DEFAULT_REGION"):
+        environ = {**environ, "AWS_REGION": environ["AWS_DEFAULT_REGION"]}  # the AWS CLI's fallback
+    settings = _load_struct(Settings, environ)
     if overrides:
         settings = msgspec.structs.replace(settings, **overrides)
     return settings.validate()

@@ -14,7 +14,7 @@ from typing import Annotated
 import msgspec
 from litestar import Response, delete, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody, PathParameter
 
 from chat_core.auth import Principal
 from chat_core.errors import ProblemError
@@ -24,6 +24,14 @@ __all__ = ["ROUTES", "DeviceRegistration", "DeviceService"]
 
 # FCM registration tokens, APNs device tokens (hex) and the like: no spaces, no slashes.
 _TOKEN = re.compile(r"^[A-Za-z0-9_:.\-]{8,4096}$")
+# Documented (not enforced by Litestar: the service answers its own `invalid_device_token`).
+DeviceToken = Annotated[
+    str,
+    PathParameter(
+        description="The push token (FCM registration token, APNs hex token...).",
+        schema_extra={"pattern": _TOKEN.pattern, "minLength": 8, "maxLength": 4096},
+    ),
+]
 
 
 class DeviceRegistration(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,7 +71,7 @@ class DeviceService:
     tags=["devices"],
 )
 async def register_device(
-    token: FromPath[str],
+    token: DeviceToken,
     data: JSONBody[DeviceRegistration],
     principal: NamedDependency[Principal],
     device_service: NamedDependency[DeviceService],
@@ -73,7 +81,7 @@ async def register_device(
 
 @delete("/me/devices/{token:str}", status_code=204, summary="Stop pushes to a device", tags=["devices"])
 async def unregister_device(
-    token: FromPath[str],
+    token: DeviceToken,
     principal: NamedDependency[Principal],
     device_service: NamedDependency[DeviceService],
 ) -> Response[None]:

@@ -38,6 +38,7 @@ Before = Annotated[
     summary="Start a conversation",
     description="The caller is always a member; `participantIds` are the others.",
     tags=["conversations"],
+    responses=problem_responses(409),
 )
 async def create_conversation(
     data: JSONBody[CreateConversation],

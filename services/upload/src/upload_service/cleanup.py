@@ -12,6 +12,17 @@ one listing page and one batch at a time.
 Only keys with the layout of ``chat_core.keys`` are ever considered: anything else in the bucket is not
 ours to delete. Every deletion (or, with ``dry_run``, every would-be deletion) is one log line.
 
+With ``OBJECT_STORE=s3`` the job lists and deletes through boto3 (``S3Objects``): the ``list_objects_v2``
+paginator, ``DeleteObjects`` with up to 1,000 keys a request (Quiet: S3 answers only the keys it could not
+delete, each logged as ``orphan_delete_failed``), botocore's ``standard`` retry mode with a bounded number of
+attempts. Orphans are gathered across reference batches until a full request's worth is due, so ``n``
+orphans take ``ceil(n / 1000)`` requests. The local disk keeps its own path through the ``ObjectStore`` port
+(one delete per key, ``delete_concurrency`` at a time). The job stays async because the message store and
+``Backends`` are; each blocking boto3 call runs in a worker thread, one at a time, off the event loop.
+
+A run with keys S3 would not delete still finishes (the rest are deleted, the counts recorded), then fails:
+the command exits 1 and the last-success time is not moved, so the staleness alert fires.
+
 Metrics: a CronJob lives too briefly to be scraped, so ``run`` pushes the storage gauges, the deletion
 counters and the last-success time to ``PUSHGATEWAY_URL`` when it is set, and always logs a summary.
 """
@@ -20,7 +31,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
@@ -35,9 +47,21 @@ from chat_core.messagestore import MessageStore
 from chat_core.objectstore import ObjectInfo, ObjectStore
 from chat_core.settings import Settings
 
-__all__ = ["PUSH_JOB", "CleanupReport", "cleanup_orphans", "push_metrics", "run"]
+__all__ = [
+    "DELETE_OBJECTS_MAX_KEYS",
+    "PUSH_JOB",
+    "CleanupIncomplete",
+    "CleanupReport",
+    "S3Objects",
+    "cleanup_orphans",
+    "objects_for",
+    "push_metrics",
+    "run",
+]
 
 PUSH_JOB = "chat-management-cleanup"
+DELETE_OBJECTS_MAX_KEYS = 1000  # S3's limit for one DeleteObjects request
+MAX_ATTEMPTS = 5  # botocore standard retry mode: the first attempt and up to four retries
 _log = structlog.get_logger("upload_service.cleanup")
 
 
@@ -52,6 +76,7 @@ class CleanupReport(msgspec.Struct, kw_only=True):
     orphan_bytes: int = 0
     deleted_objects: int = 0
     deleted_bytes: int = 0
+    failed_objects: int = 0  # orphans the store refused to delete (each logged): the run fails
 
     @property
     def stored_objects(self) -> int:
@@ -63,8 +88,139 @@ class CleanupReport(msgspec.Struct, kw_only=True):
         return self.scanned_bytes - self.deleted_bytes
 
 
+class CleanupIncomplete(RuntimeError):
+    """Some orphans could not be deleted (each was logged); the rest of the run went through."""
+
+
+class DeleteFailure(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    code: str
+    message: str
+
+
+class _Objects(Protocol):
+    """What the job needs of a store: a streamed listing, and deleting keys in batches."""
+
+    delete_batch: int  # the job hands ``delete`` this many keys at a time (the last batch: fewer)
+
+    def scan(self, *, page_size: int) -> AsyncIterator[ObjectInfo]: ...
+
+    async def delete(self, infos: Sequence[ObjectInfo]) -> list[DeleteFailure]: ...
+
+
+class _PortObjects:
+    """Any ``ObjectStore`` (the local disk): its own listing, one delete per key, a few at a time."""
+
+    delete_batch = 1  # nothing to gain by waiting: each sweep's orphans are deleted right away
+
+    def __init__(self, store: ObjectStore, *, concurrency: int) -> None:
+        self._store = store
+        self._limiter = anyio.CapacityLimiter(concurrency)
+
+    def scan(self, *, page_size: int) -> AsyncIterator[ObjectInfo]:
+        return self._store.list(page_size=page_size)
+
+    async def delete(self, infos: Sequence[ObjectInfo]) -> list[DeleteFailure]:
+        async def one(key: str) -> None:
+            async with self._limiter:
+                await self._store.delete(key)
+
+        async with anyio.create_task_group() as group:
+            for info in infos:
+                group.start_soon(one, info.key)
+        return []  # a failed delete raises (and fails the run), as any error of the port does
+
+
+class S3Objects:
+    """The bucket through boto3: the ``list_objects_v2`` paginator and ``DeleteObjects`` (Quiet).
+
+    Every call is blocking, so each runs in a worker thread; the client is botocore's, thread-safe.
+    Register event hooks on ``client.meta.events`` to watch its requests (the tests count them so).
+    """
+
+    delete_batch = DELETE_OBJECTS_MAX_KEYS
+
+    def __init__(self, client: Any, bucket: str, *, prefix: str = "") -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3Objects:
+        """A client as ``setup``'s: static keys when set, else the default chain; standard retries."""
+        import boto3
+        from botocore.config import Config
+
+        aws = settings.aws
+        session = boto3.session.Session(
+            aws_access_key_id=aws.access_key_id or None,
+            aws_secret_access_key=aws.secret_access_key or None,
+            aws_session_token=aws.session_token or None,
+            region_name=aws.region,
+        )
+        config = Config(
+            retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+            connect_timeout=5,
+            read_timeout=60,
+            s3={"addressing_style": "path"},  # as the hot path: AWS, LocalStack and MinIO alike
+        )
+        client = session.client(
+            "s3", endpoint_url=aws.s3_endpoint_url or aws.endpoint_url or None, config=config
+        )
+        return cls(client, settings.s3.bucket)
+
+    async def scan(self, *, page_size: int) -> AsyncIterator[ObjectInfo]:
+        if not 1 <= page_size <= 1000:
+            raise ValueError("page_size must be within 1..1000 (S3's limit)")
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = iter(
+            paginator.paginate(
+                Bucket=self.bucket, Prefix=self.prefix, PaginationConfig={"PageSize": page_size}
+            )
+        )
+        while True:
+            page = await anyio.to_thread.run_sync(next, pages, None)
+            if page is None:
+                return
+            for item in page.get("Contents", ()):
+                yield ObjectInfo(
+                    key=item["Key"],
+                    size=int(item["Size"]),
+                    content_type="",  # ListObjectsV2 does not return it
+                    etag=item.get("ETag", ""),
+                    last_modified=item["LastModified"],
+                )
+
+    async def delete(self, infos: Sequence[ObjectInfo]) -> list[DeleteFailure]:
+        failures: list[DeleteFailure] = []
+        for start in range(0, len(infos), DELETE_OBJECTS_MAX_KEYS):
+            chunk = infos[start : start + DELETE_OBJECTS_MAX_KEYS]
+            response = await anyio.to_thread.run_sync(self._delete_objects, [info.key for info in chunk])
+            failures += [
+                DeleteFailure(
+                    key=error.get("Key", ""), code=error.get("Code", ""), message=error.get("Message", "")
+                )
+                for error in response.get("Errors", ())
+            ]
+        return failures
+
+    def _delete_objects(self, keys: list[str]) -> dict[str, Any]:
+        response: dict[str, Any] = self.client.delete_objects(
+            Bucket=self.bucket,
+            Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+        )
+        return response
+
+
+def objects_for(settings: Settings, object_store: ObjectStore) -> ObjectStore | S3Objects:
+    """What the job lists and deletes through: boto3 with ``OBJECT_STORE=s3``, else the port."""
+    if settings.backends.object_store == "s3":
+        return S3Objects.from_settings(settings)
+    return object_store
+
+
 async def cleanup_orphans(
-    object_store: ObjectStore,
+    object_store: ObjectStore | S3Objects,
     message_store: MessageStore,
     *,
     grace_seconds: float,
@@ -79,16 +235,39 @@ async def cleanup_orphans(
         raise ValueError("batch_size and delete_concurrency must be positive")
     cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=grace_seconds)
     report = CleanupReport(dry_run=dry_run)
-    limiter = anyio.CapacityLimiter(delete_concurrency)
+    objects: _Objects = (
+        object_store
+        if isinstance(object_store, S3Objects)
+        else _PortObjects(object_store, concurrency=delete_concurrency)
+    )
+    pending: list[ObjectInfo] = []  # orphans found, not yet deleted: fewer than a full request's worth
 
-    async def delete(info: ObjectInfo) -> None:
-        async with limiter:
-            await object_store.delete(info.key)
-        report.deleted_objects += 1
-        report.deleted_bytes += info.size
-        _log.info(
-            "orphan_deleted", key=info.key, size=info.size, last_modified=info.last_modified.isoformat()
-        )
+    async def delete(infos: Sequence[ObjectInfo]) -> None:
+        failed = {failure.key: failure for failure in await objects.delete(infos)}
+        for info in infos:
+            failure = failed.get(info.key)
+            if failure is not None:
+                report.failed_objects += 1
+                _log.error(
+                    "orphan_delete_failed",
+                    key=info.key,
+                    size=info.size,
+                    code=failure.code,
+                    error=failure.message,
+                )
+                continue
+            report.deleted_objects += 1
+            report.deleted_bytes += info.size
+            _log.info(
+                "orphan_deleted", key=info.key, size=info.size, last_modified=info.last_modified.isoformat()
+            )
+
+    async def flush(*, last: bool = False) -> None:
+        nonlocal pending
+        due = len(pending) if last else len(pending) - len(pending) % objects.delete_batch
+        for start in range(0, due, objects.delete_batch):
+            await delete(pending[start : start + objects.delete_batch])
+        pending = pending[due:]
 
     async def sweep(batch: Sequence[ObjectInfo]) -> None:
         if not batch:
@@ -107,12 +286,11 @@ async def cleanup_orphans(
                     last_modified=info.last_modified.isoformat(),
                 )
             return
-        async with anyio.create_task_group() as group:
-            for info in orphans:
-                group.start_soon(delete, info)
+        pending.extend(orphans)
+        await flush()
 
     batch: list[ObjectInfo] = []
-    async for info in object_store.list(page_size=page_size):
+    async for info in objects.scan(page_size=page_size):
         report.scanned_objects += 1
         report.scanned_bytes += info.size
         try:
@@ -128,6 +306,7 @@ async def cleanup_orphans(
             await sweep(batch)
             batch = []
     await sweep(batch)
+    await flush(last=True)
     return report
 
 
@@ -136,7 +315,8 @@ def record_metrics(report: CleanupReport) -> None:
     metrics.STORED_BYTES.set(report.stored_bytes)
     metrics.ORPHANS_DELETED.inc(report.deleted_objects)
     metrics.ORPHAN_BYTES_DELETED.inc(report.deleted_bytes)
-    metrics.CLEANUP_LAST_SUCCESS.set(time.time())
+    if not report.failed_objects:
+        metrics.CLEANUP_LAST_SUCCESS.set(time.time())
 
 
 async def push_metrics(url: str, *, job: str = PUSH_JOB) -> None:
@@ -161,7 +341,7 @@ async def run(settings: Settings, *, dry_run: bool) -> CleanupReport:
     started = time.monotonic()
     async with backends:
         report = await cleanup_orphans(
-            object_store,
+            objects_for(settings, object_store),
             message_store,
             grace_seconds=settings.images.orphan_grace_seconds,
             dry_run=dry_run,
@@ -177,4 +357,8 @@ async def run(settings: Settings, *, dry_run: bool) -> CleanupReport:
     )
     if settings.telemetry.pushgateway_url:
         await push_metrics(settings.telemetry.pushgateway_url)
+    if report.failed_objects:
+        raise CleanupIncomplete(
+            f"{report.failed_objects} orphans could not be deleted (orphan_delete_failed)"
+        )
     return report

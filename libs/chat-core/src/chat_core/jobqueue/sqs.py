@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import msgspec
 import structlog
 
-from chat_core.aws import AwsClient, AwsError
+from chat_core.aws import AwsClient, AwsError, aws_endpoint
 from chat_core.batching import Coalescer
 from chat_core.jobqueue import Job, JobKind, Received
 
@@ -89,6 +89,7 @@ class SqsJobQueue(Generic[J]):
             },
             content=msgspec.json.encode(payload),
             timeout=timeout,
+            operation=operation,
         )
         if response.status_code != 200:
             raise _error(response.status_code, response.content, response.headers)
@@ -313,7 +314,8 @@ def _batches(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 def create(backends: Backends, kind: JobKind[J]) -> SqsJobQueue[J]:
     settings = backends.settings
-    endpoint = settings.aws.endpoint_url or f"https://sqs.{settings.aws.region}.amazonaws.com"
+    aws = settings.aws
+    endpoint = aws_endpoint("sqs", aws.region, override=aws.sqs_endpoint_url or aws.endpoint_url)
     client = AwsClient(
         settings.aws,
         "sqs",

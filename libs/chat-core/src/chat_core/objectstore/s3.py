@@ -2,7 +2,8 @@
 
 Path-style addressing (``{endpoint}/{bucket}/{key}``) so one code path serves AWS, LocalStack and MinIO.
 Presigned URLs point at ``S3_PUBLIC_ENDPOINT_URL`` (what clients reach: the cluster-internal LocalStack name
-is useless to a phone), default ``AWS_ENDPOINT_URL``, on real AWS ``https://s3.{region}.amazonaws.com``.
+is useless to a phone), default ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, on real AWS the region's
+endpoint in its partition (``https://s3.{region}.amazonaws.com``, ``.amazonaws.com.cn`` in China...).
 Presigning is CPU only (credentials are resolved at start-up), so it runs on the event loop.
 """
 
@@ -19,7 +20,15 @@ from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
-from chat_core.aws import AwsClient, AwsCredentialSource, AwsError, AwsHttp, AwsResponse, uri_encode_path
+from chat_core.aws import (
+    AwsClient,
+    AwsCredentialSource,
+    AwsError,
+    AwsHttp,
+    AwsResponse,
+    aws_endpoint,
+    uri_encode_path,
+)
 from chat_core.objectstore import (
     ByteRange,
     ObjectChanged,
@@ -116,7 +125,8 @@ class S3ObjectStore:
     def __init__(self, settings: Settings, *, http: AwsHttp, credentials: AwsCredentialSource) -> None:
         self.bucket = settings.s3.bucket
         self._region = settings.aws.region
-        endpoint = settings.aws.endpoint_url or f"https://s3.{settings.aws.region}.amazonaws.com"
+        aws = settings.aws
+        endpoint = aws_endpoint("s3", aws.region, override=aws.s3_endpoint_url or aws.endpoint_url)
         self.public_endpoint_url = (settings.s3.public_endpoint_url or endpoint).rstrip("/")
         self._client = AwsClient(
             settings.aws, "s3", endpoint_url=endpoint, http=http, credentials=credentials

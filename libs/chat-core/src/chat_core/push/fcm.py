@@ -1,8 +1,10 @@
-"""FCM HTTP v1 PushProvider with service-account OAuth.
+"""FCM HTTP v1 PushProvider with Google credentials the platform's way.
 
-The service account's key signs a JWT assertion (RS256, ``aud`` = ``FCM_TOKEN_URL``), exchanged for an
-access token that is cached until shortly before it expires; one refresh at a time, whatever the number
-of concurrent pushes. Each push is ``POST {FCM_ENDPOINT}/v1/projects/{project}/messages:send``.
+Credentials: the service-account key in ``FCM_CREDENTIALS_FILE`` when set, else Google Application
+Default Credentials (``google.auth.default``): ``GOOGLE_APPLICATION_CREDENTIALS``, or on GKE the metadata
+server, so Workload Identity needs no key at all. google-auth signs the assertion / asks the metadata
+server; the access token is cached until shortly before it expires, one refresh at a time whatever the
+number of concurrent pushes. Each push is ``POST {FCM_ENDPOINT}/v1/projects/{project}/messages:send``.
 
 Answers: 200 sent; ``UNREGISTERED`` (404) and ``SENDER_ID_MISMATCH`` (403), or an ``INVALID_ARGUMENT``
 about the registration token, mean the token is dead (``invalid_token``: forget the device); a 401 gets
@@ -13,41 +15,55 @@ own payload is ``retry`` too, never ``invalid_token``: it must end in the DLQ, n
 from __future__ import annotations
 
 import asyncio
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import google.auth
+import google.auth.exceptions
 import httpx
-import jwt
 import msgspec
+import requests
 import structlog
-from cryptography.hazmat.primitives import serialization
+from google.auth.credentials import Credentials
+from google.auth.transport.requests import Request as GoogleAuthRequest
+from google.oauth2 import service_account
 
 from chat_core.push import PushMessage, PushOutcome
+from chat_core.retries import RetryableAnswer, RetryBudget, retrying
 from chat_core.settings import PushSettings
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
 
-__all__ = ["FCM_SCOPE", "FcmPushProvider", "ServiceAccount", "create"]
+__all__ = ["FCM_SCOPE", "FcmPushProvider", "create", "load_credentials"]
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
-_ASSERTION_LIFETIME = 3600
-_REFRESH_MARGIN = 120.0  # renew the access token this long before it expires
 _TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+_TOKEN_RETRY = RetryBudget(attempts=4, seconds=10.0, base=0.1, cap=2.0)
 _DEAD_TOKEN_CODES = {"UNREGISTERED", "SENDER_ID_MISMATCH"}
 _log = structlog.get_logger("chat_core.push.fcm")
 
 
-class ServiceAccount(msgspec.Struct, frozen=True):
-    client_email: str
-    private_key: str
-    private_key_id: str = ""
-    project_id: str = ""
+def load_credentials(settings: PushSettings) -> tuple[Credentials, str]:
+    """The credentials FCM calls are made with, and the Firebase project they go to.
 
-
-class _AuthFailed(Exception):
-    pass
+    A key file named by ``FCM_CREDENTIALS_FILE`` wins; otherwise Application Default Credentials. A
+    service account's token exchange goes to ``FCM_TOKEN_URL`` (Google's by default).
+    """
+    credentials: Any
+    if settings.fcm_credentials_file:
+        credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
+            settings.fcm_credentials_file, scopes=[FCM_SCOPE]
+        )
+        project = credentials.project_id or ""
+    else:
+        credentials, found = google.auth.default(scopes=[FCM_SCOPE])
+        project = found or ""
+    if isinstance(credentials, service_account.Credentials):
+        credentials = credentials.with_token_uri(settings.fcm_token_url)
+    project = settings.fcm_project_id or project
+    if not project:
+        raise ValueError("FCM_PROJECT_ID: required when the credentials name no project")
+    return credentials, project
 
 
 class FcmPushProvider:
@@ -57,71 +73,66 @@ class FcmPushProvider:
     def __init__(self, http: httpx.AsyncClient, settings: PushSettings) -> None:
         self._http = http
         self._settings = settings
-        self._account: ServiceAccount | None = None
-        self._key: Any = None
+        self._credentials: Credentials | None = None
+        self._session: requests.Session | None = None
         self._send_url = ""
-        self._access_token: str | None = None
-        self._expires_at = 0.0
         self._refreshing = asyncio.Lock()
 
     async def start(self) -> None:
-        path = Path(self._settings.fcm_credentials_file)
-        raw = await asyncio.to_thread(path.read_bytes)
-        account = msgspec.json.decode(raw, type=ServiceAccount)
-        self._key = serialization.load_pem_private_key(account.private_key.encode(), password=None)
-        project = self._settings.fcm_project_id or account.project_id
-        if not project:
-            raise ValueError("FCM_PROJECT_ID: required when the credentials name no project_id")
-        self._account = account
+        credentials, project = await asyncio.to_thread(load_credentials, self._settings)
+        self._credentials = credentials
+        self._session = requests.Session()
         self._send_url = f"{self._settings.fcm_endpoint.rstrip('/')}/v1/projects/{project}/messages:send"
+        _log.info("fcm_credentials", kind=type(credentials).__module__ + "." + type(credentials).__name__)
 
     async def close(self) -> None:
-        return None
+        if self._session is not None:
+            self._session.close()
 
     async def ping(self) -> None:
         """Ready when an access token can be had (the credentials are accepted)."""
         await self._token()
 
     # --- OAuth ----------------------------------------------------------------------------------------
+    def _fresh(self, stale: str | None) -> str | None:
+        credentials = self._credentials
+        if credentials is None:
+            raise RuntimeError("the FCM provider is not started")
+        token: str | None = credentials.token
+        # `valid` is False within google-auth's refresh threshold before expiry.
+        if token is not None and token != stale and credentials.valid:
+            return token
+        return None
+
     async def _token(self, *, stale: str | None = None) -> str:
-        token = self._access_token
-        if token is not None and token != stale and time.time() < self._expires_at - _REFRESH_MARGIN:
+        token = self._fresh(stale)
+        if token is not None:
             return token
         async with self._refreshing:
             # Another push may have refreshed it while this one waited.
-            token = self._access_token
-            if token is not None and token != stale and time.time() < self._expires_at - _REFRESH_MARGIN:
+            token = self._fresh(stale)
+            if token is not None:
                 return token
-            return await self._refresh()
+            credentials, session = self._credentials, self._session
+            assert credentials is not None
+            assert session is not None
+            request = GoogleAuthRequest(session)
 
-    async def _refresh(self) -> str:
-        account = self._account
-        if account is None:
-            raise RuntimeError("the FCM provider is not started")
-        now = int(time.time())
-        assertion = jwt.encode(
-            {
-                "iss": account.client_email,
-                "scope": FCM_SCOPE,
-                "aud": self._settings.fcm_token_url,
-                "iat": now,
-                "exp": now + _ASSERTION_LIFETIME,
-            },
-            self._key,
-            algorithm="RS256",
-            headers={"kid": account.private_key_id} if account.private_key_id else None,
-        )
-        response = await self._http.post(
-            self._settings.fcm_token_url,
-            data={"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion},
-            timeout=_TIMEOUT,
-        )
-        if response.status_code != 200:
-            raise _AuthFailed(f"token endpoint answered {response.status_code}: {response.text[:200]}")
-        answer = response.json()
-        self._access_token = str(answer["access_token"])
-        self._expires_at = now + float(answer.get("expires_in", 3600))
-        return self._access_token
+            async def attempt() -> None:
+                try:
+                    await asyncio.to_thread(credentials.refresh, request)
+                except google.auth.exceptions.TransportError as exc:  # the token endpoint unreachable
+                    raise RetryableAnswer("connection", exc) from exc
+                except google.auth.exceptions.RefreshError as exc:
+                    if getattr(exc, "retryable", False):  # google-auth's own verdict: 5xx, 429
+                        raise RetryableAnswer("5xx", exc) from exc
+                    raise
+
+            try:  # transient failures are tried again; a refused credential is not
+                await retrying("fcm", "token", attempt, _TOKEN_RETRY)
+            except RetryableAnswer as exhausted:
+                raise exhausted.answer from None
+            return str(credentials.token)
 
     # --- pushes ---------------------------------------------------------------------------------------
     def _payload(self, message: PushMessage) -> bytes:
@@ -149,7 +160,7 @@ class FcmPushProvider:
                     headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
                     timeout=_TIMEOUT,
                 )
-            except (httpx.HTTPError, _AuthFailed, ValueError, KeyError) as exc:
+            except (httpx.HTTPError, google.auth.exceptions.GoogleAuthError, ValueError, KeyError) as exc:
                 _log.warning("fcm_unreachable", error=f"{type(exc).__name__}: {exc}")
                 return "retry"
             if response.status_code == 401:

@@ -1,0 +1,189 @@
+// How a client uses this API: bearer token on every call, problem details on every refusal, the direct
+// PUT to the presigned URL with upload progress, and the socket with reconnect.
+
+/** A refusal, from the problem details the server answers with (RFC 9457: detail, code, status). */
+export class ApiError extends Error {
+  constructor(status, code, detail, retryAfter = null) {
+    super(detail || `HTTP ${status}`);
+    this.status = status;
+    this.code = code || "";
+    this.detail = detail || "";
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** One line a person can act on: the server's own words, its code and the status. */
+export function describeError(error) {
+  if (!(error instanceof ApiError)) return String(error?.message || error);
+  const tag = [error.code, error.status ? String(error.status) : ""].filter(Boolean).join(", ");
+  let text = error.detail || error.message;
+  if (error.retryAfter) text += ` Try again in ${error.retryAfter} s.`;
+  return tag ? `${text} (${tag})` : text;
+}
+
+function retryAfterOf(headerValue) {
+  const seconds = Number.parseInt(headerValue || "", 10);
+  return Number.isFinite(seconds) && seconds >= 0 ? seconds : null;
+}
+
+async function errorFrom(response) {
+  let body = {};
+  try {
+    body = await response.json();
+  } catch {
+    // not JSON: the status alone
+  }
+  const detail = body.detail || body.title || response.statusText || `HTTP ${response.status}`;
+  return new ApiError(response.status, body.code, detail, retryAfterOf(response.headers.get("Retry-After")));
+}
+
+/** A small client of the REST API for one token. */
+export class Api {
+  constructor(token) {
+    this.token = token;
+  }
+
+  async request(method, path, body) {
+    let response;
+    try {
+      response = await fetch(path, {
+        method,
+        headers: {
+          Authorization: `Bearer ${this.token}`,
+          ...(body === undefined ? {} : { "Content-Type": "application/json" }),
+        },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch {
+      throw new ApiError(0, "network_error", "The server could not be reached.");
+    }
+    if (!response.ok) throw await errorFrom(response);
+    return response.status === 204 ? null : response.json();
+  }
+
+  conversations(before) {
+    const query = new URLSearchParams({ limit: "50", ...(before ? { before } : {}) });
+    return this.request("GET", `/conversations?${query}`);
+  }
+  conversation(id) {
+    return this.request("GET", `/conversations/${encodeURIComponent(id)}`);
+  }
+  createConversation(participantIds, name) {
+    return this.request("POST", "/conversations", { participantIds, ...(name ? { name } : {}) });
+  }
+  messages(id, before, limit = 30) {
+    const query = new URLSearchParams({ limit: String(limit), ...(before ? { before } : {}) });
+    return this.request("GET", `/conversations/${encodeURIComponent(id)}/messages?${query}`);
+  }
+  send(id, body) {
+    return this.request("POST", `/conversations/${encodeURIComponent(id)}/messages`, body);
+  }
+  markRead(id, messageId) {
+    const path = `/conversations/${encodeURIComponent(id)}/messages/${encodeURIComponent(messageId)}/read`;
+    return this.request("POST", path);
+  }
+  uploadUrl(id, file) {
+    return this.request("POST", `/conversations/${encodeURIComponent(id)}/images/upload_url`, {
+      content_type: file.type || "application/octet-stream",
+      filename: file.name || undefined,
+      size_bytes: file.size,
+    });
+  }
+}
+
+/** The direct PUT to the presigned URL; XMLHttpRequest because fetch reports no upload progress. */
+export function putFile(url, file, contentType, onProgress) {
+  const xhr = new XMLHttpRequest();
+  const done = new Promise((resolve, reject) => {
+    xhr.open("PUT", url);
+    xhr.setRequestHeader("Content-Type", contentType);
+    xhr.upload.onprogress = (event) => {
+      if (event.lengthComputable) onProgress(event.loaded / event.total);
+    };
+    xhr.onload = () => {
+      if (xhr.status >= 200 && xhr.status < 300) {
+        onProgress(1);
+        resolve();
+        return;
+      }
+      // S3 answers XML (<Code>, <Message>), the local store problem details
+      const text = xhr.responseText || "";
+      let code = /<Code>([^<]*)<\/Code>/.exec(text)?.[1] || "";
+      let detail = /<Message>([^<]*)<\/Message>/.exec(text)?.[1] || "";
+      try {
+        const body = JSON.parse(text);
+        code = body.code || code;
+        detail = body.detail || detail;
+      } catch {
+        // XML or empty
+      }
+      reject(new ApiError(xhr.status, code, detail || `The storage refused the upload (HTTP ${xhr.status}).`,
+        retryAfterOf(xhr.getResponseHeader("Retry-After"))));
+    };
+    xhr.onerror = () => reject(new ApiError(0, "network_error", "The upload did not reach the storage."));
+    xhr.onabort = () => reject(new ApiError(0, "aborted", "Upload cancelled."));
+    xhr.send(file);
+  });
+  return { done, abort: () => xhr.abort() };
+}
+
+export const CLOSE_UNAUTHORIZED = 4401;
+
+/**
+ * The real-time socket. Reconnects with full-jitter backoff; every `session.ready` after the first is a
+ * reconnect, after which the app backfills with the list endpoints (events are at most once).
+ */
+export function connectSocket(token, { onEvent, onReady, onStatus, onUnauthorized }) {
+  let socket = null;
+  let stopped = false;
+  let attempt = 0;
+  let pinger = null;
+  let retry = null;
+
+  function open() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    socket = new WebSocket(`${scheme}://${location.host}/ws?access_token=${encodeURIComponent(token)}`);
+    onStatus("connecting");
+    socket.onmessage = (message) => {
+      let event;
+      try {
+        event = JSON.parse(message.data);
+      } catch {
+        return;
+      }
+      if (event.type === "session.ready") {
+        attempt = 0;
+        onStatus("online");
+        clearInterval(pinger);
+        const every = Math.max(5, Math.min(25, (event.heartbeatSeconds || 25) - 1)) * 1000;
+        pinger = setInterval(() => socket?.readyState === 1 && socket.send('{"type":"ping"}'), every);
+        onReady(event);
+      } else if (event.type !== "pong") {
+        onEvent(event);
+      }
+    };
+    socket.onclose = (close) => {
+      clearInterval(pinger);
+      if (stopped) return;
+      if (close.code === CLOSE_UNAUTHORIZED) {
+        onStatus("offline");
+        onUnauthorized();
+        return;
+      }
+      onStatus("offline");
+      const delay = Math.random() * Math.min(10000, 500 * 2 ** attempt);
+      attempt += 1;
+      retry = setTimeout(open, delay);
+    };
+  }
+
+  open();
+  return {
+    close() {
+      stopped = true;
+      clearTimeout(retry);
+      clearInterval(pinger);
+      socket?.close();
+    },
+  };
+}

@@ -1,0 +1,721 @@
+// The web client: a reference for how a chat client uses this API. Preact + htm, vendored; no build step.
+import { h, render } from "./vendor/preact.mjs";
+import { useCallback, useEffect, useMemo, useRef, useState } from "./vendor/hooks.mjs";
+import htm from "./vendor/htm.mjs";
+import { Api, ApiError, connectSocket, describeError, putFile } from "./api.js";
+import { drawBlurhash, isValidBlurhash } from "./blurhash.js";
+
+const html = htm.bind(h);
+const meta = (name) => document.querySelector(`meta[name="${name}"]`)?.content || "";
+const COOKIE_NAME = meta("chat-cookie-name") || "access_token";
+const DEV_LOGIN = meta("chat-dev-login") === "on";
+const SESSION_KEY = "chat-management.session"; // sessionStorage: each window may be another user
+
+// --- session: the token, and the image proxy's cookie (an <img> cannot send a header) ---------------
+function claimsOf(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "=")));
+  } catch {
+    return null;
+  }
+}
+
+function setImageCookie(token) {
+  const claims = claimsOf(token);
+  const maxAge = claims?.exp ? Math.max(0, claims.exp - Math.floor(Date.now() / 1000)) : 3600;
+  const secure = location.protocol === "https:" ? "; Secure" : "";
+  document.cookie = `${COOKIE_NAME}=${token}; Path=/images; Max-Age=${maxAge}; SameSite=Strict${secure}`;
+}
+
+function clearImageCookie() {
+  document.cookie = `${COOKIE_NAME}=; Path=/images; Max-Age=0; SameSite=Strict`;
+}
+
+function loadSession() {
+  try {
+    const session = JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null");
+    const claims = session && claimsOf(session.token);
+    if (!claims?.sub || (claims.exp && claims.exp * 1000 < Date.now())) return null;
+    return session;
+  } catch {
+    return null;
+  }
+}
+
+function randomId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(12)); // randomUUID needs a secure context
+  return "web-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// --- the store: conversations and their messages, merged by id from pages and events -----------------
+const byNewest = (a, b) => (a.timestamp < b.timestamp ? 1 : a.timestamp > b.timestamp ? -1 : a.messageId < b.messageId ? 1 : -1);
+const activity = (c) => c.lastMessage?.timestamp || c.updatedAt || c.createdAt || "";
+
+class Store {
+  constructor(api, me, onChange) {
+    this.api = api;
+    this.me = me;
+    this.onChange = onChange;
+    this.conversations = new Map(); // id -> conversation
+    this.threads = new Map(); // id -> {messages: Map, nextCursor, loaded, loadingOlder}
+    this.readsSent = new Set();
+  }
+  changed() {
+    this.onChange();
+  }
+  thread(id) {
+    let thread = this.threads.get(id);
+    if (!thread) {
+      thread = { messages: new Map(), nextCursor: null, loaded: false, loadingOlder: false, sorted: null };
+      this.threads.set(id, thread);
+    }
+    return thread;
+  }
+  sortedMessages(id) {
+    const thread = this.thread(id);
+    thread.sorted ||= [...thread.messages.values()].sort(byNewest);
+    return thread.sorted;
+  }
+  sortedConversations() {
+    return [...this.conversations.values()].sort((a, b) => (activity(a) < activity(b) ? 1 : -1));
+  }
+  unread(id) {
+    let count = 0;
+    for (const m of this.thread(id).messages.values()) if (m.senderId !== this.me && !m.readBy.includes(this.me)) count++;
+    return count;
+  }
+  putMessage(conversationId, message) {
+    const thread = this.thread(conversationId);
+    thread.messages.set(message.messageId, message);
+    thread.sorted = null;
+    const conversation = this.conversations.get(conversationId);
+    if (conversation && (!conversation.lastMessage || conversation.lastMessage.timestamp <= message.timestamp)) {
+      conversation.lastMessage = {
+        messageId: message.messageId,
+        senderId: message.senderId,
+        messageType: message.messageType,
+        preview: message.content || "",
+        timestamp: message.timestamp,
+      };
+    }
+  }
+  async loadConversations() {
+    const page = await this.api.conversations();
+    for (const c of page.items) this.conversations.set(c.conversationId, c);
+    this.changed();
+    return page;
+  }
+  /**
+   * The newest messages, merged by messageId. On a thread already loaded (the backfill after a reconnect)
+   * it pages back until it meets a message it knows, so a long outage leaves no gap.
+   */
+  async loadNewest(id) {
+    const thread = this.thread(id);
+    const resuming = thread.loaded && thread.messages.size > 0;
+    let cursor = null;
+    for (let pages = 0; pages < 20; pages++) {
+      const page = await this.api.messages(id, cursor);
+      const metKnown = page.items.some((m) => thread.messages.has(m.messageId));
+      for (const m of page.items) this.putMessage(id, m);
+      if (!thread.loaded) thread.nextCursor = page.nextCursor;
+      thread.loaded = true;
+      if (!resuming || metKnown || !page.nextCursor) break;
+      cursor = page.nextCursor;
+    }
+    this.changed();
+  }
+  async loadOlder(id) {
+    const thread = this.thread(id);
+    if (!thread.nextCursor || thread.loadingOlder) return;
+    thread.loadingOlder = true;
+    try {
+      const page = await this.api.messages(id, thread.nextCursor);
+      for (const m of page.items) this.putMessage(id, m);
+      thread.nextCursor = page.nextCursor;
+    } finally {
+      thread.loadingOlder = false;
+      this.changed();
+    }
+  }
+  async addConversation(id) {
+    const conversation = await this.api.conversation(id);
+    this.conversations.set(id, conversation);
+    await this.loadNewest(id);
+  }
+  async markRead(conversationId, message) {
+    const key = `${conversationId}/${message.messageId}`;
+    if (message.readBy.includes(this.me) || this.readsSent.has(key)) return;
+    this.readsSent.add(key);
+    try {
+      this.putMessage(conversationId, await this.api.markRead(conversationId, message.messageId));
+      this.changed();
+    } catch {
+      this.readsSent.delete(key); // tried again when it is next on screen
+    }
+  }
+  /** A socket event (README, "Real-time and notifications"). */
+  async apply(event) {
+    const id = event.conversationId;
+    switch (event.type) {
+      case "message.created":
+      case "message.updated":
+        if (!this.conversations.has(id)) return this.addConversation(id);
+        this.putMessage(id, event.message);
+        break;
+      case "message.read": {
+        const message = this.thread(id).messages.get(event.messageId);
+        if (message) this.putMessage(id, { ...message, readBy: event.readBy });
+        break;
+      }
+      case "conversation.joined":
+        return this.addConversation(id);
+      case "conversation.left":
+        this.conversations.delete(id);
+        this.threads.delete(id);
+        break;
+      default:
+        return;
+    }
+    this.changed();
+  }
+  /** After a reconnect: what was missed, from the list endpoints, de-duplicated by id. */
+  async backfill() {
+    const page = await this.loadConversations();
+    if (!page.nextCursor) {
+      // the whole list: a conversation missing from it was left while offline
+      const current = new Set(page.items.map((c) => c.conversationId));
+      for (const id of [...this.conversations.keys()]) {
+        if (!current.has(id)) {
+          this.conversations.delete(id);
+          this.threads.delete(id);
+        }
+      }
+    }
+    await Promise.all(page.items.map((c) => this.loadNewest(c.conversationId)));
+  }
+}
+
+// --- components --------------------------------------------------------------------------------------
+function SignIn({ onSignedIn, notice }) {
+  const [user, setUser] = useState("");
+  const [token, setToken] = useState("");
+  const [error, setError] = useState(notice || "");
+  const [busy, setBusy] = useState(false);
+
+  async function devLogin(event) {
+    event.preventDefault();
+    setBusy(true);
+    setError("");
+    try {
+      const response = await fetch("/dev/token", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ userId: user.trim() }),
+      });
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) throw new ApiError(response.status, body.code, body.detail);
+      onSignedIn(body.token);
+    } catch (e) {
+      setError(describeError(e));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  function pasted(event) {
+    event.preventDefault();
+    const value = token.trim().replace(/^Bearer\s+/i, "");
+    if (!claimsOf(value)?.sub) {
+      setError("That is not a token (a JWT with a `sub` claim).");
+      return;
+    }
+    onSignedIn(value);
+  }
+
+  return html`<main class="signin">
+    <h1>chat-management</h1>
+    ${DEV_LOGIN &&
+    html`<form onSubmit=${devLogin} aria-labelledby="dev-title">
+      <h2 id="dev-title">Sign in as… <small>(dev only)</small></h2>
+      <label for="dev-user">User id</label>
+      <div class="row">
+        <input id="dev-user" name="user" autocomplete="username" required pattern="[A-Za-z0-9_.@:\\-]{1,128}"
+          value=${user} onInput=${(e) => setUser(e.currentTarget.value)} placeholder="alice" />
+        <button type="submit" disabled=${busy}>Sign in</button>
+      </div>
+    </form>`}
+    <form onSubmit=${pasted} aria-labelledby="token-title">
+      <h2 id="token-title">Paste a token</h2>
+      <label for="token">Bearer token (JWT)</label>
+      <textarea id="token" rows="3" required value=${token} onInput=${(e) => setToken(e.currentTarget.value)}></textarea>
+      <button type="submit">Use this token</button>
+    </form>
+    ${error && html`<p class="error" role="alert">${error}</p>`}
+  </main>`;
+}
+
+function timeOf(timestamp) {
+  const date = new Date(timestamp);
+  const sameDay = date.toDateString() === new Date().toDateString();
+  return sameDay
+    ? date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
+    : date.toLocaleDateString([], { month: "short", day: "numeric" });
+}
+
+function titleOf(conversation, me) {
+  const others = conversation.participants.filter((p) => p !== me);
+  return conversation.name || others.join(", ") || "Just you";
+}
+
+function ConversationList({ store, selected, onSelect }) {
+  const conversations = store.sortedConversations();
+  return html`<nav aria-label="Conversations">
+    <ul class="conversations">
+      ${conversations.length === 0 && html`<li class="empty">No conversations yet.</li>`}
+      ${conversations.map((c) => {
+        const unread = store.unread(c.conversationId);
+        const last = c.lastMessage;
+        const preview = last ? (last.messageType === "image" ? (last.preview ? `Photo: ${last.preview}` : "Photo") : last.preview) : "No messages";
+        return html`<li key=${c.conversationId}>
+          <button type="button" class="conversation" aria-current=${selected === c.conversationId ? "true" : undefined}
+            data-conversation=${c.conversationId} onClick=${() => onSelect(c.conversationId)}>
+            <span class="title">${titleOf(c, store.me)}</span>
+            ${last && html`<time datetime=${last.timestamp}>${timeOf(last.timestamp)}</time>`}
+            <span class="preview">${last && last.senderId === store.me ? "You: " : ""}${preview}</span>
+            ${unread > 0 && html`<span class="unread" aria-label=${`${unread} unread`}>${unread}</span>`}
+          </button>
+        </li>`;
+      })}
+    </ul>
+  </nav>`;
+}
+
+function NewConversation({ store, onCreated }) {
+  const [open, setOpen] = useState(false);
+  const [participants, setParticipants] = useState("");
+  const [name, setName] = useState("");
+  const [error, setError] = useState("");
+
+  async function create(event) {
+    event.preventDefault();
+    setError("");
+    const ids = participants.split(/[\s,]+/).filter(Boolean);
+    try {
+      const conversation = await store.api.createConversation(ids, name.trim());
+      store.conversations.set(conversation.conversationId, conversation);
+      await store.loadNewest(conversation.conversationId);
+      setParticipants("");
+      setName("");
+      setOpen(false);
+      onCreated(conversation.conversationId);
+    } catch (e) {
+      setError(describeError(e));
+    }
+  }
+
+  if (!open) {
+    return html`<button type="button" class="new" onClick=${() => setOpen(true)}>New conversation</button>`;
+  }
+  return html`<form class="new-conversation" onSubmit=${create} aria-label="New conversation">
+    <label for="participants">Participants (user ids, comma separated)</label>
+    <input id="participants" required value=${participants} onInput=${(e) => setParticipants(e.currentTarget.value)}
+      placeholder="bob, carol" autofocus />
+    <label for="conversation-name">Name (optional)</label>
+    <input id="conversation-name" value=${name} onInput=${(e) => setName(e.currentTarget.value)} />
+    <div class="row">
+      <button type="submit">Create</button>
+      <button type="button" class="secondary" onClick=${() => setOpen(false)}>Cancel</button>
+    </div>
+    ${error && html`<p class="error" role="alert">${error}</p>`}
+  </form>`;
+}
+
+/** The image of a message: BlurHash at once, then the thumbnail (or, before the pipeline, the image). */
+function MessageImage({ message, onOpen }) {
+  const metadata = message.metadata || {};
+  const thumbnail = metadata.variants?.thumbnail;
+  const width = thumbnail?.width || metadata.width || 4;
+  const height = thumbnail?.height || metadata.height || 3;
+  const status = metadata.status;
+  const src = thumbnail?.url || (status === "processing" || status === "failed" ? null : metadata.url);
+  const canvas = useRef(null);
+  const [loaded, setLoaded] = useState(false);
+  const [broken, setBroken] = useState(false);
+  const hash = isValidBlurhash(metadata.blurhash) ? metadata.blurhash : null;
+
+  useEffect(() => {
+    if (hash && canvas.current) drawBlurhash(canvas.current, hash);
+  }, [hash]);
+  useEffect(() => {
+    setLoaded(false);
+    setBroken(false);
+  }, [src]);
+
+  const ratio = { aspectRatio: `${width} / ${height}` };
+  const label = message.content ? `Photo: ${message.content}` : "Photo";
+  return html`<button type="button" class="photo" style=${ratio} onClick=${() => onOpen(message)}
+      aria-label=${`Open ${label}`} data-status=${status || "none"} disabled=${!src && status === "failed"}>
+    ${hash
+      ? html`<canvas ref=${canvas} class="blurhash" width="32" height=${Math.max(1, Math.round((32 * height) / width))}
+          aria-hidden="true"></canvas>`
+      : html`<span class="placeholder" aria-hidden="true"></span>`}
+    ${src && !broken &&
+    html`<img src=${src} alt=${label} width=${width} height=${height} decoding="async" loading="lazy"
+        class=${loaded ? "loaded" : ""} onLoad=${() => setLoaded(true)} onError=${() => setBroken(true)} />`}
+    ${status === "processing" && html`<span class="badge">Processing…</span>`}
+    ${status === "failed" && html`<span class="badge error">Could not be processed${metadata.error ? `: ${metadata.error}` : ""}</span>`}
+    ${broken && html`<span class="badge error">Image unavailable</span>`}
+  </button>`;
+}
+
+function Viewer({ message, onClose }) {
+  const dialog = useRef(null);
+  useEffect(() => {
+    const element = dialog.current;
+    if (message && element && !element.open) element.showModal();
+  }, [message]);
+  if (!message) return null;
+  const metadata = message.metadata || {};
+  const preview = metadata.variants?.preview;
+  const src = preview?.url || metadata.url;
+  return html`<dialog ref=${dialog} class="viewer" aria-label="Photo" onClose=${onClose}>
+    <img src=${src} alt=${message.content || "Photo"} width=${preview?.width || metadata.width || undefined}
+      height=${preview?.height || metadata.height || undefined} />
+    ${message.content && html`<p>${message.content}</p>`}
+    <div class="row">
+      <a href=${metadata.url} target="_blank" rel="noopener noreferrer">Open original</a>
+      <button type="button" onClick=${() => dialog.current?.close()} autofocus>Close</button>
+    </div>
+  </dialog>`;
+}
+
+function Receipt({ message, me }) {
+  if (message.senderId !== me) return null;
+  const readers = message.readBy.filter((u) => u !== me);
+  return html`<span class="receipt" data-read=${readers.length > 0 ? "yes" : "no"}>
+    ${readers.length ? `Read by ${readers.join(", ")}` : "Sent"}</span>`;
+}
+
+function MessageItem({ store, conversationId, message, observer, onOpen }) {
+  const element = useRef(null);
+  const mine = message.senderId === store.me;
+  const unreadByMe = !mine && !message.readBy.includes(store.me);
+  useEffect(() => {
+    const node = element.current;
+    if (!unreadByMe || !node || !observer) return undefined;
+    node._read = () => store.markRead(conversationId, message);
+    observer.observe(node);
+    return () => {
+      observer.unobserve(node);
+      node._read = null;
+    };
+  }, [unreadByMe, observer, message]);
+  return html`<li ref=${element} class=${`message ${mine ? "mine" : "theirs"}`} data-message=${message.messageId}>
+    ${!mine && html`<span class="sender">${message.senderId}</span>`}
+    ${message.messageType === "image" && html`<${MessageImage} message=${message} onOpen=${onOpen} />`}
+    ${message.content && html`<p class="text">${message.content}</p>`}
+    <span class="meta"><time datetime=${message.timestamp}>${timeOf(message.timestamp)}</time>
+      <${Receipt} message=${message} me=${store.me} /></span>
+  </li>`;
+}
+
+function MessageList({ store, conversationId, onOpen }) {
+  const scroller = useRef(null);
+  const sentinel = useRef(null);
+  const [observer, setObserver] = useState(null);
+  const thread = store.thread(conversationId);
+  const messages = store.sortedMessages(conversationId);
+
+  // Read receipts: a message counts as read once half of it has been on screen in a visible page.
+  useEffect(() => {
+    const seen = new IntersectionObserver(
+      (entries) => {
+        if (document.visibilityState !== "visible") return;
+        for (const entry of entries) if (entry.isIntersecting) entry.target._read?.();
+      },
+      { root: scroller.current, threshold: 0.5 },
+    );
+    setObserver(seen);
+    // back from another tab: what is on screen now counts (re-observing reports it afresh)
+    const visible = () => {
+      if (document.visibilityState !== "visible" || !scroller.current) return;
+      for (const node of scroller.current.querySelectorAll("li.message")) {
+        if (node._read) {
+          seen.unobserve(node);
+          seen.observe(node);
+        }
+      }
+    };
+    document.addEventListener("visibilitychange", visible);
+    return () => {
+      seen.disconnect();
+      document.removeEventListener("visibilitychange", visible);
+    };
+  }, [conversationId]);
+
+  // Infinite scroll: the sentinel above the oldest message asks for the page before it.
+  useEffect(() => {
+    const top = new IntersectionObserver(
+      (entries) => entries.some((e) => e.isIntersecting) && store.loadOlder(conversationId),
+      { root: scroller.current, rootMargin: "400px 0px 0px 0px" },
+    );
+    if (sentinel.current) top.observe(sentinel.current);
+    return () => top.disconnect();
+  }, [conversationId, thread.nextCursor]);
+
+  // column-reverse: the newest message is at the bottom and older pages grow upwards without a jump
+  return html`<div class="messages" ref=${scroller} tabindex="0" aria-label="Messages">
+    <ol aria-live="polite" aria-relevant="additions">
+      ${messages.map((m) => html`<${MessageItem} key=${m.messageId} store=${store} conversationId=${conversationId}
+        message=${m} observer=${observer} onOpen=${onOpen} />`)}
+    </ol>
+    <div ref=${sentinel} class="history">
+      ${thread.loadingOlder ? "Loading older messages…" : thread.nextCursor ? "" : thread.loaded ? "Start of the conversation" : "Loading…"}
+    </div>
+  </div>`;
+}
+
+function Composer({ store, conversationId, attachment, setAttachment, notice }) {
+  const [text, setText] = useState("");
+  const [error, setError] = useState("");
+  const [sending, setSending] = useState(false);
+  const fileInput = useRef(null);
+  const textInput = useRef(null);
+
+  async function send(event) {
+    event.preventDefault();
+    if (sending) return;
+    const caption = text.trim();
+    if (!attachment && !caption) return;
+    setSending(true);
+    setError("");
+    try {
+      let body;
+      if (attachment) {
+        const uploaded = await attachment.uploaded;
+        body = {
+          messageType: "image",
+          content: caption || undefined,
+          metadata: { object_key: uploaded.object_key, url: uploaded.file_url, content_type: uploaded.content_type },
+          clientMessageId: attachment.clientMessageId,
+        };
+      } else {
+        body = { messageType: "text", content: caption, clientMessageId: randomId() };
+      }
+      const message = await store.api.send(conversationId, body);
+      store.putMessage(conversationId, message);
+      store.changed();
+      setText("");
+      if (attachment) {
+        URL.revokeObjectURL(attachment.previewUrl);
+        setAttachment(null);
+      }
+      textInput.current?.focus();
+    } catch (e) {
+      setError(describeError(e));
+      if (attachment && e instanceof ApiError && e.status >= 400 && e.status !== 429 && e.status !== 503) {
+        setAttachment(null); // this upload cannot be sent: choose the photo again
+      }
+    } finally {
+      setSending(false);
+    }
+  }
+
+  useEffect(() => notice && setError(notice.text), [notice]);
+  useEffect(() => attachment && setError(""), [attachment?.clientMessageId]);
+
+  const pick = (e) => {
+    const file = e.currentTarget.files?.[0];
+    e.currentTarget.value = "";
+    if (file) setAttachment(file);
+  };
+  const paste = (e) => {
+    const file = [...(e.clipboardData?.files || [])][0];
+    if (file) {
+      e.preventDefault();
+      setAttachment(file);
+    }
+  };
+
+  return html`<form class="composer" onSubmit=${send} aria-label="Send a message">
+    ${attachment &&
+    html`<div class="attachment">
+      <img src=${attachment.previewUrl} alt=${`Attached: ${attachment.file.name || "pasted image"}`} />
+      <div class="upload">
+        <span>${attachment.file.name || "Pasted image"}</span>
+        <progress max="1" value=${attachment.progress} aria-label="Upload progress">${Math.round(attachment.progress * 100)}%</progress>
+      </div>
+      <button type="button" class="secondary" onClick=${() => setAttachment(null)}>Remove</button>
+    </div>`}
+    ${error && html`<p class="error" role="alert">${error}
+      <button type="button" class="link" onClick=${() => setError("")} aria-label="Dismiss">✕</button></p>`}
+    <div class="row">
+      <input ref=${fileInput} id="photo-input" type="file" accept="image/*" class="visually-hidden" onChange=${pick} />
+      <label for="photo-input" class="button secondary" title="Attach a photo (or drop or paste one)">Photo</label>
+      <label for="message-input" class="visually-hidden">${attachment ? "Caption" : "Message"}</label>
+      <input ref=${textInput} id="message-input" autocomplete="off" maxlength="4000" value=${text}
+        placeholder=${attachment ? "Add a caption…" : "Message"} onInput=${(e) => setText(e.currentTarget.value)}
+        onPaste=${paste} />
+      <button type="submit" disabled=${sending}>Send</button>
+    </div>
+  </form>`;
+}
+
+function Conversation({ store, conversationId, onBack, onOpen }) {
+  const conversation = store.conversations.get(conversationId);
+  const [attachment, setAttachmentState] = useState(null);
+  const [notice, setNotice] = useState(null);
+  const [dragging, setDragging] = useState(false);
+  const current = useRef(null);
+
+  // An attached file is uploaded at once (progress while the caption is typed); Send waits for it.
+  const setAttachment = useCallback(
+    (file) => {
+      const previous = current.current;
+      current.current = null;
+      if (previous) {
+        previous.abort?.();
+        URL.revokeObjectURL(previous.previewUrl);
+      }
+      if (!file) {
+        setAttachmentState(null);
+        return;
+      }
+      setNotice(null);
+      const item = { file, previewUrl: URL.createObjectURL(file), progress: 0, clientMessageId: randomId() };
+      current.current = item;
+      const update = (changes) => {
+        Object.assign(item, changes);
+        if (current.current === item) setAttachmentState({ ...item });
+      };
+      item.uploaded = (async () => {
+        const ticket = await store.api.uploadUrl(conversationId, file);
+        const contentType = file.type || "application/octet-stream";
+        const put = putFile(ticket.upload_url, file, contentType, (progress) => update({ progress }));
+        item.abort = put.abort;
+        await put.done;
+        return { ...ticket, content_type: contentType };
+      })();
+      item.uploaded.catch((e) => {
+        if (current.current !== item) return; // removed or replaced meanwhile
+        current.current = null;
+        URL.revokeObjectURL(item.previewUrl);
+        setAttachmentState(null);
+        setNotice({ text: `Couldn't upload ${file.name || "the image"}: ${describeError(e)}` });
+      });
+      setAttachmentState({ ...item });
+    },
+    [conversationId, store],
+  );
+  useEffect(() => () => setAttachment(null), [conversationId]);
+
+  const drop = (e) => {
+    e.preventDefault();
+    setDragging(false);
+    const file = [...(e.dataTransfer?.files || [])][0];
+    if (file) setAttachment(file);
+  };
+  if (!conversation) return html`<section class="conversation-pane empty"><p>Choose a conversation.</p></section>`;
+  return html`<section class="conversation-pane" aria-labelledby="conversation-title"
+      onDragOver=${(e) => { e.preventDefault(); setDragging(true); }} onDragLeave=${() => setDragging(false)} onDrop=${drop}>
+    <header>
+      <button type="button" class="back secondary" onClick=${onBack} aria-label="Back to conversations">←</button>
+      <h2 id="conversation-title">${titleOf(conversation, store.me)}</h2>
+      <span class="members">${conversation.participants.join(", ")}</span>
+    </header>
+    <${MessageList} store=${store} conversationId=${conversationId} onOpen=${onOpen} />
+    <${Composer} key=${conversationId} store=${store} conversationId=${conversationId} attachment=${attachment}
+      setAttachment=${setAttachment} notice=${notice} />
+    ${dragging && html`<div class="dropzone" aria-hidden="true">Drop a photo to send it</div>`}
+  </section>`;
+}
+
+function Chat({ session, onSignOut }) {
+  const [, setTick] = useState(0);
+  const [status, setStatus] = useState("connecting");
+  const [selected, setSelected] = useState(() => decodeURIComponent(location.hash.slice(1)) || null);
+  const [viewing, setViewing] = useState(null);
+  const [error, setError] = useState("");
+  const store = useMemo(() => new Store(new Api(session.token), session.userId, () => setTick((t) => t + 1)), [session]);
+
+  useEffect(() => {
+    let first = true;
+    const failed = (e) =>
+      e instanceof ApiError && e.status === 401 ? onSignOut("Your token was refused: sign in again.") : setError(describeError(e));
+    store
+      .loadConversations()
+      .then((page) => Promise.all(page.items.slice(0, 20).map((c) => store.loadNewest(c.conversationId))))
+      .catch(failed);
+    const socket = connectSocket(session.token, {
+      onStatus: setStatus,
+      onReady: () => {
+        if (!first) store.backfill().catch(failed);
+        first = false;
+      },
+      onEvent: (event) => store.apply(event).catch(failed),
+      onUnauthorized: () => onSignOut("Your session has expired: sign in again."),
+    });
+    const reassert = () => setImageCookie(session.token); // another window may have signed in as someone else
+    window.addEventListener("focus", reassert);
+    // a photo dropped beside the conversation must not navigate away from the chat
+    const keep = (e) => e.preventDefault();
+    window.addEventListener("dragover", keep);
+    window.addEventListener("drop", keep);
+    return () => {
+      socket.close();
+      window.removeEventListener("focus", reassert);
+      window.removeEventListener("dragover", keep);
+      window.removeEventListener("drop", keep);
+    };
+  }, [store]);
+
+  useEffect(() => {
+    if (selected && store.conversations.has(selected) && !store.thread(selected).loaded) store.loadNewest(selected).catch(() => {});
+    history.replaceState(null, "", selected ? `#${encodeURIComponent(selected)}` : location.pathname);
+  }, [selected, store.conversations.size]);
+
+  return html`<div class=${`chat ${selected ? "has-selection" : ""}`}>
+    <header class="top">
+      <strong>chat-management</strong>
+      <span class=${`status ${status}`} role="status" aria-label=${`Connection: ${status}`}>${status}</span>
+      <span class="me">Signed in as <b>${session.userId}</b></span>
+      <button type="button" class="secondary" onClick=${() => onSignOut("")}>Sign out</button>
+    </header>
+    ${error && html`<p class="error banner" role="alert">${error}
+      <button type="button" class="link" onClick=${() => setError("")} aria-label="Dismiss">✕</button></p>`}
+    <aside class="sidebar">
+      <${NewConversation} store=${store} onCreated=${setSelected} />
+      <${ConversationList} store=${store} selected=${selected} onSelect=${setSelected} />
+    </aside>
+    <${Conversation} store=${store} conversationId=${selected} onBack=${() => setSelected(null)} onOpen=${setViewing} />
+    <${Viewer} message=${viewing} onClose=${() => setViewing(null)} />
+  </div>`;
+}
+
+function App() {
+  const [session, setSession] = useState(loadSession);
+  const [notice, setNotice] = useState("");
+  useEffect(() => {
+    if (session) setImageCookie(session.token);
+  }, [session]);
+
+  const signIn = (token) => {
+    const next = { token, userId: claimsOf(token).sub };
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify(next));
+    setImageCookie(token);
+    setNotice("");
+    setSession(next);
+  };
+  const signOut = (why) => {
+    sessionStorage.removeItem(SESSION_KEY);
+    clearImageCookie();
+    setNotice(why || "");
+    setSession(null);
+  };
+  return session
+    ? html`<${Chat} key=${session.token} session=${session} onSignOut=${signOut} />`
+    : html`<${SignIn} onSignedIn=${signIn} notice=${notice} />`;
+}
+
+render(html`<${App} />`, document.getElementById("app"));
