@@ -2,7 +2,7 @@
 
 Used by ``chat-management dev`` (``make dev``), by the end-to-end tests and by the benchmarks. Backends are
 local processes on free ports (Redis, LocalStack without Docker, the Firestore emulator), stopped by PID;
-the four services run as ``python -m chat_management serve <service>`` with the cloud adapters.
+the five services run as ``python -m chat_management serve <service>`` with the cloud adapters.
 """
 
 from __future__ import annotations
