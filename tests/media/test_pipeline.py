@@ -221,7 +221,10 @@ async def test_a_non_image_upload_is_deleted_on_arrival(make_stack: MakeStack) -
     cid = await stack.conversation("alice")
     uploaded = await stack.upload("alice", cid, b"<html>not an image</html>", "image/png")
     raw = keys.stored_key(cid, uploaded.object_key)
-    for _ in range(100):
+    # A send right after the upload still gets the reason (the deletion waits a few seconds).
+    right_away = await stack.send("alice", cid, uploaded)
+    assert (right_away.status_code, right_away.json()["code"]) == (422, "not_an_image")
+    for _ in range(300):
         if await stack.store.head(raw) is None:
             break
         await asyncio.sleep(0.05)

@@ -22,8 +22,9 @@ to the dead-letter queue, and the message stays ``processing`` (the proxy answer
 For an **object-created** event (a new raw upload, from the bucket's notification or the local store's
 upload route) the upload is checked at once, from its first bytes: size within ``MAX_IMAGE_BYTES``,
 magic bytes of an accepted type, declared pixels within ``MAX_IMAGE_PIXELS``. One that could never be
-sent is deleted within seconds, as is a raw upload whose message is already finished (an overwrite after
-processing). Anything else on the queue is acknowledged and dropped.
+sent is deleted within seconds (after ``REFUSED_UPLOAD_GRACE_SECONDS``, so that a send made right after
+the upload still gets its 413/422 with the reason), as is a raw upload whose message is already
+finished (an overwrite after processing). Anything else on the queue is acknowledged and dropped.
 
 Shutdown: polling stops (a long poll in flight is cancelled), in-flight jobs get
 ``SHUTDOWN_DRAIN_SECONDS`` to finish, the rest are cancelled (they come back after their visibility
@@ -69,6 +70,7 @@ __all__ = ["MediaWorker", "limits_from", "pool_settings_from"]
 MAX_RECEIVE_BATCH = 10
 DEPTH_INTERVAL_SECONDS = 15.0
 RETRY_BASE_SECONDS = 2.0
+REFUSED_UPLOAD_GRACE_SECONDS = 3.0  # before an upload that can never be sent is deleted
 MAX_RETRY_DELAY_SECONDS = 300.0
 _POLL_ERROR_MAX_BACKOFF = 10.0
 _log = structlog.get_logger("media_processor")
@@ -443,6 +445,13 @@ class MediaWorker:
                 verdict = "already_processed"  # an overwrite after processing: never served
         if verdict is None:
             return self._verdict("kept")
+        if verdict != "already_processed":
+            # A send right after the upload still gets its 413/422 with the reason from its own check;
+            # a later one finds nothing (404). Then only this version is deleted, not a newer upload.
+            await asyncio.sleep(REFUSED_UPLOAD_GRACE_SECONDS)
+            current = await self._objects.head(key)
+            if current is None or current.etag != info.etag:
+                return self._verdict("superseded")
         _log.info("raw_upload_deleted", key=key, reason=verdict, size=info.size)
         await self._objects.delete(key)
         return self._verdict(verdict)
