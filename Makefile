@@ -69,7 +69,7 @@ docs: install ## regenerate the README's configuration table and the chart's lis
 run dev: export DEV_LOGIN ?= true
 
 .PHONY: run
-run: install-runtime ## run all four services in one process on http://127.0.0.1:8000 (embedded adapters)
+run: install-runtime ## run all five services in one process on http://127.0.0.1:8000 (embedded adapters)
 	uv run --frozen --no-dev chat-management serve all
 
 .PHONY: dev
@@ -77,12 +77,19 @@ dev: test-deps ## each service as its own process with the cloud adapters, on lo
 	uv run --frozen chat-management dev
 
 .PHONY: bench
-bench: test-deps ## stacks under load (req/s, p50, p99 vs a bare route); the rate limiter's cost; sockets per process; per-pod cost on a Redis Cluster
+bench: test-deps ## stacks under load (req/s, p50, p99 vs a bare route); limiter cost; images/s/core pyvips vs Pillow vs vips CLI; sockets; per-pod cost on a Redis Cluster
 	@bash scripts/bootstrap.sh system wrk
 	uv run --frozen python scripts/bench_presign.py
 	uv run --frozen python -m bench.http
 	uv run --frozen python -m bench.limiter
 	uv run --frozen python scripts/bench_consumer.py --queue sqlite
+	@command -v vipsthumbnail >/dev/null 2>&1 || { \
+	  echo "installing libvips-tools (vipsthumbnail: the C floor of the image benchmark)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libvips-tools; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq libvips-tools; fi; } || \
+	  echo "!!! libvips-tools could not be installed: bench.media skips its C floor"
+	uv run --frozen python -m bench.media
+	uv run --frozen python -m bench.media_pipeline
 	uv run --frozen python -m bench.sockets
 	uv run --frozen python -m bench.pods
 

@@ -150,6 +150,7 @@ def make_settings(data_dir: Path | str, env: Mapping[str, str] | None = None) ->
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_REGION": "us-east-1",
+        "MEDIA_WORKERS": "1",  # one image worker process per app: the machine is shared
     }
     return load_settings({**base, **(env or {})})
 

@@ -1,12 +1,15 @@
-"""The upload service and the image proxy on a real uvicorn, over one object store adapter.
+"""The upload, message and media-processor services and the image proxy on a real uvicorn, over one
+object store adapter.
 
-Used by ``tests/upload`` and ``tests/proxy``: each test gets a fresh app on its own port (its
-``PUBLIC_BASE_URL``), a SQLite message store for conversations, and either the local disk store (whose
+Used by ``tests/upload``, ``tests/proxy`` and ``tests/media``: each test gets a fresh app on its own port
+(its ``PUBLIC_BASE_URL``), a SQLite message store and media queue, and either the local disk store (whose
 signed links point at the app's own ``/_storage`` route) or S3 on LocalStack (signature validation on).
+``share()`` is the whole client flow: upload, send, wait until the media processor finished the image.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import io
@@ -22,10 +25,13 @@ from litestar import Litestar
 from PIL import Image
 
 import image_proxy.app
+import media_processor.app
+import message_service.app
 import upload_service.app
+from chat_core import keys
 from chat_core.app_factory import create_service_app
 from chat_core.backends import Backends
-from chat_core.messagestore import Conversation
+from chat_core.messagestore import Conversation, Message
 from chat_core.objectstore import ObjectStore
 from tests import harness
 from tests.conftest import auth_header, make_settings, unique
@@ -45,8 +51,9 @@ def image_bytes(fmt: str = "JPEG", size: tuple[int, int] = (64, 48)) -> bytes:
 class Uploaded:
     object_key: str
     file_url: str
-    data: bytes
+    data: bytes  # what was uploaded; after share(): the sanitized original the proxy serves
     content_type: str
+    message: Message | None = None  # after share(): the finished message
 
 
 @dataclass
@@ -99,6 +106,44 @@ class ImageStack:
         assert put.status_code == 200, put.text
         return Uploaded(issued["object_key"], issued["file_url"], data, content_type)
 
+    async def send(self, user: str, conversation_id: str, image: Uploaded) -> httpx.Response:
+        return await self.http.post(
+            f"/conversations/{conversation_id}/messages",
+            json={
+                "messageType": "image",
+                "metadata": {"object_key": image.object_key, "content_type": image.content_type},
+            },
+            headers=auth_header(user),
+        )
+
+    async def finished(self, conversation_id: str, message_id: str, timeout: float = 30.0) -> Message:
+        """The message once the media processor made it ready or failed."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            message = await self.backends.messages.get_message(conversation_id, message_id)
+            assert message is not None
+            assert message.metadata is not None
+            if message.metadata.status in ("ready", "failed"):
+                return message
+            assert asyncio.get_running_loop().time() < deadline, "the image was not processed in time"
+            await asyncio.sleep(0.05)
+
+    async def share(
+        self, user: str, conversation_id: str, data: bytes | None = None, content_type: str = "image/jpeg"
+    ) -> Uploaded:
+        """Upload, send and wait until ready: ``data`` is then the sanitized original served at url."""
+        uploaded = await self.upload(user, conversation_id, data, content_type)
+        sent = await self.send(user, conversation_id, uploaded)
+        assert sent.status_code == 201, sent.text
+        message = await self.finished(conversation_id, sent.json()["messageId"])
+        assert message.metadata is not None
+        assert message.metadata.status == "ready", message
+        key = keys.derivative_key(
+            conversation_id, message.message_id, "original", message.metadata.content_type
+        )
+        _info, original = await self.store.read(key)
+        return Uploaded(uploaded.object_key, uploaded.file_url, original, content_type, message)
+
 
 StackFactory = Callable[..., Awaitable[ImageStack]]
 
@@ -110,7 +155,9 @@ async def stack_factory(
     """``await make(kind, env)`` -> an ImageStack; everything is closed when the test ends."""
     async with contextlib.AsyncExitStack() as stack:
 
-        async def make(kind: str, env: Mapping[str, str] | None = None) -> ImageStack:
+        async def make(
+            kind: str, env: Mapping[str, str] | None = None, *, processor: bool = True
+        ) -> ImageStack:
             port = harness.free_port()
             settings_env = {"PORT": str(port), **(env or {})}
             if kind == "s3":
@@ -123,7 +170,12 @@ async def stack_factory(
             data_dir = tmp_path / uuid.uuid4().hex[:8]
             backends = Backends(make_settings(data_dir, settings_env))
             settings = backends.settings
-            parts = [upload_service.app.build(settings, backends), image_proxy.app.build(settings, backends)]
+            parts = [
+                module.build(settings, backends)
+                for module in (upload_service.app, message_service.app, image_proxy.app)
+            ]
+            if processor:  # without: media jobs wait in the queue (a test runs MediaWorker by hand)
+                parts.append(media_processor.app.build(settings, backends))
             app: Litestar = create_service_app(settings, backends, parts, component="images", title="images")
             base_url = await serve(app, port)
             if kind == "s3" and bucket not in _buckets_ready:
@@ -157,8 +209,10 @@ async def make_stack(
     bucket = request.getfixturevalue("image_bucket") if store_kind == "s3" else ""
     async with stack_factory(tmp_path, serve, localstack, bucket) as make:
 
-        async def make_for_kind(env: Mapping[str, str] | None = None) -> ImageStack:
-            return await make(store_kind, env)
+        async def make_for_kind(
+            env: Mapping[str, str] | None = None, *, processor: bool = True
+        ) -> ImageStack:
+            return await make(store_kind, env, processor=processor)
 
         yield make_for_kind
 

@@ -327,6 +327,92 @@ def notifications_row() -> Row:
     )
 
 
+def media_row() -> Row:
+    return Row(
+        "Media pipeline",
+        [
+            Panel(
+                "Jobs by outcome and reason",
+                [
+                    (
+                        f"sum by (outcome, reason) (rate(chat_media_jobs_total{{{NS}}}[{RATE}]))",
+                        "{{outcome}}: {{reason}}",
+                    )
+                ],
+                unit="ops",
+                stack=True,
+            ),
+            Panel(
+                "Failure ratio",
+                [
+                    (
+                        f'(sum(rate(chat_media_jobs_total{{{NS}, outcome="failed"}}[{RATE}])) '
+                        "or vector(0)) / "
+                        f'sum(rate(chat_media_jobs_total{{{NS}, outcome=~"ready|failed"}}[{RATE}]))',
+                        "failed",
+                    )
+                ],
+                unit="percentunit",
+            ),
+            Panel(
+                "Processing seconds p50 / p95 / p99",
+                [
+                    (
+                        f"histogram_quantile({q}, sum by (le) "
+                        f"(rate(chat_media_processing_seconds_bucket{{{NS}}}[{RATE}])))",
+                        f"p{int(q * 100)}",
+                    )
+                    for q in (0.5, 0.95, 0.99)
+                ],
+                unit="s",
+            ),
+            Panel(
+                "Bytes in (raw) and out (derivatives)",
+                [(f"sum by (direction) (rate(chat_media_bytes_total{{{NS}}}[{RATE}]))", "{{direction}}")],
+                unit="Bps",
+            ),
+            Panel(
+                "Pixels per image p50 / p95",
+                [
+                    (
+                        f"histogram_quantile({q}, sum by (le) "
+                        f"(rate(chat_media_pixels_bucket{{{NS}}}[{RATE}])))",
+                        f"p{int(q * 100)}",
+                    )
+                    for q in (0.5, 0.95)
+                ],
+            ),
+            Panel(
+                "Queue age p50 / p95",
+                [
+                    (
+                        f"histogram_quantile({q}, sum by (le) "
+                        f"(rate(chat_media_queue_age_seconds_bucket{{{NS}}}[{RATE}])))",
+                        f"p{int(q * 100)}",
+                    )
+                    for q in (0.5, 0.95)
+                ],
+                unit="s",
+            ),
+            Panel(
+                "Queue depth (main, dead-letter)",
+                [(f"max by (queue) (chat_media_queue_messages{{{NS}}})", "{{queue}}")],
+            ),
+            Panel(
+                "Uploads checked on arrival, by verdict",
+                [
+                    (
+                        f"sum by (verdict) (rate(chat_media_uploads_checked_total{{{NS}}}[{RATE}]))",
+                        "{{verdict}}",
+                    )
+                ],
+                unit="ops",
+                stack=True,
+            ),
+        ],
+    )
+
+
 def proxy_row() -> Row:
     return Row(
         "Image proxy decisions",
@@ -454,6 +540,12 @@ DASHBOARDS = [
         "chat-management / Notification consumer",
         "The notification queue and the pushes it turns into.",
         [notifications_row(), workers_row("notification-consumer")],
+    ),
+    Dashboard(
+        "chat-mgmt-media",
+        "chat-management / Media processor",
+        "Raw uploads turned into sanitized originals, previews and thumbnails: outcomes, time, bytes, queue.",
+        [media_row()],  # no public HTTP: its only requests are probes and scrapes
     ),
 ]
 

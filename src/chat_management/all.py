@@ -1,4 +1,4 @@
-"""The all-in-one process: the four services on one server, sharing one set of backends.
+"""The all-in-one process: the five services on one server, sharing one set of backends.
 
 Like Loki's or Tempo's monolithic target: what ``make run`` starts, with the embedded adapters by default,
 and the web client at ``/``.
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from litestar import Litestar
 
 import image_proxy.app
+import media_processor.app
 import message_service.app
 import notification_consumer.app
 import upload_service.app
@@ -25,6 +26,7 @@ SERVICES = {
     message_service.app.COMPONENT: message_service.app,
     image_proxy.app.COMPONENT: image_proxy.app,
     notification_consumer.app.COMPONENT: notification_consumer.app,
+    media_processor.app.COMPONENT: media_processor.app,
 }
 
 

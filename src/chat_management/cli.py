@@ -57,7 +57,7 @@ def _print_banner(settings: Settings) -> None:
     """What a new user needs after `make run`: where it is, where the docs are, a token to try it with."""
     base = settings.service.base_url()
     lines = [
-        f"chat-management: all four services in one process on {base}",
+        f"chat-management: all five services in one process on {base}",
         f"  web client     {base}/"
         + ("  (sign in as anyone: DEV_LOGIN is on)" if settings.auth.dev_login else "  (paste a token)"),
         f"  API docs       {base}/docs",
@@ -174,19 +174,17 @@ def _setup_steps(backends: Backends) -> list[tuple[str, Callable[[], Awaitable[s
             await store.ensure_bucket(settings.service.cors_allow_origins)
 
         steps.append((f"object store ({store.name}): bucket and browser-upload CORS rule", ensure_store))
-    queue = backends.notification_queue
-    if isinstance(queue, NeedsSetup):  # SQS: the queues exist before the services use them
-        needs_setup = queue
-
-        async def ensure_queue() -> None:
-            await needs_setup.ensure()
-
-        steps.append(
-            (
-                f"notification queue ({queue.name}): queue and dead-letter queue with its redrive policy",
-                ensure_queue,
+    queues: list[tuple[str, object]] = [("notification queue", backends.notification_queue)]
+    if settings.backends.object_store != "s3":  # with S3 the bucket's steps make it (and its policy)
+        queues.append(("media queue", backends.media_queue))
+    for what, queue in queues:
+        if isinstance(queue, NeedsSetup):  # SQS: the queues exist before the services use them
+            steps.append(
+                (
+                    f"{what} (sqs): queue and dead-letter queue with its redrive policy",
+                    queue.ensure,
+                )
             )
-        )
     return steps
 
 
@@ -238,7 +236,7 @@ def _dev(args: argparse.Namespace) -> int:
             base_port=args.base_port,
             gateway=True,
         )
-        print("starting the four services, the web client and the gateway ...", flush=True)
+        print("starting the five services, the web client and the gateway ...", flush=True)
         try:
             stack.start()
             scrape = workdir / "prometheus.yml"

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
+from chat_core import images
+
 __all__ = ["SmokeFailed", "SmokeTargets", "png", "walk"]
 
 PNG_SIZE = (7, 5)
@@ -172,9 +174,15 @@ async def walk(targets: SmokeTargets, emit: Callable[[dict[str, Any]], None] = l
                     follow_redirects=True,
                 )
                 _expect(response, 200)
-                if response.content != image:
+                # The media processor's sanitized copy, not the upload's bytes: the same picture.
+                try:
+                    served = images.inspect_image(response.content, total_size=len(response.content))
+                except images.NotAnImage as exc:
+                    raise SmokeFailed(f"the proxy served {len(response.content)} bytes: {exc}") from None
+                if (served.content_type, served.width, served.height) != ("image/png", *PNG_SIZE):
                     raise SmokeFailed(
-                        f"the proxy served {len(response.content)} bytes that are not the upload"
+                        f"the proxy served a {served.width}x{served.height} {served.content_type}, "
+                        "not the upload's picture"
                     )
                 if response.history:
                     record["redirected"] = True

@@ -34,6 +34,7 @@ async def test_setup_creates_the_queue_and_its_dead_letter_queue_and_can_run_aga
         "NOTIFICATION_QUEUE": "sqs",
         "SQS_QUEUE_NAME": name,
         "SQS_DLQ_NAME": name + "-dlq",
+        "MEDIA_QUEUE_NAME": name + "-media",
         "NOTIFICATION_MAX_RECEIVES": "4",
         "AWS_ENDPOINT_URL": localstack.address,
         "AWS_ACCESS_KEY_ID": "test",
@@ -44,6 +45,7 @@ async def test_setup_creates_the_queue_and_its_dead_letter_queue_and_can_run_aga
     assert first.returncode == 0, first.stderr
     assert again.returncode == 0, again.stderr
     assert "ok: notification queue (sqs)" in again.stdout
+    assert "ok: media queue (sqs)" in again.stdout  # without S3 no bucket step makes it
     backends = Backends(make_settings(tmp_path, env))
     queue = backends.notification_queue
     assert isinstance(queue, SqsJobQueue)

@@ -19,6 +19,8 @@ from chat_core.messagestore import (
     ConversationNotFound,
     Device,
     ImageMetadata,
+    ImageVariant,
+    ImageVariants,
     InvalidCursor,
     LastMessage,
     Message,
@@ -356,6 +358,57 @@ async def test_creating_a_message_writes_its_outbox_entry(store: ChatStore) -> N
     assert pending == [
         OutboxEntry(conversation_id=cid, message=message, created_at=message.timestamp, trace=trace)
     ]
+
+
+async def test_an_image_messages_outbox_entry_names_its_object_and_etag(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    message = image(cid, now() - dt.timedelta(seconds=30))
+    key = stored_key(cid, message)
+    await store.create_message(cid, message, object_key=key, object_etag='"abc123"')
+    (entry,) = await store.pending_outbox(older_than=0, limit=10)
+    assert (entry.message, entry.object_key, entry.object_etag) == (message, key, '"abc123"')
+
+
+async def test_an_image_message_is_found_by_its_object(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    other = await new_conversation(store)
+    message = image(cid)
+    key = stored_key(cid, message)
+    await store.create_message(cid, message, object_key=key)
+    assert await store.image_message(cid, key) == message
+    assert await store.image_message(other, key) is None
+    assert await store.image_message(cid, key + ".other") is None
+
+
+async def test_finishing_an_image_replaces_its_metadata_once(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    sent = image(cid)
+    assert sent.metadata is not None
+    processing = msgspec_replace(sent.metadata, status="processing")
+    message = msgspec_replace(sent, metadata=processing)
+    await store.create_message(cid, message, object_key=stored_key(cid, message))
+    await store.mark_read(cid, message.message_id, "bob")
+    variant = ImageVariant(
+        url="u?variant=thumbnail", width=32, height=24, content_type="image/jpeg", size_bytes=9
+    )
+    ready = msgspec_replace(
+        processing,
+        status="ready",
+        width=640,
+        height=480,
+        variants=ImageVariants(thumbnail=variant, preview=msgspec_replace(variant, url="u?variant=preview")),
+        blurhash="LEHV6nWB2yk8pyo0adR*.7kCMdnj",
+    )
+    finished = await store.finish_image(cid, message.message_id, ready)
+    assert finished is not None
+    assert finished.metadata == ready
+    assert finished.read_by == ("alice", "bob")  # nothing else changes
+    assert await store.get_message(cid, message.message_id) == finished
+    # A second finish (a redelivered job) changes nothing.
+    failed = msgspec_replace(processing, status="failed", error="object_changed")
+    assert await store.finish_image(cid, message.message_id, failed) is None
+    assert await store.get_message(cid, message.message_id) == finished
+    assert await store.finish_image(cid, "no-such-message", failed) is None
 
 
 async def test_the_same_message_id_again_returns_the_stored_message_and_writes_nothing(

@@ -19,7 +19,7 @@ import pytest
 
 from chat_core.app_factory import create_service_app
 from chat_core.backends import Backends
-from chat_core.objectstore import ByteRange, ObjectNotFound, ObjectStore, RangeNotSatisfiable
+from chat_core.objectstore import ByteRange, ObjectChanged, ObjectNotFound, ObjectStore, RangeNotSatisfiable
 from tests import harness
 from tests.conftest import make_settings, unique
 
@@ -100,6 +100,37 @@ async def test_put_then_head_describes_the_object(store: ObjectStore, prefix: st
     assert info.etag.startswith('"')
     assert info.etag.endswith('"')
     assert before <= info.last_modified <= dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
+
+
+async def test_put_returns_the_etag_head_and_read_give(store: ObjectStore, prefix: str) -> None:
+    written = await store.put(prefix + "e.png", DATA, content_type="image/png")
+    head = await store.head(prefix + "e.png")
+    info, data = await store.read(prefix + "e.png")
+    assert head is not None
+    assert written.etag == head.etag == info.etag
+    assert len(written.etag) > 2
+    assert data == DATA
+    assert info.size == len(DATA)
+
+
+async def test_a_read_pinned_to_the_current_etag_gets_the_bytes(store: ObjectStore, prefix: str) -> None:
+    written = await store.put(prefix + "p.png", DATA, content_type="image/png")
+    info, data = await store.read(prefix + "p.png", if_match=written.etag)
+    assert (info.etag, data) == (written.etag, DATA)
+
+
+async def test_a_read_pinned_to_an_older_etag_is_refused(store: ObjectStore, prefix: str) -> None:
+    first = await store.put(prefix + "p.png", b"first version", content_type="image/png")
+    await store.put(prefix + "p.png", b"second version", content_type="image/png")
+    with pytest.raises(ObjectChanged):
+        await store.read(prefix + "p.png", if_match=first.etag)
+
+
+async def test_a_read_of_a_missing_key_raises_not_found(store: ObjectStore, prefix: str) -> None:
+    with pytest.raises(ObjectNotFound):
+        await store.read(prefix + "nothing.png")
+    with pytest.raises(ObjectNotFound):
+        await store.read(prefix + "nothing.png", if_match='"0123"')
 
 
 async def test_head_of_a_missing_key_is_none(store: ObjectStore, prefix: str) -> None:

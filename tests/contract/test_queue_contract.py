@@ -20,6 +20,7 @@ import pytest
 from chat_core.backends import Backends, job_queue
 from chat_core.jobqueue import Job, JobKind, JobQueue, Received
 from chat_core.jobqueue.sqs import SqsJobQueue
+from chat_core.media import MediaJob, S3Entity, S3Object, S3Record, media_jobs
 from chat_core.notifications import Notification, notification_jobs
 from chat_core.settings import Settings
 from tests import harness
@@ -65,8 +66,35 @@ NOTIFICATIONS = JobType(
     large=lambda n: notification(n, recipients=tuple(f"user-{i:06d}-{'x' * 100}" for i in range(500))),
     key=lambda job: job.notification_id,
 )
+
+
+def media_job(n: int = 0, *, trace: dict[str, str] | None = None, records: int = 0) -> MediaJob:
+    message_id = str(uuid.uuid4())
+    created = tuple(
+        S3Record(
+            event_name="ObjectCreated:Put",
+            s3=S3Entity(S3Object(key=f"uploads/c-1/images/alice/{i:06d}-{'x' * 150}.jpg", size=i, etag="e")),
+        )
+        for i in range(records)
+    )
+    return MediaJob(
+        message_id=message_id,
+        conversation_id="c-1",
+        object_key=f"uploads/c-1/images/alice/20240419-123500-{n:08d}.jpg",
+        object_etag=f'"etag-{n}"',
+        records=created,
+        trace=trace or {},
+    )
+
+
+MEDIA_JOBS = JobType(
+    kind=media_jobs,
+    sample=lambda n, trace: media_job(n, trace=trace),
+    large=lambda n: media_job(n, records=300),
+    key=lambda job: job.message_id or "",
+)
 # Adding a job type to the contract: one more entry here.
-JOB_TYPES = {"notification": NOTIFICATIONS}
+JOB_TYPES: dict[str, JobType[Any]] = {"notification": NOTIFICATIONS, "media": MEDIA_JOBS}
 
 
 async def receive_one(queue: Queue, wait: float = 5.0) -> Received[Any]:

@@ -42,7 +42,7 @@ def test_lifecycle_and_notification_select_raw_uploads_only() -> None:
     assert queue["Filter"]["Key"]["FilterRules"] == [{"Name": "Prefix", "Value": "uploads/"}]
 
 
-SERVICES = ("upload", "message", "image-proxy", "notification-consumer")
+SERVICES = ("upload", "message", "image-proxy", "notification-consumer", "media-processor")
 
 
 def _env(container: dict[str, object]) -> dict[str, object]:

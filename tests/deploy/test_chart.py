@@ -26,7 +26,7 @@ from tests.deploy.conftest import (
 
 # A current Kubernetes release; kubernetes-validate ships its OpenAPI schemas (strict: unknown fields fail).
 KUBE_VERSION = "1.35.0"
-SERVICES = ("upload", "message", "image-proxy", "notification-consumer")
+SERVICES = ("upload", "message", "image-proxy", "notification-consumer", "media-processor")
 PUBLIC_SERVICES = ("upload", "message", "image-proxy")
 # Custom resources: kubernetes-validate has no schema for them. Each gets a test of what matters instead
 # (ServiceMonitor -> selects a Service port; PrometheusRule -> is the promtool-tested rules file;
@@ -319,7 +319,8 @@ def test_notification_consumer_admits_only_prometheus() -> None:
 
 
 def test_only_the_services_on_the_event_bus_may_reach_redis() -> None:
-    # message publishes and serves sockets; upload and image-proxy hear membership changes (their caches).
+    # message publishes and serves sockets; upload and image-proxy hear membership changes (their caches);
+    # the media processor publishes message.updated.
     profile = rendered("default")
     for component in (*SERVICES, "cleanup"):
         ports = {
@@ -327,7 +328,9 @@ def test_only_the_services_on_the_event_bus_may_reach_redis() -> None:
             for rule in profile.named("NetworkPolicy", component_name(component))["spec"]["egress"]
             for port in rule["ports"]
         }
-        assert (6379 in ports) == (component in {"message", "upload", "image-proxy"}), component
+        assert (6379 in ports) == (component in {"message", "upload", "image-proxy", "media-processor"}), (
+            component
+        )
         assert {53, 443} <= ports, component
 
 
@@ -454,3 +457,17 @@ def test_each_profile_with_the_web_client_on_lints_validates_and_runs_serve_web(
     assert "DEV_LOGIN" not in json.dumps([obj for _, obj in profile.objects])
     assert "The web client is at /" in profile.notes
     assert "The web client" not in rendered(name).notes
+
+
+def test_the_media_processor_can_scale_on_its_queue_with_keda() -> None:
+    profile = rendered("production-aws")
+    name = component_name("media-processor")
+    (scaled,) = [o for o in profile.of_kind("ScaledObject") if o["metadata"]["name"] == name]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == name
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "aws-sqs-queue"
+    assert trigger["metadata"]["queueURL"].endswith("/chat-management-media")
+    # KEDA owns the replica count: no CPU HPA beside it, no fixed replicas.
+    assert name not in [o["metadata"]["name"] for o in profile.of_kind("HorizontalPodAutoscaler")]
+    assert "replicas" not in profile.named("Deployment", name)["spec"]
+    assert not rendered("default").of_kind("ScaledObject")

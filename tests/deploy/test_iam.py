@@ -20,8 +20,10 @@ from tests.harness import ROOT
 
 IAM = ROOT / "deploy" / "iam"
 BUCKET = "arn:aws:s3:::BUCKET_NAME"
-# Raw uploads only (docs/adr/0001-raw-upload-prefix.md): no role reaches objects outside uploads/.
+# Raw uploads (docs/adr/0001-raw-upload-prefix.md) and the media processor's derivatives: no role reaches
+# any other object.
 OBJECTS = "arn:aws:s3:::BUCKET_NAME/uploads/*"
+DERIVATIVES = "arn:aws:s3:::BUCKET_NAME/*/media/*"
 QUEUE = "arn:aws:sqs:AWS_REGION:AWS_ACCOUNT_ID:QUEUE_NAME"
 DLQ = "arn:aws:sqs:AWS_REGION:AWS_ACCOUNT_ID:DLQ_NAME"
 MEDIA_QUEUE = "arn:aws:sqs:AWS_REGION:AWS_ACCOUNT_ID:MEDIA_QUEUE_NAME"
@@ -54,8 +56,25 @@ EXPECTED = {
         ("sqs:SendMessage", QUEUE),
         ("sqs:GetQueueUrl", QUEUE),
         ("sqs:GetQueueAttributes", QUEUE),
+        ("sqs:SendMessage", MEDIA_QUEUE),
+        ("sqs:GetQueueUrl", MEDIA_QUEUE),
+        ("sqs:GetQueueAttributes", MEDIA_QUEUE),
     },
-    "image-proxy": {("s3:GetObject", OBJECTS), ("s3:ListBucket", BUCKET)},
+    # The proxy serves derivatives only: the raw upload is never served.
+    "image-proxy": {("s3:GetObject", DERIVATIVES), ("s3:ListBucket", BUCKET)},
+    "media-processor": {
+        ("s3:GetObject", OBJECTS),
+        ("s3:DeleteObject", OBJECTS),
+        ("s3:PutObject", DERIVATIVES),
+        ("s3:ListBucket", BUCKET),
+        ("sqs:ReceiveMessage", MEDIA_QUEUE),
+        ("sqs:DeleteMessage", MEDIA_QUEUE),
+        ("sqs:ChangeMessageVisibility", MEDIA_QUEUE),
+        ("sqs:GetQueueAttributes", MEDIA_QUEUE),
+        ("sqs:GetQueueUrl", MEDIA_QUEUE),
+        ("sqs:GetQueueAttributes", MEDIA_DLQ),
+        ("sqs:GetQueueUrl", MEDIA_DLQ),
+    },
     "notification-consumer": {
         ("sqs:ReceiveMessage", QUEUE),
         ("sqs:DeleteMessage", QUEUE),
@@ -102,7 +121,7 @@ def test_policy_has_no_wildcard_action_or_resource(role: str) -> None:
         assert resource != "*"
 
 
-def test_only_the_cleanup_job_may_delete_images() -> None:
+def test_only_the_cleanup_job_and_the_media_processor_may_delete_images() -> None:
     deleters = {
         role
         for role in EXPECTED
@@ -111,7 +130,7 @@ def test_only_the_cleanup_job_may_delete_images() -> None:
             for action, _ in grants(json.loads((IAM / f"{role}.json").read_text()))
         )
     }
-    assert deleters == {"cleanup"}
+    assert deleters == {"cleanup", "media-processor"}
 
 
 # --- the policies against the code ------------------------------------------------------------------
@@ -128,6 +147,7 @@ ROLE_SOURCES: dict[str, list[Path]] = {
     "message": [ROOT / "services" / "message" / "src"],
     "image-proxy": [ROOT / "services" / "image-proxy" / "src", LIB / "objectstore" / "serving.py"],
     "notification-consumer": [ROOT / "services" / "notification-consumer" / "src"],
+    "media-processor": [ROOT / "services" / "media-processor" / "src"],
     "cleanup": [ROOT / "services" / "upload" / "src" / "upload_service" / "cleanup.py"],
 }
 SETUP = ROOT / "src" / "chat_management" / "bucket.py"
@@ -273,7 +293,16 @@ def _python_files(paths: Iterable[Path]) -> list[Path]:
     return [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*.py")))]
 
 
-def port_calls(role: str, methods: Iterable[str], receiver: str) -> set[str]:
+# Which objects a role's object-store calls name, by action (default: raw uploads). The proxy only ever
+# builds derivative keys (keys.derivative_key); the media processor writes nothing else.
+DERIVATIVE_ACTIONS = {"image-proxy": {"s3:GetObject"}, "media-processor": {"s3:PutObject"}}
+# The queues a role's queue calls reach: (receiver pattern, port attribute, main queue, dead-letter queue).
+NOTIFICATION_QUEUES = (r"(?<!media)_queue$", "notification_queue", QUEUE, DLQ)
+MEDIA_QUEUES = (r"_media_queue$", "media_queue", MEDIA_QUEUE, MEDIA_DLQ)
+QUEUES_OF = {"media-processor": [(r"_queue$", "media_queue", MEDIA_QUEUE, MEDIA_DLQ)]}
+
+
+def port_calls(role: str, methods: Iterable[str], receiver: str, port: str = "object_store") -> set[str]:
     """Which of ``methods`` the role's code calls on a receiver whose name matches ``receiver``."""
     wanted, pattern = set(methods), re.compile(receiver)
     called: set[str] = set()
@@ -287,13 +316,9 @@ def port_calls(role: str, methods: Iterable[str], receiver: str) -> set[str]:
             ):
                 called.add(node.func.attr)
             # Holding the port means /readyz pings it (and Backends starts it).
-            if isinstance(node, ast.Attribute) and node.attr == receiver_port(receiver):
+            if isinstance(node, ast.Attribute) and node.attr == port:
                 called |= {"ping", "start"} & wanted
     return called
-
-
-def receiver_port(receiver: str) -> str:
-    return "object_store" if "store" in receiver else "notification_queue"
 
 
 def setup_actions_from_code() -> set[tuple[str, str]]:
@@ -351,12 +376,14 @@ def actions_from_code(role: str) -> set[tuple[str, str]]:
     needed: set[tuple[str, str]] = set()
     for method in port_calls(role, s3, r"(_store|_objects|^store|^object_store)$"):
         for action in s3[method]:
-            needed.add((action, BUCKET if action == "s3:ListBucket" else OBJECTS))
+            objects = DERIVATIVES if action in DERIVATIVE_ACTIONS.get(role, ()) else OBJECTS
+            needed.add((action, BUCKET if action == "s3:ListBucket" else objects))
             if action == "s3:GetObject":
                 # Without ListBucket S3 answers a missing object with 403, not 404 (deploy/iam/README.md).
                 needed.add(("s3:ListBucket", BUCKET))
-    for method in port_calls(role, sqs, r"_queue$"):
-        needed |= {(action, QUEUE if queue == "QUEUE" else DLQ) for action, queue in sqs[method]}
+    for receiver, port, main, dead in QUEUES_OF.get(role, [NOTIFICATION_QUEUES, MEDIA_QUEUES]):
+        for method in port_calls(role, sqs, receiver, port):
+            needed |= {(action, main if queue == "QUEUE" else dead) for action, queue in sqs[method]}
     if role == "cleanup":  # with OBJECT_STORE=s3 the job goes through boto3, not the port
         needed |= cleanup_boto3_actions_from_code()
     return needed

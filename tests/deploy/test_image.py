@@ -18,7 +18,7 @@ from tests.harness import ROOT
 
 DOCKER = ROOT / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
-SERVICES = ("upload", "message", "image-proxy", "notification-consumer")
+SERVICES = ("upload", "message", "image-proxy", "notification-consumer", "media-processor")
 
 
 def instructions() -> list[tuple[str, str]]:

@@ -155,6 +155,7 @@ def test_there_is_an_overview_and_one_dashboard_per_service() -> None:
         "message.json",
         "image-proxy.json",
         "notifications.json",
+        "media.json",
     }
 
 

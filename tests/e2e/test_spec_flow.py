@@ -1,8 +1,9 @@
-"""End to end: the four services as separate processes on real Redis, LocalStack and the Firestore emulator.
+"""End to end: the five services as separate processes on real Redis, LocalStack and the Firestore emulator.
 
 The spec's whole flow over HTTP and WebSocket, as a browser client would drive it (a CORS preflight before
 every cross-origin call): upload URL -> PUT to the bucket -> send -> the online member's socket event ->
-the offline member's push at a real webhook receiver -> the image proxy serves the bytes.
+the media processor's ``message.updated`` on the same socket -> the offline member's push at a real
+webhook receiver -> the image proxy serves the sanitized bytes.
 """
 
 from __future__ import annotations
@@ -173,12 +174,23 @@ async def test_an_image_message_goes_from_upload_to_every_member(
             assert stored["metadata"]["width"] == 640
             assert stored["metadata"]["height"] == 480
             assert stored["metadata"]["size_bytes"] == len(data)
+            assert stored["metadata"]["status"] == "processing"
 
             # 4. Bob, online, gets the event within a second ...
             event = json.loads(await asyncio.wait_for(bob_socket.recv(), 1.0))
             assert event["type"] == "message.created"
             assert event["conversationId"] == cid
             assert event["message"] == stored
+
+            # 4b. ... then, once the media processor sanitized it, message.updated with the full message.
+            updated = json.loads(await asyncio.wait_for(bob_socket.recv(), 30))
+            assert updated["type"] == "message.updated"
+            assert updated["conversationId"] == cid
+            ready = updated["message"]
+            assert ready["messageId"] == stored["messageId"]
+            assert ready["metadata"]["status"] == "ready"
+            assert ready["metadata"]["blurhash"]
+            assert set(ready["metadata"]["variants"]) == {"thumbnail", "preview"}
 
         # 5. ... and Carol, offline, exactly one push (Bob none: he was online).
         async with asyncio.timeout(20):
@@ -194,18 +206,28 @@ async def test_an_image_message_goes_from_upload_to_every_member(
         assert push.json["userId"] == "carol"
         assert push.json["data"]["messageId"] == stored["messageId"]
 
-        # 6. The proxy serves the bytes to a member (redirect to a signed GET), never to a stranger.
+        # 6. The proxy serves the sanitized original to a member (redirect to a signed GET), and the
+        # thumbnail; never anything to a stranger.
         await preflight(http, grant["file_url"], "GET", "authorization")
         viewed = await http.get(grant["file_url"], headers=auth_header("carol"), follow_redirects=True)
         assert viewed.status_code == 200
-        assert viewed.content == data
         assert viewed.headers["content-type"] == "image/jpeg"
+        assert "immutable" in viewed.headers["cache-control"]
+        assert len(viewed.content) == ready["metadata"]["size_bytes"]
+        assert Image.open(io.BytesIO(viewed.content)).size == (640, 480)
+        thumbnail = ready["metadata"]["variants"]["thumbnail"]
+        small = await http.get(thumbnail["url"], headers=auth_header("carol"), follow_redirects=True)
+        assert (
+            Image.open(io.BytesIO(small.content)).size
+            == (thumbnail["width"], thumbnail["height"])
+            == (320, 240)
+        )
         stranger = await http.get(grant["file_url"], headers=auth_header("mallory"))
         assert stranger.status_code == 404
 
-        # 7. The list shows it with the server-verified dimensions.
+        # 7. The list shows it as the event did.
         listed = await call(http, "GET", f"{message}/conversations/{cid}/messages", "carol")
-        assert listed.json()["items"][0] == stored
+        assert listed.json()["items"][0] == ready
 
 
 async def test_every_service_is_ready_and_exports_metrics(stack: Stack) -> None:

@@ -20,7 +20,27 @@ def test_defaults_are_the_embedded_single_node_setup() -> None:
     assert settings.backends.object_store == "local"
     assert settings.backends.message_store == "sqlite"
     assert settings.images.upload_url_ttl_seconds == 3600
-    assert settings.images.allowed_types == ("image/jpeg", "image/png", "image/gif", "image/webp")
+    assert settings.images.allowed_types == (
+        "image/jpeg",
+        "image/png",
+        "image/gif",
+        "image/webp",
+        "image/heic",
+        "image/heif",
+    )
+    assert settings.media.max_image_pixels == 50_000_000
+    assert settings.media.wait_seconds == 10.0
+
+
+def test_a_media_job_must_finish_within_its_visibility_timeout() -> None:
+    with pytest.raises(SettingsError, match="MEDIA_VISIBILITY_TIMEOUT_SECONDS"):
+        load_settings(
+            {
+                "AUTH_JWT_SECRET": TEST_SECRET,
+                "MEDIA_JOB_TIMEOUT_SECONDS": "60",
+                "MEDIA_VISIBILITY_TIMEOUT_SECONDS": "30",
+            }
+        )
 
 
 def test_values_are_typed_from_strings() -> None:

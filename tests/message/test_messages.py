@@ -21,6 +21,8 @@ from tests.message.conftest import PUBLIC_BASE_URL, Chat, ChatFactory, image_byt
 
 SPEC_MESSAGE_FIELDS = {"messageId", "content", "messageType", "senderId", "timestamp", "readBy", "metadata"}
 SPEC_METADATA_FIELDS = {"object_key", "url", "width", "height", "content_type", "size_bytes"}
+# The media pipeline's, additive to the spec's (README "The media pipeline").
+MEDIA_METADATA_FIELDS = {"status", "variants", "blurhash", "error"}
 
 
 def sample(name: str, **labels: str) -> float:
@@ -101,7 +103,7 @@ async def test_an_image_message_stores_what_the_server_measured(chat: Chat) -> N
     assert response.status_code == 201, response.text
     body = response.json()
     assert set(body) == SPEC_MESSAGE_FIELDS
-    assert set(body["metadata"]) == SPEC_METADATA_FIELDS
+    assert set(body["metadata"]) == SPEC_METADATA_FIELDS | MEDIA_METADATA_FIELDS
     assert body["content"] == "Check out this photo!"
     assert body["messageType"] == "image"
     assert body["metadata"] == {
@@ -111,6 +113,10 @@ async def test_an_image_message_stores_what_the_server_measured(chat: Chat) -> N
         "size_bytes": len(data),
         "width": 640,
         "height": 480,
+        "status": "processing",
+        "variants": None,
+        "blurhash": None,
+        "error": None,
     }
     listed = await chat.messages("bob", cid)
     assert listed[0].metadata is not None

@@ -6,14 +6,17 @@ Upload, message and image-proxy services in one app on a real uvicorn; objects i
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 import image_proxy.app
+import media_processor.app
 import message_service.app
 import upload_service.app
 from chat_core.app_factory import create_service_app
@@ -50,6 +53,7 @@ async def api(
         upload_service.app.build(settings, backends),
         message_service.app.build(settings, backends),
         image_proxy.app.build(settings, backends),
+        media_processor.app.build(settings, backends),
     ]
     app = create_service_app(settings, backends, parts, component="spec-flow", title="spec flow")
     base_url = await serve(app, port)
@@ -114,10 +118,20 @@ async def test_the_spec_flow_upload_send_list_view(api: httpx.AsyncClient) -> No
         "size_bytes": len(data),
         "width": 800,
         "height": 600,
+        "status": "processing",
+        "variants": None,
+        "blurhash": None,
+        "error": None,
     }
+    # Viewed at once, as the spec's client does: the proxy waits for the media processor, then serves
+    # the sanitized copy (same size, no metadata), never the raw upload.
     viewed = await api.get(message["metadata"]["url"], headers=auth_header("bob"), follow_redirects=True)
     assert viewed.status_code == 200
-    assert viewed.content == data
+    assert viewed.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(viewed.content)).size == (800, 600)
+    [ready] = (await api.get(f"/conversations/{cid}/messages", headers=auth_header("bob"))).json()["items"]
+    assert ready["metadata"]["status"] == "ready"
+    assert ready["metadata"]["size_bytes"] == len(viewed.content)
 
 
 async def test_html_uploaded_as_jpeg_is_refused_at_send(api: httpx.AsyncClient) -> None:

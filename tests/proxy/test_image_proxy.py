@@ -1,6 +1,8 @@
 """``GET /images/{conversation_id}/{object_key}`` with real HTTP, on local disk and S3, in both modes.
 
-Images get there the way clients put them: an upload URL from the upload service, then a PUT.
+Images get there the way clients put them: an upload URL from the upload service, a PUT, a send; the
+media processor then writes the sanitized original the proxy serves (``image.data`` after ``share``).
+The media pipeline's own behaviour (variants, waiting, failures) is in ``tests/media``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ async def _raw_get(stack: ImageStack, target: str, user: str = "alice") -> httpx
 # --- redirect mode (the default) ------------------------------------------------------------------
 async def test_a_member_following_the_redirect_gets_the_same_bytes(stack: ImageStack) -> None:
     cid = await stack.conversation("alice", "bob")
-    image = await stack.upload("alice", cid)
+    image = await stack.share("alice", cid)
     response = await stack.http.get(_proxy_path(image.file_url, stack), headers=auth_header("bob"))
     assert response.status_code == 302
     assert response.headers["x-content-type-options"] == "nosniff"
@@ -64,7 +66,7 @@ async def test_a_member_following_the_redirect_gets_the_same_bytes(stack: ImageS
 
 async def test_two_requests_in_one_window_get_the_same_url(stack: ImageStack) -> None:
     cid = await stack.conversation("alice", "bob")
-    image = await stack.upload("alice", cid)
+    image = await stack.share("alice", cid)
     await _wait_clear_of_a_window_edge()
     first = await stack.http.get(_proxy_path(image.file_url, stack), headers=auth_header("bob"))
     second = await stack.http.get(_proxy_path(image.file_url, stack), headers=auth_header("bob"))
@@ -74,7 +76,7 @@ async def test_two_requests_in_one_window_get_the_same_url(stack: ImageStack) ->
 
 async def test_the_redirect_is_cached_privately_for_the_rest_of_the_window(stack: ImageStack) -> None:
     cid = await stack.conversation("alice")
-    image = await stack.upload("alice", cid)
+    image = await stack.share("alice", cid)
     await _wait_clear_of_a_window_edge()
     remaining = WINDOW - time.time() % WINDOW
     response = await stack.http.get(_proxy_path(image.file_url, stack), headers=auth_header("alice"))
@@ -85,26 +87,17 @@ async def test_the_redirect_is_cached_privately_for_the_rest_of_the_window(stack
 
 async def test_the_token_cookie_is_accepted_for_img_tags(stack: ImageStack) -> None:
     cid = await stack.conversation("alice")
-    image = await stack.upload("alice", cid)
+    image = await stack.share("alice", cid)
     response = await stack.http.get(
         _proxy_path(image.file_url, stack), headers={"Cookie": f"access_token={token_for('alice')}"}
     )
     assert response.status_code == 302
 
 
-async def test_a_stored_type_off_the_allow_list_is_served_as_octet_stream(stack: ImageStack) -> None:
-    cid = await stack.conversation("alice")
-    object_key = keys.new_object_key("alice", "image/jpeg")
-    await stack.store.put(keys.stored_key(cid, object_key), b"<script>x</script>", content_type="text/html")
-    response = await stack.http.get(f"/images/{cid}/{object_key}", headers=auth_header("alice"))
-    target = await stack.http.get(response.headers["location"])
-    assert target.headers["content-type"] == "application/octet-stream"
-
-
 # --- who may see ----------------------------------------------------------------------------------
 async def test_no_token_is_401(stack: ImageStack) -> None:
     cid = await stack.conversation("alice")
-    image = await stack.upload("alice", cid)
+    image = await stack.share("alice", cid)
     response = await stack.http.get(_proxy_path(image.file_url, stack))
     assert response.status_code == 401
     assert response.headers["x-content-type-options"] == "nosniff"
@@ -113,7 +106,7 @@ async def test_no_token_is_401(stack: ImageStack) -> None:
 
 async def test_a_non_member_is_404_as_if_the_conversation_did_not_exist(stack: ImageStack) -> None:
     cid = await stack.conversation("alice", "bob")
-    image = await stack.upload("alice", cid)
+    image = await stack.share("alice", cid)
     response = await stack.http.get(_proxy_path(image.file_url, stack), headers=auth_header("mallory"))
     assert response.status_code == 404
     assert response.json()["code"] == "conversation_not_found"
@@ -141,34 +134,10 @@ async def test_a_missing_object_is_404(stack: ImageStack) -> None:
     assert response.headers["x-content-type-options"] == "nosniff"
 
 
-async def test_an_image_that_lands_after_a_404_is_served_at_once(stack: ImageStack) -> None:
-    # A miss is never remembered: the client may ask while its upload is still in flight.
-    cid = await stack.conversation("alice", "bob")
-    object_key = keys.new_object_key("alice", "image/jpeg")
-    assert (
-        await stack.http.get(f"/images/{cid}/{object_key}", headers=auth_header("bob"))
-    ).status_code == 404
-    await stack.store.put(keys.stored_key(cid, object_key), image_bytes(), content_type="image/jpeg")
-    assert (
-        await stack.http.get(f"/images/{cid}/{object_key}", headers=auth_header("bob"))
-    ).status_code == 302
-
-
-async def test_an_images_existence_is_checked_once_per_window(stack: ImageStack) -> None:
-    # Repeated views cost no store round trip: with the object gone from the store, a view in the same
-    # window is still redirected (only cleanup deletes, and only what no message references).
-    cid = await stack.conversation("alice", "bob")
-    image = await stack.upload("alice", cid)
-    path = _proxy_path(image.file_url, stack)
-    assert (await stack.http.get(path, headers=auth_header("bob"))).status_code == 302
-    await stack.store.delete(keys.stored_key(cid, image.object_key))
-    assert (await stack.http.get(path, headers=auth_header("alice"))).status_code == 302
-
-
 async def test_a_key_of_another_conversation_is_not_found_under_this_one(stack: ImageStack) -> None:
     mine = await stack.conversation("alice", "bob")
     theirs = await stack.conversation("bob", "carol")
-    image = await stack.upload("carol", theirs)
+    image = await stack.share("carol", theirs)
     response = await stack.http.get(f"/images/{mine}/{image.object_key}", headers=auth_header("alice"))
     assert response.status_code == 404
 
@@ -176,7 +145,7 @@ async def test_a_key_of_another_conversation_is_not_found_under_this_one(stack: 
 async def test_another_conversations_image_is_refused_to_a_non_member(stack: ImageStack) -> None:
     await stack.conversation("alice", "bob")
     theirs = await stack.conversation("bob", "carol")
-    image = await stack.upload("carol", theirs)
+    image = await stack.share("carol", theirs)
     response = await stack.http.get(_proxy_path(image.file_url, stack), headers=auth_header("alice"))
     assert response.status_code == 404
 
@@ -200,7 +169,7 @@ async def test_another_conversations_image_is_refused_to_a_non_member(stack: Ima
 async def test_traversal_and_malformed_keys_are_refused(stack: ImageStack, tail: str) -> None:
     mine = await stack.conversation("alice", "bob")
     other = await stack.conversation("carol", "alice")
-    image = await stack.upload("carol", other)
+    image = await stack.share("carol", other)
     name = image.object_key.rsplit("/", 1)[1]
     target = f"/images/{mine}/" + tail.format(
         other=other, key=image.object_key, name=name, stem=name.rsplit(".", 1)[0]
@@ -221,7 +190,7 @@ async def test_a_malformed_key_is_refused_before_any_store_is_asked(stack: Image
 # --- stream mode ----------------------------------------------------------------------------------
 async def test_stream_mode_sends_the_bytes_with_etag_and_nosniff(streaming: ImageStack) -> None:
     cid = await streaming.conversation("alice", "bob")
-    image = await streaming.upload("alice", cid)
+    image = await streaming.share("alice", cid)
     response = await streaming.http.get(_proxy_path(image.file_url, streaming), headers=auth_header("bob"))
     assert response.status_code == 200
     assert response.content == image.data
@@ -234,7 +203,7 @@ async def test_stream_mode_sends_the_bytes_with_etag_and_nosniff(streaming: Imag
 
 async def test_stream_mode_answers_304_to_a_matching_etag(streaming: ImageStack) -> None:
     cid = await streaming.conversation("alice")
-    image = await streaming.upload("alice", cid)
+    image = await streaming.share("alice", cid)
     path = _proxy_path(image.file_url, streaming)
     etag = (await streaming.http.get(path, headers=auth_header("alice"))).headers["etag"]
     response = await streaming.http.get(path, headers={**auth_header("alice"), "If-None-Match": etag})
@@ -245,7 +214,7 @@ async def test_stream_mode_answers_304_to_a_matching_etag(streaming: ImageStack)
 
 async def test_stream_mode_sends_the_bytes_again_for_a_stale_etag(streaming: ImageStack) -> None:
     cid = await streaming.conversation("alice")
-    image = await streaming.upload("alice", cid)
+    image = await streaming.share("alice", cid)
     response = await streaming.http.get(
         _proxy_path(image.file_url, streaming), headers={**auth_header("alice"), "If-None-Match": '"stale"'}
     )
@@ -255,7 +224,7 @@ async def test_stream_mode_sends_the_bytes_again_for_a_stale_etag(streaming: Ima
 
 async def test_stream_mode_answers_206_to_a_range(streaming: ImageStack) -> None:
     cid = await streaming.conversation("alice")
-    image = await streaming.upload("alice", cid)
+    image = await streaming.share("alice", cid)
     response = await streaming.http.get(
         _proxy_path(image.file_url, streaming), headers={**auth_header("alice"), "Range": "bytes=10-19"}
     )
@@ -266,7 +235,7 @@ async def test_stream_mode_answers_206_to_a_range(streaming: ImageStack) -> None
 
 async def test_stream_mode_answers_206_to_a_suffix_range(streaming: ImageStack) -> None:
     cid = await streaming.conversation("alice")
-    image = await streaming.upload("alice", cid)
+    image = await streaming.share("alice", cid)
     response = await streaming.http.get(
         _proxy_path(image.file_url, streaming), headers={**auth_header("alice"), "Range": "bytes=-5"}
     )
@@ -276,7 +245,7 @@ async def test_stream_mode_answers_206_to_a_suffix_range(streaming: ImageStack) 
 
 async def test_stream_mode_answers_416_to_a_range_past_the_end(streaming: ImageStack) -> None:
     cid = await streaming.conversation("alice")
-    image = await streaming.upload("alice", cid)
+    image = await streaming.share("alice", cid)
     response = await streaming.http.get(
         _proxy_path(image.file_url, streaming),
         headers={**auth_header("alice"), "Range": f"bytes={len(image.data)}-"},
@@ -287,25 +256,12 @@ async def test_stream_mode_answers_416_to_a_range_past_the_end(streaming: ImageS
 
 async def test_stream_mode_refuses_a_non_member(streaming: ImageStack) -> None:
     cid = await streaming.conversation("alice")
-    image = await streaming.upload("alice", cid)
+    image = await streaming.share("alice", cid)
     response = await streaming.http.get(
         _proxy_path(image.file_url, streaming), headers=auth_header("mallory")
     )
     assert response.status_code == 404
     assert image.data not in response.content
-
-
-async def test_stream_mode_sends_a_stored_type_off_the_allow_list_as_octet_stream(
-    streaming: ImageStack,
-) -> None:
-    cid = await streaming.conversation("alice")
-    object_key = keys.new_object_key("alice", "image/png")
-    await streaming.store.put(
-        keys.stored_key(cid, object_key), b"<svg onload=x>", content_type="image/svg+xml"
-    )
-    response = await streaming.http.get(f"/images/{cid}/{object_key}", headers=auth_header("alice"))
-    assert response.status_code == 200
-    assert response.headers["content-type"] == "application/octet-stream"
 
 
 async def test_stream_mode_404s_a_missing_object(streaming: ImageStack) -> None:
@@ -323,7 +279,7 @@ def _audit_lines(stream: io.BytesIO) -> list[dict[str, Any]]:
 
 async def test_every_request_writes_one_audit_line_allowed_or_denied(stack: ImageStack) -> None:
     cid = await stack.conversation("alice")
-    image = await stack.upload("alice", cid)
+    image = await stack.share("alice", cid)
     stream = io.BytesIO()
     configure_logging("INFO", service="test", stream=stream, cache=False)
     path = _proxy_path(image.file_url, stack)
@@ -351,7 +307,7 @@ async def test_every_request_writes_one_audit_line_allowed_or_denied(stack: Imag
 @pytest.mark.parametrize("level", ["WARNING", "ERROR"])
 async def test_no_log_level_silences_the_audit_lines(stack: ImageStack, level: str) -> None:
     cid = await stack.conversation("alice")
-    image = await stack.upload("alice", cid)
+    image = await stack.share("alice", cid)
     stream = io.BytesIO()
     configure_logging(level, service="test", stream=stream, cache=False)
     try:
@@ -372,7 +328,7 @@ async def test_metrics_count_requests_by_decision_and_reason(stack: ImageStack) 
         return REGISTRY.get_sample_value("chat_image_proxy_requests_total", labels) or 0.0
 
     cid = await stack.conversation("alice")
-    image = await stack.upload("alice", cid)
+    image = await stack.share("alice", cid)
     redirects, refusals = sample("allowed", "redirect"), sample("denied", "conversation_not_found")
     await stack.http.get(_proxy_path(image.file_url, stack), headers=auth_header("alice"))
     await stack.http.get(_proxy_path(image.file_url, stack), headers=auth_header("mallory"))
@@ -399,7 +355,7 @@ async def test_cors_preflight_allows_a_page_to_fetch_an_image(stack: ImageStack)
 
 async def test_a_png_round_trips_through_the_proxy(streaming: ImageStack) -> None:
     cid = await streaming.conversation("alice")
-    image = await streaming.upload("alice", cid, image_bytes("PNG"), "image/png")
+    image = await streaming.share("alice", cid, image_bytes("PNG"), "image/png")
     response = await streaming.http.get(_proxy_path(image.file_url, streaming), headers=auth_header("alice"))
     assert response.content == image.data
     assert response.headers["content-type"] == "image/png"
@@ -407,7 +363,7 @@ async def test_a_png_round_trips_through_the_proxy(streaming: ImageStack) -> Non
 
 async def test_a_removed_member_loses_access_as_soon_as_the_change_is_announced(stack: ImageStack) -> None:
     cid = await stack.conversation("alice", "bob")
-    image = await stack.upload("alice", cid)
+    image = await stack.share("alice", cid)
     path = _proxy_path(image.file_url, stack)
     assert (await stack.http.get(path, headers=auth_header("bob"))).status_code == 302  # now cached
     await stack.backends.chat_store.remove_participant(cid, "bob")

@@ -176,7 +176,14 @@ async def test_a_type_off_the_allow_list_is_415(stack: ImageStack, content_type:
     assert response.status_code == 415
     body = response.json()
     assert body["code"] == "unsupported_image_type"
-    assert body["allowed_types"] == ["image/gif", "image/jpeg", "image/png", "image/webp"]
+    assert body["allowed_types"] == [
+        "image/gif",
+        "image/heic",
+        "image/heif",
+        "image/jpeg",
+        "image/png",
+        "image/webp",
+    ]
 
 
 async def test_the_allow_list_is_configurable(make_stack: Callable[..., Awaitable[ImageStack]]) -> None:

@@ -3,7 +3,7 @@
 ``create_service_app`` adds what all services have — problem-details errors, CORS, OpenAPI at ``/docs``,
 ``/healthz``, ``/readyz``, ``/metrics``, the observability wrapper, the auth dependency — and a lifespan
 that starts the backends, then the workers, and stops them in reverse order. The all-in-one process
-passes the parts of all four services to one call.
+passes the parts of all five services to one call.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A service asks for what it needs (``backends.conversations``, ``backends.object_store``); only those
 adapters are imported, started at start-up, closed at shutdown and checked by ``/readyz``. In the
-all-in-one process the four services share one ``Backends``, so the embedded adapters (in-process bus,
+all-in-one process the five services share one ``Backends``, so the embedded adapters (in-process bus,
 SQLite) are one instance each.
 
 Each port has one typed factory below (``object_store(backends) -> ObjectStore``): a ``match`` on the
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
 
     from chat_core.jobqueue import Job, JobKind, JobQueue
+    from chat_core.media import MediaJob
     from chat_core.messagestore import (
         ChatStore,
         ConversationStore,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
         PushReceiptStore,
     )
     from chat_core.notifications import Notification
-    from chat_core.objectstore import ObjectStore
+    from chat_core.objectstore import ObjectInfo, ObjectStore
     from chat_core.push import PushProvider
     from chat_core.quota import Quotas, QuotaStore
     from chat_core.ratelimit import RateLimiter
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PORTS",
+    "AnnouncesUploads",
     "Backends",
     "Lifecycle",
     "NeedsSetup",
@@ -68,7 +70,15 @@ A = TypeVar("A", bound="Lifecycle")
 
 # The ports a service may name as essential for its readiness (``ServiceParts.essential``).
 PORTS = frozenset(
-    {"object_store", "message_store", "event_bus", "presence", "notification_queue", "push_provider"}
+    {
+        "object_store",
+        "message_store",
+        "event_bus",
+        "presence",
+        "notification_queue",
+        "media_queue",
+        "push_provider",
+    }
 )
 
 
@@ -107,6 +117,14 @@ class NeedsSetup(Protocol):
     """An adapter with something to create before first use (``chat-management setup``); idempotent."""
 
     async def ensure(self) -> None: ...
+
+
+@runtime_checkable
+class AnnouncesUploads(Protocol):
+    """An object store that receives uploads itself (the local one) and can say when one lands, as S3's
+    object-created notification does for the bucket."""
+
+    def announce_uploads(self, listener: Callable[[ObjectInfo], Awaitable[None]]) -> None: ...
 
 
 # --- one factory per port ------------------------------------------------------------------------------
@@ -219,6 +237,7 @@ class Backends:
         self._event_bus: EventBus | None = None
         self._presence: Presence | None = None
         self._notification_queue: JobQueue[Notification] | None = None
+        self._media_queue: JobQueue[MediaJob] | None = None
         self._push_provider: PushProvider | None = None
         self._rate_limiter: RateLimiter | None = None
         self._quotas: Quotas | None = None
@@ -306,6 +325,15 @@ class Backends:
             queue = job_queue(self, notification_jobs(self.settings))
             self._notification_queue = self._adopt("notification_queue", queue)
         return self._notification_queue
+
+    @property
+    def media_queue(self) -> JobQueue[MediaJob]:
+        if self._media_queue is None:
+            from chat_core.media import media_jobs
+
+            queue = job_queue(self, media_jobs(self.settings))
+            self._media_queue = self._adopt("media_queue", queue)
+        return self._media_queue
 
     @property
     def push_provider(self) -> PushProvider:

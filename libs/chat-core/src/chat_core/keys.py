@@ -23,13 +23,17 @@ from chat_core.errors import ProblemError
 
 __all__ = [
     "CONVERSATION_ID_PATTERN",
+    "DERIVATIVE_EXTENSIONS",
     "EXTENSIONS",
     "RAW_UPLOAD_PREFIX",
     "USER_ID_PATTERN",
     "UUID_PATTERN",
+    "VARIANTS",
     "InvalidKey",
     "ParsedKey",
     "accepted_content_type",
+    "derivative_key",
+    "derivative_prefix",
     "new_object_key",
     "parse_conversation_key",
     "parse_object_key",
@@ -37,22 +41,35 @@ __all__ = [
     "stored_key",
 ]
 
+# What the media processor writes per image message, under ``{conversation_id}/media/{message_id}/``.
+VARIANTS = ("original", "preview", "thumbnail")
+# Derivatives are re-encoded by the server: HEIC/HEIF never appears among them.
+DERIVATIVE_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}
+
 # Patterns end in ``(?!\n)$``: Python's ``$`` also matches before a trailing newline, so ``"alice\n"`` would
 # pass a plain ``^…$`` (msgspec searches with the pattern as written), while ECMAScript (the OpenAPI
 # documents, client generators) reads the same text as a plain end anchor. Code matches with ``fullmatch``.
 # A user id (the token's ``sub``) is a key segment: never ``..``, never a slash.
 USER_ID_PATTERN = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}(?!\n)$")
-CONVERSATION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}(?!\n)$")
+# ``uploads`` is no conversation id: its derivatives ({cid}/media/...) would fall under RAW_UPLOAD_PREFIX.
+CONVERSATION_ID_PATTERN = re.compile(r"^(?!uploads(?!\n)$)[A-Za-z0-9][A-Za-z0-9_-]{0,63}(?!\n)$")
 # Every raw upload lives under this prefix (lifecycle, notification and IAM rules target it).
 RAW_UPLOAD_PREFIX = "uploads/"
-EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}
+EXTENSIONS = {
+    "image/jpeg": "jpg",
+    "image/png": "png",
+    "image/gif": "gif",
+    "image/webp": "webp",
+    "image/heic": "heic",
+    "image/heif": "heif",
+}
 # A UUID as ``str(uuid.uuid4())`` writes it: message ids and the unique part of object keys.
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 UUID_PATTERN = re.compile(f"^{UUID}(?!\\n)$")
 _OBJECT_KEY = re.compile(
     r"^images/(?P<uploader>[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127})/"
     rf"(?P<stamp>\d{{8}}-\d{{6}})-(?P<uuid>{UUID})"
-    r"\.(?P<ext>jpg|png|gif|webp)\Z"
+    r"\.(?P<ext>jpg|png|gif|webp|heic|heif)\Z"
 )
 
 
@@ -118,3 +135,27 @@ def parse_stored_key(key: str) -> tuple[str, str, ParsedKey]:
     if not key.startswith(RAW_UPLOAD_PREFIX):
         raise InvalidKey(f"a stored upload key starts with {RAW_UPLOAD_PREFIX}")
     return parse_conversation_key(key.removeprefix(RAW_UPLOAD_PREFIX))
+
+
+def derivative_prefix(conversation_id: str, message_id: str) -> str:
+    """``{conversation_id}/media/{message_id}/``: where one message's derivatives live.
+
+    Server-only: every key an upload URL may name starts with ``RAW_UPLOAD_PREFIX``, and ``uploads``
+    is no conversation id, so no upload URL can name a derivative (and the upload role may write
+    nothing else: deploy/iam).
+    """
+    if not CONVERSATION_ID_PATTERN.match(conversation_id):
+        raise InvalidKey("conversation id is malformed")
+    if not UUID_PATTERN.match(message_id):
+        raise InvalidKey("message id is malformed")
+    return f"{conversation_id}/media/{message_id}/"
+
+
+def derivative_key(conversation_id: str, message_id: str, variant: str, content_type: str) -> str:
+    """``{conversation_id}/media/{message_id}/{variant}.{ext}``; raises InvalidKey."""
+    if variant not in VARIANTS:
+        raise InvalidKey(f"no variant {variant!r}; one of {', '.join(VARIANTS)}")
+    ext = DERIVATIVE_EXTENSIONS.get(content_type)
+    if ext is None:
+        raise InvalidKey(f"no derivative layout for content type {content_type!r}")
+    return f"{derivative_prefix(conversation_id, message_id)}{variant}.{ext}"

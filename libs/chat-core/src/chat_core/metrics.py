@@ -128,5 +128,40 @@ BACKEND_RETRIES = Counter(
 )
 
 
+# --- media processor -------------------------------------------------------------------------------
+_PROCESSING_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+_PIXEL_BUCKETS = tuple(float(10**p) for p in range(3, 9))  # 1 kP .. 100 MP
+MEDIA_JOBS = Counter(
+    "chat_media_jobs",
+    "Media jobs finished, by outcome (ready, failed, skipped, retried, dead_lettered) and reason.",
+    ["outcome", "reason"],
+)
+MEDIA_PROCESSING_SECONDS = Histogram(
+    "chat_media_processing_seconds",
+    "From a media job's receipt to its message being ready or failed.",
+    buckets=_PROCESSING_BUCKETS,
+)
+MEDIA_BYTES = Counter(
+    "chat_media_bytes", "Bytes read from raw uploads (in) and written as derivatives (out).", ["direction"]
+)
+MEDIA_PIXELS = Histogram(
+    "chat_media_pixels", "Pixels of sanitized originals (all frames).", buckets=_PIXEL_BUCKETS
+)
+MEDIA_UPLOADS_CHECKED = Counter(
+    "chat_media_uploads_checked",
+    "Raw uploads checked on their object-created event, by verdict (kept, or deleted with the reason).",
+    ["verdict"],
+)
+MEDIA_QUEUE_AGE = Histogram(
+    "chat_media_queue_age_seconds",
+    "Time a media job waited in the queue before the processor received it.",
+    buckets=_WAIT_BUCKETS,
+)
+MEDIA_QUEUE_DEPTH = Gauge(
+    "chat_media_queue_messages", "Approximate messages in the media queue, by queue (main or dlq).", ["queue"]
+)
+MEDIA_JOBS_QUEUED = Counter("chat_media_jobs_queued", "Media jobs the outbox relay queued.")
+
+
 def render(registry: CollectorRegistry = REGISTRY) -> bytes:
     return generate_latest(registry)

@@ -226,6 +226,68 @@ class MediaSettings(_Frozen, frozen=True, kw_only=True):
             "MEDIA_QUEUE_NAME", "Media job queue (also hears the bucket's `uploads/` object-created events)."
         ),
     ] = "chat-management-media"
+    max_image_pixels: Annotated[
+        int,
+        env(
+            "MAX_IMAGE_PIXELS",
+            "Most pixels of one frame (width x height), checked from the header at send and before decoding.",
+        ),
+        msgspec.Meta(ge=1),
+    ] = 50_000_000
+    max_image_frames: Annotated[
+        int, env("MAX_IMAGE_FRAMES", "Most frames of an animated GIF/WebP."), msgspec.Meta(ge=1, le=10_000)
+    ] = 200
+    preview_edge: Annotated[
+        int, env("MEDIA_PREVIEW_EDGE", "Long edge of the `preview` variant, in pixels."), msgspec.Meta(ge=16)
+    ] = 1280
+    thumbnail_edge: Annotated[
+        int,
+        env("MEDIA_THUMBNAIL_EDGE", "Long edge of the `thumbnail`, in pixels."),
+        msgspec.Meta(ge=16),
+    ] = 320
+    wait_seconds: Annotated[
+        float,
+        env(
+            "MEDIA_WAIT_SECONDS",
+            "How long the image proxy waits for an image still processing before it answers 503.",
+        ),
+        msgspec.Meta(ge=0, le=60),
+    ] = 10.0
+    workers: Annotated[
+        int,
+        env(
+            "MEDIA_WORKERS",
+            "Image worker processes of the media processor; 0: one per CPU it may use (affinity, cgroup).",
+        ),
+        msgspec.Meta(ge=0, le=256),
+    ] = 0
+    job_timeout_seconds: Annotated[
+        float,
+        env("MEDIA_JOB_TIMEOUT_SECONDS", "Time one image may take to decode and encode before it fails."),
+        msgspec.Meta(gt=0, le=600),
+    ] = 30.0
+    job_memory_mb: Annotated[
+        int,
+        env("MEDIA_JOB_MEMORY_MB", "Address space of one image worker, in MiB (0: unbounded)."),
+        msgspec.Meta(ge=0),
+    ] = 1024
+    max_receives: Annotated[
+        int,
+        env("MEDIA_MAX_RECEIVES", "Deliveries of a media job before it moves to the dead-letter queue."),
+        msgspec.Meta(ge=1, le=1000),
+    ] = 5
+    visibility_timeout_seconds: Annotated[
+        int,
+        env(
+            "MEDIA_VISIBILITY_TIMEOUT_SECONDS",
+            "How long a received media job stays hidden (longer than MEDIA_JOB_TIMEOUT_SECONDS).",
+        ),
+        msgspec.Meta(ge=1, le=43200),
+    ] = 120
+
+    @property
+    def dlq_name(self) -> str:
+        return self.queue_name + "-dlq"  # what `chat-management setup` creates
 
 
 class NotificationSettings(_Frozen, frozen=True, kw_only=True):
@@ -327,7 +389,7 @@ class ImageSettings(_Frozen, frozen=True, kw_only=True):
     allowed_types: Annotated[
         tuple[str, ...],
         env("ALLOWED_IMAGE_TYPES", "Comma-separated image content types accepted (SVG and HTML never)."),
-    ] = ("image/jpeg", "image/png", "image/gif", "image/webp")
+    ] = ("image/jpeg", "image/png", "image/gif", "image/webp", "image/heic", "image/heif")
     upload_url_ttl_seconds: Annotated[
         int,
         env("UPLOAD_URL_TTL_SECONDS", "Lifetime of a presigned upload URL."),
@@ -523,6 +585,11 @@ class Settings(_Frozen, frozen=True, kw_only=True):
                 ipaddress.ip_network(proxy, strict=False)
             except ValueError:
                 raise SettingsError(f"TRUSTED_PROXIES: {proxy!r} is not an address or CIDR") from None
+        if self.media.visibility_timeout_seconds <= self.media.job_timeout_seconds:
+            # A job still decoding would be handed to a second worker.
+            raise SettingsError(
+                "MEDIA_VISIBILITY_TIMEOUT_SECONDS: must be longer than MEDIA_JOB_TIMEOUT_SECONDS"
+            )
         for content_type in self.images.allowed_types:
             if content_type not in EXTENSIONS:  # SVG, HTML and anything without a key layout
                 known = ", ".join(EXTENSIONS)

@@ -18,7 +18,7 @@ COMPONENT = "image-proxy"
 def build(settings: Settings, backends: Backends) -> ServiceParts:
     """This service's routes, dependencies and workers, wired to ``backends``."""
     membership = MembershipCache.of(backends)
-    proxy = ImageProxy(settings, backends, backends.object_store, membership)
+    proxy = ImageProxy(settings, backends, backends.object_store, backends.messages, membership)
     return ServiceParts(
         component=COMPONENT,
         essential=("message_store", "object_store"),

@@ -20,8 +20,10 @@ __all__ = ["get_image"]
     summary="See an image of a conversation",
     description=(
         "Participants only; the token comes from `Authorization: Bearer` or the token cookie (for `<img>`). "
-        "Redirect mode: 302 to a short-lived signed URL, the same within a time window. Stream mode: the "
-        "bytes, with ETag/If-None-Match and Range."
+        "Serves the sanitized original, or `?variant=thumbnail|preview`; never the raw upload. While the "
+        "image is processing it waits up to `MEDIA_WAIT_SECONDS`, then 503 with `Retry-After`; a failed "
+        "image is 422 `image_unavailable`. Redirect mode: 302 to a short-lived signed URL, the same within "
+        "a time window. Stream mode: the bytes, with ETag/If-None-Match and Range. Both `immutable`."
     ),
     tags=["images"],
     responses={
@@ -32,7 +34,7 @@ __all__ = ["get_image"]
         ),
         206: ResponseSpec(None, description="Stream mode, with `Range`: the requested bytes."),
         304: ResponseSpec(None, description="Stream mode, with a matching `If-None-Match`."),
-        **problem_responses(400, 401, 404, 416, 503),
+        **problem_responses(400, 401, 404, 416, 422, 503),
     },
 )
 async def get_image(

@@ -3,12 +3,21 @@
 Checks run cheapest first and nothing malformed reaches a store: the token (401), the conversation id and
 the key's layout (404 ``conversation_not_found`` for a malformed id, 400 for a malformed key), membership
 (the lib's one decision: 404 ``conversation_not_found``, the same for a conversation that does not exist,
-so a non-member learns nothing), then the object (404 ``image_not_found``). One audit line
-(``chat_core.audit``, never silenced by LOG_LEVEL) and one metric per request, whatever the outcome.
+so a non-member learns nothing), then the message the image belongs to (404 ``image_not_found``). One
+audit line (``chat_core.audit``, never silenced by LOG_LEVEL) and one metric per request, whatever the
+outcome.
+
+The raw upload is never served: ``url`` serves the sanitized ``original`` the media processor wrote,
+``?variant=thumbnail|preview`` the variants (``{cid}/media/{messageId}/{variant}.{ext}``). While the
+image is processing the proxy waits up to ``MEDIA_WAIT_SECONDS`` (asking the store again with a growing
+interval), then answers 503 ``image_processing`` with ``Retry-After``; a failed image is 422
+``image_unavailable`` with its reason. Derivatives never change, so their responses say ``immutable``;
+the redirect itself stays signed per window, so a viewer gets the same URL within one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections import OrderedDict
@@ -23,7 +32,8 @@ from chat_core.audit import audit
 from chat_core.backends import Backends
 from chat_core.errors import ProblemError
 from chat_core.membership import MembershipCache, conversation_not_found
-from chat_core.objectstore import ObjectInfo, ObjectNotFound, ObjectStore, RangeNotSatisfiable
+from chat_core.messagestore import Message, MessageStore
+from chat_core.objectstore import ObjectNotFound, ObjectStore, RangeNotSatisfiable
 from chat_core.objectstore.serving import serve_object
 from chat_core.settings import Settings
 
@@ -34,25 +44,35 @@ NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 # The answer depends on who asks: a shared browser must not hand one user's answer to the next.
 VARY = "Authorization, Cookie"
 # Failures that happen after access was granted (the member asked for something that is not there).
-_AFTER_GRANT = frozenset({"image_not_found", "range_not_satisfiable"})
+_AFTER_GRANT = frozenset(
+    {"image_not_found", "range_not_satisfiable", "image_processing", "image_unavailable", "invalid_variant"}
+)
+RETRY_AFTER_SECONDS = 2
+IMMUTABLE_MAX_AGE = 365 * 24 * 3600  # derivatives never change under their key
 _MAX_LOGGED = 300
-_SEEN_MAX = 50_000  # images whose existence is remembered (about 10 MB)
+_SEEN_MAX = 50_000  # finished images remembered (their messages: a few tens of MB at most)
 
 
 class ImageProxy:
     def __init__(
-        self, settings: Settings, backends: Backends, store: ObjectStore, membership: MembershipCache
+        self,
+        settings: Settings,
+        backends: Backends,
+        store: ObjectStore,
+        messages: MessageStore,
+        membership: MembershipCache,
     ) -> None:
         self._backends = backends
         self._store = store
         self._membership = membership
         self._mode = settings.images.proxy_mode
         self._window = settings.images.proxy_url_window_seconds
-        self._safe_types = frozenset(settings.images.allowed_types)
-        # Uploaded objects never change type (it is signed into the upload URL) and are only deleted when
-        # no message references them, so one existence check per image per window is enough: a chat
-        # screen's repeated views, and a group's many viewers, then cost no store round trip.
-        self._seen: OrderedDict[str, tuple[ObjectInfo, float]] = OrderedDict()
+        self._safe_types = frozenset(keys.DERIVATIVE_EXTENSIONS)  # what the media processor writes
+        # A ready or failed image never changes: one lookup per image (per process) is enough, so a
+        # chat screen's repeated views, and a group's many viewers, then cost no store round trip.
+        self._messages = messages
+        self._wait_seconds = settings.media.wait_seconds
+        self._finished: OrderedDict[str, Message] = OrderedDict()
 
     async def serve(
         self, request: Request[Any, Any, Any], conversation_id: str, raw_key: str
@@ -90,35 +110,81 @@ class ImageProxy:
         except keys.InvalidKey as exc:
             raise ProblemError(400, "invalid_object_key", str(exc)) from None
         await self._membership.require(conversation_id, user_id)
+        served = await self._served_key(request, conversation_id, stored)
         if self._mode == "redirect":
-            return await self._redirect(stored), "redirect"
-        return await self._stream(request, stored)
+            return await self._redirect(served), "redirect"
+        return await self._stream(request, served)
 
-    async def _head(self, stored: str) -> ObjectInfo | None:
-        now = time.monotonic()
-        cached = self._seen.get(stored)
-        if cached is not None and cached[1] > now:
-            self._seen.move_to_end(stored)
-            return cached[0]
-        info = await self._store.head(stored)
-        if info is not None:  # a miss is never remembered: the upload may land a moment later
-            self._seen[stored] = (info, now + self._window)
-            if len(self._seen) > _SEEN_MAX:
-                self._seen.popitem(last=False)
-        return info
+    async def _served_key(self, request: Request[Any, Any, Any], conversation_id: str, stored: str) -> str:
+        """The derivative a request for ``stored`` gets: never the raw upload."""
+        variant = request.query_params.get("variant") or "original"
+        if variant not in keys.VARIANTS:
+            raise ProblemError(
+                400, "invalid_variant", f"variant must be one of {', '.join(v for v in keys.VARIANTS[1:])}"
+            )
+        message = await self._image_message(conversation_id, stored)
+        metadata = message.metadata if message else None
+        if message is None or metadata is None:
+            raise ProblemError(404, "image_not_found", "no such image in this conversation")
+        if metadata.status == "failed":
+            reason = metadata.error or "failed"
+            raise ProblemError(
+                422,
+                "image_unavailable",
+                f"the image could not be processed ({reason})",
+                extra={"reason": reason},
+            )
+        if metadata.status != "ready":
+            raise ProblemError(
+                503,
+                "image_processing",
+                "the image is still being processed; retry shortly",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        if variant == "original":
+            content_type = metadata.content_type
+        else:
+            if metadata.variants is None:
+                raise ProblemError(404, "image_not_found", "no such image in this conversation")
+            content_type = getattr(metadata.variants, variant).content_type
+        return keys.derivative_key(conversation_id, message.message_id, variant, content_type)
+
+    async def _image_message(self, conversation_id: str, stored: str) -> Message | None:
+        """The message ``stored`` backs, waiting up to MEDIA_WAIT_SECONDS while it is processing.
+
+        Finished messages never change, so they are remembered; a processing one is asked again with a
+        growing interval (0.1 s doubling to 1 s) until it is finished or the wait is over.
+        """
+        cached = self._finished.get(stored)
+        if cached is not None:
+            self._finished.move_to_end(stored)
+            return cached
+        deadline = time.monotonic() + self._wait_seconds
+        interval = 0.1
+        while True:
+            message = await self._messages.image_message(conversation_id, stored)
+            status = message.metadata.status if message and message.metadata else None
+            if message is None or status in ("ready", "failed"):
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return message
+            await asyncio.sleep(min(interval, remaining))
+            interval = min(interval * 2, 1.0)
+        if message is not None:
+            self._finished[stored] = message
+            if len(self._finished) > _SEEN_MAX:
+                self._finished.popitem(last=False)
+        return message
 
     async def _redirect(self, stored: str) -> Response[Any]:
-        info = await self._head(stored)
-        if info is None:
-            raise ProblemError(404, "image_not_found", "no such image in this conversation")
+        # Derivatives exist once their message is ready (they are written first) and never change.
         # Signed on the start of the current window: every request in the window gets the same URL, so
         # the browser's cache of that URL works. Valid for two windows, so a URL handed out at the end of
         # one still loads.
         now = time.time()
         window_start = int(now // self._window) * self._window
-        overrides = {"Cache-Control": f"private, max-age={self._window}"}
-        if info.content_type not in self._safe_types:
-            overrides["Content-Type"] = "application/octet-stream"
+        overrides = {"Cache-Control": f"private, max-age={IMMUTABLE_MAX_AGE}, immutable"}
         url = self._store.presign_get(
             stored,
             expires_in=2 * self._window,
@@ -133,7 +199,7 @@ class ImageProxy:
         )
 
     async def _stream(self, request: Request[Any, Any, Any], stored: str) -> tuple[Response[Any], str]:
-        headers = {"Cache-Control": f"private, max-age={self._window}", "Vary": VARY}
+        headers = {"Cache-Control": f"private, max-age={IMMUTABLE_MAX_AGE}, immutable", "Vary": VARY}
         try:
             served = await serve_object(
                 self._store, stored, request.headers, headers=headers, safe_types=self._safe_types

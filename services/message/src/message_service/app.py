@@ -36,6 +36,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
             backends.event_bus,
             backends.presence,
             backends.notification_queue,
+            media_queue=backends.media_queue,
             drain_seconds=settings.service.drain_seconds,
         )
     sockets = RealtimeSockets(

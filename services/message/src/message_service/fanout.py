@@ -7,7 +7,9 @@ stored with it):
 2. read the presence of every other member in one round trip; the offline ones go into O(1) queue
    messages (recipient ids inside, one per ``RECIPIENTS_PER_NOTIFICATION``), notification id
    ``{messageId}:{chunk}``;
-3. delete the outbox entry once both are done (deletes of many entries share one store write).
+3. for an image message, queue its media job (message, raw upload key, ETag verified at send) on the
+   media queue, so the media processor sanitizes it;
+4. delete the outbox entry once all are done (deletes of many entries share one store write).
 
 Per conversation, events are published in the order the messages were stored; only the publish holds
 the conversation's lock, so a busy group's enqueues and deletes overlap instead of queueing behind it.
@@ -41,6 +43,8 @@ from opentelemetry.trace import SpanKind
 
 from chat_core import metrics, tracing
 from chat_core.batching import Coalescer
+from chat_core.jobqueue import JobQueue
+from chat_core.media import MediaJob
 from chat_core.messagestore import ConversationStore, Message, OutboxEntry, OutboxStore
 from chat_core.notifications import Notification, NotificationQueue
 from chat_core.realtime import (
@@ -97,11 +101,12 @@ def notifications_for(
 
 
 class _Progress:
-    __slots__ = ("published", "queued", "seen")
+    __slots__ = ("media_queued", "published", "queued", "seen")
 
     def __init__(self) -> None:
         self.published = False
         self.queued = False
+        self.media_queued = False
         self.seen = time.monotonic()
 
 
@@ -114,6 +119,7 @@ class Fanout:
         presence: Presence,
         queue: NotificationQueue,
         *,
+        media_queue: JobQueue[MediaJob] | None = None,
         drain_seconds: float = 10.0,
         relay_interval: float = RELAY_INTERVAL_SECONDS,
         relay_grace: float = RELAY_GRACE_SECONDS,
@@ -123,6 +129,7 @@ class Fanout:
         self._bus = bus
         self._presence = presence
         self._queue = queue
+        self._media_queue = media_queue
         self._drain_seconds = drain_seconds
         self._relay_interval = relay_interval
         self._relay_grace = relay_grace
@@ -236,6 +243,13 @@ class Fanout:
             except Exception as exc:
                 failed.append("queue")
                 _log.warning("fanout_enqueue_failed", message_id=message.message_id, error=repr(exc))
+        if not progress.media_queued:
+            try:
+                await self._enqueue_media(entry)
+                progress.media_queued = True
+            except Exception as exc:
+                failed.append("media_queue")
+                _log.warning("fanout_media_enqueue_failed", message_id=message.message_id, error=repr(exc))
         if failed:
             for target in failed:
                 metrics.OUTBOX_RELAY_ERRORS.labels(target).inc()
@@ -285,6 +299,21 @@ class Fanout:
             span.set_attribute("chat.recipients", len(offline))
             await self._queue.send(notifications)
         metrics.NOTIFICATIONS_ENQUEUED.inc(len(notifications))
+
+    async def _enqueue_media(self, entry: OutboxEntry) -> None:
+        """An image message's media job: what to process, pinned to the ETag verified at send."""
+        if self._media_queue is None or not (entry.object_key and entry.object_etag):
+            return
+        with _tracer.start_as_current_span("enqueue media job", kind=SpanKind.PRODUCER):
+            job = MediaJob(
+                message_id=entry.message.message_id,
+                conversation_id=entry.conversation_id,
+                object_key=entry.object_key,
+                object_etag=entry.object_etag,
+                trace=tracing.inject(),
+            )
+            await self._media_queue.send([job])
+        metrics.MEDIA_JOBS_QUEUED.inc()
 
     @contextlib.asynccontextmanager
     async def _conversation_lock(self, conversation_id: str) -> AsyncIterator[None]:

@@ -272,6 +272,7 @@ class MessageService:
                 conversation_id,
                 message,
                 object_key=verified.stored_key if verified else None,
+                object_etag=verified.etag if verified else None,
                 trace=trace,
                 conversation_checked=True,  # membership was just read
             )
@@ -284,7 +285,7 @@ class MessageService:
             raise _no_such_conversation() from None
         if created:
             self._record(stored, verified)
-            await self._after_send(conversation_id, stored, trace, members)
+            await self._after_send(conversation_id, stored, trace, members, verified)
         return stored, created
 
     async def _member_and_image(
@@ -320,11 +321,22 @@ class MessageService:
             metrics.UPLOAD_TO_SEND.observe(max(0.0, waited))  # clocks of store and server may differ
 
     async def _after_send(
-        self, conversation_id: str, message: Message, trace: dict[str, str], members: frozenset[str]
+        self,
+        conversation_id: str,
+        message: Message,
+        trace: dict[str, str],
+        members: frozenset[str],
+        verified: VerifiedImage | None,
     ) -> None:
         # Fan-out first: real-time delivery should not wait for the conversation summary's write.
+        # The entry is the one stored with the message (media job included).
         entry = OutboxEntry(
-            conversation_id=conversation_id, message=message, created_at=message.timestamp, trace=trace
+            conversation_id=conversation_id,
+            message=message,
+            created_at=message.timestamp,
+            trace=trace,
+            object_key=verified.stored_key if verified else None,
+            object_etag=verified.etag if verified else None,
         )
         await _emit("message_created", self._events.message_created(entry, members))
         await self._last_messages.touch(

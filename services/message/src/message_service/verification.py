@@ -13,14 +13,17 @@ declares. The checks, cheapest first, each a problem response with a stable code
 8. its stored type equals the declared one                           422 content_type_mismatch
 9. it is not older than the send window (see below)                 410 upload_expired
 10. its first bytes really are that type, with a sane header        422 not_an_image
+11. the header declares at most MAX_IMAGE_PIXELS                     422 too_many_pixels
 
 The send window: orphan cleanup deletes unreferenced objects older than ``ORPHAN_GRACE_SECONDS``. A send
 could otherwise check an object, cleanup find it unreferenced and delete it, and the send commit a
 message whose image is gone. So an upload must be sent within the grace period minus a margin
 (half of it, at most an hour: 23 h by default); ``ORPHAN_GRACE_SECONDS=0`` turns the window off.
 
-Width and height come from the image header (``chat_core.images``); ``size_bytes`` from the store; the
-``url`` is the proxy URL. The store being unreachable is a 503, never a verdict on the image.
+Width and height come from the image header (``chat_core.images``, as displayed: EXIF orientation and
+HEIF rotation applied); ``size_bytes`` from the store; the ``url`` is the proxy URL. The message starts
+``processing``: the media processor finishes it. The store being unreachable is a 503, never a verdict
+on the image.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class VerifiedImage(msgspec.Struct, frozen=True, kw_only=True):
     stored_key: str  # uploads/{conversation_id}/{object_key}: what the message references in the store
     metadata: ImageMetadata  # what the server measured, as stored in the message
     last_modified: dt.datetime  # when the upload finished (upload-to-send latency)
+    etag: str  # of the object verified: the media job's fetch is pinned to it
 
 
 class ImageVerifier:
@@ -58,6 +62,7 @@ class ImageVerifier:
         self._base_url = settings.service.base_url()
         self._allowed = frozenset(settings.images.allowed_types) & keys.EXTENSIONS.keys()
         self._max_bytes = settings.images.max_bytes
+        self._max_pixels = settings.media.max_image_pixels
         grace = settings.images.orphan_grace_seconds
         self._send_window = dt.timedelta(seconds=grace - min(grace / 2, 3600)) if grace else None
 
@@ -108,6 +113,10 @@ class ImageVerifier:
             header = images.inspect_image(prefix, total_size=info.size)
         except images.NotAnImage as exc:
             raise ProblemError(422, "not_an_image", str(exc)) from None
+        try:
+            images.refuse_too_many_pixels(header, self._max_pixels)
+        except images.TooManyPixels as exc:
+            raise ProblemError(422, "too_many_pixels", str(exc)) from None
         if header.content_type != content_type:
             raise ProblemError(
                 422,
@@ -122,8 +131,11 @@ class ImageVerifier:
             size_bytes=info.size,
             width=header.width,
             height=header.height,
+            status="processing",
         )
-        return VerifiedImage(stored_key=stored_key, metadata=metadata, last_modified=info.last_modified)
+        return VerifiedImage(
+            stored_key=stored_key, metadata=metadata, last_modified=info.last_modified, etag=info.etag
+        )
 
     @staticmethod
     def _locate(conversation_id: str, requested: ImageMetadataRequest) -> tuple[str, keys.ParsedKey]:

@@ -2,9 +2,9 @@
 
 Used by ``chat-management dev`` (``make dev``), by the end-to-end tests and by the benchmarks. Backends are
 local processes on free ports (Redis, LocalStack without Docker, the Firestore emulator), stopped by PID;
-the four services run as ``python -m chat_management serve <service>`` with the cloud adapters.
+the five services run as ``python -m chat_management serve <service>`` with the cloud adapters.
 
-With ``gateway=True`` (``make dev``), a fifth process serves the web client's page (``serve web``,
+With ``gateway=True`` (``make dev``), another process serves the web client's page (``serve web``,
 ``DEV_LOGIN`` on) and a gateway (``chat_devstack.gateway``) puts them all behind one origin, routed by the
 chart's own route table: the one URL to open.
 """
@@ -40,7 +40,7 @@ __all__ = [
     "wait_until",
 ]
 
-SERVICES = ("upload", "message", "image-proxy", "notification-consumer")
+SERVICES = ("upload", "message", "image-proxy", "notification-consumer", "media-processor")
 WEB = "web"  # the page alone (`serve web`), started with the gateway
 FIRESTORE_EMULATOR = Path(
     os.environ.get(
@@ -432,14 +432,14 @@ class ServiceProcess:
 
 @dataclass
 class Stack:
-    """The four services as separate processes with the cloud adapters, on real local backends; with
+    """The five services as separate processes with the cloud adapters, on real local backends; with
     ``gateway``, also the web client's page and the gateway in front of them all."""
 
     redis_url: str
     aws_endpoint_url: str
     firestore_host: str
     workdir: Path
-    base_port: int = 0  # 0: free ports; else base+1 .. base+4 (base+5: web), the gateway on base
+    base_port: int = 0  # 0: free ports; else base+1 .. base+5 (base+6: web), the gateway on base
     extra_env: dict[str, str] = field(default_factory=dict)
     suffix: str = "dev"
     gateway: bool = False

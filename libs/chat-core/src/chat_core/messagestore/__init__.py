@@ -40,6 +40,9 @@ __all__ = [
     "Device",
     "DeviceStore",
     "ImageMetadata",
+    "ImageStatus",
+    "ImageVariant",
+    "ImageVariants",
     "InvalidCursor",
     "LastMessage",
     "Message",
@@ -64,8 +67,31 @@ MessageType = Literal["text", "image"]
 Platform = Literal["ios", "android", "web"]
 
 
+ImageStatus = Literal["processing", "ready", "failed"]
+
+
+class ImageVariant(msgspec.Struct, frozen=True, kw_only=True):
+    """A derivative the proxy serves at ``url`` (``{file_url}?variant=...``)."""
+
+    url: str
+    width: int
+    height: int
+    content_type: str
+    size_bytes: int
+
+
+class ImageVariants(msgspec.Struct, frozen=True, kw_only=True):
+    thumbnail: ImageVariant
+    preview: ImageVariant
+
+
 class ImageMetadata(msgspec.Struct, frozen=True, kw_only=True):
-    """The spec's image metadata (snake_case), as the server verified it."""
+    """The spec's image metadata (snake_case), as the server verified it, plus the media pipeline's.
+
+    At send, ``width``/``height`` are the header's (as displayed) and ``status`` is ``processing``.
+    Once ``ready``, ``width``, ``height``, ``size_bytes`` and ``content_type`` describe the sanitized
+    original ``url`` serves, and ``variants``/``blurhash`` are set; ``failed`` carries ``error`` (a code).
+    """
 
     object_key: str
     url: str
@@ -73,6 +99,10 @@ class ImageMetadata(msgspec.Struct, frozen=True, kw_only=True):
     size_bytes: int
     width: int | None = None
     height: int | None = None
+    status: ImageStatus | None = None  # None: stored before the media pipeline existed
+    variants: ImageVariants | None = None
+    blurhash: str | None = None
+    error: str | None = None
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -135,6 +165,9 @@ class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
     message: Message
     created_at: dt.datetime
     trace: dict[str, str] = {}  # W3C trace context of the send, so relayed work joins its trace
+    # An image message's media job: the stored (raw upload) key and its ETag as verified at send.
+    object_key: str | None = None
+    object_etag: str | None = None
 
 
 class Page(msgspec.Struct, Generic[T], frozen=True):
@@ -227,10 +260,14 @@ class MessageStore(Protocol):
         message: Message,
         *,
         object_key: str | None = None,
+        object_etag: str | None = None,
         trace: Mapping[str, str] | None = None,
         conversation_checked: bool = False,
     ) -> tuple[Message, bool]:
         """Store ``message`` atomically with its image reference and its outbox entry.
+
+        The outbox entry carries ``object_key`` and ``object_etag`` (the ETag verified at send): the
+        media job the relay queues for an image message.
 
         Returns ``(message, True)`` when written. When a message with the same ``message_id`` already
         exists (an idempotent retry) nothing is written and ``(existing, False)`` is returned.
@@ -257,6 +294,18 @@ class MessageStore(Protocol):
 
     async def referenced_objects(self, stored_keys: Sequence[str]) -> set[str]:
         """Which of ``stored_keys`` back a message (for orphan cleanup)."""
+
+    async def image_message(self, conversation_id: str, stored_key: str) -> Message | None:
+        """The message of ``conversation_id`` that ``stored_key`` backs (the image proxy's lookup)."""
+
+    async def finish_image(
+        self, conversation_id: str, message_id: str, metadata: ImageMetadata
+    ) -> Message | None:
+        """Replace the image metadata of a message still ``processing`` (or without a status).
+
+        Returns the updated message; None when there is no such message or it is already ready or
+        failed (a redelivered media job changes nothing twice).
+        """
 
 
 class DeviceStore(Protocol):

@@ -43,6 +43,7 @@ from chat_core.messagestore import (
     ConversationExists,
     ConversationNotFound,
     Device,
+    ImageMetadata,
     LastMessage,
     Message,
     ObjectAlreadyUsed,
@@ -116,6 +117,8 @@ def _outbox_entry(snapshot: DocumentSnapshot[Any]) -> OutboxEntry:
         message=msgspec.convert(data["message"], Message),
         created_at=data["createdAt"],
         trace=data.get("trace") or {},
+        object_key=data.get("objectKey"),
+        object_etag=data.get("objectEtag"),
     )
 
 
@@ -294,6 +297,7 @@ class FirestoreChatStore:
         message: Message,
         *,
         object_key: str | None = None,
+        object_etag: str | None = None,
         trace: Mapping[str, str] | None = None,
         conversation_checked: bool = False,
     ) -> tuple[Message, bool]:
@@ -322,6 +326,8 @@ class FirestoreChatStore:
                 "message": _fields(message),
                 "createdAt": message.timestamp,
                 "trace": dict(trace or {}),
+                "objectKey": object_key,
+                "objectEtag": object_etag,
             },
         )
         try:
@@ -368,6 +374,35 @@ class FirestoreChatStore:
             return message, False
         await ref.update({"readBy": ArrayUnion([user_id])})
         return msgspec.structs.replace(message, read_by=(*message.read_by, user_id)), True
+
+    async def image_message(self, conversation_id: str, stored_key: str) -> Message | None:
+        ref = await self.client.collection(IMAGE_REFS).document(_doc_id(stored_key)).get()
+        if not ref.exists or ref.get("conversationId") != conversation_id:
+            return None
+        return await self.get_message(conversation_id, str(ref.get("messageId")))
+
+    async def finish_image(
+        self, conversation_id: str, message_id: str, metadata: ImageMetadata
+    ) -> Message | None:
+        # Optimistic: the update applies only to the version read, so two deliveries of one media job
+        # cannot both finish the image (readBy changes in between just make it look again).
+        ref = self._message_ref(conversation_id, message_id)
+        for _ in range(_OPTIMISTIC_ATTEMPTS):
+            snapshot = await ref.get()
+            if not snapshot.exists:
+                return None
+            current = _message(snapshot)
+            if current.metadata is None or current.metadata.status not in (None, "processing"):
+                return None
+            try:
+                await ref.update(
+                    {"metadata": _fields(metadata)},
+                    option=self.client.write_option(last_update_time=snapshot.update_time),
+                )
+            except (gexc.FailedPrecondition, gexc.Aborted):
+                continue
+            return msgspec.structs.replace(current, metadata=metadata)
+        raise RuntimeError(f"message {message_id} kept changing while its image was being finished")
 
     # --- objects ----------------------------------------------------------------------------------
     async def referenced_objects(self, stored_keys: Sequence[str]) -> set[str]:

@@ -23,6 +23,7 @@ from chat_core.messagestore import (
     ConversationExists,
     ConversationNotFound,
     Device,
+    ImageMetadata,
     LastMessage,
     Message,
     ObjectAlreadyUsed,
@@ -336,6 +337,7 @@ class SqliteChatStore:
         message: Message,
         *,
         object_key: str | None = None,
+        object_etag: str | None = None,
         trace: Mapping[str, str] | None = None,
         conversation_checked: bool = False,  # the check is free inside the write transaction
     ) -> tuple[Message, bool]:
@@ -344,6 +346,8 @@ class SqliteChatStore:
             message=message,
             created_at=message.timestamp,
             trace=dict(trace or {}),
+            object_key=object_key,
+            object_etag=object_etag,
         )
 
         def insert(conn: sqlite3.Connection) -> tuple[Message, bool]:
@@ -392,6 +396,40 @@ class SqliteChatStore:
             return None if row is None else msgspec.json.decode(row[0], type=Message)
 
         return await self._db.read(select)
+
+    async def image_message(self, conversation_id: str, stored_key: str) -> Message | None:
+        def select(conn: sqlite3.Connection) -> Message | None:
+            row = conn.execute(
+                "SELECT m.body FROM image_refs r JOIN messages m"
+                " ON m.conversation_id = r.conversation_id AND m.message_id = r.message_id"
+                " WHERE r.stored_key = ? AND r.conversation_id = ?",
+                (stored_key, conversation_id),
+            ).fetchone()
+            return None if row is None else msgspec.json.decode(row[0], type=Message)
+
+        return await self._db.read(select)
+
+    async def finish_image(
+        self, conversation_id: str, message_id: str, metadata: ImageMetadata
+    ) -> Message | None:
+        def update(conn: sqlite3.Connection) -> Message | None:
+            row = conn.execute(
+                "SELECT body FROM messages WHERE conversation_id = ? AND message_id = ?",
+                (conversation_id, message_id),
+            ).fetchone()
+            if row is None:
+                return None
+            current = msgspec.json.decode(row[0], type=Message)
+            if current.metadata is None or current.metadata.status not in (None, "processing"):
+                return None
+            updated = msgspec.structs.replace(current, metadata=metadata)
+            conn.execute(
+                "UPDATE messages SET body = ? WHERE conversation_id = ? AND message_id = ?",
+                (msgspec.json.encode(updated), conversation_id, message_id),
+            )
+            return updated
+
+        return await self._db.write(update)
 
     async def list_messages(
         self, conversation_id: str, *, limit: int, before: str | None = None

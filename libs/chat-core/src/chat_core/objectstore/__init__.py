@@ -17,6 +17,7 @@ import msgspec
 
 __all__ = [
     "ByteRange",
+    "ObjectChanged",
     "ObjectInfo",
     "ObjectNotFound",
     "ObjectRead",
@@ -65,6 +66,15 @@ class ObjectNotFound(LookupError):
     pass
 
 
+class ObjectChanged(Exception):
+    """The object's ETag is not the one a read was pinned to (``If-Match`` failed)."""
+
+    def __init__(self, key: str, expected: str) -> None:
+        super().__init__(f"{key} no longer has the ETag {expected}")
+        self.key = key
+        self.expected = expected
+
+
 class RangeNotSatisfiable(ValueError):
     def __init__(self, size: int) -> None:
         super().__init__(f"range not satisfiable for an object of {size} bytes")
@@ -106,6 +116,13 @@ class ObjectStore(Protocol):
 
     async def read_prefix(self, key: str, length: int) -> tuple[ObjectInfo, bytes] | None:
         """Info and the first ``length`` bytes in one round trip (a ranged GET); None when missing."""
+
+    async def read(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
+        """The whole object and its info, in one request.
+
+        With ``if_match`` (an ETag, quoted as ``head`` gives it) the read is pinned to that version:
+        raises ObjectChanged when the object now has another ETag. Raises ObjectNotFound.
+        """
 
     async def open(self, key: str, byte_range: ByteRange | None = None) -> ObjectRead:
         """Stream the object (or a range). Raises ObjectNotFound / RangeNotSatisfiable."""

@@ -23,16 +23,18 @@ import os
 import stat
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
 import msgspec
+import structlog
 
 from chat_core.objectstore import (
     ByteRange,
+    ObjectChanged,
     ObjectInfo,
     ObjectNotFound,
     ObjectRead,
@@ -68,6 +70,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_log = structlog.get_logger("chat_core.objectstore.local")
 _MAX_KEY_BYTES = 1024
 _MAX_SEGMENT_BYTES = 200  # leaves room for the sidecar and temporary names within NAME_MAX (255)
 _READ_CHUNK = 256 * 1024
@@ -202,6 +205,11 @@ class LocalObjectStore:
         self._max_bytes = settings.images.max_bytes
         self._limiter = anyio.CapacityLimiter(threads)
         self._signer: UrlSigner | None = None
+        self._upload_listeners: list[Callable[[ObjectInfo], Awaitable[None]]] = []
+
+    def announce_uploads(self, listener: Callable[[ObjectInfo], Awaitable[None]]) -> None:
+        """Call ``listener`` after each upload through a signed URL lands (S3's object-created event)."""
+        self._upload_listeners.append(listener)
 
     async def run(self, func: Callable[..., T], *args: Any) -> T:
         """``func(*args)`` on the store's bounded thread pool."""
@@ -323,6 +331,20 @@ class LocalObjectStore:
 
         return [storage_route(self)]
 
+    async def announce(self, key: str) -> None:
+        """Tell the upload listeners an object arrived through a signed URL (the /_storage route's PUT)."""
+        if not self._upload_listeners:
+            return
+        info = await self.head(key)
+        if info is None:
+            return
+        for listener in self._upload_listeners:
+            try:
+                await listener(info)
+            except Exception as exc:
+                # The upload stands: the send's media job checks it anyway, only later.
+                _log.warning("upload_announcement_failed", key=key, error=repr(exc))
+
     # --- the port ---------------------------------------------------------------------------------
     async def head(self, key: str) -> ObjectInfo | None:
         opened = await self.run(self._open_sync, key)
@@ -346,6 +368,28 @@ class LocalObjectStore:
         if length < 1:
             raise ValueError("length must be at least 1")
         return await self.run(self._read_prefix_sync, key, length)
+
+    def _read_sync(self, key: str, if_match: str | None) -> tuple[ObjectInfo, bytes]:
+        opened = self._open_sync(key)
+        if opened is None:
+            raise ObjectNotFound(key)
+        fd, info = opened
+        try:
+            chunks = []
+            while chunk := os.read(fd, _READ_CHUNK):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
+        # The ETag of the bytes read, not the sidecar's: a file replaced between the sidecar read and
+        # the open cannot pass for the version the read is pinned to.
+        etag = f'"{hashlib.md5(data).hexdigest()}"'  # noqa: S324 - an ETag, as S3 computes it
+        if if_match is not None and etag != if_match:
+            raise ObjectChanged(key, if_match)
+        return msgspec.structs.replace(info, size=len(data), etag=etag), data
+
+    async def read(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
+        return await self.run(self._read_sync, key, if_match)
 
     async def open(self, key: str, byte_range: ByteRange | None = None) -> ObjectRead:
         if byte_range is not None and (

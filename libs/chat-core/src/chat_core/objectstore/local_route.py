@@ -58,6 +58,7 @@ def storage_route(store: LocalObjectStore) -> HTTPRouteHandler:
             grant = store.signer.verify(request, key)
             if request.method == HttpMethod.PUT:
                 etag = await _receive(store, request, key, grant)
+                await store.announce(key)
                 return Response(b"", status_code=200, headers={"ETag": etag})
             overrides = dict(grant.overrides)
             content_type = overrides.pop("content-type", None)

@@ -31,6 +31,7 @@ from chat_core.aws import (
 )
 from chat_core.objectstore import (
     ByteRange,
+    ObjectChanged,
     ObjectInfo,
     ObjectNotFound,
     ObjectRead,
@@ -248,6 +249,17 @@ class S3ObjectStore:
         if match:
             size = int(match[3])
         return _info_from_headers(key, response.headers, size), response.content[:length]
+
+    async def read(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
+        headers = {"if-match": if_match} if if_match is not None else None
+        response = await self._client.send("GET", self._object_path(key), headers=headers)
+        if response.status_code == 404:
+            raise ObjectNotFound(key)
+        if response.status_code == 412 and if_match is not None:
+            raise ObjectChanged(key, if_match)
+        if response.status_code != 200:
+            await _raise_for(response)
+        return _info_from_headers(key, response.headers, len(response.content)), response.content
 
     async def open(self, key: str, byte_range: ByteRange | None = None) -> ObjectRead:
         headers = {"range": _range_header(byte_range)} if byte_range is not None else None

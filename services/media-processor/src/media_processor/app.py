@@ -1,0 +1,42 @@
+"""Media processor service: turns raw uploads into the sanitized images members are served.
+
+No public API: the worker runs in the lifespan of a small app that serves ``/healthz``, ``/readyz`` (the
+media queue, the message store and the object store answer) and ``/metrics``. In the all-in-one process
+the worker runs beside the other services; there the local object store announces each upload on the
+embedded media queue, as the bucket's object-created notification does in the cloud.
+"""
+
+from __future__ import annotations
+
+from litestar import Litestar
+
+from chat_core.app_factory import ServiceParts, create_service_app
+from chat_core.backends import AnnouncesUploads, Backends
+from chat_core.settings import Settings
+from media_processor.worker import MediaWorker
+
+COMPONENT = "media-processor"
+
+
+def build(settings: Settings, backends: Backends) -> ServiceParts:
+    """This service's routes, dependencies and workers, wired to ``backends``."""
+    worker = MediaWorker.from_backends(settings, backends)
+    if isinstance(backends.object_store, AnnouncesUploads):
+        worker.listen_to_uploads(backends.object_store)
+    return ServiceParts(
+        component=COMPONENT,
+        essential=("media_queue", "message_store", "object_store"),
+        workers=[worker.worker],
+        description="sanitizes uploaded images into an original, a preview and a thumbnail.",
+    )
+
+
+def create_app(settings: Settings, backends: Backends | None = None) -> Litestar:
+    backends = backends or Backends(settings)
+    return create_service_app(
+        settings,
+        backends,
+        [build(settings, backends)],
+        component=COMPONENT,
+        title="chat-management media-processor",
+    )
