@@ -2,9 +2,7 @@
 
 Two browser contexts are two people: alice at desktop width, bob at phone width. Screenshots of each step
 go to ``.artifacts/web/`` (gitignored); the first-load figures to ``.artifacts/web/first-load.json``.
-
-Pending, once the media pipeline lands (``metadata.status``/``variants``/``blurhash``, ``message.updated``):
-see ``PENDING_MEDIA_STEPS`` below; pending once the limits issue lands: a 429 shown with its Retry-After.
+The media pipeline is the real one (``serve all`` runs the media processor in-process, MEDIA_WORKERS=1).
 """
 
 from __future__ import annotations
@@ -37,18 +35,9 @@ ARTIFACTS = harness.ROOT / ".artifacts" / "web"
 # What the browser itself logs for refusals the test provokes on purpose: the 415 of an SVG upload and the
 # socket's reconnect attempts while the server is down. Anything else in the console fails the test.
 EXPECTED_CONSOLE = (
-    re.compile(r"^Failed to load resource: the server responded with a status of 41[35]"),
+    re.compile(r"^Failed to load resource: the server responded with a status of (41[35]|429)"),
     re.compile(r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws\?access_token=[^']*' failed"),
 )
-PENDING_MEDIA_STEPS = """
-1. bob sees the photo first as its BlurHash: `canvas.blurhash` inside `.photo[data-status=processing]`
-   has non-uniform pixels (getImageData) while `img` is absent, and the badge says "Processing…";
-2. on `message.updated` (status ready) the `img` src becomes `metadata.variants.thumbnail.url`
-   (`?variant=thumbnail`), loads with naturalWidth == variants.thumbnail.width, and the badge is gone;
-3. the viewer's `img` src is `metadata.variants.preview.url` and its naturalWidth == variants.preview.width;
-   "Open original" links `metadata.url`, whose bytes carry no GPS EXIF (Pillow: no GPSInfo IFD);
-4. a failed job (a truncated JPEG) shows "Could not be processed: <metadata.error>" and no broken image.
-"""
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -409,7 +398,6 @@ async def test_older_messages_load_as_you_scroll_up(browser: Any, server: Server
     watch.check()
 
 
-BLURHASH = "LEHV6nWB2yk8pyo0adR*.7kCMdnj"  # the reference example: 4x3 components
 BLURHASH_COLOURS = """() => {
   const canvas = document.querySelector(".photo canvas.blurhash");
   if (!canvas) return 0;
@@ -420,116 +408,154 @@ BLURHASH_COLOURS = """() => {
 }"""
 
 
-async def test_the_pipelines_message_shape_is_drawn_blurhash_then_thumbnail_then_preview(
+class HeldUpdates:
+    """bob's socket, with ``message.updated`` held back while ``holding`` (Playwright's WebSocket routing)."""
+
+    def __init__(self) -> None:
+        self.holding = True
+        self.held: list[str | bytes] = []
+        self.client: Any = None
+
+    def route(self, route: Any) -> None:
+        server = route.connect_to_server()
+        self.client = route
+
+        def from_server(message: str | bytes) -> None:
+            if self.holding and '"message.updated"' in str(message):
+                self.held.append(message)
+            else:
+                route.send(message)
+
+        server.on_message(from_server)
+
+    def release(self) -> None:
+        self.holding = False
+        for message in self.held:
+            self.client.send(message)
+        self.held.clear()
+
+
+async def test_the_real_pipeline_placeholder_then_thumbnail_then_preview_without_gps(
     browser: Any, server: Server
 ) -> None:
-    """Ahead of the media pipeline: bob's page is handed the message shape it will produce (``status``,
-    ``blurhash``, ``variants``, a ``message.updated`` on the real socket), over a real image message, and
-    draws each stage. Once the pipeline lands, PENDING_MEDIA_STEPS replace these rewritten answers."""
     async with httpx.AsyncClient(base_url=server.url, headers=auth_header("alice")) as api:
         created = await api.post("/conversations", json={"participantIds": ["bob"], "name": "Pipeline"})
         conversation_id = created.json()["conversationId"]
-        ticket = (
-            await api.post(
-                f"/conversations/{conversation_id}/images/upload_url", json={"content_type": "image/jpeg"}
-            )
-        ).json()
-        put = await api.put(
-            ticket["upload_url"], content=photo_with_gps(), headers={"Content-Type": "image/jpeg"}
-        )
-        assert put.status_code in (200, 204)
-        sent = await api.post(
-            f"/conversations/{conversation_id}/messages",
-            json={
-                "messageType": "image",
-                "content": "Lake",
-                "metadata": {"object_key": ticket["object_key"], "content_type": "image/jpeg"},
-            },
-        )
-        message = sent.json()
-    url = message["metadata"]["url"]
-
-    def variant(name: str) -> dict[str, Any]:
-        return {"url": f"{url}?variant={name}", "width": 640, "height": 480, "content_type": "image/jpeg"}
-
-    processing = {
-        **message,
-        "metadata": {**message["metadata"], "status": "processing", "blurhash": BLURHASH},
-    }
-    ready = {
-        **message,
-        "metadata": {
-            **processing["metadata"],
-            "status": "ready",
-            "variants": {"thumbnail": variant("thumbnail"), "preview": variant("preview")},
-        },
-    }
-    failed = {**message, "metadata": {**processing["metadata"], "status": "failed", "error": "undecodable"}}
-
-    # what the server says of this message (list page, read receipt) is rewritten to its current stage
-    stage = {"now": processing}
-
-    def staged(item: dict[str, Any]) -> dict[str, Any]:
-        if item["messageId"] != message["messageId"]:
-            return item
-        return {**stage["now"], "readBy": item["readBy"]}
-
-    async def rewrite(route: Any) -> None:
-        response = await route.fetch()
-        body = await response.json()
-        body = {**body, "items": [staged(m) for m in body["items"]]} if "items" in body else staged(body)
-        await route.fulfill(response=response, json=body)
-
-    sockets: list[Any] = []
-
-    def keep_socket(route: Any) -> None:
-        route.connect_to_server()
-        sockets.append(route)
-
-    async def updated(shape: dict[str, Any]) -> None:
-        stage["now"] = shape
-        event = {"type": "message.updated", "conversationId": conversation_id, "message": shape}
-        sockets[-1].send(json.dumps(event))
-
     watch = Watch()
+    alice = await open_as(browser, watch, server.url, "alice")
     context = await browser.new_context(viewport={"width": 1100, "height": 720}, service_workers="block")
     context.on("request", lambda request: watch.urls.append(request.url))
     bob = await context.new_page()
     watch.page(bob, "bob")
-    await bob.route(re.compile(r"/conversations/[^/]+/messages(\?|/[^/]+/read$)"), rewrite)
-    await bob.route_web_socket(re.compile(r"/ws\?"), keep_socket)
+    updates = HeldUpdates()
+    await bob.route_web_socket(re.compile(r"/ws\?"), updates.route)
     await bob.goto(server.url + "/")
     await bob.get_by_label("User id").fill("bob")
     await bob.get_by_label("User id").press("Enter")
     await bob.get_by_role("status", name="Connection: online").wait_for()
     await bob.locator("button.conversation", has_text="Pipeline").click()
+    await alice.locator("button.conversation", has_text="Pipeline").click()
 
-    # processing: the BlurHash at once (a real gradient, not one colour), no image yet, a badge
+    # alice drops the photo with GPS EXIF and sends it with a caption
+    await drop_file(alice, photo_with_gps(), "lake.jpg", "image/jpeg")
+    await alice.wait_for_function("() => document.querySelector('progress')?.value === 1")
+    await alice.get_by_label("Caption").fill("Sunset at the lake")
+    await alice.get_by_label("Caption").press("Enter")
+
+    # bob: the message as sent (status processing): a placeholder and a badge, no <img>; the pipeline's
+    # message.updated has arrived at his socket and is held back, so this stage is certain to be seen
     photo = bob.locator(".photo")
     await bob.locator(".photo[data-status='processing']").wait_for()
-    assert await bob.evaluate(BLURHASH_COLOURS) > 20
+    for _ in range(300):
+        if updates.held:
+            break
+        await asyncio.sleep(0.1)
+    assert updates.held, "the pipeline announced nothing in 30 s"
     assert await photo.locator("img").count() == 0
+    assert await photo.locator(".placeholder").count() == 1
     await photo.get_by_text("Processing…").wait_for()
-    await shot(bob, "11-pipeline-blurhash")
+    await shot(bob, "11-pipeline-processing")
 
-    # message.updated, ready: the thumbnail variant replaces the BlurHash; the viewer shows the preview
-    await updated(ready)
+    # message.updated (ready): the BlurHash (real pixels), then the thumbnail variant; the badge is gone
+    updates.release()
     await bob.locator(".photo[data-status='ready'] img.loaded").wait_for()
-    assert await photo.locator("img").get_attribute("src") == f"{url}?variant=thumbnail"
+    async with httpx.AsyncClient(base_url=server.url, headers=auth_header("bob")) as api:
+        listed = await api.get(f"/conversations/{conversation_id}/messages")
+    metadata = listed.json()["items"][0]["metadata"]
+    assert metadata["status"] == "ready"
+    thumbnail, preview = metadata["variants"]["thumbnail"], metadata["variants"]["preview"]
+    assert thumbnail["width"] < 640  # a real thumbnail, not the original
+    image = photo.locator("img")
+    assert await image.get_attribute("src") == thumbnail["url"]
+    assert await image.evaluate("i => i.naturalWidth") == thumbnail["width"]
+    assert await bob.evaluate(BLURHASH_COLOURS) > 20  # drawn from the pipeline's hash
     assert await photo.get_by_text("Processing…").count() == 0
     await shot(bob, "12-pipeline-thumbnail")
+    await shot(alice, "12-alice-pipeline-thumbnail")
+    side_by_side(["12-alice-pipeline-thumbnail", "12-pipeline-thumbnail"], "readme")
+
+    # the viewer: the preview variant; "Open original" is metadata.url, whose bytes carry no GPS EXIF
     await photo.click()
     viewer = bob.get_by_role("dialog", name="Photo")
-    assert await viewer.locator("img").get_attribute("src") == f"{url}?variant=preview"
-    await bob.wait_for_function("() => document.querySelector('dialog.viewer img')?.naturalWidth === 640")
-    assert await viewer.get_by_role("link", name="Open original").get_attribute("href") == url
+    await viewer.wait_for()
+    assert await viewer.locator("img").get_attribute("src") == preview["url"]
+    await bob.wait_for_function(
+        f"() => document.querySelector('dialog.viewer img')?.naturalWidth === {preview['width']}"
+    )
+    original = await viewer.get_by_role("link", name="Open original").get_attribute("href")
+    assert original == metadata["url"]
+    fetched = await context.request.get(original)  # the context's cookie jar: the page's /images cookie
+    assert fetched.status == 200
+    served = Image.open(io.BytesIO(await fetched.body()))
+    assert served.size == (640, 480)
+    exif = served.getexif()
+    assert ExifTags.Base.GPSInfo not in exif
+    assert not exif.get_ifd(ExifTags.IFD.GPSInfo)
+    assert "exif" not in served.info
+    await shot(bob, "13-pipeline-preview")
     await bob.keyboard.press("Escape")
     await viewer.wait_for(state="hidden")
 
-    # message.updated, failed: the reason, and no broken image
-    await updated(failed)
-    await photo.get_by_text("Could not be processed: undecodable").wait_for()
-    assert await photo.locator("img").count() == 0
+    # a failed job (a truncated JPEG): the reason, and no broken image
+    broken = photo_with_gps()
+    await drop_file(alice, broken[: len(broken) // 2], "cut.jpg", "image/jpeg")
+    await alice.wait_for_function("() => document.querySelector('progress')?.value === 1")
+    await alice.get_by_label("Caption").fill("Cut short")
+    await alice.get_by_label("Caption").press("Enter")
+    failed = bob.locator(".photo[data-status='failed']")
+    await failed.get_by_text("Could not be processed: truncated").wait_for(timeout=30_000)
+    assert await failed.locator("img").count() == 0
+    assert await failed.get_by_text("Image unavailable").count() == 0
+    await shot(bob, "14-pipeline-failed")
+    watch.check()
+
+
+async def test_a_429_is_shown_with_its_retry_hint(browser: Any, server_with: Any) -> None:
+    server = await server_with({"RATE_LIMIT_SENDS": "2/minute"})
+    watch = Watch()
+    alice = await open_as(browser, watch, server.url, "alice")
+    await alice.get_by_role("button", name="New conversation").click()
+    await alice.get_by_label("Participants").fill("bob")
+    await alice.get_by_role("button", name="Create").click()
+    await alice.get_by_role("heading", name="bob").wait_for()
+    message = alice.get_by_label("Message", exact=True)
+    for n in range(2):
+        await message.fill(f"within the limit {n}")
+        await message.press("Enter")
+        await alice.locator("li.message p.text", has_text=f"within the limit {n}").wait_for()
+    await message.fill("one too many")
+    await message.press("Enter")
+    alert = alice.get_by_role("alert")
+    await alert.wait_for()
+    text = await alert.inner_text()
+    assert "rate_limited" in text
+    assert "429" in text
+    wait = re.search(r"Try again in (\d+) s\.", text)
+    assert wait is not None, text
+    assert 1 <= int(wait.group(1)) <= 60
+    assert await message.input_value() == "one too many"  # kept, to send again later
+    assert await alice.locator("li.message p.text", has_text="one too many").count() == 0
+    await shot(alice, "15-alice-429")
     watch.check()
 
 
