@@ -221,6 +221,14 @@ async def drop_file(page: Any, data: bytes, name: str, content_type: str) -> Non
     await page.evaluate(DROP, [base64.b64encode(data).decode(), name, content_type])
 
 
+def thumbnail_shown(selector: str) -> str:
+    """A predicate: the pipeline's thumbnail variant (320 px wide for the 640x480 photo) has loaded."""
+    return (
+        f'() => {{ const i = document.querySelector("{selector}"); '
+        "return !!i && i.complete && i.naturalWidth === 320 && i.src.endsWith('?variant=thumbnail'); }"
+    )
+
+
 FIRST_LOAD = """() => {
   const nav = performance.getEntriesByType("navigation")[0];
   const all = [nav, ...performance.getEntriesByType("resource")];
@@ -278,10 +286,7 @@ async def test_two_people_chat_with_a_photo_in_the_browser(browser: Any, server:
     await alice.get_by_label("Caption").press("Enter")
     await progress.wait_for(state="detached")
     photo = "img[alt='Photo: Sunset at the lake']"
-    loaded = (
-        f'() => {{ const i = document.querySelector("{photo}"); '
-        "return !!i && i.complete && i.naturalWidth === 640; }"
-    )
+    loaded = thumbnail_shown(photo)
     await alice.wait_for_function(loaded)
 
     # bob sees both live: his list says 2 unread and shows the caption; he opens the conversation
@@ -492,7 +497,7 @@ async def test_the_real_pipeline_placeholder_then_thumbnail_then_preview_without
     assert await photo.get_by_text("Processing…").count() == 0
     await shot(bob, "12-pipeline-thumbnail")
     await shot(alice, "12-alice-pipeline-thumbnail")
-    side_by_side(["12-alice-pipeline-thumbnail", "12-pipeline-thumbnail"], "readme")
+    side_by_side(["12-alice-pipeline-thumbnail", "12-pipeline-thumbnail"], "pipeline-side-by-side")
 
     # the viewer: the preview variant; "Open original" is metadata.url, whose bytes carry no GPS EXIF
     await photo.click()
@@ -635,10 +640,7 @@ async def test_make_devs_one_url_serves_the_page_and_two_people_chat_through_it(
     await alice.get_by_label("Caption").fill("Seen through the gateway")
     await alice.get_by_label("Caption").press("Enter")
     photo = "img[alt='Photo: Seen through the gateway']"
-    loaded = (
-        f'() => {{ const i = document.querySelector("{photo}"); '
-        "return !!i && i.complete && i.naturalWidth === 640; }"
-    )
+    loaded = thumbnail_shown(photo)
     await bob.wait_for_function(loaded, timeout=20_000)
     await shot(bob, "20-make-dev-gateway-phone")
     watch.check()
