@@ -17,7 +17,10 @@ export function describeError(error) {
   if (!(error instanceof ApiError)) return String(error?.message || error);
   const tag = [error.code, error.status ? String(error.status) : ""].filter(Boolean).join(", ");
   let text = error.detail || error.message;
-  if (error.retryAfter) text += ` Try again in ${error.retryAfter} s.`;
+  // the hint from Retry-After, unless the server's own words already say when (no "retry in 60 s Try again…")
+  if (error.retryAfter && !/\bretry in \d+ ?s\b/i.test(text)) {
+    text += `${/[.!?]$/.test(text) ? "" : "."} Try again in ${error.retryAfter} s.`;
+  }
   return tag ? `${text} (${tag})` : text;
 }
 
