@@ -414,12 +414,18 @@ BLURHASH_COLOURS = """() => {
 
 
 class HeldUpdates:
-    """bob's socket, with ``message.updated`` held back while ``holding`` (Playwright's WebSocket routing)."""
+    """bob's socket, with ``message.updated`` held back while ``holding`` (Playwright's WebSocket routing);
+    his read receipts wait too, as their answer is the message as stored now (possibly ready already)."""
 
     def __init__(self) -> None:
         self.holding = True
         self.held: list[str | bytes] = []
         self.client: Any = None
+        self.released = asyncio.Event()
+
+    async def read_receipt(self, route: Any) -> None:
+        await self.released.wait()
+        await route.continue_()
 
     def route(self, route: Any) -> None:
         server = route.connect_to_server()
@@ -435,6 +441,7 @@ class HeldUpdates:
 
     def release(self) -> None:
         self.holding = False
+        self.released.set()
         for message in self.held:
             self.client.send(message)
         self.held.clear()
@@ -454,6 +461,7 @@ async def test_the_real_pipeline_placeholder_then_thumbnail_then_preview_without
     watch.page(bob, "bob")
     updates = HeldUpdates()
     await bob.route_web_socket(re.compile(r"/ws\?"), updates.route)
+    await bob.route(re.compile(r"/messages/[^/]+/read$"), updates.read_receipt)
     await bob.goto(server.url + "/")
     await bob.get_by_label("User id").fill("bob")
     await bob.get_by_label("User id").press("Enter")
