@@ -102,7 +102,7 @@ def localstack_backend() -> Backend:
     if docker_engine_available():
         from testcontainers.localstack import LocalStackContainer
 
-        container = LocalStackContainer("localstack/localstack:4").with_services("s3", "sqs")
+        container = LocalStackContainer("localstack/localstack:4.14.0").with_services("s3", "sqs")
         for key, value in LOCALSTACK_ENV.items():
             container = container.with_env(key, value)
         container.start()

@@ -4,6 +4,7 @@ secrets only where used, network paths the platform needs, autoscaling on the wo
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -230,3 +231,17 @@ def test_test_profile_jwt_secret_is_the_one_given() -> None:
     import base64
 
     assert base64.b64decode(_jwt_secret(values)).decode() == given
+
+
+def test_every_localstack_image_is_pinned_to_4_14_0() -> None:
+    """Later LocalStack images need an auth token: the chart, compose and the test harness pin 4.14.0."""
+    root = Path(__file__).resolve().parents[2]
+    sources = [root / "docker" / "compose.yaml", root / "tests" / "harness.py", root / "deploy" / "helm"]
+    files = [p for s in sources for p in ([s] if s.is_file() else sorted(s.rglob("*.yaml")))]
+    found = [
+        (path.name, tag)
+        for path in files
+        for tag in re.findall(r"localstack/localstack:([\w.-]+)", path.read_text())
+    ]
+    assert found, "no LocalStack image reference found"
+    assert {tag for _, tag in found} == {"4.14.0"}, found
