@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -194,6 +195,23 @@ async def test_a_long_poll_returns_as_soon_as_a_message_is_sent(
     await queue.send([sent])
     received = await asyncio.wait_for(waiting, 5)
     assert [r.job for r in received] == [sent]
+
+
+async def test_ending_receives_returns_a_waiting_receive_and_hides_nothing(
+    queue: Queue, job: Callable[..., Any]
+) -> None:
+    # Shutdown: a worker ends the receive it is waiting on instead of waiting out the long poll (SQLite,
+    # at once) or lets it return by itself (SQS, within its wait: a cancelled long poll could hide a job).
+    started = time.monotonic()
+    waiting = asyncio.create_task(queue.receive(max_messages=1, wait_seconds=3))
+    await asyncio.sleep(0.2)
+    queue.end_receives()
+    assert await asyncio.wait_for(waiting, 6) == []
+    if queue.name == "sqlite":
+        assert time.monotonic() - started < 1.5
+    sent = job()
+    await queue.send([sent])
+    assert (await receive_one(queue)).job == sent  # later receives wait as before and see every job
 
 
 async def test_a_receive_on_an_empty_queue_returns_nothing_after_its_wait(queue: Queue) -> None:

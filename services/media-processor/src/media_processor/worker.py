@@ -26,7 +26,8 @@ sent is deleted within seconds (after ``REFUSED_UPLOAD_GRACE_SECONDS``, so that 
 the upload still gets its 413/422 with the reason), as is a raw upload whose message is already
 finished (an overwrite after processing). Anything else on the queue is acknowledged and dropped.
 
-Shutdown: polling stops (a long poll in flight is cancelled), in-flight jobs get
+Shutdown (the poll loop is ``chat_core.jobqueue.runner``): polling stops (the receive in flight returns
+what it has: at once on SQLite, within ``SQS_WAIT_SECONDS`` on SQS), in-flight jobs get
 ``SHUTDOWN_DRAIN_SECONDS`` to finish, the rest are cancelled (they come back after their visibility
 timeout, and the message's status keeps the second attempt idempotent). Each job's span continues the
 trace of the send.
@@ -49,6 +50,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from chat_core import images, keys, metrics, tracing
 from chat_core.backends import AnnouncesUploads, Backends
 from chat_core.jobqueue import JobQueue
+from chat_core.jobqueue.runner import JobRunner
 from chat_core.media import MediaJob, ObjectCreated, ReceivedMediaJob, object_created_job
 from chat_core.messagestore import (
     ConversationStore,
@@ -67,12 +69,9 @@ from media_processor.pool import MediaProcessor, PoolSettings
 
 __all__ = ["MediaWorker", "limits_from", "pool_settings_from"]
 
-MAX_RECEIVE_BATCH = 10
-DEPTH_INTERVAL_SECONDS = 15.0
 RETRY_BASE_SECONDS = 2.0
 REFUSED_UPLOAD_GRACE_SECONDS = 3.0  # before an upload that can never be sent is deleted
 MAX_RETRY_DELAY_SECONDS = 300.0
-_POLL_ERROR_MAX_BACKOFF = 10.0
 _log = structlog.get_logger("media_processor")
 _tracer = tracing.get_tracer("media_processor")
 
@@ -132,14 +131,17 @@ class MediaWorker:
         self._processor = processor
         self._max_bytes = max_bytes
         self._max_pixels = max_pixels
-        self._wait_seconds = wait_seconds
         self._max_receives = max_receives
-        self._drain_seconds = drain_seconds
         # Jobs in work at once: one per image worker, plus as many fetching or writing meanwhile.
-        self._concurrency = max(2, 2 * processor.size)
-        self._slots = asyncio.Semaphore(self._concurrency)
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._stop = asyncio.Event()
+        self._runner = JobRunner(
+            "media",
+            queue,
+            self.handle,
+            concurrency=max(2, 2 * processor.size),
+            wait_seconds=wait_seconds,
+            drain_seconds=drain_seconds,
+            depth_gauge=metrics.MEDIA_QUEUE_DEPTH,
+        )
         self._pool_started = False
         self._pool_lock = asyncio.Lock()
 
@@ -172,34 +174,15 @@ class MediaWorker:
     # --- lifecycle ----------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def worker(self) -> AsyncIterator[None]:
-        self._stop = asyncio.Event()
         # The image workers start in the background: the service is ready at once, and the first
         # image does not pay for starting them (a second or more each on a busy node).
         warm_up = asyncio.create_task(self._pool(), name="media-pool-start")
-        poller = asyncio.create_task(self._poll(), name="media-poller")
-        depth = asyncio.create_task(self._export_depth(), name="media-queue-depth")
         try:
-            yield
+            async with self._runner.running():
+                yield
         finally:
-            self._stop.set()
-            depth.cancel()
-            # A long poll in flight is cancelled rather than awaited (up to SQS_WAIT_SECONDS): a job it
-            # was about to hand over is not lost, only visible again after its visibility timeout.
-            await asyncio.wait({poller}, timeout=0.5)
-            poller.cancel()
-            await asyncio.gather(poller, depth, warm_up, return_exceptions=True)
-            await self.drain()
+            await asyncio.gather(warm_up, return_exceptions=True)
             await self._processor.close()
-
-    async def drain(self) -> None:
-        if not self._in_flight:
-            return
-        _done, pending = await asyncio.wait(set(self._in_flight), timeout=self._drain_seconds)
-        for task in pending:
-            task.cancel()
-        if pending:
-            _log.warning("media_jobs_cancelled_at_shutdown", count=len(pending))
-            await asyncio.wait(pending)
 
     async def _pool(self) -> MediaProcessor:
         if not self._pool_started:
@@ -208,60 +191,6 @@ class MediaWorker:
                     await self._processor.start()
                     self._pool_started = True
         return self._processor
-
-    # --- polling ------------------------------------------------------------------------------------
-    async def _take_slots(self) -> int:
-        await self._slots.acquire()
-        taken = 1
-        while taken < MAX_RECEIVE_BATCH and not self._slots.locked():
-            await self._slots.acquire()
-            taken += 1
-        return taken
-
-    async def _poll(self) -> None:
-        backoff = 0.5
-        while not self._stop.is_set():
-            taken = await self._take_slots()
-            if self._stop.is_set():
-                for _ in range(taken):
-                    self._slots.release()
-                return
-            try:
-                batch = await self._queue.receive(max_messages=taken, wait_seconds=self._wait_seconds)
-            except Exception as exc:
-                for _ in range(taken):
-                    self._slots.release()
-                _log.warning("media_receive_failed", error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
-                backoff = min(backoff * 2, _POLL_ERROR_MAX_BACKOFF)
-                continue
-            except BaseException:
-                for _ in range(taken):
-                    self._slots.release()
-                raise
-            backoff = 0.5
-            for _ in range(taken - len(batch)):
-                self._slots.release()
-            for received in batch:
-                task = asyncio.create_task(self._run_one(received), name="media-job")
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
-
-    async def _run_one(self, received: ReceivedMediaJob) -> None:
-        try:
-            await self.handle(received)
-        finally:
-            self._slots.release()
-
-    async def _export_depth(self) -> None:
-        while True:
-            try:
-                main, dead = await self._queue.depth()
-                metrics.MEDIA_QUEUE_DEPTH.labels("main").set(main)
-                metrics.MEDIA_QUEUE_DEPTH.labels("dlq").set(dead)
-            except Exception as exc:
-                _log.debug("media_queue_depth_unavailable", error=repr(exc))
-            await asyncio.sleep(DEPTH_INTERVAL_SECONDS)
 
     # --- one queue message --------------------------------------------------------------------------
     async def handle(self, received: ReceivedMediaJob) -> None:

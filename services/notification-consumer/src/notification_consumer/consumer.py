@@ -8,9 +8,10 @@
   the queue with a delay that doubles per attempt (``NOTIFICATION_RETRY_BASE_SECONDS``, through the
   visibility timeout); after ``NOTIFICATION_MAX_RECEIVES`` receives the queue moves it to the DLQ.
 * A token the provider reports dead is deleted from the store.
-* Shutdown (SIGTERM -> lifespan exit) stops polling, lets in-flight messages finish for up to
-  ``SHUTDOWN_DRAIN_SECONDS``, then cancels the rest (their claims are released, so their redelivery
-  pushes them).
+* Shutdown (SIGTERM -> lifespan exit) stops polling (the receive in flight returns what it has: at once
+  on SQLite, within ``SQS_WAIT_SECONDS`` on SQS, so nothing is left hidden), lets in-flight
+  messages finish for up to ``SHUTDOWN_DRAIN_SECONDS``, then cancels the rest (their claims are
+  released, so their redelivery pushes them). The poll loop is ``chat_core.jobqueue.runner``.
 * Each message's span continues the sender's trace (W3C context from the queue message attributes).
 """
 
@@ -28,6 +29,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from chat_core import metrics, tracing
 from chat_core.backends import Backends
+from chat_core.jobqueue.runner import JobRunner
 from chat_core.messagestore import Device, DeviceStore, PushReceiptStore
 from chat_core.notifications import Notification, NotificationQueue, ReceivedNotification
 from chat_core.push import PushMessage, PushProvider
@@ -36,9 +38,6 @@ from chat_core.settings import Settings
 __all__ = ["MAX_RETRY_DELAY_SECONDS", "NotificationConsumer", "push_message_for"]
 
 MAX_RETRY_DELAY_SECONDS = 900.0
-MAX_RECEIVE_BATCH = 10
-DEPTH_INTERVAL_SECONDS = 15.0
-_POLL_ERROR_MAX_BACKOFF = 10.0
 _log = structlog.get_logger("notification_consumer")
 _tracer = tracing.get_tracer("notification_consumer")
 
@@ -86,15 +85,18 @@ class NotificationConsumer:
         self._devices = devices
         self._receipts = receipts
         self._push = push
-        self._concurrency = concurrency
-        self._wait_seconds = wait_seconds
         self._max_receives = max_receives
         self._retry_base = retry_base_seconds
-        self._drain_seconds = drain_seconds
-        self._slots = asyncio.Semaphore(concurrency)
         self._push_slots = asyncio.Semaphore(concurrency)
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._stop = asyncio.Event()
+        self._runner = JobRunner(
+            "notification",
+            queue,
+            self.handle,
+            concurrency=concurrency,
+            wait_seconds=wait_seconds,
+            drain_seconds=drain_seconds,
+            depth_gauge=metrics.NOTIFICATION_QUEUE_DEPTH,
+        )
         self._sent = metrics.NOTIFICATIONS_SENT.labels(push.name)
 
     @classmethod
@@ -114,90 +116,12 @@ class NotificationConsumer:
     # --- lifecycle ----------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def worker(self) -> AsyncIterator[None]:
-        self._stop = asyncio.Event()
-        # One poller: it asks for as many messages as there are free slots (up to 10 per receive). More
-        # pollers measured slower on SQLite (write-lock contention) and on LocalStack (more, smaller
-        # receives); a replica's rate is bounded by push latency x concurrency long before that.
-        pollers = {asyncio.create_task(self._poll(), name="notification-poller")}
-        depth = asyncio.create_task(self._export_depth(), name="notification-queue-depth")
-        try:
+        # One poller (chat_core.jobqueue.runner): it asks for as many messages as there are free slots (up
+        # to 10 per receive). More pollers measured slower on SQLite (write-lock contention) and on
+        # LocalStack (more, smaller receives); a replica's rate is bounded by push latency x concurrency
+        # long before that.
+        async with self._runner.running():
             yield
-        finally:
-            # Stop taking work, but let the receives in flight return: what they took is handled below
-            # instead of sitting hidden for a visibility timeout (a long poll is at most wait_seconds).
-            self._stop.set()
-            depth.cancel()
-            await asyncio.wait(pollers, timeout=self._wait_seconds + 2.0)
-            for task in (*pollers, depth):
-                task.cancel()
-            await asyncio.gather(*pollers, depth, return_exceptions=True)
-            await self.drain()
-
-    async def drain(self) -> None:
-        """Let in-flight messages finish, within the shutdown grace; cancel what is left."""
-        if not self._in_flight:
-            return
-        _done, pending = await asyncio.wait(set(self._in_flight), timeout=self._drain_seconds)
-        for task in pending:
-            task.cancel()
-        if pending:
-            _log.warning("notifications_cancelled_at_shutdown", count=len(pending))
-            await asyncio.wait(pending)
-
-    # --- polling ------------------------------------------------------------------------------------
-    async def _take_slots(self) -> int:
-        """Wait for one free slot, then take every other free one (up to one receive's worth)."""
-        await self._slots.acquire()
-        taken = 1
-        while taken < MAX_RECEIVE_BATCH and not self._slots.locked():
-            await self._slots.acquire()  # free: returns at once
-            taken += 1
-        return taken
-
-    async def _poll(self) -> None:
-        backoff = 0.5
-        while not self._stop.is_set():
-            taken = await self._take_slots()
-            if self._stop.is_set():
-                for _ in range(taken):
-                    self._slots.release()
-                return
-            try:
-                batch = await self._queue.receive(max_messages=taken, wait_seconds=self._wait_seconds)
-            except Exception as exc:
-                for _ in range(taken):
-                    self._slots.release()
-                _log.warning("notification_receive_failed", error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
-                backoff = min(backoff * 2, _POLL_ERROR_MAX_BACKOFF)
-                continue
-            except BaseException:
-                for _ in range(taken):
-                    self._slots.release()
-                raise
-            backoff = 0.5
-            for _ in range(taken - len(batch)):
-                self._slots.release()
-            for received in batch:
-                task = asyncio.create_task(self._run_one(received), name="notification")
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
-
-    async def _run_one(self, received: ReceivedNotification) -> None:
-        try:
-            await self.handle(received)
-        finally:
-            self._slots.release()
-
-    async def _export_depth(self) -> None:
-        while True:
-            try:
-                main, dead = await self._queue.depth()
-                metrics.NOTIFICATION_QUEUE_DEPTH.labels("main").set(main)
-                metrics.NOTIFICATION_QUEUE_DEPTH.labels("dlq").set(dead)
-            except Exception as exc:
-                _log.debug("queue_depth_unavailable", error=repr(exc))
-            await asyncio.sleep(DEPTH_INTERVAL_SECONDS)
 
     # --- one queue message --------------------------------------------------------------------------
     def retry_delay(self, receive_count: int) -> float:

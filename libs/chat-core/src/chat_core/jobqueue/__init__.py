@@ -72,6 +72,13 @@ class JobQueue(Protocol[J]):
     async def receive(self, *, max_messages: int, wait_seconds: float) -> list[Received[J]]:
         """Long poll; received messages stay hidden for the visibility timeout."""
 
+    def end_receives(self) -> None:
+        """Make the receives now waiting in this process return what they have (shutdown).
+
+        SQS has nothing to do: its long poll returns by itself within ``wait_seconds``, and cancelling it
+        could hide a message the server was handing to it. The SQLite queue's waits return at once.
+        """
+
     async def ack(self, receipt: str) -> None:
         """Done: delete the message."""
 

@@ -90,6 +90,7 @@ class SqliteJobQueue(Generic[J]):
         self._max_receives = kind.max_receives
         self._visibility_us = int(kind.visibility_timeout_seconds * 1_000_000)
         self._sent = asyncio.Event()
+        self._receives_ended = 0  # bumped by end_receives(): the receives waiting then return
         # Acks close together share one transaction (one fsync) instead of one each.
         self._acks: Coalescer[str] = Coalescer(self._delete_acked, max_batch=200, linger=0.005)
 
@@ -131,8 +132,13 @@ class SqliteJobQueue(Generic[J]):
         await self._db.write(insert)
         self._wake_receivers()
 
+    def end_receives(self) -> None:
+        self._receives_ended += 1
+        self._wake_receivers()
+
     async def receive(self, *, max_messages: int, wait_seconds: float) -> list[Received[J]]:
         deadline = time.monotonic() + max(0.0, wait_seconds)
+        generation = self._receives_ended
         while True:
             sent = self._sent  # taken before looking, so a send in between still wakes us
             rows, next_visible_us = await self._db.write(self._claim, max_messages)
@@ -140,7 +146,7 @@ class SqliteJobQueue(Generic[J]):
             if received:
                 return received
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or generation != self._receives_ended:
                 return []
             pause = min(remaining, _POLL_SECONDS)
             if next_visible_us is not None:

@@ -274,6 +274,9 @@ class SqsJobQueue(Generic[J]):
         }
         return [failed.get(str(i)) for i in range(len(receipts))]
 
+    def end_receives(self) -> None:
+        """Nothing to do: a long poll returns within ``wait_seconds``; cancelling it could hide a message."""
+
     async def retry_later(self, receipt: str, delay_seconds: float) -> None:
         delay = max(0, min(43200, round(delay_seconds)))
         await self._on_queue(
