@@ -7,6 +7,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,47 @@ def skip_unless_required(backend: str, reason: str) -> None:
     pytest.skip(f"{backend} unavailable: {reason}")
 
 
+# --- one set of backends for every pytest-xdist worker ----------------------------------------------
+# Under ``-n N`` the controller starts Redis, LocalStack and the Firestore emulator once (in parallel) and
+# hands their addresses to the workers through the same env vars a developer would set. Each worker still
+# isolates its data (its own SESSION_ID: key prefixes, bucket and queue names, a Firestore project). The
+# Redis Cluster stays per worker: a test restarts its nodes.
+SHARED_ACROSS_WORKERS = {
+    "redis": "REDIS_URL",
+    "localstack": "AWS_ENDPOINT_URL",
+    "firestore": "FIRESTORE_EMULATOR_HOST",
+}
+_shared: dict[str, harness.Backend] = {}
+_shared_unavailable: dict[str, str] = {}
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _is_xdist_controller(config):
+        return
+    wanted = [name for name, var in SHARED_ACROSS_WORKERS.items() if not os.environ.get(var)]
+
+    def start(name: str) -> None:
+        try:
+            _shared[name] = harness.FACTORIES[name]()
+        except Exception as exc:
+            _shared_unavailable[name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+    with ThreadPoolExecutor(max_workers=max(1, len(wanted))) as pool:
+        list(pool.map(start, wanted))
+    for name, backend in _shared.items():
+        os.environ[SHARED_ACROSS_WORKERS[name]] = backend.address  # inherited by the workers
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _is_xdist_controller(config):
+        for backend in _shared.values():
+            backend.stop()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # A test that uses a backend fixture carries that backend's marker, so `-m "not firestore"` works.
     for item in items:
@@ -80,10 +122,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not (_registry.running or _registry.unavailable):
+    if not (_registry.running or _registry.unavailable or _shared or _shared_unavailable):
         return
     terminalreporter.write_sep("=", "backends used by this run")
-    for backend in _registry.running.values():
+    for name, reason in _shared_unavailable.items():
+        terminalreporter.write_line(
+            f"!!! {name}: could not be started once for the workers ({reason}); each worker tried again",
+            red=True,
+            bold=True,
+        )
+    for backend in [*_shared.values(), *_registry.running.values()]:
         terminalreporter.write_line(backend.describe())
     for name, reason in _registry.unavailable.items():
         terminalreporter.write_line(

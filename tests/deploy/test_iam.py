@@ -146,8 +146,11 @@ ROLE_SOURCES: dict[str, list[Path]] = {
     ],
     "message": [ROOT / "services" / "message" / "src"],
     "image-proxy": [ROOT / "services" / "image-proxy" / "src", LIB / "objectstore" / "serving.py"],
-    "notification-consumer": [ROOT / "services" / "notification-consumer" / "src"],
-    "media-processor": [ROOT / "services" / "media-processor" / "src"],
+    "notification-consumer": [
+        ROOT / "services" / "notification-consumer" / "src",
+        LIB / "jobqueue" / "runner.py",
+    ],
+    "media-processor": [ROOT / "services" / "media-processor" / "src", LIB / "jobqueue" / "runner.py"],
     "cleanup": [ROOT / "services" / "upload" / "src" / "upload_service" / "cleanup.py"],
 }
 SETUP = ROOT / "src" / "chat_management" / "bucket.py"
