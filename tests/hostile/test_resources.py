@@ -129,10 +129,13 @@ class _FailingForOneToken:
         self._inner = inner
         self._failing = failing_token
 
-    async def claim_push(self, notification_id: str, device_token: str) -> bool:
+    async def claim_push(self, notification_id: str, device_token: str, *, lease: Any) -> Any:
         if device_token == self._failing:
             raise ConnectionError("receipt store unreachable")
-        return bool(await self._inner.claim_push(notification_id, device_token))
+        return await self._inner.claim_push(notification_id, device_token, lease=lease)
+
+    async def complete_push(self, notification_id: str, device_token: str) -> None:
+        await self._inner.complete_push(notification_id, device_token)
 
     async def release_push(self, notification_id: str, device_token: str) -> None:
         await self._inner.release_push(notification_id, device_token)
