@@ -377,6 +377,10 @@ class ChatStore(ConversationStore, MessageStore, DeviceStore, OutboxStore, PushR
 
     name: str  # "firestore" or "sqlite"
     readiness_name: str
+    outage_code: str  # chat_core.errors.ReportsOutages: an outage of the store is a 503 with this code
+    outage_errors: tuple[type[Exception], ...]
+
+    def is_outage(self, exc: Exception) -> bool: ...
 
     async def start(self) -> None: ...
 

@@ -74,6 +74,16 @@ _IN_CHUNK = 30  # Firestore's limit on the values of an "in" filter
 _BATCH_LIMIT = 500  # writes per batch
 _OPTIMISTIC_ATTEMPTS = 8
 _DESCENDING = BaseQuery.DESCENDING
+# What the client raises when Firestore cannot answer now (unreachable, overloaded, contention, its own
+# retries given up): a 503 worth a retry. Anything else it raises is a bug of ours (a 500).
+_OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.ResourceExhausted,
+    gexc.Aborted,
+    gexc.InternalServerError,
+    gexc.RetryError,
+)
 
 
 def _plain(value: Any) -> Any:
@@ -155,10 +165,15 @@ async def _newest_first(
 class FirestoreChatStore:
     name = "firestore"
     readiness_name = "firestore"
+    outage_code = "store_unavailable"
+    outage_errors = _OUTAGE_ERRORS
 
     def __init__(self, settings: FirestoreSettings) -> None:
         self._settings = settings
         self._client: AsyncClient | None = None
+
+    def is_outage(self, exc: Exception) -> bool:
+        return isinstance(exc, _OUTAGE_ERRORS)
 
     @property
     def client(self) -> AsyncClient:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
+from chat_core import sqlite_engine
 from chat_core.messagestore import (
     PUSH_RECEIPT_TTL,
     Conversation,
@@ -157,11 +158,16 @@ def _select_conversation(conn: sqlite3.Connection, conversation_id: str) -> Conv
 class SqliteChatStore:
     name = "sqlite"
     readiness_name = "sqlite"
+    outage_code = "store_unavailable"
+    outage_errors = sqlite_engine.OUTAGE_ERRORS
 
     def __init__(self, path: Path | str, *, readers: int = 4) -> None:
         self._db = SqliteEngine(
             path, schema=_SCHEMA, readers=readers, on_open=_on_open, label="SQLite message store"
         )
+
+    def is_outage(self, exc: Exception) -> bool:
+        return sqlite_engine.is_outage(exc)
 
     async def _newest_first(
         self,
