@@ -5,7 +5,8 @@
 - the published dev secret is refused off loopback or next to a production-like setting; ``make run``
   binds 127.0.0.1; a short or empty URL-signing key file is refused at start-up;
 - a failing JWKS is not asked again on every request (cool-down with backoff) and cached keys keep working;
-- every 503 is a problem with ``Retry-After``: object store unreachable, signing keys unavailable.
+- every 503 is a problem with ``Retry-After``: object store unreachable, signing keys unavailable, message
+  store locked (SQLite) or unreachable (Firestore).
 """
 
 from __future__ import annotations

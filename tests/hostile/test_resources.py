@@ -1,5 +1,5 @@
 """Resources are given back on every path: file descriptors of unread bodies, background tasks at shutdown,
-sibling pushes when one fails."""
+sibling pushes when one fails; a bus failing under a live socket closes it with 1013 (try again)."""
 
 from __future__ import annotations
 
