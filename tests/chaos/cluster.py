@@ -78,6 +78,8 @@ async def running_cluster(
                 "PUSH_WEBHOOK_SECRET": webhook_secret,
                 "SQS_WAIT_SECONDS": "1",
                 "NOTIFICATION_VISIBILITY_TIMEOUT_SECONDS": "6",
+                # A consumer killed between claim and push: its claims lapse within the run's wait for pushes.
+                "PUSH_CLAIM_LEASE_SECONDS": "10",
                 "SHUTDOWN_DRAIN_SECONDS": "5",
                 "REQUEST_TIMEOUT_SECONDS": "5",
                 "ACCESS_LOG": "false",

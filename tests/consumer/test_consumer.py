@@ -163,6 +163,47 @@ async def test_a_notification_enqueued_twice_pushes_each_device_once(
     assert sorted(r.receiver.tokens()) == ["bob-phone-0001", "carol-phone-01"]
 
 
+async def test_a_push_whose_claimer_crashed_before_pushing_is_pushed_once_after_its_lease(
+    rig: Callable[..., Awaitable[Rig]],
+) -> None:
+    r = await rig(PUSH_CLAIM_LEASE_SECONDS="2")
+    await r.device("bob", "bob-phone-0001")
+    job = notification(("bob",))
+    await r.queue.send([job])
+    [crashed] = await r.queue.receive(max_messages=1, wait_seconds=5)
+    # The first consumer claimed the device, then died before its push and its ack.
+    lease = dt.timedelta(seconds=2)
+    assert (await r.store.claim_push(job.notification_id, "bob-phone-0001", lease=lease)).state == "claimed"
+    await r.queue.retry_later(crashed.receipt, 0)  # its visibility timeout ran out
+    [early] = await r.queue.receive(max_messages=1, wait_seconds=5)
+    await r.consumer.handle(early)
+    # Within the lease the push may still be under way elsewhere: no push, and the job is not acked ...
+    assert r.receiver.deliveries == []
+    assert await r.queue.depth() == (1, 0)
+    assert await r.queue.receive(max_messages=1, wait_seconds=0) == []  # ... but held until the lease ends
+    async with r.consumer.worker():
+        await r.receiver.wait_for(1)
+        await eventually(r.drained)
+    assert r.receiver.tokens() == ["bob-phone-0001"]
+    assert len(r.receiver.deliveries) == 1
+
+
+async def test_a_redelivery_after_a_done_push_never_pushes_it_again(
+    rig: Callable[..., Awaitable[Rig]],
+) -> None:
+    r = await rig(PUSH_CLAIM_LEASE_SECONDS="0.5")
+    await r.device("bob", "bob-phone-0001")
+    job = notification(("bob",))
+    await r.queue.send([job])
+    [first] = await r.queue.receive(max_messages=1, wait_seconds=5)
+    await r.consumer.handle(first)
+    await asyncio.sleep(0.6)  # the lease is long over: only "done" keeps the pair from a second push
+    await r.queue.send([job])  # the relay enqueued it again
+    async with r.consumer.worker():
+        await eventually(r.drained)
+    assert r.receiver.tokens() == ["bob-phone-0001"]
+
+
 # --- failures ---------------------------------------------------------------------------------------
 async def test_a_failed_push_is_retried_until_it_is_accepted(rig: Callable[..., Awaitable[Rig]]) -> None:
     r = await rig()

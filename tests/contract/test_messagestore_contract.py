@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +28,8 @@ from chat_core.messagestore import (
     ObjectAlreadyUsed,
     OutboxEntry,
 )
+from chat_core.messagestore.sqlite import SqliteChatStore
+from chat_core.timestamps import micros
 from tests.conftest import make_settings
 
 T0 = dt.datetime(2024, 4, 19, 12, 35, 0, 123456, tzinfo=dt.UTC)
@@ -669,19 +672,85 @@ async def test_outbox_stats_count_and_age(store: ChatStore) -> None:
 
 
 # --- PushReceiptStore -------------------------------------------------------------------------------
-async def test_a_push_is_claimed_once(store: ChatStore) -> None:
-    assert await store.claim_push("m1:0", "token-a") is True
-    assert await store.claim_push("m1:0", "token-a") is False
-    assert await store.claim_push("m1:0", "token-b") is True
-    assert await store.claim_push("m2:0", "token-a") is True
+LEASE = dt.timedelta(seconds=60)
+SHORT_LEASE = dt.timedelta(seconds=0.5)
+
+
+async def claim(store: ChatStore, notification_id: str, token: str, lease: dt.timedelta = LEASE) -> str:
+    return (await store.claim_push(notification_id, token, lease=lease)).state
+
+
+async def test_a_push_is_claimed_once_per_device_and_notification(store: ChatStore) -> None:
+    assert await claim(store, "m1:0", "token-a") == "claimed"
+    assert await claim(store, "m1:0", "token-a") == "leased"
+    assert await claim(store, "m1:0", "token-b") == "claimed"
+    assert await claim(store, "m2:0", "token-a") == "claimed"
+
+
+async def test_within_its_lease_a_claim_refuses_a_second_one_and_says_until_when(store: ChatStore) -> None:
+    before = dt.datetime.now(dt.UTC)
+    first = await store.claim_push("m1:0", "token-a", lease=LEASE)
+    assert first.state == "claimed"
+    assert first.leased_until is not None
+    assert before + LEASE <= first.leased_until <= dt.datetime.now(dt.UTC) + LEASE
+    second = await store.claim_push("m1:0", "token-a", lease=LEASE)
+    assert second.state == "leased"
+    assert second.leased_until == first.leased_until
+
+
+async def test_after_its_lease_a_claim_can_be_taken_again(store: ChatStore) -> None:
+    """The claimer crashed between claim and push: once the lease has run out, a redelivery claims it."""
+    assert await claim(store, "m1:0", "token-a", SHORT_LEASE) == "claimed"
+    await asyncio.sleep(SHORT_LEASE.total_seconds() + 0.1)
+    assert await claim(store, "m1:0", "token-a") == "claimed"
+    assert await claim(store, "m1:0", "token-a") == "leased"  # the new claim holds its own lease
+
+
+async def test_a_done_push_is_never_claimed_again(store: ChatStore) -> None:
+    assert await claim(store, "m1:0", "token-a", SHORT_LEASE) == "claimed"
+    await store.complete_push("m1:0", "token-a")
+    assert await claim(store, "m1:0", "token-a") == "done"
+    await asyncio.sleep(SHORT_LEASE.total_seconds() + 0.1)
+    assert await claim(store, "m1:0", "token-a") == "done"
+    await store.release_push("m1:0", "token-a")  # a late release of a done push changes nothing
+    assert await claim(store, "m1:0", "token-a") == "done"
+    assert await claim(store, "m1:0", "token-b") == "claimed"
 
 
 async def test_a_released_push_can_be_claimed_again(store: ChatStore) -> None:
-    assert await store.claim_push("m1:0", "token-a") is True
+    assert await claim(store, "m1:0", "token-a") == "claimed"
     await store.release_push("m1:0", "token-a")
-    assert await store.claim_push("m1:0", "token-a") is True
+    assert await claim(store, "m1:0", "token-a") == "claimed"
 
 
 async def test_concurrent_claims_have_one_winner(store: ChatStore) -> None:
-    results = await asyncio.gather(*(store.claim_push("m1:0", "token-a") for _ in range(5)))
-    assert sorted(results) == [False, False, False, False, True]
+    results = await asyncio.gather(*(claim(store, "m1:0", "token-a") for _ in range(5)))
+    assert sorted(results) == ["claimed", "leased", "leased", "leased", "leased"]
+
+
+async def test_concurrent_claims_of_a_lapsed_lease_have_one_winner(store: ChatStore) -> None:
+    assert await claim(store, "m1:0", "token-a", SHORT_LEASE) == "claimed"
+    await asyncio.sleep(SHORT_LEASE.total_seconds() + 0.1)
+    results = await asyncio.gather(*(claim(store, "m1:0", "token-a") for _ in range(5)))
+    assert sorted(results) == ["claimed", "leased", "leased", "leased", "leased"]
+
+
+async def test_a_sqlite_receipt_from_before_leases_counts_as_done(tmp_path: Path) -> None:
+    """Data dirs made before claims had leases: their receipts were pushes (or claims) never to repeat."""
+    path = tmp_path / "messages.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE push_receipts (notification_id TEXT NOT NULL, device_token TEXT NOT NULL,"
+            " claimed_at INTEGER NOT NULL, PRIMARY KEY (notification_id, device_token)) WITHOUT ROWID"
+        )
+        conn.execute(
+            "INSERT INTO push_receipts VALUES ('m1:0', 'token-a', ?)", (micros(dt.datetime.now(dt.UTC)),)
+        )
+    conn.close()
+    store = SqliteChatStore(path)
+    await store.start()
+    try:
+        assert await claim(store, "m1:0", "token-a") == "done"
+        assert await claim(store, "m1:0", "token-b") == "claimed"
+    finally:
+        await store.close()

@@ -5,11 +5,13 @@
 - the published dev secret is refused off loopback or next to a production-like setting; ``make run``
   binds 127.0.0.1; a short or empty URL-signing key file is refused at start-up;
 - a failing JWKS is not asked again on every request (cool-down with backoff) and cached keys keep working;
-- every 503 is a problem with ``Retry-After``: object store unreachable, signing keys unavailable.
+- every 503 is a problem with ``Retry-After``: object store unreachable, signing keys unavailable, message
+  store locked (SQLite) or unreachable (Firestore).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import subprocess
@@ -247,3 +249,96 @@ async def test_an_unreachable_object_store_makes_a_send_503_storage_unavailable_
     assert sent.json()["code"] == "storage_unavailable"
     assert int(sent.headers["retry-after"]) >= 1
     assert httpx.codes.is_server_error(sent.status_code)
+
+
+# --- message store unavailable ----------------------------------------------------------------------
+def _assert_503(response: httpx.Response, code: str) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == code
+    assert int(response.headers["retry-after"]) >= 1
+
+
+_HOLD_WRITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+async def test_a_sqlite_store_locked_by_another_process_makes_writes_503_store_unavailable(
+    client_for: Any, tmp_path: Path
+) -> None:
+    """Several processes may share one SQLite file: one holding the write lock past busy_timeout is an
+    outage of the store for the others' writes (503 with Retry-After, never a 500); reads go on (WAL)."""
+    http = await client_for(create_app(make_settings(tmp_path, {"REQUEST_TIMEOUT_SECONDS": "60"})))
+    created = await http.post(
+        "/conversations", json={"participantIds": ["bob"]}, headers=auth_header("alice")
+    )
+    cid = created.json()["conversationId"]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_WRITE_LOCK, str(tmp_path / "messages.sqlite3")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        sent, listed, upload = await asyncio.gather(
+            http.post(
+                f"/conversations/{cid}/messages",
+                json={"messageType": "text", "content": "hi"},
+                headers=auth_header("alice"),
+            ),
+            http.get(f"/conversations/{cid}/messages", headers=auth_header("bob")),
+            http.post(
+                f"/conversations/{cid}/images/upload_url",
+                json={"content_type": "image/jpeg"},
+                headers=auth_header("alice"),
+            ),
+        )
+    finally:
+        holder.communicate("")
+    _assert_503(sent, "store_unavailable")
+    assert listed.status_code == 200, listed.text
+    assert upload.status_code == 200, upload.text
+    # The lock is gone: the same send goes through.
+    again = await http.post(
+        f"/conversations/{cid}/messages",
+        json={"messageType": "text", "content": "hi"},
+        headers=auth_header("alice"),
+    )
+    assert again.status_code == 201, again.text
+
+
+@pytest.mark.firestore
+async def test_an_unreachable_firestore_makes_plain_requests_503_with_retry_after(
+    client_for: Any, tmp_path: Path
+) -> None:
+    """The client keeps retrying a closed port on its own; the request deadline answers for it."""
+    env = {
+        "MESSAGE_STORE": "firestore",
+        "FIRESTORE_PROJECT_ID": "unreachable",
+        "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{harness.free_port()}",
+        "REQUEST_TIMEOUT_SECONDS": "2",
+    }
+    http = await client_for(create_app(make_settings(tmp_path, env)))
+    listed, sent, upload, conversations = await asyncio.gather(
+        http.get("/conversations/c-1/messages", headers=auth_header("alice")),
+        http.post(
+            "/conversations/c-1/messages",
+            json={"messageType": "text", "content": "hi"},
+            headers=auth_header("alice"),
+        ),
+        http.post(
+            "/conversations/c-1/images/upload_url",
+            json={"content_type": "image/jpeg"},
+            headers=auth_header("alice"),
+        ),
+        http.get("/conversations", headers=auth_header("alice")),
+    )
+    for response in (listed, sent, upload, conversations):
+        _assert_503(response, "backend_timeout")

@@ -1,21 +1,30 @@
 """Resources are given back on every path: file descriptors of unread bodies, background tasks at shutdown,
-sibling pushes when one fails."""
+sibling pushes when one fails; a bus failing under a live socket closes it with 1013 (try again)."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import gc
+import json
 import os
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from litestar import Litestar
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
+from chat_core import ratelimit
 from chat_core.backends import Backends
-from chat_core.messagestore import Device
+from chat_core.messagestore import Conversation, Device
 from chat_core.objectstore import ByteRange
+from chat_core.realtime import EventBusUnavailable, conversation_channel
+from chat_core.realtime.events import Envelope, encode
 from chat_management.all import create_app
+from message_service.realtime import RealtimeSockets
 from notification_consumer.consumer import NotificationConsumer
 from tests.conftest import auth_header, make_settings, running
 from tests.consumer.test_consumer import notification
@@ -129,10 +138,13 @@ class _FailingForOneToken:
         self._inner = inner
         self._failing = failing_token
 
-    async def claim_push(self, notification_id: str, device_token: str) -> bool:
+    async def claim_push(self, notification_id: str, device_token: str, *, lease: Any) -> Any:
         if device_token == self._failing:
             raise ConnectionError("receipt store unreachable")
-        return bool(await self._inner.claim_push(notification_id, device_token))
+        return await self._inner.claim_push(notification_id, device_token, lease=lease)
+
+    async def complete_push(self, notification_id: str, device_token: str) -> None:
+        await self._inner.complete_push(notification_id, device_token)
 
     async def release_push(self, notification_id: str, device_token: str) -> None:
         await self._inner.release_push(notification_id, device_token)
@@ -180,3 +192,72 @@ async def test_one_failing_push_leaves_no_sibling_push_running(tmp_path: Path) -
         assert len(finished) == 1
         pending = [t for t in asyncio.all_tasks() if "_push_device" in repr(t.get_coro()) and not t.done()]
         assert pending == []
+
+
+class _BusFailingOnResubscribe:
+    """The real event bus, with a fault injected: changing a live subscription's channels raises
+    ``EventBusUnavailable``, as a bus that went down under an open socket does."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.name = inner.name
+
+    async def subscribe(self, channels: Any, handler: Any) -> Any:
+        subscription = await self._inner.subscribe(channels, handler)
+
+        class Failing:
+            async def add(self, channels: Any) -> None:
+                await subscription.add(channels)
+
+            async def remove(self, channels: Any) -> None:
+                raise EventBusUnavailable("the bus went down under the socket")
+
+            async def close(self) -> None:
+                await subscription.close()
+
+        return Failing()
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        await self._inner.publish(channel, payload)
+
+
+async def test_a_bus_failing_under_a_live_socket_closes_it_with_1013_not_1011(
+    tmp_path: Path, serve: Any
+) -> None:
+    settings = make_settings(tmp_path)
+    backends = Backends(settings)
+    bus = backends.event_bus
+    sockets = RealtimeSockets(
+        backends.verifier,
+        backends.conversations,
+        _BusFailingOnResubscribe(bus),  # type: ignore[arg-type]
+        backends.presence,
+        backends.rate_limiter,
+        ratelimit.in_process(settings.limits),
+        presence_ttl_seconds=settings.presence.ttl_seconds,
+        max_frame_bytes=settings.limits.socket_max_frame_bytes,
+        sockets_per_user=settings.limits.sockets_per_user,
+    )
+    async with backends:
+        now = dt.datetime.now(dt.UTC)
+        await backends.conversations.create_conversation(
+            Conversation(
+                conversation_id="c-1",
+                participants=("alice", "bob"),
+                name=None,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        base = await serve(Litestar([sockets.route_handler()]))
+        url = base.replace("http://", "ws://") + "/ws"
+        async with connect(url, additional_headers=auth_header("bob"), proxy=None, open_timeout=5) as socket:
+            assert json.loads(await socket.recv())["type"] == "session.ready"
+            # bob was removed and the conversation.left was lost: the next event makes the socket drop the
+            # channel, and that subscription change fails on the bus.
+            removed = Envelope(type="message.read", conversation_id="c-1", message_id="m", members=("alice",))
+            await bus.publish(conversation_channel("c-1"), encode(removed))
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(socket.recv(), 10)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1013

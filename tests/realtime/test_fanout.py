@@ -163,6 +163,51 @@ async def test_the_relay_delivers_what_the_outbox_holds_and_exports_its_depth(
     assert REGISTRY.get_sample_value("chat_outbox_depth") == 0
 
 
+class _QueueHoldingOneMessage:
+    """The real notification queue, with a fault injected: sending ``held``'s notification hangs until
+    ``release`` is set (a slow enqueue in flight while the relay runs)."""
+
+    def __init__(self, inner: Any, held: str) -> None:
+        self._inner = inner
+        self._held = held
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def send(self, notifications: Any) -> None:
+        if any(n.message_id == self._held for n in notifications):
+            self.holding.set()
+            await self.release.wait()
+        await self._inner.send(notifications)
+
+
+async def test_the_relay_skips_an_entry_in_flight_and_delivers_the_rest_without_backing_off(
+    make_rig: Callable[..., Any],
+) -> None:
+    rig: Rig = await make_rig()
+    conversation = await rig.conversation("alice", "bob")
+    held = await rig.stored(conversation, message())  # the oldest: first in the relay's pass
+    others = [(await rig.stored(conversation, message())).message.message_id for _ in range(2)]
+    queue = _QueueHoldingOneMessage(rig.backends.notification_queue, held.message.message_id)
+    fanout = Fanout(
+        rig.backends.conversations,
+        rig.backends.outbox,
+        rig.backends.event_bus,
+        rig.backends.presence,
+        queue,  # type: ignore[arg-type]
+        relay_grace=0.0,
+    )
+    await fanout.message_created(held, frozenset({"alice", "bob"}))  # the send's own delivery
+    await asyncio.wait_for(queue.holding.wait(), 5)
+    assert await fanout.relay_once() is True  # healthy: nothing failed, so no back-off
+    assert await rig.outbox_ids() == {held.message.message_id}
+    delivered = await rig.backends.notification_queue.receive(max_messages=10, wait_seconds=1)
+    assert sorted(job.job.message_id for job in delivered) == sorted(others)
+    queue.release.set()  # the delivery in flight ends on its own
+    async with asyncio.timeout(5):
+        while await rig.outbox_ids():
+            await asyncio.sleep(0.02)
+
+
 async def test_a_stale_message_is_still_notified_but_no_longer_published(
     make_rig: Callable[..., Any],
 ) -> None:

@@ -28,7 +28,7 @@ from chat_core import metrics, tracing
 from chat_core.auth import Principal, TokenVerifier, token_from_connection
 from chat_core.backends import PORTS, Backends
 from chat_core.deadline import DeadlineMiddleware
-from chat_core.errors import exception_handlers, problem_response
+from chat_core.errors import exception_handlers, outage_handlers, problem_response
 from chat_core.json_guard import JsonGuard
 from chat_core.observability import ObservabilityMiddleware, set_request_user
 from chat_core.openapi import complete_error_responses, fix_options_allow
@@ -205,7 +205,7 @@ def create_service_app(
     app = Litestar(
         route_handlers=route_handlers,
         dependencies=dependencies,
-        exception_handlers=exception_handlers,
+        exception_handlers={**exception_handlers, **outage_handlers(backends.outage_reporters())},
         lifespan=[lifespan],
         # Only apps with a limited route build the limiter (the consumer and the proxy have none).
         guards=[_rate_limit_guard(backends)] if _names_a_limit(route_handlers) else [],

@@ -22,6 +22,7 @@ import httpx
 
 from chat_core.auth import TokenVerifier, build_verifier
 from chat_core.aws import AwsCredentialSource, AwsHttp
+from chat_core.errors import ReportsOutages
 from chat_core.settings import Settings
 
 if TYPE_CHECKING:
@@ -377,6 +378,10 @@ class Backends:
             for port, adapter in self._adapters.items()
             if port in wanted and isinstance(adapter, ReadinessProbe)
         }
+
+    def outage_reporters(self) -> list[ReportsOutages]:
+        """Adapters in use that tell an outage of their backend from a bug (a 503, not a 500)."""
+        return [adapter for adapter in self._adapters.values() if isinstance(adapter, ReportsOutages)]
 
     def route_handlers(self) -> list[HTTPRouteHandler]:
         """Routes an embedded adapter serves itself (the local object store's signed URLs)."""

@@ -1,15 +1,17 @@
 """RFC 9457 problem details with a stable machine-readable ``code``.
 
 Handlers raise ``ProblemError`` (or a subclass); the exception handlers here turn it, Litestar's own
-HTTP errors and request-validation failures into ``application/problem+json``. Anything unexpected
-becomes a 500 that carries the trace id and nothing of the stack.
+HTTP errors and request-validation failures into ``application/problem+json``. An error an adapter
+recognises as an outage of its backend (``ReportsOutages``: unreachable, locked, overloaded) becomes a 503
+with ``Retry-After`` and the adapter's code (``store_unavailable``). Anything else unexpected becomes a 500
+that carries the trace id and nothing of the stack.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 import structlog
@@ -25,7 +27,9 @@ __all__ = [
     "FieldError",
     "ProblemDetails",
     "ProblemError",
+    "ReportsOutages",
     "exception_handlers",
+    "outage_handlers",
     "problem_response",
     "problem_responses",
 ]
@@ -207,3 +211,40 @@ exception_handlers: ExceptionHandlersMap = {
     HTTPException: _handle_http,
     Exception: _handle_unexpected,
 }
+
+
+@runtime_checkable
+class ReportsOutages(Protocol):
+    """An adapter that tells an outage of its backend (worth a retry a little later) from a bug.
+
+    ``outage_errors``: the exception types its client raises for either; ``is_outage`` decides which an
+    instance is; ``outage_code``: the 503's ``code``.
+    """
+
+    outage_code: str
+    outage_errors: tuple[type[Exception], ...]
+
+    def is_outage(self, exc: Exception) -> bool: ...
+
+
+def outage_handlers(reporters: Sequence[ReportsOutages]) -> ExceptionHandlersMap:
+    """Exception handlers answering an outage of a backend with a 503 problem (``Retry-After``), else 500."""
+
+    def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+        for reporter in reporters:
+            if isinstance(exc, reporter.outage_errors) and reporter.is_outage(exc):
+                _log.warning(
+                    "backend_unavailable",
+                    code=reporter.outage_code,
+                    path=request.url.path,
+                    error=f"{type(exc).__name__}: {exc}"[:300],
+                )
+                return problem_response(
+                    503,
+                    reporter.outage_code,
+                    "a backend is unavailable; retry shortly",
+                    instance=request.url.path,
+                )
+        return _handle_unexpected(request, exc)
+
+    return {error: handle for reporter in reporters for error in reporter.outage_errors}

@@ -318,6 +318,15 @@ class NotificationSettings(_Frozen, frozen=True, kw_only=True):
         ),
         msgspec.Meta(ge=0, le=900),
     ] = 5.0
+    push_claim_lease_seconds: Annotated[
+        float,
+        env(
+            "PUSH_CLAIM_LEASE_SECONDS",
+            "How long a claim on one device's push holds before a redelivery may push it (a claimer that"
+            " crashed before pushing loses nothing); a push gets at most half of it.",
+        ),
+        msgspec.Meta(gt=0, le=3600),
+    ] = 60.0
 
 
 class FirestoreSettings(_Frozen, frozen=True, kw_only=True):

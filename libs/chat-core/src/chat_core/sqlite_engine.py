@@ -25,11 +25,32 @@ import anyio.to_thread
 
 from chat_core.batching import Coalescer
 
-__all__ = ["SqliteEngine"]
+__all__ = ["OUTAGE_ERRORS", "SqliteEngine", "is_outage"]
 
 R = TypeVar("R")
 
 BUSY_TIMEOUT_MS = 10_000
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
+# Result codes that mean "cannot answer now", not a bug in a statement: another process held the write
+# lock past busy_timeout, the disk failed or filled up, the file went away or became read-only.
+_OUTAGE_CODES = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_IOERR",
+    "SQLITE_FULL",
+    "SQLITE_CANTOPEN",
+    "SQLITE_READONLY",
+    "SQLITE_PROTOCOL",
+)
+
+
+def is_outage(exc: Exception) -> bool:
+    """Whether ``exc`` is the database being unavailable (a 503 worth a retry) rather than a bug."""
+    return isinstance(exc, sqlite3.OperationalError) and str(getattr(exc, "sqlite_errorname", "")).startswith(
+        _OUTAGE_CODES
+    )
+
+
 GROUP_MAX = 256  # write jobs sharing one transaction at most
 
 

@@ -186,6 +186,9 @@ class Fanout:
     async def deliver(self, entry: OutboxEntry, members: frozenset[str] | None = None) -> bool:
         """Publish and enqueue what is still to do for ``entry``; True once its outbox entry is released.
 
+        False when a step failed, or when another task is delivering the same entry right now (the relay
+        skips those instead of calling this).
+
         ``members``: the conversation's members as the send saw them (None: read them, as the relay does).
         """
         message_id = entry.message.message_id
@@ -336,6 +339,8 @@ class Fanout:
         entries = await self._outbox.pending_outbox(older_than=self._relay_grace, limit=RELAY_BATCH)
         healthy = True
         for entry in entries:
+            if entry.message.message_id in self._delivering:
+                continue  # another task is delivering it right now: not a failure, go on with the rest
             if not await self.deliver(entry):
                 healthy = False
                 break  # the bus or queue is down: the rest would fail the same way

@@ -2,8 +2,16 @@
 
 * At most ``NOTIFICATION_CONCURRENCY`` queue messages in work at once (the poller only asks the queue for
   as many as there are free slots), and at most as many pushes in flight.
-* A redelivered message never pushes twice to one device: each (notification, device) pair is claimed in
-  the PushReceiptStore before its push, and released again if the push failed, so only failures are retried.
+* A redelivered message never pushes twice to one device, and a crash loses no push: each (notification,
+  device) pair is claimed in the PushReceiptStore before its push, as a lease of ``PUSH_CLAIM_LEASE_SECONDS``.
+  A push that is accepted (or finds the token dead) marks the pair done: never pushed again. A push that
+  failed releases its claim, so only failures are retried. A claim whose holder crashed between claim and
+  push is neither done nor released: once its lease has run out, a redelivery claims it again and pushes.
+  A redelivery that meets a claim still within its lease (its push may be under way elsewhere) neither
+  pushes nor acks: the message goes back on the queue until that lease ends, then looks again. Two copies
+  of one job in this process (enqueued twice) take turns on each device instead: the second finds it done.
+* A push gets at most half the lease (then it counts as failed and is retried), so a claim never lapses
+  while its push is still running; the other half is margin for marking it done and for clock skew.
 * A transient failure (provider answered ``retry``, or the store was unreachable) leaves the message on
   the queue with a delay that doubles per attempt (``NOTIFICATION_RETRY_BASE_SECONDS``, through the
   visibility timeout); after ``NOTIFICATION_MAX_RECEIVES`` receives the queue moves it to the DLQ.
@@ -22,7 +30,7 @@ import contextlib
 import datetime as dt
 import random
 from collections.abc import AsyncIterator, Awaitable
-from typing import Literal
+from typing import NamedTuple
 
 import structlog
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -38,10 +46,18 @@ from chat_core.settings import Settings
 __all__ = ["MAX_RETRY_DELAY_SECONDS", "NotificationConsumer", "push_message_for"]
 
 MAX_RETRY_DELAY_SECONDS = 900.0
+_LEASE_MARGIN_SECONDS = 1.0  # after another claim's lease ends, look again a little later
 _log = structlog.get_logger("notification_consumer")
 _tracer = tracing.get_tracer("notification_consumer")
 
-DeviceResult = Literal["done", "retry"]
+
+class DeviceResult(NamedTuple):
+    done: bool  # pushed now or before, or the device is gone
+    not_before: dt.datetime | None = None  # not done: another claim holds the device until then
+
+
+_DONE = DeviceResult(done=True)
+_RETRY = DeviceResult(done=False)
 
 
 def push_message_for(notification: Notification, device: Device) -> PushMessage:
@@ -80,6 +96,7 @@ class NotificationConsumer:
         max_receives: int,
         retry_base_seconds: float,
         drain_seconds: float,
+        claim_lease_seconds: float = 60.0,
     ) -> None:
         self._queue = queue
         self._devices = devices
@@ -87,7 +104,10 @@ class NotificationConsumer:
         self._push = push
         self._max_receives = max_receives
         self._retry_base = retry_base_seconds
+        self._lease = dt.timedelta(seconds=claim_lease_seconds)
+        self._push_deadline = claim_lease_seconds / 2
         self._push_slots = asyncio.Semaphore(concurrency)
+        self._pushing: dict[tuple[str, str], asyncio.Event] = {}  # (notification, token) pushed right now
         self._runner = JobRunner(
             "notification",
             queue,
@@ -111,6 +131,7 @@ class NotificationConsumer:
             max_receives=settings.notifications.max_receives,
             retry_base_seconds=settings.notifications.retry_base_seconds,
             drain_seconds=settings.service.drain_seconds,
+            claim_lease_seconds=settings.notifications.push_claim_lease_seconds,
         )
 
     # --- lifecycle ----------------------------------------------------------------------------------
@@ -145,12 +166,12 @@ class NotificationConsumer:
                 waited = (dt.datetime.now(dt.UTC) - received.enqueued_at).total_seconds()
                 metrics.NOTIFICATION_QUEUE_AGE.observe(max(0.0, waited))
             try:
-                complete = await self._push_all(notification)
+                complete, not_before = await self._push_all(notification)
             except Exception as exc:
                 _log.warning(
                     "notification_failed", notification_id=notification.notification_id, error=repr(exc)
                 )
-                complete = False
+                complete, not_before = False, None
             if complete:
                 await self._settle(self._queue.ack(received.receipt), notification)
                 return
@@ -167,6 +188,11 @@ class NotificationConsumer:
             else:
                 metrics.NOTIFICATIONS_RETRIED.inc()
                 delay = self.retry_delay(received.receive_count)
+                if not_before is not None:
+                    # A device is claimed elsewhere: look again once that lease has run out, not before
+                    # (each early look would spend one of the message's receives).
+                    lease_left = (not_before - dt.datetime.now(dt.UTC)).total_seconds()
+                    delay = max(delay, min(MAX_RETRY_DELAY_SECONDS, lease_left + _LEASE_MARGIN_SECONDS))
             await self._settle(self._queue.retry_later(received.receipt, delay), notification)
 
     async def _settle(self, call: Awaitable[None], notification: Notification) -> None:
@@ -178,46 +204,88 @@ class NotificationConsumer:
                 "notification_settle_failed", notification_id=notification.notification_id, error=repr(exc)
             )
 
-    async def _push_all(self, notification: Notification) -> bool:
-        """True when every device is done (pushed now or before, or gone); False if any needs a retry."""
+    async def _push_all(self, notification: Notification) -> tuple[bool, dt.datetime | None]:
+        """(True, None) when every device is done (pushed now or before, or gone); otherwise False and
+        the latest time another claim holds one of the devices (None: only failures to retry)."""
         devices = await self._devices.devices_for(notification.recipient_ids)
         targets = [device for user in notification.recipient_ids for device in devices.get(user, ())]
-        # Supervised: every sibling push is settled (sent and kept, or released) before this returns, even
+        # Supervised: every sibling push is settled (sent and done, or released) before this returns, even
         # when one fails, so none is left running behind the retry decision. Cancelling the siblings
         # instead would release claims of pushes that may already have been delivered.
         results = await asyncio.gather(
             *(self._push_device(notification, device) for device in targets), return_exceptions=True
         )
+        settled: list[DeviceResult] = []
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        return all(result == "done" for result in results)
+            settled.append(result)
+        held = [result.not_before for result in settled if result.not_before is not None]
+        return all(result.done for result in settled), max(held, default=None)
 
     async def _push_device(self, notification: Notification, device: Device) -> DeviceResult:
-        if not await self._receipts.claim_push(notification.notification_id, device.token):
-            return "done"  # pushed by an earlier delivery of this message
+        # Two copies of one job in this process (the relay enqueued it twice) take turns on a device, so the
+        # second finds the first's push done (or released) instead of its live lease, which would send the
+        # second copy back to the queue until the lease ends. Other replicas' leases are the store's job.
+        key = (notification.notification_id, device.token)
+        while (running := self._pushing.get(key)) is not None:
+            await running.wait()
+        finished = self._pushing[key] = asyncio.Event()
         try:
-            async with self._push_slots:
+            return await self._claim_and_push(notification, device)
+        finally:
+            del self._pushing[key]
+            finished.set()
+
+    async def _claim_and_push(self, notification: Notification, device: Device) -> DeviceResult:
+        # The claim is taken once a push slot is free, so its lease covers the push, not the wait.
+        async with self._push_slots:
+            claim = await self._receipts.claim_push(
+                notification.notification_id, device.token, lease=self._lease
+            )
+            if claim.state == "done":
+                return _DONE  # pushed by an earlier delivery of this message
+            if claim.state == "leased":
+                _log.info(
+                    "push_claimed_elsewhere",
+                    notification_id=notification.notification_id,
+                    user_id=device.user_id,
+                    leased_until=str(claim.leased_until),
+                )
+                return DeviceResult(done=False, not_before=claim.leased_until)
+            try:
                 with _tracer.start_as_current_span(f"push {self._push.name}", kind=SpanKind.CLIENT):
-                    outcome = await self._push.send(push_message_for(notification, device))
-        except BaseException as exc:
-            await self._release(notification, device)
-            if not isinstance(exc, Exception):
-                raise  # cancelled (shutdown): the claim is released, the redelivery pushes it
-            metrics.NOTIFICATIONS_FAILED.labels(self._push.name, "error").inc()
-            _log.warning("push_error", user_id=device.user_id, error=repr(exc))
-            return "retry"
+                    async with asyncio.timeout(self._push_deadline):
+                        outcome = await self._push.send(push_message_for(notification, device))
+            except BaseException as exc:
+                await self._release(notification, device)
+                if not isinstance(exc, Exception):
+                    raise  # cancelled (shutdown): the claim is released, the redelivery pushes it
+                metrics.NOTIFICATIONS_FAILED.labels(self._push.name, "error").inc()
+                _log.warning("push_error", user_id=device.user_id, error=repr(exc))
+                return _RETRY
         if outcome == "sent":
             self._sent.inc()
-            return "done"
+            await self._complete(notification, device)
+            return _DONE
         if outcome == "invalid_token":
             metrics.NOTIFICATIONS_FAILED.labels(self._push.name, "invalid_token").inc()
             _log.info("device_token_invalid_deleted", user_id=device.user_id, platform=device.platform)
+            await self._complete(notification, device)
             await self._devices.delete_device(device.user_id, device.token)
-            return "done"
+            return _DONE
         metrics.NOTIFICATIONS_FAILED.labels(self._push.name, "retry").inc()
         await self._release(notification, device)
-        return "retry"
+        return _RETRY
+
+    async def _complete(self, notification: Notification, device: Device) -> None:
+        try:
+            # Shielded: a push that went out must be marked done even if shutdown cancels this task.
+            await asyncio.shield(self._receipts.complete_push(notification.notification_id, device.token))
+        except Exception as exc:
+            # The push went out: it counts as done here (no retry of it from this delivery). Only a
+            # redelivery after the lease, for a sibling's failure, could push it once more.
+            _log.warning("push_claim_not_completed", user_id=device.user_id, error=repr(exc))
 
     async def _release(self, notification: Notification, device: Device) -> None:
         try:

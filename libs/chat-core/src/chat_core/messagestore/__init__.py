@@ -15,7 +15,8 @@ Firestore layout (SQLite mirrors it in tables):
 * ``outbox/{messageId}``: publish + enqueue still to do for a stored message (written in the same
   transaction as the message: "a 201 means durably stored, and its notification is never dropped")
 * ``devices/{sha256(token)}``: userId, token, platform
-* ``pushReceipts/{sha256(notification_id + token)}``: a device already pushed for a notification
+* ``pushReceipts/{sha256(notification_id + token)}``: a push to a device for a notification, claimed
+  (``leasedUntil``: a time) or done (``leasedUntil`` null or absent)
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ __all__ = [
     "OutboxStore",
     "Page",
     "Platform",
+    "PushClaim",
+    "PushClaimState",
     "PushReceiptStore",
     "decode_cursor",
     "encode_cursor",
@@ -333,14 +336,36 @@ class OutboxStore(Protocol):
         """(pending entries, creation time of the oldest)."""
 
 
-class PushReceiptStore(Protocol):
-    """A redelivered notification never pushes twice to one device."""
+PushClaimState = Literal["claimed", "leased", "done"]
 
-    async def claim_push(self, notification_id: str, device_token: str) -> bool:
-        """True when this call claimed the pair; False when it was claimed before."""
+
+class PushClaim(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to ``claim_push``.
+
+    ``claimed``: this call holds the pair until ``leased_until``; ``leased``: another claim holds it until
+    ``leased_until`` (its push may be under way: try again after that); ``done``: pushed, never again.
+    """
+
+    state: PushClaimState
+    leased_until: dt.datetime | None = None
+
+
+class PushReceiptStore(Protocol):
+    """A redelivered notification never pushes twice to one device, and a crashed claimer loses no push.
+
+    A claim is a lease: it holds a (notification, device) pair for ``lease``, long enough for one push.
+    A pushed pair is marked done and is never claimed again; a claim neither done nor within its lease
+    (its holder crashed between claim and push) can be taken again. Each call is atomic.
+    """
+
+    async def claim_push(self, notification_id: str, device_token: str, *, lease: dt.timedelta) -> PushClaim:
+        """Claim the pair for ``lease`` unless it is done or another claim's lease still runs."""
+
+    async def complete_push(self, notification_id: str, device_token: str) -> None:
+        """Mark the pair pushed: no later claim succeeds."""
 
     async def release_push(self, notification_id: str, device_token: str) -> None:
-        """Undo a claim whose push failed, so a retry may send it."""
+        """Undo a claim whose push failed, so a retry may send it (a done pair stays done)."""
 
 
 class ChatStore(ConversationStore, MessageStore, DeviceStore, OutboxStore, PushReceiptStore, Protocol):
@@ -352,6 +377,10 @@ class ChatStore(ConversationStore, MessageStore, DeviceStore, OutboxStore, PushR
 
     name: str  # "firestore" or "sqlite"
     readiness_name: str
+    outage_code: str  # chat_core.errors.ReportsOutages: an outage of the store is a 503 with this code
+    outage_errors: tuple[type[Exception], ...]
+
+    def is_outage(self, exc: Exception) -> bool: ...
 
     async def start(self) -> None: ...
 

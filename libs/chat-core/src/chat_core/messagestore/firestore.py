@@ -49,6 +49,7 @@ from chat_core.messagestore import (
     ObjectAlreadyUsed,
     OutboxEntry,
     Page,
+    PushClaim,
     decode_cursor,
     page_of,
 )
@@ -73,6 +74,16 @@ _IN_CHUNK = 30  # Firestore's limit on the values of an "in" filter
 _BATCH_LIMIT = 500  # writes per batch
 _OPTIMISTIC_ATTEMPTS = 8
 _DESCENDING = BaseQuery.DESCENDING
+# What the client raises when Firestore cannot answer now (unreachable, overloaded, contention, its own
+# retries given up): a 503 worth a retry. Anything else it raises is a bug of ours (a 500).
+_OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.ResourceExhausted,
+    gexc.Aborted,
+    gexc.InternalServerError,
+    gexc.RetryError,
+)
 
 
 def _plain(value: Any) -> Any:
@@ -154,10 +165,15 @@ async def _newest_first(
 class FirestoreChatStore:
     name = "firestore"
     readiness_name = "firestore"
+    outage_code = "store_unavailable"
+    outage_errors = _OUTAGE_ERRORS
 
     def __init__(self, settings: FirestoreSettings) -> None:
         self._settings = settings
         self._client: AsyncClient | None = None
+
+    def is_outage(self, exc: Exception) -> bool:
+        return isinstance(exc, _OUTAGE_ERRORS)
 
     @property
     def client(self) -> AsyncClient:
@@ -477,18 +493,61 @@ class FirestoreChatStore:
     def _receipt_ref(self, notification_id: str, device_token: str) -> AsyncDocumentReference:
         return self.client.collection(PUSH_RECEIPTS).document(_doc_id(notification_id, device_token))
 
-    async def claim_push(self, notification_id: str, device_token: str) -> bool:
+    async def claim_push(self, notification_id: str, device_token: str, *, lease: dt.timedelta) -> PushClaim:
+        # Optimistic, as elsewhere here: create the receipt if there is none; otherwise take over a lapsed
+        # lease only if the receipt is unchanged since it was read (its update time as a precondition),
+        # so of two claimers of one lapsed lease exactly one wins.
+        ref = self._receipt_ref(notification_id, device_token)
+        for _ in range(_OPTIMISTIC_ATTEMPTS):
+            now = dt.datetime.now(dt.UTC)
+            fields = {
+                "notificationId": notification_id,
+                "claimedAt": now,
+                "leasedUntil": now + lease,
+                "expireAt": now + PUSH_RECEIPT_TTL,
+            }
+            try:
+                await ref.create(fields)
+            except gexc.AlreadyExists:
+                pass
+            else:
+                return PushClaim(state="claimed", leased_until=now + lease)
+            snapshot = await ref.get()
+            if not snapshot.exists:
+                continue  # released in between: create it again
+            held = _plain((snapshot.to_dict() or {}).get("leasedUntil"))
+            if held is None:  # done (receipts from before leases have no leasedUntil: done as well)
+                return PushClaim(state="done")
+            if held > now:
+                return PushClaim(state="leased", leased_until=held)
+            try:
+                await ref.update(
+                    fields, option=self.client.write_option(last_update_time=snapshot.update_time)
+                )
+            except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
+                continue  # another claimer, a completion or a release came first: look again
+            return PushClaim(state="claimed", leased_until=now + lease)
+        raise RuntimeError(f"push receipt {notification_id} kept changing; not claimed")
+
+    async def complete_push(self, notification_id: str, device_token: str) -> None:
         now = dt.datetime.now(dt.UTC)
-        try:
-            await self._receipt_ref(notification_id, device_token).create(
-                {"notificationId": notification_id, "claimedAt": now, "expireAt": now + PUSH_RECEIPT_TTL}
-            )
-        except gexc.AlreadyExists:
-            return False
-        return True
+        await self._receipt_ref(notification_id, device_token).set(
+            {"notificationId": notification_id, "leasedUntil": None, "expireAt": now + PUSH_RECEIPT_TTL},
+            merge=True,
+        )
 
     async def release_push(self, notification_id: str, device_token: str) -> None:
-        await self._receipt_ref(notification_id, device_token).delete()
+        ref = self._receipt_ref(notification_id, device_token)
+        for _ in range(_OPTIMISTIC_ATTEMPTS):
+            snapshot = await ref.get()
+            if not snapshot.exists or (snapshot.to_dict() or {}).get("leasedUntil") is None:
+                return  # nothing held, or done: a done push stays done
+            try:
+                await ref.delete(option=self.client.write_option(last_update_time=snapshot.update_time))
+            except (gexc.FailedPrecondition, gexc.Aborted):
+                continue
+            return
+        raise RuntimeError(f"push receipt {notification_id} kept changing; not released")
 
 
 def create(backends: Backends) -> FirestoreChatStore:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
+from chat_core import sqlite_engine
 from chat_core.messagestore import (
     PUSH_RECEIPT_TTL,
     Conversation,
@@ -29,6 +30,7 @@ from chat_core.messagestore import (
     ObjectAlreadyUsed,
     OutboxEntry,
     Page,
+    PushClaim,
     decode_cursor,
     page_of,
 )
@@ -93,6 +95,7 @@ CREATE TABLE IF NOT EXISTS push_receipts (
     notification_id TEXT    NOT NULL,
     device_token    TEXT    NOT NULL,
     claimed_at      INTEGER NOT NULL,
+    leased_until    INTEGER,           -- a claim's lease ends (microseconds); NULL: pushed (done)
     PRIMARY KEY (notification_id, device_token)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS push_receipts_by_age ON push_receipts (claimed_at);
@@ -104,6 +107,10 @@ def _on_open(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(conversations)")}
     if "admins" not in columns:
         conn.execute("ALTER TABLE conversations ADD COLUMN admins TEXT")
+    # Data dirs made before push claims had leases: add the column (NULL: done, as those claims were).
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(push_receipts)")}
+    if "leased_until" not in columns:
+        conn.execute("ALTER TABLE push_receipts ADD COLUMN leased_until INTEGER")
     _expire_receipts(conn)
 
 
@@ -151,11 +158,16 @@ def _select_conversation(conn: sqlite3.Connection, conversation_id: str) -> Conv
 class SqliteChatStore:
     name = "sqlite"
     readiness_name = "sqlite"
+    outage_code = "store_unavailable"
+    outage_errors = sqlite_engine.OUTAGE_ERRORS
 
     def __init__(self, path: Path | str, *, readers: int = 4) -> None:
         self._db = SqliteEngine(
             path, schema=_SCHEMA, readers=readers, on_open=_on_open, label="SQLite message store"
         )
+
+    def is_outage(self, exc: Exception) -> bool:
+        return sqlite_engine.is_outage(exc)
 
     async def _newest_first(
         self,
@@ -554,21 +566,49 @@ class SqliteChatStore:
         return await self._db.read(select)
 
     # --- push receipts ----------------------------------------------------------------------------
-    async def claim_push(self, notification_id: str, device_token: str) -> bool:
-        def claim(conn: sqlite3.Connection) -> bool:
+    async def claim_push(self, notification_id: str, device_token: str, *, lease: dt.timedelta) -> PushClaim:
+        now = time.time_ns() // 1_000
+        until = now + int(lease.total_seconds() * 1_000_000)
+
+        def claim(conn: sqlite3.Connection) -> PushClaim:
+            # One statement: a new pair is inserted; a known one is taken over only if its claim is
+            # neither done (NULL) nor within its lease.
             cursor = conn.execute(
-                "INSERT OR IGNORE INTO push_receipts (notification_id, device_token, claimed_at)"
-                " VALUES (?, ?, ?)",
-                (notification_id, device_token, int(time.time() * 1_000_000)),
+                "INSERT INTO push_receipts (notification_id, device_token, claimed_at, leased_until)"
+                " VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (notification_id, device_token) DO UPDATE"
+                " SET claimed_at = excluded.claimed_at, leased_until = excluded.leased_until"
+                " WHERE push_receipts.leased_until IS NOT NULL AND push_receipts.leased_until <= ?",
+                (notification_id, device_token, now, until, now),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount == 1:
+                return PushClaim(state="claimed", leased_until=from_micros(until))
+            (held,) = conn.execute(
+                "SELECT leased_until FROM push_receipts WHERE notification_id = ? AND device_token = ?",
+                (notification_id, device_token),
+            ).fetchone()
+            if held is None:
+                return PushClaim(state="done")
+            return PushClaim(state="leased", leased_until=from_micros(held))
 
         return await self._db.write(claim)
+
+    async def complete_push(self, notification_id: str, device_token: str) -> None:
+        def complete(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO push_receipts (notification_id, device_token, claimed_at, leased_until)"
+                " VALUES (?, ?, ?, NULL)"
+                " ON CONFLICT (notification_id, device_token) DO UPDATE SET leased_until = NULL",
+                (notification_id, device_token, time.time_ns() // 1_000),
+            )
+
+        await self._db.write(complete)
 
     async def release_push(self, notification_id: str, device_token: str) -> None:
         def release(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "DELETE FROM push_receipts WHERE notification_id = ? AND device_token = ?",
+                "DELETE FROM push_receipts"
+                " WHERE notification_id = ? AND device_token = ? AND leased_until IS NOT NULL",
                 (notification_id, device_token),
             )
 
