@@ -620,11 +620,7 @@ DASHBOARDS = [
         "chat-mgmt-media",
         "chat-management / Media processor",
         "Raw uploads turned into sanitized originals, previews and thumbnails: outcomes, time, bytes, queue.",
-        [
-            media_row(),
-            landed_row(),
-            storage_row(),
-        ],  # no public HTTP: its only requests are probes and scrapes
+        [media_row(), landed_row()],  # no public HTTP: its only requests are probes and scrapes
     ),
 ]
 
