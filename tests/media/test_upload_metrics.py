@@ -88,12 +88,14 @@ async def _derived_usage(stack: ImageStack, conversation_id: str) -> Usage:
 async def _uploads_are_measured_and_refusals_explained(
     stack: ImageStack, refused: list[tuple[bytes, int, str]]
 ) -> tuple[Usage, list[float]]:
-    """One image shared and each of ``refused`` (bytes, status, code) uploaded, deleted on arrival and
-    sent; returns the derivatives' usage and how long each deletion took."""
+    """One image shared, one uploaded and left unsent, and each of ``refused`` (bytes, status, code)
+    uploaded, deleted on arrival and sent; returns the derivatives' usage and how long each deletion
+    took."""
     conversation_id = await stack.conversation("alice")
     before = await _scrape(stack)
 
     await stack.share("alice", conversation_id)
+    pending = await stack.upload("alice", conversation_id, image_bytes(size=(80, 60)))
     deletions = []
     for data, status, code in refused:
         uploaded = await stack.upload("alice", conversation_id, data, "image/png")
@@ -106,15 +108,16 @@ async def _uploads_are_measured_and_refusals_explained(
 
     derived = await _derived_usage(stack, conversation_id)
     assert derived.objects == len(keys.VARIANTS)
-    after = await _storage_gauges(stack, {"raw": Usage(0, 0), "derived": derived})
-    assert _delta(before, after, "chat_uploads_total", result="stored", reason="ok") == 1
+    # Raw: the unsent upload only (the shared one was deleted once processed, the refused ones on arrival).
+    after = await _storage_gauges(stack, {"raw": Usage(1, len(pending.data)), "derived": derived})
+    assert _delta(before, after, "chat_uploads_total", result="stored", reason="ok") == 2
     for _data, _status, code in refused:
         expected = sum(1 for _d, _s, c in refused if c == code)
         assert _delta(before, after, "chat_uploads_total", result="rejected", reason=code) == expected
-    count = 1 + len(refused)
+    count = 2 + len(refused)
     assert _delta(before, after, "chat_upload_size_bytes_count") == count
-    refused_bytes = sum(len(data) for data, _s, _c in refused)
-    raw_shared = _delta(before, after, "chat_upload_size_bytes_sum") - refused_bytes
+    known_bytes = len(pending.data) + sum(len(data) for data, _s, _c in refused)
+    raw_shared = _delta(before, after, "chat_upload_size_bytes_sum") - known_bytes
     assert 0 < raw_shared < MAX_BYTES  # the shared image's raw upload, whatever its encoder made
     assert _delta(before, after, "chat_upload_duration_seconds_count") == count
     # URL issued -> object stored: each PUT followed its URL at once.
@@ -137,6 +140,7 @@ async def test_embedded_uploads_are_measured_and_a_send_after_a_refusal_gets_the
             ],
         )
     assert max(deletions) < 10
+    print(f"\nembedded: refused uploads deleted {', '.join(f'{d:.1f}' for d in deletions)} s after the PUT")
 
 
 @pytest.mark.localstack
@@ -166,10 +170,12 @@ async def test_s3_uploads_are_measured_in_a_redis_ledger_and_a_send_after_a_refu
                 stack, [(oversize, 413, "image_too_large"), (HTML, 422, "not_an_image")]
             )
         # The shared count, as every replica reads it.
-        assert await ledger.usage() == {"raw": Usage(0, 0), "derived": derived}
+        assert (await ledger.usage())["derived"] == derived
+        assert (await ledger.usage())["raw"].objects == 1
     finally:
         await ledger.close()
     assert max(deletions) < 10
+    print(f"\nS3: refused uploads deleted {', '.join(f'{d:.1f}' for d in deletions)} s after the PUT")
 
 
 async def _setup(localstack: harness.Backend, name: str, env: dict[str, str], tmp_path: Path) -> None:
