@@ -176,6 +176,8 @@ async def stack_factory(
             ]
             if processor:  # without: media jobs wait in the queue (a test runs MediaWorker by hand)
                 parts.append(media_processor.app.build(settings, backends))
+            else:  # ports are asked for before start-up: the one a MediaWorker built later needs
+                _ = backends.storage_ledger
             app: Litestar = create_service_app(settings, backends, parts, component="images", title="images")
             base_url = await serve(app, port)
             if kind == "s3" and bucket not in _buckets_ready:

@@ -162,6 +162,64 @@ def uploads_row() -> Row:
     )
 
 
+# Rejected uploads over all that landed; `or 0 * all`: no rejection shows 0, not "no data".
+UPLOAD_FAILURE_RATIO = (
+    f'(sum(rate(chat_uploads_total{{{NS}, result="rejected"}}[{RATE}]))'
+    f" or 0 * sum(rate(chat_uploads_total{{{NS}}}[{RATE}])))"
+    f" / sum(rate(chat_uploads_total{{{NS}}}[{RATE}]))"
+)
+
+
+def landed_row() -> Row:
+    """Uploads as they land in the store (the media processor, from object-created events)."""
+    return Row(
+        "Uploads landed",
+        [
+            Panel(
+                "Uploads stored and rejected by reason",
+                [
+                    (
+                        f"sum by (result, reason) (rate(chat_uploads_total{{{NS}}}[{RATE}]))",
+                        "{{result}}: {{reason}}",
+                    )
+                ],
+                unit="ops",
+                stack=True,
+                description="Rejected: deleted on arrival (oversize, not an image, too many pixels).",
+            ),
+            Panel("Upload failure ratio", [(UPLOAD_FAILURE_RATIO, "rejected")], unit="percentunit"),
+            Panel(
+                "Upload duration p50 / p95 (URL issued -> object stored)",
+                [
+                    (
+                        f"histogram_quantile({q}, sum by (le) "
+                        f"(rate(chat_upload_duration_seconds_bucket{{{NS}}}[{RATE}])))",
+                        f"p{int(q * 100)}",
+                    )
+                    for q in (0.5, 0.95)
+                ],
+                unit="s",
+            ),
+            Panel(
+                "Average and p95 upload size",
+                [
+                    (
+                        f"sum(rate(chat_upload_size_bytes_sum{{{NS}}}[{RATE}])) / "
+                        f"sum(rate(chat_upload_size_bytes_count{{{NS}}}[{RATE}]))",
+                        "average",
+                    ),
+                    (
+                        f"histogram_quantile(0.95, sum by (le) (rate(chat_upload_size_bytes_bucket{{{NS}}}"
+                        f"[{RATE}])))",
+                        "p95",
+                    ),
+                ],
+                unit="bytes",
+            ),
+        ],
+    )
+
+
 def images_row() -> Row:
     return Row(
         "Image messages",
@@ -217,12 +275,28 @@ def images_row() -> Row:
 
 
 def storage_row() -> Row:
-    # Pushed by the cleanup CronJob to a Pushgateway (no namespace label of the release's own).
+    # The storage gauges come from the shared ledger: every media-processor replica exports the same
+    # value, so max(), never sum(). The cleanup panels are pushed by the CronJob to a Pushgateway (no
+    # namespace label of the release's own).
     return Row(
-        "Storage (orphan cleanup)",
+        "Storage",
         [
-            Panel("Stored bytes", [("max(chat_stored_bytes)", "bytes")], unit="bytes", kind="stat"),
-            Panel("Stored objects", [("max(chat_stored_objects)", "objects")], kind="stat"),
+            Panel(
+                "Stored bytes by kind",
+                [(f"max by (kind) (chat_storage_bytes{{{NS}}})", "{{kind}}")],
+                unit="bytes",
+                stack=True,
+            ),
+            Panel(
+                "Stored objects by kind",
+                [(f"max by (kind) (chat_storage_objects{{{NS}}})", "{{kind}}")],
+                stack=True,
+            ),
+            Panel(
+                "Storage growth per day (last 6 h's rate)",
+                [(f"max by (kind) (deriv(chat_storage_bytes{{{NS}}}[6h])) * 86400", "{{kind}}")],
+                unit="bytes",
+            ),
             Panel(
                 "Orphans deleted by the last run",
                 [
@@ -514,14 +588,15 @@ DASHBOARDS = [
     Dashboard(
         "chat-mgmt-overview",
         "chat-management / Overview",
-        "Every service at a glance: RED per component, uploads, image messages, notifications, storage.",
-        [red_row(None), uploads_row(), images_row(), notifications_row(), storage_row()],
+        "Every service at a glance: RED per component, uploads (URLs and landed), image messages, "
+        "notifications, storage.",
+        [red_row(None), uploads_row(), landed_row(), images_row(), notifications_row(), storage_row()],
     ),
     Dashboard(
         "chat-mgmt-upload",
         "chat-management / Upload",
         "POST /conversations/{id}/images/upload_url: presigned URLs issued and refused.",
-        [red_row("upload"), uploads_row(), limits_row(), membership_row()],
+        [red_row("upload"), uploads_row(), landed_row(), limits_row(), membership_row()],
     ),
     Dashboard(
         "chat-mgmt-message",
@@ -545,7 +620,7 @@ DASHBOARDS = [
         "chat-mgmt-media",
         "chat-management / Media processor",
         "Raw uploads turned into sanitized originals, previews and thumbnails: outcomes, time, bytes, queue.",
-        [media_row()],  # no public HTTP: its only requests are probes and scrapes
+        [media_row(), landed_row()],  # no public HTTP: its only requests are probes and scrapes
     ),
 ]
 

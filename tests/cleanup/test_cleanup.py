@@ -24,7 +24,9 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from chat_core.backends import Backends
-from chat_core.keys import new_object_key, stored_key
+from chat_core.keys import derivative_key, new_object_key, refusal_key, stored_key
+from chat_core.ledger import Usage
+from chat_core.ledger.redis import RedisStorageLedger
 from chat_core.messagestore import ChatStore, Conversation, ImageMetadata, Message, MessageStore
 from chat_core.objectstore import ObjectStore
 from chat_core.settings import Settings
@@ -351,6 +353,27 @@ async def test_s3_reports_each_key_it_could_not_delete_and_deletes_the_rest(clou
     assert refused not in {e["key"] for e in logs if e["event"] == "orphan_deleted"}
 
 
+async def test_refusal_notes_are_deleted_after_the_grace_period_and_are_no_orphans(stores: Stores) -> None:
+    conversation_id = await stores.conversation("alice")
+    note = refusal_key(await stores.upload(conversation_id))
+    await stores.objects.delete(note.replace("refused/", "uploads/", 1))
+    await stores.objects.put(note, b'{"reason":"not_an_image"}', content_type="application/json")
+
+    young = await stores.run(now=dt.datetime.now(dt.UTC))
+    assert await stores.keys() == {note}
+    assert (young.refusal_notes, young.expired_notes, young.foreign_objects, young.orphan_objects) == (
+        1,
+        0,
+        0,
+        0,
+    )
+
+    report = await stores.run()
+    assert await stores.keys() == set()
+    assert (report.deleted_notes, report.deleted_objects, report.orphan_objects) == (1, 0, 0)
+    assert report.usage() == {"raw": Usage(0, 0), "derived": Usage(0, 0)}
+
+
 # --- metrics and the command -------------------------------------------------------------------------
 def _sample(name: str) -> float:
     value = REGISTRY.get_sample_value(name)
@@ -358,20 +381,38 @@ def _sample(name: str) -> float:
     return value
 
 
-async def test_run_records_storage_and_deletion_metrics(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, {"ORPHAN_GRACE_SECONDS": "0"})
+@pytest.mark.redis
+async def test_run_records_deletion_metrics_and_sets_the_storage_ledger_to_what_it_counted(
+    tmp_path: Path, redis_backend: harness.Backend
+) -> None:
+    prefix = unique("ledger")
+    settings = make_settings(
+        tmp_path,
+        {
+            "ORPHAN_GRACE_SECONDS": "0",
+            "LIMIT_STORE": "redis",
+            "REDIS_URL": redis_backend.address,
+            "LIMIT_KEY_PREFIX": prefix,
+        },
+    )
+    ledger = RedisStorageLedger(redis_backend.address, prefix)
+    await ledger.add("raw", 40, 4000)  # drift the events could not see: the scan corrects it
     async with embedded(settings) as stores:
         conversation_id = await stores.conversation("alice")
         kept = await stores.upload(conversation_id, size=500)
         await stores.send(conversation_id, kept)
         await stores.upload(conversation_id, size=300)
+        derived = derivative_key(conversation_id, str(uuid.uuid4()), "original", "image/jpeg")
+        await stores.objects.put(derived, b"d" * 70, content_type="image/jpeg")
     deleted_before = _sample("chat_orphan_objects_deleted_total")
     bytes_before = _sample("chat_orphan_bytes_deleted_total")
 
     await cleanup.run(settings, dry_run=False)
 
-    assert _sample("chat_stored_objects") == 1
-    assert _sample("chat_stored_bytes") == 500
+    try:
+        assert await ledger.usage() == {"raw": Usage(1, 500), "derived": Usage(1, 70)}
+    finally:
+        await ledger.close()
     assert _sample("chat_orphan_objects_deleted_total") - deleted_before == 1
     assert _sample("chat_orphan_bytes_deleted_total") - bytes_before == 300
     assert (
@@ -403,7 +444,8 @@ async def test_run_pushes_only_the_cleanup_metrics_to_the_pushgateway(tmp_path: 
 
     ((job, body),) = received
     assert job == cleanup.PUSH_JOB
-    assert "chat_stored_objects" in body
+    assert "chat_orphan_objects_deleted_total" in body
+    assert "chat_storage_bytes" not in body  # the services export it from the ledger: never a stale copy
     assert "chat_cleanup_last_success_timestamp_seconds" in body
     assert "chat_http_requests" not in body
 

@@ -24,6 +24,8 @@ BUCKET = "arn:aws:s3:::BUCKET_NAME"
 # any other object.
 OBJECTS = "arn:aws:s3:::BUCKET_NAME/uploads/*"
 DERIVATIVES = "arn:aws:s3:::BUCKET_NAME/*/media/*"
+# Why the media processor deleted an upload on arrival (keys.refusal_key): written by it, read by a send.
+REFUSALS = "arn:aws:s3:::BUCKET_NAME/refused/*"
 QUEUE = "arn:aws:sqs:AWS_REGION:AWS_ACCOUNT_ID:QUEUE_NAME"
 DLQ = "arn:aws:sqs:AWS_REGION:AWS_ACCOUNT_ID:DLQ_NAME"
 MEDIA_QUEUE = "arn:aws:sqs:AWS_REGION:AWS_ACCOUNT_ID:MEDIA_QUEUE_NAME"
@@ -52,6 +54,7 @@ EXPECTED = {
     "upload": {("s3:PutObject", OBJECTS), ("s3:ListBucket", BUCKET)},
     "message": {
         ("s3:GetObject", OBJECTS),
+        ("s3:GetObject", REFUSALS),
         ("s3:ListBucket", BUCKET),
         ("sqs:SendMessage", QUEUE),
         ("sqs:GetQueueUrl", QUEUE),
@@ -66,6 +69,7 @@ EXPECTED = {
         ("s3:GetObject", OBJECTS),
         ("s3:DeleteObject", OBJECTS),
         ("s3:PutObject", DERIVATIVES),
+        ("s3:PutObject", REFUSALS),
         ("s3:ListBucket", BUCKET),
         ("sqs:ReceiveMessage", MEDIA_QUEUE),
         ("sqs:DeleteMessage", MEDIA_QUEUE),
@@ -84,7 +88,7 @@ EXPECTED = {
         ("sqs:GetQueueAttributes", DLQ),
         ("sqs:GetQueueUrl", DLQ),
     },
-    "cleanup": {("s3:ListBucket", BUCKET), ("s3:DeleteObject", OBJECTS)},
+    "cleanup": {("s3:ListBucket", BUCKET), ("s3:DeleteObject", OBJECTS), ("s3:DeleteObject", REFUSALS)},
     # `chat-management setup`: provisioning, run once per release by whoever owns the infrastructure.
     "setup": {(action, BUCKET) for action in SETUP_S3}
     | {(action, queue) for action in SETUP_SQS for queue in (QUEUE, DLQ, MEDIA_QUEUE, MEDIA_DLQ)},
@@ -299,6 +303,25 @@ def _python_files(paths: Iterable[Path]) -> list[Path]:
 # Which objects a role's object-store calls name, by action (default: raw uploads). The proxy only ever
 # builds derivative keys (keys.derivative_key); the media processor writes nothing else.
 DERIVATIVE_ACTIONS = {"image-proxy": {"s3:GetObject"}, "media-processor": {"s3:PutObject"}}
+# Roles whose code names refusal notes (keys.refusal_key, parse_refusal_key) reach them with these
+# actions, besides the objects above.
+REFUSAL_ACTIONS = {
+    "message": {"s3:GetObject"},
+    "media-processor": {"s3:PutObject"},
+    "cleanup": {"s3:DeleteObject"},
+}
+
+
+def names_refusal_notes(role: str) -> bool:
+    return any(
+        isinstance(node, ast.Attribute | ast.Name)
+        and (node.attr if isinstance(node, ast.Attribute) else node.id)
+        in ("refusal_key", "parse_refusal_key")
+        for path in _python_files(ROLE_SOURCES[role])
+        for node in ast.walk(ast.parse(path.read_text()))
+    )
+
+
 # The queues a role's queue calls reach: (receiver pattern, port attribute, main queue, dead-letter queue).
 NOTIFICATION_QUEUES = (r"(?<!media)_queue$", "notification_queue", QUEUE, DLQ)
 MEDIA_QUEUES = (r"_media_queue$", "media_queue", MEDIA_QUEUE, MEDIA_DLQ)
@@ -389,6 +412,9 @@ def actions_from_code(role: str) -> set[tuple[str, str]]:
             needed |= {(action, main if queue == "QUEUE" else dead) for action, queue in sqs[method]}
     if role == "cleanup":  # with OBJECT_STORE=s3 the job goes through boto3, not the port
         needed |= cleanup_boto3_actions_from_code()
+    if names_refusal_notes(role):
+        granted = {action for action, _ in needed}
+        needed |= {(action, REFUSALS) for action in REFUSAL_ACTIONS.get(role, ()) if action in granted}
     return needed
 
 

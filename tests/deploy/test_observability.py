@@ -186,7 +186,10 @@ def test_dashboards_show_the_specs_metrics() -> None:
         "chat_upload_urls_issued_total",  # upload success / failure
         "chat_upload_urls_refused_total",
         "chat_image_upload_to_send_seconds_bucket",  # upload latency
-        "chat_stored_bytes",  # storage usage
+        "chat_storage_bytes",  # storage usage, by kind
+        "chat_uploads_total",  # uploads stored / rejected as they land
+        "chat_upload_duration_seconds_bucket",  # upload latency: URL issued -> object stored
+        "chat_upload_size_bytes_sum",  # upload size
         "chat_image_size_bytes_sum",  # average image size
         "chat_notifications_sent_total",  # notifications
         "chat_notifications_failed_total",
@@ -260,6 +263,8 @@ def test_every_alert_the_issue_asks_for_is_unit_tested() -> None:
         "ChatNotificationQueueAgeHigh",
         "ChatNotificationDlqNotEmpty",
         "ChatOutboxBacklog",
+        "ChatUploadRejectionRatioHigh",
+        "ChatStorageGrowthHigh",
     } <= alerts
 
 

@@ -229,8 +229,9 @@ async def test_a_non_image_upload_is_deleted_on_arrival(make_stack: MakeStack) -
             break
         await asyncio.sleep(0.05)
     assert await stack.store.head(raw) is None
+    # Deleted, but a later send still learns why (the processor's note), not a bare 404.
     response = await stack.send("alice", cid, uploaded)
-    assert response.status_code == 404  # deleted: nothing left to send
+    assert (response.status_code, response.json()["code"]) == (422, "not_an_image"), response.text
 
 
 async def test_an_unknown_variant_is_400(stack: ImageStack) -> None:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
 
     from chat_core.jobqueue import Job, JobKind, JobQueue
+    from chat_core.ledger import StorageLedger
     from chat_core.media import MediaJob
     from chat_core.messagestore import (
         ChatStore,
@@ -63,6 +64,7 @@ __all__ = [
     "push_provider",
     "quota_store",
     "rate_limiter",
+    "storage_ledger",
 ]
 
 ReadinessCheck = Callable[[], Awaitable[None]]
@@ -229,6 +231,18 @@ def quota_store(backends: Backends) -> QuotaStore:
             return redis.create(backends)
 
 
+def storage_ledger(backends: Backends) -> StorageLedger:
+    match backends.settings.backends.limit_store:
+        case "memory":
+            from chat_core.ledger import memory
+
+            return memory.create(backends)
+        case "redis":
+            from chat_core.ledger import redis
+
+            return redis.create(backends)
+
+
 class Backends:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -242,6 +256,7 @@ class Backends:
         self._push_provider: PushProvider | None = None
         self._rate_limiter: RateLimiter | None = None
         self._quotas: Quotas | None = None
+        self._storage_ledger: StorageLedger | None = None
         self._started = False
         self._http: httpx.AsyncClient | None = None
         self._aws: AwsCredentialSource | None = None
@@ -358,6 +373,13 @@ class Backends:
             store = self._adopt("quota_store", quota_store(self))
             self._quotas = Quotas(store, self.settings.limits)
         return self._quotas
+
+    @property
+    def storage_ledger(self) -> StorageLedger:
+        """Objects and bytes stored by kind, shared by the replicas (``LIMIT_STORE``; chat_core.ledger)."""
+        if self._storage_ledger is None:
+            self._storage_ledger = self._adopt("storage_ledger", storage_ledger(self))
+        return self._storage_ledger
 
     # --- lifecycle --------------------------------------------------------------------------------
     def readiness_checks(self) -> dict[str, ReadinessCheck]:

@@ -1,19 +1,27 @@
 """Object-key layout (DESIGN.md "Keys"), in one place for upload, send, serve and cleanup.
 
 ``object_key`` (what clients see) is ``images/{uploader_id}/{yyyymmdd-HHMMSS}-{uuid}.{ext}``; the stored
-key is ``uploads/{conversation_id}/{object_key}``. Parsing is strict (a regular expression over the whole
-key), so nothing like ``..``, ``//``, encoded slashes or another extension ever reaches a store.
+key is ``uploads/{conversation_id}/{object_key}``. The stamp and the UUID (a version 7 UUID, whose first 48
+bits are Unix milliseconds) both say when the upload URL was issued: the media processor measures URL
+issued -> object stored from the key alone (``ParsedKey.issued_at``), with no lookup. Parsing
+is strict (a regular expression over the whole key), so nothing like ``..``, ``//``, encoded slashes or
+another extension ever reaches a store.
 
 Raw uploads share one server-side prefix, ``RAW_UPLOAD_PREFIX``, because S3 lifecycle rules, event
 notifications and IAM resources select objects by prefix only: ``uploads/`` is what expires, what the
 media queue hears about and what the upload role may write, while derivatives under
 ``{conversation_id}/media/`` are never matched (docs/adr/0001-raw-upload-prefix.md). Clients never see the
 prefix: ``object_key`` and ``file_url`` keep the spec's shapes.
+
+``refused/{conversation_id}/{object_key}`` (``refusal_key``) is where the media processor notes why it
+deleted a raw upload on arrival, so a later send of it gets the reason rather than a 404. No upload URL
+can name it (they all start with ``uploads/``) and the proxy never serves it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import uuid
 
@@ -26,6 +34,7 @@ __all__ = [
     "DERIVATIVE_EXTENSIONS",
     "EXTENSIONS",
     "RAW_UPLOAD_PREFIX",
+    "REFUSAL_PREFIX",
     "USER_ID_PATTERN",
     "UUID_PATTERN",
     "VARIANTS",
@@ -36,9 +45,13 @@ __all__ = [
     "derivative_prefix",
     "new_object_key",
     "parse_conversation_key",
+    "parse_derivative_key",
     "parse_object_key",
+    "parse_refusal_key",
     "parse_stored_key",
+    "refusal_key",
     "stored_key",
+    "uuid7",
 ]
 
 # What the media processor writes per image message, under ``{conversation_id}/media/{message_id}/``.
@@ -51,10 +64,13 @@ DERIVATIVE_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "
 # documents, client generators) reads the same text as a plain end anchor. Code matches with ``fullmatch``.
 # A user id (the token's ``sub``) is a key segment: never ``..``, never a slash.
 USER_ID_PATTERN = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}(?!\n)$")
-# ``uploads`` is no conversation id: its derivatives ({cid}/media/...) would fall under RAW_UPLOAD_PREFIX.
-CONVERSATION_ID_PATTERN = re.compile(r"^(?!uploads(?!\n)$)[A-Za-z0-9][A-Za-z0-9_-]{0,63}(?!\n)$")
+# ``uploads`` and ``refused`` are no conversation ids: their derivatives ({cid}/media/...) would fall under
+# RAW_UPLOAD_PREFIX or REFUSAL_PREFIX (and so under the prefix rules of IAM, lifecycle and notifications).
+CONVERSATION_ID_PATTERN = re.compile(r"^(?!(?:uploads|refused)(?!\n)$)[A-Za-z0-9][A-Za-z0-9_-]{0,63}(?!\n)$")
 # Every raw upload lives under this prefix (lifecycle, notification and IAM rules target it).
 RAW_UPLOAD_PREFIX = "uploads/"
+# Why a raw upload was deleted on arrival (server-only: no upload URL, no proxy path reaches it).
+REFUSAL_PREFIX = "refused/"
 EXTENSIONS = {
     "image/jpeg": "jpg",
     "image/png": "png",
@@ -95,21 +111,45 @@ class InvalidKey(ValueError):
 class ParsedKey(msgspec.Struct, frozen=True):
     uploader_id: str
     extension: str
+    issued_at: dt.datetime | None = None  # when the upload URL was issued (None: not a valid stamp)
+
+
+def uuid7(now: dt.datetime | None = None) -> uuid.UUID:
+    """A version 7 UUID (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits."""
+    millis = int((now or dt.datetime.now(dt.UTC)).timestamp() * 1000) & ((1 << 48) - 1)
+    value = (millis << 80) | (int.from_bytes(os.urandom(10)) & ((1 << 80) - 1))
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
+    return uuid.UUID(int=value)
 
 
 def new_object_key(uploader_id: str, content_type: str, now: dt.datetime | None = None) -> str:
     ext = EXTENSIONS.get(content_type)
     if ext is None:
         raise InvalidKey(f"no key layout for content type {content_type!r}")
-    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d-%H%M%S")
-    return f"images/{uploader_id}/{stamp}-{uuid.uuid4()}.{ext}"
+    now = now or dt.datetime.now(dt.UTC)
+    return f"images/{uploader_id}/{now.strftime('%Y%m%d-%H%M%S')}-{uuid7(now)}.{ext}"
+
+
+def _issued_at(stamp: str, key_uuid: str) -> dt.datetime | None:
+    """Milliseconds from a version 7 UUID; else (keys issued before them) the stamp's seconds."""
+    if key_uuid[14] == "7":
+        return dt.datetime.fromtimestamp(int(key_uuid[:8] + key_uuid[9:13], 16) / 1000, dt.UTC)
+    try:
+        return dt.datetime.strptime(stamp, "%Y%m%d-%H%M%S").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
 
 
 def parse_object_key(object_key: str) -> ParsedKey:
     match = _OBJECT_KEY.fullmatch(object_key)
     if match is None or ".." in object_key:
         raise InvalidKey("object_key does not have the layout images/{user}/{yyyymmdd-HHMMSS}-{uuid}.{ext}")
-    return ParsedKey(uploader_id=match["uploader"], extension=match["ext"])
+    return ParsedKey(
+        uploader_id=match["uploader"],
+        extension=match["ext"],
+        issued_at=_issued_at(match["stamp"], match["uuid"]),
+    )
 
 
 def stored_key(conversation_id: str, object_key: str) -> str:
@@ -137,6 +177,19 @@ def parse_stored_key(key: str) -> tuple[str, str, ParsedKey]:
     return parse_conversation_key(key.removeprefix(RAW_UPLOAD_PREFIX))
 
 
+def refusal_key(raw_key: str) -> str:
+    """``refused/{conversation_id}/{object_key}`` for the raw upload ``raw_key``; raises InvalidKey."""
+    parse_stored_key(raw_key)
+    return REFUSAL_PREFIX + raw_key.removeprefix(RAW_UPLOAD_PREFIX)
+
+
+def parse_refusal_key(key: str) -> tuple[str, str, ParsedKey]:
+    """(conversation_id, object_key, parsed) of a refusal note's key; raises InvalidKey."""
+    if not key.startswith(REFUSAL_PREFIX):
+        raise InvalidKey(f"a refusal key starts with {REFUSAL_PREFIX}")
+    return parse_conversation_key(key.removeprefix(REFUSAL_PREFIX))
+
+
 def derivative_prefix(conversation_id: str, message_id: str) -> str:
     """``{conversation_id}/media/{message_id}/``: where one message's derivatives live.
 
@@ -159,3 +212,17 @@ def derivative_key(conversation_id: str, message_id: str, variant: str, content_
     if ext is None:
         raise InvalidKey(f"no derivative layout for content type {content_type!r}")
     return f"{derivative_prefix(conversation_id, message_id)}{variant}.{ext}"
+
+
+_DERIVATIVE_KEY = re.compile(
+    rf"^(?P<conversation>[A-Za-z0-9][A-Za-z0-9_-]{{0,63}})/media/(?P<message>{UUID})/"
+    rf"(?P<variant>{'|'.join(VARIANTS)})\.(?P<ext>{'|'.join(sorted(set(DERIVATIVE_EXTENSIONS.values())))})\Z"
+)
+
+
+def parse_derivative_key(key: str) -> tuple[str, str, str]:
+    """(conversation_id, message_id, variant) of a derivative's key; raises InvalidKey."""
+    match = _DERIVATIVE_KEY.fullmatch(key)
+    if match is None or not CONVERSATION_ID_PATTERN.fullmatch(match["conversation"]):
+        raise InvalidKey("not {conversation_id}/media/{message_id}/{variant}.{ext}")
+    return match["conversation"], match["message"], match["variant"]

@@ -72,9 +72,37 @@ IMAGE_PROXY_REQUESTS = Counter(
     ["decision", "reason"],
 )
 
-# --- storage (orphan cleanup) ---------------------------------------------------------------------
-STORED_OBJECTS = Gauge("chat_stored_objects", "Objects in the image store at the last cleanup scan.")
-STORED_BYTES = Gauge("chat_stored_bytes", "Bytes in the image store at the last cleanup scan.")
+# --- uploads, as they land (the media processor, from object-created events) ------------------------
+_UPLOAD_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 7200)
+UPLOADS = Counter(
+    "chat_uploads",
+    "Raw uploads that reached the store, by result (stored, or rejected: deleted on arrival) and reason "
+    "(ok, image_too_large, not_an_image, too_many_pixels, already_processed).",
+    ["result", "reason"],
+)
+UPLOAD_DURATION = Histogram(
+    "chat_upload_duration_seconds",
+    "From the upload URL being issued to the object being stored (the object-created event's time).",
+    buckets=_UPLOAD_BUCKETS,
+)
+UPLOAD_SIZE = Histogram(
+    "chat_upload_size_bytes",
+    "Size of raw uploads as they land, refused ones included.",
+    buckets=_SIZE_BUCKETS,
+)
+
+# --- storage usage (the shared storage ledger; every replica exports the same value: take max()) -----
+STORAGE_OBJECTS = Gauge(
+    "chat_storage_objects", "Objects in the image store, by kind (raw uploads, derived images).", ["kind"]
+)
+STORAGE_BYTES = Gauge(
+    "chat_storage_bytes", "Bytes in the image store, by kind (raw uploads, derived images).", ["kind"]
+)
+STORAGE_LEDGER_ERRORS = Counter(
+    "chat_storage_ledger_errors", "Storage ledger updates or reads skipped because its store was unreachable."
+)
+
+# --- orphan cleanup --------------------------------------------------------------------------------
 ORPHANS_DELETED = Counter("chat_orphan_objects_deleted", "Unreferenced objects deleted by cleanup.")
 ORPHAN_BYTES_DELETED = Counter(
     "chat_orphan_bytes_deleted", "Bytes of unreferenced objects deleted by cleanup."

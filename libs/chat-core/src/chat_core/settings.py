@@ -157,7 +157,8 @@ class BackendSettings(_Frozen, frozen=True, kw_only=True):
         LimitStoreKind,
         env(
             "LIMIT_STORE",
-            "Rate limits and quotas: `memory` (one process) or `redis` (shared by replicas, REDIS_URL).",
+            "Rate limits, quotas and the storage ledger: `memory` (one process) or `redis` (shared by "
+            "replicas, REDIS_URL).",
         ),
     ] = "memory"
 

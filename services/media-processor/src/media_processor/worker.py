@@ -23,8 +23,18 @@ For an **object-created** event (a new raw upload, from the bucket's notificatio
 upload route) the upload is checked at once, from its first bytes: size within ``MAX_IMAGE_BYTES``,
 magic bytes of an accepted type, declared pixels within ``MAX_IMAGE_PIXELS``. One that could never be
 sent is deleted within seconds (after ``REFUSED_UPLOAD_GRACE_SECONDS``, so that a send made right after
-the upload still gets its 413/422 with the reason), as is a raw upload whose message is already
-finished (an overwrite after processing). Anything else on the queue is acknowledged and dropped.
+the upload still gets its 413/422 from its own check), as is a raw upload whose message is already
+finished (an overwrite after processing). Before a refused upload is deleted, a small note of why is
+written under ``refused/{conversation_id}/{object_key}`` (``keys.refusal_key``; no upload URL or proxy
+path reaches it): a later send finds no object, reads the note and answers with the same 413/422 and
+reason. Orphan cleanup deletes notes after ``ORPHAN_GRACE_SECONDS``. Anything else on the queue is
+acknowledged and dropped.
+
+The spec's upload metrics are measured here, where uploads land: ``chat_uploads_total{result,reason}``
+(stored, or rejected with the reason), ``chat_upload_duration_seconds`` (URL issued, from the key's UUIDv7
+-> the event's time), ``chat_upload_size_bytes``; and the storage ledger (``chat_core.ledger``) moves on
+each raw upload created or deleted and each message's derivatives written, while the worker keeps the
+``chat_storage_*`` gauges current from it.
 
 Shutdown (the poll loop is ``chat_core.jobqueue.runner``): polling stops (the receive in flight returns
 what it has: at once on SQLite, within ``SQS_WAIT_SECONDS`` on SQS), in-flight jobs get
@@ -47,11 +57,12 @@ import msgspec
 import structlog
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from chat_core import images, keys, metrics, tracing
+from chat_core import images, keys, ledger, metrics, tracing
 from chat_core.backends import AnnouncesUploads, Backends
 from chat_core.jobqueue import JobQueue
 from chat_core.jobqueue.runner import JobRunner
-from chat_core.media import MediaJob, ObjectCreated, ReceivedMediaJob, object_created_job
+from chat_core.ledger import StorageLedger
+from chat_core.media import MediaJob, ObjectCreated, ReceivedMediaJob, UploadRefusal, object_created_job
 from chat_core.messagestore import (
     ConversationStore,
     ImageMetadata,
@@ -116,12 +127,14 @@ class MediaWorker:
         objects: ObjectStore,
         bus: EventBus,
         processor: MediaProcessor,
+        storage: StorageLedger,
         *,
         max_bytes: int,
         max_pixels: int,
         wait_seconds: float,
         max_receives: int,
         drain_seconds: float,
+        reconcile_at_start: bool = False,
     ) -> None:
         self._queue = queue
         self._messages = messages
@@ -129,6 +142,8 @@ class MediaWorker:
         self._objects = objects
         self._bus = bus
         self._processor = processor
+        self._storage = storage
+        self._reconcile_at_start = reconcile_at_start
         self._max_bytes = max_bytes
         self._max_pixels = max_pixels
         self._max_receives = max_receives
@@ -154,11 +169,14 @@ class MediaWorker:
             backends.object_store,
             backends.event_bus,
             MediaProcessor(limits_from(settings), pool_settings_from(settings)),
+            backends.storage_ledger,
             max_bytes=settings.images.max_bytes,
             max_pixels=settings.media.max_image_pixels,
             wait_seconds=settings.sqs.wait_seconds,
             max_receives=settings.media.max_receives,
             drain_seconds=settings.service.drain_seconds,
+            # An in-process ledger starts empty: count the (local) store once, as cleanup would.
+            reconcile_at_start=settings.backends.limit_store == "memory",
         )
 
     def listen_to_uploads(self, objects: AnnouncesUploads) -> None:
@@ -177,11 +195,18 @@ class MediaWorker:
         # The image workers start in the background: the service is ready at once, and the first
         # image does not pay for starting them (a second or more each on a busy node).
         warm_up = asyncio.create_task(self._pool(), name="media-pool-start")
+        tally = (
+            asyncio.create_task(self._reconcile_storage(), name="storage-tally")
+            if self._reconcile_at_start
+            else None
+        )
         try:
-            async with self._runner.running():
+            async with self._runner.running(), ledger.refreshing(self._storage):
                 yield
         finally:
-            await asyncio.gather(warm_up, return_exceptions=True)
+            if tally is not None:
+                tally.cancel()
+            await asyncio.gather(warm_up, *([tally] if tally else []), return_exceptions=True)
             await self._processor.close()
 
     async def _pool(self) -> MediaProcessor:
@@ -191,6 +216,19 @@ class MediaWorker:
                     await self._processor.start()
                     self._pool_started = True
         return self._processor
+
+    async def _reconcile_storage(self) -> None:
+        """Set the storage ledger to what the store holds (the embedded start-up; cleanup does it too)."""
+        tally = ledger.Tally()
+        try:
+            async for info in self._objects.list():
+                kind = ledger.kind_of(info.key)
+                if kind is not None:
+                    tally.add(kind, 1, info.size)
+            await self._storage.reconcile(tally.usage())
+            await ledger.refresh_gauges(self._storage)
+        except Exception as exc:
+            _log.warning("storage_tally_failed", error=repr(exc))
 
     # --- one queue message --------------------------------------------------------------------------
     async def handle(self, received: ReceivedMediaJob) -> None:
@@ -254,16 +292,19 @@ class MediaWorker:
             metrics.MEDIA_JOBS.labels("skipped", "no_message").inc()
             return "skipped"
         if message.metadata.status in ("ready", "failed"):
-            await self._objects.delete(raw_key)  # a crash may have come between finishing and this
+            # A crash may have come between finishing and this (the ledger counted that deletion, if
+            # it happened: this one is not counted again).
+            await self._objects.delete(raw_key)
             metrics.MEDIA_JOBS.labels("skipped", "already_done").inc()
             return "skipped"
         try:
             _info, data = await self._objects.read(raw_key, if_match=job.object_etag)
         except (ObjectChanged, ObjectNotFound):
-            return await self._fail(message, conversation_id, raw_key, "object_changed", started)
-        metrics.MEDIA_BYTES.labels("in").inc(len(data))
-        if len(data) > self._max_bytes:  # the ETag pins the object verified at send: cannot happen
-            return await self._fail(message, conversation_id, raw_key, "image_too_large", started)
+            return await self._fail(message, conversation_id, raw_key, None, "object_changed", started)
+        raw_size = len(data)
+        metrics.MEDIA_BYTES.labels("in").inc(raw_size)
+        if raw_size > self._max_bytes:  # the ETag pins the object verified at send: cannot happen
+            return await self._fail(message, conversation_id, raw_key, raw_size, "image_too_large", started)
         pool = await self._pool()
         result = await pool.process(data, message.metadata.content_type)
         del data
@@ -271,13 +312,23 @@ class MediaWorker:
             _log.info(
                 "media_rejected", message_id=message_id, reason=str(result.reason), detail=result.detail
             )
-            return await self._fail(message, conversation_id, raw_key, str(result.reason), started)
-        metadata = await self._write_derivatives(conversation_id, message, result)
-        return await self._finish(message, conversation_id, raw_key, metadata, "ready", "ok", started)
+            return await self._fail(message, conversation_id, raw_key, raw_size, str(result.reason), started)
+        metadata, derived_bytes = await self._write_derivatives(conversation_id, message, result)
+        return await self._finish(
+            message,
+            conversation_id,
+            (raw_key, raw_size),
+            metadata,
+            "ready",
+            "ok",
+            started,
+            derived_bytes=derived_bytes,
+        )
 
     async def _write_derivatives(
         self, conversation_id: str, message: Message, result: Sanitized
-    ) -> ImageMetadata:
+    ) -> tuple[ImageMetadata, int]:
+        """The finished metadata, and the bytes written."""
         if message.metadata is None:
             raise ValueError("not an image message")
         written = 0
@@ -290,7 +341,7 @@ class MediaWorker:
         metrics.MEDIA_PIXELS.observe(result.original.width * result.original.height * result.frames)
         file_url = message.metadata.url
         original = result.original
-        return msgspec.structs.replace(
+        metadata = msgspec.structs.replace(
             message.metadata,
             status="ready",
             width=original.width,
@@ -304,34 +355,51 @@ class MediaWorker:
             blurhash=result.blurhash,
             error=None,
         )
+        return metadata, written
 
     async def _fail(
-        self, message: Message, conversation_id: str, raw_key: str, reason: str, started: float
+        self,
+        message: Message,
+        conversation_id: str,
+        raw_key: str,
+        raw_size: int | None,
+        reason: str,
+        started: float,
     ) -> Outcome:
         if message.metadata is None:
             raise ValueError("not an image message")
         metadata = msgspec.structs.replace(message.metadata, status="failed", error=reason)
-        return await self._finish(message, conversation_id, raw_key, metadata, "failed", reason, started)
+        return await self._finish(
+            message, conversation_id, (raw_key, raw_size), metadata, "failed", reason, started
+        )
 
     async def _finish(
         self,
         message: Message,
         conversation_id: str,
-        raw_key: str,
+        raw: tuple[str, int | None],
         metadata: ImageMetadata,
         outcome: Outcome,
         reason: str,
         started: float,
+        *,
+        derived_bytes: int | None = None,
     ) -> Outcome:
+        """Finish the message once; ``raw`` is the upload's key and size (None: not read, not counted)."""
+        raw_key, raw_size = raw
         updated = await self._messages.finish_image(conversation_id, message.message_id, metadata)
         if updated is None:  # another delivery finished it first: its event is the one
             metrics.MEDIA_JOBS.labels("skipped", "already_done").inc()
             return "skipped"
+        if derived_bytes is not None:  # counted once per message: only the delivery that finished it
+            await ledger.record(self._storage, "derived", len(keys.VARIANTS), derived_bytes)
         metrics.MEDIA_JOBS.labels(outcome, reason).inc()
         metrics.MEDIA_PROCESSING_SECONDS.observe(time.perf_counter() - started)
         await self._publish_updated(conversation_id, updated)
         # Last: the raw upload holds what was stripped, and nothing serves it any more.
         await self._objects.delete(raw_key)
+        if raw_size is not None:
+            await ledger.record(self._storage, "raw", -1, -raw_size)
         return outcome
 
     async def _publish_updated(self, conversation_id: str, message: Message) -> None:
@@ -357,44 +425,79 @@ class MediaWorker:
         """Check a new raw upload from its first bytes; delete it when it can never be served."""
         key = created.key
         try:
-            conversation_id, _object_key, _parsed = keys.parse_stored_key(key)
+            conversation_id, _object_key, parsed = keys.parse_stored_key(key)
         except keys.InvalidKey:
             return self._verdict("ignored")  # not a raw upload of ours: nothing to say about it
         found = await self._objects.read_prefix(key, images.HEADER_BYTES)
         if found is None:
+            # Already taken by its message's media job (which counted the deletion), or deleted by an
+            # earlier delivery of this event: it landed, and is counted as stored.
+            await self._landed(created, parsed, created.size, None)
             return self._verdict("gone")
         info, prefix = found
         if created.etag and info.etag != created.etag:
-            return self._verdict("superseded")  # a newer upload replaced it: its own event follows
-        verdict = self._refusal(info, prefix)
+            return self._verdict("superseded")  # a newer upload replaced it: its own event counts it
+        refusal = self._refusal(info, prefix)
+        verdict = refusal.reason if refusal else None
         if verdict is None:
             message = await self._messages.image_message(conversation_id, key)
             status = message.metadata.status if message and message.metadata else None
             if status in ("ready", "failed"):
                 verdict = "already_processed"  # an overwrite after processing: never served
+        await self._landed(created, parsed, info.size, verdict, stored_at=info.last_modified)
         if verdict is None:
             return self._verdict("kept")
-        if verdict != "already_processed":
-            # A send right after the upload still gets its 413/422 with the reason from its own check;
-            # a later one finds nothing (404). Then only this version is deleted, not a newer upload.
+        if refusal is not None:
+            # A send right after the upload gets its 413/422 from its own check; a later one finds the
+            # note written below. Then only this version is deleted, not a newer upload.
             await asyncio.sleep(REFUSED_UPLOAD_GRACE_SECONDS)
             current = await self._objects.head(key)
             if current is None or current.etag != info.etag:
+                await ledger.record(self._storage, "raw", -1, -info.size)  # the newer one is counted
                 return self._verdict("superseded")
+            # The note first: a send between the delete and the note would get a bare 404.
+            await self._objects.put(
+                keys.refusal_key(key), msgspec.json.encode(refusal), content_type="application/json"
+            )
         _log.info("raw_upload_deleted", key=key, reason=verdict, size=info.size)
         await self._objects.delete(key)
+        await ledger.record(self._storage, "raw", -1, -info.size)
         return self._verdict(verdict)
 
-    def _refusal(self, info: ObjectInfo, prefix: bytes) -> str | None:
+    async def _landed(
+        self,
+        created: ObjectCreated,
+        parsed: keys.ParsedKey,
+        size: int,
+        verdict: str | None,
+        *,
+        stored_at: dt.datetime | None = None,
+    ) -> None:
+        """Count an upload that reached the store: result and reason, size, URL-to-stored time, ledger."""
+        metrics.UPLOADS.labels("stored" if verdict is None else "rejected", verdict or "ok").inc()
+        metrics.UPLOAD_SIZE.observe(size)
+        stored_at = created.stored_at or stored_at
+        if parsed.issued_at is not None and stored_at is not None:
+            metrics.UPLOAD_DURATION.observe(max(0.0, (stored_at - parsed.issued_at).total_seconds()))
+        await ledger.record(self._storage, "raw", 1, size)
+
+    def _refusal(self, info: ObjectInfo, prefix: bytes) -> UploadRefusal | None:
+        def refused(reason: str, detail: str) -> UploadRefusal:
+            return UploadRefusal(
+                reason=reason, detail=detail, size=info.size, refused_at=dt.datetime.now(dt.UTC)
+            )
+
         if info.size > self._max_bytes:
-            return "image_too_large"
+            return refused(
+                "image_too_large", f"the image is {info.size} bytes; the limit is {self._max_bytes}"
+            )
         try:
             header = images.inspect_image(prefix, total_size=info.size)
             images.refuse_too_many_pixels(header, self._max_pixels)
-        except images.NotAnImage:
-            return "not_an_image"
-        except images.TooManyPixels:
-            return "too_many_pixels"
+        except images.NotAnImage as exc:
+            return refused("not_an_image", str(exc))
+        except images.TooManyPixels as exc:
+            return refused("too_many_pixels", str(exc))
         return None
 
     @staticmethod

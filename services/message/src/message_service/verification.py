@@ -9,6 +9,8 @@ declares. The checks, cheapest first, each a problem response with a stable code
 4. it was uploaded by the sender                                     403 object_not_yours
 5. its extension is the declared type's                              422 content_type_mismatch
 6. the object exists (ONE ranged read: type, size, mtime, 256 KiB)   404 image_not_found
+   (or, when the media processor deleted it on arrival, the 413/422 of 7, 10 or 11 with its reason,
+   from the note it left: read only on this not-found path, so a found object costs nothing more)
 7. its size is within MAX_IMAGE_BYTES                                413 image_too_large
 8. its stored type equals the declared one                           422 content_type_mismatch
 9. it is not older than the send window (see below)                 410 upload_expired
@@ -37,8 +39,9 @@ import structlog
 
 from chat_core import images, keys
 from chat_core.errors import ProblemError
+from chat_core.media import UploadRefusal
 from chat_core.messagestore import ImageMetadata
-from chat_core.objectstore import ObjectStore
+from chat_core.objectstore import ObjectNotFound, ObjectStore
 from chat_core.settings import Settings
 from message_service.schemas import ImageMetadataRequest
 
@@ -88,9 +91,7 @@ class ImageVerifier:
                 503, "storage_unavailable", "the image could not be checked; retry shortly"
             ) from None
         if found is None:
-            raise ProblemError(
-                404, "image_not_found", "no uploaded image with that object_key in this conversation"
-            )
+            raise await self._not_found(stored_key)
         info, prefix = found
         if info.size > self._max_bytes:
             raise ProblemError(
@@ -135,6 +136,19 @@ class ImageVerifier:
         )
         return VerifiedImage(
             stored_key=stored_key, metadata=metadata, last_modified=info.last_modified, etag=info.etag
+        )
+
+    async def _not_found(self, stored_key: str) -> ProblemError:
+        """The reason the media processor deleted the upload on arrival, else a plain 404."""
+        try:
+            _info, note = await self._objects.read(keys.refusal_key(stored_key))
+            return msgspec.json.decode(note, type=UploadRefusal).problem()
+        except ObjectNotFound:
+            pass
+        except Exception as exc:  # an unreadable note is no verdict: the object is gone either way
+            _log.warning("refusal_note_unreadable", key=stored_key, error=repr(exc))
+        return ProblemError(
+            404, "image_not_found", "no uploaded image with that object_key in this conversation"
         )
 
     @staticmethod

@@ -10,7 +10,14 @@ the rest once they are older than ``ORPHAN_GRACE_SECONDS``. Memory stays flat in
 one listing page and one batch at a time.
 
 Only keys with the layout of ``chat_core.keys`` are ever considered: anything else in the bucket is not
-ours to delete. Every deletion (or, with ``dry_run``, every would-be deletion) is one log line.
+ours to delete. Every deletion (or, with ``dry_run``, every would-be deletion) is one log line. Refusal
+notes (``refused/{conversation_id}/{object_key}``: why the media processor deleted an upload on arrival,
+for a later send of it) are deleted once past the same grace period (a send of an upload that old is
+refused as expired anyway); they are neither orphans nor storage, and counted apart.
+
+The scan also counts what the store holds by kind (raw uploads, derived images) and sets the shared
+storage ledger to it (``chat_core.ledger``): the events keep the ledger current, the scan corrects what
+they cannot see. A ledger that is unreachable is logged, never a failed run.
 
 With ``OBJECT_STORE=s3`` the job lists and deletes through boto3 (``S3Objects``): the ``list_objects_v2``
 paginator, ``DeleteObjects`` with up to 1,000 keys a request (Quiet: S3 answers only the keys it could not
@@ -23,8 +30,9 @@ orphans take ``ceil(n / 1000)`` requests. The local disk keeps its own path thro
 A run with keys S3 would not delete still finishes (the rest are deleted, the counts recorded), then fails:
 the command exits 1 and the last-success time is not moved, so the staleness alert fires.
 
-Metrics: a CronJob lives too briefly to be scraped, so ``run`` pushes the storage gauges, the deletion
-counters and the last-success time to ``PUSHGATEWAY_URL`` when it is set, and always logs a summary.
+Metrics: a CronJob lives too briefly to be scraped, so ``run`` pushes the deletion counters and the
+last-success time to ``PUSHGATEWAY_URL`` when it is set, and always logs a summary. The storage gauges
+are not pushed: the services export them from the ledger (a pushed copy would go stale).
 """
 
 from __future__ import annotations
@@ -40,9 +48,10 @@ import msgspec
 import structlog
 from prometheus_client import CollectorRegistry, push_to_gateway
 
-from chat_core import metrics
+from chat_core import ledger, metrics
 from chat_core.backends import Backends
-from chat_core.keys import InvalidKey, parse_stored_key
+from chat_core.keys import REFUSAL_PREFIX, InvalidKey, parse_refusal_key
+from chat_core.ledger import Kind, Usage
 from chat_core.messagestore import MessageStore
 from chat_core.objectstore import ObjectInfo, ObjectStore
 from chat_core.settings import Settings
@@ -77,15 +86,30 @@ class CleanupReport(msgspec.Struct, kw_only=True):
     deleted_objects: int = 0
     deleted_bytes: int = 0
     failed_objects: int = 0  # orphans the store refused to delete (each logged): the run fails
+    raw_objects: int = 0  # scanned, by kind (the storage ledger's counts)
+    raw_bytes: int = 0
+    derived_objects: int = 0
+    derived_bytes: int = 0
+    refusal_notes: int = 0  # scanned
+    expired_notes: int = 0  # past the grace period (deleted unless dry_run)
+    deleted_notes: int = 0
+    deleted_note_bytes: int = 0
 
     @property
     def stored_objects(self) -> int:
         """Objects left in the store after this run."""
-        return self.scanned_objects - self.deleted_objects
+        return self.scanned_objects - self.deleted_objects - self.deleted_notes
 
     @property
     def stored_bytes(self) -> int:
-        return self.scanned_bytes - self.deleted_bytes
+        return self.scanned_bytes - self.deleted_bytes - self.deleted_note_bytes
+
+    def usage(self) -> dict[Kind, Usage]:
+        """Raw uploads and derived images left after this run: what the storage ledger is set to."""
+        return {
+            "raw": Usage(self.raw_objects - self.deleted_objects, self.raw_bytes - self.deleted_bytes),
+            "derived": Usage(self.derived_objects, self.derived_bytes),
+        }
 
 
 class CleanupIncomplete(RuntimeError):
@@ -256,6 +280,11 @@ async def cleanup_orphans(
                     error=failure.message,
                 )
                 continue
+            if info.key.startswith(REFUSAL_PREFIX):
+                report.deleted_notes += 1
+                report.deleted_note_bytes += info.size
+                _log.info("refusal_note_deleted", key=info.key)
+                continue
             report.deleted_objects += 1
             report.deleted_bytes += info.size
             _log.info(
@@ -293,11 +322,23 @@ async def cleanup_orphans(
     async for info in objects.scan(page_size=page_size):
         report.scanned_objects += 1
         report.scanned_bytes += info.size
-        try:
-            parse_stored_key(info.key)
-        except InvalidKey:
-            report.foreign_objects += 1
+        kind = ledger.kind_of(info.key)
+        if kind == "derived":
+            report.derived_objects += 1
+            report.derived_bytes += info.size
+        if kind != "raw":
+            if _is_refusal_note(info.key):
+                report.refusal_notes += 1
+                if info.last_modified <= cutoff:
+                    report.expired_notes += 1
+                    if not dry_run:
+                        pending.append(info)  # not an orphan: no reference to look for
+                        await flush()
+            else:
+                report.foreign_objects += 1
             continue
+        report.raw_objects += 1
+        report.raw_bytes += info.size
         if info.last_modified > cutoff:
             report.young_objects += 1
             continue
@@ -310,9 +351,15 @@ async def cleanup_orphans(
     return report
 
 
+def _is_refusal_note(key: str) -> bool:
+    try:
+        parse_refusal_key(key)
+    except InvalidKey:
+        return False
+    return True
+
+
 def record_metrics(report: CleanupReport) -> None:
-    metrics.STORED_OBJECTS.set(report.stored_objects)
-    metrics.STORED_BYTES.set(report.stored_bytes)
     metrics.ORPHANS_DELETED.inc(report.deleted_objects)
     metrics.ORPHAN_BYTES_DELETED.inc(report.deleted_bytes)
     if not report.failed_objects:
@@ -323,8 +370,6 @@ async def push_metrics(url: str, *, job: str = PUSH_JOB) -> None:
     """Push the cleanup metrics (only those) to a Prometheus Pushgateway, replacing the last run's."""
     registry = CollectorRegistry()
     for collector in (
-        metrics.STORED_OBJECTS,
-        metrics.STORED_BYTES,
         metrics.ORPHANS_DELETED,
         metrics.ORPHAN_BYTES_DELETED,
         metrics.CLEANUP_LAST_SUCCESS,
@@ -338,6 +383,7 @@ async def run(settings: Settings, *, dry_run: bool) -> CleanupReport:
     """The ``chat-management cleanup-orphans`` command: scan, delete, record, push, summarise."""
     backends = Backends(settings)
     object_store, message_store = backends.object_store, backends.messages
+    storage = backends.storage_ledger
     started = time.monotonic()
     async with backends:
         report = await cleanup_orphans(
@@ -346,6 +392,11 @@ async def run(settings: Settings, *, dry_run: bool) -> CleanupReport:
             grace_seconds=settings.images.orphan_grace_seconds,
             dry_run=dry_run,
         )
+        try:
+            await storage.reconcile(report.usage())
+        except Exception as exc:  # a measurement: the run itself went through
+            metrics.STORAGE_LEDGER_ERRORS.inc()
+            _log.warning("storage_ledger_not_reconciled", error=repr(exc))
     record_metrics(report)
     _log.info(
         "cleanup_finished",

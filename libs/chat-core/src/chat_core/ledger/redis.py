@@ -1,0 +1,80 @@
+"""Redis storage ledger (``LIMIT_STORE=redis``): one hash, ``{LIMIT_KEY_PREFIX}:storage``.
+
+Fields ``{kind}:objects`` and ``{kind}:bytes``. One key, so a Redis Cluster keeps it in one slot and the
+script that moves both fields of a kind at once runs there; the hash never expires (it is the count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from chat_core.ledger import KINDS, Kind, Usage
+
+if TYPE_CHECKING:
+    from chat_core.backends import Backends
+
+__all__ = ["RedisStorageLedger", "create"]
+
+TIMEOUT_SECONDS = 0.5
+
+# KEYS: the hash. ARGV: kind, objects, bytes.
+_ADD = """
+redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':objects', ARGV[2])
+redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':bytes', ARGV[3])
+return 0
+"""
+
+
+def ledger_key(prefix: str) -> str:
+    return f"{prefix}:storage"
+
+
+class RedisStorageLedger:
+    def __init__(
+        self, url: str, prefix: str = "chat", *, mode: str = "standalone", ca_cert: str = ""
+    ) -> None:
+        self._key = ledger_key(prefix)
+        tls: dict[str, str] = {"ssl_ca_data": ca_cert} if ca_cert and url.startswith("rediss:") else {}
+        self._client: aioredis.Redis | RedisCluster
+        if mode == "cluster":
+            self._client = RedisCluster.from_url(
+                url, socket_connect_timeout=TIMEOUT_SECONDS, socket_timeout=TIMEOUT_SECONDS, **tls
+            )
+        else:
+            self._client = aioredis.from_url(
+                url, socket_connect_timeout=TIMEOUT_SECONDS, socket_timeout=TIMEOUT_SECONDS, **tls
+            )
+        self._add = self._client.register_script(_ADD)
+
+    async def add(self, kind: Kind, objects: int, size: int) -> None:
+        await self._add(keys=[self._key], args=[kind, objects, size])
+
+    async def usage(self) -> dict[Kind, Usage]:
+        fields = [f"{kind}:{what}" for kind in KINDS for what in ("objects", "bytes")]
+        values = [int(value or 0) for value in await self._client.hmget(self._key, fields)]
+        return {kind: Usage(max(0, values[2 * i]), max(0, values[2 * i + 1])) for i, kind in enumerate(KINDS)}
+
+    async def reconcile(self, usage: Mapping[Kind, Usage]) -> None:
+        mapping: dict[str, int] = {}
+        for kind, counted in usage.items():
+            mapping[f"{kind}:objects"] = counted.objects
+            mapping[f"{kind}:bytes"] = counted.bytes
+        if mapping:
+            await self._client.hset(self._key, mapping=mapping)  # type: ignore[arg-type]
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def create(backends: Backends) -> RedisStorageLedger:
+    redis = backends.settings.redis
+    return RedisStorageLedger(
+        redis.address(), backends.settings.limits.key_prefix, mode=redis.mode, ca_cert=redis.tls_ca_cert
+    )
