@@ -116,6 +116,7 @@ class Watch:
         self.console: list[str] = []
         self.exceptions: list[str] = []
         self.urls: list[str] = []
+        self.failed: list[str] = []  # "who: status method url" of every answer >= 400, for the report
 
     def page(self, page: Any, who: str) -> None:
         def console(message: Any) -> None:
@@ -125,6 +126,10 @@ class Watch:
         page.on("console", console)
         page.on("pageerror", lambda e: self.exceptions.append(f"{who}: {e}"))
         page.on("websocket", lambda ws: self.urls.append(ws.url))
+        page.on(
+            "response",
+            lambda r: r.status >= 400 and self.failed.append(f"{who}: {r.status} {r.request.method} {r.url}"),
+        )
 
     def check(self) -> None:
         assert self.exceptions == []
@@ -133,7 +138,7 @@ class Watch:
             for line in self.console
             if not any(p.match(line.split(": ", 1)[1]) for p in EXPECTED_CONSOLE)
         ]
-        assert unexpected == []
+        assert unexpected == [], self.failed
         assert self.urls, "no request was watched"
         for url in self.urls:
             parts = urlsplit(url)
