@@ -18,7 +18,6 @@ from litestar import Litestar
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from chat_core import ratelimit
 from chat_core.backends import Backends
 from chat_core.messagestore import Conversation, Device
 from chat_core.objectstore import ByteRange
@@ -235,17 +234,7 @@ async def test_a_bus_failing_under_a_live_socket_closes_it_with_1013_not_1011(
     settings = make_settings(tmp_path)
     backends = Backends(settings)
     bus = backends.event_bus
-    sockets = RealtimeSockets(
-        backends.verifier,
-        backends.conversations,
-        _BusFailingOnResubscribe(bus),  # type: ignore[arg-type]
-        backends.presence,
-        backends.rate_limiter,
-        ratelimit.in_process(settings.limits),
-        presence_ttl_seconds=settings.presence.ttl_seconds,
-        max_frame_bytes=settings.limits.socket_max_frame_bytes,
-        sockets_per_user=settings.limits.sockets_per_user,
-    )
+    sockets = RealtimeSockets.from_backends(settings, backends, bus=_BusFailingOnResubscribe(bus))  # type: ignore[arg-type]
     async with backends:
         now = dt.datetime.now(dt.UTC)
         await backends.conversations.create_conversation(

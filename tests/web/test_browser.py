@@ -126,10 +126,12 @@ class Watch:
         page.on("console", console)
         page.on("pageerror", lambda e: self.exceptions.append(f"{who}: {e}"))
         page.on("websocket", lambda ws: self.urls.append(ws.url))
-        page.on(
-            "response",
-            lambda r: r.status >= 400 and self.failed.append(f"{who}: {r.status} {r.request.method} {r.url}"),
-        )
+
+        def response(answer: Any) -> None:
+            if answer.status >= 400:
+                self.failed.append(f"{who}: {answer.status} {answer.request.method} {answer.url}")
+
+        page.on("response", response)
 
     def check(self) -> None:
         assert self.exceptions == []

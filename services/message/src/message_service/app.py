@@ -5,7 +5,6 @@ from __future__ import annotations
 from litestar import Litestar
 from litestar.di import Provide
 
-from chat_core import ratelimit
 from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.backends import Backends
 from chat_core.settings import Settings
@@ -39,17 +38,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
             media_queue=backends.media_queue,
             drain_seconds=settings.service.drain_seconds,
         )
-    sockets = RealtimeSockets(
-        backends.verifier,
-        backends.conversations,
-        backends.event_bus,
-        backends.presence,
-        backends.rate_limiter,
-        ratelimit.in_process(settings.limits),
-        presence_ttl_seconds=settings.presence.ttl_seconds,
-        max_frame_bytes=settings.limits.socket_max_frame_bytes,
-        sockets_per_user=settings.limits.sockets_per_user,
-    )
+    sockets = RealtimeSockets.from_backends(settings, backends)
     device_service = DeviceService(backends.devices)
     conversations = ConversationService(backends.conversations, events)
     messages = MessageService(

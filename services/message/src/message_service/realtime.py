@@ -40,8 +40,9 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.handlers import WebsocketRouteHandler
 
-from chat_core import metrics
+from chat_core import metrics, ratelimit
 from chat_core.auth import AuthError, Principal, TokenVerifier, token_from_connection
+from chat_core.backends import Backends
 from chat_core.errors import problem_body
 from chat_core.messagestore import ConversationStore
 from chat_core.ratelimit import RateLimited, RateLimiter
@@ -54,6 +55,7 @@ from chat_core.realtime import (
     user_channel,
 )
 from chat_core.realtime.events import bus_event_for_client, decode_envelope
+from chat_core.settings import Settings
 
 __all__ = [
     "CLOSE_POLICY",
@@ -223,6 +225,23 @@ class RealtimeSockets:
         self.bus = bus
         self.presence = presence
         self.heartbeat_seconds = max(1.0, presence_ttl_seconds / 3)
+
+    @classmethod
+    def from_backends(
+        cls, settings: Settings, backends: Backends, *, bus: EventBus | None = None
+    ) -> RealtimeSockets:
+        """The sockets of one replica, on ``backends`` (``bus``: another event bus, such as a wrapper)."""
+        return cls(
+            backends.verifier,
+            backends.conversations,
+            bus or backends.event_bus,
+            backends.presence,
+            backends.rate_limiter,
+            ratelimit.in_process(settings.limits),
+            presence_ttl_seconds=settings.presence.ttl_seconds,
+            max_frame_bytes=settings.limits.socket_max_frame_bytes,
+            sockets_per_user=settings.limits.sockets_per_user,
+        )
 
     def route_handler(self) -> WebsocketRouteHandler:
         sockets = self
