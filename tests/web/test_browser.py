@@ -658,7 +658,10 @@ async def test_make_devs_one_url_serves_the_page_and_two_people_chat_through_it(
     await alice.get_by_label("Caption").press("Enter")
     photo = "img[alt='Photo: Seen through the gateway']"
     loaded = thumbnail_shown(photo)
-    await bob.wait_for_function(loaded, timeout=20_000)
+    try:
+        await bob.wait_for_function(loaded, timeout=20_000)
+    except Exception as exc:
+        raise AssertionError(f"no thumbnail for bob; answers >= 400: {watch.failed}") from exc
     await shot(bob, "20-make-dev-gateway-phone")
     watch.check()
     # every page and API call went to the one origin (or the bucket, for the PUT and the signed GET)
