@@ -185,6 +185,17 @@ def private_redis() -> Iterator[harness.Backend]:
     backend.stop()
 
 
+@pytest.fixture
+def private_redis_cluster() -> Iterator[harness.Backend]:
+    """A 3-primary Redis Cluster of this test alone, which the test may stop and start (outage tests)."""
+    try:
+        backend = harness.start_local_redis_cluster(3)
+    except RuntimeError as exc:
+        skip_unless_required("redis", str(exc))
+    yield backend
+    backend.stop()
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{SESSION_ID}-{uuid.uuid4().hex[:6]}"
 

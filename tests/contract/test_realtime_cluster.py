@@ -15,7 +15,15 @@ import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from tests import harness
-from tests.contract.test_realtime_contract import TIMEOUT, Inbox, Realtime, _open, _unique_channel
+from tests.contract.test_realtime_contract import (
+    TIMEOUT,
+    Gaps,
+    Inbox,
+    Realtime,
+    _open,
+    _unique_channel,
+    publish_when_back,
+)
 
 
 @pytest.fixture
@@ -109,6 +117,22 @@ async def test_a_subscription_follows_its_slot_when_it_migrates(
     await subscription.close()
 
 
+async def test_a_slot_migration_under_a_subscription_is_reported_once_as_a_gap(
+    cluster_realtime: Realtime, raw: RedisCluster
+) -> None:
+    moving, staying = _unique_channel(), _unique_channel()
+    inbox, gaps = Inbox(), Gaps()
+    subscription = await cluster_realtime.bus.subscribe([moving, staying], inbox, on_gap=gaps)
+    _source, target = await _migrate_slot(raw, moving)
+    # Between the old owner dropping the channel and the new one confirming it, publishes are lost.
+    await gaps.reported()
+    assert await _shard_subscribers(raw, target, moving) == 1
+    await cluster_realtime.bus.publish(moving, b"after")
+    assert await inbox.next() == (moving, b"after")
+    assert gaps.count == 1
+    await subscription.close()
+
+
 async def test_subscribing_with_a_stale_slot_map_follows_moved(
     cluster_realtime: Realtime, raw: RedisCluster
 ) -> None:
@@ -173,3 +197,36 @@ def test_a_users_keys_share_a_slot_and_users_spread() -> None:
     assert key_slot(presence_key(alice).encode()) == key_slot(f"rl:{user_tag(alice)}:send".encode())
     slots = {key_slot(presence_key(f"user-{n}").encode()) for n in range(1000)}
     assert len(slots) > 900  # no common tag: a thousand users land on (almost) a thousand slots
+
+
+@pytest.fixture
+async def private_cluster_realtime(
+    private_redis_cluster: harness.Backend, tmp_path: Path
+) -> AsyncIterator[Realtime]:
+    async for opened in _open("redis-cluster", tmp_path, {"REDIS_URL": private_redis_cluster.address}):
+        yield opened
+
+
+async def test_a_cluster_restart_is_reported_once_as_a_gap_and_later_events_arrive(
+    private_cluster_realtime: Realtime, private_redis_cluster: harness.Backend
+) -> None:
+    bus = private_cluster_realtime.bus
+    raw = RedisCluster.from_url(private_redis_cluster.address)
+    try:
+        await raw.initialize()
+        channels = [_unique_channel() for _ in range(12)]
+        owners = {raw.get_node_from_key(c).name for c in channels}  # type: ignore[union-attr]
+        assert len(owners) == 3  # one subscription on every shard subscriber
+    finally:
+        await raw.aclose()
+    inbox, gaps = Inbox(), Gaps()
+    subscription = await bus.subscribe(channels, inbox, on_gap=gaps)
+    private_redis_cluster.stop()
+    private_redis_cluster.start()  # same ports, same nodes.conf: the same slot owners
+
+    await gaps.reported()  # once every shard has confirmed its channels again
+    for channel in channels:
+        await publish_when_back(bus, channel, b"after the gap")
+    assert {await inbox.next() for _ in channels} == {(c, b"after the gap") for c in channels}
+    assert gaps.count == 1
+    await subscription.close()

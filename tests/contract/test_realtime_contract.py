@@ -55,6 +55,35 @@ class Inbox:
         return await asyncio.wait_for(self.queue.get(), TIMEOUT)
 
 
+class Gaps:
+    """An ``on_gap`` callback that counts the gaps a subscription reports, so a test can await them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = asyncio.Event()
+
+    def __call__(self) -> None:
+        self.count += 1
+        self._changed.set()
+
+    async def reported(self, count: int = 1) -> None:
+        async with asyncio.timeout(TIMEOUT):
+            while self.count < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def publish_when_back(bus: EventBus, channel: str, payload: bytes) -> None:
+    """Publish after a restart: the publisher's pooled connection may still be the dead one (once)."""
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            try:
+                await bus.publish(channel, payload)
+                return
+            except EventBusUnavailable:
+                await asyncio.sleep(0.05)
+
+
 def _unique_channel() -> str:
     return conversation_channel(uuid.uuid4().hex)
 
@@ -214,6 +243,19 @@ async def test_membership_and_user_channels_are_ordinary_channels(realtime: Real
     await realtime.bus.publish(user, b"joined")
     received = {await inbox.next(), await inbox.next()}
     assert received == {(MEMBERSHIP_CHANNEL, b'{"conversationId":"c1"}'), (user, b"joined")}
+    await subscription.close()
+
+
+async def test_a_subscription_that_lost_nothing_reports_no_gap(realtime: Realtime) -> None:
+    channels = [_unique_channel() for _ in range(3)]
+    inbox, gaps = Inbox(), Gaps()
+    subscription = await realtime.bus.subscribe(channels[:1], inbox, on_gap=gaps)
+    await subscription.add(channels[1:])
+    await subscription.remove(channels[:1])
+    for channel in channels[1:]:
+        await realtime.bus.publish(channel, b"delivered")
+    assert {await inbox.next(), await inbox.next()} == {(c, b"delivered") for c in channels[1:]}
+    assert gaps.count == 0
     await subscription.close()
 
 
@@ -405,4 +447,43 @@ async def test_readiness_is_back_as_soon_as_redis_is(
     await redis_realtime.bus.ping()
     await redis_realtime.bus.publish(channel, b"back")
     assert await inbox.next() == (channel, b"back")
+    await subscription.close()
+
+
+async def test_a_redis_restart_is_reported_once_as_a_gap_and_later_events_arrive(
+    redis_realtime: Realtime, private_redis: harness.Backend
+) -> None:
+    channels = [_unique_channel() for _ in range(3)]
+    inbox, gaps, other_gaps = Inbox(), Gaps(), Gaps()
+    subscription = await redis_realtime.bus.subscribe(channels, inbox, on_gap=gaps)
+    other = await redis_realtime.bus.subscribe(channels[:1], Inbox(), on_gap=other_gaps)
+    closed_gaps = Gaps()
+    closed = await redis_realtime.bus.subscribe(channels[1:], Inbox(), on_gap=closed_gaps)
+    private_redis.stop()
+    await asyncio.sleep(0.3)  # the subscriber notices the outage
+    await closed.close()  # closed during the outage: it is told nothing
+    private_redis.start()
+
+    await gaps.reported()
+    # Reported once every channel is confirmed again: what is published from then on arrives.
+    for channel in channels:
+        await publish_when_back(redis_realtime.bus, channel, b"after the gap")
+    assert {await inbox.next() for _ in channels} == {(c, b"after the gap") for c in channels}
+    await other_gaps.reported()
+    assert (gaps.count, other_gaps.count, closed_gaps.count) == (1, 1, 0)
+    await subscription.close()
+    await other.close()
+
+
+async def test_each_outage_is_its_own_gap(redis_realtime: Realtime, private_redis: harness.Backend) -> None:
+    channel = _unique_channel()
+    inbox, gaps = Inbox(), Gaps()
+    subscription = await redis_realtime.bus.subscribe([channel], inbox, on_gap=gaps)
+    for outage in (1, 2):
+        private_redis.stop()
+        private_redis.start()
+        await gaps.reported(outage)
+        await publish_when_back(redis_realtime.bus, channel, b"back")
+        assert await inbox.next() == (channel, b"back")
+    assert gaps.count == 2
     await subscription.close()

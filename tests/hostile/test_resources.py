@@ -209,8 +209,8 @@ class _BusFailingOnResubscribe:
         self._inner = inner
         self.name = inner.name
 
-    async def subscribe(self, channels: Any, handler: Any) -> Any:
-        subscription = await self._inner.subscribe(channels, handler)
+    async def subscribe(self, channels: Any, handler: Any, *, on_gap: Any = None) -> Any:
+        subscription = await self._inner.subscribe(channels, handler, on_gap=on_gap)
 
         class Failing:
             async def add(self, channels: Any) -> None:

@@ -374,3 +374,23 @@ async def test_the_worker_starts_while_redis_is_down_and_subscribes_once_it_is_b
             assert not (await cache.check(cid, "bob")).member
         finally:
             await worker.__aexit__(None, None, None)
+
+
+async def test_changes_missed_during_a_redis_outage_empty_the_cache_once_it_is_back(
+    private_redis: harness.Backend, store: ReadCounter, backends: Backends, tmp_path: Path
+) -> None:
+    cache = MembershipCache(cast(ConversationStore, store), ttl_seconds=60)
+    env = {"EVENT_BUS": "redis", "REDIS_URL": private_redis.address}
+    bus_backends = Backends(make_settings(tmp_path / "bus", env))
+    redis_bus = bus_backends.event_bus
+    cid = await _conversation(backends, "alice", "bob")
+    async with bus_backends, cache.invalidation_worker(redis_bus):
+        assert cache.subscribed
+        assert (await cache.check(cid, "bob")).member
+        private_redis.stop()
+        await backends.chat_store.remove_participant(cid, "bob")  # its membership event is lost
+        private_redis.start()
+        async with asyncio.timeout(TIMEOUT):
+            while len(cache):
+                await asyncio.sleep(0.05)  # the bus reports the gap on its reconnect schedule
+        assert not (await cache.check(cid, "bob")).member

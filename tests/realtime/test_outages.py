@@ -111,3 +111,42 @@ async def test_a_socket_open_through_a_redis_outage_gets_the_message_sent_during
     assert event["message"]["messageId"] == response.json()["messageId"]
     ready = await deployment.http.get("/readyz")
     assert ready.status_code == 200, ready.text
+
+
+async def test_a_socket_open_through_a_redis_outage_is_told_to_resync_then_gets_later_events(
+    deploy: DeployFactory,
+    private_redis: harness.Backend,
+    localstack: harness.Backend,
+    users: Users,
+) -> None:
+    deployment = await deploy("distributed", distributed_env(private_redis.address, localstack.address))
+    alice, bob = users("alice", "bob")
+    conversation = await deployment.create_conversation(alice, bob)
+    bob_socket = await deployment.connect(bob)
+    first = await deployment.send_text(bob, conversation, "read while Redis is down")
+    assert first.status_code == 201
+    assert (await bob_socket.next_of("message.created"))["message"]["messageId"] == first.json()["messageId"]
+    resyncs = gauge("chat_websocket_resyncs_total")
+
+    await asyncio.to_thread(private_redis.stop)
+    # Its message.read cannot be published (read receipts are not kept in the outbox): bob never hears it.
+    read = await deployment.http.post(
+        f"/conversations/{conversation}/messages/{first.json()['messageId']}/read",
+        headers=auth_header(alice),
+    )
+    assert read.status_code == 200
+    # Nor of this conversation: its socket must still subscribe to it.
+    joined_meanwhile = await deployment.create_conversation(alice, bob)
+    await asyncio.to_thread(private_redis.start)
+
+    # The socket stayed open: it says what was missed is to be fetched, before any later event.
+    assert await bob_socket.next_event(timeout=30) == {"type": "session.resync"}
+    assert gauge("chat_websocket_resyncs_total") == resyncs + 1
+    listed = await deployment.http.get(f"/conversations/{conversation}/messages", headers=auth_header(bob))
+    assert alice in listed.json()["items"][0]["readBy"]  # what the resync finds
+    for where in (conversation, joined_meanwhile):
+        later = await deployment.send_text(alice, where, "after the outage")
+        assert later.status_code == 201
+        event = await bob_socket.next_event()
+        assert event["type"] == "message.created"
+        assert event["message"]["messageId"] == later.json()["messageId"]

@@ -380,6 +380,37 @@ async def test_two_people_chat_with_a_photo_in_the_browser(browser: Any, server:
     watch.check()
 
 
+async def test_a_receipt_missed_during_a_redis_outage_shows_after_the_servers_resync(
+    browser: Any, server_with: Any, private_redis: harness.Backend
+) -> None:
+    server = await server_with({"EVENT_BUS": "redis", "REDIS_URL": private_redis.address})
+    watch = Watch()
+    alice = await open_as(browser, watch, server.url, "alice")
+    async with httpx.AsyncClient(base_url=server.url, headers=auth_header("alice")) as api:
+        created = await api.post("/conversations", json={"participantIds": ["bob"], "name": "Outage"})
+        assert created.status_code == 201
+    conversation_id = created.json()["conversationId"]
+    await alice.locator("button.conversation", has_text="Outage").click()
+    await alice.get_by_label("Message", exact=True).fill("did you get this?")
+    await alice.get_by_label("Message", exact=True).press("Enter")
+    receipt = alice.locator("li.message", has_text="did you get this?").locator(".receipt")
+    await receipt.get_by_text("Sent", exact=True).wait_for()
+
+    # bob reads it while Redis is down: the message.read event is lost, alice's socket stays open
+    await asyncio.to_thread(private_redis.stop)
+    async with httpx.AsyncClient(base_url=server.url, headers=auth_header("bob")) as api:
+        listed = await api.get(f"/conversations/{conversation_id}/messages")
+        message_id = listed.json()["items"][0]["messageId"]
+        read = await api.post(f"/conversations/{conversation_id}/messages/{message_id}/read")
+        assert read.status_code == 200
+    await asyncio.to_thread(private_redis.start)
+
+    # once the subscription is back the server sends session.resync and the page refetches the thread
+    await receipt.get_by_text("Read by bob").wait_for(timeout=30_000)
+    assert await alice.get_by_role("status", name="Connection: online").count() == 1
+    watch.check()
+
+
 async def test_older_messages_load_as_you_scroll_up(browser: Any, server: Server) -> None:
     async with httpx.AsyncClient(base_url=server.url, headers=auth_header("alice")) as api:
         created = await api.post("/conversations", json={"participantIds": ["bob"], "name": "History"})

@@ -134,9 +134,10 @@ export const CLOSE_UNAUTHORIZED = 4401;
 
 /**
  * The real-time socket. Reconnects with full-jitter backoff; every `session.ready` after the first is a
- * reconnect, after which the app backfills with the list endpoints (events are at most once).
+ * reconnect, after which the app backfills with the list endpoints (events are at most once). So does a
+ * `session.resync` (`onResync`): the socket stayed open, but the server lost events meant for it.
  */
-export function connectSocket(token, { onEvent, onReady, onStatus, onUnauthorized }) {
+export function connectSocket(token, { onEvent, onReady, onResync, onStatus, onUnauthorized }) {
   let socket = null;
   let stopped = false;
   let attempt = 0;
@@ -161,6 +162,8 @@ export function connectSocket(token, { onEvent, onReady, onStatus, onUnauthorize
         const every = Math.max(5, Math.min(25, (event.heartbeatSeconds || 25) - 1)) * 1000;
         pinger = setInterval(() => socket?.readyState === 1 && socket.send('{"type":"ping"}'), every);
         onReady(event);
+      } else if (event.type === "session.resync") {
+        onResync();
       } else if (event.type !== "pong") {
         onEvent(event);
       }

@@ -179,7 +179,7 @@ class Store {
     }
     this.changed();
   }
-  /** After a reconnect: what was missed, from the list endpoints, de-duplicated by id. */
+  /** After a reconnect or a `session.resync`: what was missed, from the list endpoints, de-duplicated by id. */
   async backfill() {
     const page = await this.loadConversations();
     if (!page.nextCursor) {
@@ -653,6 +653,7 @@ function Chat({ session, onSignOut }) {
         if (!first) store.backfill().catch(failed);
         first = false;
       },
+      onResync: () => store.backfill().catch(failed),
       onEvent: (event) => store.apply(event).catch(failed),
       onUnauthorized: () => onSignOut("Your session has expired: sign in again."),
     });

@@ -242,7 +242,10 @@ class MembershipCache:
     async def _subscribe(self, bus: EventBus) -> None:
         while True:
             try:
-                self._subscription = await bus.subscribe([MEMBERSHIP_CHANNEL], self._on_change)
+                # A gap (the bus lost events while subscribed): changes may have been missed, as here.
+                self._subscription = await bus.subscribe(
+                    [MEMBERSHIP_CHANNEL], self._on_change, on_gap=self.clear
+                )
             except Exception as exc:
                 _log.warning("membership_subscribe_failed", error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(self._resubscribe_seconds)

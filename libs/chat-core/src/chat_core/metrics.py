@@ -116,6 +116,10 @@ EVENTS_PUBLISHED = Counter(
     "chat_events_published", "Events published on the real-time bus, by type.", ["type"]
 )
 WEBSOCKET_CONNECTIONS = Gauge("chat_websocket_connections", "Open real-time sockets.")
+WEBSOCKET_RESYNCS = Counter(
+    "chat_websocket_resyncs",
+    "session.resync frames sent: an open socket's bus subscription was interrupted and events were lost.",
+)
 NOTIFICATIONS_ENQUEUED = Counter(
     "chat_notifications_enqueued", "Notification jobs put on the queue (one per chat message or chunk)."
 )

@@ -8,10 +8,14 @@ Protocol (JSON text frames):
   ``message.created`` ``{conversationId, message}`` (the full stored message), ``message.read``
   ``{conversationId, messageId, userId, readBy}``, ``conversation.joined`` / ``conversation.left``
   ``{conversationId}``, when the user is added to or removed from a conversation while connected;
+* ``{"type": "session.resync"}`` when the socket stayed open but its subscription was interrupted (the
+  bus lost its connection to Redis, or a cluster slot moved) and is whole again: events published
+  meanwhile are lost, so the client resyncs with the list endpoints as after a reconnect; the events
+  that follow it are live again;
 * the client may send ``{"type": "ping"}`` (answer ``{"type": "pong"}``);
 * close code 1013 means "try again later": the real-time bus is unavailable, or the client read too
-  slowly and fell ``OUTBOUND_LIMIT`` events behind. Events are at most once: after a reconnect, clients
-  resync with the list endpoints (and de-duplicate by ``messageId``).
+  slowly and fell ``OUTBOUND_LIMIT`` events behind. Events are at most once: after a reconnect or a
+  ``session.resync``, clients resync with the list endpoints (and de-duplicate by ``messageId``).
 
 Limits (README, "Limits"): connects count against ``RATE_LIMIT_SOCKET_CONNECTS`` per user (per client IP
 without a valid token) before the handshake is accepted: over it, the handshake is answered with HTTP 429
@@ -83,6 +87,7 @@ class _Ping(msgspec.Struct):
 
 
 _PONG = b'{"type":"pong"}'
+_RESYNC = b'{"type":"session.resync"}'
 _CLIENT_FRAME = msgspec.json.Decoder(_Ping)
 
 
@@ -108,10 +113,19 @@ class _Session:
         except asyncio.QueueFull:
             self.overflowed.set()
 
+    def on_gap(self) -> None:
+        """The bus lost events of this subscription: the client resyncs (queued ahead of later events)."""
+        metrics.WEBSOCKET_RESYNCS.inc()
+        self.on_event("", _RESYNC)
+
     async def open(self) -> None:
         bus = self.sockets.bus
         # The user's own channel first: a conversation joined while the list below is read is not missed.
-        self.subscription = await bus.subscribe([self.own_channel], self.on_event)
+        self.subscription = await bus.subscribe([self.own_channel], self.on_event, on_gap=self.on_gap)
+        await self.subscription.add(await self._conversation_channels())
+        await self.heartbeat()
+
+    async def _conversation_channels(self) -> list[str]:
         channels: list[str] = []
         cursor: str | None = None
         while True:
@@ -119,9 +133,19 @@ class _Session:
             channels.extend(conversation_channel(c.conversation_id) for c in page.items)
             cursor = page.next_cursor
             if cursor is None:
-                break
-        await self.subscription.add(channels)
-        await self.heartbeat()
+                return channels
+
+    async def _catch_up_on_membership(self) -> None:
+        """After a gap: a ``conversation.joined`` may be among the lost events, so subscribe to every
+        conversation the store lists now, before the client refetches (conversations left meanwhile are
+        dropped by ``_route`` at their next event)."""
+        assert self.subscription is not None
+        try:
+            channels = await self._conversation_channels()
+        except Exception as exc:
+            # Unsure what it listens to: the client reconnects (1013) and gets a fresh subscription.
+            raise EventBusUnavailable(f"conversations unreadable after a bus gap: {exc!r}") from exc
+        await self.subscription.add(channels)  # channels already held are left as they are
 
     async def heartbeat(self) -> None:
         try:
@@ -143,6 +167,8 @@ class _Session:
     async def send_events(self) -> None:
         while True:
             channel, payload = await self.outbound.get()
+            if payload is _RESYNC:
+                await self._catch_up_on_membership()
             frame = payload if channel == "" else await self._route(channel, payload)
             if frame is not None:
                 await self.socket.send_data(frame.decode(), mode="text")

@@ -17,6 +17,7 @@ __all__ = [
     "EventBus",
     "EventBusUnavailable",
     "EventHandler",
+    "GapHandler",
     "Presence",
     "Subscription",
     "conversation_channel",
@@ -24,6 +25,8 @@ __all__ = [
 ]
 
 EventHandler = Callable[[str, bytes], None]  # (channel, payload); must not block
+# A subscription was interrupted and is whole again: events published meanwhile may be lost. Must not block.
+GapHandler = Callable[[], None]
 
 # Membership changes (JSON ``{"conversationId": ...}``), so every process drops its cached answer.
 MEMBERSHIP_CHANNEL = "membership"
@@ -66,11 +69,18 @@ class EventBus(Protocol):
         Raises ``EventBusUnavailable`` when the bus cannot take it.
         """
 
-    async def subscribe(self, channels: Iterable[str], handler: EventHandler) -> Subscription:
+    async def subscribe(
+        self, channels: Iterable[str], handler: EventHandler, *, on_gap: GapHandler | None = None
+    ) -> Subscription:
         """Once this returns (and once ``Subscription.add`` returns), publishes on those channels reach
         ``handler``. Raises ``EventBusUnavailable`` when the bus cannot confirm the subscription.
-        A subscription outlives bus outages: the adapter resubscribes when the bus is back (events
-        published meanwhile are lost; clients resync with the list endpoint)."""
+
+        A subscription outlives bus outages: the adapter resubscribes when the bus is back. Events
+        published meanwhile are lost, so the subscriber is told: ``on_gap`` is called once per outage,
+        when every channel the subscription held through it is confirmed again, before any event
+        published after that reaches ``handler`` (the caller resyncs from the store then). Channels
+        that move between nodes of a cluster are a gap too. An adapter that cannot lose events (one
+        process) never calls it. Never called after ``close``."""
 
 
 class Presence(Protocol):

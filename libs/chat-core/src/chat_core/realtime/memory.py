@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from chat_core.realtime import EventHandler
+from chat_core.realtime import EventHandler, GapHandler
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
@@ -78,7 +78,10 @@ class MemoryEventBus:
         for subscription in list(self._subscribers.get(channel, ())):
             subscription.deliver(channel, payload)
 
-    async def subscribe(self, channels: Iterable[str], handler: EventHandler) -> _MemorySubscription:
+    async def subscribe(
+        self, channels: Iterable[str], handler: EventHandler, *, on_gap: GapHandler | None = None
+    ) -> _MemorySubscription:
+        # In one process a publish reaches its subscribers directly or not at all: there is no gap.
         subscription = _MemorySubscription(self, handler)
         await subscription.add(channels)
         return subscription

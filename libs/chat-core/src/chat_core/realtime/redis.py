@@ -29,7 +29,7 @@ import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
-from chat_core.realtime import EventBusUnavailable, EventHandler
+from chat_core.realtime import EventBusUnavailable, EventHandler, GapHandler
 from chat_core.realtime.resp_subscriber import (
     CONNECT_TIMEOUT_SECONDS,
     RespSubscriber,
@@ -170,8 +170,10 @@ class RedisEventBus(_OnSharedConnections):
         except (RedisError, OSError) as exc:
             raise EventBusUnavailable(f"redis publish failed: {exc}") from exc
 
-    async def subscribe(self, channels: Iterable[str], handler: EventHandler) -> RespSubscription:
-        subscription = RespSubscription(self._connections.subscriber, handler)
+    async def subscribe(
+        self, channels: Iterable[str], handler: EventHandler, *, on_gap: GapHandler | None = None
+    ) -> RespSubscription:
+        subscription = RespSubscription(self._connections.subscriber, handler, on_gap)
         await subscription.add(channels)
         return subscription
 

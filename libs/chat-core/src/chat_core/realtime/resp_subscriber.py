@@ -5,13 +5,16 @@ conversation with 500 local sockets is one ``SUBSCRIBE``. It is ours rather than
 because we need what that one's reconnect path does not give: many tasks subscribing while one task reads,
 ``subscribe()`` returning only once Redis has confirmed (so an event published right after is never
 missed), and an explicit resubscribe of every live channel after an outage. hiredis parses the replies.
-(``docs/adr/0002-own-redis-subscriber.md``.)
+(``docs/adr/0002-own-redis-subscriber.md``.) Each subscription whose channels were live on a lost
+connection is told of the gap (``on_gap``) once all of them are confirmed again, ahead of later events.
 
 Cluster mode (``REDIS_MODE=cluster``, ``ShardedSubscriber``): sharded pub/sub (``SSUBSCRIBE``), so a
 message only travels inside the shard that owns its channel's slot. One ``RespSubscriber(sharded=True)``
 connection per primary that owns a subscribed slot; a channel whose slot moves (``-MOVED`` to a
 subscribe, the server's ``sunsubscribe`` push when a slot migrates away, a node that stops answering) is
-taken off its old node and subscribed on the owner the refreshed slot map names.
+taken off its old node and subscribed on the owner the refreshed slot map names (a gap for its
+subscriptions, reported once the new owner confirms; a subscription on several shards hears one report
+once every shard it lost is back).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import structlog
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from chat_core.realtime import EventBusUnavailable, EventHandler
+from chat_core.realtime import EventBusUnavailable, EventHandler, GapHandler
 
 if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
@@ -75,11 +78,37 @@ class _Op:
 
 
 class RespSubscription:
-    def __init__(self, subscriber: _Multiplexer, handler: EventHandler) -> None:
+    def __init__(
+        self, subscriber: _Multiplexer, handler: EventHandler, on_gap: GapHandler | None = None
+    ) -> None:
         self._subscriber = subscriber
         self.handler = handler
         self.channels: set[str] = set()
         self._closed = False
+        self._on_gap = on_gap
+        # Channels whose connection was lost (or that left their node) while subscribed, not yet confirmed
+        # again. The gap is reported once, when the last of them is back: one outage, one report.
+        self._interrupted: set[str] = set()
+
+    def interrupted(self, channel: str) -> None:
+        """Events published on ``channel`` from now until it is confirmed again are lost."""
+        if self._on_gap is not None and not self._closed and channel in self.channels:
+            self._interrupted.add(channel)
+
+    def confirmed(self, channel: str) -> None:
+        """``channel`` is subscribed (again): events published from now on reach the handler."""
+        if channel in self._interrupted:
+            self._interrupted.discard(channel)
+            if not self._interrupted:
+                self._report_gap()
+
+    def _report_gap(self) -> None:
+        if self._on_gap is None or self._closed:
+            return
+        try:
+            self._on_gap()
+        except Exception:
+            _log.exception("gap_handler_failed")
 
     async def add(self, channels: Iterable[str]) -> None:
         if self._closed:
@@ -97,6 +126,10 @@ class RespSubscription:
         gone = [channel for channel in dict.fromkeys(channels) if channel in self.channels]
         self.channels.difference_update(gone)
         self._subscriber.release(gone, self)
+        if self._interrupted and gone:
+            self._interrupted.difference_update(gone)
+            if not self._interrupted:
+                self._report_gap()  # what is left is whole again; what was removed lost events too
 
     async def close(self) -> None:
         if not self._closed:
@@ -152,7 +185,13 @@ class RespSubscriber:
             subscribers.add(subscription)
         if first and self._writer is not None:
             self._send(self._subscribe_command, first, subscribe=True)
-        waits = [w for w in (self._wait_live(channel) for channel in channels) if w is not None]
+        waits: list[asyncio.Future[None]] = []
+        for channel in channels:
+            waiter = self._wait_live(channel)
+            if waiter is None:
+                subscription.confirmed(channel)  # a channel handed over from another node, live here
+            else:
+                waits.append(waiter)
         if not waits:
             return
         try:
@@ -316,6 +355,9 @@ class RespSubscriber:
                 del self._pending[channel]
             if op.subscribe:
                 self._live.add(channel)
+                # Before any event of the new subscription: a gap is reported ahead of what follows it.
+                for subscription in list(self._handlers.get(channel, ())):
+                    subscription.confirmed(channel)
                 op.resolve()
             else:
                 self._live.discard(channel)
@@ -332,6 +374,9 @@ class RespSubscriber:
             subscribers = self._handlers.pop(channel, None)
             if subscribers:
                 lost[channel] = subscribers
+                if channel in self._live:  # it was delivering: until its new node confirms, events are lost
+                    for subscription in subscribers:
+                        subscription.interrupted(channel)
             self._live.discard(channel)
             for op in self._pending.pop(channel, ()):
                 for waiter in op.waiters:
@@ -367,6 +412,9 @@ class RespSubscriber:
     def _disconnected(self, writer: asyncio.StreamWriter) -> None:
         self.connected.clear()
         self._writer = None
+        for channel in self._live:
+            for subscription in self._handlers.get(channel, ()):
+                subscription.interrupted(channel)
         self._live.clear()
         for channel, ops in self._pending.items():
             for op in ops:
