@@ -659,16 +659,24 @@ async def dev_stack(
     await asyncio.to_thread(stack.stop)
 
 
+def own_people(stack: Stack) -> tuple[str, str]:
+    """alice's and bob's user ids in ``stack``, of its own. Parallel workers' stacks share one Redis, and
+    the per-user channel (``user:<id>``, where ``conversation.joined`` goes) is the same name in every
+    stack: a plain "bob" would hear another worker's conversations and ask this stack for them (404)."""
+    return f"alice-{stack.suffix}", f"bob-{stack.suffix}"
+
+
 async def test_make_devs_one_url_serves_the_page_and_two_people_chat_through_it(
     browser: Any, dev_stack: Stack
 ) -> None:
     watch = Watch()
     url = dev_stack.public_url  # what `make dev` prints
-    alice = await open_as(browser, watch, url, "alice")
-    bob = await open_as(browser, watch, url, "bob", phone=True)
+    alice_id, bob_id = own_people(dev_stack)
+    alice = await open_as(browser, watch, url, alice_id)
+    bob = await open_as(browser, watch, url, bob_id, phone=True)
 
     await alice.get_by_role("button", name="New conversation").click()
-    await alice.get_by_label("Participants").fill("bob")
+    await alice.get_by_label("Participants").fill(bob_id)
     await alice.get_by_label("Name (optional)").fill("Dev stack")
     await alice.get_by_role("button", name="Create").click()
     await alice.get_by_role("heading", name="Dev stack").wait_for()
@@ -724,12 +732,13 @@ async def test_a_read_receipts_late_answer_does_not_take_the_thumbnail_back(
 
     watch = Watch()
     url = dev_stack.public_url
-    alice = await open_as(browser, watch, url, "alice")
-    bob = await open_as(browser, watch, url, "bob")
+    alice_id, bob_id = own_people(dev_stack)
+    alice = await open_as(browser, watch, url, alice_id)
+    bob = await open_as(browser, watch, url, bob_id)
     late = LateReadAnswers()
     await bob.route(re.compile(r"/messages/[^/]+/read$"), late.route)
     await alice.get_by_role("button", name="New conversation").click()
-    await alice.get_by_label("Participants").fill("bob")
+    await alice.get_by_label("Participants").fill(bob_id)
     await alice.get_by_label("Name (optional)").fill("Late read")
     await alice.get_by_role("button", name="Create").click()
     await alice.get_by_role("heading", name="Late read").wait_for()
@@ -760,5 +769,5 @@ async def test_a_read_receipts_late_answer_does_not_take_the_thumbnail_back(
     with pytest.raises(PlaywrightTimeout):  # the stale answer would show the placeholder within ms
         await bob.locator(".photo[data-status='processing']").wait_for(timeout=2_000)
     assert await bob.evaluate(thumbnail_shown(photo))
-    await alice.locator("li.message", has_text="Read early").get_by_text("Read by bob").wait_for()
+    await alice.locator("li.message", has_text="Read early").get_by_text(f"Read by {bob_id}").wait_for()
     watch.check()
