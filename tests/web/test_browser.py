@@ -659,16 +659,24 @@ async def dev_stack(
     await asyncio.to_thread(stack.stop)
 
 
+def own_people(stack: Stack) -> tuple[str, str]:
+    """alice's and bob's user ids in ``stack``, of its own. Parallel workers' stacks share one Redis, and
+    the per-user channel (``user:<id>``, where ``conversation.joined`` goes) is the same name in every
+    stack: a plain "bob" would hear another worker's conversations and ask this stack for them (404)."""
+    return f"alice-{stack.suffix}", f"bob-{stack.suffix}"
+
+
 async def test_make_devs_one_url_serves_the_page_and_two_people_chat_through_it(
     browser: Any, dev_stack: Stack
 ) -> None:
     watch = Watch()
     url = dev_stack.public_url  # what `make dev` prints
-    alice = await open_as(browser, watch, url, "alice")
-    bob = await open_as(browser, watch, url, "bob", phone=True)
+    alice_id, bob_id = own_people(dev_stack)
+    alice = await open_as(browser, watch, url, alice_id)
+    bob = await open_as(browser, watch, url, bob_id, phone=True)
 
     await alice.get_by_role("button", name="New conversation").click()
-    await alice.get_by_label("Participants").fill("bob")
+    await alice.get_by_label("Participants").fill(bob_id)
     await alice.get_by_label("Name (optional)").fill("Dev stack")
     await alice.get_by_role("button", name="Create").click()
     await alice.get_by_role("heading", name="Dev stack").wait_for()
@@ -698,3 +706,68 @@ async def test_make_devs_one_url_serves_the_page_and_two_people_chat_through_it(
     # every page and API call went to the one origin (or the bucket, for the PUT and the signed GET)
     gateway_or_bucket = {urlsplit(url).netloc, urlsplit(dev_stack.aws_endpoint_url).netloc}
     assert {urlsplit(u).netloc for u in watch.urls if u.startswith(("http", "ws"))} <= gateway_or_bucket
+
+
+class LateReadAnswers:
+    """bob's read receipts reach the server at once; their answers reach his page only on ``release``."""
+
+    def __init__(self) -> None:
+        self.answers: list[dict[str, Any]] = []
+        self.released = asyncio.Event()
+
+    async def route(self, route: Any) -> None:
+        response = await route.fetch()
+        self.answers.append(await response.json())
+        await self.released.wait()
+        await route.fulfill(response=response)
+
+
+async def test_a_read_receipts_late_answer_does_not_take_the_thumbnail_back(
+    browser: Any, dev_stack: Stack
+) -> None:
+    """The answer to a read receipt is the message as stored when it was read: still ``processing`` if bob
+    read it before the pipeline finished. Arriving after the pipeline's ``message.updated`` (an answer and
+    an event race), it must not turn bob's thumbnail back into a placeholder for good."""
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+    watch = Watch()
+    url = dev_stack.public_url
+    alice_id, bob_id = own_people(dev_stack)
+    alice = await open_as(browser, watch, url, alice_id)
+    bob = await open_as(browser, watch, url, bob_id)
+    late = LateReadAnswers()
+    await bob.route(re.compile(r"/messages/[^/]+/read$"), late.route)
+    await alice.get_by_role("button", name="New conversation").click()
+    await alice.get_by_label("Participants").fill(bob_id)
+    await alice.get_by_label("Name (optional)").fill("Late read")
+    await alice.get_by_role("button", name="Create").click()
+    await alice.get_by_role("heading", name="Late read").wait_for()
+    await bob.locator("button.conversation", has_text="Late read").click()
+    await bob.get_by_role("heading", name="Late read").wait_for()
+
+    # no media processor yet: bob reads the photo while it is certainly still processing
+    processor = dev_stack.services["media-processor"]
+    await asyncio.to_thread(processor.stop)
+    await drop_file(alice, photo_with_gps(), "late.jpg", "image/jpeg")
+    await alice.wait_for_function("() => document.querySelector('progress')?.value === 1")
+    await alice.get_by_label("Caption").fill("Read early")
+    await alice.get_by_label("Caption").press("Enter")
+    await bob.locator(".photo[data-status='processing']").wait_for()
+    for _ in range(300):
+        if late.answers:
+            break
+        await asyncio.sleep(0.1)
+    assert [a["metadata"]["status"] for a in late.answers] == ["processing"], late.answers
+
+    # the pipeline finishes: message.updated shows bob the thumbnail; then the read's answer arrives
+    await asyncio.to_thread(processor.start, dev_stack.env())
+    await asyncio.to_thread(processor.wait_ready)
+    photo = "img[alt='Photo: Read early']"
+    await bob.wait_for_function(thumbnail_shown(photo), timeout=60_000)
+    async with bob.expect_event("requestfinished", lambda r: r.url.endswith("/read")):
+        late.released.set()
+    with pytest.raises(PlaywrightTimeout):  # the stale answer would show the placeholder within ms
+        await bob.locator(".photo[data-status='processing']").wait_for(timeout=2_000)
+    assert await bob.evaluate(thumbnail_shown(photo))
+    await alice.locator("li.message", has_text="Read early").get_by_text(f"Read by {bob_id}").wait_for()
+    watch.check()

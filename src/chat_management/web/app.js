@@ -51,6 +51,20 @@ function randomId() {
 // --- the store: conversations and their messages, merged by id from pages and events -----------------
 const byNewest = (a, b) => (a.timestamp < b.timestamp ? 1 : a.timestamp > b.timestamp ? -1 : a.messageId < b.messageId ? 1 : -1);
 const activity = (c) => c.lastMessage?.timestamp || c.updatedAt || c.createdAt || "";
+const finished = (m) => m.metadata?.status === "ready" || m.metadata?.status === "failed";
+
+/**
+ * A message as known, merged with another copy of it. Answers and events race: a read receipt's answer
+ * (the message as stored when it was read, maybe still processing) can arrive after the pipeline's
+ * message.updated. A message only moves forward (readBy grows, processing becomes ready or failed, never
+ * back), so the merge keeps the further of each and an older copy takes nothing back.
+ */
+function newestOf(known, incoming) {
+  if (!known) return incoming;
+  const readBy = [...new Set([...known.readBy, ...incoming.readBy])];
+  const metadata = finished(known) && !finished(incoming) ? known.metadata : incoming.metadata;
+  return { ...incoming, readBy, metadata };
+}
 
 class Store {
   constructor(api, me, onChange) {
@@ -85,8 +99,9 @@ class Store {
     for (const m of this.thread(id).messages.values()) if (m.senderId !== this.me && !m.readBy.includes(this.me)) count++;
     return count;
   }
-  putMessage(conversationId, message) {
+  putMessage(conversationId, incoming) {
     const thread = this.thread(conversationId);
+    const message = newestOf(thread.messages.get(incoming.messageId), incoming);
     thread.messages.set(message.messageId, message);
     thread.sorted = null;
     const conversation = this.conversations.get(conversationId);
