@@ -1,7 +1,8 @@
 """Typed settings, read once from the environment and validated at start-up.
 
 Every field names the environment variable it comes from (``env("NAME", "what it means")``), so the
-loader, the error messages and the README's configuration table all come from one declaration.
+loader, the error messages and the configuration table (docs/operations/configuration.md) all come from
+one declaration.
 A bad or missing value raises ``SettingsError`` with one line that names the variable.
 """
 
@@ -607,7 +608,7 @@ class Settings(_Frozen, frozen=True, kw_only=True):
         return self
 
 
-# The development secret the Makefile, the devstack and the README hand out: public, so anyone can mint
+# The development secret the Makefile, the devstack and the docs hand out: public, so anyone can mint
 # tokens with it. Fine on a laptop's loopback, refused anywhere else.
 DEV_SECRET_PREFIX = "dev-only-secret-change-me"  # noqa: S105 - the published one, to refuse it
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -726,7 +727,7 @@ def iter_env_vars() -> Iterator[tuple[str, str, str]]:
 
 
 def markdown_table() -> str:
-    """The configuration table of the README (``make docs``) and of ``chat-management config``."""
+    """The table of docs/operations/configuration.md (``make docs``) and of ``chat-management config``."""
     rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for name, default, meaning in iter_env_vars():
         rows.append(f"| `{name}` | {f'`{default}`' if default else ''} | {meaning} |")
