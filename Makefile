@@ -45,10 +45,11 @@ dashboards: install ## regenerate the chart's Grafana dashboards from deploy/gra
 	uv run --frozen python deploy/grafana/dashboards.py
 
 .PHONY: lint
-lint: install ## ruff format check, ruff lint, mypy --strict, the docs site (mkdocs --strict)
+lint: install ## ruff format check, ruff lint, mypy --strict, the import-linter contracts (layers), the docs site (mkdocs --strict)
 	uv run --frozen ruff format --check .
 	uv run --frozen ruff check .
 	uv run --frozen mypy .
+	uv run --frozen lint-imports
 	NO_MKDOCS_2_WARNING=1 uv run --frozen mkdocs build --strict
 
 .PHONY: fmt
