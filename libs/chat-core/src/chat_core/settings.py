@@ -220,7 +220,11 @@ class SqsSettings(_Frozen, frozen=True, kw_only=True):
 
 
 class MediaSettings(_Frozen, frozen=True, kw_only=True):
-    """The media pipeline: its job queue and the processor's limits."""
+    """The media pipeline: its job queue and the processor's limits.
+
+    The one declaration of every image limit: the send's header check, the check of uploads as they land
+    and the processor's ``media_processor.imaging.ImageLimits`` (its defaults included) all read these.
+    """
 
     queue_name: Annotated[
         str,
@@ -239,6 +243,14 @@ class MediaSettings(_Frozen, frozen=True, kw_only=True):
     max_image_frames: Annotated[
         int, env("MAX_IMAGE_FRAMES", "Most frames of an animated GIF/WebP."), msgspec.Meta(ge=1, le=10_000)
     ] = 200
+    max_animation_pixels: Annotated[
+        int,
+        env(
+            "MAX_ANIMATION_PIXELS",
+            "Most pixels of all frames of an animation together (it is decoded as one tall strip).",
+        ),
+        msgspec.Meta(ge=1),
+    ] = 100_000_000
     preview_edge: Annotated[
         int, env("MEDIA_PREVIEW_EDGE", "Long edge of the `preview` variant, in pixels."), msgspec.Meta(ge=16)
     ] = 1280
