@@ -1,0 +1,41 @@
+"""The media processor's readiness names every backend a job needs, the event bus included.
+
+Each process job ends by publishing ``message.updated``: a processor that cannot reach Redis fails every
+job (retried into the dead-letter queue), so it must not count as Ready (a rollout would go on with it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from media_processor import app as media_app
+from tests import harness
+from tests.conftest import make_settings
+
+
+async def test_the_media_processor_is_not_ready_while_the_redis_it_publishes_on_is_unreachable(
+    tmp_path: Path, client_for: Any
+) -> None:
+    settings = make_settings(
+        tmp_path, {"EVENT_BUS": "redis", "REDIS_URL": f"redis://127.0.0.1:{harness.free_port()}"}
+    )
+    client = await client_for(media_app.create_app(settings))
+
+    ready = await client.get("/readyz")
+
+    assert ready.status_code == 503, ready.text
+    assert ready.json()["checks"]["redis"] != "ok"
+    assert "redis" in ready.json()["detail"]
+
+
+async def test_the_media_processor_is_ready_when_its_redis_answers(
+    tmp_path: Path, client_for: Any, redis_backend: harness.Backend
+) -> None:
+    settings = make_settings(tmp_path, {"EVENT_BUS": "redis", "REDIS_URL": redis_backend.address})
+    client = await client_for(media_app.create_app(settings))
+
+    ready = await client.get("/readyz")
+
+    assert ready.status_code == 200, ready.text
+    assert ready.json() == {"status": "ready", "checks": {**ready.json()["checks"], "redis": "ok"}}
