@@ -545,6 +545,15 @@ class TelemetrySettings(_Frozen, frozen=True, kw_only=True):
             "Prometheus Pushgateway the orphan-cleanup job pushes its metrics to; empty: it only logs them.",
         ),
     ] = ""
+    pushgateway_instance: Annotated[
+        str,
+        env(
+            "PUSHGATEWAY_INSTANCE",
+            "`instance` label of the cleanup job's group on the Pushgateway, so deployments sharing one do"
+            " not replace each other's metrics (the chart sets `<namespace>/<release>`); empty: the bucket"
+            " (S3) or the data directory.",
+        ),
+    ] = ""
 
 
 class Settings(_Frozen, frozen=True, kw_only=True):
