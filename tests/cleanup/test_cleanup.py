@@ -122,8 +122,8 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     kind = str(request.param)
     backends = Backends(make_settings(tmp_path, _env(kind, request)))
     objects, messages = backends.object_store, backends.chat_store
+    await harness.provision(backends.settings)
     async with backends:
-        await objects.ensure_bucket(())
         yield Stores(kind, backends.settings, objects, messages)
 
 
@@ -247,8 +247,8 @@ async def test_streams_the_listing_and_asks_about_references_in_bounded_batches(
 async def cloud(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
     backends = Backends(make_settings(tmp_path, _env("cloud", request)))
     objects, messages = backends.object_store, backends.chat_store
+    await harness.provision(backends.settings)
     async with backends:
-        await objects.ensure_bucket(())
         yield Stores("cloud", backends.settings, objects, messages)
 
 

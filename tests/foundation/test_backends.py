@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chat_core.backends import Backends, NeedsSetup, ReadinessProbe, ServesRoutes, UsesAws
+from chat_core.backends import Backends, ReadinessProbe, ServesRoutes, UsesAws
 from chat_core.jobqueue.sqlite import SqliteJobQueue
 from chat_core.jobqueue.sqs import SqsJobQueue
 from chat_core.messagestore.firestore import FirestoreChatStore
@@ -70,8 +70,9 @@ def test_abilities_are_declared_by_the_adapters_that_have_them(tmp_path: Path) -
     assert isinstance(cloud.object_store, UsesAws)
     assert isinstance(cloud.notification_queue, UsesAws)
     assert not isinstance(embedded.notification_queue, UsesAws)
-    assert isinstance(cloud.notification_queue, NeedsSetup)
-    assert not isinstance(embedded.notification_queue, NeedsSetup)
+    # Nothing the services hold provisions: the bucket and the queues are `chat-management setup`'s.
+    assert not hasattr(cloud.notification_queue, "ensure")
+    assert not hasattr(cloud.object_store, "ensure_bucket")
     assert isinstance(embedded.chat_store, ReadinessProbe)
 
 
