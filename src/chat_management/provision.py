@@ -14,7 +14,7 @@ Everything is derived from the settings the workers read:
   browser-upload CORS rule (``CORS_ALLOW_ORIGINS``), a lifecycle (abort incomplete multipart uploads after a
   day; raw uploads ``uploads/`` and refusal notes ``refused/`` expire after ``RAW_UPLOAD_EXPIRY_DAYS``, a
   backstop behind the media pipeline and the orphan cleanup), and the object-created notification for
-  ``uploads/`` to the media queue when it is on SQS (docs/adr/0001-raw-upload-prefix.md explains the
+  ``uploads/`` to the media queue when it is on SQS (docs/adr/0005-raw-upload-prefix.md explains the
   prefix; with the SQLite queue nothing would read what S3 sent, and uploads are checked at send);
 * with ``NOTIFICATION_QUEUE=sqs``, the notification and the media queue, each from the ``JobKind`` its
   adapter is built from (``notification_jobs``/``media_jobs``): the visibility timeout (the media

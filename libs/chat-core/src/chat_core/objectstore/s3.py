@@ -32,6 +32,7 @@ from chat_core.objectstore import (
     ObjectInfo,
     ObjectNotFound,
     ObjectRead,
+    ObjectStore,
     PresignedUpload,
     RangeNotSatisfiable,
 )
@@ -107,7 +108,7 @@ def _range_header(byte_range: ByteRange) -> str:
     return f"bytes={byte_range.start}-{'' if byte_range.end is None else byte_range.end}"
 
 
-class S3ObjectStore:
+class S3ObjectStore(ObjectStore):
     name = "s3"
     readiness_name = "s3"
     uses_aws = True  # Backends resolves credentials before start()
