@@ -147,7 +147,22 @@ class SqsJobQueue(JobQueue[J]):
         await self._acks.close()
 
     async def ping(self) -> None:
-        await self._on_queue("GetQueueAttributes", {"AttributeNames": ["QueueArn"]})
+        """Raise unless the queue answers and hides a received job for as long as this worker may hold it.
+
+        A queue made by other settings (setup run without the processor's ``MEDIA_JOB_TIMEOUT_SECONDS``,
+        or by infrastructure code) would hand a job still running to a second worker: not Ready.
+        """
+        attributes = (await self._on_queue("GetQueueAttributes", {"AttributeNames": ["VisibilityTimeout"]}))[
+            "Attributes"
+        ]
+        hidden = int(attributes.get("VisibilityTimeout", 0))
+        if hidden < self._kind.visibility_timeout_seconds:
+            raise AwsError(
+                409,
+                "VisibilityTimeoutTooShort",
+                f"queue {self._kind.queue_name} hides a job for {hidden} s, this worker needs "
+                f"{self._kind.visibility_timeout_seconds} s: run chat-management setup with its settings",
+            )
 
     # --- the port -----------------------------------------------------------------------------------
     async def send(self, jobs: Sequence[J]) -> None:
