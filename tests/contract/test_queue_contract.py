@@ -435,4 +435,4 @@ async def test_start_survives_an_unreachable_sqs_and_readiness_reports_it(tmp_pa
     async with backends:
         with pytest.raises(Exception):  # noqa: B017, PT011 - whichever transport error httpx raises
             await queue.ping()
-        assert "sqs" in backends.readiness_checks()
+        assert "notification_queue" in backends.readiness_checks()

@@ -50,8 +50,8 @@ def test_the_cloud_kinds_build_the_cloud_adapters(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({}, {"object_store", "sqlite", "event_bus", "presence", "notification_queue"}),
-        (CLOUD, {"s3", "firestore", "redis", "sqs"}),
+        ({}, {"object_store", "sqlite", "event_bus", "presence", "notification_queue", "media_queue"}),
+        (CLOUD, {"s3", "firestore", "redis", "notification_queue", "media_queue"}),
     ],
 )
 def test_readiness_checks_are_named_for_an_operator(
@@ -59,7 +59,7 @@ def test_readiness_checks_are_named_for_an_operator(
 ) -> None:
     backends = Backends(make_settings(tmp_path, env))
     _ = (backends.object_store, backends.messages, backends.event_bus, backends.presence)
-    _ = backends.notification_queue
+    _ = (backends.notification_queue, backends.media_queue)  # one check each, whatever their adapter
     assert set(backends.readiness_checks()) == expected
 
 

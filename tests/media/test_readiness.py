@@ -56,6 +56,6 @@ async def test_the_media_processor_is_not_ready_on_a_queue_that_would_hand_its_j
     ready = await client.get("/readyz")
 
     assert refused.status_code == 503, refused.text
-    assert "VisibilityTimeoutTooShort" in refused.json()["checks"]["sqs"]
-    assert "120 s" in refused.json()["checks"]["sqs"]
+    assert "VisibilityTimeoutTooShort" in refused.json()["checks"]["media_queue"]
+    assert "120 s" in refused.json()["checks"]["media_queue"]
     assert ready.status_code == 200, ready.text

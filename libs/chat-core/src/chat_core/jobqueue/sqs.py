@@ -63,11 +63,12 @@ def _error(response_status: int, body: bytes, headers: Mapping[str, str]) -> Aws
 
 class SqsJobQueue(JobQueue[J]):
     name = "sqs"
-    readiness_name = "sqs"
     uses_aws = True
 
     def __init__(self, kind: JobKind[J], client: AwsClient) -> None:
         self._kind = kind
+        # One check per queue: as one "sqs" the media queue's replaced the notification queue's.
+        self.readiness_name = kind.readiness_name
         self._body = msgspec.json.Decoder(kind.job_type)
         self._client = client
         self._main_url: str | None = None
