@@ -273,3 +273,22 @@ def test_nothing_but_the_provisioning_module_writes_a_bucket_or_a_queue() -> Non
     for tree in ("libs", "services", "src", "tools"):
         writers |= _writers(ROOT / tree)
     assert writers == {"src/chat_management/provision.py"}
+
+
+def test_setup_talks_to_the_endpoints_the_services_use(tmp_path: Path) -> None:
+    """The per-service overrides win over AWS_ENDPOINT_URL for setup as for the adapters (before: ignored)."""
+    from chat_management import provision
+
+    settings = make_settings(
+        tmp_path,
+        {
+            "AWS_ENDPOINT_URL": "http://aws.example:4566",
+            "AWS_ENDPOINT_URL_S3": "http://s3-only.example:9000",
+            "AWS_ENDPOINT_URL_SQS": "http://sqs-only.example:9324",
+        },
+    )
+    s3, sqs = provision.clients(settings)
+    assert (s3.meta.endpoint_url, sqs.meta.endpoint_url) == (
+        "http://s3-only.example:9000",
+        "http://sqs-only.example:9324",
+    )
