@@ -14,7 +14,7 @@ import msgspec
 from litestar import Litestar
 
 from chat_core.auth import USER_ID_PATTERN, mint_token
-from chat_core.backends import Backends, NeedsSetup
+from chat_core.backends import Backends
 from chat_core.server import load_or_exit, serve
 from chat_core.settings import Settings, markdown_table
 from chat_management import all as all_in_one
@@ -156,35 +156,25 @@ def _smoke(args: argparse.Namespace) -> int:
 def _setup_steps(backends: Backends) -> list[tuple[str, Callable[[], Awaitable[str | None]]]]:
     """What ``setup`` makes exist: one idempotent step per thing to ensure, each saying what it did.
 
-    Adapters are asked for here, before ``Backends`` starts them. An S3 bucket is configured with boto3
-    (``chat_management.bucket``: the hardened bucket and the media queue its uploads are announced on).
+    The cloud (an S3 bucket, SQS queues) is ``chat_management.provision``'s alone; the embedded object
+    store only needs its directory.
     """
+    from chat_management import provision
+
     settings = backends.settings
     steps: list[tuple[str, Callable[[], Awaitable[str | None]]]] = []
-    if settings.backends.object_store == "s3":
-        from chat_management import bucket
-
-        s3, sqs = bucket.clients(settings)
-        for what, step in bucket.setup_steps(bucket.BucketConfiguration.from_settings(settings), s3, sqs):
-            steps.append((what, functools.partial(asyncio.to_thread, step)))
-    else:
+    plan = provision.Plan.from_settings(settings)
+    if plan.bucket is None:
         store = backends.object_store
 
         async def ensure_store() -> None:
-            await store.ensure_bucket(settings.service.cors_allow_origins)
+            await store.start()
 
-        steps.append((f"object store ({store.name}): bucket and browser-upload CORS rule", ensure_store))
-    queues: list[tuple[str, object]] = [("notification queue", backends.notification_queue)]
-    if settings.backends.object_store != "s3":  # with S3 the bucket's steps make it (and its policy)
-        queues.append(("media queue", backends.media_queue))
-    for what, queue in queues:
-        if isinstance(queue, NeedsSetup):  # SQS: the queues exist before the services use them
-            steps.append(
-                (
-                    f"{what} (sqs): queue and dead-letter queue with its redrive policy",
-                    queue.ensure,
-                )
-            )
+        steps.append((f"object store ({store.name}): its directory", ensure_store))
+    if plan.bucket is not None or plan.queues:
+        s3, sqs = provision.clients(settings)
+        for what, step in provision.steps(plan, s3, sqs):
+            steps.append((what, functools.partial(asyncio.to_thread, step)))
     return steps
 
 

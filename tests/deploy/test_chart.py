@@ -391,6 +391,7 @@ def test_cleanup_cronjob_runs_one_scan_at_a_time() -> None:
     assert container["args"] == ["cleanup-orphans"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["PUSHGATEWAY_URL"] == "http://prometheus-pushgateway.monitoring:9091"
+    assert env["PUSHGATEWAY_INSTANCE"] == f"{NAMESPACE}/{RELEASE}"  # one group per release
 
 
 def test_cleanup_dry_run_is_passed_to_the_command() -> None:

@@ -58,8 +58,7 @@ async def start(tmp_path: Path, serve: Any, env: Mapping[str, str]) -> str:
     if not any(route.path == "/conversations" for route in app.routes):
         pytest.skip("the message service's routes are not in this build yet")
     base_url = str(await serve(app, port))
-    if settings.backends.object_store == "s3":
-        await backends.object_store.ensure_bucket(())
+    await harness.provision(settings)
     return base_url
 
 
