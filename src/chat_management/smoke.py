@@ -141,6 +141,10 @@ async def check_ready(
             record["status"] = response.status_code
             if response.status_code != 200:
                 raise SmokeFailed(f"{component} is not ready: {response.status_code} {response.text[:300]}")
+            # "degraded" is a 200 (the pod stays in rotation) but a backend does not answer: right after
+            # an install that is a missing credential or a closed path, not a blip.
+            if response.json().get("status") != "ready":
+                raise SmokeFailed(f"{component} is degraded: {response.text[:300]}")
 
 
 async def walk(targets: SmokeTargets, emit: Callable[[dict[str, Any]], None] = lambda _: None) -> None:

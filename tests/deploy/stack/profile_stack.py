@@ -16,6 +16,7 @@ sees are absolute and unwritable here: ``PodRoot.host_path`` is the one mapping.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import ipaddress
@@ -215,7 +216,8 @@ class StandIns:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._loop_ready = threading.Event()
-        self._runner: web.AppRunner | None = None
+        self._stopping: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def token(self, user: str, issuer: str, audience: str) -> str:
@@ -244,8 +246,6 @@ class StandIns:
         }
 
     def _run(self) -> None:
-        import asyncio
-
         async def jwks(_: web.Request) -> web.Response:
             return web.json_response(self._jwks())
 
@@ -266,18 +266,24 @@ class StandIns:
         app.router.add_route("*", "/{tail:.*}", accept)
 
         async def main() -> None:
-            self._runner = web.AppRunner(app)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
             self._loop_ready.set()
-            while True:
-                await asyncio.sleep(3600)
+            await self._stopping.wait()
+            await runner.cleanup()
 
         asyncio.run(main())
 
     def start(self) -> None:
         self._thread.start()
         self._loop_ready.wait(10)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+            self._thread.join(10)
 
 
 # --- one pod's filesystem -------------------------------------------------------------------------------
@@ -683,6 +689,7 @@ class ProfileStack:
         for pidfile in self._private_redis:
             with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
                 os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+        self.stand_ins.stop()
         for root in self.roots:
             root.release()
         shutil.rmtree(self.workdir / "pods", ignore_errors=True)
@@ -700,8 +707,6 @@ def running(name: str, workdir: Path, localstack: str, firestore: str, redis: st
 
 def comes_up(name: str, workdir: Path, request: Any) -> list[dict[str, Any]]:
     """The whole check for one profile; returns the walk's steps (the test asserts on them)."""
-    import asyncio
-
     from chat_management import smoke
 
     localstack = request.getfixturevalue("localstack").address
