@@ -23,7 +23,6 @@ import ipaddress
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -121,7 +120,7 @@ def platform(workload: wiring.Workload, port: int, root: PodRoot) -> dict[str, s
 
 # --- the Secrets the profiles' README tells the operator to create --------------------------------------
 @dataclass
-class TestSecrets:
+class SecretSet:
     redis_username: str = "chat-app"
     redis_password: str = field(default_factory=lambda: uuid.uuid4().hex)
     ca_pem: str = ""
@@ -290,8 +289,8 @@ class StandIns:
 @dataclass
 class PodRoot:
     """A pod's volumes under a directory of its own. ``/tmp`` (the scratch emptyDir) is a tmpfs of its
-    ``sizeLimit`` (as root), else a plain directory with RLIMIT_FSIZE at that size (one file cannot
-    outgrow the volume)."""
+    ``sizeLimit`` (as root), else a plain directory and the process runs under RLIMIT_FSIZE of that size
+    (one file cannot outgrow the volume)."""
 
     root: Path
     mounts: dict[str, Path] = field(default_factory=dict)  # the pod's absolute path -> here
@@ -311,6 +310,13 @@ class PodRoot:
                 return str(self.host_path(value))
         return value
 
+    def confine(self, command: list[str]) -> list[str]:
+        """Without a tmpfs (not root), no file the process writes may outgrow the scratch volume
+        (prlimit rather than preexec_fn: the test process runs threads)."""
+        if self.tmpfs is None and self.scratch_bytes and shutil.which("prlimit"):
+            return ["prlimit", f"--fsize={self.scratch_bytes}", "--", *command]
+        return command
+
     def release(self) -> None:
         if self.tmpfs is not None:
             subprocess.run(["umount", "-l", str(self.tmpfs)], check=False, capture_output=True)
@@ -325,6 +331,15 @@ def _quantity(text: str) -> int:
 def build_root(workload: wiring.Workload, secrets: Mapping[str, Mapping[str, str]], workdir: Path) -> PodRoot:
     root = PodRoot(workdir / workload.component)
     root.root.mkdir(parents=True, exist_ok=True)
+    try:
+        _fill(root, workload, secrets)
+    except BaseException:
+        root.release()
+        raise
+    return root
+
+
+def _fill(root: PodRoot, workload: wiring.Workload, secrets: Mapping[str, Mapping[str, str]]) -> None:
     volumes = {v["name"]: v for v in workload.pod.get("volumes", [])}
     for mount in workload.container.get("volumeMounts", []):
         volume = volumes[mount["name"]]
@@ -349,7 +364,6 @@ def build_root(workload: wiring.Workload, secrets: Mapping[str, Mapping[str, str
             )  # fmt: skip
             if mounted.returncode == 0:
                 root.tmpfs = here
-    return root
 
 
 # --- the stack --------------------------------------------------------------------------------------------
@@ -387,7 +401,7 @@ class ProfileStack:
         self.profile = Rendered(name, manifests)
         self.local = LocalEnds(localstack=localstack, firestore=firestore, shared_redis=redis)
         self.stand_ins = StandIns()
-        self.secrets = TestSecrets()
+        self.secrets = SecretSet()
         self.processes: dict[str, Process] = {}
         self.roots: list[PodRoot] = []
         self._private_redis: list[Path] = []
@@ -505,17 +519,11 @@ class ProfileStack:
         process = process or Process(workload, free_port(), self.workdir / f"{workload.component}.log")
         env = self.env_for(workload, process.port, root)
         command = [self.rewrite_urls(arg) for arg in _command(workload)]
-        limit = root.scratch_bytes if root.tmpfs is None else 0
-
-        def limits() -> None:
-            if limit:
-                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
+        command = root.confine(command)
         with process.log.open("ab") as log:
             process.process = subprocess.Popen(
-                command, env=env, cwd=root.root, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=limits,
-            )  # fmt: skip
+                command, env=env, cwd=root.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return process
 
     def run_job(self, workload: wiring.Workload, timeout: float = 120) -> Process:
