@@ -117,6 +117,22 @@ def _cleanup_orphans(args: argparse.Namespace) -> int:
 def _smoke(args: argparse.Namespace) -> int:
     from chat_management import smoke
 
+    ready_urls: dict[str, str] = {}
+    for given in args.ready:
+        component, _, url = given.partition("=")
+        if not (component and url):
+            print(f"--ready {given!r}: component=url", file=sys.stderr)
+            return 2
+        ready_urls[component] = url
+    if args.ready_only:
+        if not ready_urls:
+            print("--ready-only needs at least one --ready component=url", file=sys.stderr)
+            return 2
+        return smoke.main(
+            smoke.SmokeTargets(
+                upload_url="", message_url="", proxy_url="", token="", ready_urls=ready_urls, ready_only=True
+            )
+        )
     urls = {name: getattr(args, f"{name}_url") or args.base_url for name in ("upload", "message", "proxy")}
     if not all(urls.values()):
         print("--base-url, or all of --upload-url, --message-url and --proxy-url", file=sys.stderr)
@@ -129,6 +145,7 @@ def _smoke(args: argparse.Namespace) -> int:
             proxy_url=urls["proxy"],
             token=args.token,
             stranger_token=args.stranger_token,
+            ready_urls=ready_urls,
         )
     else:
         auth = load_or_exit().auth
@@ -149,6 +166,7 @@ def _smoke(args: argparse.Namespace) -> int:
             peer_token=mint("smoke-member"),
             peer_id="smoke-member",
             stranger_token=mint("smoke-stranger"),
+            ready_urls=ready_urls,
         )
     return smoke.main(targets)
 
@@ -318,6 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     smoke_cmd.add_argument("--proxy-url", help="the image proxy (overrides --base-url)")
     smoke_cmd.add_argument("--token", help="the sender's token (default: minted with AUTH_JWT_SECRET)")
     smoke_cmd.add_argument("--stranger-token", help="a non-member's token, which the proxy must refuse")
+    smoke_cmd.add_argument(
+        "--ready",
+        action="append",
+        default=[],
+        metavar="COMPONENT=URL",
+        help="a component whose /readyz must answer 200 first (repeatable)",
+    )
+    smoke_cmd.add_argument(
+        "--ready-only", action="store_true", help="ask the --ready components only, walk no message"
+    )
     smoke_cmd.set_defaults(func=_smoke)
     return parser
 
