@@ -107,6 +107,21 @@ async def test_a_photo_is_sanitized_turned_and_announced(stack: ImageStack) -> N
     assert listed.json()["items"][0]["metadata"] == msgspec.to_builtins(metadata)
 
 
+async def test_a_retry_after_processing_returns_the_finished_message(stack: ImageStack) -> None:
+    cid = await stack.conversation("alice", "bob")
+    uploaded = await stack.upload("alice", cid)
+    sent = await stack.send("alice", cid, uploaded, clientMessageId="lost-201")
+    assert sent.status_code == 201
+    finished = await stack.finished(cid, sent.json()["messageId"])
+    assert finished.metadata is not None
+    assert finished.metadata.status == "ready"
+    # The processor deleted the raw upload: only the message remembers it.
+    assert await stack.store.head(keys.stored_key(cid, uploaded.object_key)) is None
+    retry = await stack.send("alice", cid, uploaded, clientMessageId="lost-201")
+    assert retry.status_code == 200, retry.text
+    assert retry.json() == msgspec.json.decode(msgspec.json.encode(finished))
+
+
 async def test_heic_is_accepted_and_served_as_jpeg(stack: ImageStack) -> None:
     cid = await stack.conversation("alice")
     image = await stack.share("alice", cid, corpus.heic((640, 480)), "image/heic")
