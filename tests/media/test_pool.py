@@ -34,6 +34,13 @@ async def test_a_worker_returns_the_sanitized_image(processor: MediaProcessor) -
     assert metadata_left(result.original.data, "image/jpeg") == []
 
 
+async def test_a_worker_reads_an_ultra_hdr_jpeg_with_the_jpeg_loader(processor: MediaProcessor) -> None:
+    # In the worker process too, only the accepted formats' loaders run (libultrahdr's would be picked
+    # otherwise, and the loader check would then refuse the image).
+    result = await processor.process(corpus.ultra_hdr_jpeg(), "image/jpeg")
+    assert isinstance(result, Sanitized), result
+
+
 async def test_a_rejection_comes_back_with_its_reason(processor: MediaProcessor) -> None:
     result = await processor.process(corpus.png_declaring(100_000, 100_000), "image/png")
     assert result == Rejected(Reason.TOO_MANY_PIXELS, "10000000000 pixels, the limit is 50000000")

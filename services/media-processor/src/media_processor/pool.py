@@ -77,6 +77,9 @@ def _worker_main(connection: Connection, limits: ImageLimits, memory_bytes: int,
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     import pyvips
 
+    from media_processor.imaging import restrict_loaders
+
+    restrict_loaders()  # already done at import; said again here, where hostile bytes are decoded
     pyvips.cache_set_max(0)  # no operation cache across jobs: a job's memory goes when it ends
     pyvips.concurrency_set(vips_threads)
     while True:
