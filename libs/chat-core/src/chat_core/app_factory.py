@@ -27,6 +27,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from chat_core import metrics, tracing
 from chat_core.auth import Principal, TokenVerifier, token_from_connection
 from chat_core.backends import PORTS, Backends
+from chat_core.cors import CredentialRouteCors, credential_paths
 from chat_core.deadline import DeadlineMiddleware
 from chat_core.errors import exception_handlers, outage_handlers, problem_response
 from chat_core.json_guard import JsonGuard
@@ -250,8 +251,11 @@ def create_service_app(
     app.state.settings = settings
     fix_options_allow(app)
     complete_error_responses(app)
+    handler = app.asgi_handler
+    if paths := credential_paths(route_handlers):
+        handler = CredentialRouteCors(handler, paths=paths, allowed_origins=origins)
     app.asgi_handler = ObservabilityMiddleware(
-        DeadlineMiddleware(JsonGuard(app.asgi_handler), seconds=settings.service.request_timeout_seconds),
+        DeadlineMiddleware(JsonGuard(handler), seconds=settings.service.request_timeout_seconds),
         component=component,
         access_log=settings.service.access_log,
     )
