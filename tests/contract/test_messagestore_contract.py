@@ -637,6 +637,46 @@ async def test_a_device_token_with_slashes_is_stored_verbatim(store: ChatStore) 
     assert (await store.devices_for(["alice"]))["alice"][0].token == token
 
 
+async def test_past_the_device_limit_the_least_recently_registered_are_evicted(store: ChatStore) -> None:
+    for minute, token in enumerate(["t-old", "t-mid", "t-new"]):
+        registered = msgspec_replace(device(token, "alice"), updated_at=T0 + dt.timedelta(minutes=minute))
+        assert await store.put_device(registered, max_devices=3) == []
+    await store.put_device(device("bobs", "bob"), max_devices=3)
+    # Registering t-old again refreshes it: t-mid is now the least recently registered.
+    latest = T0 + dt.timedelta(minutes=10)
+    assert (
+        await store.put_device(msgspec_replace(device("t-old", "alice"), updated_at=latest), max_devices=3)
+        == []
+    )
+    fourth = msgspec_replace(device("t-4th", "alice"), updated_at=latest + dt.timedelta(minutes=1))
+    assert await store.put_device(fourth, max_devices=3) == ["t-mid"]
+    found = await store.devices_for(["alice", "bob"])
+    assert [d.token for d in found["alice"]] == ["t-4th", "t-new", "t-old"]
+    assert [d.token for d in found["bob"]] == ["bobs"]  # another user's devices never count
+
+
+async def test_the_device_being_registered_is_never_the_one_evicted(store: ChatStore) -> None:
+    await store.put_device(msgspec_replace(device("newer", "alice"), updated_at=T0), max_devices=1)
+    # Its clock is behind the stored one's: still the one kept.
+    behind = msgspec_replace(device("phone", "alice"), updated_at=T0 - dt.timedelta(hours=1))
+    assert await store.put_device(behind, max_devices=1) == ["newer"]
+    assert [d.token for d in (await store.devices_for(["alice"]))["alice"]] == ["phone"]
+
+
+async def test_concurrent_registrations_never_pass_the_device_limit(store: ChatStore) -> None:
+    tokens = [f"token-{i:02d}" for i in range(12)]
+    results = await asyncio.gather(
+        *(
+            store.put_device(msgspec_replace(device(token, "alice"), updated_at=now()), max_devices=3)
+            for token in tokens
+        )
+    )
+    found = [d.token for d in (await store.devices_for(["alice"]))["alice"]]
+    assert len(found) == 3
+    evicted = [token for tokens_evicted in results for token in tokens_evicted]
+    assert sorted(evicted + found) == tokens  # each token kept or evicted exactly once
+
+
 # --- OutboxStore (create_message writes the entries) ------------------------------------------------
 async def test_pending_outbox_is_oldest_first_and_respects_the_age(store: ChatStore) -> None:
     cid = await new_conversation(store)

@@ -474,6 +474,14 @@ class LimitSettings(_Frozen, frozen=True, kw_only=True):
         ),
         msgspec.Meta(ge=1024),
     ] = 64 * 1024
+    max_devices_per_user: Annotated[
+        int,
+        env(
+            "MAX_DEVICES_PER_USER",
+            "Push tokens a user may have; registering one more evicts the least recently registered.",
+        ),
+        msgspec.Meta(ge=1),
+    ] = 10
     max_pending_uploads: Annotated[
         int,
         env("MAX_PENDING_UPLOADS", "Upload URLs per user whose object is neither sent nor expired."),

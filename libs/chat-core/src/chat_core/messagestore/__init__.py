@@ -15,6 +15,8 @@ Firestore layout (SQLite mirrors it in tables):
 * ``outbox/{messageId}``: publish + enqueue still to do for a stored message (written in the same
   transaction as the message: "a 201 means durably stored, and its notification is never dropped")
 * ``devices/{sha256(token)}``: userId, token, platform
+* ``deviceUsers/{sha256(user_id)}``: userId, changedAt; rewritten by every registration of the user's
+  devices, so that two concurrent ones cannot both pass ``MAX_DEVICES_PER_USER``
 * ``pushReceipts/{sha256(notification_id + token)}``: a push to a device for a notification, claimed
   (``leasedUntil``: a time) or done (``leasedUntil`` null or absent)
 """
@@ -314,8 +316,13 @@ class MessageStore(Protocol):
 class DeviceStore(Protocol):
     """Push tokens by user."""
 
-    async def put_device(self, device: Device) -> None:
-        """Register (or move) a push token; a token belongs to one user at a time."""
+    async def put_device(self, device: Device, *, max_devices: int | None = None) -> list[str]:
+        """Register (or move) a push token; a token belongs to one user at a time.
+
+        With ``max_devices``, the user keeps at most that many tokens: the ones least recently registered
+        (``updated_at``, then token) beyond it are deleted in the same atomic step, never the one being
+        registered, so concurrent registrations cannot pass the limit. Returns the tokens evicted.
+        """
 
     async def delete_device(self, user_id: str, token: str) -> bool:
         """Remove ``user_id``'s token; False when the user had no such token."""

@@ -22,8 +22,10 @@ coalesce per conversation (``message_service.last_message``).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
+import random
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -68,11 +70,13 @@ MESSAGES = "messages"
 IMAGE_REFS = "imageRefs"
 OUTBOX = "outbox"
 DEVICES = "devices"
+DEVICE_USERS = "deviceUsers"  # one anchor document per user with devices: serializes their registrations
 PUSH_RECEIPTS = "pushReceipts"
 _GET_ALL_CHUNK = 100
 _IN_CHUNK = 30  # Firestore's limit on the values of an "in" filter
 _BATCH_LIMIT = 500  # writes per batch
 _OPTIMISTIC_ATTEMPTS = 8
+_DEVICE_ATTEMPTS = 12
 _DESCENDING = BaseQuery.DESCENDING
 # What the client raises when Firestore cannot answer now (unreachable, overloaded, contention, its own
 # retries given up): a 503 worth a retry. Anything else it raises is a bug of ours (a 500).
@@ -432,9 +436,45 @@ class FirestoreChatStore:
         return found
 
     # --- devices ----------------------------------------------------------------------------------
-    async def put_device(self, device: Device) -> None:
+    async def put_device(self, device: Device, *, max_devices: int | None = None) -> list[str]:
         # Keyed by the token: registering it again (for another user) moves it.
-        await self.client.collection(DEVICES).document(_doc_id(device.token)).set(_fields(device))
+        ref = self.client.collection(DEVICES).document(_doc_id(device.token))
+        if max_devices is None:
+            await ref.set(_fields(device))
+            return []
+        # One atomic batch writes the device, deletes the evicted ones (each unchanged since read) and
+        # bumps the user's anchor document (unchanged since read): two registrations of one user that
+        # overlap cannot both commit, so the one that lost reads again and counts the winner's device.
+        # Deletions and moves away only lower a user's count, so they need not touch the anchor.
+        anchor = self.client.collection(DEVICE_USERS).document(_doc_id(device.user_id))
+        mine = self.client.collection(DEVICES).where(filter=FieldFilter("userId", "==", device.user_id))
+        for attempt in range(_DEVICE_ATTEMPTS):
+            anchor_snapshot = await anchor.get()
+            others = [snapshot async for snapshot in mine.stream() if snapshot.get("token") != device.token]
+            others.sort(key=lambda snapshot: (snapshot.get("updatedAt"), snapshot.get("token")), reverse=True)
+            evicted = others[max(0, max_devices - 1) :]
+            batch = self.client.batch()
+            batch.set(ref, _fields(device))
+            for snapshot in evicted:
+                batch.delete(
+                    snapshot.reference, option=self.client.write_option(last_update_time=snapshot.update_time)
+                )
+            stamp = {"userId": device.user_id, "changedAt": device.updated_at}
+            if anchor_snapshot.exists:
+                batch.update(
+                    anchor,
+                    stamp,
+                    option=self.client.write_option(last_update_time=anchor_snapshot.update_time),
+                )
+            else:
+                batch.create(anchor, stamp)
+            try:
+                await batch.commit()
+            except (gexc.FailedPrecondition, gexc.Conflict):
+                await asyncio.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))  # noqa: S311 - jitter
+                continue
+            return [str(snapshot.get("token")) for snapshot in evicted]
+        raise gexc.Aborted(f"the devices of {device.user_id} kept changing; try again")  # type: ignore[no-untyped-call]
 
     async def delete_device(self, user_id: str, token: str) -> bool:
         ref = self.client.collection(DEVICES).document(_doc_id(token))
