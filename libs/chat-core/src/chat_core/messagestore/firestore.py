@@ -23,10 +23,12 @@ coalesce per conversation (``message_service.last_message``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
+import os
 import random
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -76,6 +78,7 @@ _GET_ALL_CHUNK = 100
 _IN_CHUNK = 30  # Firestore's limit on the values of an "in" filter
 _BATCH_LIMIT = 500  # writes per batch
 _OPTIMISTIC_ATTEMPTS = 8
+_EMULATOR_VARIABLE = "FIRESTORE_EMULATOR_HOST"
 _DEVICE_ATTEMPTS = 12
 _DESCENDING = BaseQuery.DESCENDING
 # What the client raises when Firestore cannot answer now (unreachable, overloaded, contention, its own
@@ -88,6 +91,30 @@ _OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     gexc.InternalServerError,
     gexc.RetryError,
 )
+
+
+@contextlib.contextmanager
+def _emulator_environment(emulator_host: str) -> Iterator[None]:
+    """``FIRESTORE_EMULATOR_HOST`` as the settings say, while a client is built.
+
+    The variable is the client's one public switch to the emulator (an insecure channel, no credentials),
+    and the client reads it in its constructor only. Settings are the single source of truth (two stores
+    in one process may point at two emulators, or one at production), so the variable holds the settings'
+    value for the constructor's duration and is put back after. Nothing awaits in between: no other task
+    of this event loop can see the temporary value.
+    """
+    before = os.environ.get(_EMULATOR_VARIABLE)
+    if emulator_host:
+        os.environ[_EMULATOR_VARIABLE] = emulator_host
+    else:
+        os.environ.pop(_EMULATOR_VARIABLE, None)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_EMULATOR_VARIABLE, None)
+        else:
+            os.environ[_EMULATOR_VARIABLE] = before
 
 
 def _plain(value: Any) -> Any:
@@ -190,17 +217,15 @@ class FirestoreChatStore:
         if self._client is not None:
             return
         settings = self._settings
-        if settings.emulator_host:
-            client = AsyncClient(
-                project=settings.project_id,
-                database=settings.database,
-                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-            )
-        else:
-            client = AsyncClient(project=settings.project_id, database=settings.database)
-        # The client reads FIRESTORE_EMULATOR_HOST from os.environ itself; settings are read once and are
-        # the single source of truth, so they decide (before the first call opens the channel).
-        client._emulator_host = settings.emulator_host or None
+        with _emulator_environment(settings.emulator_host):
+            if settings.emulator_host:
+                client = AsyncClient(
+                    project=settings.project_id,
+                    database=settings.database,
+                    credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                )
+            else:
+                client = AsyncClient(project=settings.project_id, database=settings.database)
         self._client = client
 
     async def close(self) -> None:
