@@ -28,7 +28,7 @@ def _private_writes(path: Path) -> list[str]:
                 and not target.attr.startswith("__")
                 and not (isinstance(target.value, ast.Name) and target.value.id in ("self", "cls"))
             ):
-                found.append(f"{path.name}:{node.lineno} {ast.unparse(target)}")
+                found.append(f"{path.name}:{target.lineno} {ast.unparse(target)}")
     return found
 
 
