@@ -27,6 +27,7 @@ from chat_core.messagestore import (
     Message,
     ObjectAlreadyUsed,
     OutboxEntry,
+    TooManyParticipants,
 )
 from chat_core.messagestore.sqlite import SqliteChatStore
 from chat_core.timestamps import micros
@@ -592,6 +593,30 @@ async def test_referenced_objects_are_those_backing_a_message(store: ChatStore) 
     orphan = f"{cid}/images/alice/20240419-123456-{uuid.uuid4()}.png"
     assert await store.referenced_objects([stored_key(cid, used), orphan]) == {stored_key(cid, used)}
     assert await store.referenced_objects([]) == set()
+
+
+async def test_an_addition_past_the_member_limit_changes_nothing(store: ChatStore) -> None:
+    cid = await new_conversation(store, ("alice", "bob", "carol"))
+    with pytest.raises(TooManyParticipants):
+        await store.add_participants(cid, ["dave", "erin"], admins=["dave"], max_participants=4)
+    assert await store.get_participants(cid) == frozenset({"alice", "bob", "carol"})
+    # Members already in count once; the limit itself is reachable.
+    added = await store.add_participants(cid, ["bob", "dave"], max_participants=4)
+    assert set(added.participants) == {"alice", "bob", "carol", "dave"}
+
+
+async def test_concurrent_additions_never_pass_the_member_limit(store: ChatStore) -> None:
+    cid = await new_conversation(store, ("alice", "bob"))
+    newcomers = [f"user{i:02d}" for i in range(10)]
+    results = await asyncio.gather(
+        *(store.add_participants(cid, [user], max_participants=5) for user in newcomers),
+        return_exceptions=True,
+    )
+    refused = [result for result in results if isinstance(result, TooManyParticipants)]
+    assert len(refused) == 7, results  # every other outcome is a success
+    members = await store.get_participants(cid)
+    assert members is not None
+    assert len(members) == 5
 
 
 # --- DeviceStore ------------------------------------------------------------------------------------

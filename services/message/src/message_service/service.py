@@ -34,6 +34,7 @@ from chat_core.messagestore import (
     MessageStore,
     ObjectAlreadyUsed,
     OutboxEntry,
+    TooManyParticipants,
 )
 from chat_core.quota import Quotas
 from message_service.events import MessageEvents
@@ -67,6 +68,12 @@ _no_such_conversation = conversation_not_found
 _participants_for = require_member  # the lib's one membership decision (chat_core.membership)
 
 
+def _too_many_participants() -> ProblemError:
+    return ProblemError(
+        422, "too_many_participants", f"a conversation has at most {MAX_PARTICIPANTS} members"
+    )
+
+
 def _not_an_admin(detail: str) -> ProblemError:
     return ProblemError(403, "not_an_admin", detail)
 
@@ -91,9 +98,7 @@ class ConversationService:
     async def create(self, user_id: str, request: CreateConversation) -> Conversation:
         participants = tuple(dict.fromkeys([user_id, *request.participant_ids]))
         if len(participants) > MAX_PARTICIPANTS:
-            raise ProblemError(
-                422, "too_many_participants", f"a conversation has at most {MAX_PARTICIPANTS} members"
-            )
+            raise _too_many_participants()
         now = _now()
         conversation = Conversation(
             conversation_id=request.conversation_id or uuid.uuid4().hex,
@@ -166,17 +171,19 @@ class ConversationService:
             else []
         )
         if len(current) + len(added) > MAX_PARTICIPANTS:
-            raise ProblemError(
-                422, "too_many_participants", f"a conversation has at most {MAX_PARTICIPANTS} members"
-            )
+            raise _too_many_participants()
         if not added and not promoted:
             return conversation
         # A conversation stored before roles has no admins list: write its implicit admin down too.
         admins = [*conversation.admin_ids(), *promoted] if promoted and not conversation.admins else promoted
         try:
-            conversation = await self._store.add_participants(conversation_id, added, admins=admins)
+            conversation = await self._store.add_participants(
+                conversation_id, added, admins=admins, max_participants=MAX_PARTICIPANTS
+            )
         except ConversationNotFound:
             raise _no_such_conversation() from None
+        except TooManyParticipants:  # others were added meanwhile: the store's check is the atomic one
+            raise _too_many_participants() from None
         audit(
             "membership_changed",
             action="add",

@@ -59,6 +59,7 @@ __all__ = [
     "PushClaim",
     "PushClaimState",
     "PushReceiptStore",
+    "TooManyParticipants",
     "decode_cursor",
     "encode_cursor",
     "page_of",
@@ -192,6 +193,14 @@ class ConversationNotFound(LookupError):
     pass
 
 
+class TooManyParticipants(Exception):
+    """The addition would take the conversation past its member limit; nothing was changed."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a conversation has at most {limit} members")
+        self.limit = limit
+
+
 class ConversationExists(Exception):
     """A conversation with that id already exists (ids may be chosen by the client)."""
 
@@ -244,10 +253,17 @@ class ConversationStore(Protocol):
         """Conversations ``user_id`` belongs to, most recently updated first. Raises InvalidCursor."""
 
     async def add_participants(
-        self, conversation_id: str, user_ids: Collection[str], *, admins: Collection[str] = ()
+        self,
+        conversation_id: str,
+        user_ids: Collection[str],
+        *,
+        admins: Collection[str] = (),
+        max_participants: int | None = None,
     ) -> Conversation:
         """Add ``user_ids`` as members and give ``admins`` (members, or among ``user_ids``) the admin role,
-        in one atomic change. Raises ConversationNotFound."""
+        in one atomic change. Raises ConversationNotFound, and TooManyParticipants (nothing changed) when
+        the members would then be more than ``max_participants``: checked in the same atomic change, so
+        concurrent additions cannot pass it together."""
 
     async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
         """Remove the member and any role they had. Raises ConversationNotFound."""

@@ -54,6 +54,7 @@ from chat_core.messagestore import (
     OutboxEntry,
     Page,
     PushClaim,
+    TooManyParticipants,
     decode_cursor,
     page_of,
 )
@@ -275,16 +276,44 @@ class FirestoreChatStore:
         )
 
     async def add_participants(
-        self, conversation_id: str, user_ids: Collection[str], *, admins: Collection[str] = ()
+        self,
+        conversation_id: str,
+        user_ids: Collection[str],
+        *,
+        admins: Collection[str] = (),
+        max_participants: int | None = None,
     ) -> Conversation:
-        # ArrayUnion is applied by the server: no read, no transaction, so concurrent additions neither
-        # lose each other nor queue on a lock. Members and roles change in one update.
+        # ArrayUnion is applied by the server: no transaction, so concurrent additions neither lose each
+        # other nor queue on a lock. Members and roles change in one update.
         change: dict[str, Any] = {}
         if user_ids:  # Firestore refuses an empty union
             change["participants"] = ArrayUnion(list(dict.fromkeys(user_ids)))
         if admins:
             change["admins"] = ArrayUnion(list(dict.fromkeys(admins)))
-        return await self._update_participants(conversation_id, change)
+        if max_participants is None or not user_ids:
+            return await self._update_participants(conversation_id, change)
+        # The limit: read the members, then update only if the document is unchanged since (its update
+        # time as a precondition), so two additions that each fit alone cannot both commit.
+        ref = self._conversation_ref(conversation_id)
+        wanted = list(dict.fromkeys(user_ids))
+        for attempt in range(_OPTIMISTIC_ATTEMPTS * 2):
+            snapshot = await ref.get(field_paths=["participants"])
+            if not snapshot.exists:
+                raise ConversationNotFound(conversation_id)
+            members = set(snapshot.get("participants") or [])
+            if len(members) + sum(user not in members for user in wanted) > max_participants:
+                raise TooManyParticipants(max_participants)
+            try:
+                await ref.update(
+                    change, option=self.client.write_option(last_update_time=snapshot.update_time)
+                )
+            except gexc.FailedPrecondition:
+                await asyncio.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))  # noqa: S311 - jitter
+                continue
+            except gexc.NotFound:
+                raise ConversationNotFound(conversation_id) from None
+            return await self._update_participants(conversation_id, {})
+        raise gexc.Aborted(f"conversation {conversation_id} kept changing; try again")  # type: ignore[no-untyped-call]
 
     async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
         return await self._update_participants(

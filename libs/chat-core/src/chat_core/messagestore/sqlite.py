@@ -31,6 +31,7 @@ from chat_core.messagestore import (
     OutboxEntry,
     Page,
     PushClaim,
+    TooManyParticipants,
     decode_cursor,
     page_of,
 )
@@ -266,13 +267,21 @@ class SqliteChatStore:
         )
 
     async def add_participants(
-        self, conversation_id: str, user_ids: Collection[str], *, admins: Collection[str] = ()
+        self,
+        conversation_id: str,
+        user_ids: Collection[str],
+        *,
+        admins: Collection[str] = (),
+        max_participants: int | None = None,
     ) -> Conversation:
         def add(conn: sqlite3.Connection) -> Conversation:
+            # Read, check and write in one write transaction: concurrent additions queue on it.
             current = _select_conversation(conn, conversation_id)
             if current is None:
                 raise ConversationNotFound(conversation_id)
             joined = [user for user in dict.fromkeys(user_ids) if user not in current.participants]
+            if max_participants is not None and len(current.participants) + len(joined) > max_participants:
+                raise TooManyParticipants(max_participants)
             participants = (*current.participants, *joined)
             promoted = tuple(
                 dict.fromkeys([*current.admins, *(user for user in admins if user in participants)])
