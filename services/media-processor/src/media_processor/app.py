@@ -1,7 +1,8 @@
 """Media processor service: turns raw uploads into the sanitized images members are served.
 
 No public API: the worker runs in the lifespan of a small app that serves ``/healthz``, ``/readyz`` (the
-media queue, the message store and the object store answer) and ``/metrics``. In the all-in-one process
+media queue, the message store and the object store answer, and the image worker pool is not short of
+workers it cannot start: ``media_pool``) and ``/metrics``. In the all-in-one process
 the worker runs beside the other services; there the local object store announces each upload on the
 embedded media queue, as the bucket's object-created notification does in the cloud.
 """
@@ -27,6 +28,7 @@ def build(settings: Settings, backends: Backends) -> ServiceParts:
         component=COMPONENT,
         essential=("media_queue", "message_store", "object_store"),
         workers=[worker.worker],
+        readiness={"media_pool": worker.pool_ready},
         description="sanitizes uploaded images into an original, a preview and a thumbnail.",
     )
 

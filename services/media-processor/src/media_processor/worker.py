@@ -77,7 +77,7 @@ from chat_core.realtime import EventBus, conversation_channel
 from chat_core.realtime.events import Envelope, encode
 from chat_core.settings import Settings
 from media_processor.imaging import ImageLimits, Rejected, Sanitized, Variant
-from media_processor.pool import MediaProcessor, PoolSettings
+from media_processor.pool import MediaProcessor, PoolSettings, PoolUnavailable
 
 __all__ = ["MediaWorker", "limits_from", "pool_settings_from"]
 
@@ -219,6 +219,12 @@ class MediaWorker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+    async def pool_ready(self) -> None:
+        """Readiness: raises while the image workers are fewer than the pool's size and cannot be started."""
+        problem = self._processor.health().problem()
+        if problem is not None:
+            raise PoolUnavailable(problem)
 
     @property
     def refusals_pending(self) -> int:
