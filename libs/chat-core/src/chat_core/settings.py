@@ -254,6 +254,14 @@ class MediaSettings(_Frozen, frozen=True, kw_only=True):
         ),
         msgspec.Meta(ge=0, le=60),
     ] = 10.0
+    max_waiters: Annotated[
+        int,
+        env(
+            "MEDIA_MAX_WAITERS",
+            "Requests one image proxy process lets wait for images still processing; past it, 503 at once.",
+        ),
+        msgspec.Meta(ge=0),
+    ] = 1000
     workers: Annotated[
         int,
         env(
