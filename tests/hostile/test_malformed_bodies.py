@@ -28,7 +28,7 @@ __all__ = ["app", "client"]  # the module's all-in-one app and its member's clie
 
 def _json_endpoints() -> list[tuple[str, str, Any]]:
     """(method, path template, body type) of every route whose handler decodes a body."""
-    found = []
+    found: list[tuple[str, str, Any]] = []
     for route in create_app(make_settings(Path("/tmp/hostile-body-listing"))).routes:
         if not isinstance(route, HTTPRoute):
             continue
