@@ -238,9 +238,9 @@ async def test_a_run_of_the_main_flows_logs_no_secret_and_no_message_text(
     backends = Backends(settings)
     app = all_in_one.create_app(settings, backends)
     minted = Minted()
+    if stack == "cloud":
+        await harness.provision(settings)  # the bucket and the queues, as `chat-management setup` makes them
     async with _served_on(app, port) as base:
-        if stack == "cloud":
-            await backends.object_store.ensure_bucket(settings.service.cors_allow_origins)
         await _main_flows(base, minted, capture)
     logged = capture.getvalue().decode("utf-8", "replace")
     lines = [json.loads(line) for line in logged.splitlines()]
