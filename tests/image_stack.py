@@ -106,12 +106,13 @@ class ImageStack:
         assert put.status_code == 200, put.text
         return Uploaded(issued["object_key"], issued["file_url"], data, content_type)
 
-    async def send(self, user: str, conversation_id: str, image: Uploaded) -> httpx.Response:
+    async def send(self, user: str, conversation_id: str, image: Uploaded, **extra: Any) -> httpx.Response:
         return await self.http.post(
             f"/conversations/{conversation_id}/messages",
             json={
                 "messageType": "image",
                 "metadata": {"object_key": image.object_key, "content_type": image.content_type},
+                **extra,
             },
             headers=auth_header(user),
         )

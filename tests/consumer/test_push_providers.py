@@ -62,6 +62,17 @@ async def test_the_log_provider_logs_each_push_without_the_device_token(
     assert "secret-device-token" not in json.dumps(line)
 
 
+async def test_the_log_provider_never_logs_the_message_text(
+    open_provider: Callable[[dict[str, str]], Awaitable[PushProvider]],
+) -> None:
+    provider = await open_provider({"PUSH_PROVIDER": "log"})
+    with capture_logs() as logs:
+        assert await provider.send(push(body="meet me at the old mill at 9")) == "sent"
+    [line] = [entry for entry in logs if entry["event"] == "push"]
+    assert "old mill" not in json.dumps(line)
+    assert line["body_chars"] == len("meet me at the old mill at 9")
+
+
 # --- webhook ----------------------------------------------------------------------------------------
 @pytest.fixture
 async def webhook(

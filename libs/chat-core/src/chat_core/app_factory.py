@@ -26,7 +26,8 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from chat_core import metrics, tracing
 from chat_core.auth import Principal, TokenVerifier, token_from_connection
-from chat_core.backends import PORTS, Backends
+from chat_core.backends import PORTS, Backends, ReadinessCheck
+from chat_core.cors import CredentialRouteCors, credential_paths
 from chat_core.deadline import DeadlineMiddleware
 from chat_core.errors import exception_handlers, outage_handlers, problem_response
 from chat_core.json_guard import JsonGuard
@@ -64,6 +65,9 @@ class ServiceParts:
     # caches expire on their own), and taking every replica out of rotation because a shared dependency
     # blinked would turn a degradation into an outage.
     essential: tuple[str, ...] = ()
+    # Checks of the service's own machinery (the media processor's worker pool), beside the backends'
+    # in /readyz; no port's, so a failing one makes /readyz 503.
+    readiness: dict[str, ReadinessCheck] = field(default_factory=dict)
 
 
 _PRINCIPAL_STATE = "chat_principal"  # the caller, once authenticated for this request (by the guard)
@@ -132,14 +136,16 @@ def _rate_limit_guard(backends: Backends) -> Any:
     return rate_limit
 
 
-def _health_handlers(backends: Backends, essential_ports: frozenset[str]) -> list[Any]:
+def _health_handlers(
+    backends: Backends, essential_ports: frozenset[str], own_checks: dict[str, ReadinessCheck]
+) -> list[Any]:
     @get("/healthz", include_in_schema=False, sync_to_thread=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @get("/readyz", include_in_schema=False)
     async def readyz() -> Response[Any]:
-        checks = backends.readiness_checks()
+        checks = {**backends.readiness_checks(), **own_checks}
 
         async def run(name: str, check: Callable[[], Any]) -> tuple[str, str | None]:
             try:
@@ -178,7 +184,8 @@ def create_service_app(
 ) -> Litestar:
     tracing.configure_tracing(settings.telemetry.service_name or component, settings.telemetry.otlp_endpoint)
     essential = frozenset(port for part in parts for port in part.essential)
-    route_handlers: list[Any] = [*_health_handlers(backends, essential)]
+    own_checks = {name: check for part in parts for name, check in part.readiness.items()}
+    route_handlers: list[Any] = [*_health_handlers(backends, essential, own_checks)]
     dependencies: dict[str, Provide] = {
         "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
         "backends": Provide(lambda: backends, use_cache=True, sync_to_thread=False),
@@ -250,8 +257,11 @@ def create_service_app(
     app.state.settings = settings
     fix_options_allow(app)
     complete_error_responses(app)
+    handler = app.asgi_handler
+    if paths := credential_paths(route_handlers):
+        handler = CredentialRouteCors(handler, paths=paths, allowed_origins=origins)
     app.asgi_handler = ObservabilityMiddleware(
-        DeadlineMiddleware(JsonGuard(app.asgi_handler), seconds=settings.service.request_timeout_seconds),
+        DeadlineMiddleware(JsonGuard(handler), seconds=settings.service.request_timeout_seconds),
         component=component,
         access_log=settings.service.access_log,
     )

@@ -275,6 +275,14 @@ class MediaSettings(_Frozen, frozen=True, kw_only=True):
         ),
         msgspec.Meta(ge=0, le=60),
     ] = 10.0
+    max_waiters: Annotated[
+        int,
+        env(
+            "MEDIA_MAX_WAITERS",
+            "Requests one image proxy process lets wait for images still processing; past it, 503 at once.",
+        ),
+        msgspec.Meta(ge=0),
+    ] = 1000
     workers: Annotated[
         int,
         env(
@@ -513,6 +521,14 @@ class LimitSettings(_Frozen, frozen=True, kw_only=True):
         ),
         msgspec.Meta(ge=1024),
     ] = 64 * 1024
+    max_devices_per_user: Annotated[
+        int,
+        env(
+            "MAX_DEVICES_PER_USER",
+            "Push tokens a user may have; registering one more evicts the least recently registered.",
+        ),
+        msgspec.Meta(ge=1),
+    ] = 10
     max_pending_uploads: Annotated[
         int,
         env("MAX_PENDING_UPLOADS", "Upload URLs per user whose object is neither sent nor expired."),

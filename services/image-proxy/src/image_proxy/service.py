@@ -9,15 +9,15 @@ outcome.
 
 The raw upload is never served: ``url`` serves the sanitized ``original`` the media processor wrote,
 ``?variant=thumbnail|preview`` the variants (``{cid}/media/{messageId}/{variant}.{ext}``). While the
-image is processing the proxy waits up to ``MEDIA_WAIT_SECONDS`` (asking the store again with a growing
-interval), then answers 503 ``image_processing`` with ``Retry-After``; a failed image is 422
-``image_unavailable`` with its reason. Derivatives never change, so their responses say ``immutable``;
-the redirect itself stays signed per window, so a viewer gets the same URL within one.
+image is processing the proxy waits up to ``MEDIA_WAIT_SECONDS`` (one poll of the store per image, however
+many requests wait on it: ``image_proxy.waits``), then answers 503 ``image_processing`` with
+``Retry-After``; a failed image is 422 ``image_unavailable`` with its reason. Derivatives never change,
+so their responses say ``immutable``; the redirect itself stays signed per window, so a viewer gets the
+same URL within one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from collections import OrderedDict
@@ -36,6 +36,7 @@ from chat_core.messagestore import Message, MessageStore
 from chat_core.objectstore import ObjectNotFound, ObjectStore, RangeNotSatisfiable
 from chat_core.objectstore.serving import serve_object
 from chat_core.settings import Settings
+from image_proxy.waits import ProcessingWaits, finished
 
 __all__ = ["ImageProxy"]
 
@@ -72,7 +73,12 @@ class ImageProxy:
         # chat screen's repeated views, and a group's many viewers, then cost no store round trip.
         self._messages = messages
         self._wait_seconds = settings.media.wait_seconds
+        self._waits = ProcessingWaits(max_waiters=settings.media.max_waiters)
         self._finished: OrderedDict[str, Message] = OrderedDict()
+
+    @property
+    def waits(self) -> ProcessingWaits:
+        return self._waits
 
     async def serve(
         self, request: Request[Any, Any, Any], conversation_id: str, raw_key: str
@@ -134,13 +140,6 @@ class ImageProxy:
                 f"the image could not be processed ({reason})",
                 extra={"reason": reason},
             )
-        if metadata.status != "ready":
-            raise ProblemError(
-                503,
-                "image_processing",
-                "the image is still being processed; retry shortly",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
         if variant == "original":
             content_type = metadata.content_type
         else:
@@ -152,25 +151,26 @@ class ImageProxy:
     async def _image_message(self, conversation_id: str, stored: str) -> Message | None:
         """The message ``stored`` backs, waiting up to MEDIA_WAIT_SECONDS while it is processing.
 
-        Finished messages never change, so they are remembered; a processing one is asked again with a
-        growing interval (0.1 s doubling to 1 s) until it is finished or the wait is over.
+        Finished messages never change, so they are remembered. A processing one is asked again with a
+        growing interval (0.1 s doubling to 1 s) by one poll per image that every request for it waits on
+        (``image_proxy.waits``); past ``MEDIA_MAX_WAITERS`` waiting requests, a request does not wait.
         """
         cached = self._finished.get(stored)
         if cached is not None:
             self._finished.move_to_end(stored)
             return cached
-        deadline = time.monotonic() + self._wait_seconds
-        interval = 0.1
-        while True:
-            message = await self._messages.image_message(conversation_id, stored)
-            status = message.metadata.status if message and message.metadata else None
-            if message is None or status in ("ready", "failed"):
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return message
-            await asyncio.sleep(min(interval, remaining))
-            interval = min(interval * 2, 1.0)
+        message, waited = await self._waits.wait(
+            stored, lambda: self._messages.image_message(conversation_id, stored), self._wait_seconds
+        )
+        if not finished(message):
+            raise ProblemError(
+                503,
+                "image_processing",
+                "the image is still being processed; retry shortly"
+                if waited
+                else "the image is still being processed, and too many requests wait already; retry shortly",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         if message is not None:
             self._finished[stored] = message
             if len(self._finished) > _SEEN_MAX:

@@ -39,7 +39,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
             drain_seconds=settings.service.drain_seconds,
         )
     sockets = RealtimeSockets.from_backends(settings, backends)
-    device_service = DeviceService(backends.devices)
+    device_service = DeviceService(backends.devices, max_devices=settings.limits.max_devices_per_user)
     conversations = ConversationService(backends.conversations, events)
     messages = MessageService(
         backends.conversations,

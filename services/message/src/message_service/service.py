@@ -34,6 +34,7 @@ from chat_core.messagestore import (
     MessageStore,
     ObjectAlreadyUsed,
     OutboxEntry,
+    TooManyParticipants,
 )
 from chat_core.quota import Quotas
 from message_service.events import MessageEvents
@@ -67,6 +68,12 @@ _no_such_conversation = conversation_not_found
 _participants_for = require_member  # the lib's one membership decision (chat_core.membership)
 
 
+def _too_many_participants() -> ProblemError:
+    return ProblemError(
+        422, "too_many_participants", f"a conversation has at most {MAX_PARTICIPANTS} members"
+    )
+
+
 def _not_an_admin(detail: str) -> ProblemError:
     return ProblemError(403, "not_an_admin", detail)
 
@@ -91,9 +98,7 @@ class ConversationService:
     async def create(self, user_id: str, request: CreateConversation) -> Conversation:
         participants = tuple(dict.fromkeys([user_id, *request.participant_ids]))
         if len(participants) > MAX_PARTICIPANTS:
-            raise ProblemError(
-                422, "too_many_participants", f"a conversation has at most {MAX_PARTICIPANTS} members"
-            )
+            raise _too_many_participants()
         now = _now()
         conversation = Conversation(
             conversation_id=request.conversation_id or uuid.uuid4().hex,
@@ -166,17 +171,19 @@ class ConversationService:
             else []
         )
         if len(current) + len(added) > MAX_PARTICIPANTS:
-            raise ProblemError(
-                422, "too_many_participants", f"a conversation has at most {MAX_PARTICIPANTS} members"
-            )
+            raise _too_many_participants()
         if not added and not promoted:
             return conversation
         # A conversation stored before roles has no admins list: write its implicit admin down too.
         admins = [*conversation.admin_ids(), *promoted] if promoted and not conversation.admins else promoted
         try:
-            conversation = await self._store.add_participants(conversation_id, added, admins=admins)
+            conversation = await self._store.add_participants(
+                conversation_id, added, admins=admins, max_participants=MAX_PARTICIPANTS
+            )
         except ConversationNotFound:
             raise _no_such_conversation() from None
+        except TooManyParticipants:  # others were added meanwhile: the store's check is the atomic one
+            raise _too_many_participants() from None
         audit(
             "membership_changed",
             action="add",
@@ -245,6 +252,7 @@ class MessageService:
     async def send(self, user_id: str, conversation_id: str, request: SendMessage) -> tuple[Message, bool]:
         """Store a message; ``(message, True)`` when new, ``(stored, False)`` for a retry of one."""
         verified: VerifiedImage | None = None
+        message_id = message_id_for(conversation_id, user_id, request.client_message_id)
         if request.message_type == "text":
             members = await _participants_for(self._conversations, conversation_id, user_id)
             if request.metadata is not None:
@@ -253,12 +261,17 @@ class MessageService:
                 raise ProblemError(400, "empty_message", "a text message needs some content")
             content: str | None = request.content
         else:
-            members, verified = await self._member_and_image(user_id, conversation_id, request)
+            members, earlier, verified = await self._member_and_image(
+                user_id, conversation_id, request, message_id
+            )
+            if earlier is not None:
+                return earlier, False
+            assert verified is not None  # no earlier message: the image was verified (or raised)
             # Frees the upload's slot and counts its verified size (once per upload, so a retry is free).
             await self._quotas.charge_send(user_id, verified.stored_key, verified.metadata.size_bytes)
             content = request.content if (request.content or "").strip() else None
         message = Message(
-            message_id=message_id_for(conversation_id, user_id, request.client_message_id),
+            message_id=message_id,
             content=content,
             message_type=request.message_type,
             sender_id=user_id,
@@ -289,28 +302,44 @@ class MessageService:
         return stored, created
 
     async def _member_and_image(
-        self, user_id: str, conversation_id: str, request: SendMessage
-    ) -> tuple[frozenset[str], VerifiedImage]:
-        """Membership and the object check, overlapped: two independent round trips, one wait.
+        self, user_id: str, conversation_id: str, request: SendMessage, message_id: str
+    ) -> tuple[frozenset[str], Message | None, VerifiedImage | None]:
+        """Membership, the earlier message of a retry and the object check, overlapped: independent
+        round trips, one wait.
 
         Membership is judged first: a non-member learns nothing about the image, and the rejection
-        metric only counts what members sent.
+        metric only counts what members sent. A retry (its ``clientMessageId`` already stored) is
+        answered with the stored message whatever the check says: by then the media processor may have
+        deleted the raw upload, and a client that lost the 201 must not be told to upload again.
         """
         if request.metadata is None:
             await _participants_for(self._conversations, conversation_id, user_id)
             raise ProblemError(400, "invalid_request", "an image message needs metadata.object_key")
-        membership, verification = await asyncio.gather(
+        membership, earlier, verification = await asyncio.gather(
             _participants_for(self._conversations, conversation_id, user_id),
+            self._earlier_send(conversation_id, message_id, request),
             self._verifier.verify(user_id, conversation_id, request.metadata),
             return_exceptions=True,
         )
         if isinstance(membership, BaseException):
             raise membership
+        if isinstance(earlier, BaseException):
+            raise earlier
+        if earlier is not None:
+            return membership, earlier, None
         if isinstance(verification, ProblemError):
             metrics.IMAGE_MESSAGES_REJECTED.labels(verification.code).inc()
         if isinstance(verification, BaseException):
             raise verification
-        return membership, verification
+        return membership, None, verification
+
+    async def _earlier_send(
+        self, conversation_id: str, message_id: str, request: SendMessage
+    ) -> Message | None:
+        """The message a send with this ``clientMessageId`` stored before, if any."""
+        if request.client_message_id is None:
+            return None
+        return await self._store.get_message(conversation_id, message_id)
 
     @staticmethod
     def _record(message: Message, verified: VerifiedImage | None) -> None:

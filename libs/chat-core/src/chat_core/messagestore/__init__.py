@@ -15,6 +15,8 @@ Firestore layout (SQLite mirrors it in tables):
 * ``outbox/{messageId}``: publish + enqueue still to do for a stored message (written in the same
   transaction as the message: "a 201 means durably stored, and its notification is never dropped")
 * ``devices/{sha256(token)}``: userId, token, platform
+* ``deviceUsers/{sha256(user_id)}``: userId, changedAt; rewritten by every registration of the user's
+  devices, so that two concurrent ones cannot both pass ``MAX_DEVICES_PER_USER``
 * ``pushReceipts/{sha256(notification_id + token)}``: a push to a device for a notification, claimed
   (``leasedUntil``: a time) or done (``leasedUntil`` null or absent)
 """
@@ -57,6 +59,7 @@ __all__ = [
     "PushClaim",
     "PushClaimState",
     "PushReceiptStore",
+    "TooManyParticipants",
     "decode_cursor",
     "encode_cursor",
     "page_of",
@@ -190,6 +193,14 @@ class ConversationNotFound(LookupError):
     pass
 
 
+class TooManyParticipants(Exception):
+    """The addition would take the conversation past its member limit; nothing was changed."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a conversation has at most {limit} members")
+        self.limit = limit
+
+
 class ConversationExists(Exception):
     """A conversation with that id already exists (ids may be chosen by the client)."""
 
@@ -242,10 +253,17 @@ class ConversationStore(Protocol):
         """Conversations ``user_id`` belongs to, most recently updated first. Raises InvalidCursor."""
 
     async def add_participants(
-        self, conversation_id: str, user_ids: Collection[str], *, admins: Collection[str] = ()
+        self,
+        conversation_id: str,
+        user_ids: Collection[str],
+        *,
+        admins: Collection[str] = (),
+        max_participants: int | None = None,
     ) -> Conversation:
         """Add ``user_ids`` as members and give ``admins`` (members, or among ``user_ids``) the admin role,
-        in one atomic change. Raises ConversationNotFound."""
+        in one atomic change. Raises ConversationNotFound, and TooManyParticipants (nothing changed) when
+        the members would then be more than ``max_participants``: checked in the same atomic change, so
+        concurrent additions cannot pass it together."""
 
     async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
         """Remove the member and any role they had. Raises ConversationNotFound."""
@@ -314,8 +332,13 @@ class MessageStore(Protocol):
 class DeviceStore(Protocol):
     """Push tokens by user."""
 
-    async def put_device(self, device: Device) -> None:
-        """Register (or move) a push token; a token belongs to one user at a time."""
+    async def put_device(self, device: Device, *, max_devices: int | None = None) -> list[str]:
+        """Register (or move) a push token; a token belongs to one user at a time.
+
+        With ``max_devices``, the user keeps at most that many tokens: the ones least recently registered
+        (``updated_at``, then token) beyond it are deleted in the same atomic step, never the one being
+        registered, so concurrent registrations cannot pass the limit. Returns the tokens evicted.
+        """
 
     async def delete_device(self, user_id: str, token: str) -> bool:
         """Remove ``user_id``'s token; False when the user had no such token."""

@@ -32,6 +32,7 @@ from chat_core.messagestore import (
     OutboxEntry,
     Page,
     PushClaim,
+    TooManyParticipants,
     decode_cursor,
     page_of,
 )
@@ -267,13 +268,21 @@ class SqliteChatStore(ChatStore):
         )
 
     async def add_participants(
-        self, conversation_id: str, user_ids: Collection[str], *, admins: Collection[str] = ()
+        self,
+        conversation_id: str,
+        user_ids: Collection[str],
+        *,
+        admins: Collection[str] = (),
+        max_participants: int | None = None,
     ) -> Conversation:
         def add(conn: sqlite3.Connection) -> Conversation:
+            # Read, check and write in one write transaction: concurrent additions queue on it.
             current = _select_conversation(conn, conversation_id)
             if current is None:
                 raise ConversationNotFound(conversation_id)
             joined = [user for user in dict.fromkeys(user_ids) if user not in current.participants]
+            if max_participants is not None and len(current.participants) + len(joined) > max_participants:
+                raise TooManyParticipants(max_participants)
             participants = (*current.participants, *joined)
             promoted = tuple(
                 dict.fromkeys([*current.admins, *(user for user in admins if user in participants)])
@@ -495,16 +504,29 @@ class SqliteChatStore(ChatStore):
         return await self._db.read(select)
 
     # --- devices ----------------------------------------------------------------------------------
-    async def put_device(self, device: Device) -> None:
-        def upsert(conn: sqlite3.Connection) -> None:
+    async def put_device(self, device: Device, *, max_devices: int | None = None) -> list[str]:
+        def upsert(conn: sqlite3.Connection) -> list[str]:
             conn.execute(
                 "INSERT INTO devices (token, user_id, platform, updated_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (token) DO UPDATE SET"
                 " user_id = excluded.user_id, platform = excluded.platform, updated_at = excluded.updated_at",
                 (device.token, device.user_id, device.platform, micros(device.updated_at)),
             )
+            if max_devices is None:
+                return []
+            # In the same write transaction as the insert: concurrent registrations queue on it.
+            evicted = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT token FROM devices WHERE user_id = ?"
+                    " ORDER BY token = ? DESC, updated_at DESC, token DESC LIMIT -1 OFFSET ?",
+                    (device.user_id, device.token, max_devices),
+                )
+            ]
+            conn.executemany("DELETE FROM devices WHERE token = ?", [(token,) for token in evicted])
+            return evicted
 
-        await self._db.write(upsert)
+        return await self._db.write(upsert)
 
     async def delete_device(self, user_id: str, token: str) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:
