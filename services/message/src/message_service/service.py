@@ -44,7 +44,9 @@ from message_service.schemas import (
     ConversationPage,
     CreateConversation,
     MessagePage,
+    SendImage,
     SendMessage,
+    SendText,
 )
 from message_service.verification import ImageVerifier, VerifiedImage
 
@@ -245,11 +247,9 @@ class MessageService:
     async def send(self, user_id: str, conversation_id: str, request: SendMessage) -> tuple[Message, bool]:
         """Store a message; ``(message, True)`` when new, ``(stored, False)`` for a retry of one."""
         verified: VerifiedImage | None = None
-        if request.message_type == "text":
+        if isinstance(request, SendText):
             members = await _participants_for(self._conversations, conversation_id, user_id)
-            if request.metadata is not None:
-                raise ProblemError(400, "invalid_request", "metadata is only for image messages")
-            if not (request.content or "").strip():
+            if not request.content.strip():
                 raise ProblemError(400, "empty_message", "a text message needs some content")
             content: str | None = request.content
         else:
@@ -260,7 +260,7 @@ class MessageService:
         message = Message(
             message_id=message_id_for(conversation_id, user_id, request.client_message_id),
             content=content,
-            message_type=request.message_type,
+            message_type="text" if isinstance(request, SendText) else "image",
             sender_id=user_id,
             timestamp=_now(),
             read_by=(user_id,),
@@ -289,16 +289,13 @@ class MessageService:
         return stored, created
 
     async def _member_and_image(
-        self, user_id: str, conversation_id: str, request: SendMessage
+        self, user_id: str, conversation_id: str, request: SendImage
     ) -> tuple[frozenset[str], VerifiedImage]:
         """Membership and the object check, overlapped: two independent round trips, one wait.
 
         Membership is judged first: a non-member learns nothing about the image, and the rejection
         metric only counts what members sent.
         """
-        if request.metadata is None:
-            await _participants_for(self._conversations, conversation_id, user_id)
-            raise ProblemError(400, "invalid_request", "an image message needs metadata.object_key")
         membership, verification = await asyncio.gather(
             _participants_for(self._conversations, conversation_id, user_id),
             self._verifier.verify(user_id, conversation_id, request.metadata),
