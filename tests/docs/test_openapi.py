@@ -9,10 +9,15 @@ from typing import Any
 import jsonschema_rs
 import msgspec
 import pytest
+from litestar import get
+from litestar.params import FromPath
 
 import image_proxy.app
 import message_service.app
 import upload_service.app
+from chat_core import keys
+from chat_core.app_factory import ServiceParts, create_service_app
+from chat_core.backends import Backends
 from chat_core.openapi import openapi_document
 from tests.conftest import make_settings
 
@@ -176,3 +181,28 @@ async def test_the_served_document_is_the_finished_one(tmp_path: Path, client_fo
     served = (await client.get("/docs/openapi.json")).json()
     assert served == msgspec.json.decode(msgspec.json.encode(openapi_document(app)))
     assert "links" in served["paths"]["/conversations"]["post"]["responses"]["201"]
+
+
+def test_a_route_added_with_bare_ids_still_gets_their_shapes_and_links(tmp_path: Path) -> None:
+    """Another engineer's route written with ``FromPath[str]``: the document gives its ids their shapes
+    (by name) and links to it, so Schemathesis checks it with the rest."""
+
+    @get("/conversations/{conversation_id:str}/pins/{message_id:str}", sync_to_thread=False)
+    def pinned(conversation_id: FromPath[str], message_id: FromPath[str]) -> dict[str, str]:
+        return {}
+
+    settings = make_settings(tmp_path)
+    backends = Backends(settings)
+    parts = [
+        message_service.app.build(settings, backends),
+        ServiceParts(component="pins", route_handlers=[pinned]),
+    ]
+    document = openapi_document(create_service_app(settings, backends, parts, component="t", title="t"))
+    operation = document["paths"]["/conversations/{conversation_id}/pins/{message_id}"]["get"]
+    shapes = {p["name"]: p["schema"].get("pattern") for p in operation["parameters"]}
+    assert shapes == {
+        "conversation_id": keys.CONVERSATION_ID_PATTERN.pattern,
+        "message_id": keys.UUID_PATTERN.pattern,
+    }
+    send = document["paths"]["/conversations/{conversation_id}/messages"]["post"]["responses"]["201"]
+    assert operation["operationId"] in send["links"]

@@ -62,6 +62,7 @@ from litestar.openapi.spec import (
 from litestar.routes import HTTPRoute
 
 from chat_core.errors import PROBLEM_JSON
+from chat_core.parameters import SHAPES
 from chat_core.ratelimit import RATE_LIMIT_OPT
 
 __all__ = [
@@ -377,11 +378,28 @@ def add_link(
     answer.setdefault("links", {})[operation["operationId"]] = link
 
 
+def _shape_known_parameters(document: dict[str, Any]) -> None:
+    """A path parameter named like a shared one (``chat_core.parameters.SHAPES``) but declared a bare
+    ``str`` gets the shared shape, so a route added without the shared types is still exact."""
+    for _, _, operation in _operations(document):
+        for parameter in operation.get("parameters", []):
+            shape = SHAPES.get(parameter.get("name", ""))
+            schema = parameter.get("schema")
+            if (
+                parameter.get("in") == "path"
+                and shape
+                and isinstance(schema, dict)
+                and "pattern" not in schema
+            ):
+                schema.update(shape)
+
+
 def finish_document(app: Litestar, refinements: Sequence[DocumentRefinement] = ()) -> dict[str, Any]:
     """Build ``app``'s document (after ``complete_error_responses``), make it exact, link it, apply the
     services' ``refinements``, and serve that (``/docs/openapi.json`` and ``openapi_document``)."""
     document = app.openapi_schema.to_schema()
     _exact_bodies(app, document)
+    _shape_known_parameters(document)
     for refine in refinements:
         refine(document)
     _add_links(document)

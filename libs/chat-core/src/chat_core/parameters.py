@@ -18,38 +18,43 @@ from litestar.params import PathParameter, QueryParameter
 from chat_core.keys import CONVERSATION_ID_PATTERN, OBJECT_KEY_PATTERN, USER_ID_PATTERN, UUID_PATTERN
 from chat_core.messagestore import CURSOR_PATTERN
 
-__all__ = ["ConversationId", "Cursor", "MessageId", "ObjectKey", "UserId"]
+__all__ = ["SHAPES", "ConversationId", "Cursor", "MessageId", "ObjectKey", "UserId"]
 
 
 def _shape(pattern: str, min_length: int, max_length: int) -> dict[str, object]:
     return {"pattern": pattern, "minLength": min_length, "maxLength": max_length}
 
 
+# By parameter name: ``chat_core.openapi`` gives a path parameter of one of these names its shape when its
+# route declared a bare ``str`` (the services answer a malformed id as an unknown one: 404).
+SHAPES: dict[str, dict[str, object]] = {
+    "conversation_id": _shape(CONVERSATION_ID_PATTERN.pattern, 1, 64),
+    "message_id": _shape(UUID_PATTERN.pattern, 36, 36),
+    "user_id": _shape(USER_ID_PATTERN.pattern, 1, 128),
+    "object_key": _shape(OBJECT_KEY_PATTERN.pattern, 65, 193),
+}
+
 ConversationId = Annotated[
     str,
     PathParameter(
         description="A conversation id (`conversationId`).",
-        schema_extra=_shape(CONVERSATION_ID_PATTERN.pattern, 1, 64),
+        schema_extra=SHAPES["conversation_id"],
     ),
 ]
 MessageId = Annotated[
     str,
-    PathParameter(
-        description="A message id (`messageId`, a UUID).", schema_extra=_shape(UUID_PATTERN.pattern, 36, 36)
-    ),
+    PathParameter(description="A message id (`messageId`, a UUID).", schema_extra=SHAPES["message_id"]),
 ]
 UserId = Annotated[
     str,
-    PathParameter(
-        description="A user id (the token's `sub`).", schema_extra=_shape(USER_ID_PATTERN.pattern, 1, 128)
-    ),
+    PathParameter(description="A user id (the token's `sub`).", schema_extra=SHAPES["user_id"]),
 ]
 ObjectKey = Annotated[
     str,
     PathParameter(
         description="`object_key` as the upload URL response gave it: "
         "`images/{uploader}/{yyyymmdd-HHMMSS}-{uuid}.{ext}`.",
-        schema_extra=_shape(OBJECT_KEY_PATTERN.pattern, 65, 193),
+        schema_extra=SHAPES["object_key"],
         # The key spans path segments; an example with slashes also tells fuzzers they belong.
         examples=[
             Example(
