@@ -30,6 +30,7 @@ def _shape(pattern: str, min_length: int, max_length: int) -> dict[str, object]:
 SHAPES: dict[str, dict[str, object]] = {
     "conversation_id": _shape(CONVERSATION_ID_PATTERN.pattern, 1, 64),
     "message_id": _shape(UUID_PATTERN.pattern, 36, 36),
+    "job_id": _shape(UUID_PATTERN.pattern, 36, 36),  # operators' jobs (erase, export)
     "user_id": _shape(USER_ID_PATTERN.pattern, 1, 128),
     "object_key": _shape(OBJECT_KEY_PATTERN.pattern, 65, 193),
 }
