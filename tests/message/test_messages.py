@@ -495,3 +495,33 @@ async def test_a_non_member_learns_nothing_about_message_ids(chat: Chat) -> None
     assert answers[0].json()["code"] == answers[1].json()["code"] == "conversation_not_found"
     assert answers[0].json()["detail"] == answers[1].json()["detail"]
     assert (await chat.messages("alice", cid))[0].read_by == ("alice",)
+
+
+async def test_any_key_of_the_layout_is_an_answer_not_a_500(chat: Chat) -> None:
+    """A version 7 UUID whose 48 bits of milliseconds lie past the year 9999 (Schemathesis found it): the
+    key has the documented layout, so the send is refused for what it names (404), never a 500."""
+    cid = await chat.create_conversation("alice")
+    key = "images/alice/20240419-123456-ffffffff-ffff-7fff-bfff-ffffffffffff.jpg"
+    assert keys.parse_object_key(key).issued_at is None
+    response = await chat.send_image("alice", cid, key)
+    assert response.status_code == 404, response.text
+    assert response.json()["code"] == "image_not_found"
+
+
+async def test_an_image_message_with_null_metadata_is_a_400(chat: Chat) -> None:
+    """Not schema-valid either: the document's `SendImage` requires `metadata` (an object)."""
+    cid = await chat.create_conversation("alice")
+    response = await chat.client.post(
+        f"/conversations/{cid}/messages",
+        json={"messageType": "image", "metadata": None, "content": "hi"},
+        headers=auth_header("alice"),
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_request"
+
+
+async def test_a_text_message_may_say_metadata_null(chat: Chat) -> None:
+    """A client that writes every field sends `"metadata": null` with its text."""
+    cid = await chat.create_conversation("alice")
+    response = await chat.send_text("alice", cid, "hi", metadata=None)
+    assert response.status_code == 201, response.text

@@ -8,11 +8,12 @@ from litestar import Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import BodyKwarg, FromPath, JSONBody, QueryParameter
+from litestar.params import BodyKwarg, JSONBody, QueryParameter
 
 from chat_core.auth import Principal
 from chat_core.errors import problem_responses
 from chat_core.messagestore import Conversation, Message
+from chat_core.parameters import ConversationId, Cursor, MessageId, UserId
 from chat_core.ratelimit import RATE_LIMIT_OPT
 from message_service.schemas import (
     MESSAGE_EXAMPLE,
@@ -28,9 +29,6 @@ from message_service.service import ConversationService, MessageService
 __all__ = ["ROUTES"]
 
 Limit = Annotated[int, QueryParameter(ge=1, le=100, description="Items per page.")]
-Before = Annotated[
-    str | None, QueryParameter(description="`nextCursor` of the previous page; omit for the first page.")
-]
 
 
 @post(
@@ -55,14 +53,14 @@ async def list_conversations(
     principal: NamedDependency[Principal],
     conversation_service: NamedDependency[ConversationService],
     limit: Limit = 20,
-    before: Before = None,
+    before: Cursor = None,
 ) -> ConversationPage:
     return await conversation_service.list(principal.user_id, limit=limit, before=before)
 
 
 @get("/conversations/{conversation_id:str}", summary="One conversation", tags=["conversations"])
 async def get_conversation(
-    conversation_id: FromPath[str],
+    conversation_id: ConversationId,
     principal: NamedDependency[Principal],
     conversation_service: NamedDependency[ConversationService],
 ) -> Conversation:
@@ -77,7 +75,7 @@ async def get_conversation(
     opt={RATE_LIMIT_OPT: "participant_changes"},
 )
 async def add_participants(
-    conversation_id: FromPath[str],
+    conversation_id: ConversationId,
     data: JSONBody[AddParticipants],
     principal: NamedDependency[Principal],
     conversation_service: NamedDependency[ConversationService],
@@ -93,8 +91,8 @@ async def add_participants(
     opt={RATE_LIMIT_OPT: "participant_changes"},
 )
 async def remove_participant(
-    conversation_id: FromPath[str],
-    user_id: FromPath[str],
+    conversation_id: ConversationId,
+    user_id: UserId,
     principal: NamedDependency[Principal],
     conversation_service: NamedDependency[ConversationService],
 ) -> None:
@@ -112,14 +110,17 @@ async def remove_participant(
     tags=["messages"],
     opt={RATE_LIMIT_OPT: "sends"},
     responses={
-        201: ResponseSpec(
-            Message, description="Stored (a retry of a stored one: 200)", examples=[MESSAGE_EXAMPLE]
+        201: ResponseSpec(Message, description="Stored", examples=[MESSAGE_EXAMPLE]),
+        200: ResponseSpec(
+            Message,
+            description="A retry (the same `clientMessageId`): the message stored the first time",
+            generate_examples=False,
         ),
         **problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 422, 503),
     },
 )
 async def send_message(
-    conversation_id: FromPath[str],
+    conversation_id: ConversationId,
     data: Annotated[SendMessage, BodyKwarg(media_type=RequestEncodingType.JSON, examples=SEND_EXAMPLES)],
     principal: NamedDependency[Principal],
     message_service: NamedDependency[MessageService],
@@ -134,11 +135,11 @@ async def send_message(
     tags=["messages"],
 )
 async def list_messages(
-    conversation_id: FromPath[str],
+    conversation_id: ConversationId,
     principal: NamedDependency[Principal],
     message_service: NamedDependency[MessageService],
     limit: Limit = 50,
-    before: Before = None,
+    before: Cursor = None,
 ) -> MessagePage:
     return await message_service.list(principal.user_id, conversation_id, limit=limit, before=before)
 
@@ -151,8 +152,8 @@ async def list_messages(
     opt={RATE_LIMIT_OPT: "read_receipts"},
 )
 async def mark_read(
-    conversation_id: FromPath[str],
-    message_id: FromPath[str],
+    conversation_id: ConversationId,
+    message_id: MessageId,
     principal: NamedDependency[Principal],
     message_service: NamedDependency[MessageService],
 ) -> Message:

@@ -45,7 +45,9 @@ from message_service.schemas import (
     ConversationPage,
     CreateConversation,
     MessagePage,
+    SendImage,
     SendMessage,
+    SendText,
 )
 from message_service.verification import ImageVerifier, VerifiedImage
 
@@ -253,11 +255,9 @@ class MessageService:
         """Store a message; ``(message, True)`` when new, ``(stored, False)`` for a retry of one."""
         verified: VerifiedImage | None = None
         message_id = message_id_for(conversation_id, user_id, request.client_message_id)
-        if request.message_type == "text":
+        if isinstance(request, SendText):
             members = await _participants_for(self._conversations, conversation_id, user_id)
-            if request.metadata is not None:
-                raise ProblemError(400, "invalid_request", "metadata is only for image messages")
-            if not (request.content or "").strip():
+            if not request.content.strip():
                 raise ProblemError(400, "empty_message", "a text message needs some content")
             content: str | None = request.content
         else:
@@ -273,7 +273,7 @@ class MessageService:
         message = Message(
             message_id=message_id,
             content=content,
-            message_type=request.message_type,
+            message_type="text" if isinstance(request, SendText) else "image",
             sender_id=user_id,
             timestamp=_now(),
             read_by=(user_id,),
@@ -302,7 +302,7 @@ class MessageService:
         return stored, created
 
     async def _member_and_image(
-        self, user_id: str, conversation_id: str, request: SendMessage, message_id: str
+        self, user_id: str, conversation_id: str, request: SendImage, message_id: str
     ) -> tuple[frozenset[str], Message | None, VerifiedImage | None]:
         """Membership, the earlier message of a retry and the object check, overlapped: independent
         round trips, one wait.
@@ -312,9 +312,6 @@ class MessageService:
         answered with the stored message whatever the check says: by then the media processor may have
         deleted the raw upload, and a client that lost the 201 must not be told to upload again.
         """
-        if request.metadata is None:
-            await _participants_for(self._conversations, conversation_id, user_id)
-            raise ProblemError(400, "invalid_request", "an image message needs metadata.object_key")
         membership, earlier, verification = await asyncio.gather(
             _participants_for(self._conversations, conversation_id, user_id),
             self._earlier_send(conversation_id, message_id, request),

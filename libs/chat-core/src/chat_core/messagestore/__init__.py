@@ -23,9 +23,8 @@ Firestore layout (SQLite mirrors it in tables):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Generic, Literal, Protocol, TypeVar
 
@@ -34,6 +33,7 @@ import msgspec
 from chat_core.timestamps import from_micros, micros
 
 __all__ = [
+    "CURSOR_PATTERN",
     "PUSH_RECEIPT_TTL",
     "ChatStore",
     "Conversation",
@@ -206,26 +206,29 @@ class ConversationExists(Exception):
 
 
 class InvalidCursor(ValueError):
-    """A cursor this store did not hand out (garbled or tampered with)."""
+    """A cursor that is no position (not ``CURSOR_PATTERN``)."""
+
+
+# A cursor is a keyset position, ``{microseconds since the epoch}.{id}`` (the id of the last row shown: a
+# message or conversation id). Any value of this shape is a position a page can start after, so the
+# OpenAPI document's pattern is the whole rule: a schema-valid cursor is never refused. Times past the
+# last representable one mean "from the newest".
+CURSOR_PATTERN = re.compile(r"^([0-9]{1,18})\.([A-Za-z0-9][A-Za-z0-9_-]{0,63})(?!\n)$")
+_LAST_MICROS = micros(dt.datetime.max.replace(tzinfo=dt.UTC))
 
 
 def encode_cursor(position: dt.datetime, key: str) -> str:
-    """An opaque cursor for keyset pagination on (time, id): both adapters page with it."""
-    raw = msgspec.json.encode([micros(position), key])
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    """The cursor of keyset pagination on (time, id) after ``position``, ``key`` (both adapters use it)."""
+    return f"{max(micros(position), 0)}.{key}"
 
 
 def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
-    """(time, id) of a cursor made by ``encode_cursor``; raises InvalidCursor."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        stamp, key = msgspec.json.decode(raw, type=tuple[int, str])
-        position = from_micros(stamp)
-    except (binascii.Error, ValueError, OverflowError, msgspec.DecodeError):
-        raise InvalidCursor("the cursor is not one this server issued") from None
-    if not key:
-        raise InvalidCursor("the cursor is not one this server issued")
-    return position, key
+    """(time, id) of a cursor of ``CURSOR_PATTERN``; raises InvalidCursor."""
+    match = CURSOR_PATTERN.fullmatch(cursor)
+    if match is None:
+        raise InvalidCursor("a cursor is the nextCursor of a page: {microseconds}.{id}")
+    stamp, key = match.groups()
+    return from_micros(min(int(stamp), _LAST_MICROS)), key
 
 
 class ObjectAlreadyUsed(Exception):
