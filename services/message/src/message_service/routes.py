@@ -20,6 +20,7 @@ from message_service.schemas import (
     AddParticipants,
     ConversationPage,
     CreateConversation,
+    ForwardMessage,
     MessagePage,
     SendMessage,
 )
@@ -159,6 +160,37 @@ async def mark_read(
     return await message_service.mark_read(principal.user_id, conversation_id, message_id)
 
 
+@post(
+    "/conversations/{conversation_id:str}/messages/{message_id:str}/forward",
+    summary="Forward a message to another conversation",
+    description=(
+        "201 with a new message in `conversationId`, sent by you, `forwarded: true`, the caption kept "
+        "unless `content` gives another; it names neither the source conversation nor the source message. "
+        "Images are copied server-side from their ready variants (no re-upload, no re-processing): the new "
+        "message is `ready` at once, with the same dimensions, variants and BlurHash, and deleting either "
+        "message leaves the other's image intact. You must be a member of both conversations (404 "
+        "`conversation_not_found` otherwise). 409 `image_not_ready` while the image is processing; 404 "
+        "`message_deleted` when the source was deleted. A retry with the same `clientMessageId` returns "
+        "the same message (200). Counted as a send by the rate limit and the daily bytes quota."
+    ),
+    tags=["messages"],
+    opt={RATE_LIMIT_OPT: "sends"},
+    responses={
+        201: ResponseSpec(Message, description="Stored in the target (a retry of a stored one: 200)"),
+        **problem_responses(400, 401, 404, 409, 422, 429, 503),
+    },
+)
+async def forward_message(
+    conversation_id: FromPath[str],
+    message_id: FromPath[str],
+    data: JSONBody[ForwardMessage],
+    principal: NamedDependency[Principal],
+    message_service: NamedDependency[MessageService],
+) -> Response[Message]:
+    message, created = await message_service.forward(principal.user_id, conversation_id, message_id, data)
+    return Response(message, status_code=201 if created else 200)
+
+
 ROUTES = [
     create_conversation,
     list_conversations,
@@ -168,4 +200,5 @@ ROUTES = [
     send_message,
     list_messages,
     mark_read,
+    forward_message,
 ]

@@ -24,6 +24,7 @@ __all__ = [
     "AddParticipants",
     "ConversationPage",
     "CreateConversation",
+    "ForwardMessage",
     "ImageMetadataRequest",
     "MessagePage",
     "SendMessage",
@@ -126,6 +127,36 @@ class SendMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
             msgspec.Meta(
                 pattern=r"^[A-Za-z0-9_.:-]{1,128}(?!\n)$",
                 description="Any id the client picks per message; a retry with it returns the same message.",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class ForwardMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    conversation_id: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=CONVERSATION_ID_PATTERN.pattern,
+            description="The conversation to forward to (you must be a member of it).",
+        ),
+    ]
+    content: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=MAX_CONTENT_CHARS,
+                description="A caption of your own; omitted: the source's caption (or text) is kept.",
+            ),
+        ]
+        | None
+    ) = None
+    client_message_id: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                pattern=r"^[A-Za-z0-9_.:-]{1,128}(?!\n)$",
+                description="Any id the client picks per forward; a retry with it returns the same message.",
             ),
         ]
         | None

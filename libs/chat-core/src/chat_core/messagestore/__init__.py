@@ -118,6 +118,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     timestamp: dt.datetime
     read_by: tuple[str, ...]
     metadata: ImageMetadata | None = None
+    # True on a message forwarded from another conversation (it never names the source); absent otherwise.
+    forwarded: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class LastMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
