@@ -65,7 +65,7 @@ def forwardable_image(message: Message) -> ImageMetadata:
 
 
 async def copy_image(
-    objects: ObjectStore,
+    object_store: ObjectStore,
     *,
     base_url: str,
     source_conversation: str,
@@ -85,7 +85,7 @@ async def copy_image(
         "preview": variants.preview.content_type,
     }
     copies = [
-        objects.copy(
+        object_store.copy(
             keys.derivative_key(source_conversation, source_message_id, variant, content_type),
             keys.derivative_key(target_conversation, target_message_id, variant, content_type),
         )
