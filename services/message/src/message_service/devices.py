@@ -18,7 +18,7 @@ from litestar.params import JSONBody, PathParameter
 
 from chat_core.auth import Principal
 from chat_core.errors import ProblemError
-from chat_core.messagestore import Device, DeviceStore, Platform
+from chat_core.messagestore import Device, DeviceProvider, DeviceStore, Platform
 
 __all__ = ["ROUTES", "DeviceRegistration", "DeviceService"]
 
@@ -36,6 +36,13 @@ DeviceToken = Annotated[
 
 class DeviceRegistration(msgspec.Struct, frozen=True, kw_only=True):
     platform: Annotated[Platform, msgspec.Meta(description="`ios`, `android` or `web`.")]
+    provider: Annotated[
+        DeviceProvider,
+        msgspec.Meta(
+            description="The push service the token is for: `fcm` (an FCM registration token, the default) "
+            "or `apns` (a raw APNs device token, for iOS apps without Firebase)."
+        ),
+    ] = "fcm"
 
 
 class DeviceService:
@@ -51,9 +58,17 @@ class DeviceService:
                 "a device token is 8 to 4096 letters, digits, '_', ':', '.' or '-'",
             )
 
-    async def register(self, user_id: str, token: str, platform: Platform) -> Device:
+    async def register(
+        self, user_id: str, token: str, platform: Platform, provider: DeviceProvider = "fcm"
+    ) -> Device:
         self._check(token)
-        device = Device(token=token, platform=platform, user_id=user_id, updated_at=dt.datetime.now(dt.UTC))
+        device = Device(
+            token=token,
+            platform=platform,
+            user_id=user_id,
+            updated_at=dt.datetime.now(dt.UTC),
+            provider=provider,
+        )
         await self._store.put_device(device)
         return device
 
@@ -67,7 +82,10 @@ class DeviceService:
     "/me/devices/{token:str}",
     status_code=200,
     summary="Register a device for push notifications",
-    description="Idempotent; a token registered by another user moves to the caller.",
+    description=(
+        "Idempotent; a token registered by another user moves to the caller. `provider` says which push "
+        "service the token is for (`fcm` by default, `apns` for a raw APNs device token)."
+    ),
     tags=["devices"],
 )
 async def register_device(
@@ -76,7 +94,7 @@ async def register_device(
     principal: NamedDependency[Principal],
     device_service: NamedDependency[DeviceService],
 ) -> Device:
-    return await device_service.register(principal.user_id, token, data.platform)
+    return await device_service.register(principal.user_id, token, data.platform, data.provider)
 
 
 @delete("/me/devices/{token:str}", status_code=204, summary="Stop pushes to a device", tags=["devices"])

@@ -257,6 +257,9 @@ class FirestoreChatStore:
             change["admins"] = ArrayUnion(list(dict.fromkeys(admins)))
         return await self._update_participants(conversation_id, change)
 
+    async def set_push_image_previews(self, conversation_id: str, enabled: bool) -> Conversation:
+        return await self._update_participants(conversation_id, {"pushImagePreviews": enabled})
+
     async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
         return await self._update_participants(
             conversation_id, {"participants": ArrayRemove([user_id]), "admins": ArrayRemove([user_id])}

@@ -41,6 +41,8 @@ class LogPushProvider:
             title=message.title,
             body=message.body,
             data=message.data,
+            device_provider=message.provider,
+            with_image=message.image_url is not None,  # never the link: it is a bearer credential
         )
         return "sent"
 
