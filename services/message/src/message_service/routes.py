@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Response, delete, get, post
+from litestar import Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import BodyKwarg, FromPath, JSONBody, QueryParameter
 
 from chat_core.auth import Principal
-from chat_core.errors import problem_responses
+from chat_core.errors import ProblemError, problem_responses
 from chat_core.messagestore import Conversation, Message
 from chat_core.ratelimit import RATE_LIMIT_OPT
 from message_service.schemas import (
@@ -23,6 +23,7 @@ from message_service.schemas import (
     ForwardMessage,
     MessagePage,
     SendMessage,
+    UpdateConversation,
 )
 from message_service.service import ConversationService, MessageService
 
@@ -34,6 +35,15 @@ Before = Annotated[
 ]
 
 
+async def _strict_booleans(request: Request[Any, Any, Any], *fields: str) -> None:
+    """Litestar converts bodies leniently (``0`` or ``"false"`` would pass for a boolean); a setting is
+    ``true`` or ``false``, as the schema says."""
+    body = await request.json()
+    for field in fields:
+        if isinstance(body, dict) and field in body and not isinstance(body[field], bool):
+            raise ProblemError(400, "invalid_request", f"{field}: Expected `bool`")
+
+
 @post(
     "/conversations",
     status_code=201,
@@ -41,13 +51,15 @@ Before = Annotated[
     description="The caller is always a member; `participantIds` are the others.",
     tags=["conversations"],
     opt={RATE_LIMIT_OPT: "conversations"},
-    responses=problem_responses(409),
+    responses=problem_responses(400, 409, 413),
 )
 async def create_conversation(
+    request: Request[Any, Any, Any],
     data: JSONBody[CreateConversation],
     principal: NamedDependency[Principal],
     conversation_service: NamedDependency[ConversationService],
 ) -> Conversation:
+    await _strict_booleans(request, "pushImagePreviews")
     return await conversation_service.create(principal.user_id, data)
 
 
@@ -68,6 +80,26 @@ async def get_conversation(
     conversation_service: NamedDependency[ConversationService],
 ) -> Conversation:
     return await conversation_service.get(principal.user_id, conversation_id)
+
+
+@patch(
+    "/conversations/{conversation_id:str}",
+    status_code=200,
+    summary="Change a conversation's settings",
+    description="Admins only (403 `not_an_admin`); fields left out stay as they are. `pushImagePreviews`: "
+    "whether pushes of its images show the photo.",
+    tags=["conversations"],
+    responses=problem_responses(400, 401, 403, 404),
+)
+async def update_conversation(
+    request: Request[Any, Any, Any],
+    conversation_id: FromPath[str],
+    data: JSONBody[UpdateConversation],
+    principal: NamedDependency[Principal],
+    conversation_service: NamedDependency[ConversationService],
+) -> Conversation:
+    await _strict_booleans(request, "pushImagePreviews")
+    return await conversation_service.update(principal.user_id, conversation_id, data)
 
 
 @post(
@@ -195,6 +227,7 @@ ROUTES = [
     create_conversation,
     list_conversations,
     get_conversation,
+    update_conversation,
     add_participants,
     remove_participant,
     send_message,

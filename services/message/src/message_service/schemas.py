@@ -28,6 +28,7 @@ __all__ = [
     "ImageMetadataRequest",
     "MessagePage",
     "SendMessage",
+    "UpdateConversation",
 ]
 
 _KEY = "images/user123/20240419-123456-0f8e4c2a-9b7d-4e11-8a3c-5d6e7f809112.jpg"
@@ -87,6 +88,24 @@ class CreateConversation(msgspec.Struct, frozen=True, kw_only=True, rename="came
                 description="Optional id of your choosing (e.g. an existing chat's); 409 when taken. "
                 "Default: a random one.",
             ),
+        ]
+        | None
+    ) = None
+    push_image_previews: Annotated[
+        bool,
+        msgspec.Meta(
+            description="Whether pushes of this conversation's images show the photo (a thumbnail link); "
+            "`false` keeps its photos off lock screens."
+        ),
+    ] = True
+
+
+class UpdateConversation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Settings an admin changes; a field left out stays as it is."""
+
+    push_image_previews: (
+        Annotated[
+            bool, msgspec.Meta(description="Whether pushes of this conversation's images show the photo.")
         ]
         | None
     ) = None

@@ -48,6 +48,7 @@ from message_service.schemas import (
     ForwardMessage,
     MessagePage,
     SendMessage,
+    UpdateConversation,
 )
 from message_service.verification import ImageVerifier, VerifiedImage
 
@@ -105,6 +106,7 @@ class ConversationService:
             created_at=now,
             updated_at=now,
             admins=(user_id,),  # the creator administers the conversation
+            push_image_previews=request.push_image_previews,
         )
         try:
             await self._store.create_conversation(conversation)
@@ -150,6 +152,25 @@ class ConversationService:
         conversation = await self._store.get_conversation(conversation_id)
         if conversation is None or user_id not in conversation.participants:
             raise _no_such_conversation()
+        return conversation
+
+    async def update(self, user_id: str, conversation_id: str, request: UpdateConversation) -> Conversation:
+        """Change the conversation's settings (admins only)."""
+        conversation = await self._as_member(user_id, conversation_id)
+        if user_id not in conversation.admin_ids():
+            raise _not_an_admin("only admins change a conversation's settings")
+        previews = request.push_image_previews
+        if isinstance(previews, bool) and previews != conversation.push_image_previews:
+            try:
+                conversation = await self._store.set_push_image_previews(conversation_id, previews)
+            except ConversationNotFound:
+                raise _no_such_conversation() from None
+            audit(
+                "conversation_settings_changed",
+                actor=user_id,
+                conversation_id=conversation_id,
+                push_image_previews=previews,
+            )
         return conversation
 
     async def add_participants(
