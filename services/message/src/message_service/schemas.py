@@ -103,12 +103,10 @@ class CreateConversation(msgspec.Struct, frozen=True, kw_only=True, rename="came
 class UpdateConversation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """Settings an admin changes; a field left out stays as it is."""
 
-    push_image_previews: (
-        Annotated[
-            bool, msgspec.Meta(description="Whether pushes of this conversation's images show the photo.")
-        ]
-        | None
-    ) = None
+    push_image_previews: Annotated[
+        bool | msgspec.UnsetType,
+        msgspec.Meta(description="Whether pushes of this conversation's images show the photo."),
+    ] = msgspec.UNSET
 
 
 class AddParticipants(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
