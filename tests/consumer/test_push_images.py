@@ -245,3 +245,29 @@ async def test_a_conversation_can_opt_out_of_image_previews(
     fcm, apns = await rig.pushes()
     assert fcm["notification"]["image"].startswith(f"{rig.stack.base_url}/images/{quiet}/")
     assert apns["image"].startswith(f"{rig.stack.base_url}/images/{quiet}/")
+
+
+async def test_a_forward_is_pushed_like_any_send_with_a_link_to_its_own_copy(
+    push_rig: Callable[..., Awaitable[PushRig]],
+) -> None:
+    rig = await push_rig()
+    stack = rig.stack
+    source_cid = await stack.conversation("alice")
+    image = await stack.share("alice", source_cid)
+    assert image.message is not None
+    target = await rig.conversation_with_devices()
+    forwarded = await stack.http.post(
+        f"/conversations/{source_cid}/messages/{image.message.message_id}/forward",
+        json={"conversationId": target},
+        headers=auth_header("alice"),
+    )
+    assert forwarded.status_code == 201, forwarded.text
+    fcm, apns = await rig.pushes()
+    object_key = forwarded.json()["metadata"]["object_key"]
+    for link in (fcm["notification"]["image"], apns["image"]):
+        assert urlsplit(link).path == f"/images/{target}/{object_key}"
+        assert source_cid not in link
+        served_bytes = await _get(stack, link)
+        assert served_bytes.status_code == 200
+    copied = keys.derivative_key(target, forwarded.json()["messageId"], "thumbnail", "image/jpeg")
+    assert served_bytes.content == (await stack.store.read(copied))[1]
