@@ -208,7 +208,7 @@ def push_provider(backends: Backends, kind: PushKind) -> PushProvider:
         case "apns":
             from chat_core.push import apns
 
-            return apns.create(backends)
+            return apns.ApnsPushProvider(backends.settings.push)  # needs its settings alone
 
 
 def rate_limiter(backends: Backends) -> RateLimiter:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -35,14 +35,11 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from chat_core.push import PushMessage, PushOutcome
+from chat_core.push import PushMessage, PushOutcome, PushProvider
 from chat_core.retries import RetryableAnswer, RetryBudget, retrying, status_reason
 from chat_core.settings import PushSettings
 
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
-
-__all__ = ["ENDPOINTS", "ApnsPushProvider", "create", "load_key"]
+__all__ = ["ENDPOINTS", "ApnsPushProvider", "load_key"]
 
 ENDPOINTS = {"production": "https://api.push.apple.com", "sandbox": "https://api.sandbox.push.apple.com"}
 _TOKEN_LIFETIME = 40 * 60.0  # inside APNs' hour, outside its 20-minute refresh floor
@@ -61,7 +58,7 @@ def load_key(path: str) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-class ApnsPushProvider:
+class ApnsPushProvider(PushProvider):
     name = "apns"
     readiness_name = "apns"
 
@@ -190,7 +187,3 @@ def _outcome(status: int, reason: str) -> PushOutcome:
         return "invalid_token"
     _log.warning("apns_refused", status=status, reason=reason)
     return "retry"
-
-
-def create(backends: Backends) -> ApnsPushProvider:
-    return ApnsPushProvider(backends.settings.push)
