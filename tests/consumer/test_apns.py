@@ -4,16 +4,21 @@ with a P-256 auth key made for the test."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from chat_core.backends import Backends
+from chat_core.messagestore import Device
+from chat_core.notifications import Notification
 from chat_core.push import PushMessage, PushRouter
 from chat_core.push.apns import ENDPOINTS, ApnsPushProvider
 from chat_core.settings import SettingsError, load_settings
+from notification_consumer.consumer import NotificationConsumer
 from tests.conftest import make_settings
 from tests.consumer.apns_receiver import KEY_ID, TEAM_ID, TOPIC, ApnsReceiver, auth_key, served
 
@@ -188,3 +193,41 @@ def test_sandbox_and_production_have_their_own_endpoints(tmp_path: Path) -> None
         env = {**apns_env(tmp_path / "k.p8", ""), "APNS_ENVIRONMENT": environment}
         provider = ApnsPushProvider(make_settings(tmp_path, env).push)
         assert provider.endpoint == ENDPOINTS[environment]
+
+
+async def test_a_device_no_configured_provider_can_reach_is_skipped_and_kept(
+    apns: Callable[..., Awaitable[Rig]], tmp_path: Path
+) -> None:
+    receiver, router = await apns()
+    backends = Backends(make_settings(tmp_path / "store"))
+    devices, receipts, queue = backends.devices, backends.push_receipts, backends.notification_queue
+    async with backends:
+        now = dt.datetime.now(dt.UTC)
+        await devices.put_device(
+            Device(token="fcm-only-token", platform="android", user_id="bob", updated_at=now)
+        )
+        await devices.put_device(
+            Device(token=APNS_TOKEN, platform="ios", user_id="bob", updated_at=now, provider="apns")
+        )
+        consumer = NotificationConsumer(
+            queue, devices, receipts, router, concurrency=4, wait_seconds=1, max_receives=3,
+            retry_base_seconds=0.1, drain_seconds=1,
+        )  # fmt: skip
+        before = REGISTRY.get_sample_value(
+            "chat_notifications_failed_total", {"provider": "fcm", "reason": "no_provider"}
+        )
+        job = Notification(
+            notification_id="m-1:0", conversation_id="c-1", message_id="m-1", sender_id="alice",
+            message_type="text", preview="hi", recipient_ids=("bob",), created_at=now,
+        )  # fmt: skip
+        assert await consumer._push_all(job) == (True, None)
+        assert [request.token for request in receiver.accepted] == [APNS_TOKEN]
+        after = REGISTRY.get_sample_value(
+            "chat_notifications_failed_total", {"provider": "fcm", "reason": "no_provider"}
+        )
+        assert (after or 0) - (before or 0) == 1
+        # Skipped, never deleted: a deployment with FCM configured reaches it.
+        assert {d.token for d in (await devices.devices_for(["bob"]))["bob"]} == {
+            "fcm-only-token",
+            APNS_TOKEN,
+        }
