@@ -5,9 +5,10 @@ from values, the ConfigMap and the Secrets the profile tells the operator to cre
 ``TEST_SECRETS``; each Secret volume's files at its mount path; ``/tmp`` a tmpfs of the emptyDir's
 ``sizeLimit``), with the cloud's endpoints pointed at local Redis, LocalStack and the Firestore emulator.
 The test profile's in-namespace Redis, LocalStack and emulator are these same local ones (their pods
-run third-party images). Then every component's readiness probe must answer 200 with every check ok, the profile's own ``helm test`` Job must pass,
-one image message must go upload URL -> PUT -> send -> ``ready`` -> proxy through a gateway routing as
-the profile's Ingress or HTTPRoute does, and the cleanup CronJob's command must succeed.
+run third-party images). Then every component's readiness probe must answer 200 with every check ok,
+the profile's own ``helm test`` Job must pass, one image message must go upload URL -> PUT -> send ->
+``ready`` -> proxy through a gateway routing as the profile's Ingress or HTTPRoute does, and the cleanup
+CronJob's command must succeed.
 
 What cannot be stood in for is overridden, and only here: ``ENDPOINTS`` (TLS endpoints of AWS and Google,
 and the platform's own addresses), ``ISOLATION`` (names, so stacks sharing the backends keep apart) and
