@@ -232,6 +232,21 @@ async def test_removing_a_member_removes_their_role(store: ChatStore) -> None:
     assert rejoined.admin_ids() == frozenset({"bob"})
 
 
+async def test_push_image_previews_are_on_unless_the_conversation_turns_them_off(store: ChatStore) -> None:
+    on = conversation()
+    off = msgspec_replace(conversation(), push_image_previews=False)
+    await store.create_conversation(on)
+    await store.create_conversation(off)
+    assert (await store.get_conversation(on.conversation_id)).push_image_previews is True  # type: ignore[union-attr]
+    assert (await store.get_conversation(off.conversation_id)).push_image_previews is False  # type: ignore[union-attr]
+    changed = await store.set_push_image_previews(on.conversation_id, False)
+    assert changed.push_image_previews is False
+    assert (await store.get_conversation(on.conversation_id)) == changed
+    assert (await store.set_push_image_previews(on.conversation_id, True)).push_image_previews is True
+    with pytest.raises(ConversationNotFound):
+        await store.set_push_image_previews("no-such-conversation", False)
+
+
 async def test_a_conversation_stored_without_roles_has_its_creator_as_admin(store: ChatStore) -> None:
     legacy = conversation(("alice", "bob"))  # no admins: as stored before roles existed
     await store.create_conversation(legacy)
@@ -700,6 +715,17 @@ async def test_concurrent_registrations_never_pass_the_device_limit(store: ChatS
     assert len(found) == 3
     evicted = [token for tokens_evicted in results for token in tokens_evicted]
     assert sorted(evicted + found) == tokens  # each token kept or evicted exactly once
+
+
+async def test_a_device_keeps_the_push_service_its_token_is_for(store: ChatStore) -> None:
+    apns = msgspec_replace(device("a" * 64, "alice"), provider="apns")
+    await store.put_device(apns)
+    await store.put_device(device("fcm-token-1", "alice", "android"))
+    found = await store.devices_for(["alice"])
+    assert [(d.token, d.provider) for d in found["alice"]] == [("a" * 64, "apns"), ("fcm-token-1", "fcm")]
+    # Registered again for the other service (the app switched push stacks): the latest wins.
+    await store.put_device(device("a" * 64, "alice"))
+    assert (await store.devices_for(["alice"]))["alice"][0].provider == "fcm"
 
 
 # --- OutboxStore (create_message writes the entries) ------------------------------------------------

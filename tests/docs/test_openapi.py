@@ -206,3 +206,33 @@ def test_a_route_added_with_bare_ids_still_gets_their_shapes_and_links(tmp_path:
     }
     send = document["paths"]["/conversations/{conversation_id}/messages"]["post"]["responses"]["201"]
     assert operation["operationId"] in send["links"]
+
+
+def _types(schema: dict[str, Any]) -> list[str]:
+    return [schema["type"]] if "type" in schema else [option["type"] for option in schema["oneOf"]]
+
+
+async def test_the_forward_and_settings_shapes_are_documented_exactly(
+    tmp_path: Path, client_for: Any
+) -> None:
+    document = await _document(message_service.app.create_app, tmp_path, client_for)
+    schemas = document["components"]["schemas"]
+    forward = document["paths"][SEND + "/{message_id}/forward"]["post"]
+    body_ref = forward["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    body = schemas[body_ref.rsplit("/", 1)[-1]]
+    assert set(body["properties"]) == {"conversationId", "content", "clientMessageId"}
+    assert body["required"] == ["conversationId"]
+    created = forward["responses"]["201"]["content"]["application/json"]["schema"]["$ref"]
+    message = schemas[created.rsplit("/", 1)[-1]]
+    assert _types(message["properties"]["forwarded"]) == ["boolean"]
+    assert "forwarded" not in message.get("required", [])  # absent unless the message was forwarded
+    _assert_problem_responses(forward, ["400", "401", "404", "409", "422", "429"])
+    update = document["paths"]["/conversations/{conversation_id}"]["patch"]
+    update_ref = update["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    settings = schemas[update_ref.rsplit("/", 1)[-1]]
+    assert _types(settings["properties"]["pushImagePreviews"]) == ["boolean"]  # never null
+    assert settings["required"] == []
+    device_ref = document["paths"]["/me/devices/{token}"]["put"]["requestBody"]["content"]["application/json"]
+    registration = schemas[device_ref["schema"]["$ref"].rsplit("/", 1)[-1]]
+    assert registration["properties"]["provider"]["enum"] == ["fcm", "apns"]
+    assert registration["required"] == ["platform"]

@@ -96,6 +96,9 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
         last_messages,
         events,
         backends.quotas,
+        objects=backends.object_store,
+        storage=backends.storage_ledger,
+        base_url=settings.service.base_url(),
     )
     return ServiceParts(
         component=COMPONENT,

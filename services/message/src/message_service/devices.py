@@ -26,7 +26,7 @@ from litestar.params import JSONBody, PathParameter
 
 from chat_core.auth import Principal
 from chat_core.errors import ProblemError
-from chat_core.messagestore import Device, DeviceStore, Platform
+from chat_core.messagestore import Device, DeviceProvider, DeviceStore, Platform
 
 __all__ = ["ROUTES", "DeviceRegistration", "DeviceService"]
 
@@ -46,6 +46,13 @@ DeviceToken = Annotated[
 
 class DeviceRegistration(msgspec.Struct, frozen=True, kw_only=True):
     platform: Annotated[Platform, msgspec.Meta(description="`ios`, `android` or `web`.")]
+    provider: Annotated[
+        DeviceProvider,
+        msgspec.Meta(
+            description="The push service the token is for: `fcm` (an FCM registration token, the default) "
+            "or `apns` (a raw APNs device token, for iOS apps without Firebase)."
+        ),
+    ] = "fcm"
 
 
 class DeviceService:
@@ -62,9 +69,17 @@ class DeviceService:
                 "a device token is 8 to 4096 letters, digits, '_', ':', '.' or '-'",
             )
 
-    async def register(self, user_id: str, token: str, platform: Platform) -> Device:
+    async def register(
+        self, user_id: str, token: str, platform: Platform, provider: DeviceProvider = "fcm"
+    ) -> Device:
         self._check(token)
-        device = Device(token=token, platform=platform, user_id=user_id, updated_at=dt.datetime.now(dt.UTC))
+        device = Device(
+            token=token,
+            platform=platform,
+            user_id=user_id,
+            updated_at=dt.datetime.now(dt.UTC),
+            provider=provider,
+        )
         evicted = await self._store.put_device(device, max_devices=self._max_devices)
         if evicted:  # how many, never which: a token is a credential to push to someone
             _log.info("devices_evicted", user_id=user_id, evicted=len(evicted), limit=self._max_devices)
@@ -82,7 +97,8 @@ class DeviceService:
     summary="Register a device for push notifications",
     description=(
         "Idempotent; a token registered by another user moves to the caller. A user keeps at most "
-        "`MAX_DEVICES_PER_USER` tokens (10): one more evicts the least recently registered."
+        "`MAX_DEVICES_PER_USER` tokens (10): one more evicts the least recently registered. `provider` says "
+        "which push service the token is for (`fcm` by default, `apns` for a raw APNs device token)."
     ),
     tags=["devices"],
 )
@@ -92,7 +108,7 @@ async def register_device(
     principal: NamedDependency[Principal],
     device_service: NamedDependency[DeviceService],
 ) -> Device:
-    return await device_service.register(principal.user_id, token, data.platform)
+    return await device_service.register(principal.user_id, token, data.platform, data.provider)
 
 
 @delete("/me/devices/{token:str}", status_code=204, summary="Stop pushes to a device", tags=["devices"])

@@ -24,11 +24,13 @@ __all__ = [
     "AddParticipants",
     "ConversationPage",
     "CreateConversation",
+    "ForwardMessage",
     "ImageMetadataRequest",
     "MessagePage",
     "SendImage",
     "SendMessage",
     "SendText",
+    "UpdateConversation",
 ]
 
 _KEY = "images/user123/20240419-123456-0f8e4c2a-9b7d-4e11-8a3c-5d6e7f809112.jpg"
@@ -91,6 +93,22 @@ class CreateConversation(msgspec.Struct, frozen=True, kw_only=True, rename="came
         ]
         | None
     ) = None
+    push_image_previews: Annotated[
+        bool,
+        msgspec.Meta(
+            description="Whether pushes of this conversation's images show the photo (a thumbnail link); "
+            "`false` keeps its photos off lock screens."
+        ),
+    ] = True
+
+
+class UpdateConversation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Settings an admin changes; a field left out stays as it is."""
+
+    push_image_previews: Annotated[
+        bool | msgspec.UnsetType,
+        msgspec.Meta(description="Whether pushes of this conversation's images show the photo."),
+    ] = msgspec.UNSET
 
 
 class AddParticipants(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -182,6 +200,36 @@ NextCursor = Annotated[
         description="Pass as `before` for the next (older) page; null on the last page.",
     ),
 ]
+
+
+class ForwardMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    conversation_id: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=CONVERSATION_ID_PATTERN.pattern,
+            description="The conversation to forward to (you must be a member of it).",
+        ),
+    ]
+    content: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=MAX_CONTENT_CHARS,
+                description="A caption of your own; omitted: the source's caption (or text) is kept.",
+            ),
+        ]
+        | None
+    ) = None
+    client_message_id: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                pattern=r"^[A-Za-z0-9_.:-]{1,128}(?!\n)$",
+                description="Any id the client picks per forward; a retry with it returns the same message.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ConversationPage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

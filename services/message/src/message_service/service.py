@@ -18,7 +18,7 @@ from collections.abc import Awaitable
 
 import structlog
 
-from chat_core import keys, metrics, tracing
+from chat_core import keys, ledger, metrics, tracing
 from chat_core.audit import audit
 from chat_core.auth import USER_ID_PATTERN
 from chat_core.errors import ProblemError
@@ -36,7 +36,9 @@ from chat_core.messagestore import (
     OutboxEntry,
     TooManyParticipants,
 )
+from chat_core.objectstore import ObjectStore
 from chat_core.quota import Quotas
+from message_service import forwarding
 from message_service.events import MessageEvents
 from message_service.last_message import LastMessageWriter
 from message_service.schemas import (
@@ -44,10 +46,12 @@ from message_service.schemas import (
     AddParticipants,
     ConversationPage,
     CreateConversation,
+    ForwardMessage,
     MessagePage,
     SendImage,
     SendMessage,
     SendText,
+    UpdateConversation,
 )
 from message_service.verification import ImageVerifier, VerifiedImage
 
@@ -109,6 +113,7 @@ class ConversationService:
             created_at=now,
             updated_at=now,
             admins=(user_id,),  # the creator administers the conversation
+            push_image_previews=request.push_image_previews,
         )
         try:
             await self._store.create_conversation(conversation)
@@ -154,6 +159,25 @@ class ConversationService:
         conversation = await self._store.get_conversation(conversation_id)
         if conversation is None or user_id not in conversation.participants:
             raise _no_such_conversation()
+        return conversation
+
+    async def update(self, user_id: str, conversation_id: str, request: UpdateConversation) -> Conversation:
+        """Change the conversation's settings (admins only)."""
+        conversation = await self._as_member(user_id, conversation_id)
+        if user_id not in conversation.admin_ids():
+            raise _not_an_admin("only admins change a conversation's settings")
+        previews = request.push_image_previews
+        if isinstance(previews, bool) and previews != conversation.push_image_previews:
+            try:
+                conversation = await self._store.set_push_image_previews(conversation_id, previews)
+            except ConversationNotFound:
+                raise _no_such_conversation() from None
+            audit(
+                "conversation_settings_changed",
+                actor=user_id,
+                conversation_id=conversation_id,
+                push_image_previews=previews,
+            )
         return conversation
 
     async def add_participants(
@@ -243,8 +267,15 @@ class MessageService:
         last_messages: LastMessageWriter,
         events: MessageEvents,
         quotas: Quotas,
+        *,
+        objects: ObjectStore,
+        storage: ledger.StorageLedger,
+        base_url: str,
     ) -> None:
         self._quotas = quotas
+        self._objects = objects
+        self._storage = storage
+        self._base_url = base_url
         self._conversations = conversations
         self._store = messages
         self._verifier = verifier
@@ -299,6 +330,76 @@ class MessageService:
         if created:
             self._record(stored, verified)
             await self._after_send(conversation_id, stored, trace, members, verified)
+        return stored, created
+
+    async def forward(
+        self, user_id: str, conversation_id: str, message_id: str, request: ForwardMessage
+    ) -> tuple[Message, bool]:
+        """A new message in ``request.conversation_id`` with the source's content and server-side copies
+        of its images (``message_service.forwarding``); ``(stored, False)`` for a retry of one."""
+        target = request.conversation_id
+        await _participants_for(self._conversations, conversation_id, user_id)
+        members = await _participants_for(self._conversations, target, user_id)
+        source = (
+            await self._store.get_message(conversation_id, message_id)
+            if keys.UUID_PATTERN.fullmatch(message_id)
+            else None
+        )
+        if source is None:
+            raise ProblemError(404, "message_not_found", "no such message in this conversation")
+        if forwarding.source_is_deleted(source):
+            raise forwarding.message_deleted()
+        new_id = message_id_for(target, user_id, request.client_message_id)
+        if request.client_message_id is not None:
+            # A retry copies nothing again (and is not charged again).
+            existing = await self._store.get_message(target, new_id)
+            if existing is not None:
+                return existing, False
+        content = source.content if request.content is None else request.content
+        content = content if (content or "").strip() else None
+        copied: forwarding.CopiedImage | None = None
+        if source.message_type == "image":
+            image = forwarding.forwardable_image(source)
+            copied = await forwarding.copy_image(
+                self._objects,
+                base_url=self._base_url,
+                source_conversation=conversation_id,
+                source_message_id=source.message_id,
+                source=image,
+                target_conversation=target,
+                target_message_id=new_id,
+                forwarder_id=user_id,
+            )
+            await ledger.record(self._storage, "derived", len(keys.VARIANTS), copied.copied_bytes)
+            await self._quotas.charge_send(user_id, copied.stored_key, copied.copied_bytes)
+        elif content is None:
+            raise ProblemError(400, "empty_message", "a text message needs some content")
+        message = Message(
+            message_id=new_id,
+            content=content,
+            message_type=source.message_type,
+            sender_id=user_id,
+            timestamp=_now(),
+            read_by=(user_id,),
+            metadata=copied.metadata if copied else None,
+            forwarded=True,
+        )
+        trace = tracing.inject()
+        try:
+            # No ETag: the outbox entry carries no media job (the copies are already the variants).
+            stored, created = await self._store.create_message(
+                target,
+                message,
+                object_key=copied.stored_key if copied else None,
+                trace=trace,
+                conversation_checked=True,
+            )
+        except ConversationNotFound:
+            raise _no_such_conversation() from None
+        if created:
+            metrics.MESSAGES_SENT.labels(stored.message_type).inc()
+            metrics.MESSAGES_FORWARDED.labels(stored.message_type).inc()
+            await self._after_send(target, stored, trace, members, None)
         return stored, created
 
     async def _member_and_image(

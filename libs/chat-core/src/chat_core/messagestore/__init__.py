@@ -9,12 +9,12 @@ narrow port (``tests/contract/test_messagestore_contract.py``).
 
 Firestore layout (SQLite mirrors it in tables):
 
-* ``conversations/{cid}``: participants, name, createdAt, updatedAt, lastMessage
+* ``conversations/{cid}``: participants, name, createdAt, updatedAt, lastMessage, admins, pushImagePreviews
 * ``conversations/{cid}/messages/{messageId}``: exactly the spec's message fields
 * ``imageRefs/{sha256(stored_key)}``: which message an object backs (one object, at most one message)
 * ``outbox/{messageId}``: publish + enqueue still to do for a stored message (written in the same
   transaction as the message: "a 201 means durably stored, and its notification is never dropped")
-* ``devices/{sha256(token)}``: userId, token, platform
+* ``devices/{sha256(token)}``: userId, token, platform, provider (absent: fcm)
 * ``deviceUsers/{sha256(user_id)}``: userId, changedAt; rewritten by every registration of the user's
   devices, so that two concurrent ones cannot both pass ``MAX_DEVICES_PER_USER``
 * ``pushReceipts/{sha256(notification_id + token)}``: a push to a device for a notification, claimed
@@ -41,6 +41,7 @@ __all__ = [
     "ConversationNotFound",
     "ConversationStore",
     "Device",
+    "DeviceProvider",
     "DeviceStore",
     "ImageMetadata",
     "ImageStatus",
@@ -71,6 +72,8 @@ T = TypeVar("T")
 PUSH_RECEIPT_TTL = dt.timedelta(days=14)
 MessageType = Literal["text", "image"]
 Platform = Literal["ios", "android", "web"]
+# Which push service a device's token is for: an FCM registration token, or a raw APNs device token.
+DeviceProvider = Literal["fcm", "apns"]
 
 
 ImageStatus = Literal["processing", "ready", "failed"]
@@ -121,6 +124,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     timestamp: dt.datetime
     read_by: tuple[str, ...]
     metadata: ImageMetadata | None = None
+    # True on a message forwarded from another conversation (it never names the source); absent otherwise.
+    forwarded: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class LastMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -145,6 +150,8 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     # Members with the admin role (a subset of ``participants``). Stored since roles exist; a
     # conversation stored before has none, and its creator (the first participant) is its admin.
     admins: tuple[str, ...] = ()
+    # False: pushes of this conversation's images carry no thumbnail (lock-screen privacy).
+    push_image_previews: bool = True
 
     def admin_ids(self) -> frozenset[str]:
         """Who administers the conversation (see ``admins``)."""
@@ -158,6 +165,7 @@ class Device(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     platform: Platform
     user_id: str
     updated_at: dt.datetime
+    provider: DeviceProvider = "fcm"  # devices registered before it existed are FCM's
 
 
 class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -270,6 +278,9 @@ class ConversationStore(Protocol):
 
     async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
         """Remove the member and any role they had. Raises ConversationNotFound."""
+
+    async def set_push_image_previews(self, conversation_id: str, enabled: bool) -> Conversation:
+        """Whether pushes of the conversation's images may carry a thumbnail. Raises ConversationNotFound."""
 
     async def touch_conversation(self, conversation_id: str, last_message: LastMessage) -> None:
         """Set ``lastMessage``/``updatedAt`` unless a newer last message is already stored."""

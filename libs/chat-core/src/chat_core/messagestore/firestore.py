@@ -316,6 +316,9 @@ class FirestoreChatStore(ChatStore):
             return await self._update_participants(conversation_id, {})
         raise gexc.Aborted(f"conversation {conversation_id} kept changing; try again")  # type: ignore[no-untyped-call]
 
+    async def set_push_image_previews(self, conversation_id: str, enabled: bool) -> Conversation:
+        return await self._update_participants(conversation_id, {"pushImagePreviews": enabled})
+
     async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
         return await self._update_participants(
             conversation_id, {"participants": ArrayRemove([user_id]), "admins": ArrayRemove([user_id])}

@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     created_at      INTEGER NOT NULL,  -- microseconds since the epoch, UTC
     updated_at      INTEGER NOT NULL,
     last_message    BLOB,              -- JSON LastMessage
-    admins          TEXT               -- JSON array: members with the admin role
+    admins          TEXT,              -- JSON array: members with the admin role
+    push_image_previews INTEGER        -- 0: pushes carry no image; NULL or 1: they may
 );
 -- One row per member: the by-user index behind "my conversations".
 CREATE TABLE IF NOT EXISTS participants (
@@ -90,7 +91,8 @@ CREATE TABLE IF NOT EXISTS devices (
     token      TEXT    PRIMARY KEY,
     user_id    TEXT    NOT NULL,
     platform   TEXT    NOT NULL,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    provider   TEXT                -- fcm | apns; NULL: fcm (registered before providers existed)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS devices_by_user ON devices (user_id);
 CREATE TABLE IF NOT EXISTS push_receipts (
@@ -109,6 +111,11 @@ def _on_open(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(conversations)")}
     if "admins" not in columns:
         conn.execute("ALTER TABLE conversations ADD COLUMN admins TEXT")
+    if "push_image_previews" not in columns:
+        conn.execute("ALTER TABLE conversations ADD COLUMN push_image_previews INTEGER")
+    # Data dirs made before devices said which push service their token is for (NULL: FCM).
+    if "provider" not in {row[1] for row in conn.execute("PRAGMA table_info(devices)")}:
+        conn.execute("ALTER TABLE devices ADD COLUMN provider TEXT")
     # Data dirs made before push claims had leases: add the column (NULL: done, as those claims were).
     columns = {row[1] for row in conn.execute("PRAGMA table_info(push_receipts)")}
     if "leased_until" not in columns:
@@ -133,11 +140,13 @@ def _conversation(row: sqlite3.Row) -> Conversation:
         if row["last_message"] is not None
         else None,
         admins=tuple(msgspec.json.decode(row["admins"], type=list[str])) if row["admins"] else (),
+        push_image_previews=row["push_image_previews"] != 0,
     )
 
 
 _CONVERSATION_COLUMNS = (
-    "c.conversation_id, c.name, c.participants, c.created_at, c.updated_at, c.last_message, c.admins"
+    "c.conversation_id, c.name, c.participants, c.created_at, c.updated_at, c.last_message, c.admins,"
+    " c.push_image_previews"
 )
 
 
@@ -218,8 +227,8 @@ class SqliteChatStore(ChatStore):
                 raise ConversationExists(conversation.conversation_id)
             conn.execute(
                 "INSERT INTO conversations"
-                " (conversation_id, name, participants, created_at, updated_at, last_message, admins)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " (conversation_id, name, participants, created_at, updated_at, last_message, admins,"
+                " push_image_previews) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     conversation.conversation_id,
                     conversation.name,
@@ -230,6 +239,7 @@ class SqliteChatStore(ChatStore):
                     if conversation.last_message is None
                     else msgspec.json.encode(conversation.last_message),
                     msgspec.json.encode(list(conversation.admins)).decode(),
+                    int(conversation.push_image_previews),
                 ),
             )
             conn.executemany(
@@ -304,6 +314,19 @@ class SqliteChatStore(ChatStore):
             return msgspec.structs.replace(current, participants=participants, admins=promoted)
 
         return await self._db.write(add)
+
+    async def set_push_image_previews(self, conversation_id: str, enabled: bool) -> Conversation:
+        def update(conn: sqlite3.Connection) -> Conversation:
+            current = _select_conversation(conn, conversation_id)
+            if current is None:
+                raise ConversationNotFound(conversation_id)
+            conn.execute(
+                "UPDATE conversations SET push_image_previews = ? WHERE conversation_id = ?",
+                (int(enabled), conversation_id),
+            )
+            return msgspec.structs.replace(current, push_image_previews=enabled)
+
+        return await self._db.write(update)
 
     async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
         def remove(conn: sqlite3.Connection) -> Conversation:
@@ -507,10 +530,10 @@ class SqliteChatStore(ChatStore):
     async def put_device(self, device: Device, *, max_devices: int | None = None) -> list[str]:
         def upsert(conn: sqlite3.Connection) -> list[str]:
             conn.execute(
-                "INSERT INTO devices (token, user_id, platform, updated_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (token) DO UPDATE SET"
-                " user_id = excluded.user_id, platform = excluded.platform, updated_at = excluded.updated_at",
-                (device.token, device.user_id, device.platform, micros(device.updated_at)),
+                "INSERT INTO devices (token, user_id, platform, updated_at, provider) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (token) DO UPDATE SET user_id = excluded.user_id, platform = excluded.platform,"
+                " updated_at = excluded.updated_at, provider = excluded.provider",
+                (device.token, device.user_id, device.platform, micros(device.updated_at), device.provider),
             )
             if max_devices is None:
                 return []
@@ -542,7 +565,7 @@ class SqliteChatStore(ChatStore):
             found: dict[str, list[Device]] = {}
             for chunk in _chunks(users):
                 sql = (
-                    "SELECT token, user_id, platform, updated_at FROM devices"  # noqa: S608
+                    "SELECT token, user_id, platform, updated_at, provider FROM devices"  # noqa: S608
                     f" WHERE user_id IN ({_placeholders(chunk)}) ORDER BY user_id, token"
                 )
                 for row in conn.execute(sql, chunk):
@@ -552,6 +575,7 @@ class SqliteChatStore(ChatStore):
                             user_id=row["user_id"],
                             platform=row["platform"],
                             updated_at=from_micros(row["updated_at"]),
+                            provider=row["provider"] or "fcm",
                         )
                     )
             return found

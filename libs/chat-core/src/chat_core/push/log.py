@@ -45,6 +45,8 @@ class LogPushProvider(PushProvider):
             title_chars=len(message.title),
             body_chars=len(message.body),
             data=message.data,
+            device_provider=message.provider,
+            with_image=message.image_url is not None,  # never the link: it is a bearer credential
         )
         return "sent"
 
