@@ -32,9 +32,14 @@ def _private_writes(path: Path) -> list[str]:
     return found
 
 
+# The one write into a library's internals that is not a client's: Litestar caches the OpenAPI document
+# it serves there and has no public hook between building it and serving it (chat_core.openapi).
+KNOWN = {"openapi.py app.plugins.get(OpenAPIPlugin)._openapi_schema"}
+
+
 def test_no_adapter_writes_a_private_attribute_of_a_client() -> None:
     writes = [write for path in sorted(ADAPTERS.rglob("*.py")) for write in _private_writes(path)]
-    assert writes == []
+    assert [w for w in writes if f"{w.split(':')[0]} {w.split(' ', 1)[1]}" not in KNOWN] == []
 
 
 @pytest.mark.firestore
