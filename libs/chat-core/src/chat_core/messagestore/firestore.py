@@ -31,6 +31,7 @@ import msgspec
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud.firestore_v1 import ArrayRemove, ArrayUnion, AsyncClient, FieldFilter
+from google.cloud.firestore_v1.async_batch import AsyncWriteBatch
 from google.cloud.firestore_v1.async_collection import AsyncCollectionReference
 from google.cloud.firestore_v1.async_document import AsyncDocumentReference
 from google.cloud.firestore_v1.async_query import AsyncQuery
@@ -50,7 +51,10 @@ from chat_core.messagestore import (
     OutboxEntry,
     Page,
     PushClaim,
+    created_event,
     decode_cursor,
+    event_done,
+    legacy_outbox_fields,
     page_of,
 )
 from chat_core.settings import FirestoreSettings
@@ -121,16 +125,31 @@ def _message(snapshot: DocumentSnapshot[Any]) -> Message:
     return msgspec.convert(_plain(snapshot.to_dict() or {}), Message)
 
 
+_OUTBOX_FIELDS = {
+    "eventId": "event_id",
+    "kind": "kind",
+    "conversationId": "conversation_id",
+    "createdAt": "created_at",
+    "message": "message",
+    "userId": "user_id",
+    "added": "added",
+    "removed": "removed",
+    "trace": "trace",
+    "objectKey": "object_key",
+    "objectEtag": "object_etag",
+}
+
+
+def _outbox_fields(entry: OutboxEntry) -> dict[str, Any]:
+    """An outbox entry as stored (camelCase, like every other document here)."""
+    fields = msgspec.to_builtins(entry, builtin_types=(dt.datetime,))
+    return {stored: fields[name] for stored, name in _OUTBOX_FIELDS.items() if fields.get(name) is not None}
+
+
 def _outbox_entry(snapshot: DocumentSnapshot[Any]) -> OutboxEntry:
     data = _plain(snapshot.to_dict() or {})
-    return OutboxEntry(
-        conversation_id=data["conversationId"],
-        message=msgspec.convert(data["message"], Message),
-        created_at=data["createdAt"],
-        trace=data.get("trace") or {},
-        object_key=data.get("objectKey"),
-        object_etag=data.get("objectEtag"),
-    )
+    fields = {name: data[stored] for stored, name in _OUTBOX_FIELDS.items() if data.get(stored) is not None}
+    return msgspec.convert(legacy_outbox_fields(fields, snapshot.id), OutboxEntry)
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
@@ -211,12 +230,26 @@ class FirestoreChatStore:
     def _conversation_ref(self, conversation_id: str) -> AsyncDocumentReference:
         return self.client.collection(CONVERSATIONS).document(conversation_id)
 
+    def _outbox_ref(self, event_id: str) -> AsyncDocumentReference:
+        return self.client.collection(OUTBOX).document(event_id)
+
+    def _append_event(self, batch: AsyncWriteBatch, event: OutboxEntry) -> None:
+        """The one way an entry enters the outbox: in the batch of the change it announces (create():
+        an event id is never written twice)."""
+        batch.create(self._outbox_ref(event.event_id), _outbox_fields(event))
+
     # --- conversations and membership ------------------------------------------------------------
-    async def create_conversation(self, conversation: Conversation) -> None:
+    async def create_conversation(
+        self, conversation: Conversation, *, event: OutboxEntry | None = None
+    ) -> None:
         data = _fields(conversation)
         del data["conversationId"]
+        batch = self.client.batch()
+        batch.create(self._conversation_ref(conversation.conversation_id), data)
+        if event is not None:
+            self._append_event(batch, event)
         try:
-            await self._conversation_ref(conversation.conversation_id).create(data)
+            await batch.commit()
         except gexc.AlreadyExists:
             raise ConversationExists(conversation.conversation_id) from None
 
@@ -246,7 +279,12 @@ class FirestoreChatStore:
         )
 
     async def add_participants(
-        self, conversation_id: str, user_ids: Collection[str], *, admins: Collection[str] = ()
+        self,
+        conversation_id: str,
+        user_ids: Collection[str],
+        *,
+        admins: Collection[str] = (),
+        event: OutboxEntry | None = None,
     ) -> Conversation:
         # ArrayUnion is applied by the server: no read, no transaction, so concurrent additions neither
         # lose each other nor queue on a lock. Members and roles change in one update.
@@ -255,18 +293,28 @@ class FirestoreChatStore:
             change["participants"] = ArrayUnion(list(dict.fromkeys(user_ids)))
         if admins:
             change["admins"] = ArrayUnion(list(dict.fromkeys(admins)))
-        return await self._update_participants(conversation_id, change)
+        return await self._update_participants(conversation_id, change, event)
 
-    async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
+    async def remove_participant(
+        self, conversation_id: str, user_id: str, *, event: OutboxEntry | None = None
+    ) -> Conversation:
         return await self._update_participants(
-            conversation_id, {"participants": ArrayRemove([user_id]), "admins": ArrayRemove([user_id])}
+            conversation_id, {"participants": ArrayRemove([user_id]), "admins": ArrayRemove([user_id])}, event
         )
 
-    async def _update_participants(self, conversation_id: str, change: dict[str, Any]) -> Conversation:
+    async def _update_participants(
+        self, conversation_id: str, change: dict[str, Any], event: OutboxEntry | None
+    ) -> Conversation:
         ref = self._conversation_ref(conversation_id)
         try:
             if change:
-                await ref.update(change)
+                # The event goes with the change (no read: the caller's list of who changed is the event's;
+                # a racing duplicate announcement is harmless, a lost one is not).
+                batch = self.client.batch()
+                batch.update(ref, change)
+                if event is not None:
+                    self._append_event(batch, event)
+                await batch.commit()
         except gexc.NotFound:
             raise ConversationNotFound(conversation_id) from None
         snapshot = await ref.get()
@@ -335,16 +383,11 @@ class FirestoreChatStore:
                 image_ref,
                 {"storedKey": object_key, "conversationId": conversation_id, "messageId": message.message_id},
             )
-        batch.create(
-            self.client.collection(OUTBOX).document(message.message_id),
-            {
-                "conversationId": conversation_id,
-                "message": _fields(message),
-                "createdAt": message.timestamp,
-                "trace": dict(trace or {}),
-                "objectKey": object_key,
-                "objectEtag": object_etag,
-            },
+        self._append_event(
+            batch,
+            created_event(
+                conversation_id, message, trace=trace, object_key=object_key, object_etag=object_etag
+            ),
         )
         try:
             await batch.commit()
@@ -377,10 +420,11 @@ class FirestoreChatStore:
         )
 
     async def mark_read(
-        self, conversation_id: str, message_id: str, user_id: str
+        self, conversation_id: str, message_id: str, user_id: str, *, event: OutboxEntry | None = None
     ) -> tuple[Message, bool] | None:
         # No transaction: many members read one message at once, and ArrayUnion merges on the server
-        # without a lock. Two racing calls by the same reader may both report a change (harmless).
+        # without a lock. Two racing calls by the same reader may both report a change (harmless). The
+        # update and its event are one batch: atomic, still without a lock.
         ref = self._message_ref(conversation_id, message_id)
         snapshot = await ref.get()
         if not snapshot.exists:
@@ -388,8 +432,13 @@ class FirestoreChatStore:
         message = _message(snapshot)
         if user_id in message.read_by:
             return message, False
-        await ref.update({"readBy": ArrayUnion([user_id])})
-        return msgspec.structs.replace(message, read_by=(*message.read_by, user_id)), True
+        read = msgspec.structs.replace(message, read_by=(*message.read_by, user_id))
+        batch = self.client.batch()
+        batch.update(ref, {"readBy": ArrayUnion([user_id])})
+        if event is not None:
+            self._append_event(batch, event_done(event, read))
+        await batch.commit()
+        return read, True
 
     async def image_message(self, conversation_id: str, stored_key: str) -> Message | None:
         ref = await self.client.collection(IMAGE_REFS).document(_doc_id(stored_key)).get()
@@ -398,7 +447,12 @@ class FirestoreChatStore:
         return await self.get_message(conversation_id, str(ref.get("messageId")))
 
     async def finish_image(
-        self, conversation_id: str, message_id: str, metadata: ImageMetadata
+        self,
+        conversation_id: str,
+        message_id: str,
+        metadata: ImageMetadata,
+        *,
+        event: OutboxEntry | None = None,
     ) -> Message | None:
         # Optimistic: the update applies only to the version read, so two deliveries of one media job
         # cannot both finish the image (readBy changes in between just make it look again).
@@ -410,14 +464,20 @@ class FirestoreChatStore:
             current = _message(snapshot)
             if current.metadata is None or current.metadata.status not in (None, "processing"):
                 return None
+            updated = msgspec.structs.replace(current, metadata=metadata)
+            batch = self.client.batch()
+            batch.update(
+                ref,
+                {"metadata": _fields(metadata)},
+                option=self.client.write_option(last_update_time=snapshot.update_time),
+            )
+            if event is not None:
+                self._append_event(batch, event_done(event, updated))
             try:
-                await ref.update(
-                    {"metadata": _fields(metadata)},
-                    option=self.client.write_option(last_update_time=snapshot.update_time),
-                )
+                await batch.commit()
             except (gexc.FailedPrecondition, gexc.Aborted):
                 continue
-            return msgspec.structs.replace(current, metadata=metadata)
+            return updated
         raise RuntimeError(f"message {message_id} kept changing while its image was being finished")
 
     # --- objects ----------------------------------------------------------------------------------
@@ -474,12 +534,11 @@ class FirestoreChatStore:
         )
         return [_outbox_entry(snapshot) async for snapshot in query.stream()]
 
-    async def delete_outbox(self, message_ids: Collection[str]) -> None:
-        collection = self.client.collection(OUTBOX)
-        for chunk in _chunks(list(dict.fromkeys(message_ids)), _BATCH_LIMIT):
+    async def delete_outbox(self, event_ids: Collection[str]) -> None:
+        for chunk in _chunks(list(dict.fromkeys(event_ids)), _BATCH_LIMIT):
             batch = self.client.batch()
-            for message_id in chunk:
-                batch.delete(collection.document(message_id))
+            for event_id in chunk:
+                batch.delete(self._outbox_ref(event_id))
             await batch.commit()
 
     async def outbox_stats(self) -> tuple[int, dt.datetime | None]:
