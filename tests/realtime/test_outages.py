@@ -40,9 +40,9 @@ def bus_failures() -> float:
     return gauge("chat_outbox_relay_errors_total", {"target": "bus"})
 
 
-async def until_publish_failed(before: float) -> None:
-    """Until an immediate publish failed (the change is stored; its event waits in the outbox)."""
-    await until(lambda: bus_failures() > before, timeout=20)
+async def until_publish_failed(before: float, changes: int = 1) -> None:
+    """Until the immediate publish of ``changes`` changes failed (stored; their events wait in the outbox)."""
+    await until(lambda: bus_failures() >= before + changes, timeout=20)
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ async def test_a_socket_open_through_a_redis_outage_is_told_to_resync_then_gets_
     assert read.status_code == 200
     # bob's socket must subscribe to this one too, though its conversation.joined waits in the outbox.
     joined_meanwhile = await deployment.create_conversation(alice, bob)
-    await until_publish_failed(failures)
+    await until_publish_failed(failures, changes=2)
     await asyncio.to_thread(private_redis.start)
 
     # The socket stayed open: it says what was missed is to be fetched, before any later event.
@@ -232,7 +232,7 @@ async def test_members_added_and_removed_while_redis_is_down_are_told_after_it_i
         f"/conversations/{conversation}/participants/{bob}", headers=auth_header(alice)
     )
     assert removed.status_code == 204, removed.text
-    await until_publish_failed(failures)
+    await until_publish_failed(failures, changes=2)
     await asyncio.to_thread(private_redis.start)
 
     joined = await carol_socket.next_of("conversation.joined", timeout=30)

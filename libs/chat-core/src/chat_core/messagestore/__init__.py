@@ -437,7 +437,18 @@ class OutboxStore(Protocol):
     """
 
     async def pending_outbox(self, *, older_than: float, limit: int) -> list[OutboxEntry]:
-        """Entries created more than ``older_than`` seconds ago, oldest first."""
+        """Entries created more than ``older_than`` seconds ago, oldest first (claimed or not)."""
+
+    async def claim_outbox(self, *, older_than: float, limit: int, lease: dt.timedelta) -> list[OutboxEntry]:
+        """Claim up to ``limit`` entries created more than ``older_than`` seconds ago that nobody holds.
+
+        Oldest first. Each returned entry is held by this call for ``lease``: no other claim returns it until
+        the lease lapses (its holder died) or it is released; entries held by others are skipped, not waited
+        for. So relay replicas share the outbox instead of each relaying all of it. Atomic per entry.
+        """
+
+    async def release_outbox(self, event_ids: Collection[str]) -> None:
+        """Give up claims on entries not delivered, so the next claim (any replica's) takes them at once."""
 
     async def delete_outbox(self, event_ids: Collection[str]) -> None: ...
 

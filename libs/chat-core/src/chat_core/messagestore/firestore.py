@@ -22,6 +22,8 @@ coalesce per conversation (``message_service.last_message``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
-from google.cloud.firestore_v1 import ArrayRemove, ArrayUnion, AsyncClient, FieldFilter
+from google.cloud.firestore_v1 import DELETE_FIELD, ArrayRemove, ArrayUnion, AsyncClient, FieldFilter
 from google.cloud.firestore_v1.async_batch import AsyncWriteBatch
 from google.cloud.firestore_v1.async_collection import AsyncCollectionReference
 from google.cloud.firestore_v1.async_document import AsyncDocumentReference
@@ -77,6 +79,7 @@ _GET_ALL_CHUNK = 100
 _IN_CHUNK = 30  # Firestore's limit on the values of an "in" filter
 _BATCH_LIMIT = 500  # writes per batch
 _OPTIMISTIC_ATTEMPTS = 8
+_CLAIM_SCAN = 4  # a claim reads up to this many entries per one it wants (others may hold the oldest)
 _DESCENDING = BaseQuery.DESCENDING
 # What the client raises when Firestore cannot answer now (unreachable, overloaded, contention, its own
 # retries given up): a 503 worth a retry. Anything else it raises is a bug of ours (a 500).
@@ -150,6 +153,12 @@ def _outbox_entry(snapshot: DocumentSnapshot[Any]) -> OutboxEntry:
     data = _plain(snapshot.to_dict() or {})
     fields = {name: data[stored] for stored, name in _OUTBOX_FIELDS.items() if data.get(stored) is not None}
     return msgspec.convert(legacy_outbox_fields(fields, snapshot.id), OutboxEntry)
+
+
+def _free(snapshot: DocumentSnapshot[Any], now: dt.datetime) -> bool:
+    """Nobody holds the outbox entry: never claimed, released, or its lease lapsed."""
+    held = _plain((snapshot.to_dict() or {}).get("leasedUntil"))
+    return held is None or held <= now
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
@@ -533,6 +542,37 @@ class FirestoreChatStore:
             .limit(limit)
         )
         return [_outbox_entry(snapshot) async for snapshot in query.stream()]
+
+    async def claim_outbox(self, *, older_than: float, limit: int, lease: dt.timedelta) -> list[OutboxEntry]:
+        # Read the oldest entries (held ones included: leasedUntil is not indexed, and a second inequality
+        # would need its own index), then take each free one with its update time as a precondition: of
+        # two claimers of one entry exactly one wins, without a transaction or a lock.
+        now = dt.datetime.now(dt.UTC)
+        query = (
+            self.client.collection(OUTBOX)
+            .where(filter=FieldFilter("createdAt", "<", now - dt.timedelta(seconds=older_than)))
+            .order_by("createdAt")
+            .limit(limit * _CLAIM_SCAN)
+        )
+        free = [snapshot async for snapshot in query.stream() if _free(snapshot, now)][:limit]
+        claimed = await asyncio.gather(*(self._claim_entry(snapshot, now + lease) for snapshot in free))
+        return [entry for entry in claimed if entry is not None]
+
+    async def _claim_entry(self, snapshot: DocumentSnapshot[Any], until: dt.datetime) -> OutboxEntry | None:
+        try:
+            await snapshot.reference.update(
+                {"leasedUntil": until}, option=self.client.write_option(last_update_time=snapshot.update_time)
+            )
+        except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
+            return None  # another claimer, or the delivery's delete, came first
+        return _outbox_entry(snapshot)
+
+    async def release_outbox(self, event_ids: Collection[str]) -> None:
+        async def release(event_id: str) -> None:
+            with contextlib.suppress(gexc.NotFound):  # delivered and deleted meanwhile: nothing to give up
+                await self._outbox_ref(event_id).update({"leasedUntil": DELETE_FIELD})
+
+        await asyncio.gather(*(release(event_id) for event_id in dict.fromkeys(event_ids)))
 
     async def delete_outbox(self, event_ids: Collection[str]) -> None:
         for chunk in _chunks(list(dict.fromkeys(event_ids)), _BATCH_LIMIT):
