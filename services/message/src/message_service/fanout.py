@@ -21,9 +21,10 @@ The request does not wait for any of it: ``message_created`` hands the entry to 
 returns, so a slow or dead bus or queue never delays a 201. Whatever fails stays in the outbox, and the
 relay worker retries it (with backoff) until it is delivered: nothing is dropped when Redis or SQS is
 down, only late. The relay claims what it takes (a lease per entry, ``OutboxStore.claim_outbox``), so
-replicas relaying a backlog share it instead of each publishing all of it. Steps already done for an entry are remembered in memory, so a retry after a queue
-outage does not publish again (after a restart a step may repeat: clients de-duplicate events by
-``messageId``, and the consumer never pushes one message twice to one device).
+replicas relaying a backlog share it instead of each publishing all of it. Steps already done for an
+entry are remembered in memory, so a retry after a queue outage does not publish again (after a restart
+a step may repeat: clients de-duplicate events by ``messageId``, and the consumer never pushes one
+message twice to one device).
 
 Degraded modes: presence unreadable (Redis down) -> every other member counts as offline (a push too many
 beats a push missed); a ``message.created`` older than ``STALE_EVENT_SECONDS`` is no longer published
