@@ -67,7 +67,7 @@ async def test_entries_are_spread_over_the_shards_by_their_id(store: FirestoreCh
     ids = await backlog(store, 40)
     stored = {s.id: s.get("shard") async for s in store.client.collection(OUTBOX).stream()}
     assert stored == {event_id: outbox_shard(event_id) for event_id in ids}
-    assert len(set(stored.values())) > OUTBOX_SHARDS // 2  # 40 ids over 32 shards: most are used
+    assert len(set(stored.values())) > OUTBOX_SHARDS // 4  # 40 ids over 64 shards: ~30 are used
     # Read back across every shard, oldest first.
     assert [e.event_id for e in await store.pending_outbox(older_than=0, limit=100)] == ids
     assert await store.outbox_stats() == (

@@ -17,7 +17,7 @@ So are fields whose values only grow (``createdAt``, ``updatedAt``, ``claimedAt`
 a query uses their single-field index: an index range of sequential values takes about 500 writes/s
 before Firestore hot-spots it, for the whole deployment. The outbox, which every event writes twice, is
 split into ``OUTBOX_SHARDS`` shards by its entry id (``outbox_shard``), so each range of its composite
-index takes a 32nd of the writes; the relay reads the shards at once and leases a shard it claims in
+index takes a 64th of the writes; the relay reads the shards at once and leases a shard it claims in
 (``outboxShardLeases/{n}``), so replicas split a backlog.
 
 Write rates: Firestore sustains about one write per second per document. Nothing on the send path
@@ -82,10 +82,11 @@ MESSAGES = "messages"
 IMAGE_REFS = "imageRefs"
 OUTBOX = "outbox"
 OUTBOX_SHARD_LEASES = "outboxShardLeases"
-# The outbox's shards. Each is one range of the (shard, createdAt) index, written at most ~500/s; 32 carry
-# ~16,000 outbox writes/s (a message is one create and one delete). Changing it strands the entries of the
-# shards dropped: drain the outbox first (chat_outbox_depth 0).
-OUTBOX_SHARDS = 32
+# The outbox's shards. Each is one range of the (shard, createdAt) index, which takes ~500 writes/s; 64
+# carry ~32,000 outbox writes/s (bench.firestore_model counts ~4.4 per message: the message.created entry,
+# a read receipt's, an image's update, each created and deleted), ~7,000 messages/s with room for uneven
+# hashing. Changing it strands the entries of the shards dropped: drain the outbox first (depth 0).
+OUTBOX_SHARDS = 64
 DEVICES = "devices"
 PUSH_RECEIPTS = "pushReceipts"
 _GET_ALL_CHUNK = 100
