@@ -271,7 +271,8 @@ def rows(
                 indexed = [w for w in mine if w.kind == "delete" or name in w.fields]
                 out.append(
                     Row(
-                        f"index {collection_name}.{name}: writes/s into a busy conversation's range ({busy_rate:.1f} msg/s)",
+                        f"index {collection_name}.{name}: writes/s into a busy conversation's range"
+                        f" ({busy_rate:.1f} msg/s)",
                         len(indexed) / elapsed,
                         RANGE_LIMIT,
                     )
