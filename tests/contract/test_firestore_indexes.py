@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -87,3 +88,24 @@ def test_push_receipts_expire_by_ttl() -> None:
     assert {"collectionGroup": "pushReceipts", "fieldPath": "expireAt", "ttl": True, "indexes": []} in load()[
         "fieldOverrides"
     ]
+
+
+def test_the_setup_script_applies_every_index_and_exemption_of_the_file() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "firestore_indexes", INDEXES.parent / "scripts" / "firestore_indexes.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    lines = [" ".join(c) for c in script.commands(load(), "p", "(default)")]
+    for group, field in MONOTONIC:
+        assert any(
+            f"fields update {field} --collection-group={group} --disable-indexes" in line for line in lines
+        )
+    assert any(
+        "composite create --collection-group=outbox" in line
+        and "field-path=shard,order=ascending --field-config=field-path=createdAt,order=ascending" in line
+        for line in lines
+    )
+    assert any("ttls update expireAt --collection-group=pushReceipts --enable-ttl" in line for line in lines)
