@@ -169,7 +169,7 @@ class Store {
       this.readsSent.delete(key); // tried again when it is next on screen
     }
   }
-  /** A socket event (README, "Real-time and notifications"). */
+  /** A socket event (docs/api.md, "Real-time events"). */
   async apply(event) {
     const id = event.conversationId;
     switch (event.type) {

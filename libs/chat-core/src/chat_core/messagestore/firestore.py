@@ -50,6 +50,7 @@ from google.cloud.firestore_v1.base_query import BaseQuery
 
 from chat_core.messagestore import (
     PUSH_RECEIPT_TTL,
+    ChatStore,
     Conversation,
     ConversationExists,
     ConversationNotFound,
@@ -210,7 +211,7 @@ async def _newest_first(
     return page_of(rows, limit, position)
 
 
-class FirestoreChatStore:
+class FirestoreChatStore(ChatStore):
     name = "firestore"
     readiness_name = "firestore"
     outage_code = "store_unavailable"

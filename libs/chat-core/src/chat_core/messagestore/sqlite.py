@@ -20,6 +20,7 @@ import msgspec
 from chat_core import sqlite_engine
 from chat_core.messagestore import (
     PUSH_RECEIPT_TTL,
+    ChatStore,
     Conversation,
     ConversationExists,
     ConversationNotFound,
@@ -179,7 +180,7 @@ def _select_conversation(conn: sqlite3.Connection, conversation_id: str) -> Conv
     return None if row is None else _conversation(row)
 
 
-class SqliteChatStore:
+class SqliteChatStore(ChatStore):
     name = "sqlite"
     readiness_name = "sqlite"
     outage_code = "store_unavailable"

@@ -32,7 +32,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
-from chat_core.realtime import EventBusUnavailable, EventHandler, GapHandler
+from chat_core.realtime import EventBus, EventBusUnavailable, EventHandler, GapHandler, Presence
 from chat_core.realtime.resp_subscriber import (
     CONNECT_TIMEOUT_SECONDS,
     RespSubscriber,
@@ -168,7 +168,7 @@ class _OnSharedConnections:
             raise EventBusUnavailable(f"redis does not answer: {exc}") from exc
 
 
-class RedisEventBus(_OnSharedConnections):
+class RedisEventBus(_OnSharedConnections, EventBus):
     async def ping(self) -> None:
         await super().ping()
         if not await self._connections.subscriber.healthy(wait=1.0):
@@ -191,7 +191,7 @@ class RedisEventBus(_OnSharedConnections):
         return subscription
 
 
-class RedisPresence(_OnSharedConnections):
+class RedisPresence(_OnSharedConnections, Presence):
     def __init__(self, connections: _RedisConnections, ttl_seconds: float) -> None:
         super().__init__(connections)
         self._ttl_ms = max(1, round(ttl_seconds * 1000))
