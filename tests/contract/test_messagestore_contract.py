@@ -779,7 +779,6 @@ async def test_a_lapsed_claim_is_taken_again(store: ChatStore) -> None:
     # Its holder died between the claim and the delete: another replica relays it after the lease.
     ids = await stored_texts(store, 1)
     assert [e.event_id for e in await store.claim_outbox(older_than=0, limit=10, lease=SHORT_LEASE)] == ids
-    assert await store.claim_outbox(older_than=0, limit=10, lease=LEASE) == []
     await asyncio.sleep(SHORT_LEASE.total_seconds() + 0.1)
     assert [e.event_id for e in await store.claim_outbox(older_than=0, limit=10, lease=LEASE)] == ids
 

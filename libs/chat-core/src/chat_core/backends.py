@@ -246,15 +246,22 @@ def storage_ledger(backends: Backends) -> StorageLedger:
 
 
 def write_leases(backends: Backends) -> WriteLeases:
-    match backends.settings.backends.limit_store:
+    # Built here from settings (the adapters take an address, not the locator: no arrow back up to it).
+    settings = backends.settings
+    match settings.backends.limit_store:
         case "memory":
-            from chat_core.leases import memory
+            from chat_core.leases.memory import MemoryWriteLeases
 
-            return memory.create(backends)
+            return MemoryWriteLeases()
         case "redis":
-            from chat_core.leases import redis
+            from chat_core.leases.redis import RedisWriteLeases
 
-            return redis.create(backends)
+            return RedisWriteLeases(
+                settings.redis.address(),
+                settings.limits.key_prefix,
+                mode=settings.redis.mode,
+                ca_cert=settings.redis.tls_ca_cert,
+            )
 
 
 class Backends:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
+from chat_core.leases import WriteLeases
 
-__all__ = ["MemoryWriteLeases", "create"]
+__all__ = ["MemoryWriteLeases"]
 
 
-class MemoryWriteLeases:
+class MemoryWriteLeases(WriteLeases):
     def __init__(self) -> None:
         self._until: dict[str, float] = {}
 
@@ -29,7 +27,3 @@ class MemoryWriteLeases:
 
     async def close(self) -> None:
         return None
-
-
-def create(_backends: Backends) -> MemoryWriteLeases:
-    return MemoryWriteLeases()

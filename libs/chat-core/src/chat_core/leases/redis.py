@@ -7,20 +7,17 @@ so replicas' clocks need not agree.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
+from chat_core.leases import WriteLeases
 
-__all__ = ["RedisWriteLeases", "create"]
+__all__ = ["RedisWriteLeases"]
 
 TIMEOUT_SECONDS = 0.5
 
 
-class RedisWriteLeases:
+class RedisWriteLeases(WriteLeases):
     def __init__(
         self, url: str, prefix: str = "chat", *, mode: str = "standalone", ca_cert: str = ""
     ) -> None:
@@ -48,10 +45,3 @@ class RedisWriteLeases:
 
     async def close(self) -> None:
         await self._client.aclose()
-
-
-def create(backends: Backends) -> RedisWriteLeases:
-    redis = backends.settings.redis
-    return RedisWriteLeases(
-        redis.address(), backends.settings.limits.key_prefix, mode=redis.mode, ca_cert=redis.tls_ca_cert
-    )
