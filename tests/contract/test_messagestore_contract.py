@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from msgspec.structs import replace as msgspec_replace
 
@@ -886,5 +887,35 @@ async def test_a_sqlite_receipt_from_before_leases_counts_as_done(tmp_path: Path
     try:
         assert await claim(store, "m1:0", "token-a") == "done"
         assert await claim(store, "m1:0", "token-b") == "claimed"
+    finally:
+        await store.close()
+
+
+async def test_a_sqlite_outbox_from_before_the_event_outbox_is_relayed_as_message_created(
+    tmp_path: Path,
+) -> None:
+    # A data dir written by the previous release: the outbox keyed by message_id, entries without a kind.
+    path = tmp_path / "messages.sqlite3"
+    message = text(now() - dt.timedelta(seconds=30))
+    legacy_body = msgspec.json.encode(
+        {"conversation_id": "c-1", "message": message, "created_at": message.timestamp, "trace": {}}
+    )
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE outbox"
+            " (message_id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, body BLOB NOT NULL)"
+        )
+        conn.execute("CREATE INDEX outbox_by_age ON outbox (created_at, message_id)")
+        conn.execute(
+            "INSERT INTO outbox VALUES (?, ?, ?)",
+            (message.message_id, micros(message.timestamp), legacy_body),
+        )
+    store = SqliteChatStore(path)
+    await store.start()
+    try:
+        [entry] = await store.claim_outbox(older_than=0, limit=10, lease=LEASE)
+        assert (entry.event_id, entry.kind, entry.message) == (message.message_id, "message.created", message)
+        await store.delete_outbox([entry.event_id])
+        assert await store.outbox_stats() == (0, None)
     finally:
         await store.close()
