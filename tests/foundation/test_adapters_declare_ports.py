@@ -14,6 +14,9 @@ from chat_core import ratelimit
 from chat_core.jobqueue import JobQueue
 from chat_core.jobqueue.sqlite import SqliteJobQueue
 from chat_core.jobqueue.sqs import SqsJobQueue
+from chat_core.leases import WriteLeases
+from chat_core.leases.memory import MemoryWriteLeases
+from chat_core.leases.redis import RedisWriteLeases
 from chat_core.ledger import StorageLedger
 from chat_core.ledger.memory import MemoryStorageLedger
 from chat_core.ledger.redis import RedisStorageLedger
@@ -51,6 +54,7 @@ PORTS: dict[type, list[type]] = {
     PushProvider: [FcmPushProvider, ApnsPushProvider, WebhookPushProvider, LogPushProvider],
     QuotaStore: [RedisQuotaStore, MemoryQuotaStore],
     StorageLedger: [RedisStorageLedger, MemoryStorageLedger],
+    WriteLeases: [RedisWriteLeases, MemoryWriteLeases],
     ratelimit.Windows: [ratelimit.StoreWindows, ratelimit.MemoryWindows],
 }
 

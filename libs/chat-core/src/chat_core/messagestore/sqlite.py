@@ -33,7 +33,10 @@ from chat_core.messagestore import (
     Page,
     PushClaim,
     TooManyParticipants,
+    created_event,
     decode_cursor,
+    event_done,
+    legacy_outbox_fields,
     page_of,
 )
 from chat_core.sqlite_engine import SqliteEngine
@@ -81,12 +84,14 @@ CREATE TABLE IF NOT EXISTS image_refs (
     conversation_id TEXT NOT NULL,
     message_id      TEXT NOT NULL
 ) WITHOUT ROWID;
+-- The event outbox (chat_core.messagestore.OutboxEntry). Data dirs from before it call event_id message_id
+-- (all their entries were message.created, keyed by the message): _on_open renames the column.
 CREATE TABLE IF NOT EXISTS outbox (
-    message_id TEXT    PRIMARY KEY,
-    created_at INTEGER NOT NULL,
-    body       BLOB    NOT NULL  -- JSON OutboxEntry
+    event_id     TEXT    PRIMARY KEY,
+    created_at   INTEGER NOT NULL,
+    body         BLOB    NOT NULL,  -- JSON OutboxEntry
+    leased_until INTEGER            -- a relay's claim ends (microseconds); NULL: nobody holds it
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (created_at, message_id);
 CREATE TABLE IF NOT EXISTS devices (
     token      TEXT    PRIMARY KEY,
     user_id    TEXT    NOT NULL,
@@ -120,7 +125,26 @@ def _on_open(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(push_receipts)")}
     if "leased_until" not in columns:
         conn.execute("ALTER TABLE push_receipts ADD COLUMN leased_until INTEGER")
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+    if "message_id" in columns:
+        conn.execute("ALTER TABLE outbox RENAME COLUMN message_id TO event_id")
+    if "leased_until" not in columns:
+        conn.execute("ALTER TABLE outbox ADD COLUMN leased_until INTEGER")
+    conn.execute("CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (created_at, event_id)")
     _expire_receipts(conn)
+
+
+def _append_event(conn: sqlite3.Connection, event: OutboxEntry) -> None:
+    """The one way an entry enters the outbox: inside the transaction of the change it announces."""
+    conn.execute(
+        "INSERT INTO outbox (event_id, created_at, body) VALUES (?, ?, ?)",
+        (event.event_id, micros(event.created_at), msgspec.json.encode(event)),
+    )
+
+
+def _outbox_entry(row: sqlite3.Row) -> OutboxEntry:
+    fields = legacy_outbox_fields(msgspec.json.decode(row["body"]), row["event_id"])
+    return msgspec.convert(fields, OutboxEntry)
 
 
 def _expire_receipts(conn: sqlite3.Connection) -> None:
@@ -218,7 +242,9 @@ class SqliteChatStore(ChatStore):
         await self._db.read(lambda conn: conn.execute("SELECT 1").fetchone())
 
     # --- conversations and membership ------------------------------------------------------------
-    async def create_conversation(self, conversation: Conversation) -> None:
+    async def create_conversation(
+        self, conversation: Conversation, *, event: OutboxEntry | None = None
+    ) -> None:
         def insert(conn: sqlite3.Connection) -> None:
             taken = conn.execute(
                 "SELECT 1 FROM conversations WHERE conversation_id = ?", (conversation.conversation_id,)
@@ -246,6 +272,8 @@ class SqliteChatStore(ChatStore):
                 "INSERT OR IGNORE INTO participants (conversation_id, user_id) VALUES (?, ?)",
                 [(conversation.conversation_id, user) for user in conversation.participants],
             )
+            if event is not None:
+                _append_event(conn, event)
 
         await self._db.write(insert)
 
@@ -284,6 +312,7 @@ class SqliteChatStore(ChatStore):
         *,
         admins: Collection[str] = (),
         max_participants: int | None = None,
+        event: OutboxEntry | None = None,
     ) -> Conversation:
         def add(conn: sqlite3.Connection) -> Conversation:
             # Read, check and write in one write transaction: concurrent additions queue on it.
@@ -311,6 +340,9 @@ class SqliteChatStore(ChatStore):
                 "INSERT OR IGNORE INTO participants (conversation_id, user_id) VALUES (?, ?)",
                 [(conversation_id, user) for user in joined],
             )
+            if event is not None and joined:
+                # Who really joined (the caller's list was read before this transaction).
+                _append_event(conn, msgspec.structs.replace(event, added=tuple(sorted(joined))))
             return msgspec.structs.replace(current, participants=participants, admins=promoted)
 
         return await self._db.write(add)
@@ -328,7 +360,9 @@ class SqliteChatStore(ChatStore):
 
         return await self._db.write(update)
 
-    async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
+    async def remove_participant(
+        self, conversation_id: str, user_id: str, *, event: OutboxEntry | None = None
+    ) -> Conversation:
         def remove(conn: sqlite3.Connection) -> Conversation:
             current = _select_conversation(conn, conversation_id)
             if current is None:
@@ -349,6 +383,8 @@ class SqliteChatStore(ChatStore):
                 "DELETE FROM participants WHERE conversation_id = ? AND user_id = ?",
                 (conversation_id, user_id),
             )
+            if event is not None:
+                _append_event(conn, event)
             return msgspec.structs.replace(current, participants=participants, admins=admins)
 
         return await self._db.write(remove)
@@ -386,13 +422,8 @@ class SqliteChatStore(ChatStore):
         trace: Mapping[str, str] | None = None,
         conversation_checked: bool = False,  # the check is free inside the write transaction
     ) -> tuple[Message, bool]:
-        entry = OutboxEntry(
-            conversation_id=conversation_id,
-            message=message,
-            created_at=message.timestamp,
-            trace=dict(trace or {}),
-            object_key=object_key,
-            object_etag=object_etag,
+        entry = created_event(
+            conversation_id, message, trace=trace, object_key=object_key, object_etag=object_etag
         )
 
         def insert(conn: sqlite3.Connection) -> tuple[Message, bool]:
@@ -424,10 +455,7 @@ class SqliteChatStore(ChatStore):
                     msgspec.json.encode(message),
                 ),
             )
-            conn.execute(
-                "INSERT INTO outbox (message_id, created_at, body) VALUES (?, ?, ?)",
-                (message.message_id, micros(entry.created_at), msgspec.json.encode(entry)),
-            )
+            _append_event(conn, entry)
             return message, True
 
         return await self._db.write(insert)
@@ -455,7 +483,12 @@ class SqliteChatStore(ChatStore):
         return await self._db.read(select)
 
     async def finish_image(
-        self, conversation_id: str, message_id: str, metadata: ImageMetadata
+        self,
+        conversation_id: str,
+        message_id: str,
+        metadata: ImageMetadata,
+        *,
+        event: OutboxEntry | None = None,
     ) -> Message | None:
         def update(conn: sqlite3.Connection) -> Message | None:
             row = conn.execute(
@@ -472,6 +505,8 @@ class SqliteChatStore(ChatStore):
                 "UPDATE messages SET body = ? WHERE conversation_id = ? AND message_id = ?",
                 (msgspec.json.encode(updated), conversation_id, message_id),
             )
+            if event is not None:
+                _append_event(conn, event_done(event, updated))
             return updated
 
         return await self._db.write(update)
@@ -492,7 +527,7 @@ class SqliteChatStore(ChatStore):
         )
 
     async def mark_read(
-        self, conversation_id: str, message_id: str, user_id: str
+        self, conversation_id: str, message_id: str, user_id: str, *, event: OutboxEntry | None = None
     ) -> tuple[Message, bool] | None:
         def update(conn: sqlite3.Connection) -> tuple[Message, bool] | None:
             row = conn.execute(
@@ -509,6 +544,8 @@ class SqliteChatStore(ChatStore):
                 "UPDATE messages SET body = ? WHERE conversation_id = ? AND message_id = ?",
                 (msgspec.json.encode(message), conversation_id, message_id),
             )
+            if event is not None:
+                _append_event(conn, event_done(event, message))
             return message, True
 
         return await self._db.write(update)
@@ -588,19 +625,53 @@ class SqliteChatStore(ChatStore):
 
         def select(conn: sqlite3.Connection) -> list[OutboxEntry]:
             rows = conn.execute(
-                "SELECT body FROM outbox WHERE created_at < ? ORDER BY created_at, message_id LIMIT ?",
+                "SELECT event_id, body FROM outbox WHERE created_at < ?"
+                " ORDER BY created_at, event_id LIMIT ?",
                 (cutoff, limit),
             )
-            return [msgspec.json.decode(row[0], type=OutboxEntry) for row in rows]
+            return [_outbox_entry(row) for row in rows]
 
         return await self._db.read(select)
 
-    async def delete_outbox(self, message_ids: Collection[str]) -> None:
-        ids = list(dict.fromkeys(message_ids))
+    async def claim_outbox(self, *, older_than: float, limit: int, lease: dt.timedelta) -> list[OutboxEntry]:
+        now = micros(dt.datetime.now(dt.UTC))
+        cutoff = now - int(older_than * 1_000_000)
+        until = now + int(lease.total_seconds() * 1_000_000)
+
+        def claim(conn: sqlite3.Connection) -> list[OutboxEntry]:
+            # One write transaction (the engine's single writer): select and mark, nobody in between.
+            rows = conn.execute(
+                "SELECT event_id, body FROM outbox WHERE created_at < ?"
+                " AND (leased_until IS NULL OR leased_until <= ?)"
+                " ORDER BY created_at, event_id LIMIT ?",
+                (cutoff, now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE outbox SET leased_until = ? WHERE event_id = ?", [(until, row[0]) for row in rows]
+            )
+            return [_outbox_entry(row) for row in rows]
+
+        return await self._db.write(claim)
+
+    async def release_outbox(self, event_ids: Collection[str]) -> None:
+        ids = list(dict.fromkeys(event_ids))
+
+        def release(conn: sqlite3.Connection) -> None:
+            for chunk in _chunks(ids):
+                conn.execute(
+                    f"UPDATE outbox SET leased_until = NULL WHERE event_id IN ({_placeholders(chunk)})",  # noqa: S608
+                    chunk,
+                )
+
+        if ids:
+            await self._db.write(release)
+
+    async def delete_outbox(self, event_ids: Collection[str]) -> None:
+        ids = list(dict.fromkeys(event_ids))
 
         def delete(conn: sqlite3.Connection) -> None:
             for chunk in _chunks(ids):
-                conn.execute(f"DELETE FROM outbox WHERE message_id IN ({_placeholders(chunk)})", chunk)  # noqa: S608
+                conn.execute(f"DELETE FROM outbox WHERE event_id IN ({_placeholders(chunk)})", chunk)  # noqa: S608
 
         if ids:
             await self._db.write(delete)
