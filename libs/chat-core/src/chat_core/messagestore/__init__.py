@@ -47,10 +47,13 @@ __all__ = [
     "InvalidCursor",
     "LastMessage",
     "Message",
+    "MessageDeleted",
+    "MessageEdit",
     "MessageStore",
     "MessageType",
     "ObjectAlreadyUsed",
     "OutboxEntry",
+    "OutboxKind",
     "OutboxStore",
     "Page",
     "Platform",
@@ -58,7 +61,9 @@ __all__ = [
     "PushClaimState",
     "PushReceiptStore",
     "decode_cursor",
+    "edited",
     "encode_cursor",
+    "finished",
     "page_of",
 ]
 
@@ -106,6 +111,7 @@ class ImageMetadata(msgspec.Struct, frozen=True, kw_only=True):
     variants: ImageVariants | None = None
     blurhash: str | None = None
     error: str | None = None
+    alt_text: str | None = None  # the image's description for screen readers (sender's, editable)
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -118,18 +124,47 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     timestamp: dt.datetime
     read_by: tuple[str, ...]
     metadata: ImageMetadata | None = None
+    # Set by an edit of ``content`` or ``metadata.alt_text`` (PATCH, within MESSAGE_EDIT_WINDOW_SECONDS).
+    edited_at: dt.datetime | None = None
+    # A tombstone: the sender or an admin unsent it. ``content`` and ``metadata`` are then None, and every
+    # byte of its image is being (or has been) deleted; it keeps its place in the conversation's list.
+    deleted: bool = False
+    deleted_at: dt.datetime | None = None
+    deleted_by: str | None = None
+
+    def tombstone(self, deleted_by: str, deleted_at: dt.datetime) -> Message:
+        """This message unsent: nothing of what it said is left, only who and when."""
+        return msgspec.structs.replace(
+            self, content=None, metadata=None, deleted=True, deleted_at=deleted_at, deleted_by=deleted_by
+        )
 
 
 class LastMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     message_id: str
     sender_id: str
     message_type: MessageType
-    preview: str  # caption or text, truncated
+    preview: str  # caption or text, truncated ("" once deleted)
     timestamp: dt.datetime
+    deleted: bool = False  # the last message was unsent (a tombstone)
 
     def is_newer_than(self, current: LastMessage | None) -> bool:
         """Later in the conversation's order (time, then id) than ``current``; anything beats None."""
         return current is None or (self.timestamp, self.message_id) > (current.timestamp, current.message_id)
+
+    def revises(self, current: LastMessage | None) -> bool:
+        """A new version of ``current`` (same message, edited or deleted) or newer than it."""
+        return current is None or (self.timestamp, self.message_id) >= (current.timestamp, current.message_id)
+
+    @classmethod
+    def of(cls, message: Message, preview_chars: int = 120) -> LastMessage:
+        return cls(
+            message_id=message.message_id,
+            sender_id=message.sender_id,
+            message_type=message.message_type,
+            preview=(message.content or "")[:preview_chars],
+            timestamp=message.timestamp,
+            deleted=message.deleted,
+        )
 
 
 class Conversation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -142,6 +177,9 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     # Members with the admin role (a subset of ``participants``). Stored since roles exist; a
     # conversation stored before has none, and its creator (the first participant) is its admin.
     admins: tuple[str, ...] = ()
+    # Messages older than this many days are deleted (with their images) by the retention job; None: the
+    # deployment's MESSAGE_RETENTION_DAYS. Set by an admin of the conversation (PATCH).
+    retention_days: int | None = None
 
     def admin_ids(self) -> frozenset[str]:
         """Who administers the conversation (see ``admins``)."""
@@ -157,11 +195,19 @@ class Device(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     updated_at: dt.datetime
 
 
-class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """Work left for a stored message: publish it, enqueue notifications for its offline members.
+OutboxKind = Literal["created", "deleted", "edited"]
 
-    ``create_message`` writes it with ``created_at`` = the message's timestamp, so the entry a caller
-    builds from the stored message is the stored entry.
+
+class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """Work left for a stored change of a message, written in the change's own transaction.
+
+    ``created`` (``create_message``): publish ``message.created``, enqueue notifications for offline
+    members and the image's media job. ``create_message`` writes it with ``created_at`` = the message's
+    timestamp, so the entry a caller builds from the stored message is the stored entry.
+    ``deleted`` (``delete_message``): publish ``message.deleted``, tell every image proxy, bring the
+    conversation's ``lastMessage`` along and delete every stored byte of the image (``object_key``: the
+    raw upload's stored key; the derivatives and any refusal note follow from it and the message id).
+    ``edited`` (``edit_message``): publish ``message.edited`` and bring ``lastMessage`` along.
     """
 
     conversation_id: str
@@ -171,11 +217,52 @@ class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
     # An image message's media job: the stored (raw upload) key and its ETag as verified at send.
     object_key: str | None = None
     object_etag: str | None = None
+    kind: OutboxKind = "created"
+
+    @property
+    def entry_id(self) -> str:
+        """The entry's key in the outbox: one per message and kind (an edit: per edit time)."""
+        if self.kind == "created":
+            return self.message.message_id
+        if self.kind == "deleted":
+            return f"{self.message.message_id}:deleted"
+        edited = self.message.edited_at or self.created_at
+        return f"{self.message.message_id}:edited:{micros(edited)}"
+
+
+class MessageEdit(msgspec.Struct, frozen=True, kw_only=True):
+    """What an edit changes: ``content`` (text or caption) and/or the image's ``alt_text`` (UNSET: kept)."""
+
+    content: str | msgspec.UnsetType | None = msgspec.UNSET
+    alt_text: str | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class MessageDeleted(Exception):
+    """The message is a tombstone: nothing of it can change any more."""
 
 
 class Page(msgspec.Struct, Generic[T], frozen=True):
     items: list[T]
     next_cursor: str | None  # opaque; None on the last page
+
+
+def edited(message: Message, edit: MessageEdit, edited_at: dt.datetime) -> Message:
+    """``message`` with ``edit`` applied (both adapters apply it the same way)."""
+    content = message.content if edit.content is msgspec.UNSET else edit.content
+    metadata = message.metadata
+    if metadata is not None and edit.alt_text is not msgspec.UNSET:
+        metadata = msgspec.structs.replace(metadata, alt_text=edit.alt_text)
+    return msgspec.structs.replace(message, content=content, metadata=metadata, edited_at=edited_at)
+
+
+def finished(current: Message, metadata: ImageMetadata) -> Message | None:
+    """``current`` with its image finished as ``metadata``; None when it may not be (see ``finish_image``)."""
+    if current.deleted or current.metadata is None or current.metadata.status not in (None, "processing"):
+        return None
+    # The media job built ``metadata`` from the message it read; an edit since then wins.
+    return msgspec.structs.replace(
+        current, metadata=msgspec.structs.replace(metadata, alt_text=current.metadata.alt_text)
+    )
 
 
 def page_of(rows: list[T], limit: int, position: Callable[[T], tuple[dt.datetime, str]]) -> Page[T]:
@@ -253,6 +340,14 @@ class ConversationStore(Protocol):
     async def touch_conversation(self, conversation_id: str, last_message: LastMessage) -> None:
         """Set ``lastMessage``/``updatedAt`` unless a newer last message is already stored."""
 
+    async def revise_last_message(self, conversation_id: str, last_message: LastMessage) -> None:
+        """Set ``lastMessage`` when the stored one is the same message (edited or deleted since) or older;
+        ``updatedAt`` never moves back. A later ``touch_conversation`` with the message's old version is
+        then not newer, so it cannot undo the revision."""
+
+    async def set_retention(self, conversation_id: str, days: int | None) -> Conversation:
+        """Set (or, with None, clear) the conversation's ``retentionDays``. Raises ConversationNotFound."""
+
 
 class MessageStore(Protocol):
     """Messages, their read receipts and the objects they reference."""
@@ -282,6 +377,41 @@ class MessageStore(Protocol):
 
     async def get_message(self, conversation_id: str, message_id: str) -> Message | None: ...
 
+    async def delete_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        *,
+        deleted_by: str,
+        deleted_at: dt.datetime,
+        object_key: str | None = None,
+        trace: Mapping[str, str] | None = None,
+    ) -> tuple[Message, bool] | None:
+        """Turn the message into a tombstone (``Message.tombstone``), in one transaction with its
+        ``deleted`` outbox entry (``object_key``: the image's stored raw key, whose bytes it deletes) and
+        the removal of its ``created`` entry if that is still pending (a message deleted before its
+        fan-out ran is never announced, notified or processed).
+
+        ``(tombstone, True)`` when deleted now; ``(tombstone, False)`` when it already was one (nothing
+        written); None when there is no such message. The image reference stays: the object can never
+        back another message, and the proxy can tell a deleted image from one that never was.
+        """
+
+    async def edit_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        edit: MessageEdit,
+        *,
+        edited_at: dt.datetime,
+        trace: Mapping[str, str] | None = None,
+    ) -> Message | None:
+        """Apply ``edit`` and set ``editedAt``, in one transaction with an ``edited`` outbox entry.
+
+        None when there is no such message; raises MessageDeleted for a tombstone. ``alt_text`` applies to
+        an image message's metadata (the caller refuses it for text).
+        """
+
     async def list_messages(
         self, conversation_id: str, *, limit: int, before: str | None = None
     ) -> Page[Message]:
@@ -306,8 +436,9 @@ class MessageStore(Protocol):
     ) -> Message | None:
         """Replace the image metadata of a message still ``processing`` (or without a status).
 
-        Returns the updated message; None when there is no such message or it is already ready or
-        failed (a redelivered media job changes nothing twice).
+        Returns the updated message; None when there is no such message, it is already ready or
+        failed (a redelivered media job changes nothing twice), or it was deleted. An ``alt_text`` edited
+        while the image was processing is kept.
         """
 
 

@@ -46,11 +46,15 @@ from chat_core.messagestore import (
     ImageMetadata,
     LastMessage,
     Message,
+    MessageDeleted,
+    MessageEdit,
     ObjectAlreadyUsed,
     OutboxEntry,
     Page,
     PushClaim,
     decode_cursor,
+    edited,
+    finished,
     page_of,
 )
 from chat_core.settings import FirestoreSettings
@@ -130,7 +134,20 @@ def _outbox_entry(snapshot: DocumentSnapshot[Any]) -> OutboxEntry:
         trace=data.get("trace") or {},
         object_key=data.get("objectKey"),
         object_etag=data.get("objectEtag"),
+        kind=data.get("kind") or "created",
     )
+
+
+def _outbox_fields(entry: OutboxEntry) -> dict[str, Any]:
+    return {
+        "conversationId": entry.conversation_id,
+        "message": _fields(entry.message),
+        "createdAt": entry.created_at,
+        "trace": dict(entry.trace),
+        "objectKey": entry.object_key,
+        "objectEtag": entry.object_etag,
+        "kind": entry.kind,
+    }
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
@@ -275,6 +292,20 @@ class FirestoreChatStore:
         return _conversation(snapshot)
 
     async def touch_conversation(self, conversation_id: str, last_message: LastMessage) -> None:
+        await self._set_last_message(conversation_id, last_message, last_message.is_newer_than)
+
+    async def revise_last_message(self, conversation_id: str, last_message: LastMessage) -> None:
+        await self._set_last_message(conversation_id, last_message, last_message.revises)
+
+    async def set_retention(self, conversation_id: str, days: int | None) -> Conversation:
+        return await self._update_participants(conversation_id, {"retentionDays": days})
+
+    async def _set_last_message(
+        self,
+        conversation_id: str,
+        last_message: LastMessage,
+        replaces: Callable[[LastMessage | None], bool],
+    ) -> None:
         # Optimistic: read, then write only if the document is unchanged since (its update time as a
         # precondition). Lock-free, and it writes nothing when a newer last message is already there.
         ref = self._conversation_ref(conversation_id)
@@ -285,7 +316,7 @@ class FirestoreChatStore:
             data = _plain(snapshot.to_dict() or {})
             raw = data.get("lastMessage")
             current = None if raw is None else msgspec.convert(raw, LastMessage)
-            if not last_message.is_newer_than(current):
+            if not replaces(current):
                 return
             fields = {
                 "lastMessage": _fields(last_message),
@@ -335,17 +366,15 @@ class FirestoreChatStore:
                 image_ref,
                 {"storedKey": object_key, "conversationId": conversation_id, "messageId": message.message_id},
             )
-        batch.create(
-            self.client.collection(OUTBOX).document(message.message_id),
-            {
-                "conversationId": conversation_id,
-                "message": _fields(message),
-                "createdAt": message.timestamp,
-                "trace": dict(trace or {}),
-                "objectKey": object_key,
-                "objectEtag": object_etag,
-            },
+        entry = OutboxEntry(
+            conversation_id=conversation_id,
+            message=message,
+            created_at=message.timestamp,
+            trace=dict(trace or {}),
+            object_key=object_key,
+            object_etag=object_etag,
         )
+        batch.create(self.client.collection(OUTBOX).document(entry.entry_id), _outbox_fields(entry))
         try:
             await batch.commit()
         except gexc.AlreadyExists:
@@ -361,6 +390,100 @@ class FirestoreChatStore:
     async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
         snapshot = await self._message_ref(conversation_id, message_id).get()
         return _message(snapshot) if snapshot.exists else None
+
+    async def delete_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        *,
+        deleted_by: str,
+        deleted_at: dt.datetime,
+        object_key: str | None = None,
+        trace: Mapping[str, str] | None = None,
+    ) -> tuple[Message, bool] | None:
+        def change(current: Message) -> tuple[Message, OutboxEntry] | None:
+            if current.deleted:
+                return None
+            tombstone = current.tombstone(deleted_by, deleted_at)
+            entry = OutboxEntry(
+                conversation_id=conversation_id,
+                message=tombstone,
+                created_at=deleted_at,
+                trace=dict(trace or {}),
+                object_key=object_key,
+                kind="deleted",
+            )
+            return tombstone, entry
+
+        # The message's own fan-out, if still pending, would announce, notify and process what is gone.
+        result = await self._change_message(conversation_id, message_id, change, drop_created=True)
+        if result is None:
+            return None
+        message, changed = result
+        return message, changed
+
+    async def edit_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        edit: MessageEdit,
+        *,
+        edited_at: dt.datetime,
+        trace: Mapping[str, str] | None = None,
+    ) -> Message | None:
+        def change(current: Message) -> tuple[Message, OutboxEntry] | None:
+            if current.deleted:
+                raise MessageDeleted(message_id)
+            updated = edited(current, edit, edited_at)
+            entry = OutboxEntry(
+                conversation_id=conversation_id,
+                message=updated,
+                created_at=edited_at,
+                trace=dict(trace or {}),
+                kind="edited",
+            )
+            return updated, entry
+
+        result = await self._change_message(conversation_id, message_id, change)
+        return None if result is None else result[0]
+
+    async def _change_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        change: Callable[[Message], tuple[Message, OutboxEntry] | None],
+        *,
+        drop_created: bool = False,
+    ) -> tuple[Message, bool] | None:
+        """Replace a message by ``change(current)`` with its outbox entry in one batch, only if the message
+        is unchanged since it was read (its update time as a precondition; a read receipt in between
+        just makes it look again). ``change`` returning None: nothing to write."""
+        ref = self._message_ref(conversation_id, message_id)
+        outbox = self.client.collection(OUTBOX)
+        for _ in range(_OPTIMISTIC_ATTEMPTS):
+            snapshot = await ref.get()
+            if not snapshot.exists:
+                return None
+            current = _message(snapshot)
+            result = change(current)
+            if result is None:
+                return current, False
+            updated, entry = result
+            batch = self.client.batch()
+            # Every field, each replaced whole (a map value replaces the map): the stored message is
+            # exactly ``updated``.
+            batch.update(
+                ref, _fields(updated), option=self.client.write_option(last_update_time=snapshot.update_time)
+            )
+            if drop_created:
+                batch.delete(outbox.document(message_id))
+            batch.set(outbox.document(entry.entry_id), _outbox_fields(entry))
+            try:
+                await batch.commit()
+            except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
+                continue
+            return updated, True
+        raise RuntimeError(f"message {message_id} kept changing; not changed")
 
     async def list_messages(
         self, conversation_id: str, *, limit: int, before: str | None = None
@@ -407,17 +530,17 @@ class FirestoreChatStore:
             snapshot = await ref.get()
             if not snapshot.exists:
                 return None
-            current = _message(snapshot)
-            if current.metadata is None or current.metadata.status not in (None, "processing"):
+            updated = finished(_message(snapshot), metadata)
+            if updated is None or updated.metadata is None:
                 return None
             try:
                 await ref.update(
-                    {"metadata": _fields(metadata)},
+                    {"metadata": _fields(updated.metadata)},
                     option=self.client.write_option(last_update_time=snapshot.update_time),
                 )
             except (gexc.FailedPrecondition, gexc.Aborted):
                 continue
-            return msgspec.structs.replace(current, metadata=metadata)
+            return updated
         raise RuntimeError(f"message {message_id} kept changing while its image was being finished")
 
     # --- objects ----------------------------------------------------------------------------------

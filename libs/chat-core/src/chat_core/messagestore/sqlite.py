@@ -27,11 +27,15 @@ from chat_core.messagestore import (
     ImageMetadata,
     LastMessage,
     Message,
+    MessageDeleted,
+    MessageEdit,
     ObjectAlreadyUsed,
     OutboxEntry,
     Page,
     PushClaim,
     decode_cursor,
+    edited,
+    finished,
     page_of,
 )
 from chat_core.sqlite_engine import SqliteEngine
@@ -54,7 +58,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     created_at      INTEGER NOT NULL,  -- microseconds since the epoch, UTC
     updated_at      INTEGER NOT NULL,
     last_message    BLOB,              -- JSON LastMessage
-    admins          TEXT               -- JSON array: members with the admin role
+    admins          TEXT,              -- JSON array: members with the admin role
+    retention_days  INTEGER            -- NULL: the deployment's MESSAGE_RETENTION_DAYS
 );
 -- One row per member: the by-user index behind "my conversations".
 CREATE TABLE IF NOT EXISTS participants (
@@ -69,6 +74,7 @@ CREATE TABLE IF NOT EXISTS messages (
     message_id      TEXT    NOT NULL,
     timestamp       INTEGER NOT NULL,
     body            BLOB    NOT NULL,  -- JSON Message (the spec's fields)
+    sender_id       TEXT,              -- the body's senderId: a user's messages, for erasure
     PRIMARY KEY (conversation_id, message_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_by_time ON messages (conversation_id, timestamp, message_id);
@@ -107,6 +113,14 @@ def _on_open(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(conversations)")}
     if "admins" not in columns:
         conn.execute("ALTER TABLE conversations ADD COLUMN admins TEXT")
+    if "retention_days" not in columns:
+        conn.execute("ALTER TABLE conversations ADD COLUMN retention_days INTEGER")
+    # Data dirs made before erasure: the sender as a column of its own, filled from the bodies.
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    if "sender_id" not in columns:
+        conn.execute("ALTER TABLE messages ADD COLUMN sender_id TEXT")
+        conn.execute("UPDATE messages SET sender_id = json_extract(CAST(body AS TEXT), '$.senderId')")
+    conn.execute("CREATE INDEX IF NOT EXISTS messages_by_sender ON messages (sender_id, timestamp)")
     # Data dirs made before push claims had leases: add the column (NULL: done, as those claims were).
     columns = {row[1] for row in conn.execute("PRAGMA table_info(push_receipts)")}
     if "leased_until" not in columns:
@@ -131,11 +145,13 @@ def _conversation(row: sqlite3.Row) -> Conversation:
         if row["last_message"] is not None
         else None,
         admins=tuple(msgspec.json.decode(row["admins"], type=list[str])) if row["admins"] else (),
+        retention_days=row["retention_days"],
     )
 
 
 _CONVERSATION_COLUMNS = (
-    "c.conversation_id, c.name, c.participants, c.created_at, c.updated_at, c.last_message, c.admins"
+    "c.conversation_id, c.name, c.participants, c.created_at, c.updated_at, c.last_message, c.admins,"
+    " c.retention_days"
 )
 
 
@@ -153,6 +169,48 @@ def _select_conversation(conn: sqlite3.Connection, conversation_id: str) -> Conv
         (conversation_id,),
     ).fetchone()
     return None if row is None else _conversation(row)
+
+
+def _set_last_message(
+    conn: sqlite3.Connection,
+    conversation_id: str,
+    last_message: LastMessage,
+    replaces: Callable[[LastMessage | None], bool],
+) -> None:
+    row = conn.execute(
+        "SELECT updated_at, last_message FROM conversations WHERE conversation_id = ?", (conversation_id,)
+    ).fetchone()
+    if row is None:
+        return
+    current = None if row[1] is None else msgspec.json.decode(row[1], type=LastMessage)
+    if not replaces(current):
+        return
+    conn.execute(
+        "UPDATE conversations SET last_message = ?, updated_at = ? WHERE conversation_id = ?",
+        (msgspec.json.encode(last_message), max(row[0], micros(last_message.timestamp)), conversation_id),
+    )
+
+
+def _select_message(conn: sqlite3.Connection, conversation_id: str, message_id: str) -> Message | None:
+    row = conn.execute(
+        "SELECT body FROM messages WHERE conversation_id = ? AND message_id = ?",
+        (conversation_id, message_id),
+    ).fetchone()
+    return None if row is None else msgspec.json.decode(row[0], type=Message)
+
+
+def _update_message(conn: sqlite3.Connection, conversation_id: str, message: Message) -> None:
+    conn.execute(
+        "UPDATE messages SET body = ? WHERE conversation_id = ? AND message_id = ?",
+        (msgspec.json.encode(message), conversation_id, message.message_id),
+    )
+
+
+def _insert_outbox(conn: sqlite3.Connection, entry: OutboxEntry) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO outbox (message_id, created_at, body) VALUES (?, ?, ?)",
+        (entry.entry_id, micros(entry.created_at), msgspec.json.encode(entry)),
+    )
 
 
 class SqliteChatStore:
@@ -215,9 +273,8 @@ class SqliteChatStore:
             if taken is not None:
                 raise ConversationExists(conversation.conversation_id)
             conn.execute(
-                "INSERT INTO conversations"
-                " (conversation_id, name, participants, created_at, updated_at, last_message, admins)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO conversations (conversation_id, name, participants, created_at, updated_at,"
+                " last_message, admins, retention_days) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     conversation.conversation_id,
                     conversation.name,
@@ -228,6 +285,7 @@ class SqliteChatStore:
                     if conversation.last_message is None
                     else msgspec.json.encode(conversation.last_message),
                     msgspec.json.encode(list(conversation.admins)).decode(),
+                    conversation.retention_days,
                 ),
             )
             conn.executemany(
@@ -321,26 +379,23 @@ class SqliteChatStore:
         return await self._db.write(remove)
 
     async def touch_conversation(self, conversation_id: str, last_message: LastMessage) -> None:
-        def touch(conn: sqlite3.Connection) -> None:
-            row = conn.execute(
-                "SELECT updated_at, last_message FROM conversations WHERE conversation_id = ?",
-                (conversation_id,),
-            ).fetchone()
-            if row is None:
-                return
-            current = None if row[1] is None else msgspec.json.decode(row[1], type=LastMessage)
-            if not last_message.is_newer_than(current):
-                return
-            conn.execute(
-                "UPDATE conversations SET last_message = ?, updated_at = ? WHERE conversation_id = ?",
-                (
-                    msgspec.json.encode(last_message),
-                    max(row[0], micros(last_message.timestamp)),
-                    conversation_id,
-                ),
-            )
+        await self._db.write(_set_last_message, conversation_id, last_message, last_message.is_newer_than)
 
-        await self._db.write(touch)
+    async def revise_last_message(self, conversation_id: str, last_message: LastMessage) -> None:
+        await self._db.write(_set_last_message, conversation_id, last_message, last_message.revises)
+
+    async def set_retention(self, conversation_id: str, days: int | None) -> Conversation:
+        def update(conn: sqlite3.Connection) -> Conversation:
+            conn.execute(
+                "UPDATE conversations SET retention_days = ? WHERE conversation_id = ?",
+                (days, conversation_id),
+            )
+            current = _select_conversation(conn, conversation_id)
+            if current is None:
+                raise ConversationNotFound(conversation_id)
+            return current
+
+        return await self._db.write(update)
 
     # --- messages ---------------------------------------------------------------------------------
     async def create_message(
@@ -383,31 +438,89 @@ class SqliteChatStore:
                     (object_key, conversation_id, message.message_id),
                 )
             conn.execute(
-                "INSERT INTO messages (conversation_id, message_id, timestamp, body) VALUES (?, ?, ?, ?)",
+                "INSERT INTO messages (conversation_id, message_id, timestamp, body, sender_id)"
+                " VALUES (?, ?, ?, ?, ?)",
                 (
                     conversation_id,
                     message.message_id,
                     micros(message.timestamp),
                     msgspec.json.encode(message),
+                    message.sender_id,
                 ),
             )
-            conn.execute(
-                "INSERT INTO outbox (message_id, created_at, body) VALUES (?, ?, ?)",
-                (message.message_id, micros(entry.created_at), msgspec.json.encode(entry)),
-            )
+            _insert_outbox(conn, entry)
             return message, True
 
         return await self._db.write(insert)
 
     async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
-        def select(conn: sqlite3.Connection) -> Message | None:
-            row = conn.execute(
-                "SELECT body FROM messages WHERE conversation_id = ? AND message_id = ?",
-                (conversation_id, message_id),
-            ).fetchone()
-            return None if row is None else msgspec.json.decode(row[0], type=Message)
+        return await self._db.read(_select_message, conversation_id, message_id)
 
-        return await self._db.read(select)
+    async def delete_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        *,
+        deleted_by: str,
+        deleted_at: dt.datetime,
+        object_key: str | None = None,
+        trace: Mapping[str, str] | None = None,
+    ) -> tuple[Message, bool] | None:
+        def delete(conn: sqlite3.Connection) -> tuple[Message, bool] | None:
+            current = _select_message(conn, conversation_id, message_id)
+            if current is None:
+                return None
+            if current.deleted:
+                return current, False
+            tombstone = current.tombstone(deleted_by, deleted_at)
+            _update_message(conn, conversation_id, tombstone)
+            # Its fan-out, if still pending, would announce, notify and process what is gone.
+            conn.execute("DELETE FROM outbox WHERE message_id = ?", (message_id,))
+            _insert_outbox(
+                conn,
+                OutboxEntry(
+                    conversation_id=conversation_id,
+                    message=tombstone,
+                    created_at=deleted_at,
+                    trace=dict(trace or {}),
+                    object_key=object_key,
+                    kind="deleted",
+                ),
+            )
+            return tombstone, True
+
+        return await self._db.write(delete)
+
+    async def edit_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        edit: MessageEdit,
+        *,
+        edited_at: dt.datetime,
+        trace: Mapping[str, str] | None = None,
+    ) -> Message | None:
+        def update(conn: sqlite3.Connection) -> Message | None:
+            current = _select_message(conn, conversation_id, message_id)
+            if current is None:
+                return None
+            if current.deleted:
+                raise MessageDeleted(message_id)
+            changed = edited(current, edit, edited_at)
+            _update_message(conn, conversation_id, changed)
+            _insert_outbox(
+                conn,
+                OutboxEntry(
+                    conversation_id=conversation_id,
+                    message=changed,
+                    created_at=edited_at,
+                    trace=dict(trace or {}),
+                    kind="edited",
+                ),
+            )
+            return changed
+
+        return await self._db.write(update)
 
     async def image_message(self, conversation_id: str, stored_key: str) -> Message | None:
         def select(conn: sqlite3.Connection) -> Message | None:
@@ -425,20 +538,10 @@ class SqliteChatStore:
         self, conversation_id: str, message_id: str, metadata: ImageMetadata
     ) -> Message | None:
         def update(conn: sqlite3.Connection) -> Message | None:
-            row = conn.execute(
-                "SELECT body FROM messages WHERE conversation_id = ? AND message_id = ?",
-                (conversation_id, message_id),
-            ).fetchone()
-            if row is None:
-                return None
-            current = msgspec.json.decode(row[0], type=Message)
-            if current.metadata is None or current.metadata.status not in (None, "processing"):
-                return None
-            updated = msgspec.structs.replace(current, metadata=metadata)
-            conn.execute(
-                "UPDATE messages SET body = ? WHERE conversation_id = ? AND message_id = ?",
-                (msgspec.json.encode(updated), conversation_id, message_id),
-            )
+            current = _select_message(conn, conversation_id, message_id)
+            updated = None if current is None else finished(current, metadata)
+            if updated is not None:
+                _update_message(conn, conversation_id, updated)
             return updated
 
         return await self._db.write(update)
