@@ -93,6 +93,7 @@ def text(
         sender_id=sender,
         timestamp=at,
         read_by=(sender,),
+        metadata=None,
     )
 
 

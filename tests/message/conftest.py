@@ -39,11 +39,15 @@ class RecordingEvents:
         self.created: list[OutboxEntry] = []
         self.created_members: list[frozenset[str]] = []
         self.read: list[tuple[str, Message, str]] = []
+        self.changed: list[OutboxEntry] = []
         self.membership: list[tuple[str, frozenset[str], frozenset[str]]] = []
 
     async def message_created(self, entry: OutboxEntry, members: frozenset[str]) -> None:
         self.created.append(entry)
         self.created_members.append(members)
+
+    async def message_changed(self, entry: OutboxEntry) -> None:
+        self.changed.append(entry)
 
     async def message_read(self, conversation_id: str, message: Message, reader_id: str) -> None:
         self.read.append((conversation_id, message, reader_id))

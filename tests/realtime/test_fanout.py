@@ -30,6 +30,7 @@ def message(sender: str = "alice", *, age: float = 0.0, content: str = "hi") -> 
         sender_id=sender,
         timestamp=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=age),
         read_by=(sender,),
+        metadata=None,
     )
 
 

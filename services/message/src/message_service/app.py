@@ -7,6 +7,7 @@ from litestar.di import Provide
 
 from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.backends import Backends
+from chat_core.erasure import ImageEraser
 from chat_core.settings import Settings
 from message_service import devices, routes
 from message_service.devices import DeviceService
@@ -36,6 +37,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
             backends.presence,
             backends.notification_queue,
             media_queue=backends.media_queue,
+            eraser=ImageEraser(backends.object_store, backends.storage_ledger),
             drain_seconds=settings.service.drain_seconds,
         )
     sockets = RealtimeSockets.from_backends(settings, backends)
@@ -48,6 +50,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
         last_messages,
         events,
         backends.quotas,
+        edit_window_seconds=settings.lifecycle.edit_window_seconds,
     )
     return ServiceParts(
         component=COMPONENT,

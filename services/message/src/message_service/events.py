@@ -10,6 +10,9 @@ Guarantees the caller gives:
   message and its outbox entry were written in one transaction. Whatever it does or fails to do, the
   outbox entry stays until someone deletes it, so an implementation may publish and enqueue inline and
   delete the entry, or leave everything to a relay that drains the outbox.
+* ``message_changed`` runs once per deletion or edit, after the change and its ``deleted``/``edited``
+  outbox entry were written in one transaction (never for a delete of a tombstone); as above, the entry
+  stays until someone deletes it.
 * ``message_read`` runs only when ``reader_id`` was newly added to ``readBy``.
 * ``participants_changed`` runs after a conversation is created (``added`` = every member) and after
   members are added or removed, with exactly who changed.
@@ -29,6 +32,9 @@ __all__ = ["MessageEvents"]
 class MessageEvents(Protocol):
     async def message_created(self, entry: OutboxEntry, members: frozenset[str]) -> None:
         """``members``: the conversation's members as the send read them (so fan-out need not)."""
+
+    async def message_changed(self, entry: OutboxEntry) -> None:
+        """A deletion or an edit (``entry.kind``), with the entry stored with it."""
 
     async def message_read(self, conversation_id: str, message: Message, reader_id: str) -> None: ...
 

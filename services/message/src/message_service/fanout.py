@@ -11,6 +11,13 @@ stored with it):
    media queue, so the media processor sanitizes it;
 4. delete the outbox entry once all are done (deletes of many entries share one store write).
 
+For a message **deleted** (a ``deleted`` entry, written with the tombstone): tell every image proxy on
+``DELETIONS_CHANNEL`` (they forget the message at once), publish ``message.deleted``
+``{conversationId, messageId}``, bring the conversation's ``lastMessage`` along (a tombstone), and delete
+every stored byte of its image (``chat_core.erasure``); the entry is released only when the last byte is
+gone, so the byte deletion is as durable as the event. For a message **edited** (an ``edited`` entry):
+publish ``message.edited`` with the full message and bring ``lastMessage`` along.
+
 Per conversation, events are published in the order the messages were stored; only the publish holds
 the conversation's lock, so a busy group's enqueues and deletes overlap instead of queueing behind it.
 The send hands over the members it just read, so the immediate attempt reads nothing.
@@ -35,7 +42,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Coroutine
+from typing import Any
 
 import msgspec
 import structlog
@@ -43,18 +51,20 @@ from opentelemetry.trace import SpanKind
 
 from chat_core import metrics, tracing
 from chat_core.batching import Coalescer
+from chat_core.erasure import ImageEraser
 from chat_core.jobqueue import JobQueue
 from chat_core.media import MediaJob
-from chat_core.messagestore import ConversationStore, Message, OutboxEntry, OutboxStore
+from chat_core.messagestore import ConversationStore, LastMessage, Message, OutboxEntry, OutboxStore
 from chat_core.notifications import Notification, NotificationQueue
 from chat_core.realtime import (
+    DELETIONS_CHANNEL,
     MEMBERSHIP_CHANNEL,
     EventBus,
     Presence,
     conversation_channel,
     user_channel,
 )
-from chat_core.realtime.events import Envelope, MembershipChanged, encode
+from chat_core.realtime.events import Envelope, MembershipChanged, MessageGone, encode
 
 __all__ = [
     "RECIPIENTS_PER_NOTIFICATION",
@@ -120,6 +130,7 @@ class Fanout:
         queue: NotificationQueue,
         *,
         media_queue: JobQueue[MediaJob] | None = None,
+        eraser: ImageEraser | None = None,
         drain_seconds: float = 10.0,
         relay_interval: float = RELAY_INTERVAL_SECONDS,
         relay_grace: float = RELAY_GRACE_SECONDS,
@@ -130,6 +141,7 @@ class Fanout:
         self._presence = presence
         self._queue = queue
         self._media_queue = media_queue
+        self._eraser = eraser
         self._drain_seconds = drain_seconds
         self._relay_interval = relay_interval
         self._relay_grace = relay_grace
@@ -143,7 +155,13 @@ class Fanout:
 
     # --- MessageEvents ------------------------------------------------------------------------------
     async def message_created(self, entry: OutboxEntry, members: frozenset[str]) -> None:
-        task = asyncio.get_running_loop().create_task(self.deliver(entry, members), name="fanout")
+        self._in_background(self.deliver(entry, members))
+
+    async def message_changed(self, entry: OutboxEntry) -> None:
+        self._in_background(self.deliver(entry))
+
+    def _in_background(self, delivery: Coroutine[Any, Any, bool]) -> None:
+        task = asyncio.get_running_loop().create_task(delivery, name="fanout")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -192,12 +210,13 @@ class Fanout:
         ``members``: the conversation's members as the send saw them (None: read them, as the relay does).
         """
         message_id = entry.message.message_id
-        if message_id in self._delivering:
+        entry_id = entry.entry_id
+        if entry_id in self._delivering:
             return False
-        self._delivering.add(message_id)
+        self._delivering.add(entry_id)
         try:
             with _tracer.start_as_current_span(
-                "fanout message.created",
+                f"fanout message.{entry.kind}",
                 context=tracing.extract(entry.trace),
                 kind=SpanKind.PRODUCER,
                 attributes={
@@ -205,9 +224,11 @@ class Fanout:
                     "chat.conversation.id": entry.conversation_id,
                 },
             ):
-                return await self._deliver(entry, members)
+                if entry.kind == "created":
+                    return await self._deliver(entry, members)
+                return await self._deliver_change(entry)
         finally:
-            self._delivering.discard(message_id)
+            self._delivering.discard(entry_id)
 
     async def _deliver(self, entry: OutboxEntry, members: frozenset[str] | None) -> bool:
         message = entry.message
@@ -261,6 +282,74 @@ class Fanout:
             return False
         self._progress.pop(message.message_id, None)
         return True
+
+    async def _deliver_change(self, entry: OutboxEntry) -> bool:
+        """A deletion or an edit: events, ``lastMessage``, and (deleted) every byte of the image."""
+        message = entry.message
+        progress = self._progress.setdefault(entry.entry_id, _Progress())
+        failed: list[str] = []
+        async with self._conversation_lock(entry.conversation_id):
+            if not progress.published:
+                try:
+                    await self._publish_change(entry)
+                    progress.published = True
+                except Exception as exc:
+                    failed.append("bus")
+                    _log.warning("fanout_publish_failed", message_id=message.message_id, error=repr(exc))
+        if not progress.queued:  # here: the conversation's lastMessage brought along
+            try:
+                await self._conversations.revise_last_message(entry.conversation_id, LastMessage.of(message))
+                progress.queued = True
+            except Exception as exc:
+                failed.append("store")
+                _log.warning("fanout_last_message_failed", message_id=message.message_id, error=repr(exc))
+        if entry.kind == "deleted" and not progress.media_queued:  # here: the image's bytes deleted
+            try:
+                await self._erase(entry)
+                progress.media_queued = True
+            except Exception as exc:
+                failed.append("object_store")
+                _log.warning("fanout_erase_failed", message_id=message.message_id, error=repr(exc))
+        if failed:
+            for target in failed:
+                metrics.OUTBOX_RELAY_ERRORS.labels(target).inc()
+            return False
+        if not await self._release(entry.entry_id):
+            return False
+        self._progress.pop(entry.entry_id, None)
+        return True
+
+    async def _publish_change(self, entry: OutboxEntry) -> None:
+        message = entry.message
+        members = await self._conversations.get_participants(entry.conversation_id) or frozenset()
+        if entry.kind == "deleted":
+            # The proxies first: from now on no replica serves the image from what it remembered.
+            gone = MessageGone(conversation_id=entry.conversation_id, message_id=message.message_id)
+            await self._bus.publish(DELETIONS_CHANNEL, encode(gone))
+            envelope = Envelope(
+                type="message.deleted",
+                conversation_id=entry.conversation_id,
+                message_id=message.message_id,
+                members=tuple(sorted(members)),
+            )
+        else:
+            envelope = Envelope(
+                type="message.edited",
+                conversation_id=entry.conversation_id,
+                message=message,
+                members=tuple(sorted(members)),
+            )
+        if members:
+            await self._publish(conversation_channel(entry.conversation_id), envelope)
+
+    async def _erase(self, entry: OutboxEntry) -> None:
+        if self._eraser is None:
+            return
+        message = entry.message
+        await self._eraser.erase(entry.conversation_id, message.message_id, entry.object_key)
+        if message.message_type == "image" and message.deleted_at is not None:
+            waited = (dt.datetime.now(dt.UTC) - message.deleted_at).total_seconds()
+            metrics.IMAGE_BYTES_ERASED.observe(max(0.0, waited))
 
     async def _release(self, message_id: str) -> bool:
         """Delete the outbox entry, together with others released at about the same time."""
@@ -339,7 +428,7 @@ class Fanout:
         entries = await self._outbox.pending_outbox(older_than=self._relay_grace, limit=RELAY_BATCH)
         healthy = True
         for entry in entries:
-            if entry.message.message_id in self._delivering:
+            if entry.entry_id in self._delivering:
                 continue  # another task is delivering it right now: not a failure, go on with the rest
             if not await self.deliver(entry):
                 healthy = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Response, delete, get, post
+from litestar import Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
@@ -20,8 +20,10 @@ from message_service.schemas import (
     AddParticipants,
     ConversationPage,
     CreateConversation,
+    EditMessage,
     MessagePage,
     SendMessage,
+    UpdateConversation,
 )
 from message_service.service import ConversationService, MessageService
 
@@ -67,6 +69,26 @@ async def get_conversation(
     conversation_service: NamedDependency[ConversationService],
 ) -> Conversation:
     return await conversation_service.get(principal.user_id, conversation_id)
+
+
+@patch(
+    "/conversations/{conversation_id:str}",
+    summary="Change a conversation's settings (admins)",
+    description=(
+        "Admins only (403 `not_an_admin`). `retentionDays`: messages older than this many days are deleted "
+        "with their images by the retention job; null returns to the deployment's `MESSAGE_RETENTION_DAYS`."
+    ),
+    tags=["conversations"],
+    opt={RATE_LIMIT_OPT: "participant_changes"},
+    responses=problem_responses(400, 401, 403, 404),
+)
+async def update_conversation(
+    conversation_id: FromPath[str],
+    data: JSONBody[UpdateConversation],
+    principal: NamedDependency[Principal],
+    conversation_service: NamedDependency[ConversationService],
+) -> Conversation:
+    return await conversation_service.update(principal.user_id, conversation_id, data)
 
 
 @post(
@@ -159,13 +181,64 @@ async def mark_read(
     return await message_service.mark_read(principal.user_id, conversation_id, message_id)
 
 
+@delete(
+    "/conversations/{conversation_id:str}/messages/{message_id:str}",
+    status_code=204,
+    summary="Unsend a message",
+    description=(
+        "The sender, or an admin of the conversation (else 403 `not_allowed`); 204 again for a message "
+        "already deleted. The message stays in lists as a tombstone (`deleted: true`, `deletedAt`, "
+        "`deletedBy`, `content` and `metadata` null); the image proxy answers 404 `message_deleted` for its "
+        "image at once, and every stored byte of the image is deleted by a durable job within seconds. "
+        "Members get `message.deleted`."
+    ),
+    tags=["messages"],
+    opt={RATE_LIMIT_OPT: "sends"},
+    responses=problem_responses(401, 403, 404, 503),
+)
+async def delete_message(
+    conversation_id: FromPath[str],
+    message_id: FromPath[str],
+    principal: NamedDependency[Principal],
+    message_service: NamedDependency[MessageService],
+) -> None:
+    await message_service.delete(principal.user_id, conversation_id, message_id)
+
+
+@patch(
+    "/conversations/{conversation_id:str}/messages/{message_id:str}",
+    status_code=200,
+    summary="Edit a message's text, caption or alt text",
+    description=(
+        "The sender only (else 403 `not_allowed`), within `MESSAGE_EDIT_WINDOW_SECONDS` of sending (else "
+        "403 `edit_window_closed`); a deleted message is 409 `message_deleted`. Fields left out stay as "
+        "they are; the image itself cannot be replaced. 200 with the message, `editedAt` set; members get "
+        "`message.edited`."
+    ),
+    tags=["messages"],
+    opt={RATE_LIMIT_OPT: "sends"},
+    responses=problem_responses(400, 401, 403, 404, 409, 503),
+)
+async def edit_message(
+    conversation_id: FromPath[str],
+    message_id: FromPath[str],
+    data: JSONBody[EditMessage],
+    principal: NamedDependency[Principal],
+    message_service: NamedDependency[MessageService],
+) -> Message:
+    return await message_service.edit(principal.user_id, conversation_id, message_id, data)
+
+
 ROUTES = [
     create_conversation,
     list_conversations,
     get_conversation,
+    update_conversation,
     add_participants,
     remove_participant,
     send_message,
     list_messages,
     mark_read,
+    delete_message,
+    edit_message,
 ]

@@ -17,6 +17,7 @@ from chat_core.keys import CONVERSATION_ID_PATTERN
 from chat_core.messagestore import Conversation, Message
 
 __all__ = [
+    "MAX_ALT_TEXT_CHARS",
     "MAX_CONTENT_CHARS",
     "MAX_PARTICIPANTS",
     "MESSAGE_EXAMPLE",
@@ -24,9 +25,11 @@ __all__ = [
     "AddParticipants",
     "ConversationPage",
     "CreateConversation",
+    "EditMessage",
     "ImageMetadataRequest",
     "MessagePage",
     "SendMessage",
+    "UpdateConversation",
 ]
 
 _KEY = "images/user123/20240419-123456-0f8e4c2a-9b7d-4e11-8a3c-5d6e7f809112.jpg"
@@ -65,6 +68,26 @@ MESSAGE_EXAMPLE = Example(
 
 MAX_PARTICIPANTS = 500  # a group's membership array stays far below Firestore's 1 MiB document limit
 MAX_CONTENT_CHARS = 4000
+MAX_ALT_TEXT_CHARS = 1000
+MAX_RETENTION_DAYS = 36500
+
+AltText = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=MAX_ALT_TEXT_CHARS,
+        description="The image described for people who cannot see it (screen readers); <= 1,000 characters.",
+    ),
+]
+EditedContent = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=MAX_CONTENT_CHARS,
+        description="The new text, or the image's new caption (null or empty: no caption).",
+    ),
+]
+RetentionDays = Annotated[
+    int, msgspec.Meta(ge=1, le=MAX_RETENTION_DAYS, description="Days a message is kept.")
+]
 
 UserId = Annotated[str, msgspec.Meta(pattern=USER_ID_PATTERN.pattern, description="A user id (`sub`).")]
 
@@ -114,6 +137,7 @@ class ImageMetadataRequest(msgspec.Struct, frozen=True, kw_only=True):
     width: int | None = None
     height: int | None = None
     size_bytes: int | None = None
+    alt_text: AltText | None = None
 
 
 class SendMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -130,6 +154,22 @@ class SendMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
         ]
         | None
     ) = None
+
+
+class EditMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What an edit changes; a field left out stays as it is. The image itself is never replaced."""
+
+    content: EditedContent | msgspec.UnsetType | None = msgspec.UNSET
+    alt_text: AltText | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class UpdateConversation(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
+):
+    """Admins only. ``retentionDays``: messages older than this are deleted with their images (null: the
+    deployment's MESSAGE_RETENTION_DAYS)."""
+
+    retention_days: RetentionDays | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class ConversationPage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

@@ -114,8 +114,12 @@ class ImageMetadata(msgspec.Struct, frozen=True, kw_only=True):
     alt_text: str | None = None  # the image's description for screen readers (sender's, editable)
 
 
-class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """The spec's "Message Data Structure" (camelCase on the wire and in Firestore)."""
+class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """The spec's "Message Data Structure" (camelCase on the wire and in Firestore).
+
+    Exactly the spec's fields (``metadata`` null for text), plus the lifecycle's only once they apply:
+    ``editedAt`` after an edit; ``deleted``, ``deletedAt`` and ``deletedBy`` on a tombstone.
+    """
 
     message_id: str
     content: str | None
@@ -123,7 +127,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     sender_id: str
     timestamp: dt.datetime
     read_by: tuple[str, ...]
-    metadata: ImageMetadata | None = None
+    metadata: ImageMetadata | None  # no default: always on the wire (null for text), as the spec shows
     # Set by an edit of ``content`` or ``metadata.alt_text`` (PATCH, within MESSAGE_EDIT_WINDOW_SECONDS).
     edited_at: dt.datetime | None = None
     # A tombstone: the sender or an admin unsent it. ``content`` and ``metadata`` are then None, and every
