@@ -16,6 +16,8 @@
   the queue with a delay that doubles per attempt (``NOTIFICATION_RETRY_BASE_SECONDS``, through the
   visibility timeout); after ``NOTIFICATION_MAX_RECEIVES`` receives the queue moves it to the DLQ.
 * A token the provider reports dead is deleted from the store.
+* A notification whose message was deleted (unsent) before it was pushed is acknowledged without a push
+  (one message read per queue message, not per device); a redelivery finds it deleted the same way.
 * Shutdown (SIGTERM -> lifespan exit) stops polling (the receive in flight returns what it has: at once
   on SQLite, within ``SQS_WAIT_SECONDS`` on SQS, so nothing is left hidden), lets in-flight
   messages finish for up to ``SHUTDOWN_DRAIN_SECONDS``, then cancels the rest (their claims are
@@ -38,7 +40,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from chat_core import metrics, tracing
 from chat_core.backends import Backends
 from chat_core.jobqueue.runner import JobRunner
-from chat_core.messagestore import Device, DeviceStore, PushReceiptStore
+from chat_core.messagestore import Device, DeviceStore, MessageStore, PushReceiptStore
 from chat_core.notifications import Notification, NotificationQueue, ReceivedNotification
 from chat_core.push import PushMessage, PushProvider
 from chat_core.settings import Settings
@@ -97,8 +99,10 @@ class NotificationConsumer:
         retry_base_seconds: float,
         drain_seconds: float,
         claim_lease_seconds: float = 60.0,
+        messages: MessageStore | None = None,
     ) -> None:
         self._queue = queue
+        self._messages = messages
         self._devices = devices
         self._receipts = receipts
         self._push = push
@@ -132,6 +136,7 @@ class NotificationConsumer:
             retry_base_seconds=settings.notifications.retry_base_seconds,
             drain_seconds=settings.service.drain_seconds,
             claim_lease_seconds=settings.notifications.push_claim_lease_seconds,
+            messages=backends.messages,
         )
 
     # --- lifecycle ----------------------------------------------------------------------------------
@@ -207,6 +212,8 @@ class NotificationConsumer:
     async def _push_all(self, notification: Notification) -> tuple[bool, dt.datetime | None]:
         """(True, None) when every device is done (pushed now or before, or gone); otherwise False and
         the latest time another claim holds one of the devices (None: only failures to retry)."""
+        if await self._unsent(notification):
+            return True, None
         devices = await self._devices.devices_for(notification.recipient_ids)
         targets = [device for user in notification.recipient_ids for device in devices.get(user, ())]
         # Supervised: every sibling push is settled (sent and done, or released) before this returns, even
@@ -222,6 +229,17 @@ class NotificationConsumer:
             settled.append(result)
         held = [result.not_before for result in settled if result.not_before is not None]
         return all(result.done for result in settled), max(held, default=None)
+
+    async def _unsent(self, notification: Notification) -> bool:
+        """Whether the message was deleted: then nobody is told about it."""
+        if self._messages is None:
+            return False
+        message = await self._messages.get_message(notification.conversation_id, notification.message_id)
+        if message is None or not message.deleted:
+            return False
+        metrics.DELETED_SKIPPED.labels("push").inc()
+        _log.info("push_skipped_message_deleted", notification_id=notification.notification_id)
+        return True
 
     async def _push_device(self, notification: Notification, device: Device) -> DeviceResult:
         # Two copies of one job in this process (the relay enqueued it twice) take turns on a device, so the
