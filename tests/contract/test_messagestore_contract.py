@@ -29,6 +29,9 @@ from chat_core.messagestore import (
     MessageEdit,
     ObjectAlreadyUsed,
     OutboxEntry,
+    created_event,
+    event_done,
+    new_event,
 )
 from chat_core.messagestore.sqlite import SqliteChatStore
 from chat_core.timestamps import micros
@@ -361,9 +364,8 @@ async def test_creating_a_message_writes_its_outbox_entry(store: ChatStore) -> N
     trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
     await store.create_message(cid, message, trace=trace)
     pending = await store.pending_outbox(older_than=0, limit=10)
-    assert pending == [
-        OutboxEntry(conversation_id=cid, message=message, created_at=message.timestamp, trace=trace)
-    ]
+    assert pending == [created_event(cid, message, trace=trace)]
+    assert (pending[0].event_id, pending[0].kind) == (message.message_id, "message.created")
 
 
 async def test_an_image_messages_outbox_entry_names_its_object_and_etag(store: ChatStore) -> None:
@@ -461,10 +463,15 @@ async def test_deleting_writes_its_outbox_entry_and_drops_a_pending_created_one(
     assert result is not None
     (entry,) = await store.pending_outbox(older_than=0, limit=10)
     assert entry == OutboxEntry(
-        conversation_id=cid, message=result[0], created_at=at, trace=trace, object_key=key, kind="deleted"
+        event_id=f"{message.message_id}:deleted",
+        kind="message.deleted",
+        conversation_id=cid,
+        message=result[0],
+        created_at=at,
+        trace=trace,
+        object_key=key,
     )
-    assert entry.entry_id == f"{message.message_id}:deleted"
-    await store.delete_outbox([entry.entry_id])
+    await store.delete_outbox([entry.event_id])
     assert await store.pending_outbox(older_than=0, limit=10) == []
 
 
@@ -474,7 +481,7 @@ async def test_deleting_again_changes_nothing_and_writes_nothing(store: ChatStor
     await store.create_message(cid, message)
     first = await store.delete_message(cid, message.message_id, deleted_by="alice", deleted_at=now())
     assert first is not None
-    await store.delete_outbox([f"{message.message_id}:deleted"])
+    await store.delete_outbox([f"{message.message_id}:deleted"])  # relayed
     again = await store.delete_message(cid, message.message_id, deleted_by="bob", deleted_at=now())
     assert again == (first[0], False)
     assert await store.pending_outbox(older_than=0, limit=10) == []
@@ -501,8 +508,13 @@ async def test_editing_changes_content_and_alt_text_and_writes_an_outbox_entry(s
     await store.create_message(cid, message, object_key=stored_key(cid, message))
     await store.delete_outbox([message.message_id])
     at = now() - dt.timedelta(seconds=10)
+    announced = new_event("message.edited", cid)
     changed = await store.edit_message(
-        cid, message.message_id, MessageEdit(content="a caption", alt_text="a red kite"), edited_at=at
+        cid,
+        message.message_id,
+        MessageEdit(content="a caption", alt_text="a red kite"),
+        edited_at=at,
+        event=announced,
     )
     assert changed is not None
     assert changed.metadata is not None
@@ -511,7 +523,7 @@ async def test_editing_changes_content_and_alt_text_and_writes_an_outbox_entry(s
     assert msgspec_replace(changed.metadata, alt_text=None) == message.metadata  # nothing else changes
     assert await store.get_message(cid, message.message_id) == changed
     (entry,) = await store.pending_outbox(older_than=0, limit=10)
-    assert (entry.kind, entry.message, entry.created_at) == ("edited", changed, at)
+    assert entry == event_done(announced, changed)
     # Only what the edit names changes: the caption stays when only the description does.
     again = await store.edit_message(cid, message.message_id, MessageEdit(alt_text=None), edited_at=now())
     assert again is not None
@@ -812,9 +824,9 @@ async def test_pending_outbox_is_oldest_first_and_respects_the_age(store: ChatSt
     for message in (older, fresh, oldest):
         await store.create_message(cid, message)
     pending = await store.pending_outbox(older_than=60, limit=10)
-    assert [e.message.message_id for e in pending] == [oldest.message_id, older.message_id]
+    assert [e.message_id for e in pending] == [oldest.message_id, older.message_id]
     limited = await store.pending_outbox(older_than=60, limit=1)
-    assert [e.message.message_id for e in limited] == [oldest.message_id]
+    assert [e.message_id for e in limited] == [oldest.message_id]
 
 
 async def test_deleted_outbox_entries_are_gone(store: ChatStore) -> None:
@@ -824,7 +836,7 @@ async def test_deleted_outbox_entries_are_gone(store: ChatStore) -> None:
     await store.create_message(cid, second)
     await store.delete_outbox([first.message_id, "unknown"])
     pending = await store.pending_outbox(older_than=0, limit=10)
-    assert [e.message.message_id for e in pending] == [second.message_id]
+    assert [e.message_id for e in pending] == [second.message_id]
     assert await store.get_message(cid, first.message_id) == first  # the message itself stays
 
 
@@ -835,6 +847,90 @@ async def test_outbox_stats_count_and_age(store: ChatStore) -> None:
     await store.create_message(cid, new)
     await store.create_message(cid, old)
     assert await store.outbox_stats() == (2, T0)
+
+
+# --- the event outbox: every change a client acts on commits with its entry ---------------------------
+TRACE = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+
+
+async def outbox_of(store: ChatStore) -> list[OutboxEntry]:
+    return await store.pending_outbox(older_than=-60, limit=100)  # fresh ones too
+
+
+async def test_a_new_conversation_commits_its_membership_event(store: ChatStore) -> None:
+    created = conversation(("alice", "bob"))
+    event = new_event("membership.changed", created.conversation_id, added=created.participants, trace=TRACE)
+    await store.create_conversation(created, event=event)
+    assert await outbox_of(store) == [event]
+    with pytest.raises(ConversationExists):
+        await store.create_conversation(
+            created, event=new_event("membership.changed", created.conversation_id)
+        )
+    assert await outbox_of(store) == [event]  # the refused create wrote no event either
+
+
+async def test_added_and_removed_members_commit_their_membership_events(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    joined = new_event("membership.changed", cid, added=["carol", "dave"])
+    await store.add_participants(cid, ["carol", "dave"], event=joined)
+    left = new_event("membership.changed", cid, removed=["bob"])
+    await store.remove_participant(cid, "bob", event=left)
+    assert sorted(await outbox_of(store), key=lambda e: e.created_at) == [joined, left]
+    assert (joined.added, left.removed) == (("carol", "dave"), ("bob",))
+    with pytest.raises(ConversationNotFound):
+        await store.add_participants(
+            "nope", ["bob"], event=new_event("membership.changed", "nope", added=["bob"])
+        )
+    assert len(await outbox_of(store)) == 2
+
+
+async def test_a_read_receipt_commits_its_event_with_the_message_as_read(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    message = text(now() - dt.timedelta(seconds=30))
+    await store.create_message(cid, message)
+    await store.delete_outbox([message.message_id])
+    event = new_event("message.read", cid, user_id="bob", trace=TRACE)
+    read = await store.mark_read(cid, message.message_id, "bob", event=event)
+    assert read is not None
+    [entry] = await outbox_of(store)
+    assert entry == msgspec_replace(event, message=read[0])
+    assert entry.message is not None
+    assert entry.message.read_by == ("alice", "bob")
+    # Read again: nothing changed, nothing to announce.
+    await store.mark_read(cid, message.message_id, "bob", event=new_event("message.read", cid, user_id="bob"))
+    assert await outbox_of(store) == [entry]
+
+
+async def test_a_finished_image_commits_its_update_event_once(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    message = image(cid, now() - dt.timedelta(seconds=30))
+    await store.create_message(cid, message)
+    await store.delete_outbox([message.message_id])
+    assert message.metadata is not None
+    failed = msgspec_replace(message.metadata, status="failed", error="not_an_image")
+    event = new_event("message.updated", cid, trace=TRACE)
+    finished = await store.finish_image(cid, message.message_id, failed, event=event)
+    assert finished is not None
+    assert await outbox_of(store) == [msgspec_replace(event, message=finished)]
+    # A redelivered job finishes nothing and announces nothing.
+    again = new_event("message.updated", cid)
+    assert await store.finish_image(cid, message.message_id, failed, event=again) is None
+    assert [e.event_id for e in await outbox_of(store)] == [event.event_id]
+
+
+async def test_events_of_every_kind_are_relayed_oldest_first_and_deleted_by_id(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    message = text(now() - dt.timedelta(seconds=30))
+    await store.create_message(cid, message)
+    read = new_event("message.read", cid, user_id="bob")
+    await store.mark_read(cid, message.message_id, "bob", event=read)
+    joined = new_event("membership.changed", cid, added=["carol"])
+    await store.add_participants(cid, ["carol"], event=joined)
+    pending = await outbox_of(store)
+    assert [e.kind for e in pending] == ["message.created", "message.read", "membership.changed"]
+    await store.delete_outbox([read.event_id])
+    assert [e.event_id for e in await outbox_of(store)] == [message.message_id, joined.event_id]
+    assert (await store.outbox_stats())[0] == 2
 
 
 # --- PushReceiptStore -------------------------------------------------------------------------------

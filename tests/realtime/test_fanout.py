@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from chat_core.backends import Backends
-from chat_core.messagestore import Conversation, Message, OutboxEntry
+from chat_core.messagestore import Conversation, Message, OutboxEntry, created_event
 from chat_core.realtime import conversation_channel
 from message_service.fanout import RECIPIENTS_PER_NOTIFICATION, Fanout, notifications_for
 from tests import harness
@@ -63,13 +63,13 @@ class Rig:
         [entry] = [
             e
             for e in await self.backends.chat_store.pending_outbox(older_than=0, limit=1000)
-            if e.message.message_id == msg.message_id
+            if e.event_id == msg.message_id
         ]
         return entry
 
     async def outbox_ids(self) -> set[str]:
         entries = await self.backends.chat_store.pending_outbox(older_than=0, limit=1000)
-        return {e.message.message_id for e in entries}
+        return {e.event_id for e in entries}
 
 
 @pytest.fixture
@@ -103,9 +103,9 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
 def test_huge_groups_are_chunked_into_numbered_notifications() -> None:
     recipients = [f"user-{n:05d}" for n in range(2 * RECIPIENTS_PER_NOTIFICATION + 500)]
-    entry = OutboxEntry(conversation_id="c-1", message=message(), created_at=dt.datetime.now(dt.UTC))
+    entry = created_event("c-1", message())
     notifications = notifications_for(entry, recipients, trace={})
-    message_id = entry.message.message_id
+    message_id = entry.event_id
     assert [n.notification_id for n in notifications] == [f"{message_id}:{i}" for i in range(3)]
     assert [len(n.recipient_ids) for n in notifications] == [1000, 1000, 500]
     assert sorted(r for n in notifications for r in n.recipient_ids) == recipients
@@ -123,7 +123,7 @@ async def test_a_delivered_message_is_published_once_enqueued_once_and_leaves_th
     assert channel == conversation_channel(conversation)
     [job] = await rig.backends.notification_queue.receive(max_messages=10, wait_seconds=1)
     assert job.job.recipient_ids == ("carol",)  # bob is online, alice sent it
-    assert job.job.notification_id == f"{entry.message.message_id}:0"
+    assert job.job.notification_id == f"{entry.event_id}:0"
     assert await rig.outbox_ids() == set()
 
 
@@ -142,7 +142,7 @@ async def test_when_the_queue_is_down_the_entry_stays_and_a_retry_does_not_publi
     conversation = await rig.conversation("alice", "bob")
     entry = await rig.stored(conversation, message())
     assert await rig.fanout.deliver(entry) is False
-    assert await rig.outbox_ids() == {entry.message.message_id}
+    assert await rig.outbox_ids() == {entry.event_id}
     await rig.events.get()  # published once
     await rig.backends.notification_queue.start()  # the queue is back
     assert await rig.fanout.deliver(entry) is True
@@ -187,8 +187,8 @@ async def test_the_relay_skips_an_entry_in_flight_and_delivers_the_rest_without_
     rig: Rig = await make_rig()
     conversation = await rig.conversation("alice", "bob")
     held = await rig.stored(conversation, message())  # the oldest: first in the relay's pass
-    others = [(await rig.stored(conversation, message())).message.message_id for _ in range(2)]
-    queue = _QueueHoldingOneMessage(rig.backends.notification_queue, held.message.message_id)
+    others = [(await rig.stored(conversation, message())).event_id for _ in range(2)]
+    queue = _QueueHoldingOneMessage(rig.backends.notification_queue, held.event_id)
     fanout = Fanout(
         rig.backends.conversations,
         rig.backends.outbox,
@@ -200,7 +200,7 @@ async def test_the_relay_skips_an_entry_in_flight_and_delivers_the_rest_without_
     await fanout.message_created(held, frozenset({"alice", "bob"}))  # the send's own delivery
     await asyncio.wait_for(queue.holding.wait(), 5)
     assert await fanout.relay_once() is True  # healthy: nothing failed, so no back-off
-    assert await rig.outbox_ids() == {held.message.message_id}
+    assert await rig.outbox_ids() == {held.event_id}
     delivered = await rig.backends.notification_queue.receive(max_messages=10, wait_seconds=1)
     assert sorted(job.job.message_id for job in delivered) == sorted(others)
     queue.release.set()  # the delivery in flight ends on its own

@@ -11,8 +11,9 @@ For a **process** job (one per image message, queued by the message service's ou
    decode; a breach is a reason code, never a crash);
 4. ``original``, ``preview`` and ``thumbnail`` are written under ``{cid}/media/{messageId}/``;
 5. the message is finished in the store (only if still ``processing``: the store's compare-and-set is
-   what makes two racing deliveries finish it once), ``message.updated`` is published with the full
-   message, and the raw upload is deleted (it holds what was stripped);
+   what makes two racing deliveries finish it once) together with its ``message.updated`` event outbox
+   entry (``chat_core.outbox``); the event is published with the full message at once, or by the message
+   service's relay if the bus is down now; then the raw upload is deleted (it holds what was stripped);
 6. the job is acknowledged.
 
 A job for a message deleted meanwhile does nothing but make sure its bytes are gone: found deleted at
@@ -62,7 +63,7 @@ import msgspec
 import structlog
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from chat_core import images, keys, ledger, metrics, tracing
+from chat_core import images, keys, ledger, metrics, outbox, tracing
 from chat_core.backends import AnnouncesUploads, Backends
 from chat_core.erasure import ImageEraser
 from chat_core.jobqueue import JobQueue
@@ -76,10 +77,12 @@ from chat_core.messagestore import (
     ImageVariants,
     Message,
     MessageStore,
+    OutboxStore,
+    event_done,
+    new_event,
 )
 from chat_core.objectstore import ObjectChanged, ObjectInfo, ObjectNotFound, ObjectStore
-from chat_core.realtime import EventBus, conversation_channel
-from chat_core.realtime.events import Envelope, encode
+from chat_core.realtime import EventBus
 from chat_core.settings import Settings
 from media_processor.imaging import ImageLimits, Rejected, Sanitized, Variant
 from media_processor.pool import MediaProcessor, PoolSettings
@@ -130,6 +133,7 @@ class MediaWorker:
         queue: JobQueue[MediaJob],
         messages: MessageStore,
         conversations: ConversationStore,
+        outbox_store: OutboxStore,
         objects: ObjectStore,
         bus: EventBus,
         processor: MediaProcessor,
@@ -145,6 +149,7 @@ class MediaWorker:
         self._queue = queue
         self._messages = messages
         self._conversations = conversations
+        self._outbox = outbox_store
         self._objects = objects
         self._bus = bus
         self._processor = processor
@@ -173,6 +178,7 @@ class MediaWorker:
             backends.media_queue,
             backends.messages,
             backends.conversations,
+            backends.outbox,
             backends.object_store,
             backends.event_bus,
             MediaProcessor(limits_from(settings), pool_settings_from(settings)),
@@ -399,7 +405,10 @@ class MediaWorker:
     ) -> Outcome:
         """Finish the message once; ``raw`` is the upload's key and size (None: not read, not counted)."""
         raw_key, raw_size = raw
-        updated = await self._messages.finish_image(conversation_id, message.message_id, metadata)
+        announced = new_event("message.updated", conversation_id, trace=tracing.inject())
+        updated = await self._messages.finish_image(
+            conversation_id, message.message_id, metadata, event=announced
+        )
         if updated is None:  # another delivery finished it first (its event is the one), or it was deleted
             current = await self._messages.get_message(conversation_id, message.message_id)
             if current is None or current.deleted:
@@ -416,30 +425,13 @@ class MediaWorker:
             await ledger.record(self._storage, "derived", len(keys.VARIANTS), derived_bytes)
         metrics.MEDIA_JOBS.labels(outcome, reason).inc()
         metrics.MEDIA_PROCESSING_SECONDS.observe(time.perf_counter() - started)
-        await self._publish_updated(conversation_id, updated)
+        # Stored with the change: what this attempt cannot publish, the message service's relay will.
+        await outbox.publish_now(self._bus, self._conversations, self._outbox, event_done(announced, updated))
         # Last: the raw upload holds what was stripped, and nothing serves it any more.
         await self._objects.delete(raw_key)
         if raw_size is not None:
             await ledger.record(self._storage, "raw", -1, -raw_size)
         return outcome
-
-    async def _publish_updated(self, conversation_id: str, message: Message) -> None:
-        try:
-            members = await self._conversations.get_participants(conversation_id) or frozenset()
-            with _tracer.start_as_current_span("publish message.updated", kind=SpanKind.PRODUCER):
-                envelope = Envelope(
-                    type="message.updated",
-                    conversation_id=conversation_id,
-                    message=message,
-                    members=tuple(sorted(members)),
-                    trace=tracing.inject(),
-                )
-                await self._bus.publish(conversation_channel(conversation_id), encode(envelope))
-            metrics.EVENTS_PUBLISHED.labels("message.updated").inc()
-        except Exception as exc:
-            # The message is finished in the store; clients that missed the event see it on resync.
-            metrics.OUTBOX_RELAY_ERRORS.labels("bus").inc()
-            _log.warning("message_updated_not_published", message_id=message.message_id, error=repr(exc))
 
     # --- object-created events ----------------------------------------------------------------------
     async def check_upload(self, created: ObjectCreated) -> str:

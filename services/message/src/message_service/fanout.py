@@ -45,26 +45,17 @@ import time
 from collections.abc import AsyncIterator, Collection, Coroutine
 from typing import Any
 
-import msgspec
 import structlog
 from opentelemetry.trace import SpanKind
 
-from chat_core import metrics, tracing
+from chat_core import metrics, outbox, tracing
 from chat_core.batching import Coalescer
 from chat_core.erasure import ImageEraser
 from chat_core.jobqueue import JobQueue
 from chat_core.media import MediaJob
 from chat_core.messagestore import ConversationStore, LastMessage, Message, OutboxEntry, OutboxStore
 from chat_core.notifications import Notification, NotificationQueue
-from chat_core.realtime import (
-    DELETIONS_CHANNEL,
-    MEMBERSHIP_CHANNEL,
-    EventBus,
-    Presence,
-    conversation_channel,
-    user_channel,
-)
-from chat_core.realtime.events import Envelope, MembershipChanged, MessageGone, encode
+from chat_core.realtime import EventBus, Presence
 
 __all__ = [
     "RECIPIENTS_PER_NOTIFICATION",
@@ -92,6 +83,8 @@ def notifications_for(
 ) -> list[Notification]:
     """The queue messages for one chat message: one per ``RECIPIENTS_PER_NOTIFICATION`` recipients."""
     message = entry.message
+    if message is None:
+        raise ValueError("notifications are for message.created entries")
     ordered = sorted(recipients)
     preview = (message.content or "")[:PREVIEW_CHARS]
     return [
@@ -157,81 +150,120 @@ class Fanout:
     async def message_created(self, entry: OutboxEntry, members: frozenset[str]) -> None:
         self._in_background(self.deliver(entry, members))
 
-    async def message_changed(self, entry: OutboxEntry) -> None:
+    async def event_stored(self, entry: OutboxEntry) -> None:
         self._in_background(self.deliver(entry))
 
     def _in_background(self, delivery: Coroutine[Any, Any, bool]) -> None:
+        # The request does not wait: a slow or dead bus never delays its answer (the outbox has the entry).
         task = asyncio.get_running_loop().create_task(delivery, name="fanout")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def message_read(self, conversation_id: str, message: Message, reader_id: str) -> None:
-        try:
-            members = await self._conversations.get_participants(conversation_id)
-            envelope = Envelope(
-                type="message.read",
-                conversation_id=conversation_id,
-                message_id=message.message_id,
-                user_id=reader_id,
-                read_by=message.read_by,
-                members=tuple(sorted(members or ())),
-            )
-            await self._publish(conversation_channel(conversation_id), envelope)
-        except Exception as exc:
-            # Read receipts are best effort in real time; the list endpoint always has readBy.
-            metrics.OUTBOX_RELAY_ERRORS.labels("bus").inc()
-            _log.warning("read_event_not_published", conversation_id=conversation_id, error=repr(exc))
-
-    async def participants_changed(
-        self, conversation_id: str, added: frozenset[str], removed: frozenset[str]
-    ) -> None:
-        events: list[tuple[str, bytes]] = [
-            (MEMBERSHIP_CHANNEL, encode(MembershipChanged(conversation_id=conversation_id)))
-        ]
-        for users, kind in ((added, "conversation.joined"), (removed, "conversation.left")):
-            payload = encode(Envelope(type=kind, conversation_id=conversation_id))
-            events.extend((user_channel(user), payload) for user in sorted(users))
-        try:
-            for channel, payload in events:
-                await self._bus.publish(channel, payload)
-                metrics.EVENTS_PUBLISHED.labels("membership").inc()
-        except Exception as exc:
-            # Caches expire on their own (MEMBERSHIP_CACHE_SECONDS); sockets pick it up on reconnect.
-            metrics.OUTBOX_RELAY_ERRORS.labels("bus").inc()
-            _log.warning("membership_event_not_published", conversation_id=conversation_id, error=repr(exc))
-
-    # --- delivery of one outbox entry ---------------------------------------------------------------
+    # --- delivery of one outbox entry: the dispatch on its kind -----------------------------------
     async def deliver(self, entry: OutboxEntry, members: frozenset[str] | None = None) -> bool:
-        """Publish and enqueue what is still to do for ``entry``; True once its outbox entry is released.
+        """Do what is still to do for ``entry``; True once its outbox entry is released.
 
         False when a step failed, or when another task is delivering the same entry right now (the relay
         skips those instead of calling this).
 
-        ``members``: the conversation's members as the send saw them (None: read them, as the relay does).
+        ``members``: the conversation's members as the change saw them (None: read them, as the relay does).
         """
-        message_id = entry.message.message_id
-        entry_id = entry.entry_id
-        if entry_id in self._delivering:
+        event_id = entry.event_id
+        if event_id in self._delivering:
             return False
-        self._delivering.add(entry_id)
+        self._delivering.add(event_id)
         try:
-            with _tracer.start_as_current_span(
-                f"fanout message.{entry.kind}",
-                context=tracing.extract(entry.trace),
-                kind=SpanKind.PRODUCER,
-                attributes={
-                    "messaging.message.id": message_id,
-                    "chat.conversation.id": entry.conversation_id,
-                },
-            ):
-                if entry.kind == "created":
+            if entry.kind == "message.created":
+                with _tracer.start_as_current_span(
+                    "fanout message.created",
+                    context=tracing.extract(entry.trace),
+                    kind=SpanKind.PRODUCER,
+                    attributes={
+                        "messaging.message.id": event_id,
+                        "chat.conversation.id": entry.conversation_id,
+                    },
+                ):
                     return await self._deliver(entry, members)
+            if entry.kind in ("message.deleted", "message.edited"):
                 return await self._deliver_change(entry)
+            # Every other kind only publishes (chat_core.outbox.bus_events says what).
+            return await self._deliver_event(entry)
         finally:
-            self._delivering.discard(entry_id)
+            self._delivering.discard(event_id)
+
+    async def _deliver_change(self, entry: OutboxEntry) -> bool:
+        """A deletion or an edit: its events, ``lastMessage`` brought along, and (deleted) every byte of
+        the image. Each step is remembered once done, so a retry repeats only what failed."""
+        message = entry.message
+        if message is None:
+            raise ValueError(f"a {entry.kind} entry without its message")
+        progress = self._progress.setdefault(entry.event_id, _Progress())
+        failed: list[str] = []
+        if not progress.published:
+            async with self._conversation_lock(entry.conversation_id):
+                try:
+                    await outbox.publish(
+                        self._bus, entry, await outbox.members_for(self._conversations, entry)
+                    )
+                    progress.published = True
+                except Exception as exc:
+                    failed.append("bus")
+                    _log.warning(
+                        "fanout_publish_failed", kind=entry.kind, event_id=entry.event_id, error=repr(exc)
+                    )
+        if not progress.queued:  # here: the conversation's lastMessage revised
+            try:
+                await self._conversations.revise_last_message(entry.conversation_id, LastMessage.of(message))
+                progress.queued = True
+            except Exception as exc:
+                failed.append("store")
+                _log.warning("fanout_last_message_failed", event_id=entry.event_id, error=repr(exc))
+        if entry.kind == "message.deleted" and not progress.media_queued:  # here: the image's bytes gone
+            try:
+                await self._erase(entry, message)
+                progress.media_queued = True
+            except Exception as exc:
+                failed.append("object_store")
+                _log.warning("fanout_erase_failed", event_id=entry.event_id, error=repr(exc))
+        if failed:
+            for target in failed:
+                metrics.OUTBOX_RELAY_ERRORS.labels(target).inc()
+            return False
+        if not await self._release(entry.event_id):
+            return False
+        self._progress.pop(entry.event_id, None)
+        return True
+
+    async def _erase(self, entry: OutboxEntry, message: Message) -> None:
+        if self._eraser is None:
+            return
+        await self._eraser.erase(entry.conversation_id, message.message_id, entry.object_key)
+        if message.message_type == "image" and message.deleted_at is not None:
+            waited = (dt.datetime.now(dt.UTC) - message.deleted_at).total_seconds()
+            metrics.IMAGE_BYTES_ERASED.observe(max(0.0, waited))
+
+    async def _deliver_event(self, entry: OutboxEntry) -> bool:
+        async with self._conversation_lock(entry.conversation_id):
+            try:
+                members = await outbox.members_for(self._conversations, entry)
+            except Exception as exc:
+                metrics.OUTBOX_RELAY_ERRORS.labels("store").inc()
+                _log.warning("fanout_store_unavailable", event_id=entry.event_id, error=repr(exc))
+                return False
+            try:
+                await outbox.publish(self._bus, entry, members)
+            except Exception as exc:
+                metrics.OUTBOX_RELAY_ERRORS.labels("bus").inc()
+                _log.warning(
+                    "fanout_publish_failed", kind=entry.kind, event_id=entry.event_id, error=repr(exc)
+                )
+                return False
+        return await self._release(entry.event_id)
 
     async def _deliver(self, entry: OutboxEntry, members: frozenset[str] | None) -> bool:
         message = entry.message
+        if message is None:
+            raise ValueError("a message.created entry without its message")
         progress = self._progress.setdefault(message.message_id, _Progress())
         failed: list[str] = []
         async with self._conversation_lock(entry.conversation_id):
@@ -249,13 +281,7 @@ class Fanout:
                 progress.published = True
             if not progress.published:
                 try:
-                    envelope = Envelope(
-                        type="message.created",
-                        conversation_id=entry.conversation_id,
-                        message=message,
-                        members=tuple(sorted(members)),
-                    )
-                    await self._publish(conversation_channel(entry.conversation_id), envelope)
+                    await outbox.publish(self._bus, entry, members)
                     progress.published = True
                 except Exception as exc:
                     failed.append("bus")
@@ -283,99 +309,25 @@ class Fanout:
         self._progress.pop(message.message_id, None)
         return True
 
-    async def _deliver_change(self, entry: OutboxEntry) -> bool:
-        """A deletion or an edit: events, ``lastMessage``, and (deleted) every byte of the image."""
-        message = entry.message
-        progress = self._progress.setdefault(entry.entry_id, _Progress())
-        failed: list[str] = []
-        async with self._conversation_lock(entry.conversation_id):
-            if not progress.published:
-                try:
-                    await self._publish_change(entry)
-                    progress.published = True
-                except Exception as exc:
-                    failed.append("bus")
-                    _log.warning("fanout_publish_failed", message_id=message.message_id, error=repr(exc))
-        if not progress.queued:  # here: the conversation's lastMessage brought along
-            try:
-                await self._conversations.revise_last_message(entry.conversation_id, LastMessage.of(message))
-                progress.queued = True
-            except Exception as exc:
-                failed.append("store")
-                _log.warning("fanout_last_message_failed", message_id=message.message_id, error=repr(exc))
-        if entry.kind == "deleted" and not progress.media_queued:  # here: the image's bytes deleted
-            try:
-                await self._erase(entry)
-                progress.media_queued = True
-            except Exception as exc:
-                failed.append("object_store")
-                _log.warning("fanout_erase_failed", message_id=message.message_id, error=repr(exc))
-        if failed:
-            for target in failed:
-                metrics.OUTBOX_RELAY_ERRORS.labels(target).inc()
-            return False
-        if not await self._release(entry.entry_id):
-            return False
-        self._progress.pop(entry.entry_id, None)
-        return True
-
-    async def _publish_change(self, entry: OutboxEntry) -> None:
-        message = entry.message
-        members = await self._conversations.get_participants(entry.conversation_id) or frozenset()
-        if entry.kind == "deleted":
-            # The proxies first: from now on no replica serves the image from what it remembered.
-            gone = MessageGone(conversation_id=entry.conversation_id, message_id=message.message_id)
-            await self._bus.publish(DELETIONS_CHANNEL, encode(gone))
-            envelope = Envelope(
-                type="message.deleted",
-                conversation_id=entry.conversation_id,
-                message_id=message.message_id,
-                members=tuple(sorted(members)),
-            )
-        else:
-            envelope = Envelope(
-                type="message.edited",
-                conversation_id=entry.conversation_id,
-                message=message,
-                members=tuple(sorted(members)),
-            )
-        if members:
-            await self._publish(conversation_channel(entry.conversation_id), envelope)
-
-    async def _erase(self, entry: OutboxEntry) -> None:
-        if self._eraser is None:
-            return
-        message = entry.message
-        await self._eraser.erase(entry.conversation_id, message.message_id, entry.object_key)
-        if message.message_type == "image" and message.deleted_at is not None:
-            waited = (dt.datetime.now(dt.UTC) - message.deleted_at).total_seconds()
-            metrics.IMAGE_BYTES_ERASED.observe(max(0.0, waited))
-
-    async def _release(self, message_id: str) -> bool:
+    async def _release(self, event_id: str) -> bool:
         """Delete the outbox entry, together with others released at about the same time."""
         try:
-            await self._releases.submit(message_id)
+            await self._releases.submit(event_id)
         except Exception:
             return False  # it stays in the outbox: the relay delivers it again (idempotently)
         return True
 
-    async def _delete_released(self, message_ids: list[str]) -> list[None]:
+    async def _delete_released(self, event_ids: list[str]) -> list[None]:
         try:
-            await self._outbox.delete_outbox(message_ids)
+            await self._outbox.delete_outbox(event_ids)
         except Exception as exc:
             metrics.OUTBOX_RELAY_ERRORS.labels("store").inc()
-            _log.warning("fanout_outbox_delete_failed", entries=len(message_ids), error=repr(exc))
+            _log.warning("fanout_outbox_delete_failed", entries=len(event_ids), error=repr(exc))
             raise
-        return [None] * len(message_ids)
-
-    async def _publish(self, channel: str, envelope: Envelope) -> None:
-        with _tracer.start_as_current_span("publish " + envelope.type, kind=SpanKind.PRODUCER):
-            envelope = msgspec.structs.replace(envelope, trace=tracing.inject())
-            await self._bus.publish(channel, encode(envelope))
-        metrics.EVENTS_PUBLISHED.labels(envelope.type).inc()
+        return [None] * len(event_ids)
 
     async def _enqueue(self, entry: OutboxEntry, recipients: frozenset[str]) -> None:
-        if not recipients:
+        if not recipients or entry.message is None:
             return
         try:
             online = await self._presence.online(recipients)
@@ -394,7 +346,7 @@ class Fanout:
 
     async def _enqueue_media(self, entry: OutboxEntry) -> None:
         """An image message's media job: what to process, pinned to the ETag verified at send."""
-        if self._media_queue is None or not (entry.object_key and entry.object_etag):
+        if self._media_queue is None or not (entry.object_key and entry.object_etag) or entry.message is None:
             return
         with _tracer.start_as_current_span("enqueue media job", kind=SpanKind.PRODUCER):
             job = MediaJob(
@@ -428,7 +380,7 @@ class Fanout:
         entries = await self._outbox.pending_outbox(older_than=self._relay_grace, limit=RELAY_BATCH)
         healthy = True
         for entry in entries:
-            if entry.entry_id in self._delivering:
+            if entry.event_id in self._delivering:
                 continue  # another task is delivering it right now: not a failure, go on with the rest
             if not await self.deliver(entry):
                 healthy = False

@@ -36,7 +36,10 @@ from chat_core.messagestore import (
     MessageEdit,
     MessageStore,
     ObjectAlreadyUsed,
-    OutboxEntry,
+    created_event,
+    deleted_event,
+    event_done,
+    new_event,
 )
 from chat_core.quota import Quotas
 from message_service.events import MessageEvents
@@ -108,8 +111,11 @@ class ConversationService:
             updated_at=now,
             admins=(user_id,),  # the creator administers the conversation
         )
+        joined = new_event(
+            "membership.changed", conversation.conversation_id, added=participants, trace=tracing.inject()
+        )
         try:
-            await self._store.create_conversation(conversation)
+            await self._store.create_conversation(conversation, event=joined)
         except ConversationExists:
             # The same answer whoever asks (member or not): a taken id says nothing of who is in it.
             raise ProblemError(
@@ -123,12 +129,7 @@ class ConversationService:
             added=list(participants),
             admins=[user_id],
         )
-        await _emit(
-            "participants_changed",
-            self._events.participants_changed(
-                conversation.conversation_id, frozenset(participants), frozenset()
-            ),
-        )
+        await _emit("membership.changed", self._events.event_stored(joined))
         return conversation
 
     async def list(self, user_id: str, *, limit: int, before: str | None) -> ConversationPage:
@@ -178,8 +179,15 @@ class ConversationService:
             return conversation
         # A conversation stored before roles has no admins list: write its implicit admin down too.
         admins = [*conversation.admin_ids(), *promoted] if promoted and not conversation.admins else promoted
+        joined = (
+            new_event("membership.changed", conversation_id, added=added, trace=tracing.inject())
+            if added
+            else None
+        )
         try:
-            conversation = await self._store.add_participants(conversation_id, added, admins=admins)
+            conversation = await self._store.add_participants(
+                conversation_id, added, admins=admins, event=joined
+            )
         except ConversationNotFound:
             raise _no_such_conversation() from None
         audit(
@@ -190,12 +198,9 @@ class ConversationService:
             added=added,
             admins=promoted,
         )
-        if not added:
+        if joined is None:
             return conversation
-        await _emit(
-            "participants_changed",
-            self._events.participants_changed(conversation_id, frozenset(added), frozenset()),
-        )
+        await _emit("membership.changed", self._events.event_stored(joined))
         return conversation
 
     async def update(self, user_id: str, conversation_id: str, request: UpdateConversation) -> Conversation:
@@ -225,8 +230,9 @@ class ConversationService:
             raise ProblemError(404, "participant_not_found", "that user is not a member of this conversation")
         if removed_id != user_id and user_id not in conversation.admin_ids():
             raise _not_an_admin("only admins can remove other members; anyone can leave")
+        left = new_event("membership.changed", conversation_id, removed=[removed_id], trace=tracing.inject())
         try:
-            remaining = await self._store.remove_participant(conversation_id, removed_id)
+            remaining = await self._store.remove_participant(conversation_id, removed_id, event=left)
             successor: list[str] = []
             if remaining.participants and not (
                 frozenset(remaining.admins) & frozenset(remaining.participants)
@@ -243,10 +249,7 @@ class ConversationService:
             removed=[removed_id],
             admins=successor,
         )
-        await _emit(
-            "participants_changed",
-            self._events.participants_changed(conversation_id, frozenset(), frozenset({removed_id})),
-        )
+        await _emit("membership.changed", self._events.event_stored(left))
 
 
 class MessageService:
@@ -357,10 +360,9 @@ class MessageService:
     ) -> None:
         # Fan-out first: real-time delivery should not wait for the conversation summary's write.
         # The entry is the one stored with the message (media job included).
-        entry = OutboxEntry(
-            conversation_id=conversation_id,
-            message=message,
-            created_at=message.timestamp,
+        entry = created_event(
+            conversation_id,
+            message,
             trace=trace,
             object_key=verified.stored_key if verified else None,
             object_etag=verified.etag if verified else None,
@@ -381,8 +383,9 @@ class MessageService:
     async def mark_read(self, user_id: str, conversation_id: str, message_id: str) -> Message:
         await _participants_for(self._conversations, conversation_id, user_id)
         # Every id this service hands out is a UUID; anything else cannot exist (nor reach the store).
+        read = new_event("message.read", conversation_id, user_id=user_id, trace=tracing.inject())
         result = (
-            await self._store.mark_read(conversation_id, message_id, user_id)
+            await self._store.mark_read(conversation_id, message_id, user_id, event=read)
             if keys.UUID_PATTERN.fullmatch(message_id)
             else None
         )
@@ -390,7 +393,7 @@ class MessageService:
             raise ProblemError(404, "message_not_found", "no such message in this conversation")
         message, changed = result
         if changed:
-            await _emit("message_read", self._events.message_read(conversation_id, message, user_id))
+            await _emit("message.read", self._events.event_stored(event_done(read, message)))
         return message
 
     async def _message(self, conversation_id: str, message_id: str) -> Message:
@@ -441,10 +444,10 @@ class MessageService:
                 f"a message can be edited for {int(self._edit_window.total_seconds())} s after it is sent",
             )
         edit = self._edit_of(message, request)
-        trace = tracing.inject()
+        announced = new_event("message.edited", conversation_id, trace=tracing.inject())
         try:
             changed = await self._store.edit_message(
-                conversation_id, message_id, edit, edited_at=now, trace=trace
+                conversation_id, message_id, edit, edited_at=now, event=announced
             )
         except MessageDeleted:
             raise ProblemError(
@@ -460,10 +463,7 @@ class MessageService:
             message_id=message_id,
             fields=[name for name in ("content", "alt_text") if getattr(request, name) is not msgspec.UNSET],
         )
-        entry = OutboxEntry(
-            conversation_id=conversation_id, message=changed, created_at=now, trace=trace, kind="edited"
-        )
-        await _emit("message_edited", self._events.message_changed(entry))
+        await _emit("message.edited", self._events.event_stored(event_done(announced, changed)))
         return changed
 
     @staticmethod
@@ -522,13 +522,6 @@ async def delete_message(
         sender_id=message.sender_id,
         message_type=message.message_type,
     )
-    entry = OutboxEntry(
-        conversation_id=conversation_id,
-        message=tombstone,
-        created_at=now,
-        trace=trace,
-        object_key=raw_key,
-        kind="deleted",
-    )
-    await _emit("message_deleted", events.message_changed(entry))
+    entry = deleted_event(conversation_id, tombstone, object_key=raw_key, trace=trace)
+    await _emit("message.deleted", events.event_stored(entry))
     return True

@@ -12,8 +12,10 @@ Firestore layout (SQLite mirrors it in tables):
 * ``conversations/{cid}``: participants, name, createdAt, updatedAt, lastMessage
 * ``conversations/{cid}/messages/{messageId}``: exactly the spec's message fields
 * ``imageRefs/{sha256(stored_key)}``: which message an object backs (one object, at most one message)
-* ``outbox/{messageId}``: publish + enqueue still to do for a stored message (written in the same
-  transaction as the message: "a 201 means durably stored, and its notification is never dropped")
+* ``outbox/{eventId}``: the event outbox. Every event a client acts on (``EventKind``) is an entry written
+  in the same transaction as the change it announces, and deleted once relayed: "a 201 means durably
+  stored, and nothing a client acts on is dropped". A message's ``message.created`` entry has the
+  message's id, so a retried send finds it taken, as it finds the message.
 * ``devices/{sha256(token)}``: userId, token, platform
 * ``pushReceipts/{sha256(notification_id + token)}``: a push to a device for a notification, claimed
   (``leasedUntil``: a time) or done (``leasedUntil`` null or absent)
@@ -24,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Generic, Literal, Protocol, TypeVar
 
@@ -40,6 +43,7 @@ __all__ = [
     "ConversationStore",
     "Device",
     "DeviceStore",
+    "EventKind",
     "ImageMetadata",
     "ImageStatus",
     "ImageVariant",
@@ -53,17 +57,21 @@ __all__ = [
     "MessageType",
     "ObjectAlreadyUsed",
     "OutboxEntry",
-    "OutboxKind",
     "OutboxStore",
     "Page",
     "Platform",
     "PushClaim",
     "PushClaimState",
     "PushReceiptStore",
+    "created_event",
     "decode_cursor",
+    "deleted_event",
     "edited",
     "encode_cursor",
+    "event_done",
     "finished",
+    "legacy_outbox_fields",
+    "new_event",
     "page_of",
 ]
 
@@ -199,39 +207,55 @@ class Device(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     updated_at: dt.datetime
 
 
-OutboxKind = Literal["created", "deleted", "edited"]
+# What the event outbox carries (the wire names clients get are in ``chat_core.outbox``, which turns each
+# kind into what is published). A new kind is added here, in ``chat_core.outbox.bus_events`` and, when it
+# needs work besides publishing, in the relay's dispatch (``message_service.fanout.Fanout.deliver``).
+EventKind = Literal[
+    "message.created",
+    "message.updated",
+    "message.read",
+    "message.deleted",
+    "message.edited",
+    "membership.changed",
+]
 
 
 class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """Work left for a stored change of a message, written in the change's own transaction.
+    """An event still to relay, stored in the same transaction as the change it announces.
 
-    ``created`` (``create_message``): publish ``message.created``, enqueue notifications for offline
-    members and the image's media job. ``create_message`` writes it with ``created_at`` = the message's
-    timestamp, so the entry a caller builds from the stored message is the stored entry.
-    ``deleted`` (``delete_message``): publish ``message.deleted``, tell every image proxy, bring the
-    conversation's ``lastMessage`` along and delete every stored byte of the image (``object_key``: the
-    raw upload's stored key; the derivatives and any refusal note follow from it and the message id).
-    ``edited`` (``edit_message``): publish ``message.edited`` and bring ``lastMessage`` along.
+    * ``message.created``: ``message`` as stored; its media job (``object_key``, ``object_etag``) and its
+      notifications are queued by the relay too. ``event_id`` is the message's id, ``created_at`` its
+      timestamp (``created_event``), so the entry a caller builds from the stored message is the stored one.
+    * ``message.updated``: ``message`` as the change left it (the media processor finished its image).
+    * ``message.read``: ``message`` as the change left it (``readBy``), ``user_id`` the reader.
+    * ``message.deleted``: ``message`` the tombstone (``delete_message``); ``object_key`` the image's raw
+      upload key. Besides publishing, the relay brings the conversation's ``lastMessage`` along and deletes
+      every stored byte of the image (the raw upload, any refusal note, everything under the message's
+      media prefix), and releases the entry only once the last byte is gone. ``event_id`` is
+      ``{messageId}:deleted`` (``deleted_event``): one per message.
+    * ``message.edited``: ``message`` as edited (``edit_message``); the relay also revises ``lastMessage``.
+    * ``membership.changed``: ``added`` and ``removed`` users (a new conversation: every member added).
+
+    A store method that takes ``event=`` writes it only when the call changes something, with ``message``
+    set to the message as changed; ``event_done`` is that entry, as the caller rebuilds it from the answer.
     """
 
+    event_id: str
+    kind: EventKind
     conversation_id: str
-    message: Message
     created_at: dt.datetime
-    trace: dict[str, str] = {}  # W3C trace context of the send, so relayed work joins its trace
-    # An image message's media job: the stored (raw upload) key and its ETag as verified at send.
+    message: Message | None = None
+    user_id: str | None = None
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    trace: dict[str, str] = {}  # W3C trace context of the change, so relayed work joins its trace
+    # message.created of an image: the stored (raw upload) key and its ETag as verified at send.
     object_key: str | None = None
     object_etag: str | None = None
-    kind: OutboxKind = "created"
 
     @property
-    def entry_id(self) -> str:
-        """The entry's key in the outbox: one per message and kind (an edit: per edit time)."""
-        if self.kind == "created":
-            return self.message.message_id
-        if self.kind == "deleted":
-            return f"{self.message.message_id}:deleted"
-        edited = self.message.edited_at or self.created_at
-        return f"{self.message.message_id}:edited:{micros(edited)}"
+    def message_id(self) -> str | None:
+        return None if self.message is None else self.message.message_id
 
 
 class MessageEdit(msgspec.Struct, frozen=True, kw_only=True):
@@ -243,6 +267,82 @@ class MessageEdit(msgspec.Struct, frozen=True, kw_only=True):
 
 class MessageDeleted(Exception):
     """The message is a tombstone: nothing of it can change any more."""
+
+
+def created_event(
+    conversation_id: str,
+    message: Message,
+    *,
+    trace: Mapping[str, str] | None = None,
+    object_key: str | None = None,
+    object_etag: str | None = None,
+) -> OutboxEntry:
+    """The ``message.created`` entry ``create_message`` stores with ``message``."""
+    return OutboxEntry(
+        event_id=message.message_id,
+        kind="message.created",
+        conversation_id=conversation_id,
+        created_at=message.timestamp,
+        message=message,
+        trace=dict(trace or {}),
+        object_key=object_key,
+        object_etag=object_etag,
+    )
+
+
+def deleted_event(
+    conversation_id: str,
+    tombstone: Message,
+    *,
+    object_key: str | None = None,
+    trace: Mapping[str, str] | None = None,
+) -> OutboxEntry:
+    """The ``message.deleted`` entry ``delete_message`` stores with the tombstone: one per message."""
+    return OutboxEntry(
+        event_id=f"{tombstone.message_id}:deleted",
+        kind="message.deleted",
+        conversation_id=conversation_id,
+        created_at=tombstone.deleted_at or dt.datetime.now(dt.UTC),
+        message=tombstone,
+        trace=dict(trace or {}),
+        object_key=object_key,
+    )
+
+
+def new_event(
+    kind: EventKind,
+    conversation_id: str,
+    *,
+    message: Message | None = None,
+    user_id: str | None = None,
+    added: Collection[str] = (),
+    removed: Collection[str] = (),
+    trace: Mapping[str, str] | None = None,
+) -> OutboxEntry:
+    """An entry to hand a store method as ``event=`` (a fresh id, created now)."""
+    return OutboxEntry(
+        event_id=str(uuid.uuid4()),
+        kind=kind,
+        conversation_id=conversation_id,
+        created_at=dt.datetime.now(dt.UTC),
+        message=message,
+        user_id=user_id,
+        added=tuple(sorted(added)),
+        removed=tuple(sorted(removed)),
+        trace=dict(trace or {}),
+    )
+
+
+def event_done(event: OutboxEntry, message: Message) -> OutboxEntry:
+    """``event`` as the store wrote it with a change to ``message`` (``message`` set to the changed one)."""
+    return msgspec.structs.replace(event, message=message)
+
+
+def legacy_outbox_fields(fields: dict[str, object], key: str) -> dict[str, object]:
+    """Entries stored before the event outbox were all ``message.created``, keyed by the message id."""
+    fields.setdefault("event_id", key)
+    fields.setdefault("kind", "message.created")
+    return fields
 
 
 class Page(msgspec.Struct, Generic[T], frozen=True):
@@ -319,8 +419,11 @@ class ObjectAlreadyUsed(Exception):
 class ConversationStore(Protocol):
     """Conversations and their membership."""
 
-    async def create_conversation(self, conversation: Conversation) -> None:
-        """Raises ConversationExists when the id is taken; never overwrites."""
+    async def create_conversation(
+        self, conversation: Conversation, *, event: OutboxEntry | None = None
+    ) -> None:
+        """Store it with ``event`` (its ``membership.changed``). Raises ConversationExists when the id is
+        taken; never overwrites."""
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
 
@@ -333,13 +436,20 @@ class ConversationStore(Protocol):
         """Conversations ``user_id`` belongs to, most recently updated first. Raises InvalidCursor."""
 
     async def add_participants(
-        self, conversation_id: str, user_ids: Collection[str], *, admins: Collection[str] = ()
+        self,
+        conversation_id: str,
+        user_ids: Collection[str],
+        *,
+        admins: Collection[str] = (),
+        event: OutboxEntry | None = None,
     ) -> Conversation:
         """Add ``user_ids`` as members and give ``admins`` (members, or among ``user_ids``) the admin role,
-        in one atomic change. Raises ConversationNotFound."""
+        in one atomic change, with ``event`` (its ``membership.changed``). Raises ConversationNotFound."""
 
-    async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
-        """Remove the member and any role they had. Raises ConversationNotFound."""
+    async def remove_participant(
+        self, conversation_id: str, user_id: str, *, event: OutboxEntry | None = None
+    ) -> Conversation:
+        """Remove the member and any role they had, with ``event``. Raises ConversationNotFound."""
 
     async def touch_conversation(self, conversation_id: str, last_message: LastMessage) -> None:
         """Set ``lastMessage``/``updatedAt`` unless a newer last message is already stored."""
@@ -366,7 +476,7 @@ class MessageStore(Protocol):
         trace: Mapping[str, str] | None = None,
         conversation_checked: bool = False,
     ) -> tuple[Message, bool]:
-        """Store ``message`` atomically with its image reference and its outbox entry.
+        """Store ``message`` atomically with its image reference and its outbox entry (``created_event``).
 
         The outbox entry carries ``object_key`` and ``object_etag`` (the ETag verified at send): the
         media job the relay queues for an image message.
@@ -392,9 +502,9 @@ class MessageStore(Protocol):
         trace: Mapping[str, str] | None = None,
     ) -> tuple[Message, bool] | None:
         """Turn the message into a tombstone (``Message.tombstone``), in one transaction with its
-        ``deleted`` outbox entry (``object_key``: the image's stored raw key, whose bytes it deletes) and
-        the removal of its ``created`` entry if that is still pending (a message deleted before its
-        fan-out ran is never announced, notified or processed).
+        ``message.deleted`` entry (``deleted_event``; ``object_key``: the image's stored raw key, whose
+        bytes the relay deletes) and the removal of its ``message.created`` entry if still pending (a
+        message deleted before its fan-out ran is never announced, notified or processed).
 
         ``(tombstone, True)`` when deleted now; ``(tombstone, False)`` when it already was one (nothing
         written); None when there is no such message. The image reference stays: the object can never
@@ -408,9 +518,9 @@ class MessageStore(Protocol):
         edit: MessageEdit,
         *,
         edited_at: dt.datetime,
-        trace: Mapping[str, str] | None = None,
+        event: OutboxEntry | None = None,
     ) -> Message | None:
-        """Apply ``edit`` and set ``editedAt``, in one transaction with an ``edited`` outbox entry.
+        """Apply ``edit`` and set ``editedAt``, in one transaction with ``event`` (its ``message.edited``).
 
         None when there is no such message; raises MessageDeleted for a tombstone. ``alt_text`` applies to
         an image message's metadata (the caller refuses it for text).
@@ -425,9 +535,11 @@ class MessageStore(Protocol):
         """
 
     async def mark_read(
-        self, conversation_id: str, message_id: str, user_id: str
+        self, conversation_id: str, message_id: str, user_id: str, *, event: OutboxEntry | None = None
     ) -> tuple[Message, bool] | None:
-        """Add ``user_id`` to ``readBy`` (idempotent). ``(message, changed)``; None when no such message."""
+        """Add ``user_id`` to ``readBy`` (idempotent), with ``event`` (its ``message.read``) when it changed.
+
+        ``(message, changed)``; None when no such message."""
 
     async def referenced_objects(self, stored_keys: Sequence[str]) -> set[str]:
         """Which of ``stored_keys`` back a message (for orphan cleanup)."""
@@ -436,9 +548,15 @@ class MessageStore(Protocol):
         """The message of ``conversation_id`` that ``stored_key`` backs (the image proxy's lookup)."""
 
     async def finish_image(
-        self, conversation_id: str, message_id: str, metadata: ImageMetadata
+        self,
+        conversation_id: str,
+        message_id: str,
+        metadata: ImageMetadata,
+        *,
+        event: OutboxEntry | None = None,
     ) -> Message | None:
-        """Replace the image metadata of a message still ``processing`` (or without a status).
+        """Replace the image metadata of a message still ``processing`` (or without a status), with
+        ``event`` (its ``message.updated``).
 
         Returns the updated message; None when there is no such message, it is already ready or
         failed (a redelivered media job changes nothing twice), or it was deleted. An ``alt_text`` edited
@@ -460,12 +578,16 @@ class DeviceStore(Protocol):
 
 
 class OutboxStore(Protocol):
-    """Work left for stored messages (``create_message`` writes the entries)."""
+    """The event outbox: what the relay still has to publish (the changes' methods write the entries).
+
+    Every method that changes what a client sees takes the entry announcing it (``event=``) and commits it
+    in the change's own transaction; inside an adapter one helper appends it (``_append_event``).
+    """
 
     async def pending_outbox(self, *, older_than: float, limit: int) -> list[OutboxEntry]:
         """Entries created more than ``older_than`` seconds ago, oldest first."""
 
-    async def delete_outbox(self, message_ids: Collection[str]) -> None: ...
+    async def delete_outbox(self, event_ids: Collection[str]) -> None: ...
 
     async def outbox_stats(self) -> tuple[int, dt.datetime | None]:
         """(pending entries, creation time of the oldest)."""

@@ -31,6 +31,7 @@ import msgspec
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud.firestore_v1 import ArrayRemove, ArrayUnion, AsyncClient, FieldFilter
+from google.cloud.firestore_v1.async_batch import AsyncWriteBatch
 from google.cloud.firestore_v1.async_collection import AsyncCollectionReference
 from google.cloud.firestore_v1.async_document import AsyncDocumentReference
 from google.cloud.firestore_v1.async_query import AsyncQuery
@@ -52,9 +53,13 @@ from chat_core.messagestore import (
     OutboxEntry,
     Page,
     PushClaim,
+    created_event,
     decode_cursor,
+    deleted_event,
     edited,
+    event_done,
     finished,
+    legacy_outbox_fields,
     page_of,
 )
 from chat_core.settings import FirestoreSettings
@@ -125,29 +130,31 @@ def _message(snapshot: DocumentSnapshot[Any]) -> Message:
     return msgspec.convert(_plain(snapshot.to_dict() or {}), Message)
 
 
-def _outbox_entry(snapshot: DocumentSnapshot[Any]) -> OutboxEntry:
-    data = _plain(snapshot.to_dict() or {})
-    return OutboxEntry(
-        conversation_id=data["conversationId"],
-        message=msgspec.convert(data["message"], Message),
-        created_at=data["createdAt"],
-        trace=data.get("trace") or {},
-        object_key=data.get("objectKey"),
-        object_etag=data.get("objectEtag"),
-        kind=data.get("kind") or "created",
-    )
+_OUTBOX_FIELDS = {
+    "eventId": "event_id",
+    "kind": "kind",
+    "conversationId": "conversation_id",
+    "createdAt": "created_at",
+    "message": "message",
+    "userId": "user_id",
+    "added": "added",
+    "removed": "removed",
+    "trace": "trace",
+    "objectKey": "object_key",
+    "objectEtag": "object_etag",
+}
 
 
 def _outbox_fields(entry: OutboxEntry) -> dict[str, Any]:
-    return {
-        "conversationId": entry.conversation_id,
-        "message": _fields(entry.message),
-        "createdAt": entry.created_at,
-        "trace": dict(entry.trace),
-        "objectKey": entry.object_key,
-        "objectEtag": entry.object_etag,
-        "kind": entry.kind,
-    }
+    """An outbox entry as stored (camelCase, like every other document here)."""
+    fields = msgspec.to_builtins(entry, builtin_types=(dt.datetime,))
+    return {stored: fields[name] for stored, name in _OUTBOX_FIELDS.items() if fields.get(name) is not None}
+
+
+def _outbox_entry(snapshot: DocumentSnapshot[Any]) -> OutboxEntry:
+    data = _plain(snapshot.to_dict() or {})
+    fields = {name: data[stored] for stored, name in _OUTBOX_FIELDS.items() if data.get(stored) is not None}
+    return msgspec.convert(legacy_outbox_fields(fields, snapshot.id), OutboxEntry)
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
@@ -228,12 +235,26 @@ class FirestoreChatStore:
     def _conversation_ref(self, conversation_id: str) -> AsyncDocumentReference:
         return self.client.collection(CONVERSATIONS).document(conversation_id)
 
+    def _outbox_ref(self, event_id: str) -> AsyncDocumentReference:
+        return self.client.collection(OUTBOX).document(event_id)
+
+    def _append_event(self, batch: AsyncWriteBatch, event: OutboxEntry) -> None:
+        """The one way an entry enters the outbox: in the batch of the change it announces (create():
+        an event id is never written twice)."""
+        batch.create(self._outbox_ref(event.event_id), _outbox_fields(event))
+
     # --- conversations and membership ------------------------------------------------------------
-    async def create_conversation(self, conversation: Conversation) -> None:
+    async def create_conversation(
+        self, conversation: Conversation, *, event: OutboxEntry | None = None
+    ) -> None:
         data = _fields(conversation)
         del data["conversationId"]
+        batch = self.client.batch()
+        batch.create(self._conversation_ref(conversation.conversation_id), data)
+        if event is not None:
+            self._append_event(batch, event)
         try:
-            await self._conversation_ref(conversation.conversation_id).create(data)
+            await batch.commit()
         except gexc.AlreadyExists:
             raise ConversationExists(conversation.conversation_id) from None
 
@@ -263,7 +284,12 @@ class FirestoreChatStore:
         )
 
     async def add_participants(
-        self, conversation_id: str, user_ids: Collection[str], *, admins: Collection[str] = ()
+        self,
+        conversation_id: str,
+        user_ids: Collection[str],
+        *,
+        admins: Collection[str] = (),
+        event: OutboxEntry | None = None,
     ) -> Conversation:
         # ArrayUnion is applied by the server: no read, no transaction, so concurrent additions neither
         # lose each other nor queue on a lock. Members and roles change in one update.
@@ -272,18 +298,28 @@ class FirestoreChatStore:
             change["participants"] = ArrayUnion(list(dict.fromkeys(user_ids)))
         if admins:
             change["admins"] = ArrayUnion(list(dict.fromkeys(admins)))
-        return await self._update_participants(conversation_id, change)
+        return await self._update_participants(conversation_id, change, event)
 
-    async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
+    async def remove_participant(
+        self, conversation_id: str, user_id: str, *, event: OutboxEntry | None = None
+    ) -> Conversation:
         return await self._update_participants(
-            conversation_id, {"participants": ArrayRemove([user_id]), "admins": ArrayRemove([user_id])}
+            conversation_id, {"participants": ArrayRemove([user_id]), "admins": ArrayRemove([user_id])}, event
         )
 
-    async def _update_participants(self, conversation_id: str, change: dict[str, Any]) -> Conversation:
+    async def _update_participants(
+        self, conversation_id: str, change: dict[str, Any], event: OutboxEntry | None
+    ) -> Conversation:
         ref = self._conversation_ref(conversation_id)
         try:
             if change:
-                await ref.update(change)
+                # The event goes with the change (no read: the caller's list of who changed is the event's;
+                # a racing duplicate announcement is harmless, a lost one is not).
+                batch = self.client.batch()
+                batch.update(ref, change)
+                if event is not None:
+                    self._append_event(batch, event)
+                await batch.commit()
         except gexc.NotFound:
             raise ConversationNotFound(conversation_id) from None
         snapshot = await ref.get()
@@ -298,7 +334,7 @@ class FirestoreChatStore:
         await self._set_last_message(conversation_id, last_message, last_message.revises)
 
     async def set_retention(self, conversation_id: str, days: int | None) -> Conversation:
-        return await self._update_participants(conversation_id, {"retentionDays": days})
+        return await self._update_participants(conversation_id, {"retentionDays": days}, None)
 
     async def _set_last_message(
         self,
@@ -366,15 +402,12 @@ class FirestoreChatStore:
                 image_ref,
                 {"storedKey": object_key, "conversationId": conversation_id, "messageId": message.message_id},
             )
-        entry = OutboxEntry(
-            conversation_id=conversation_id,
-            message=message,
-            created_at=message.timestamp,
-            trace=dict(trace or {}),
-            object_key=object_key,
-            object_etag=object_etag,
+        self._append_event(
+            batch,
+            created_event(
+                conversation_id, message, trace=trace, object_key=object_key, object_etag=object_etag
+            ),
         )
-        batch.create(self.client.collection(OUTBOX).document(entry.entry_id), _outbox_fields(entry))
         try:
             await batch.commit()
         except gexc.AlreadyExists:
@@ -405,15 +438,7 @@ class FirestoreChatStore:
             if current.deleted:
                 return None
             tombstone = current.tombstone(deleted_by, deleted_at)
-            entry = OutboxEntry(
-                conversation_id=conversation_id,
-                message=tombstone,
-                created_at=deleted_at,
-                trace=dict(trace or {}),
-                object_key=object_key,
-                kind="deleted",
-            )
-            return tombstone, entry
+            return tombstone, deleted_event(conversation_id, tombstone, object_key=object_key, trace=trace)
 
         # The message's own fan-out, if still pending, would announce, notify and process what is gone.
         result = await self._change_message(conversation_id, message_id, change, drop_created=True)
@@ -429,20 +454,13 @@ class FirestoreChatStore:
         edit: MessageEdit,
         *,
         edited_at: dt.datetime,
-        trace: Mapping[str, str] | None = None,
+        event: OutboxEntry | None = None,
     ) -> Message | None:
-        def change(current: Message) -> tuple[Message, OutboxEntry] | None:
+        def change(current: Message) -> tuple[Message, OutboxEntry | None] | None:
             if current.deleted:
                 raise MessageDeleted(message_id)
             updated = edited(current, edit, edited_at)
-            entry = OutboxEntry(
-                conversation_id=conversation_id,
-                message=updated,
-                created_at=edited_at,
-                trace=dict(trace or {}),
-                kind="edited",
-            )
-            return updated, entry
+            return updated, None if event is None else event_done(event, updated)
 
         result = await self._change_message(conversation_id, message_id, change)
         return None if result is None else result[0]
@@ -451,7 +469,7 @@ class FirestoreChatStore:
         self,
         conversation_id: str,
         message_id: str,
-        change: Callable[[Message], tuple[Message, OutboxEntry] | None],
+        change: Callable[[Message], tuple[Message, OutboxEntry | None] | None],
         *,
         drop_created: bool = False,
     ) -> tuple[Message, bool] | None:
@@ -477,7 +495,8 @@ class FirestoreChatStore:
             )
             if drop_created:
                 batch.delete(outbox.document(message_id))
-            batch.set(outbox.document(entry.entry_id), _outbox_fields(entry))
+            if entry is not None:
+                self._append_event(batch, entry)
             try:
                 await batch.commit()
             except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
@@ -500,10 +519,11 @@ class FirestoreChatStore:
         )
 
     async def mark_read(
-        self, conversation_id: str, message_id: str, user_id: str
+        self, conversation_id: str, message_id: str, user_id: str, *, event: OutboxEntry | None = None
     ) -> tuple[Message, bool] | None:
         # No transaction: many members read one message at once, and ArrayUnion merges on the server
-        # without a lock. Two racing calls by the same reader may both report a change (harmless).
+        # without a lock. Two racing calls by the same reader may both report a change (harmless). The
+        # update and its event are one batch: atomic, still without a lock.
         ref = self._message_ref(conversation_id, message_id)
         snapshot = await ref.get()
         if not snapshot.exists:
@@ -511,8 +531,13 @@ class FirestoreChatStore:
         message = _message(snapshot)
         if user_id in message.read_by:
             return message, False
-        await ref.update({"readBy": ArrayUnion([user_id])})
-        return msgspec.structs.replace(message, read_by=(*message.read_by, user_id)), True
+        read = msgspec.structs.replace(message, read_by=(*message.read_by, user_id))
+        batch = self.client.batch()
+        batch.update(ref, {"readBy": ArrayUnion([user_id])})
+        if event is not None:
+            self._append_event(batch, event_done(event, read))
+        await batch.commit()
+        return read, True
 
     async def image_message(self, conversation_id: str, stored_key: str) -> Message | None:
         ref = await self.client.collection(IMAGE_REFS).document(_doc_id(stored_key)).get()
@@ -521,7 +546,12 @@ class FirestoreChatStore:
         return await self.get_message(conversation_id, str(ref.get("messageId")))
 
     async def finish_image(
-        self, conversation_id: str, message_id: str, metadata: ImageMetadata
+        self,
+        conversation_id: str,
+        message_id: str,
+        metadata: ImageMetadata,
+        *,
+        event: OutboxEntry | None = None,
     ) -> Message | None:
         # Optimistic: the update applies only to the version read, so two deliveries of one media job
         # cannot both finish the image (readBy changes in between just make it look again).
@@ -533,11 +563,16 @@ class FirestoreChatStore:
             updated = finished(_message(snapshot), metadata)
             if updated is None or updated.metadata is None:
                 return None
+            batch = self.client.batch()
+            batch.update(
+                ref,
+                {"metadata": _fields(updated.metadata)},
+                option=self.client.write_option(last_update_time=snapshot.update_time),
+            )
+            if event is not None:
+                self._append_event(batch, event_done(event, updated))
             try:
-                await ref.update(
-                    {"metadata": _fields(updated.metadata)},
-                    option=self.client.write_option(last_update_time=snapshot.update_time),
-                )
+                await batch.commit()
             except (gexc.FailedPrecondition, gexc.Aborted):
                 continue
             return updated
@@ -597,12 +632,11 @@ class FirestoreChatStore:
         )
         return [_outbox_entry(snapshot) async for snapshot in query.stream()]
 
-    async def delete_outbox(self, message_ids: Collection[str]) -> None:
-        collection = self.client.collection(OUTBOX)
-        for chunk in _chunks(list(dict.fromkeys(message_ids)), _BATCH_LIMIT):
+    async def delete_outbox(self, event_ids: Collection[str]) -> None:
+        for chunk in _chunks(list(dict.fromkeys(event_ids)), _BATCH_LIMIT):
             batch = self.client.batch()
-            for message_id in chunk:
-                batch.delete(collection.document(message_id))
+            for event_id in chunk:
+                batch.delete(self._outbox_ref(event_id))
             await batch.commit()
 
     async def outbox_stats(self) -> tuple[int, dt.datetime | None]:

@@ -33,9 +33,13 @@ from chat_core.messagestore import (
     OutboxEntry,
     Page,
     PushClaim,
+    created_event,
     decode_cursor,
+    deleted_event,
     edited,
+    event_done,
     finished,
+    legacy_outbox_fields,
     page_of,
 )
 from chat_core.sqlite_engine import SqliteEngine
@@ -84,12 +88,13 @@ CREATE TABLE IF NOT EXISTS image_refs (
     conversation_id TEXT NOT NULL,
     message_id      TEXT NOT NULL
 ) WITHOUT ROWID;
+-- The event outbox (chat_core.messagestore.OutboxEntry). Data dirs from before it call event_id message_id
+-- (all their entries were message.created, keyed by the message): _on_open renames the column.
 CREATE TABLE IF NOT EXISTS outbox (
-    message_id TEXT    PRIMARY KEY,
+    event_id   TEXT    PRIMARY KEY,
     created_at INTEGER NOT NULL,
     body       BLOB    NOT NULL  -- JSON OutboxEntry
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (created_at, message_id);
 CREATE TABLE IF NOT EXISTS devices (
     token      TEXT    PRIMARY KEY,
     user_id    TEXT    NOT NULL,
@@ -125,7 +130,24 @@ def _on_open(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(push_receipts)")}
     if "leased_until" not in columns:
         conn.execute("ALTER TABLE push_receipts ADD COLUMN leased_until INTEGER")
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+    if "message_id" in columns:
+        conn.execute("ALTER TABLE outbox RENAME COLUMN message_id TO event_id")
+    conn.execute("CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (created_at, event_id)")
     _expire_receipts(conn)
+
+
+def _append_event(conn: sqlite3.Connection, event: OutboxEntry) -> None:
+    """The one way an entry enters the outbox: inside the transaction of the change it announces."""
+    conn.execute(
+        "INSERT INTO outbox (event_id, created_at, body) VALUES (?, ?, ?)",
+        (event.event_id, micros(event.created_at), msgspec.json.encode(event)),
+    )
+
+
+def _outbox_entry(row: sqlite3.Row) -> OutboxEntry:
+    fields = legacy_outbox_fields(msgspec.json.decode(row["body"]), row["event_id"])
+    return msgspec.convert(fields, OutboxEntry)
 
 
 def _expire_receipts(conn: sqlite3.Connection) -> None:
@@ -206,13 +228,6 @@ def _update_message(conn: sqlite3.Connection, conversation_id: str, message: Mes
     )
 
 
-def _insert_outbox(conn: sqlite3.Connection, entry: OutboxEntry) -> None:
-    conn.execute(
-        "INSERT OR REPLACE INTO outbox (message_id, created_at, body) VALUES (?, ?, ?)",
-        (entry.entry_id, micros(entry.created_at), msgspec.json.encode(entry)),
-    )
-
-
 class SqliteChatStore:
     name = "sqlite"
     readiness_name = "sqlite"
@@ -265,7 +280,9 @@ class SqliteChatStore:
         await self._db.read(lambda conn: conn.execute("SELECT 1").fetchone())
 
     # --- conversations and membership ------------------------------------------------------------
-    async def create_conversation(self, conversation: Conversation) -> None:
+    async def create_conversation(
+        self, conversation: Conversation, *, event: OutboxEntry | None = None
+    ) -> None:
         def insert(conn: sqlite3.Connection) -> None:
             taken = conn.execute(
                 "SELECT 1 FROM conversations WHERE conversation_id = ?", (conversation.conversation_id,)
@@ -292,6 +309,8 @@ class SqliteChatStore:
                 "INSERT OR IGNORE INTO participants (conversation_id, user_id) VALUES (?, ?)",
                 [(conversation.conversation_id, user) for user in conversation.participants],
             )
+            if event is not None:
+                _append_event(conn, event)
 
         await self._db.write(insert)
 
@@ -324,7 +343,12 @@ class SqliteChatStore:
         )
 
     async def add_participants(
-        self, conversation_id: str, user_ids: Collection[str], *, admins: Collection[str] = ()
+        self,
+        conversation_id: str,
+        user_ids: Collection[str],
+        *,
+        admins: Collection[str] = (),
+        event: OutboxEntry | None = None,
     ) -> Conversation:
         def add(conn: sqlite3.Connection) -> Conversation:
             current = _select_conversation(conn, conversation_id)
@@ -349,11 +373,16 @@ class SqliteChatStore:
                 "INSERT OR IGNORE INTO participants (conversation_id, user_id) VALUES (?, ?)",
                 [(conversation_id, user) for user in joined],
             )
+            if event is not None and joined:
+                # Who really joined (the caller's list was read before this transaction).
+                _append_event(conn, msgspec.structs.replace(event, added=tuple(sorted(joined))))
             return msgspec.structs.replace(current, participants=participants, admins=promoted)
 
         return await self._db.write(add)
 
-    async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
+    async def remove_participant(
+        self, conversation_id: str, user_id: str, *, event: OutboxEntry | None = None
+    ) -> Conversation:
         def remove(conn: sqlite3.Connection) -> Conversation:
             current = _select_conversation(conn, conversation_id)
             if current is None:
@@ -374,6 +403,8 @@ class SqliteChatStore:
                 "DELETE FROM participants WHERE conversation_id = ? AND user_id = ?",
                 (conversation_id, user_id),
             )
+            if event is not None:
+                _append_event(conn, event)
             return msgspec.structs.replace(current, participants=participants, admins=admins)
 
         return await self._db.write(remove)
@@ -408,13 +439,8 @@ class SqliteChatStore:
         trace: Mapping[str, str] | None = None,
         conversation_checked: bool = False,  # the check is free inside the write transaction
     ) -> tuple[Message, bool]:
-        entry = OutboxEntry(
-            conversation_id=conversation_id,
-            message=message,
-            created_at=message.timestamp,
-            trace=dict(trace or {}),
-            object_key=object_key,
-            object_etag=object_etag,
+        entry = created_event(
+            conversation_id, message, trace=trace, object_key=object_key, object_etag=object_etag
         )
 
         def insert(conn: sqlite3.Connection) -> tuple[Message, bool]:
@@ -448,7 +474,7 @@ class SqliteChatStore:
                     message.sender_id,
                 ),
             )
-            _insert_outbox(conn, entry)
+            _append_event(conn, entry)
             return message, True
 
         return await self._db.write(insert)
@@ -474,19 +500,9 @@ class SqliteChatStore:
                 return current, False
             tombstone = current.tombstone(deleted_by, deleted_at)
             _update_message(conn, conversation_id, tombstone)
-            # Its fan-out, if still pending, would announce, notify and process what is gone.
-            conn.execute("DELETE FROM outbox WHERE message_id = ?", (message_id,))
-            _insert_outbox(
-                conn,
-                OutboxEntry(
-                    conversation_id=conversation_id,
-                    message=tombstone,
-                    created_at=deleted_at,
-                    trace=dict(trace or {}),
-                    object_key=object_key,
-                    kind="deleted",
-                ),
-            )
+            # Its message.created, if still pending, would announce, notify and process what is gone.
+            conn.execute("DELETE FROM outbox WHERE event_id = ?", (message_id,))
+            _append_event(conn, deleted_event(conversation_id, tombstone, object_key=object_key, trace=trace))
             return tombstone, True
 
         return await self._db.write(delete)
@@ -498,7 +514,7 @@ class SqliteChatStore:
         edit: MessageEdit,
         *,
         edited_at: dt.datetime,
-        trace: Mapping[str, str] | None = None,
+        event: OutboxEntry | None = None,
     ) -> Message | None:
         def update(conn: sqlite3.Connection) -> Message | None:
             current = _select_message(conn, conversation_id, message_id)
@@ -508,16 +524,8 @@ class SqliteChatStore:
                 raise MessageDeleted(message_id)
             changed = edited(current, edit, edited_at)
             _update_message(conn, conversation_id, changed)
-            _insert_outbox(
-                conn,
-                OutboxEntry(
-                    conversation_id=conversation_id,
-                    message=changed,
-                    created_at=edited_at,
-                    trace=dict(trace or {}),
-                    kind="edited",
-                ),
-            )
+            if event is not None:
+                _append_event(conn, event_done(event, changed))
             return changed
 
         return await self._db.write(update)
@@ -535,13 +543,20 @@ class SqliteChatStore:
         return await self._db.read(select)
 
     async def finish_image(
-        self, conversation_id: str, message_id: str, metadata: ImageMetadata
+        self,
+        conversation_id: str,
+        message_id: str,
+        metadata: ImageMetadata,
+        *,
+        event: OutboxEntry | None = None,
     ) -> Message | None:
         def update(conn: sqlite3.Connection) -> Message | None:
             current = _select_message(conn, conversation_id, message_id)
             updated = None if current is None else finished(current, metadata)
             if updated is not None:
                 _update_message(conn, conversation_id, updated)
+                if event is not None:
+                    _append_event(conn, event_done(event, updated))
             return updated
 
         return await self._db.write(update)
@@ -562,7 +577,7 @@ class SqliteChatStore:
         )
 
     async def mark_read(
-        self, conversation_id: str, message_id: str, user_id: str
+        self, conversation_id: str, message_id: str, user_id: str, *, event: OutboxEntry | None = None
     ) -> tuple[Message, bool] | None:
         def update(conn: sqlite3.Connection) -> tuple[Message, bool] | None:
             row = conn.execute(
@@ -579,6 +594,8 @@ class SqliteChatStore:
                 "UPDATE messages SET body = ? WHERE conversation_id = ? AND message_id = ?",
                 (msgspec.json.encode(message), conversation_id, message_id),
             )
+            if event is not None:
+                _append_event(conn, event_done(event, message))
             return message, True
 
         return await self._db.write(update)
@@ -644,19 +661,20 @@ class SqliteChatStore:
 
         def select(conn: sqlite3.Connection) -> list[OutboxEntry]:
             rows = conn.execute(
-                "SELECT body FROM outbox WHERE created_at < ? ORDER BY created_at, message_id LIMIT ?",
+                "SELECT event_id, body FROM outbox WHERE created_at < ?"
+                " ORDER BY created_at, event_id LIMIT ?",
                 (cutoff, limit),
             )
-            return [msgspec.json.decode(row[0], type=OutboxEntry) for row in rows]
+            return [_outbox_entry(row) for row in rows]
 
         return await self._db.read(select)
 
-    async def delete_outbox(self, message_ids: Collection[str]) -> None:
-        ids = list(dict.fromkeys(message_ids))
+    async def delete_outbox(self, event_ids: Collection[str]) -> None:
+        ids = list(dict.fromkeys(event_ids))
 
         def delete(conn: sqlite3.Connection) -> None:
             for chunk in _chunks(ids):
-                conn.execute(f"DELETE FROM outbox WHERE message_id IN ({_placeholders(chunk)})", chunk)  # noqa: S608
+                conn.execute(f"DELETE FROM outbox WHERE event_id IN ({_placeholders(chunk)})", chunk)  # noqa: S608
 
         if ids:
             await self._db.write(delete)
