@@ -70,6 +70,7 @@ RELAY_INTERVAL_SECONDS = 1.0
 RELAY_GRACE_SECONDS = 5.0  # an entry younger than this is still in its immediate attempt
 RELAY_MAX_BACKOFF_SECONDS = 10.0
 RELAY_BATCH = 100
+UNSEND_WAIT_SECONDS = 1.0  # how long an unsend's answer waits for its delivery (proxies told, bytes gone)
 DELETE_BATCH = 200  # outbox entries removed by one store write at most
 DELETE_LINGER_SECONDS = 0.02  # how long a delete waits for company
 _PROGRESS_TTL_SECONDS = 3600.0
@@ -151,13 +152,20 @@ class Fanout:
         self._in_background(self.deliver(entry, members))
 
     async def event_stored(self, entry: OutboxEntry) -> None:
-        self._in_background(self.deliver(entry))
+        task = self._in_background(self.deliver(entry))
+        if entry.kind == "message.deleted":
+            # An unsend answers once every proxy was told and the bytes are gone, when that is quick (a
+            # few ms): the sender's 204 then means "gone". A slow or dead bus or object store holds it
+            # at most UNSEND_WAIT_SECONDS; the delivery goes on, and the relay retries what fails.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), UNSEND_WAIT_SECONDS)
 
-    def _in_background(self, delivery: Coroutine[Any, Any, bool]) -> None:
+    def _in_background(self, delivery: Coroutine[Any, Any, bool]) -> asyncio.Task[bool]:
         # The request does not wait: a slow or dead bus never delays its answer (the outbox has the entry).
         task = asyncio.get_running_loop().create_task(delivery, name="fanout")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # --- delivery of one outbox entry: the dispatch on its kind -----------------------------------
     async def deliver(self, entry: OutboxEntry, members: frozenset[str] | None = None) -> bool:
