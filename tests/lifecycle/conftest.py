@@ -42,10 +42,12 @@ async def make_lifecycle_stack(
         }
     async with stack_factory(tmp_path, serve, localstack, bucket) as make:
 
-        async def make_for_kind(env: Mapping[str, str] | None = None, *, s3_endpoint: str = "") -> ImageStack:
+        async def make_for_kind(
+            env: Mapping[str, str] | None = None, *, s3_endpoint: str = "", processor: bool = True
+        ) -> ImageStack:
             extra = {**store_env, **(env or {})}
             if s3_endpoint:
                 extra["AWS_ENDPOINT_URL_S3"] = s3_endpoint
-            return await make("s3" if cloud else "local", extra)
+            return await make("s3" if cloud else "local", extra, processor=processor)
 
         yield make_for_kind

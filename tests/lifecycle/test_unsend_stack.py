@@ -13,7 +13,9 @@ import msgspec
 import pytest
 
 from chat_core import keys
+from chat_core.media import MediaJob
 from chat_core.messagestore import Message
+from media_processor.worker import MediaWorker
 from message_service.service import delete_message
 from tests.chaos.faultproxy import running_proxy
 from tests.conftest import auth_header
@@ -140,3 +142,28 @@ async def test_an_object_store_outage_delays_the_byte_deletion_and_never_loses_i
         assert [e.kind for e in pending if e.message_id == message.message_id] == ["message.deleted"]
         proxy.set("pass")
         await wait_until_gone(stack, cid, message.message_id, raw_key)
+
+
+async def test_a_media_job_for_an_unsent_message_does_nothing_but_make_sure_its_bytes_are_gone(
+    make_lifecycle_stack: LifecycleStackFactory,
+) -> None:
+    stack = await make_lifecycle_stack(processor=False)  # the media job waits until we run it
+    cid = await stack.conversation("alice", "bob")
+    uploaded = await stack.upload("alice", cid)
+    sent = await stack.send("alice", cid, uploaded)
+    assert sent.status_code == 201, sent.text
+    message_id = sent.json()["messageId"]
+    raw_key = keys.stored_key(cid, uploaded.object_key)
+    info = await stack.store.head(raw_key)
+    assert info is not None
+    deleted = await stack.http.delete(
+        f"/conversations/{cid}/messages/{message_id}", headers=auth_header("alice")
+    )
+    assert deleted.status_code == 204
+    worker = MediaWorker.from_backends(stack.backends.settings, stack.backends)
+    job = MediaJob(message_id=message_id, conversation_id=cid, object_key=raw_key, object_etag=info.etag)
+    assert await worker.process(job) == "skipped"
+    assert await remaining_objects(stack, cid, message_id, raw_key) == []
+    stored = await stack.backends.messages.get_message(cid, message_id)
+    assert stored is not None
+    assert (stored.deleted, stored.metadata) == (True, None)  # never "finished" into an image again
