@@ -592,6 +592,51 @@ async def test_retention_days_are_stored_with_the_conversation(store: ChatStore)
         await store.set_retention(uuid.uuid4().hex, 7)
 
 
+async def test_a_users_messages_are_found_in_every_conversation_oldest_first(store: ChatStore) -> None:
+    first, second = await new_conversation(store), await new_conversation(store, ("alice", "carol"))
+    user = f"u{uuid.uuid4().hex[:10]}"
+    mine = [
+        (first, text(T0 + dt.timedelta(seconds=2), sender=user)),
+        (second, text(T0 + dt.timedelta(seconds=1), sender=user)),
+        (first, text(T0 + dt.timedelta(seconds=3), sender=user)),
+    ]
+    for cid, message in mine:
+        await store.create_message(cid, message)
+    await store.create_message(first, text(T0, sender="alice"))  # someone else's
+    await store.delete_message(first, mine[0][1].message_id, deleted_by=user, deleted_at=now())
+    found = [(cid, m.message_id, m.deleted) async for cid, m in store.sent_by(user)]
+    assert found == [
+        (second, mine[1][1].message_id, False),
+        (first, mine[0][1].message_id, True),  # tombstones too: the caller skips them
+        (first, mine[2][1].message_id, False),
+    ]
+
+
+async def test_a_users_messages_are_read_in_pages_past_the_first(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    user = f"u{uuid.uuid4().hex[:10]}"
+    sent = [text(T0 + dt.timedelta(milliseconds=n), sender=user) for n in range(205)]
+    await asyncio.gather(*(store.create_message(cid, m) for m in sent))
+    assert [m.message_id async for _, m in store.sent_by(user)] == [m.message_id for m in sent]
+
+
+async def test_messages_before_a_time_are_the_retention_jobs_oldest_first(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    old = [text(T0 - dt.timedelta(days=40 - n)) for n in range(3)]
+    recent = text(T0)
+    for message in (recent, *old):
+        await store.create_message(cid, message)
+    expired = [m.message_id async for m in store.messages_before(cid, T0 - dt.timedelta(days=30))]
+    assert expired == [m.message_id for m in old]
+
+
+async def test_every_conversation_is_visited_once(store: ChatStore) -> None:
+    made = {await new_conversation(store) for _ in range(3)}
+    seen = [c.conversation_id async for c in store.every_conversation()]
+    assert made <= set(seen)
+    assert len(seen) == len(set(seen))
+
+
 async def test_the_same_message_id_again_returns_the_stored_message_and_writes_nothing(
     store: ChatStore,
 ) -> None:

@@ -27,7 +27,7 @@ import base64
 import binascii
 import datetime as dt
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Generic, Literal, Protocol, TypeVar
 
 import msgspec
@@ -462,6 +462,9 @@ class ConversationStore(Protocol):
     async def set_retention(self, conversation_id: str, days: int | None) -> Conversation:
         """Set (or, with None, clear) the conversation's ``retentionDays``. Raises ConversationNotFound."""
 
+    def every_conversation(self) -> AsyncIterator[Conversation]:
+        """Every conversation, by id, in pages (the retention job's pass)."""
+
 
 class MessageStore(Protocol):
     """Messages, their read receipts and the objects they reference."""
@@ -525,6 +528,14 @@ class MessageStore(Protocol):
         None when there is no such message; raises MessageDeleted for a tombstone. ``alt_text`` applies to
         an image message's metadata (the caller refuses it for text).
         """
+
+    def messages_before(self, conversation_id: str, before: dt.datetime) -> AsyncIterator[Message]:
+        """The conversation's messages older than ``before``, oldest first, tombstones included (the
+        retention job's; read in pages, so the caller may change what it has read)."""
+
+    def sent_by(self, user_id: str) -> AsyncIterator[tuple[str, Message]]:
+        """(conversation id, message) of every message ``user_id`` sent, in any conversation (also those
+        they left), oldest first, tombstones included; read in pages (a user's erasure and export)."""
 
     async def list_messages(
         self, conversation_id: str, *, limit: int, before: str | None = None

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -78,6 +78,7 @@ IMAGE_REFS = "imageRefs"
 OUTBOX = "outbox"
 DEVICES = "devices"
 PUSH_RECEIPTS = "pushReceipts"
+_PAGE = 200  # documents per read of the lifecycle jobs' scans
 _GET_ALL_CHUNK = 100
 _IN_CHUNK = 30  # Firestore's limit on the values of an "in" filter
 _BATCH_LIMIT = 500  # writes per batch
@@ -184,6 +185,19 @@ async def _newest_first(
         query = query.start_after([after[0], after[1]])
     rows = [decode(snapshot) async for snapshot in query.limit(limit + 1).stream()]
     return page_of(rows, limit, position)
+
+
+async def _pages(query: Any) -> AsyncIterator[DocumentSnapshot[Any]]:
+    """Every document of ``query``, read ``_PAGE`` at a time (short reads; the caller may write between)."""
+    last: DocumentSnapshot[Any] | None = None
+    while True:
+        page = query.start_after(last) if last is not None else query
+        snapshots = [snapshot async for snapshot in page.limit(_PAGE).stream()]
+        for snapshot in snapshots:
+            yield snapshot
+        if len(snapshots) < _PAGE:
+            return
+        last = snapshots[-1]
 
 
 class FirestoreChatStore:
@@ -367,7 +381,37 @@ class FirestoreChatStore:
             return
         raise RuntimeError(f"conversation {conversation_id} kept changing; lastMessage not updated")
 
+    async def every_conversation(self) -> AsyncIterator[Conversation]:
+        async for snapshot in _pages(self.client.collection(CONVERSATIONS).order_by("__name__")):
+            yield _conversation(snapshot)
+
     # --- messages ---------------------------------------------------------------------------------
+    async def messages_before(self, conversation_id: str, before: dt.datetime) -> AsyncIterator[Message]:
+        # The built-in single-field index on timestamp (ascending), as list_messages uses.
+        query = (
+            self._conversation_ref(conversation_id)
+            .collection(MESSAGES)
+            .where(filter=FieldFilter("timestamp", "<", before))
+            .order_by("timestamp")
+            .order_by("__name__")
+        )
+        async for snapshot in _pages(query):
+            yield _message(snapshot)
+
+    async def sent_by(self, user_id: str) -> AsyncIterator[tuple[str, Message]]:
+        # Collection-group query over every conversation's messages: the collection-group index on
+        # (senderId, timestamp) in firestore.indexes.json.
+        query = (
+            self.client.collection_group(MESSAGES)
+            .where(filter=FieldFilter("senderId", "==", user_id))
+            .order_by("timestamp")
+            .order_by("__name__")
+        )
+        async for snapshot in _pages(query):
+            parent = snapshot.reference.parent.parent
+            if parent is not None:
+                yield parent.id, _message(snapshot)
+
     def _message_ref(self, conversation_id: str, message_id: str) -> AsyncDocumentReference:
         ref: AsyncDocumentReference = (
             self._conversation_ref(conversation_id).collection(MESSAGES).document(message_id)

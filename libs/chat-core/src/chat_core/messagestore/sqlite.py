@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -52,6 +52,7 @@ __all__ = ["SqliteChatStore", "create"]
 
 T = TypeVar("T")
 
+_PAGE = 200  # rows per read of the lifecycle jobs' scans
 _IN_CHUNK = 500  # bound on "IN (?, ?, ...)" lists (SQLite allows 32766 variables; keep statements small)
 
 _SCHEMA = """
@@ -428,7 +429,58 @@ class SqliteChatStore:
 
         return await self._db.write(update)
 
+    async def every_conversation(self) -> AsyncIterator[Conversation]:
+        after = ""
+        while True:
+            rows = await self._db.read(
+                lambda conn, after=after: conn.execute(
+                    f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c"  # noqa: S608
+                    " WHERE c.conversation_id > ? ORDER BY c.conversation_id LIMIT ?",
+                    (after, _PAGE),
+                ).fetchall()
+            )
+            for row in rows:
+                yield _conversation(row)
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1]["conversation_id"]
+
     # --- messages ---------------------------------------------------------------------------------
+    async def messages_before(self, conversation_id: str, before: dt.datetime) -> AsyncIterator[Message]:
+        position = (-1, "")
+        cutoff = micros(before)
+        while True:
+            rows = await self._db.read(
+                lambda conn, position=position: conn.execute(
+                    "SELECT timestamp, message_id, body FROM messages WHERE conversation_id = ?"
+                    " AND timestamp < ? AND (timestamp, message_id) > (?, ?)"
+                    " ORDER BY timestamp, message_id LIMIT ?",
+                    (conversation_id, cutoff, *position, _PAGE),
+                ).fetchall()
+            )
+            for row in rows:
+                yield msgspec.json.decode(row["body"], type=Message)
+            if len(rows) < _PAGE:
+                return
+            position = (rows[-1]["timestamp"], rows[-1]["message_id"])
+
+    async def sent_by(self, user_id: str) -> AsyncIterator[tuple[str, Message]]:
+        position: tuple[int, str, str] = (-1, "", "")
+        while True:
+            rows = await self._db.read(
+                lambda conn, position=position: conn.execute(
+                    "SELECT timestamp, conversation_id, message_id, body FROM messages WHERE sender_id = ?"
+                    " AND (timestamp, conversation_id, message_id) > (?, ?, ?)"
+                    " ORDER BY timestamp, conversation_id, message_id LIMIT ?",
+                    (user_id, *position, _PAGE),
+                ).fetchall()
+            )
+            for row in rows:
+                yield row["conversation_id"], msgspec.json.decode(row["body"], type=Message)
+            if len(rows) < _PAGE:
+                return
+            position = (rows[-1]["timestamp"], rows[-1]["conversation_id"], rows[-1]["message_id"])
+
     async def create_message(
         self,
         conversation_id: str,
