@@ -45,10 +45,12 @@ dashboards: install ## regenerate the chart's Grafana dashboards from deploy/gra
 	uv run --frozen python deploy/grafana/dashboards.py
 
 .PHONY: lint
-lint: install ## ruff format check, ruff lint, mypy --strict
+lint: install ## ruff format check, ruff lint, mypy --strict, the import-linter contracts (layers), the docs site (mkdocs --strict)
 	uv run --frozen ruff format --check .
 	uv run --frozen ruff check .
 	uv run --frozen mypy .
+	uv run --frozen lint-imports
+	NO_MKDOCS_2_WARNING=1 uv run --frozen mkdocs build --strict
 
 .PHONY: fmt
 fmt: install ## format and fix what ruff can
@@ -56,7 +58,7 @@ fmt: install ## format and fix what ruff can
 	uv run --frozen ruff check --fix .
 
 # pytest-xdist workers: the suite waits on backends and subprocesses far more than it computes, so more
-# workers than cores pays off (measured in the README's "Tests"); files stay whole on one worker.
+# workers than cores pays off (measured in docs/getting-started.md, `make test`); files stay whole on one worker.
 PYTEST_WORKERS ?= 3
 
 .PHONY: test
@@ -64,7 +66,7 @@ test: test-deps lint deps-check ## everything CI runs: lint, types, and all test
 	uv run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: docs
-docs: install ## regenerate the README's configuration table and the chart's list of settings
+docs: install ## regenerate the configuration table (docs/operations/configuration.md) and the chart's list of settings
 	uv run --frozen python scripts/update_readme_config.py
 	uv run --frozen python deploy/chart_schema.py
 	uv run --frozen python -m chat_management.bucket deploy/bucket

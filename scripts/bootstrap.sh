@@ -184,7 +184,7 @@ case "${1:-}" in
     system_packages redis-server prometheus=prometheus prometheus=promtool
     bash scripts/setup-localstack.sh
     [ -x "${FIRESTORE_EMULATOR_BIN:-/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator}" ] || \
-      say "!!! the Firestore emulator is not installed: tests marked 'firestore' will be skipped (optional; see the README's Prerequisites)"
+      say "!!! the Firestore emulator is not installed: tests marked 'firestore' will be skipped (optional; see docs/getting-started.md, Prerequisites)"
     ;;
   python312)
     ensure_uv

@@ -1,4 +1,7 @@
-"""Rewrite the README's configuration table from the settings declarations (`make docs`)."""
+"""Rewrite the configuration table of docs/operations/configuration.md from the settings declarations.
+
+Run by `make docs`; tests/foundation/test_settings.py fails when the page is stale.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +10,19 @@ from pathlib import Path
 
 from chat_core.settings import markdown_table
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "operations" / "configuration.md"
 START, END = "<!-- config:start -->", "<!-- config:end -->"
 
 
-def render(readme: str) -> str:
-    head, _, rest = readme.partition(START)
+def render(page: str) -> str:
+    head, _, rest = page.partition(START)
     _, _, tail = rest.partition(END)
     return f"{head}{START}\n{markdown_table()}\n{END}{tail}"
 
 
 if __name__ == "__main__":
-    text = README.read_text()
+    text = PAGE.read_text()
     updated = render(text)
-    README.write_text(updated)
-    sys.stdout.write("README configuration table is current\n" if updated == text else "README updated\n")
+    PAGE.write_text(updated)
+    name = PAGE.relative_to(PAGE.parents[2])
+    sys.stdout.write(f"{name}: configuration table is current\n" if updated == text else f"{name} updated\n")

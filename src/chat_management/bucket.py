@@ -6,7 +6,7 @@ configuration first and writing only what differs, so a second run changes nothi
 chat_management.bucket deploy/bucket``; a test keeps them in step), for operators whose buckets are made
 by their own infrastructure code.
 
-What a bucket gets (docs/adr/0001-raw-upload-prefix.md explains the ``uploads/`` prefix):
+What a bucket gets (docs/adr/0005-raw-upload-prefix.md explains the ``uploads/`` prefix):
 
 * object ownership ``BucketOwnerEnforced`` (ACLs off) and the four-flag public access block;
 * a policy denying plain-HTTP requests, TLS older than 1.2, anonymous principals and public canned ACLs;

@@ -20,7 +20,7 @@ from tests.harness import ROOT
 
 IAM = ROOT / "deploy" / "iam"
 BUCKET = "arn:aws:s3:::BUCKET_NAME"
-# Raw uploads (docs/adr/0001-raw-upload-prefix.md) and the media processor's derivatives: no role reaches
+# Raw uploads (docs/adr/0005-raw-upload-prefix.md) and the media processor's derivatives: no role reaches
 # any other object.
 OBJECTS = "arn:aws:s3:::BUCKET_NAME/uploads/*"
 DERIVATIVES = "arn:aws:s3:::BUCKET_NAME/*/media/*"

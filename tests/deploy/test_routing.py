@@ -36,7 +36,7 @@ from tests.deploy.conftest import (
 )
 
 OBJECT_PATH = "/images/c1/images/alice/20240419-123456-3f0c2a1e-9b7d-4c1e-8f00-1234567890ab.jpg"
-# The spec's paths and DESIGN.md's: path -> the service that must get it (None: not public).
+# Every public path of docs/api.md: path -> the service that must get it (None: not public).
 SPEC_PATHS: dict[str, str | None] = {
     "/conversations/c1/images/upload_url": "upload",
     "/conversations/Conv_9-x/images/upload_url": "upload",

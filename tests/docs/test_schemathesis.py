@@ -81,7 +81,7 @@ def test_the_openapi_document_is_the_truth(server: str, tmp_path: Path) -> None:
             "all",
             "--exclude-checks",
             # ensure_resource_availability (ST302): a creator may leave the conversation they made
-            # (README "Membership rules"), after which it is rightly 404 to them.
+            # (docs/api.md "Membership rules"), after which it is rightly 404 to them.
             "positive_data_acceptance,ensure_resource_availability",
             "--max-examples",
             str(MAX_EXAMPLES),

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 import blurhash
 import pytest
 from PIL import Image
 
 from media_processor.imaging import ImageLimits, Reason, Rejected, Sanitized, Variant, sanitize
+from media_processor.worker import limits_from
+from tests.conftest import make_settings
 from tests.media import corpus
 from tests.media.inspect import close, frame_count, metadata_left, pixel
 
@@ -261,3 +264,27 @@ def test_a_turned_heic_is_turned_upright(orientation: int) -> None:
     assert (result.original.width, result.original.height) == (640, 480)
     assert close(pixel(result.original.data, 2, 2), corpus.RED)
     assert close(pixel(result.original.data, -3, -3), corpus.GREY)
+
+
+def test_the_animation_limit_is_a_setting_the_processor_honours(tmp_path: Path) -> None:
+    """MAX_ANIMATION_PIXELS was a constant of imaging.py alone; now every image limit is one setting."""
+    settings = make_settings(tmp_path, {"MAX_ANIMATION_PIXELS": "500000"})
+    result = sanitize(corpus.animated_gif(5, (480, 360)), "image/gif", limits_from(settings))
+    assert isinstance(result, Rejected)
+    assert result.reason == Reason.TOO_MANY_PIXELS
+    assert isinstance(sanitize(corpus.animated_gif(5, (480, 360)), "image/gif", ImageLimits()), Sanitized)
+
+
+def test_every_image_limit_comes_from_the_settings(tmp_path: Path) -> None:
+    env = {
+        "MAX_IMAGE_PIXELS": "1000",
+        "MAX_IMAGE_FRAMES": "3",
+        "MAX_ANIMATION_PIXELS": "2000",
+        "MEDIA_PREVIEW_EDGE": "100",
+        "MEDIA_THUMBNAIL_EDGE": "20",
+    }
+    assert limits_from(make_settings(tmp_path, env)) == ImageLimits(
+        max_pixels=1000, max_frames=3, max_animation_pixels=2000, preview_edge=100, thumbnail_edge=20
+    )
+    # and the processor's defaults are the settings' defaults, not numbers of its own
+    assert ImageLimits() == limits_from(make_settings(tmp_path))

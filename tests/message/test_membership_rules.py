@@ -1,4 +1,4 @@
-"""Membership rules a chat user expects (README "Membership rules"), on each store adapter over HTTP.
+"""Membership rules a chat user expects (docs/api.md "Membership rules"), on each store adapter over HTTP.
 
 The creator is an admin; any member adds plain members; only admins add admins and remove others; anyone
 may leave; the last admin leaving hands the role to the earliest member. Every change is an audit line

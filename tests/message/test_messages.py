@@ -21,7 +21,7 @@ from tests.message.conftest import PUBLIC_BASE_URL, Chat, ChatFactory, image_byt
 
 SPEC_MESSAGE_FIELDS = {"messageId", "content", "messageType", "senderId", "timestamp", "readBy", "metadata"}
 SPEC_METADATA_FIELDS = {"object_key", "url", "width", "height", "content_type", "size_bytes"}
-# The media pipeline's, additive to the spec's (README "The media pipeline").
+# The media pipeline's, additive to the spec's (docs/api.md "Image metadata").
 MEDIA_METADATA_FIELDS = {"status", "variants", "blurhash", "error"}
 # The image's description (sent in metadata.alt_text, editable; null when there is none).
 ALT_TEXT_FIELDS = {"alt_text"}

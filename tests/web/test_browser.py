@@ -179,7 +179,7 @@ async def shot(page: Any, name: str) -> None:
 
 
 def side_by_side(names: list[str], name: str) -> None:
-    """One picture of both windows (the README's)."""
+    """One picture of both windows (docs/img/web-client.png, on docs/getting-started.md)."""
     images = [Image.open(ARTIFACTS / f"{n}.png").convert("RGB") for n in names]
     gap = 16
     canvas = Image.new(

@@ -189,7 +189,7 @@ class Store {
     this.putMessage(conversationId, await this.api.editMessage(conversationId, message.messageId, changes));
     this.changed();
   }
-  /** A socket event (README, "Real-time and notifications"). */
+  /** A socket event (docs/api.md, "Real-time events"). */
   async apply(event) {
     const id = event.conversationId;
     switch (event.type) {

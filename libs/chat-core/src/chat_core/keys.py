@@ -1,4 +1,4 @@
-"""Object-key layout (DESIGN.md "Keys"), in one place for upload, send, serve and cleanup.
+"""Object-key layout (docs/api.md, "Upload an image"), in one place for upload, send, serve and cleanup.
 
 ``object_key`` (what clients see) is ``images/{uploader_id}/{yyyymmdd-HHMMSS}-{uuid}.{ext}``; the stored
 key is ``uploads/{conversation_id}/{object_key}``. The stamp and the UUID (a version 7 UUID, whose first 48
@@ -10,7 +10,7 @@ another extension ever reaches a store.
 Raw uploads share one server-side prefix, ``RAW_UPLOAD_PREFIX``, because S3 lifecycle rules, event
 notifications and IAM resources select objects by prefix only: ``uploads/`` is what expires, what the
 media queue hears about and what the upload role may write, while derivatives under
-``{conversation_id}/media/`` are never matched (docs/adr/0001-raw-upload-prefix.md). Clients never see the
+``{conversation_id}/media/`` are never matched (docs/adr/0005-raw-upload-prefix.md). Clients never see the
 prefix: ``object_key`` and ``file_url`` keep the spec's shapes.
 
 ``refused/{conversation_id}/{object_key}`` (``refusal_key``) is where the media processor notes why it

@@ -149,7 +149,7 @@ class Windows(Protocol):
     async def close(self) -> None: ...
 
 
-class StoreWindows:
+class StoreWindows(Windows):
     """Over an async storage (Redis): one round trip per hit."""
 
     def __init__(self, storage: Storage) -> None:
@@ -168,7 +168,7 @@ class StoreWindows:
             await client.aclose()
 
 
-class MemoryWindows:
+class MemoryWindows(Windows):
     """In this process: the library's synchronous memory storage, called inline."""
 
     def __init__(self) -> None:

@@ -1,7 +1,8 @@
 """Typed settings, read once from the environment and validated at start-up.
 
 Every field names the environment variable it comes from (``env("NAME", "what it means")``), so the
-loader, the error messages and the README's configuration table all come from one declaration.
+loader, the error messages and the configuration table (docs/operations/configuration.md) all come from
+one declaration.
 A bad or missing value raises ``SettingsError`` with one line that names the variable.
 """
 
@@ -236,7 +237,11 @@ class SqsSettings(_Frozen, frozen=True, kw_only=True):
 
 
 class MediaSettings(_Frozen, frozen=True, kw_only=True):
-    """The media pipeline: its job queue and the processor's limits."""
+    """The media pipeline: its job queue and the processor's limits.
+
+    The one declaration of every image limit: the send's header check, the check of uploads as they land
+    and the processor's ``media_processor.imaging.ImageLimits`` (its defaults included) all read these.
+    """
 
     queue_name: Annotated[
         str,
@@ -255,6 +260,14 @@ class MediaSettings(_Frozen, frozen=True, kw_only=True):
     max_image_frames: Annotated[
         int, env("MAX_IMAGE_FRAMES", "Most frames of an animated GIF/WebP."), msgspec.Meta(ge=1, le=10_000)
     ] = 200
+    max_animation_pixels: Annotated[
+        int,
+        env(
+            "MAX_ANIMATION_PIXELS",
+            "Most pixels of all frames of an animation together (it is decoded as one tall strip).",
+        ),
+        msgspec.Meta(ge=1),
+    ] = 100_000_000
     preview_edge: Annotated[
         int, env("MEDIA_PREVIEW_EDGE", "Long edge of the `preview` variant, in pixels."), msgspec.Meta(ge=16)
     ] = 1280
@@ -661,7 +674,7 @@ class Settings(_Frozen, frozen=True, kw_only=True):
         return self
 
 
-# The development secret the Makefile, the devstack and the README hand out: public, so anyone can mint
+# The development secret the Makefile, the devstack and the docs hand out: public, so anyone can mint
 # tokens with it. Fine on a laptop's loopback, refused anywhere else.
 DEV_SECRET_PREFIX = "dev-only-secret-change-me"  # noqa: S105 - the published one, to refuse it
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -780,7 +793,7 @@ def iter_env_vars() -> Iterator[tuple[str, str, str]]:
 
 
 def markdown_table() -> str:
-    """The configuration table of the README (``make docs``) and of ``chat-management config``."""
+    """The table of docs/operations/configuration.md (``make docs``) and of ``chat-management config``."""
     rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for name, default, meaning in iter_env_vars():
         rows.append(f"| `{name}` | {f'`{default}`' if default else ''} | {meaning} |")

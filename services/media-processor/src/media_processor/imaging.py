@@ -16,7 +16,7 @@ Order of work, so that no hostile header ever reaches a full decode:
 1. the magic bytes must name the declared type (``content_type_mismatch`` / ``unsupported_type``);
 2. width, height and frame count come from the header alone (``chat_core.images`` in pure Python, then
    the decoder's lazy header read) and are checked against ``MAX_IMAGE_PIXELS``, ``MAX_IMAGE_FRAMES``
-   and ``MAX_ANIMATION_PIXELS``;
+   and ``MAX_ANIMATION_PIXELS`` (settings: ``chat_core.settings.MediaSettings`` declares every limit once);
 3. decode (truncated files fail: ``fail_on=truncated``), apply the EXIF orientation to the pixels,
    convert to sRGB through the embedded ICC profile (CMYK through a CMYK profile), 8 bits per sample;
 4. encode with ``keep=none``: no EXIF (GPS included), XMP, IPTC, ICC, comments or PNG text chunks.
@@ -36,16 +36,12 @@ import blurhash
 import pyvips
 
 from chat_core import images
+from chat_core.settings import MediaSettings
 
 __all__ = [
     "DEFAULT_LIMITS",
     "HEIF_TYPES",
-    "MAX_ANIMATION_PIXELS",
-    "MAX_IMAGE_FRAMES",
-    "MAX_IMAGE_PIXELS",
-    "PREVIEW_EDGE",
     "SUPPORTED_TYPES",
-    "THUMBNAIL_EDGE",
     "ImageLimits",
     "Reason",
     "Rejected",
@@ -54,16 +50,10 @@ __all__ = [
     "sanitize",
 ]
 
-MAX_IMAGE_PIXELS = 50_000_000
-"""Pixels of one frame (width x height, as stored). A 50 MP RGB frame is 150 MB decoded."""
-MAX_IMAGE_FRAMES = 200
-"""Frames of an animated GIF/WebP."""
-MAX_ANIMATION_PIXELS = 100_000_000
-"""Pixels of all frames together: an animation is decoded as one tall strip, so this bounds its memory."""
-PREVIEW_EDGE = 1280
-"""Long edge of ``preview``, in pixels (never enlarged)."""
-THUMBNAIL_EDGE = 320
-"""Long edge of ``thumbnail``, in pixels (never enlarged)."""
+# The limits and variant sizes are settings (MAX_IMAGE_PIXELS, MAX_IMAGE_FRAMES, MAX_ANIMATION_PIXELS,
+# MEDIA_PREVIEW_EDGE, MEDIA_THUMBNAIL_EDGE), declared once in chat_core.settings.MediaSettings, whose
+# defaults are ImageLimits' defaults too. What stays here are the encoder's own choices.
+_SETTINGS = MediaSettings()
 JPEG_QUALITY = 85
 WEBP_QUALITY = 80
 WEBP_EFFORT = 2
@@ -79,16 +69,31 @@ SUPPORTED_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp
 
 @dataclass(frozen=True, slots=True)
 class ImageLimits:
-    """What one job may produce and decode. The pool adds its time and memory bounds."""
+    """What one job may produce and decode. The pool adds its time and memory bounds.
 
-    max_pixels: int = MAX_IMAGE_PIXELS
-    max_frames: int = MAX_IMAGE_FRAMES
-    max_animation_pixels: int = MAX_ANIMATION_PIXELS
-    preview_edge: int = PREVIEW_EDGE
-    thumbnail_edge: int = THUMBNAIL_EDGE
+    ``max_pixels``: one frame (width x height, as stored; a 50 MP RGB frame is 150 MB decoded);
+    ``max_animation_pixels``: all frames together (an animation is decoded as one tall strip, so this
+    bounds its memory); the edges are the variants' long edges, never enlarged.
+    """
+
+    max_pixels: int = _SETTINGS.max_image_pixels
+    max_frames: int = _SETTINGS.max_image_frames
+    max_animation_pixels: int = _SETTINGS.max_animation_pixels
+    preview_edge: int = _SETTINGS.preview_edge
+    thumbnail_edge: int = _SETTINGS.thumbnail_edge
     jpeg_quality: int = JPEG_QUALITY
     webp_quality: int = WEBP_QUALITY
     webp_effort: int = WEBP_EFFORT
+
+    @classmethod
+    def from_settings(cls, media: MediaSettings) -> ImageLimits:
+        return cls(
+            max_pixels=media.max_image_pixels,
+            max_frames=media.max_image_frames,
+            max_animation_pixels=media.max_animation_pixels,
+            preview_edge=media.preview_edge,
+            thumbnail_edge=media.thumbnail_edge,
+        )
 
 
 DEFAULT_LIMITS = ImageLimits()

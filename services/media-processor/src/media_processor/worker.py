@@ -99,13 +99,7 @@ Outcome = Literal["ready", "failed", "skipped"]
 
 
 def limits_from(settings: Settings) -> ImageLimits:
-    media = settings.media
-    return ImageLimits(
-        max_pixels=media.max_image_pixels,
-        max_frames=media.max_image_frames,
-        preview_edge=media.preview_edge,
-        thumbnail_edge=media.thumbnail_edge,
-    )
+    return ImageLimits.from_settings(settings.media)
 
 
 def pool_settings_from(settings: Settings) -> PoolSettings:

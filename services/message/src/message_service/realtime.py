@@ -17,11 +17,11 @@ Protocol (JSON text frames):
   slowly and fell ``OUTBOUND_LIMIT`` events behind. Events are at most once: after a reconnect or a
   ``session.resync``, clients resync with the list endpoints (and de-duplicate by ``messageId``).
 
-Limits (README, "Limits"): connects count against ``RATE_LIMIT_SOCKET_CONNECTS`` per user (per client IP
-without a valid token) before the handshake is accepted: over it, the handshake is answered with HTTP 429
-(``Retry-After``, RateLimit headers) where the server supports the ASGI denial response (uvicorn does),
-else accepted and closed with 1008. Once open: a frame over ``SOCKET_MAX_FRAME_BYTES`` closes with 1009,
-more frames than ``RATE_LIMIT_SOCKET_MESSAGES`` with 1008, and a socket beyond ``MAX_SOCKETS_PER_USER``
+Limits (docs/operations/limits.md): connects count against ``RATE_LIMIT_SOCKET_CONNECTS`` per user (per
+client IP without a valid token) before the handshake is accepted: over it, the handshake is answered with
+HTTP 429 (``Retry-After``, RateLimit headers) where the server supports the ASGI denial response (uvicorn
+does), else accepted and closed with 1008. Once open: a frame over ``SOCKET_MAX_FRAME_BYTES`` closes with
+1009, more frames than ``RATE_LIMIT_SOCKET_MESSAGES`` with 1008, and a socket beyond ``MAX_SOCKETS_PER_USER``
 (on this replica) with 4429.
 
 The user is online (presence) while the socket is open: the server refreshes presence every third of

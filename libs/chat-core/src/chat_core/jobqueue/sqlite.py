@@ -22,13 +22,13 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 import structlog
 
 from chat_core.batching import Coalescer
-from chat_core.jobqueue import Job, JobKind, Received
+from chat_core.jobqueue import Job, JobKind, JobQueue, Received
 from chat_core.sqlite_engine import SqliteEngine
 from chat_core.timestamps import from_micros
 
@@ -79,7 +79,7 @@ class _Row(msgspec.Struct, frozen=True):
     receipt: str
 
 
-class SqliteJobQueue(Generic[J]):
+class SqliteJobQueue(JobQueue[J]):
     name = "sqlite"
 
     def __init__(self, path: Path | str, kind: JobKind[J]) -> None:

@@ -16,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import structlog
 
 from chat_core.aws import AwsClient, AwsError, aws_endpoint
 from chat_core.batching import Coalescer
-from chat_core.jobqueue import Job, JobKind, Received
+from chat_core.jobqueue import Job, JobKind, JobQueue, Received
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
@@ -62,7 +62,7 @@ def _error(response_status: int, body: bytes, headers: Mapping[str, str]) -> Aws
     return AwsError(response_status, code or "Unknown", message or body[:200].decode(errors="replace"))
 
 
-class SqsJobQueue(Generic[J]):
+class SqsJobQueue(JobQueue[J]):
     name = "sqs"
     readiness_name = "sqs"
     uses_aws = True

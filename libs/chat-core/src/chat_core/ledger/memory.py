@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from chat_core.ledger import KINDS, Kind, Usage
+from chat_core.ledger import KINDS, Kind, StorageLedger, Usage
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["MemoryStorageLedger", "create"]
 
 
-class MemoryStorageLedger:
+class MemoryStorageLedger(StorageLedger):
     def __init__(self) -> None:
         self._counts: dict[Kind, list[int]] = {kind: [0, 0] for kind in KINDS}
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from chat_core.ledger import KINDS, Kind, Usage
+from chat_core.ledger import KINDS, Kind, StorageLedger, Usage
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
@@ -33,7 +33,7 @@ def ledger_key(prefix: str) -> str:
     return f"{prefix}:storage"
 
 
-class RedisStorageLedger:
+class RedisStorageLedger(StorageLedger):
     def __init__(
         self, url: str, prefix: str = "chat", *, mode: str = "standalone", ca_cert: str = ""
     ) -> None:

@@ -40,6 +40,7 @@ from google.cloud.firestore_v1.base_query import BaseQuery
 
 from chat_core.messagestore import (
     PUSH_RECEIPT_TTL,
+    ChatStore,
     Conversation,
     ConversationExists,
     ConversationNotFound,
@@ -200,7 +201,7 @@ async def _pages(query: Any) -> AsyncIterator[DocumentSnapshot[Any]]:
         last = snapshots[-1]
 
 
-class FirestoreChatStore:
+class FirestoreChatStore(ChatStore):
     name = "firestore"
     readiness_name = "firestore"
     outage_code = "store_unavailable"

@@ -20,6 +20,7 @@ import msgspec
 from chat_core import sqlite_engine
 from chat_core.messagestore import (
     PUSH_RECEIPT_TTL,
+    ChatStore,
     Conversation,
     ConversationExists,
     ConversationNotFound,
@@ -229,7 +230,7 @@ def _update_message(conn: sqlite3.Connection, conversation_id: str, message: Mes
     )
 
 
-class SqliteChatStore:
+class SqliteChatStore(ChatStore):
     name = "sqlite"
     readiness_name = "sqlite"
     outage_code = "store_unavailable"

@@ -38,6 +38,7 @@ from chat_core.objectstore import (
     ObjectInfo,
     ObjectNotFound,
     ObjectRead,
+    ObjectStore,
     PresignedUpload,
     RangeNotSatisfiable,
 )
@@ -192,7 +193,7 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
 
 
-class LocalObjectStore:
+class LocalObjectStore(ObjectStore):
     name = "local"
     readiness_name = "object_store"  # "local" alone would not tell an operator what is failing
 

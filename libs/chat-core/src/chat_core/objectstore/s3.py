@@ -35,6 +35,7 @@ from chat_core.objectstore import (
     ObjectInfo,
     ObjectNotFound,
     ObjectRead,
+    ObjectStore,
     PresignedUpload,
     RangeNotSatisfiable,
 )
@@ -117,7 +118,7 @@ def _cors_configuration(origins: tuple[str, ...]) -> bytes:
     return f"<CORSConfiguration><CORSRule>{rule}</CORSRule></CORSConfiguration>".encode()
 
 
-class S3ObjectStore:
+class S3ObjectStore(ObjectStore):
     name = "s3"
     readiness_name = "s3"
     uses_aws = True  # Backends resolves credentials before start()

@@ -27,7 +27,7 @@ from google.auth.credentials import Credentials
 from google.auth.transport.requests import Request as GoogleAuthRequest
 from google.oauth2 import service_account
 
-from chat_core.push import PushMessage, PushOutcome
+from chat_core.push import PushMessage, PushOutcome, PushProvider
 from chat_core.retries import RetryableAnswer, RetryBudget, retrying
 from chat_core.settings import PushSettings
 
@@ -66,7 +66,7 @@ def load_credentials(settings: PushSettings) -> tuple[Credentials, str]:
     return credentials, project
 
 
-class FcmPushProvider:
+class FcmPushProvider(PushProvider):
     name = "fcm"
     readiness_name = "fcm"
 

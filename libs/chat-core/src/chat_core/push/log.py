@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from chat_core.push import PushMessage, PushOutcome
+from chat_core.push import PushMessage, PushOutcome, PushProvider
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
@@ -22,7 +22,7 @@ def token_fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
-class LogPushProvider:
+class LogPushProvider(PushProvider):
     name = "log"
 
     async def start(self) -> None:

@@ -19,7 +19,7 @@ import httpx
 import msgspec
 import structlog
 
-from chat_core.push import PushMessage, PushOutcome
+from chat_core.push import PushMessage, PushOutcome, PushProvider
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
@@ -48,7 +48,7 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={digest}"
 
 
-class WebhookPushProvider:
+class WebhookPushProvider(PushProvider):
     name = "webhook"
 
     def __init__(self, http: httpx.AsyncClient, url: str, secret: str) -> None:

@@ -10,7 +10,7 @@ import heapq
 import time
 from typing import TYPE_CHECKING
 
-from chat_core.quota import QuotaRefusal, seconds_to_next_day
+from chat_core.quota import QuotaRefusal, QuotaStore, seconds_to_next_day
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
@@ -51,7 +51,7 @@ class _Pending:
         heapq.heappush(self.by_expiry, (expiry, upload))
 
 
-class MemoryQuotaStore:
+class MemoryQuotaStore(QuotaStore):
     def __init__(self) -> None:
         self._pending: dict[str, _Pending] = {}
         self._day = ""

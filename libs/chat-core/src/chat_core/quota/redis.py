@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from chat_core.quota import DAY_SECONDS, QuotaRefusal, seconds_to_next_day
+from chat_core.quota import DAY_SECONDS, QuotaRefusal, QuotaStore, seconds_to_next_day
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
@@ -83,7 +83,7 @@ def _refusal(result: list[int]) -> QuotaRefusal | None:
     return QuotaRefusal("upload_bytes_per_day", seconds_to_next_day(), int(result[2]))
 
 
-class RedisQuotaStore:
+class RedisQuotaStore(QuotaStore):
     def __init__(
         self, url: str, prefix: str = "chat", *, mode: str = "standalone", ca_cert: str = ""
     ) -> None:

@@ -3,7 +3,7 @@
 Adapters: ``redis`` (pub/sub, one channel per conversation; presence keys with a TTL) and ``memory``
 (one process). Both pass one contract suite (``tests/contract/test_realtime_contract.py``).
 
-Cost rules (DESIGN.md "Fan-out cost"): one publish per chat message whatever the group size; the presence
+Cost rules (docs/operations/scaling.md): one publish per chat message whatever the group size; the presence
 of all members of a conversation in one round trip.
 """
 

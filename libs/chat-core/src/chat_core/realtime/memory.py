@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from chat_core.realtime import EventHandler, GapHandler
+from chat_core.realtime import EventBus, EventHandler, GapHandler, Presence, Subscription
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
@@ -23,7 +23,7 @@ __all__ = ["MemoryEventBus", "MemoryPresence", "create_event_bus", "create_prese
 _log = structlog.get_logger("chat_core.realtime.memory")
 
 
-class _MemorySubscription:
+class _MemorySubscription(Subscription):
     def __init__(self, bus: MemoryEventBus, handler: EventHandler) -> None:
         self._bus = bus
         self._handler = handler
@@ -58,7 +58,7 @@ class _MemorySubscription:
             _log.exception("event_handler_failed", channel=channel)
 
 
-class MemoryEventBus:
+class MemoryEventBus(EventBus):
     name = "memory"
     readiness_name = "event_bus"
 
@@ -94,7 +94,7 @@ class MemoryEventBus:
                 del self._subscribers[channel]
 
 
-class MemoryPresence:
+class MemoryPresence(Presence):
     name = "memory"
     readiness_name = "presence"
 

@@ -29,7 +29,7 @@ import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
-from chat_core.realtime import EventBusUnavailable, EventHandler, GapHandler
+from chat_core.realtime import EventBus, EventBusUnavailable, EventHandler, GapHandler, Presence
 from chat_core.realtime.resp_subscriber import (
     CONNECT_TIMEOUT_SECONDS,
     RespSubscriber,
@@ -155,7 +155,7 @@ class _OnSharedConnections:
             raise EventBusUnavailable(f"redis does not answer: {exc}") from exc
 
 
-class RedisEventBus(_OnSharedConnections):
+class RedisEventBus(_OnSharedConnections, EventBus):
     async def ping(self) -> None:
         await super().ping()
         if not await self._connections.subscriber.healthy(wait=1.0):
@@ -178,7 +178,7 @@ class RedisEventBus(_OnSharedConnections):
         return subscription
 
 
-class RedisPresence(_OnSharedConnections):
+class RedisPresence(_OnSharedConnections, Presence):
     def __init__(self, connections: _RedisConnections, ttl_seconds: float) -> None:
         super().__init__(connections)
         self._ttl_ms = max(1, round(ttl_seconds * 1000))

@@ -33,7 +33,7 @@ import structlog
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from chat_core.realtime import EventBusUnavailable, EventHandler, GapHandler
+from chat_core.realtime import EventBusUnavailable, EventHandler, GapHandler, Subscription
 
 if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
@@ -77,7 +77,7 @@ class _Op:
                 waiter.set_result(None)
 
 
-class RespSubscription:
+class RespSubscription(Subscription):
     def __init__(
         self, subscriber: _Multiplexer, handler: EventHandler, on_gap: GapHandler | None = None
     ) -> None:
