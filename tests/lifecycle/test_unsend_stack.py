@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from pathlib import Path
+from typing import Any
 
+import httpx
 import msgspec
 import pytest
 
+import image_proxy.app
 from chat_core import keys
+from chat_core.backends import Backends
 from chat_core.media import MediaJob
 from chat_core.messagestore import Message
 from media_processor.worker import MediaWorker
@@ -167,3 +173,36 @@ async def test_a_media_job_for_an_unsent_message_does_nothing_but_make_sure_its_
     stored = await stack.backends.messages.get_message(cid, message_id)
     assert stored is not None
     assert (stored.deleted, stored.metadata) == (True, None)  # never "finished" into an image again
+
+
+async def test_every_proxy_replica_forgets_an_unsent_image_at_once(
+    make_lifecycle_stack: LifecycleStackFactory,
+    request: pytest.FixtureRequest,
+    serve: Any,
+    tmp_path: Path,
+) -> None:
+    """Two replicas over one Redis bus: the one that did not see the DELETE had the image remembered
+    (finished images are cached per process) and still answers 404 message_deleted right after the 204."""
+    redis = request.getfixturevalue("redis_backend")
+    bus = {"EVENT_BUS": "redis", "REDIS_URL": redis.address, "LIMIT_KEY_PREFIX": f"t{uuid.uuid4().hex[:8]}"}
+    stack = await make_lifecycle_stack(bus)
+    other = Backends(msgspec.structs.replace(stack.backends.settings))  # same stores, its own process state
+    other_url = await serve(image_proxy.app.create_app(other.settings, other))
+    cid = await stack.conversation("alice", "bob")
+    shared = await stack.share("alice", cid)
+    assert shared.message is not None
+    path = shared.file_url.removeprefix(stack.base_url)
+    async with httpx.AsyncClient(base_url=other_url, headers=auth_header("bob")) as replica:
+        for variant in ("", "?variant=preview"):
+            assert (await replica.get(path + variant)).status_code == 302  # now remembered there
+        deleted = await stack.http.delete(
+            f"/conversations/{cid}/messages/{shared.message.message_id}", headers=auth_header("alice")
+        )
+        assert deleted.status_code == 204
+        deadline = time.perf_counter() + 1.0  # one bus hop
+        while (answer := await replica.get(path)).status_code != 404:
+            assert time.perf_counter() < deadline, answer.status_code
+            await asyncio.sleep(0.01)
+        for variant in ("", "?variant=thumbnail", "?variant=preview"):
+            gone = await replica.get(path + variant)
+            assert (gone.status_code, gone.json()["code"]) == (404, "message_deleted")
