@@ -7,8 +7,12 @@ import asyncio
 import datetime as dt
 import io
 import json
+import os
+import subprocess
+import sys
 import uuid
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +20,7 @@ import httpx
 from chat_core import keys
 from chat_core.messagestore import Message
 from message_service.app import standalone_lifecycle
-from tests.conftest import auth_header, token_for
+from tests.conftest import TEST_SECRET, auth_header, token_for
 from tests.image_stack import ImageStack
 from tests.lifecycle.conftest import LifecycleStackFactory
 from tests.lifecycle.test_unsend_stack import remaining_objects, wait_until_gone
@@ -182,3 +186,66 @@ async def test_retention_deletes_what_is_older_than_the_conversations_retention_
     raw_key = keys.stored_key(cid, photo.object_key)
     await wait_until_gone(stack, cid, photo.message.message_id, raw_key)
     assert await remaining_objects(stack, cid, photo.message.message_id, raw_key) == []
+
+
+async def test_the_command_line_erases_and_exports_a_user(
+    make_lifecycle_stack: LifecycleStackFactory, stack_kind: str, tmp_path: Path
+) -> None:
+    if stack_kind != "embedded":
+        return  # the commands share everything but their settings with the API's jobs, tested on both stacks
+    stack = await make_lifecycle_stack()
+    user = f"cli-{uuid.uuid4().hex[:6]}"
+    cid = await stack.conversation(user, "bob")
+    photo = await stack.share(user, cid)
+    assert photo.message is not None
+    settings = stack.backends.settings
+    env = {
+        **os.environ,
+        "AUTH_JWT_SECRET": TEST_SECRET,
+        "DATA_DIR": settings.service.data_dir,
+        "PUBLIC_BASE_URL": settings.service.public_base_url,
+        "LOG_LEVEL": "WARNING",
+        "MEDIA_WORKERS": "1",
+    }
+    for name in ("OBJECT_STORE", "MESSAGE_STORE", "EVENT_BUS", "NOTIFICATION_QUEUE", "LIMIT_STORE"):
+        env.pop(name, None)  # embedded adapters, as the stack
+    command = [sys.executable, "-c", "from chat_management.cli import main; main()"]
+    archive = tmp_path / "export.zip"
+    exported = await asyncio.to_thread(
+        subprocess.run,
+        [*command, "export-user", user, "--output", str(archive)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(exported.stdout.splitlines()[-1])["images"] == 1
+    assert f"images/{cid}/{photo.message.message_id}.jpg" in zipfile.ZipFile(archive).namelist()
+    erased = await asyncio.to_thread(
+        subprocess.run,
+        [*command, "erase-user", user],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert erased.returncode == 0, erased.stderr
+    assert json.loads(erased.stdout.splitlines()[-1]) == {
+        "messagesDeleted": 1,
+        "conversationsLeft": 1,
+        "devicesDeleted": 0,
+    }
+    await wait_until_gone(stack, cid, photo.message.message_id, keys.stored_key(cid, photo.object_key))
+    bad = await asyncio.to_thread(
+        subprocess.run,
+        [*command, "erase-user", "../x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2

@@ -21,7 +21,7 @@ import contextlib
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 import structlog
@@ -195,7 +195,6 @@ class AdminJobs:
 
 
 # --- routes -----------------------------------------------------------------------------------------
-UserIdPath = Annotated[str, msgspec.Meta(pattern=USER_ID_PATTERN.pattern, max_length=128)]
 _ADMIN_PROBLEMS = problem_responses(400, 401, 403)
 
 
