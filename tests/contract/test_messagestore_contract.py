@@ -978,6 +978,56 @@ async def test_events_of_every_kind_are_relayed_oldest_first_and_deleted_by_id(s
     assert (await store.outbox_stats())[0] == 2
 
 
+# --- relay claims: replicas share the outbox instead of each relaying all of it ------------------------
+async def stored_texts(store: ChatStore, count: int) -> list[str]:
+    cid = await new_conversation(store)
+    messages = [text(now() - dt.timedelta(seconds=60 - n)) for n in range(count)]
+    for message in messages:
+        await store.create_message(cid, message)
+    return [m.message_id for m in messages]
+
+
+async def test_a_claimed_entry_is_not_claimed_again_within_its_lease(store: ChatStore) -> None:
+    ids = await stored_texts(store, 3)
+    first = await store.claim_outbox(older_than=0, limit=2, lease=LEASE)
+    assert [e.event_id for e in first] == ids[:2]  # oldest first
+    second = await store.claim_outbox(older_than=0, limit=10, lease=LEASE)
+    assert [e.event_id for e in second] == ids[2:]  # the held ones are skipped, not waited for
+    assert await store.claim_outbox(older_than=0, limit=10, lease=LEASE) == []
+    assert [e.event_id for e in await store.pending_outbox(older_than=0, limit=10)] == ids  # still there
+
+
+async def test_a_lapsed_claim_is_taken_again(store: ChatStore) -> None:
+    # Its holder died between the claim and the delete: another replica relays it after the lease.
+    ids = await stored_texts(store, 1)
+    assert [e.event_id for e in await store.claim_outbox(older_than=0, limit=10, lease=SHORT_LEASE)] == ids
+    assert await store.claim_outbox(older_than=0, limit=10, lease=LEASE) == []
+    await asyncio.sleep(SHORT_LEASE.total_seconds() + 0.1)
+    assert [e.event_id for e in await store.claim_outbox(older_than=0, limit=10, lease=LEASE)] == ids
+
+
+async def test_a_released_claim_is_taken_at_once(store: ChatStore) -> None:
+    ids = await stored_texts(store, 2)
+    await store.claim_outbox(older_than=0, limit=10, lease=LEASE)
+    await store.release_outbox([ids[1], "unknown"])
+    assert [e.event_id for e in await store.claim_outbox(older_than=0, limit=10, lease=LEASE)] == [ids[1]]
+
+
+async def test_a_claim_respects_the_age(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    await store.create_message(cid, text(now()))
+    assert await store.claim_outbox(older_than=60, limit=10, lease=LEASE) == []
+
+
+async def test_concurrent_claimers_each_get_an_entry_once(store: ChatStore) -> None:
+    ids = await stored_texts(store, 12)
+    claims = await asyncio.gather(
+        *(store.claim_outbox(older_than=0, limit=12, lease=LEASE) for _ in range(4))
+    )
+    claimed = [e.event_id for claim in claims for e in claim]
+    assert sorted(claimed) == sorted(ids)  # every entry, and none twice
+
+
 # --- PushReceiptStore -------------------------------------------------------------------------------
 LEASE = dt.timedelta(seconds=60)
 SHORT_LEASE = dt.timedelta(seconds=0.5)

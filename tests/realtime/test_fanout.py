@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 from chat_core.backends import Backends
 from chat_core.messagestore import Conversation, Message, OutboxEntry, created_event
 from chat_core.realtime import conversation_channel
+from chat_core.realtime.events import decode_envelope
 from message_service.fanout import RECIPIENTS_PER_NOTIFICATION, Fanout, notifications_for
 from tests import harness
 from tests.conftest import make_settings
@@ -30,7 +31,6 @@ def message(sender: str = "alice", *, age: float = 0.0, content: str = "hi") -> 
         sender_id=sender,
         timestamp=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=age),
         read_by=(sender,),
-        metadata=None,
     )
 
 
@@ -239,3 +239,55 @@ async def test_on_redis_a_message_to_a_large_group_is_one_publish_and_one_presen
     assert calls["cmdstat_publish"] == 1
     assert calls["cmdstat_evalsha"] == 1
     assert await rig.backends.notification_queue.depth() == (1, 0)
+
+
+# --- relay claims: replicas share a backlog ----------------------------------------------------------
+def _replica(rig: Rig, queue: Any = None) -> Fanout:
+    """Another message-service replica's relay over the same store and bus."""
+    return Fanout(
+        rig.backends.conversations,
+        rig.backends.outbox,
+        rig.backends.event_bus,
+        rig.backends.presence,
+        queue or rig.backends.notification_queue,
+        relay_grace=0.0,
+    )
+
+
+async def test_replicas_relaying_one_backlog_publish_each_entry_once(make_rig: Callable[..., Any]) -> None:
+    rig: Rig = await make_rig()
+    conversation = await rig.conversation("alice", "bob")
+    stored = [message(age=30) for _ in range(20)]
+    for msg in stored:  # the backlog an outage left behind
+        await rig.backends.chat_store.create_message(conversation, msg)
+    replicas = [rig.fanout, _replica(rig), _replica(rig)]
+    assert await asyncio.gather(*(replica.relay_once() for replica in replicas)) == [True] * 3
+    published = []
+    while not rig.events.empty():
+        _channel, payload = rig.events.get_nowait()
+        envelope = decode_envelope(payload)
+        assert envelope is not None
+        assert envelope.message is not None
+        published.append(envelope.message.message_id)
+    assert sorted(published) == sorted(m.message_id for m in stored)  # each once
+    assert await rig.backends.notification_queue.depth() == (20, 0)
+    assert await rig.outbox_ids() == set()
+
+
+class _QueueDown:
+    """A notification queue that refuses every send (SQS unreachable from this replica)."""
+
+    async def send(self, notifications: Any) -> None:
+        raise ConnectionError("queue unreachable")
+
+
+async def test_a_failed_pass_releases_its_claims_for_the_next_replica(make_rig: Callable[..., Any]) -> None:
+    rig: Rig = await make_rig()
+    conversation = await rig.conversation("alice", "bob")
+    for _ in range(3):
+        await rig.backends.chat_store.create_message(conversation, message(age=30))
+    assert await _replica(rig, _QueueDown()).relay_once() is False
+    # Not held for the lease (30 s): another replica relays them on its next pass.
+    assert await rig.fanout.relay_once() is True
+    assert await rig.outbox_ids() == set()
+    assert await rig.backends.notification_queue.depth() == (3, 0)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
 
     from chat_core.jobqueue import Job, JobKind, JobQueue
+    from chat_core.leases import WriteLeases
     from chat_core.ledger import StorageLedger
     from chat_core.media import MediaJob
     from chat_core.messagestore import (
@@ -65,6 +66,7 @@ __all__ = [
     "quota_store",
     "rate_limiter",
     "storage_ledger",
+    "write_leases",
 ]
 
 ReadinessCheck = Callable[[], Awaitable[None]]
@@ -243,6 +245,18 @@ def storage_ledger(backends: Backends) -> StorageLedger:
             return redis.create(backends)
 
 
+def write_leases(backends: Backends) -> WriteLeases:
+    match backends.settings.backends.limit_store:
+        case "memory":
+            from chat_core.leases import memory
+
+            return memory.create(backends)
+        case "redis":
+            from chat_core.leases import redis
+
+            return redis.create(backends)
+
+
 class Backends:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -257,6 +271,7 @@ class Backends:
         self._rate_limiter: RateLimiter | None = None
         self._quotas: Quotas | None = None
         self._storage_ledger: StorageLedger | None = None
+        self._write_leases: WriteLeases | None = None
         self._started = False
         self._http: httpx.AsyncClient | None = None
         self._aws: AwsCredentialSource | None = None
@@ -380,6 +395,13 @@ class Backends:
         if self._storage_ledger is None:
             self._storage_ledger = self._adopt("storage_ledger", storage_ledger(self))
         return self._storage_ledger
+
+    @property
+    def write_leases(self) -> WriteLeases:
+        """At most one writer per interval across replicas (``LIMIT_STORE``; chat_core.leases)."""
+        if self._write_leases is None:
+            self._write_leases = self._adopt("write_leases", write_leases(self))
+        return self._write_leases
 
     # --- lifecycle --------------------------------------------------------------------------------
     def readiness_checks(self) -> dict[str, ReadinessCheck]:

@@ -36,7 +36,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
     ``events`` is the fan-out after a change is stored (publish, notifications, membership events; see
     ``events.py``); tests pass their own.
     """
-    last_messages = LastMessageWriter(backends.conversations)
+    last_messages = LastMessageWriter(backends.conversations, leases=backends.write_leases)
     fanout: Fanout | None = None
     if events is None:
         events = fanout = Fanout(

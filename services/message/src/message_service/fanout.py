@@ -1,7 +1,9 @@
-"""Fan-out after a change is stored: real-time events, notification jobs, membership-change events.
+"""Fan-out after a change is stored, and the event outbox's relay: real-time events, notification jobs.
 
-``Fanout`` is the message service's ``MessageEvents``. For each new message (its outbox entry is already
-stored with it):
+``Fanout`` is the message service's ``MessageEvents`` and the relay of every event outbox entry
+(``chat_core.outbox``). ``deliver`` dispatches on the entry's kind: every kind other than
+``message.created`` is only published (``chat_core.outbox.publish``). For each new message (its outbox
+entry is already stored with it):
 
 1. publish ``message.created`` once on the conversation's channel, whatever the group size;
 2. read the presence of every other member in one round trip; the offline ones go into O(1) queue
@@ -25,15 +27,18 @@ The send hands over the members it just read, so the immediate attempt reads not
 The request does not wait for any of it: ``message_created`` hands the entry to a background task and
 returns, so a slow or dead bus or queue never delays a 201. Whatever fails stays in the outbox, and the
 relay worker retries it (with backoff) until it is delivered: nothing is dropped when Redis or SQS is
-down, only late. Steps already done for an entry are remembered in memory, so a retry after a queue
-outage does not publish again (after a restart a step may repeat: clients de-duplicate events by
-``messageId``, and the consumer never pushes one message twice to one device).
+down, only late. The relay claims what it takes (a lease per entry, ``OutboxStore.claim_outbox``), so
+replicas relaying a backlog share it instead of each publishing all of it. Steps already done for an
+entry are remembered in memory, so a retry after a queue outage does not publish again (after a restart
+a step may repeat: clients de-duplicate events by ``messageId``, and the consumer never pushes one
+message twice to one device).
 
 Degraded modes: presence unreadable (Redis down) -> every other member counts as offline (a push too many
 beats a push missed); a ``message.created`` older than ``STALE_EVENT_SECONDS`` is no longer published
 (clients that were connected then have resynced since).
 
-What goes on the bus is shaped in ``chat_core.realtime.events`` (the readers decode it from there).
+What goes on the bus is shaped in ``chat_core.realtime.events`` (the readers decode it from there), per
+kind in ``chat_core.outbox.bus_events``.
 """
 
 from __future__ import annotations
@@ -71,6 +76,9 @@ RELAY_GRACE_SECONDS = 5.0  # an entry younger than this is still in its immediat
 RELAY_MAX_BACKOFF_SECONDS = 10.0
 RELAY_BATCH = 100
 UNSEND_WAIT_SECONDS = 1.0  # how long an unsend's answer waits for its delivery (proxies told, bytes gone)
+# How long a relay pass holds the entries it claimed: past it, a replica that died mid-pass loses them to
+# another. Longer than a pass takes (a delivery's publish and enqueues time out well within it).
+RELAY_LEASE = dt.timedelta(seconds=30)
 DELETE_BATCH = 200  # outbox entries removed by one store write at most
 DELETE_LINGER_SECONDS = 0.02  # how long a delete waits for company
 _PROGRESS_TTL_SECONDS = 3600.0
@@ -128,6 +136,7 @@ class Fanout:
         drain_seconds: float = 10.0,
         relay_interval: float = RELAY_INTERVAL_SECONDS,
         relay_grace: float = RELAY_GRACE_SECONDS,
+        relay_lease: dt.timedelta = RELAY_LEASE,
     ) -> None:
         self._conversations = conversations
         self._outbox = outbox
@@ -139,6 +148,7 @@ class Fanout:
         self._drain_seconds = drain_seconds
         self._relay_interval = relay_interval
         self._relay_grace = relay_grace
+        self._relay_lease = relay_lease
         self._progress: dict[str, _Progress] = {}
         self._delivering: set[str] = set()
         self._background: set[asyncio.Task[bool]] = set()
@@ -246,7 +256,7 @@ class Fanout:
         if self._eraser is None:
             return
         await self._eraser.erase(entry.conversation_id, message.message_id, entry.object_key)
-        if message.message_type == "image" and message.deleted_at is not None:
+        if message.message_type == "image" and isinstance(message.deleted_at, dt.datetime):
             waited = (dt.datetime.now(dt.UTC) - message.deleted_at).total_seconds()
             metrics.IMAGE_BYTES_ERASED.observe(max(0.0, waited))
 
@@ -384,18 +394,34 @@ class Fanout:
 
     # --- the relay ----------------------------------------------------------------------------------
     async def relay_once(self) -> bool:
-        """One pass over the outbox; False when an entry could not be delivered (back off)."""
-        entries = await self._outbox.pending_outbox(older_than=self._relay_grace, limit=RELAY_BATCH)
+        """One pass over the outbox; False when an entry could not be delivered (back off).
+
+        The entries are claimed (``RELAY_LEASE``), so replicas relaying after an outage share them instead
+        of each publishing all of them; what this pass does not deliver is released for the next one.
+        """
+        entries = await self._outbox.claim_outbox(
+            older_than=self._relay_grace, limit=RELAY_BATCH, lease=self._relay_lease
+        )
         healthy = True
-        for entry in entries:
+        for index, entry in enumerate(entries):
             if entry.event_id in self._delivering:
                 continue  # another task is delivering it right now: not a failure, go on with the rest
             if not await self.deliver(entry):
                 healthy = False
-                break  # the bus or queue is down: the rest would fail the same way
+                # The bus or queue is down: the rest would fail the same way. Whoever passes next takes them.
+                await self._release_claims(entries[index:])
+                break
         await self._export_outbox_stats()
         self._forget_stale_progress()
         return healthy
+
+    async def _release_claims(self, entries: list[OutboxEntry]) -> None:
+        undelivered = [entry.event_id for entry in entries if entry.event_id not in self._delivering]
+        try:
+            await self._outbox.release_outbox(undelivered)
+        except Exception as exc:  # their leases lapse on their own
+            metrics.OUTBOX_RELAY_ERRORS.labels("store").inc()
+            _log.warning("outbox_release_failed", entries=len(undelivered), error=repr(exc))
 
     async def _export_outbox_stats(self) -> None:
         count, oldest = await self._outbox.outbox_stats()

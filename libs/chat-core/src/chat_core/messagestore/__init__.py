@@ -122,11 +122,12 @@ class ImageMetadata(msgspec.Struct, frozen=True, kw_only=True):
     alt_text: str | None = None  # the image's description for screen readers (sender's, editable)
 
 
-class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """The spec's "Message Data Structure" (camelCase on the wire and in Firestore).
 
-    Exactly the spec's fields (``metadata`` null for text), plus the lifecycle's only once they apply:
-    ``editedAt`` after an edit; ``deleted``, ``deletedAt`` and ``deletedBy`` on a tombstone.
+    Exactly the spec's fields (``metadata`` null for text), plus the lifecycle's only once they apply
+    (UNSET fields are never encoded): ``editedAt`` after an edit; ``deleted``, ``deletedAt`` and
+    ``deletedBy`` on a tombstone. UNSET is falsy, so ``if message.deleted:`` reads as it should.
     """
 
     message_id: str
@@ -135,14 +136,14 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_de
     sender_id: str
     timestamp: dt.datetime
     read_by: tuple[str, ...]
-    metadata: ImageMetadata | None  # no default: always on the wire (null for text), as the spec shows
+    metadata: ImageMetadata | None = None
     # Set by an edit of ``content`` or ``metadata.alt_text`` (PATCH, within MESSAGE_EDIT_WINDOW_SECONDS).
-    edited_at: dt.datetime | None = None
+    edited_at: dt.datetime | msgspec.UnsetType = msgspec.UNSET
     # A tombstone: the sender or an admin unsent it. ``content`` and ``metadata`` are then None, and every
     # byte of its image is being (or has been) deleted; it keeps its place in the conversation's list.
-    deleted: bool = False
-    deleted_at: dt.datetime | None = None
-    deleted_by: str | None = None
+    deleted: bool | msgspec.UnsetType = msgspec.UNSET
+    deleted_at: dt.datetime | msgspec.UnsetType = msgspec.UNSET
+    deleted_by: str | msgspec.UnsetType = msgspec.UNSET
 
     def tombstone(self, deleted_by: str, deleted_at: dt.datetime) -> Message:
         """This message unsent: nothing of what it said is left, only who and when."""
@@ -175,7 +176,7 @@ class LastMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
             message_type=message.message_type,
             preview=(message.content or "")[:preview_chars],
             timestamp=message.timestamp,
-            deleted=message.deleted,
+            deleted=message.deleted is True,
         )
 
 
@@ -302,7 +303,9 @@ def deleted_event(
         event_id=f"{tombstone.message_id}:deleted",
         kind="message.deleted",
         conversation_id=conversation_id,
-        created_at=tombstone.deleted_at or dt.datetime.now(dt.UTC),
+        created_at=tombstone.deleted_at
+        if isinstance(tombstone.deleted_at, dt.datetime)
+        else dt.datetime.now(dt.UTC),
         message=tombstone,
         trace=dict(trace or {}),
         object_key=object_key,
@@ -596,7 +599,18 @@ class OutboxStore(Protocol):
     """
 
     async def pending_outbox(self, *, older_than: float, limit: int) -> list[OutboxEntry]:
-        """Entries created more than ``older_than`` seconds ago, oldest first."""
+        """Entries created more than ``older_than`` seconds ago, oldest first (claimed or not)."""
+
+    async def claim_outbox(self, *, older_than: float, limit: int, lease: dt.timedelta) -> list[OutboxEntry]:
+        """Claim up to ``limit`` entries created more than ``older_than`` seconds ago that nobody holds.
+
+        Oldest first. Each returned entry is held by this call for ``lease``: no other claim returns it until
+        the lease lapses (its holder died) or it is released; entries held by others are skipped, not waited
+        for. So relay replicas share the outbox instead of each relaying all of it. Atomic per entry.
+        """
+
+    async def release_outbox(self, event_ids: Collection[str]) -> None:
+        """Give up claims on entries not delivered, so the next claim (any replica's) takes them at once."""
 
     async def delete_outbox(self, event_ids: Collection[str]) -> None: ...
 

@@ -7,12 +7,18 @@ none, so this is reasoned, and ``firestore.indexes.json`` at the repo root is wh
   the one composite index in ``firestore.indexes.json``;
 * ``list_messages``: one conversation's ``messages``, ``timestamp`` DESC, ``__name__`` DESC: the
   automatic single-field index (``__name__`` follows the last order's direction);
-* ``pending_outbox`` / ``outbox_stats``: ``createdAt`` < t ordered by ``createdAt``, and ``count()``:
-  automatic single-field index;
+* ``pending_outbox`` / ``claim_outbox`` / ``outbox_stats``: per shard, ``shard`` == n and ``createdAt`` < t
+  ordered by ``createdAt``: the composite index (``shard``, ``createdAt``); ``count()`` needs none;
 * ``devices_for``: ``userId`` in [...]: automatic single-field index.
 
 Everything else reads documents by id. Fields never queried are exempt from indexing (fewer index
 writes: ``readBy`` changes on every read receipt), and ``pushReceipts.expireAt`` carries a TTL policy.
+So are fields whose values only grow (``createdAt``, ``updatedAt``, ``claimedAt``, ``leasedUntil``) unless
+a query uses their single-field index: an index range of sequential values takes about 500 writes/s
+before Firestore hot-spots it, for the whole deployment. The outbox, which every event writes twice, is
+split into ``OUTBOX_SHARDS`` shards by its entry id (``outbox_shard``), so each range of its composite
+index takes a 64th of the writes; the relay reads the shards at once and leases a shard it claims in
+(``outboxShardLeases/{n}``), so replicas split a backlog.
 
 Write rates: Firestore sustains about one write per second per document. Nothing on the send path
 writes the conversation document: a message, its image reference and its outbox entry are three new
@@ -22,15 +28,19 @@ coalesce per conversation (``message_service.last_message``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import hashlib
+import math
+import random
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
-from google.cloud.firestore_v1 import ArrayRemove, ArrayUnion, AsyncClient, FieldFilter
+from google.cloud.firestore_v1 import DELETE_FIELD, ArrayRemove, ArrayUnion, AsyncClient, FieldFilter
 from google.cloud.firestore_v1.async_batch import AsyncWriteBatch
 from google.cloud.firestore_v1.async_collection import AsyncCollectionReference
 from google.cloud.firestore_v1.async_document import AsyncDocumentReference
@@ -77,6 +87,12 @@ CONVERSATIONS = "conversations"
 MESSAGES = "messages"
 IMAGE_REFS = "imageRefs"
 OUTBOX = "outbox"
+OUTBOX_SHARD_LEASES = "outboxShardLeases"
+# The outbox's shards. Each is one range of the (shard, createdAt) index, which takes ~500 writes/s; 64
+# carry ~32,000 outbox writes/s (bench.firestore_model counts ~4.4 per message: the message.created entry,
+# a read receipt's, an image's update, each created and deleted), ~7,000 messages/s with room for uneven
+# hashing. Changing it strands the entries of the shards dropped: drain the outbox first (depth 0).
+OUTBOX_SHARDS = 64
 DEVICES = "devices"
 PUSH_RECEIPTS = "pushReceipts"
 _PAGE = 200  # documents per read of the lifecycle jobs' scans
@@ -84,6 +100,7 @@ _GET_ALL_CHUNK = 100
 _IN_CHUNK = 30  # Firestore's limit on the values of an "in" filter
 _BATCH_LIMIT = 500  # writes per batch
 _OPTIMISTIC_ATTEMPTS = 8
+_CLAIM_SCAN = 4  # a claim reads up to this many entries per one it wants (others may hold the oldest)
 _DESCENDING = BaseQuery.DESCENDING
 # What the client raises when Firestore cannot answer now (unreachable, overloaded, contention, its own
 # retries given up): a 503 worth a retry. Anything else it raises is a bug of ours (a 500).
@@ -157,6 +174,18 @@ def _outbox_entry(snapshot: DocumentSnapshot[Any]) -> OutboxEntry:
     data = _plain(snapshot.to_dict() or {})
     fields = {name: data[stored] for stored, name in _OUTBOX_FIELDS.items() if data.get(stored) is not None}
     return msgspec.convert(legacy_outbox_fields(fields, snapshot.id), OutboxEntry)
+
+
+def outbox_shard(event_id: str) -> int:
+    """The outbox shard of an entry, spread evenly by its id: each shard's createdAt range gets
+    1/OUTBOX_SHARDS of the writes (Firestore takes about 500 writes/s into one range of sequential values)."""
+    return int.from_bytes(hashlib.sha256(event_id.encode()).digest()[:4], "big") % OUTBOX_SHARDS
+
+
+def _free(snapshot: DocumentSnapshot[Any], now: dt.datetime) -> bool:
+    """Nobody holds the outbox entry: never claimed, released, or its lease lapsed."""
+    held = _plain((snapshot.to_dict() or {}).get("leasedUntil"))
+    return held is None or held <= now
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
@@ -255,8 +284,10 @@ class FirestoreChatStore(ChatStore):
 
     def _append_event(self, batch: AsyncWriteBatch, event: OutboxEntry) -> None:
         """The one way an entry enters the outbox: in the batch of the change it announces (create():
-        an event id is never written twice)."""
-        batch.create(self._outbox_ref(event.event_id), _outbox_fields(event))
+        an event id is never written twice), in the shard its id hashes to."""
+        batch.create(
+            self._outbox_ref(event.event_id), {**_outbox_fields(event), "shard": outbox_shard(event.event_id)}
+        )
 
     # --- conversations and membership ------------------------------------------------------------
     async def create_conversation(
@@ -522,7 +553,6 @@ class FirestoreChatStore(ChatStore):
         is unchanged since it was read (its update time as a precondition; a read receipt in between
         just makes it look again). ``change`` returning None: nothing to write."""
         ref = self._message_ref(conversation_id, message_id)
-        outbox = self.client.collection(OUTBOX)
         for _ in range(_OPTIMISTIC_ATTEMPTS):
             snapshot = await ref.get()
             if not snapshot.exists:
@@ -539,7 +569,7 @@ class FirestoreChatStore(ChatStore):
                 ref, _fields(updated), option=self.client.write_option(last_update_time=snapshot.update_time)
             )
             if drop_created:
-                batch.delete(outbox.document(message_id))
+                batch.delete(self._outbox_ref(message_id))
             if entry is not None:
                 self._append_event(batch, entry)
             try:
@@ -666,16 +696,110 @@ class FirestoreChatStore(ChatStore):
         return found
 
     # --- outbox -----------------------------------------------------------------------------------
-    async def pending_outbox(self, *, older_than: float, limit: int) -> list[OutboxEntry]:
-        # Single-field index on createdAt: built in.
-        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
-        query = (
+    def _shard_query(self, shard: int, cutoff: dt.datetime, limit: int) -> AsyncQuery:
+        # Composite index outbox (shard ASC, createdAt ASC): firestore.indexes.json.
+        query: AsyncQuery = (
             self.client.collection(OUTBOX)
+            .where(filter=FieldFilter("shard", "==", shard))
             .where(filter=FieldFilter("createdAt", "<", cutoff))
             .order_by("createdAt")
             .limit(limit)
         )
-        return [_outbox_entry(snapshot) async for snapshot in query.stream()]
+        return query
+
+    async def _oldest_by_shard(
+        self, cutoff: dt.datetime, per_shard: int
+    ) -> list[tuple[int, list[DocumentSnapshot[Any]]]]:
+        """Each shard's oldest entries before ``cutoff``: one query per shard, all at once."""
+
+        async def read(shard: int) -> list[DocumentSnapshot[Any]]:
+            return [snapshot async for snapshot in self._shard_query(shard, cutoff, per_shard).stream()]
+
+        found = await asyncio.gather(*(read(shard) for shard in range(OUTBOX_SHARDS)))
+        return list(enumerate(found))
+
+    async def pending_outbox(self, *, older_than: float, limit: int) -> list[OutboxEntry]:
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+        snapshots = [s for _shard, found in await self._oldest_by_shard(cutoff, limit) for s in found]
+        entries = sorted((_outbox_entry(s) for s in snapshots), key=lambda e: (e.created_at, e.event_id))
+        return entries[:limit]
+
+    async def claim_outbox(self, *, older_than: float, limit: int, lease: dt.timedelta) -> list[OutboxEntry]:
+        # Every shard is read at once (its own index range), held ones included (leasedUntil is not indexed,
+        # and a second inequality would need its own index). A shard with free entries is then leased for
+        # the pass, so replicas relaying a backlog split the shards instead of racing on the same entries;
+        # within a leased shard each free entry is taken with its update time as a precondition (of two
+        # claimers of one entry exactly one wins, without a transaction or a lock), oldest first across
+        # shards. An empty outbox (the usual case: immediate attempts deleted everything) costs no write.
+        now = dt.datetime.now(dt.UTC)
+        per_shard = max(_CLAIM_SCAN, _CLAIM_SCAN * math.ceil(limit / OUTBOX_SHARDS))
+        by_shard = await self._oldest_by_shard(now - dt.timedelta(seconds=older_than), per_shard)
+        wanted = {shard: [s for s in found if _free(s, now)] for shard, found in by_shard}
+        wanted = {shard: free for shard, free in wanted.items() if free}
+        if not wanted:
+            return []
+        order = list(wanted)
+        random.shuffle(order)  # replicas start on different shards
+        leased = [
+            shard
+            for shard, won in zip(
+                order,
+                await asyncio.gather(*(self._lease_shard(shard, now, lease) for shard in order)),
+                strict=True,
+            )
+            if won
+        ]
+        try:
+            free = sorted(
+                (s for shard in leased for s in wanted[shard]),
+                key=lambda s: (_plain(s.get("createdAt")), s.id),
+            )[:limit]
+            claimed = await asyncio.gather(*(self._claim_entry(s, now + lease) for s in free))
+        finally:
+            await asyncio.gather(*(self._release_shard(shard) for shard in leased), return_exceptions=True)
+        return [entry for entry in claimed if entry is not None]
+
+    def _shard_lease_ref(self, shard: int) -> AsyncDocumentReference:
+        return self.client.collection(OUTBOX_SHARD_LEASES).document(str(shard))
+
+    async def _lease_shard(self, shard: int, now: dt.datetime, lease: dt.timedelta) -> bool:
+        """Hold ``shard`` while claiming in it, unless another relay does (create, or take over a lapsed
+        lease with the update time as a precondition)."""
+        ref = self._shard_lease_ref(shard)
+        fields = {"leasedUntil": now + lease}
+        try:
+            await ref.create(fields)
+        except gexc.AlreadyExists:
+            pass
+        else:
+            return True
+        snapshot = await ref.get()
+        if not snapshot.exists or not _free(snapshot, now):
+            return False
+        try:
+            await ref.update(fields, option=self.client.write_option(last_update_time=snapshot.update_time))
+        except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
+            return False
+        return True
+
+    async def _release_shard(self, shard: int) -> None:
+        await self._shard_lease_ref(shard).delete()
+
+    async def _claim_entry(self, snapshot: DocumentSnapshot[Any], until: dt.datetime) -> OutboxEntry | None:
+        try:
+            await snapshot.reference.update(
+                {"leasedUntil": until}, option=self.client.write_option(last_update_time=snapshot.update_time)
+            )
+        except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
+            return None  # another claimer, or the delivery's delete, came first
+        return _outbox_entry(snapshot)
+
+    async def release_outbox(self, event_ids: Collection[str]) -> None:
+        async def release(event_id: str) -> None:
+            with contextlib.suppress(gexc.NotFound):  # delivered and deleted meanwhile: nothing to give up
+                await self._outbox_ref(event_id).update({"leasedUntil": DELETE_FIELD})
+
+        await asyncio.gather(*(release(event_id) for event_id in dict.fromkeys(event_ids)))
 
     async def delete_outbox(self, event_ids: Collection[str]) -> None:
         for chunk in _chunks(list(dict.fromkeys(event_ids)), _BATCH_LIMIT):
@@ -685,11 +809,15 @@ class FirestoreChatStore(ChatStore):
             await batch.commit()
 
     async def outbox_stats(self) -> tuple[int, dt.datetime | None]:
-        collection = self.client.collection(OUTBOX)
-        counted = await collection.count().get()  # type: ignore[no-untyped-call]
-        oldest = [s async for s in collection.order_by("createdAt").limit(1).select(["createdAt"]).stream()]
-        created_at = _plain(oldest[0].get("createdAt")) if oldest else None
-        return int(counted[0][0].value), created_at
+        # The count needs no index; the oldest is the oldest of each shard's oldest.
+        counted = await self.client.collection(OUTBOX).count().get()  # type: ignore[no-untyped-call]
+        far_future = dt.datetime.now(dt.UTC) + dt.timedelta(days=3650)
+        oldest = [
+            _plain(found[0].get("createdAt"))
+            for _shard, found in await self._oldest_by_shard(far_future, 1)
+            if found
+        ]
+        return int(counted[0][0].value), min(oldest, default=None)
 
     # --- push receipts ----------------------------------------------------------------------------
     def _receipt_ref(self, notification_id: str, device_token: str) -> AsyncDocumentReference:

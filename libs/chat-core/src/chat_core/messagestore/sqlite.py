@@ -93,9 +93,10 @@ CREATE TABLE IF NOT EXISTS image_refs (
 -- The event outbox (chat_core.messagestore.OutboxEntry). Data dirs from before it call event_id message_id
 -- (all their entries were message.created, keyed by the message): _on_open renames the column.
 CREATE TABLE IF NOT EXISTS outbox (
-    event_id   TEXT    PRIMARY KEY,
-    created_at INTEGER NOT NULL,
-    body       BLOB    NOT NULL  -- JSON OutboxEntry
+    event_id     TEXT    PRIMARY KEY,
+    created_at   INTEGER NOT NULL,
+    body         BLOB    NOT NULL,  -- JSON OutboxEntry
+    leased_until INTEGER            -- a relay's claim ends (microseconds); NULL: nobody holds it
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS devices (
     token      TEXT    PRIMARY KEY,
@@ -135,6 +136,8 @@ def _on_open(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
     if "message_id" in columns:
         conn.execute("ALTER TABLE outbox RENAME COLUMN message_id TO event_id")
+    if "leased_until" not in columns:
+        conn.execute("ALTER TABLE outbox ADD COLUMN leased_until INTEGER")
     conn.execute("CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (created_at, event_id)")
     _expire_receipts(conn)
 
@@ -721,6 +724,39 @@ class SqliteChatStore(ChatStore):
             return [_outbox_entry(row) for row in rows]
 
         return await self._db.read(select)
+
+    async def claim_outbox(self, *, older_than: float, limit: int, lease: dt.timedelta) -> list[OutboxEntry]:
+        now = micros(dt.datetime.now(dt.UTC))
+        cutoff = now - int(older_than * 1_000_000)
+        until = now + int(lease.total_seconds() * 1_000_000)
+
+        def claim(conn: sqlite3.Connection) -> list[OutboxEntry]:
+            # One write transaction (the engine's single writer): select and mark, nobody in between.
+            rows = conn.execute(
+                "SELECT event_id, body FROM outbox WHERE created_at < ?"
+                " AND (leased_until IS NULL OR leased_until <= ?)"
+                " ORDER BY created_at, event_id LIMIT ?",
+                (cutoff, now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE outbox SET leased_until = ? WHERE event_id = ?", [(until, row[0]) for row in rows]
+            )
+            return [_outbox_entry(row) for row in rows]
+
+        return await self._db.write(claim)
+
+    async def release_outbox(self, event_ids: Collection[str]) -> None:
+        ids = list(dict.fromkeys(event_ids))
+
+        def release(conn: sqlite3.Connection) -> None:
+            for chunk in _chunks(ids):
+                conn.execute(
+                    f"UPDATE outbox SET leased_until = NULL WHERE event_id IN ({_placeholders(chunk)})",  # noqa: S608
+                    chunk,
+                )
+
+        if ids:
+            await self._db.write(release)
 
     async def delete_outbox(self, event_ids: Collection[str]) -> None:
         ids = list(dict.fromkeys(event_ids))
