@@ -604,7 +604,7 @@ async def test_a_users_messages_are_found_in_every_conversation_oldest_first(sto
         await store.create_message(cid, message)
     await store.create_message(first, text(T0, sender="alice"))  # someone else's
     await store.delete_message(first, mine[0][1].message_id, deleted_by=user, deleted_at=now())
-    found = [(cid, m.message_id, m.deleted) async for cid, m in store.sent_by(user)]
+    found = [(cid, m.message_id, m.deleted is True) async for cid, m in store.sent_by(user)]
     assert found == [
         (second, mine[1][1].message_id, False),
         (first, mine[0][1].message_id, True),  # tombstones too: the caller skips them
