@@ -69,6 +69,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
         events,
         conversations,
         retention_days=settings.lifecycle.retention_days,
+        quotas=backends.quotas,
     )
     admin_jobs = AdminJobs(
         backends.object_store,
@@ -122,6 +123,7 @@ async def standalone_lifecycle(settings: Settings) -> AsyncIterator[Lifecycle]:
             fanout,
             ConversationService(backends.conversations, fanout),
             retention_days=settings.lifecycle.retention_days,
+            quotas=backends.quotas,
         )
 
 

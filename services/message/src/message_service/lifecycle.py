@@ -4,9 +4,9 @@
   message the user sent, in every conversation (also those they left), becomes a tombstone through the
   same path as an unsend (``service.delete_message``: the ``message.deleted`` entry in the event outbox,
   so the image bytes are erased by the relay, durably); then the user leaves every conversation (an admin
-  who leaves hands the role on, as a leave always does) and their push devices are deleted. Presence
-  entries expire by themselves within ``PRESENCE_TTL_SECONDS`` (the user is no longer a member anywhere);
-  upload quota counters are per UTC day and expire the same way. Erasing twice is harmless.
+  who leaves hands the role on, as a leave always does); their push devices and upload quota records are
+  deleted. Presence entries expire by themselves within ``PRESENCE_TTL_SECONDS`` (and the user is no
+  longer a member anywhere). Erasing twice is harmless.
 * **Export** (Art. 20; ``.../export``, ``chat-management export-user``): a zip of the user's messages as
   JSON (``messages.json``: conversation id and the message as the API shows it, tombstones left out), the
   conversations they are in (``conversations.json``: id and name) and their images as served (the
@@ -37,6 +37,7 @@ from chat_core.audit import audit
 from chat_core.errors import ProblemError
 from chat_core.messagestore import ConversationStore, DeviceStore, Message, MessageStore
 from chat_core.objectstore import ObjectNotFound, ObjectStore
+from chat_core.quota import Quotas
 from message_service.events import MessageEvents
 from message_service.service import ConversationService, delete_message
 
@@ -92,7 +93,9 @@ class Lifecycle:
         conversation_service: ConversationService,
         *,
         retention_days: int,
+        quotas: Quotas | None = None,
     ) -> None:
+        self._quotas = quotas
         self._conversations = conversations
         self._messages = messages
         self._devices = devices
@@ -130,6 +133,8 @@ class Lifecycle:
         devices = (await self._devices.devices_for([user_id])).get(user_id, [])
         for device in devices:
             await self._devices.delete_device(user_id, device.token)
+        if self._quotas is not None:
+            await self._quotas.forget_user(user_id)
         report = ErasureReport(
             messages_deleted=deleted, conversations_left=left, devices_deleted=len(devices)
         )
