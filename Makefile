@@ -69,7 +69,7 @@ test: test-deps lint deps-check ## everything CI runs: lint, types, and all test
 docs: install ## regenerate the configuration table (docs/operations/configuration.md) and the chart's list of settings
 	uv run --frozen python scripts/update_readme_config.py
 	uv run --frozen python deploy/chart_schema.py
-	uv run --frozen python -m chat_management.bucket deploy/bucket
+	uv run --frozen python -m chat_management.provision deploy/bucket
 
 # the web client's "sign in as" (POST /dev/token) is for laptops only: these two targets turn it on
 run dev: export DEV_LOGIN ?= true

@@ -181,7 +181,7 @@ async def stack_factory(
             app: Litestar = create_service_app(settings, backends, parts, component="images", title="images")
             base_url = await serve(app, port)
             if kind == "s3" and bucket not in _buckets_ready:
-                await backends.object_store.ensure_bucket(settings.service.cors_allow_origins)
+                await harness.provision(settings)
                 _buckets_ready.add(bucket)
             http = await stack.enter_async_context(
                 httpx.AsyncClient(base_url=base_url, timeout=10, follow_redirects=False)

@@ -172,7 +172,7 @@ ROLE_SOURCES: dict[str, list[Path]] = {
     "media-processor": [ROOT / "services" / "media-processor" / "src", LIB / "jobqueue" / "runner.py"],
     "cleanup": [ROOT / "services" / "upload" / "src" / "upload_service" / "cleanup.py"],
 }
-SETUP = ROOT / "src" / "chat_management" / "bucket.py"
+SETUP = ROOT / "src" / "chat_management" / "provision.py"
 CLEANUP = ROOT / "services" / "upload" / "src" / "upload_service" / "cleanup.py"
 # boto3 operations the cleanup job calls (directly or through a paginator) -> the IAM action of each.
 CLEANUP_BOTO3_ACTIONS = {
@@ -203,9 +203,6 @@ BOTO3_ACTIONS = {
     "get_queue_attributes": "sqs:GetQueueAttributes",
     "set_queue_attributes": "sqs:SetQueueAttributes",
 }
-# Provisioning (`chat-management setup`, with its own credentials) and the queue adapter's recovery
-# from a vanished queue: never granted to a service role (deploy/iam/README.md, last paragraph).
-PROVISIONING = {"ensure_bucket", "ensure"}
 # A request S3 authorises as an IAM action: (method, object or bucket) -> action.
 S3_REQUESTS = {
     ("HEAD", "object"): "s3:GetObject",  # S3 has no HeadObject permission
@@ -256,7 +253,7 @@ def _closure(
         while todo:
             current = todo.pop()
             found |= direct.get(current, set())
-            for nxt in reaches.get(current, set()) - seen - PROVISIONING:
+            for nxt in reaches.get(current, set()) - seen:
                 seen.add(nxt)
                 todo.append(nxt)
         result[name] = found
@@ -277,9 +274,8 @@ def s3_actions_by_method() -> dict[str, set[str]]:
             target = "object" if "_object_path" in ast.unparse(call.args[1]) else "bucket"
             method = str(verb.value)
             action = S3_REQUESTS.get((method, target))
-            if name not in PROVISIONING:
-                assert action, f"S3ObjectStore.{name}: {method} on the {target}: which IAM action?"
-                direct.setdefault(name, set()).add(action)
+            assert action, f"S3ObjectStore.{name}: {method} on the {target}: which IAM action?"
+            direct.setdefault(name, set()).add(action)
     return _closure(methods, direct)
 
 
@@ -288,7 +284,7 @@ def sqs_actions_by_method() -> dict[str, set[tuple[str, str]]]:
     methods = _methods(SQS_ADAPTER, "SqsJobQueue")
     direct: dict[str, set[str]] = {}
     for name, node in methods.items():
-        if name in PROVISIONING or name in ("_call", "_resolve", "_url"):
+        if name in ("_call", "_resolve", "_url"):
             continue  # _call is the transport; _on_queue's lookups are counted at each call below
         for call in ast.walk(node):
             if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
@@ -427,7 +423,7 @@ def port_calls(role: str, methods: Iterable[str], receiver: str, port: str = "ob
 
 
 def setup_actions_from_code() -> set[tuple[str, str]]:
-    """What ``setup`` calls: boto3 on the bucket and the media queues, ``ensure`` on the notification ones."""
+    """What ``setup`` calls: boto3 on the bucket, and on both queues and their dead-letter queues."""
     needed: set[tuple[str, str]] = set()
     for node in ast.walk(ast.parse(SETUP.read_text())):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
@@ -438,14 +434,7 @@ def setup_actions_from_code() -> set[tuple[str, str]]:
                 if client.id == "s3":
                     needed.add((action, BUCKET))
                 else:
-                    needed |= {(action, MEDIA_QUEUE), (action, MEDIA_DLQ)}
-    ensure = _methods(SQS_ADAPTER, "SqsJobQueue")["ensure"]
-    for node in ast.walk(ensure):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "_call":
-            operation = node.args[0]
-            assert isinstance(operation, ast.Constant)
-            op = str(operation.value)
-            needed |= {(f"sqs:{op}", QUEUE), (f"sqs:{op}", DLQ)}
+                    needed |= {(action, queue) for queue in (QUEUE, DLQ, MEDIA_QUEUE, MEDIA_DLQ)}
     return needed
 
 

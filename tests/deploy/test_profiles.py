@@ -20,6 +20,8 @@ BASE = {
         "AUTH_JWKS_URL": "https://idp/jwks",
         "AUTH_ISSUER": "i",
         "AUTH_AUDIENCE": "a",
+        "REDIS_URL": "redis://10.0.0.5:6379/0",
+        "FIRESTORE_PROJECT_ID": "p",
     }
 }
 

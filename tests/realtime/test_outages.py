@@ -75,7 +75,8 @@ async def test_with_sqs_down_a_send_is_201_and_the_push_arrives_after_it_is_back
     await until(lambda: gauge("chat_outbox_depth") >= 1, timeout=20)  # waiting, and the SREs can see it
     assert deployment.receiver.accepted() == []
 
-    await asyncio.to_thread(private_localstack.start)  # it comes back empty: the queues are recreated
+    await asyncio.to_thread(private_localstack.start)  # it comes back empty
+    await harness.provision(deployment.settings)  # the operator runs setup again: nothing was lost meanwhile
     [push] = await deployment.receiver.wait_for(1, timeout=90)
     assert push.json["data"]["messageId"] == response.json()["messageId"]
     await until(lambda: gauge("chat_outbox_depth") == 0, timeout=20)

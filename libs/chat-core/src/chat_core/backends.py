@@ -8,8 +8,9 @@ SQLite) are one instance each.
 Each port has one typed factory below (``object_store(backends) -> ObjectStore``): a ``match`` on the
 configured kind with the adapter's import inside it, so a deployment never imports a client library it
 does not use and an IDE goes from the port to every adapter in one jump. What only some adapters can do
-is a small protocol of its own (``ReadinessProbe``, ``ServesRoutes``, ``UsesAws``, ``NeedsSetup``),
-checked with ``isinstance``.
+is a small protocol of its own (``ReadinessProbe``, ``ServesRoutes``, ``UsesAws``),
+checked with ``isinstance``. No adapter creates its bucket or queue: that is ``chat-management setup``'s
+(``chat_management.provision``), with credentials the services do not hold.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ __all__ = [
     "AnnouncesUploads",
     "Backends",
     "Lifecycle",
-    "NeedsSetup",
     "ReadinessCheck",
     "ReadinessProbe",
     "ServesRoutes",
@@ -115,13 +115,6 @@ class UsesAws(Protocol):
     """An adapter that signs AWS requests: ``Backends`` resolves credentials before starting it."""
 
     uses_aws: Literal[True]
-
-
-@runtime_checkable
-class NeedsSetup(Protocol):
-    """An adapter with something to create before first use (``chat-management setup``); idempotent."""
-
-    async def ensure(self) -> None: ...
 
 
 @runtime_checkable

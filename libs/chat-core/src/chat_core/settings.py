@@ -9,6 +9,7 @@ A bad or missing value raises ``SettingsError`` with one line that names the var
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
@@ -236,6 +237,13 @@ class SqsSettings(_Frozen, frozen=True, kw_only=True):
     ] = 10
 
 
+# Jobs the media processor works on per image worker process: while one decodes, the next is fetched.
+MEDIA_JOBS_PER_IMAGE_WORKER = 2
+# What a media job spends besides decoding: fetching the raw upload, writing three variants, finishing
+# the message and publishing it (each a bounded request, with its retries).
+MEDIA_TRANSFER_ALLOWANCE_SECONDS = 60.0
+
+
 class MediaSettings(_Frozen, frozen=True, kw_only=True):
     """The media pipeline: its job queue and the processor's limits.
 
@@ -311,14 +319,32 @@ class MediaSettings(_Frozen, frozen=True, kw_only=True):
         int,
         env(
             "MEDIA_VISIBILITY_TIMEOUT_SECONDS",
-            "How long a received media job stays hidden (longer than MEDIA_JOB_TIMEOUT_SECONDS).",
+            "How long a received media job stays hidden; 0: derived from MEDIA_JOB_TIMEOUT_SECONDS (twice it"
+            " plus 60 s of transfers: 120 s by default). Set, it must exceed that.",
         ),
-        msgspec.Meta(ge=1, le=43200),
-    ] = 120
+        msgspec.Meta(ge=0, le=43200),
+    ] = 0
 
     @property
     def dlq_name(self) -> str:
         return self.queue_name + "-dlq"  # what `chat-management setup` creates
+
+    @property
+    def longest_job_seconds(self) -> float:
+        """The longest a media job can hold its queue message before it is settled.
+
+        The processor takes ``MEDIA_JOBS_PER_IMAGE_WORKER`` jobs per image worker, so a job may wait for
+        one job ahead of it (at most ``MEDIA_JOB_TIMEOUT_SECONDS``, then that job is killed) before its own
+        decode (the same bound); around them the raw upload is fetched, the variants written and the
+        message finished (``MEDIA_TRANSFER_ALLOWANCE_SECONDS``).
+        """
+        waits = MEDIA_JOBS_PER_IMAGE_WORKER - 1
+        return (1 + waits) * self.job_timeout_seconds + MEDIA_TRANSFER_ALLOWANCE_SECONDS
+
+    @property
+    def queue_visibility_timeout_seconds(self) -> int:
+        """The media queue's visibility timeout: a job still running never reappears to a second worker."""
+        return self.visibility_timeout_seconds or math.ceil(self.longest_job_seconds)
 
 
 class NotificationSettings(_Frozen, frozen=True, kw_only=True):
@@ -611,6 +637,15 @@ class TelemetrySettings(_Frozen, frozen=True, kw_only=True):
             "Prometheus Pushgateway the orphan-cleanup job pushes its metrics to; empty: it only logs them.",
         ),
     ] = ""
+    pushgateway_instance: Annotated[
+        str,
+        env(
+            "PUSHGATEWAY_INSTANCE",
+            "`instance` label of the cleanup job's group on the Pushgateway, so deployments sharing one do"
+            " not replace each other's metrics (the chart sets `<namespace>/<release>`); empty: the bucket"
+            " (S3) or the data directory.",
+        ),
+    ] = ""
 
 
 class Settings(_Frozen, frozen=True, kw_only=True):
@@ -662,10 +697,12 @@ class Settings(_Frozen, frozen=True, kw_only=True):
                 ipaddress.ip_network(proxy, strict=False)
             except ValueError:
                 raise SettingsError(f"TRUSTED_PROXIES: {proxy!r} is not an address or CIDR") from None
-        if self.media.visibility_timeout_seconds <= self.media.job_timeout_seconds:
-            # A job still decoding would be handed to a second worker.
+        media = self.media
+        if media.visibility_timeout_seconds and media.visibility_timeout_seconds <= media.longest_job_seconds:
+            # A job still running would be handed to a second worker (decoded twice, a receive burnt).
             raise SettingsError(
-                "MEDIA_VISIBILITY_TIMEOUT_SECONDS: must be longer than MEDIA_JOB_TIMEOUT_SECONDS"
+                "MEDIA_VISIBILITY_TIMEOUT_SECONDS: must be longer than the longest media job "
+                f"({media.longest_job_seconds:g} s from MEDIA_JOB_TIMEOUT_SECONDS), or 0 to derive it"
             )
         for content_type in self.images.allowed_types:
             if content_type not in EXTENSIONS:  # SVG, HTML and anything without a key layout

@@ -83,7 +83,7 @@ from chat_core.messagestore import (
 )
 from chat_core.objectstore import ObjectChanged, ObjectInfo, ObjectNotFound, ObjectStore
 from chat_core.realtime import EventBus
-from chat_core.settings import Settings
+from chat_core.settings import MEDIA_JOBS_PER_IMAGE_WORKER, Settings
 from media_processor.imaging import ImageLimits, Rejected, Sanitized, Variant
 from media_processor.pool import MediaProcessor, PoolSettings
 
@@ -153,12 +153,13 @@ class MediaWorker:
         self._max_bytes = max_bytes
         self._max_pixels = max_pixels
         self._max_receives = max_receives
-        # Jobs in work at once: one per image worker, plus as many fetching or writing meanwhile.
+        # Jobs in work at once: one per image worker, plus as many fetching or writing meanwhile. The media
+        # queue's visibility timeout is derived from this (MediaSettings.longest_job_seconds).
         self._runner = JobRunner(
             "media",
             queue,
             self.handle,
-            concurrency=max(2, 2 * processor.size),
+            concurrency=max(2, MEDIA_JOBS_PER_IMAGE_WORKER * processor.size),
             wait_seconds=wait_seconds,
             drain_seconds=drain_seconds,
             depth_gauge=metrics.MEDIA_QUEUE_DEPTH,

@@ -94,9 +94,6 @@ class ObjectStore(Protocol):
     async def ping(self) -> None:
         """Raise unless the store answers (readiness)."""
 
-    async def ensure_bucket(self, cors_origins: tuple[str, ...]) -> None:
-        """Create the bucket/dir if missing and apply the browser-upload CORS rule (idempotent)."""
-
     def presign_put(
         self, key: str, *, content_type: str, content_length: int | None, expires_in: int
     ) -> PresignedUpload:

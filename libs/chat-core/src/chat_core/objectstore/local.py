@@ -232,10 +232,6 @@ class LocalObjectStore(ObjectStore):
         if not await self.run(os.access, self._root, os.W_OK):
             raise OSError(f"{self._root} is not writable")
 
-    async def ensure_bucket(self, cors_origins: tuple[str, ...]) -> None:
-        # The storage route is part of the app, so the app's CORS settings already cover browser PUTs.
-        await self.start()
-
     # --- paths ------------------------------------------------------------------------------------
     def _path(self, key: str) -> str:
         return os.path.join(self._root, *key_segments(key))
