@@ -114,17 +114,19 @@ async def standalone_lifecycle(settings: Settings) -> AsyncIterator[Lifecycle]:
         eraser=ImageEraser(backends.object_store, backends.storage_ledger),
         drain_seconds=settings.service.drain_seconds,
     )
+    # Every port is asked for before start-up (Backends builds adapters then only).
+    lifecycle = Lifecycle(
+        backends.conversations,
+        backends.messages,
+        backends.devices,
+        backends.object_store,
+        fanout,
+        ConversationService(backends.conversations, fanout),
+        retention_days=settings.lifecycle.retention_days,
+        quotas=backends.quotas,
+    )
     async with backends, fanout.worker():
-        yield Lifecycle(
-            backends.conversations,
-            backends.messages,
-            backends.devices,
-            backends.object_store,
-            fanout,
-            ConversationService(backends.conversations, fanout),
-            retention_days=settings.lifecycle.retention_days,
-            quotas=backends.quotas,
-        )
+        yield lifecycle
 
 
 def retention_worker(
