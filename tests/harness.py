@@ -88,7 +88,7 @@ def redis_backend() -> Backend:
 
 
 def redis_cluster_backend() -> Backend:
-    """A Redis Cluster (3 primaries): ``REDIS_CLUSTER_URL`` (any node), else local processes.
+    """A Redis Cluster (3 primaries, a replica each): ``REDIS_CLUSTER_URL`` (any node), else local processes.
 
     Local processes only (no testcontainers): the nodes announce their own addresses, which must be the
     ones the tests reach.

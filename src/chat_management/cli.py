@@ -66,7 +66,7 @@ def _print_banner(settings: Settings) -> None:
         f"  data           {Path(settings.service.data_dir).resolve()}  (kept across restarts)",
         f"  backends       object store={settings.backends.object_store}, "
         f"messages={settings.backends.message_store}, bus={settings.backends.event_bus}, "
-        f"queue={settings.backends.notification_queue}, push={settings.backends.push_provider}",
+        f"queue={settings.backends.notification_queue}, push={','.join(settings.backends.push_provider)}",
     ]
     auth = settings.auth
     if auth.jwt_secret:

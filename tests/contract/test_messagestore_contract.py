@@ -29,6 +29,7 @@ from chat_core.messagestore import (
     MessageEdit,
     ObjectAlreadyUsed,
     OutboxEntry,
+    TooManyParticipants,
     created_event,
     event_done,
     new_event,
@@ -235,6 +236,21 @@ async def test_removing_a_member_removes_their_role(store: ChatStore) -> None:
     # Rejoining later does not bring the old role back.
     rejoined = await store.add_participants(created.conversation_id, ["alice"])
     assert rejoined.admin_ids() == frozenset({"bob"})
+
+
+async def test_push_image_previews_are_on_unless_the_conversation_turns_them_off(store: ChatStore) -> None:
+    on = conversation()
+    off = msgspec_replace(conversation(), push_image_previews=False)
+    await store.create_conversation(on)
+    await store.create_conversation(off)
+    assert (await store.get_conversation(on.conversation_id)).push_image_previews is True  # type: ignore[union-attr]
+    assert (await store.get_conversation(off.conversation_id)).push_image_previews is False  # type: ignore[union-attr]
+    changed = await store.set_push_image_previews(on.conversation_id, False)
+    assert changed.push_image_previews is False
+    assert (await store.get_conversation(on.conversation_id)) == changed
+    assert (await store.set_push_image_previews(on.conversation_id, True)).push_image_previews is True
+    with pytest.raises(ConversationNotFound):
+        await store.set_push_image_previews("no-such-conversation", False)
 
 
 async def test_a_conversation_stored_without_roles_has_its_creator_as_admin(store: ChatStore) -> None:
@@ -817,6 +833,30 @@ async def test_referenced_objects_are_those_backing_a_message(store: ChatStore) 
     assert await store.referenced_objects([]) == set()
 
 
+async def test_an_addition_past_the_member_limit_changes_nothing(store: ChatStore) -> None:
+    cid = await new_conversation(store, ("alice", "bob", "carol"))
+    with pytest.raises(TooManyParticipants):
+        await store.add_participants(cid, ["dave", "erin"], admins=["dave"], max_participants=4)
+    assert await store.get_participants(cid) == frozenset({"alice", "bob", "carol"})
+    # Members already in count once; the limit itself is reachable.
+    added = await store.add_participants(cid, ["bob", "dave"], max_participants=4)
+    assert set(added.participants) == {"alice", "bob", "carol", "dave"}
+
+
+async def test_concurrent_additions_never_pass_the_member_limit(store: ChatStore) -> None:
+    cid = await new_conversation(store, ("alice", "bob"))
+    newcomers = [f"user{i:02d}" for i in range(10)]
+    results = await asyncio.gather(
+        *(store.add_participants(cid, [user], max_participants=5) for user in newcomers),
+        return_exceptions=True,
+    )
+    refused = [result for result in results if isinstance(result, TooManyParticipants)]
+    assert len(refused) == 7, results  # every other outcome is a success
+    members = await store.get_participants(cid)
+    assert members is not None
+    assert len(members) == 5
+
+
 # --- DeviceStore ------------------------------------------------------------------------------------
 def device(token: str, user: str, platform: str = "ios") -> Device:
     return Device(token=token, platform=platform, user_id=user, updated_at=T0)  # type: ignore[arg-type]
@@ -858,6 +898,57 @@ async def test_a_device_token_with_slashes_is_stored_verbatim(store: ChatStore) 
     token = "fcm:APA91b/abc+def/=="
     await store.put_device(device(token, "alice"))
     assert (await store.devices_for(["alice"]))["alice"][0].token == token
+
+
+async def test_past_the_device_limit_the_least_recently_registered_are_evicted(store: ChatStore) -> None:
+    for minute, token in enumerate(["t-old", "t-mid", "t-new"]):
+        registered = msgspec_replace(device(token, "alice"), updated_at=T0 + dt.timedelta(minutes=minute))
+        assert await store.put_device(registered, max_devices=3) == []
+    await store.put_device(device("bobs", "bob"), max_devices=3)
+    # Registering t-old again refreshes it: t-mid is now the least recently registered.
+    latest = T0 + dt.timedelta(minutes=10)
+    assert (
+        await store.put_device(msgspec_replace(device("t-old", "alice"), updated_at=latest), max_devices=3)
+        == []
+    )
+    fourth = msgspec_replace(device("t-4th", "alice"), updated_at=latest + dt.timedelta(minutes=1))
+    assert await store.put_device(fourth, max_devices=3) == ["t-mid"]
+    found = await store.devices_for(["alice", "bob"])
+    assert [d.token for d in found["alice"]] == ["t-4th", "t-new", "t-old"]
+    assert [d.token for d in found["bob"]] == ["bobs"]  # another user's devices never count
+
+
+async def test_the_device_being_registered_is_never_the_one_evicted(store: ChatStore) -> None:
+    await store.put_device(msgspec_replace(device("newer", "alice"), updated_at=T0), max_devices=1)
+    # Its clock is behind the stored one's: still the one kept.
+    behind = msgspec_replace(device("phone", "alice"), updated_at=T0 - dt.timedelta(hours=1))
+    assert await store.put_device(behind, max_devices=1) == ["newer"]
+    assert [d.token for d in (await store.devices_for(["alice"]))["alice"]] == ["phone"]
+
+
+async def test_concurrent_registrations_never_pass_the_device_limit(store: ChatStore) -> None:
+    tokens = [f"token-{i:02d}" for i in range(12)]
+    results = await asyncio.gather(
+        *(
+            store.put_device(msgspec_replace(device(token, "alice"), updated_at=now()), max_devices=3)
+            for token in tokens
+        )
+    )
+    found = [d.token for d in (await store.devices_for(["alice"]))["alice"]]
+    assert len(found) == 3
+    evicted = [token for tokens_evicted in results for token in tokens_evicted]
+    assert sorted(evicted + found) == tokens  # each token kept or evicted exactly once
+
+
+async def test_a_device_keeps_the_push_service_its_token_is_for(store: ChatStore) -> None:
+    apns = msgspec_replace(device("a" * 64, "alice"), provider="apns")
+    await store.put_device(apns)
+    await store.put_device(device("fcm-token-1", "alice", "android"))
+    found = await store.devices_for(["alice"])
+    assert [(d.token, d.provider) for d in found["alice"]] == [("a" * 64, "apns"), ("fcm-token-1", "fcm")]
+    # Registered again for the other service (the app switched push stacks): the latest wins.
+    await store.put_device(device("a" * 64, "alice"))
+    assert (await store.devices_for(["alice"]))["alice"][0].provider == "fcm"
 
 
 # --- OutboxStore (create_message writes the entries) ------------------------------------------------

@@ -58,6 +58,9 @@ EXPECTED = {
     "message": {
         ("s3:GetObject", OBJECTS),
         ("s3:GetObject", REFUSALS),
+        # A forward copies the source's derivatives to the new message's (CopyObject reads and writes).
+        ("s3:GetObject", DERIVATIVES),
+        ("s3:PutObject", DERIVATIVES),
         ("s3:ListBucket", BUCKET),
         # Unsend, retention and erasure delete every byte of an image (chat_core/erasure.py); an export
         # reads the originals it hands over and writes its zip, and the jobs keep their records.
@@ -276,6 +279,8 @@ def s3_actions_by_method() -> dict[str, set[str]]:
             action = S3_REQUESTS.get((method, target))
             assert action, f"S3ObjectStore.{name}: {method} on the {target}: which IAM action?"
             direct.setdefault(name, set()).add(action)
+            if "x-amz-copy-source" in ast.unparse(call):
+                direct[name].add("s3:GetObject")  # CopyObject also reads its source
     return _closure(methods, direct)
 
 
@@ -314,6 +319,8 @@ def _python_files(paths: Iterable[Path]) -> list[Path]:
 # Which objects a role's object-store calls name, by action (default: raw uploads). The proxy only ever
 # builds derivative keys (keys.derivative_key); the media processor writes nothing else.
 DERIVATIVE_ACTIONS = {"image-proxy": {"s3:GetObject"}, "media-processor": {"s3:PutObject"}}
+# Port methods whose keys are derivatives whatever the action (a forward copies derivatives to derivatives).
+DERIVATIVE_METHODS = {"message": {"copy"}}
 # Roles whose code names refusal notes (keys.refusal_key, parse_refusal_key) reach them with these
 # actions, besides the objects above.
 REFUSAL_ACTIONS = {
@@ -470,7 +477,8 @@ def actions_from_code(role: str) -> set[tuple[str, str]]:
     needed: set[tuple[str, str]] = set()
     for method in port_calls(role, s3, r"(_store|_objects|^store|^object_store)$"):
         for action in s3[method]:
-            objects = DERIVATIVES if action in DERIVATIVE_ACTIONS.get(role, ()) else OBJECTS
+            derived = action in DERIVATIVE_ACTIONS.get(role, ()) or method in DERIVATIVE_METHODS.get(role, ())
+            objects = DERIVATIVES if derived else OBJECTS
             needed.add((action, BUCKET if action == "s3:ListBucket" else objects))
             if action == "s3:GetObject":
                 # Without ListBucket S3 answers a missing object with 403, not 404 (deploy/iam/README.md).
@@ -494,6 +502,7 @@ def test_the_adapters_requests_are_read_from_their_code() -> None:
     assert s3["presign_put"] == {"s3:PutObject"}
     assert s3["read_prefix"] == {"s3:GetObject"}
     assert s3["list"] == {"s3:ListBucket"}
+    assert s3["copy"] == {"s3:GetObject", "s3:PutObject"}
     assert ("sqs:SendMessage", "QUEUE") in sqs["send"]
     assert ("sqs:DeleteMessage", "QUEUE") in sqs["ack"]  # via the batching of acknowledgements
     assert ("sqs:GetQueueAttributes", "DLQ") in sqs["depth"]

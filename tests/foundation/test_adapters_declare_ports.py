@@ -31,6 +31,7 @@ from chat_core.objectstore import ObjectStore
 from chat_core.objectstore.local import LocalObjectStore
 from chat_core.objectstore.s3 import S3ObjectStore
 from chat_core.push import PushProvider
+from chat_core.push.apns import ApnsPushProvider
 from chat_core.push.fcm import FcmPushProvider
 from chat_core.push.log import LogPushProvider
 from chat_core.push.webhook import WebhookPushProvider
@@ -47,7 +48,7 @@ PORTS: dict[type, list[type]] = {
     EventBus: [RedisEventBus, MemoryEventBus],
     Presence: [RedisPresence, MemoryPresence],
     JobQueue: [SqsJobQueue, SqliteJobQueue],
-    PushProvider: [FcmPushProvider, WebhookPushProvider, LogPushProvider],
+    PushProvider: [FcmPushProvider, ApnsPushProvider, WebhookPushProvider, LogPushProvider],
     QuotaStore: [RedisQuotaStore, MemoryQuotaStore],
     StorageLedger: [RedisStorageLedger, MemoryStorageLedger],
     ratelimit.Windows: [ratelimit.StoreWindows, ratelimit.MemoryWindows],

@@ -24,7 +24,7 @@ import httpx
 from chat_core.auth import TokenVerifier, build_verifier
 from chat_core.aws import AwsCredentialSource, AwsHttp
 from chat_core.errors import ReportsOutages
-from chat_core.settings import Settings
+from chat_core.settings import PushKind, Settings
 
 if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     )
     from chat_core.notifications import Notification
     from chat_core.objectstore import ObjectInfo, ObjectStore
-    from chat_core.push import PushProvider
+    from chat_core.push import PushProvider, PushRouter
     from chat_core.quota import Quotas, QuotaStore
     from chat_core.ratelimit import RateLimiter
     from chat_core.realtime import EventBus, Presence
@@ -186,8 +186,8 @@ def job_queue(backends: Backends, kind: JobKind[J]) -> JobQueue[J]:
             return sqs.create(backends, kind)
 
 
-def push_provider(backends: Backends) -> PushProvider:
-    match backends.settings.backends.push_provider:
+def push_provider(backends: Backends, kind: PushKind) -> PushProvider:
+    match kind:
         case "log":
             from chat_core.push import log
 
@@ -200,6 +200,10 @@ def push_provider(backends: Backends) -> PushProvider:
             from chat_core.push import fcm
 
             return fcm.create(backends)
+        case "apns":
+            from chat_core.push import apns
+
+            return apns.ApnsPushProvider(backends.settings.push)  # needs its settings alone
 
 
 def rate_limiter(backends: Backends) -> RateLimiter:
@@ -260,7 +264,7 @@ class Backends:
         self._presence: Presence | None = None
         self._notification_queue: JobQueue[Notification] | None = None
         self._media_queue: JobQueue[MediaJob] | None = None
-        self._push_provider: PushProvider | None = None
+        self._push_provider: PushRouter | None = None
         self._rate_limiter: RateLimiter | None = None
         self._quotas: Quotas | None = None
         self._storage_ledger: StorageLedger | None = None
@@ -360,9 +364,17 @@ class Backends:
         return self._media_queue
 
     @property
-    def push_provider(self) -> PushProvider:
+    def push_provider(self) -> PushRouter:
+        """The configured push providers (``PUSH_PROVIDER``), each an adapter of its own (``push_provider``,
+        then ``push_provider:<kind>``), behind one router that picks one per device."""
         if self._push_provider is None:
-            self._push_provider = self._adopt("push_provider", push_provider(self))
+            from chat_core.push import PushRouter
+
+            providers = []
+            for index, kind in enumerate(self.settings.backends.push_provider):
+                port = "push_provider" if index == 0 else f"push_provider:{kind}"
+                providers.append(self._adopt(port, push_provider(self, kind)))
+            self._push_provider = PushRouter(providers)
         return self._push_provider
 
     @property
@@ -413,7 +425,8 @@ class Backends:
         return {
             adapter.readiness_name
             for port, adapter in self._adapters.items()
-            if port in wanted and isinstance(adapter, ReadinessProbe)
+            # ``push_provider:apns``: the second push provider is the same port
+            if port.partition(":")[0] in wanted and isinstance(adapter, ReadinessProbe)
         }
 
     def outage_reporters(self) -> list[ReportsOutages]:

@@ -25,7 +25,7 @@ def build(settings: Settings, backends: Backends) -> ServiceParts:
         essential=("message_store", "object_store"),
         route_handlers=[get_image],
         dependencies={"image_proxy": Provide(lambda: proxy, use_cache=True, sync_to_thread=False)},
-        workers=[*membership.workers(backends), lambda: proxy.deletions_worker(bus)],
+        workers=[*membership.workers(backends), proxy.waits.running, lambda: proxy.deletions_worker(bus)],
         description="serves images to conversation members only.",
     )
 

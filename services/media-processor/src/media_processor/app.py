@@ -1,9 +1,10 @@
 """Media processor service: turns raw uploads into the sanitized images members are served.
 
 No public API: the worker runs in the lifespan of a small app that serves ``/healthz``, ``/readyz`` (the
-media queue, the message store, the object store and the event bus answer) and ``/metrics``. In the
-all-in-one process the worker runs beside the other services; there the local object store announces
-each upload on the embedded media queue, as the bucket's object-created notification does in the cloud.
+media queue, the message store, the object store and the event bus answer, and the image worker pool is
+not short of workers it cannot start: ``media_pool``) and ``/metrics``. In the all-in-one process the
+worker runs beside the other services; there the local object store announces each upload on the embedded
+media queue, as the bucket's object-created notification does in the cloud.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def build(settings: Settings, backends: Backends) -> ServiceParts:
         # retried into the dead-letter queue, so a processor that cannot reach it is not Ready.
         essential=("media_queue", "message_store", "object_store", "event_bus"),
         workers=[worker.worker],
+        readiness={"media_pool": worker.pool_ready},
         description="sanitizes uploaded images into an original, a preview and a thumbnail.",
     )
 

@@ -29,7 +29,8 @@ For an **object-created** event (a new raw upload, from the bucket's notificatio
 upload route) the upload is checked at once, from its first bytes: size within ``MAX_IMAGE_BYTES``,
 magic bytes of an accepted type, declared pixels within ``MAX_IMAGE_PIXELS``. One that could never be
 sent is deleted within seconds (after ``REFUSED_UPLOAD_GRACE_SECONDS``, so that a send made right after
-the upload still gets its 413/422 from its own check), as is a raw upload whose message is already
+the upload still gets its 413/422 from its own check; the grace is waited out by a task of its own, not by
+the job, which is done at once), as is a raw upload whose message is already
 finished (an overwrite after processing). Before a refused upload is deleted, a small note of why is
 written under ``refused/{conversation_id}/{object_key}`` (``keys.refusal_key``; no upload URL or proxy
 path reaches it): a later send finds no object, reads the note and answers with the same 413/422 and
@@ -85,7 +86,7 @@ from chat_core.objectstore import ObjectChanged, ObjectInfo, ObjectNotFound, Obj
 from chat_core.realtime import EventBus
 from chat_core.settings import MEDIA_JOBS_PER_IMAGE_WORKER, Settings
 from media_processor.imaging import ImageLimits, Rejected, Sanitized, Variant
-from media_processor.pool import MediaProcessor, PoolSettings
+from media_processor.pool import MediaProcessor, PoolSettings, PoolUnavailable
 
 __all__ = ["MediaWorker", "limits_from", "pool_settings_from"]
 
@@ -166,6 +167,7 @@ class MediaWorker:
         )
         self._pool_started = False
         self._pool_lock = asyncio.Lock()
+        self._refusals: set[asyncio.Task[None]] = set()  # refused uploads in their grace
 
     @classmethod
     def from_backends(cls, settings: Settings, backends: Backends) -> MediaWorker:
@@ -215,7 +217,27 @@ class MediaWorker:
             if tally is not None:
                 tally.cancel()
             await asyncio.gather(warm_up, *([tally] if tally else []), return_exceptions=True)
+            await self._finish_refusals()
             await self._processor.close()
+
+    async def _finish_refusals(self) -> None:
+        """Let refused uploads in their grace be deleted; past it, leave them to the orphan cleanup."""
+        if self._refusals:
+            _done, pending = await asyncio.wait(set(self._refusals), timeout=REFUSED_UPLOAD_GRACE_SECONDS + 2)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def pool_ready(self) -> None:
+        """Readiness: raises while the image workers are fewer than the pool's size and cannot be started."""
+        problem = self._processor.health().problem()
+        if problem is not None:
+            raise PoolUnavailable(problem)
+
+    @property
+    def refusals_pending(self) -> int:
+        """Refused uploads waiting out their grace before they are deleted."""
+        return len(self._refusals)
 
     async def _pool(self) -> MediaProcessor:
         if not self._pool_started:
@@ -456,21 +478,40 @@ class MediaWorker:
         if verdict is None:
             return self._verdict("kept")
         if refusal is not None:
-            # A send right after the upload gets its 413/422 from its own check; a later one finds the
-            # note written below. Then only this version is deleted, not a newer upload.
+            # Deleted after the grace, by a task of its own: the job (and its slot in the runner) is
+            # done now, so a burst of refused uploads cannot hold back the images waiting to be processed.
+            task = asyncio.create_task(self._delete_refused(key, info, refusal), name="refused-upload")
+            self._refusals.add(task)
+            task.add_done_callback(self._refusals.discard)
+            return self._verdict(verdict)
+        await self._delete_raw(key, info, verdict)
+        return self._verdict(verdict)
+
+    async def _delete_refused(self, key: str, info: ObjectInfo, refusal: UploadRefusal) -> None:
+        """After the grace: the note of why, then the upload (only this version, not a newer upload).
+
+        A send right after the upload gets its 413/422 from its own check; a later one finds the note.
+        Should this never run (the process stops first), the upload stays until the orphan cleanup: a
+        send still gets its 413/422 from its own check, and a raw upload is never served.
+        """
+        try:
             await asyncio.sleep(REFUSED_UPLOAD_GRACE_SECONDS)
             current = await self._objects.head(key)
             if current is None or current.etag != info.etag:
                 await ledger.record(self._storage, "raw", -1, -info.size)  # the newer one is counted
-                return self._verdict("superseded")
+                return
             # The note first: a send between the delete and the note would get a bare 404.
             await self._objects.put(
                 keys.refusal_key(key), msgspec.json.encode(refusal), content_type="application/json"
             )
-        _log.info("raw_upload_deleted", key=key, reason=verdict, size=info.size)
+            await self._delete_raw(key, info, refusal.reason)
+        except Exception as exc:
+            _log.warning("refused_upload_not_deleted", key=key, error=repr(exc))
+
+    async def _delete_raw(self, key: str, info: ObjectInfo, reason: str) -> None:
+        _log.info("raw_upload_deleted", key=key, reason=reason, size=info.size)
         await self._objects.delete(key)
         await ledger.record(self._storage, "raw", -1, -info.size)
-        return self._verdict(verdict)
 
     async def _landed(
         self,

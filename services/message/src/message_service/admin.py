@@ -34,6 +34,7 @@ from chat_core import keys, metrics
 from chat_core.auth import USER_ID_PATTERN, Principal
 from chat_core.errors import ProblemError, problem_responses
 from chat_core.objectstore import ObjectNotFound, ObjectStore
+from chat_core.parameters import UserId
 from message_service.lifecycle import ErasureReport, ExportReport, Lifecycle
 
 __all__ = ["ROUTES", "AdminJob", "AdminJobs", "JobAccepted"]
@@ -211,7 +212,7 @@ _ADMIN_PROBLEMS = problem_responses(400, 401, 403)
     responses={202: ResponseSpec(JobAccepted, description="The job, queued"), **_ADMIN_PROBLEMS},
 )
 async def erase_user(
-    user_id: FromPath[str], principal: NamedDependency[Principal], admin_jobs: NamedDependency[AdminJobs]
+    user_id: UserId, principal: NamedDependency[Principal], admin_jobs: NamedDependency[AdminJobs]
 ) -> Response[JobAccepted]:
     job = await admin_jobs.submit("erase", user_id, principal)
     return Response(JobAccepted(job.job_id, job.status), status_code=202)
@@ -229,7 +230,7 @@ async def erase_user(
     responses={202: ResponseSpec(JobAccepted, description="The job, queued"), **_ADMIN_PROBLEMS},
 )
 async def export_user(
-    user_id: FromPath[str], principal: NamedDependency[Principal], admin_jobs: NamedDependency[AdminJobs]
+    user_id: UserId, principal: NamedDependency[Principal], admin_jobs: NamedDependency[AdminJobs]
 ) -> Response[JobAccepted]:
     job = await admin_jobs.submit("export", user_id, principal)
     return Response(JobAccepted(job.job_id, job.status), status_code=202)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import structlog
 from litestar import Litestar
 from litestar.di import Provide
 
+from chat_core import keys
 from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.backends import Backends
 from chat_core.erasure import ImageEraser
+from chat_core.openapi import DocumentRefinement, constrain
 from chat_core.settings import Settings
 from message_service import admin, devices, routes
 from message_service.admin import AdminJobs
@@ -28,6 +32,49 @@ from message_service.verification import ImageVerifier
 
 COMPONENT = "message"
 _log = structlog.get_logger("message_service")
+
+
+def _message_union(document: dict[str, Any]) -> None:
+    """``Message`` as the discriminated union it is: a text message has no metadata, an image message
+    has its image's. Derived from the stored struct's schema, so fields added to it show in both."""
+    schemas = document["components"]["schemas"]
+    message = schemas.get("Message")
+    if message is None or "properties" not in message:
+        return
+    shapes = {"text": ("TextMessage", {"type": "null"}), "image": ("ImageMessage", None)}
+    for kind, (name, metadata) in shapes.items():
+        shape = copy.deepcopy(message)
+        shape["title"] = name
+        shape["properties"]["messageType"] = {"enum": [kind]}
+        if metadata is not None:
+            shape["properties"]["metadata"] = metadata
+        elif "deleted" not in shape["properties"]:  # a deleted image message keeps `metadata: null`
+            branches = shape["properties"]["metadata"].get("anyOf", [])
+            shape["properties"]["metadata"] = next(b for b in branches if b.get("type") != "null")
+            shape["required"] = sorted({*shape.get("required", []), "metadata"})
+        schemas[name] = shape
+    schemas["Message"] = {
+        "title": "Message",
+        "description": message.get("description", ""),
+        "oneOf": [{"$ref": f"#/components/schemas/{name}"} for name, _ in shapes.values()],
+        "discriminator": {
+            "propertyName": "messageType",
+            "mapping": {kind: f"#/components/schemas/{name}" for kind, (name, _) in shapes.items()},
+        },
+    }
+
+
+def document_refinement(settings: Settings) -> DocumentRefinement:
+    """The accepted image types (settings), and the message shapes as a discriminated union."""
+    allowed = frozenset(settings.images.allowed_types) & keys.EXTENSIONS.keys()
+
+    def refine(document: dict[str, Any]) -> None:
+        constrain(
+            document, "ImageMetadataRequest", "content_type", pattern=keys.content_type_pattern(allowed)
+        )
+        _message_union(document)
+
+    return refine
 
 
 def build(settings: Settings, backends: Backends, events: MessageEvents | None = None) -> ServiceParts:
@@ -50,7 +97,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
             drain_seconds=settings.service.drain_seconds,
         )
     sockets = RealtimeSockets.from_backends(settings, backends)
-    device_service = DeviceService(backends.devices)
+    device_service = DeviceService(backends.devices, max_devices=settings.limits.max_devices_per_user)
     conversations = ConversationService(backends.conversations, events)
     messages = MessageService(
         backends.conversations,
@@ -60,6 +107,9 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
         events,
         backends.quotas,
         edit_window_seconds=settings.lifecycle.edit_window_seconds,
+        objects=backends.object_store,
+        storage=backends.storage_ledger,
+        base_url=settings.service.base_url(),
     )
     lifecycle = Lifecycle(
         backends.conversations,
@@ -95,6 +145,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
             *(retention if settings.lifecycle.retention_interval_seconds else []),
         ],
         description="conversations, members, messages, devices and the real-time socket.",
+        document=[document_refinement(settings)],
     )
 
 

@@ -106,6 +106,7 @@ def notifications_for(
             preview=preview,
             recipient_ids=tuple(ordered[start : start + RECIPIENTS_PER_NOTIFICATION]),
             created_at=message.timestamp,
+            object_key=message.metadata.object_key if message.metadata else None,
             trace=trace,
         )
         for chunk, start in enumerate(range(0, len(ordered), RECIPIENTS_PER_NOTIFICATION))

@@ -19,7 +19,7 @@ from collections.abc import Awaitable
 import msgspec
 import structlog
 
-from chat_core import keys, metrics, tracing
+from chat_core import keys, ledger, metrics, tracing
 from chat_core.audit import audit
 from chat_core.auth import USER_ID_PATTERN
 from chat_core.errors import ProblemError
@@ -36,12 +36,15 @@ from chat_core.messagestore import (
     MessageEdit,
     MessageStore,
     ObjectAlreadyUsed,
+    TooManyParticipants,
     created_event,
     deleted_event,
     event_done,
     new_event,
 )
+from chat_core.objectstore import ObjectStore
 from chat_core.quota import Quotas
+from message_service import forwarding
 from message_service.events import MessageEvents
 from message_service.last_message import LastMessageWriter
 from message_service.schemas import (
@@ -50,8 +53,11 @@ from message_service.schemas import (
     ConversationPage,
     CreateConversation,
     EditMessage,
+    ForwardMessage,
     MessagePage,
+    SendImage,
     SendMessage,
+    SendText,
     UpdateConversation,
 )
 from message_service.verification import ImageVerifier, VerifiedImage
@@ -73,6 +79,12 @@ def message_id_for(conversation_id: str, sender_id: str, client_message_id: str 
 
 _no_such_conversation = conversation_not_found
 _participants_for = require_member  # the lib's one membership decision (chat_core.membership)
+
+
+def _too_many_participants() -> ProblemError:
+    return ProblemError(
+        422, "too_many_participants", f"a conversation has at most {MAX_PARTICIPANTS} members"
+    )
 
 
 def _not_an_admin(detail: str) -> ProblemError:
@@ -99,9 +111,7 @@ class ConversationService:
     async def create(self, user_id: str, request: CreateConversation) -> Conversation:
         participants = tuple(dict.fromkeys([user_id, *request.participant_ids]))
         if len(participants) > MAX_PARTICIPANTS:
-            raise ProblemError(
-                422, "too_many_participants", f"a conversation has at most {MAX_PARTICIPANTS} members"
-            )
+            raise _too_many_participants()
         now = _now()
         conversation = Conversation(
             conversation_id=request.conversation_id or uuid.uuid4().hex,
@@ -110,6 +120,7 @@ class ConversationService:
             created_at=now,
             updated_at=now,
             admins=(user_id,),  # the creator administers the conversation
+            push_image_previews=request.push_image_previews,
         )
         joined = new_event(
             "membership.changed", conversation.conversation_id, added=participants, trace=tracing.inject()
@@ -155,6 +166,39 @@ class ConversationService:
             raise _no_such_conversation()
         return conversation
 
+    async def update(self, user_id: str, conversation_id: str, request: UpdateConversation) -> Conversation:
+        """Change the conversation's settings (admins only)."""
+        conversation = await self._as_member(user_id, conversation_id)
+        if user_id not in conversation.admin_ids():
+            raise _not_an_admin("only admins change a conversation's settings")
+        previews = request.push_image_previews
+        if isinstance(previews, bool) and previews != conversation.push_image_previews:
+            try:
+                conversation = await self._store.set_push_image_previews(conversation_id, previews)
+            except ConversationNotFound:
+                raise _no_such_conversation() from None
+            audit(
+                "conversation_settings_changed",
+                actor=user_id,
+                conversation_id=conversation_id,
+                push_image_previews=previews,
+            )
+        if (
+            request.retention_days is not msgspec.UNSET
+            and request.retention_days != conversation.retention_days
+        ):
+            try:
+                conversation = await self._store.set_retention(conversation_id, request.retention_days)
+            except ConversationNotFound:
+                raise _no_such_conversation() from None
+            audit(
+                "conversation_settings_changed",
+                actor=user_id,
+                conversation_id=conversation_id,
+                retention_days=request.retention_days,
+            )
+        return conversation
+
     async def add_participants(
         self, user_id: str, conversation_id: str, request: AddParticipants
     ) -> Conversation:
@@ -172,9 +216,7 @@ class ConversationService:
             else []
         )
         if len(current) + len(added) > MAX_PARTICIPANTS:
-            raise ProblemError(
-                422, "too_many_participants", f"a conversation has at most {MAX_PARTICIPANTS} members"
-            )
+            raise _too_many_participants()
         if not added and not promoted:
             return conversation
         # A conversation stored before roles has no admins list: write its implicit admin down too.
@@ -186,10 +228,12 @@ class ConversationService:
         )
         try:
             conversation = await self._store.add_participants(
-                conversation_id, added, admins=admins, event=joined
+                conversation_id, added, admins=admins, event=joined, max_participants=MAX_PARTICIPANTS
             )
         except ConversationNotFound:
             raise _no_such_conversation() from None
+        except TooManyParticipants:  # others were added meanwhile: the store's check is the atomic one
+            raise _too_many_participants() from None
         audit(
             "membership_changed",
             action="add",
@@ -201,25 +245,6 @@ class ConversationService:
         if joined is None:
             return conversation
         await _emit("membership.changed", self._events.event_stored(joined))
-        return conversation
-
-    async def update(self, user_id: str, conversation_id: str, request: UpdateConversation) -> Conversation:
-        """Admins change the conversation's settings (its ``retentionDays``)."""
-        conversation = await self._as_member(user_id, conversation_id)
-        if user_id not in conversation.admin_ids():
-            raise _not_an_admin("only admins change a conversation's settings")
-        if request.retention_days is msgspec.UNSET:
-            return conversation
-        try:
-            conversation = await self._store.set_retention(conversation_id, request.retention_days)
-        except ConversationNotFound:
-            raise _no_such_conversation() from None
-        audit(
-            "conversation_updated",
-            actor=user_id,
-            conversation_id=conversation_id,
-            retention_days=request.retention_days,
-        )
         return conversation
 
     async def remove_participant(self, user_id: str, conversation_id: str, removed_id: str) -> None:
@@ -262,10 +287,16 @@ class MessageService:
         events: MessageEvents,
         quotas: Quotas,
         *,
+        objects: ObjectStore,
+        storage: ledger.StorageLedger,
+        base_url: str,
         edit_window_seconds: int = 48 * 3600,
     ) -> None:
         self._quotas = quotas
         self._edit_window = dt.timedelta(seconds=edit_window_seconds)
+        self._objects = objects
+        self._storage = storage
+        self._base_url = base_url
         self._conversations = conversations
         self._store = messages
         self._verifier = verifier
@@ -275,22 +306,26 @@ class MessageService:
     async def send(self, user_id: str, conversation_id: str, request: SendMessage) -> tuple[Message, bool]:
         """Store a message; ``(message, True)`` when new, ``(stored, False)`` for a retry of one."""
         verified: VerifiedImage | None = None
-        if request.message_type == "text":
+        message_id = message_id_for(conversation_id, user_id, request.client_message_id)
+        if isinstance(request, SendText):
             members = await _participants_for(self._conversations, conversation_id, user_id)
-            if request.metadata is not None:
-                raise ProblemError(400, "invalid_request", "metadata is only for image messages")
-            if not (request.content or "").strip():
+            if not request.content.strip():
                 raise ProblemError(400, "empty_message", "a text message needs some content")
             content: str | None = request.content
         else:
-            members, verified = await self._member_and_image(user_id, conversation_id, request)
+            members, earlier, verified = await self._member_and_image(
+                user_id, conversation_id, request, message_id
+            )
+            if earlier is not None:
+                return earlier, False
+            assert verified is not None  # no earlier message: the image was verified (or raised)
             # Frees the upload's slot and counts its verified size (once per upload, so a retry is free).
             await self._quotas.charge_send(user_id, verified.stored_key, verified.metadata.size_bytes)
             content = request.content if (request.content or "").strip() else None
         message = Message(
-            message_id=message_id_for(conversation_id, user_id, request.client_message_id),
+            message_id=message_id,
             content=content,
-            message_type=request.message_type,
+            message_type="text" if isinstance(request, SendText) else "image",
             sender_id=user_id,
             timestamp=_now(),
             read_by=(user_id,),
@@ -318,29 +353,112 @@ class MessageService:
             await self._after_send(conversation_id, stored, trace, members, verified)
         return stored, created
 
+    async def forward(
+        self, user_id: str, conversation_id: str, message_id: str, request: ForwardMessage
+    ) -> tuple[Message, bool]:
+        """A new message in ``request.conversation_id`` with the source's content and server-side copies
+        of its images (``message_service.forwarding``); ``(stored, False)`` for a retry of one."""
+        target = request.conversation_id
+        await _participants_for(self._conversations, conversation_id, user_id)
+        members = await _participants_for(self._conversations, target, user_id)
+        source = (
+            await self._store.get_message(conversation_id, message_id)
+            if keys.UUID_PATTERN.fullmatch(message_id)
+            else None
+        )
+        if source is None:
+            raise ProblemError(404, "message_not_found", "no such message in this conversation")
+        if forwarding.source_is_deleted(source):
+            raise forwarding.message_deleted()
+        new_id = message_id_for(target, user_id, request.client_message_id)
+        if request.client_message_id is not None:
+            # A retry copies nothing again (and is not charged again).
+            existing = await self._store.get_message(target, new_id)
+            if existing is not None:
+                return existing, False
+        content = source.content if request.content is None else request.content
+        content = content if (content or "").strip() else None
+        copied: forwarding.CopiedImage | None = None
+        if source.message_type == "image":
+            image = forwarding.forwardable_image(source)
+            copied = await forwarding.copy_image(
+                self._objects,
+                base_url=self._base_url,
+                source_conversation=conversation_id,
+                source_message_id=source.message_id,
+                source=image,
+                target_conversation=target,
+                target_message_id=new_id,
+                forwarder_id=user_id,
+            )
+            await ledger.record(self._storage, "derived", len(keys.VARIANTS), copied.copied_bytes)
+            await self._quotas.charge_send(user_id, copied.stored_key, copied.copied_bytes)
+        elif content is None:
+            raise ProblemError(400, "empty_message", "a text message needs some content")
+        message = Message(
+            message_id=new_id,
+            content=content,
+            message_type=source.message_type,
+            sender_id=user_id,
+            timestamp=_now(),
+            read_by=(user_id,),
+            metadata=copied.metadata if copied else None,
+            forwarded=True,
+        )
+        trace = tracing.inject()
+        try:
+            # No ETag: the outbox entry carries no media job (the copies are already the variants).
+            stored, created = await self._store.create_message(
+                target,
+                message,
+                object_key=copied.stored_key if copied else None,
+                trace=trace,
+                conversation_checked=True,
+            )
+        except ConversationNotFound:
+            raise _no_such_conversation() from None
+        if created:
+            metrics.MESSAGES_SENT.labels(stored.message_type).inc()
+            metrics.MESSAGES_FORWARDED.labels(stored.message_type).inc()
+            await self._after_send(target, stored, trace, members, None)
+        return stored, created
+
     async def _member_and_image(
-        self, user_id: str, conversation_id: str, request: SendMessage
-    ) -> tuple[frozenset[str], VerifiedImage]:
-        """Membership and the object check, overlapped: two independent round trips, one wait.
+        self, user_id: str, conversation_id: str, request: SendImage, message_id: str
+    ) -> tuple[frozenset[str], Message | None, VerifiedImage | None]:
+        """Membership, the earlier message of a retry and the object check, overlapped: independent
+        round trips, one wait.
 
         Membership is judged first: a non-member learns nothing about the image, and the rejection
-        metric only counts what members sent.
+        metric only counts what members sent. A retry (its ``clientMessageId`` already stored) is
+        answered with the stored message whatever the check says: by then the media processor may have
+        deleted the raw upload, and a client that lost the 201 must not be told to upload again.
         """
-        if request.metadata is None:
-            await _participants_for(self._conversations, conversation_id, user_id)
-            raise ProblemError(400, "invalid_request", "an image message needs metadata.object_key")
-        membership, verification = await asyncio.gather(
+        membership, earlier, verification = await asyncio.gather(
             _participants_for(self._conversations, conversation_id, user_id),
+            self._earlier_send(conversation_id, message_id, request),
             self._verifier.verify(user_id, conversation_id, request.metadata),
             return_exceptions=True,
         )
         if isinstance(membership, BaseException):
             raise membership
+        if isinstance(earlier, BaseException):
+            raise earlier
+        if earlier is not None:
+            return membership, earlier, None
         if isinstance(verification, ProblemError):
             metrics.IMAGE_MESSAGES_REJECTED.labels(verification.code).inc()
         if isinstance(verification, BaseException):
             raise verification
-        return membership, verification
+        return membership, None, verification
+
+    async def _earlier_send(
+        self, conversation_id: str, message_id: str, request: SendMessage
+    ) -> Message | None:
+        """The message a send with this ``clientMessageId`` stored before, if any."""
+        if request.client_message_id is None:
+            return None
+        return await self._store.get_message(conversation_id, message_id)
 
     @staticmethod
     def _record(message: Message, verified: VerifiedImage | None) -> None:

@@ -9,23 +9,24 @@ narrow port (``tests/contract/test_messagestore_contract.py``).
 
 Firestore layout (SQLite mirrors it in tables):
 
-* ``conversations/{cid}``: participants, name, createdAt, updatedAt, lastMessage
+* ``conversations/{cid}``: participants, name, createdAt, updatedAt, lastMessage, admins, pushImagePreviews
 * ``conversations/{cid}/messages/{messageId}``: exactly the spec's message fields
 * ``imageRefs/{sha256(stored_key)}``: which message an object backs (one object, at most one message)
 * ``outbox/{eventId}``: the event outbox. Every event a client acts on (``EventKind``) is an entry written
   in the same transaction as the change it announces, and deleted once relayed: "a 201 means durably
   stored, and nothing a client acts on is dropped". A message's ``message.created`` entry has the
   message's id, so a retried send finds it taken, as it finds the message.
-* ``devices/{sha256(token)}``: userId, token, platform
+* ``devices/{sha256(token)}``: userId, token, platform, provider (absent: fcm)
+* ``deviceUsers/{sha256(user_id)}``: userId, changedAt; rewritten by every registration of the user's
+  devices, so that two concurrent ones cannot both pass ``MAX_DEVICES_PER_USER``
 * ``pushReceipts/{sha256(notification_id + token)}``: a push to a device for a notification, claimed
   (``leasedUntil``: a time) or done (``leasedUntil`` null or absent)
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Generic, Literal, Protocol, TypeVar
@@ -35,6 +36,7 @@ import msgspec
 from chat_core.timestamps import from_micros, micros
 
 __all__ = [
+    "CURSOR_PATTERN",
     "PUSH_RECEIPT_TTL",
     "ChatStore",
     "Conversation",
@@ -42,6 +44,7 @@ __all__ = [
     "ConversationNotFound",
     "ConversationStore",
     "Device",
+    "DeviceProvider",
     "DeviceStore",
     "EventKind",
     "ImageMetadata",
@@ -63,6 +66,7 @@ __all__ = [
     "PushClaim",
     "PushClaimState",
     "PushReceiptStore",
+    "TooManyParticipants",
     "created_event",
     "decode_cursor",
     "deleted_event",
@@ -81,6 +85,8 @@ T = TypeVar("T")
 PUSH_RECEIPT_TTL = dt.timedelta(days=14)
 MessageType = Literal["text", "image"]
 Platform = Literal["ios", "android", "web"]
+# Which push service a device's token is for: an FCM registration token, or a raw APNs device token.
+DeviceProvider = Literal["fcm", "apns"]
 
 
 ImageStatus = Literal["processing", "ready", "failed"]
@@ -137,6 +143,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     timestamp: dt.datetime
     read_by: tuple[str, ...]
     metadata: ImageMetadata | None = None
+    # True on a message forwarded from another conversation (it never names the source); absent otherwise.
+    forwarded: bool | msgspec.UnsetType = msgspec.UNSET
     # Set by an edit of ``content`` or ``metadata.alt_text`` (PATCH, within MESSAGE_EDIT_WINDOW_SECONDS).
     edited_at: dt.datetime | msgspec.UnsetType = msgspec.UNSET
     # A tombstone: the sender or an admin unsent it. ``content`` and ``metadata`` are then None, and every
@@ -193,6 +201,8 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     # Messages older than this many days are deleted (with their images) by the retention job; None: the
     # deployment's MESSAGE_RETENTION_DAYS. Set by an admin of the conversation (PATCH).
     retention_days: int | None = None
+    # False: pushes of this conversation's images carry no thumbnail (lock-screen privacy).
+    push_image_previews: bool = True
 
     def admin_ids(self) -> frozenset[str]:
         """Who administers the conversation (see ``admins``)."""
@@ -206,6 +216,7 @@ class Device(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     platform: Platform
     user_id: str
     updated_at: dt.datetime
+    provider: DeviceProvider = "fcm"  # devices registered before it existed are FCM's
 
 
 # What the event outbox carries (the wire names clients get are in ``chat_core.outbox``, which turns each
@@ -384,31 +395,42 @@ class ConversationNotFound(LookupError):
     pass
 
 
+class TooManyParticipants(Exception):
+    """The addition would take the conversation past its member limit; nothing was changed."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a conversation has at most {limit} members")
+        self.limit = limit
+
+
 class ConversationExists(Exception):
     """A conversation with that id already exists (ids may be chosen by the client)."""
 
 
 class InvalidCursor(ValueError):
-    """A cursor this store did not hand out (garbled or tampered with)."""
+    """A cursor that is no position (not ``CURSOR_PATTERN``)."""
+
+
+# A cursor is a keyset position, ``{microseconds since the epoch}.{id}`` (the id of the last row shown: a
+# message or conversation id). Any value of this shape is a position a page can start after, so the
+# OpenAPI document's pattern is the whole rule: a schema-valid cursor is never refused. Times past the
+# last representable one mean "from the newest".
+CURSOR_PATTERN = re.compile(r"^([0-9]{1,18})\.([A-Za-z0-9][A-Za-z0-9_-]{0,63})(?!\n)$")
+_LAST_MICROS = micros(dt.datetime.max.replace(tzinfo=dt.UTC))
 
 
 def encode_cursor(position: dt.datetime, key: str) -> str:
-    """An opaque cursor for keyset pagination on (time, id): both adapters page with it."""
-    raw = msgspec.json.encode([micros(position), key])
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    """The cursor of keyset pagination on (time, id) after ``position``, ``key`` (both adapters use it)."""
+    return f"{max(micros(position), 0)}.{key}"
 
 
 def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
-    """(time, id) of a cursor made by ``encode_cursor``; raises InvalidCursor."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        stamp, key = msgspec.json.decode(raw, type=tuple[int, str])
-        position = from_micros(stamp)
-    except (binascii.Error, ValueError, OverflowError, msgspec.DecodeError):
-        raise InvalidCursor("the cursor is not one this server issued") from None
-    if not key:
-        raise InvalidCursor("the cursor is not one this server issued")
-    return position, key
+    """(time, id) of a cursor of ``CURSOR_PATTERN``; raises InvalidCursor."""
+    match = CURSOR_PATTERN.fullmatch(cursor)
+    if match is None:
+        raise InvalidCursor("a cursor is the nextCursor of a page: {microseconds}.{id}")
+    stamp, key = match.groups()
+    return from_micros(min(int(stamp), _LAST_MICROS)), key
 
 
 class ObjectAlreadyUsed(Exception):
@@ -445,14 +467,21 @@ class ConversationStore(Protocol):
         *,
         admins: Collection[str] = (),
         event: OutboxEntry | None = None,
+        max_participants: int | None = None,
     ) -> Conversation:
         """Add ``user_ids`` as members and give ``admins`` (members, or among ``user_ids``) the admin role,
-        in one atomic change, with ``event`` (its ``membership.changed``). Raises ConversationNotFound."""
+        in one atomic change, with ``event`` (its ``membership.changed``). Raises ConversationNotFound, and
+        TooManyParticipants (nothing changed) when the members would then be more than
+        ``max_participants``: checked in the same atomic change, so concurrent additions cannot pass it
+        together."""
 
     async def remove_participant(
         self, conversation_id: str, user_id: str, *, event: OutboxEntry | None = None
     ) -> Conversation:
         """Remove the member and any role they had, with ``event``. Raises ConversationNotFound."""
+
+    async def set_push_image_previews(self, conversation_id: str, enabled: bool) -> Conversation:
+        """Whether pushes of the conversation's images may carry a thumbnail. Raises ConversationNotFound."""
 
     async def touch_conversation(self, conversation_id: str, last_message: LastMessage) -> None:
         """Set ``lastMessage``/``updatedAt`` unless a newer last message is already stored."""
@@ -581,8 +610,13 @@ class MessageStore(Protocol):
 class DeviceStore(Protocol):
     """Push tokens by user."""
 
-    async def put_device(self, device: Device) -> None:
-        """Register (or move) a push token; a token belongs to one user at a time."""
+    async def put_device(self, device: Device, *, max_devices: int | None = None) -> list[str]:
+        """Register (or move) a push token; a token belongs to one user at a time.
+
+        With ``max_devices``, the user keeps at most that many tokens: the ones least recently registered
+        (``updated_at``, then token) beyond it are deleted in the same atomic step, never the one being
+        registered, so concurrent registrations cannot pass the limit. Returns the tokens evicted.
+        """
 
     async def delete_device(self, user_id: str, token: str) -> bool:
         """Remove ``user_id``'s token; False when the user had no such token."""

@@ -33,8 +33,9 @@ import contextlib
 import datetime as dt
 import hashlib
 import math
+import os
 import random
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -64,6 +65,7 @@ from chat_core.messagestore import (
     OutboxEntry,
     Page,
     PushClaim,
+    TooManyParticipants,
     created_event,
     decode_cursor,
     deleted_event,
@@ -94,6 +96,7 @@ OUTBOX_SHARD_LEASES = "outboxShardLeases"
 # hashing. Changing it strands the entries of the shards dropped: drain the outbox first (depth 0).
 OUTBOX_SHARDS = 64
 DEVICES = "devices"
+DEVICE_USERS = "deviceUsers"  # one anchor document per user with devices: serializes their registrations
 PUSH_RECEIPTS = "pushReceipts"
 _PAGE = 200  # documents per read of the lifecycle jobs' scans
 _GET_ALL_CHUNK = 100
@@ -101,6 +104,8 @@ _IN_CHUNK = 30  # Firestore's limit on the values of an "in" filter
 _BATCH_LIMIT = 500  # writes per batch
 _OPTIMISTIC_ATTEMPTS = 8
 _CLAIM_SCAN = 4  # a claim reads up to this many entries per one it wants (others may hold the oldest)
+_EMULATOR_VARIABLE = "FIRESTORE_EMULATOR_HOST"
+_DEVICE_ATTEMPTS = 12
 _DESCENDING = BaseQuery.DESCENDING
 # What the client raises when Firestore cannot answer now (unreachable, overloaded, contention, its own
 # retries given up): a 503 worth a retry. Anything else it raises is a bug of ours (a 500).
@@ -112,6 +117,30 @@ _OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     gexc.InternalServerError,
     gexc.RetryError,
 )
+
+
+@contextlib.contextmanager
+def _emulator_environment(emulator_host: str) -> Iterator[None]:
+    """``FIRESTORE_EMULATOR_HOST`` as the settings say, while a client is built.
+
+    The variable is the client's one public switch to the emulator (an insecure channel, no credentials),
+    and the client reads it in its constructor only. Settings are the single source of truth (two stores
+    in one process may point at two emulators, or one at production), so the variable holds the settings'
+    value for the constructor's duration and is put back after. Nothing awaits in between: no other task
+    of this event loop can see the temporary value.
+    """
+    before = os.environ.get(_EMULATOR_VARIABLE)
+    if emulator_host:
+        os.environ[_EMULATOR_VARIABLE] = emulator_host
+    else:
+        os.environ.pop(_EMULATOR_VARIABLE, None)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_EMULATOR_VARIABLE, None)
+        else:
+            os.environ[_EMULATOR_VARIABLE] = before
 
 
 def _plain(value: Any) -> Any:
@@ -254,17 +283,15 @@ class FirestoreChatStore(ChatStore):
         if self._client is not None:
             return
         settings = self._settings
-        if settings.emulator_host:
-            client = AsyncClient(
-                project=settings.project_id,
-                database=settings.database,
-                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-            )
-        else:
-            client = AsyncClient(project=settings.project_id, database=settings.database)
-        # The client reads FIRESTORE_EMULATOR_HOST from os.environ itself; settings are read once and are
-        # the single source of truth, so they decide (before the first call opens the channel).
-        client._emulator_host = settings.emulator_host or None
+        with _emulator_environment(settings.emulator_host):
+            if settings.emulator_host:
+                client = AsyncClient(
+                    project=settings.project_id,
+                    database=settings.database,
+                    credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                )
+            else:
+                client = AsyncClient(project=settings.project_id, database=settings.database)
         self._client = client
 
     async def close(self) -> None:
@@ -336,15 +363,44 @@ class FirestoreChatStore(ChatStore):
         *,
         admins: Collection[str] = (),
         event: OutboxEntry | None = None,
+        max_participants: int | None = None,
     ) -> Conversation:
-        # ArrayUnion is applied by the server: no read, no transaction, so concurrent additions neither
-        # lose each other nor queue on a lock. Members and roles change in one update.
+        # ArrayUnion is applied by the server: no transaction, so concurrent additions neither lose each
+        # other nor queue on a lock. Members and roles change in one update.
         change: dict[str, Any] = {}
         if user_ids:  # Firestore refuses an empty union
             change["participants"] = ArrayUnion(list(dict.fromkeys(user_ids)))
         if admins:
             change["admins"] = ArrayUnion(list(dict.fromkeys(admins)))
-        return await self._update_participants(conversation_id, change, event)
+        if max_participants is None or not user_ids:
+            return await self._update_participants(conversation_id, change, event)
+        # The limit: read the members, then update only if the document is unchanged since (its update
+        # time as a precondition), so two additions that each fit alone cannot both commit.
+        ref = self._conversation_ref(conversation_id)
+        wanted = list(dict.fromkeys(user_ids))
+        for attempt in range(_OPTIMISTIC_ATTEMPTS * 2):
+            snapshot = await ref.get(field_paths=["participants"])
+            if not snapshot.exists:
+                raise ConversationNotFound(conversation_id)
+            members = set(snapshot.get("participants") or [])
+            if len(members) + sum(user not in members for user in wanted) > max_participants:
+                raise TooManyParticipants(max_participants)
+            batch = self.client.batch()
+            batch.update(ref, change, option=self.client.write_option(last_update_time=snapshot.update_time))
+            if event is not None:
+                self._append_event(batch, event)
+            try:
+                await batch.commit()
+            except gexc.FailedPrecondition:
+                await asyncio.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))  # noqa: S311 - jitter
+                continue
+            except gexc.NotFound:
+                raise ConversationNotFound(conversation_id) from None
+            return await self._update_participants(conversation_id, {}, None)
+        raise gexc.Aborted(f"conversation {conversation_id} kept changing; try again")  # type: ignore[no-untyped-call]
+
+    async def set_push_image_previews(self, conversation_id: str, enabled: bool) -> Conversation:
+        return await self._update_participants(conversation_id, {"pushImagePreviews": enabled}, None)
 
     async def remove_participant(
         self, conversation_id: str, user_id: str, *, event: OutboxEntry | None = None
@@ -665,9 +721,45 @@ class FirestoreChatStore(ChatStore):
         return found
 
     # --- devices ----------------------------------------------------------------------------------
-    async def put_device(self, device: Device) -> None:
+    async def put_device(self, device: Device, *, max_devices: int | None = None) -> list[str]:
         # Keyed by the token: registering it again (for another user) moves it.
-        await self.client.collection(DEVICES).document(_doc_id(device.token)).set(_fields(device))
+        ref = self.client.collection(DEVICES).document(_doc_id(device.token))
+        if max_devices is None:
+            await ref.set(_fields(device))
+            return []
+        # One atomic batch writes the device, deletes the evicted ones (each unchanged since read) and
+        # bumps the user's anchor document (unchanged since read): two registrations of one user that
+        # overlap cannot both commit, so the one that lost reads again and counts the winner's device.
+        # Deletions and moves away only lower a user's count, so they need not touch the anchor.
+        anchor = self.client.collection(DEVICE_USERS).document(_doc_id(device.user_id))
+        mine = self.client.collection(DEVICES).where(filter=FieldFilter("userId", "==", device.user_id))
+        for attempt in range(_DEVICE_ATTEMPTS):
+            anchor_snapshot = await anchor.get()
+            others = [snapshot async for snapshot in mine.stream() if snapshot.get("token") != device.token]
+            others.sort(key=lambda snapshot: (snapshot.get("updatedAt"), snapshot.get("token")), reverse=True)
+            evicted = others[max(0, max_devices - 1) :]
+            batch = self.client.batch()
+            batch.set(ref, _fields(device))
+            for snapshot in evicted:
+                batch.delete(
+                    snapshot.reference, option=self.client.write_option(last_update_time=snapshot.update_time)
+                )
+            stamp = {"userId": device.user_id, "changedAt": device.updated_at}
+            if anchor_snapshot.exists:
+                batch.update(
+                    anchor,
+                    stamp,
+                    option=self.client.write_option(last_update_time=anchor_snapshot.update_time),
+                )
+            else:
+                batch.create(anchor, stamp)
+            try:
+                await batch.commit()
+            except (gexc.FailedPrecondition, gexc.Conflict):
+                await asyncio.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))  # noqa: S311 - jitter
+                continue
+            return [str(snapshot.get("token")) for snapshot in evicted]
+        raise gexc.Aborted(f"the devices of {device.user_id} kept changing; try again")  # type: ignore[no-untyped-call]
 
     async def delete_device(self, user_id: str, token: str) -> bool:
         ref = self.client.collection(DEVICES).document(_doc_id(token))

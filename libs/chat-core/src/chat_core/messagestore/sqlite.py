@@ -34,6 +34,7 @@ from chat_core.messagestore import (
     OutboxEntry,
     Page,
     PushClaim,
+    TooManyParticipants,
     created_event,
     decode_cursor,
     deleted_event,
@@ -65,7 +66,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     updated_at      INTEGER NOT NULL,
     last_message    BLOB,              -- JSON LastMessage
     admins          TEXT,              -- JSON array: members with the admin role
-    retention_days  INTEGER            -- NULL: the deployment's MESSAGE_RETENTION_DAYS
+    retention_days  INTEGER,           -- NULL: the deployment's MESSAGE_RETENTION_DAYS
+    push_image_previews INTEGER        -- 0: pushes carry no image; NULL or 1: they may
 );
 -- One row per member: the by-user index behind "my conversations".
 CREATE TABLE IF NOT EXISTS participants (
@@ -102,7 +104,8 @@ CREATE TABLE IF NOT EXISTS devices (
     token      TEXT    PRIMARY KEY,
     user_id    TEXT    NOT NULL,
     platform   TEXT    NOT NULL,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    provider   TEXT                -- fcm | apns; NULL: fcm (registered before providers existed)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS devices_by_user ON devices (user_id);
 CREATE TABLE IF NOT EXISTS push_receipts (
@@ -121,6 +124,11 @@ def _on_open(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(conversations)")}
     if "admins" not in columns:
         conn.execute("ALTER TABLE conversations ADD COLUMN admins TEXT")
+    if "push_image_previews" not in columns:
+        conn.execute("ALTER TABLE conversations ADD COLUMN push_image_previews INTEGER")
+    # Data dirs made before devices said which push service their token is for (NULL: FCM).
+    if "provider" not in {row[1] for row in conn.execute("PRAGMA table_info(devices)")}:
+        conn.execute("ALTER TABLE devices ADD COLUMN provider TEXT")
     if "retention_days" not in columns:
         conn.execute("ALTER TABLE conversations ADD COLUMN retention_days INTEGER")
     # Data dirs made before erasure: the sender as a column of its own, filled from the bodies.
@@ -173,12 +181,13 @@ def _conversation(row: sqlite3.Row) -> Conversation:
         else None,
         admins=tuple(msgspec.json.decode(row["admins"], type=list[str])) if row["admins"] else (),
         retention_days=row["retention_days"],
+        push_image_previews=row["push_image_previews"] != 0,
     )
 
 
 _CONVERSATION_COLUMNS = (
     "c.conversation_id, c.name, c.participants, c.created_at, c.updated_at, c.last_message, c.admins,"
-    " c.retention_days"
+    " c.retention_days, c.push_image_previews"
 )
 
 
@@ -295,8 +304,9 @@ class SqliteChatStore(ChatStore):
             if taken is not None:
                 raise ConversationExists(conversation.conversation_id)
             conn.execute(
-                "INSERT INTO conversations (conversation_id, name, participants, created_at, updated_at,"
-                " last_message, admins, retention_days) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO conversations"
+                " (conversation_id, name, participants, created_at, updated_at, last_message, admins,"
+                " retention_days, push_image_previews) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     conversation.conversation_id,
                     conversation.name,
@@ -308,6 +318,7 @@ class SqliteChatStore(ChatStore):
                     else msgspec.json.encode(conversation.last_message),
                     msgspec.json.encode(list(conversation.admins)).decode(),
                     conversation.retention_days,
+                    int(conversation.push_image_previews),
                 ),
             )
             conn.executemany(
@@ -354,12 +365,16 @@ class SqliteChatStore(ChatStore):
         *,
         admins: Collection[str] = (),
         event: OutboxEntry | None = None,
+        max_participants: int | None = None,
     ) -> Conversation:
         def add(conn: sqlite3.Connection) -> Conversation:
+            # Read, check and write in one write transaction: concurrent additions queue on it.
             current = _select_conversation(conn, conversation_id)
             if current is None:
                 raise ConversationNotFound(conversation_id)
             joined = [user for user in dict.fromkeys(user_ids) if user not in current.participants]
+            if max_participants is not None and len(current.participants) + len(joined) > max_participants:
+                raise TooManyParticipants(max_participants)
             participants = (*current.participants, *joined)
             promoted = tuple(
                 dict.fromkeys([*current.admins, *(user for user in admins if user in participants)])
@@ -384,6 +399,19 @@ class SqliteChatStore(ChatStore):
             return msgspec.structs.replace(current, participants=participants, admins=promoted)
 
         return await self._db.write(add)
+
+    async def set_push_image_previews(self, conversation_id: str, enabled: bool) -> Conversation:
+        def update(conn: sqlite3.Connection) -> Conversation:
+            current = _select_conversation(conn, conversation_id)
+            if current is None:
+                raise ConversationNotFound(conversation_id)
+            conn.execute(
+                "UPDATE conversations SET push_image_previews = ? WHERE conversation_id = ?",
+                (int(enabled), conversation_id),
+            )
+            return msgspec.structs.replace(current, push_image_previews=enabled)
+
+        return await self._db.write(update)
 
     async def remove_participant(
         self, conversation_id: str, user_id: str, *, event: OutboxEntry | None = None
@@ -670,16 +698,29 @@ class SqliteChatStore(ChatStore):
         return await self._db.read(select)
 
     # --- devices ----------------------------------------------------------------------------------
-    async def put_device(self, device: Device) -> None:
-        def upsert(conn: sqlite3.Connection) -> None:
+    async def put_device(self, device: Device, *, max_devices: int | None = None) -> list[str]:
+        def upsert(conn: sqlite3.Connection) -> list[str]:
             conn.execute(
-                "INSERT INTO devices (token, user_id, platform, updated_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (token) DO UPDATE SET"
-                " user_id = excluded.user_id, platform = excluded.platform, updated_at = excluded.updated_at",
-                (device.token, device.user_id, device.platform, micros(device.updated_at)),
+                "INSERT INTO devices (token, user_id, platform, updated_at, provider) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (token) DO UPDATE SET user_id = excluded.user_id, platform = excluded.platform,"
+                " updated_at = excluded.updated_at, provider = excluded.provider",
+                (device.token, device.user_id, device.platform, micros(device.updated_at), device.provider),
             )
+            if max_devices is None:
+                return []
+            # In the same write transaction as the insert: concurrent registrations queue on it.
+            evicted = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT token FROM devices WHERE user_id = ?"
+                    " ORDER BY token = ? DESC, updated_at DESC, token DESC LIMIT -1 OFFSET ?",
+                    (device.user_id, device.token, max_devices),
+                )
+            ]
+            conn.executemany("DELETE FROM devices WHERE token = ?", [(token,) for token in evicted])
+            return evicted
 
-        await self._db.write(upsert)
+        return await self._db.write(upsert)
 
     async def delete_device(self, user_id: str, token: str) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:
@@ -695,7 +736,7 @@ class SqliteChatStore(ChatStore):
             found: dict[str, list[Device]] = {}
             for chunk in _chunks(users):
                 sql = (
-                    "SELECT token, user_id, platform, updated_at FROM devices"  # noqa: S608
+                    "SELECT token, user_id, platform, updated_at, provider FROM devices"  # noqa: S608
                     f" WHERE user_id IN ({_placeholders(chunk)}) ORDER BY user_id, token"
                 )
                 for row in conn.execute(sql, chunk):
@@ -705,6 +746,7 @@ class SqliteChatStore(ChatStore):
                             user_id=row["user_id"],
                             platform=row["platform"],
                             updated_at=from_micros(row["updated_at"]),
+                            provider=row["provider"] or "fcm",
                         )
                     )
             return found

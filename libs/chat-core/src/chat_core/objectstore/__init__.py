@@ -127,6 +127,11 @@ class ObjectStore(Protocol):
     async def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:
         """Server-side write (tests, tooling)."""
 
+    async def copy(self, source: str, destination: str) -> ObjectInfo:
+        """A server-side copy of ``source`` (bytes and content type) to ``destination``; the bytes never
+        pass through this process on S3 (CopyObject). Overwrites ``destination``; the two are
+        independent afterwards (deleting one leaves the other). Raises ObjectNotFound."""
+
     async def delete(self, key: str) -> None:
         """Idempotent: deleting a missing key is not an error."""
 

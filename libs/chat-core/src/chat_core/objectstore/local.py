@@ -421,6 +421,26 @@ class LocalObjectStore(ObjectStore):
     async def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:
         return await self.run(self._put_sync, key, data, content_type)
 
+    def _copy_sync(self, source: str, destination: str) -> ObjectInfo:
+        opened = self._open_sync(source)
+        if opened is None:
+            raise ObjectNotFound(source)
+        fd, info = opened
+        upload = Upload(self, destination)
+        try:
+            while chunk := os.read(fd, _READ_CHUNK):
+                upload.write(chunk)
+            st = upload.commit(info.content_type)
+        except BaseException:
+            upload.abort()
+            raise
+        finally:
+            os.close(fd)
+        return self._info(destination, upload.path, st)
+
+    async def copy(self, source: str, destination: str) -> ObjectInfo:
+        return await self.run(self._copy_sync, source, destination)
+
     def _delete_sync(self, key: str) -> None:
         path = self._path(key)
         self._check_inside(os.path.dirname(path))

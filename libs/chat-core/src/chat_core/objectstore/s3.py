@@ -271,6 +271,28 @@ class S3ObjectStore(ObjectStore):
             raise AwsError(404, "NoSuchKey", f"{key} vanished right after it was written")
         return info
 
+    async def copy(self, source: str, destination: str) -> ObjectInfo:
+        response = await self._client.send(
+            "PUT",
+            self._object_path(destination),
+            headers={"x-amz-copy-source": self._object_path(source)},
+            operation="COPY",
+        )
+        if response.status_code == 404:
+            await response.aread()
+            raise ObjectNotFound(source)
+        if response.status_code != 200:
+            await _raise_for(response)
+        # S3 may answer 200 and still fail a copy: the error is then the body (CopyObject's docs).
+        body = await response.aread()
+        root = _parse_xml(body) if body.lstrip().startswith(b"<") else None
+        if root is not None and root.tag == "Error":
+            raise AwsError(500, _xml_text(root, "Code") or "CopyFailed", _xml_text(root, "Message"))
+        info = await self.head(destination)
+        if info is None:
+            raise AwsError(404, "NoSuchKey", f"{destination} vanished right after it was copied")
+        return info
+
     async def delete(self, key: str) -> None:
         response = await self._client.send("DELETE", self._object_path(key))
         if response.status_code not in (200, 204, 404):
