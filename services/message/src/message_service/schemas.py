@@ -124,8 +124,10 @@ class CreateConversation(msgspec.Struct, frozen=True, kw_only=True, rename="came
     ] = True
 
 
-class UpdateConversation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """Settings an admin changes; a field left out stays as it is."""
+class UpdateConversation(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
+):
+    """Settings an admin changes; a field left out stays as it is, an unknown one is a 400."""
 
     push_image_previews: Annotated[
         bool | msgspec.UnsetType,
