@@ -258,12 +258,13 @@ async def delete_message(
     description=(
         "The sender only (else 403 `not_allowed`), within `MESSAGE_EDIT_WINDOW_SECONDS` of sending (else "
         "403 `edit_window_closed`); a deleted message is 409 `message_deleted`. Fields left out stay as "
-        "they are; the image itself cannot be replaced. 200 with the message, `editedAt` set; members get "
-        "`message.edited`."
+        "they are (an empty body changes nothing); the image itself cannot be replaced; 422 `empty_message` "
+        "for empty text, `not_an_image_message` for `alt_text` on a text message. 200 with the message, "
+        "`editedAt` set; members get `message.edited`."
     ),
     tags=["messages"],
     opt={RATE_LIMIT_OPT: "sends"},
-    responses=problem_responses(400, 401, 403, 404, 409, 429, 503),
+    responses=problem_responses(400, 401, 403, 404, 409, 422, 429, 503),
 )
 async def edit_message(
     conversation_id: ConversationId,

@@ -561,6 +561,8 @@ class MessageService:
                 "edit_window_closed",
                 f"a message can be edited for {int(self._edit_window.total_seconds())} s after it is sent",
             )
+        if request.content is msgspec.UNSET and request.alt_text is msgspec.UNSET:
+            return message  # nothing named, nothing changed (not an edit: no editedAt, no event)
         edit = self._edit_of(message, request)
         announced = new_event("message.edited", conversation_id, trace=tracing.inject())
         try:
@@ -586,14 +588,13 @@ class MessageService:
 
     @staticmethod
     def _edit_of(message: Message, request: EditMessage) -> MessageEdit:
-        if request.content is msgspec.UNSET and request.alt_text is msgspec.UNSET:
-            raise ProblemError(400, "invalid_request", "name what to change: content and/or alt_text")
+        # A well-formed body that does not fit the stored message is 422 (400 is for malformed bodies).
         content = request.content
         if message.message_type == "text":
             if request.alt_text is not msgspec.UNSET:
-                raise ProblemError(400, "invalid_request", "alt_text is only for image messages")
+                raise ProblemError(422, "not_an_image_message", "alt_text is only for image messages")
             if content is not msgspec.UNSET and not (content or "").strip():
-                raise ProblemError(400, "empty_message", "a text message needs some content")
+                raise ProblemError(422, "empty_message", "a text message needs some content")
         elif content is not msgspec.UNSET and not (content or "").strip():
             content = None  # an image without a caption, as at send
         return MessageEdit(content=content, alt_text=request.alt_text)
