@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import chat_devstack as devstack
+from bench.guard import NEVER_REFUSING_LIMITS, BenchFailure
 from chat_core.auth import mint_token
 from chat_core.backends import Backends
 from chat_core.messagestore import Conversation
@@ -80,6 +81,8 @@ def service_env(data_dir: Path, redis_url: str, redis_mode: str) -> dict[str, st
         "DATA_DIR": str(data_dir),
         "ACCESS_LOG": "false",
         "LOG_LEVEL": "WARNING",
+        # One client process sends for every user at rates no person reaches: the load generator's limits.
+        **NEVER_REFUSING_LIMITS,
     }
 
 
@@ -160,7 +163,7 @@ class ClientProcess:
             raise RuntimeError(f"the socket client died ({self.process.poll()})")
         answer: dict[str, Any] = json.loads(line)
         if "error" in answer:
-            raise RuntimeError(f"socket client: {answer['error']}")
+            raise BenchFailure(f"socket client: {answer['error']}")
         return answer
 
     def close(self) -> None:
