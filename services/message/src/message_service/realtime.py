@@ -33,6 +33,7 @@ conversation; the bus multiplexes them onto one connection per process.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 import uuid
@@ -128,6 +129,7 @@ class _Session:
         "sockets",
         "subscription",
         "user_id",
+        "wakeup",
     )
 
     def __init__(
@@ -139,7 +141,10 @@ class _Session:
         self.expires_at = principal.expires_at
         self.connection_id = uuid.uuid4().hex
         self.own_channel = user_channel(self.user_id)
-        self.outbound: asyncio.Queue[_Outbound] = asyncio.Queue(maxsize=OUTBOUND_LIMIT)
+        # A deque and one future while the sender waits, not an asyncio.Queue: a Queue carries three
+        # deques and an Event (~2.5 KiB) for every idle socket.
+        self.outbound: collections.deque[_Outbound] = collections.deque()
+        self.wakeup: asyncio.Future[None] | None = None
         self.overflowed = False
         self.sender: asyncio.Task[None] | None = None
         self.subscription: Subscription | None = None
@@ -160,9 +165,11 @@ class _Session:
     def _queue(self, item: _Outbound) -> None:
         if self.overflowed:
             return
-        try:
-            self.outbound.put_nowait(item)
-        except asyncio.QueueFull:
+        if len(self.outbound) < OUTBOUND_LIMIT:
+            self.outbound.append(item)
+            if self.wakeup is not None and not self.wakeup.done():
+                self.wakeup.set_result(None)
+        else:
             # The client reads slower than its events come: drop the socket (1013) rather than buffer
             # without bound; the sender may be stuck on a socket that does not drain, so cancel it.
             self.overflowed = True
@@ -222,8 +229,16 @@ class _Session:
     # --- the tasks of a session ---------------------------------------------------------------------
     async def send_events(self) -> None:
         send = self.socket.send
+        outbound = self.outbound
+        loop = asyncio.get_running_loop()
         while True:
-            channel, data = await self.outbound.get()
+            while not outbound:
+                self.wakeup = loop.create_future()
+                try:
+                    await self.wakeup
+                finally:
+                    self.wakeup = None
+            channel, data = outbound.popleft()
             if channel == "":
                 frame: str | None = data  # type: ignore[assignment]
                 if data is _RESYNC:
