@@ -97,7 +97,10 @@ bench: test-deps ## stacks under load (req/s, p50, p99 vs a bare route); limiter
 	uv run --frozen python -m bench.media
 	uv run --frozen python -m bench.media_pipeline
 	uv run --frozen python -m bench.sockets
+	uv run --frozen python -m bench.socket_memory
 	uv run --frozen python -m bench.pods
+	@if [ -f bench/firestore_model.py ]; then uv run --frozen python -m bench.firestore_model; \
+	  else echo "bench.firestore_model not present: the Firestore load model is skipped"; fi
 
 .PHONY: clean
 clean: ## remove local data and caches (keeps the venvs)

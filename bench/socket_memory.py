@@ -90,7 +90,7 @@ async def _measure(env: dict[str, str], port: int, users: list[str], args: argpa
             f"\nmemory per idle socket, embedded stack (serve all), {count} sockets after {WARM_UP}, traced"
         )
         rss = (rss_after - rss_before) / count / 1024
-        print(f"  RSS {rss:.1f} KiB, tracemalloc {traced / count / 1024:.1f} KiB (its own records included)")
+        print(f"  RSS {rss:.1f} KiB, tracemalloc {traced / count / 1024:.1f} KiB (RSS: +its records)")
         print(f"  {'bytes/socket':>12} {'blocks/socket':>13}  allocated at")
         for stat in stats[: args.top]:
             frame = stat.traceback[0]

@@ -24,8 +24,11 @@ QUICK_RUNS = {
     "media": [sys.executable, "-m", "bench.media", "--quick"],
     "media_pipeline": [sys.executable, "-m", "bench.media_pipeline", "--quick"],
     "sockets": [sys.executable, "-m", "bench.sockets", "--quick", "--redis", "standalone"],
+    "socket_memory": [sys.executable, "-m", "bench.socket_memory", "--quick"],
     "pods": [sys.executable, "-m", "bench.pods", "--quick"],
 }
+if (ROOT / "bench" / "firestore_model.py").exists():  # the Firestore load model, once it lands
+    QUICK_RUNS["firestore_model"] = [sys.executable, "-m", "bench.firestore_model", "--quick"]
 
 
 @pytest.mark.e2e
