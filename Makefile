@@ -69,7 +69,7 @@ test: test-deps lint deps-check ## everything CI runs: lint, types, and all test
 docs: install ## regenerate the configuration table (docs/operations/configuration.md) and the chart's list of settings
 	uv run --frozen python scripts/update_readme_config.py
 	uv run --frozen python deploy/chart_schema.py
-	uv run --frozen python -m chat_management.bucket deploy/bucket
+	uv run --frozen python -m chat_management.provision deploy/bucket
 
 # the web client's "sign in as" (POST /dev/token) is for laptops only: these two targets turn it on
 run dev: export DEV_LOGIN ?= true
@@ -83,7 +83,7 @@ dev: test-deps ## each service as its own process with the cloud adapters, on lo
 	uv run --frozen chat-management dev
 
 .PHONY: bench
-bench: test-deps ## stacks under load (req/s, p50, p99 vs a bare route); limiter cost; images/s/core pyvips vs Pillow vs vips CLI; sockets; per-pod cost on a Redis Cluster
+bench: test-deps ## stacks under load (req/s, p50, p99 vs a bare route); limiter cost; images/s/core pyvips vs Pillow vs vips CLI; sockets; per-pod cost on a Redis Cluster; Firestore writes at 3,300 msg/s vs its limits
 	@bash scripts/bootstrap.sh system wrk
 	uv run --frozen python scripts/bench_presign.py
 	uv run --frozen python -m bench.http
@@ -99,8 +99,7 @@ bench: test-deps ## stacks under load (req/s, p50, p99 vs a bare route); limiter
 	uv run --frozen python -m bench.sockets
 	uv run --frozen python -m bench.socket_memory
 	uv run --frozen python -m bench.pods
-	@if [ -f bench/firestore_model.py ]; then uv run --frozen python -m bench.firestore_model; \
-	  else echo "bench.firestore_model not present: the Firestore load model is skipped"; fi
+	uv run --frozen python -m bench.firestore_model
 
 .PHONY: clean
 clean: ## remove local data and caches (keeps the venvs)

@@ -152,7 +152,7 @@ def redis_backend(backend_registry: BackendRegistry) -> harness.Backend:
 
 @pytest.fixture(scope="session")
 def redis_cluster(backend_registry: BackendRegistry) -> harness.Backend:
-    """A 3-primary Redis Cluster, started once per session (``REDIS_CLUSTER_URL`` to bring your own)."""
+    """A Redis Cluster (3 primaries, 3 replicas) for the session (``REDIS_CLUSTER_URL``: your own)."""
     return backend_registry.require("redis-cluster")
 
 
@@ -187,7 +187,7 @@ def private_redis() -> Iterator[harness.Backend]:
 
 @pytest.fixture
 def private_redis_cluster() -> Iterator[harness.Backend]:
-    """A 3-primary Redis Cluster of this test alone, which the test may stop and start (outage tests)."""
+    """A Redis Cluster (3 primaries, 3 replicas) of this test alone, which it may stop and start (outages)."""
     try:
         backend = harness.start_local_redis_cluster(3)
     except RuntimeError as exc:

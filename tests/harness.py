@@ -11,13 +11,14 @@ Local processes are restartable (``stop()``/``start()`` on the same port), for o
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import chat_devstack as devstack
 from chat_devstack import (
@@ -32,6 +33,10 @@ from chat_devstack import (
     wait_until,
 )
 
+if TYPE_CHECKING:
+    from chat_core.jobqueue import JobKind
+    from chat_core.settings import Settings
+
 __all__ = [
     "FACTORIES",
     "Backend",
@@ -39,6 +44,8 @@ __all__ = [
     "free_port",
     "kill_group",
     "loud",
+    "provision",
+    "provision_queue",
     "reset_firestore",
     "start_local_firestore",
     "start_local_localstack",
@@ -81,7 +88,7 @@ def redis_backend() -> Backend:
 
 
 def redis_cluster_backend() -> Backend:
-    """A Redis Cluster (3 primaries): ``REDIS_CLUSTER_URL`` (any node), else local processes.
+    """A Redis Cluster (3 primaries, a replica each): ``REDIS_CLUSTER_URL`` (any node), else local processes.
 
     Local processes only (no testcontainers): the nodes announce their own addresses, which must be the
     ones the tests reach.
@@ -140,3 +147,17 @@ FACTORIES = {
 
 def loud(line: str) -> None:
     print(f"\n!!! {line}", file=sys.stderr, flush=True)
+
+
+async def provision(settings: Settings) -> None:
+    """The bucket and the queues these settings use, made the one way there is (``chat-management setup``)."""
+    from chat_management import provision as cloud
+
+    await asyncio.to_thread(cloud.provision, settings)
+
+
+async def provision_queue(settings: Settings, kind: JobKind[Any]) -> None:
+    """One queue of a kind a test made up (its own names, visibility, receives), the same way."""
+    from chat_management import provision as cloud
+
+    await asyncio.to_thread(cloud.provision_queue, settings, kind)

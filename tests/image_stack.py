@@ -27,6 +27,7 @@ from PIL import Image
 import image_proxy.app
 import media_processor.app
 import message_service.app
+import notification_consumer.app
 import upload_service.app
 from chat_core import keys
 from chat_core.app_factory import create_service_app
@@ -106,12 +107,13 @@ class ImageStack:
         assert put.status_code == 200, put.text
         return Uploaded(issued["object_key"], issued["file_url"], data, content_type)
 
-    async def send(self, user: str, conversation_id: str, image: Uploaded) -> httpx.Response:
+    async def send(self, user: str, conversation_id: str, image: Uploaded, **extra: Any) -> httpx.Response:
         return await self.http.post(
             f"/conversations/{conversation_id}/messages",
             json={
                 "messageType": "image",
                 "metadata": {"object_key": image.object_key, "content_type": image.content_type},
+                **extra,
             },
             headers=auth_header(user),
         )
@@ -156,7 +158,7 @@ async def stack_factory(
     async with contextlib.AsyncExitStack() as stack:
 
         async def make(
-            kind: str, env: Mapping[str, str] | None = None, *, processor: bool = True
+            kind: str, env: Mapping[str, str] | None = None, *, processor: bool = True, consumer: bool = False
         ) -> ImageStack:
             port = harness.free_port()
             settings_env = {"PORT": str(port), **(env or {})}
@@ -178,10 +180,12 @@ async def stack_factory(
                 parts.append(media_processor.app.build(settings, backends))
             else:  # ports are asked for before start-up: the one a MediaWorker built later needs
                 _ = backends.storage_ledger
+            if consumer:  # the notification consumer too: pushes go to the PUSH_PROVIDER of ``env``
+                parts.append(notification_consumer.app.build(settings, backends))
             app: Litestar = create_service_app(settings, backends, parts, component="images", title="images")
             base_url = await serve(app, port)
             if kind == "s3" and bucket not in _buckets_ready:
-                await backends.object_store.ensure_bucket(settings.service.cors_allow_origins)
+                await harness.provision(settings)
                 _buckets_ready.add(bucket)
             http = await stack.enter_async_context(
                 httpx.AsyncClient(base_url=base_url, timeout=10, follow_redirects=False)
@@ -212,9 +216,9 @@ async def make_stack(
     async with stack_factory(tmp_path, serve, localstack, bucket) as make:
 
         async def make_for_kind(
-            env: Mapping[str, str] | None = None, *, processor: bool = True
+            env: Mapping[str, str] | None = None, *, processor: bool = True, consumer: bool = False
         ) -> ImageStack:
-            return await make(store_kind, env, processor=processor)
+            return await make(store_kind, env, processor=processor, consumer=consumer)
 
         yield make_for_kind
 

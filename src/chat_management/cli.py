@@ -14,7 +14,7 @@ import msgspec
 from litestar import Litestar
 
 from chat_core.auth import USER_ID_PATTERN, mint_token
-from chat_core.backends import Backends, NeedsSetup
+from chat_core.backends import Backends
 from chat_core.server import load_or_exit, serve
 from chat_core.settings import Settings, markdown_table
 from chat_management import all as all_in_one
@@ -64,7 +64,7 @@ def _print_banner(settings: Settings) -> None:
         f"  data           {Path(settings.service.data_dir).resolve()}  (kept across restarts)",
         f"  backends       object store={settings.backends.object_store}, "
         f"messages={settings.backends.message_store}, bus={settings.backends.event_bus}, "
-        f"queue={settings.backends.notification_queue}, push={settings.backends.push_provider}",
+        f"queue={settings.backends.notification_queue}, push={','.join(settings.backends.push_provider)}",
     ]
     auth = settings.auth
     if auth.jwt_secret:
@@ -117,6 +117,22 @@ def _cleanup_orphans(args: argparse.Namespace) -> int:
 def _smoke(args: argparse.Namespace) -> int:
     from chat_management import smoke
 
+    ready_urls: dict[str, str] = {}
+    for given in args.ready:
+        component, _, url = given.partition("=")
+        if not (component and url):
+            print(f"--ready {given!r}: component=url", file=sys.stderr)
+            return 2
+        ready_urls[component] = url
+    if args.ready_only:
+        if not ready_urls:
+            print("--ready-only needs at least one --ready component=url", file=sys.stderr)
+            return 2
+        return smoke.main(
+            smoke.SmokeTargets(
+                upload_url="", message_url="", proxy_url="", token="", ready_urls=ready_urls, ready_only=True
+            )
+        )
     urls = {name: getattr(args, f"{name}_url") or args.base_url for name in ("upload", "message", "proxy")}
     if not all(urls.values()):
         print("--base-url, or all of --upload-url, --message-url and --proxy-url", file=sys.stderr)
@@ -129,6 +145,7 @@ def _smoke(args: argparse.Namespace) -> int:
             proxy_url=urls["proxy"],
             token=args.token,
             stranger_token=args.stranger_token,
+            ready_urls=ready_urls,
         )
     else:
         auth = load_or_exit().auth
@@ -149,6 +166,7 @@ def _smoke(args: argparse.Namespace) -> int:
             peer_token=mint("smoke-member"),
             peer_id="smoke-member",
             stranger_token=mint("smoke-stranger"),
+            ready_urls=ready_urls,
         )
     return smoke.main(targets)
 
@@ -156,35 +174,25 @@ def _smoke(args: argparse.Namespace) -> int:
 def _setup_steps(backends: Backends) -> list[tuple[str, Callable[[], Awaitable[str | None]]]]:
     """What ``setup`` makes exist: one idempotent step per thing to ensure, each saying what it did.
 
-    Adapters are asked for here, before ``Backends`` starts them. An S3 bucket is configured with boto3
-    (``chat_management.bucket``: the hardened bucket and the media queue its uploads are announced on).
+    The cloud (an S3 bucket, SQS queues) is ``chat_management.provision``'s alone; the embedded object
+    store only needs its directory.
     """
+    from chat_management import provision
+
     settings = backends.settings
     steps: list[tuple[str, Callable[[], Awaitable[str | None]]]] = []
-    if settings.backends.object_store == "s3":
-        from chat_management import bucket
-
-        s3, sqs = bucket.clients(settings)
-        for what, step in bucket.setup_steps(bucket.BucketConfiguration.from_settings(settings), s3, sqs):
-            steps.append((what, functools.partial(asyncio.to_thread, step)))
-    else:
+    plan = provision.Plan.from_settings(settings)
+    if plan.bucket is None:
         store = backends.object_store
 
         async def ensure_store() -> None:
-            await store.ensure_bucket(settings.service.cors_allow_origins)
+            await store.start()
 
-        steps.append((f"object store ({store.name}): bucket and browser-upload CORS rule", ensure_store))
-    queues: list[tuple[str, object]] = [("notification queue", backends.notification_queue)]
-    if settings.backends.object_store != "s3":  # with S3 the bucket's steps make it (and its policy)
-        queues.append(("media queue", backends.media_queue))
-    for what, queue in queues:
-        if isinstance(queue, NeedsSetup):  # SQS: the queues exist before the services use them
-            steps.append(
-                (
-                    f"{what} (sqs): queue and dead-letter queue with its redrive policy",
-                    queue.ensure,
-                )
-            )
+        steps.append((f"object store ({store.name}): its directory", ensure_store))
+    if plan.bucket is not None or plan.queues:
+        s3, sqs = provision.clients(settings)
+        for what, step in provision.steps(plan, s3, sqs):
+            steps.append((what, functools.partial(asyncio.to_thread, step)))
     return steps
 
 
@@ -328,6 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     smoke_cmd.add_argument("--proxy-url", help="the image proxy (overrides --base-url)")
     smoke_cmd.add_argument("--token", help="the sender's token (default: minted with AUTH_JWT_SECRET)")
     smoke_cmd.add_argument("--stranger-token", help="a non-member's token, which the proxy must refuse")
+    smoke_cmd.add_argument(
+        "--ready",
+        action="append",
+        default=[],
+        metavar="COMPONENT=URL",
+        help="a component whose /readyz must answer 200 first (repeatable)",
+    )
+    smoke_cmd.add_argument(
+        "--ready-only", action="store_true", help="ask the --ready components only, walk no message"
+    )
     smoke_cmd.set_defaults(func=_smoke)
     return parser
 

@@ -1,7 +1,11 @@
 """``chat-management smoke``: one image message end to end over plain HTTP, as a client would send it.
 
-    upload URL -> PUT the bytes -> send the image message -> fetch it through the proxy (a member gets the
+    every component's /readyz (``--ready name=url``) -> upload URL -> PUT the bytes -> send the image
+    message -> the media processor marks it ``ready`` -> fetch it through the proxy (a member gets the
     same bytes, a stranger does not)
+
+With ``--ready-only`` it asks the readiness of the components alone (the chart's ``helm test`` in a
+profile whose tokens come from a real identity provider).
 
 It is the chart's ``helm test`` Job and is meant for any deployment: point ``--base-url`` at the ingress,
 or ``--upload-url``/``--message-url``/``--proxy-url`` at the services themselves. Tokens are minted with
@@ -12,6 +16,7 @@ every step passed.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import sys
 import time
@@ -46,6 +51,8 @@ class SmokeTargets:
     peer_token: str | None = None  # a second member, who must see the image (optional)
     peer_id: str | None = None
     stranger_token: str | None = None  # not a member: must be refused
+    ready_urls: dict[str, str] = field(default_factory=dict)  # component -> base URL: /readyz must be 200
+    ready_only: bool = False
     timeout: float = 15.0
     steps: list[dict[str, Any]] = field(default_factory=list)
 
@@ -97,11 +104,57 @@ def _expect(response: httpx.Response, *statuses: int) -> dict[str, Any]:
     return body
 
 
+async def _image_ready(
+    http: httpx.AsyncClient, targets: SmokeTargets, conversation_id: str, message_id: str
+) -> dict[str, Any]:
+    """The message as listed once the media processor has made its variants (``status: ready``)."""
+    deadline = time.monotonic() + targets.timeout
+    status = None
+    while time.monotonic() < deadline:
+        page = _expect(
+            await http.get(
+                f"{targets.message_url}/conversations/{conversation_id}/messages",
+                params={"limit": 10},
+                headers={"Authorization": f"Bearer {targets.token}"},
+            ),
+            200,
+        )
+        for item in page.get("items", []):
+            if item.get("messageId") == message_id:
+                status = (item.get("metadata") or {}).get("status")
+                if status == "ready":
+                    return dict(item)
+                if status == "failed":
+                    raise SmokeFailed(f"the media processor failed the image: {item.get('metadata')}")
+        await asyncio.sleep(0.2)
+    raise SmokeFailed(
+        f"the image was still {status!r} after {targets.timeout:.0f}s (is the media processor up?)"
+    )
+
+
+async def check_ready(
+    http: httpx.AsyncClient, targets: SmokeTargets, emit: Callable[[dict[str, Any]], None]
+) -> None:
+    for component, url in targets.ready_urls.items():
+        with _step(targets, f"readyz:{component}", emit) as record:
+            response = await http.get(f"{url.rstrip('/')}/readyz")
+            record["status"] = response.status_code
+            if response.status_code != 200:
+                raise SmokeFailed(f"{component} is not ready: {response.status_code} {response.text[:300]}")
+            # "degraded" is a 200 (the pod stays in rotation) but a backend does not answer: right after
+            # an install that is a missing credential or a closed path, not a blip.
+            if response.json().get("status") != "ready":
+                raise SmokeFailed(f"{component} is degraded: {response.text[:300]}")
+
+
 async def walk(targets: SmokeTargets, emit: Callable[[dict[str, Any]], None] = lambda _: None) -> None:
     """Run the walk; raises SmokeFailed (or an HTTP error) at the first step that fails."""
     auth = {"Authorization": f"Bearer {targets.token}"}
     image = png(*PNG_SIZE)
     async with httpx.AsyncClient(timeout=targets.timeout) as http:
+        await check_ready(http, targets, emit)
+        if targets.ready_only:
+            return
         with _step(targets, "create_conversation", emit) as record:
             others = [targets.peer_id] if targets.peer_id else []
             body = _expect(
@@ -160,6 +213,10 @@ async def walk(targets: SmokeTargets, emit: Callable[[dict[str, Any]], None] = l
                 )
             record["message_id"] = message["messageId"]
 
+        with _step(targets, "image_ready", emit):
+            message = await _image_ready(http, targets, conversation_id, str(message["messageId"]))
+            metadata = message.get("metadata") or metadata
+
         # The proxy URL the client got; fetched from the proxy this walk was pointed at.
         image_path = urlsplit(str(metadata.get("url") or issued["file_url"])).path
         viewers = [("fetch_image_as_sender", targets.token)]
@@ -204,8 +261,6 @@ def _emit_json(record: dict[str, Any]) -> None:
 
 
 def main(targets: SmokeTargets) -> int:
-    import asyncio
-
     try:
         asyncio.run(walk(targets, _emit_json))
     except Exception as exc:

@@ -32,6 +32,7 @@ from litestar.params import FromPath, JSONBody
 from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.auth import USER_ID_PATTERN, mint_token
 from chat_core.backends import Backends
+from chat_core.cors import CREDENTIAL_ROUTE_OPT
 from chat_core.errors import ProblemError
 from chat_core.settings import Settings
 
@@ -168,6 +169,7 @@ def build(settings: Settings) -> ServiceParts:
             summary="Dev only (DEV_LOGIN): a token for any user id",
             tags=["dev"],
             security=[],
+            opt={CREDENTIAL_ROUTE_OPT: True},  # CORS for named origins only, never `*`
         )
         async def dev_token(data: JSONBody[DevTokenRequest]) -> DevToken:
             token = mint_token(

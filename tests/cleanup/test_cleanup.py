@@ -122,8 +122,8 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     kind = str(request.param)
     backends = Backends(make_settings(tmp_path, _env(kind, request)))
     objects, messages = backends.object_store, backends.chat_store
+    await harness.provision(backends.settings)
     async with backends:
-        await objects.ensure_bucket(())
         yield Stores(kind, backends.settings, objects, messages)
 
 
@@ -247,8 +247,8 @@ async def test_streams_the_listing_and_asks_about_references_in_bounded_batches(
 async def cloud(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
     backends = Backends(make_settings(tmp_path, _env("cloud", request)))
     objects, messages = backends.object_store, backends.chat_store
+    await harness.provision(backends.settings)
     async with backends:
-        await objects.ensure_bucket(())
         yield Stores("cloud", backends.settings, objects, messages)
 
 
@@ -431,23 +431,47 @@ def test_a_run_with_keys_left_undeleted_counts_them_but_is_not_a_success() -> No
 
 
 async def test_run_pushes_only_the_cleanup_metrics_to_the_pushgateway(tmp_path: Path, serve: Any) -> None:
-    received: list[tuple[str, str]] = []
+    received: list[tuple[str, str, str]] = []
 
-    @put("/metrics/job/{job:str}", status_code=200)
-    async def pushgateway(request: Request[Any, Any, Any], job: FromPath[str]) -> None:
-        received.append((job, (await request.body()).decode()))
+    @put("/metrics/job/{job:str}/instance/{instance:str}", status_code=200)
+    async def pushgateway(
+        request: Request[Any, Any, Any], job: FromPath[str], instance: FromPath[str]
+    ) -> None:
+        received.append((job, instance, (await request.body()).decode()))
 
     url = await serve(Litestar([pushgateway]))
-    settings = make_settings(tmp_path, {"PUSHGATEWAY_URL": url})
+    settings = make_settings(tmp_path, {"PUSHGATEWAY_URL": url, "PUSHGATEWAY_INSTANCE": "chat-prod"})
 
     await cleanup.run(settings, dry_run=True)
 
-    ((job, body),) = received
-    assert job == cleanup.PUSH_JOB
+    ((job, instance, body),) = received
+    assert (job, instance) == (cleanup.PUSH_JOB, "chat-prod")
     assert "chat_orphan_objects_deleted_total" in body
     assert "chat_storage_bytes" not in body  # the services export it from the ledger: never a stale copy
     assert "chat_cleanup_last_success_timestamp_seconds" in body
     assert "chat_http_requests" not in body
+
+
+async def test_two_releases_push_to_groups_of_their_own(tmp_path: Path, serve: Any) -> None:
+    """A push replaces its whole group: with one group per job, a release would hide another's runs."""
+    groups: list[str] = []
+
+    @put("/metrics/{group:path}", status_code=200)
+    async def pushgateway(group: FromPath[str]) -> None:
+        groups.append(group)
+
+    url = await serve(Litestar([pushgateway]))
+    for release, data_dir in (("team-a/chat", tmp_path / "a"), ("team-b/chat", tmp_path / "b")):
+        await cleanup.run(
+            make_settings(data_dir, {"PUSHGATEWAY_URL": url, "PUSHGATEWAY_INSTANCE": release}), dry_run=True
+        )
+    # Without an instance of its own, a deployment is told apart by its bucket (or data directory).
+    await cleanup.run(make_settings(tmp_path / "c", {"PUSHGATEWAY_URL": url}), dry_run=True)
+
+    assert len(groups) == len(set(groups)) == 3, groups
+    assert all(group.startswith(f"/job/{cleanup.PUSH_JOB}/instance") for group in groups), groups
+    s3 = make_settings(tmp_path, {"OBJECT_STORE": "s3", "S3_BUCKET_NAME": "chat-images-prod"})
+    assert cleanup.push_instance(s3) == "chat-images-prod"
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -22,6 +22,7 @@ from chat_core.messagestore import ChatStore, Device
 from chat_core.notifications import Notification, NotificationQueue
 from notification_consumer import app as consumer_app
 from notification_consumer.consumer import NotificationConsumer
+from tests import harness
 from tests.conftest import make_settings, unique
 from tests.consumer.receivers import WebhookReceiver
 
@@ -96,6 +97,7 @@ async def rig(
             settings_env["SQS_QUEUE_NAME"] = unique("consumer")
             settings_env["SQS_DLQ_NAME"] = settings_env["SQS_QUEUE_NAME"] + "-dlq"
         settings = make_settings(tmp_path / uuid.uuid4().hex, settings_env)
+        await harness.provision(settings)
         backends = Backends(settings)
         consumer = NotificationConsumer.from_backends(settings, backends)
         await backends.start()

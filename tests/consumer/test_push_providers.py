@@ -62,6 +62,17 @@ async def test_the_log_provider_logs_each_push_without_the_device_token(
     assert "secret-device-token" not in json.dumps(line)
 
 
+async def test_the_log_provider_never_logs_the_message_text(
+    open_provider: Callable[[dict[str, str]], Awaitable[PushProvider]],
+) -> None:
+    provider = await open_provider({"PUSH_PROVIDER": "log"})
+    with capture_logs() as logs:
+        assert await provider.send(push(body="meet me at the old mill at 9")) == "sent"
+    [line] = [entry for entry in logs if entry["event"] == "push"]
+    assert "old mill" not in json.dumps(line)
+    assert line["body_chars"] == len("meet me at the old mill at 9")
+
+
 # --- webhook ----------------------------------------------------------------------------------------
 @pytest.fixture
 async def webhook(
@@ -103,6 +114,28 @@ async def test_the_webhook_signs_timestamp_and_body_with_hmac_sha256(
     assert receiver.signature_valid(delivery)
     tampered = type(delivery)(delivery.headers, delivery.body.replace(b"alice", b"mallory"))
     assert not receiver.signature_valid(tampered)
+
+
+async def test_the_webhook_names_an_apns_token_and_carries_the_image_link(
+    webhook: tuple[WebhookReceiver, PushProvider],
+) -> None:
+    receiver, provider = webhook
+    link = "https://chat.example.com/images/c-1/images/alice/x.jpg?variant=thumbnail&push_signature=s"
+    assert await provider.send(push("a1" * 32, provider="apns", image_url=link)) == "sent"
+    [delivery] = receiver.deliveries
+    assert delivery.json["provider"] == "apns"
+    assert delivery.json["imageUrl"] == link
+
+
+async def test_the_log_provider_never_logs_the_image_link(
+    open_provider: Callable[[dict[str, str]], Awaitable[PushProvider]],
+) -> None:
+    provider = await open_provider({"PUSH_PROVIDER": "log"})
+    with capture_logs() as logs:
+        await provider.send(push(image_url="https://chat.example.com/i.jpg?push_signature=secret-signature"))
+    [line] = [entry for entry in logs if entry["event"] == "push"]
+    assert line["with_image"] is True
+    assert "secret-signature" not in json.dumps(line)
 
 
 @pytest.mark.parametrize("status", [404, 410])

@@ -50,6 +50,7 @@ async def aws(tmp_path: Path, localstack: harness.Backend) -> AsyncIterator[tupl
             "NOTIFICATION_QUEUE": "sqs",
             "SQS_QUEUE_NAME": unique("xcheck-q"),
             "SQS_DLQ_NAME": unique("xcheck-dlq"),
+            "MEDIA_QUEUE_NAME": unique("xcheck-media"),
             "AWS_ENDPOINT_URL": localstack.address,
         },
     )
@@ -58,9 +59,8 @@ async def aws(tmp_path: Path, localstack: harness.Backend) -> AsyncIterator[tupl
     queue = backends.notification_queue
     assert isinstance(store, S3ObjectStore)
     assert isinstance(queue, SqsJobQueue)
+    await harness.provision(settings)
     async with backends:
-        await store.ensure_bucket(())
-        await queue.ensure()
         yield backends, _sdk("s3", localstack.address), _sdk("sqs", localstack.address)
 
 

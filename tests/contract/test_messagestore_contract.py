@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from msgspec.structs import replace as msgspec_replace
 
@@ -27,6 +28,9 @@ from chat_core.messagestore import (
     Message,
     ObjectAlreadyUsed,
     OutboxEntry,
+    TooManyParticipants,
+    created_event,
+    new_event,
 )
 from chat_core.messagestore.sqlite import SqliteChatStore
 from chat_core.timestamps import micros
@@ -231,6 +235,21 @@ async def test_removing_a_member_removes_their_role(store: ChatStore) -> None:
     assert rejoined.admin_ids() == frozenset({"bob"})
 
 
+async def test_push_image_previews_are_on_unless_the_conversation_turns_them_off(store: ChatStore) -> None:
+    on = conversation()
+    off = msgspec_replace(conversation(), push_image_previews=False)
+    await store.create_conversation(on)
+    await store.create_conversation(off)
+    assert (await store.get_conversation(on.conversation_id)).push_image_previews is True  # type: ignore[union-attr]
+    assert (await store.get_conversation(off.conversation_id)).push_image_previews is False  # type: ignore[union-attr]
+    changed = await store.set_push_image_previews(on.conversation_id, False)
+    assert changed.push_image_previews is False
+    assert (await store.get_conversation(on.conversation_id)) == changed
+    assert (await store.set_push_image_previews(on.conversation_id, True)).push_image_previews is True
+    with pytest.raises(ConversationNotFound):
+        await store.set_push_image_previews("no-such-conversation", False)
+
+
 async def test_a_conversation_stored_without_roles_has_its_creator_as_admin(store: ChatStore) -> None:
     legacy = conversation(("alice", "bob"))  # no admins: as stored before roles existed
     await store.create_conversation(legacy)
@@ -358,9 +377,8 @@ async def test_creating_a_message_writes_its_outbox_entry(store: ChatStore) -> N
     trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
     await store.create_message(cid, message, trace=trace)
     pending = await store.pending_outbox(older_than=0, limit=10)
-    assert pending == [
-        OutboxEntry(conversation_id=cid, message=message, created_at=message.timestamp, trace=trace)
-    ]
+    assert pending == [created_event(cid, message, trace=trace)]
+    assert (pending[0].event_id, pending[0].kind) == (message.message_id, "message.created")
 
 
 async def test_an_image_messages_outbox_entry_names_its_object_and_etag(store: ChatStore) -> None:
@@ -594,6 +612,30 @@ async def test_referenced_objects_are_those_backing_a_message(store: ChatStore) 
     assert await store.referenced_objects([]) == set()
 
 
+async def test_an_addition_past_the_member_limit_changes_nothing(store: ChatStore) -> None:
+    cid = await new_conversation(store, ("alice", "bob", "carol"))
+    with pytest.raises(TooManyParticipants):
+        await store.add_participants(cid, ["dave", "erin"], admins=["dave"], max_participants=4)
+    assert await store.get_participants(cid) == frozenset({"alice", "bob", "carol"})
+    # Members already in count once; the limit itself is reachable.
+    added = await store.add_participants(cid, ["bob", "dave"], max_participants=4)
+    assert set(added.participants) == {"alice", "bob", "carol", "dave"}
+
+
+async def test_concurrent_additions_never_pass_the_member_limit(store: ChatStore) -> None:
+    cid = await new_conversation(store, ("alice", "bob"))
+    newcomers = [f"user{i:02d}" for i in range(10)]
+    results = await asyncio.gather(
+        *(store.add_participants(cid, [user], max_participants=5) for user in newcomers),
+        return_exceptions=True,
+    )
+    refused = [result for result in results if isinstance(result, TooManyParticipants)]
+    assert len(refused) == 7, results  # every other outcome is a success
+    members = await store.get_participants(cid)
+    assert members is not None
+    assert len(members) == 5
+
+
 # --- DeviceStore ------------------------------------------------------------------------------------
 def device(token: str, user: str, platform: str = "ios") -> Device:
     return Device(token=token, platform=platform, user_id=user, updated_at=T0)  # type: ignore[arg-type]
@@ -637,6 +679,57 @@ async def test_a_device_token_with_slashes_is_stored_verbatim(store: ChatStore) 
     assert (await store.devices_for(["alice"]))["alice"][0].token == token
 
 
+async def test_past_the_device_limit_the_least_recently_registered_are_evicted(store: ChatStore) -> None:
+    for minute, token in enumerate(["t-old", "t-mid", "t-new"]):
+        registered = msgspec_replace(device(token, "alice"), updated_at=T0 + dt.timedelta(minutes=minute))
+        assert await store.put_device(registered, max_devices=3) == []
+    await store.put_device(device("bobs", "bob"), max_devices=3)
+    # Registering t-old again refreshes it: t-mid is now the least recently registered.
+    latest = T0 + dt.timedelta(minutes=10)
+    assert (
+        await store.put_device(msgspec_replace(device("t-old", "alice"), updated_at=latest), max_devices=3)
+        == []
+    )
+    fourth = msgspec_replace(device("t-4th", "alice"), updated_at=latest + dt.timedelta(minutes=1))
+    assert await store.put_device(fourth, max_devices=3) == ["t-mid"]
+    found = await store.devices_for(["alice", "bob"])
+    assert [d.token for d in found["alice"]] == ["t-4th", "t-new", "t-old"]
+    assert [d.token for d in found["bob"]] == ["bobs"]  # another user's devices never count
+
+
+async def test_the_device_being_registered_is_never_the_one_evicted(store: ChatStore) -> None:
+    await store.put_device(msgspec_replace(device("newer", "alice"), updated_at=T0), max_devices=1)
+    # Its clock is behind the stored one's: still the one kept.
+    behind = msgspec_replace(device("phone", "alice"), updated_at=T0 - dt.timedelta(hours=1))
+    assert await store.put_device(behind, max_devices=1) == ["newer"]
+    assert [d.token for d in (await store.devices_for(["alice"]))["alice"]] == ["phone"]
+
+
+async def test_concurrent_registrations_never_pass_the_device_limit(store: ChatStore) -> None:
+    tokens = [f"token-{i:02d}" for i in range(12)]
+    results = await asyncio.gather(
+        *(
+            store.put_device(msgspec_replace(device(token, "alice"), updated_at=now()), max_devices=3)
+            for token in tokens
+        )
+    )
+    found = [d.token for d in (await store.devices_for(["alice"]))["alice"]]
+    assert len(found) == 3
+    evicted = [token for tokens_evicted in results for token in tokens_evicted]
+    assert sorted(evicted + found) == tokens  # each token kept or evicted exactly once
+
+
+async def test_a_device_keeps_the_push_service_its_token_is_for(store: ChatStore) -> None:
+    apns = msgspec_replace(device("a" * 64, "alice"), provider="apns")
+    await store.put_device(apns)
+    await store.put_device(device("fcm-token-1", "alice", "android"))
+    found = await store.devices_for(["alice"])
+    assert [(d.token, d.provider) for d in found["alice"]] == [("a" * 64, "apns"), ("fcm-token-1", "fcm")]
+    # Registered again for the other service (the app switched push stacks): the latest wins.
+    await store.put_device(device("a" * 64, "alice"))
+    assert (await store.devices_for(["alice"]))["alice"][0].provider == "fcm"
+
+
 # --- OutboxStore (create_message writes the entries) ------------------------------------------------
 async def test_pending_outbox_is_oldest_first_and_respects_the_age(store: ChatStore) -> None:
     cid = await new_conversation(store)
@@ -646,9 +739,9 @@ async def test_pending_outbox_is_oldest_first_and_respects_the_age(store: ChatSt
     for message in (older, fresh, oldest):
         await store.create_message(cid, message)
     pending = await store.pending_outbox(older_than=60, limit=10)
-    assert [e.message.message_id for e in pending] == [oldest.message_id, older.message_id]
+    assert [e.message_id for e in pending] == [oldest.message_id, older.message_id]
     limited = await store.pending_outbox(older_than=60, limit=1)
-    assert [e.message.message_id for e in limited] == [oldest.message_id]
+    assert [e.message_id for e in limited] == [oldest.message_id]
 
 
 async def test_deleted_outbox_entries_are_gone(store: ChatStore) -> None:
@@ -658,7 +751,7 @@ async def test_deleted_outbox_entries_are_gone(store: ChatStore) -> None:
     await store.create_message(cid, second)
     await store.delete_outbox([first.message_id, "unknown"])
     pending = await store.pending_outbox(older_than=0, limit=10)
-    assert [e.message.message_id for e in pending] == [second.message_id]
+    assert [e.message_id for e in pending] == [second.message_id]
     assert await store.get_message(cid, first.message_id) == first  # the message itself stays
 
 
@@ -669,6 +762,139 @@ async def test_outbox_stats_count_and_age(store: ChatStore) -> None:
     await store.create_message(cid, new)
     await store.create_message(cid, old)
     assert await store.outbox_stats() == (2, T0)
+
+
+# --- the event outbox: every change a client acts on commits with its entry ---------------------------
+TRACE = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+
+
+async def outbox_of(store: ChatStore) -> list[OutboxEntry]:
+    return await store.pending_outbox(older_than=-60, limit=100)  # fresh ones too
+
+
+async def test_a_new_conversation_commits_its_membership_event(store: ChatStore) -> None:
+    created = conversation(("alice", "bob"))
+    event = new_event("membership.changed", created.conversation_id, added=created.participants, trace=TRACE)
+    await store.create_conversation(created, event=event)
+    assert await outbox_of(store) == [event]
+    with pytest.raises(ConversationExists):
+        await store.create_conversation(
+            created, event=new_event("membership.changed", created.conversation_id)
+        )
+    assert await outbox_of(store) == [event]  # the refused create wrote no event either
+
+
+async def test_added_and_removed_members_commit_their_membership_events(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    joined = new_event("membership.changed", cid, added=["carol", "dave"])
+    await store.add_participants(cid, ["carol", "dave"], event=joined)
+    left = new_event("membership.changed", cid, removed=["bob"])
+    await store.remove_participant(cid, "bob", event=left)
+    assert sorted(await outbox_of(store), key=lambda e: e.created_at) == [joined, left]
+    assert (joined.added, left.removed) == (("carol", "dave"), ("bob",))
+    with pytest.raises(ConversationNotFound):
+        await store.add_participants(
+            "nope", ["bob"], event=new_event("membership.changed", "nope", added=["bob"])
+        )
+    assert len(await outbox_of(store)) == 2
+
+
+async def test_a_read_receipt_commits_its_event_with_the_message_as_read(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    message = text(now() - dt.timedelta(seconds=30))
+    await store.create_message(cid, message)
+    await store.delete_outbox([message.message_id])
+    event = new_event("message.read", cid, user_id="bob", trace=TRACE)
+    read = await store.mark_read(cid, message.message_id, "bob", event=event)
+    assert read is not None
+    [entry] = await outbox_of(store)
+    assert entry == msgspec_replace(event, message=read[0])
+    assert entry.message is not None
+    assert entry.message.read_by == ("alice", "bob")
+    # Read again: nothing changed, nothing to announce.
+    await store.mark_read(cid, message.message_id, "bob", event=new_event("message.read", cid, user_id="bob"))
+    assert await outbox_of(store) == [entry]
+
+
+async def test_a_finished_image_commits_its_update_event_once(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    message = image(cid, now() - dt.timedelta(seconds=30))
+    await store.create_message(cid, message)
+    await store.delete_outbox([message.message_id])
+    assert message.metadata is not None
+    failed = msgspec_replace(message.metadata, status="failed", error="not_an_image")
+    event = new_event("message.updated", cid, trace=TRACE)
+    finished = await store.finish_image(cid, message.message_id, failed, event=event)
+    assert finished is not None
+    assert await outbox_of(store) == [msgspec_replace(event, message=finished)]
+    # A redelivered job finishes nothing and announces nothing.
+    again = new_event("message.updated", cid)
+    assert await store.finish_image(cid, message.message_id, failed, event=again) is None
+    assert [e.event_id for e in await outbox_of(store)] == [event.event_id]
+
+
+async def test_events_of_every_kind_are_relayed_oldest_first_and_deleted_by_id(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    message = text(now() - dt.timedelta(seconds=30))
+    await store.create_message(cid, message)
+    read = new_event("message.read", cid, user_id="bob")
+    await store.mark_read(cid, message.message_id, "bob", event=read)
+    joined = new_event("membership.changed", cid, added=["carol"])
+    await store.add_participants(cid, ["carol"], event=joined)
+    pending = await outbox_of(store)
+    assert [e.kind for e in pending] == ["message.created", "message.read", "membership.changed"]
+    await store.delete_outbox([read.event_id])
+    assert [e.event_id for e in await outbox_of(store)] == [message.message_id, joined.event_id]
+    assert (await store.outbox_stats())[0] == 2
+
+
+# --- relay claims: replicas share the outbox instead of each relaying all of it ------------------------
+async def stored_texts(store: ChatStore, count: int) -> list[str]:
+    cid = await new_conversation(store)
+    messages = [text(now() - dt.timedelta(seconds=60 - n)) for n in range(count)]
+    for message in messages:
+        await store.create_message(cid, message)
+    return [m.message_id for m in messages]
+
+
+async def test_a_claimed_entry_is_not_claimed_again_within_its_lease(store: ChatStore) -> None:
+    ids = await stored_texts(store, 3)
+    first = await store.claim_outbox(older_than=0, limit=2, lease=LEASE)
+    assert [e.event_id for e in first] == ids[:2]  # oldest first
+    second = await store.claim_outbox(older_than=0, limit=10, lease=LEASE)
+    assert [e.event_id for e in second] == ids[2:]  # the held ones are skipped, not waited for
+    assert await store.claim_outbox(older_than=0, limit=10, lease=LEASE) == []
+    assert [e.event_id for e in await store.pending_outbox(older_than=0, limit=10)] == ids  # still there
+
+
+async def test_a_lapsed_claim_is_taken_again(store: ChatStore) -> None:
+    # Its holder died between the claim and the delete: another replica relays it after the lease.
+    ids = await stored_texts(store, 1)
+    assert [e.event_id for e in await store.claim_outbox(older_than=0, limit=10, lease=SHORT_LEASE)] == ids
+    await asyncio.sleep(SHORT_LEASE.total_seconds() + 0.1)
+    assert [e.event_id for e in await store.claim_outbox(older_than=0, limit=10, lease=LEASE)] == ids
+
+
+async def test_a_released_claim_is_taken_at_once(store: ChatStore) -> None:
+    ids = await stored_texts(store, 2)
+    await store.claim_outbox(older_than=0, limit=10, lease=LEASE)
+    await store.release_outbox([ids[1], "unknown"])
+    assert [e.event_id for e in await store.claim_outbox(older_than=0, limit=10, lease=LEASE)] == [ids[1]]
+
+
+async def test_a_claim_respects_the_age(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    await store.create_message(cid, text(now()))
+    assert await store.claim_outbox(older_than=60, limit=10, lease=LEASE) == []
+
+
+async def test_concurrent_claimers_each_get_an_entry_once(store: ChatStore) -> None:
+    ids = await stored_texts(store, 12)
+    claims = await asyncio.gather(
+        *(store.claim_outbox(older_than=0, limit=12, lease=LEASE) for _ in range(4))
+    )
+    claimed = [e.event_id for claim in claims for e in claim]
+    assert sorted(claimed) == sorted(ids)  # every entry, and none twice
 
 
 # --- PushReceiptStore -------------------------------------------------------------------------------
@@ -752,5 +978,35 @@ async def test_a_sqlite_receipt_from_before_leases_counts_as_done(tmp_path: Path
     try:
         assert await claim(store, "m1:0", "token-a") == "done"
         assert await claim(store, "m1:0", "token-b") == "claimed"
+    finally:
+        await store.close()
+
+
+async def test_a_sqlite_outbox_from_before_the_event_outbox_is_relayed_as_message_created(
+    tmp_path: Path,
+) -> None:
+    # A data dir written by the previous release: the outbox keyed by message_id, entries without a kind.
+    path = tmp_path / "messages.sqlite3"
+    message = text(now() - dt.timedelta(seconds=30))
+    legacy_body = msgspec.json.encode(
+        {"conversation_id": "c-1", "message": message, "created_at": message.timestamp, "trace": {}}
+    )
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE outbox"
+            " (message_id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, body BLOB NOT NULL)"
+        )
+        conn.execute("CREATE INDEX outbox_by_age ON outbox (created_at, message_id)")
+        conn.execute(
+            "INSERT INTO outbox VALUES (?, ?, ?)",
+            (message.message_id, micros(message.timestamp), legacy_body),
+        )
+    store = SqliteChatStore(path)
+    await store.start()
+    try:
+        [entry] = await store.claim_outbox(older_than=0, limit=10, lease=LEASE)
+        assert (entry.event_id, entry.kind, entry.message) == (message.message_id, "message.created", message)
+        await store.delete_outbox([entry.event_id])
+        assert await store.outbox_stats() == (0, None)
     finally:
         await store.close()

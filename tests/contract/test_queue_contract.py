@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 import pytest
 
+from chat_core.aws import AwsError
 from chat_core.backends import Backends, job_queue
 from chat_core.jobqueue import Job, JobKind, JobQueue, Received
 from chat_core.jobqueue.sqs import SqsJobQueue
@@ -148,6 +149,8 @@ async def open_queue(
             max_receives=MAX_RECEIVES,
             visibility_timeout_seconds=visibility_timeout,
         )
+        if request.param == "sqs":
+            await harness.provision_queue(settings, kind)
         backends = Backends(settings)
         queue = job_queue(backends, kind)
         opened.append(backends)
@@ -374,45 +377,52 @@ async def _redrive_policy(queue: SqsJobQueue[Notification], name: str) -> dict[s
     return policy
 
 
-async def test_ensure_creates_both_queues_with_the_redrive_policy(
+async def test_setup_creates_both_queues_with_the_redrive_policy(
     sqs_backends: Callable[..., Backends],
 ) -> None:
     backends = sqs_backends()
     queue = _sqs(backends)
+    await harness.provision(backends.settings)
+    await harness.provision(backends.settings)  # idempotent
     await backends.start()
-    await queue.ensure()
-    await queue.ensure()  # idempotent
     policy = await _redrive_policy(queue, backends.settings.notifications.queue_name)
     assert policy["maxReceiveCount"] == MAX_RECEIVES
     assert str(policy["deadLetterTargetArn"]).endswith(":" + backends.settings.notifications.dlq_name)
 
 
-async def test_ensure_brings_an_existing_queue_in_line_with_the_settings(
+async def test_setup_brings_an_existing_queue_in_line_with_the_settings(
     sqs_backends: Callable[..., Backends],
 ) -> None:
     first = sqs_backends()
-    queue = _sqs(first)
-    await first.start()
-    await queue.ensure()
+    await harness.provision(first.settings)
     changed = sqs_backends(NOTIFICATION_MAX_RECEIVES="7", NOTIFICATION_VISIBILITY_TIMEOUT_SECONDS="45")
+    await harness.provision(changed.settings)
     changed_queue = _sqs(changed)
     await changed.start()
-    await changed_queue.ensure()
     policy = await _redrive_policy(changed_queue, changed.settings.notifications.queue_name)
     assert policy["maxReceiveCount"] == 7
 
 
-async def test_queues_that_vanished_are_recreated_on_the_next_send(
+async def test_a_queue_that_vanished_is_not_recreated_by_the_service_and_works_again_after_setup(
     sqs_backends: Callable[..., Backends],
 ) -> None:
+    """The adapter would make it without its redrive, retention and policy: setup is the one writer."""
     backends = sqs_backends()
     queue = _sqs(backends)
+    await harness.provision(backends.settings)
     await backends.start()
     for name in (backends.settings.notifications.queue_name, backends.settings.notifications.dlq_name):
         url = (await queue._call("GetQueueUrl", {"QueueName": name}))["QueueUrl"]
         await queue._call("DeleteQueue", {"QueueUrl": url})
     sent = notification()
-    await queue.send([sent])  # as after LocalStack restarted empty
+    with pytest.raises(AwsError) as missing:
+        await queue.send([sent])  # as after LocalStack restarted empty
+    assert missing.value.code == "QueueDoesNotExist"
+    with pytest.raises(AwsError, match="run chat-management setup"):
+        await queue.ping()  # readiness says what to do
+
+    await harness.provision(backends.settings)
+    await queue.send([sent])
     assert (await receive_one(queue)).job == sent
 
 
@@ -425,4 +435,4 @@ async def test_start_survives_an_unreachable_sqs_and_readiness_reports_it(tmp_pa
     async with backends:
         with pytest.raises(Exception):  # noqa: B017, PT011 - whichever transport error httpx raises
             await queue.ping()
-        assert "sqs" in backends.readiness_checks()
+        assert "notification_queue" in backends.readiness_checks()

@@ -1,6 +1,7 @@
 """Redis Cluster only (``REDIS_MODE=cluster``): sharded pub/sub stays in one shard, subscriptions follow a
 slot that migrates, presence reads one command per node. The shared contract runs in
-``test_realtime_contract.py`` (param ``redis-cluster``); these use the session's 3-primary cluster.
+``test_realtime_contract.py`` (param ``redis-cluster``); these use the session's cluster (3 primaries,
+3 replicas).
 """
 
 from __future__ import annotations

@@ -404,6 +404,18 @@ async def test_subscriptions_come_back_after_redis_restarts(
     await subscription.close()
 
 
+async def test_the_first_publish_after_redis_restarts_goes_through(
+    redis_realtime: Realtime, private_redis: harness.Backend
+) -> None:
+    # The pooled connection the restart closed is replaced: the first publish after Redis is back does
+    # not fail on it (an event's immediate publish would otherwise wait for the relay).
+    await redis_realtime.bus.publish(_unique_channel(), b"warms the pool")
+    private_redis.stop()
+    private_redis.start()
+    await redis_realtime.bus.publish(_unique_channel(), b"first after the restart")
+    await redis_realtime.presence.online([_user()])
+
+
 async def test_publishing_while_redis_is_down_raises_unavailable(
     redis_realtime: Realtime, private_redis: harness.Backend
 ) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from chat_management import bucket
+from chat_management import provision
 from tests.deploy.conftest import component_name, load_yaml, rendered
 from tests.harness import ROOT
 
@@ -16,13 +16,13 @@ DOCS = ROOT / "deploy" / "bucket"
 
 
 def test_the_reviewed_documents_are_the_ones_setup_applies() -> None:
-    assert bucket.main([str(DOCS), "--check"]) == 0, "run: make docs"
-    assert {p.name for p in DOCS.glob("*.json")} == set(bucket.deploy_documents())
+    assert provision.main([str(DOCS), "--check"]) == 0, "run: make docs"
+    assert {p.name for p in DOCS.glob("*.json")} == set(provision.deploy_documents())
 
 
 def test_the_readme_explains_every_document() -> None:
     readme = (DOCS / "README.md").read_text()
-    for name in bucket.deploy_documents():
+    for name in provision.deploy_documents():
         assert f"`{name}`" in readme, name
 
 
@@ -36,7 +36,8 @@ def test_the_policy_grants_nothing_and_covers_the_bucket_and_its_objects() -> No
 def test_lifecycle_and_notification_select_raw_uploads_only() -> None:
     lifecycle = json.loads((DOCS / "lifecycle.json").read_text())
     expiring = [rule for rule in lifecycle["Rules"] if "Expiration" in rule]
-    assert [rule["Filter"] for rule in expiring] == [{"Prefix": "uploads/"}]
+    # Raw uploads, and the notes of why one was refused: never a derivative.
+    assert [rule["Filter"] for rule in expiring] == [{"Prefix": "uploads/"}, {"Prefix": "refused/"}]
     notification = json.loads((DOCS / "notification.json").read_text())
     (queue,) = notification["QueueConfigurations"]
     assert queue["Filter"]["Key"]["FilterRules"] == [{"Name": "Prefix", "Value": "uploads/"}]
@@ -53,8 +54,10 @@ def _env(container: dict[str, object]) -> dict[str, object]:
 
 def test_the_chart_test_profile_runs_setup_with_the_services_environment() -> None:
     profile = rendered("test")
-    job = profile.named("Job", component_name("setup"))
-    assert "helm.sh/hook" not in job["metadata"].get("annotations", {})  # part of the install itself
+    # Part of the install itself (`helm install --wait` waits for the services, which wait for the bucket,
+    # before post-install hooks run), named by revision: an upgrade makes a new Job, never patches one.
+    job = profile.named("Job", component_name("setup") + "-1")
+    assert "helm.sh/hook" not in job["metadata"].get("annotations", {})
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["setup"]
     message = profile.named("Deployment", component_name("message"))["spec"]["template"]["spec"]

@@ -151,6 +151,7 @@ def test_service_accounts_carry_per_service_cloud_roles() -> None:
     roles = {
         sa["metadata"]["name"]: sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
         for sa in profile.of_kind("ServiceAccount")
+        if sa["metadata"]["name"] != component_name("smoke-test")  # asks /readyz: no cloud role
     }
     for component in (*SERVICES, "cleanup"):
         assert roles[component_name(component)].endswith(f"role/chat-{component}")
@@ -158,6 +159,8 @@ def test_service_accounts_carry_per_service_cloud_roles() -> None:
 
 def test_workload_identity_annotation_reaches_every_service_account() -> None:
     for sa in rendered("gateway-gke").of_kind("ServiceAccount"):
+        if sa["metadata"]["name"] == component_name("smoke-test"):
+            continue  # `helm test` asks /readyz: it calls no Google API
         assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
             ".iam.gserviceaccount.com"
         )
@@ -310,12 +313,12 @@ def test_public_services_admit_only_the_ingress_controller_and_prometheus() -> N
     profile = rendered("default")
     for component in PUBLIC_SERVICES:
         sources = _ingress_sources(profile.named("NetworkPolicy", component_name(component)))
-        assert sorted(sources) == ["ingress-nginx/", "prometheus/"], component
+        assert sorted(sources) == ["chat-management/smoke-test", "ingress-nginx/", "prometheus/"], component
 
 
 def test_notification_consumer_admits_only_prometheus() -> None:
     policy = rendered("default").named("NetworkPolicy", component_name("notification-consumer"))
-    assert _ingress_sources(policy) == ["prometheus/"]
+    assert _ingress_sources(policy) == ["prometheus/", "chat-management/smoke-test"]
 
 
 def test_only_the_services_on_the_event_bus_or_the_ledger_may_reach_redis() -> None:
@@ -391,6 +394,7 @@ def test_cleanup_cronjob_runs_one_scan_at_a_time() -> None:
     assert container["args"] == ["cleanup-orphans"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["PUSHGATEWAY_URL"] == "http://prometheus-pushgateway.monitoring:9091"
+    assert env["PUSHGATEWAY_INSTANCE"] == f"{NAMESPACE}/{RELEASE}"  # one group per release
 
 
 def test_cleanup_dry_run_is_passed_to_the_command() -> None:
@@ -419,7 +423,10 @@ def test_test_profile_runs_the_backends_in_cluster_and_a_helm_test_smoke_job() -
 def test_production_profiles_render_no_test_backends() -> None:
     for name in ("default", "production-aws", "gateway-gke"):
         components = {c for c, _ in pod_specs(rendered(name))}
-        assert not {c for c in components if c.startswith("test-") or c in {"smoke-test", "setup"}}, name
+        assert not {c for c in components if c.startswith("test-") or c == "setup"}, name
+        # `helm test` there asks readiness only: no token can be minted for a real identity provider.
+        (smoke,) = [spec for c, spec in pod_specs(rendered(name)) if c == "smoke-test"]
+        assert "--ready-only" in smoke["containers"][0]["args"], name
 
 
 def test_notes_tell_how_to_reach_the_release() -> None:

@@ -55,6 +55,9 @@ EXPECTED = {
     "message": {
         ("s3:GetObject", OBJECTS),
         ("s3:GetObject", REFUSALS),
+        # A forward copies the source's derivatives to the new message's (CopyObject reads and writes).
+        ("s3:GetObject", DERIVATIVES),
+        ("s3:PutObject", DERIVATIVES),
         ("s3:ListBucket", BUCKET),
         ("sqs:SendMessage", QUEUE),
         ("sqs:GetQueueUrl", QUEUE),
@@ -157,7 +160,7 @@ ROLE_SOURCES: dict[str, list[Path]] = {
     "media-processor": [ROOT / "services" / "media-processor" / "src", LIB / "jobqueue" / "runner.py"],
     "cleanup": [ROOT / "services" / "upload" / "src" / "upload_service" / "cleanup.py"],
 }
-SETUP = ROOT / "src" / "chat_management" / "bucket.py"
+SETUP = ROOT / "src" / "chat_management" / "provision.py"
 CLEANUP = ROOT / "services" / "upload" / "src" / "upload_service" / "cleanup.py"
 # boto3 operations the cleanup job calls (directly or through a paginator) -> the IAM action of each.
 CLEANUP_BOTO3_ACTIONS = {
@@ -188,9 +191,6 @@ BOTO3_ACTIONS = {
     "get_queue_attributes": "sqs:GetQueueAttributes",
     "set_queue_attributes": "sqs:SetQueueAttributes",
 }
-# Provisioning (`chat-management setup`, with its own credentials) and the queue adapter's recovery
-# from a vanished queue: never granted to a service role (deploy/iam/README.md, last paragraph).
-PROVISIONING = {"ensure_bucket", "ensure"}
 # A request S3 authorises as an IAM action: (method, object or bucket) -> action.
 S3_REQUESTS = {
     ("HEAD", "object"): "s3:GetObject",  # S3 has no HeadObject permission
@@ -241,7 +241,7 @@ def _closure(
         while todo:
             current = todo.pop()
             found |= direct.get(current, set())
-            for nxt in reaches.get(current, set()) - seen - PROVISIONING:
+            for nxt in reaches.get(current, set()) - seen:
                 seen.add(nxt)
                 todo.append(nxt)
         result[name] = found
@@ -262,9 +262,10 @@ def s3_actions_by_method() -> dict[str, set[str]]:
             target = "object" if "_object_path" in ast.unparse(call.args[1]) else "bucket"
             method = str(verb.value)
             action = S3_REQUESTS.get((method, target))
-            if name not in PROVISIONING:
-                assert action, f"S3ObjectStore.{name}: {method} on the {target}: which IAM action?"
-                direct.setdefault(name, set()).add(action)
+            assert action, f"S3ObjectStore.{name}: {method} on the {target}: which IAM action?"
+            direct.setdefault(name, set()).add(action)
+            if "x-amz-copy-source" in ast.unparse(call):
+                direct[name].add("s3:GetObject")  # CopyObject also reads its source
     return _closure(methods, direct)
 
 
@@ -273,7 +274,7 @@ def sqs_actions_by_method() -> dict[str, set[tuple[str, str]]]:
     methods = _methods(SQS_ADAPTER, "SqsJobQueue")
     direct: dict[str, set[str]] = {}
     for name, node in methods.items():
-        if name in PROVISIONING or name in ("_call", "_resolve", "_url"):
+        if name in ("_call", "_resolve", "_url"):
             continue  # _call is the transport; _on_queue's lookups are counted at each call below
         for call in ast.walk(node):
             if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
@@ -303,6 +304,8 @@ def _python_files(paths: Iterable[Path]) -> list[Path]:
 # Which objects a role's object-store calls name, by action (default: raw uploads). The proxy only ever
 # builds derivative keys (keys.derivative_key); the media processor writes nothing else.
 DERIVATIVE_ACTIONS = {"image-proxy": {"s3:GetObject"}, "media-processor": {"s3:PutObject"}}
+# Port methods whose keys are derivatives whatever the action (a forward copies derivatives to derivatives).
+DERIVATIVE_METHODS = {"message": {"copy"}}
 # Roles whose code names refusal notes (keys.refusal_key, parse_refusal_key) reach them with these
 # actions, besides the objects above.
 REFUSAL_ACTIONS = {
@@ -348,7 +351,7 @@ def port_calls(role: str, methods: Iterable[str], receiver: str, port: str = "ob
 
 
 def setup_actions_from_code() -> set[tuple[str, str]]:
-    """What ``setup`` calls: boto3 on the bucket and the media queues, ``ensure`` on the notification ones."""
+    """What ``setup`` calls: boto3 on the bucket, and on both queues and their dead-letter queues."""
     needed: set[tuple[str, str]] = set()
     for node in ast.walk(ast.parse(SETUP.read_text())):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
@@ -359,14 +362,7 @@ def setup_actions_from_code() -> set[tuple[str, str]]:
                 if client.id == "s3":
                     needed.add((action, BUCKET))
                 else:
-                    needed |= {(action, MEDIA_QUEUE), (action, MEDIA_DLQ)}
-    ensure = _methods(SQS_ADAPTER, "SqsJobQueue")["ensure"]
-    for node in ast.walk(ensure):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "_call":
-            operation = node.args[0]
-            assert isinstance(operation, ast.Constant)
-            op = str(operation.value)
-            needed |= {(f"sqs:{op}", QUEUE), (f"sqs:{op}", DLQ)}
+                    needed |= {(action, queue) for queue in (QUEUE, DLQ, MEDIA_QUEUE, MEDIA_DLQ)}
     return needed
 
 
@@ -402,7 +398,8 @@ def actions_from_code(role: str) -> set[tuple[str, str]]:
     needed: set[tuple[str, str]] = set()
     for method in port_calls(role, s3, r"(_store|_objects|^store|^object_store)$"):
         for action in s3[method]:
-            objects = DERIVATIVES if action in DERIVATIVE_ACTIONS.get(role, ()) else OBJECTS
+            derived = action in DERIVATIVE_ACTIONS.get(role, ()) or method in DERIVATIVE_METHODS.get(role, ())
+            objects = DERIVATIVES if derived else OBJECTS
             needed.add((action, BUCKET if action == "s3:ListBucket" else objects))
             if action == "s3:GetObject":
                 # Without ListBucket S3 answers a missing object with 403, not 404 (deploy/iam/README.md).
@@ -423,6 +420,7 @@ def test_the_adapters_requests_are_read_from_their_code() -> None:
     assert s3["presign_put"] == {"s3:PutObject"}
     assert s3["read_prefix"] == {"s3:GetObject"}
     assert s3["list"] == {"s3:ListBucket"}
+    assert s3["copy"] == {"s3:GetObject", "s3:PutObject"}
     assert ("sqs:SendMessage", "QUEUE") in sqs["send"]
     assert ("sqs:DeleteMessage", "QUEUE") in sqs["ack"]  # via the batching of acknowledgements
     assert ("sqs:GetQueueAttributes", "DLQ") in sqs["depth"]

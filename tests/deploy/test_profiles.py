@@ -20,6 +20,8 @@ BASE = {
         "AUTH_JWKS_URL": "https://idp/jwks",
         "AUTH_ISSUER": "i",
         "AUTH_AUDIENCE": "a",
+        "REDIS_URL": "redis://10.0.0.5:6379/0",
+        "FIRESTORE_PROJECT_ID": "p",
     }
 }
 
@@ -77,6 +79,27 @@ def test_production_aws_mounts_fcm_credentials_in_the_consumer_alone() -> None:
         assert _env(pods[component])["GOOGLE_APPLICATION_CREDENTIALS"]["value"] == (
             "/var/run/secrets/chat/google/key.json"
         )
+
+
+def test_the_apns_auth_key_is_mounted_in_the_consumer_alone() -> None:
+    apns_config = {
+        "PUSH_PROVIDER": "fcm,apns",
+        "APNS_KEY_ID": "ABC123DEFG",
+        "APNS_TEAM_ID": "TEAM456789",
+        "APNS_TOPIC": "com.example.chat",
+    }
+    key = {
+        "secretName": "chat-apns",
+        "mountPath": "/var/run/secrets/chat/apns",
+        "services": ["notification-consumer"],
+        "env": {"APNS_KEY_FILE": "AuthKey.p8"},
+    }
+    pods = _pods(Rendered("apns", render_values(_values(config=apns_config, secretFiles={"apns": key}))))
+    consumer = pods["notification-consumer"]
+    assert _env(consumer)["APNS_KEY_FILE"]["value"] == "/var/run/secrets/chat/apns/AuthKey.p8"
+    assert _mounts(consumer)["/var/run/secrets/chat/apns"] == "chat-apns"
+    for component in ("upload", "message", "image-proxy"):
+        assert "APNS_KEY_FILE" not in _env(pods[component]), component
 
 
 def test_a_setting_naming_a_file_nothing_mounts_is_refused() -> None:

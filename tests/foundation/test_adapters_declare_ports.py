@@ -14,6 +14,9 @@ from chat_core import ratelimit
 from chat_core.jobqueue import JobQueue
 from chat_core.jobqueue.sqlite import SqliteJobQueue
 from chat_core.jobqueue.sqs import SqsJobQueue
+from chat_core.leases import WriteLeases
+from chat_core.leases.memory import MemoryWriteLeases
+from chat_core.leases.redis import RedisWriteLeases
 from chat_core.ledger import StorageLedger
 from chat_core.ledger.memory import MemoryStorageLedger
 from chat_core.ledger.redis import RedisStorageLedger
@@ -31,6 +34,7 @@ from chat_core.objectstore import ObjectStore
 from chat_core.objectstore.local import LocalObjectStore
 from chat_core.objectstore.s3 import S3ObjectStore
 from chat_core.push import PushProvider
+from chat_core.push.apns import ApnsPushProvider
 from chat_core.push.fcm import FcmPushProvider
 from chat_core.push.log import LogPushProvider
 from chat_core.push.webhook import WebhookPushProvider
@@ -47,9 +51,10 @@ PORTS: dict[type, list[type]] = {
     EventBus: [RedisEventBus, MemoryEventBus],
     Presence: [RedisPresence, MemoryPresence],
     JobQueue: [SqsJobQueue, SqliteJobQueue],
-    PushProvider: [FcmPushProvider, WebhookPushProvider, LogPushProvider],
+    PushProvider: [FcmPushProvider, ApnsPushProvider, WebhookPushProvider, LogPushProvider],
     QuotaStore: [RedisQuotaStore, MemoryQuotaStore],
     StorageLedger: [RedisStorageLedger, MemoryStorageLedger],
+    WriteLeases: [RedisWriteLeases, MemoryWriteLeases],
     ratelimit.Windows: [ratelimit.StoreWindows, ratelimit.MemoryWindows],
 }
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chat_core.backends import Backends, NeedsSetup, ReadinessProbe, ServesRoutes, UsesAws
+from chat_core.backends import Backends, ReadinessProbe, ServesRoutes, UsesAws
 from chat_core.jobqueue.sqlite import SqliteJobQueue
 from chat_core.jobqueue.sqs import SqsJobQueue
 from chat_core.messagestore.firestore import FirestoreChatStore
@@ -50,8 +50,8 @@ def test_the_cloud_kinds_build_the_cloud_adapters(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({}, {"object_store", "sqlite", "event_bus", "presence", "notification_queue"}),
-        (CLOUD, {"s3", "firestore", "redis", "sqs"}),
+        ({}, {"object_store", "sqlite", "event_bus", "presence", "notification_queue", "media_queue"}),
+        (CLOUD, {"s3", "firestore", "redis", "notification_queue", "media_queue"}),
     ],
 )
 def test_readiness_checks_are_named_for_an_operator(
@@ -59,7 +59,7 @@ def test_readiness_checks_are_named_for_an_operator(
 ) -> None:
     backends = Backends(make_settings(tmp_path, env))
     _ = (backends.object_store, backends.messages, backends.event_bus, backends.presence)
-    _ = backends.notification_queue
+    _ = (backends.notification_queue, backends.media_queue)  # one check each, whatever their adapter
     assert set(backends.readiness_checks()) == expected
 
 
@@ -70,8 +70,9 @@ def test_abilities_are_declared_by_the_adapters_that_have_them(tmp_path: Path) -
     assert isinstance(cloud.object_store, UsesAws)
     assert isinstance(cloud.notification_queue, UsesAws)
     assert not isinstance(embedded.notification_queue, UsesAws)
-    assert isinstance(cloud.notification_queue, NeedsSetup)
-    assert not isinstance(embedded.notification_queue, NeedsSetup)
+    # Nothing the services hold provisions: the bucket and the queues are `chat-management setup`'s.
+    assert not hasattr(cloud.notification_queue, "ensure")
+    assert not hasattr(cloud.object_store, "ensure_bucket")
     assert isinstance(embedded.chat_store, ReadinessProbe)
 
 

@@ -89,7 +89,7 @@ async def test_malformed_json_is_a_400_not_a_500(client: Any) -> None:
         "/things", content=b"{not json", headers={**auth_header("alice"), "content-type": "application/json"}
     )
     assert response.status_code == 400
-    assert response.json()["code"] == "invalid_request"
+    assert response.json()["code"] == "invalid_json"
 
 
 async def test_an_unknown_route_is_a_404_problem(client: Any) -> None:

@@ -57,6 +57,7 @@ async def proxied_aws(
                 "NOTIFICATION_QUEUE": "sqs",
                 "SQS_QUEUE_NAME": unique("retry-q"),
                 "SQS_DLQ_NAME": unique("retry-dlq"),
+                "MEDIA_QUEUE_NAME": unique("retry-media"),
                 "AWS_ENDPOINT_URL": f"http://{proxy.address}",
             },
         )
@@ -64,8 +65,8 @@ async def proxied_aws(
         store = backends.object_store
         assert isinstance(store, S3ObjectStore)
         assert backends.notification_queue is not None
+        await harness.provision(settings)
         async with backends:
-            await store.ensure_bucket(())
             yield proxy, backends
 
 
@@ -125,7 +126,6 @@ async def test_sqs_calls_survive_transient_failures(proxied_aws: tuple[FaultProx
     proxy, backends = proxied_aws
     queue = backends.notification_queue
     assert isinstance(queue, SqsJobQueue)
-    await queue.ensure()
     before = retries("sqs", "SendMessageBatch", "connection")
     await backends.aws_http.close()
     proxy.fail_next(2, "reset")  # a POST: aiohttp does not try it again by itself
@@ -161,8 +161,8 @@ async def test_a_streamed_body_is_bounded_per_read_not_in_total(
     backends.aws_http = AwsHttp(timeout=1.0, read_timeout=1.0)
     store = backends.object_store
     assert isinstance(store, S3ObjectStore)
+    await harness.provision(settings)
     async with backends:
-        await store.ensure_bucket(())
         data = bytes(range(256)) * 4096 * 4  # 4 MiB
         await store.put("slow/reader.png", data, content_type="image/png")
         read = await store.open("slow/reader.png")

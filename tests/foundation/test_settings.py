@@ -43,6 +43,22 @@ def test_a_media_job_must_finish_within_its_visibility_timeout() -> None:
         )
 
 
+def test_the_media_queues_visibility_timeout_covers_a_job_that_waited_for_an_image_worker() -> None:
+    """The processor takes two jobs per image worker: one may wait a whole job timeout, then decode."""
+    derived = load_settings({"AUTH_JWT_SECRET": TEST_SECRET, "MEDIA_JOB_TIMEOUT_SECONDS": "100"})
+    assert derived.media.longest_job_seconds == 2 * 100 + 60
+    assert derived.media.queue_visibility_timeout_seconds == 260  # derived: nothing else to keep in step
+    assert load_settings({"AUTH_JWT_SECRET": TEST_SECRET}).media.queue_visibility_timeout_seconds == 120
+    with pytest.raises(SettingsError, match="MEDIA_VISIBILITY_TIMEOUT_SECONDS"):
+        load_settings(
+            {
+                "AUTH_JWT_SECRET": TEST_SECRET,
+                "MEDIA_JOB_TIMEOUT_SECONDS": "60",
+                "MEDIA_VISIBILITY_TIMEOUT_SECONDS": "90",  # longer than one decode, not than a wait and one
+            }
+        )
+
+
 def test_values_are_typed_from_strings() -> None:
     settings = load_settings(
         {

@@ -97,3 +97,15 @@ async def test_server_spans_carry_the_http_semantic_conventions(tmp_path: Path, 
     assert attributes["http.response.status_code"] == 401
     assert attributes["server.address"]
     assert attributes["user_agent.original"] == "probe/1"
+
+
+async def test_a_device_token_never_reaches_a_span(tmp_path: Path, client_for: Any) -> None:
+    received = InMemorySpanExporter()
+    tracing.configure_tracing("tests", extra_processors=(SimpleSpanProcessor(received),))
+    client = await client_for(all_in_one.create_app(make_settings(tmp_path)))
+    token = "fcm-device-token-0123456789"
+    response = await client.put(f"/me/devices/{token}", json={"platform": "ios"})
+    assert response.status_code == 401
+    for span in received.get_finished_spans():
+        assert token not in span.name
+        assert token not in repr(dict(span.attributes or {}))

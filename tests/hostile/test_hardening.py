@@ -32,10 +32,11 @@ from chat_core.backends import Backends
 from chat_core.errors import ProblemError
 from chat_core.objectstore.local import SIGNING_KEY_FILE, LocalObjectStore, SigningKeyError
 from chat_core.objectstore.serving import BYTES_CSP
+from chat_core.server import refuse_unset_endpoints
 from chat_core.settings import SettingsError, refuse_dev_secret
 from chat_management.all import create_app
 from tests import harness
-from tests.conftest import auth_header, make_settings
+from tests.conftest import TEST_SECRET, auth_header, make_settings
 from tests.jwks_server import JwksServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,6 +115,39 @@ def test_serving_with_the_dev_secret_on_all_interfaces_exits_with_one_clear_line
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("configuration error: AUTH_JWT_SECRET"), lines
+
+
+def test_serving_off_loopback_with_a_backends_address_left_to_its_default_exits_naming_it(
+    tmp_path: Path,
+) -> None:
+    """The chart's `default` profile set no REDIS_URL: the pods used redis://127.0.0.1 and never got Ready."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "FIRESTORE_"))}
+    env |= {
+        "AUTH_JWT_SECRET": TEST_SECRET,
+        "HOST": "0.0.0.0",
+        "DATA_DIR": str(tmp_path),
+        "EVENT_BUS": "redis",
+    }
+    env |= {"PORT": str(harness.free_port()), "MESSAGE_STORE": "firestore", "LIMIT_STORE": "redis"}
+    done = subprocess.run(
+        [sys.executable, "-m", "chat_management", "serve", "message"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(
+        "configuration error: REDIS_URL (with EVENT_BUS=redis and LIMIT_STORE=redis), "
+        "FIRESTORE_PROJECT_ID (with MESSAGE_STORE=firestore): required when binding 0.0.0.0"
+    ), line
+
+
+def test_a_backends_address_set_explicitly_is_taken_as_meant_even_local(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, {"EVENT_BUS": "redis"})
+    refuse_unset_endpoints(settings, "0.0.0.0", {"REDIS_URL": "redis://127.0.0.1:6379/0"})  # one machine
+    refuse_unset_endpoints(settings, "127.0.0.1", {})  # a laptop: the defaults are what it runs
+    refuse_unset_endpoints(make_settings(tmp_path), "0.0.0.0", {})  # embedded: nothing to point at
+    with pytest.raises(SettingsError, match=r"^REDIS_URL"):
+        refuse_unset_endpoints(settings, "0.0.0.0", {})
 
 
 def test_make_run_binds_loopback_by_default() -> None:

@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from chat_core.backends import Backends
 from chat_core.messagestore import Conversation, Device
 from chat_core.objectstore import ByteRange
+from chat_core.push import PushRouter
 from chat_core.realtime import EventBusUnavailable, conversation_channel
 from chat_core.realtime.events import Envelope, encode
 from chat_management.all import create_app
@@ -189,7 +190,7 @@ async def test_one_failing_push_leaves_no_sibling_push_running(tmp_path: Path) -
             queue,
             devices,
             _FailingForOneToken(receipts, "bob-broken-001"),
-            SlowPush(),  # type: ignore[arg-type]
+            PushRouter([SlowPush()]),  # type: ignore[list-item]
             concurrency=4, wait_seconds=1, max_receives=3, retry_base_seconds=0.1, drain_seconds=1,
         )  # fmt: skip
         with pytest.raises(ConnectionError):

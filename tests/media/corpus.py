@@ -183,3 +183,23 @@ def png_declaring(width: int, height: int) -> bytes:
         + _chunk(b"IDAT", zlib.compress(b"\x00" * 4096))
         + _chunk(b"IEND", b"")
     )
+
+
+def ultra_hdr_jpeg(size: tuple[int, int] = (64, 48)) -> bytes:
+    """A JPEG with an UltraHDR gain map (what recent Android phones write): JPEG magic bytes, yet
+    libvips would pick libultrahdr's loader (``uhdrload``) for it, not the JPEG one."""
+    import pyvips
+
+    black = pyvips.Image.black(*size, bands=3)
+    hdr = (black.linear([1, 1, 1], [200, 30, 90]).cast("float") / 255).copy(interpretation="scrgb")
+    return bytes(pyvips.Operation.call("uhdrsave_buffer", hdr))
+
+
+def tiff() -> bytes:
+    return _save(Image.new("RGB", (64, 48), (200, 30, 90)), "TIFF")
+
+
+def svg() -> bytes:
+    return (
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="48"><rect width="64" height="48"/></svg>'
+    )

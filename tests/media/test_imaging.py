@@ -8,9 +8,18 @@ from pathlib import Path
 
 import blurhash
 import pytest
+import pyvips
 from PIL import Image
 
-from media_processor.imaging import ImageLimits, Reason, Rejected, Sanitized, Variant, sanitize
+from media_processor.imaging import (
+    ImageLimits,
+    Reason,
+    Rejected,
+    Sanitized,
+    Variant,
+    restrict_loaders,
+    sanitize,
+)
 from media_processor.worker import limits_from
 from tests.conftest import make_settings
 from tests.media import corpus
@@ -264,6 +273,40 @@ def test_a_turned_heic_is_turned_upright(orientation: int) -> None:
     assert (result.original.width, result.original.height) == (640, 480)
     assert close(pixel(result.original.data, 2, 2), corpus.RED)
     assert close(pixel(result.original.data, -3, -3), corpus.GREY)
+
+
+# --- only the accepted formats' decoders -----------------------------------------------------------
+def test_an_ultra_hdr_jpeg_is_read_by_the_jpeg_loader_never_libultrahdr() -> None:
+    data = corpus.ultra_hdr_jpeg()
+    assert data.startswith(b"\xff\xd8\xff")  # passes the magic-byte check as a JPEG
+    assert pyvips.Image.new_from_buffer(data, "").get("vips-loader") == "jpegload_buffer"
+    with pytest.raises(pyvips.Error, match="blocked"):
+        pyvips.Operation.call("uhdrload_buffer", data)
+    result = sanitized(data, "image/jpeg")
+    assert result.original.content_type == "image/jpeg"
+    assert metadata_left(result.original.data, "image/jpeg") == []
+
+
+@pytest.mark.parametrize(
+    "make",
+    [corpus.tiff, corpus.svg, corpus.heic],
+    ids=["tiff", "svg", "heif"],  # each has a loader in the libvips wheel; HEIF goes to pillow-heif
+)
+def test_libvips_decodes_no_format_that_is_not_accepted_through_it(make: Callable[[], bytes]) -> None:
+    with pytest.raises(pyvips.Error, match="not in a known format"):
+        pyvips.Image.new_from_buffer(make(), "")
+
+
+def test_a_file_another_loader_would_read_is_refused() -> None:
+    # Defence in depth behind the block: the loader that opened the header must be the sniffed type's.
+    pyvips.operation_block_set("VipsForeignLoadUhdr", False)
+    try:
+        result = sanitize(corpus.ultra_hdr_jpeg(), "image/jpeg")
+    finally:
+        restrict_loaders()
+    assert isinstance(result, Rejected)
+    assert result.reason == Reason.UNSUPPORTED_TYPE
+    assert "uhdrload" in result.detail
 
 
 def test_the_animation_limit_is_a_setting_the_processor_honours(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from chat_core import keys
-from chat_core.media import MediaJob
+from chat_core.media import MediaJob, ObjectCreated
 from chat_core.realtime import conversation_channel
 from chat_core.realtime.events import Envelope, decode_envelope
 from media_processor.worker import MediaWorker
@@ -105,6 +105,21 @@ async def test_a_photo_is_sanitized_turned_and_announced(stack: ImageStack) -> N
     # The stored message and the list say the same as the event.
     listed = await stack.http.get(f"/conversations/{cid}/messages", headers=auth_header("bob"))
     assert listed.json()["items"][0]["metadata"] == msgspec.to_builtins(metadata)
+
+
+async def test_a_retry_after_processing_returns_the_finished_message(stack: ImageStack) -> None:
+    cid = await stack.conversation("alice", "bob")
+    uploaded = await stack.upload("alice", cid)
+    sent = await stack.send("alice", cid, uploaded, clientMessageId="lost-201")
+    assert sent.status_code == 201
+    finished = await stack.finished(cid, sent.json()["messageId"])
+    assert finished.metadata is not None
+    assert finished.metadata.status == "ready"
+    # The processor deleted the raw upload: only the message remembers it.
+    assert await stack.store.head(keys.stored_key(cid, uploaded.object_key)) is None
+    retry = await stack.send("alice", cid, uploaded, clientMessageId="lost-201")
+    assert retry.status_code == 200, retry.text
+    assert retry.json() == msgspec.json.decode(msgspec.json.encode(finished))
 
 
 async def test_heic_is_accepted_and_served_as_jpeg(stack: ImageStack) -> None:
@@ -217,6 +232,31 @@ async def test_a_redelivered_job_writes_nothing_and_announces_nothing(stack: Ima
     assert await stack.store.head(key) == before
     stored = await stack.backends.messages.get_message(cid, image.message.message_id)
     assert stored == image.message
+
+
+async def test_a_refused_upload_waits_out_its_grace_outside_the_job(make_stack: MakeStack) -> None:
+    # The job is done at once, so refused uploads never hold the runner's slots the images need.
+    stack = await make_stack(processor=False)
+    cid = await stack.conversation("alice")
+    worker = MediaWorker.from_backends(stack.backends.settings, stack.backends)
+    raws = []
+    for _ in range(3):
+        object_key = keys.new_object_key("alice", "image/png")
+        raw = keys.stored_key(cid, object_key)
+        await stack.store.put(raw, b"<html>not an image</html>", content_type="image/png")
+        info = await stack.store.head(raw)
+        assert info is not None
+        assert await worker.check_upload(ObjectCreated(raw, info.size, info.etag)) == "not_an_image"
+        raws.append(raw)
+    assert worker.refusals_pending == 3
+    for raw in raws:  # still there: a send right now gets its 422 from its own check
+        assert await stack.store.head(raw) is not None
+    async with worker.worker():  # stopping waits for the refusals' grace, then nothing is pending
+        pass
+    assert worker.refusals_pending == 0
+    for raw in raws:
+        assert await stack.store.head(raw) is None
+        assert await stack.store.head(keys.refusal_key(raw)) is not None
 
 
 async def test_a_non_image_upload_is_deleted_on_arrival(make_stack: MakeStack) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import multiprocessing.spawn
 import os
 import signal
 import subprocess
@@ -10,11 +12,16 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import media_processor.app
+from chat_core.app_factory import ServiceParts, create_service_app
+from chat_core.backends import Backends
 from media_processor.imaging import Reason, Rejected, Sanitized
-from media_processor.pool import MediaProcessor, PoolSettings
+from media_processor.pool import MediaProcessor, PoolSettings, PoolUnavailable
+from tests.conftest import make_settings
 from tests.media import corpus
 from tests.media.inspect import metadata_left
 
@@ -32,6 +39,13 @@ async def test_a_worker_returns_the_sanitized_image(processor: MediaProcessor) -
     assert isinstance(result, Sanitized)
     assert (result.original.width, result.original.height) == (300, 400)
     assert metadata_left(result.original.data, "image/jpeg") == []
+
+
+async def test_a_worker_reads_an_ultra_hdr_jpeg_with_the_jpeg_loader(processor: MediaProcessor) -> None:
+    # In the worker process too, only the accepted formats' loaders run (libultrahdr's would be picked
+    # otherwise, and the loader check would then refuse the image).
+    result = await processor.process(corpus.ultra_hdr_jpeg(), "image/jpeg")
+    assert isinstance(result, Sanitized), result
 
 
 async def test_a_rejection_comes_back_with_its_reason(processor: MediaProcessor) -> None:
@@ -76,6 +90,48 @@ async def test_a_crashed_worker_fails_only_its_job(processor: MediaProcessor) ->
     assert isinstance(await processor.process(corpus.jpeg_oriented(1), "image/jpeg"), Sanitized)
 
 
+async def _kill_mid_job(media: MediaProcessor) -> Rejected | Sanitized:
+    [worker] = media.worker_pids
+    task = asyncio.ensure_future(media.process(corpus.large_jpeg(30), "image/jpeg"))
+    await asyncio.sleep(0.3)  # the job is running
+    os.kill(worker, signal.SIGKILL)
+    return await task
+
+
+async def test_a_worker_that_cannot_be_started_again_never_shrinks_the_pool() -> None:
+    # Fault: after a worker is killed, starting its replacement fails (here: the interpreter cannot be
+    # executed; on a node, out of memory or processes). The slot must come back, not leak.
+    python = multiprocessing.spawn.get_executable()
+    async with MediaProcessor(pool=PoolSettings(workers=1, timeout_seconds=60)) as media:
+        try:
+            multiprocessing.set_executable("/nonexistent/python")
+            killed = await _kill_mid_job(media)
+            assert isinstance(killed, Rejected)
+            assert killed.reason is Reason.MEMORY  # what a SIGKILL looks like
+            health = media.health()
+            assert (health.size, health.alive) == (1, 0)
+            assert health.problem() is not None
+            # The next job is told at once (the queue retries it), instead of waiting for a slot forever.
+            with pytest.raises(PoolUnavailable):
+                await asyncio.wait_for(media.process(corpus.jpeg_oriented(1), "image/jpeg"), 30)
+        finally:
+            multiprocessing.set_executable(python)
+        # Once a worker can be started again, the next job starts one and runs.
+        result = await asyncio.wait_for(media.process(corpus.jpeg_oriented(1), "image/jpeg"), 30)
+        assert isinstance(result, Sanitized)
+        assert media.health().problem() is None
+        assert len(media.worker_pids) == 1
+
+
+async def test_a_worker_killed_while_idle_is_replaced_before_it_gets_a_job(processor: MediaProcessor) -> None:
+    [worker] = processor.worker_pids
+    os.kill(worker, signal.SIGKILL)
+    await asyncio.sleep(0.2)
+    result = await processor.process(corpus.jpeg_oriented(1), "image/jpeg")
+    assert isinstance(result, Sanitized), result  # not worker_crashed: the image was never at fault
+    assert processor.worker_pids != [worker]
+
+
 async def test_jobs_run_side_by_side_on_the_workers() -> None:
     async with MediaProcessor(pool=PoolSettings(workers=2)) as media:
         assert len(media.worker_pids) == 2
@@ -91,7 +147,7 @@ def test_a_50_mp_image_stays_under_300_mb_in_the_worker(tmp_path: Path, orientat
     script = textwrap.dedent(
         f"""
         import asyncio, resource, sys
-        from media_processor.pool import MediaProcessor, PoolSettings
+        from media_processor.pool import MediaProcessor, PoolSettings, PoolUnavailable
 
         async def main() -> None:
             data = open({str(image)!r}, "rb").read()
@@ -118,3 +174,25 @@ def test_a_50_mp_image_stays_under_300_mb_in_the_worker(tmp_path: Path, orientat
     assert int(pixels) > 49_000_000
     print(f"peak RSS {int(peak) / 2**20:.0f} MiB")
     assert int(peak) < 300 * 1024 * 1024, f"peak RSS {int(peak) / 2**20:.0f} MiB"
+
+
+async def test_the_media_processor_reports_its_pool_in_readyz(tmp_path: Path, client_for: Any) -> None:
+    # ``media_pool`` is one of its checks; a failing one (a pool short of workers it cannot start) is a 503.
+    settings = make_settings(tmp_path)
+    backends = Backends(settings)
+    part = media_processor.app.build(settings, backends)
+    assert set(part.readiness) == {"media_pool"}
+    client = await client_for(media_processor.app.create_app(settings, backends))
+    ready = await client.get("/readyz")
+    assert ready.json()["checks"]["media_pool"] == "ok", ready.text
+
+    async def short_of_workers() -> None:
+        raise PoolUnavailable("0 of 1 image workers alive; starting one failed: OSError(...)")
+
+    failing = ServiceParts(component="media-processor", readiness={"media_pool": short_of_workers})
+    client = await client_for(
+        create_service_app(settings, Backends(settings), [failing], component="m", title="m")
+    )
+    down = await client.get("/readyz")
+    assert down.status_code == 503
+    assert "starting one failed" in down.json()["checks"]["media_pool"]

@@ -40,18 +40,20 @@ class RecordingEvents:
         self.created_members: list[frozenset[str]] = []
         self.read: list[tuple[str, Message, str]] = []
         self.membership: list[tuple[str, frozenset[str], frozenset[str]]] = []
+        self.stored: list[OutboxEntry] = []
 
     async def message_created(self, entry: OutboxEntry, members: frozenset[str]) -> None:
         self.created.append(entry)
         self.created_members.append(members)
 
-    async def message_read(self, conversation_id: str, message: Message, reader_id: str) -> None:
-        self.read.append((conversation_id, message, reader_id))
-
-    async def participants_changed(
-        self, conversation_id: str, added: frozenset[str], removed: frozenset[str]
-    ) -> None:
-        self.membership.append((conversation_id, added, removed))
+    async def event_stored(self, entry: OutboxEntry) -> None:
+        self.stored.append(entry)
+        if entry.kind == "message.read":
+            assert entry.message is not None
+            assert entry.user_id is not None
+            self.read.append((entry.conversation_id, entry.message, entry.user_id))
+        elif entry.kind == "membership.changed":
+            self.membership.append((entry.conversation_id, frozenset(entry.added), frozenset(entry.removed)))
 
 
 class Chat:

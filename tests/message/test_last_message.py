@@ -11,9 +11,12 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from chat_core.leases import summary_lease
+from chat_core.leases.redis import RedisWriteLeases
 from chat_core.messagestore import Conversation, LastMessage
 from chat_core.messagestore.sqlite import SqliteChatStore
 from message_service.last_message import LastMessageWriter
@@ -170,3 +173,56 @@ async def test_a_failed_write_is_kept_and_retried(tmp_path: Path) -> None:
     assert touches.pending() == 0
     assert await stored_last(store, cid) == last(1)
     await store.close()
+
+
+# --- across replicas: one writer per conversation per interval (a Redis lease) ------------------------
+@pytest.fixture
+def leases(redis_backend: Any) -> RedisWriteLeases:
+    return RedisWriteLeases(redis_backend.address, prefix=f"test-{uuid.uuid4().hex[:8]}")
+
+
+async def test_a_second_replica_does_not_write_within_the_firsts_interval(
+    store: CountingStore, leases: RedisWriteLeases
+) -> None:
+    pod_a = LastMessageWriter(store, leases=leases, interval=60.0, clock=Clock())
+    pod_b = LastMessageWriter(store, leases=leases, interval=60.0, clock=Clock())
+    cid = await conversation(store)
+    await pod_a.touch(cid, last(1))
+    for n in range(2, 12):  # the other pod's sends, all within the lease
+        await pod_b.touch(cid, last(n))
+        await pod_b.flush_due()
+    assert store.touches == 1
+    assert await stored_last(store, cid) == last(1)
+    assert pod_b.pending() == 1  # its newest is kept, never dropped
+    await pod_b.flush_all()  # shutdown: written whatever the lease
+    assert await stored_last(store, cid) == last(11)
+    await leases.close()
+
+
+async def test_the_newest_waits_for_the_lease_and_is_written_when_it_lapses(
+    store: CountingStore, leases: RedisWriteLeases
+) -> None:
+    pod_a = LastMessageWriter(store, leases=leases, interval=0.2)
+    pod_b = LastMessageWriter(store, leases=leases, interval=0.2)
+    cid = await conversation(store)
+    await pod_a.touch(cid, last(1))
+    await pod_b.touch(cid, last(2))
+    assert (store.touches, await stored_last(store, cid)) == (1, last(1))
+    await asyncio.sleep(0.3)  # past the lease (Redis's own clock times it)
+    await pod_b.flush_due()
+    assert (store.touches, await stored_last(store, cid)) == (2, last(2))
+    await leases.close()
+
+
+async def test_the_lease_key_is_tagged_by_conversation_for_redis_cluster() -> None:
+    key = RedisWriteLeases("redis://127.0.0.1:1/0", prefix="chat").key(summary_lease("c-1"))
+    assert key == "chat:lease:summary:{c:c-1}"
+
+
+async def test_with_the_lease_store_down_the_summary_is_still_written(store: CountingStore) -> None:
+    unreachable = RedisWriteLeases("redis://127.0.0.1:1/0")
+    touches = LastMessageWriter(store, leases=unreachable, interval=1.0, clock=Clock())
+    cid = await conversation(store)
+    await touches.touch(cid, last(1))
+    assert await stored_last(store, cid) == last(1)
+    await unreachable.close()

@@ -297,7 +297,50 @@ async def test_the_same_client_message_id_twice_is_the_same_message(chat: Chat) 
     assert retry.status_code == 200
     assert retry.json() == first.json()
     assert [m.message_id for m in await chat.messages("alice", cid)] == [first.json()["messageId"]]
-    assert [e.message.message_id for e in chat.events.created] == [first.json()["messageId"]]
+    assert [e.message_id for e in chat.events.created] == [first.json()["messageId"]]
+
+
+async def test_a_retry_after_the_raw_upload_was_deleted_returns_the_stored_message(chat: Chat) -> None:
+    # The media processor deletes the raw upload once the image is ready: the retry of a send whose
+    # 201 was lost must still get the message, not "upload it again".
+    cid = await chat.create_conversation("alice", "bob")
+    object_key = await chat.upload("alice", cid, image_bytes())
+    first = await chat.send_image("alice", cid, object_key, clientMessageId="c-1")
+    assert first.status_code == 201
+    await chat.backends.object_store.delete(keys.stored_key(cid, object_key))
+    retry = await chat.send_image("alice", cid, object_key, clientMessageId="c-1")
+    assert retry.status_code == 200, retry.text
+    assert retry.json() == first.json()
+    assert len(await chat.messages("alice", cid)) == 1
+    assert len(chat.events.created) == 1
+
+
+async def test_a_retry_on_another_replica_returns_the_stored_message(make_chat: ChatFactory) -> None:
+    # Two app instances on one message store and one object store, as behind a load balancer.
+    first_replica, second_replica = await make_chat(), await make_chat()
+    cid = await first_replica.create_conversation("alice", "bob")
+    object_key = await first_replica.upload("alice", cid, image_bytes())
+    first = await first_replica.send_image("alice", cid, object_key, clientMessageId="c-1")
+    assert first.status_code == 201
+    before_deletion = await second_replica.send_image("alice", cid, object_key, clientMessageId="c-1")
+    assert before_deletion.status_code == 200, before_deletion.text
+    await first_replica.backends.object_store.delete(keys.stored_key(cid, object_key))
+    after_deletion = await second_replica.send_image("alice", cid, object_key, clientMessageId="c-1")
+    assert after_deletion.status_code == 200, after_deletion.text
+    assert before_deletion.json() == after_deletion.json() == first.json()
+    assert len(await second_replica.messages("bob", cid)) == 1
+    assert second_replica.events.created == []
+
+
+async def test_a_retry_from_a_removed_member_is_still_refused(chat: Chat) -> None:
+    cid = await chat.create_conversation("alice", "bob")
+    object_key = await chat.upload("bob", cid, image_bytes())
+    assert (await chat.send_image("bob", cid, object_key, clientMessageId="c-1")).status_code == 201
+    left = await chat.client.delete(f"/conversations/{cid}/participants/bob", headers=auth_header("bob"))
+    assert left.status_code == 204, left.text
+    retry = await chat.send_image("bob", cid, object_key, clientMessageId="c-1")
+    assert retry.status_code == 404
+    assert retry.json()["code"] == "conversation_not_found"
 
 
 async def test_a_text_retry_returns_the_first_message(chat: Chat) -> None:
@@ -354,15 +397,17 @@ async def test_a_refused_send_stores_nothing_and_announces_nothing(chat: Chat) -
     object_key = await chat.upload("alice", cid, b"not an image", "image/jpeg")
     assert (await chat.send_image("alice", cid, object_key)).status_code == 422
     assert chat.events.created == []
-    assert await chat.backends.chat_store.outbox_stats() == (0, None)
+    pending = await chat.backends.chat_store.pending_outbox(older_than=-60, limit=10)
+    assert [e.kind for e in pending] == ["membership.changed"]  # the conversation's, nothing of the send
 
 
 async def test_the_fan_out_seam_gets_the_stored_outbox_entry(chat: Chat) -> None:
     cid = await chat.create_conversation("alice", "bob")
     sent = (await chat.send_text("alice", cid, "hi")).json()
     pending = await chat.backends.chat_store.pending_outbox(older_than=0, limit=10)
+    pending = [entry for entry in pending if entry.kind == "message.created"]
     assert chat.events.created == pending
-    assert pending[0].message.message_id == sent["messageId"]
+    assert pending[0].message_id == sent["messageId"]
     assert pending[0].conversation_id == cid
     assert chat.events.created_members == [frozenset({"alice", "bob"})]  # read once, handed over
 
@@ -452,3 +497,33 @@ async def test_a_non_member_learns_nothing_about_message_ids(chat: Chat) -> None
     assert answers[0].json()["code"] == answers[1].json()["code"] == "conversation_not_found"
     assert answers[0].json()["detail"] == answers[1].json()["detail"]
     assert (await chat.messages("alice", cid))[0].read_by == ("alice",)
+
+
+async def test_any_key_of_the_layout_is_an_answer_not_a_500(chat: Chat) -> None:
+    """A version 7 UUID whose 48 bits of milliseconds lie past the year 9999 (Schemathesis found it): the
+    key has the documented layout, so the send is refused for what it names (404), never a 500."""
+    cid = await chat.create_conversation("alice")
+    key = "images/alice/20240419-123456-ffffffff-ffff-7fff-bfff-ffffffffffff.jpg"
+    assert keys.parse_object_key(key).issued_at is None
+    response = await chat.send_image("alice", cid, key)
+    assert response.status_code == 404, response.text
+    assert response.json()["code"] == "image_not_found"
+
+
+async def test_an_image_message_with_null_metadata_is_a_400(chat: Chat) -> None:
+    """Not schema-valid either: the document's `SendImage` requires `metadata` (an object)."""
+    cid = await chat.create_conversation("alice")
+    response = await chat.client.post(
+        f"/conversations/{cid}/messages",
+        json={"messageType": "image", "metadata": None, "content": "hi"},
+        headers=auth_header("alice"),
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_request"
+
+
+async def test_a_text_message_may_say_metadata_null(chat: Chat) -> None:
+    """A client that writes every field sends `"metadata": null` with its text."""
+    cid = await chat.create_conversation("alice")
+    response = await chat.send_text("alice", cid, "hi", metadata=None)
+    assert response.status_code == 201, response.text

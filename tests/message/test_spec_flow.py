@@ -59,7 +59,7 @@ async def api(
     base_url = await serve(app, port)
     bucket = settings.s3.bucket
     if settings.backends.object_store == "s3" and bucket not in _buckets_ready:
-        await backends.object_store.ensure_bucket(settings.service.cors_allow_origins)
+        await harness.provision(settings)
         _buckets_ready.add(bucket)
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
         yield client

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from chat_core import keys
-from chat_management import bucket
+from chat_management import provision
 from tests import harness
 from tests.conftest import TEST_SECRET, make_settings, unique
 
@@ -48,8 +48,8 @@ class SetUpBucket:
     sqs: Any
 
     @property
-    def configuration(self) -> bucket.BucketConfiguration:
-        return bucket.BucketConfiguration.from_settings(make_settings(self.env["DATA_DIR"], self.env))
+    def plan(self) -> provision.Plan:
+        return provision.Plan.from_settings(make_settings(self.env["DATA_DIR"], self.env))
 
     def media_queue_url(self) -> str:
         return str(self.sqs.get_queue_url(QueueName=self.env["MEDIA_QUEUE_NAME"])["QueueUrl"])
@@ -60,6 +60,9 @@ def setup_env(localstack: harness.Backend, data_dir: Path, **extra: str) -> dict
         "OBJECT_STORE": "s3",
         "S3_BUCKET_NAME": unique("hardened"),
         "MEDIA_QUEUE_NAME": unique("media"),
+        "NOTIFICATION_QUEUE": "sqs",
+        "SQS_QUEUE_NAME": unique("notifications"),
+        "SQS_DLQ_NAME": unique("notifications-dlq"),
         "AWS_ENDPOINT_URL": localstack.address,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
@@ -77,26 +80,26 @@ def hardened(localstack: harness.Backend, tmp_path_factory: pytest.TempPathFacto
     assert first.returncode == 0, first.stderr
     again = run_setup(env)
     assert again.returncode == 0, again.stderr
-    s3, sqs = bucket.clients(make_settings(env["DATA_DIR"], env))
+    s3, sqs = provision.clients(make_settings(env["DATA_DIR"], env))
     return SetUpBucket(env, env["S3_BUCKET_NAME"], first, again, s3, sqs)
 
 
 def test_every_step_says_ok_and_the_first_run_creates_the_bucket(hardened: SetUpBucket) -> None:
     lines = hardened.first.stdout.splitlines()
     assert lines[0] == f"ok: object store (s3): bucket {hardened.name} (created)"
-    assert len(lines) == len(bucket.setup_steps(hardened.configuration, None, None))
+    assert len(lines) == len(provision.steps(hardened.plan, None, None))
     assert all(line.startswith("ok: ") for line in lines)
 
 
 def test_setup_again_changes_nothing(hardened: SetUpBucket) -> None:
     lines = hardened.again.stdout.splitlines()
-    assert lines[0].endswith("(exists)")
+    assert lines[0].endswith("(exists)"), hardened.again.stdout
     assert all(line.endswith("(unchanged)") for line in lines[1:]), hardened.again.stdout
 
 
 def test_the_public_access_block_has_all_four_flags(hardened: SetUpBucket) -> None:
     block = hardened.s3.get_public_access_block(Bucket=hardened.name)["PublicAccessBlockConfiguration"]
-    assert block == bucket.public_access_block()
+    assert block == provision.public_access_block()
     assert len(block) == 4
     assert all(block.values())
 
@@ -108,7 +111,7 @@ def test_acls_are_off(hardened: SetUpBucket) -> None:
 
 def test_the_policy_denies_plain_http_anonymous_and_public_acls(hardened: SetUpBucket) -> None:
     policy = json.loads(hardened.s3.get_bucket_policy(Bucket=hardened.name)["Policy"])
-    assert policy == bucket.bucket_policy(hardened.name)
+    assert policy == provision.bucket_policy(hardened.name)
     by_sid = {statement["Sid"]: statement for statement in policy["Statement"]}
     assert {s["Effect"] for s in policy["Statement"]} == {"Deny"}  # it grants nothing to anyone
     assert by_sid["DenyInsecureTransport"]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
@@ -127,14 +130,21 @@ def test_objects_are_encrypted_by_default_with_sse_s3(hardened: SetUpBucket) -> 
 
 def test_cors_is_the_browser_upload_rule(hardened: SetUpBucket) -> None:
     rules = hardened.s3.get_bucket_cors(Bucket=hardened.name)["CORSRules"]
-    assert {"CORSRules": rules} == bucket.cors((ORIGIN,))
+    assert {"CORSRules": rules} == provision.cors((ORIGIN,))
 
 
-def test_lifecycle_aborts_multipart_uploads_and_expires_only_raw_uploads(hardened: SetUpBucket) -> None:
+def test_lifecycle_aborts_multipart_uploads_and_expires_only_raw_uploads_and_notes(
+    hardened: SetUpBucket,
+) -> None:
     rules = hardened.s3.get_bucket_lifecycle_configuration(Bucket=hardened.name)["Rules"]
-    assert bucket._contains(rules, bucket.lifecycle(5)["Rules"])
+    assert provision._contains(rules, provision.lifecycle(5)["Rules"])
     by_id = {rule["ID"]: rule for rule in rules}
-    assert set(by_id) == {"abort-incomplete-multipart-uploads", "expire-raw-uploads"}
+    assert set(by_id) == {"abort-incomplete-multipart-uploads", "expire-raw-uploads", "expire-refusal-notes"}
+    notes = by_id["expire-refusal-notes"]
+    assert notes["Expiration"] == {"Days": 5}
+    assert keys.refusal_key(keys.stored_key("c1", keys.new_object_key("alice", "image/png"))).startswith(
+        notes["Filter"]["Prefix"]
+    )
     assert by_id["abort-incomplete-multipart-uploads"]["AbortIncompleteMultipartUpload"] == {
         "DaysAfterInitiation": 1
     }
@@ -153,7 +163,7 @@ def test_the_media_queue_takes_this_buckets_events_and_has_a_dead_letter_queue(
         QueueUrl=hardened.media_queue_url(), AttributeNames=["All"]
     )["Attributes"]
     policy = json.loads(attributes["Policy"])
-    assert policy == bucket.media_queue_policy(attributes["QueueArn"], hardened.name)
+    assert policy == provision.queue_policy(attributes["QueueArn"], hardened.name)
     (statement,) = policy["Statement"]
     assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
     assert statement["Condition"]["ArnEquals"] == {"aws:SourceArn": f"arn:aws:s3:::{hardened.name}"}
@@ -167,7 +177,7 @@ def test_the_bucket_announces_created_uploads_on_the_media_queue(hardened: SetUp
     queue_arn = hardened.sqs.get_queue_attributes(
         QueueUrl=hardened.media_queue_url(), AttributeNames=["QueueArn"]
     )["Attributes"]["QueueArn"]
-    assert ours == bucket.notification(queue_arn)
+    assert ours == provision.notification(queue_arn)
 
 
 def _received_keys(hardened: SetUpBucket, *, wait_for: str, deadline_seconds: float = 15) -> list[str]:
@@ -221,9 +231,9 @@ def test_a_kms_key_setting_makes_the_default_encryption_sse_kms(
     result = run_setup(env)
     assert result.returncode == 0, result.stderr
     assert "ok: bucket: default encryption (SSE-KMS with key alias/chat-images)" in result.stdout
-    s3, _ = bucket.clients(make_settings(tmp_path, env))
+    s3, _ = provision.clients(make_settings(tmp_path, env))
     config = s3.get_bucket_encryption(Bucket=env["S3_BUCKET_NAME"])["ServerSideEncryptionConfiguration"]
-    assert config == bucket.encryption("alias/chat-images")
+    assert config == provision.encryption("alias/chat-images")
 
 
 def test_no_expiry_rule_when_the_backstop_is_off_and_cors_off_removes_the_rule(
@@ -234,7 +244,7 @@ def test_no_expiry_rule_when_the_backstop_is_off_and_cors_off_removes_the_rule(
     changed = run_setup({**env, "RAW_UPLOAD_EXPIRY_DAYS": "0", "CORS_ALLOW_ORIGINS": ""})
     assert changed.returncode == 0, changed.stderr
     assert "removed (CORS off)" in changed.stdout
-    s3, _ = bucket.clients(make_settings(tmp_path, env))
+    s3, _ = provision.clients(make_settings(tmp_path, env))
     rules = s3.get_bucket_lifecycle_configuration(Bucket=env["S3_BUCKET_NAME"])["Rules"]
     assert [rule["ID"] for rule in rules] == ["abort-incomplete-multipart-uploads"]
     with pytest.raises(Exception, match="NoSuchCORSConfiguration"):
@@ -244,7 +254,7 @@ def test_no_expiry_rule_when_the_backstop_is_off_and_cors_off_removes_the_rule(
 def test_setup_keeps_notifications_that_are_not_its_own(localstack: harness.Backend, tmp_path: Path) -> None:
     env = setup_env(localstack, tmp_path)
     assert run_setup(env).returncode == 0
-    s3, sqs = bucket.clients(make_settings(tmp_path, env))
+    s3, sqs = provision.clients(make_settings(tmp_path, env))
     audit_url = sqs.create_queue(QueueName=unique("audit"))["QueueUrl"]
     audit_arn = sqs.get_queue_attributes(QueueUrl=audit_url, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"
@@ -261,4 +271,4 @@ def test_setup_keeps_notifications_that_are_not_its_own(localstack: harness.Back
         q["Id"]
         for q in s3.get_bucket_notification_configuration(Bucket=env["S3_BUCKET_NAME"])["QueueConfigurations"]
     ]
-    assert sorted(ids) == sorted(["audit", bucket.NOTIFICATION_ID])
+    assert sorted(ids) == sorted(["audit", provision.NOTIFICATION_ID])

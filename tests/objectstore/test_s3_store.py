@@ -1,6 +1,6 @@
 """What only the S3 adapter has to prove, on LocalStack with signature validation on: that the checks are
-real, that presigned URLs use the public endpoint, and that ``ensure_bucket`` sets up a bucket browsers can
-upload to, in any region.
+real, that presigned URLs use the public endpoint, and that the bucket ``chat-management setup`` provisions
+is one browsers can upload to, in any region.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def _store(
-    tmp_path: Path, localstack: harness.Backend, bucket: str, env: Mapping[str, str] | None = None
+    tmp_path: Path,
+    localstack: harness.Backend,
+    bucket: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    provisioned: bool = True,
 ) -> AsyncIterator[ObjectStore]:
     settings = make_settings(
         tmp_path,
@@ -40,14 +45,17 @@ async def _store(
     )
     backends = Backends(settings)
     store = backends.object_store
+    if provisioned:
+        await harness.provision(settings)
     async with backends:
         yield store
 
 
 @pytest.fixture
 async def store(tmp_path: Path, localstack: harness.Backend) -> AsyncIterator[ObjectStore]:
-    async for store in _store(tmp_path, localstack, unique("s3store")):
-        await store.ensure_bucket(("https://chat.example",))
+    async for store in _store(
+        tmp_path, localstack, unique("s3store"), {"CORS_ALLOW_ORIGINS": "https://chat.example"}
+    ):
         yield store
 
 
@@ -112,17 +120,19 @@ async def test_the_bucket_cors_rule_refuses_another_origin(
     assert "access-control-allow-origin" not in response.headers
 
 
-async def test_ensure_bucket_creates_a_bucket_outside_us_east_1_and_is_idempotent(
+async def test_setup_creates_a_bucket_outside_us_east_1_and_is_idempotent(
     tmp_path: Path, localstack: harness.Backend
 ) -> None:
-    async for store in _store(tmp_path, localstack, unique("apse1"), {"AWS_REGION": "ap-southeast-1"}):
-        await store.ensure_bucket(("*",))
-        await store.ensure_bucket(("*",))
+    env = {"AWS_REGION": "ap-southeast-1", "S3_BUCKET_NAME": unique("apse1")}
+    async for store in _store(tmp_path, localstack, env["S3_BUCKET_NAME"], env):  # provisions once
+        await harness.provision(
+            make_settings(tmp_path, {**env, "OBJECT_STORE": "s3", "AWS_ENDPOINT_URL": localstack.address})
+        )
         await store.put("c/a.png", b"x", content_type="image/png")
         assert await store.head("c/a.png") is not None
 
 
 async def test_ping_fails_for_a_missing_bucket(tmp_path: Path, localstack: harness.Backend) -> None:
-    async for store in _store(tmp_path, localstack, unique("missing")):
+    async for store in _store(tmp_path, localstack, unique("missing"), provisioned=False):
         with pytest.raises(Exception, match="404"):
             await store.ping()

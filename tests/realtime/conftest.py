@@ -158,6 +158,7 @@ async def deploy(serve: Serve, tmp_path: Path) -> AsyncIterator[DeployFactory]:
             **(env or {}),
         }
         settings = make_settings(tmp_path / uuid.uuid4().hex, base_env)
+        await harness.provision(settings)
         if kind == "embedded":
             backends = Backends(settings)
             base_url = await serve(all_in_one.create_app(settings, backends))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from chat_core.backends import Backends
 from chat_core.settings import Settings
 from message_service.app import create_app
-from tests.conftest import auth_header
+from tests.conftest import auth_header, make_settings
 
 TOKEN = "fcm-token_0123:abc.DEF-456"
 
@@ -89,3 +91,32 @@ async def test_devices_need_a_token(service: tuple[Any, Backends]) -> None:
     client, _ = service
     assert (await client.put(f"/me/devices/{TOKEN}", json={"platform": "ios"})).status_code == 401
     assert (await client.delete(f"/me/devices/{TOKEN}")).status_code == 401
+
+
+async def test_a_user_keeps_at_most_max_devices_per_user(service: tuple[Any, Backends]) -> None:
+    client, backends = service
+    limit = backends.settings.limits.max_devices_per_user
+    assert limit == 10  # the documented default
+    tokens = [f"phone-token-{i:03d}" for i in range(limit + 5)]
+    for token in tokens:  # one after the other: each newer than the last
+        response = await client.put(
+            f"/me/devices/{token}", json={"platform": "ios"}, headers=auth_header("bob")
+        )
+        assert response.status_code == 200, response.text
+    assert sorted(await _tokens(backends, "bob")) == tokens[-limit:]
+
+
+async def test_many_registrations_at_once_never_pass_the_limit(client_for: Any, tmp_path: Path) -> None:
+    limited = make_settings(tmp_path, {"MAX_DEVICES_PER_USER": "3"})
+    backends = Backends(limited)
+    client = await client_for(create_app(limited, backends))
+    responses = await asyncio.gather(
+        *(
+            client.put(
+                f"/me/devices/burst-token-{i:03d}", json={"platform": "web"}, headers=auth_header("bob")
+            )
+            for i in range(40)
+        )
+    )
+    assert {response.status_code for response in responses} == {200}
+    assert len(await _tokens(backends, "bob")) == 3

@@ -15,8 +15,9 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from chat_core.backends import Backends
-from chat_core.messagestore import Conversation, Message, OutboxEntry
+from chat_core.messagestore import Conversation, Message, OutboxEntry, created_event
 from chat_core.realtime import conversation_channel
+from chat_core.realtime.events import decode_envelope
 from message_service.fanout import RECIPIENTS_PER_NOTIFICATION, Fanout, notifications_for
 from tests import harness
 from tests.conftest import make_settings
@@ -62,13 +63,13 @@ class Rig:
         [entry] = [
             e
             for e in await self.backends.chat_store.pending_outbox(older_than=0, limit=1000)
-            if e.message.message_id == msg.message_id
+            if e.event_id == msg.message_id
         ]
         return entry
 
     async def outbox_ids(self) -> set[str]:
         entries = await self.backends.chat_store.pending_outbox(older_than=0, limit=1000)
-        return {e.message.message_id for e in entries}
+        return {e.event_id for e in entries}
 
 
 @pytest.fixture
@@ -102,9 +103,9 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
 def test_huge_groups_are_chunked_into_numbered_notifications() -> None:
     recipients = [f"user-{n:05d}" for n in range(2 * RECIPIENTS_PER_NOTIFICATION + 500)]
-    entry = OutboxEntry(conversation_id="c-1", message=message(), created_at=dt.datetime.now(dt.UTC))
+    entry = created_event("c-1", message())
     notifications = notifications_for(entry, recipients, trace={})
-    message_id = entry.message.message_id
+    message_id = entry.event_id
     assert [n.notification_id for n in notifications] == [f"{message_id}:{i}" for i in range(3)]
     assert [len(n.recipient_ids) for n in notifications] == [1000, 1000, 500]
     assert sorted(r for n in notifications for r in n.recipient_ids) == recipients
@@ -122,7 +123,7 @@ async def test_a_delivered_message_is_published_once_enqueued_once_and_leaves_th
     assert channel == conversation_channel(conversation)
     [job] = await rig.backends.notification_queue.receive(max_messages=10, wait_seconds=1)
     assert job.job.recipient_ids == ("carol",)  # bob is online, alice sent it
-    assert job.job.notification_id == f"{entry.message.message_id}:0"
+    assert job.job.notification_id == f"{entry.event_id}:0"
     assert await rig.outbox_ids() == set()
 
 
@@ -141,7 +142,7 @@ async def test_when_the_queue_is_down_the_entry_stays_and_a_retry_does_not_publi
     conversation = await rig.conversation("alice", "bob")
     entry = await rig.stored(conversation, message())
     assert await rig.fanout.deliver(entry) is False
-    assert await rig.outbox_ids() == {entry.message.message_id}
+    assert await rig.outbox_ids() == {entry.event_id}
     await rig.events.get()  # published once
     await rig.backends.notification_queue.start()  # the queue is back
     assert await rig.fanout.deliver(entry) is True
@@ -186,8 +187,8 @@ async def test_the_relay_skips_an_entry_in_flight_and_delivers_the_rest_without_
     rig: Rig = await make_rig()
     conversation = await rig.conversation("alice", "bob")
     held = await rig.stored(conversation, message())  # the oldest: first in the relay's pass
-    others = [(await rig.stored(conversation, message())).message.message_id for _ in range(2)]
-    queue = _QueueHoldingOneMessage(rig.backends.notification_queue, held.message.message_id)
+    others = [(await rig.stored(conversation, message())).event_id for _ in range(2)]
+    queue = _QueueHoldingOneMessage(rig.backends.notification_queue, held.event_id)
     fanout = Fanout(
         rig.backends.conversations,
         rig.backends.outbox,
@@ -199,7 +200,7 @@ async def test_the_relay_skips_an_entry_in_flight_and_delivers_the_rest_without_
     await fanout.message_created(held, frozenset({"alice", "bob"}))  # the send's own delivery
     await asyncio.wait_for(queue.holding.wait(), 5)
     assert await fanout.relay_once() is True  # healthy: nothing failed, so no back-off
-    assert await rig.outbox_ids() == {held.message.message_id}
+    assert await rig.outbox_ids() == {held.event_id}
     delivered = await rig.backends.notification_queue.receive(max_messages=10, wait_seconds=1)
     assert sorted(job.job.message_id for job in delivered) == sorted(others)
     queue.release.set()  # the delivery in flight ends on its own
@@ -238,3 +239,55 @@ async def test_on_redis_a_message_to_a_large_group_is_one_publish_and_one_presen
     assert calls["cmdstat_publish"] == 1
     assert calls["cmdstat_evalsha"] == 1
     assert await rig.backends.notification_queue.depth() == (1, 0)
+
+
+# --- relay claims: replicas share a backlog ----------------------------------------------------------
+def _replica(rig: Rig, queue: Any = None) -> Fanout:
+    """Another message-service replica's relay over the same store and bus."""
+    return Fanout(
+        rig.backends.conversations,
+        rig.backends.outbox,
+        rig.backends.event_bus,
+        rig.backends.presence,
+        queue or rig.backends.notification_queue,
+        relay_grace=0.0,
+    )
+
+
+async def test_replicas_relaying_one_backlog_publish_each_entry_once(make_rig: Callable[..., Any]) -> None:
+    rig: Rig = await make_rig()
+    conversation = await rig.conversation("alice", "bob")
+    stored = [message(age=30) for _ in range(20)]
+    for msg in stored:  # the backlog an outage left behind
+        await rig.backends.chat_store.create_message(conversation, msg)
+    replicas = [rig.fanout, _replica(rig), _replica(rig)]
+    assert await asyncio.gather(*(replica.relay_once() for replica in replicas)) == [True] * 3
+    published = []
+    while not rig.events.empty():
+        _channel, payload = rig.events.get_nowait()
+        envelope = decode_envelope(payload)
+        assert envelope is not None
+        assert envelope.message is not None
+        published.append(envelope.message.message_id)
+    assert sorted(published) == sorted(m.message_id for m in stored)  # each once
+    assert await rig.backends.notification_queue.depth() == (20, 0)
+    assert await rig.outbox_ids() == set()
+
+
+class _QueueDown:
+    """A notification queue that refuses every send (SQS unreachable from this replica)."""
+
+    async def send(self, notifications: Any) -> None:
+        raise ConnectionError("queue unreachable")
+
+
+async def test_a_failed_pass_releases_its_claims_for_the_next_replica(make_rig: Callable[..., Any]) -> None:
+    rig: Rig = await make_rig()
+    conversation = await rig.conversation("alice", "bob")
+    for _ in range(3):
+        await rig.backends.chat_store.create_message(conversation, message(age=30))
+    assert await _replica(rig, _QueueDown()).relay_once() is False
+    # Not held for the lease (30 s): another replica relays them on its next pass.
+    assert await rig.fanout.relay_once() is True
+    assert await rig.outbox_ids() == set()
+    assert await rig.backends.notification_queue.depth() == (3, 0)

@@ -20,7 +20,10 @@ from chat_management import smoke
 from tests import harness
 from tests.conftest import TEST_SECRET, make_settings, unique
 
-WALK = ["create_conversation", "upload_url", "upload", "send_image_message", "fetch_image_as_sender"]
+WALK = [
+    "create_conversation", "upload_url", "upload", "send_image_message", "image_ready",
+    "fetch_image_as_sender",
+]  # fmt: skip
 
 
 def _cloud_env(request: pytest.FixtureRequest) -> dict[str, str]:
@@ -58,8 +61,7 @@ async def start(tmp_path: Path, serve: Any, env: Mapping[str, str]) -> str:
     if not any(route.path == "/conversations" for route in app.routes):
         pytest.skip("the message service's routes are not in this build yet")
     base_url = str(await serve(app, port))
-    if settings.backends.object_store == "s3":
-        await backends.object_store.ensure_bucket(())
+    await harness.provision(settings)
     return base_url
 
 
@@ -145,6 +147,22 @@ async def test_smoke_command_exits_1_and_says_which_step_failed(tmp_path: Path, 
     assert lines[-2]["step"] == "upload_url"
     assert lines[-2]["ok"] is False
     assert lines[-1]["smoke"] == "failed"
+
+
+async def test_smoke_asks_every_components_readiness_first(tmp_path: Path, serve: Any) -> None:
+    base_url = await start(tmp_path, serve, {})
+    nowhere = f"http://127.0.0.1:{harness.free_port()}"
+
+    code, lines = await _cli("--ready", f"upload={base_url}", "--ready-only", env={})
+    assert code == 0, lines
+    assert lines[0] == {"step": "readyz:upload", "status": 200, "ok": True, "ms": lines[0]["ms"]}
+
+    code, lines = await _cli(
+        "--ready", f"upload={base_url}", "--ready", f"media-processor={nowhere}", "--ready-only", env={}
+    )
+    assert code == 1
+    assert lines[-2]["step"] == "readyz:media-processor"
+    assert lines[-2]["ok"] is False
 
 
 def test_smoke_command_needs_somewhere_to_go() -> None:

@@ -771,3 +771,53 @@ async def test_a_read_receipts_late_answer_does_not_take_the_thumbnail_back(
     assert await bob.evaluate(thumbnail_shown(photo))
     await alice.locator("li.message", has_text="Read early").get_by_text(f"Read by {bob_id}").wait_for()
     watch.check()
+
+
+async def test_forward_to_shows_the_photo_in_the_other_conversation_at_once(
+    browser: Any, server: Server
+) -> None:
+    async with httpx.AsyncClient(base_url=server.url, headers=auth_header("alice")) as api:
+        await api.post("/conversations", json={"participantIds": ["bob"], "name": "Holiday"})
+        family = (
+            await api.post("/conversations", json={"participantIds": ["carol"], "name": "Family"})
+        ).json()
+    watch = Watch()
+    alice = await open_as(browser, watch, server.url, "alice")
+    carol = await open_as(browser, watch, server.url, "carol")
+    await carol.locator("button.conversation", has_text="Family").click()
+    await alice.locator("button.conversation", has_text="Holiday").click()
+    await drop_file(alice, photo_with_gps(), "lake.jpg", "image/jpeg")
+    await alice.wait_for_function("() => document.querySelector('progress')?.value === 1")
+    await alice.get_by_label("Caption").fill("Sunset at the lake")
+    await alice.get_by_label("Caption").press("Enter")
+    await alice.locator(".photo[data-status='ready'] img.loaded").wait_for(timeout=30_000)
+
+    # alice: "Forward to…" on the photo, then the other conversation
+    await (
+        alice.locator("li.message", has_text="Sunset at the lake")
+        .get_by_role("button", name="Forward to…")
+        .click()
+    )
+    dialog = alice.get_by_role("dialog", name="Forward to…")
+    await dialog.wait_for()
+    assert await dialog.get_by_role("button", name="Holiday").count() == 0  # not where it already is
+    await shot(alice, "21-forward-to")
+    await dialog.get_by_role("button", name="Family").click()
+    await dialog.wait_for(state="hidden")
+
+    # the target opens with the photo ready at once: BlurHash and thumbnail, never "Processing…"
+    await alice.get_by_role("heading", name="Family").wait_for()
+    forwarded = alice.locator("li.message", has_text="Sunset at the lake")
+    await forwarded.locator(".photo[data-status='ready'] img.loaded").wait_for()
+    await forwarded.get_by_text("Forwarded").wait_for()
+    await carol.wait_for_function(thumbnail_shown("li.message .photo[data-status='ready'] img"))
+    assert await carol.locator(".photo[data-status='processing']").count() == 0
+    assert await carol.get_by_text("Forwarded").count() == 1
+    await shot(carol, "22-forwarded-arrives")
+    async with httpx.AsyncClient(base_url=server.url, headers=auth_header("carol")) as api:
+        [message] = (await api.get(f"/conversations/{family['conversationId']}/messages")).json()["items"]
+    assert message["forwarded"] is True
+    assert message["senderId"] == "alice"
+    assert message["metadata"]["status"] == "ready"
+    assert message["metadata"]["blurhash"]
+    watch.check()

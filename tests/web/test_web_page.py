@@ -120,6 +120,49 @@ async def test_dev_login_on_mints_a_token_the_api_accepts(client_for: Any, tmp_p
     assert refused.status_code == 400
 
 
+@pytest.mark.parametrize("configured", ["*", "https://dev.example", ""], ids=["any", "named", "off"])
+async def test_dev_token_answers_no_other_origin(client_for: Any, tmp_path: Path, configured: str) -> None:
+    # Any page a developer visits while `make run` is up must not be able to read a minted token.
+    settings = make_settings(tmp_path, {"DEV_LOGIN": "true", "CORS_ALLOW_ORIGINS": configured})
+    client = await client_for(all_in_one.create_app(settings))
+    evil = {"Origin": "https://evil.example"}
+    preflight = await client.options(
+        "/dev/token",
+        headers={
+            **evil,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+    minted = await client.post("/dev/token", json={"userId": "alice"}, headers=evil)
+    assert minted.status_code == 200  # a same-origin page could still ask; this one cannot read it
+    assert "access-control-allow-origin" not in minted.headers
+    if configured == "*":  # the API itself keeps its configured CORS
+        api = await client.get("/healthz", headers=evil)
+        assert api.headers["access-control-allow-origin"] == "*"
+
+
+async def test_dev_token_answers_a_named_origin(client_for: Any, tmp_path: Path) -> None:
+    origin = "https://dev.example"
+    settings = make_settings(tmp_path, {"DEV_LOGIN": "true", "CORS_ALLOW_ORIGINS": f"{origin},*"})
+    client = await client_for(all_in_one.create_app(settings))
+    preflight = await client.options(
+        "/dev/token",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == origin
+    minted = await client.post("/dev/token", json={"userId": "alice"}, headers={"Origin": origin})
+    assert minted.status_code == 200
+    assert minted.headers["access-control-allow-origin"] == origin
+    assert "Origin" in minted.headers["vary"]
+
+
 def test_dev_login_needs_the_dev_secret() -> None:
     with pytest.raises(SettingsError, match="DEV_LOGIN"):
         load_settings(

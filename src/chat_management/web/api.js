@@ -81,6 +81,10 @@ export class Api {
   send(id, body) {
     return this.request("POST", `/conversations/${encodeURIComponent(id)}/messages`, body);
   }
+  forward(id, messageId, targetId, clientMessageId) {
+    const path = `/conversations/${encodeURIComponent(id)}/messages/${encodeURIComponent(messageId)}/forward`;
+    return this.request("POST", path, { conversationId: targetId, clientMessageId });
+  }
   markRead(id, messageId) {
     const path = `/conversations/${encodeURIComponent(id)}/messages/${encodeURIComponent(messageId)}/read`;
     return this.request("POST", path);

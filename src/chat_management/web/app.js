@@ -405,6 +405,50 @@ function Viewer({ message, onClose }) {
   </dialog>`;
 }
 
+/**
+ * "Forward to…": the other conversations to pick from. The server copies the photo (no upload again) and
+ * answers with the new message, ready at once; the page shows the target conversation with it.
+ */
+function ForwardDialog({ store, forwarding, onClose, onForwarded }) {
+  const dialog = useRef(null);
+  const [error, setError] = useState("");
+  const [busy, setBusy] = useState(false);
+  const clientMessageId = useMemo(randomId, [forwarding]);
+  useEffect(() => {
+    const element = dialog.current;
+    setError("");
+    if (forwarding && element && !element.open) element.showModal();
+  }, [forwarding]);
+  if (!forwarding) return null;
+  const targets = store.sortedConversations().filter((c) => c.conversationId !== forwarding.conversationId);
+  async function forwardTo(target) {
+    if (busy) return;
+    setBusy(true);
+    try {
+      const message = await store.api.forward(
+        forwarding.conversationId, forwarding.message.messageId, target.conversationId, clientMessageId);
+      store.putMessage(target.conversationId, message);
+      dialog.current?.close();
+      onForwarded(target.conversationId);
+    } catch (e) {
+      setError(describeError(e));
+    } finally {
+      setBusy(false);
+    }
+  }
+  return html`<dialog ref=${dialog} class="forward-dialog" aria-labelledby="forward-title" onClose=${onClose}>
+    <h3 id="forward-title">Forward to…</h3>
+    ${targets.length === 0 && html`<p>No other conversation yet.</p>`}
+    <ul>
+      ${targets.map((c) => html`<li key=${c.conversationId}>
+        <button type="button" class="secondary" disabled=${busy} onClick=${() => forwardTo(c)}>${titleOf(c, store.me)}</button>
+      </li>`)}
+    </ul>
+    ${error && html`<p class="error" role="alert">${error}</p>`}
+    <div class="row"><button type="button" onClick=${() => dialog.current?.close()}>Cancel</button></div>
+  </dialog>`;
+}
+
 function Receipt({ message, me }) {
   if (message.senderId !== me) return null;
   const readers = message.readBy.filter((u) => u !== me);
@@ -412,7 +456,7 @@ function Receipt({ message, me }) {
     ${readers.length ? `Read by ${readers.join(", ")}` : "Sent"}</span>`;
 }
 
-function MessageItem({ store, conversationId, message, observer, onOpen }) {
+function MessageItem({ store, conversationId, message, observer, onOpen, onForward }) {
   const element = useRef(null);
   const mine = message.senderId === store.me;
   const unreadByMe = !mine && !message.readBy.includes(store.me);
@@ -430,12 +474,15 @@ function MessageItem({ store, conversationId, message, observer, onOpen }) {
     ${!mine && html`<span class="sender">${message.senderId}</span>`}
     ${message.messageType === "image" && html`<${MessageImage} message=${message} onOpen=${onOpen} />`}
     ${message.content && html`<p class="text">${message.content}</p>`}
-    <span class="meta"><time datetime=${message.timestamp}>${timeOf(message.timestamp)}</time>
-      <${Receipt} message=${message} me=${store.me} /></span>
+    <span class="meta">${message.forwarded && html`<span class="forwarded">Forwarded</span>`}
+      <time datetime=${message.timestamp}>${timeOf(message.timestamp)}</time>
+      <${Receipt} message=${message} me=${store.me} />
+      <button type="button" class="link forward" onClick=${() => onForward(conversationId, message)}
+        aria-label="Forward to…" title="Forward to…">↪</button></span>
   </li>`;
 }
 
-function MessageList({ store, conversationId, onOpen }) {
+function MessageList({ store, conversationId, onOpen, onForward }) {
   const scroller = useRef(null);
   const sentinel = useRef(null);
   const [observer, setObserver] = useState(null);
@@ -483,7 +530,7 @@ function MessageList({ store, conversationId, onOpen }) {
   return html`<div class="messages" ref=${scroller} tabindex="0" aria-label="Messages">
     <ol aria-live="polite" aria-relevant="additions">
       ${messages.map((m) => html`<${MessageItem} key=${m.messageId} store=${store} conversationId=${conversationId}
-        message=${m} observer=${observer} onOpen=${onOpen} />`)}
+        message=${m} observer=${observer} onOpen=${onOpen} onForward=${onForward} />`)}
     </ol>
     <div ref=${sentinel} class="history">
       ${thread.loadingOlder ? "Loading older messages…" : thread.nextCursor ? "" : thread.loaded ? "Start of the conversation" : "Loading…"}
@@ -577,7 +624,7 @@ function Composer({ store, conversationId, attachment, setAttachment, notice }) 
   </form>`;
 }
 
-function Conversation({ store, conversationId, onBack, onOpen }) {
+function Conversation({ store, conversationId, onBack, onOpen, onForward }) {
   const conversation = store.conversations.get(conversationId);
   const [attachment, setAttachmentState] = useState(null);
   const [notice, setNotice] = useState(null);
@@ -639,7 +686,7 @@ function Conversation({ store, conversationId, onBack, onOpen }) {
       <h2 id="conversation-title">${titleOf(conversation, store.me)}</h2>
       <span class="members">${conversation.participants.join(", ")}</span>
     </header>
-    <${MessageList} store=${store} conversationId=${conversationId} onOpen=${onOpen} />
+    <${MessageList} store=${store} conversationId=${conversationId} onOpen=${onOpen} onForward=${onForward} />
     <${Composer} key=${conversationId} store=${store} conversationId=${conversationId} attachment=${attachment}
       setAttachment=${setAttachment} notice=${notice} />
     ${dragging && html`<div class="dropzone" aria-hidden="true">Drop a photo to send it</div>`}
@@ -651,6 +698,7 @@ function Chat({ session, onSignOut }) {
   const [status, setStatus] = useState("connecting");
   const [selected, setSelected] = useState(() => decodeURIComponent(location.hash.slice(1)) || null);
   const [viewing, setViewing] = useState(null);
+  const [forwarding, setForwarding] = useState(null);
   const [error, setError] = useState("");
   const store = useMemo(() => new Store(new Api(session.token), session.userId, () => setTick((t) => t + 1)), [session]);
 
@@ -704,8 +752,11 @@ function Chat({ session, onSignOut }) {
       <${NewConversation} store=${store} onCreated=${setSelected} />
       <${ConversationList} store=${store} selected=${selected} onSelect=${setSelected} />
     </aside>
-    <${Conversation} store=${store} conversationId=${selected} onBack=${() => setSelected(null)} onOpen=${setViewing} />
+    <${Conversation} store=${store} conversationId=${selected} onBack=${() => setSelected(null)} onOpen=${setViewing}
+      onForward=${(conversationId, message) => setForwarding({ conversationId, message })} />
     <${Viewer} message=${viewing} onClose=${() => setViewing(null)} />
+    <${ForwardDialog} store=${store} forwarding=${forwarding} onClose=${() => setForwarding(null)}
+      onForwarded=${setSelected} />
   </div>`;
 }
 

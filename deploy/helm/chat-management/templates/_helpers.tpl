@@ -70,6 +70,16 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- if not (or $config.AUTH_JWKS_URL (hasKey .Values.secretEnv "AUTH_JWT_SECRET") .Values.testing.enabled .Values.envFrom) -}}
 {{- fail "set config.AUTH_JWKS_URL (with AUTH_ISSUER and AUTH_AUDIENCE), or secretEnv.AUTH_JWT_SECRET" -}}
 {{- end -}}
+{{- /* The services' own defaults (redis://127.0.0.1, chat-management-dev) are a laptop's: a release
+     without these would start and never get ready. The test profile brings its own backends. */ -}}
+{{- if not (or .Values.testing.enabled .Values.envFrom) -}}
+{{- if and (or (eq (toString $config.EVENT_BUS) "redis") (eq (toString $config.LIMIT_STORE) "redis")) (not (hasKey .Values.secretEnv "REDIS_URL")) -}}
+{{- $_ := required "config.REDIS_URL is required: the Redis every service shares (redis://host:6379/0, rediss:// for TLS; with EVENT_BUS or LIMIT_STORE redis)" $config.REDIS_URL -}}
+{{- end -}}
+{{- if and (eq (toString $config.MESSAGE_STORE) "firestore") (not (hasKey .Values.secretEnv "FIRESTORE_PROJECT_ID")) -}}
+{{- $_ := required "config.FIRESTORE_PROJECT_ID is required: the Google Cloud project of the Firestore database (with MESSAGE_STORE firestore)" $config.FIRESTORE_PROJECT_ID -}}
+{{- end -}}
+{{- end -}}
 {{- range $name, $_ := .Values.secretEnv -}}
 {{- if hasKey $config $name -}}
 {{- fail (printf "%s is set in both config and secretEnv: keep it in one place" $name) -}}
@@ -170,12 +180,6 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
   value: {{ printf "%s/%s" (trimSuffix "/" $files.mountPath) $file | quote }}
 {{- end }}
 {{- end }}
-{{- end }}
-{{- if $root.Values.networkPolicy.enabled }}
-# Only the ingress controller can reach the pods (NetworkPolicy), so its X-Forwarded-For is trusted and
-# access and audit logs show the client's address (uvicorn's setting, not the services').
-- name: FORWARDED_ALLOW_IPS
-  value: "*"
 {{- end }}
 {{- range $name, $value := .env }}
 - name: {{ $name }}

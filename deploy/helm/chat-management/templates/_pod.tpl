@@ -2,7 +2,7 @@
 The pod spec every chat-management workload shares: the services' Deployments, the cleanup CronJob and
 the smoke test. Arguments (a dict):
   root            the chart's root context ($)
-  component       upload | message | image-proxy | notification-consumer | cleanup | smoke-test
+  component       a service | cleanup | setup | smoke-test
   settings        podDefaults merged with the workload's own values (see chat-management.podSettings)
   args            the container's arguments (the image's entrypoint is `chat-management`)
   serve           true for the HTTP services: port, probes and the preStop drain
@@ -75,10 +75,10 @@ containers:
         mountPath: /tmp
       {{- include "chat-management.secretFileMounts" $nameArgs | nindent 6 }}
 volumes:
-  # The root filesystem is read-only; Python and the HTTP clients may still want a scratch dir.
+  # The root filesystem is read-only: /tmp is the scratch dir (libvips' spill files in the media processor).
   - name: tmp
     emptyDir:
-      sizeLimit: 64Mi
+      sizeLimit: {{ default "64Mi" $s.scratchSize }}
   {{- include "chat-management.secretFileVolumes" $nameArgs | nindent 2 }}
 {{- with $s.nodeSelector }}
 nodeSelector:

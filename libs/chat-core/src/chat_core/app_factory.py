@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 import structlog
 from litestar import Litestar, Request, Response, get
 from litestar.config.cors import CORSConfig
@@ -21,17 +22,19 @@ from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency, Provide
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from chat_core import metrics, tracing
 from chat_core.auth import Principal, TokenVerifier, token_from_connection
-from chat_core.backends import PORTS, Backends
+from chat_core.backends import PORTS, Backends, ReadinessCheck
+from chat_core.cors import CredentialRouteCors, credential_paths
 from chat_core.deadline import DeadlineMiddleware
-from chat_core.errors import exception_handlers, outage_handlers, problem_response
+from chat_core.errors import exception_handlers, outage_handlers, problem_response, problem_responses
 from chat_core.json_guard import JsonGuard
 from chat_core.observability import ObservabilityMiddleware, set_request_user
-from chat_core.openapi import complete_error_responses, fix_options_allow
+from chat_core.openapi import DocumentRefinement, complete_error_responses, finish_document, fix_options_allow
 from chat_core.ratelimit import RATE_LIMIT_OPT
 from chat_core.settings import Settings
 
@@ -64,6 +67,20 @@ class ServiceParts:
     # caches expire on their own), and taking every replica out of rotation because a shared dependency
     # blinked would turn a degradation into an outage.
     essential: tuple[str, ...] = ()
+    # Checks of the service's own machinery (the media processor's worker pool), beside the backends'
+    # in /readyz; no port's, so a failing one makes /readyz 503.
+    readiness: dict[str, ReadinessCheck] = field(default_factory=dict)
+    # Changes to the served OpenAPI document that depend on settings (``chat_core.openapi``).
+    document: list[DocumentRefinement] = field(default_factory=list)
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: Literal["ok"]
+
+
+class Readiness(msgspec.Struct, frozen=True):
+    status: Literal["ready", "degraded"]
+    checks: dict[str, str]  # each backend check: "ok" or why it failed
 
 
 _PRINCIPAL_STATE = "chat_principal"  # the caller, once authenticated for this request (by the guard)
@@ -132,14 +149,33 @@ def _rate_limit_guard(backends: Backends) -> Any:
     return rate_limit
 
 
-def _health_handlers(backends: Backends, essential_ports: frozenset[str]) -> list[Any]:
-    @get("/healthz", include_in_schema=False, sync_to_thread=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+def _health_handlers(
+    backends: Backends, essential_ports: frozenset[str], own_checks: dict[str, ReadinessCheck]
+) -> list[Any]:
+    @get(
+        "/healthz",
+        sync_to_thread=False,
+        security=[],
+        tags=["operations"],
+        summary="Liveness: the process answers (for probes; no token)",
+    )
+    def healthz() -> Health:
+        return Health(status="ok")
 
-    @get("/readyz", include_in_schema=False)
+    @get(
+        "/readyz",
+        security=[],
+        tags=["operations"],
+        summary="Readiness: the backends this service needs answer (for probes; no token)",
+        description="`degraded` (200): a backend the service copes without is down. 503 `not_ready`: "
+        "one it needs is down; `checks` names each backend's state either way.",
+        responses={
+            200: ResponseSpec(Readiness, description="Ready or degraded", generate_examples=False),
+            **problem_responses(503),
+        },
+    )
     async def readyz() -> Response[Any]:
-        checks = backends.readiness_checks()
+        checks = {**backends.readiness_checks(), **own_checks}
 
         async def run(name: str, check: Callable[[], Any]) -> tuple[str, str | None]:
             try:
@@ -158,9 +194,20 @@ def _health_handlers(backends: Backends, essential_ports: frozenset[str]) -> lis
         if blocking:
             detail = "not ready: " + ", ".join(f"{name} ({error})" for name, error in blocking.items())
             return problem_response(503, "not_ready", detail, instance="/readyz", extra={"checks": report})
-        return Response({"status": "degraded" if failing else "ready", "checks": report})
+        return Response(Readiness(status="degraded" if failing else "ready", checks=report))
 
-    @get("/metrics", include_in_schema=False, sync_to_thread=False)
+    @get(
+        "/metrics",
+        sync_to_thread=False,
+        security=[],
+        tags=["operations"],
+        summary="Prometheus metrics (for the scraper; no token)",
+        responses={
+            200: ResponseSpec(
+                str, description="Prometheus text format", media_type="text/plain", generate_examples=False
+            )
+        },
+    )
     def metrics_endpoint() -> Response[bytes]:
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
 
@@ -178,7 +225,8 @@ def create_service_app(
 ) -> Litestar:
     tracing.configure_tracing(settings.telemetry.service_name or component, settings.telemetry.otlp_endpoint)
     essential = frozenset(port for part in parts for port in part.essential)
-    route_handlers: list[Any] = [*_health_handlers(backends, essential)]
+    own_checks = {name: check for part in parts for name, check in part.readiness.items()}
+    route_handlers: list[Any] = [*_health_handlers(backends, essential, own_checks)]
     dependencies: dict[str, Provide] = {
         "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
         "backends": Provide(lambda: backends, use_cache=True, sync_to_thread=False),
@@ -250,8 +298,12 @@ def create_service_app(
     app.state.settings = settings
     fix_options_allow(app)
     complete_error_responses(app)
+    finish_document(app, [refine for part in parts for refine in part.document])
+    handler = app.asgi_handler
+    if paths := credential_paths(route_handlers):
+        handler = CredentialRouteCors(handler, paths=paths, allowed_origins=origins)
     app.asgi_handler = ObservabilityMiddleware(
-        DeadlineMiddleware(JsonGuard(app.asgi_handler), seconds=settings.service.request_timeout_seconds),
+        DeadlineMiddleware(JsonGuard(handler), seconds=settings.service.request_timeout_seconds),
         component=component,
         access_log=settings.service.access_log,
     )

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import msgspec
 
 from chat_core import tracing
+from chat_core.redaction import redact
 
 __all__ = ["AUDIT_LOGGER", "audit", "configure_audit"]
 
@@ -39,7 +40,7 @@ class _AuditHandler(logging.Handler):
                 "audit": True,
                 "service": self.service,
                 "event": record.getMessage(),
-                **fields,
+                **redact(fields),
             }
             out = self.stream if self.stream is not None else sys.stdout.buffer
             out.write(msgspec.json.encode(line, enc_hook=str) + b"\n")

@@ -8,8 +8,9 @@ SQLite) are one instance each.
 Each port has one typed factory below (``object_store(backends) -> ObjectStore``): a ``match`` on the
 configured kind with the adapter's import inside it, so a deployment never imports a client library it
 does not use and an IDE goes from the port to every adapter in one jump. What only some adapters can do
-is a small protocol of its own (``ReadinessProbe``, ``ServesRoutes``, ``UsesAws``, ``NeedsSetup``),
-checked with ``isinstance``.
+is a small protocol of its own (``ReadinessProbe``, ``ServesRoutes``, ``UsesAws``),
+checked with ``isinstance``. No adapter creates its bucket or queue: that is ``chat-management setup``'s
+(``chat_management.provision``), with credentials the services do not hold.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import httpx
 from chat_core.auth import TokenVerifier, build_verifier
 from chat_core.aws import AwsCredentialSource, AwsHttp
 from chat_core.errors import ReportsOutages
-from chat_core.settings import Settings
+from chat_core.settings import PushKind, Settings
 
 if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
 
     from chat_core.jobqueue import Job, JobKind, JobQueue
+    from chat_core.leases import WriteLeases
     from chat_core.ledger import StorageLedger
     from chat_core.media import MediaJob
     from chat_core.messagestore import (
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     )
     from chat_core.notifications import Notification
     from chat_core.objectstore import ObjectInfo, ObjectStore
-    from chat_core.push import PushProvider
+    from chat_core.push import PushProvider, PushRouter
     from chat_core.quota import Quotas, QuotaStore
     from chat_core.ratelimit import RateLimiter
     from chat_core.realtime import EventBus, Presence
@@ -51,7 +53,6 @@ __all__ = [
     "AnnouncesUploads",
     "Backends",
     "Lifecycle",
-    "NeedsSetup",
     "ReadinessCheck",
     "ReadinessProbe",
     "ServesRoutes",
@@ -65,6 +66,7 @@ __all__ = [
     "quota_store",
     "rate_limiter",
     "storage_ledger",
+    "write_leases",
 ]
 
 ReadinessCheck = Callable[[], Awaitable[None]]
@@ -113,13 +115,6 @@ class UsesAws(Protocol):
     """An adapter that signs AWS requests: ``Backends`` resolves credentials before starting it."""
 
     uses_aws: Literal[True]
-
-
-@runtime_checkable
-class NeedsSetup(Protocol):
-    """An adapter with something to create before first use (``chat-management setup``); idempotent."""
-
-    async def ensure(self) -> None: ...
 
 
 @runtime_checkable
@@ -191,8 +186,8 @@ def job_queue(backends: Backends, kind: JobKind[J]) -> JobQueue[J]:
             return sqs.create(backends, kind)
 
 
-def push_provider(backends: Backends) -> PushProvider:
-    match backends.settings.backends.push_provider:
+def push_provider(backends: Backends, kind: PushKind) -> PushProvider:
+    match kind:
         case "log":
             from chat_core.push import log
 
@@ -205,6 +200,10 @@ def push_provider(backends: Backends) -> PushProvider:
             from chat_core.push import fcm
 
             return fcm.create(backends)
+        case "apns":
+            from chat_core.push import apns
+
+            return apns.ApnsPushProvider(backends.settings.push)  # needs its settings alone
 
 
 def rate_limiter(backends: Backends) -> RateLimiter:
@@ -243,6 +242,25 @@ def storage_ledger(backends: Backends) -> StorageLedger:
             return redis.create(backends)
 
 
+def write_leases(backends: Backends) -> WriteLeases:
+    # Built here from settings (the adapters take an address, not the locator: no arrow back up to it).
+    settings = backends.settings
+    match settings.backends.limit_store:
+        case "memory":
+            from chat_core.leases.memory import MemoryWriteLeases
+
+            return MemoryWriteLeases()
+        case "redis":
+            from chat_core.leases.redis import RedisWriteLeases
+
+            return RedisWriteLeases(
+                settings.redis.address(),
+                settings.limits.key_prefix,
+                mode=settings.redis.mode,
+                ca_cert=settings.redis.tls_ca_cert,
+            )
+
+
 class Backends:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -253,10 +271,11 @@ class Backends:
         self._presence: Presence | None = None
         self._notification_queue: JobQueue[Notification] | None = None
         self._media_queue: JobQueue[MediaJob] | None = None
-        self._push_provider: PushProvider | None = None
+        self._push_provider: PushRouter | None = None
         self._rate_limiter: RateLimiter | None = None
         self._quotas: Quotas | None = None
         self._storage_ledger: StorageLedger | None = None
+        self._write_leases: WriteLeases | None = None
         self._started = False
         self._http: httpx.AsyncClient | None = None
         self._aws: AwsCredentialSource | None = None
@@ -352,9 +371,17 @@ class Backends:
         return self._media_queue
 
     @property
-    def push_provider(self) -> PushProvider:
+    def push_provider(self) -> PushRouter:
+        """The configured push providers (``PUSH_PROVIDER``), each an adapter of its own (``push_provider``,
+        then ``push_provider:<kind>``), behind one router that picks one per device."""
         if self._push_provider is None:
-            self._push_provider = self._adopt("push_provider", push_provider(self))
+            from chat_core.push import PushRouter
+
+            providers = []
+            for index, kind in enumerate(self.settings.backends.push_provider):
+                port = "push_provider" if index == 0 else f"push_provider:{kind}"
+                providers.append(self._adopt(port, push_provider(self, kind)))
+            self._push_provider = PushRouter(providers)
         return self._push_provider
 
     @property
@@ -381,6 +408,13 @@ class Backends:
             self._storage_ledger = self._adopt("storage_ledger", storage_ledger(self))
         return self._storage_ledger
 
+    @property
+    def write_leases(self) -> WriteLeases:
+        """At most one writer per interval across replicas (``LIMIT_STORE``; chat_core.leases)."""
+        if self._write_leases is None:
+            self._write_leases = self._adopt("write_leases", write_leases(self))
+        return self._write_leases
+
     # --- lifecycle --------------------------------------------------------------------------------
     def readiness_checks(self) -> dict[str, ReadinessCheck]:
         """One check per backend in use, named by what an operator would look for (``redis``, ``s3``)."""
@@ -398,7 +432,8 @@ class Backends:
         return {
             adapter.readiness_name
             for port, adapter in self._adapters.items()
-            if port in wanted and isinstance(adapter, ReadinessProbe)
+            # ``push_provider:apns``: the second push provider is the same port
+            if port.partition(":")[0] in wanted and isinstance(adapter, ReadinessProbe)
         }
 
     def outage_reporters(self) -> list[ReportsOutages]:

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 import structlog
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
@@ -187,6 +187,14 @@ def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Respons
     status = exc.status_code
     if status >= 500:
         return _handle_unexpected(request, exc)
+    if isinstance(exc.__cause__, SerializationException):  # the body is not JSON at all
+        return problem_response(
+            400,
+            "invalid_json",
+            f"the body is not valid JSON: {exc.detail}",
+            instance=request.url.path,
+            title="Invalid JSON",
+        )
     return problem_response(
         status,
         _HTTP_CODES.get(status, f"http_{status}"),

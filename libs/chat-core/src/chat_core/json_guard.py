@@ -6,6 +6,10 @@ nested three levels at most, so the guard buffers request bodies (up to ``MAX_BO
 their nesting with a scan that never recurses, and answers 400 ``json_too_deep`` past ``MAX_DEPTH`` (413
 ``payload_too_large`` past the size), before routing, authentication or decoding. The local object store's
 ``/_storage`` route takes image bytes, not JSON, and is left alone (it enforces its own signed length).
+
+JSON text is UTF-8 (RFC 8259 §8.1), and the decoder raises a ``UnicodeDecodeError`` (not its own
+``DecodeError``) on invalid UTF-8 inside a string, which no handler expects: so a body that is not UTF-8
+is 400 ``invalid_json`` here, whatever the route, before anything decodes it.
 """
 
 from __future__ import annotations
@@ -79,12 +83,25 @@ class JsonGuard:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        if not _is_utf8(body):
+            await _refuse(scope, send, 400, "invalid_json", "the body is not UTF-8 text, so not JSON")
+            return
         if body and nesting_depth(body, self._max_depth) > self._max_depth:
             await _refuse(
                 scope, send, 400, "json_too_deep", f"the body nests deeper than {self._max_depth} levels"
             )
             return
         await self._app(scope, _replay([body], None, receive), send)
+
+
+def _is_utf8(body: bytes) -> bool:
+    if body.isascii():
+        return True
+    try:
+        body.decode("utf-8")  # strict: overlong forms and encoded surrogates are refused too
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _replay(chunks: list[bytes], last: Any, receive: Receive) -> Receive:

@@ -33,6 +33,8 @@ __all__ = [
     "CONVERSATION_ID_PATTERN",
     "DERIVATIVE_EXTENSIONS",
     "EXTENSIONS",
+    "OBJECT_KEY_PATTERN",
+    "OBJECT_REFERENCE_PATTERN",
     "RAW_UPLOAD_PREFIX",
     "REFUSAL_PREFIX",
     "USER_ID_PATTERN",
@@ -41,6 +43,7 @@ __all__ = [
     "InvalidKey",
     "ParsedKey",
     "accepted_content_type",
+    "content_type_pattern",
     "derivative_key",
     "derivative_prefix",
     "new_object_key",
@@ -82,10 +85,20 @@ EXTENSIONS = {
 # A UUID as ``str(uuid.uuid4())`` writes it: message ids and the unique part of object keys.
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 UUID_PATTERN = re.compile(f"^{UUID}(?!\\n)$")
-_OBJECT_KEY = re.compile(
-    r"^images/(?P<uploader>[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127})/"
-    rf"(?P<stamp>\d{{8}}-\d{{6}})-(?P<uuid>{UUID})"
-    r"\.(?P<ext>jpg|png|gif|webp|heic|heif)\Z"
+# The layout as one portable pattern (ECMAScript and Python read it alike: ``[0-9]``, not ``\d``, which is
+# any Unicode digit in Python; no named groups): the OpenAPI documents publish it, ``parse_object_key``
+# enforces it.
+_KEY_LAYOUT = (
+    r"images/([A-Za-z0-9][A-Za-z0-9_.@:-]{0,127})/"  # uploader
+    rf"([0-9]{{8}}-[0-9]{{6}})-({UUID})"  # stamp, uuid
+    rf"\.({'|'.join(EXTENSIONS.values())})(?!\n)$"  # extension
+)
+# No ``..`` rule is needed: every segment starts with a letter or digit, so none is ``..`` (and an
+# uploader id holding ``..`` is no user id, so such a key is nobody's: 403/404).
+OBJECT_KEY_PATTERN = re.compile(rf"^{_KEY_LAYOUT}")
+# How a send may name its image: the object_key, or ``{conversation_id}/{object_key}`` (its file_url's path).
+OBJECT_REFERENCE_PATTERN = re.compile(
+    rf"^(?:(?!(?:uploads|refused|images)/)[A-Za-z0-9][A-Za-z0-9_-]{{0,63}}/)?{_KEY_LAYOUT}"
 )
 
 
@@ -93,7 +106,8 @@ def accepted_content_type(declared: str, allowed: frozenset[str]) -> str:
     """The canonical (lower-case) media type of ``declared``; a 415 ``unsupported_image_type`` problem
     naming the accepted ones when it is not among ``allowed``."""
     # Media types are case-insensitive; the signed and stored type is the canonical lower-case one.
-    content_type = declared.strip().lower()
+    # Nothing else is forgiven (no surrounding spaces): ``content_type_pattern`` says exactly this.
+    content_type = declared.lower()
     if content_type not in allowed:
         raise ProblemError(
             415,
@@ -102,6 +116,16 @@ def accepted_content_type(declared: str, allowed: frozenset[str]) -> str:
             extra={"allowed_types": sorted(allowed)},
         )
     return content_type
+
+
+def content_type_pattern(allowed: frozenset[str] | set[str]) -> str:
+    """A portable pattern (JSON Schema, ECMAScript) matching exactly what ``accepted_content_type`` accepts:
+    one of ``allowed``, in any letter case (JSON Schema patterns take no flags)."""
+
+    def any_case(text: str) -> str:
+        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in text)
+
+    return f"^(?:{'|'.join(any_case(t) for t in sorted(allowed))})(?!\\n)$"
 
 
 class InvalidKey(ValueError):
@@ -132,24 +156,23 @@ def new_object_key(uploader_id: str, content_type: str, now: dt.datetime | None 
 
 
 def _issued_at(stamp: str, key_uuid: str) -> dt.datetime | None:
-    """Milliseconds from a version 7 UUID; else (keys issued before them) the stamp's seconds."""
-    if key_uuid[14] == "7":
-        return dt.datetime.fromtimestamp(int(key_uuid[:8] + key_uuid[9:13], 16) / 1000, dt.UTC)
+    """Milliseconds from a version 7 UUID; else (keys issued before them) the stamp's seconds. None when
+    neither is a time (any key of the layout can be sent: one with 48 bits of milliseconds past the year
+    9999 is no 500)."""
     try:
+        if key_uuid[14] == "7":
+            return dt.datetime.fromtimestamp(int(key_uuid[:8] + key_uuid[9:13], 16) / 1000, dt.UTC)
         return dt.datetime.strptime(stamp, "%Y%m%d-%H%M%S").replace(tzinfo=dt.UTC)
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         return None
 
 
 def parse_object_key(object_key: str) -> ParsedKey:
-    match = _OBJECT_KEY.fullmatch(object_key)
-    if match is None or ".." in object_key:
+    match = OBJECT_KEY_PATTERN.fullmatch(object_key)
+    if match is None:
         raise InvalidKey("object_key does not have the layout images/{user}/{yyyymmdd-HHMMSS}-{uuid}.{ext}")
-    return ParsedKey(
-        uploader_id=match["uploader"],
-        extension=match["ext"],
-        issued_at=_issued_at(match["stamp"], match["uuid"]),
-    )
+    uploader, stamp, key_uuid, extension = match.groups()
+    return ParsedKey(uploader_id=uploader, extension=extension, issued_at=_issued_at(stamp, key_uuid))
 
 
 def stored_key(conversation_id: str, object_key: str) -> str:

@@ -1,13 +1,16 @@
 """structlog JSON logs, one object per line, carrying ``trace_id``/``span_id`` of the active span.
 
 Standard-library loggers (uvicorn, litestar, httpx) are routed through the same renderer, so every
-line a service writes is JSON.
+line a service writes is JSON, and every line, at every level, has its credentials masked
+(``chat_core.redaction``).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from contextvars import ContextVar
 from typing import BinaryIO
 
 import msgspec
@@ -16,8 +19,9 @@ from opentelemetry import trace
 from structlog.types import EventDict, Processor, WrappedLogger
 
 from chat_core.audit import configure_audit
+from chat_core.redaction import redact_event
 
-__all__ = ["configure_logging"]
+__all__ = ["HandshakeRefusals", "configure_logging"]
 
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 
@@ -32,6 +36,50 @@ def add_trace_ids(_logger: WrappedLogger, _method: str, event_dict: EventDict) -
 
 def _json_bytes(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> bytes:
     return msgspec.json.encode(event_dict, enc_hook=str)
+
+
+class HandshakeRefusals(logging.Filter):
+    """uvicorn's lines about refused WebSocket handshakes: INFO at most, and at most ``per_minute`` of them.
+
+    Any client can have its handshake refused (a rate limit's 429, a bad request) as often as it likes, so
+    these lines must not flood the log or page anyone. uvicorn writes ``"WebSocket /ws?..." 429`` and
+    ``connection rejected (...)`` at INFO, then, after the ASGI denial response, a false ``ERROR ASGI
+    callable returned without completing handshake.`` (it never marks the handshake of a denial done):
+    that one is dropped when it follows a refusal on the same connection, and kept otherwise.
+    """
+
+    _refused_here: ContextVar[bool] = ContextVar("chat_handshake_refused", default=False)
+
+    def __init__(self, per_minute: int = 10) -> None:
+        super().__init__("uvicorn.error")
+        self._per_minute = per_minute
+        self._window_start = 0.0
+        self._in_window = 0
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg if isinstance(record.msg, str) else ""
+        if message.startswith("ASGI callable returned without completing handshake"):
+            return not self._refused_here.get()
+        args = record.args if isinstance(record.args, tuple) else ()
+        refusal = message.startswith("connection rejected") or (
+            message.startswith('%s - "WebSocket %s" %d') and len(args) == 3 and int(str(args[2])) >= 400
+        )
+        if not refusal:
+            return True
+        self._refused_here.set(True)
+        record.levelno = min(record.levelno, logging.INFO)
+        record.levelname = logging.getLevelName(record.levelno)
+        now = time.monotonic()
+        if now - self._window_start >= 60:
+            if self._suppressed:
+                record.msg = f"{message} ({self._suppressed} similar lines suppressed in the last minute)"
+            self._window_start, self._in_window, self._suppressed = now, 0, 0
+        if self._in_window >= self._per_minute:
+            self._suppressed += 1
+            return False
+        self._in_window += 1
+        return True
 
 
 def configure_logging(
@@ -59,6 +107,7 @@ def configure_logging(
             *shared,
             add_service,
             structlog.processors.format_exc_info,
+            redact_event,  # last before rendering: the traceback's text is masked too
             _json_bytes,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -81,6 +130,7 @@ def configure_logging(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                redact_event,  # uvicorn's "WebSocket /ws?access_token=..." lines, among others
                 lambda _l, _m, event_dict: _json_bytes(_l, _m, event_dict).decode(),
             ],
         )
@@ -91,5 +141,9 @@ def configure_logging(
     root.setLevel(_LEVELS[level])
     # Our middleware writes the access line; uvicorn's own would duplicate it.
     logging.getLogger("uvicorn.access").disabled = True
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    for old_filter in [f for f in uvicorn_errors.filters if isinstance(f, HandshakeRefusals)]:
+        uvicorn_errors.removeFilter(old_filter)
+    uvicorn_errors.addFilter(HandshakeRefusals())
     for noisy in ("httpx", "httpcore", "botocore", "urllib3", "google", "grpc", "aiosqlite"):
         logging.getLogger(noisy).setLevel(max(_LEVELS[level], logging.WARNING))

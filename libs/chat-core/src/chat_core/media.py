@@ -141,5 +141,5 @@ def media_jobs(settings: Settings) -> JobKind[MediaJob]:
         queue_name=media.queue_name,
         dlq_name=media.dlq_name,
         max_receives=media.max_receives,
-        visibility_timeout_seconds=media.visibility_timeout_seconds,
+        visibility_timeout_seconds=media.queue_visibility_timeout_seconds,
     )

@@ -43,6 +43,9 @@ MEMBERSHIP_CACHE = Counter(
 
 # --- messages --------------------------------------------------------------------------------------
 MESSAGES_SENT = Counter("chat_messages_sent", "Messages stored, by type (text or image).", ["type"])
+MESSAGES_FORWARDED = Counter(
+    "chat_messages_forwarded", "Messages forwarded (also counted as sent), by type (text or image).", ["type"]
+)
 IMAGE_MESSAGES_REJECTED = Counter(
     "chat_image_messages_rejected", "Image messages refused, by reason (the problem code).", ["reason"]
 )

@@ -16,6 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from chat_core import metrics, tracing
+from chat_core.redaction import redact_text
 
 __all__ = ["ObservabilityMiddleware", "RequestInfo", "current_request", "set_request_user"]
 
@@ -55,7 +56,7 @@ def _server_attributes(scope: Scope, method: str, client: Any) -> dict[str, str 
     address, _, port = host.rpartition(":") if host.rpartition(":")[2].isdigit() else (host, "", "")
     attributes: dict[str, str | int] = {
         "http.request.method": method,
-        "url.path": str(scope["path"]),
+        "url.path": redact_text(str(scope["path"])),  # a device token is a path segment
         "url.scheme": scheme,
         "network.protocol.version": str(scope.get("http_version", "1.1")),
         "server.address": address or (server[0] if server else ""),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -10,9 +11,9 @@ import uvicorn
 from litestar import Litestar
 
 from chat_core.logging import configure_logging
-from chat_core.settings import Settings, SettingsError, load_settings, refuse_dev_secret
+from chat_core.settings import Settings, SettingsError, is_loopback, load_settings, refuse_dev_secret
 
-__all__ = ["load_or_exit", "serve", "uvicorn_options"]
+__all__ = ["load_or_exit", "refuse_unset_endpoints", "serve", "uvicorn_options"]
 
 
 def load_or_exit(environ: Mapping[str, str] | None = None) -> Settings:
@@ -22,6 +23,33 @@ def load_or_exit(environ: Mapping[str, str] | None = None) -> Settings:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def refuse_unset_endpoints(settings: Settings, bind_host: str, environ: Mapping[str, str]) -> None:
+    """Off loopback, a backend in use must be told where it is: the defaults are a laptop's.
+
+    ``redis://127.0.0.1`` and the emulator's project ``chat-management-dev`` would otherwise be used
+    silently, and the service would never get Ready, with nothing in its log saying why. Set explicitly,
+    even to a local address (one machine serving the network with its own Redis), they are taken as meant.
+    """
+    if is_loopback(bind_host):
+        return
+    kinds = settings.backends
+    missing = []
+    redis_users = [
+        f"{name}=redis"
+        for name, kind in (("EVENT_BUS", kinds.event_bus), ("LIMIT_STORE", kinds.limit_store))
+        if kind == "redis"
+    ]
+    if redis_users and "REDIS_URL" not in environ:
+        missing.append(f"REDIS_URL (with {' and '.join(redis_users)})")
+    if kinds.message_store == "firestore" and "FIRESTORE_PROJECT_ID" not in environ:
+        missing.append("FIRESTORE_PROJECT_ID (with MESSAGE_STORE=firestore)")
+    if missing:
+        raise SettingsError(
+            f"{', '.join(missing)}: required when binding {bind_host} (not loopback); the defaults are a "
+            "development machine's"
+        )
 
 
 def serve(
@@ -36,6 +64,7 @@ def serve(
     bind_host = host or settings.service.host
     try:
         refuse_dev_secret(settings, bind_host)
+        refuse_unset_endpoints(settings, bind_host, os.environ)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -9,6 +9,7 @@ A bad or missing value raises ``SettingsError`` with one line that names the var
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
@@ -136,7 +137,7 @@ ObjectStoreKind = Literal["local", "s3"]
 MessageStoreKind = Literal["sqlite", "firestore"]
 EventBusKind = Literal["memory", "redis"]
 QueueKind = Literal["sqlite", "sqs"]
-PushKind = Literal["log", "webhook", "fcm"]
+PushKind = Literal["log", "webhook", "fcm", "apns"]
 LimitStoreKind = Literal["memory", "redis"]
 
 
@@ -153,7 +154,15 @@ class BackendSettings(_Frozen, frozen=True, kw_only=True):
     notification_queue: Annotated[
         QueueKind, env("NOTIFICATION_QUEUE", "`sqlite` (under DATA_DIR) or `sqs`.")
     ] = "sqlite"
-    push_provider: Annotated[PushKind, env("PUSH_PROVIDER", "`log`, `webhook` or `fcm`.")] = "log"
+    push_provider: Annotated[
+        tuple[PushKind, ...],
+        env(
+            "PUSH_PROVIDER",
+            "`log`, `webhook`, `fcm` or `apns` (APNs directly over HTTP/2), or several, comma-separated "
+            "(`fcm,apns`): each device's push goes to the provider its token is for (`provider` at "
+            "registration); `log` or `webhook` in the list take the devices no other provider listed is for.",
+        ),
+    ] = ("log",)
     limit_store: Annotated[
         LimitStoreKind,
         env(
@@ -219,6 +228,13 @@ class SqsSettings(_Frozen, frozen=True, kw_only=True):
     ] = 10
 
 
+# Jobs the media processor works on per image worker process: while one decodes, the next is fetched.
+MEDIA_JOBS_PER_IMAGE_WORKER = 2
+# What a media job spends besides decoding: fetching the raw upload, writing three variants, finishing
+# the message and publishing it (each a bounded request, with its retries).
+MEDIA_TRANSFER_ALLOWANCE_SECONDS = 60.0
+
+
 class MediaSettings(_Frozen, frozen=True, kw_only=True):
     """The media pipeline: its job queue and the processor's limits.
 
@@ -267,6 +283,14 @@ class MediaSettings(_Frozen, frozen=True, kw_only=True):
         ),
         msgspec.Meta(ge=0, le=60),
     ] = 10.0
+    max_waiters: Annotated[
+        int,
+        env(
+            "MEDIA_MAX_WAITERS",
+            "Requests one image proxy process lets wait for images still processing; past it, 503 at once.",
+        ),
+        msgspec.Meta(ge=0),
+    ] = 1000
     workers: Annotated[
         int,
         env(
@@ -294,14 +318,32 @@ class MediaSettings(_Frozen, frozen=True, kw_only=True):
         int,
         env(
             "MEDIA_VISIBILITY_TIMEOUT_SECONDS",
-            "How long a received media job stays hidden (longer than MEDIA_JOB_TIMEOUT_SECONDS).",
+            "How long a received media job stays hidden; 0: derived from MEDIA_JOB_TIMEOUT_SECONDS (twice it"
+            " plus 60 s of transfers: 120 s by default). Set, it must exceed that.",
         ),
-        msgspec.Meta(ge=1, le=43200),
-    ] = 120
+        msgspec.Meta(ge=0, le=43200),
+    ] = 0
 
     @property
     def dlq_name(self) -> str:
         return self.queue_name + "-dlq"  # what `chat-management setup` creates
+
+    @property
+    def longest_job_seconds(self) -> float:
+        """The longest a media job can hold its queue message before it is settled.
+
+        The processor takes ``MEDIA_JOBS_PER_IMAGE_WORKER`` jobs per image worker, so a job may wait for
+        one job ahead of it (at most ``MEDIA_JOB_TIMEOUT_SECONDS``, then that job is killed) before its own
+        decode (the same bound); around them the raw upload is fetched, the variants written and the
+        message finished (``MEDIA_TRANSFER_ALLOWANCE_SECONDS``).
+        """
+        waits = MEDIA_JOBS_PER_IMAGE_WORKER - 1
+        return (1 + waits) * self.job_timeout_seconds + MEDIA_TRANSFER_ALLOWANCE_SECONDS
+
+    @property
+    def queue_visibility_timeout_seconds(self) -> int:
+        """The media queue's visibility timeout: a job still running never reappears to a second worker."""
+        return self.visibility_timeout_seconds or math.ceil(self.longest_job_seconds)
 
 
 class NotificationSettings(_Frozen, frozen=True, kw_only=True):
@@ -487,6 +529,14 @@ class LimitSettings(_Frozen, frozen=True, kw_only=True):
         ),
         msgspec.Meta(ge=1024),
     ] = 64 * 1024
+    max_devices_per_user: Annotated[
+        int,
+        env(
+            "MAX_DEVICES_PER_USER",
+            "Push tokens a user may have; registering one more evicts the least recently registered.",
+        ),
+        msgspec.Meta(ge=1),
+    ] = 10
     max_pending_uploads: Annotated[
         int,
         env("MAX_PENDING_UPLOADS", "Upload URLs per user whose object is neither sent nor expired."),
@@ -542,6 +592,50 @@ class PushSettings(_Frozen, frozen=True, kw_only=True):
     fcm_token_url: Annotated[str, env("FCM_TOKEN_URL", "OAuth token endpoint for the service account.")] = (
         "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
     )
+    apns_key_file: Annotated[
+        str,
+        env(
+            "APNS_KEY_FILE",
+            "PUSH_PROVIDER=apns: the APNs auth key (`AuthKey_<KEYID>.p8`, a P-256 key in PEM), a mounted "
+            "secret file; the tokens it signs (ES256) are APNs' token-based authentication.",
+        ),
+    ] = ""
+    apns_key_id: Annotated[str, env("APNS_KEY_ID", "PUSH_PROVIDER=apns: the key's id (10 characters).")] = ""
+    apns_team_id: Annotated[str, env("APNS_TEAM_ID", "PUSH_PROVIDER=apns: the Apple developer team id.")] = ""
+    apns_topic: Annotated[
+        str, env("APNS_TOPIC", "PUSH_PROVIDER=apns: the app's bundle id (`apns-topic`).")
+    ] = ""
+    apns_environment: Annotated[
+        Literal["production", "sandbox"],
+        env(
+            "APNS_ENVIRONMENT",
+            "`production` (api.push.apple.com) or `sandbox` (api.sandbox.push.apple.com: debug builds).",
+        ),
+    ] = "production"
+    apns_endpoint: Annotated[
+        str, env("APNS_ENDPOINT", "APNs base URL; empty: APNS_ENVIRONMENT's (tests point it elsewhere).")
+    ] = ""
+    image_previews: Annotated[
+        bool,
+        env(
+            "PUSH_IMAGE_PREVIEWS",
+            "Pushes of image messages carry a link to the thumbnail (FCM `notification.image`, APNs "
+            "`mutable-content`), so the lock screen shows the photo; `false` keeps photos off lock screens.",
+        ),
+    ] = True
+    image_url_seconds: Annotated[
+        int,
+        env("PUSH_IMAGE_URL_SECONDS", "How long a push's thumbnail link works (it needs no token)."),
+        msgspec.Meta(ge=1, le=3600),
+    ] = 600
+    image_url_secret: Annotated[
+        str,
+        env(
+            "PUSH_IMAGE_URL_SECRET",
+            "HMAC key of the push thumbnail links (the consumer signs, the image proxy checks; at least 32 "
+            "characters). Empty: derived from AUTH_JWT_SECRET; with neither, pushes carry no image.",
+        ),
+    ] = ""
 
 
 class TelemetrySettings(_Frozen, frozen=True, kw_only=True):
@@ -556,6 +650,15 @@ class TelemetrySettings(_Frozen, frozen=True, kw_only=True):
         env(
             "PUSHGATEWAY_URL",
             "Prometheus Pushgateway the orphan-cleanup job pushes its metrics to; empty: it only logs them.",
+        ),
+    ] = ""
+    pushgateway_instance: Annotated[
+        str,
+        env(
+            "PUSHGATEWAY_INSTANCE",
+            "`instance` label of the cleanup job's group on the Pushgateway, so deployments sharing one do"
+            " not replace each other's metrics (the chart sets `<namespace>/<release>`); empty: the bucket"
+            " (S3) or the data directory.",
         ),
     ] = ""
 
@@ -590,8 +693,23 @@ class Settings(_Frozen, frozen=True, kw_only=True):
             raise SettingsError("AUTH_ISSUER and AUTH_AUDIENCE: required with AUTH_JWKS_URL")
         if self.backends.object_store == "s3" and not self.s3.bucket:
             raise SettingsError("S3_BUCKET_NAME: required with OBJECT_STORE=s3")
-        if self.backends.push_provider == "webhook" and not self.push.webhook_url:
+        providers = self.backends.push_provider
+        if not providers or len(set(providers)) != len(providers):
+            raise SettingsError("PUSH_PROVIDER: one or more of log, webhook, fcm, apns, each once")
+        if "webhook" in providers and not self.push.webhook_url:
             raise SettingsError("PUSH_WEBHOOK_URL: required with PUSH_PROVIDER=webhook")
+        if "apns" in providers:
+            push = self.push
+            for name, value in (
+                ("APNS_KEY_FILE", push.apns_key_file),
+                ("APNS_KEY_ID", push.apns_key_id),
+                ("APNS_TEAM_ID", push.apns_team_id),
+                ("APNS_TOPIC", push.apns_topic),
+            ):
+                if not value:
+                    raise SettingsError(f"{name}: required with PUSH_PROVIDER=apns")
+        if self.push.image_url_secret and len(self.push.image_url_secret) < 32:
+            raise SettingsError("PUSH_IMAGE_URL_SECRET: must be at least 32 characters")
         expiry_days = self.s3.raw_upload_expiry_days
         if expiry_days and expiry_days * 86400 <= self.images.orphan_grace_seconds:
             # The backstop must never beat the send window: an upload still sendable would vanish.
@@ -608,10 +726,12 @@ class Settings(_Frozen, frozen=True, kw_only=True):
                 ipaddress.ip_network(proxy, strict=False)
             except ValueError:
                 raise SettingsError(f"TRUSTED_PROXIES: {proxy!r} is not an address or CIDR") from None
-        if self.media.visibility_timeout_seconds <= self.media.job_timeout_seconds:
-            # A job still decoding would be handed to a second worker.
+        media = self.media
+        if media.visibility_timeout_seconds and media.visibility_timeout_seconds <= media.longest_job_seconds:
+            # A job still running would be handed to a second worker (decoded twice, a receive burnt).
             raise SettingsError(
-                "MEDIA_VISIBILITY_TIMEOUT_SECONDS: must be longer than MEDIA_JOB_TIMEOUT_SECONDS"
+                "MEDIA_VISIBILITY_TIMEOUT_SECONDS: must be longer than the longest media job "
+                f"({media.longest_job_seconds:g} s from MEDIA_JOB_TIMEOUT_SECONDS), or 0 to derive it"
             )
         for content_type in self.images.allowed_types:
             if content_type not in EXTENSIONS:  # SVG, HTML and anything without a key layout
@@ -649,8 +769,8 @@ def _production_like(settings: Settings) -> str | None:
         return "OBJECT_STORE=s3 or NOTIFICATION_QUEUE=sqs on AWS itself (no AWS_ENDPOINT_URL)"
     if kinds.message_store == "firestore" and not settings.firestore.emulator_host:
         return "MESSAGE_STORE=firestore without FIRESTORE_EMULATOR_HOST"
-    if kinds.push_provider == "fcm":
-        return "PUSH_PROVIDER=fcm"
+    if {"fcm", "apns"} & set(kinds.push_provider):
+        return "PUSH_PROVIDER=fcm or apns"
     return None
 
 

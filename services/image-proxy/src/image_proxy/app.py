@@ -24,7 +24,7 @@ def build(settings: Settings, backends: Backends) -> ServiceParts:
         essential=("message_store", "object_store"),
         route_handlers=[get_image],
         dependencies={"image_proxy": Provide(lambda: proxy, use_cache=True, sync_to_thread=False)},
-        workers=membership.workers(backends),
+        workers=[*membership.workers(backends), proxy.waits.running],
         description="serves images to conversation members only.",
     )
 

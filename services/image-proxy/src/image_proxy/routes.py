@@ -7,9 +7,9 @@ from typing import Any
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath
 
 from chat_core.errors import problem_responses
+from chat_core.parameters import ConversationId, ObjectKey
 from image_proxy.service import ImageProxy
 
 __all__ = ["get_image"]
@@ -39,8 +39,8 @@ __all__ = ["get_image"]
 )
 async def get_image(
     request: Request[Any, Any, Any],
-    conversation_id: FromPath[str],
-    object_key: FromPath[str],
+    conversation_id: ConversationId,
+    object_key: ObjectKey,
     image_proxy: NamedDependency[ImageProxy],
 ) -> Response[Any]:
     return await image_proxy.serve(request, conversation_id, object_key)

@@ -9,15 +9,20 @@ outcome.
 
 The raw upload is never served: ``url`` serves the sanitized ``original`` the media processor wrote,
 ``?variant=thumbnail|preview`` the variants (``{cid}/media/{messageId}/{variant}.{ext}``). While the
-image is processing the proxy waits up to ``MEDIA_WAIT_SECONDS`` (asking the store again with a growing
-interval), then answers 503 ``image_processing`` with ``Retry-After``; a failed image is 422
-``image_unavailable`` with its reason. Derivatives never change, so their responses say ``immutable``;
-the redirect itself stays signed per window, so a viewer gets the same URL within one.
+image is processing the proxy waits up to ``MEDIA_WAIT_SECONDS`` (one poll of the store per image, however
+many requests wait on it: ``image_proxy.waits``), then answers 503 ``image_processing`` with
+``Retry-After``; a failed image is 422 ``image_unavailable`` with its reason. Derivatives never change,
+so their responses say ``immutable``; the redirect itself stays signed per window, so a viewer gets the
+same URL within one.
+
+A push's thumbnail link (``chat_core.push.image_links``: ``?variant=thumbnail&push_user=&push_expires=
+&push_signature=``) stands in for the token: it serves that one thumbnail to the recipient it was signed
+for, while they are a member, until it expires (403 ``push_link_invalid`` / ``push_link_expired``), and is
+audited in the recipient's name with ``via=push_link``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from collections import OrderedDict
@@ -35,7 +40,9 @@ from chat_core.membership import MembershipCache, conversation_not_found
 from chat_core.messagestore import Message, MessageStore
 from chat_core.objectstore import ObjectNotFound, ObjectStore, RangeNotSatisfiable
 from chat_core.objectstore.serving import serve_object
+from chat_core.push.image_links import push_image_links
 from chat_core.settings import Settings
+from image_proxy.waits import ProcessingWaits, finished
 
 __all__ = ["ImageProxy"]
 
@@ -72,33 +79,49 @@ class ImageProxy:
         # chat screen's repeated views, and a group's many viewers, then cost no store round trip.
         self._messages = messages
         self._wait_seconds = settings.media.wait_seconds
+        self._waits = ProcessingWaits(max_waiters=settings.media.max_waiters)
         self._finished: OrderedDict[str, Message] = OrderedDict()
+        self._push_links = push_image_links(settings)
+
+    @property
+    def waits(self) -> ProcessingWaits:
+        return self._waits
 
     async def serve(
         self, request: Request[Any, Any, Any], conversation_id: str, raw_key: str
     ) -> Response[Any]:
         object_key = raw_key.removeprefix("/")
         user_id: str | None = None
+        via = "push_link" if "push_signature" in request.query_params else "token"
         try:
-            principal = await provide_principal_or_cookie(request, self._backends)
-            user_id = principal.user_id
+            if via == "push_link":
+                user_id = self._push_link_user(request, conversation_id, object_key)
+            else:
+                principal = await provide_principal_or_cookie(request, self._backends)
+                user_id = principal.user_id
             response, reason = await self._authorised(request, user_id, conversation_id, object_key)
         except ProblemError as exc:
             decision = "allowed" if exc.code in _AFTER_GRANT else "denied"
-            self._record(request, user_id, conversation_id, object_key, decision, exc.code, exc.status)
+            self._record(request, user_id, conversation_id, object_key, decision, exc.code, exc.status, via)
             exc.headers.update(NOSNIFF)
             raise
         except Exception:
             _log.exception("image_proxy_failed", conversation_id=conversation_id, object_key=object_key)
-            self._record(request, user_id, conversation_id, object_key, "allowed", "backend_error", 503)
+            self._record(request, user_id, conversation_id, object_key, "allowed", "backend_error", 503, via)
             raise ProblemError(
                 503, "storage_unavailable", "the image could not be fetched; retry shortly", headers=NOSNIFF
             ) from None
         response.headers.update(NOSNIFF)
         self._record(
-            request, user_id, conversation_id, object_key, "allowed", reason, response.status_code or 200
+            request, user_id, conversation_id, object_key, "allowed", reason, response.status_code or 200, via
         )
         return response
+
+    def _push_link_user(self, request: Request[Any, Any, Any], conversation_id: str, object_key: str) -> str:
+        """The recipient a push's thumbnail link was signed for (its token stand-in), or a 403."""
+        if self._push_links is None:
+            raise ProblemError(403, "push_link_invalid", "this image link is not valid")
+        return self._push_links.verify(conversation_id, object_key, request.query_params)
 
     async def _authorised(
         self, request: Request[Any, Any, Any], user_id: str, conversation_id: str, object_key: str
@@ -134,13 +157,6 @@ class ImageProxy:
                 f"the image could not be processed ({reason})",
                 extra={"reason": reason},
             )
-        if metadata.status != "ready":
-            raise ProblemError(
-                503,
-                "image_processing",
-                "the image is still being processed; retry shortly",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
         if variant == "original":
             content_type = metadata.content_type
         else:
@@ -152,25 +168,26 @@ class ImageProxy:
     async def _image_message(self, conversation_id: str, stored: str) -> Message | None:
         """The message ``stored`` backs, waiting up to MEDIA_WAIT_SECONDS while it is processing.
 
-        Finished messages never change, so they are remembered; a processing one is asked again with a
-        growing interval (0.1 s doubling to 1 s) until it is finished or the wait is over.
+        Finished messages never change, so they are remembered. A processing one is asked again with a
+        growing interval (0.1 s doubling to 1 s) by one poll per image that every request for it waits on
+        (``image_proxy.waits``); past ``MEDIA_MAX_WAITERS`` waiting requests, a request does not wait.
         """
         cached = self._finished.get(stored)
         if cached is not None:
             self._finished.move_to_end(stored)
             return cached
-        deadline = time.monotonic() + self._wait_seconds
-        interval = 0.1
-        while True:
-            message = await self._messages.image_message(conversation_id, stored)
-            status = message.metadata.status if message and message.metadata else None
-            if message is None or status in ("ready", "failed"):
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return message
-            await asyncio.sleep(min(interval, remaining))
-            interval = min(interval * 2, 1.0)
+        message, waited = await self._waits.wait(
+            stored, lambda: self._messages.image_message(conversation_id, stored), self._wait_seconds
+        )
+        if not finished(message):
+            raise ProblemError(
+                503,
+                "image_processing",
+                "the image is still being processed; retry shortly"
+                if waited
+                else "the image is still being processed, and too many requests wait already; retry shortly",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         if message is not None:
             self._finished[stored] = message
             if len(self._finished) > _SEEN_MAX:
@@ -225,6 +242,7 @@ class ImageProxy:
         decision: str,
         reason: str,
         status: int,
+        via: str = "token",
     ) -> None:
         metrics.IMAGE_PROXY_REQUESTS.labels(decision, reason).inc()
         audit(
@@ -238,4 +256,5 @@ class ImageProxy:
             client_ip=request.client.host if request.client else None,
             user_agent=request.headers.get("user-agent", "")[:_MAX_LOGGED],
             mode=self._mode,
+            via=via,
         )

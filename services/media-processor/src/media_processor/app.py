@@ -1,9 +1,10 @@
 """Media processor service: turns raw uploads into the sanitized images members are served.
 
 No public API: the worker runs in the lifespan of a small app that serves ``/healthz``, ``/readyz`` (the
-media queue, the message store and the object store answer) and ``/metrics``. In the all-in-one process
-the worker runs beside the other services; there the local object store announces each upload on the
-embedded media queue, as the bucket's object-created notification does in the cloud.
+media queue, the message store, the object store and the event bus answer, and the image worker pool is
+not short of workers it cannot start: ``media_pool``) and ``/metrics``. In the all-in-one process the
+worker runs beside the other services; there the local object store announces each upload on the embedded
+media queue, as the bucket's object-created notification does in the cloud.
 """
 
 from __future__ import annotations
@@ -25,8 +26,13 @@ def build(settings: Settings, backends: Backends) -> ServiceParts:
         worker.listen_to_uploads(backends.object_store)
     return ServiceParts(
         component=COMPONENT,
+        # A job's `message.updated` leaves through the event outbox (committed with the image's new state,
+        # relayed when the bus is back), so a Redis outage delays events and fails no job: the bus is not
+        # essential here ("degraded", as in every other service; the chart's readiness tests fail on
+        # "degraded", so a processor deployed without Redis credentials is still caught).
         essential=("media_queue", "message_store", "object_store"),
         workers=[worker.worker],
+        readiness={"media_pool": worker.pool_ready},
         description="sanitizes uploaded images into an original, a preview and a thumbnail.",
     )
 

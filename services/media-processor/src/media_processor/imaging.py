@@ -22,6 +22,16 @@ Order of work, so that no hostile header ever reaches a full decode:
 4. encode with ``keep=none``: no EXIF (GPS included), XMP, IPTC, ICC, comments or PNG text chunks.
    Colours are kept by the sRGB conversion: every browser shows untagged pixels as sRGB.
 
+Only the accepted formats' decoders can run (Zulip's ``thumbnail.py`` does the same): libvips picks a
+loader by sniffing the bytes itself, in its own priority order, and this wheel carries more loaders than
+we accept (TIFF, SVG, libultrahdr, HEIF/AVIF, its own ``.vips``, CSV, matrix; a system libvips may add
+ImageMagick, PDF, OpenSlide). So every loader is blocked at import, then only the JPEG, PNG, GIF and WebP
+ones are unblocked, and ``block_untrusted_set`` blocks whatever libvips itself marks untrusted. A file
+that passes our magic-byte check but that libvips would hand to another decoder (an UltraHDR JPEG goes to
+libultrahdr, for one) is decoded by the loader of its type or not at all; and the loader that opened the
+header must be the one of the sniffed type (``unsupported_type`` otherwise), in case a later libvips adds
+a loader under another name. HEIC/HEIF never reaches libvips' loaders (``pillow-heif`` decodes it).
+
 Output formats: the original keeps its format (JPEG, PNG, GIF, WebP; animation kept) except HEIC/HEIF,
 which becomes JPEG so that browsers can show it. Variants are JPEG for opaque stills and WebP for
 images with alpha and for animations (animated, so a chat list moves as the original does).
@@ -42,11 +52,13 @@ __all__ = [
     "DEFAULT_LIMITS",
     "HEIF_TYPES",
     "SUPPORTED_TYPES",
+    "VIPS_LOADERS",
     "ImageLimits",
     "Reason",
     "Rejected",
     "Sanitized",
     "Variant",
+    "restrict_loaders",
     "sanitize",
 ]
 
@@ -65,6 +77,24 @@ the pure-Python encoder of the ``blurhash`` package at about a millisecond)."""
 
 HEIF_TYPES = frozenset({"image/heic", "image/heif"})
 SUPPORTED_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", *HEIF_TYPES})
+VIPS_LOADERS = {
+    "image/jpeg": ("VipsForeignLoadJpeg", "jpegload"),
+    "image/png": ("VipsForeignLoadPng", "pngload"),
+    "image/gif": ("VipsForeignLoadNsgif", "gifload"),
+    "image/webp": ("VipsForeignLoadWebp", "webpload"),
+}
+"""The libvips loaders allowed to run (class, nickname), by the type they decode."""
+
+
+def restrict_loaders() -> None:
+    """Block every libvips loader but those of ``VIPS_LOADERS``, and whatever libvips deems untrusted."""
+    pyvips.operation_block_set("VipsForeignLoad", True)
+    for loader, _nickname in VIPS_LOADERS.values():
+        pyvips.operation_block_set(loader, False)
+    pyvips.block_untrusted_set(True)
+
+
+restrict_loaders()  # at import: every process that can call sanitize() has imported this module
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +230,11 @@ def _derive_streaming(data: bytes, found: str, limits: ImageLimits) -> Sanitized
     """
     # Lazy: this reads the header only, so the limits are checked before any pixel is decoded.
     head = pyvips.Image.new_from_buffer(data, "", access="sequential", fail_on="truncated")
+    loader = str(head.get("vips-loader"))
+    if loader.removesuffix("_buffer") != VIPS_LOADERS[found][1]:
+        raise _Refused(
+            Reason.UNSUPPORTED_TYPE, f"the bytes start as {found} but libvips reads them as {loader}"
+        )
     _check_pixels(head.width * head.height, limits)
     frames = head.get("n-pages") if head.get_typeof("n-pages") else 1
     loader_options = "fail_on=truncated"

@@ -9,6 +9,13 @@ its own job (``worker_crashed``; a SIGKILL counts as ``memory``: that is what an
 A killed or dead worker is replaced before it takes another job, so one bad image never takes the
 service down.
 
+The pool never shrinks: it has ``size`` slots, each holding a worker or nothing, and a job always puts its
+slot back, whatever happened. A slot whose worker could not be started again (the node out of memory or
+processes) is put back empty, and the next job that takes it tries to start one; until one starts, that
+job raises ``PoolUnavailable`` (the queue retries it later: the image is not at fault). A worker found
+dead while idle (the OOM killer) is replaced before it gets a job. ``health()`` says how many workers are
+alive and why a start failed; the media processor's ``/readyz`` reports it (``media_pool``).
+
 One worker per core by default, each with one libvips thread: the CPU is shared by processes, not by
 threads inside one job, so a slow image holds one core and no more. Jobs are handed over a pipe
 (the bytes are copied once); libvips' operation cache is off, so a worker's memory is that of its job.
@@ -28,14 +35,20 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import TracebackType
 
+import structlog
+
 from media_processor.imaging import DEFAULT_LIMITS, ImageLimits, Reason, Rejected, Sanitized, sanitize
 
 __all__ = [
     "DEFAULT_JOB_MEMORY_BYTES",
     "DEFAULT_JOB_TIMEOUT_SECONDS",
     "MediaProcessor",
+    "PoolHealth",
     "PoolSettings",
+    "PoolUnavailable",
 ]
+
+_log = structlog.get_logger("media_processor.pool")
 
 DEFAULT_JOB_TIMEOUT_SECONDS = 30.0
 """A 50 MP JPEG takes about 2 s on one core here; 15x that is a stuck or hostile decode."""
@@ -52,6 +65,31 @@ class PoolSettings:
     memory_bytes: int = DEFAULT_JOB_MEMORY_BYTES
     """0 leaves the address space unbounded (for measuring)."""
     vips_threads: int = 1
+
+
+_READY = "ready"
+_START_TIMEOUT_SECONDS = 60.0  # importing libvips on a busy node takes seconds; a minute is a stuck start
+
+
+class WorkerStartFailed(RuntimeError):
+    """A worker process did not come up ready for jobs."""
+
+
+class PoolUnavailable(RuntimeError):
+    """No worker could be started for this job (retry later: the image is not at fault)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolHealth:
+    size: int
+    alive: int
+    spawn_error: str | None  # why the last start of a worker failed, until one starts again
+
+    def problem(self) -> str | None:
+        """Why the pool is short of workers and cannot refill itself, or None."""
+        if self.alive >= self.size or self.spawn_error is None:
+            return None
+        return f"{self.alive} of {self.size} image workers alive; starting one failed: {self.spawn_error}"
 
 
 def _available_cpus() -> int:
@@ -77,8 +115,12 @@ def _worker_main(connection: Connection, limits: ImageLimits, memory_bytes: int,
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     import pyvips
 
+    from media_processor.imaging import restrict_loaders
+
+    restrict_loaders()  # already done at import; said again here, where hostile bytes are decoded
     pyvips.cache_set_max(0)  # no operation cache across jobs: a job's memory goes when it ends
     pyvips.concurrency_set(vips_threads)
+    connection.send(_READY)
     while True:
         try:
             job = connection.recv()
@@ -127,6 +169,16 @@ class _Worker:
         )
         self.process.start()
         child.close()
+        # Started means ready for a job: a worker that cannot run (no interpreter to exec, an import
+        # failing, a memory bound too small for the libraries) fails here, not on its first image.
+        try:
+            if not self.connection.poll(_START_TIMEOUT_SECONDS):
+                raise TimeoutError(f"not ready within {_START_TIMEOUT_SECONDS:g} s")
+            if self.connection.recv() != _READY:
+                raise RuntimeError("the worker said something else than ready")
+        except (EOFError, OSError, TimeoutError, RuntimeError) as exc:
+            self.kill()
+            raise WorkerStartFailed(f"{exc!r}; exit code {self.process.exitcode}") from None
 
     def kill(self) -> None:
         with contextlib.suppress(OSError):
@@ -153,14 +205,19 @@ class MediaProcessor:
         self.size = self.pool.workers or _available_cpus()
         # spawn, not fork: the parent runs an event loop and threads, which a fork would copy mid-state.
         self._context = multiprocessing.get_context("spawn")
-        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        # One entry per slot, always ``size`` of them between jobs: a worker, or None for a slot whose
+        # worker must be started (again) before it runs a job.
+        self._idle: asyncio.Queue[_Worker | None] = asyncio.Queue()
         self._workers: set[_Worker] = set()
+        self._spawn_error: str | None = None
+        self._started = False
         self._closed = False
 
     async def start(self) -> None:
-        workers = await asyncio.gather(*(asyncio.to_thread(self._spawn) for _ in range(self.size)))
+        workers = await asyncio.gather(*(self._try_spawn() for _ in range(self.size)))
         for worker in workers:
             self._idle.put_nowait(worker)
+        self._started = True
 
     async def close(self) -> None:
         """Stop the idle workers now; busy ones stop as their jobs end (``process`` sees ``_closed``)."""
@@ -168,8 +225,9 @@ class MediaProcessor:
         stopping = []
         while not self._idle.empty():
             worker = self._idle.get_nowait()
-            self._workers.discard(worker)
-            stopping.append(asyncio.to_thread(worker.stop))
+            if worker is not None:
+                self._workers.discard(worker)
+                stopping.append(asyncio.to_thread(worker.stop))
         await asyncio.gather(*stopping)
 
     async def __aenter__(self) -> MediaProcessor:
@@ -186,32 +244,65 @@ class MediaProcessor:
         """The live workers' process ids (for health checks, and for tests that kill one)."""
         return [worker.process.pid for worker in self._workers if worker.process.pid is not None]
 
+    def health(self) -> PoolHealth:
+        alive = sum(1 for worker in self._workers if worker.process.is_alive())
+        return PoolHealth(
+            size=self.size if self._started else alive, alive=alive, spawn_error=self._spawn_error
+        )
+
     def _spawn(self) -> _Worker:
         worker = _Worker(self._context, self.limits, self.pool)
         self._workers.add(worker)
         return worker
 
+    async def _try_spawn(self) -> _Worker | None:
+        """A new worker, or None (and why, in ``health()``) when it could not be started."""
+        try:
+            worker = await asyncio.shield(asyncio.to_thread(self._spawn))
+        except Exception as exc:
+            self._spawn_error = f"{type(exc).__name__}: {exc}"[:300]
+            _log.warning("media_worker_start_failed", error=self._spawn_error)
+            return None
+        self._spawn_error = None
+        return worker
+
+    async def _retire(self, worker: _Worker) -> None:
+        self._workers.discard(worker)
+        await asyncio.shield(asyncio.to_thread(worker.kill))
+
     async def process(self, data: bytes, content_type: str) -> Sanitized | Rejected:
-        """The sanitized image or why not. Never raises for a bad image, a slow one or a dead worker."""
+        """The sanitized image or why not. Never raises for a bad image, a slow one or a dead worker;
+        raises ``PoolUnavailable`` when no worker can be started for it."""
         if self._closed:
             raise RuntimeError("the media processor is closed")
         worker = await self._idle.get()
-        healthy = False
-        try:
+        try:  # from here on the slot goes back, with a worker or empty, whatever happens
+            if worker is not None and not worker.process.is_alive():  # died while idle (OOM killer)
+                await self._retire(worker)
+                worker = None
+            if worker is None:
+                worker = await self._try_spawn()
+                if worker is None:
+                    raise PoolUnavailable(f"no image worker could be started: {self._spawn_error}")
             result = await self._run(worker, data, content_type)
-            healthy = not (isinstance(result, Rejected) and result.reason in _WORKER_LOST)
+            if isinstance(result, Rejected) and result.reason in _WORKER_LOST:
+                # Killed, dead or its heap left fragmented: replaced before the slot goes back.
+                await self._retire(worker)
+                worker = await self._try_spawn()
             return result
+        except BaseException:
+            if worker is not None:  # interrupted mid-job (cancelled): its state is unknown
+                await self._retire(worker)
+                worker = None
+            raise
         finally:
-            if not healthy:  # killed, dead or interrupted mid-job: its state is unknown
-                self._workers.discard(worker)
-                await asyncio.shield(asyncio.to_thread(worker.kill))
-                worker = await asyncio.shield(asyncio.to_thread(self._spawn))
             await self._release(worker)
 
-    async def _release(self, worker: _Worker) -> None:
+    async def _release(self, worker: _Worker | None) -> None:
         if self._closed:
-            self._workers.discard(worker)
-            await asyncio.to_thread(worker.stop)
+            if worker is not None:
+                self._workers.discard(worker)
+                await asyncio.to_thread(worker.stop)
         else:
             self._idle.put_nowait(worker)
 

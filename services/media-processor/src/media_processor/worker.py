@@ -11,8 +11,9 @@ For a **process** job (one per image message, queued by the message service's ou
    decode; a breach is a reason code, never a crash);
 4. ``original``, ``preview`` and ``thumbnail`` are written under ``{cid}/media/{messageId}/``;
 5. the message is finished in the store (only if still ``processing``: the store's compare-and-set is
-   what makes two racing deliveries finish it once), ``message.updated`` is published with the full
-   message, and the raw upload is deleted (it holds what was stripped);
+   what makes two racing deliveries finish it once) together with its ``message.updated`` event outbox
+   entry (``chat_core.outbox``); the event is published with the full message at once, or by the message
+   service's relay if the bus is down now; then the raw upload is deleted (it holds what was stripped);
 6. the job is acknowledged.
 
 A failure of ours (the store, the object store or the bus unreachable) is retried with a doubling delay
@@ -23,7 +24,8 @@ For an **object-created** event (a new raw upload, from the bucket's notificatio
 upload route) the upload is checked at once, from its first bytes: size within ``MAX_IMAGE_BYTES``,
 magic bytes of an accepted type, declared pixels within ``MAX_IMAGE_PIXELS``. One that could never be
 sent is deleted within seconds (after ``REFUSED_UPLOAD_GRACE_SECONDS``, so that a send made right after
-the upload still gets its 413/422 from its own check), as is a raw upload whose message is already
+the upload still gets its 413/422 from its own check; the grace is waited out by a task of its own, not by
+the job, which is done at once), as is a raw upload whose message is already
 finished (an overwrite after processing). Before a refused upload is deleted, a small note of why is
 written under ``refused/{conversation_id}/{object_key}`` (``keys.refusal_key``; no upload URL or proxy
 path reaches it): a later send finds no object, reads the note and answers with the same 413/422 and
@@ -57,7 +59,7 @@ import msgspec
 import structlog
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from chat_core import images, keys, ledger, metrics, tracing
+from chat_core import images, keys, ledger, metrics, outbox, tracing
 from chat_core.backends import AnnouncesUploads, Backends
 from chat_core.jobqueue import JobQueue
 from chat_core.jobqueue.runner import JobRunner
@@ -70,13 +72,15 @@ from chat_core.messagestore import (
     ImageVariants,
     Message,
     MessageStore,
+    OutboxStore,
+    event_done,
+    new_event,
 )
 from chat_core.objectstore import ObjectChanged, ObjectInfo, ObjectNotFound, ObjectStore
-from chat_core.realtime import EventBus, conversation_channel
-from chat_core.realtime.events import Envelope, encode
-from chat_core.settings import Settings
+from chat_core.realtime import EventBus
+from chat_core.settings import MEDIA_JOBS_PER_IMAGE_WORKER, Settings
 from media_processor.imaging import ImageLimits, Rejected, Sanitized, Variant
-from media_processor.pool import MediaProcessor, PoolSettings
+from media_processor.pool import MediaProcessor, PoolSettings, PoolUnavailable
 
 __all__ = ["MediaWorker", "limits_from", "pool_settings_from"]
 
@@ -118,6 +122,7 @@ class MediaWorker:
         queue: JobQueue[MediaJob],
         messages: MessageStore,
         conversations: ConversationStore,
+        outbox_store: OutboxStore,
         objects: ObjectStore,
         bus: EventBus,
         processor: MediaProcessor,
@@ -133,6 +138,7 @@ class MediaWorker:
         self._queue = queue
         self._messages = messages
         self._conversations = conversations
+        self._outbox = outbox_store
         self._objects = objects
         self._bus = bus
         self._processor = processor
@@ -141,18 +147,20 @@ class MediaWorker:
         self._max_bytes = max_bytes
         self._max_pixels = max_pixels
         self._max_receives = max_receives
-        # Jobs in work at once: one per image worker, plus as many fetching or writing meanwhile.
+        # Jobs in work at once: one per image worker, plus as many fetching or writing meanwhile. The media
+        # queue's visibility timeout is derived from this (MediaSettings.longest_job_seconds).
         self._runner = JobRunner(
             "media",
             queue,
             self.handle,
-            concurrency=max(2, 2 * processor.size),
+            concurrency=max(2, MEDIA_JOBS_PER_IMAGE_WORKER * processor.size),
             wait_seconds=wait_seconds,
             drain_seconds=drain_seconds,
             depth_gauge=metrics.MEDIA_QUEUE_DEPTH,
         )
         self._pool_started = False
         self._pool_lock = asyncio.Lock()
+        self._refusals: set[asyncio.Task[None]] = set()  # refused uploads in their grace
 
     @classmethod
     def from_backends(cls, settings: Settings, backends: Backends) -> MediaWorker:
@@ -160,6 +168,7 @@ class MediaWorker:
             backends.media_queue,
             backends.messages,
             backends.conversations,
+            backends.outbox,
             backends.object_store,
             backends.event_bus,
             MediaProcessor(limits_from(settings), pool_settings_from(settings)),
@@ -201,7 +210,27 @@ class MediaWorker:
             if tally is not None:
                 tally.cancel()
             await asyncio.gather(warm_up, *([tally] if tally else []), return_exceptions=True)
+            await self._finish_refusals()
             await self._processor.close()
+
+    async def _finish_refusals(self) -> None:
+        """Let refused uploads in their grace be deleted; past it, leave them to the orphan cleanup."""
+        if self._refusals:
+            _done, pending = await asyncio.wait(set(self._refusals), timeout=REFUSED_UPLOAD_GRACE_SECONDS + 2)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def pool_ready(self) -> None:
+        """Readiness: raises while the image workers are fewer than the pool's size and cannot be started."""
+        problem = self._processor.health().problem()
+        if problem is not None:
+            raise PoolUnavailable(problem)
+
+    @property
+    def refusals_pending(self) -> int:
+        """Refused uploads waiting out their grace before they are deleted."""
+        return len(self._refusals)
 
     async def _pool(self) -> MediaProcessor:
         if not self._pool_started:
@@ -381,7 +410,10 @@ class MediaWorker:
     ) -> Outcome:
         """Finish the message once; ``raw`` is the upload's key and size (None: not read, not counted)."""
         raw_key, raw_size = raw
-        updated = await self._messages.finish_image(conversation_id, message.message_id, metadata)
+        announced = new_event("message.updated", conversation_id, trace=tracing.inject())
+        updated = await self._messages.finish_image(
+            conversation_id, message.message_id, metadata, event=announced
+        )
         if updated is None:  # another delivery finished it first: its event is the one
             metrics.MEDIA_JOBS.labels("skipped", "already_done").inc()
             return "skipped"
@@ -389,30 +421,13 @@ class MediaWorker:
             await ledger.record(self._storage, "derived", len(keys.VARIANTS), derived_bytes)
         metrics.MEDIA_JOBS.labels(outcome, reason).inc()
         metrics.MEDIA_PROCESSING_SECONDS.observe(time.perf_counter() - started)
-        await self._publish_updated(conversation_id, updated)
+        # Stored with the change: what this attempt cannot publish, the message service's relay will.
+        await outbox.publish_now(self._bus, self._conversations, self._outbox, event_done(announced, updated))
         # Last: the raw upload holds what was stripped, and nothing serves it any more.
         await self._objects.delete(raw_key)
         if raw_size is not None:
             await ledger.record(self._storage, "raw", -1, -raw_size)
         return outcome
-
-    async def _publish_updated(self, conversation_id: str, message: Message) -> None:
-        try:
-            members = await self._conversations.get_participants(conversation_id) or frozenset()
-            with _tracer.start_as_current_span("publish message.updated", kind=SpanKind.PRODUCER):
-                envelope = Envelope(
-                    type="message.updated",
-                    conversation_id=conversation_id,
-                    message=message,
-                    members=tuple(sorted(members)),
-                    trace=tracing.inject(),
-                )
-                await self._bus.publish(conversation_channel(conversation_id), encode(envelope))
-            metrics.EVENTS_PUBLISHED.labels("message.updated").inc()
-        except Exception as exc:
-            # The message is finished in the store; clients that missed the event see it on resync.
-            metrics.OUTBOX_RELAY_ERRORS.labels("bus").inc()
-            _log.warning("message_updated_not_published", message_id=message.message_id, error=repr(exc))
 
     # --- object-created events ----------------------------------------------------------------------
     async def check_upload(self, created: ObjectCreated) -> str:
@@ -442,21 +457,40 @@ class MediaWorker:
         if verdict is None:
             return self._verdict("kept")
         if refusal is not None:
-            # A send right after the upload gets its 413/422 from its own check; a later one finds the
-            # note written below. Then only this version is deleted, not a newer upload.
+            # Deleted after the grace, by a task of its own: the job (and its slot in the runner) is
+            # done now, so a burst of refused uploads cannot hold back the images waiting to be processed.
+            task = asyncio.create_task(self._delete_refused(key, info, refusal), name="refused-upload")
+            self._refusals.add(task)
+            task.add_done_callback(self._refusals.discard)
+            return self._verdict(verdict)
+        await self._delete_raw(key, info, verdict)
+        return self._verdict(verdict)
+
+    async def _delete_refused(self, key: str, info: ObjectInfo, refusal: UploadRefusal) -> None:
+        """After the grace: the note of why, then the upload (only this version, not a newer upload).
+
+        A send right after the upload gets its 413/422 from its own check; a later one finds the note.
+        Should this never run (the process stops first), the upload stays until the orphan cleanup: a
+        send still gets its 413/422 from its own check, and a raw upload is never served.
+        """
+        try:
             await asyncio.sleep(REFUSED_UPLOAD_GRACE_SECONDS)
             current = await self._objects.head(key)
             if current is None or current.etag != info.etag:
                 await ledger.record(self._storage, "raw", -1, -info.size)  # the newer one is counted
-                return self._verdict("superseded")
+                return
             # The note first: a send between the delete and the note would get a bare 404.
             await self._objects.put(
                 keys.refusal_key(key), msgspec.json.encode(refusal), content_type="application/json"
             )
-        _log.info("raw_upload_deleted", key=key, reason=verdict, size=info.size)
+            await self._delete_raw(key, info, refusal.reason)
+        except Exception as exc:
+            _log.warning("refused_upload_not_deleted", key=key, error=repr(exc))
+
+    async def _delete_raw(self, key: str, info: ObjectInfo, reason: str) -> None:
+        _log.info("raw_upload_deleted", key=key, reason=reason, size=info.size)
         await self._objects.delete(key)
         await ledger.record(self._storage, "raw", -1, -info.size)
-        return self._verdict(verdict)
 
     async def _landed(
         self,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 from litestar import Litestar
 from litestar.di import Provide
 
+from chat_core import keys
 from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.backends import Backends
+from chat_core.openapi import DocumentRefinement, constrain
 from chat_core.settings import Settings
 from message_service import devices, routes
 from message_service.devices import DeviceService
@@ -20,13 +25,56 @@ from message_service.verification import ImageVerifier
 COMPONENT = "message"
 
 
+def _message_union(document: dict[str, Any]) -> None:
+    """``Message`` as the discriminated union it is: a text message has no metadata, an image message
+    has its image's. Derived from the stored struct's schema, so fields added to it show in both."""
+    schemas = document["components"]["schemas"]
+    message = schemas.get("Message")
+    if message is None or "properties" not in message:
+        return
+    shapes = {"text": ("TextMessage", {"type": "null"}), "image": ("ImageMessage", None)}
+    for kind, (name, metadata) in shapes.items():
+        shape = copy.deepcopy(message)
+        shape["title"] = name
+        shape["properties"]["messageType"] = {"enum": [kind]}
+        if metadata is not None:
+            shape["properties"]["metadata"] = metadata
+        elif "deleted" not in shape["properties"]:  # a deleted image message keeps `metadata: null`
+            branches = shape["properties"]["metadata"].get("anyOf", [])
+            shape["properties"]["metadata"] = next(b for b in branches if b.get("type") != "null")
+            shape["required"] = sorted({*shape.get("required", []), "metadata"})
+        schemas[name] = shape
+    schemas["Message"] = {
+        "title": "Message",
+        "description": message.get("description", ""),
+        "oneOf": [{"$ref": f"#/components/schemas/{name}"} for name, _ in shapes.values()],
+        "discriminator": {
+            "propertyName": "messageType",
+            "mapping": {kind: f"#/components/schemas/{name}" for kind, (name, _) in shapes.items()},
+        },
+    }
+
+
+def document_refinement(settings: Settings) -> DocumentRefinement:
+    """The accepted image types (settings), and the message shapes as a discriminated union."""
+    allowed = frozenset(settings.images.allowed_types) & keys.EXTENSIONS.keys()
+
+    def refine(document: dict[str, Any]) -> None:
+        constrain(
+            document, "ImageMetadataRequest", "content_type", pattern=keys.content_type_pattern(allowed)
+        )
+        _message_union(document)
+
+    return refine
+
+
 def build(settings: Settings, backends: Backends, events: MessageEvents | None = None) -> ServiceParts:
     """This service's routes, dependencies and workers, wired to ``backends``.
 
     ``events`` is the fan-out after a change is stored (publish, notifications, membership events; see
     ``events.py``); tests pass their own.
     """
-    last_messages = LastMessageWriter(backends.conversations)
+    last_messages = LastMessageWriter(backends.conversations, leases=backends.write_leases)
     fanout: Fanout | None = None
     if events is None:
         events = fanout = Fanout(
@@ -39,7 +87,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
             drain_seconds=settings.service.drain_seconds,
         )
     sockets = RealtimeSockets.from_backends(settings, backends)
-    device_service = DeviceService(backends.devices)
+    device_service = DeviceService(backends.devices, max_devices=settings.limits.max_devices_per_user)
     conversations = ConversationService(backends.conversations, events)
     messages = MessageService(
         backends.conversations,
@@ -48,6 +96,9 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
         last_messages,
         events,
         backends.quotas,
+        objects=backends.object_store,
+        storage=backends.storage_ledger,
+        base_url=settings.service.base_url(),
     )
     return ServiceParts(
         component=COMPONENT,
@@ -60,6 +111,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
         },
         workers=[last_messages.worker, *([fanout.worker] if fanout is not None else [])],
         description="conversations, members, messages, devices and the real-time socket.",
+        document=[document_refinement(settings)],
     )
 
 

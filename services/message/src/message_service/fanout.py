@@ -1,7 +1,9 @@
-"""Fan-out after a change is stored: real-time events, notification jobs, membership-change events.
+"""Fan-out after a change is stored, and the event outbox's relay: real-time events, notification jobs.
 
-``Fanout`` is the message service's ``MessageEvents``. For each new message (its outbox entry is already
-stored with it):
+``Fanout`` is the message service's ``MessageEvents`` and the relay of every event outbox entry
+(``chat_core.outbox``). ``deliver`` dispatches on the entry's kind: every kind other than
+``message.created`` is only published (``chat_core.outbox.publish``). For each new message (its outbox
+entry is already stored with it):
 
 1. publish ``message.created`` once on the conversation's channel, whatever the group size;
 2. read the presence of every other member in one round trip; the offline ones go into O(1) queue
@@ -18,15 +20,18 @@ The send hands over the members it just read, so the immediate attempt reads not
 The request does not wait for any of it: ``message_created`` hands the entry to a background task and
 returns, so a slow or dead bus or queue never delays a 201. Whatever fails stays in the outbox, and the
 relay worker retries it (with backoff) until it is delivered: nothing is dropped when Redis or SQS is
-down, only late. Steps already done for an entry are remembered in memory, so a retry after a queue
-outage does not publish again (after a restart a step may repeat: clients de-duplicate events by
-``messageId``, and the consumer never pushes one message twice to one device).
+down, only late. The relay claims what it takes (a lease per entry, ``OutboxStore.claim_outbox``), so
+replicas relaying a backlog share it instead of each publishing all of it. Steps already done for an
+entry are remembered in memory, so a retry after a queue outage does not publish again (after a restart
+a step may repeat: clients de-duplicate events by ``messageId``, and the consumer never pushes one
+message twice to one device).
 
 Degraded modes: presence unreadable (Redis down) -> every other member counts as offline (a push too many
 beats a push missed); a ``message.created`` older than ``STALE_EVENT_SECONDS`` is no longer published
 (clients that were connected then have resynced since).
 
-What goes on the bus is shaped in ``chat_core.realtime.events`` (the readers decode it from there).
+What goes on the bus is shaped in ``chat_core.realtime.events`` (the readers decode it from there), per
+kind in ``chat_core.outbox.bus_events``.
 """
 
 from __future__ import annotations
@@ -35,26 +40,19 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Coroutine
+from typing import Any
 
-import msgspec
 import structlog
 from opentelemetry.trace import SpanKind
 
-from chat_core import metrics, tracing
+from chat_core import metrics, outbox, tracing
 from chat_core.batching import Coalescer
 from chat_core.jobqueue import JobQueue
 from chat_core.media import MediaJob
-from chat_core.messagestore import ConversationStore, Message, OutboxEntry, OutboxStore
+from chat_core.messagestore import ConversationStore, OutboxEntry, OutboxStore
 from chat_core.notifications import Notification, NotificationQueue
-from chat_core.realtime import (
-    MEMBERSHIP_CHANNEL,
-    EventBus,
-    Presence,
-    conversation_channel,
-    user_channel,
-)
-from chat_core.realtime.events import Envelope, MembershipChanged, encode
+from chat_core.realtime import EventBus, Presence
 
 __all__ = [
     "RECIPIENTS_PER_NOTIFICATION",
@@ -69,6 +67,9 @@ RELAY_INTERVAL_SECONDS = 1.0
 RELAY_GRACE_SECONDS = 5.0  # an entry younger than this is still in its immediate attempt
 RELAY_MAX_BACKOFF_SECONDS = 10.0
 RELAY_BATCH = 100
+# How long a relay pass holds the entries it claimed: past it, a replica that died mid-pass loses them to
+# another. Longer than a pass takes (a delivery's publish and enqueues time out well within it).
+RELAY_LEASE = dt.timedelta(seconds=30)
 DELETE_BATCH = 200  # outbox entries removed by one store write at most
 DELETE_LINGER_SECONDS = 0.02  # how long a delete waits for company
 _PROGRESS_TTL_SECONDS = 3600.0
@@ -82,6 +83,8 @@ def notifications_for(
 ) -> list[Notification]:
     """The queue messages for one chat message: one per ``RECIPIENTS_PER_NOTIFICATION`` recipients."""
     message = entry.message
+    if message is None:
+        raise ValueError("notifications are for message.created entries")
     ordered = sorted(recipients)
     preview = (message.content or "")[:PREVIEW_CHARS]
     return [
@@ -94,6 +97,7 @@ def notifications_for(
             preview=preview,
             recipient_ids=tuple(ordered[start : start + RECIPIENTS_PER_NOTIFICATION]),
             created_at=message.timestamp,
+            object_key=message.metadata.object_key if message.metadata else None,
             trace=trace,
         )
         for chunk, start in enumerate(range(0, len(ordered), RECIPIENTS_PER_NOTIFICATION))
@@ -123,6 +127,7 @@ class Fanout:
         drain_seconds: float = 10.0,
         relay_interval: float = RELAY_INTERVAL_SECONDS,
         relay_grace: float = RELAY_GRACE_SECONDS,
+        relay_lease: dt.timedelta = RELAY_LEASE,
     ) -> None:
         self._conversations = conversations
         self._outbox = outbox
@@ -133,6 +138,7 @@ class Fanout:
         self._drain_seconds = drain_seconds
         self._relay_interval = relay_interval
         self._relay_grace = relay_grace
+        self._relay_lease = relay_lease
         self._progress: dict[str, _Progress] = {}
         self._delivering: set[str] = set()
         self._background: set[asyncio.Task[bool]] = set()
@@ -143,74 +149,69 @@ class Fanout:
 
     # --- MessageEvents ------------------------------------------------------------------------------
     async def message_created(self, entry: OutboxEntry, members: frozenset[str]) -> None:
-        task = asyncio.get_running_loop().create_task(self.deliver(entry, members), name="fanout")
+        self._in_background(self.deliver(entry, members))
+
+    async def event_stored(self, entry: OutboxEntry) -> None:
+        self._in_background(self.deliver(entry))
+
+    def _in_background(self, delivery: Coroutine[Any, Any, bool]) -> None:
+        # The request does not wait: a slow or dead bus never delays its answer (the outbox has the entry).
+        task = asyncio.get_running_loop().create_task(delivery, name="fanout")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def message_read(self, conversation_id: str, message: Message, reader_id: str) -> None:
-        try:
-            members = await self._conversations.get_participants(conversation_id)
-            envelope = Envelope(
-                type="message.read",
-                conversation_id=conversation_id,
-                message_id=message.message_id,
-                user_id=reader_id,
-                read_by=message.read_by,
-                members=tuple(sorted(members or ())),
-            )
-            await self._publish(conversation_channel(conversation_id), envelope)
-        except Exception as exc:
-            # Read receipts are best effort in real time; the list endpoint always has readBy.
-            metrics.OUTBOX_RELAY_ERRORS.labels("bus").inc()
-            _log.warning("read_event_not_published", conversation_id=conversation_id, error=repr(exc))
-
-    async def participants_changed(
-        self, conversation_id: str, added: frozenset[str], removed: frozenset[str]
-    ) -> None:
-        events: list[tuple[str, bytes]] = [
-            (MEMBERSHIP_CHANNEL, encode(MembershipChanged(conversation_id=conversation_id)))
-        ]
-        for users, kind in ((added, "conversation.joined"), (removed, "conversation.left")):
-            payload = encode(Envelope(type=kind, conversation_id=conversation_id))
-            events.extend((user_channel(user), payload) for user in sorted(users))
-        try:
-            for channel, payload in events:
-                await self._bus.publish(channel, payload)
-                metrics.EVENTS_PUBLISHED.labels("membership").inc()
-        except Exception as exc:
-            # Caches expire on their own (MEMBERSHIP_CACHE_SECONDS); sockets pick it up on reconnect.
-            metrics.OUTBOX_RELAY_ERRORS.labels("bus").inc()
-            _log.warning("membership_event_not_published", conversation_id=conversation_id, error=repr(exc))
-
-    # --- delivery of one outbox entry ---------------------------------------------------------------
+    # --- delivery of one outbox entry: the dispatch on its kind -----------------------------------
     async def deliver(self, entry: OutboxEntry, members: frozenset[str] | None = None) -> bool:
-        """Publish and enqueue what is still to do for ``entry``; True once its outbox entry is released.
+        """Do what is still to do for ``entry``; True once its outbox entry is released.
 
         False when a step failed, or when another task is delivering the same entry right now (the relay
         skips those instead of calling this).
 
-        ``members``: the conversation's members as the send saw them (None: read them, as the relay does).
+        ``members``: the conversation's members as the change saw them (None: read them, as the relay does).
         """
-        message_id = entry.message.message_id
-        if message_id in self._delivering:
+        event_id = entry.event_id
+        if event_id in self._delivering:
             return False
-        self._delivering.add(message_id)
+        self._delivering.add(event_id)
         try:
-            with _tracer.start_as_current_span(
-                "fanout message.created",
-                context=tracing.extract(entry.trace),
-                kind=SpanKind.PRODUCER,
-                attributes={
-                    "messaging.message.id": message_id,
-                    "chat.conversation.id": entry.conversation_id,
-                },
-            ):
-                return await self._deliver(entry, members)
+            if entry.kind == "message.created":
+                with _tracer.start_as_current_span(
+                    "fanout message.created",
+                    context=tracing.extract(entry.trace),
+                    kind=SpanKind.PRODUCER,
+                    attributes={
+                        "messaging.message.id": event_id,
+                        "chat.conversation.id": entry.conversation_id,
+                    },
+                ):
+                    return await self._deliver(entry, members)
+            # Every other kind only publishes (chat_core.outbox.bus_events says what).
+            return await self._deliver_event(entry)
         finally:
-            self._delivering.discard(message_id)
+            self._delivering.discard(event_id)
+
+    async def _deliver_event(self, entry: OutboxEntry) -> bool:
+        async with self._conversation_lock(entry.conversation_id):
+            try:
+                members = await outbox.members_for(self._conversations, entry)
+            except Exception as exc:
+                metrics.OUTBOX_RELAY_ERRORS.labels("store").inc()
+                _log.warning("fanout_store_unavailable", event_id=entry.event_id, error=repr(exc))
+                return False
+            try:
+                await outbox.publish(self._bus, entry, members)
+            except Exception as exc:
+                metrics.OUTBOX_RELAY_ERRORS.labels("bus").inc()
+                _log.warning(
+                    "fanout_publish_failed", kind=entry.kind, event_id=entry.event_id, error=repr(exc)
+                )
+                return False
+        return await self._release(entry.event_id)
 
     async def _deliver(self, entry: OutboxEntry, members: frozenset[str] | None) -> bool:
         message = entry.message
+        if message is None:
+            raise ValueError("a message.created entry without its message")
         progress = self._progress.setdefault(message.message_id, _Progress())
         failed: list[str] = []
         async with self._conversation_lock(entry.conversation_id):
@@ -228,13 +229,7 @@ class Fanout:
                 progress.published = True
             if not progress.published:
                 try:
-                    envelope = Envelope(
-                        type="message.created",
-                        conversation_id=entry.conversation_id,
-                        message=message,
-                        members=tuple(sorted(members)),
-                    )
-                    await self._publish(conversation_channel(entry.conversation_id), envelope)
+                    await outbox.publish(self._bus, entry, members)
                     progress.published = True
                 except Exception as exc:
                     failed.append("bus")
@@ -262,31 +257,25 @@ class Fanout:
         self._progress.pop(message.message_id, None)
         return True
 
-    async def _release(self, message_id: str) -> bool:
+    async def _release(self, event_id: str) -> bool:
         """Delete the outbox entry, together with others released at about the same time."""
         try:
-            await self._releases.submit(message_id)
+            await self._releases.submit(event_id)
         except Exception:
             return False  # it stays in the outbox: the relay delivers it again (idempotently)
         return True
 
-    async def _delete_released(self, message_ids: list[str]) -> list[None]:
+    async def _delete_released(self, event_ids: list[str]) -> list[None]:
         try:
-            await self._outbox.delete_outbox(message_ids)
+            await self._outbox.delete_outbox(event_ids)
         except Exception as exc:
             metrics.OUTBOX_RELAY_ERRORS.labels("store").inc()
-            _log.warning("fanout_outbox_delete_failed", entries=len(message_ids), error=repr(exc))
+            _log.warning("fanout_outbox_delete_failed", entries=len(event_ids), error=repr(exc))
             raise
-        return [None] * len(message_ids)
-
-    async def _publish(self, channel: str, envelope: Envelope) -> None:
-        with _tracer.start_as_current_span("publish " + envelope.type, kind=SpanKind.PRODUCER):
-            envelope = msgspec.structs.replace(envelope, trace=tracing.inject())
-            await self._bus.publish(channel, encode(envelope))
-        metrics.EVENTS_PUBLISHED.labels(envelope.type).inc()
+        return [None] * len(event_ids)
 
     async def _enqueue(self, entry: OutboxEntry, recipients: frozenset[str]) -> None:
-        if not recipients:
+        if not recipients or entry.message is None:
             return
         try:
             online = await self._presence.online(recipients)
@@ -305,7 +294,7 @@ class Fanout:
 
     async def _enqueue_media(self, entry: OutboxEntry) -> None:
         """An image message's media job: what to process, pinned to the ETag verified at send."""
-        if self._media_queue is None or not (entry.object_key and entry.object_etag):
+        if self._media_queue is None or not (entry.object_key and entry.object_etag) or entry.message is None:
             return
         with _tracer.start_as_current_span("enqueue media job", kind=SpanKind.PRODUCER):
             job = MediaJob(
@@ -335,18 +324,34 @@ class Fanout:
 
     # --- the relay ----------------------------------------------------------------------------------
     async def relay_once(self) -> bool:
-        """One pass over the outbox; False when an entry could not be delivered (back off)."""
-        entries = await self._outbox.pending_outbox(older_than=self._relay_grace, limit=RELAY_BATCH)
+        """One pass over the outbox; False when an entry could not be delivered (back off).
+
+        The entries are claimed (``RELAY_LEASE``), so replicas relaying after an outage share them instead
+        of each publishing all of them; what this pass does not deliver is released for the next one.
+        """
+        entries = await self._outbox.claim_outbox(
+            older_than=self._relay_grace, limit=RELAY_BATCH, lease=self._relay_lease
+        )
         healthy = True
-        for entry in entries:
-            if entry.message.message_id in self._delivering:
+        for index, entry in enumerate(entries):
+            if entry.event_id in self._delivering:
                 continue  # another task is delivering it right now: not a failure, go on with the rest
             if not await self.deliver(entry):
                 healthy = False
-                break  # the bus or queue is down: the rest would fail the same way
+                # The bus or queue is down: the rest would fail the same way. Whoever passes next takes them.
+                await self._release_claims(entries[index:])
+                break
         await self._export_outbox_stats()
         self._forget_stale_progress()
         return healthy
+
+    async def _release_claims(self, entries: list[OutboxEntry]) -> None:
+        undelivered = [entry.event_id for entry in entries if entry.event_id not in self._delivering]
+        try:
+            await self._outbox.release_outbox(undelivered)
+        except Exception as exc:  # their leases lapse on their own
+            metrics.OUTBOX_RELAY_ERRORS.labels("store").inc()
+            _log.warning("outbox_release_failed", entries=len(undelivered), error=repr(exc))
 
     async def _export_outbox_stats(self) -> None:
         count, oldest = await self._outbox.outbox_stats()

@@ -9,8 +9,13 @@ entry are new documents); this class keeps its summary fresh without contending 
 * later touches within the interval only replace the pending newest message (only-if-newer), and the
   worker writes it when the interval is over: one write per conversation per interval, whatever the
   message rate;
-* the store's ``touch_conversation`` is itself only-if-newer, so several processes coalescing on their
-  own (N replicas: up to N writes per interval) never move a conversation back in time.
+* across replicas, a write first takes the conversation's write lease (``chat_core.leases``: a Redis
+  ``SET NX PX`` on a key tagged by the conversation): one writer per conversation per interval for the
+  whole deployment. A replica that finds the lease taken keeps its pending newest message and tries again
+  once the lease has lapsed, so the newest message of any replica is always written in the end;
+* the store's ``touch_conversation`` is itself only-if-newer, so writes from several replicas never move
+  a conversation back in time. If the lease store cannot answer, the write goes ahead (a write too many
+  beats a summary left stale).
 
 A crash loses at most the pending summary of the last interval; the next message repairs it. The
 messages themselves are unaffected.
@@ -26,6 +31,7 @@ from collections.abc import AsyncIterator, Callable
 
 import structlog
 
+from chat_core.leases import WriteLeases, summary_lease
 from chat_core.messagestore import ConversationStore, LastMessage
 
 __all__ = ["LastMessageWriter"]
@@ -36,9 +42,15 @@ _CONCURRENT_WRITES = 32
 
 class LastMessageWriter:
     def __init__(
-        self, store: ConversationStore, *, interval: float = 1.0, clock: Callable[[], float] = time.monotonic
+        self,
+        store: ConversationStore,
+        *,
+        leases: WriteLeases | None = None,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._leases = leases
         self._interval = interval
         self._clock = clock
         self._pending: dict[str, LastMessage] = {}
@@ -68,25 +80,30 @@ class LastMessageWriter:
             del self._written_at[conversation_id]
 
     async def flush_all(self) -> None:
-        """Write everything pending (shutdown)."""
-        await self._write_all(list(self._pending))
+        """Write everything pending (shutdown), leases or not: nobody is left to write it later."""
+        await self._write_all(list(self._pending), leased=False)
 
     def pending(self) -> int:
         return len(self._pending)
 
-    async def _write_all(self, conversation_ids: list[str]) -> None:
+    async def _write_all(self, conversation_ids: list[str], *, leased: bool = True) -> None:
         # Many busy conversations: a bounded number of writes in flight, not one after the other.
         for start in range(0, len(conversation_ids), _CONCURRENT_WRITES):
             await asyncio.gather(
-                *(self._write(c) for c in conversation_ids[start : start + _CONCURRENT_WRITES])
+                *(self._write(c, leased=leased) for c in conversation_ids[start : start + _CONCURRENT_WRITES])
             )
 
-    async def _write(self, conversation_id: str) -> None:
+    async def _write(self, conversation_id: str, *, leased: bool = True) -> None:
         last_message = self._pending.pop(conversation_id, None)
         if last_message is None:
             return
         # Claimed before the await, so concurrent touches of this conversation queue behind this write.
         self._written_at[conversation_id] = self._clock()
+        if leased and not await self._leased(conversation_id):
+            # Another replica wrote it within the interval: ours waits for the next one (unless newer came).
+            if last_message.is_newer_than(self._pending.get(conversation_id)):
+                self._pending[conversation_id] = last_message
+            return
         try:
             await self._store.touch_conversation(conversation_id, last_message)
         except Exception as exc:
@@ -94,6 +111,15 @@ class LastMessageWriter:
             if last_message.is_newer_than(self._pending.get(conversation_id)):
                 self._pending[conversation_id] = last_message
             _log.warning("conversation_touch_failed", conversation_id=conversation_id, error=repr(exc))
+
+    async def _leased(self, conversation_id: str) -> bool:
+        if self._leases is None:
+            return True
+        try:
+            return await self._leases.acquire(summary_lease(conversation_id), self._interval)
+        except Exception as exc:
+            _log.warning("summary_lease_unavailable", conversation_id=conversation_id, error=repr(exc))
+            return True
 
     def _seconds_to_next_due(self) -> float | None:
         if not self._pending:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Response, delete, get, post
+from litestar import Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import BodyKwarg, FromPath, JSONBody, QueryParameter
+from litestar.params import BodyKwarg, JSONBody, QueryParameter
 
 from chat_core.auth import Principal
-from chat_core.errors import problem_responses
+from chat_core.errors import ProblemError, problem_responses
 from chat_core.messagestore import Conversation, Message
+from chat_core.parameters import ConversationId, Cursor, MessageId, UserId
 from chat_core.ratelimit import RATE_LIMIT_OPT
 from message_service.schemas import (
     MESSAGE_EXAMPLE,
@@ -20,17 +21,25 @@ from message_service.schemas import (
     AddParticipants,
     ConversationPage,
     CreateConversation,
+    ForwardMessage,
     MessagePage,
     SendMessage,
+    UpdateConversation,
 )
 from message_service.service import ConversationService, MessageService
 
 __all__ = ["ROUTES"]
 
 Limit = Annotated[int, QueryParameter(ge=1, le=100, description="Items per page.")]
-Before = Annotated[
-    str | None, QueryParameter(description="`nextCursor` of the previous page; omit for the first page.")
-]
+
+
+async def _strict_booleans(request: Request[Any, Any, Any], *fields: str) -> None:
+    """Litestar converts bodies leniently (``0`` or ``"false"`` would pass for a boolean); a setting is
+    ``true`` or ``false``, as the schema says."""
+    body = await request.json()
+    for field in fields:
+        if isinstance(body, dict) and field in body and not isinstance(body[field], bool):
+            raise ProblemError(400, "invalid_request", f"{field}: Expected `bool`")
 
 
 @post(
@@ -40,13 +49,15 @@ Before = Annotated[
     description="The caller is always a member; `participantIds` are the others.",
     tags=["conversations"],
     opt={RATE_LIMIT_OPT: "conversations"},
-    responses=problem_responses(409),
+    responses=problem_responses(400, 409, 413),
 )
 async def create_conversation(
+    request: Request[Any, Any, Any],
     data: JSONBody[CreateConversation],
     principal: NamedDependency[Principal],
     conversation_service: NamedDependency[ConversationService],
 ) -> Conversation:
+    await _strict_booleans(request, "pushImagePreviews")
     return await conversation_service.create(principal.user_id, data)
 
 
@@ -55,18 +66,38 @@ async def list_conversations(
     principal: NamedDependency[Principal],
     conversation_service: NamedDependency[ConversationService],
     limit: Limit = 20,
-    before: Before = None,
+    before: Cursor = None,
 ) -> ConversationPage:
     return await conversation_service.list(principal.user_id, limit=limit, before=before)
 
 
 @get("/conversations/{conversation_id:str}", summary="One conversation", tags=["conversations"])
 async def get_conversation(
-    conversation_id: FromPath[str],
+    conversation_id: ConversationId,
     principal: NamedDependency[Principal],
     conversation_service: NamedDependency[ConversationService],
 ) -> Conversation:
     return await conversation_service.get(principal.user_id, conversation_id)
+
+
+@patch(
+    "/conversations/{conversation_id:str}",
+    status_code=200,
+    summary="Change a conversation's settings",
+    description="Admins only (403 `not_an_admin`); fields left out stay as they are. `pushImagePreviews`: "
+    "whether pushes of its images show the photo.",
+    tags=["conversations"],
+    responses=problem_responses(400, 401, 403, 404),
+)
+async def update_conversation(
+    request: Request[Any, Any, Any],
+    conversation_id: ConversationId,
+    data: JSONBody[UpdateConversation],
+    principal: NamedDependency[Principal],
+    conversation_service: NamedDependency[ConversationService],
+) -> Conversation:
+    await _strict_booleans(request, "pushImagePreviews")
+    return await conversation_service.update(principal.user_id, conversation_id, data)
 
 
 @post(
@@ -77,7 +108,7 @@ async def get_conversation(
     opt={RATE_LIMIT_OPT: "participant_changes"},
 )
 async def add_participants(
-    conversation_id: FromPath[str],
+    conversation_id: ConversationId,
     data: JSONBody[AddParticipants],
     principal: NamedDependency[Principal],
     conversation_service: NamedDependency[ConversationService],
@@ -93,8 +124,8 @@ async def add_participants(
     opt={RATE_LIMIT_OPT: "participant_changes"},
 )
 async def remove_participant(
-    conversation_id: FromPath[str],
-    user_id: FromPath[str],
+    conversation_id: ConversationId,
+    user_id: UserId,
     principal: NamedDependency[Principal],
     conversation_service: NamedDependency[ConversationService],
 ) -> None:
@@ -112,14 +143,17 @@ async def remove_participant(
     tags=["messages"],
     opt={RATE_LIMIT_OPT: "sends"},
     responses={
-        201: ResponseSpec(
-            Message, description="Stored (a retry of a stored one: 200)", examples=[MESSAGE_EXAMPLE]
+        201: ResponseSpec(Message, description="Stored", examples=[MESSAGE_EXAMPLE]),
+        200: ResponseSpec(
+            Message,
+            description="A retry (the same `clientMessageId`): the message stored the first time",
+            generate_examples=False,
         ),
         **problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 422, 503),
     },
 )
 async def send_message(
-    conversation_id: FromPath[str],
+    conversation_id: ConversationId,
     data: Annotated[SendMessage, BodyKwarg(media_type=RequestEncodingType.JSON, examples=SEND_EXAMPLES)],
     principal: NamedDependency[Principal],
     message_service: NamedDependency[MessageService],
@@ -134,11 +168,11 @@ async def send_message(
     tags=["messages"],
 )
 async def list_messages(
-    conversation_id: FromPath[str],
+    conversation_id: ConversationId,
     principal: NamedDependency[Principal],
     message_service: NamedDependency[MessageService],
     limit: Limit = 50,
-    before: Before = None,
+    before: Cursor = None,
 ) -> MessagePage:
     return await message_service.list(principal.user_id, conversation_id, limit=limit, before=before)
 
@@ -151,21 +185,54 @@ async def list_messages(
     opt={RATE_LIMIT_OPT: "read_receipts"},
 )
 async def mark_read(
-    conversation_id: FromPath[str],
-    message_id: FromPath[str],
+    conversation_id: ConversationId,
+    message_id: MessageId,
     principal: NamedDependency[Principal],
     message_service: NamedDependency[MessageService],
 ) -> Message:
     return await message_service.mark_read(principal.user_id, conversation_id, message_id)
 
 
+@post(
+    "/conversations/{conversation_id:str}/messages/{message_id:str}/forward",
+    summary="Forward a message to another conversation",
+    description=(
+        "201 with a new message in `conversationId`, sent by you, `forwarded: true`, the caption kept "
+        "unless `content` gives another; it names neither the source conversation nor the source message. "
+        "Images are copied server-side from their ready variants (no re-upload, no re-processing): the new "
+        "message is `ready` at once, with the same dimensions, variants and BlurHash, and deleting either "
+        "message leaves the other's image intact. You must be a member of both conversations (404 "
+        "`conversation_not_found` otherwise). 409 `image_not_ready` while the image is processing; 404 "
+        "`message_deleted` when the source was deleted. A retry with the same `clientMessageId` returns "
+        "the same message (200). Counted as a send by the rate limit and the daily bytes quota."
+    ),
+    tags=["messages"],
+    opt={RATE_LIMIT_OPT: "sends"},
+    responses={
+        201: ResponseSpec(Message, description="Stored in the target (a retry of a stored one: 200)"),
+        **problem_responses(400, 401, 404, 409, 422, 429, 503),
+    },
+)
+async def forward_message(
+    conversation_id: ConversationId,
+    message_id: MessageId,
+    data: JSONBody[ForwardMessage],
+    principal: NamedDependency[Principal],
+    message_service: NamedDependency[MessageService],
+) -> Response[Message]:
+    message, created = await message_service.forward(principal.user_id, conversation_id, message_id, data)
+    return Response(message, status_code=201 if created else 200)
+
+
 ROUTES = [
     create_conversation,
     list_conversations,
     get_conversation,
+    update_conversation,
     add_participants,
     remove_participant,
     send_message,
     list_messages,
     mark_read,
+    forward_message,
 ]

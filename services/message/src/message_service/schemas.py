@@ -13,8 +13,8 @@ import msgspec
 from litestar.openapi.spec import Example
 
 from chat_core.auth import USER_ID_PATTERN
-from chat_core.keys import CONVERSATION_ID_PATTERN
-from chat_core.messagestore import Conversation, Message
+from chat_core.keys import CONVERSATION_ID_PATTERN, OBJECT_REFERENCE_PATTERN
+from chat_core.messagestore import CURSOR_PATTERN, Conversation, Message
 
 __all__ = [
     "MAX_CONTENT_CHARS",
@@ -24,9 +24,13 @@ __all__ = [
     "AddParticipants",
     "ConversationPage",
     "CreateConversation",
+    "ForwardMessage",
     "ImageMetadataRequest",
     "MessagePage",
+    "SendImage",
     "SendMessage",
+    "SendText",
+    "UpdateConversation",
 ]
 
 _KEY = "images/user123/20240419-123456-0f8e4c2a-9b7d-4e11-8a3c-5d6e7f809112.jpg"
@@ -89,6 +93,22 @@ class CreateConversation(msgspec.Struct, frozen=True, kw_only=True, rename="came
         ]
         | None
     ) = None
+    push_image_previews: Annotated[
+        bool,
+        msgspec.Meta(
+            description="Whether pushes of this conversation's images show the photo (a thumbnail link); "
+            "`false` keeps its photos off lock screens."
+        ),
+    ] = True
+
+
+class UpdateConversation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Settings an admin changes; a field left out stays as it is."""
+
+    push_image_previews: Annotated[
+        bool | msgspec.UnsetType,
+        msgspec.Meta(description="Whether pushes of this conversation's images show the photo."),
+    ] = msgspec.UNSET
 
 
 class AddParticipants(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -107,25 +127,105 @@ class ImageMetadataRequest(msgspec.Struct, frozen=True, kw_only=True):
 
     object_key: Annotated[
         str,
-        msgspec.Meta(min_length=1, max_length=512, description="`object_key` from the upload URL response."),
+        msgspec.Meta(
+            min_length=1,
+            max_length=512,
+            description="`object_key` from the upload URL response: "
+            "`images/{uploader}/{yyyymmdd-HHMMSS}-{uuid}.{ext}` (or `{conversationId}/images/...`).",
+            # Documented, checked by the service (400 `invalid_object_key`, its stable code).
+            extra_json_schema={"pattern": OBJECT_REFERENCE_PATTERN.pattern},
+        ),
     ]
-    content_type: Annotated[str, msgspec.Meta(min_length=1, max_length=127)]
+    content_type: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            max_length=127,
+            description="The type the image was uploaded as (any letter case); one of `ALLOWED_IMAGE_TYPES`.",
+        ),
+    ]
     url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
     width: int | None = None
     height: int | None = None
     size_bytes: int | None = None
 
 
-class SendMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    message_type: Literal["text", "image"]
-    content: Annotated[str, msgspec.Meta(max_length=MAX_CONTENT_CHARS)] | None = None
-    metadata: ImageMetadataRequest | None = None
+ClientMessageId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[A-Za-z0-9_.:-]{1,128}(?!\n)$",
+        description="Any id the client picks per message; a retry with it returns the same message.",
+    ),
+]
+
+
+class SendText(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", tag_field="messageType", tag="text"
+):
+    """A text message: some text (not only spaces), and no image."""
+
+    content: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=MAX_CONTENT_CHARS,
+            # Documented; the service refuses blank text itself, with its stable code `empty_message`.
+            extra_json_schema={"pattern": r"\S"},
+        ),
+    ]
+    # A client that always writes every field sends `"metadata": null`: that is a text message too.
+    metadata: None = None
+    client_message_id: ClientMessageId | None = None
+
+
+class SendImage(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", tag_field="messageType", tag="image"
+):
+    """An image message: the uploaded image, and an optional caption."""
+
+    metadata: ImageMetadataRequest
+    content: Annotated[str, msgspec.Meta(max_length=MAX_CONTENT_CHARS, description="A caption.")] | None = (
+        None
+    )
+    client_message_id: ClientMessageId | None = None
+
+
+# One body, two shapes told apart by `messageType` (a discriminated union in the OpenAPI document).
+SendMessage = SendText | SendImage
+
+
+NextCursor = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=CURSOR_PATTERN.pattern,
+        description="Pass as `before` for the next (older) page; null on the last page.",
+    ),
+]
+
+
+class ForwardMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    conversation_id: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=CONVERSATION_ID_PATTERN.pattern,
+            description="The conversation to forward to (you must be a member of it).",
+        ),
+    ]
+    content: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=MAX_CONTENT_CHARS,
+                description="A caption of your own; omitted: the source's caption (or text) is kept.",
+            ),
+        ]
+        | None
+    ) = None
     client_message_id: (
         Annotated[
             str,
             msgspec.Meta(
                 pattern=r"^[A-Za-z0-9_.:-]{1,128}(?!\n)$",
-                description="Any id the client picks per message; a retry with it returns the same message.",
+                description="Any id the client picks per forward; a retry with it returns the same message.",
             ),
         ]
         | None
@@ -134,9 +234,9 @@ class SendMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
 class ConversationPage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     items: list[Conversation]
-    next_cursor: str | None  # pass as `before` for the next page; null on the last page
+    next_cursor: NextCursor | None
 
 
 class MessagePage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     items: list[Message]
-    next_cursor: str | None  # pass as `before` for older messages; null on the last page
+    next_cursor: NextCursor | None

@@ -18,7 +18,7 @@ from collections.abc import Awaitable
 
 import structlog
 
-from chat_core import keys, metrics, tracing
+from chat_core import keys, ledger, metrics, tracing
 from chat_core.audit import audit
 from chat_core.auth import USER_ID_PATTERN
 from chat_core.errors import ProblemError
@@ -33,9 +33,14 @@ from chat_core.messagestore import (
     Message,
     MessageStore,
     ObjectAlreadyUsed,
-    OutboxEntry,
+    TooManyParticipants,
+    created_event,
+    event_done,
+    new_event,
 )
+from chat_core.objectstore import ObjectStore
 from chat_core.quota import Quotas
+from message_service import forwarding
 from message_service.events import MessageEvents
 from message_service.last_message import LastMessageWriter
 from message_service.schemas import (
@@ -43,8 +48,12 @@ from message_service.schemas import (
     AddParticipants,
     ConversationPage,
     CreateConversation,
+    ForwardMessage,
     MessagePage,
+    SendImage,
     SendMessage,
+    SendText,
+    UpdateConversation,
 )
 from message_service.verification import ImageVerifier, VerifiedImage
 
@@ -65,6 +74,12 @@ def message_id_for(conversation_id: str, sender_id: str, client_message_id: str 
 
 _no_such_conversation = conversation_not_found
 _participants_for = require_member  # the lib's one membership decision (chat_core.membership)
+
+
+def _too_many_participants() -> ProblemError:
+    return ProblemError(
+        422, "too_many_participants", f"a conversation has at most {MAX_PARTICIPANTS} members"
+    )
 
 
 def _not_an_admin(detail: str) -> ProblemError:
@@ -91,9 +106,7 @@ class ConversationService:
     async def create(self, user_id: str, request: CreateConversation) -> Conversation:
         participants = tuple(dict.fromkeys([user_id, *request.participant_ids]))
         if len(participants) > MAX_PARTICIPANTS:
-            raise ProblemError(
-                422, "too_many_participants", f"a conversation has at most {MAX_PARTICIPANTS} members"
-            )
+            raise _too_many_participants()
         now = _now()
         conversation = Conversation(
             conversation_id=request.conversation_id or uuid.uuid4().hex,
@@ -102,9 +115,13 @@ class ConversationService:
             created_at=now,
             updated_at=now,
             admins=(user_id,),  # the creator administers the conversation
+            push_image_previews=request.push_image_previews,
+        )
+        joined = new_event(
+            "membership.changed", conversation.conversation_id, added=participants, trace=tracing.inject()
         )
         try:
-            await self._store.create_conversation(conversation)
+            await self._store.create_conversation(conversation, event=joined)
         except ConversationExists:
             # The same answer whoever asks (member or not): a taken id says nothing of who is in it.
             raise ProblemError(
@@ -118,12 +135,7 @@ class ConversationService:
             added=list(participants),
             admins=[user_id],
         )
-        await _emit(
-            "participants_changed",
-            self._events.participants_changed(
-                conversation.conversation_id, frozenset(participants), frozenset()
-            ),
-        )
+        await _emit("membership.changed", self._events.event_stored(joined))
         return conversation
 
     async def list(self, user_id: str, *, limit: int, before: str | None) -> ConversationPage:
@@ -149,6 +161,25 @@ class ConversationService:
             raise _no_such_conversation()
         return conversation
 
+    async def update(self, user_id: str, conversation_id: str, request: UpdateConversation) -> Conversation:
+        """Change the conversation's settings (admins only)."""
+        conversation = await self._as_member(user_id, conversation_id)
+        if user_id not in conversation.admin_ids():
+            raise _not_an_admin("only admins change a conversation's settings")
+        previews = request.push_image_previews
+        if isinstance(previews, bool) and previews != conversation.push_image_previews:
+            try:
+                conversation = await self._store.set_push_image_previews(conversation_id, previews)
+            except ConversationNotFound:
+                raise _no_such_conversation() from None
+            audit(
+                "conversation_settings_changed",
+                actor=user_id,
+                conversation_id=conversation_id,
+                push_image_previews=previews,
+            )
+        return conversation
+
     async def add_participants(
         self, user_id: str, conversation_id: str, request: AddParticipants
     ) -> Conversation:
@@ -166,17 +197,24 @@ class ConversationService:
             else []
         )
         if len(current) + len(added) > MAX_PARTICIPANTS:
-            raise ProblemError(
-                422, "too_many_participants", f"a conversation has at most {MAX_PARTICIPANTS} members"
-            )
+            raise _too_many_participants()
         if not added and not promoted:
             return conversation
         # A conversation stored before roles has no admins list: write its implicit admin down too.
         admins = [*conversation.admin_ids(), *promoted] if promoted and not conversation.admins else promoted
+        joined = (
+            new_event("membership.changed", conversation_id, added=added, trace=tracing.inject())
+            if added
+            else None
+        )
         try:
-            conversation = await self._store.add_participants(conversation_id, added, admins=admins)
+            conversation = await self._store.add_participants(
+                conversation_id, added, admins=admins, max_participants=MAX_PARTICIPANTS, event=joined
+            )
         except ConversationNotFound:
             raise _no_such_conversation() from None
+        except TooManyParticipants:  # others were added meanwhile: the store's check is the atomic one
+            raise _too_many_participants() from None
         audit(
             "membership_changed",
             action="add",
@@ -185,12 +223,9 @@ class ConversationService:
             added=added,
             admins=promoted,
         )
-        if not added:
+        if joined is None:
             return conversation
-        await _emit(
-            "participants_changed",
-            self._events.participants_changed(conversation_id, frozenset(added), frozenset()),
-        )
+        await _emit("membership.changed", self._events.event_stored(joined))
         return conversation
 
     async def remove_participant(self, user_id: str, conversation_id: str, removed_id: str) -> None:
@@ -201,8 +236,9 @@ class ConversationService:
             raise ProblemError(404, "participant_not_found", "that user is not a member of this conversation")
         if removed_id != user_id and user_id not in conversation.admin_ids():
             raise _not_an_admin("only admins can remove other members; anyone can leave")
+        left = new_event("membership.changed", conversation_id, removed=[removed_id], trace=tracing.inject())
         try:
-            remaining = await self._store.remove_participant(conversation_id, removed_id)
+            remaining = await self._store.remove_participant(conversation_id, removed_id, event=left)
             successor: list[str] = []
             if remaining.participants and not (
                 frozenset(remaining.admins) & frozenset(remaining.participants)
@@ -219,10 +255,7 @@ class ConversationService:
             removed=[removed_id],
             admins=successor,
         )
-        await _emit(
-            "participants_changed",
-            self._events.participants_changed(conversation_id, frozenset(), frozenset({removed_id})),
-        )
+        await _emit("membership.changed", self._events.event_stored(left))
 
 
 class MessageService:
@@ -234,8 +267,15 @@ class MessageService:
         last_messages: LastMessageWriter,
         events: MessageEvents,
         quotas: Quotas,
+        *,
+        objects: ObjectStore,
+        storage: ledger.StorageLedger,
+        base_url: str,
     ) -> None:
         self._quotas = quotas
+        self._objects = objects
+        self._storage = storage
+        self._base_url = base_url
         self._conversations = conversations
         self._store = messages
         self._verifier = verifier
@@ -245,22 +285,26 @@ class MessageService:
     async def send(self, user_id: str, conversation_id: str, request: SendMessage) -> tuple[Message, bool]:
         """Store a message; ``(message, True)`` when new, ``(stored, False)`` for a retry of one."""
         verified: VerifiedImage | None = None
-        if request.message_type == "text":
+        message_id = message_id_for(conversation_id, user_id, request.client_message_id)
+        if isinstance(request, SendText):
             members = await _participants_for(self._conversations, conversation_id, user_id)
-            if request.metadata is not None:
-                raise ProblemError(400, "invalid_request", "metadata is only for image messages")
-            if not (request.content or "").strip():
+            if not request.content.strip():
                 raise ProblemError(400, "empty_message", "a text message needs some content")
             content: str | None = request.content
         else:
-            members, verified = await self._member_and_image(user_id, conversation_id, request)
+            members, earlier, verified = await self._member_and_image(
+                user_id, conversation_id, request, message_id
+            )
+            if earlier is not None:
+                return earlier, False
+            assert verified is not None  # no earlier message: the image was verified (or raised)
             # Frees the upload's slot and counts its verified size (once per upload, so a retry is free).
             await self._quotas.charge_send(user_id, verified.stored_key, verified.metadata.size_bytes)
             content = request.content if (request.content or "").strip() else None
         message = Message(
-            message_id=message_id_for(conversation_id, user_id, request.client_message_id),
+            message_id=message_id,
             content=content,
-            message_type=request.message_type,
+            message_type="text" if isinstance(request, SendText) else "image",
             sender_id=user_id,
             timestamp=_now(),
             read_by=(user_id,),
@@ -288,29 +332,112 @@ class MessageService:
             await self._after_send(conversation_id, stored, trace, members, verified)
         return stored, created
 
+    async def forward(
+        self, user_id: str, conversation_id: str, message_id: str, request: ForwardMessage
+    ) -> tuple[Message, bool]:
+        """A new message in ``request.conversation_id`` with the source's content and server-side copies
+        of its images (``message_service.forwarding``); ``(stored, False)`` for a retry of one."""
+        target = request.conversation_id
+        await _participants_for(self._conversations, conversation_id, user_id)
+        members = await _participants_for(self._conversations, target, user_id)
+        source = (
+            await self._store.get_message(conversation_id, message_id)
+            if keys.UUID_PATTERN.fullmatch(message_id)
+            else None
+        )
+        if source is None:
+            raise ProblemError(404, "message_not_found", "no such message in this conversation")
+        if forwarding.source_is_deleted(source):
+            raise forwarding.message_deleted()
+        new_id = message_id_for(target, user_id, request.client_message_id)
+        if request.client_message_id is not None:
+            # A retry copies nothing again (and is not charged again).
+            existing = await self._store.get_message(target, new_id)
+            if existing is not None:
+                return existing, False
+        content = source.content if request.content is None else request.content
+        content = content if (content or "").strip() else None
+        copied: forwarding.CopiedImage | None = None
+        if source.message_type == "image":
+            image = forwarding.forwardable_image(source)
+            copied = await forwarding.copy_image(
+                self._objects,
+                base_url=self._base_url,
+                source_conversation=conversation_id,
+                source_message_id=source.message_id,
+                source=image,
+                target_conversation=target,
+                target_message_id=new_id,
+                forwarder_id=user_id,
+            )
+            await ledger.record(self._storage, "derived", len(keys.VARIANTS), copied.copied_bytes)
+            await self._quotas.charge_send(user_id, copied.stored_key, copied.copied_bytes)
+        elif content is None:
+            raise ProblemError(400, "empty_message", "a text message needs some content")
+        message = Message(
+            message_id=new_id,
+            content=content,
+            message_type=source.message_type,
+            sender_id=user_id,
+            timestamp=_now(),
+            read_by=(user_id,),
+            metadata=copied.metadata if copied else None,
+            forwarded=True,
+        )
+        trace = tracing.inject()
+        try:
+            # No ETag: the outbox entry carries no media job (the copies are already the variants).
+            stored, created = await self._store.create_message(
+                target,
+                message,
+                object_key=copied.stored_key if copied else None,
+                trace=trace,
+                conversation_checked=True,
+            )
+        except ConversationNotFound:
+            raise _no_such_conversation() from None
+        if created:
+            metrics.MESSAGES_SENT.labels(stored.message_type).inc()
+            metrics.MESSAGES_FORWARDED.labels(stored.message_type).inc()
+            await self._after_send(target, stored, trace, members, None)
+        return stored, created
+
     async def _member_and_image(
-        self, user_id: str, conversation_id: str, request: SendMessage
-    ) -> tuple[frozenset[str], VerifiedImage]:
-        """Membership and the object check, overlapped: two independent round trips, one wait.
+        self, user_id: str, conversation_id: str, request: SendImage, message_id: str
+    ) -> tuple[frozenset[str], Message | None, VerifiedImage | None]:
+        """Membership, the earlier message of a retry and the object check, overlapped: independent
+        round trips, one wait.
 
         Membership is judged first: a non-member learns nothing about the image, and the rejection
-        metric only counts what members sent.
+        metric only counts what members sent. A retry (its ``clientMessageId`` already stored) is
+        answered with the stored message whatever the check says: by then the media processor may have
+        deleted the raw upload, and a client that lost the 201 must not be told to upload again.
         """
-        if request.metadata is None:
-            await _participants_for(self._conversations, conversation_id, user_id)
-            raise ProblemError(400, "invalid_request", "an image message needs metadata.object_key")
-        membership, verification = await asyncio.gather(
+        membership, earlier, verification = await asyncio.gather(
             _participants_for(self._conversations, conversation_id, user_id),
+            self._earlier_send(conversation_id, message_id, request),
             self._verifier.verify(user_id, conversation_id, request.metadata),
             return_exceptions=True,
         )
         if isinstance(membership, BaseException):
             raise membership
+        if isinstance(earlier, BaseException):
+            raise earlier
+        if earlier is not None:
+            return membership, earlier, None
         if isinstance(verification, ProblemError):
             metrics.IMAGE_MESSAGES_REJECTED.labels(verification.code).inc()
         if isinstance(verification, BaseException):
             raise verification
-        return membership, verification
+        return membership, None, verification
+
+    async def _earlier_send(
+        self, conversation_id: str, message_id: str, request: SendMessage
+    ) -> Message | None:
+        """The message a send with this ``clientMessageId`` stored before, if any."""
+        if request.client_message_id is None:
+            return None
+        return await self._store.get_message(conversation_id, message_id)
 
     @staticmethod
     def _record(message: Message, verified: VerifiedImage | None) -> None:
@@ -330,10 +457,9 @@ class MessageService:
     ) -> None:
         # Fan-out first: real-time delivery should not wait for the conversation summary's write.
         # The entry is the one stored with the message (media job included).
-        entry = OutboxEntry(
-            conversation_id=conversation_id,
-            message=message,
-            created_at=message.timestamp,
+        entry = created_event(
+            conversation_id,
+            message,
             trace=trace,
             object_key=verified.stored_key if verified else None,
             object_etag=verified.etag if verified else None,
@@ -363,8 +489,9 @@ class MessageService:
     async def mark_read(self, user_id: str, conversation_id: str, message_id: str) -> Message:
         await _participants_for(self._conversations, conversation_id, user_id)
         # Every id this service hands out is a UUID; anything else cannot exist (nor reach the store).
+        read = new_event("message.read", conversation_id, user_id=user_id, trace=tracing.inject())
         result = (
-            await self._store.mark_read(conversation_id, message_id, user_id)
+            await self._store.mark_read(conversation_id, message_id, user_id, event=read)
             if keys.UUID_PATTERN.fullmatch(message_id)
             else None
         )
@@ -372,5 +499,5 @@ class MessageService:
             raise ProblemError(404, "message_not_found", "no such message in this conversation")
         message, changed = result
         if changed:
-            await _emit("message_read", self._events.message_read(conversation_id, message, user_id))
+            await _emit("message.read", self._events.event_stored(event_done(read, message)))
         return message

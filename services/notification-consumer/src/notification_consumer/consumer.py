@@ -16,6 +16,12 @@
   the queue with a delay that doubles per attempt (``NOTIFICATION_RETRY_BASE_SECONDS``, through the
   visibility timeout); after ``NOTIFICATION_MAX_RECEIVES`` receives the queue moves it to the DLQ.
 * A token the provider reports dead is deleted from the store.
+* Each device's push goes to the provider its token is for (``Device.provider``: FCM or APNs; a log or
+  webhook provider takes any device); a device no configured provider can reach is skipped (counted as
+  ``no_provider``), never deleted: another deployment's configuration may reach it.
+* An image message's push carries a link to its thumbnail (``chat_core.push.image_links``: signed for that
+  recipient, valid ``PUSH_IMAGE_URL_SECONDS``), unless ``PUSH_IMAGE_PREVIEWS=false`` or the conversation
+  turned previews off; when the conversation cannot be read, the push goes without the image.
 * Shutdown (SIGTERM -> lifespan exit) stops polling (the receive in flight returns what it has: at once
   on SQLite, within ``SQS_WAIT_SECONDS`` on SQS, so nothing is left hidden), lets in-flight
   messages finish for up to ``SHUTDOWN_DRAIN_SECONDS``, then cancels the rest (their claims are
@@ -38,9 +44,10 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from chat_core import metrics, tracing
 from chat_core.backends import Backends
 from chat_core.jobqueue.runner import JobRunner
-from chat_core.messagestore import Device, DeviceStore, PushReceiptStore
+from chat_core.messagestore import ConversationStore, Device, DeviceStore, PushReceiptStore
 from chat_core.notifications import Notification, NotificationQueue, ReceivedNotification
-from chat_core.push import PushMessage, PushProvider
+from chat_core.push import PushMessage, PushRouter
+from chat_core.push.image_links import PushImageLinks, push_image_links
 from chat_core.settings import Settings
 
 __all__ = ["MAX_RETRY_DELAY_SECONDS", "NotificationConsumer", "push_message_for"]
@@ -60,7 +67,7 @@ _DONE = DeviceResult(done=True)
 _RETRY = DeviceResult(done=False)
 
 
-def push_message_for(notification: Notification, device: Device) -> PushMessage:
+def push_message_for(notification: Notification, device: Device, image_url: str | None = None) -> PushMessage:
     if notification.preview:
         body = notification.preview
     elif notification.message_type == "image":
@@ -80,6 +87,8 @@ def push_message_for(notification: Notification, device: Device) -> PushMessage:
             "senderId": notification.sender_id,
             "messageType": notification.message_type,
         },
+        provider=device.provider,
+        image_url=image_url,
     )
 
 
@@ -89,8 +98,10 @@ class NotificationConsumer:
         queue: NotificationQueue,
         devices: DeviceStore,
         receipts: PushReceiptStore,
-        push: PushProvider,
+        push: PushRouter,
         *,
+        conversations: ConversationStore | None = None,
+        image_links: PushImageLinks | None = None,
         concurrency: int,
         wait_seconds: float,
         max_receives: int,
@@ -102,6 +113,8 @@ class NotificationConsumer:
         self._devices = devices
         self._receipts = receipts
         self._push = push
+        self._conversations = conversations
+        self._image_links = image_links if conversations is not None else None
         self._max_receives = max_receives
         self._retry_base = retry_base_seconds
         self._lease = dt.timedelta(seconds=claim_lease_seconds)
@@ -117,7 +130,6 @@ class NotificationConsumer:
             drain_seconds=drain_seconds,
             depth_gauge=metrics.NOTIFICATION_QUEUE_DEPTH,
         )
-        self._sent = metrics.NOTIFICATIONS_SENT.labels(push.name)
 
     @classmethod
     def from_backends(cls, settings: Settings, backends: Backends) -> NotificationConsumer:
@@ -132,6 +144,8 @@ class NotificationConsumer:
             retry_base_seconds=settings.notifications.retry_base_seconds,
             drain_seconds=settings.service.drain_seconds,
             claim_lease_seconds=settings.notifications.push_claim_lease_seconds,
+            conversations=backends.conversations,
+            image_links=push_image_links(settings) if settings.push.image_previews else None,
         )
 
     # --- lifecycle ----------------------------------------------------------------------------------
@@ -209,11 +223,12 @@ class NotificationConsumer:
         the latest time another claim holds one of the devices (None: only failures to retry)."""
         devices = await self._devices.devices_for(notification.recipient_ids)
         targets = [device for user in notification.recipient_ids for device in devices.get(user, ())]
+        links = await self._image_links_for(notification) if targets else None
         # Supervised: every sibling push is settled (sent and done, or released) before this returns, even
         # when one fails, so none is left running behind the retry decision. Cancelling the siblings
         # instead would release claims of pushes that may already have been delivered.
         results = await asyncio.gather(
-            *(self._push_device(notification, device) for device in targets), return_exceptions=True
+            *(self._push_device(notification, device, links) for device in targets), return_exceptions=True
         )
         settled: list[DeviceResult] = []
         for result in results:
@@ -223,7 +238,24 @@ class NotificationConsumer:
         held = [result.not_before for result in settled if result.not_before is not None]
         return all(result.done for result in settled), max(held, default=None)
 
-    async def _push_device(self, notification: Notification, device: Device) -> DeviceResult:
+    async def _image_links_for(self, notification: Notification) -> PushImageLinks | None:
+        """The link signer when this notification's pushes may show its image, else None."""
+        if self._image_links is None or notification.message_type != "image" or not notification.object_key:
+            return None
+        assert self._conversations is not None
+        try:
+            conversation = await self._conversations.get_conversation(notification.conversation_id)
+        except Exception as exc:
+            # Privacy first: without the conversation's setting, no image (the push itself still goes).
+            _log.warning("push_image_setting_unreadable", error=repr(exc))
+            return None
+        if conversation is None or not conversation.push_image_previews:
+            return None
+        return self._image_links
+
+    async def _push_device(
+        self, notification: Notification, device: Device, links: PushImageLinks | None
+    ) -> DeviceResult:
         # Two copies of one job in this process (the relay enqueued it twice) take turns on a device, so the
         # second finds the first's push done (or released) instead of its live lease, which would send the
         # second copy back to the queue until the lease ends. Other replicas' leases are the store's job.
@@ -232,12 +264,22 @@ class NotificationConsumer:
             await running.wait()
         finished = self._pushing[key] = asyncio.Event()
         try:
-            return await self._claim_and_push(notification, device)
+            return await self._claim_and_push(notification, device, links)
         finally:
             del self._pushing[key]
             finished.set()
 
-    async def _claim_and_push(self, notification: Notification, device: Device) -> DeviceResult:
+    async def _claim_and_push(
+        self, notification: Notification, device: Device, links: PushImageLinks | None
+    ) -> DeviceResult:
+        provider = self._push.route(device.provider)
+        if provider is None:
+            metrics.NOTIFICATIONS_FAILED.labels(device.provider, "no_provider").inc()
+            _log.info("push_no_provider", user_id=device.user_id, provider=device.provider)
+            return _DONE
+        image_url = None
+        if links is not None and notification.object_key:
+            image_url = links.link(notification.conversation_id, notification.object_key, device.user_id)
         # The claim is taken once a push slot is free, so its lease covers the push, not the wait.
         async with self._push_slots:
             claim = await self._receipts.claim_push(
@@ -254,27 +296,27 @@ class NotificationConsumer:
                 )
                 return DeviceResult(done=False, not_before=claim.leased_until)
             try:
-                with _tracer.start_as_current_span(f"push {self._push.name}", kind=SpanKind.CLIENT):
+                with _tracer.start_as_current_span(f"push {provider.name}", kind=SpanKind.CLIENT):
                     async with asyncio.timeout(self._push_deadline):
-                        outcome = await self._push.send(push_message_for(notification, device))
+                        outcome = await provider.send(push_message_for(notification, device, image_url))
             except BaseException as exc:
                 await self._release(notification, device)
                 if not isinstance(exc, Exception):
                     raise  # cancelled (shutdown): the claim is released, the redelivery pushes it
-                metrics.NOTIFICATIONS_FAILED.labels(self._push.name, "error").inc()
+                metrics.NOTIFICATIONS_FAILED.labels(provider.name, "error").inc()
                 _log.warning("push_error", user_id=device.user_id, error=repr(exc))
                 return _RETRY
         if outcome == "sent":
-            self._sent.inc()
+            metrics.NOTIFICATIONS_SENT.labels(provider.name).inc()
             await self._complete(notification, device)
             return _DONE
         if outcome == "invalid_token":
-            metrics.NOTIFICATIONS_FAILED.labels(self._push.name, "invalid_token").inc()
+            metrics.NOTIFICATIONS_FAILED.labels(provider.name, "invalid_token").inc()
             _log.info("device_token_invalid_deleted", user_id=device.user_id, platform=device.platform)
             await self._complete(notification, device)
             await self._devices.delete_device(device.user_id, device.token)
             return _DONE
-        metrics.NOTIFICATIONS_FAILED.labels(self._push.name, "retry").inc()
+        metrics.NOTIFICATIONS_FAILED.labels(provider.name, "retry").inc()
         await self._release(notification, device)
         return _RETRY
 

@@ -2,16 +2,47 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar import Litestar
 
+from chat_core import keys
 from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.backends import Backends
 from chat_core.membership import MembershipCache
+from chat_core.openapi import DocumentRefinement, add_link, constrain
 from chat_core.settings import Settings
 from upload_service.routes import route_handlers
 from upload_service.service import UploadService
 
 COMPONENT = "upload"
+UPLOAD = "/conversations/{conversation_id}/images/upload_url"
+SEND = "/conversations/{conversation_id}/messages"
+
+
+def document_refinement(settings: Settings) -> DocumentRefinement:
+    """The document's shapes that follow settings (accepted types, size limit), and the link from an
+    upload URL to the image message naming it (when the message service is in the same document)."""
+    allowed = frozenset(settings.images.allowed_types) & keys.EXTENSIONS.keys()
+
+    def refine(document: dict[str, Any]) -> None:
+        constrain(document, "UploadUrlRequest", "content_type", pattern=keys.content_type_pattern(allowed))
+        constrain(document, "UploadUrlRequest", "size_bytes", maximum=settings.images.max_bytes)
+        add_link(
+            document,
+            (UPLOAD, "post", "200"),
+            (SEND, "post"),
+            parameters={"conversation_id": "$request.path.conversation_id"},
+            request_body={
+                "messageType": "image",
+                "metadata": {
+                    "object_key": "$response.body#/object_key",
+                    "content_type": "$request.body#/content_type",
+                },
+            },
+        )
+
+    return refine
 
 
 def build(settings: Settings, backends: Backends) -> ServiceParts:
@@ -24,6 +55,7 @@ def build(settings: Settings, backends: Backends) -> ServiceParts:
         route_handlers=route_handlers(service),
         workers=membership.workers(backends),
         description="issues presigned upload URLs for image messages.",
+        document=[document_refinement(settings)],
     )
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
@@ -64,6 +65,7 @@ __all__ = [
     "S3Objects",
     "cleanup_orphans",
     "objects_for",
+    "push_instance",
     "push_metrics",
     "run",
 ]
@@ -366,8 +368,21 @@ def record_metrics(report: CleanupReport) -> None:
         metrics.CLEANUP_LAST_SUCCESS.set(time.time())
 
 
-async def push_metrics(url: str, *, job: str = PUSH_JOB) -> None:
-    """Push the cleanup metrics (only those) to a Prometheus Pushgateway, replacing the last run's."""
+def push_instance(settings: Settings) -> str:
+    """What tells this deployment's cleanup apart on a shared Pushgateway (its ``instance`` label)."""
+    if settings.telemetry.pushgateway_instance:
+        return settings.telemetry.pushgateway_instance
+    if settings.backends.object_store == "s3":
+        return settings.s3.bucket
+    return str(Path(settings.service.data_dir).resolve())
+
+
+async def push_metrics(url: str, *, instance: str, job: str = PUSH_JOB) -> None:
+    """Push the cleanup metrics (only those) to a Prometheus Pushgateway, replacing the last run's.
+
+    The group is ``job`` and ``instance``: a push replaces its whole group, so with ``job`` alone every
+    release sharing the Pushgateway would overwrite the others' (and hide a release whose cleanup stopped).
+    """
     registry = CollectorRegistry()
     for collector in (
         metrics.ORPHANS_DELETED,
@@ -376,7 +391,11 @@ async def push_metrics(url: str, *, job: str = PUSH_JOB) -> None:
     ):
         registry.register(collector)
     # prometheus_client pushes with blocking urllib: keep it off the event loop.
-    await anyio.to_thread.run_sync(lambda: push_to_gateway(url, job=job, registry=registry, timeout=10))
+    await anyio.to_thread.run_sync(
+        lambda: push_to_gateway(
+            url, job=job, registry=registry, grouping_key={"instance": instance}, timeout=10
+        )
+    )
 
 
 async def run(settings: Settings, *, dry_run: bool) -> CleanupReport:
@@ -407,7 +426,7 @@ async def run(settings: Settings, *, dry_run: bool) -> CleanupReport:
         **msgspec.structs.asdict(report),
     )
     if settings.telemetry.pushgateway_url:
-        await push_metrics(settings.telemetry.pushgateway_url)
+        await push_metrics(settings.telemetry.pushgateway_url, instance=push_instance(settings))
     if report.failed_objects:
         raise CleanupIncomplete(
             f"{report.failed_objects} orphans could not be deleted (orphan_delete_failed)"

@@ -9,10 +9,11 @@ from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import BodyKwarg, FromPath
+from litestar.params import BodyKwarg
 
 from chat_core.auth import Principal
 from chat_core.errors import problem_responses
+from chat_core.parameters import ConversationId
 from chat_core.ratelimit import RATE_LIMIT_OPT
 from upload_service.schemas import REQUEST_EXAMPLES, RESPONSE_EXAMPLE, UploadUrlRequest, UploadUrlResponse
 from upload_service.service import UploadService
@@ -46,7 +47,7 @@ def route_handlers(upload_service: UploadService) -> list[HTTPRouteHandler]:
         },
     )
     async def create_upload_url(
-        conversation_id: FromPath[str],
+        conversation_id: ConversationId,
         data: Annotated[
             UploadUrlRequest, BodyKwarg(media_type=RequestEncodingType.JSON, examples=REQUEST_EXAMPLES)
         ],

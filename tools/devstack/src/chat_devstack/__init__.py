@@ -33,6 +33,7 @@ __all__ = [
     "ServiceProcess",
     "Stack",
     "free_port",
+    "kill_cluster_node",
     "start_local_firestore",
     "start_local_localstack",
     "start_local_redis",
@@ -122,6 +123,7 @@ class Backend:
     _restart: Callable[[], None] | None = None
     _stop: Callable[[], None] | None = None
     cluster_ports: list[int] = field(default_factory=list)  # Redis Cluster: every node's port
+    cluster_pidfiles: dict[int, Path] = field(default_factory=dict)  # Redis Cluster: port -> pidfile
 
     @property
     def restartable(self) -> bool:
@@ -221,6 +223,11 @@ def _answers(port: int, command: str, expect: bytes) -> bool:
     return expect in _redis_ask(port, *command.split())
 
 
+# How long a node may be silent before its replica takes over (Redis' own default is 15 s): a failover
+# here takes about this plus an election (~1-2 s).
+CLUSTER_NODE_TIMEOUT_MS = 2000
+
+
 def _cluster_port() -> int:
     """A free port whose cluster bus port (+10000) is free too (so at most 55535)."""
     for _ in range(200):
@@ -236,46 +243,63 @@ def _cluster_port() -> int:
     raise RuntimeError("no free port pair for a redis cluster node")
 
 
-def start_local_redis_cluster(primaries: int = 3, ports: list[int] | None = None) -> Backend:
-    """A Redis Cluster of ``primaries`` primaries (no replicas): ``redis-server --cluster-enabled yes``
-    processes joined by ``redis-cli --cluster create``; stopped by PID. The address is one seed node.
+def start_local_redis_cluster(
+    primaries: int = 3, ports: list[int] | None = None, replicas: int = 1
+) -> Backend:
+    """A Redis Cluster of ``primaries`` primaries with ``replicas`` replicas each (failover: a replica
+    takes over a killed primary's slots after ``CLUSTER_NODE_TIMEOUT_MS``): ``redis-server
+    --cluster-enabled yes`` processes joined by ``redis-cli --cluster create``; stopped by PID. The
+    address is one seed node.
 
     ``backend.detail`` lists the PIDs; ``cluster_ports`` (attribute) the nodes' ports, for tests that move
-    slots or stop a node.
+    slots or stop a node (``stop_cluster_node``). An idle node costs a few MB and no CPU, so six are
+    cheap on a small machine; replicas sync diskless, so the start stays ~2 s.
     """
     binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if binary is None or cli is None:
         raise RuntimeError("redis-server/redis-cli are not installed (apt-get install -y redis-server)")
-    ports = ports or [_cluster_port() for _ in range(primaries)]
+    ports = ports or [_cluster_port() for _ in range(primaries * (1 + replicas))]
     workdir = Path(tempfile.mkdtemp(prefix="chat-redis-cluster-"))
-    pidfiles = [workdir / f"{port}.pid" for port in ports]
+    pidfiles = {port: workdir / f"{port}.pid" for port in ports}
     backend = Backend("redis-cluster", "local process", f"redis://127.0.0.1:{ports[0]}/0")
     created: list[bool] = []
 
+    def start_node(port: int) -> None:
+        subprocess.run(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--cluster-enabled", "yes", "--cluster-config-file", str(workdir / f"nodes-{port}.conf"),
+             "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
+             # a replica may always take over (however long it was cut off), and syncs without disk
+             "--cluster-replica-validity-factor", "0", "--repl-diskless-sync", "yes",
+             "--repl-diskless-sync-delay", "0",
+             "--daemonize", "yes", "--pidfile", str(pidfiles[port]),
+             "--dir", str(workdir), "--logfile", str(workdir / f"{port}.log")],
+            check=True,
+        )  # fmt: skip
+        wait_until(functools.partial(_answers, port, "PING", b"+PONG"), 10, "redis-server")
+
     def start() -> None:
-        for port, pidfile in zip(ports, pidfiles, strict=True):
-            subprocess.run(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--cluster-enabled", "yes", "--cluster-config-file", str(workdir / f"nodes-{port}.conf"),
-                 "--cluster-node-timeout", "2000", "--daemonize", "yes", "--pidfile", str(pidfile),
-                 "--dir", str(workdir), "--logfile", str(workdir / f"{port}.log")],
-                check=True,
-            )  # fmt: skip
         for port in ports:
-            wait_until(functools.partial(_answers, port, "PING", b"+PONG"), 10, "redis-server")
+            if _redis_pid_alive(pidfiles[port]) is None:
+                start_node(port)
         if not created:  # a restart keeps nodes.conf: the same nodes own the same slots
             created.append(True)
             subprocess.run(
                 [cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports),
-                 "--cluster-replicas", "0", "--cluster-yes"],
+                 "--cluster-replicas", str(replicas), "--cluster-yes"],
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
             )  # fmt: skip
         for port in ports:
             wait_until(functools.partial(_answers, port, "CLUSTER INFO", b"cluster_state:ok"), 30, "cluster")
-        backend.detail = "pids " + ", ".join(pidfile.read_text().strip() for pidfile in pidfiles)
+        # Every replica attached and in sync, so a failover test finds one to take over (and the topology
+        # tests see does not change under them).
+        wait_until(lambda: _replicas_in_sync(ports) == primaries * replicas, 30, "cluster replicas")
+        backend.detail = "pids " + ", ".join(
+            pidfile.read_text().strip() for pidfile in pidfiles.values() if pidfile.exists()
+        )
 
     def stop() -> None:
-        for pidfile in pidfiles:
+        for pidfile in pidfiles.values():
             _stop_pidfile(pidfile)
 
     try:
@@ -285,7 +309,27 @@ def start_local_redis_cluster(primaries: int = 3, ports: list[int] | None = None
         raise
     backend._restart, backend._stop = start, stop
     backend.cluster_ports = list(ports)
+    backend.cluster_pidfiles = dict(pidfiles)
     return backend
+
+
+def _replicas_in_sync(ports: list[int]) -> int:
+    """How many of the nodes on ``ports`` are replicas whose link to their primary is up."""
+    return sum(
+        b"role:slave" in reply and b"master_link_status:up" in reply
+        for reply in (_redis_ask(port, "INFO", "replication") for port in ports)
+    )
+
+
+def kill_cluster_node(backend: Backend, port: int) -> None:
+    """``kill -9`` one node of a local cluster (a crash: no shutdown, no save); ``backend.start()`` brings
+    it back (it rejoins as a replica of whoever took over its slots)."""
+    pid = _redis_pid_alive(backend.cluster_pidfiles[port])
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+        while _redis_pid_alive(backend.cluster_pidfiles[port]) is not None:
+            time.sleep(0.02)
+    backend.cluster_pidfiles[port].unlink(missing_ok=True)
 
 
 def localstack_venv() -> Path:

@@ -1,13 +1,14 @@
 """SQS JobQueue over the SQS JSON 1.0 protocol, signed by ``chat_core.aws.AwsClient``.
 
 * Two queues per ``JobKind``: the main one with a visibility timeout and a redrive policy (after
-  ``max_receives`` receives SQS moves a message to the DLQ), and the DLQ.
-* ``ensure()`` creates both idempotently (and updates the main queue's attributes if they changed);
-  ``chat-management setup`` calls it (with credentials allowed ``sqs:CreateQueue``; the services' own
-  IAM policies only use the queues). ``start()`` only resolves the main queue's URL and never fails the
-  start-up: when SQS is unreachable it is resolved on first use (the message service keeps accepting
-  messages; its outbox holds the notifications). The DLQ is looked up only by ``depth()``.
-* If a queue is missing (LocalStack restarted empty), the call creates both and retries once.
+  ``max_receives`` receives SQS moves a message to the DLQ), and the DLQ. This adapter only uses them:
+  ``chat-management setup`` (``chat_management.provision``) creates and configures both from the same
+  ``JobKind``, with credentials allowed ``sqs:CreateQueue`` that the services' roles do not have.
+* ``start()`` only resolves the main queue's URL and never fails the start-up: when SQS is unreachable or
+  the queue does not exist yet it is resolved on first use (the message service keeps accepting messages;
+  its outbox holds the notifications). The DLQ is looked up only by ``depth()``.
+* A queue that vanished (LocalStack restarted empty) fails each call with ``QueueDoesNotExist`` (readiness
+  reports it) and is looked up again on the next, so the service recovers once setup has run again.
 * Trace context travels in message attributes (``traceparent``/``tracestate``), not in the body.
 """
 
@@ -36,10 +37,8 @@ _log = structlog.get_logger("chat_core.jobqueue.sqs")
 MAX_BATCH = 10  # SQS: entries per SendMessageBatch / messages per ReceiveMessage
 ACK_LINGER_SECONDS = 0.01
 MAX_BATCH_BYTES = 256 * 1024  # SQS: a batch's total payload, bodies and attributes together
-RETENTION_SECONDS = 14 * 24 * 3600  # the SQS maximum: a notification outlives a long consumer outage
 _SEND_ATTEMPTS = 3
 _MISSING_QUEUE = {"QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue", "NonExistentQueue"}
-_NAME_TAKEN = {"QueueNameExists", "QueueAlreadyExists"}
 _TRACE_KEYS = ("traceparent", "tracestate", "baggage")
 
 
@@ -64,11 +63,12 @@ def _error(response_status: int, body: bytes, headers: Mapping[str, str]) -> Aws
 
 class SqsJobQueue(JobQueue[J]):
     name = "sqs"
-    readiness_name = "sqs"
     uses_aws = True
 
     def __init__(self, kind: JobKind[J], client: AwsClient) -> None:
         self._kind = kind
+        # One check per queue: as one "sqs" the media queue's replaced the notification queue's.
+        self.readiness_name = kind.readiness_name
         self._body = msgspec.json.Decoder(kind.job_type)
         self._client = client
         self._main_url: str | None = None
@@ -98,17 +98,16 @@ class SqsJobQueue(JobQueue[J]):
     async def _on_queue(
         self, operation: str, payload: Mapping[str, Any], *, dlq: bool = False, **kw: Any
     ) -> Any:
-        """Call ``operation`` on a queue; when the queue has vanished, recreate it and retry once."""
+        """Call ``operation`` on a queue; when the queue has vanished, forget its URL and raise."""
         url = await self._url(dlq=dlq)
         try:
             return await self._call(operation, {**payload, "QueueUrl": url}, **kw)
         except AwsError as exc:
-            if exc.code not in _MISSING_QUEUE:
-                raise
-            _log.warning("sqs_queue_missing_recreating", queue=url)
-            self._main_url = self._dlq_url = None
-            await self.ensure()
-            return await self._call(operation, {**payload, "QueueUrl": await self._url(dlq=dlq)}, **kw)
+            if exc.code in _MISSING_QUEUE:
+                # Not recreated here: it would lack the attributes, policy and redrive setup gives it.
+                self._main_url = self._dlq_url = None
+                _log.warning("sqs_queue_missing", queue=url, fix="run chat-management setup")
+            raise
 
     def _known(self, *, dlq: bool) -> str | None:
         return self._dlq_url if dlq else self._main_url
@@ -127,51 +126,16 @@ class SqsJobQueue(JobQueue[J]):
         try:
             url = str((await self._call("GetQueueUrl", {"QueueName": name}))["QueueUrl"])
         except AwsError as exc:
-            if exc.code not in _MISSING_QUEUE:
-                raise
-            await self.ensure()
-            created = self._known(dlq=dlq)
-            assert created is not None
-            return created
+            if exc.code in _MISSING_QUEUE:
+                raise AwsError(
+                    exc.status, "QueueDoesNotExist", f"queue {name} does not exist: run chat-management setup"
+                ) from None
+            raise
         if dlq:
             self._dlq_url = url
         else:
             self._main_url = url
         return url
-
-    # --- setup --------------------------------------------------------------------------------------
-    async def ensure(self) -> None:
-        """Create the DLQ and the main queue (with its redrive policy) if missing; idempotent."""
-        dlq = await self._call(
-            "CreateQueue",
-            {
-                "QueueName": self._kind.dlq_name,
-                "Attributes": {"MessageRetentionPeriod": str(RETENTION_SECONDS)},
-            },
-        )
-        dlq_url = dlq["QueueUrl"]
-        arn = (await self._call("GetQueueAttributes", {"QueueUrl": dlq_url, "AttributeNames": ["QueueArn"]}))[
-            "Attributes"
-        ]["QueueArn"]
-        attributes = {
-            "VisibilityTimeout": str(self._kind.visibility_timeout_seconds),
-            "MessageRetentionPeriod": str(RETENTION_SECONDS),
-            "RedrivePolicy": msgspec.json.encode(
-                {"deadLetterTargetArn": arn, "maxReceiveCount": self._kind.max_receives}
-            ).decode(),
-        }
-        try:
-            main = await self._call(
-                "CreateQueue", {"QueueName": self._kind.queue_name, "Attributes": attributes}
-            )
-            main_url = main["QueueUrl"]
-        except AwsError as exc:
-            if exc.code not in _NAME_TAKEN:
-                raise
-            # It exists with other attributes (the settings changed): bring it in line.
-            main_url = (await self._call("GetQueueUrl", {"QueueName": self._kind.queue_name}))["QueueUrl"]
-            await self._call("SetQueueAttributes", {"QueueUrl": main_url, "Attributes": attributes})
-        self._main_url, self._dlq_url = main_url, dlq_url
 
     # --- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -184,7 +148,22 @@ class SqsJobQueue(JobQueue[J]):
         await self._acks.close()
 
     async def ping(self) -> None:
-        await self._on_queue("GetQueueAttributes", {"AttributeNames": ["QueueArn"]})
+        """Raise unless the queue answers and hides a received job for as long as this worker may hold it.
+
+        A queue made by other settings (setup run without the processor's ``MEDIA_JOB_TIMEOUT_SECONDS``,
+        or by infrastructure code) would hand a job still running to a second worker: not Ready.
+        """
+        attributes = (await self._on_queue("GetQueueAttributes", {"AttributeNames": ["VisibilityTimeout"]}))[
+            "Attributes"
+        ]
+        hidden = int(attributes.get("VisibilityTimeout", 0))
+        if hidden < self._kind.visibility_timeout_seconds:
+            raise AwsError(
+                409,
+                "VisibilityTimeoutTooShort",
+                f"queue {self._kind.queue_name} hides a job for {hidden} s, this worker needs "
+                f"{self._kind.visibility_timeout_seconds} s: run chat-management setup with its settings",
+            )
 
     # --- the port -----------------------------------------------------------------------------------
     async def send(self, jobs: Sequence[J]) -> None:

@@ -9,21 +9,25 @@ narrow port (``tests/contract/test_messagestore_contract.py``).
 
 Firestore layout (SQLite mirrors it in tables):
 
-* ``conversations/{cid}``: participants, name, createdAt, updatedAt, lastMessage
+* ``conversations/{cid}``: participants, name, createdAt, updatedAt, lastMessage, admins, pushImagePreviews
 * ``conversations/{cid}/messages/{messageId}``: exactly the spec's message fields
 * ``imageRefs/{sha256(stored_key)}``: which message an object backs (one object, at most one message)
-* ``outbox/{messageId}``: publish + enqueue still to do for a stored message (written in the same
-  transaction as the message: "a 201 means durably stored, and its notification is never dropped")
-* ``devices/{sha256(token)}``: userId, token, platform
+* ``outbox/{eventId}``: the event outbox. Every event a client acts on (``EventKind``) is an entry written
+  in the same transaction as the change it announces, and deleted once relayed: "a 201 means durably
+  stored, and nothing a client acts on is dropped". A message's ``message.created`` entry has the
+  message's id, so a retried send finds it taken, as it finds the message.
+* ``devices/{sha256(token)}``: userId, token, platform, provider (absent: fcm)
+* ``deviceUsers/{sha256(user_id)}``: userId, changedAt; rewritten by every registration of the user's
+  devices, so that two concurrent ones cannot both pass ``MAX_DEVICES_PER_USER``
 * ``pushReceipts/{sha256(notification_id + token)}``: a push to a device for a notification, claimed
   (``leasedUntil``: a time) or done (``leasedUntil`` null or absent)
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
+import re
+import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Generic, Literal, Protocol, TypeVar
 
@@ -32,6 +36,7 @@ import msgspec
 from chat_core.timestamps import from_micros, micros
 
 __all__ = [
+    "CURSOR_PATTERN",
     "PUSH_RECEIPT_TTL",
     "ChatStore",
     "Conversation",
@@ -39,7 +44,9 @@ __all__ = [
     "ConversationNotFound",
     "ConversationStore",
     "Device",
+    "DeviceProvider",
     "DeviceStore",
+    "EventKind",
     "ImageMetadata",
     "ImageStatus",
     "ImageVariant",
@@ -57,8 +64,13 @@ __all__ = [
     "PushClaim",
     "PushClaimState",
     "PushReceiptStore",
+    "TooManyParticipants",
+    "created_event",
     "decode_cursor",
     "encode_cursor",
+    "event_done",
+    "legacy_outbox_fields",
+    "new_event",
     "page_of",
 ]
 
@@ -68,6 +80,8 @@ T = TypeVar("T")
 PUSH_RECEIPT_TTL = dt.timedelta(days=14)
 MessageType = Literal["text", "image"]
 Platform = Literal["ios", "android", "web"]
+# Which push service a device's token is for: an FCM registration token, or a raw APNs device token.
+DeviceProvider = Literal["fcm", "apns"]
 
 
 ImageStatus = Literal["processing", "ready", "failed"]
@@ -118,6 +132,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     timestamp: dt.datetime
     read_by: tuple[str, ...]
     metadata: ImageMetadata | None = None
+    # True on a message forwarded from another conversation (it never names the source); absent otherwise.
+    forwarded: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class LastMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -142,6 +158,8 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     # Members with the admin role (a subset of ``participants``). Stored since roles exist; a
     # conversation stored before has none, and its creator (the first participant) is its admin.
     admins: tuple[str, ...] = ()
+    # False: pushes of this conversation's images carry no thumbnail (lock-screen privacy).
+    push_image_previews: bool = True
 
     def admin_ids(self) -> frozenset[str]:
         """Who administers the conversation (see ``admins``)."""
@@ -155,22 +173,102 @@ class Device(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     platform: Platform
     user_id: str
     updated_at: dt.datetime
+    provider: DeviceProvider = "fcm"  # devices registered before it existed are FCM's
+
+
+# What the event outbox carries (the wire names clients get are in ``chat_core.outbox``, which turns each
+# kind into what is published). A new kind is added here, in ``chat_core.outbox.bus_events`` and, when it
+# needs work besides publishing, in the relay's dispatch (``message_service.fanout.Fanout.deliver``).
+EventKind = Literal["message.created", "message.updated", "message.read", "membership.changed"]
 
 
 class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """Work left for a stored message: publish it, enqueue notifications for its offline members.
+    """An event still to relay, stored in the same transaction as the change it announces.
 
-    ``create_message`` writes it with ``created_at`` = the message's timestamp, so the entry a caller
-    builds from the stored message is the stored entry.
+    * ``message.created``: ``message`` as stored; its media job (``object_key``, ``object_etag``) and its
+      notifications are queued by the relay too. ``event_id`` is the message's id, ``created_at`` its
+      timestamp (``created_event``), so the entry a caller builds from the stored message is the stored one.
+    * ``message.updated``: ``message`` as the change left it (the media processor finished its image).
+    * ``message.read``: ``message`` as the change left it (``readBy``), ``user_id`` the reader.
+    * ``membership.changed``: ``added`` and ``removed`` users (a new conversation: every member added).
+
+    A store method that takes ``event=`` writes it only when the call changes something, with ``message``
+    set to the message as changed; ``event_done`` is that entry, as the caller rebuilds it from the answer.
     """
 
+    event_id: str
+    kind: EventKind
     conversation_id: str
-    message: Message
     created_at: dt.datetime
-    trace: dict[str, str] = {}  # W3C trace context of the send, so relayed work joins its trace
-    # An image message's media job: the stored (raw upload) key and its ETag as verified at send.
+    message: Message | None = None
+    user_id: str | None = None
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    trace: dict[str, str] = {}  # W3C trace context of the change, so relayed work joins its trace
+    # message.created of an image: the stored (raw upload) key and its ETag as verified at send.
     object_key: str | None = None
     object_etag: str | None = None
+
+    @property
+    def message_id(self) -> str | None:
+        return None if self.message is None else self.message.message_id
+
+
+def created_event(
+    conversation_id: str,
+    message: Message,
+    *,
+    trace: Mapping[str, str] | None = None,
+    object_key: str | None = None,
+    object_etag: str | None = None,
+) -> OutboxEntry:
+    """The ``message.created`` entry ``create_message`` stores with ``message``."""
+    return OutboxEntry(
+        event_id=message.message_id,
+        kind="message.created",
+        conversation_id=conversation_id,
+        created_at=message.timestamp,
+        message=message,
+        trace=dict(trace or {}),
+        object_key=object_key,
+        object_etag=object_etag,
+    )
+
+
+def new_event(
+    kind: EventKind,
+    conversation_id: str,
+    *,
+    message: Message | None = None,
+    user_id: str | None = None,
+    added: Collection[str] = (),
+    removed: Collection[str] = (),
+    trace: Mapping[str, str] | None = None,
+) -> OutboxEntry:
+    """An entry to hand a store method as ``event=`` (a fresh id, created now)."""
+    return OutboxEntry(
+        event_id=str(uuid.uuid4()),
+        kind=kind,
+        conversation_id=conversation_id,
+        created_at=dt.datetime.now(dt.UTC),
+        message=message,
+        user_id=user_id,
+        added=tuple(sorted(added)),
+        removed=tuple(sorted(removed)),
+        trace=dict(trace or {}),
+    )
+
+
+def event_done(event: OutboxEntry, message: Message) -> OutboxEntry:
+    """``event`` as the store wrote it with a change to ``message`` (``message`` set to the changed one)."""
+    return msgspec.structs.replace(event, message=message)
+
+
+def legacy_outbox_fields(fields: dict[str, object], key: str) -> dict[str, object]:
+    """Entries stored before the event outbox were all ``message.created``, keyed by the message id."""
+    fields.setdefault("event_id", key)
+    fields.setdefault("kind", "message.created")
+    return fields
 
 
 class Page(msgspec.Struct, Generic[T], frozen=True):
@@ -190,31 +288,42 @@ class ConversationNotFound(LookupError):
     pass
 
 
+class TooManyParticipants(Exception):
+    """The addition would take the conversation past its member limit; nothing was changed."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a conversation has at most {limit} members")
+        self.limit = limit
+
+
 class ConversationExists(Exception):
     """A conversation with that id already exists (ids may be chosen by the client)."""
 
 
 class InvalidCursor(ValueError):
-    """A cursor this store did not hand out (garbled or tampered with)."""
+    """A cursor that is no position (not ``CURSOR_PATTERN``)."""
+
+
+# A cursor is a keyset position, ``{microseconds since the epoch}.{id}`` (the id of the last row shown: a
+# message or conversation id). Any value of this shape is a position a page can start after, so the
+# OpenAPI document's pattern is the whole rule: a schema-valid cursor is never refused. Times past the
+# last representable one mean "from the newest".
+CURSOR_PATTERN = re.compile(r"^([0-9]{1,18})\.([A-Za-z0-9][A-Za-z0-9_-]{0,63})(?!\n)$")
+_LAST_MICROS = micros(dt.datetime.max.replace(tzinfo=dt.UTC))
 
 
 def encode_cursor(position: dt.datetime, key: str) -> str:
-    """An opaque cursor for keyset pagination on (time, id): both adapters page with it."""
-    raw = msgspec.json.encode([micros(position), key])
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    """The cursor of keyset pagination on (time, id) after ``position``, ``key`` (both adapters use it)."""
+    return f"{max(micros(position), 0)}.{key}"
 
 
 def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
-    """(time, id) of a cursor made by ``encode_cursor``; raises InvalidCursor."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        stamp, key = msgspec.json.decode(raw, type=tuple[int, str])
-        position = from_micros(stamp)
-    except (binascii.Error, ValueError, OverflowError, msgspec.DecodeError):
-        raise InvalidCursor("the cursor is not one this server issued") from None
-    if not key:
-        raise InvalidCursor("the cursor is not one this server issued")
-    return position, key
+    """(time, id) of a cursor of ``CURSOR_PATTERN``; raises InvalidCursor."""
+    match = CURSOR_PATTERN.fullmatch(cursor)
+    if match is None:
+        raise InvalidCursor("a cursor is the nextCursor of a page: {microseconds}.{id}")
+    stamp, key = match.groups()
+    return from_micros(min(int(stamp), _LAST_MICROS)), key
 
 
 class ObjectAlreadyUsed(Exception):
@@ -228,8 +337,11 @@ class ObjectAlreadyUsed(Exception):
 class ConversationStore(Protocol):
     """Conversations and their membership."""
 
-    async def create_conversation(self, conversation: Conversation) -> None:
-        """Raises ConversationExists when the id is taken; never overwrites."""
+    async def create_conversation(
+        self, conversation: Conversation, *, event: OutboxEntry | None = None
+    ) -> None:
+        """Store it with ``event`` (its ``membership.changed``). Raises ConversationExists when the id is
+        taken; never overwrites."""
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
 
@@ -242,13 +354,27 @@ class ConversationStore(Protocol):
         """Conversations ``user_id`` belongs to, most recently updated first. Raises InvalidCursor."""
 
     async def add_participants(
-        self, conversation_id: str, user_ids: Collection[str], *, admins: Collection[str] = ()
+        self,
+        conversation_id: str,
+        user_ids: Collection[str],
+        *,
+        admins: Collection[str] = (),
+        max_participants: int | None = None,
+        event: OutboxEntry | None = None,
     ) -> Conversation:
         """Add ``user_ids`` as members and give ``admins`` (members, or among ``user_ids``) the admin role,
-        in one atomic change. Raises ConversationNotFound."""
+        in one atomic change, with ``event`` (its ``membership.changed``). Raises ConversationNotFound,
+        and TooManyParticipants (nothing changed) when the members would then be more than
+        ``max_participants``: checked in the same atomic change, so concurrent additions cannot pass it
+        together."""
 
-    async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
-        """Remove the member and any role they had. Raises ConversationNotFound."""
+    async def remove_participant(
+        self, conversation_id: str, user_id: str, *, event: OutboxEntry | None = None
+    ) -> Conversation:
+        """Remove the member and any role they had, with ``event``. Raises ConversationNotFound."""
+
+    async def set_push_image_previews(self, conversation_id: str, enabled: bool) -> Conversation:
+        """Whether pushes of the conversation's images may carry a thumbnail. Raises ConversationNotFound."""
 
     async def touch_conversation(self, conversation_id: str, last_message: LastMessage) -> None:
         """Set ``lastMessage``/``updatedAt`` unless a newer last message is already stored."""
@@ -267,7 +393,7 @@ class MessageStore(Protocol):
         trace: Mapping[str, str] | None = None,
         conversation_checked: bool = False,
     ) -> tuple[Message, bool]:
-        """Store ``message`` atomically with its image reference and its outbox entry.
+        """Store ``message`` atomically with its image reference and its outbox entry (``created_event``).
 
         The outbox entry carries ``object_key`` and ``object_etag`` (the ETag verified at send): the
         media job the relay queues for an image message.
@@ -291,9 +417,11 @@ class MessageStore(Protocol):
         """
 
     async def mark_read(
-        self, conversation_id: str, message_id: str, user_id: str
+        self, conversation_id: str, message_id: str, user_id: str, *, event: OutboxEntry | None = None
     ) -> tuple[Message, bool] | None:
-        """Add ``user_id`` to ``readBy`` (idempotent). ``(message, changed)``; None when no such message."""
+        """Add ``user_id`` to ``readBy`` (idempotent), with ``event`` (its ``message.read``) when it changed.
+
+        ``(message, changed)``; None when no such message."""
 
     async def referenced_objects(self, stored_keys: Sequence[str]) -> set[str]:
         """Which of ``stored_keys`` back a message (for orphan cleanup)."""
@@ -302,9 +430,15 @@ class MessageStore(Protocol):
         """The message of ``conversation_id`` that ``stored_key`` backs (the image proxy's lookup)."""
 
     async def finish_image(
-        self, conversation_id: str, message_id: str, metadata: ImageMetadata
+        self,
+        conversation_id: str,
+        message_id: str,
+        metadata: ImageMetadata,
+        *,
+        event: OutboxEntry | None = None,
     ) -> Message | None:
-        """Replace the image metadata of a message still ``processing`` (or without a status).
+        """Replace the image metadata of a message still ``processing`` (or without a status), with
+        ``event`` (its ``message.updated``).
 
         Returns the updated message; None when there is no such message or it is already ready or
         failed (a redelivered media job changes nothing twice).
@@ -314,8 +448,13 @@ class MessageStore(Protocol):
 class DeviceStore(Protocol):
     """Push tokens by user."""
 
-    async def put_device(self, device: Device) -> None:
-        """Register (or move) a push token; a token belongs to one user at a time."""
+    async def put_device(self, device: Device, *, max_devices: int | None = None) -> list[str]:
+        """Register (or move) a push token; a token belongs to one user at a time.
+
+        With ``max_devices``, the user keeps at most that many tokens: the ones least recently registered
+        (``updated_at``, then token) beyond it are deleted in the same atomic step, never the one being
+        registered, so concurrent registrations cannot pass the limit. Returns the tokens evicted.
+        """
 
     async def delete_device(self, user_id: str, token: str) -> bool:
         """Remove ``user_id``'s token; False when the user had no such token."""
@@ -325,12 +464,27 @@ class DeviceStore(Protocol):
 
 
 class OutboxStore(Protocol):
-    """Work left for stored messages (``create_message`` writes the entries)."""
+    """The event outbox: what the relay still has to publish (the changes' methods write the entries).
+
+    Every method that changes what a client sees takes the entry announcing it (``event=``) and commits it
+    in the change's own transaction; inside an adapter one helper appends it (``_append_event``).
+    """
 
     async def pending_outbox(self, *, older_than: float, limit: int) -> list[OutboxEntry]:
-        """Entries created more than ``older_than`` seconds ago, oldest first."""
+        """Entries created more than ``older_than`` seconds ago, oldest first (claimed or not)."""
 
-    async def delete_outbox(self, message_ids: Collection[str]) -> None: ...
+    async def claim_outbox(self, *, older_than: float, limit: int, lease: dt.timedelta) -> list[OutboxEntry]:
+        """Claim up to ``limit`` entries created more than ``older_than`` seconds ago that nobody holds.
+
+        Oldest first. Each returned entry is held by this call for ``lease``: no other claim returns it until
+        the lease lapses (its holder died) or it is released; entries held by others are skipped, not waited
+        for. So relay replicas share the outbox instead of each relaying all of it. Atomic per entry.
+        """
+
+    async def release_outbox(self, event_ids: Collection[str]) -> None:
+        """Give up claims on entries not delivered, so the next claim (any replica's) takes them at once."""
+
+    async def delete_outbox(self, event_ids: Collection[str]) -> None: ...
 
     async def outbox_stats(self) -> tuple[int, dt.datetime | None]:
         """(pending entries, creation time of the oldest)."""

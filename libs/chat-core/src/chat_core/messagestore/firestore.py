@@ -7,12 +7,18 @@ none, so this is reasoned, and ``firestore.indexes.json`` at the repo root is wh
   the one composite index in ``firestore.indexes.json``;
 * ``list_messages``: one conversation's ``messages``, ``timestamp`` DESC, ``__name__`` DESC: the
   automatic single-field index (``__name__`` follows the last order's direction);
-* ``pending_outbox`` / ``outbox_stats``: ``createdAt`` < t ordered by ``createdAt``, and ``count()``:
-  automatic single-field index;
+* ``pending_outbox`` / ``claim_outbox`` / ``outbox_stats``: per shard, ``shard`` == n and ``createdAt`` < t
+  ordered by ``createdAt``: the composite index (``shard``, ``createdAt``); ``count()`` needs none;
 * ``devices_for``: ``userId`` in [...]: automatic single-field index.
 
 Everything else reads documents by id. Fields never queried are exempt from indexing (fewer index
 writes: ``readBy`` changes on every read receipt), and ``pushReceipts.expireAt`` carries a TTL policy.
+So are fields whose values only grow (``createdAt``, ``updatedAt``, ``claimedAt``, ``leasedUntil``) unless
+a query uses their single-field index: an index range of sequential values takes about 500 writes/s
+before Firestore hot-spots it, for the whole deployment. The outbox, which every event writes twice, is
+split into ``OUTBOX_SHARDS`` shards by its entry id (``outbox_shard``), so each range of its composite
+index takes a 64th of the writes; the relay reads the shards at once and leases a shard it claims in
+(``outboxShardLeases/{n}``), so replicas split a backlog.
 
 Write rates: Firestore sustains about one write per second per document. Nothing on the send path
 writes the conversation document: a message, its image reference and its outbox entry are three new
@@ -22,15 +28,21 @@ coalesce per conversation (``message_service.last_message``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Collection, Mapping, Sequence
+import math
+import os
+import random
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
-from google.cloud.firestore_v1 import ArrayRemove, ArrayUnion, AsyncClient, FieldFilter
+from google.cloud.firestore_v1 import DELETE_FIELD, ArrayRemove, ArrayUnion, AsyncClient, FieldFilter
+from google.cloud.firestore_v1.async_batch import AsyncWriteBatch
 from google.cloud.firestore_v1.async_collection import AsyncCollectionReference
 from google.cloud.firestore_v1.async_document import AsyncDocumentReference
 from google.cloud.firestore_v1.async_query import AsyncQuery
@@ -51,7 +63,11 @@ from chat_core.messagestore import (
     OutboxEntry,
     Page,
     PushClaim,
+    TooManyParticipants,
+    created_event,
     decode_cursor,
+    event_done,
+    legacy_outbox_fields,
     page_of,
 )
 from chat_core.settings import FirestoreSettings
@@ -68,12 +84,22 @@ CONVERSATIONS = "conversations"
 MESSAGES = "messages"
 IMAGE_REFS = "imageRefs"
 OUTBOX = "outbox"
+OUTBOX_SHARD_LEASES = "outboxShardLeases"
+# The outbox's shards. Each is one range of the (shard, createdAt) index, which takes ~500 writes/s; 64
+# carry ~32,000 outbox writes/s (bench.firestore_model counts ~4.4 per message: the message.created entry,
+# a read receipt's, an image's update, each created and deleted), ~7,000 messages/s with room for uneven
+# hashing. Changing it strands the entries of the shards dropped: drain the outbox first (depth 0).
+OUTBOX_SHARDS = 64
 DEVICES = "devices"
+DEVICE_USERS = "deviceUsers"  # one anchor document per user with devices: serializes their registrations
 PUSH_RECEIPTS = "pushReceipts"
 _GET_ALL_CHUNK = 100
 _IN_CHUNK = 30  # Firestore's limit on the values of an "in" filter
 _BATCH_LIMIT = 500  # writes per batch
 _OPTIMISTIC_ATTEMPTS = 8
+_EMULATOR_VARIABLE = "FIRESTORE_EMULATOR_HOST"
+_DEVICE_ATTEMPTS = 12
+_CLAIM_SCAN = 4  # a claim reads up to this many entries per one it wants (others may hold the oldest)
 _DESCENDING = BaseQuery.DESCENDING
 # What the client raises when Firestore cannot answer now (unreachable, overloaded, contention, its own
 # retries given up): a 503 worth a retry. Anything else it raises is a bug of ours (a 500).
@@ -85,6 +111,30 @@ _OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     gexc.InternalServerError,
     gexc.RetryError,
 )
+
+
+@contextlib.contextmanager
+def _emulator_environment(emulator_host: str) -> Iterator[None]:
+    """``FIRESTORE_EMULATOR_HOST`` as the settings say, while a client is built.
+
+    The variable is the client's one public switch to the emulator (an insecure channel, no credentials),
+    and the client reads it in its constructor only. Settings are the single source of truth (two stores
+    in one process may point at two emulators, or one at production), so the variable holds the settings'
+    value for the constructor's duration and is put back after. Nothing awaits in between: no other task
+    of this event loop can see the temporary value.
+    """
+    before = os.environ.get(_EMULATOR_VARIABLE)
+    if emulator_host:
+        os.environ[_EMULATOR_VARIABLE] = emulator_host
+    else:
+        os.environ.pop(_EMULATOR_VARIABLE, None)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_EMULATOR_VARIABLE, None)
+        else:
+            os.environ[_EMULATOR_VARIABLE] = before
 
 
 def _plain(value: Any) -> Any:
@@ -122,16 +172,43 @@ def _message(snapshot: DocumentSnapshot[Any]) -> Message:
     return msgspec.convert(_plain(snapshot.to_dict() or {}), Message)
 
 
+_OUTBOX_FIELDS = {
+    "eventId": "event_id",
+    "kind": "kind",
+    "conversationId": "conversation_id",
+    "createdAt": "created_at",
+    "message": "message",
+    "userId": "user_id",
+    "added": "added",
+    "removed": "removed",
+    "trace": "trace",
+    "objectKey": "object_key",
+    "objectEtag": "object_etag",
+}
+
+
+def _outbox_fields(entry: OutboxEntry) -> dict[str, Any]:
+    """An outbox entry as stored (camelCase, like every other document here)."""
+    fields = msgspec.to_builtins(entry, builtin_types=(dt.datetime,))
+    return {stored: fields[name] for stored, name in _OUTBOX_FIELDS.items() if fields.get(name) is not None}
+
+
 def _outbox_entry(snapshot: DocumentSnapshot[Any]) -> OutboxEntry:
     data = _plain(snapshot.to_dict() or {})
-    return OutboxEntry(
-        conversation_id=data["conversationId"],
-        message=msgspec.convert(data["message"], Message),
-        created_at=data["createdAt"],
-        trace=data.get("trace") or {},
-        object_key=data.get("objectKey"),
-        object_etag=data.get("objectEtag"),
-    )
+    fields = {name: data[stored] for stored, name in _OUTBOX_FIELDS.items() if data.get(stored) is not None}
+    return msgspec.convert(legacy_outbox_fields(fields, snapshot.id), OutboxEntry)
+
+
+def outbox_shard(event_id: str) -> int:
+    """The outbox shard of an entry, spread evenly by its id: each shard's createdAt range gets
+    1/OUTBOX_SHARDS of the writes (Firestore takes about 500 writes/s into one range of sequential values)."""
+    return int.from_bytes(hashlib.sha256(event_id.encode()).digest()[:4], "big") % OUTBOX_SHARDS
+
+
+def _free(snapshot: DocumentSnapshot[Any], now: dt.datetime) -> bool:
+    """Nobody holds the outbox entry: never claimed, released, or its lease lapsed."""
+    held = _plain((snapshot.to_dict() or {}).get("leasedUntil"))
+    return held is None or held <= now
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
@@ -187,17 +264,15 @@ class FirestoreChatStore(ChatStore):
         if self._client is not None:
             return
         settings = self._settings
-        if settings.emulator_host:
-            client = AsyncClient(
-                project=settings.project_id,
-                database=settings.database,
-                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-            )
-        else:
-            client = AsyncClient(project=settings.project_id, database=settings.database)
-        # The client reads FIRESTORE_EMULATOR_HOST from os.environ itself; settings are read once and are
-        # the single source of truth, so they decide (before the first call opens the channel).
-        client._emulator_host = settings.emulator_host or None
+        with _emulator_environment(settings.emulator_host):
+            if settings.emulator_host:
+                client = AsyncClient(
+                    project=settings.project_id,
+                    database=settings.database,
+                    credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                )
+            else:
+                client = AsyncClient(project=settings.project_id, database=settings.database)
         self._client = client
 
     async def close(self) -> None:
@@ -212,12 +287,28 @@ class FirestoreChatStore(ChatStore):
     def _conversation_ref(self, conversation_id: str) -> AsyncDocumentReference:
         return self.client.collection(CONVERSATIONS).document(conversation_id)
 
+    def _outbox_ref(self, event_id: str) -> AsyncDocumentReference:
+        return self.client.collection(OUTBOX).document(event_id)
+
+    def _append_event(self, batch: AsyncWriteBatch, event: OutboxEntry) -> None:
+        """The one way an entry enters the outbox: in the batch of the change it announces (create():
+        an event id is never written twice), in the shard its id hashes to."""
+        batch.create(
+            self._outbox_ref(event.event_id), {**_outbox_fields(event), "shard": outbox_shard(event.event_id)}
+        )
+
     # --- conversations and membership ------------------------------------------------------------
-    async def create_conversation(self, conversation: Conversation) -> None:
+    async def create_conversation(
+        self, conversation: Conversation, *, event: OutboxEntry | None = None
+    ) -> None:
         data = _fields(conversation)
         del data["conversationId"]
+        batch = self.client.batch()
+        batch.create(self._conversation_ref(conversation.conversation_id), data)
+        if event is not None:
+            self._append_event(batch, event)
         try:
-            await self._conversation_ref(conversation.conversation_id).create(data)
+            await batch.commit()
         except gexc.AlreadyExists:
             raise ConversationExists(conversation.conversation_id) from None
 
@@ -247,27 +338,74 @@ class FirestoreChatStore(ChatStore):
         )
 
     async def add_participants(
-        self, conversation_id: str, user_ids: Collection[str], *, admins: Collection[str] = ()
+        self,
+        conversation_id: str,
+        user_ids: Collection[str],
+        *,
+        admins: Collection[str] = (),
+        max_participants: int | None = None,
+        event: OutboxEntry | None = None,
     ) -> Conversation:
-        # ArrayUnion is applied by the server: no read, no transaction, so concurrent additions neither
-        # lose each other nor queue on a lock. Members and roles change in one update.
+        # ArrayUnion is applied by the server: no transaction, so concurrent additions neither lose each
+        # other nor queue on a lock. Members and roles change in one update.
         change: dict[str, Any] = {}
         if user_ids:  # Firestore refuses an empty union
             change["participants"] = ArrayUnion(list(dict.fromkeys(user_ids)))
         if admins:
             change["admins"] = ArrayUnion(list(dict.fromkeys(admins)))
-        return await self._update_participants(conversation_id, change)
+        if max_participants is None or not user_ids:
+            return await self._update_participants(conversation_id, change, event)
+        # The limit: read the members, then update only if the document is unchanged since (its update
+        # time as a precondition), so two additions that each fit alone cannot both commit.
+        ref = self._conversation_ref(conversation_id)
+        wanted = list(dict.fromkeys(user_ids))
+        for attempt in range(_OPTIMISTIC_ATTEMPTS * 2):
+            snapshot = await ref.get(field_paths=["participants"])
+            if not snapshot.exists:
+                raise ConversationNotFound(conversation_id)
+            members = set(snapshot.get("participants") or [])
+            if len(members) + sum(user not in members for user in wanted) > max_participants:
+                raise TooManyParticipants(max_participants)
+            try:
+                return await self._update_participants(
+                    conversation_id,
+                    change,
+                    event,
+                    option=self.client.write_option(last_update_time=snapshot.update_time),
+                )
+            except gexc.FailedPrecondition:
+                await asyncio.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))  # noqa: S311 - jitter
+        raise gexc.Aborted(f"conversation {conversation_id} kept changing; try again")  # type: ignore[no-untyped-call]
 
-    async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
+    async def set_push_image_previews(self, conversation_id: str, enabled: bool) -> Conversation:
+        return await self._update_participants(conversation_id, {"pushImagePreviews": enabled}, None)
+
+    async def remove_participant(
+        self, conversation_id: str, user_id: str, *, event: OutboxEntry | None = None
+    ) -> Conversation:
         return await self._update_participants(
-            conversation_id, {"participants": ArrayRemove([user_id]), "admins": ArrayRemove([user_id])}
+            conversation_id, {"participants": ArrayRemove([user_id]), "admins": ArrayRemove([user_id])}, event
         )
 
-    async def _update_participants(self, conversation_id: str, change: dict[str, Any]) -> Conversation:
+    async def _update_participants(
+        self,
+        conversation_id: str,
+        change: dict[str, Any],
+        event: OutboxEntry | None,
+        *,
+        option: Any = None,
+    ) -> Conversation:
+        """Apply ``change`` with ``event`` in one batch (under ``option``, a write precondition, if any)."""
         ref = self._conversation_ref(conversation_id)
         try:
             if change:
-                await ref.update(change)
+                # The event goes with the change (no read: the caller's list of who changed is the event's;
+                # a racing duplicate announcement is harmless, a lost one is not).
+                batch = self.client.batch()
+                batch.update(ref, change, option=option)
+                if event is not None:
+                    self._append_event(batch, event)
+                await batch.commit()
         except gexc.NotFound:
             raise ConversationNotFound(conversation_id) from None
         snapshot = await ref.get()
@@ -336,16 +474,11 @@ class FirestoreChatStore(ChatStore):
                 image_ref,
                 {"storedKey": object_key, "conversationId": conversation_id, "messageId": message.message_id},
             )
-        batch.create(
-            self.client.collection(OUTBOX).document(message.message_id),
-            {
-                "conversationId": conversation_id,
-                "message": _fields(message),
-                "createdAt": message.timestamp,
-                "trace": dict(trace or {}),
-                "objectKey": object_key,
-                "objectEtag": object_etag,
-            },
+        self._append_event(
+            batch,
+            created_event(
+                conversation_id, message, trace=trace, object_key=object_key, object_etag=object_etag
+            ),
         )
         try:
             await batch.commit()
@@ -378,10 +511,11 @@ class FirestoreChatStore(ChatStore):
         )
 
     async def mark_read(
-        self, conversation_id: str, message_id: str, user_id: str
+        self, conversation_id: str, message_id: str, user_id: str, *, event: OutboxEntry | None = None
     ) -> tuple[Message, bool] | None:
         # No transaction: many members read one message at once, and ArrayUnion merges on the server
-        # without a lock. Two racing calls by the same reader may both report a change (harmless).
+        # without a lock. Two racing calls by the same reader may both report a change (harmless). The
+        # update and its event are one batch: atomic, still without a lock.
         ref = self._message_ref(conversation_id, message_id)
         snapshot = await ref.get()
         if not snapshot.exists:
@@ -389,8 +523,13 @@ class FirestoreChatStore(ChatStore):
         message = _message(snapshot)
         if user_id in message.read_by:
             return message, False
-        await ref.update({"readBy": ArrayUnion([user_id])})
-        return msgspec.structs.replace(message, read_by=(*message.read_by, user_id)), True
+        read = msgspec.structs.replace(message, read_by=(*message.read_by, user_id))
+        batch = self.client.batch()
+        batch.update(ref, {"readBy": ArrayUnion([user_id])})
+        if event is not None:
+            self._append_event(batch, event_done(event, read))
+        await batch.commit()
+        return read, True
 
     async def image_message(self, conversation_id: str, stored_key: str) -> Message | None:
         ref = await self.client.collection(IMAGE_REFS).document(_doc_id(stored_key)).get()
@@ -399,7 +538,12 @@ class FirestoreChatStore(ChatStore):
         return await self.get_message(conversation_id, str(ref.get("messageId")))
 
     async def finish_image(
-        self, conversation_id: str, message_id: str, metadata: ImageMetadata
+        self,
+        conversation_id: str,
+        message_id: str,
+        metadata: ImageMetadata,
+        *,
+        event: OutboxEntry | None = None,
     ) -> Message | None:
         # Optimistic: the update applies only to the version read, so two deliveries of one media job
         # cannot both finish the image (readBy changes in between just make it look again).
@@ -411,14 +555,20 @@ class FirestoreChatStore(ChatStore):
             current = _message(snapshot)
             if current.metadata is None or current.metadata.status not in (None, "processing"):
                 return None
+            updated = msgspec.structs.replace(current, metadata=metadata)
+            batch = self.client.batch()
+            batch.update(
+                ref,
+                {"metadata": _fields(metadata)},
+                option=self.client.write_option(last_update_time=snapshot.update_time),
+            )
+            if event is not None:
+                self._append_event(batch, event_done(event, updated))
             try:
-                await ref.update(
-                    {"metadata": _fields(metadata)},
-                    option=self.client.write_option(last_update_time=snapshot.update_time),
-                )
+                await batch.commit()
             except (gexc.FailedPrecondition, gexc.Aborted):
                 continue
-            return msgspec.structs.replace(current, metadata=metadata)
+            return updated
         raise RuntimeError(f"message {message_id} kept changing while its image was being finished")
 
     # --- objects ----------------------------------------------------------------------------------
@@ -433,9 +583,45 @@ class FirestoreChatStore(ChatStore):
         return found
 
     # --- devices ----------------------------------------------------------------------------------
-    async def put_device(self, device: Device) -> None:
+    async def put_device(self, device: Device, *, max_devices: int | None = None) -> list[str]:
         # Keyed by the token: registering it again (for another user) moves it.
-        await self.client.collection(DEVICES).document(_doc_id(device.token)).set(_fields(device))
+        ref = self.client.collection(DEVICES).document(_doc_id(device.token))
+        if max_devices is None:
+            await ref.set(_fields(device))
+            return []
+        # One atomic batch writes the device, deletes the evicted ones (each unchanged since read) and
+        # bumps the user's anchor document (unchanged since read): two registrations of one user that
+        # overlap cannot both commit, so the one that lost reads again and counts the winner's device.
+        # Deletions and moves away only lower a user's count, so they need not touch the anchor.
+        anchor = self.client.collection(DEVICE_USERS).document(_doc_id(device.user_id))
+        mine = self.client.collection(DEVICES).where(filter=FieldFilter("userId", "==", device.user_id))
+        for attempt in range(_DEVICE_ATTEMPTS):
+            anchor_snapshot = await anchor.get()
+            others = [snapshot async for snapshot in mine.stream() if snapshot.get("token") != device.token]
+            others.sort(key=lambda snapshot: (snapshot.get("updatedAt"), snapshot.get("token")), reverse=True)
+            evicted = others[max(0, max_devices - 1) :]
+            batch = self.client.batch()
+            batch.set(ref, _fields(device))
+            for snapshot in evicted:
+                batch.delete(
+                    snapshot.reference, option=self.client.write_option(last_update_time=snapshot.update_time)
+                )
+            stamp = {"userId": device.user_id, "changedAt": device.updated_at}
+            if anchor_snapshot.exists:
+                batch.update(
+                    anchor,
+                    stamp,
+                    option=self.client.write_option(last_update_time=anchor_snapshot.update_time),
+                )
+            else:
+                batch.create(anchor, stamp)
+            try:
+                await batch.commit()
+            except (gexc.FailedPrecondition, gexc.Conflict):
+                await asyncio.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))  # noqa: S311 - jitter
+                continue
+            return [str(snapshot.get("token")) for snapshot in evicted]
+        raise gexc.Aborted(f"the devices of {device.user_id} kept changing; try again")  # type: ignore[no-untyped-call]
 
     async def delete_device(self, user_id: str, token: str) -> bool:
         ref = self.client.collection(DEVICES).document(_doc_id(token))
@@ -464,31 +650,128 @@ class FirestoreChatStore(ChatStore):
         return found
 
     # --- outbox -----------------------------------------------------------------------------------
-    async def pending_outbox(self, *, older_than: float, limit: int) -> list[OutboxEntry]:
-        # Single-field index on createdAt: built in.
-        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
-        query = (
+    def _shard_query(self, shard: int, cutoff: dt.datetime, limit: int) -> AsyncQuery:
+        # Composite index outbox (shard ASC, createdAt ASC): firestore.indexes.json.
+        query: AsyncQuery = (
             self.client.collection(OUTBOX)
+            .where(filter=FieldFilter("shard", "==", shard))
             .where(filter=FieldFilter("createdAt", "<", cutoff))
             .order_by("createdAt")
             .limit(limit)
         )
-        return [_outbox_entry(snapshot) async for snapshot in query.stream()]
+        return query
 
-    async def delete_outbox(self, message_ids: Collection[str]) -> None:
-        collection = self.client.collection(OUTBOX)
-        for chunk in _chunks(list(dict.fromkeys(message_ids)), _BATCH_LIMIT):
+    async def _oldest_by_shard(
+        self, cutoff: dt.datetime, per_shard: int
+    ) -> list[tuple[int, list[DocumentSnapshot[Any]]]]:
+        """Each shard's oldest entries before ``cutoff``: one query per shard, all at once."""
+
+        async def read(shard: int) -> list[DocumentSnapshot[Any]]:
+            return [snapshot async for snapshot in self._shard_query(shard, cutoff, per_shard).stream()]
+
+        found = await asyncio.gather(*(read(shard) for shard in range(OUTBOX_SHARDS)))
+        return list(enumerate(found))
+
+    async def pending_outbox(self, *, older_than: float, limit: int) -> list[OutboxEntry]:
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+        snapshots = [s for _shard, found in await self._oldest_by_shard(cutoff, limit) for s in found]
+        entries = sorted((_outbox_entry(s) for s in snapshots), key=lambda e: (e.created_at, e.event_id))
+        return entries[:limit]
+
+    async def claim_outbox(self, *, older_than: float, limit: int, lease: dt.timedelta) -> list[OutboxEntry]:
+        # Every shard is read at once (its own index range), held ones included (leasedUntil is not indexed,
+        # and a second inequality would need its own index). A shard with free entries is then leased for
+        # the pass, so replicas relaying a backlog split the shards instead of racing on the same entries;
+        # within a leased shard each free entry is taken with its update time as a precondition (of two
+        # claimers of one entry exactly one wins, without a transaction or a lock), oldest first across
+        # shards. An empty outbox (the usual case: immediate attempts deleted everything) costs no write.
+        now = dt.datetime.now(dt.UTC)
+        per_shard = max(_CLAIM_SCAN, _CLAIM_SCAN * math.ceil(limit / OUTBOX_SHARDS))
+        by_shard = await self._oldest_by_shard(now - dt.timedelta(seconds=older_than), per_shard)
+        wanted = {shard: [s for s in found if _free(s, now)] for shard, found in by_shard}
+        wanted = {shard: free for shard, free in wanted.items() if free}
+        if not wanted:
+            return []
+        order = list(wanted)
+        random.shuffle(order)  # replicas start on different shards
+        leased = [
+            shard
+            for shard, won in zip(
+                order,
+                await asyncio.gather(*(self._lease_shard(shard, now, lease) for shard in order)),
+                strict=True,
+            )
+            if won
+        ]
+        try:
+            free = sorted(
+                (s for shard in leased for s in wanted[shard]),
+                key=lambda s: (_plain(s.get("createdAt")), s.id),
+            )[:limit]
+            claimed = await asyncio.gather(*(self._claim_entry(s, now + lease) for s in free))
+        finally:
+            await asyncio.gather(*(self._release_shard(shard) for shard in leased), return_exceptions=True)
+        return [entry for entry in claimed if entry is not None]
+
+    def _shard_lease_ref(self, shard: int) -> AsyncDocumentReference:
+        return self.client.collection(OUTBOX_SHARD_LEASES).document(str(shard))
+
+    async def _lease_shard(self, shard: int, now: dt.datetime, lease: dt.timedelta) -> bool:
+        """Hold ``shard`` while claiming in it, unless another relay does (create, or take over a lapsed
+        lease with the update time as a precondition)."""
+        ref = self._shard_lease_ref(shard)
+        fields = {"leasedUntil": now + lease}
+        try:
+            await ref.create(fields)
+        except gexc.AlreadyExists:
+            pass
+        else:
+            return True
+        snapshot = await ref.get()
+        if not snapshot.exists or not _free(snapshot, now):
+            return False
+        try:
+            await ref.update(fields, option=self.client.write_option(last_update_time=snapshot.update_time))
+        except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
+            return False
+        return True
+
+    async def _release_shard(self, shard: int) -> None:
+        await self._shard_lease_ref(shard).delete()
+
+    async def _claim_entry(self, snapshot: DocumentSnapshot[Any], until: dt.datetime) -> OutboxEntry | None:
+        try:
+            await snapshot.reference.update(
+                {"leasedUntil": until}, option=self.client.write_option(last_update_time=snapshot.update_time)
+            )
+        except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
+            return None  # another claimer, or the delivery's delete, came first
+        return _outbox_entry(snapshot)
+
+    async def release_outbox(self, event_ids: Collection[str]) -> None:
+        async def release(event_id: str) -> None:
+            with contextlib.suppress(gexc.NotFound):  # delivered and deleted meanwhile: nothing to give up
+                await self._outbox_ref(event_id).update({"leasedUntil": DELETE_FIELD})
+
+        await asyncio.gather(*(release(event_id) for event_id in dict.fromkeys(event_ids)))
+
+    async def delete_outbox(self, event_ids: Collection[str]) -> None:
+        for chunk in _chunks(list(dict.fromkeys(event_ids)), _BATCH_LIMIT):
             batch = self.client.batch()
-            for message_id in chunk:
-                batch.delete(collection.document(message_id))
+            for event_id in chunk:
+                batch.delete(self._outbox_ref(event_id))
             await batch.commit()
 
     async def outbox_stats(self) -> tuple[int, dt.datetime | None]:
-        collection = self.client.collection(OUTBOX)
-        counted = await collection.count().get()  # type: ignore[no-untyped-call]
-        oldest = [s async for s in collection.order_by("createdAt").limit(1).select(["createdAt"]).stream()]
-        created_at = _plain(oldest[0].get("createdAt")) if oldest else None
-        return int(counted[0][0].value), created_at
+        # The count needs no index; the oldest is the oldest of each shard's oldest.
+        counted = await self.client.collection(OUTBOX).count().get()  # type: ignore[no-untyped-call]
+        far_future = dt.datetime.now(dt.UTC) + dt.timedelta(days=3650)
+        oldest = [
+            _plain(found[0].get("createdAt"))
+            for _shard, found in await self._oldest_by_shard(far_future, 1)
+            if found
+        ]
+        return int(counted[0][0].value), min(oldest, default=None)
 
     # --- push receipts ----------------------------------------------------------------------------
     def _receipt_ref(self, notification_id: str, device_token: str) -> AsyncDocumentReference:

@@ -32,7 +32,11 @@ from chat_core.messagestore import (
     OutboxEntry,
     Page,
     PushClaim,
+    TooManyParticipants,
+    created_event,
     decode_cursor,
+    event_done,
+    legacy_outbox_fields,
     page_of,
 )
 from chat_core.sqlite_engine import SqliteEngine
@@ -55,7 +59,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     created_at      INTEGER NOT NULL,  -- microseconds since the epoch, UTC
     updated_at      INTEGER NOT NULL,
     last_message    BLOB,              -- JSON LastMessage
-    admins          TEXT               -- JSON array: members with the admin role
+    admins          TEXT,              -- JSON array: members with the admin role
+    push_image_previews INTEGER        -- 0: pushes carry no image; NULL or 1: they may
 );
 -- One row per member: the by-user index behind "my conversations".
 CREATE TABLE IF NOT EXISTS participants (
@@ -79,17 +84,20 @@ CREATE TABLE IF NOT EXISTS image_refs (
     conversation_id TEXT NOT NULL,
     message_id      TEXT NOT NULL
 ) WITHOUT ROWID;
+-- The event outbox (chat_core.messagestore.OutboxEntry). Data dirs from before it call event_id message_id
+-- (all their entries were message.created, keyed by the message): _on_open renames the column.
 CREATE TABLE IF NOT EXISTS outbox (
-    message_id TEXT    PRIMARY KEY,
-    created_at INTEGER NOT NULL,
-    body       BLOB    NOT NULL  -- JSON OutboxEntry
+    event_id     TEXT    PRIMARY KEY,
+    created_at   INTEGER NOT NULL,
+    body         BLOB    NOT NULL,  -- JSON OutboxEntry
+    leased_until INTEGER            -- a relay's claim ends (microseconds); NULL: nobody holds it
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (created_at, message_id);
 CREATE TABLE IF NOT EXISTS devices (
     token      TEXT    PRIMARY KEY,
     user_id    TEXT    NOT NULL,
     platform   TEXT    NOT NULL,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    provider   TEXT                -- fcm | apns; NULL: fcm (registered before providers existed)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS devices_by_user ON devices (user_id);
 CREATE TABLE IF NOT EXISTS push_receipts (
@@ -108,11 +116,35 @@ def _on_open(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(conversations)")}
     if "admins" not in columns:
         conn.execute("ALTER TABLE conversations ADD COLUMN admins TEXT")
+    if "push_image_previews" not in columns:
+        conn.execute("ALTER TABLE conversations ADD COLUMN push_image_previews INTEGER")
+    # Data dirs made before devices said which push service their token is for (NULL: FCM).
+    if "provider" not in {row[1] for row in conn.execute("PRAGMA table_info(devices)")}:
+        conn.execute("ALTER TABLE devices ADD COLUMN provider TEXT")
     # Data dirs made before push claims had leases: add the column (NULL: done, as those claims were).
     columns = {row[1] for row in conn.execute("PRAGMA table_info(push_receipts)")}
     if "leased_until" not in columns:
         conn.execute("ALTER TABLE push_receipts ADD COLUMN leased_until INTEGER")
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+    if "message_id" in columns:
+        conn.execute("ALTER TABLE outbox RENAME COLUMN message_id TO event_id")
+    if "leased_until" not in columns:
+        conn.execute("ALTER TABLE outbox ADD COLUMN leased_until INTEGER")
+    conn.execute("CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (created_at, event_id)")
     _expire_receipts(conn)
+
+
+def _append_event(conn: sqlite3.Connection, event: OutboxEntry) -> None:
+    """The one way an entry enters the outbox: inside the transaction of the change it announces."""
+    conn.execute(
+        "INSERT INTO outbox (event_id, created_at, body) VALUES (?, ?, ?)",
+        (event.event_id, micros(event.created_at), msgspec.json.encode(event)),
+    )
+
+
+def _outbox_entry(row: sqlite3.Row) -> OutboxEntry:
+    fields = legacy_outbox_fields(msgspec.json.decode(row["body"]), row["event_id"])
+    return msgspec.convert(fields, OutboxEntry)
 
 
 def _expire_receipts(conn: sqlite3.Connection) -> None:
@@ -132,11 +164,13 @@ def _conversation(row: sqlite3.Row) -> Conversation:
         if row["last_message"] is not None
         else None,
         admins=tuple(msgspec.json.decode(row["admins"], type=list[str])) if row["admins"] else (),
+        push_image_previews=row["push_image_previews"] != 0,
     )
 
 
 _CONVERSATION_COLUMNS = (
-    "c.conversation_id, c.name, c.participants, c.created_at, c.updated_at, c.last_message, c.admins"
+    "c.conversation_id, c.name, c.participants, c.created_at, c.updated_at, c.last_message, c.admins,"
+    " c.push_image_previews"
 )
 
 
@@ -208,7 +242,9 @@ class SqliteChatStore(ChatStore):
         await self._db.read(lambda conn: conn.execute("SELECT 1").fetchone())
 
     # --- conversations and membership ------------------------------------------------------------
-    async def create_conversation(self, conversation: Conversation) -> None:
+    async def create_conversation(
+        self, conversation: Conversation, *, event: OutboxEntry | None = None
+    ) -> None:
         def insert(conn: sqlite3.Connection) -> None:
             taken = conn.execute(
                 "SELECT 1 FROM conversations WHERE conversation_id = ?", (conversation.conversation_id,)
@@ -217,8 +253,8 @@ class SqliteChatStore(ChatStore):
                 raise ConversationExists(conversation.conversation_id)
             conn.execute(
                 "INSERT INTO conversations"
-                " (conversation_id, name, participants, created_at, updated_at, last_message, admins)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " (conversation_id, name, participants, created_at, updated_at, last_message, admins,"
+                " push_image_previews) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     conversation.conversation_id,
                     conversation.name,
@@ -229,12 +265,15 @@ class SqliteChatStore(ChatStore):
                     if conversation.last_message is None
                     else msgspec.json.encode(conversation.last_message),
                     msgspec.json.encode(list(conversation.admins)).decode(),
+                    int(conversation.push_image_previews),
                 ),
             )
             conn.executemany(
                 "INSERT OR IGNORE INTO participants (conversation_id, user_id) VALUES (?, ?)",
                 [(conversation.conversation_id, user) for user in conversation.participants],
             )
+            if event is not None:
+                _append_event(conn, event)
 
         await self._db.write(insert)
 
@@ -267,13 +306,22 @@ class SqliteChatStore(ChatStore):
         )
 
     async def add_participants(
-        self, conversation_id: str, user_ids: Collection[str], *, admins: Collection[str] = ()
+        self,
+        conversation_id: str,
+        user_ids: Collection[str],
+        *,
+        admins: Collection[str] = (),
+        max_participants: int | None = None,
+        event: OutboxEntry | None = None,
     ) -> Conversation:
         def add(conn: sqlite3.Connection) -> Conversation:
+            # Read, check and write in one write transaction: concurrent additions queue on it.
             current = _select_conversation(conn, conversation_id)
             if current is None:
                 raise ConversationNotFound(conversation_id)
             joined = [user for user in dict.fromkeys(user_ids) if user not in current.participants]
+            if max_participants is not None and len(current.participants) + len(joined) > max_participants:
+                raise TooManyParticipants(max_participants)
             participants = (*current.participants, *joined)
             promoted = tuple(
                 dict.fromkeys([*current.admins, *(user for user in admins if user in participants)])
@@ -292,11 +340,29 @@ class SqliteChatStore(ChatStore):
                 "INSERT OR IGNORE INTO participants (conversation_id, user_id) VALUES (?, ?)",
                 [(conversation_id, user) for user in joined],
             )
+            if event is not None and joined:
+                # Who really joined (the caller's list was read before this transaction).
+                _append_event(conn, msgspec.structs.replace(event, added=tuple(sorted(joined))))
             return msgspec.structs.replace(current, participants=participants, admins=promoted)
 
         return await self._db.write(add)
 
-    async def remove_participant(self, conversation_id: str, user_id: str) -> Conversation:
+    async def set_push_image_previews(self, conversation_id: str, enabled: bool) -> Conversation:
+        def update(conn: sqlite3.Connection) -> Conversation:
+            current = _select_conversation(conn, conversation_id)
+            if current is None:
+                raise ConversationNotFound(conversation_id)
+            conn.execute(
+                "UPDATE conversations SET push_image_previews = ? WHERE conversation_id = ?",
+                (int(enabled), conversation_id),
+            )
+            return msgspec.structs.replace(current, push_image_previews=enabled)
+
+        return await self._db.write(update)
+
+    async def remove_participant(
+        self, conversation_id: str, user_id: str, *, event: OutboxEntry | None = None
+    ) -> Conversation:
         def remove(conn: sqlite3.Connection) -> Conversation:
             current = _select_conversation(conn, conversation_id)
             if current is None:
@@ -317,6 +383,8 @@ class SqliteChatStore(ChatStore):
                 "DELETE FROM participants WHERE conversation_id = ? AND user_id = ?",
                 (conversation_id, user_id),
             )
+            if event is not None:
+                _append_event(conn, event)
             return msgspec.structs.replace(current, participants=participants, admins=admins)
 
         return await self._db.write(remove)
@@ -354,13 +422,8 @@ class SqliteChatStore(ChatStore):
         trace: Mapping[str, str] | None = None,
         conversation_checked: bool = False,  # the check is free inside the write transaction
     ) -> tuple[Message, bool]:
-        entry = OutboxEntry(
-            conversation_id=conversation_id,
-            message=message,
-            created_at=message.timestamp,
-            trace=dict(trace or {}),
-            object_key=object_key,
-            object_etag=object_etag,
+        entry = created_event(
+            conversation_id, message, trace=trace, object_key=object_key, object_etag=object_etag
         )
 
         def insert(conn: sqlite3.Connection) -> tuple[Message, bool]:
@@ -392,10 +455,7 @@ class SqliteChatStore(ChatStore):
                     msgspec.json.encode(message),
                 ),
             )
-            conn.execute(
-                "INSERT INTO outbox (message_id, created_at, body) VALUES (?, ?, ?)",
-                (message.message_id, micros(entry.created_at), msgspec.json.encode(entry)),
-            )
+            _append_event(conn, entry)
             return message, True
 
         return await self._db.write(insert)
@@ -423,7 +483,12 @@ class SqliteChatStore(ChatStore):
         return await self._db.read(select)
 
     async def finish_image(
-        self, conversation_id: str, message_id: str, metadata: ImageMetadata
+        self,
+        conversation_id: str,
+        message_id: str,
+        metadata: ImageMetadata,
+        *,
+        event: OutboxEntry | None = None,
     ) -> Message | None:
         def update(conn: sqlite3.Connection) -> Message | None:
             row = conn.execute(
@@ -440,6 +505,8 @@ class SqliteChatStore(ChatStore):
                 "UPDATE messages SET body = ? WHERE conversation_id = ? AND message_id = ?",
                 (msgspec.json.encode(updated), conversation_id, message_id),
             )
+            if event is not None:
+                _append_event(conn, event_done(event, updated))
             return updated
 
         return await self._db.write(update)
@@ -460,7 +527,7 @@ class SqliteChatStore(ChatStore):
         )
 
     async def mark_read(
-        self, conversation_id: str, message_id: str, user_id: str
+        self, conversation_id: str, message_id: str, user_id: str, *, event: OutboxEntry | None = None
     ) -> tuple[Message, bool] | None:
         def update(conn: sqlite3.Connection) -> tuple[Message, bool] | None:
             row = conn.execute(
@@ -477,6 +544,8 @@ class SqliteChatStore(ChatStore):
                 "UPDATE messages SET body = ? WHERE conversation_id = ? AND message_id = ?",
                 (msgspec.json.encode(message), conversation_id, message_id),
             )
+            if event is not None:
+                _append_event(conn, event_done(event, message))
             return message, True
 
         return await self._db.write(update)
@@ -495,16 +564,29 @@ class SqliteChatStore(ChatStore):
         return await self._db.read(select)
 
     # --- devices ----------------------------------------------------------------------------------
-    async def put_device(self, device: Device) -> None:
-        def upsert(conn: sqlite3.Connection) -> None:
+    async def put_device(self, device: Device, *, max_devices: int | None = None) -> list[str]:
+        def upsert(conn: sqlite3.Connection) -> list[str]:
             conn.execute(
-                "INSERT INTO devices (token, user_id, platform, updated_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (token) DO UPDATE SET"
-                " user_id = excluded.user_id, platform = excluded.platform, updated_at = excluded.updated_at",
-                (device.token, device.user_id, device.platform, micros(device.updated_at)),
+                "INSERT INTO devices (token, user_id, platform, updated_at, provider) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (token) DO UPDATE SET user_id = excluded.user_id, platform = excluded.platform,"
+                " updated_at = excluded.updated_at, provider = excluded.provider",
+                (device.token, device.user_id, device.platform, micros(device.updated_at), device.provider),
             )
+            if max_devices is None:
+                return []
+            # In the same write transaction as the insert: concurrent registrations queue on it.
+            evicted = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT token FROM devices WHERE user_id = ?"
+                    " ORDER BY token = ? DESC, updated_at DESC, token DESC LIMIT -1 OFFSET ?",
+                    (device.user_id, device.token, max_devices),
+                )
+            ]
+            conn.executemany("DELETE FROM devices WHERE token = ?", [(token,) for token in evicted])
+            return evicted
 
-        await self._db.write(upsert)
+        return await self._db.write(upsert)
 
     async def delete_device(self, user_id: str, token: str) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:
@@ -520,7 +602,7 @@ class SqliteChatStore(ChatStore):
             found: dict[str, list[Device]] = {}
             for chunk in _chunks(users):
                 sql = (
-                    "SELECT token, user_id, platform, updated_at FROM devices"  # noqa: S608
+                    "SELECT token, user_id, platform, updated_at, provider FROM devices"  # noqa: S608
                     f" WHERE user_id IN ({_placeholders(chunk)}) ORDER BY user_id, token"
                 )
                 for row in conn.execute(sql, chunk):
@@ -530,6 +612,7 @@ class SqliteChatStore(ChatStore):
                             user_id=row["user_id"],
                             platform=row["platform"],
                             updated_at=from_micros(row["updated_at"]),
+                            provider=row["provider"] or "fcm",
                         )
                     )
             return found
@@ -542,19 +625,53 @@ class SqliteChatStore(ChatStore):
 
         def select(conn: sqlite3.Connection) -> list[OutboxEntry]:
             rows = conn.execute(
-                "SELECT body FROM outbox WHERE created_at < ? ORDER BY created_at, message_id LIMIT ?",
+                "SELECT event_id, body FROM outbox WHERE created_at < ?"
+                " ORDER BY created_at, event_id LIMIT ?",
                 (cutoff, limit),
             )
-            return [msgspec.json.decode(row[0], type=OutboxEntry) for row in rows]
+            return [_outbox_entry(row) for row in rows]
 
         return await self._db.read(select)
 
-    async def delete_outbox(self, message_ids: Collection[str]) -> None:
-        ids = list(dict.fromkeys(message_ids))
+    async def claim_outbox(self, *, older_than: float, limit: int, lease: dt.timedelta) -> list[OutboxEntry]:
+        now = micros(dt.datetime.now(dt.UTC))
+        cutoff = now - int(older_than * 1_000_000)
+        until = now + int(lease.total_seconds() * 1_000_000)
+
+        def claim(conn: sqlite3.Connection) -> list[OutboxEntry]:
+            # One write transaction (the engine's single writer): select and mark, nobody in between.
+            rows = conn.execute(
+                "SELECT event_id, body FROM outbox WHERE created_at < ?"
+                " AND (leased_until IS NULL OR leased_until <= ?)"
+                " ORDER BY created_at, event_id LIMIT ?",
+                (cutoff, now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE outbox SET leased_until = ? WHERE event_id = ?", [(until, row[0]) for row in rows]
+            )
+            return [_outbox_entry(row) for row in rows]
+
+        return await self._db.write(claim)
+
+    async def release_outbox(self, event_ids: Collection[str]) -> None:
+        ids = list(dict.fromkeys(event_ids))
+
+        def release(conn: sqlite3.Connection) -> None:
+            for chunk in _chunks(ids):
+                conn.execute(
+                    f"UPDATE outbox SET leased_until = NULL WHERE event_id IN ({_placeholders(chunk)})",  # noqa: S608
+                    chunk,
+                )
+
+        if ids:
+            await self._db.write(release)
+
+    async def delete_outbox(self, event_ids: Collection[str]) -> None:
+        ids = list(dict.fromkeys(event_ids))
 
         def delete(conn: sqlite3.Connection) -> None:
             for chunk in _chunks(ids):
-                conn.execute(f"DELETE FROM outbox WHERE message_id IN ({_placeholders(chunk)})", chunk)  # noqa: S608
+                conn.execute(f"DELETE FROM outbox WHERE event_id IN ({_placeholders(chunk)})", chunk)  # noqa: S608
 
         if ids:
             await self._db.write(delete)

@@ -24,6 +24,9 @@ class Notification(Job, frozen=True, kw_only=True, rename="camel"):
     preview: str
     recipient_ids: tuple[str, ...]
     created_at: dt.datetime
+    # An image message's ``object_key`` (what its ``file_url`` names): the push's thumbnail link is built
+    # from it. Never the source of a forward: a forwarded message has its own key.
+    object_key: str | None = None
 
 
 NotificationQueue = JobQueue[Notification]

@@ -94,9 +94,6 @@ class ObjectStore(Protocol):
     async def ping(self) -> None:
         """Raise unless the store answers (readiness)."""
 
-    async def ensure_bucket(self, cors_origins: tuple[str, ...]) -> None:
-        """Create the bucket/dir if missing and apply the browser-upload CORS rule (idempotent)."""
-
     def presign_put(
         self, key: str, *, content_type: str, content_length: int | None, expires_in: int
     ) -> PresignedUpload:
@@ -129,6 +126,11 @@ class ObjectStore(Protocol):
 
     async def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:
         """Server-side write (tests, tooling)."""
+
+    async def copy(self, source: str, destination: str) -> ObjectInfo:
+        """A server-side copy of ``source`` (bytes and content type) to ``destination``; the bytes never
+        pass through this process on S3 (CopyObject). Overwrites ``destination``; the two are
+        independent afterwards (deleting one leaves the other). Raises ObjectNotFound."""
 
     async def delete(self, key: str) -> None:
         """Idempotent: deleting a missing key is not an error."""

@@ -232,10 +232,6 @@ class LocalObjectStore(ObjectStore):
         if not await self.run(os.access, self._root, os.W_OK):
             raise OSError(f"{self._root} is not writable")
 
-    async def ensure_bucket(self, cors_origins: tuple[str, ...]) -> None:
-        # The storage route is part of the app, so the app's CORS settings already cover browser PUTs.
-        await self.start()
-
     # --- paths ------------------------------------------------------------------------------------
     def _path(self, key: str) -> str:
         return os.path.join(self._root, *key_segments(key))
@@ -424,6 +420,26 @@ class LocalObjectStore(ObjectStore):
 
     async def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:
         return await self.run(self._put_sync, key, data, content_type)
+
+    def _copy_sync(self, source: str, destination: str) -> ObjectInfo:
+        opened = self._open_sync(source)
+        if opened is None:
+            raise ObjectNotFound(source)
+        fd, info = opened
+        upload = Upload(self, destination)
+        try:
+            while chunk := os.read(fd, _READ_CHUNK):
+                upload.write(chunk)
+            st = upload.commit(info.content_type)
+        except BaseException:
+            upload.abort()
+            raise
+        finally:
+            os.close(fd)
+        return self._info(destination, upload.path, st)
+
+    async def copy(self, source: str, destination: str) -> ObjectInfo:
+        return await self.run(self._copy_sync, source, destination)
 
     def _delete_sync(self, key: str) -> None:
         path = self._path(key)

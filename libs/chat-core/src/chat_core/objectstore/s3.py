@@ -9,16 +9,13 @@ Presigning is CPU only (credentials are resolved at start-up), so it runs on the
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import quote
-from xml.sax.saxutils import escape
 
 from chat_core.aws import (
     AwsClient,
@@ -57,7 +54,8 @@ RESPONSE_OVERRIDES = frozenset(
         "expires",
     }
 )
-CORS_ALLOWED_METHODS = ("GET", "PUT", "POST", "HEAD")  # the spec's rule
+# The bucket's browser-upload CORS rule (the spec's), which `chat-management setup` writes.
+CORS_ALLOWED_METHODS = ("GET", "PUT", "POST", "HEAD")
 CORS_MAX_AGE_SECONDS = 3000
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,18})-([0-9]{1,18})/([0-9]{1,18})")
 _STREAM_CHUNK = 64 * 1024
@@ -110,14 +108,6 @@ def _range_header(byte_range: ByteRange) -> str:
     return f"bytes={byte_range.start}-{'' if byte_range.end is None else byte_range.end}"
 
 
-def _cors_configuration(origins: tuple[str, ...]) -> bytes:
-    rule = "".join(f"<AllowedOrigin>{escape(origin)}</AllowedOrigin>" for origin in origins)
-    rule += "".join(f"<AllowedMethod>{method}</AllowedMethod>" for method in CORS_ALLOWED_METHODS)
-    rule += "<AllowedHeader>*</AllowedHeader><ExposeHeader>ETag</ExposeHeader>"
-    rule += f"<MaxAgeSeconds>{CORS_MAX_AGE_SECONDS}</MaxAgeSeconds>"
-    return f"<CORSConfiguration><CORSRule>{rule}</CORSRule></CORSConfiguration>".encode()
-
-
 class S3ObjectStore(ObjectStore):
     name = "s3"
     readiness_name = "s3"
@@ -149,35 +139,6 @@ class S3ObjectStore(ObjectStore):
         response = await self._client.send("HEAD", f"/{self.bucket}")
         if response.status_code != 200:
             raise AwsError(response.status_code, f"Http{response.status_code}", f"bucket {self.bucket}")
-
-    async def ensure_bucket(self, cors_origins: tuple[str, ...]) -> None:
-        body = b""
-        if self._region != "us-east-1":  # us-east-1 refuses an explicit location constraint
-            body = (
-                "<CreateBucketConfiguration><LocationConstraint>"
-                f"{escape(self._region)}</LocationConstraint></CreateBucketConfiguration>"
-            ).encode()
-        response = await self._client.send("PUT", f"/{self.bucket}", content=body)
-        if response.status_code != 200:
-            try:
-                await _raise_for(response)
-            except AwsError as exc:
-                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                    raise
-        if not cors_origins:
-            response = await self._client.send("DELETE", f"/{self.bucket}?cors")
-            if response.status_code not in (200, 204, 404):
-                await _raise_for(response)
-            return
-        cors = _cors_configuration(cors_origins)
-        response = await self._client.send(
-            "PUT",
-            f"/{self.bucket}?cors",
-            content=cors,
-            headers={"content-md5": base64.b64encode(hashlib.md5(cors).digest()).decode()},  # noqa: S324 - S3 asks for MD5
-        )
-        if response.status_code != 200:
-            await _raise_for(response)
 
     # --- presigning (CPU only) --------------------------------------------------------------------
     def presign_put(
@@ -308,6 +269,28 @@ class S3ObjectStore(ObjectStore):
         info = await self.head(key)
         if info is None:
             raise AwsError(404, "NoSuchKey", f"{key} vanished right after it was written")
+        return info
+
+    async def copy(self, source: str, destination: str) -> ObjectInfo:
+        response = await self._client.send(
+            "PUT",
+            self._object_path(destination),
+            headers={"x-amz-copy-source": self._object_path(source)},
+            operation="COPY",
+        )
+        if response.status_code == 404:
+            await response.aread()
+            raise ObjectNotFound(source)
+        if response.status_code != 200:
+            await _raise_for(response)
+        # S3 may answer 200 and still fail a copy: the error is then the body (CopyObject's docs).
+        body = await response.aread()
+        root = _parse_xml(body) if body.lstrip().startswith(b"<") else None
+        if root is not None and root.tag == "Error":
+            raise AwsError(500, _xml_text(root, "Code") or "CopyFailed", _xml_text(root, "Message"))
+        info = await self.head(destination)
+        if info is None:
+            raise AwsError(404, "NoSuchKey", f"{destination} vanished right after it was copied")
         return info
 
     async def delete(self, key: str) -> None:

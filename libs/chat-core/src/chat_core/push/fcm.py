@@ -6,6 +6,9 @@ server, so Workload Identity needs no key at all. google-auth signs the assertio
 server; the access token is cached until shortly before it expires, one refresh at a time whatever the
 number of concurrent pushes. Each push is ``POST {FCM_ENDPOINT}/v1/projects/{project}/messages:send``.
 
+An image message's push (``PushMessage.image_url``: a short-lived thumbnail link) sets
+``notification.image`` (Android) and ``apns.fcm_options.image`` with ``mutable-content`` (iOS).
+
 Answers: 200 sent; ``UNREGISTERED`` (404) and ``SENDER_ID_MISMATCH`` (403), or an ``INVALID_ARGUMENT``
 about the registration token, mean the token is dead (``invalid_token``: forget the device); a 401 gets
 a fresh access token and one more try; anything else (429, 5xx, no answer) is ``retry``. A 400 about our
@@ -136,14 +139,22 @@ class FcmPushProvider(PushProvider):
 
     # --- pushes ---------------------------------------------------------------------------------------
     def _payload(self, message: PushMessage) -> bytes:
+        notification: dict[str, str] = {"title": message.title, "body": message.body}
+        apns: dict[str, Any] = {"headers": {"apns-priority": "10"}}
+        if message.image_url:
+            # Android shows notification.image itself; iOS needs mutable-content for the app's notification
+            # service extension, which downloads fcm_options.image and attaches it.
+            notification["image"] = message.image_url
+            apns["payload"] = {"aps": {"mutable-content": 1}}
+            apns["fcm_options"] = {"image": message.image_url}
         return msgspec.json.encode(
             {
                 "message": {
                     "token": message.device_token,
-                    "notification": {"title": message.title, "body": message.body},
+                    "notification": notification,
                     "data": message.data,
                     "android": {"priority": "high"},
-                    "apns": {"headers": {"apns-priority": "10"}},
+                    "apns": apns,
                 }
             }
         )

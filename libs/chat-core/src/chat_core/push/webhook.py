@@ -1,6 +1,7 @@
 """Webhook PushProvider: an HTTP POST of the push as JSON to ``PUSH_WEBHOOK_URL``, signed with HMAC-SHA256.
 
-Body: ``{"deviceToken", "platform", "userId", "title", "body", "data"}``. Headers:
+Body: ``{"deviceToken", "platform", "userId", "title", "body", "data"}``, plus ``"provider": "apns"`` for
+a raw APNs token and ``"imageUrl"`` (an image message's thumbnail link) when there is one. Headers:
 ``X-Chat-Timestamp: <unix seconds>`` and ``X-Chat-Signature: sha256=<hex>``, the HMAC-SHA256 with
 ``PUSH_WEBHOOK_SECRET`` of ``"<timestamp>.<body>"``: the receiver recomputes it (and may refuse old
 timestamps, so a captured request cannot be replayed later).
@@ -33,13 +34,15 @@ _GONE = {404, 410}
 _log = structlog.get_logger("chat_core.push.webhook")
 
 
-class _Body(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class _Body(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
     device_token: str
     platform: str
     user_id: str
     title: str
     body: str
     data: dict[str, str]
+    provider: str = "fcm"  # the push service the device token is for (`apns` for raw APNs tokens)
+    image_url: str | None = None  # an image message's thumbnail link (push image previews)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -72,6 +75,8 @@ class WebhookPushProvider(PushProvider):
                 title=message.title,
                 body=message.body,
                 data=message.data,
+                provider=message.provider,
+                image_url=message.image_url,
             )
         )
         timestamp = str(int(time.time()))

@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from chat_core.realtime import EventBus, EventBusUnavailable, EventHandler, GapHandler, Presence
@@ -106,6 +109,16 @@ class _RedisConnections:
                 socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
                 socket_timeout=COMMAND_TIMEOUT_SECONDS,
                 health_check_interval=30,
+                # A pooled connection the server closed (a restart, a failover) fails its next command:
+                # that command is tried once more on a new connection instead of failing a publish just
+                # after Redis came back. A timeout is not retried (Retry's default would: the command
+                # may have run, and the caller's budget is spent).
+                retry=Retry(
+                    ExponentialWithJitterBackoff(base=0.05, cap=0.5),
+                    1,
+                    supported_errors=(RedisConnectionError,),
+                ),
+                retry_on_error=[RedisConnectionError],
                 **tls,
             )
             self.subscriber = RespSubscriber(url, ca_cert=ca_cert)
