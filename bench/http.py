@@ -56,12 +56,13 @@ class Result:
     errors: int
     requests: int
 
-    def row(self, bare: Result | None) -> str:
+    def row(self, bare: Result | None, label: str = "") -> str:
         ratio = f"{self.requests_per_second / bare.requests_per_second:6.0%}" if bare else "     -"
         if self.name.startswith("image send"):
             ratio = "     -"  # an open-loop run at a fixed rate: its req/s is the rate it kept up with
+        name = label or self.name
         return (
-            f"  {self.name:<34} {self.requests_per_second:9.0f} {self.p50_ms:8.2f} {self.p99_ms:8.2f} "
+            f"  {name:<34} {self.requests_per_second:9.0f} {self.p50_ms:8.2f} {self.p99_ms:8.2f} "
             f"{ratio}   {self.errors}"
         )
 
@@ -293,6 +294,17 @@ async def measure(stack_name: str, urls: dict[str, str], bare: str, args: argpar
         proxy = await asyncio.to_thread(
             wrk, "GET /images/... (proxy 302)", file_url, token=flow.token, **load
         )
+        bare_upload = await asyncio.to_thread(
+            wrk,
+            "bare POST of upload_url's shape",
+            f"{bare}/conversations/c1/images/upload_url",
+            method="POST",
+            body='{"content_type": "image/jpeg"}',
+            **load,
+        )
+        bare_proxy = await asyncio.to_thread(
+            wrk, "bare 302 of the proxy's shape", f"{bare}/images/c1/alice/0123456789abcdef", **load
+        )
         bare_again = await asyncio.to_thread(wrk, "bare Litestar GET /bare (again)", f"{bare}/bare", **load)
         sends = []
         for rate in args.send_rates:
@@ -304,6 +316,13 @@ async def measure(stack_name: str, urls: dict[str, str], bare: str, args: argpar
     lines = [f"\n{stack_name}", f"  {'':<34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6}   errors"]
     lines.append(bare_result.row(None))
     lines += [result.row(bare_result) for result in (upload_url, proxy, bare_again, *sends)]
+    lines.append("  our hot routes against a bare route of the same shape (ratio = ours / bare same shape):")
+    lines += [
+        bare_upload.row(bare_result),
+        upload_url.row(bare_upload, "  POST upload_url vs same shape"),
+        bare_proxy.row(bare_result),
+        proxy.row(bare_proxy, "  proxy 302 vs same shape"),
+    ]
     return lines
 
 
