@@ -223,9 +223,11 @@ async def test_the_forward_and_settings_shapes_are_documented_exactly(
     assert set(body["properties"]) == {"conversationId", "content", "clientMessageId"}
     assert body["required"] == ["conversationId"]
     created = forward["responses"]["201"]["content"]["application/json"]["schema"]["$ref"]
-    message = schemas[created.rsplit("/", 1)[-1]]
-    assert _types(message["properties"]["forwarded"]) == ["boolean"]
-    assert "forwarded" not in message.get("required", [])  # absent unless the message was forwarded
+    assert created.endswith("/Message")  # a discriminated union: each shape carries `forwarded`
+    for shape in ("TextMessage", "ImageMessage"):
+        message = schemas[shape]
+        assert _types(message["properties"]["forwarded"]) == ["boolean"]
+        assert "forwarded" not in message.get("required", [])  # absent unless the message was forwarded
     _assert_problem_responses(forward, ["400", "401", "404", "409", "422", "429"])
     update = document["paths"]["/conversations/{conversation_id}"]["patch"]
     update_ref = update["requestBody"]["content"]["application/json"]["schema"]["$ref"]
@@ -234,5 +236,5 @@ async def test_the_forward_and_settings_shapes_are_documented_exactly(
     assert settings["required"] == []
     device_ref = document["paths"]["/me/devices/{token}"]["put"]["requestBody"]["content"]["application/json"]
     registration = schemas[device_ref["schema"]["$ref"].rsplit("/", 1)[-1]]
-    assert registration["properties"]["provider"]["enum"] == ["fcm", "apns"]
+    assert sorted(registration["properties"]["provider"]["enum"]) == ["apns", "fcm"]
     assert registration["required"] == ["platform"]

@@ -209,7 +209,12 @@ async def mark_read(
     tags=["messages"],
     opt={RATE_LIMIT_OPT: "sends"},
     responses={
-        201: ResponseSpec(Message, description="Stored in the target (a retry of a stored one: 200)"),
+        201: ResponseSpec(Message, description="Stored in the target", generate_examples=False),
+        200: ResponseSpec(
+            Message,
+            description="A retry (the same `clientMessageId`): the message stored the first time",
+            generate_examples=False,
+        ),
         **problem_responses(400, 401, 404, 409, 422, 429, 503),
     },
 )
