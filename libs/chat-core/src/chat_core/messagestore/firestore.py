@@ -238,7 +238,7 @@ async def _newest_first(
     """One page of ``source``, newest first on (``time_field``, document id), after ``cursor``.
 
     Raises InvalidCursor."""
-    after = decode_cursor(cursor) if cursor else None
+    after = decode_cursor(cursor) if cursor is not None else None
     query = source.order_by(time_field, direction=_DESCENDING).order_by("__name__", direction=_DESCENDING)
     if after is not None:
         query = query.start_after([after[0], after[1]])

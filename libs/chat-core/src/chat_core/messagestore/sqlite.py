@@ -269,7 +269,7 @@ class SqliteChatStore(ChatStore):
     ) -> Page[T]:
         """One page of ``select`` (a query ending in a WHERE clause), newest first on the (time, id)
         columns ``order``, after ``cursor``. Raises InvalidCursor."""
-        after = decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor) if cursor is not None else None
         time_column, id_column = order
 
         def run(conn: sqlite3.Connection) -> list[T]:
