@@ -97,6 +97,7 @@ bench: test-deps ## stacks under load (req/s, p50, p99 vs a bare route); limiter
 	uv run --frozen python -m bench.media
 	uv run --frozen python -m bench.media_pipeline
 	uv run --frozen python -m bench.sockets
+	uv run --frozen python -m bench.socket_memory
 	uv run --frozen python -m bench.pods
 	uv run --frozen python -m bench.firestore_model
 

@@ -33,21 +33,13 @@ import msgspec
 from PIL import Image
 
 import chat_devstack as devstack
+from bench import guard
+from bench.guard import NEVER_REFUSING_LIMITS, require_clean
 from bench.openloop import run_open_loop
 from chat_core.auth import mint_token
 
 SECRET = "bench-secret-0123456789abcdef-0123456789"  # noqa: S105 - a throwaway dev secret
 LUA = Path(__file__).resolve().parent / "request.lua"
-# One user drives thousands of requests a second here: limits that never refuse (the limiter still runs,
-# so its cost is in the figures; `python -m bench.limiter` measures it alone). Per-second windows keep
-# the moving window's per-key list short.
-NEVER_REFUSING_LIMITS = {
-    "RATE_LIMIT_UPLOAD_URLS": "1000000/second",
-    "RATE_LIMIT_SENDS": "1000000/second",
-    "RATE_LIMIT_CONVERSATIONS": "1000000/second",
-    "MAX_PENDING_UPLOADS": "100000000",
-    "UPLOAD_BYTES_PER_DAY": str(2**50),
-}
 LABELS = {
     "embedded": "embedded (serve all: local disk, SQLite, in-process bus)",
     "cloud": "cloud adapters, a process per service (Redis, LocalStack, Firestore emulator)",
@@ -62,13 +54,15 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int
 
-    def row(self, bare: Result | None) -> str:
+    def row(self, bare: Result | None, label: str = "") -> str:
         ratio = f"{self.requests_per_second / bare.requests_per_second:6.0%}" if bare else "     -"
         if self.name.startswith("image send"):
             ratio = "     -"  # an open-loop run at a fixed rate: its req/s is the rate it kept up with
+        name = label or self.name
         return (
-            f"  {self.name:<34} {self.requests_per_second:9.0f} {self.p50_ms:8.2f} {self.p99_ms:8.2f} "
+            f"  {name:<34} {self.requests_per_second:9.0f} {self.p50_ms:8.2f} {self.p99_ms:8.2f} "
             f"{ratio}   {self.errors}"
         )
 
@@ -105,7 +99,9 @@ def wrk(
     errors = int(errors_match.group(1)) if errors_match else 0
     if socket_errors:
         errors += sum(int(n) for n in socket_errors.groups())
-    return Result(name, rps, p50, p99, errors)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    require_clean(f"{name} ({url})", errors=errors, requests=requests)
+    return Result(name, rps, p50, p99, errors, requests)
 
 
 def jpeg(seed: int) -> bytes:
@@ -237,13 +233,43 @@ class Flow:
         ]
         headers = {**self.headers, "Content-Type": "application/json"}
         outcome = await asyncio.to_thread(run_open_loop, url, bodies, headers, rate=rate)
+        name = f"image send @ {rate:.0f}/s (open loop)"
+        require_clean(name, errors=0, requests=len(bodies), statuses=outcome.statuses, expected=201)
         return Result(
-            f"image send @ {rate:.0f}/s (open loop)",
+            name,
             len(bodies) / outcome.elapsed,
             outcome.percentile(0.5) * 1000,
             outcome.percentile(0.99) * 1000,
-            sum(count for status, count in outcome.statuses.items() if status != 201),
+            0,
+            len(bodies),
         )
+
+    async def sent_ready_image(self, seed: int) -> str:
+        """The proxy URL of an image that was uploaded, sent in a message and processed: what a member's
+        client fetches. (An uploaded image nobody sent is a 404 at the proxy, one still processing waits.)"""
+        object_key, file_url = await self.upload(seed)
+        sent = await self.http.post(
+            f"{self.urls['message']}/conversations/{self.conversation_id}/messages",
+            json={
+                "messageType": "image",
+                "metadata": {"object_key": object_key, "content_type": "image/jpeg"},
+            },
+            headers=self.headers,
+        )
+        if sent.status_code != 201:
+            raise guard.BenchFailure(
+                f"sending the proxy row's image answered {sent.status_code}: {sent.text}"
+            )
+        deadline = asyncio.get_running_loop().time() + 60.0
+        while True:
+            answer = await self.http.get(file_url, headers=self.headers, follow_redirects=False)
+            if answer.status_code in (200, 302):
+                return file_url
+            if answer.status_code not in (404, 503) or asyncio.get_running_loop().time() > deadline:
+                raise guard.BenchFailure(
+                    f"the proxy row's sent image is not ready: GET {answer.status_code} {answer.text}"
+                )
+            await asyncio.sleep(0.5)
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -253,7 +279,7 @@ async def measure(stack_name: str, urls: dict[str, str], bare: str, args: argpar
     flow = Flow(urls)
     try:
         await flow.setup()
-        _, file_url = await flow.upload(0)
+        file_url = await flow.sent_ready_image(0)
         load = {"seconds": args.seconds, "connections": args.connections}
         bare_result = await asyncio.to_thread(wrk, "bare Litestar GET /bare", f"{bare}/bare", **load)
         upload_url = await asyncio.to_thread(
@@ -268,6 +294,17 @@ async def measure(stack_name: str, urls: dict[str, str], bare: str, args: argpar
         proxy = await asyncio.to_thread(
             wrk, "GET /images/... (proxy 302)", file_url, token=flow.token, **load
         )
+        bare_upload = await asyncio.to_thread(
+            wrk,
+            "bare POST of upload_url's shape",
+            f"{bare}/conversations/c1/images/upload_url",
+            method="POST",
+            body='{"content_type": "image/jpeg"}',
+            **load,
+        )
+        bare_proxy = await asyncio.to_thread(
+            wrk, "bare 302 of the proxy's shape", f"{bare}/images/c1/alice/0123456789abcdef", **load
+        )
         bare_again = await asyncio.to_thread(wrk, "bare Litestar GET /bare (again)", f"{bare}/bare", **load)
         sends = []
         for rate in args.send_rates:
@@ -279,10 +316,21 @@ async def measure(stack_name: str, urls: dict[str, str], bare: str, args: argpar
     lines = [f"\n{stack_name}", f"  {'':<34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6}   errors"]
     lines.append(bare_result.row(None))
     lines += [result.row(bare_result) for result in (upload_url, proxy, bare_again, *sends)]
+    lines.append("  our hot routes against a bare route of the same shape (ratio = ours / bare same shape):")
+    lines += [
+        bare_upload.row(bare_result),
+        upload_url.row(bare_upload, "  POST upload_url vs same shape"),
+        bare_proxy.row(bare_result),
+        proxy.row(bare_proxy, "  proxy 302 vs same shape"),
+    ]
     return lines
 
 
 def main() -> None:
+    guard.run(_main)
+
+
+def _main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -296,7 +344,12 @@ def main() -> None:
     )
     parser.add_argument("--send-seconds", type=float, default=10.0)
     parser.add_argument("--stacks", default="embedded,cloud,cloud-sqlite")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: embedded stack, 2 s per row, one send rate"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.send_rates, args.send_seconds, args.stacks = 2, [20.0], 2.0, "embedded"
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk (make bench does it)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))

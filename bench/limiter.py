@@ -236,7 +236,10 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 100 requests")
     args = parser.parse_args()
+    if args.quick:
+        args.requests = 100
     rows = []
     with redis_server(args.redis_url or None) as redis_url:
         for store in ("memory", "redis"):

@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator
 import httpx
 import uvicorn
 
+from bench import guard
+from bench.guard import NEVER_REFUSING_LIMITS, BenchFailure
 from chat_core.auth import mint_token
 from chat_core.backends import Backends
 from chat_core.realtime import conversation_channel
@@ -46,6 +48,7 @@ async def running_stack(data_dir: str) -> AsyncIterator[tuple[str, Backends]]:
             "PORT": str(port),
             "ACCESS_LOG": "false",
             "LOG_LEVEL": "WARNING",
+            **NEVER_REFUSING_LIMITS,
         }
     )
     backends = Backends(settings)
@@ -136,6 +139,10 @@ async def run(rate: float, seconds: float, megapixels: int) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), 120)
     latencies = [updated[m] - t for m, t in sent_at.items() if m in updated]
+    if failures:
+        raise BenchFailure(f"image sends: {len(failures)} of {total} not 201, first: {failures[0][:200]}")
+    if len(latencies) < total:
+        raise BenchFailure(f"image sends: {total - len(latencies)} of {total} never reached message.updated")
     print(
         f"send -> message.updated, embedded stack, {rate:g}/s for {seconds:g} s, "
         f"{megapixels} MP JPEG (turned)"
@@ -158,11 +165,18 @@ async def run(rate: float, seconds: float, megapixels: int) -> None:
 
 
 def main() -> None:
+    guard.run(_main)
+
+
+def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rate", type=float, default=2.0, help="sends per second")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--megapixels", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 s at 2/s")
     options = parser.parse_args()
+    if options.quick:
+        options.seconds = 3.0
     asyncio.run(run(options.rate, options.seconds, options.megapixels))
 
 

@@ -25,7 +25,8 @@ from typing import Any
 import redis
 
 import chat_devstack as devstack
-from bench import rt
+from bench import guard, rt
+from bench.guard import BenchFailure, require_clean
 
 # conversation size -> messages per second (the same total for every pod count)
 RATES = {2: 40.0, 100: 10.0, 1000: 1.5}
@@ -78,7 +79,7 @@ def run(pods: int, args: argparse.Namespace, cluster: devstack.Backend) -> list[
             )
             opened = client.ask(op="open", host="127.0.0.1", ports=[LB_PORT], users=users, concurrency=64)
             if opened["failed"]:
-                raise RuntimeError(f"{opened['failed']} sockets failed to open")
+                raise BenchFailure(f"{opened['failed']} sockets failed to open")
             time.sleep(1)
             for size, rate in RATES.items():
                 count = max(1, int(rate * args.seconds))
@@ -94,6 +95,11 @@ def run(pods: int, args: argparse.Namespace, cluster: devstack.Backend) -> list[
                     rate=rate,
                     expected=count * online,
                 )
+                statuses = {int(k): v for k, v in result["statuses"].items()}
+                row = f"{pods} pods, {size} members"
+                require_clean(row, errors=0, requests=count, statuses=statuses, expected=201)
+                if result["delivered"] < count * online:
+                    raise BenchFailure(f"{row}: {count * online - result['delivered']} events never arrived")
                 time.sleep(0.5)  # the last relays and presence reads
                 cpu = sum(rt.cpu_seconds(pid) for pid in pids) - before_cpu
                 calls = diff(command_calls(cluster.cluster_ports), before_calls)
@@ -117,12 +123,19 @@ def run(pods: int, args: argparse.Namespace, cluster: devstack.Backend) -> list[
 
 
 def main() -> None:
+    guard.run(_main)
+
+
+def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sockets", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--pods", default="1,2,4")
     parser.add_argument("--verbose", action="store_true", help="print each run's commands per message")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 and 2 pods, 300 sockets, 2 s")
     args = parser.parse_args()
+    if args.quick:
+        args.sockets, args.seconds, args.pods = 300, 2.0, "1,2"
     rt.raise_file_limit()
     cluster = devstack.start_local_redis_cluster(3)
     rows: list[dict[str, Any]] = []

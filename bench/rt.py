@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import chat_devstack as devstack
+from bench.guard import NEVER_REFUSING_LIMITS, BenchFailure
 from chat_core.auth import mint_token
 from chat_core.backends import Backends
 from chat_core.messagestore import Conversation
@@ -80,6 +81,8 @@ def service_env(data_dir: Path, redis_url: str, redis_mode: str) -> dict[str, st
         "DATA_DIR": str(data_dir),
         "ACCESS_LOG": "false",
         "LOG_LEVEL": "WARNING",
+        # One client process sends for every user at rates no person reaches: the load generator's limits.
+        **NEVER_REFUSING_LIMITS,
     }
 
 
@@ -160,7 +163,7 @@ class ClientProcess:
             raise RuntimeError(f"the socket client died ({self.process.poll()})")
         answer: dict[str, Any] = json.loads(line)
         if "error" in answer:
-            raise RuntimeError(f"socket client: {answer['error']}")
+            raise BenchFailure(f"socket client: {answer['error']}")
         return answer
 
     def close(self) -> None:
@@ -195,7 +198,10 @@ class SocketClient(asyncio.Protocol):
             f"GET /ws?access_token={token(user_id)} HTTP/1.1\r\nHost: {host}:{port}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
+            "Sec-WebSocket-Version: 13\r\n"
+            # What browsers offer: a server that accepted would keep zlib state per socket (and this
+            # client, which does not speak it, fails the run rather than measure without it).
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
         ).encode()
         self.arrivals = arrivals
         self.buffer = bytearray()
@@ -220,6 +226,9 @@ class SocketClient(asyncio.Protocol):
                 return
             if not self.buffer.startswith(b"HTTP/1.1 101"):
                 self._fail(f"upgrade refused: {bytes(self.buffer[:40])!r}")
+                return
+            if b"sec-websocket-extensions" in bytes(self.buffer[:end]).lower():
+                self._fail("the server accepted permessage-deflate, which this client does not speak")
                 return
             del self.buffer[: end + 4]
             self.upgraded = True

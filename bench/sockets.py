@@ -18,7 +18,8 @@ import asyncio
 import time
 
 import chat_devstack as devstack
-from bench import rt
+from bench import guard, rt
+from bench.guard import BenchFailure
 
 WARM_UP = 500
 GROUPS = (2, 100, 1000)
@@ -29,11 +30,18 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def main() -> None:
+    guard.run(_main)
+
+
+def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sockets", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--redis", choices=("cluster", "standalone"), default="cluster")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1,200 sockets, 5 samples")
     args = parser.parse_args()
+    if args.quick:
+        args.sockets, args.samples = 1200, 5
     limit = rt.raise_file_limit()
     if args.sockets + 200 > limit:
         raise SystemExit(
@@ -62,9 +70,10 @@ def main() -> None:
             time.sleep(3)
             rss_after = rt.rss_bytes(pid)
             total = warm["opened"] + opened["opened"]
+            if failed := warm["failed"] + opened["failed"]:
+                raise BenchFailure(f"sockets: {failed} of {args.sockets} failed to open")
             per_socket = (rss_after - rss_before) / max(1, opened["opened"])
             print(f"\nsocket capacity: one message-service process, Redis {args.redis}, {total} sockets open")
-            failed = warm["failed"] + opened["failed"]
             rate = opened["opened"] / opened["seconds"]
             print(f"  opened {opened['opened']} after the warm-up in {opened['seconds']:.1f} s "
                   f"({rate:.0f}/s), failed {failed}")  # fmt: skip
@@ -80,6 +89,8 @@ def main() -> None:
                     expected=size, samples=args.samples,
                 )  # fmt: skip
                 latencies = result["latencies"]
+                if result["lost"]:
+                    raise BenchFailure(f"fan-out to {size}: {result['lost']} events never arrived")
                 print(f"  {size:>15} {percentile(latencies, 0.5) * 1000:>9.1f} "
                       f"{percentile(latencies, 0.99) * 1000:>9.1f} {max(latencies, default=0) * 1000:>9.1f} "
                       f"{result['lost']:>6}")  # fmt: skip

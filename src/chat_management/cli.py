@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import getpass
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -94,6 +96,36 @@ def _token(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _lifecycle_job(args: argparse.Namespace) -> int:
+    """erase-user, export-user, apply-retention: the operators' jobs, run here and now."""
+    from chat_core.logging import configure_logging
+    from message_service.app import standalone_lifecycle
+
+    settings = load_or_exit()
+    configure_logging(settings.service.log_level, service="lifecycle")
+    actor = f"cli:{getpass.getuser()}"
+
+    async def run() -> int:
+        async with standalone_lifecycle(settings) as lifecycle:
+            if args.command == "erase-user":
+                report: msgspec.Struct = await lifecycle.erase_user(args.user, actor=actor)
+            elif args.command == "export-user":
+                export = await lifecycle.export_user(args.user, export_id=str(uuid.uuid4()), actor=actor)
+                report = export
+                if args.output:
+                    _info, data = await lifecycle.objects.read(export.object_key)
+                    await asyncio.to_thread(Path(args.output).write_bytes, data)
+            else:
+                report = await lifecycle.apply_retention()
+        print(msgspec.json.encode(report).decode())
+        return 0
+
+    if args.command in ("erase-user", "export-user") and not USER_ID_PATTERN.fullmatch(args.user):
+        print(f"not a user id: {args.user!r}", file=sys.stderr)
+        return 2
+    return asyncio.run(run())
 
 
 def _cleanup_orphans(args: argparse.Namespace) -> int:
@@ -326,6 +358,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="log what would be deleted, delete nothing"
     )
     cleanup_cmd.set_defaults(func=_cleanup_orphans)
+
+    erase_cmd = commands.add_parser(
+        "erase-user",
+        help="erase a user: tombstone every message they sent (and its image), leave, forget devices",
+    )
+    erase_cmd.add_argument("user", help="the user id (the token's sub)")
+    erase_cmd.set_defaults(func=_lifecycle_job)
+    export_cmd = commands.add_parser(
+        "export-user", help="export a user's messages (JSON) and images as a zip into the object store"
+    )
+    export_cmd.add_argument("user", help="the user id (the token's sub)")
+    export_cmd.add_argument("--output", help="also write the zip to this file")
+    export_cmd.set_defaults(func=_lifecycle_job)
+    retention_cmd = commands.add_parser(
+        "apply-retention",
+        help="delete messages older than their retention (MESSAGE_RETENTION_DAYS, retentionDays)",
+    )
+    retention_cmd.set_defaults(func=_lifecycle_job)
 
     smoke_cmd = commands.add_parser(
         "smoke", help="walk one image message end to end over HTTP: upload URL, PUT, send, proxy"

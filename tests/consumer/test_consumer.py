@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from chat_core import tracing
 from chat_core.backends import Backends
-from chat_core.messagestore import ChatStore, Device
+from chat_core.messagestore import ChatStore, Conversation, Device, Message
 from chat_core.notifications import Notification, NotificationQueue
 from notification_consumer import app as consumer_app
 from notification_consumer.consumer import NotificationConsumer
@@ -344,3 +344,47 @@ async def test_the_consumer_app_runs_the_worker_and_reports_readiness(
     await r.receiver.wait_for(1)
     metrics = await client.get("/metrics")
     assert "chat_notifications_sent_total" in metrics.text
+
+
+# --- unsend -----------------------------------------------------------------------------------------
+async def test_a_queued_push_for_an_unsent_message_is_not_sent(rig: Callable[..., Awaitable[Rig]]) -> None:
+    r = await rig()
+    await r.device("bob", "bob-phone-0001")
+    now = dt.datetime.now(dt.UTC)
+    conversation = Conversation(
+        conversation_id=uuid.uuid4().hex,
+        participants=("alice", "bob"),
+        name=None,
+        created_at=now,
+        updated_at=now,
+    )
+    await r.store.create_conversation(conversation)
+    cid = conversation.conversation_id
+    kept, unsent = (
+        Message(
+            message_id=str(uuid.uuid4()),
+            content=text,
+            message_type="text",
+            sender_id="alice",
+            timestamp=now,
+            read_by=("alice",),
+            metadata=None,
+        )
+        for text in ("kept", "unsent")
+    )
+    for message in (kept, unsent):
+        await r.store.create_message(cid, message)
+    await r.store.delete_message(cid, unsent.message_id, deleted_by="alice", deleted_at=now)
+    skipped = sample("chat_deleted_message_work_skipped_total", {"work": "push"})
+    async with r.consumer.worker():
+        await r.queue.send(
+            [
+                notification(("bob",), conversation_id=cid, message_id=m.message_id, preview=m.content or "")
+                for m in (unsent, kept)
+            ]
+        )
+        [push] = await r.receiver.wait_for(1)
+        await eventually(r.drained)
+    assert push.json["body"] == "kept"
+    assert [d.json["body"] for d in r.receiver.accepted()] == ["kept"]
+    assert sample("chat_deleted_message_work_skipped_total", {"work": "push"}) == skipped + 1

@@ -26,10 +26,13 @@ from chat_core.messagestore import (
     InvalidCursor,
     LastMessage,
     Message,
+    MessageDeleted,
+    MessageEdit,
     ObjectAlreadyUsed,
     OutboxEntry,
     TooManyParticipants,
     created_event,
+    event_done,
     new_event,
 )
 from chat_core.messagestore.sqlite import SqliteChatStore
@@ -95,6 +98,7 @@ def text(
         sender_id=sender,
         timestamp=at,
         read_by=(sender,),
+        metadata=None,
     )
 
 
@@ -430,6 +434,224 @@ async def test_finishing_an_image_replaces_its_metadata_once(store: ChatStore) -
     assert await store.finish_image(cid, message.message_id, failed) is None
     assert await store.get_message(cid, message.message_id) == finished
     assert await store.finish_image(cid, "no-such-message", failed) is None
+
+
+# --- the message lifecycle: unsend (tombstones), edits, lastMessage revisions, retention ------------
+async def test_deleting_a_message_leaves_a_tombstone_in_its_place(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    before, message, after = (
+        text(T0),
+        image(cid, T0 + dt.timedelta(seconds=1)),
+        text(T0 + dt.timedelta(seconds=2)),
+    )
+    for sent in (before, message, after):
+        await store.create_message(cid, sent, object_key=stored_key(cid, sent) if sent.metadata else None)
+    at = T0 + dt.timedelta(minutes=5)
+    result = await store.delete_message(cid, message.message_id, deleted_by="alice", deleted_at=at)
+    assert result is not None
+    tombstone, changed = result
+    assert changed
+    assert (tombstone.deleted, tombstone.deleted_at, tombstone.deleted_by) == (True, at, "alice")
+    assert (tombstone.content, tombstone.metadata) == (None, None)
+    assert (tombstone.message_id, tombstone.sender_id, tombstone.timestamp) == (
+        message.message_id,
+        message.sender_id,
+        message.timestamp,
+    )
+    assert await store.get_message(cid, message.message_id) == tombstone
+    page = await store.list_messages(cid, limit=10)
+    assert [m.message_id for m in page.items] == [after.message_id, message.message_id, before.message_id]
+    assert page.items[1] == tombstone
+    # The proxy still finds it by its object (to say it was deleted); the object backs nothing else.
+    assert await store.image_message(cid, stored_key(cid, message)) == tombstone
+    assert await store.referenced_objects([stored_key(cid, message)]) == {stored_key(cid, message)}
+
+
+async def test_deleting_writes_its_outbox_entry_and_drops_a_pending_created_one(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    message = image(cid, now() - dt.timedelta(seconds=30))
+    key = stored_key(cid, message)
+    await store.create_message(cid, message, object_key=key, object_etag='"e"')
+    at = now() - dt.timedelta(seconds=20)
+    trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    result = await store.delete_message(
+        cid, message.message_id, deleted_by="bob", deleted_at=at, object_key=key, trace=trace
+    )
+    assert result is not None
+    (entry,) = await store.pending_outbox(older_than=0, limit=10)
+    assert entry == OutboxEntry(
+        event_id=f"{message.message_id}:deleted",
+        kind="message.deleted",
+        conversation_id=cid,
+        message=result[0],
+        created_at=at,
+        trace=trace,
+        object_key=key,
+    )
+    await store.delete_outbox([entry.event_id])
+    assert await store.pending_outbox(older_than=0, limit=10) == []
+
+
+async def test_deleting_again_changes_nothing_and_writes_nothing(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    message = text(now() - dt.timedelta(seconds=30))
+    await store.create_message(cid, message)
+    first = await store.delete_message(cid, message.message_id, deleted_by="alice", deleted_at=now())
+    assert first is not None
+    await store.delete_outbox([f"{message.message_id}:deleted"])  # relayed
+    again = await store.delete_message(cid, message.message_id, deleted_by="bob", deleted_at=now())
+    assert again == (first[0], False)
+    assert await store.pending_outbox(older_than=0, limit=10) == []
+    assert await store.delete_message(cid, str(uuid.uuid4()), deleted_by="alice", deleted_at=now()) is None
+
+
+async def test_a_deleted_image_is_never_finished(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    sent = image(cid)
+    assert sent.metadata is not None
+    message = msgspec_replace(sent, metadata=msgspec_replace(sent.metadata, status="processing"))
+    await store.create_message(cid, message, object_key=stored_key(cid, message))
+    await store.delete_message(cid, message.message_id, deleted_by="alice", deleted_at=now())
+    ready = msgspec_replace(sent.metadata, status="ready")
+    assert await store.finish_image(cid, message.message_id, ready) is None
+    stored = await store.get_message(cid, message.message_id)
+    assert stored is not None
+    assert (stored.deleted, stored.metadata) == (True, None)
+
+
+async def test_editing_changes_content_and_alt_text_and_writes_an_outbox_entry(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    message = image(cid, now() - dt.timedelta(seconds=30))
+    await store.create_message(cid, message, object_key=stored_key(cid, message))
+    await store.delete_outbox([message.message_id])
+    at = now() - dt.timedelta(seconds=10)
+    announced = new_event("message.edited", cid)
+    changed = await store.edit_message(
+        cid,
+        message.message_id,
+        MessageEdit(content="a caption", alt_text="a red kite"),
+        edited_at=at,
+        event=announced,
+    )
+    assert changed is not None
+    assert changed.metadata is not None
+    assert message.metadata is not None
+    assert (changed.content, changed.metadata.alt_text, changed.edited_at) == ("a caption", "a red kite", at)
+    assert msgspec_replace(changed.metadata, alt_text=None) == message.metadata  # nothing else changes
+    assert await store.get_message(cid, message.message_id) == changed
+    (entry,) = await store.pending_outbox(older_than=0, limit=10)
+    assert entry == event_done(announced, changed)
+    # Only what the edit names changes: the caption stays when only the description does.
+    again = await store.edit_message(cid, message.message_id, MessageEdit(alt_text=None), edited_at=now())
+    assert again is not None
+    assert again.metadata is not None
+    assert (again.content, again.metadata.alt_text) == ("a caption", None)
+    assert await store.edit_message(cid, str(uuid.uuid4()), MessageEdit(content="x"), edited_at=now()) is None
+
+
+async def test_a_tombstone_cannot_be_edited(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    message = text()
+    await store.create_message(cid, message)
+    await store.delete_message(cid, message.message_id, deleted_by="alice", deleted_at=now())
+    with pytest.raises(MessageDeleted):
+        await store.edit_message(cid, message.message_id, MessageEdit(content="x"), edited_at=now())
+
+
+async def test_an_alt_text_edited_while_processing_survives_the_finish(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    sent = image(cid)
+    assert sent.metadata is not None
+    processing = msgspec_replace(sent.metadata, status="processing")
+    message = msgspec_replace(sent, metadata=processing)
+    await store.create_message(cid, message, object_key=stored_key(cid, message))
+    await store.edit_message(cid, message.message_id, MessageEdit(alt_text="two cats"), edited_at=now())
+    done = await store.finish_image(cid, message.message_id, msgspec_replace(processing, status="ready"))
+    assert done is not None
+    assert done.metadata is not None
+    assert (done.metadata.status, done.metadata.alt_text) == ("ready", "two cats")
+
+
+async def test_revising_the_last_message_replaces_the_same_message_but_never_a_newer_one(
+    store: ChatStore,
+) -> None:
+    created = conversation()
+    await store.create_conversation(created)
+    cid = created.conversation_id
+    first = last_message(T0 + dt.timedelta(seconds=1), "m1", "hello")
+    await store.touch_conversation(cid, first)
+    tombstone = msgspec_replace(first, preview="", deleted=True)
+    await store.revise_last_message(cid, tombstone)
+    got = await store.get_conversation(cid)
+    assert got is not None
+    assert got.last_message == tombstone
+    # The old version arriving late (a coalesced touch) does not undo the revision.
+    await store.touch_conversation(cid, first)
+    got = await store.get_conversation(cid)
+    assert got is not None
+    assert got.last_message == tombstone
+    newer = last_message(T0 + dt.timedelta(seconds=2), "m2", "later")
+    await store.touch_conversation(cid, newer)
+    await store.revise_last_message(cid, msgspec_replace(first, preview="edited"))
+    got = await store.get_conversation(cid)
+    assert got is not None
+    assert got.last_message == newer
+
+
+async def test_retention_days_are_stored_with_the_conversation(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    assert (await store.set_retention(cid, 30)).retention_days == 30
+    got = await store.get_conversation(cid)
+    assert got is not None
+    assert got.retention_days == 30
+    assert (await store.set_retention(cid, None)).retention_days is None
+    with pytest.raises(ConversationNotFound):
+        await store.set_retention(uuid.uuid4().hex, 7)
+
+
+async def test_a_users_messages_are_found_in_every_conversation_oldest_first(store: ChatStore) -> None:
+    first, second = await new_conversation(store), await new_conversation(store, ("alice", "carol"))
+    user = f"u{uuid.uuid4().hex[:10]}"
+    mine = [
+        (first, text(T0 + dt.timedelta(seconds=2), sender=user)),
+        (second, text(T0 + dt.timedelta(seconds=1), sender=user)),
+        (first, text(T0 + dt.timedelta(seconds=3), sender=user)),
+    ]
+    for cid, message in mine:
+        await store.create_message(cid, message)
+    await store.create_message(first, text(T0, sender="alice"))  # someone else's
+    await store.delete_message(first, mine[0][1].message_id, deleted_by=user, deleted_at=now())
+    found = [(cid, m.message_id, m.deleted is True) async for cid, m in store.sent_by(user)]
+    assert found == [
+        (second, mine[1][1].message_id, False),
+        (first, mine[0][1].message_id, True),  # tombstones too: the caller skips them
+        (first, mine[2][1].message_id, False),
+    ]
+
+
+async def test_a_users_messages_are_read_in_pages_past_the_first(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    user = f"u{uuid.uuid4().hex[:10]}"
+    sent = [text(T0 + dt.timedelta(milliseconds=n), sender=user) for n in range(205)]
+    await asyncio.gather(*(store.create_message(cid, m) for m in sent))
+    assert [m.message_id async for _, m in store.sent_by(user)] == [m.message_id for m in sent]
+
+
+async def test_messages_before_a_time_are_the_retention_jobs_oldest_first(store: ChatStore) -> None:
+    cid = await new_conversation(store)
+    old = [text(T0 - dt.timedelta(days=40 - n)) for n in range(3)]
+    recent = text(T0)
+    for message in (recent, *old):
+        await store.create_message(cid, message)
+    expired = [m.message_id async for m in store.messages_before(cid, T0 - dt.timedelta(days=30))]
+    assert expired == [m.message_id for m in old]
+
+
+async def test_every_conversation_is_visited_once(store: ChatStore) -> None:
+    made = {await new_conversation(store) for _ in range(3)}
+    seen = [c.conversation_id async for c in store.every_conversation()]
+    assert made <= set(seen)
+    assert len(seen) == len(set(seen))
 
 
 async def test_the_same_message_id_again_returns_the_stored_message_and_writes_nothing(

@@ -26,6 +26,9 @@ OBJECTS = "arn:aws:s3:::BUCKET_NAME/uploads/*"
 DERIVATIVES = "arn:aws:s3:::BUCKET_NAME/*/media/*"
 # Why the media processor deleted an upload on arrival (keys.refusal_key): written by it, read by a send.
 REFUSALS = "arn:aws:s3:::BUCKET_NAME/refused/*"
+# The operators' job records and exports (message_service/admin.py, lifecycle.py): "_" starts no
+# conversation id, so nothing else lives there.
+ADMIN_OBJECTS = "arn:aws:s3:::BUCKET_NAME/_admin/*"
 QUEUE = "arn:aws:sqs:AWS_REGION:AWS_ACCOUNT_ID:QUEUE_NAME"
 DLQ = "arn:aws:sqs:AWS_REGION:AWS_ACCOUNT_ID:DLQ_NAME"
 MEDIA_QUEUE = "arn:aws:sqs:AWS_REGION:AWS_ACCOUNT_ID:MEDIA_QUEUE_NAME"
@@ -59,6 +62,14 @@ EXPECTED = {
         ("s3:GetObject", DERIVATIVES),
         ("s3:PutObject", DERIVATIVES),
         ("s3:ListBucket", BUCKET),
+        # Unsend, retention and erasure delete every byte of an image (chat_core/erasure.py); an export
+        # reads the originals it hands over and writes its zip, and the jobs keep their records.
+        ("s3:DeleteObject", OBJECTS),
+        ("s3:DeleteObject", DERIVATIVES),
+        ("s3:DeleteObject", REFUSALS),
+        ("s3:GetObject", DERIVATIVES),
+        ("s3:GetObject", ADMIN_OBJECTS),
+        ("s3:PutObject", ADMIN_OBJECTS),
         ("sqs:SendMessage", QUEUE),
         ("sqs:GetQueueUrl", QUEUE),
         ("sqs:GetQueueAttributes", QUEUE),
@@ -74,6 +85,10 @@ EXPECTED = {
         ("s3:PutObject", DERIVATIVES),
         ("s3:PutObject", REFUSALS),
         ("s3:ListBucket", BUCKET),
+        # A job for a message deleted meanwhile erases what it (or the upload) left (chat_core/erasure.py).
+        ("s3:DeleteObject", DERIVATIVES),
+        ("s3:DeleteObject", REFUSALS),
+        ("s3:GetObject", REFUSALS),
         ("sqs:ReceiveMessage", MEDIA_QUEUE),
         ("sqs:DeleteMessage", MEDIA_QUEUE),
         ("sqs:ChangeMessageVisibility", MEDIA_QUEUE),
@@ -128,7 +143,7 @@ def test_policy_has_no_wildcard_action_or_resource(role: str) -> None:
         assert resource != "*"
 
 
-def test_only_the_cleanup_job_and_the_media_processor_may_delete_images() -> None:
+def test_only_the_cleanup_job_the_media_processor_and_unsend_may_delete_images() -> None:
     deleters = {
         role
         for role in EXPECTED
@@ -137,7 +152,7 @@ def test_only_the_cleanup_job_and_the_media_processor_may_delete_images() -> Non
             for action, _ in grants(json.loads((IAM / f"{role}.json").read_text()))
         )
     }
-    assert deleters == {"cleanup", "media-processor"}
+    assert deleters == {"cleanup", "media-processor", "message"}  # message: unsend, retention, erasure
 
 
 # --- the policies against the code ------------------------------------------------------------------
@@ -331,11 +346,75 @@ MEDIA_QUEUES = (r"_media_queue$", "media_queue", MEDIA_QUEUE, MEDIA_DLQ)
 QUEUES_OF = {"media-processor": [(r"_queue$", "media_queue", MEDIA_QUEUE, MEDIA_DLQ)]}
 
 
+# The message lifecycle's object-store calls, read per module (their keys are not the upload layout the
+# scan assumes): a role gets a module's pairs when its code uses the module's class.
+ERASURE = LIB / "erasure.py"
+OPERATOR_MODULES = {"admin.py", "lifecycle.py"}  # message_service: every object call is below
+LIFECYCLE_PAIRS = {
+    # ImageEraser.erase: head + delete of the raw upload and its refusal note, list + delete of the
+    # message's media prefix.
+    "ImageEraser": {
+        ("s3:GetObject", OBJECTS),
+        ("s3:DeleteObject", OBJECTS),
+        ("s3:GetObject", REFUSALS),
+        ("s3:DeleteObject", REFUSALS),
+        ("s3:ListBucket", BUCKET),
+        ("s3:DeleteObject", DERIVATIVES),
+    },
+    # AdminJobs and Lifecycle: job records and exports under _admin/, the originals an export reads.
+    "AdminJobs": {
+        ("s3:PutObject", ADMIN_OBJECTS),
+        ("s3:GetObject", ADMIN_OBJECTS),
+        ("s3:GetObject", DERIVATIVES),
+        ("s3:ListBucket", BUCKET),
+    },
+}
+
+
+def lifecycle_pairs_of_code() -> dict[str, set[str]]:
+    """Which object-store methods each lifecycle class's module calls (so the table above stays true)."""
+    found: dict[str, set[str]] = {}
+    sources = {
+        "ImageEraser": [ERASURE],
+        "AdminJobs": [
+            ROOT / "services" / "message" / "src" / "message_service" / name
+            for name in sorted(OPERATOR_MODULES)
+        ],
+    }
+    for name, paths in sources.items():
+        for path in paths:
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and re.search(r"_objects$", ast.unparse(node.func.value))
+                ):
+                    found.setdefault(name, set()).add(node.func.attr)
+    return found
+
+
+def uses(role: str, name: str) -> bool:
+    return any(
+        isinstance(node, ast.Name) and node.id == name
+        for path in _python_files(ROLE_SOURCES[role])
+        for node in ast.walk(ast.parse(path.read_text()))
+    )
+
+
+def test_the_lifecycle_tables_name_every_object_call_of_its_modules() -> None:
+    s3 = s3_actions_by_method()
+    for name, methods in lifecycle_pairs_of_code().items():
+        actions = {action for method in methods for action in s3[method]}
+        assert actions == {action for action, _ in LIFECYCLE_PAIRS[name]}, name
+
+
 def port_calls(role: str, methods: Iterable[str], receiver: str, port: str = "object_store") -> set[str]:
     """Which of ``methods`` the role's code calls on a receiver whose name matches ``receiver``."""
     wanted, pattern = set(methods), re.compile(receiver)
     called: set[str] = set()
     for path in _python_files(ROLE_SOURCES[role]):
+        if role == "message" and path.name in OPERATOR_MODULES:
+            continue  # LIFECYCLE_PAIRS["AdminJobs"]
         for node in ast.walk(ast.parse(path.read_text())):
             if (
                 isinstance(node, ast.Call)
@@ -412,6 +491,9 @@ def actions_from_code(role: str) -> set[tuple[str, str]]:
     if names_refusal_notes(role):
         granted = {action for action, _ in needed}
         needed |= {(action, REFUSALS) for action in REFUSAL_ACTIONS.get(role, ()) if action in granted}
+    for name, pairs in LIFECYCLE_PAIRS.items():
+        if uses(role, name):
+            needed |= pairs
     return needed
 
 

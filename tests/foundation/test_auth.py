@@ -248,3 +248,25 @@ async def test_http_a_bad_token_is_401_invalid_token(whoami_client: Any) -> None
 async def test_http_a_non_bearer_scheme_is_401(whoami_client: Any) -> None:
     response = await whoami_client.get("/whoami", headers={"Authorization": "Basic YWxpY2U6cHc="})
     assert response.status_code == 401
+
+
+# --- roles (the operators' admin API) ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("claim", "extra", "roles"),
+    [
+        ("roles", {"roles": ["chat-admin", "x"]}, {"chat-admin", "x"}),
+        ("roles", {"roles": "chat-admin other"}, {"chat-admin", "other"}),  # a space-separated string
+        ("realm_access.roles", {"realm_access": {"roles": ["chat-admin"]}}, {"chat-admin"}),  # Keycloak
+        ("roles", {"roles": [1, "ok", None]}, {"ok"}),  # only strings count
+        ("roles", {"roles": {"chat-admin": True}}, set()),
+        ("roles", {}, set()),
+        ("groups", {"roles": ["chat-admin"]}, set()),  # another claim configured: roles is not read
+    ],
+)
+async def test_a_tokens_roles_come_from_the_configured_claim(
+    claim: str, extra: dict[str, object], roles: set[str]
+) -> None:
+    now = int(time.time())
+    token = jwt.encode({"sub": "anna", "iat": now, "exp": now + 60, **extra}, TEST_SECRET, algorithm="HS256")
+    principal = await HS256Verifier(TEST_SECRET, roles_claim=claim).verify(token)
+    assert principal.roles == frozenset(roles)

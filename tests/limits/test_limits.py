@@ -463,3 +463,21 @@ def test_a_bad_limit_setting_is_refused_naming_its_variable(
 ) -> None:
     with pytest.raises(SettingsError, match=variable):
         make_settings(tmp_path, env)
+
+
+async def test_an_erased_users_quota_records_are_gone(quota_store: QuotaStore) -> None:
+    user = unique("u")
+    day = utc_day()
+    assert await quota_store.charge_send(user, "a", size_bytes=90, bytes_per_day=100, day=day) is None
+    later = time.time() + 60
+    reserved = await quota_store.reserve_upload(
+        user, "b", expires_at=later, declared_bytes=None, max_pending=1, bytes_per_day=100, day=day
+    )
+    assert reserved is None
+    await quota_store.forget_user(user, day=day)
+    # Nothing is left: a full slot and a full day are free again.
+    again = await quota_store.reserve_upload(
+        user, "c", expires_at=later, declared_bytes=None, max_pending=1, bytes_per_day=100, day=day
+    )
+    assert again is None
+    assert await quota_store.charge_send(user, "d", size_bytes=90, bytes_per_day=100, day=day) is None

@@ -39,6 +39,7 @@ class RecordingEvents:
         self.created: list[OutboxEntry] = []
         self.created_members: list[frozenset[str]] = []
         self.read: list[tuple[str, Message, str]] = []
+        self.changed: list[OutboxEntry] = []
         self.membership: list[tuple[str, frozenset[str], frozenset[str]]] = []
         self.stored: list[OutboxEntry] = []
 
@@ -52,6 +53,8 @@ class RecordingEvents:
             assert entry.message is not None
             assert entry.user_id is not None
             self.read.append((entry.conversation_id, entry.message, entry.user_id))
+        elif entry.kind in ("message.deleted", "message.edited"):
+            self.changed.append(entry)
         elif entry.kind == "membership.changed":
             self.membership.append((entry.conversation_id, frozenset(entry.added), frozenset(entry.removed)))
 

@@ -135,6 +135,18 @@ async def test_a_garbled_cursor_is_a_400(chat: Chat) -> None:
     assert response.json()["code"] == "invalid_cursor"
 
 
+async def test_an_empty_cursor_is_a_400_not_the_first_page(chat: Chat) -> None:
+    """``?before=`` is not a cursor the server issued (nor schema-valid): refused, as Schemathesis expects."""
+    created = await chat.client.post(
+        "/conversations", json={"participantIds": ["bob"]}, headers=auth_header("alice")
+    )
+    messages = f"/conversations/{created.json()['conversationId']}/messages"
+    for path in ("/conversations", messages):
+        response = await chat.client.get(path, params={"before": ""}, headers=auth_header("alice"))
+        assert response.status_code == 400, path
+        assert response.json()["code"] == "invalid_cursor", path
+
+
 async def test_a_page_size_out_of_range_is_a_400(chat: Chat) -> None:
     response = await chat.client.get("/conversations", params={"limit": 1000}, headers=auth_header("alice"))
     assert response.status_code == 400

@@ -23,6 +23,8 @@ SPEC_MESSAGE_FIELDS = {"messageId", "content", "messageType", "senderId", "times
 SPEC_METADATA_FIELDS = {"object_key", "url", "width", "height", "content_type", "size_bytes"}
 # The media pipeline's, additive to the spec's (docs/api.md "Image metadata").
 MEDIA_METADATA_FIELDS = {"status", "variants", "blurhash", "error"}
+# The image's description (sent in metadata.alt_text, editable; null when there is none).
+ALT_TEXT_FIELDS = {"alt_text"}
 
 
 def sample(name: str, **labels: str) -> float:
@@ -103,7 +105,7 @@ async def test_an_image_message_stores_what_the_server_measured(chat: Chat) -> N
     assert response.status_code == 201, response.text
     body = response.json()
     assert set(body) == SPEC_MESSAGE_FIELDS
-    assert set(body["metadata"]) == SPEC_METADATA_FIELDS | MEDIA_METADATA_FIELDS
+    assert set(body["metadata"]) == SPEC_METADATA_FIELDS | MEDIA_METADATA_FIELDS | ALT_TEXT_FIELDS
     assert body["content"] == "Check out this photo!"
     assert body["messageType"] == "image"
     assert body["metadata"] == {
@@ -117,6 +119,7 @@ async def test_an_image_message_stores_what_the_server_measured(chat: Chat) -> N
         "variants": None,
         "blurhash": None,
         "error": None,
+        "alt_text": None,
     }
     listed = await chat.messages("bob", cid)
     assert listed[0].metadata is not None

@@ -122,6 +122,7 @@ async def test_the_spec_flow_upload_send_list_view(api: httpx.AsyncClient) -> No
         "variants": None,
         "blurhash": None,
         "error": None,
+        "alt_text": None,
     }
     # Viewed at once, as the spec's client does: the proxy waits for the media processor, then serves
     # the sanitized copy (same size, no metadata), never the raw upload.

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import socket as socket_module
 from collections.abc import Callable
 
 import msgspec
@@ -17,7 +20,7 @@ from chat_core.auth import mint_token
 from chat_core.realtime import conversation_channel
 from chat_core.realtime.events import Envelope
 from message_service.realtime import OUTBOUND_LIMIT
-from tests.conftest import TEST_SECRET, auth_header
+from tests.conftest import TEST_SECRET, auth_header, token_for
 from tests.realtime.conftest import DeployFactory, Deployment, Socket
 
 Users = Callable[..., list[str]]
@@ -301,3 +304,80 @@ async def test_a_client_too_slow_to_read_is_closed_with_1013(deploy: DeployFacto
         await asyncio.wait_for(_read_until_closed(socket), 10)
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 1013
+
+
+async def _never_reading_socket(deployment: Deployment, user: str) -> socket_module.socket:
+    """A raw TCP client with a tiny receive buffer that upgrades, sees session.ready, then never reads."""
+    raw = socket_module.socket(socket_module.AF_INET, socket_module.SOCK_STREAM)
+    raw.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_RCVBUF, 4096)
+    raw.setblocking(False)
+    loop = asyncio.get_running_loop()
+    host_port = deployment.base_url.removeprefix("http://")
+    host, port = host_port.split(":")
+    await loop.sock_connect(raw, (host, int(port)))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(
+        raw,
+        (
+            f"GET /ws HTTP/1.1\r\nHost: {host_port}\r\nAuthorization: Bearer {token_for(user)}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode(),
+    )
+    seen = b""
+    async with asyncio.timeout(5):
+        while b"session.ready" not in seen:
+            seen += await loop.sock_recv(raw, 4096)
+    assert seen.startswith(b"HTTP/1.1 101"), seen[:60]
+    return raw
+
+
+async def test_a_socket_that_never_reads_is_dropped_after_its_bound_and_the_others_keep_receiving(
+    deploy: DeployFactory, users: Users
+) -> None:
+    """Events are not buffered without limit for a client that stopped reading: once OUTBOUND_LIMIT are
+    queued behind what its connection holds, its session ends (presence cleared, connection dropped)
+    even though it cannot take the close frame either, while a member who reads gets every event."""
+    deployment = await deploy("embedded")
+    alice, bob, carol = users("alice", "bob", "carol")
+    conversation = await deployment.create_conversation(alice, bob, carol)
+    stuck = await _never_reading_socket(deployment, bob)
+    reader = await deployment.connect(carol)
+    presence = deployment.message_backends.presence
+    assert await presence.online([bob, carol]) == {bob, carol}
+    received = 0
+
+    async def read_all() -> None:
+        nonlocal received
+        while True:
+            event = await reader.next_event()
+            if event["type"] == "message.read":
+                received += 1
+
+    reading = asyncio.create_task(read_all())
+    event = msgspec.json.encode(Envelope(type="message.read", conversation_id=conversation, message_id="m"))
+    bus = deployment.message_backends.event_bus
+    published = 0
+    try:
+        async with asyncio.timeout(30):
+            while bob in await presence.online([bob]):
+                for _ in range(50):  # at a pace a reading client keeps up with
+                    await bus.publish(conversation_channel(conversation), event)
+                published += 50
+                await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):
+            while received < published:
+                await asyncio.sleep(0.05)
+    finally:
+        reading.cancel()
+    assert published > OUTBOUND_LIMIT  # bob was dropped for being behind, not for anything else
+    assert await presence.online([carol]) == {carol}
+    # bob's connection is gone: what the server had written, then the end of the stream (or a reset).
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(10):
+        try:
+            while await loop.sock_recv(stuck, 65536):
+                pass
+        except ConnectionResetError:
+            pass
+    stuck.close()

@@ -820,4 +820,64 @@ async def test_forward_to_shows_the_photo_in_the_other_conversation_at_once(
     assert message["senderId"] == "alice"
     assert message["metadata"]["status"] == "ready"
     assert message["metadata"]["blurhash"]
+
+
+async def test_the_sender_edits_a_message_and_unsends_a_photo_after_confirming(
+    browser: Any, server: Server
+) -> None:
+    watch = Watch()
+    alice = await open_as(browser, watch, server.url, "alice")
+    bob = await open_as(browser, watch, server.url, "bob", phone=True)
+    await alice.get_by_role("button", name="New conversation").click()
+    await alice.get_by_label("Participants").fill("bob")
+    await alice.get_by_label("Name (optional)").fill("Plans")
+    await alice.get_by_role("button", name="Create").click()
+    await alice.get_by_role("heading", name="Plans").wait_for()
+    bobs_entry = bob.locator("button.conversation", has_text="Plans")
+    await bobs_entry.wait_for()
+
+    # a text and a photo from alice; bob has the conversation open
+    await alice.get_by_label("Message", exact=True).fill("See you at 8")
+    await alice.get_by_label("Message", exact=True).press("Enter")
+    await drop_file(alice, photo_with_gps(), "lake.jpg", "image/jpeg")
+    await alice.wait_for_function("() => document.querySelector('progress')?.value === 1")
+    await alice.get_by_label("Caption").fill("The lake")
+    await alice.get_by_label("Caption").press("Enter")
+    photo = "img[alt='Photo: The lake']"
+    await alice.wait_for_function(thumbnail_shown(photo))
+    await bobs_entry.click()
+    await bob.wait_for_function(thumbnail_shown(photo))
+    photo_url = await bob.locator(photo).get_attribute("src")
+    assert photo_url is not None
+
+    # alice edits her text: both see the new words and "edited"
+    text = alice.locator("li.message.mine", has_text="See you at 8")
+    await text.get_by_role("button", name="Edit").click()
+    await alice.get_by_label("Edit message").fill("See you at 9")
+    await alice.get_by_role("button", name="Save").click()
+    for page in (alice, bob):
+        edited = page.locator("li.message", has_text="See you at 9")
+        await edited.locator(".edited").wait_for()
+    assert await bob.locator("li.message", has_text="See you at 8").count() == 0
+    await shot(bob, "20-bob-sees-the-edit")
+
+    # alice unsends the photo: a dismissed confirmation does nothing; an accepted one deletes it for both
+    mine = alice.locator("li.message.mine", has=alice.locator(photo))
+    alice.once("dialog", lambda dialog: asyncio.ensure_future(dialog.dismiss()))
+    await mine.get_by_role("button", name="Delete").click()
+    await asyncio.sleep(0.5)
+    assert await bob.locator(photo).count() == 1
+    alice.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await mine.get_by_role("button", name="Delete").click()
+    await alice.locator("li.message.deleted", has_text="You deleted this message").wait_for()
+    await bob.locator("li.message.deleted", has_text="This message was deleted").wait_for()
+    assert await bob.locator(photo).count() == 0
+    assert await bob.locator("li.message", has_text="The lake").count() == 0
+    await shot(bob, "21-bob-sees-the-tombstone")
+    await shot(alice, "21-alice-deleted")
+    # bob's list says so too; and the image itself is gone from the server
+    assert "Message deleted" in await bob.locator("button.conversation", has_text="Plans").inner_text()
+    async with httpx.AsyncClient(headers=auth_header("bob")) as api:
+        gone = await api.get(photo_url)
+    assert (gone.status_code, gone.json()["code"]) == (404, "message_deleted")
     watch.check()

@@ -89,6 +89,14 @@ export class Api {
     const path = `/conversations/${encodeURIComponent(id)}/messages/${encodeURIComponent(messageId)}/read`;
     return this.request("POST", path);
   }
+  /** Unsend: 204; the message stays as a tombstone. */
+  deleteMessage(id, messageId) {
+    return this.request("DELETE", `/conversations/${encodeURIComponent(id)}/messages/${encodeURIComponent(messageId)}`);
+  }
+  /** Edit the text or caption (`content`) and/or `alt_text`; answers with the message (`editedAt` set). */
+  editMessage(id, messageId, changes) {
+    return this.request("PATCH", `/conversations/${encodeURIComponent(id)}/messages/${encodeURIComponent(messageId)}`, changes);
+  }
   uploadUrl(id, file) {
     return this.request("POST", `/conversations/${encodeURIComponent(id)}/images/upload_url`, {
       content_type: file.type || "application/octet-stream",

@@ -57,13 +57,22 @@ const finished = (m) => m.metadata?.status === "ready" || m.metadata?.status ===
  * A message as known, merged with another copy of it. Answers and events race: a read receipt's answer
  * (the message as stored when it was read, maybe still processing) can arrive after the pipeline's
  * message.updated. A message only moves forward (readBy grows, processing becomes ready or failed, never
- * back), so the merge keeps the further of each and an older copy takes nothing back.
+ * back; an edit is newer by its editedAt; a tombstone is final), so the merge keeps the further of each and
+ * an older copy takes nothing back.
  */
 function newestOf(known, incoming) {
   if (!known) return incoming;
   const readBy = [...new Set([...known.readBy, ...incoming.readBy])];
-  const metadata = finished(known) && !finished(incoming) ? known.metadata : incoming.metadata;
-  return { ...incoming, readBy, metadata };
+  if (known.deleted || incoming.deleted) return { ...(known.deleted ? known : incoming), readBy };
+  const edited = (known.editedAt || "") > (incoming.editedAt || "") ? known : incoming;
+  let metadata = finished(known) && !finished(incoming) ? known.metadata : incoming.metadata;
+  if (metadata && edited.metadata) metadata = { ...metadata, alt_text: edited.metadata.alt_text ?? null };
+  return { ...incoming, readBy, metadata, content: edited.content, editedAt: edited.editedAt };
+}
+
+/** What a deleted message leaves: who sent it and when, nothing of what it said. */
+function tombstoneOf(message) {
+  return { ...message, deleted: true, content: null, metadata: null };
 }
 
 class Store {
@@ -112,6 +121,7 @@ class Store {
         messageType: message.messageType,
         preview: message.content || "",
         timestamp: message.timestamp,
+        deleted: Boolean(message.deleted),
       };
     }
   }
@@ -169,15 +179,31 @@ class Store {
       this.readsSent.delete(key); // tried again when it is next on screen
     }
   }
+  /** Unsend one of mine (or, as an admin, anyone's); the tombstone shows at once. */
+  async deleteMessage(conversationId, message) {
+    await this.api.deleteMessage(conversationId, message.messageId);
+    this.putMessage(conversationId, tombstoneOf(message));
+    this.changed();
+  }
+  async editMessage(conversationId, message, changes) {
+    this.putMessage(conversationId, await this.api.editMessage(conversationId, message.messageId, changes));
+    this.changed();
+  }
   /** A socket event (docs/api.md, "Real-time events"). */
   async apply(event) {
     const id = event.conversationId;
     switch (event.type) {
       case "message.created":
       case "message.updated":
+      case "message.edited":
         if (!this.conversations.has(id)) return this.addConversation(id);
         this.putMessage(id, event.message);
         break;
+      case "message.deleted": {
+        const message = this.thread(id).messages.get(event.messageId);
+        if (message) this.putMessage(id, tombstoneOf(message));
+        break;
+      }
       case "message.read": {
         const message = this.thread(id).messages.get(event.messageId);
         if (message) this.putMessage(id, { ...message, readBy: event.readBy });
@@ -291,7 +317,8 @@ function ConversationList({ store, selected, onSelect }) {
       ${conversations.map((c) => {
         const unread = store.unread(c.conversationId);
         const last = c.lastMessage;
-        const preview = last ? (last.messageType === "image" ? (last.preview ? `Photo: ${last.preview}` : "Photo") : last.preview) : "No messages";
+        const preview = !last ? "No messages" : last.deleted ? "Message deleted"
+          : last.messageType === "image" ? (last.preview ? `Photo: ${last.preview}` : "Photo") : last.preview;
         return html`<li key=${c.conversationId}>
           <button type="button" class="conversation" aria-current=${selected === c.conversationId ? "true" : undefined}
             data-conversation=${c.conversationId} onClick=${() => onSelect(c.conversationId)}>
@@ -368,7 +395,8 @@ function MessageImage({ message, onOpen }) {
   }, [src]);
 
   const ratio = { aspectRatio: `${width} / ${height}` };
-  const label = message.content ? `Photo: ${message.content}` : "Photo";
+  const described = metadata.alt_text || message.content;
+  const label = described ? `Photo: ${described}` : "Photo";
   return html`<button type="button" class="photo" style=${ratio} onClick=${() => onOpen(message)}
       aria-label=${`Open ${label}`} data-status=${status || "none"} disabled=${!src && status === "failed"}>
     ${hash
@@ -395,7 +423,7 @@ function Viewer({ message, onClose }) {
   const preview = metadata.variants?.preview;
   const src = preview?.url || metadata.url;
   return html`<dialog ref=${dialog} class="viewer" aria-label="Photo" onClose=${onClose}>
-    <img src=${src} alt=${message.content || "Photo"} width=${preview?.width || metadata.width || undefined}
+    <img src=${src} alt=${metadata.alt_text || message.content || "Photo"} width=${preview?.width || metadata.width || undefined}
       height=${preview?.height || metadata.height || undefined} />
     ${message.content && html`<p>${message.content}</p>`}
     <div class="row">
@@ -456,8 +484,53 @@ function Receipt({ message, me }) {
     ${readers.length ? `Read by ${readers.join(", ")}` : "Sent"}</span>`;
 }
 
+/** Edit the text (or caption) and the photo's description of one of my messages, in place. */
+function EditForm({ store, conversationId, message, onDone }) {
+  const [content, setContent] = useState(message.content || "");
+  const [altText, setAltText] = useState(message.metadata?.alt_text || "");
+  const [error, setError] = useState(null);
+  async function save(event) {
+    event.preventDefault();
+    const changes = { content: content.trim() ? content : null };
+    if (message.messageType === "image") changes.alt_text = altText.trim() ? altText : null;
+    try {
+      await store.editMessage(conversationId, message, changes);
+      onDone();
+    } catch (e) {
+      setError(describeError(e));
+    }
+  }
+  return html`<form class="edit" onSubmit=${save}>
+    <label>${message.messageType === "image" ? "Edit caption" : "Edit message"}
+      <textarea value=${content} onInput=${(e) => setContent(e.target.value)} maxlength="4000"></textarea></label>
+    ${message.messageType === "image" &&
+    html`<label>Edit description (alt text)
+      <input value=${altText} onInput=${(e) => setAltText(e.target.value)} maxlength="1000" /></label>`}
+    ${error && html`<p class="error" role="alert">${error}</p>`}
+    <div class="row"><button type="submit">Save</button><button type="button" onClick=${onDone}>Cancel</button></div>
+  </form>`;
+}
+
+function MessageActions({ store, conversationId, message, onEdit }) {
+  const [error, setError] = useState(null);
+  async function unsend() {
+    if (!window.confirm("Delete this message for everyone?")) return;
+    try {
+      await store.deleteMessage(conversationId, message);
+    } catch (e) {
+      setError(describeError(e));
+    }
+  }
+  return html`<span class="actions">
+    <button type="button" class="link" onClick=${onEdit}>Edit</button>
+    <button type="button" class="link danger" onClick=${unsend}>Delete</button>
+    ${error && html`<span class="error" role="alert">${error}</span>`}
+  </span>`;
+}
+
 function MessageItem({ store, conversationId, message, observer, onOpen, onForward }) {
   const element = useRef(null);
+  const [editing, setEditing] = useState(false);
   const mine = message.senderId === store.me;
   const unreadByMe = !mine && !message.readBy.includes(store.me);
   useEffect(() => {
@@ -470,15 +543,28 @@ function MessageItem({ store, conversationId, message, observer, onOpen, onForwa
       node._read = null;
     };
   }, [unreadByMe, observer, message]);
+  if (message.deleted) {
+    return html`<li ref=${element} class=${`message deleted ${mine ? "mine" : "theirs"}`} data-message=${message.messageId}
+        data-deleted="yes">
+      ${!mine && html`<span class="sender">${message.senderId}</span>`}
+      <p class="text tombstone">${mine ? "You deleted this message" : "This message was deleted"}</p>
+      <span class="meta"><time datetime=${message.timestamp}>${timeOf(message.timestamp)}</time></span>
+    </li>`;
+  }
   return html`<li ref=${element} class=${`message ${mine ? "mine" : "theirs"}`} data-message=${message.messageId}>
     ${!mine && html`<span class="sender">${message.senderId}</span>`}
     ${message.messageType === "image" && html`<${MessageImage} message=${message} onOpen=${onOpen} />`}
-    ${message.content && html`<p class="text">${message.content}</p>`}
+    ${editing
+      ? html`<${EditForm} store=${store} conversationId=${conversationId} message=${message} onDone=${() => setEditing(false)} />`
+      : message.content && html`<p class="text">${message.content}</p>`}
     <span class="meta">${message.forwarded && html`<span class="forwarded">Forwarded</span>`}
       <time datetime=${message.timestamp}>${timeOf(message.timestamp)}</time>
+      ${message.editedAt && html`<span class="edited" title=${`Edited ${timeOf(message.editedAt)}`}>edited</span>`}
       <${Receipt} message=${message} me=${store.me} />
       <button type="button" class="link forward" onClick=${() => onForward(conversationId, message)}
-        aria-label="Forward to…" title="Forward to…">↪</button></span>
+        aria-label="Forward to…" title="Forward to…">↪</button>
+      ${mine && !editing && html`<${MessageActions} store=${store} conversationId=${conversationId} message=${message}
+        onEdit=${() => setEditing(true)} />`}</span>
   </li>`;
 }
 

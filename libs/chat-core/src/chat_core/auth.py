@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import httpx
@@ -54,6 +54,7 @@ _RSA_ALGS = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
 class Principal(msgspec.Struct, frozen=True):
     user_id: str
     expires_at: float
+    roles: frozenset[str] = frozenset()  # from the claim AUTH_ROLES_CLAIM names (operators' roles)
 
 
 _MAX_ECHO = 40
@@ -90,11 +91,24 @@ class TokenVerifier(Protocol):
     async def ping(self) -> None: ...
 
 
-def _principal(claims: Mapping[str, Any]) -> Principal:
+def roles_in(claims: Mapping[str, Any], claim: str) -> frozenset[str]:
+    """The roles a token's claims hold under ``claim``: a dotted path (Keycloak's ``realm_access.roles``)
+    to a list of strings or one space-separated string (as ``scope``); anything else holds none."""
+    value: Any = claims
+    for part in claim.split(".") if claim else ():
+        value = value.get(part) if isinstance(value, Mapping) else None
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list):
+        return frozenset(item for item in value if isinstance(item, str))
+    return frozenset()
+
+
+def _principal(claims: Mapping[str, Any], roles_claim: str = "roles") -> Principal:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not USER_ID_PATTERN.fullmatch(sub):
         raise AuthError("the token's subject is not a valid user id")
-    return Principal(user_id=sub, expires_at=float(claims["exp"]))
+    return Principal(user_id=sub, expires_at=float(claims["exp"]), roles=roles_in(claims, roles_claim))
 
 
 def _decode(
@@ -135,11 +149,20 @@ def _unverified_header(token: str) -> dict[str, Any]:
 class HS256Verifier:
     """Development verifier: one shared secret, HS256 only."""
 
-    def __init__(self, secret: str, *, issuer: str = "", audience: str = "", leeway: int = 30) -> None:
+    def __init__(
+        self,
+        secret: str,
+        *,
+        issuer: str = "",
+        audience: str = "",
+        leeway: int = 30,
+        roles_claim: str = "roles",
+    ) -> None:
         self._secret = secret
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
+        self._roles_claim = roles_claim
 
     async def verify(self, token: str) -> Principal:
         header = _unverified_header(token)
@@ -148,7 +171,7 @@ class HS256Verifier:
         claims = _decode(
             token, self._secret, "HS256", issuer=self._issuer, audience=self._audience, leeway=self._leeway
         )
-        return _principal(claims)
+        return _principal(claims, self._roles_claim)
 
     async def ping(self) -> None:
         return None
@@ -184,8 +207,10 @@ class JwksVerifier:
         cache_seconds: float = 3600,
         min_refresh_interval: float = 10.0,
         client: httpx.AsyncClient | None = None,
+        roles_claim: str = "roles",
     ) -> None:
         self._url = jwks_url
+        self._roles_claim = roles_claim
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
@@ -277,7 +302,7 @@ class JwksVerifier:
         claims = _decode(
             token, key.key, key.algorithm, issuer=self._issuer, audience=self._audience, leeway=self._leeway
         )
-        return _principal(claims)
+        return _principal(claims, self._roles_claim)
 
     async def ping(self) -> None:
         if not self._keys:
@@ -322,6 +347,7 @@ def build_verifier(settings: AuthSettings, client: httpx.AsyncClient | None = No
             leeway=settings.leeway_seconds,
             cache_seconds=settings.jwks_cache_seconds,
             client=client,
+            roles_claim=settings.roles_claim,
         )
     else:
         inner = HS256Verifier(
@@ -329,6 +355,7 @@ def build_verifier(settings: AuthSettings, client: httpx.AsyncClient | None = No
             issuer=settings.issuer,
             audience=settings.audience,
             leeway=settings.leeway_seconds,
+            roles_claim=settings.roles_claim,
         )
     return CachingVerifier(inner)
 
@@ -341,10 +368,14 @@ def mint_token(
     issuer: str = "",
     audience: str = "",
     now: float | None = None,
+    roles: Sequence[str] = (),
+    roles_claim: str = "roles",
 ) -> str:
     """An HS256 dev token for ``user_id`` (what ``chat-management token`` prints)."""
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {"sub": user_id, "iat": issued, "exp": issued + ttl_seconds}
+    if roles:
+        claims[roles_claim] = list(roles)
     if issuer:
         claims["iss"] = issuer
     if audience:

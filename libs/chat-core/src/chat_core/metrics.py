@@ -198,5 +198,42 @@ MEDIA_QUEUE_DEPTH = Gauge(
 MEDIA_JOBS_QUEUED = Counter("chat_media_jobs_queued", "Media jobs the outbox relay queued.")
 
 
+# --- message lifecycle: unsend, edit, erasure of bytes, retention, operators' jobs -------------------
+_ERASURE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+MESSAGES_DELETED = Counter(
+    "chat_messages_deleted",
+    "Messages turned into tombstones, by who asked (sender, admin, retention, erasure).",
+    ["reason"],
+)
+MESSAGES_EDITED = Counter("chat_messages_edited", "Messages edited by their sender.")
+IMAGE_BYTES_ERASED = Histogram(
+    "chat_image_erasure_seconds",
+    "From a message's deletion to the last stored byte of its image gone (raw upload, variants, notes).",
+    buckets=_ERASURE_BUCKETS,
+)
+ERASED_OBJECTS = Counter(
+    "chat_erased_objects", "Stored objects deleted because their message was deleted, by kind.", ["kind"]
+)
+DELETED_SKIPPED = Counter(
+    "chat_deleted_message_work_skipped",
+    "Work dropped because its message was deleted meanwhile, by what (push, media_job).",
+    ["work"],
+)
+RETENTION_RUNS = Counter(
+    "chat_retention_runs", "Runs of the retention job, by outcome (ok, error).", ["outcome"]
+)
+RETENTION_LAST_SUCCESS = Gauge(
+    "chat_retention_last_success_timestamp_seconds", "When the retention job last finished a full pass."
+)
+RETENTION_OLDEST_EXPIRED_AGE = Gauge(
+    "chat_retention_oldest_expired_age_seconds",
+    "How long past its retention the oldest message still stored was, at the end of the last pass "
+    "(0: none; growing: the job falls behind).",
+)
+ADMIN_JOBS = Counter(
+    "chat_admin_jobs", "Operators' jobs (erase, export) finished, by kind and outcome.", ["kind", "outcome"]
+)
+
+
 def render(registry: CollectorRegistry = REGISTRY) -> bytes:
     return generate_latest(registry)

@@ -18,6 +18,9 @@ What each kind puts on the bus (``bus_events``), with the wire names clients hav
   channel;
 * ``message.read``: ``message.read`` with ``messageId``, ``userId`` (the reader) and ``readBy``, on the
   conversation's channel;
+* ``message.deleted``: ``{"conversationId", "messageId"}`` on ``deletions`` first (every image proxy
+  forgets the message), then ``message.deleted`` with ``messageId`` on the conversation's channel;
+* ``message.edited``: ``message.edited`` with the message as edited, on the conversation's channel;
 * ``membership.changed``: ``{"conversationId"}`` on ``membership`` (every process drops its cached
   membership), then ``conversation.joined`` on each added user's channel and ``conversation.left`` on each
   removed user's.
@@ -31,8 +34,14 @@ from opentelemetry.trace import SpanKind
 
 from chat_core import metrics, tracing
 from chat_core.messagestore import ConversationStore, OutboxEntry, OutboxStore
-from chat_core.realtime import MEMBERSHIP_CHANNEL, EventBus, conversation_channel, user_channel
-from chat_core.realtime.events import Envelope, MembershipChanged, encode
+from chat_core.realtime import (
+    DELETIONS_CHANNEL,
+    MEMBERSHIP_CHANNEL,
+    EventBus,
+    conversation_channel,
+    user_channel,
+)
+from chat_core.realtime.events import Envelope, MembershipChanged, MessageGone, encode
 
 __all__ = ["bus_events", "members_for", "publish", "publish_now"]
 
@@ -52,12 +61,15 @@ async def members_for(conversations: ConversationStore, entry: OutboxEntry) -> f
     return await conversations.get_participants(entry.conversation_id) or frozenset()
 
 
-def bus_events(entry: OutboxEntry, members: frozenset[str]) -> list[tuple[str, Envelope | MembershipChanged]]:
+BusEvent = Envelope | MembershipChanged | MessageGone
+
+
+def bus_events(entry: OutboxEntry, members: frozenset[str]) -> list[tuple[str, BusEvent]]:
     """(channel, event) pairs ``entry`` publishes, in order. The one place that maps kinds to the wire."""
     cid = entry.conversation_id
     routed = tuple(sorted(members))
     match entry.kind:
-        case "message.created" | "message.updated":
+        case "message.created" | "message.updated" | "message.edited":
             return [
                 (
                     conversation_channel(cid),
@@ -81,9 +93,26 @@ def bus_events(entry: OutboxEntry, members: frozenset[str]) -> list[tuple[str, E
                     ),
                 )
             ]
+        case "message.deleted":
+            message = entry.message
+            if message is None:
+                raise ValueError("a message.deleted entry without its message")
+            return [
+                # The proxies first: from now on no replica serves the image from what it remembered.
+                (DELETIONS_CHANNEL, MessageGone(conversation_id=cid, message_id=message.message_id)),
+                (
+                    conversation_channel(cid),
+                    Envelope(
+                        type="message.deleted",
+                        conversation_id=cid,
+                        message_id=message.message_id,
+                        members=routed,
+                    ),
+                ),
+            ]
         case "membership.changed":
             # The caches first: a removed member loses access before being told.
-            events: list[tuple[str, Envelope | MembershipChanged]] = [
+            events: list[tuple[str, BusEvent]] = [
                 (MEMBERSHIP_CHANNEL, MembershipChanged(conversation_id=cid))
             ]
             for users, kind in ((entry.added, "conversation.joined"), (entry.removed, "conversation.left")):
@@ -108,6 +137,8 @@ async def publish(bus: EventBus, entry: OutboxEntry, members: frozenset[str]) ->
             if isinstance(event, Envelope):
                 event = msgspec.structs.replace(event, trace=tracing.inject())
                 label = event.type
+            elif isinstance(event, MessageGone):
+                label = "deletion"
             else:
                 label = "membership"
             await bus.publish(channel, encode(event))

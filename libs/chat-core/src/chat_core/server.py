@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import uvicorn
 from litestar import Litestar
@@ -12,7 +13,7 @@ from litestar import Litestar
 from chat_core.logging import configure_logging
 from chat_core.settings import Settings, SettingsError, is_loopback, load_settings, refuse_dev_secret
 
-__all__ = ["load_or_exit", "refuse_unset_endpoints", "serve"]
+__all__ = ["load_or_exit", "refuse_unset_endpoints", "serve", "uvicorn_options"]
 
 
 def load_or_exit(environ: Mapping[str, str] | None = None) -> Settings:
@@ -70,19 +71,27 @@ def serve(
     configure_logging(settings.service.log_level, service=component)
     app = factory(settings)
     uvicorn.run(
-        app,
-        host=bind_host,
-        port=settings.service.port if port is None else port,
-        loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
-        ws="websockets-sansio",
-        ws_max_size=settings.limits.socket_max_frame_bytes,  # bigger frames: close 1009 by the server
-        # The same trusted proxies as the per-IP limits: the access log and the limits see one client.
-        forwarded_allow_ips=list(settings.limits.trusted_proxies),
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        proxy_headers=True,
-        server_header=False,
-        timeout_graceful_shutdown=int(settings.service.drain_seconds),
+        app, host=bind_host, port=settings.service.port if port is None else port, **uvicorn_options(settings)
     )
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How every service runs under uvicorn (``serve``; the socket benchmarks reuse it in-process)."""
+    return {
+        "loop": "uvloop" if sys.platform != "win32" else "asyncio",
+        "http": "httptools",
+        "ws": "websockets-sansio",
+        "ws_max_size": settings.limits.socket_max_frame_bytes,  # bigger frames: close 1009 by the server
+        # No permessage-deflate: its zlib state (a compressor and a decompressor, ~40 KiB at uvicorn's
+        # window of 2^12) would live as long as each socket, for JSON events of a few hundred bytes that
+        # compress to little. Browsers offer it; the server declines and frames go uncompressed.
+        "ws_per_message_deflate": False,
+        # The same trusted proxies as the per-IP limits: the access log and the limits see one client.
+        "forwarded_allow_ips": list(settings.limits.trusted_proxies),
+        "lifespan": "on",
+        "access_log": False,
+        "log_config": None,
+        "proxy_headers": True,
+        "server_header": False,
+        "timeout_graceful_shutdown": int(settings.service.drain_seconds),
+    }

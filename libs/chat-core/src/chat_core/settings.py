@@ -26,6 +26,7 @@ __all__ = [
     "BackendSettings",
     "FirestoreSettings",
     "ImageSettings",
+    "LifecycleSettings",
     "LimitSettings",
     "MediaSettings",
     "NotificationSettings",
@@ -123,6 +124,22 @@ class AuthSettings(_Frozen, frozen=True, kw_only=True):
     jwks_cache_seconds: Annotated[
         int, env("AUTH_JWKS_CACHE_SECONDS", "How long fetched signing keys are trusted before a refresh.")
     ] = 3600
+    roles_claim: Annotated[
+        str,
+        env(
+            "AUTH_ROLES_CLAIM",
+            "Token claim holding the caller's roles: a list or a space-separated string; a dotted path "
+            "reaches into objects (Keycloak: `realm_access.roles`).",
+        ),
+    ] = "roles"
+    admin_role: Annotated[
+        str,
+        env(
+            "AUTH_ADMIN_ROLE",
+            "The role (in AUTH_ROLES_CLAIM) of operators: the `/admin` API (user erasure and export).",
+        ),
+        msgspec.Meta(min_length=1),
+    ] = "chat-admin"
     dev_login: Annotated[
         bool,
         env(
@@ -447,6 +464,42 @@ class PresenceSettings(_Frozen, frozen=True, kw_only=True):
     ] = 60
 
 
+class LifecycleSettings(_Frozen, frozen=True, kw_only=True):
+    """Edits, unsend, retention and the operators' erasure and export."""
+
+    edit_window_seconds: Annotated[
+        int,
+        env(
+            "MESSAGE_EDIT_WINDOW_SECONDS",
+            "How long after sending the sender may edit a message's content or alt text (0: never).",
+        ),
+        msgspec.Meta(ge=0),
+    ] = 48 * 3600
+    retention_days: Annotated[
+        int,
+        env(
+            "MESSAGE_RETENTION_DAYS",
+            "Messages older than this are deleted with their images by the retention job (0: kept forever); "
+            "a conversation's admin may set its own `retentionDays`.",
+        ),
+        msgspec.Meta(ge=0, le=36500),
+    ] = 0
+    retention_interval_seconds: Annotated[
+        int,
+        env(
+            "RETENTION_INTERVAL_SECONDS",
+            "How often the message service runs the retention job itself (0: only `chat-management "
+            "apply-retention`, e.g. from the chart's CronJob).",
+        ),
+        msgspec.Meta(ge=0),
+    ] = 3600
+    export_url_ttl_seconds: Annotated[
+        int,
+        env("EXPORT_URL_TTL_SECONDS", "Lifetime of the signed download URL of a user's export."),
+        msgspec.Meta(ge=60, le=7 * 24 * 3600),
+    ] = 900
+
+
 class ImageSettings(_Frozen, frozen=True, kw_only=True):
     max_bytes: Annotated[int, env("MAX_IMAGE_BYTES", "Largest accepted image."), msgspec.Meta(ge=1)] = (
         20 * 1024 * 1024
@@ -676,6 +729,7 @@ class Settings(_Frozen, frozen=True, kw_only=True):
     redis: RedisSettings = RedisSettings()
     presence: PresenceSettings = PresenceSettings()
     images: ImageSettings = ImageSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
     limits: LimitSettings = LimitSettings()
     push: PushSettings = PushSettings()
     telemetry: TelemetrySettings = TelemetrySettings()

@@ -19,12 +19,13 @@ def build(settings: Settings, backends: Backends) -> ServiceParts:
     """This service's routes, dependencies and workers, wired to ``backends``."""
     membership = MembershipCache.of(backends)
     proxy = ImageProxy(settings, backends, backends.object_store, backends.messages, membership)
+    bus = backends.event_bus  # asked for now: Backends builds adapters before start-up only
     return ServiceParts(
         component=COMPONENT,
         essential=("message_store", "object_store"),
         route_handlers=[get_image],
         dependencies={"image_proxy": Provide(lambda: proxy, use_cache=True, sync_to_thread=False)},
-        workers=[*membership.workers(backends), proxy.waits.running],
+        workers=[*membership.workers(backends), proxy.waits.running, lambda: proxy.deletions_worker(bus)],
         description="serves images to conversation members only.",
     )
 

@@ -19,13 +19,23 @@ A push's thumbnail link (``chat_core.push.image_links``: ``?variant=thumbnail&pu
 &push_signature=``) stands in for the token: it serves that one thumbnail to the recipient it was signed
 for, while they are a member, until it expires (403 ``push_link_invalid`` / ``push_link_expired``), and is
 audited in the recipient's name with ``via=push_link``.
+
+A deleted message's image is 404 ``message_deleted``. Finished images are remembered per process, so a
+deletion must reach every replica: the message service's relay publishes it on ``DELETIONS_CHANNEL``
+before it deletes any byte, and each proxy drops the message at once (a gap in that subscription, or
+none yet, forgets everything remembered). A signed URL handed out before the deletion fails as soon as
+the bytes are gone (seconds), and in any case when its window ends (at most two
+``IMAGE_URL_WINDOW_SECONDS``); a browser keeps what it already downloaded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
@@ -41,6 +51,8 @@ from chat_core.messagestore import Message, MessageStore
 from chat_core.objectstore import ObjectNotFound, ObjectStore, RangeNotSatisfiable
 from chat_core.objectstore.serving import serve_object
 from chat_core.push.image_links import push_image_links
+from chat_core.realtime import DELETIONS_CHANNEL, EventBus, Subscription
+from chat_core.realtime.events import decode_message_gone
 from chat_core.settings import Settings
 from image_proxy.waits import ProcessingWaits, finished
 
@@ -52,8 +64,16 @@ NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 VARY = "Authorization, Cookie"
 # Failures that happen after access was granted (the member asked for something that is not there).
 _AFTER_GRANT = frozenset(
-    {"image_not_found", "range_not_satisfiable", "image_processing", "image_unavailable", "invalid_variant"}
+    {
+        "image_not_found",
+        "range_not_satisfiable",
+        "image_processing",
+        "image_unavailable",
+        "invalid_variant",
+        "message_deleted",
+    }
 )
+RESUBSCRIBE_SECONDS = 5.0
 RETRY_AFTER_SECONDS = 2
 IMMUTABLE_MAX_AGE = 365 * 24 * 3600  # derivatives never change under their key
 _MAX_LOGGED = 300
@@ -81,6 +101,8 @@ class ImageProxy:
         self._wait_seconds = settings.media.wait_seconds
         self._waits = ProcessingWaits(max_waiters=settings.media.max_waiters)
         self._finished: OrderedDict[str, Message] = OrderedDict()
+        self._stored_key_of: dict[str, str] = {}  # message id -> its key in ``_finished``
+        self._listening = False  # deletions are heard (else nothing is remembered)
         self._push_links = push_image_links(settings)
 
     @property
@@ -146,6 +168,8 @@ class ImageProxy:
                 400, "invalid_variant", f"variant must be one of {', '.join(v for v in keys.VARIANTS[1:])}"
             )
         message = await self._image_message(conversation_id, stored)
+        if message is not None and message.deleted:
+            raise ProblemError(404, "message_deleted", "the message this image belonged to was deleted")
         metadata = message.metadata if message else None
         if message is None or metadata is None:
             raise ProblemError(404, "image_not_found", "no such image in this conversation")
@@ -188,11 +212,66 @@ class ImageProxy:
                 else "the image is still being processed, and too many requests wait already; retry shortly",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
-        if message is not None:
+        if message is not None and self._listening:
             self._finished[stored] = message
+            self._stored_key_of[message.message_id] = stored
             if len(self._finished) > _SEEN_MAX:
-                self._finished.popitem(last=False)
+                _key, evicted = self._finished.popitem(last=False)
+                self._stored_key_of.pop(evicted.message_id, None)
         return message
+
+    # --- deletions from other processes ------------------------------------------------------------
+    def forget(self, message_id: str) -> None:
+        """Drop what is remembered of ``message_id``: its next request reads the store."""
+        stored = self._stored_key_of.pop(message_id, None)
+        if stored is not None:
+            self._finished.pop(stored, None)
+
+    def forget_all(self) -> None:
+        self._finished.clear()
+        self._stored_key_of.clear()
+
+    def _on_deleted(self, _channel: str, payload: bytes) -> None:
+        gone = decode_message_gone(payload)
+        if gone is None:
+            _log.warning("deletion_event_malformed", payload=payload[:200].decode(errors="replace"))
+            return
+        self.forget(gone.message_id)
+
+    def _on_gap(self) -> None:
+        # Deletions published meanwhile may be lost: nothing remembered can be trusted.
+        self.forget_all()
+
+    @contextlib.asynccontextmanager
+    async def deletions_worker(self, bus: EventBus) -> AsyncIterator[None]:
+        """Listen for deleted messages while open. Until the subscription is confirmed (the bus down at
+        start-up) nothing is remembered, so a deletion can never be missed: each request reads the store."""
+        task = asyncio.get_running_loop().create_task(self._listen(bus), name="proxy-deletions")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), 1.0)
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            subscription = task.result() if task.done() and not task.cancelled() else None
+            self._listening = False
+            if subscription is not None:
+                with contextlib.suppress(Exception):
+                    await subscription.close()
+
+    async def _listen(self, bus: EventBus) -> Subscription:
+        while True:
+            try:
+                subscription = await bus.subscribe([DELETIONS_CHANNEL], self._on_deleted, on_gap=self._on_gap)
+            except Exception as exc:
+                _log.warning("deletions_subscribe_failed", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(RESUBSCRIBE_SECONDS)
+                continue
+            self.forget_all()
+            self._listening = True
+            return subscription
 
     async def _redirect(self, stored: str) -> Response[Any]:
         # Derivatives exist once their message is ready (they are written first) and never change.

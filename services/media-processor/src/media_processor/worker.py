@@ -16,6 +16,11 @@ For a **process** job (one per image message, queued by the message service's ou
    service's relay if the bus is down now; then the raw upload is deleted (it holds what was stripped);
 6. the job is acknowledged.
 
+A job for a message deleted meanwhile does nothing but make sure its bytes are gone: found deleted at
+the start, its raw upload and anything under its media prefix are deleted (``chat_core.erasure``); found
+deleted only at the finish (the tombstone came while the image was being processed, after the message
+service's relay had already erased what existed), the derivatives just written are deleted as well.
+
 A failure of ours (the store, the object store or the bus unreachable) is retried with a doubling delay
 through the visibility timeout; after ``MEDIA_MAX_RECEIVES`` receives SQS (or the SQLite queue) moves it
 to the dead-letter queue, and the message stays ``processing`` (the proxy answers 503).
@@ -61,6 +66,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from chat_core import images, keys, ledger, metrics, outbox, tracing
 from chat_core.backends import AnnouncesUploads, Backends
+from chat_core.erasure import ImageEraser
 from chat_core.jobqueue import JobQueue
 from chat_core.jobqueue.runner import JobRunner
 from chat_core.ledger import StorageLedger
@@ -143,6 +149,7 @@ class MediaWorker:
         self._bus = bus
         self._processor = processor
         self._storage = storage
+        self._eraser = ImageEraser(objects, storage)
         self._reconcile_at_start = reconcile_at_start
         self._max_bytes = max_bytes
         self._max_pixels = max_pixels
@@ -311,6 +318,11 @@ class MediaWorker:
             raise ValueError("not a process job")
         started = time.perf_counter()
         message = await self._messages.get_message(conversation_id, message_id)
+        if message is not None and message.deleted:
+            await self._eraser.erase(conversation_id, message_id, raw_key)
+            metrics.MEDIA_JOBS.labels("skipped", "deleted").inc()
+            metrics.DELETED_SKIPPED.labels("media_job").inc()
+            return "skipped"
         if message is None or message.metadata is None:
             metrics.MEDIA_JOBS.labels("skipped", "no_message").inc()
             return "skipped"
@@ -414,7 +426,16 @@ class MediaWorker:
         updated = await self._messages.finish_image(
             conversation_id, message.message_id, metadata, event=announced
         )
-        if updated is None:  # another delivery finished it first: its event is the one
+        if updated is None:  # another delivery finished it first (its event is the one), or it was deleted
+            current = await self._messages.get_message(conversation_id, message.message_id)
+            if current is None or current.deleted:
+                # The relay may have erased before these derivatives landed: nothing of it may stay.
+                if derived_bytes is not None:  # counted in, so that the erasure's count-out balances
+                    await ledger.record(self._storage, "derived", len(keys.VARIANTS), derived_bytes)
+                await self._eraser.erase(conversation_id, message.message_id, raw_key)
+                metrics.MEDIA_JOBS.labels("skipped", "deleted").inc()
+                metrics.DELETED_SKIPPED.labels("media_job").inc()
+                return "skipped"
             metrics.MEDIA_JOBS.labels("skipped", "already_done").inc()
             return "skipped"
         if derived_bytes is not None:  # counted once per message: only the delivery that finished it

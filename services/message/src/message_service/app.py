@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import structlog
 from litestar import Litestar
 from litestar.di import Provide
 
 from chat_core import keys
 from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.backends import Backends
+from chat_core.erasure import ImageEraser
 from chat_core.openapi import DocumentRefinement, constrain
 from chat_core.settings import Settings
-from message_service import devices, routes
+from message_service import admin, devices, routes
+from message_service.admin import AdminJobs
 from message_service.devices import DeviceService
 from message_service.events import MessageEvents
 from message_service.fanout import Fanout
 from message_service.last_message import LastMessageWriter
+from message_service.lifecycle import Lifecycle
 from message_service.realtime import RealtimeSockets
 from message_service.service import ConversationService, MessageService
 from message_service.verification import ImageVerifier
 
 COMPONENT = "message"
+_log = structlog.get_logger("message_service")
 
 
 def _message_union(document: dict[str, Any]) -> None:
@@ -84,6 +93,7 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
             backends.presence,
             backends.notification_queue,
             media_queue=backends.media_queue,
+            eraser=ImageEraser(backends.object_store, backends.storage_ledger),
             drain_seconds=settings.service.drain_seconds,
         )
     sockets = RealtimeSockets.from_backends(settings, backends)
@@ -96,23 +106,105 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
         last_messages,
         events,
         backends.quotas,
+        edit_window_seconds=settings.lifecycle.edit_window_seconds,
         objects=backends.object_store,
         storage=backends.storage_ledger,
         base_url=settings.service.base_url(),
     )
+    lifecycle = Lifecycle(
+        backends.conversations,
+        backends.messages,
+        backends.devices,
+        backends.object_store,
+        events,
+        conversations,
+        retention_days=settings.lifecycle.retention_days,
+        quotas=backends.quotas,
+    )
+    admin_jobs = AdminJobs(
+        backends.object_store,
+        lifecycle,
+        admin_role=settings.auth.admin_role,
+        url_ttl_seconds=settings.lifecycle.export_url_ttl_seconds,
+    )
+    retention = [retention_worker(lifecycle, settings.lifecycle.retention_interval_seconds)]
     return ServiceParts(
         component=COMPONENT,
         essential=("message_store",),
-        route_handlers=[*routes.ROUTES, *devices.ROUTES, sockets.route_handler()],
+        route_handlers=[*routes.ROUTES, *devices.ROUTES, *admin.ROUTES, sockets.route_handler()],
         dependencies={
             "conversation_service": Provide(lambda: conversations, use_cache=True, sync_to_thread=False),
             "message_service": Provide(lambda: messages, use_cache=True, sync_to_thread=False),
             "device_service": Provide(lambda: device_service, use_cache=True, sync_to_thread=False),
+            "admin_jobs": Provide(lambda: admin_jobs, use_cache=True, sync_to_thread=False),
         },
-        workers=[last_messages.worker, *([fanout.worker] if fanout is not None else [])],
+        workers=[
+            last_messages.worker,
+            *([fanout.worker] if fanout is not None else []),
+            admin_jobs.worker,
+            *(retention if settings.lifecycle.retention_interval_seconds else []),
+        ],
         description="conversations, members, messages, devices and the real-time socket.",
         document=[document_refinement(settings)],
     )
+
+
+@contextlib.asynccontextmanager
+async def standalone_lifecycle(settings: Settings) -> AsyncIterator[Lifecycle]:
+    """The lifecycle jobs outside a server (the CLI): backends started, the fan-out's relay running, so
+    events and byte deletions go out at once; what is left when it closes stays in the outbox for the
+    message service's relay."""
+    backends = Backends(settings)
+    fanout = Fanout(
+        backends.conversations,
+        backends.outbox,
+        backends.event_bus,
+        backends.presence,
+        backends.notification_queue,
+        media_queue=backends.media_queue,
+        eraser=ImageEraser(backends.object_store, backends.storage_ledger),
+        drain_seconds=settings.service.drain_seconds,
+    )
+    # Every port is asked for before start-up (Backends builds adapters then only).
+    lifecycle = Lifecycle(
+        backends.conversations,
+        backends.messages,
+        backends.devices,
+        backends.object_store,
+        fanout,
+        ConversationService(backends.conversations, fanout),
+        retention_days=settings.lifecycle.retention_days,
+        quotas=backends.quotas,
+    )
+    async with backends, fanout.worker():
+        yield lifecycle
+
+
+def retention_worker(
+    lifecycle: Lifecycle, interval: float
+) -> Callable[[], AbstractAsyncContextManager[None]]:
+    """A retention pass every ``interval`` seconds during the service's lifespan (each replica: a pass
+    that finds nothing to delete costs reads only, and a message deleted twice is deleted once)."""
+
+    @contextlib.asynccontextmanager
+    async def run() -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await lifecycle.apply_retention()
+                except Exception as exc:
+                    _log.warning("retention_failed", error=repr(exc))
+
+        task = asyncio.create_task(loop(), name="retention")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return run
 
 
 def create_app(

@@ -14,8 +14,9 @@ Guarantees the caller gives:
   delete the entry, or leave everything to a relay that drains the outbox.
 * ``event_stored`` runs once per other event the service stored with its change (``message.read`` when
   a reader was newly added to ``readBy``; ``membership.changed`` after a conversation is created, with
-  every member added, and after members are added or removed), with the entry as stored. The entry stays
-  in the outbox until someone deletes it, as for ``message_created``.
+  every member added, and after members are added or removed; ``message.deleted`` after an unsend,
+  never for a tombstone deleted again; ``message.edited`` after an edit), with the entry as stored. The
+  entry stays in the outbox until someone deletes it, as for ``message_created``.
 * Every call is awaited inside the request, after the change is stored: keep it quick. An exception is
   logged and swallowed (the response is already decided by the stored change).
 """

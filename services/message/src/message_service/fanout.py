@@ -13,6 +13,13 @@ entry is already stored with it):
    media queue, so the media processor sanitizes it;
 4. delete the outbox entry once all are done (deletes of many entries share one store write).
 
+For a message **deleted** (a ``deleted`` entry, written with the tombstone): tell every image proxy on
+``DELETIONS_CHANNEL`` (they forget the message at once), publish ``message.deleted``
+``{conversationId, messageId}``, bring the conversation's ``lastMessage`` along (a tombstone), and delete
+every stored byte of its image (``chat_core.erasure``); the entry is released only when the last byte is
+gone, so the byte deletion is as durable as the event. For a message **edited** (an ``edited`` entry):
+publish ``message.edited`` with the full message and bring ``lastMessage`` along.
+
 Per conversation, events are published in the order the messages were stored; only the publish holds
 the conversation's lock, so a busy group's enqueues and deletes overlap instead of queueing behind it.
 The send hands over the members it just read, so the immediate attempt reads nothing.
@@ -48,9 +55,10 @@ from opentelemetry.trace import SpanKind
 
 from chat_core import metrics, outbox, tracing
 from chat_core.batching import Coalescer
+from chat_core.erasure import ImageEraser
 from chat_core.jobqueue import JobQueue
 from chat_core.media import MediaJob
-from chat_core.messagestore import ConversationStore, OutboxEntry, OutboxStore
+from chat_core.messagestore import ConversationStore, LastMessage, Message, OutboxEntry, OutboxStore
 from chat_core.notifications import Notification, NotificationQueue
 from chat_core.realtime import EventBus, Presence
 
@@ -67,6 +75,7 @@ RELAY_INTERVAL_SECONDS = 1.0
 RELAY_GRACE_SECONDS = 5.0  # an entry younger than this is still in its immediate attempt
 RELAY_MAX_BACKOFF_SECONDS = 10.0
 RELAY_BATCH = 100
+UNSEND_WAIT_SECONDS = 1.0  # how long an unsend's answer waits for its delivery (proxies told, bytes gone)
 # How long a relay pass holds the entries it claimed: past it, a replica that died mid-pass loses them to
 # another. Longer than a pass takes (a delivery's publish and enqueues time out well within it).
 RELAY_LEASE = dt.timedelta(seconds=30)
@@ -124,6 +133,7 @@ class Fanout:
         queue: NotificationQueue,
         *,
         media_queue: JobQueue[MediaJob] | None = None,
+        eraser: ImageEraser | None = None,
         drain_seconds: float = 10.0,
         relay_interval: float = RELAY_INTERVAL_SECONDS,
         relay_grace: float = RELAY_GRACE_SECONDS,
@@ -135,6 +145,7 @@ class Fanout:
         self._presence = presence
         self._queue = queue
         self._media_queue = media_queue
+        self._eraser = eraser
         self._drain_seconds = drain_seconds
         self._relay_interval = relay_interval
         self._relay_grace = relay_grace
@@ -152,13 +163,20 @@ class Fanout:
         self._in_background(self.deliver(entry, members))
 
     async def event_stored(self, entry: OutboxEntry) -> None:
-        self._in_background(self.deliver(entry))
+        task = self._in_background(self.deliver(entry))
+        if entry.kind == "message.deleted":
+            # An unsend answers once every proxy was told and the bytes are gone, when that is quick (a
+            # few ms): the sender's 204 then means "gone". A slow or dead bus or object store holds it
+            # at most UNSEND_WAIT_SECONDS; the delivery goes on, and the relay retries what fails.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), UNSEND_WAIT_SECONDS)
 
-    def _in_background(self, delivery: Coroutine[Any, Any, bool]) -> None:
+    def _in_background(self, delivery: Coroutine[Any, Any, bool]) -> asyncio.Task[bool]:
         # The request does not wait: a slow or dead bus never delays its answer (the outbox has the entry).
         task = asyncio.get_running_loop().create_task(delivery, name="fanout")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # --- delivery of one outbox entry: the dispatch on its kind -----------------------------------
     async def deliver(self, entry: OutboxEntry, members: frozenset[str] | None = None) -> bool:
@@ -185,10 +203,63 @@ class Fanout:
                     },
                 ):
                     return await self._deliver(entry, members)
+            if entry.kind in ("message.deleted", "message.edited"):
+                return await self._deliver_change(entry)
             # Every other kind only publishes (chat_core.outbox.bus_events says what).
             return await self._deliver_event(entry)
         finally:
             self._delivering.discard(event_id)
+
+    async def _deliver_change(self, entry: OutboxEntry) -> bool:
+        """A deletion or an edit: its events, ``lastMessage`` brought along, and (deleted) every byte of
+        the image. Each step is remembered once done, so a retry repeats only what failed."""
+        message = entry.message
+        if message is None:
+            raise ValueError(f"a {entry.kind} entry without its message")
+        progress = self._progress.setdefault(entry.event_id, _Progress())
+        failed: list[str] = []
+        if not progress.published:
+            async with self._conversation_lock(entry.conversation_id):
+                try:
+                    await outbox.publish(
+                        self._bus, entry, await outbox.members_for(self._conversations, entry)
+                    )
+                    progress.published = True
+                except Exception as exc:
+                    failed.append("bus")
+                    _log.warning(
+                        "fanout_publish_failed", kind=entry.kind, event_id=entry.event_id, error=repr(exc)
+                    )
+        if not progress.queued:  # here: the conversation's lastMessage revised
+            try:
+                await self._conversations.revise_last_message(entry.conversation_id, LastMessage.of(message))
+                progress.queued = True
+            except Exception as exc:
+                failed.append("store")
+                _log.warning("fanout_last_message_failed", event_id=entry.event_id, error=repr(exc))
+        if entry.kind == "message.deleted" and not progress.media_queued:  # here: the image's bytes gone
+            try:
+                await self._erase(entry, message)
+                progress.media_queued = True
+            except Exception as exc:
+                failed.append("object_store")
+                _log.warning("fanout_erase_failed", event_id=entry.event_id, error=repr(exc))
+        if failed:
+            for target in failed:
+                metrics.OUTBOX_RELAY_ERRORS.labels(target).inc()
+            return False
+        if not await self._release(entry.event_id):
+            return False
+        self._progress.pop(entry.event_id, None)
+        return True
+
+    async def _erase(self, entry: OutboxEntry, message: Message) -> None:
+        if self._eraser is None:
+            return
+        await self._eraser.erase(entry.conversation_id, message.message_id, entry.object_key)
+        if message.message_type == "image" and isinstance(message.deleted_at, dt.datetime):
+            waited = (dt.datetime.now(dt.UTC) - message.deleted_at).total_seconds()
+            metrics.IMAGE_BYTES_ERASED.observe(max(0.0, waited))
 
     async def _deliver_event(self, entry: OutboxEntry) -> bool:
         async with self._conversation_lock(entry.conversation_id):

@@ -33,6 +33,7 @@ conversation; the bus multiplexes them onto one connection per process.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 import uuid
@@ -43,6 +44,7 @@ import structlog
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.handlers import WebsocketRouteHandler
+from litestar.types import WebSocketSendEvent
 
 from chat_core import metrics, ratelimit
 from chat_core.auth import AuthError, Principal, TokenVerifier, token_from_connection
@@ -86,13 +88,49 @@ class _Ping(msgspec.Struct):
     type: str = ""
 
 
-_PONG = b'{"type":"pong"}'
-_RESYNC = b'{"type":"session.resync"}'
+_PONG = '{"type":"pong"}'
+_RESYNC = '{"type":"session.resync"}'
 _CLIENT_FRAME = msgspec.json.Decoder(_Ping)
+CLOSE_SECONDS = 2.0  # a close frame that cannot be written by then (the client stopped reading): abort
+_DECODED_EVENTS = 256  # bus events whose decoded form is kept for the sockets still receiving them
+
+# What a socket's queue holds: a text frame ready to write, or an event of the user's own channel or a
+# change of subscription, which need a round trip to the bus (done by the socket's sender, in order).
+_Outbound = tuple[str, str | bytes]  # ("", frame) | (own channel, payload) | ("-", channel to drop)
+
+
+class _Decoded:
+    """One bus event as every socket of this process needs it: decoded and re-encoded once, not once per
+    socket (a message to 1,000 members would otherwise be parsed 1,000 times, members list included)."""
+
+    __slots__ = ("frame", "members")
+
+    def __init__(self, frame: str, members: frozenset[str] | None) -> None:
+        self.frame = frame
+        self.members = members
 
 
 class _Session:
-    """One open socket: its subscription, its outbound queue and its presence."""
+    """One open socket: its subscription, its outbound queue and its presence.
+
+    Three tasks per socket: the receiver (client frames), the sender (the queue to the socket) and the
+    timer (presence heartbeats, token expiry). Events are routed in the bus's callback, so a delivery is
+    one queue entry of a frame already encoded for every socket.
+    """
+
+    __slots__ = (
+        "connection_id",
+        "expires_at",
+        "outbound",
+        "overflowed",
+        "own_channel",
+        "sender",
+        "socket",
+        "sockets",
+        "subscription",
+        "user_id",
+        "wakeup",
+    )
 
     def __init__(
         self, sockets: RealtimeSockets, socket: WebSocket[Any, Any, Any], principal: Principal
@@ -103,20 +141,45 @@ class _Session:
         self.expires_at = principal.expires_at
         self.connection_id = uuid.uuid4().hex
         self.own_channel = user_channel(self.user_id)
-        self.outbound: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=OUTBOUND_LIMIT)
-        self.overflowed = asyncio.Event()
+        # A deque and one future while the sender waits, not an asyncio.Queue: a Queue carries three
+        # deques and an Event (~2.5 KiB) for every idle socket.
+        self.outbound: collections.deque[_Outbound] = collections.deque()
+        self.wakeup: asyncio.Future[None] | None = None
+        self.overflowed = False
+        self.sender: asyncio.Task[None] | None = None
         self.subscription: Subscription | None = None
 
     def on_event(self, channel: str, payload: bytes) -> None:
-        try:
-            self.outbound.put_nowait((channel, payload))
-        except asyncio.QueueFull:
-            self.overflowed.set()
+        if channel == self.own_channel:
+            self._queue((channel, payload))
+            return
+        decoded = self.sockets.decoded(payload)
+        if decoded is None:
+            return
+        if decoded.members is not None and self.user_id not in decoded.members:
+            # Removed while connected, and the conversation.left was lost: stop listening.
+            self._queue(("-", channel))
+            return
+        self._queue(("", decoded.frame))
+
+    def _queue(self, item: _Outbound) -> None:
+        if self.overflowed:
+            return
+        if len(self.outbound) < OUTBOUND_LIMIT:
+            self.outbound.append(item)
+            if self.wakeup is not None and not self.wakeup.done():
+                self.wakeup.set_result(None)
+        else:
+            # The client reads slower than its events come: drop the socket (1013) rather than buffer
+            # without bound; the sender may be stuck on a socket that does not drain, so cancel it.
+            self.overflowed = True
+            if self.sender is not None:
+                self.sender.cancel()
 
     def on_gap(self) -> None:
         """The bus lost events of this subscription: the client resyncs (queued ahead of later events)."""
         metrics.WEBSOCKET_RESYNCS.inc()
-        self.on_event("", _RESYNC)
+        self._queue(("", _RESYNC))
 
     async def open(self) -> None:
         bus = self.sockets.bus
@@ -138,7 +201,7 @@ class _Session:
     async def _catch_up_on_membership(self) -> None:
         """After a gap: a ``conversation.joined`` may be among the lost events, so subscribe to every
         conversation the store lists now, before the client refetches (conversations left meanwhile are
-        dropped by ``_route`` at their next event)."""
+        dropped by ``on_event`` at their next event)."""
         assert self.subscription is not None
         try:
             channels = await self._conversation_channels()
@@ -165,34 +228,45 @@ class _Session:
 
     # --- the tasks of a session ---------------------------------------------------------------------
     async def send_events(self) -> None:
+        send = self.socket.send
+        outbound = self.outbound
+        loop = asyncio.get_running_loop()
         while True:
-            channel, payload = await self.outbound.get()
-            if payload is _RESYNC:
-                await self._catch_up_on_membership()
-            frame = payload if channel == "" else await self._route(channel, payload)
+            while not outbound:
+                self.wakeup = loop.create_future()
+                try:
+                    await self.wakeup
+                finally:
+                    self.wakeup = None
+            channel, data = outbound.popleft()
+            if channel == "":
+                frame: str | None = data  # type: ignore[assignment]
+                if data is _RESYNC:
+                    await self._catch_up_on_membership()
+            elif channel == "-":
+                assert self.subscription is not None
+                await self.subscription.remove([data])  # type: ignore[list-item]
+                continue
+            else:
+                frame = await self._own_event(data)  # type: ignore[arg-type]
             if frame is not None:
-                await self.socket.send_data(frame.decode(), mode="text")
+                # The raw ASGI send: the frame is already text, Litestar's send_data would only re-check it.
+                await send(WebSocketSendEvent(type="websocket.send", text=frame, bytes=None))
 
-    async def _route(self, channel: str, payload: bytes) -> bytes | None:
+    async def _own_event(self, payload: bytes) -> str | None:
         envelope = decode_envelope(payload)
         if envelope is None:
             return None
         assert self.subscription is not None
-        if channel == self.own_channel:
-            target = conversation_channel(envelope.conversation_id)
-            try:
-                if envelope.type == "conversation.joined":
-                    await self.subscription.add([target])
-                elif envelope.type == "conversation.left":
-                    await self.subscription.remove([target])
-            except EventBusUnavailable as exc:
-                _log.warning("socket_resubscribe_failed", user_id=self.user_id, error=repr(exc))
-            return bus_event_for_client(envelope)
-        if envelope.members is not None and self.user_id not in envelope.members:
-            # Removed while connected, and the conversation.left was lost: stop listening.
-            await self.subscription.remove([channel])
-            return None
-        return bus_event_for_client(envelope)
+        target = conversation_channel(envelope.conversation_id)
+        try:
+            if envelope.type == "conversation.joined":
+                await self.subscription.add([target])
+            elif envelope.type == "conversation.left":
+                await self.subscription.remove([target])
+        except EventBusUnavailable as exc:
+            _log.warning("socket_resubscribe_failed", user_id=self.user_id, error=repr(exc))
+        return bus_event_for_client(envelope).decode()
 
     async def receive_frames(self) -> int:
         """Answers pings until the client leaves (0) or breaks a limit (the close code)."""
@@ -210,21 +284,15 @@ class _Session:
             with contextlib.suppress(msgspec.DecodeError):
                 if _CLIENT_FRAME.decode(raw).type == "ping":
                     await self.heartbeat()
-                    self.on_event("", _PONG)
+                    self._queue(("", _PONG))
 
-    async def keep_presence(self) -> None:
-        while True:
-            await asyncio.sleep(self.sockets.heartbeat_seconds)
-            await self.heartbeat()
-
-    async def watch(self) -> int:
-        """Ends the session when the token expires or the client is too slow; returns the close code."""
-        try:
-            async with asyncio.timeout(max(0.0, self.expires_at - time.time())):
-                await self.overflowed.wait()
-        except TimeoutError:
-            return CLOSE_UNAUTHORIZED
-        return CLOSE_TRY_AGAIN
+    async def keep_presence(self) -> int:
+        """Presence heartbeats until the token expires; returns the close code then (4401)."""
+        while (left := self.expires_at - time.time()) > 0:
+            await asyncio.sleep(min(self.sockets.heartbeat_seconds, left))
+            if self.expires_at - time.time() > 0:
+                await self.heartbeat()
+        return CLOSE_UNAUTHORIZED
 
 
 class RealtimeSockets:
@@ -251,6 +319,36 @@ class RealtimeSockets:
         self.bus = bus
         self.presence = presence
         self.heartbeat_seconds = max(1.0, presence_ttl_seconds / 3)
+        self._decoded: dict[bytes, _Decoded | None] = {}
+
+    def decoded(self, payload: bytes) -> _Decoded | None:
+        """``payload`` as its sockets send it (None: not an event), decoded once for all of them: the bus
+        hands every subscriber the same bytes, whose hash is computed once and kept by the bytes object."""
+        try:
+            return self._decoded[payload]
+        except KeyError:
+            pass
+        envelope = decode_envelope(payload)
+        decoded = (
+            None
+            if envelope is None
+            else _Decoded(
+                bus_event_for_client(envelope).decode(),
+                None if envelope.members is None else frozenset(envelope.members),
+            )
+        )
+        if len(self._decoded) >= _DECODED_EVENTS:
+            del self._decoded[next(iter(self._decoded))]  # the oldest: its sockets have had it
+        self._decoded[payload] = decoded
+        return decoded
+
+    @staticmethod
+    async def _close(session: _Session, code: int, reason: str) -> None:
+        """Close with ``code``; a client that stopped reading cannot take even the close frame, so after
+        ``CLOSE_SECONDS`` the handler returns anyway and the server drops the connection."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_SECONDS):
+                await session.socket.close(code=code, reason=reason)
 
     @classmethod
     def from_backends(
@@ -362,25 +460,21 @@ class RealtimeSockets:
             await session.close()
 
     async def _run(self, session: _Session) -> None:
-        watcher = asyncio.ensure_future(session.watch())
+        timer = asyncio.ensure_future(session.keep_presence())
         receiver = asyncio.ensure_future(session.receive_frames())
-        tasks: set[asyncio.Future[Any]] = {
-            receiver,
-            asyncio.ensure_future(session.send_events()),
-            asyncio.ensure_future(session.keep_presence()),
-            watcher,
-        }
+        sender = session.sender = asyncio.ensure_future(session.send_events())
+        tasks: set[asyncio.Future[Any]] = {receiver, sender, timer}
         try:
             done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        if watcher in done and not watcher.cancelled() and watcher.exception() is None:
-            code = watcher.result()
-            reason = "token expired" if code == CLOSE_UNAUTHORIZED else "too slow: events were dropped"
-            with contextlib.suppress(Exception):
-                await session.socket.close(code=code, reason=reason)
+        if session.overflowed:
+            await self._close(session, CLOSE_TRY_AGAIN, "too slow: events were dropped")
+            return
+        if timer in done and not timer.cancelled() and timer.exception() is None:
+            await self._close(session, CLOSE_UNAUTHORIZED, "token expired")
             return
         if (
             receiver in done
@@ -390,8 +484,7 @@ class RealtimeSockets:
         ):
             code = receiver.result()
             reason = "frame too big" if code == CLOSE_TOO_BIG else "too many frames: slow down"
-            with contextlib.suppress(Exception):
-                await session.socket.close(code=code, reason=reason)
+            await self._close(session, code, reason)
             return
         for task in done:
             if (
@@ -403,8 +496,8 @@ class RealtimeSockets:
                 # like a bus that is down at connect time; anything else is our error.
                 unavailable = isinstance(error, EventBusUnavailable)
                 _log.warning("socket_failed", user_id=session.user_id, error=repr(error))
-                with contextlib.suppress(Exception):
-                    await session.socket.close(
-                        code=CLOSE_TRY_AGAIN if unavailable else CLOSE_INTERNAL_ERROR,
-                        reason="real-time events are unavailable" if unavailable else "internal error",
-                    )
+                await self._close(
+                    session,
+                    CLOSE_TRY_AGAIN if unavailable else CLOSE_INTERNAL_ERROR,
+                    "real-time events are unavailable" if unavailable else "internal error",
+                )

@@ -21,6 +21,7 @@ from message_service.schemas import (
     AddParticipants,
     ConversationPage,
     CreateConversation,
+    EditMessage,
     ForwardMessage,
     MessagePage,
     SendMessage,
@@ -85,7 +86,9 @@ async def get_conversation(
     status_code=200,
     summary="Change a conversation's settings",
     description="Admins only (403 `not_an_admin`); fields left out stay as they are. `pushImagePreviews`: "
-    "whether pushes of its images show the photo.",
+    "whether pushes of its images show the photo. `retentionDays` (1..36500): messages older than this many "
+    "days are deleted with their images by the retention job; null returns to the deployment's "
+    "`MESSAGE_RETENTION_DAYS`.",
     tags=["conversations"],
     responses=problem_responses(400, 401, 403, 404),
 )
@@ -229,6 +232,55 @@ async def forward_message(
     return Response(message, status_code=201 if created else 200)
 
 
+@delete(
+    "/conversations/{conversation_id:str}/messages/{message_id:str}",
+    status_code=204,
+    summary="Unsend a message",
+    description=(
+        "The sender, or an admin of the conversation (else 403 `not_allowed`); 204 again for a message "
+        "already deleted. The message stays in lists as a tombstone (`deleted: true`, `deletedAt`, "
+        "`deletedBy`, `content` and `metadata` null); the image proxy answers 404 `message_deleted` for its "
+        "image at once, and every stored byte of the image is deleted by a durable job within seconds. "
+        "Members get `message.deleted`."
+    ),
+    tags=["messages"],
+    opt={RATE_LIMIT_OPT: "sends"},
+    responses=problem_responses(401, 403, 404, 429, 503),
+)
+async def delete_message(
+    conversation_id: ConversationId,
+    message_id: MessageId,
+    principal: NamedDependency[Principal],
+    message_service: NamedDependency[MessageService],
+) -> None:
+    await message_service.delete(principal.user_id, conversation_id, message_id)
+
+
+@patch(
+    "/conversations/{conversation_id:str}/messages/{message_id:str}",
+    status_code=200,
+    summary="Edit a message's text, caption or alt text",
+    description=(
+        "The sender only (else 403 `not_allowed`), within `MESSAGE_EDIT_WINDOW_SECONDS` of sending (else "
+        "403 `edit_window_closed`); a deleted message is 409 `message_deleted`. Fields left out stay as "
+        "they are (an empty body changes nothing); the image itself cannot be replaced; 422 `empty_message` "
+        "for empty text, `not_an_image_message` for `alt_text` on a text message. 200 with the message, "
+        "`editedAt` set; members get `message.edited`."
+    ),
+    tags=["messages"],
+    opt={RATE_LIMIT_OPT: "sends"},
+    responses=problem_responses(400, 401, 403, 404, 409, 422, 429, 503),
+)
+async def edit_message(
+    conversation_id: ConversationId,
+    message_id: MessageId,
+    data: JSONBody[EditMessage],
+    principal: NamedDependency[Principal],
+    message_service: NamedDependency[MessageService],
+) -> Message:
+    return await message_service.edit(principal.user_id, conversation_id, message_id, data)
+
+
 ROUTES = [
     create_conversation,
     list_conversations,
@@ -240,4 +292,6 @@ ROUTES = [
     list_messages,
     mark_read,
     forward_message,
+    delete_message,
+    edit_message,
 ]

@@ -17,6 +17,7 @@ from chat_core.keys import CONVERSATION_ID_PATTERN, OBJECT_REFERENCE_PATTERN
 from chat_core.messagestore import CURSOR_PATTERN, Conversation, Message
 
 __all__ = [
+    "MAX_ALT_TEXT_CHARS",
     "MAX_CONTENT_CHARS",
     "MAX_PARTICIPANTS",
     "MESSAGE_EXAMPLE",
@@ -24,6 +25,7 @@ __all__ = [
     "AddParticipants",
     "ConversationPage",
     "CreateConversation",
+    "EditMessage",
     "ForwardMessage",
     "ImageMetadataRequest",
     "MessagePage",
@@ -69,6 +71,26 @@ MESSAGE_EXAMPLE = Example(
 
 MAX_PARTICIPANTS = 500  # a group's membership array stays far below Firestore's 1 MiB document limit
 MAX_CONTENT_CHARS = 4000
+MAX_ALT_TEXT_CHARS = 1000
+MAX_RETENTION_DAYS = 36500
+
+AltText = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=MAX_ALT_TEXT_CHARS,
+        description="The image described for people who cannot see it (screen readers); <= 1,000 characters.",
+    ),
+]
+EditedContent = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=MAX_CONTENT_CHARS,
+        description="The new text, or the image's new caption (null or empty: no caption).",
+    ),
+]
+RetentionDays = Annotated[
+    int, msgspec.Meta(ge=1, le=MAX_RETENTION_DAYS, description="Days a message is kept.")
+]
 
 UserId = Annotated[str, msgspec.Meta(pattern=USER_ID_PATTERN.pattern, description="A user id (`sub`).")]
 
@@ -102,13 +124,17 @@ class CreateConversation(msgspec.Struct, frozen=True, kw_only=True, rename="came
     ] = True
 
 
-class UpdateConversation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """Settings an admin changes; a field left out stays as it is."""
+class UpdateConversation(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
+):
+    """Settings an admin changes; a field left out stays as it is, an unknown one is a 400."""
 
     push_image_previews: Annotated[
         bool | msgspec.UnsetType,
         msgspec.Meta(description="Whether pushes of this conversation's images show the photo."),
     ] = msgspec.UNSET
+    # Messages older than this many days are deleted with their images (null: MESSAGE_RETENTION_DAYS).
+    retention_days: RetentionDays | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class AddParticipants(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -148,6 +174,7 @@ class ImageMetadataRequest(msgspec.Struct, frozen=True, kw_only=True):
     width: int | None = None
     height: int | None = None
     size_bytes: int | None = None
+    alt_text: AltText | None = None
 
 
 ClientMessageId = Annotated[
@@ -230,6 +257,13 @@ class ForwardMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
         ]
         | None
     ) = None
+
+
+class EditMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What an edit changes; a field left out stays as it is. The image itself is never replaced."""
+
+    content: EditedContent | msgspec.UnsetType | None = msgspec.UNSET
+    alt_text: AltText | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class ConversationPage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

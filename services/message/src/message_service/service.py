@@ -16,6 +16,7 @@ import datetime as dt
 import uuid
 from collections.abc import Awaitable
 
+import msgspec
 import structlog
 
 from chat_core import keys, ledger, metrics, tracing
@@ -31,10 +32,13 @@ from chat_core.messagestore import (
     InvalidCursor,
     LastMessage,
     Message,
+    MessageDeleted,
+    MessageEdit,
     MessageStore,
     ObjectAlreadyUsed,
     TooManyParticipants,
     created_event,
+    deleted_event,
     event_done,
     new_event,
 )
@@ -48,6 +52,7 @@ from message_service.schemas import (
     AddParticipants,
     ConversationPage,
     CreateConversation,
+    EditMessage,
     ForwardMessage,
     MessagePage,
     SendImage,
@@ -57,7 +62,7 @@ from message_service.schemas import (
 )
 from message_service.verification import ImageVerifier, VerifiedImage
 
-__all__ = ["ConversationService", "MessageService", "message_id_for"]
+__all__ = ["ConversationService", "MessageService", "delete_message", "message_id_for"]
 
 _log = structlog.get_logger("message_service")
 _CLIENT_MESSAGE_IDS = uuid.UUID("5b2f7f0e-6c1a-4d0e-9a57-3f1f5f3e2c11")  # namespace of derived ids
@@ -178,6 +183,20 @@ class ConversationService:
                 conversation_id=conversation_id,
                 push_image_previews=previews,
             )
+        if (
+            request.retention_days is not msgspec.UNSET
+            and request.retention_days != conversation.retention_days
+        ):
+            try:
+                conversation = await self._store.set_retention(conversation_id, request.retention_days)
+            except ConversationNotFound:
+                raise _no_such_conversation() from None
+            audit(
+                "conversation_settings_changed",
+                actor=user_id,
+                conversation_id=conversation_id,
+                retention_days=request.retention_days,
+            )
         return conversation
 
     async def add_participants(
@@ -209,7 +228,7 @@ class ConversationService:
         )
         try:
             conversation = await self._store.add_participants(
-                conversation_id, added, admins=admins, max_participants=MAX_PARTICIPANTS, event=joined
+                conversation_id, added, admins=admins, event=joined, max_participants=MAX_PARTICIPANTS
             )
         except ConversationNotFound:
             raise _no_such_conversation() from None
@@ -271,8 +290,10 @@ class MessageService:
         objects: ObjectStore,
         storage: ledger.StorageLedger,
         base_url: str,
+        edit_window_seconds: int = 48 * 3600,
     ) -> None:
         self._quotas = quotas
+        self._edit_window = dt.timedelta(seconds=edit_window_seconds)
         self._objects = objects
         self._storage = storage
         self._base_url = base_url
@@ -465,16 +486,7 @@ class MessageService:
             object_etag=verified.etag if verified else None,
         )
         await _emit("message_created", self._events.message_created(entry, members))
-        await self._last_messages.touch(
-            conversation_id,
-            LastMessage(
-                message_id=message.message_id,
-                sender_id=message.sender_id,
-                message_type=message.message_type,
-                preview=(message.content or "")[:_PREVIEW_CHARS],
-                timestamp=message.timestamp,
-            ),
-        )
+        await self._last_messages.touch(conversation_id, LastMessage.of(message, _PREVIEW_CHARS))
 
     async def list(
         self, user_id: str, conversation_id: str, *, limit: int, before: str | None
@@ -501,3 +513,134 @@ class MessageService:
         if changed:
             await _emit("message.read", self._events.event_stored(event_done(read, message)))
         return message
+
+    async def _message(self, conversation_id: str, message_id: str) -> Message:
+        # Every id this service hands out is a UUID; anything else cannot exist (nor reach the store).
+        message = (
+            await self._store.get_message(conversation_id, message_id)
+            if keys.UUID_PATTERN.fullmatch(message_id)
+            else None
+        )
+        if message is None:
+            raise ProblemError(404, "message_not_found", "no such message in this conversation")
+        return message
+
+    async def delete(self, user_id: str, conversation_id: str, message_id: str) -> None:
+        """Unsend: the sender, or an admin of the conversation. Deleting a tombstone again is a no-op."""
+        await _participants_for(self._conversations, conversation_id, user_id)
+        message = await self._message(conversation_id, message_id)
+        if message.deleted:
+            return
+        if message.sender_id == user_id:
+            reason = "sender"
+        else:
+            conversation = await self._conversations.get_conversation(conversation_id)
+            if conversation is None or user_id not in conversation.admin_ids():
+                raise ProblemError(
+                    403, "not_allowed", "only the sender or an admin of the conversation can delete it"
+                )
+            reason = "admin"
+        await delete_message(
+            self._store, self._events, conversation_id, message, deleted_by=user_id, reason=reason
+        )
+
+    async def edit(
+        self, user_id: str, conversation_id: str, message_id: str, request: EditMessage
+    ) -> Message:
+        """The sender changes the text (or caption) and/or the image's alt text, within the edit window."""
+        await _participants_for(self._conversations, conversation_id, user_id)
+        message = await self._message(conversation_id, message_id)
+        if message.deleted:
+            raise ProblemError(409, "message_deleted", "the message was deleted; it can no longer be edited")
+        if message.sender_id != user_id:
+            raise ProblemError(403, "not_allowed", "only the sender can edit a message")
+        now = _now()
+        if now - message.timestamp > self._edit_window:
+            raise ProblemError(
+                403,
+                "edit_window_closed",
+                f"a message can be edited for {int(self._edit_window.total_seconds())} s after it is sent",
+            )
+        if request.content is msgspec.UNSET and request.alt_text is msgspec.UNSET:
+            return message  # nothing named, nothing changed (not an edit: no editedAt, no event)
+        edit = self._edit_of(message, request)
+        announced = new_event("message.edited", conversation_id, trace=tracing.inject())
+        try:
+            changed = await self._store.edit_message(
+                conversation_id, message_id, edit, edited_at=now, event=announced
+            )
+        except MessageDeleted:
+            raise ProblemError(
+                409, "message_deleted", "the message was deleted; it can no longer be edited"
+            ) from None
+        if changed is None:
+            raise ProblemError(404, "message_not_found", "no such message in this conversation")
+        metrics.MESSAGES_EDITED.inc()
+        audit(
+            "message_edited",
+            actor=user_id,
+            conversation_id=conversation_id,
+            message_id=message_id,
+            fields=[name for name in ("content", "alt_text") if getattr(request, name) is not msgspec.UNSET],
+        )
+        await _emit("message.edited", self._events.event_stored(event_done(announced, changed)))
+        return changed
+
+    @staticmethod
+    def _edit_of(message: Message, request: EditMessage) -> MessageEdit:
+        # A well-formed body that does not fit the stored message is 422 (400 is for malformed bodies).
+        content = request.content
+        if message.message_type == "text":
+            if request.alt_text is not msgspec.UNSET:
+                raise ProblemError(422, "not_an_image_message", "alt_text is only for image messages")
+            if content is not msgspec.UNSET and not (content or "").strip():
+                raise ProblemError(422, "empty_message", "a text message needs some content")
+        elif content is not msgspec.UNSET and not (content or "").strip():
+            content = None  # an image without a caption, as at send
+        return MessageEdit(content=content, alt_text=request.alt_text)
+
+
+async def delete_message(
+    store: MessageStore,
+    events: MessageEvents,
+    conversation_id: str,
+    message: Message,
+    *,
+    deleted_by: str,
+    reason: str,
+) -> bool:
+    """Turn ``message`` into a tombstone with its durable ``deleted`` outbox entry, and start its fan-out
+    (events, lastMessage, the image's bytes). False when it already was one. Shared by unsend, retention
+    and a user's erasure."""
+    raw_key: str | None = None
+    if message.metadata is not None:
+        try:
+            raw_key = keys.stored_key(conversation_id, message.metadata.object_key)
+        except keys.InvalidKey:
+            raw_key = None  # not a key of ours: the derivatives are still found by the message id
+    now = _now()
+    trace = tracing.inject()
+    result = await store.delete_message(
+        conversation_id,
+        message.message_id,
+        deleted_by=deleted_by,
+        deleted_at=now,
+        object_key=raw_key,
+        trace=trace,
+    )
+    if result is None or not result[1]:
+        return False
+    tombstone = result[0]
+    metrics.MESSAGES_DELETED.labels(reason).inc()
+    audit(
+        "message_deleted",
+        actor=deleted_by,
+        reason=reason,
+        conversation_id=conversation_id,
+        message_id=message.message_id,
+        sender_id=message.sender_id,
+        message_type=message.message_type,
+    )
+    entry = deleted_event(conversation_id, tombstone, object_key=raw_key, trace=trace)
+    await _emit("message.deleted", events.event_stored(entry))
+    return True

@@ -133,6 +133,7 @@ class ImageVerifier:
             width=header.width,
             height=header.height,
             status="processing",
+            alt_text=requested.alt_text,
         )
         return VerifiedImage(
             stored_key=stored_key, metadata=metadata, last_modified=info.last_modified, etag=info.etag

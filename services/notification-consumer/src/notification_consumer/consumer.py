@@ -16,6 +16,8 @@
   the queue with a delay that doubles per attempt (``NOTIFICATION_RETRY_BASE_SECONDS``, through the
   visibility timeout); after ``NOTIFICATION_MAX_RECEIVES`` receives the queue moves it to the DLQ.
 * A token the provider reports dead is deleted from the store.
+* A notification whose message was deleted (unsent) before it was pushed is acknowledged without a push
+  (one message read per queue message, not per device); a redelivery finds it deleted the same way.
 * Each device's push goes to the provider its token is for (``Device.provider``: FCM or APNs; a log or
   webhook provider takes any device); a device no configured provider can reach is skipped (counted as
   ``no_provider``), never deleted: another deployment's configuration may reach it.
@@ -44,7 +46,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from chat_core import metrics, tracing
 from chat_core.backends import Backends
 from chat_core.jobqueue.runner import JobRunner
-from chat_core.messagestore import ConversationStore, Device, DeviceStore, PushReceiptStore
+from chat_core.messagestore import ConversationStore, Device, DeviceStore, MessageStore, PushReceiptStore
 from chat_core.notifications import Notification, NotificationQueue, ReceivedNotification
 from chat_core.push import PushMessage, PushRouter
 from chat_core.push.image_links import PushImageLinks, push_image_links
@@ -108,8 +110,10 @@ class NotificationConsumer:
         retry_base_seconds: float,
         drain_seconds: float,
         claim_lease_seconds: float = 60.0,
+        messages: MessageStore | None = None,
     ) -> None:
         self._queue = queue
+        self._messages = messages
         self._devices = devices
         self._receipts = receipts
         self._push = push
@@ -144,6 +148,7 @@ class NotificationConsumer:
             retry_base_seconds=settings.notifications.retry_base_seconds,
             drain_seconds=settings.service.drain_seconds,
             claim_lease_seconds=settings.notifications.push_claim_lease_seconds,
+            messages=backends.messages,
             conversations=backends.conversations,
             image_links=push_image_links(settings) if settings.push.image_previews else None,
         )
@@ -221,6 +226,8 @@ class NotificationConsumer:
     async def _push_all(self, notification: Notification) -> tuple[bool, dt.datetime | None]:
         """(True, None) when every device is done (pushed now or before, or gone); otherwise False and
         the latest time another claim holds one of the devices (None: only failures to retry)."""
+        if await self._unsent(notification):
+            return True, None
         devices = await self._devices.devices_for(notification.recipient_ids)
         targets = [device for user in notification.recipient_ids for device in devices.get(user, ())]
         links = await self._image_links_for(notification) if targets else None
@@ -237,6 +244,17 @@ class NotificationConsumer:
             settled.append(result)
         held = [result.not_before for result in settled if result.not_before is not None]
         return all(result.done for result in settled), max(held, default=None)
+
+    async def _unsent(self, notification: Notification) -> bool:
+        """Whether the message was deleted: then nobody is told about it."""
+        if self._messages is None:
+            return False
+        message = await self._messages.get_message(notification.conversation_id, notification.message_id)
+        if message is None or not message.deleted:
+            return False
+        metrics.DELETED_SKIPPED.labels("push").inc()
+        _log.info("push_skipped_message_deleted", notification_id=notification.notification_id)
+        return True
 
     async def _image_links_for(self, notification: Notification) -> PushImageLinks | None:
         """The link signer when this notification's pushes may show its image, else None."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Generic, Literal, Protocol, TypeVar
 
 import msgspec
@@ -54,6 +54,8 @@ __all__ = [
     "InvalidCursor",
     "LastMessage",
     "Message",
+    "MessageDeleted",
+    "MessageEdit",
     "MessageStore",
     "MessageType",
     "ObjectAlreadyUsed",
@@ -67,8 +69,11 @@ __all__ = [
     "TooManyParticipants",
     "created_event",
     "decode_cursor",
+    "deleted_event",
+    "edited",
     "encode_cursor",
     "event_done",
+    "finished",
     "legacy_outbox_fields",
     "new_event",
     "page_of",
@@ -120,10 +125,16 @@ class ImageMetadata(msgspec.Struct, frozen=True, kw_only=True):
     variants: ImageVariants | None = None
     blurhash: str | None = None
     error: str | None = None
+    alt_text: str | None = None  # the image's description for screen readers (sender's, editable)
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """The spec's "Message Data Structure" (camelCase on the wire and in Firestore)."""
+    """The spec's "Message Data Structure" (camelCase on the wire and in Firestore).
+
+    Exactly the spec's fields (``metadata`` null for text), plus the lifecycle's only once they apply
+    (UNSET fields are never encoded): ``editedAt`` after an edit; ``deleted``, ``deletedAt`` and
+    ``deletedBy`` on a tombstone. UNSET is falsy, so ``if message.deleted:`` reads as it should.
+    """
 
     message_id: str
     content: str | None
@@ -134,18 +145,47 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     metadata: ImageMetadata | None = None
     # True on a message forwarded from another conversation (it never names the source); absent otherwise.
     forwarded: bool | msgspec.UnsetType = msgspec.UNSET
+    # Set by an edit of ``content`` or ``metadata.alt_text`` (PATCH, within MESSAGE_EDIT_WINDOW_SECONDS).
+    edited_at: dt.datetime | msgspec.UnsetType = msgspec.UNSET
+    # A tombstone: the sender or an admin unsent it. ``content`` and ``metadata`` are then None, and every
+    # byte of its image is being (or has been) deleted; it keeps its place in the conversation's list.
+    deleted: bool | msgspec.UnsetType = msgspec.UNSET
+    deleted_at: dt.datetime | msgspec.UnsetType = msgspec.UNSET
+    deleted_by: str | msgspec.UnsetType = msgspec.UNSET
+
+    def tombstone(self, deleted_by: str, deleted_at: dt.datetime) -> Message:
+        """This message unsent: nothing of what it said is left, only who and when."""
+        return msgspec.structs.replace(
+            self, content=None, metadata=None, deleted=True, deleted_at=deleted_at, deleted_by=deleted_by
+        )
 
 
 class LastMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     message_id: str
     sender_id: str
     message_type: MessageType
-    preview: str  # caption or text, truncated
+    preview: str  # caption or text, truncated ("" once deleted)
     timestamp: dt.datetime
+    deleted: bool = False  # the last message was unsent (a tombstone)
 
     def is_newer_than(self, current: LastMessage | None) -> bool:
         """Later in the conversation's order (time, then id) than ``current``; anything beats None."""
         return current is None or (self.timestamp, self.message_id) > (current.timestamp, current.message_id)
+
+    def revises(self, current: LastMessage | None) -> bool:
+        """A new version of ``current`` (same message, edited or deleted) or newer than it."""
+        return current is None or (self.timestamp, self.message_id) >= (current.timestamp, current.message_id)
+
+    @classmethod
+    def of(cls, message: Message, preview_chars: int = 120) -> LastMessage:
+        return cls(
+            message_id=message.message_id,
+            sender_id=message.sender_id,
+            message_type=message.message_type,
+            preview=(message.content or "")[:preview_chars],
+            timestamp=message.timestamp,
+            deleted=message.deleted is True,
+        )
 
 
 class Conversation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -158,6 +198,9 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     # Members with the admin role (a subset of ``participants``). Stored since roles exist; a
     # conversation stored before has none, and its creator (the first participant) is its admin.
     admins: tuple[str, ...] = ()
+    # Messages older than this many days are deleted (with their images) by the retention job; None: the
+    # deployment's MESSAGE_RETENTION_DAYS. Set by an admin of the conversation (PATCH).
+    retention_days: int | None = None
     # False: pushes of this conversation's images carry no thumbnail (lock-screen privacy).
     push_image_previews: bool = True
 
@@ -179,7 +222,14 @@ class Device(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 # What the event outbox carries (the wire names clients get are in ``chat_core.outbox``, which turns each
 # kind into what is published). A new kind is added here, in ``chat_core.outbox.bus_events`` and, when it
 # needs work besides publishing, in the relay's dispatch (``message_service.fanout.Fanout.deliver``).
-EventKind = Literal["message.created", "message.updated", "message.read", "membership.changed"]
+EventKind = Literal[
+    "message.created",
+    "message.updated",
+    "message.read",
+    "message.deleted",
+    "message.edited",
+    "membership.changed",
+]
 
 
 class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -190,6 +240,12 @@ class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
       timestamp (``created_event``), so the entry a caller builds from the stored message is the stored one.
     * ``message.updated``: ``message`` as the change left it (the media processor finished its image).
     * ``message.read``: ``message`` as the change left it (``readBy``), ``user_id`` the reader.
+    * ``message.deleted``: ``message`` the tombstone (``delete_message``); ``object_key`` the image's raw
+      upload key. Besides publishing, the relay brings the conversation's ``lastMessage`` along and deletes
+      every stored byte of the image (the raw upload, any refusal note, everything under the message's
+      media prefix), and releases the entry only once the last byte is gone. ``event_id`` is
+      ``{messageId}:deleted`` (``deleted_event``): one per message.
+    * ``message.edited``: ``message`` as edited (``edit_message``); the relay also revises ``lastMessage``.
     * ``membership.changed``: ``added`` and ``removed`` users (a new conversation: every member added).
 
     A store method that takes ``event=`` writes it only when the call changes something, with ``message``
@@ -214,6 +270,17 @@ class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
         return None if self.message is None else self.message.message_id
 
 
+class MessageEdit(msgspec.Struct, frozen=True, kw_only=True):
+    """What an edit changes: ``content`` (text or caption) and/or the image's ``alt_text`` (UNSET: kept)."""
+
+    content: str | msgspec.UnsetType | None = msgspec.UNSET
+    alt_text: str | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class MessageDeleted(Exception):
+    """The message is a tombstone: nothing of it can change any more."""
+
+
 def created_event(
     conversation_id: str,
     message: Message,
@@ -232,6 +299,27 @@ def created_event(
         trace=dict(trace or {}),
         object_key=object_key,
         object_etag=object_etag,
+    )
+
+
+def deleted_event(
+    conversation_id: str,
+    tombstone: Message,
+    *,
+    object_key: str | None = None,
+    trace: Mapping[str, str] | None = None,
+) -> OutboxEntry:
+    """The ``message.deleted`` entry ``delete_message`` stores with the tombstone: one per message."""
+    return OutboxEntry(
+        event_id=f"{tombstone.message_id}:deleted",
+        kind="message.deleted",
+        conversation_id=conversation_id,
+        created_at=tombstone.deleted_at
+        if isinstance(tombstone.deleted_at, dt.datetime)
+        else dt.datetime.now(dt.UTC),
+        message=tombstone,
+        trace=dict(trace or {}),
+        object_key=object_key,
     )
 
 
@@ -274,6 +362,25 @@ def legacy_outbox_fields(fields: dict[str, object], key: str) -> dict[str, objec
 class Page(msgspec.Struct, Generic[T], frozen=True):
     items: list[T]
     next_cursor: str | None  # opaque; None on the last page
+
+
+def edited(message: Message, edit: MessageEdit, edited_at: dt.datetime) -> Message:
+    """``message`` with ``edit`` applied (both adapters apply it the same way)."""
+    content = message.content if edit.content is msgspec.UNSET else edit.content
+    metadata = message.metadata
+    if metadata is not None and edit.alt_text is not msgspec.UNSET:
+        metadata = msgspec.structs.replace(metadata, alt_text=edit.alt_text)
+    return msgspec.structs.replace(message, content=content, metadata=metadata, edited_at=edited_at)
+
+
+def finished(current: Message, metadata: ImageMetadata) -> Message | None:
+    """``current`` with its image finished as ``metadata``; None when it may not be (see ``finish_image``)."""
+    if current.deleted or current.metadata is None or current.metadata.status not in (None, "processing"):
+        return None
+    # The media job built ``metadata`` from the message it read; an edit since then wins.
+    return msgspec.structs.replace(
+        current, metadata=msgspec.structs.replace(metadata, alt_text=current.metadata.alt_text)
+    )
 
 
 def page_of(rows: list[T], limit: int, position: Callable[[T], tuple[dt.datetime, str]]) -> Page[T]:
@@ -359,12 +466,12 @@ class ConversationStore(Protocol):
         user_ids: Collection[str],
         *,
         admins: Collection[str] = (),
-        max_participants: int | None = None,
         event: OutboxEntry | None = None,
+        max_participants: int | None = None,
     ) -> Conversation:
         """Add ``user_ids`` as members and give ``admins`` (members, or among ``user_ids``) the admin role,
-        in one atomic change, with ``event`` (its ``membership.changed``). Raises ConversationNotFound,
-        and TooManyParticipants (nothing changed) when the members would then be more than
+        in one atomic change, with ``event`` (its ``membership.changed``). Raises ConversationNotFound, and
+        TooManyParticipants (nothing changed) when the members would then be more than
         ``max_participants``: checked in the same atomic change, so concurrent additions cannot pass it
         together."""
 
@@ -378,6 +485,17 @@ class ConversationStore(Protocol):
 
     async def touch_conversation(self, conversation_id: str, last_message: LastMessage) -> None:
         """Set ``lastMessage``/``updatedAt`` unless a newer last message is already stored."""
+
+    async def revise_last_message(self, conversation_id: str, last_message: LastMessage) -> None:
+        """Set ``lastMessage`` when the stored one is the same message (edited or deleted since) or older;
+        ``updatedAt`` never moves back. A later ``touch_conversation`` with the message's old version is
+        then not newer, so it cannot undo the revision."""
+
+    async def set_retention(self, conversation_id: str, days: int | None) -> Conversation:
+        """Set (or, with None, clear) the conversation's ``retentionDays``. Raises ConversationNotFound."""
+
+    def every_conversation(self) -> AsyncIterator[Conversation]:
+        """Every conversation, by id, in pages (the retention job's pass)."""
 
 
 class MessageStore(Protocol):
@@ -407,6 +525,49 @@ class MessageStore(Protocol):
         """
 
     async def get_message(self, conversation_id: str, message_id: str) -> Message | None: ...
+
+    async def delete_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        *,
+        deleted_by: str,
+        deleted_at: dt.datetime,
+        object_key: str | None = None,
+        trace: Mapping[str, str] | None = None,
+    ) -> tuple[Message, bool] | None:
+        """Turn the message into a tombstone (``Message.tombstone``), in one transaction with its
+        ``message.deleted`` entry (``deleted_event``; ``object_key``: the image's stored raw key, whose
+        bytes the relay deletes) and the removal of its ``message.created`` entry if still pending (a
+        message deleted before its fan-out ran is never announced, notified or processed).
+
+        ``(tombstone, True)`` when deleted now; ``(tombstone, False)`` when it already was one (nothing
+        written); None when there is no such message. The image reference stays: the object can never
+        back another message, and the proxy can tell a deleted image from one that never was.
+        """
+
+    async def edit_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        edit: MessageEdit,
+        *,
+        edited_at: dt.datetime,
+        event: OutboxEntry | None = None,
+    ) -> Message | None:
+        """Apply ``edit`` and set ``editedAt``, in one transaction with ``event`` (its ``message.edited``).
+
+        None when there is no such message; raises MessageDeleted for a tombstone. ``alt_text`` applies to
+        an image message's metadata (the caller refuses it for text).
+        """
+
+    def messages_before(self, conversation_id: str, before: dt.datetime) -> AsyncIterator[Message]:
+        """The conversation's messages older than ``before``, oldest first, tombstones included (the
+        retention job's; read in pages, so the caller may change what it has read)."""
+
+    def sent_by(self, user_id: str) -> AsyncIterator[tuple[str, Message]]:
+        """(conversation id, message) of every message ``user_id`` sent, in any conversation (also those
+        they left), oldest first, tombstones included; read in pages (a user's erasure and export)."""
 
     async def list_messages(
         self, conversation_id: str, *, limit: int, before: str | None = None
@@ -440,8 +601,9 @@ class MessageStore(Protocol):
         """Replace the image metadata of a message still ``processing`` (or without a status), with
         ``event`` (its ``message.updated``).
 
-        Returns the updated message; None when there is no such message or it is already ready or
-        failed (a redelivered media job changes nothing twice).
+        Returns the updated message; None when there is no such message, it is already ready or
+        failed (a redelivered media job changes nothing twice), or it was deleted. An ``alt_text`` edited
+        while the image was processing is kept.
         """
 
 

@@ -35,7 +35,7 @@ import hashlib
 import math
 import os
 import random
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -59,6 +59,8 @@ from chat_core.messagestore import (
     ImageMetadata,
     LastMessage,
     Message,
+    MessageDeleted,
+    MessageEdit,
     ObjectAlreadyUsed,
     OutboxEntry,
     Page,
@@ -66,7 +68,10 @@ from chat_core.messagestore import (
     TooManyParticipants,
     created_event,
     decode_cursor,
+    deleted_event,
+    edited,
     event_done,
+    finished,
     legacy_outbox_fields,
     page_of,
 )
@@ -93,13 +98,14 @@ OUTBOX_SHARDS = 64
 DEVICES = "devices"
 DEVICE_USERS = "deviceUsers"  # one anchor document per user with devices: serializes their registrations
 PUSH_RECEIPTS = "pushReceipts"
+_PAGE = 200  # documents per read of the lifecycle jobs' scans
 _GET_ALL_CHUNK = 100
 _IN_CHUNK = 30  # Firestore's limit on the values of an "in" filter
 _BATCH_LIMIT = 500  # writes per batch
 _OPTIMISTIC_ATTEMPTS = 8
+_CLAIM_SCAN = 4  # a claim reads up to this many entries per one it wants (others may hold the oldest)
 _EMULATOR_VARIABLE = "FIRESTORE_EMULATOR_HOST"
 _DEVICE_ATTEMPTS = 12
-_CLAIM_SCAN = 4  # a claim reads up to this many entries per one it wants (others may hold the oldest)
 _DESCENDING = BaseQuery.DESCENDING
 # What the client raises when Firestore cannot answer now (unreachable, overloaded, contention, its own
 # retries given up): a 503 worth a retry. Anything else it raises is a bug of ours (a 500).
@@ -232,12 +238,25 @@ async def _newest_first(
     """One page of ``source``, newest first on (``time_field``, document id), after ``cursor``.
 
     Raises InvalidCursor."""
-    after = decode_cursor(cursor) if cursor else None
+    after = decode_cursor(cursor) if cursor is not None else None
     query = source.order_by(time_field, direction=_DESCENDING).order_by("__name__", direction=_DESCENDING)
     if after is not None:
         query = query.start_after([after[0], after[1]])
     rows = [decode(snapshot) async for snapshot in query.limit(limit + 1).stream()]
     return page_of(rows, limit, position)
+
+
+async def _pages(query: Any) -> AsyncIterator[DocumentSnapshot[Any]]:
+    """Every document of ``query``, read ``_PAGE`` at a time (short reads; the caller may write between)."""
+    last: DocumentSnapshot[Any] | None = None
+    while True:
+        page = query.start_after(last) if last is not None else query
+        snapshots = [snapshot async for snapshot in page.limit(_PAGE).stream()]
+        for snapshot in snapshots:
+            yield snapshot
+        if len(snapshots) < _PAGE:
+            return
+        last = snapshots[-1]
 
 
 class FirestoreChatStore(ChatStore):
@@ -343,8 +362,8 @@ class FirestoreChatStore(ChatStore):
         user_ids: Collection[str],
         *,
         admins: Collection[str] = (),
-        max_participants: int | None = None,
         event: OutboxEntry | None = None,
+        max_participants: int | None = None,
     ) -> Conversation:
         # ArrayUnion is applied by the server: no transaction, so concurrent additions neither lose each
         # other nor queue on a lock. Members and roles change in one update.
@@ -366,15 +385,18 @@ class FirestoreChatStore(ChatStore):
             members = set(snapshot.get("participants") or [])
             if len(members) + sum(user not in members for user in wanted) > max_participants:
                 raise TooManyParticipants(max_participants)
+            batch = self.client.batch()
+            batch.update(ref, change, option=self.client.write_option(last_update_time=snapshot.update_time))
+            if event is not None:
+                self._append_event(batch, event)
             try:
-                return await self._update_participants(
-                    conversation_id,
-                    change,
-                    event,
-                    option=self.client.write_option(last_update_time=snapshot.update_time),
-                )
+                await batch.commit()
             except gexc.FailedPrecondition:
                 await asyncio.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))  # noqa: S311 - jitter
+                continue
+            except gexc.NotFound:
+                raise ConversationNotFound(conversation_id) from None
+            return await self._update_participants(conversation_id, {}, None)
         raise gexc.Aborted(f"conversation {conversation_id} kept changing; try again")  # type: ignore[no-untyped-call]
 
     async def set_push_image_previews(self, conversation_id: str, enabled: bool) -> Conversation:
@@ -414,6 +436,20 @@ class FirestoreChatStore(ChatStore):
         return _conversation(snapshot)
 
     async def touch_conversation(self, conversation_id: str, last_message: LastMessage) -> None:
+        await self._set_last_message(conversation_id, last_message, last_message.is_newer_than)
+
+    async def revise_last_message(self, conversation_id: str, last_message: LastMessage) -> None:
+        await self._set_last_message(conversation_id, last_message, last_message.revises)
+
+    async def set_retention(self, conversation_id: str, days: int | None) -> Conversation:
+        return await self._update_participants(conversation_id, {"retentionDays": days}, None)
+
+    async def _set_last_message(
+        self,
+        conversation_id: str,
+        last_message: LastMessage,
+        replaces: Callable[[LastMessage | None], bool],
+    ) -> None:
         # Optimistic: read, then write only if the document is unchanged since (its update time as a
         # precondition). Lock-free, and it writes nothing when a newer last message is already there.
         ref = self._conversation_ref(conversation_id)
@@ -424,7 +460,7 @@ class FirestoreChatStore(ChatStore):
             data = _plain(snapshot.to_dict() or {})
             raw = data.get("lastMessage")
             current = None if raw is None else msgspec.convert(raw, LastMessage)
-            if not last_message.is_newer_than(current):
+            if not replaces(current):
                 return
             fields = {
                 "lastMessage": _fields(last_message),
@@ -439,7 +475,37 @@ class FirestoreChatStore(ChatStore):
             return
         raise RuntimeError(f"conversation {conversation_id} kept changing; lastMessage not updated")
 
+    async def every_conversation(self) -> AsyncIterator[Conversation]:
+        async for snapshot in _pages(self.client.collection(CONVERSATIONS).order_by("__name__")):
+            yield _conversation(snapshot)
+
     # --- messages ---------------------------------------------------------------------------------
+    async def messages_before(self, conversation_id: str, before: dt.datetime) -> AsyncIterator[Message]:
+        # The built-in single-field index on timestamp (ascending), as list_messages uses.
+        query = (
+            self._conversation_ref(conversation_id)
+            .collection(MESSAGES)
+            .where(filter=FieldFilter("timestamp", "<", before))
+            .order_by("timestamp")
+            .order_by("__name__")
+        )
+        async for snapshot in _pages(query):
+            yield _message(snapshot)
+
+    async def sent_by(self, user_id: str) -> AsyncIterator[tuple[str, Message]]:
+        # Collection-group query over every conversation's messages: the collection-group index on
+        # (senderId, timestamp) in firestore.indexes.json.
+        query = (
+            self.client.collection_group(MESSAGES)
+            .where(filter=FieldFilter("senderId", "==", user_id))
+            .order_by("timestamp")
+            .order_by("__name__")
+        )
+        async for snapshot in _pages(query):
+            parent = snapshot.reference.parent.parent
+            if parent is not None:
+                yield parent.id, _message(snapshot)
+
     def _message_ref(self, conversation_id: str, message_id: str) -> AsyncDocumentReference:
         ref: AsyncDocumentReference = (
             self._conversation_ref(conversation_id).collection(MESSAGES).document(message_id)
@@ -495,6 +561,85 @@ class FirestoreChatStore(ChatStore):
     async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
         snapshot = await self._message_ref(conversation_id, message_id).get()
         return _message(snapshot) if snapshot.exists else None
+
+    async def delete_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        *,
+        deleted_by: str,
+        deleted_at: dt.datetime,
+        object_key: str | None = None,
+        trace: Mapping[str, str] | None = None,
+    ) -> tuple[Message, bool] | None:
+        def change(current: Message) -> tuple[Message, OutboxEntry] | None:
+            if current.deleted:
+                return None
+            tombstone = current.tombstone(deleted_by, deleted_at)
+            return tombstone, deleted_event(conversation_id, tombstone, object_key=object_key, trace=trace)
+
+        # The message's own fan-out, if still pending, would announce, notify and process what is gone.
+        result = await self._change_message(conversation_id, message_id, change, drop_created=True)
+        if result is None:
+            return None
+        message, changed = result
+        return message, changed
+
+    async def edit_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        edit: MessageEdit,
+        *,
+        edited_at: dt.datetime,
+        event: OutboxEntry | None = None,
+    ) -> Message | None:
+        def change(current: Message) -> tuple[Message, OutboxEntry | None] | None:
+            if current.deleted:
+                raise MessageDeleted(message_id)
+            updated = edited(current, edit, edited_at)
+            return updated, None if event is None else event_done(event, updated)
+
+        result = await self._change_message(conversation_id, message_id, change)
+        return None if result is None else result[0]
+
+    async def _change_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        change: Callable[[Message], tuple[Message, OutboxEntry | None] | None],
+        *,
+        drop_created: bool = False,
+    ) -> tuple[Message, bool] | None:
+        """Replace a message by ``change(current)`` with its outbox entry in one batch, only if the message
+        is unchanged since it was read (its update time as a precondition; a read receipt in between
+        just makes it look again). ``change`` returning None: nothing to write."""
+        ref = self._message_ref(conversation_id, message_id)
+        for _ in range(_OPTIMISTIC_ATTEMPTS):
+            snapshot = await ref.get()
+            if not snapshot.exists:
+                return None
+            current = _message(snapshot)
+            result = change(current)
+            if result is None:
+                return current, False
+            updated, entry = result
+            batch = self.client.batch()
+            # Every field, each replaced whole (a map value replaces the map): the stored message is
+            # exactly ``updated``.
+            batch.update(
+                ref, _fields(updated), option=self.client.write_option(last_update_time=snapshot.update_time)
+            )
+            if drop_created:
+                batch.delete(self._outbox_ref(message_id))
+            if entry is not None:
+                self._append_event(batch, entry)
+            try:
+                await batch.commit()
+            except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
+                continue
+            return updated, True
+        raise RuntimeError(f"message {message_id} kept changing; not changed")
 
     async def list_messages(
         self, conversation_id: str, *, limit: int, before: str | None = None
@@ -552,14 +697,13 @@ class FirestoreChatStore(ChatStore):
             snapshot = await ref.get()
             if not snapshot.exists:
                 return None
-            current = _message(snapshot)
-            if current.metadata is None or current.metadata.status not in (None, "processing"):
+            updated = finished(_message(snapshot), metadata)
+            if updated is None or updated.metadata is None:
                 return None
-            updated = msgspec.structs.replace(current, metadata=metadata)
             batch = self.client.batch()
             batch.update(
                 ref,
-                {"metadata": _fields(metadata)},
+                {"metadata": _fields(updated.metadata)},
                 option=self.client.write_option(last_update_time=snapshot.update_time),
             )
             if event is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -28,6 +28,8 @@ from chat_core.messagestore import (
     ImageMetadata,
     LastMessage,
     Message,
+    MessageDeleted,
+    MessageEdit,
     ObjectAlreadyUsed,
     OutboxEntry,
     Page,
@@ -35,7 +37,10 @@ from chat_core.messagestore import (
     TooManyParticipants,
     created_event,
     decode_cursor,
+    deleted_event,
+    edited,
     event_done,
+    finished,
     legacy_outbox_fields,
     page_of,
 )
@@ -49,6 +54,7 @@ __all__ = ["SqliteChatStore", "create"]
 
 T = TypeVar("T")
 
+_PAGE = 200  # rows per read of the lifecycle jobs' scans
 _IN_CHUNK = 500  # bound on "IN (?, ?, ...)" lists (SQLite allows 32766 variables; keep statements small)
 
 _SCHEMA = """
@@ -60,6 +66,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     updated_at      INTEGER NOT NULL,
     last_message    BLOB,              -- JSON LastMessage
     admins          TEXT,              -- JSON array: members with the admin role
+    retention_days  INTEGER,           -- NULL: the deployment's MESSAGE_RETENTION_DAYS
     push_image_previews INTEGER        -- 0: pushes carry no image; NULL or 1: they may
 );
 -- One row per member: the by-user index behind "my conversations".
@@ -75,6 +82,7 @@ CREATE TABLE IF NOT EXISTS messages (
     message_id      TEXT    NOT NULL,
     timestamp       INTEGER NOT NULL,
     body            BLOB    NOT NULL,  -- JSON Message (the spec's fields)
+    sender_id       TEXT,              -- the body's senderId: a user's messages, for erasure
     PRIMARY KEY (conversation_id, message_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_by_time ON messages (conversation_id, timestamp, message_id);
@@ -121,6 +129,14 @@ def _on_open(conn: sqlite3.Connection) -> None:
     # Data dirs made before devices said which push service their token is for (NULL: FCM).
     if "provider" not in {row[1] for row in conn.execute("PRAGMA table_info(devices)")}:
         conn.execute("ALTER TABLE devices ADD COLUMN provider TEXT")
+    if "retention_days" not in columns:
+        conn.execute("ALTER TABLE conversations ADD COLUMN retention_days INTEGER")
+    # Data dirs made before erasure: the sender as a column of its own, filled from the bodies.
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    if "sender_id" not in columns:
+        conn.execute("ALTER TABLE messages ADD COLUMN sender_id TEXT")
+        conn.execute("UPDATE messages SET sender_id = json_extract(CAST(body AS TEXT), '$.senderId')")
+    conn.execute("CREATE INDEX IF NOT EXISTS messages_by_sender ON messages (sender_id, timestamp)")
     # Data dirs made before push claims had leases: add the column (NULL: done, as those claims were).
     columns = {row[1] for row in conn.execute("PRAGMA table_info(push_receipts)")}
     if "leased_until" not in columns:
@@ -164,13 +180,14 @@ def _conversation(row: sqlite3.Row) -> Conversation:
         if row["last_message"] is not None
         else None,
         admins=tuple(msgspec.json.decode(row["admins"], type=list[str])) if row["admins"] else (),
+        retention_days=row["retention_days"],
         push_image_previews=row["push_image_previews"] != 0,
     )
 
 
 _CONVERSATION_COLUMNS = (
     "c.conversation_id, c.name, c.participants, c.created_at, c.updated_at, c.last_message, c.admins,"
-    " c.push_image_previews"
+    " c.retention_days, c.push_image_previews"
 )
 
 
@@ -188,6 +205,41 @@ def _select_conversation(conn: sqlite3.Connection, conversation_id: str) -> Conv
         (conversation_id,),
     ).fetchone()
     return None if row is None else _conversation(row)
+
+
+def _set_last_message(
+    conn: sqlite3.Connection,
+    conversation_id: str,
+    last_message: LastMessage,
+    replaces: Callable[[LastMessage | None], bool],
+) -> None:
+    row = conn.execute(
+        "SELECT updated_at, last_message FROM conversations WHERE conversation_id = ?", (conversation_id,)
+    ).fetchone()
+    if row is None:
+        return
+    current = None if row[1] is None else msgspec.json.decode(row[1], type=LastMessage)
+    if not replaces(current):
+        return
+    conn.execute(
+        "UPDATE conversations SET last_message = ?, updated_at = ? WHERE conversation_id = ?",
+        (msgspec.json.encode(last_message), max(row[0], micros(last_message.timestamp)), conversation_id),
+    )
+
+
+def _select_message(conn: sqlite3.Connection, conversation_id: str, message_id: str) -> Message | None:
+    row = conn.execute(
+        "SELECT body FROM messages WHERE conversation_id = ? AND message_id = ?",
+        (conversation_id, message_id),
+    ).fetchone()
+    return None if row is None else msgspec.json.decode(row[0], type=Message)
+
+
+def _update_message(conn: sqlite3.Connection, conversation_id: str, message: Message) -> None:
+    conn.execute(
+        "UPDATE messages SET body = ? WHERE conversation_id = ? AND message_id = ?",
+        (msgspec.json.encode(message), conversation_id, message.message_id),
+    )
 
 
 class SqliteChatStore(ChatStore):
@@ -217,7 +269,7 @@ class SqliteChatStore(ChatStore):
     ) -> Page[T]:
         """One page of ``select`` (a query ending in a WHERE clause), newest first on the (time, id)
         columns ``order``, after ``cursor``. Raises InvalidCursor."""
-        after = decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor) if cursor is not None else None
         time_column, id_column = order
 
         def run(conn: sqlite3.Connection) -> list[T]:
@@ -254,7 +306,7 @@ class SqliteChatStore(ChatStore):
             conn.execute(
                 "INSERT INTO conversations"
                 " (conversation_id, name, participants, created_at, updated_at, last_message, admins,"
-                " push_image_previews) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " retention_days, push_image_previews) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     conversation.conversation_id,
                     conversation.name,
@@ -265,6 +317,7 @@ class SqliteChatStore(ChatStore):
                     if conversation.last_message is None
                     else msgspec.json.encode(conversation.last_message),
                     msgspec.json.encode(list(conversation.admins)).decode(),
+                    conversation.retention_days,
                     int(conversation.push_image_previews),
                 ),
             )
@@ -311,8 +364,8 @@ class SqliteChatStore(ChatStore):
         user_ids: Collection[str],
         *,
         admins: Collection[str] = (),
-        max_participants: int | None = None,
         event: OutboxEntry | None = None,
+        max_participants: int | None = None,
     ) -> Conversation:
         def add(conn: sqlite3.Connection) -> Conversation:
             # Read, check and write in one write transaction: concurrent additions queue on it.
@@ -390,28 +443,76 @@ class SqliteChatStore(ChatStore):
         return await self._db.write(remove)
 
     async def touch_conversation(self, conversation_id: str, last_message: LastMessage) -> None:
-        def touch(conn: sqlite3.Connection) -> None:
-            row = conn.execute(
-                "SELECT updated_at, last_message FROM conversations WHERE conversation_id = ?",
-                (conversation_id,),
-            ).fetchone()
-            if row is None:
-                return
-            current = None if row[1] is None else msgspec.json.decode(row[1], type=LastMessage)
-            if not last_message.is_newer_than(current):
-                return
-            conn.execute(
-                "UPDATE conversations SET last_message = ?, updated_at = ? WHERE conversation_id = ?",
-                (
-                    msgspec.json.encode(last_message),
-                    max(row[0], micros(last_message.timestamp)),
-                    conversation_id,
-                ),
-            )
+        await self._db.write(_set_last_message, conversation_id, last_message, last_message.is_newer_than)
 
-        await self._db.write(touch)
+    async def revise_last_message(self, conversation_id: str, last_message: LastMessage) -> None:
+        await self._db.write(_set_last_message, conversation_id, last_message, last_message.revises)
+
+    async def set_retention(self, conversation_id: str, days: int | None) -> Conversation:
+        def update(conn: sqlite3.Connection) -> Conversation:
+            conn.execute(
+                "UPDATE conversations SET retention_days = ? WHERE conversation_id = ?",
+                (days, conversation_id),
+            )
+            current = _select_conversation(conn, conversation_id)
+            if current is None:
+                raise ConversationNotFound(conversation_id)
+            return current
+
+        return await self._db.write(update)
+
+    async def every_conversation(self) -> AsyncIterator[Conversation]:
+        after = ""
+        while True:
+            rows = await self._db.read(
+                lambda conn, after=after: conn.execute(
+                    f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c"  # noqa: S608
+                    " WHERE c.conversation_id > ? ORDER BY c.conversation_id LIMIT ?",
+                    (after, _PAGE),
+                ).fetchall()
+            )
+            for row in rows:
+                yield _conversation(row)
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1]["conversation_id"]
 
     # --- messages ---------------------------------------------------------------------------------
+    async def messages_before(self, conversation_id: str, before: dt.datetime) -> AsyncIterator[Message]:
+        position = (-1, "")
+        cutoff = micros(before)
+        while True:
+            rows = await self._db.read(
+                lambda conn, position=position: conn.execute(
+                    "SELECT timestamp, message_id, body FROM messages WHERE conversation_id = ?"
+                    " AND timestamp < ? AND (timestamp, message_id) > (?, ?)"
+                    " ORDER BY timestamp, message_id LIMIT ?",
+                    (conversation_id, cutoff, *position, _PAGE),
+                ).fetchall()
+            )
+            for row in rows:
+                yield msgspec.json.decode(row["body"], type=Message)
+            if len(rows) < _PAGE:
+                return
+            position = (rows[-1]["timestamp"], rows[-1]["message_id"])
+
+    async def sent_by(self, user_id: str) -> AsyncIterator[tuple[str, Message]]:
+        position: tuple[int, str, str] = (-1, "", "")
+        while True:
+            rows = await self._db.read(
+                lambda conn, position=position: conn.execute(
+                    "SELECT timestamp, conversation_id, message_id, body FROM messages WHERE sender_id = ?"
+                    " AND (timestamp, conversation_id, message_id) > (?, ?, ?)"
+                    " ORDER BY timestamp, conversation_id, message_id LIMIT ?",
+                    (user_id, *position, _PAGE),
+                ).fetchall()
+            )
+            for row in rows:
+                yield row["conversation_id"], msgspec.json.decode(row["body"], type=Message)
+            if len(rows) < _PAGE:
+                return
+            position = (rows[-1]["timestamp"], rows[-1]["conversation_id"], rows[-1]["message_id"])
+
     async def create_message(
         self,
         conversation_id: str,
@@ -447,12 +548,14 @@ class SqliteChatStore(ChatStore):
                     (object_key, conversation_id, message.message_id),
                 )
             conn.execute(
-                "INSERT INTO messages (conversation_id, message_id, timestamp, body) VALUES (?, ?, ?, ?)",
+                "INSERT INTO messages (conversation_id, message_id, timestamp, body, sender_id)"
+                " VALUES (?, ?, ?, ?, ?)",
                 (
                     conversation_id,
                     message.message_id,
                     micros(message.timestamp),
                     msgspec.json.encode(message),
+                    message.sender_id,
                 ),
             )
             _append_event(conn, entry)
@@ -461,14 +564,55 @@ class SqliteChatStore(ChatStore):
         return await self._db.write(insert)
 
     async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
-        def select(conn: sqlite3.Connection) -> Message | None:
-            row = conn.execute(
-                "SELECT body FROM messages WHERE conversation_id = ? AND message_id = ?",
-                (conversation_id, message_id),
-            ).fetchone()
-            return None if row is None else msgspec.json.decode(row[0], type=Message)
+        return await self._db.read(_select_message, conversation_id, message_id)
 
-        return await self._db.read(select)
+    async def delete_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        *,
+        deleted_by: str,
+        deleted_at: dt.datetime,
+        object_key: str | None = None,
+        trace: Mapping[str, str] | None = None,
+    ) -> tuple[Message, bool] | None:
+        def delete(conn: sqlite3.Connection) -> tuple[Message, bool] | None:
+            current = _select_message(conn, conversation_id, message_id)
+            if current is None:
+                return None
+            if current.deleted:
+                return current, False
+            tombstone = current.tombstone(deleted_by, deleted_at)
+            _update_message(conn, conversation_id, tombstone)
+            # Its message.created, if still pending, would announce, notify and process what is gone.
+            conn.execute("DELETE FROM outbox WHERE event_id = ?", (message_id,))
+            _append_event(conn, deleted_event(conversation_id, tombstone, object_key=object_key, trace=trace))
+            return tombstone, True
+
+        return await self._db.write(delete)
+
+    async def edit_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        edit: MessageEdit,
+        *,
+        edited_at: dt.datetime,
+        event: OutboxEntry | None = None,
+    ) -> Message | None:
+        def update(conn: sqlite3.Connection) -> Message | None:
+            current = _select_message(conn, conversation_id, message_id)
+            if current is None:
+                return None
+            if current.deleted:
+                raise MessageDeleted(message_id)
+            changed = edited(current, edit, edited_at)
+            _update_message(conn, conversation_id, changed)
+            if event is not None:
+                _append_event(conn, event_done(event, changed))
+            return changed
+
+        return await self._db.write(update)
 
     async def image_message(self, conversation_id: str, stored_key: str) -> Message | None:
         def select(conn: sqlite3.Connection) -> Message | None:
@@ -491,22 +635,12 @@ class SqliteChatStore(ChatStore):
         event: OutboxEntry | None = None,
     ) -> Message | None:
         def update(conn: sqlite3.Connection) -> Message | None:
-            row = conn.execute(
-                "SELECT body FROM messages WHERE conversation_id = ? AND message_id = ?",
-                (conversation_id, message_id),
-            ).fetchone()
-            if row is None:
-                return None
-            current = msgspec.json.decode(row[0], type=Message)
-            if current.metadata is None or current.metadata.status not in (None, "processing"):
-                return None
-            updated = msgspec.structs.replace(current, metadata=metadata)
-            conn.execute(
-                "UPDATE messages SET body = ? WHERE conversation_id = ? AND message_id = ?",
-                (msgspec.json.encode(updated), conversation_id, message_id),
-            )
-            if event is not None:
-                _append_event(conn, event_done(event, updated))
+            current = _select_message(conn, conversation_id, message_id)
+            updated = None if current is None else finished(current, metadata)
+            if updated is not None:
+                _update_message(conn, conversation_id, updated)
+                if event is not None:
+                    _append_event(conn, event_done(event, updated))
             return updated
 
         return await self._db.write(update)

@@ -64,6 +64,10 @@ class QuotaStore(Protocol):
         (counting nothing) when that would go over ``bytes_per_day``."""
         ...
 
+    async def forget_user(self, user_id: str, *, day: str) -> None:
+        """Drop everything kept about ``user_id``: pending-upload slots and ``day``'s bytes (an erasure)."""
+        ...
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -131,6 +135,10 @@ class Quotas:
         self._health.succeeded()
         if refusal is not None:
             raise self._refuse(refusal)
+
+    async def forget_user(self, user_id: str) -> None:
+        """A user's erasure: their quota records go (raises when the store fails: the job retries)."""
+        await self.store.forget_user(user_id, day=utc_day())
 
     async def charge_send(self, user_id: str, upload: str, size_bytes: int) -> None:
         """Raises ``QuotaExceeded`` (429) when this image would take the user over today's bytes."""

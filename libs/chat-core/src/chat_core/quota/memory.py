@@ -109,6 +109,11 @@ class MemoryQuotaStore(QuotaStore):
                 del self._pending[user_id]
         return None
 
+    async def forget_user(self, user_id: str, *, day: str) -> None:
+        self._pending.pop(user_id, None)
+        if day == self._day:
+            self._days.pop(user_id, None)
+
     async def start(self) -> None:
         return None
 

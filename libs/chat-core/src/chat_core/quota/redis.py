@@ -133,6 +133,10 @@ class RedisQuotaStore(QuotaStore):
         )
         return _refusal(result)
 
+    async def forget_user(self, user_id: str, *, day: str) -> None:
+        # Both keys carry the user's hash tag: one slot, one command even in a cluster.
+        await self._client.delete(pending_key(self._prefix, user_id), day_key(self._prefix, user_id, day))
+
     async def start(self) -> None:
         return None
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Protocol
 
 __all__ = [
+    "DELETIONS_CHANNEL",
     "MEMBERSHIP_CHANNEL",
     "EventBus",
     "EventBusUnavailable",
@@ -30,6 +31,8 @@ GapHandler = Callable[[], None]
 
 # Membership changes (JSON ``{"conversationId": ...}``), so every process drops its cached answer.
 MEMBERSHIP_CHANNEL = "membership"
+# Messages deleted (JSON ``{"conversationId": ..., "messageId": ...}``), so every image proxy forgets them.
+DELETIONS_CHANNEL = "deletions"
 
 
 def conversation_channel(conversation_id: str) -> str:

@@ -7,6 +7,8 @@ membership caches in ``chat_core.membership``) import their shapes from here, so
   route it (``members``, so a socket whose user was removed drops the event even if it missed the
   ``conversation.left``) and the W3C ``trace``; neither is forwarded to clients.
 * ``MEMBERSHIP_CHANNEL`` carries ``MembershipChanged`` (``{"conversationId": ...}``).
+* ``DELETIONS_CHANNEL`` carries ``MessageGone`` (``{"conversationId": ..., "messageId": ...}``): every
+  image proxy drops what it remembers of the message.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from chat_core.messagestore import Message
 __all__ = [
     "Envelope",
     "MembershipChanged",
+    "MessageGone",
     "bus_event_for_client",
     "decode_envelope",
     "decode_membership_changed",
+    "decode_message_gone",
     "encode",
 ]
 
@@ -30,8 +34,8 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_d
 
     type: str
     conversation_id: str
-    message: Message | None = None  # message.created: the full stored message
-    message_id: str | None = None  # message.read
+    message: Message | None = None  # message.created, .updated, .edited: the full stored message
+    message_id: str | None = None  # message.read, message.deleted
     user_id: str | None = None  # message.read: the reader
     read_by: tuple[str, ...] | None = None  # message.read
     members: tuple[str, ...] | None = None  # never forwarded to clients
@@ -44,11 +48,26 @@ class MembershipChanged(msgspec.Struct, frozen=True, rename="camel"):
     conversation_id: str
 
 
+class MessageGone(msgspec.Struct, frozen=True, rename="camel"):
+    """A message was deleted: every process forgets what it cached of it (the image proxy's lookups)."""
+
+    conversation_id: str
+    message_id: str
+
+
 _ENVELOPE = msgspec.json.Decoder(Envelope)
+_MESSAGE_GONE = msgspec.json.Decoder(MessageGone)
 _MEMBERSHIP_CHANGED = msgspec.json.Decoder(MembershipChanged)
 
 
-def encode(event: Envelope | MembershipChanged) -> bytes:
+def decode_message_gone(payload: bytes) -> MessageGone | None:
+    try:
+        return _MESSAGE_GONE.decode(payload)
+    except msgspec.DecodeError:
+        return None
+
+
+def encode(event: Envelope | MembershipChanged | MessageGone) -> bytes:
     return msgspec.json.encode(event)
 
 
