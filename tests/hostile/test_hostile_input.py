@@ -40,6 +40,7 @@ PATH_VALUES = {
     "conversation_id": CONVERSATION,
     "user_id": "bob",
     "message_id": str(uuid.UUID(int=9)),
+    "job_id": str(uuid.UUID(int=11)),
     "token": "device-token-0001",
     "object_key": IMAGE_KEY,
     "key": f"uploads/{CONVERSATION}/{IMAGE_KEY}",
