@@ -89,6 +89,9 @@ async def running_cluster(
                 "RATE_LIMIT_UPLOAD_URLS": "100000/minute",
                 "RATE_LIMIT_SENDS": "100000/minute",
                 "MAX_PENDING_UPLOADS": "100000",
+                # The other changes of each phase (side conversations made up front, members added/removed).
+                "RATE_LIMIT_CONVERSATIONS": "100000/minute",
+                "RATE_LIMIT_PARTICIPANT_CHANGES": "100000/minute",
             },
         )
         await asyncio.to_thread(stack.start)
