@@ -357,6 +357,8 @@ async def _bytes_left(
     }
     backends = Backends(make_settings(tmp_path / "bytes", env))
     store = backends.object_store
+    # A phase may unsend a message an earlier phase sent.
+    object_keys = {m: key for p in phases for m, key in p.object_keys.items()}
     await backends.start()
     try:
 
@@ -364,7 +366,7 @@ async def _bytes_left(
             left: list[str] = []
             for m in phase.unsent:
                 left += [info.key async for info in store.list(keys.derivative_prefix(cid, m))]
-                raw = keys.stored_key(cid, phase.object_keys[m])
+                raw = keys.stored_key(cid, object_keys[m])
                 left += [k for k in (raw, keys.refusal_key(raw)) if await store.head(k) is not None]
             return left
 
