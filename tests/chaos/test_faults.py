@@ -535,7 +535,7 @@ async def test_nothing_is_lost_through_faults(
             p.name: (phases[i + 1].started_at + 1.0 if i + 1 < len(phases) else p.ended_at + 2.5)
             for i, p in enumerate(phases)
         }
-        deadline = time.monotonic() + (90 if LONG else 45)
+        deadline = time.monotonic() + (100 if LONG else 75)
         while True:
             listed = await _listed(http, message, cid)
             # message.updated is owed once the image is processed: wait for the processor's backlog.
