@@ -81,6 +81,9 @@ async def running_cluster(
                 # A consumer killed between claim and push: its claims lapse within the run's wait for pushes.
                 "PUSH_CLAIM_LEASE_SECONDS": "10",
                 "SHUTDOWN_DRAIN_SECONDS": "5",
+                # Images of 64x48 decode in milliseconds: a short job bound (and so a media job stuck on a
+                # backend is given up within 2 x 5 + 60 s and retried, within the run's wait).
+                "MEDIA_JOB_TIMEOUT_SECONDS": "5",
                 "REQUEST_TIMEOUT_SECONDS": "5",
                 "ACCESS_LOG": "false",
                 "LOG_LEVEL": "WARNING",
@@ -89,6 +92,9 @@ async def running_cluster(
                 "RATE_LIMIT_UPLOAD_URLS": "100000/minute",
                 "RATE_LIMIT_SENDS": "100000/minute",
                 "MAX_PENDING_UPLOADS": "100000",
+                # The other changes of each phase (side conversations made up front, members added/removed).
+                "RATE_LIMIT_CONVERSATIONS": "100000/minute",
+                "RATE_LIMIT_PARTICIPANT_CHANGES": "100000/minute",
             },
         )
         await asyncio.to_thread(stack.start)

@@ -46,7 +46,11 @@ class DeadlineMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                deadline.reschedule(None)  # the answer is on its way: no deadline on the body
+                # The answer is on its way: no deadline on the body. Unless the deadline expired in this
+                # very instant and the app swallowed its cancellation: it cannot be rescheduled then, and
+                # the answer the app made is the one to give (leaving ``async with`` raises nothing).
+                if not deadline.expired():
+                    deadline.reschedule(None)
             await send(message)
 
         try:

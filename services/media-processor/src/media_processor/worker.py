@@ -139,6 +139,7 @@ class MediaWorker:
         wait_seconds: float,
         max_receives: int,
         drain_seconds: float,
+        job_deadline_seconds: float | None = None,
         reconcile_at_start: bool = False,
     ) -> None:
         self._queue = queue
@@ -154,6 +155,10 @@ class MediaWorker:
         self._max_bytes = max_bytes
         self._max_pixels = max_pixels
         self._max_receives = max_receives
+        # A backend call that never answers (a request lost on a connection that stays open: the store's
+        # clients set no deadline of their own) would hold its job slot forever; once every slot is held,
+        # no image is processed again. Past the longest a job may take, it fails and is retried later.
+        self._job_deadline = job_deadline_seconds
         # Jobs in work at once: one per image worker, plus as many fetching or writing meanwhile. The media
         # queue's visibility timeout is derived from this (MediaSettings.longest_job_seconds).
         self._runner = JobRunner(
@@ -185,6 +190,7 @@ class MediaWorker:
             wait_seconds=settings.sqs.wait_seconds,
             max_receives=settings.media.max_receives,
             drain_seconds=settings.service.drain_seconds,
+            job_deadline_seconds=settings.media.longest_job_seconds,
             # An in-process ledger starts empty: count the (local) store once, as cleanup would.
             reconcile_at_start=settings.backends.limit_store == "memory",
         )
@@ -277,11 +283,12 @@ class MediaWorker:
                 waited = (dt.datetime.now(dt.UTC) - received.enqueued_at).total_seconds()
                 metrics.MEDIA_QUEUE_AGE.observe(max(0.0, waited))
             try:
-                if job.is_process:
-                    await self.process(job)
-                else:
-                    for created in job.created_objects():
-                        await self.check_upload(created)
+                async with asyncio.timeout(self._job_deadline):
+                    if job.is_process:
+                        await self.process(job)
+                    else:
+                        for created in job.created_objects():
+                            await self.check_upload(created)
             except Exception as exc:
                 span.set_status(Status(StatusCode.ERROR, repr(exc)))
                 _log.warning("media_job_failed", message_id=job.message_id, error=repr(exc))
