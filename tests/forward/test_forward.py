@@ -152,6 +152,24 @@ async def test_a_source_whose_bytes_were_deleted_is_message_deleted(stack: Image
     assert listed.json()["items"] == []  # never a half-written message
 
 
+async def test_an_unsent_source_is_message_deleted_and_its_copy_stays(stack: ImageStack) -> None:
+    """Forward once, unsend the source: a second forward is 404 ``message_deleted``, the copy is intact."""
+    source_cid = await stack.conversation("alice")
+    target_cid = await stack.conversation("alice", "bob")
+    source = await _shared(stack, "alice", source_cid)
+    first = await _forward(stack, "alice", source_cid, source.message_id, conversationId=target_cid)
+    assert first.status_code == 201, first.text
+    unsent = await stack.http.delete(
+        f"/conversations/{source_cid}/messages/{source.message_id}", headers=auth_header("alice")
+    )
+    assert unsent.status_code == 204, unsent.text
+    again = await _forward(stack, "alice", source_cid, source.message_id, conversationId=target_cid)
+    assert again.status_code == 404, again.text
+    assert again.json()["code"] == "message_deleted"
+    copy = first.json()["metadata"]
+    assert await _bytes_via_proxy(stack, copy["variants"]["thumbnail"]["url"], "bob")
+
+
 async def test_the_caller_must_be_a_member_of_both_conversations(stack: ImageStack) -> None:
     source_cid = await stack.conversation("alice", "bob")
     theirs = await stack.conversation("carol", "dave")
