@@ -1,0 +1,40 @@
+"""SQLite chat store: the embedded default, one WAL database under ``DATA_DIR``.
+
+The queries of every narrow store (conversations, messages, devices, outbox, push receipts) over one
+``chat_core.sqlite_engine.SqliteEngine``: each operation is atomic (message + image reference + outbox
+entry together or not at all), writes share group commits, reads run on a pool beside the writer.
+``synchronous=FULL`` because a 201 promises the message survives a power cut, not only a crash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from chat_core.messagestore import ChatStore
+from chat_core.messagestore.sqlite.base import SqliteBase
+from chat_core.messagestore.sqlite.conversations import SqliteConversations
+from chat_core.messagestore.sqlite.devices import SqliteDevices
+from chat_core.messagestore.sqlite.messages import SqliteMessages
+from chat_core.messagestore.sqlite.outbox import SqliteOutbox
+from chat_core.messagestore.sqlite.receipts import SqlitePushReceipts
+
+if TYPE_CHECKING:
+    from chat_core.backends import Backends
+
+__all__ = ["SqliteBase", "SqliteChatStore", "create"]
+
+
+class SqliteChatStore(
+    SqliteConversations,
+    SqliteMessages,
+    SqliteDevices,
+    SqliteOutbox,
+    SqlitePushReceipts,
+    ChatStore,
+):
+    """Every narrow store of the chat store over one SQLite engine (``SqliteBase``)."""
+
+
+def create(backends: Backends) -> SqliteChatStore:
+    return SqliteChatStore(Path(backends.settings.service.data_dir) / "messages.sqlite3")
