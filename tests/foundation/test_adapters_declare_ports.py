@@ -11,6 +11,16 @@ import pytest
 
 import chat_core
 from chat_core import ratelimit
+from chat_core.chatstore import (
+    ChatStore,
+    ConversationStore,
+    DeviceStore,
+    MessageStore,
+    OutboxStore,
+    PushReceiptStore,
+)
+from chat_core.chatstore.firestore import FirestoreChatStore
+from chat_core.chatstore.sqlite import SqliteChatStore
 from chat_core.jobqueue import JobQueue
 from chat_core.jobqueue.sqlite import SqliteJobQueue
 from chat_core.jobqueue.sqs import SqsJobQueue
@@ -20,16 +30,6 @@ from chat_core.leases.redis import RedisWriteLeases
 from chat_core.ledger import StorageLedger
 from chat_core.ledger.memory import MemoryStorageLedger
 from chat_core.ledger.redis import RedisStorageLedger
-from chat_core.messagestore import (
-    ChatStore,
-    ConversationStore,
-    DeviceStore,
-    MessageStore,
-    OutboxStore,
-    PushReceiptStore,
-)
-from chat_core.messagestore.firestore import FirestoreChatStore
-from chat_core.messagestore.sqlite import SqliteChatStore
 from chat_core.objectstore import ObjectStore
 from chat_core.objectstore.local import LocalObjectStore
 from chat_core.objectstore.s3 import S3ObjectStore

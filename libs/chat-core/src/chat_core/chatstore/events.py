@@ -9,7 +9,7 @@ from typing import Literal
 
 import msgspec
 
-from chat_core.messagestore.models import Message
+from chat_core.chatstore.models import Message
 
 # What the event outbox carries (the wire names clients get are in ``chat_core.outbox``, which turns each
 # kind into what is published). A new kind is added here, in ``chat_core.outbox.bus_events`` and, when it

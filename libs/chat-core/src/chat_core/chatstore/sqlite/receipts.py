@@ -6,11 +6,11 @@ import datetime as dt
 import sqlite3
 import time
 
-from chat_core.messagestore import (
+from chat_core.chatstore import (
     PushClaim,
     PushReceiptStore,
 )
-from chat_core.messagestore.sqlite.base import SqliteBase
+from chat_core.chatstore.sqlite.base import SqliteBase
 from chat_core.timestamps import from_micros
 
 

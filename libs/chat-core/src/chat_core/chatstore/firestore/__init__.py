@@ -1,6 +1,6 @@
 """Firestore MessageStore (production; the emulator in tests), on ``google-cloud-firestore``'s AsyncClient.
 
-Layout: see ``chat_core.messagestore``. Every query, and the index serving it (the emulator enforces
+Layout: see ``chat_core.chatstore``. Every query, and the index serving it (the emulator enforces
 none, so this is reasoned, and ``firestore.indexes.json`` at the repo root is what to deploy):
 
 * ``list_conversations``: ``participants`` array-contains + ``updatedAt`` DESC, ``__name__`` DESC:
@@ -30,11 +30,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from chat_core.messagestore import ChatStore
-from chat_core.messagestore.firestore.base import FirestoreBase
-from chat_core.messagestore.firestore.conversations import FirestoreConversations
-from chat_core.messagestore.firestore.devices import FirestoreDevices
-from chat_core.messagestore.firestore.documents import (
+from chat_core.chatstore import ChatStore
+from chat_core.chatstore.firestore.base import FirestoreBase
+from chat_core.chatstore.firestore.conversations import FirestoreConversations
+from chat_core.chatstore.firestore.devices import FirestoreDevices
+from chat_core.chatstore.firestore.documents import (
     CONVERSATIONS,
     DEVICE_USERS,
     DEVICES,
@@ -46,9 +46,9 @@ from chat_core.messagestore.firestore.documents import (
     PUSH_RECEIPTS,
     outbox_shard,
 )
-from chat_core.messagestore.firestore.messages import FirestoreMessages
-from chat_core.messagestore.firestore.outbox import FirestoreOutbox
-from chat_core.messagestore.firestore.receipts import FirestorePushReceipts
+from chat_core.chatstore.firestore.messages import FirestoreMessages
+from chat_core.chatstore.firestore.outbox import FirestoreOutbox
+from chat_core.chatstore.firestore.receipts import FirestorePushReceipts
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends

@@ -7,13 +7,13 @@ import datetime as dt
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1.async_document import AsyncDocumentReference
 
-from chat_core.messagestore import (
+from chat_core.chatstore import (
     PUSH_RECEIPT_TTL,
     PushClaim,
     PushReceiptStore,
 )
-from chat_core.messagestore.firestore.base import OPTIMISTIC_ATTEMPTS, FirestoreBase
-from chat_core.messagestore.firestore.documents import (
+from chat_core.chatstore.firestore.base import OPTIMISTIC_ATTEMPTS, FirestoreBase
+from chat_core.chatstore.firestore.documents import (
     PUSH_RECEIPTS,
     doc_id,
     plain,

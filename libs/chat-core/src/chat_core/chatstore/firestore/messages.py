@@ -10,7 +10,7 @@ from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1 import ArrayUnion, FieldFilter
 from google.cloud.firestore_v1.async_document import AsyncDocumentReference
 
-from chat_core.messagestore import (
+from chat_core.chatstore import (
     ConversationNotFound,
     ImageMetadata,
     Message,
@@ -26,8 +26,8 @@ from chat_core.messagestore import (
     event_done,
     finished,
 )
-from chat_core.messagestore.firestore.base import OPTIMISTIC_ATTEMPTS, FirestoreBase, newest_first, pages
-from chat_core.messagestore.firestore.documents import (
+from chat_core.chatstore.firestore.base import OPTIMISTIC_ATTEMPTS, FirestoreBase, newest_first, pages
+from chat_core.chatstore.firestore.documents import (
     IMAGE_REFS,
     MESSAGES,
     chunks,

@@ -16,12 +16,12 @@ from google.cloud.firestore_v1.async_document import AsyncDocumentReference
 from google.cloud.firestore_v1.async_query import AsyncQuery
 from google.cloud.firestore_v1.base_document import DocumentSnapshot
 
-from chat_core.messagestore import (
+from chat_core.chatstore import (
     OutboxEntry,
     OutboxStore,
 )
-from chat_core.messagestore.firestore.base import FirestoreBase
-from chat_core.messagestore.firestore.documents import (
+from chat_core.chatstore.firestore.base import FirestoreBase
+from chat_core.chatstore.firestore.documents import (
     OUTBOX,
     OUTBOX_SHARD_LEASES,
     OUTBOX_SHARDS,

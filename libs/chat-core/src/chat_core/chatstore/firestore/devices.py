@@ -10,12 +10,12 @@ import msgspec
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1 import FieldFilter
 
-from chat_core.messagestore import (
+from chat_core.chatstore import (
     Device,
     DeviceStore,
 )
-from chat_core.messagestore.firestore.base import OPTIMISTIC_ATTEMPTS, FirestoreBase
-from chat_core.messagestore.firestore.documents import (
+from chat_core.chatstore.firestore.base import OPTIMISTIC_ATTEMPTS, FirestoreBase
+from chat_core.chatstore.firestore.documents import (
     DEVICE_USERS,
     DEVICES,
     chunks,

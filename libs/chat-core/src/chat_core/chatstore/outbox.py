@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Collection
 from typing import Protocol
 
-from chat_core.messagestore.events import OutboxEntry
+from chat_core.chatstore.events import OutboxEntry
 
 
 class OutboxStore(Protocol):

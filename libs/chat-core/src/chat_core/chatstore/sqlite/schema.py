@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 
-from chat_core.messagestore import (
+from chat_core.chatstore import (
     PUSH_RECEIPT_TTL,
 )
 from chat_core.timestamps import micros
@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS image_refs (
     conversation_id TEXT NOT NULL,
     message_id      TEXT NOT NULL
 ) WITHOUT ROWID;
--- The event outbox (chat_core.messagestore.OutboxEntry). Data dirs from before it call event_id message_id
+-- The event outbox (chat_core.chatstore.OutboxEntry). Data dirs from before it call event_id message_id
 -- (all their entries were message.created, keyed by the message): on_open renames the column.
 CREATE TABLE IF NOT EXISTS outbox (
     event_id     TEXT    PRIMARY KEY,

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 import msgspec
 
-from chat_core.messagestore import (
+from chat_core.chatstore import (
     ConversationNotFound,
     ImageMetadata,
     Message,
@@ -24,7 +24,7 @@ from chat_core.messagestore import (
     event_done,
     finished,
 )
-from chat_core.messagestore.sqlite.base import PAGE, SqliteBase, append_event, chunks, placeholders
+from chat_core.chatstore.sqlite.base import PAGE, SqliteBase, append_event, chunks, placeholders
 from chat_core.timestamps import micros
 
 

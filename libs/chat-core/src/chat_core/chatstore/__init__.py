@@ -5,7 +5,7 @@ Callers depend on the narrow port they use (``ConversationStore``, ``MessageStor
 message, its image reference and its outbox entry still commit in one transaction.
 Adapters: ``firestore.FirestoreChatStore`` (production; the emulator in tests) and
 ``sqlite.SqliteChatStore`` (embedded default, WAL). Both pass one contract suite with a section per
-narrow port (``tests/contract/test_messagestore_contract.py``).
+narrow port (``tests/contract/test_chatstore_contract.py``).
 
 Firestore layout (SQLite mirrors it in tables):
 
@@ -25,9 +25,9 @@ Firestore layout (SQLite mirrors it in tables):
 
 from __future__ import annotations
 
-from chat_core.messagestore.conversations import ConversationStore
-from chat_core.messagestore.devices import DeviceStore
-from chat_core.messagestore.events import (
+from chat_core.chatstore.conversations import ConversationStore
+from chat_core.chatstore.devices import DeviceStore
+from chat_core.chatstore.events import (
     EventKind,
     OutboxEntry,
     created_event,
@@ -36,8 +36,8 @@ from chat_core.messagestore.events import (
     legacy_outbox_fields,
     new_event,
 )
-from chat_core.messagestore.messages import MessageStore
-from chat_core.messagestore.models import (
+from chat_core.chatstore.messages import MessageStore
+from chat_core.chatstore.models import (
     Conversation,
     ConversationExists,
     ConversationNotFound,
@@ -58,8 +58,8 @@ from chat_core.messagestore.models import (
     edited,
     finished,
 )
-from chat_core.messagestore.outbox import OutboxStore
-from chat_core.messagestore.paging import (
+from chat_core.chatstore.outbox import OutboxStore
+from chat_core.chatstore.paging import (
     CURSOR_PATTERN,
     InvalidCursor,
     Page,
@@ -67,8 +67,8 @@ from chat_core.messagestore.paging import (
     encode_cursor,
     page_of,
 )
-from chat_core.messagestore.receipts import PUSH_RECEIPT_TTL, PushClaim, PushClaimState, PushReceiptStore
-from chat_core.messagestore.store import ChatStore
+from chat_core.chatstore.receipts import PUSH_RECEIPT_TTL, PushClaim, PushClaimState, PushReceiptStore
+from chat_core.chatstore.store import ChatStore
 
 __all__ = [
     "CURSOR_PATTERN",

@@ -18,13 +18,13 @@ from google.cloud.firestore_v1.async_query import AsyncQuery
 from google.cloud.firestore_v1.base_document import DocumentSnapshot
 from google.cloud.firestore_v1.base_query import BaseQuery
 
-from chat_core.messagestore import (
+from chat_core.chatstore import (
     OutboxEntry,
     Page,
     decode_cursor,
     page_of,
 )
-from chat_core.messagestore.firestore.documents import (
+from chat_core.chatstore.firestore.documents import (
     CONVERSATIONS,
     OUTBOX,
     outbox_fields,

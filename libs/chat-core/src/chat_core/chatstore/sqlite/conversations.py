@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable, Collection
 
 import msgspec
 
-from chat_core.messagestore import (
+from chat_core.chatstore import (
     Conversation,
     ConversationExists,
     ConversationNotFound,
@@ -17,7 +17,7 @@ from chat_core.messagestore import (
     Page,
     TooManyParticipants,
 )
-from chat_core.messagestore.sqlite.base import PAGE, SqliteBase, append_event
+from chat_core.chatstore.sqlite.base import PAGE, SqliteBase, append_event
 from chat_core.timestamps import from_micros, micros
 
 

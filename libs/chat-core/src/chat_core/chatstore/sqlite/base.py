@@ -11,13 +11,13 @@ from typing import TypeVar
 import msgspec
 
 from chat_core import sqlite_engine
-from chat_core.messagestore import (
+from chat_core.chatstore import (
     OutboxEntry,
     Page,
     decode_cursor,
     page_of,
 )
-from chat_core.messagestore.sqlite.schema import SCHEMA, on_open
+from chat_core.chatstore.sqlite.schema import SCHEMA, on_open
 from chat_core.sqlite_engine import SqliteEngine
 from chat_core.timestamps import micros
 

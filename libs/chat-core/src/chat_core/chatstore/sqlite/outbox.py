@@ -8,12 +8,12 @@ from collections.abc import Collection
 
 import msgspec
 
-from chat_core.messagestore import (
+from chat_core.chatstore import (
     OutboxEntry,
     OutboxStore,
     legacy_outbox_fields,
 )
-from chat_core.messagestore.sqlite.base import SqliteBase, chunks, placeholders
+from chat_core.chatstore.sqlite.base import SqliteBase, chunks, placeholders
 from chat_core.timestamps import from_micros, micros
 
 

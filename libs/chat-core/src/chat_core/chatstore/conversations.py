@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection
 from typing import Protocol
 
-from chat_core.messagestore.events import OutboxEntry
-from chat_core.messagestore.models import Conversation, LastMessage
-from chat_core.messagestore.paging import Page
+from chat_core.chatstore.events import OutboxEntry
+from chat_core.chatstore.models import Conversation, LastMessage
+from chat_core.chatstore.paging import Page
 
 
 class ConversationStore(Protocol):

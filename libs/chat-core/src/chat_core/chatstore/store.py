@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from chat_core.messagestore.conversations import ConversationStore
-from chat_core.messagestore.devices import DeviceStore
-from chat_core.messagestore.messages import MessageStore
-from chat_core.messagestore.outbox import OutboxStore
-from chat_core.messagestore.receipts import PushReceiptStore
+from chat_core.chatstore.conversations import ConversationStore
+from chat_core.chatstore.devices import DeviceStore
+from chat_core.chatstore.messages import MessageStore
+from chat_core.chatstore.outbox import OutboxStore
+from chat_core.chatstore.receipts import PushReceiptStore
 
 
 class ChatStore(ConversationStore, MessageStore, DeviceStore, OutboxStore, PushReceiptStore, Protocol):

@@ -11,7 +11,7 @@ import msgspec
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1 import ArrayRemove, ArrayUnion, FieldFilter
 
-from chat_core.messagestore import (
+from chat_core.chatstore import (
     Conversation,
     ConversationExists,
     ConversationNotFound,
@@ -21,8 +21,8 @@ from chat_core.messagestore import (
     Page,
     TooManyParticipants,
 )
-from chat_core.messagestore.firestore.base import OPTIMISTIC_ATTEMPTS, FirestoreBase, newest_first, pages
-from chat_core.messagestore.firestore.documents import (
+from chat_core.chatstore.firestore.base import OPTIMISTIC_ATTEMPTS, FirestoreBase, newest_first, pages
+from chat_core.chatstore.firestore.documents import (
     CONVERSATIONS,
     conversation_of,
     plain,

@@ -11,13 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chat_core.messagestore import ChatStore
-from chat_core.messagestore.sqlite.base import SqliteBase
-from chat_core.messagestore.sqlite.conversations import SqliteConversations
-from chat_core.messagestore.sqlite.devices import SqliteDevices
-from chat_core.messagestore.sqlite.messages import SqliteMessages
-from chat_core.messagestore.sqlite.outbox import SqliteOutbox
-from chat_core.messagestore.sqlite.receipts import SqlitePushReceipts
+from chat_core.chatstore import ChatStore
+from chat_core.chatstore.sqlite.base import SqliteBase
+from chat_core.chatstore.sqlite.conversations import SqliteConversations
+from chat_core.chatstore.sqlite.devices import SqliteDevices
+from chat_core.chatstore.sqlite.messages import SqliteMessages
+from chat_core.chatstore.sqlite.outbox import SqliteOutbox
+from chat_core.chatstore.sqlite.receipts import SqlitePushReceipts
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Protocol
 
-from chat_core.messagestore.models import Device
+from chat_core.chatstore.models import Device
 
 
 class DeviceStore(Protocol):

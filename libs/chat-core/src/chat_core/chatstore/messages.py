@@ -6,9 +6,9 @@ import datetime as dt
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol
 
-from chat_core.messagestore.events import OutboxEntry
-from chat_core.messagestore.models import ImageMetadata, Message, MessageEdit
-from chat_core.messagestore.paging import Page
+from chat_core.chatstore.events import OutboxEntry
+from chat_core.chatstore.models import ImageMetadata, Message, MessageEdit
+from chat_core.chatstore.paging import Page
 
 
 class MessageStore(Protocol):

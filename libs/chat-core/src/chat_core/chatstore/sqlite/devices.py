@@ -5,11 +5,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Collection
 
-from chat_core.messagestore import (
+from chat_core.chatstore import (
     Device,
     DeviceStore,
 )
-from chat_core.messagestore.sqlite.base import SqliteBase, chunks, placeholders
+from chat_core.chatstore.sqlite.base import SqliteBase, chunks, placeholders
 from chat_core.timestamps import from_micros, micros
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 from google.cloud.firestore_v1.base_document import DocumentSnapshot
 
-from chat_core.messagestore import (
+from chat_core.chatstore import (
     Conversation,
     Message,
     OutboxEntry,
