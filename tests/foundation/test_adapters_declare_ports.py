@@ -75,14 +75,17 @@ def test_a_chat_store_declares_every_narrow_store(store: type) -> None:
 
 
 def _port_protocols() -> set[type]:
-    """The Protocols defined in each port module (chat_core/<port>/__init__.py)."""
+    """The Protocols each port package (chat_core/<port>/) exports, defined in it or in one of its modules."""
     found: set[type] = set()
     for info in pkgutil.iter_modules(chat_core.__path__):
         if not info.ispkg:
             continue
         module = importlib.import_module(f"chat_core.{info.name}")
         for _name, value in inspect.getmembers(module, inspect.isclass):
-            if value.__module__ == module.__name__ and getattr(value, "_is_protocol", False):
+            defined_here = value.__module__ == module.__name__ or value.__module__.startswith(
+                f"{module.__name__}."
+            )
+            if defined_here and getattr(value, "_is_protocol", False):
                 found.add(value)
     return found
 

@@ -143,11 +143,11 @@ def chat_store(backends: Backends) -> ChatStore:
         case "sqlite":
             from chat_core.chatstore import sqlite
 
-            return sqlite.create(backends)
+            return sqlite.create(backends.settings.service.data_dir)
         case "firestore":
             from chat_core.chatstore import firestore
 
-            return firestore.create(backends)
+            return firestore.create(backends.settings.firestore)
 
 
 def event_bus(backends: Backends) -> EventBus:

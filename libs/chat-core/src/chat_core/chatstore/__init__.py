@@ -7,6 +7,13 @@ Adapters: ``firestore.FirestoreChatStore`` (production; the emulator in tests) a
 ``sqlite.SqliteChatStore`` (embedded default, WAL). Both pass one contract suite with a section per
 narrow port (``tests/contract/test_chatstore_contract.py``).
 
+One module per concern, as Synapse splits its stores: the records (``models``), the outbox's entries
+(``events``), keyset pages (``paging``), then one port each (``conversations``, ``messages``, ``devices``,
+``outbox``, ``receipts``) and their union (``store.ChatStore``); everything is re-exported here. Each
+adapter is a package with the same concerns, each a class subclassing its port over one shared base
+(``firestore.base.FirestoreBase``: the client; ``sqlite.base.SqliteBase``: the engine), composed into
+the chat store; its ``create(...)`` takes its settings and a clock, never the composition root.
+
 Firestore layout (SQLite mirrors it in tables):
 
 * ``conversations/{cid}``: participants, name, createdAt, updatedAt, lastMessage, admins, pushImagePreviews

@@ -13,7 +13,8 @@ class OutboxStore(Protocol):
     """The event outbox: what the relay still has to publish (the changes' methods write the entries).
 
     Every method that changes what a client sees takes the entry announcing it (``event=``) and commits it
-    in the change's own transaction; inside an adapter one helper appends it (``_append_event``).
+    in the change's own transaction; inside an adapter one helper of its base appends it
+    (``FirestoreBase._append_event``, ``sqlite.base.append_event``).
     """
 
     async def pending_outbox(self, *, older_than: float, limit: int) -> list[OutboxEntry]:

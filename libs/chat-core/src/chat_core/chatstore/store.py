@@ -12,7 +12,7 @@ from chat_core.chatstore.receipts import PushReceiptStore
 
 
 class ChatStore(ConversationStore, MessageStore, DeviceStore, OutboxStore, PushReceiptStore, Protocol):
-    """One adapter (one database, one transaction engine) serving every narrow store above.
+    """One adapter (one database, one transaction engine) serving every narrow store of the package.
 
     ``Backends`` builds one per process and hands each caller only the narrow store it uses
     (``backends.conversations``, ``backends.messages``, ...), as Synapse composes its stores.

@@ -28,8 +28,6 @@ coalesce per conversation (``message_service.last_message``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from chat_core.chatstore import ChatStore
 from chat_core.chatstore.firestore.base import FirestoreBase
 from chat_core.chatstore.firestore.conversations import FirestoreConversations
@@ -49,9 +47,8 @@ from chat_core.chatstore.firestore.documents import (
 from chat_core.chatstore.firestore.messages import FirestoreMessages
 from chat_core.chatstore.firestore.outbox import FirestoreOutbox
 from chat_core.chatstore.firestore.receipts import FirestorePushReceipts
-
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
+from chat_core.settings import FirestoreSettings
+from chat_core.timestamps import Clock, utc_now
 
 __all__ = [
     "CONVERSATIONS",
@@ -81,5 +78,6 @@ class FirestoreChatStore(
     """Every narrow store of the chat store over one Firestore client (``FirestoreBase``)."""
 
 
-def create(backends: Backends) -> FirestoreChatStore:
-    return FirestoreChatStore(backends.settings.firestore)
+def create(settings: FirestoreSettings, *, clock: Clock = utc_now) -> FirestoreChatStore:
+    """The chat store on the Firestore database ``settings`` name (the emulator when they name one)."""
+    return FirestoreChatStore(settings, clock=clock)

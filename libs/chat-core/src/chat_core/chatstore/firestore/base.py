@@ -31,6 +31,7 @@ from chat_core.chatstore.firestore.documents import (
     outbox_shard,
 )
 from chat_core.settings import FirestoreSettings
+from chat_core.timestamps import Clock, utc_now
 
 T = TypeVar("T")
 _PAGE = 200  # documents per read of the lifecycle jobs' scans
@@ -114,8 +115,9 @@ class FirestoreBase:
     outage_code = "store_unavailable"
     outage_errors = _OUTAGE_ERRORS
 
-    def __init__(self, settings: FirestoreSettings) -> None:
+    def __init__(self, settings: FirestoreSettings, *, clock: Clock = utc_now) -> None:
         self._settings = settings
+        self._clock = clock
         self._client: AsyncClient | None = None
 
     def is_outage(self, exc: Exception) -> bool:

@@ -59,7 +59,7 @@ class FirestoreOutbox(FirestoreBase, OutboxStore):
         return list(enumerate(found))
 
     async def pending_outbox(self, *, older_than: float, limit: int) -> list[OutboxEntry]:
-        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+        cutoff = self._clock() - dt.timedelta(seconds=older_than)
         snapshots = [s for _shard, found in await self._oldest_by_shard(cutoff, limit) for s in found]
         entries = sorted((outbox_entry(s) for s in snapshots), key=lambda e: (e.created_at, e.event_id))
         return entries[:limit]
@@ -71,7 +71,7 @@ class FirestoreOutbox(FirestoreBase, OutboxStore):
         # within a leased shard each free entry is taken with its update time as a precondition (of two
         # claimers of one entry exactly one wins, without a transaction or a lock), oldest first across
         # shards. An empty outbox (the usual case: immediate attempts deleted everything) costs no write.
-        now = dt.datetime.now(dt.UTC)
+        now = self._clock()
         per_shard = max(_CLAIM_SCAN, _CLAIM_SCAN * math.ceil(limit / OUTBOX_SHARDS))
         by_shard = await self._oldest_by_shard(now - dt.timedelta(seconds=older_than), per_shard)
         wanted = {shard: [s for s in found if is_free(s, now)] for shard, found in by_shard}
@@ -151,7 +151,7 @@ class FirestoreOutbox(FirestoreBase, OutboxStore):
     async def outbox_stats(self) -> tuple[int, dt.datetime | None]:
         # The count needs no index; the oldest is the oldest of each shard's oldest.
         counted = await self.client.collection(OUTBOX).count().get()  # type: ignore[no-untyped-call]
-        far_future = dt.datetime.now(dt.UTC) + dt.timedelta(days=3650)
+        far_future = self._clock() + dt.timedelta(days=3650)
         oldest = [
             plain(found[0].get("createdAt"))
             for _shard, found in await self._oldest_by_shard(far_future, 1)

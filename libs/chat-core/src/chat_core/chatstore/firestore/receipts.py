@@ -30,7 +30,7 @@ class FirestorePushReceipts(FirestoreBase, PushReceiptStore):
         # so of two claimers of one lapsed lease exactly one wins.
         ref = self._receipt_ref(notification_id, device_token)
         for _ in range(OPTIMISTIC_ATTEMPTS):
-            now = dt.datetime.now(dt.UTC)
+            now = self._clock()
             fields = {
                 "notificationId": notification_id,
                 "claimedAt": now,
@@ -61,7 +61,7 @@ class FirestorePushReceipts(FirestoreBase, PushReceiptStore):
         raise RuntimeError(f"push receipt {notification_id} kept changing; not claimed")
 
     async def complete_push(self, notification_id: str, device_token: str) -> None:
-        now = dt.datetime.now(dt.UTC)
+        now = self._clock()
         await self._receipt_ref(notification_id, device_token).set(
             {"notificationId": notification_id, "leasedUntil": None, "expireAt": now + PUSH_RECEIPT_TTL},
             merge=True,

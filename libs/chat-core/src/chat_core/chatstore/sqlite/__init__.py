@@ -9,7 +9,6 @@ entry together or not at all), writes share group commits, reads run on a pool b
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from chat_core.chatstore import ChatStore
 from chat_core.chatstore.sqlite.base import SqliteBase
@@ -18,9 +17,7 @@ from chat_core.chatstore.sqlite.devices import SqliteDevices
 from chat_core.chatstore.sqlite.messages import SqliteMessages
 from chat_core.chatstore.sqlite.outbox import SqliteOutbox
 from chat_core.chatstore.sqlite.receipts import SqlitePushReceipts
-
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
+from chat_core.timestamps import Clock, utc_now
 
 __all__ = ["SqliteBase", "SqliteChatStore", "create"]
 
@@ -36,5 +33,6 @@ class SqliteChatStore(
     """Every narrow store of the chat store over one SQLite engine (``SqliteBase``)."""
 
 
-def create(backends: Backends) -> SqliteChatStore:
-    return SqliteChatStore(Path(backends.settings.service.data_dir) / "messages.sqlite3")
+def create(data_dir: Path | str, *, clock: Clock = utc_now) -> SqliteChatStore:
+    """The chat store of a deployment whose ``DATA_DIR`` is ``data_dir`` (``messages.sqlite3`` in it)."""
+    return SqliteChatStore(Path(data_dir) / "messages.sqlite3", clock=clock)

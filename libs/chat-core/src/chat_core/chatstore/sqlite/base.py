@@ -19,7 +19,7 @@ from chat_core.chatstore import (
 )
 from chat_core.chatstore.sqlite.schema import SCHEMA, on_open
 from chat_core.sqlite_engine import SqliteEngine
-from chat_core.timestamps import micros
+from chat_core.timestamps import Clock, micros, utc_now
 
 T = TypeVar("T")
 
@@ -52,9 +52,14 @@ class SqliteBase:
     outage_code = "store_unavailable"
     outage_errors = sqlite_engine.OUTAGE_ERRORS
 
-    def __init__(self, path: Path | str, *, readers: int = 4) -> None:
+    def __init__(self, path: Path | str, *, readers: int = 4, clock: Clock = utc_now) -> None:
+        self._clock = clock
         self._db = SqliteEngine(
-            path, schema=SCHEMA, readers=readers, on_open=on_open, label="SQLite message store"
+            path,
+            schema=SCHEMA,
+            readers=readers,
+            on_open=lambda conn: on_open(conn, clock()),
+            label="SQLite message store",
         )
 
     def is_outage(self, exc: Exception) -> bool:

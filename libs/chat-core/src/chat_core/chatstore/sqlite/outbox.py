@@ -24,7 +24,7 @@ def _outbox_entry(row: sqlite3.Row) -> OutboxEntry:
 
 class SqliteOutbox(SqliteBase, OutboxStore):
     async def pending_outbox(self, *, older_than: float, limit: int) -> list[OutboxEntry]:
-        cutoff = micros(dt.datetime.now(dt.UTC)) - int(older_than * 1_000_000)
+        cutoff = micros(self._clock()) - int(older_than * 1_000_000)
 
         def select(conn: sqlite3.Connection) -> list[OutboxEntry]:
             rows = conn.execute(
@@ -37,7 +37,7 @@ class SqliteOutbox(SqliteBase, OutboxStore):
         return await self._db.read(select)
 
     async def claim_outbox(self, *, older_than: float, limit: int, lease: dt.timedelta) -> list[OutboxEntry]:
-        now = micros(dt.datetime.now(dt.UTC))
+        now = micros(self._clock())
         cutoff = now - int(older_than * 1_000_000)
         until = now + int(lease.total_seconds() * 1_000_000)
 

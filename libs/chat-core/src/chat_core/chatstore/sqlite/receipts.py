@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-import time
 
 from chat_core.chatstore import (
     PushClaim,
     PushReceiptStore,
 )
 from chat_core.chatstore.sqlite.base import SqliteBase
-from chat_core.timestamps import from_micros
+from chat_core.timestamps import from_micros, micros
 
 
 class SqlitePushReceipts(SqliteBase, PushReceiptStore):
     async def claim_push(self, notification_id: str, device_token: str, *, lease: dt.timedelta) -> PushClaim:
-        now = time.time_ns() // 1_000
+        now = micros(self._clock())
         until = now + int(lease.total_seconds() * 1_000_000)
 
         def claim(conn: sqlite3.Connection) -> PushClaim:
@@ -48,7 +47,7 @@ class SqlitePushReceipts(SqliteBase, PushReceiptStore):
                 "INSERT INTO push_receipts (notification_id, device_token, claimed_at, leased_until)"
                 " VALUES (?, ?, ?, NULL)"
                 " ON CONFLICT (notification_id, device_token) DO UPDATE SET leased_until = NULL",
-                (notification_id, device_token, time.time_ns() // 1_000),
+                (notification_id, device_token, micros(self._clock())),
             )
 
         await self._db.write(complete)

@@ -72,7 +72,8 @@ CREATE INDEX IF NOT EXISTS push_receipts_by_age ON push_receipts (claimed_at);
 """
 
 
-def on_open(conn: sqlite3.Connection) -> None:
+def on_open(conn: sqlite3.Connection, now: dt.datetime) -> None:
+    """Bring a data dir made by an older version up to the schema, and drop expired push receipts."""
     # Data dirs made before roles existed: add the column (NULL: the creator is the admin).
     columns = {row[1] for row in conn.execute("PRAGMA table_info(conversations)")}
     if "admins" not in columns:
@@ -100,10 +101,10 @@ def on_open(conn: sqlite3.Connection) -> None:
     if "leased_until" not in columns:
         conn.execute("ALTER TABLE outbox ADD COLUMN leased_until INTEGER")
     conn.execute("CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (created_at, event_id)")
-    _expire_receipts(conn)
+    _expire_receipts(conn, now)
 
 
-def _expire_receipts(conn: sqlite3.Connection) -> None:
+def _expire_receipts(conn: sqlite3.Connection, now: dt.datetime) -> None:
     # Receipts only guard against redelivery, which stops once the queue's retention is over.
-    cutoff = micros(dt.datetime.now(dt.UTC) - PUSH_RECEIPT_TTL)
+    cutoff = micros(now - PUSH_RECEIPT_TTL)
     conn.execute("DELETE FROM push_receipts WHERE claimed_at < ?", (cutoff,))
