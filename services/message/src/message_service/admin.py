@@ -3,8 +3,9 @@
 ``POST /admin/users/{userId}/erase`` and ``.../export`` answer 202 ``{jobId}`` at once; the job runs in
 the background and ``GET /admin/jobs/{jobId}`` tells its status (``queued``, ``running``, ``done``,
 ``failed``), its report, and for a done export a ``downloadUrl`` (a signed GET of the zip, valid
-``EXPORT_URL_TTL_SECONDS`` from that answer). Only a token whose ``AUTH_ROLES_CLAIM`` holds
-``AUTH_ADMIN_ROLE`` may call them (403 ``admin_role_required`` otherwise).
+``EXPORT_URL_TTL_SECONDS`` from that answer; none once the zip has expired after ``EXPORT_EXPIRY_DAYS``).
+Only a token whose ``AUTH_ROLES_CLAIM`` holds ``AUTH_ADMIN_ROLE`` may call them (403
+``admin_role_required`` otherwise).
 
 Jobs are records in the object store (``_admin/jobs/{jobId}.json``, a prefix no conversation id or
 upload key can have), so every replica sees them and they survive restarts: each message service
@@ -112,6 +113,8 @@ class AdminJobs:
         if job is None:
             raise ProblemError(404, "job_not_found", "no such job")
         if job.status == "done" and job.export is not None:
+            if await self._objects.head(job.export.object_key) is None:
+                return job  # expired (EXPORT_EXPIRY_DAYS): nothing to download any more
             expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._url_ttl)
             url = self._objects.presign_get(
                 job.export.object_key,

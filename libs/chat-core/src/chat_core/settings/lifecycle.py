@@ -43,3 +43,12 @@ class LifecycleSettings(Frozen, frozen=True, kw_only=True):
         env("EXPORT_URL_TTL_SECONDS", "Lifetime of the signed download URL of a user's export."),
         msgspec.Meta(ge=60, le=7 * 24 * 3600),
     ] = 900
+    export_expiry_days: Annotated[
+        int,
+        env(
+            "EXPORT_EXPIRY_DAYS",
+            "How long a user's export zip (`_admin/exports/`) is kept: the retention pass deletes older ones "
+            "and `setup` writes the same as a bucket lifecycle rule.",
+        ),
+        msgspec.Meta(ge=1, le=3650),
+    ] = 7

@@ -93,6 +93,9 @@ class Settings(Frozen, frozen=True, kw_only=True):
                 "MEDIA_VISIBILITY_TIMEOUT_SECONDS: must be longer than the longest media job "
                 f"({media.longest_job_seconds:g} s from MEDIA_JOB_TIMEOUT_SECONDS), or 0 to derive it"
             )
+        if self.lifecycle.export_expiry_days * 86400 < self.lifecycle.export_url_ttl_seconds:
+            # A download URL handed out would outlive the zip it points at.
+            raise SettingsError("EXPORT_EXPIRY_DAYS: must be at least EXPORT_URL_TTL_SECONDS")
         for content_type in self.images.allowed_types:
             if content_type not in EXTENSIONS:  # SVG, HTML and anything without a key layout
                 known = ", ".join(EXTENSIONS)
