@@ -94,4 +94,5 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "proxy_headers": True,
         "server_header": False,
         "timeout_graceful_shutdown": int(settings.service.drain_seconds),
+        "timeout_keep_alive": int(settings.service.keep_alive_seconds),
     }
