@@ -479,21 +479,15 @@ class RealtimeSockets:
 
         return realtime_socket
 
-    async def _authenticate(self, socket: WebSocket[Any, Any, Any]) -> Principal | None:
+    async def _verify(self, socket: WebSocket[Any, Any, Any]) -> Principal | AuthError:
+        """The socket's principal, or why it has none (told after the accept, with 4401): verified once."""
         try:
             return await self.verifier.verify(token_from_connection(socket, query_param="access_token"))
         except AuthError as exc:
-            await socket.close(code=CLOSE_UNAUTHORIZED, reason=(exc.detail or "unauthorized")[:120])
-            return None
+            return exc
 
-    async def _connect_allowed(self, socket: WebSocket[Any, Any, Any]) -> bool:
+    async def _connect_allowed(self, socket: WebSocket[Any, Any, Any], principal: Principal | None) -> bool:
         """Counts the connect (per user, or per client IP without a valid token); refuses it when over."""
-        try:
-            principal: Principal | None = await self.verifier.verify(
-                token_from_connection(socket, query_param="access_token")
-            )
-        except AuthError:
-            principal = None  # told after the accept, with 4401; counted against its IP meanwhile
         try:
             await self.limiter.hit(
                 "socket_connects", self.limiter.subject(socket, principal.user_id if principal else None)
@@ -520,12 +514,13 @@ class RealtimeSockets:
         await socket.close(code=CLOSE_POLICY, reason=f"rate limited; retry in {refused.retry_after} s")
 
     async def serve(self, socket: WebSocket[Any, Any, Any]) -> None:
-        if not await self._connect_allowed(socket):
+        principal = await self._verify(socket)
+        if not await self._connect_allowed(socket, None if isinstance(principal, AuthError) else principal):
             return
         # Accept first: a browser cannot read the HTTP status of a refused handshake, only a close code.
         await socket.accept()
-        principal = await self._authenticate(socket)
-        if principal is None:
+        if isinstance(principal, AuthError):
+            await socket.close(code=CLOSE_UNAUTHORIZED, reason=(principal.detail or "unauthorized")[:120])
             return
         _forget_handshake(socket)
         user_id = principal.user_id
