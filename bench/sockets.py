@@ -79,11 +79,11 @@ def _main() -> None:
             pid = service.process.pid
             client = rt.ClientProcess()
             ports = [service.port]
-            warm = client.ask(op="open", host="127.0.0.1", ports=ports, users=users[:WARM_UP], concurrency=64)
+            warm = client.ask(op="open", host="127.0.0.1", ports=ports, users=users[:WARM_UP], concurrency=16)
             time.sleep(2)
             rss_before = rt.rss_bytes(pid)
             opened = client.ask(
-                op="open", host="127.0.0.1", ports=ports, users=users[WARM_UP:], concurrency=64
+                op="open", host="127.0.0.1", ports=ports, users=users[WARM_UP:], concurrency=16
             )
             time.sleep(3)
             rss_after = rt.rss_bytes(pid)

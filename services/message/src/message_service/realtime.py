@@ -82,7 +82,7 @@ CLOSE_TOO_BIG = 1009  # a frame over SOCKET_MAX_FRAME_BYTES
 CLOSE_TOO_MANY_SOCKETS = 4429  # over MAX_SOCKETS_PER_USER
 CLOSE_INTERNAL_ERROR = 1011
 OUTBOUND_LIMIT = 1000  # events queued for one socket before it counts as too slow
-HEARTBEATS_AT_ONCE = 32  # the sockets' timed presence heartbeats in flight at once, per process
+PRESENCE_CALLS_AT_ONCE = 32  # timed presence heartbeats and disconnects in flight at once, per process
 _PAGE = 100
 _log = structlog.get_logger("message_service.realtime")
 
@@ -337,7 +337,7 @@ class _Session:
         try:
             # A few at once per process: 10,000 sockets' timers must not open 10,000 Redis connections
             # (redis-py's pool refuses past 100) when Redis answers slowly.
-            async with self.sockets.heartbeats:
+            async with self.sockets.presence_calls:
                 await self.heartbeat()
         finally:
             self.beat = None
@@ -355,7 +355,8 @@ class _Session:
             with contextlib.suppress(Exception):
                 await self.subscription.close()
         try:
-            await self.sockets.presence.disconnect(self.user_id, self.connection_id)
+            async with self.sockets.presence_calls:  # a server shutting down closes every socket at once
+                await self.sockets.presence.disconnect(self.user_id, self.connection_id)
         except Exception as exc:
             _log.warning("presence_disconnect_failed", user_id=self.user_id, error=repr(exc))
 
@@ -420,7 +421,7 @@ class RealtimeSockets:
         self.presence = presence
         self.heartbeat_seconds = max(1.0, presence_ttl_seconds / 3)
         self._decoded: dict[bytes, _Decoded | None] = {}
-        self.heartbeats = asyncio.Semaphore(HEARTBEATS_AT_ONCE)
+        self.presence_calls = asyncio.Semaphore(PRESENCE_CALLS_AT_ONCE)
 
     def decoded(self, payload: bytes) -> _Decoded | None:
         """``payload`` as its sockets send it (None: not an event), decoded once for all of them: the bus
