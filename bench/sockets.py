@@ -70,7 +70,9 @@ def _main() -> None:
     client: rt.ClientProcess | None = None
     try:
         work = rt.workdir("chat-bench-sockets-")
-        env = rt.service_env(work, redis.address, args.redis)
+        # Presence heartbeats out of the window (as in bench.pods): the CPU per event is the messages' own,
+        # not 10,000 sockets' timers over however long the sends take on a busy machine.
+        env = {**rt.service_env(work, redis.address, args.redis), "PRESENCE_TTL_SECONDS": "3600"}
         users = rt.users("u", args.sockets)
         groups = {f"g{size}": users[:size] for size in GROUPS}
         asyncio.run(rt.seed(env, groups))
