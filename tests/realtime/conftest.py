@@ -142,10 +142,11 @@ DeployFactory = Callable[..., Awaitable[Deployment]]
 
 @pytest.fixture
 async def deploy(serve: Serve, tmp_path: Path) -> AsyncIterator[DeployFactory]:
-    """``await deploy(kind, env)`` -> a running deployment (``embedded`` or ``distributed``)."""
+    """``await deploy(kind, env)`` -> a running deployment (``embedded`` or ``distributed``); ``ws``: the
+    WebSocket protocol of its message service (default: the services' own)."""
     deployments: list[Deployment] = []
 
-    async def make(kind: str, env: Mapping[str, str] | None = None) -> Deployment:
+    async def make(kind: str, env: Mapping[str, str] | None = None, *, ws: Any = None) -> Deployment:
         receiver = WebhookReceiver()
         hook = await serve(receiver.app())
         base_env = {
@@ -161,11 +162,11 @@ async def deploy(serve: Serve, tmp_path: Path) -> AsyncIterator[DeployFactory]:
         await harness.provision(settings)
         if kind == "embedded":
             backends = Backends(settings)
-            base_url = await serve(all_in_one.create_app(settings, backends))
+            base_url = await serve(all_in_one.create_app(settings, backends), **({"ws": ws} if ws else {}))
             consumer_backends = backends
         else:
             backends = Backends(settings)
-            base_url = await serve(message_app.create_app(settings, backends))
+            base_url = await serve(message_app.create_app(settings, backends), **({"ws": ws} if ws else {}))
             consumer_backends = Backends(settings)
             await serve(consumer_app.create_app(settings, consumer_backends))
         deployment = Deployment(

@@ -24,6 +24,8 @@ _log = structlog.get_logger("chat_core.realtime.memory")
 
 
 class _MemorySubscription(Subscription):
+    __slots__ = ("_bus", "_channels", "_closed", "_handler")
+
     def __init__(self, bus: MemoryEventBus, handler: EventHandler) -> None:
         self._bus = bus
         self._handler = handler
