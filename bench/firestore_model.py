@@ -46,7 +46,7 @@ import msgspec
 from google.cloud.firestore_v1.async_batch import AsyncWriteBatch
 
 import chat_devstack as devstack
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.leases.memory import MemoryWriteLeases
 from chat_core.messagestore import Conversation, ImageMetadata, LastMessage, Message, new_event
 from chat_core.messagestore.firestore import OUTBOX, OUTBOX_SHARDS, FirestoreChatStore, outbox_shard
@@ -204,7 +204,7 @@ async def measure(address: str, *, rate: float, messages: int, busy_seconds: flo
                 "AUTH_JWT_SECRET": "model-secret-0123456789abcdef-0123456789",
             }
         )
-        backends = Backends(settings)
+        backends = Composition(settings)
         store = backends.chat_store
         assert isinstance(store, FirestoreChatStore)
         async with backends:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.messagestore import Conversation, Message
 from chat_core.messagestore.firestore import (
     OUTBOX,
@@ -35,7 +35,7 @@ async def store(
         "FIRESTORE_PROJECT_ID": firestore_project,
         "FIRESTORE_EMULATOR_HOST": firestore_emulator.address,
     }
-    backends = Backends(make_settings(tmp_path, env))
+    backends = Composition(make_settings(tmp_path, env))
     store = backends.chat_store
     assert isinstance(store, FirestoreChatStore)
     async with backends:

@@ -36,7 +36,7 @@ import math
 import os
 import random
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from google.api_core import exceptions as gexc
@@ -77,10 +77,7 @@ from chat_core.messagestore import (
 )
 from chat_core.settings import FirestoreSettings
 
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
-
-__all__ = ["FirestoreChatStore", "create"]
+__all__ = ["FirestoreChatStore"]
 
 T = TypeVar("T")
 
@@ -976,7 +973,3 @@ class FirestoreChatStore(ChatStore):
                 continue
             return
         raise RuntimeError(f"push receipt {notification_id} kept changing; not released")
-
-
-def create(backends: Backends) -> FirestoreChatStore:
-    return FirestoreChatStore(backends.settings.firestore)

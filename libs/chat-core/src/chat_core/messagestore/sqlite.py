@@ -13,7 +13,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import msgspec
 
@@ -47,10 +47,7 @@ from chat_core.messagestore import (
 from chat_core.sqlite_engine import SqliteEngine
 from chat_core.timestamps import from_micros, micros
 
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
-
-__all__ = ["SqliteChatStore", "create"]
+__all__ = ["SqliteChatStore"]
 
 T = TypeVar("T")
 
@@ -865,7 +862,3 @@ class SqliteChatStore(ChatStore):
             )
 
         await self._db.write(release)
-
-
-def create(backends: Backends) -> SqliteChatStore:
-    return SqliteChatStore(Path(backends.settings.service.data_dir) / "messages.sqlite3")
