@@ -65,6 +65,24 @@ async def test_a_job_past_its_time_is_killed_and_the_next_job_runs() -> None:
         assert isinstance(await media.process(corpus.jpeg_oriented(1), "image/jpeg"), Sanitized)
 
 
+async def test_a_job_stopped_mid_decode_gives_its_slot_back_and_the_next_job_runs(
+    processor: MediaProcessor,
+) -> None:
+    # What a media job's bound (MediaWorker, longest_job_seconds) does to a decode still running: cancel
+    # it. Its worker is killed (its state is unknown), the slot goes back, the next job starts a worker.
+    [before] = processor.worker_pids
+    image = corpus.large_jpeg(30)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(processor.process(image, "image/jpeg"), 0.3)
+    assert before not in processor.worker_pids
+    health = processor.health()
+    assert (health.size, health.problem()) == (1, None)  # readiness stays ok: a worker can be started
+    result = await asyncio.wait_for(processor.process(corpus.jpeg_oriented(1), "image/jpeg"), 30)
+    assert isinstance(result, Sanitized), result
+    assert len(processor.worker_pids) == 1
+    assert processor.health().alive == 1
+
+
 async def test_a_job_past_its_memory_fails_with_memory_and_the_worker_is_replaced() -> None:
     # Libraries and thread stacks take most of 200 MB of address space; a turned 30 MP JPEG needs a
     # whole decoded frame (90 MB) on top, which is not left.
