@@ -28,8 +28,8 @@ from typing import Any, cast
 import chat_devstack as devstack
 from bench.guard import NEVER_REFUSING_LIMITS, BenchFailure
 from chat_core.auth import mint_token
+from chat_core.chatstore import Conversation
 from chat_core.composition import Composition
-from chat_core.messagestore import Conversation
 from chat_core.settings import load_settings
 
 SECRET = "bench-secret-0123456789abcdef-0123456789"  # noqa: S105 - a throwaway dev secret

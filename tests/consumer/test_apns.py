@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from chat_core.chatstore import Device
 from chat_core.composition import Composition
-from chat_core.messagestore import Device
 from chat_core.notifications import Notification
 from chat_core.push import PushMessage, PushRouter
 from chat_core.push.apns import ENDPOINTS, ApnsPushProvider

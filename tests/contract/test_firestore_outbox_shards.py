@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from chat_core.composition import Composition
-from chat_core.messagestore import Conversation, Message
-from chat_core.messagestore.firestore import (
+from chat_core.chatstore import Conversation, Message
+from chat_core.chatstore.firestore import (
     OUTBOX,
     OUTBOX_SHARD_LEASES,
     OUTBOX_SHARDS,
     FirestoreChatStore,
     outbox_shard,
 )
+from chat_core.composition import Composition
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.firestore

@@ -15,11 +15,11 @@ import message_service.app
 import notification_consumer.app
 import upload_service.app
 from chat_core.capabilities import ReadinessProbe, ServesRoutes, UsesAws
+from chat_core.chatstore.firestore import FirestoreChatStore
+from chat_core.chatstore.sqlite import SqliteChatStore
 from chat_core.composition import Composition
 from chat_core.jobqueue.sqlite import SqliteJobQueue
 from chat_core.jobqueue.sqs import SqsJobQueue
-from chat_core.messagestore.firestore import FirestoreChatStore
-from chat_core.messagestore.sqlite import SqliteChatStore
 from chat_core.objectstore.local import LocalObjectStore
 from chat_core.objectstore.s3 import S3ObjectStore
 from chat_core.realtime.memory import MemoryEventBus, MemoryPresence

@@ -19,8 +19,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 import message_service.app
+from chat_core.chatstore import Conversation, Device
 from chat_core.composition import Composition
-from chat_core.messagestore import Conversation, Device
 from chat_core.objectstore import ByteRange
 from chat_core.push import PushRouter
 from chat_core.realtime import EventBusUnavailable, conversation_channel

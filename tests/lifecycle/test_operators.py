@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from chat_core import keys
-from chat_core.messagestore import Message
+from chat_core.chatstore import Message
 from message_service.app import standalone_lifecycle
 from tests.conftest import TEST_SECRET, auth_header, token_for
 from tests.image_stack import ImageStack

@@ -16,9 +16,9 @@ from typing import cast
 import pytest
 from prometheus_client import REGISTRY
 
+from chat_core.chatstore import ChatStore, Conversation, ConversationStore
 from chat_core.composition import Composition
 from chat_core.membership import MembershipCache
-from chat_core.messagestore import ChatStore, Conversation, ConversationStore
 from chat_core.realtime import MEMBERSHIP_CHANNEL, EventBus
 from tests import harness
 from tests.conftest import make_settings

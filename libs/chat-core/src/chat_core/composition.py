@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import httpx
@@ -38,12 +37,7 @@ from chat_core.settings import PushKind, Settings
 if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
 
-    from chat_core.jobqueue import Job, JobKind, JobQueue
-    from chat_core.leases import WriteLeases
-    from chat_core.ledger import StorageLedger
-    from chat_core.media import MediaJob
-    from chat_core.membership import MembershipCache
-    from chat_core.messagestore import (
+    from chat_core.chatstore import (
         ChatStore,
         ConversationStore,
         DeviceStore,
@@ -51,6 +45,11 @@ if TYPE_CHECKING:
         OutboxStore,
         PushReceiptStore,
     )
+    from chat_core.jobqueue import Job, JobKind, JobQueue
+    from chat_core.leases import WriteLeases
+    from chat_core.ledger import StorageLedger
+    from chat_core.media import MediaJob
+    from chat_core.membership import MembershipCache
     from chat_core.notifications import Notification
     from chat_core.objectstore import ObjectStore
     from chat_core.push import PushProvider, PushRouter
@@ -132,13 +131,13 @@ class Composition:
     def _build_chat_store(self) -> ChatStore:
         match self.settings.backends.message_store:
             case "sqlite":
-                from chat_core.messagestore.sqlite import SqliteChatStore
+                from chat_core.chatstore import sqlite
 
-                return SqliteChatStore(Path(self.settings.service.data_dir) / "messages.sqlite3")
+                return sqlite.create(self.settings.service.data_dir)
             case "firestore":
-                from chat_core.messagestore.firestore import FirestoreChatStore
+                from chat_core.chatstore import firestore
 
-                return FirestoreChatStore(self.settings.firestore)
+                return firestore.create(self.settings.firestore)
 
     def _build_event_bus(self) -> EventBus:
         match self.settings.backends.event_bus:

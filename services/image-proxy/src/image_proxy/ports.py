@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chat_core.auth import TokenVerifier
+from chat_core.chatstore import MessageStore
 from chat_core.membership import MembershipCache
-from chat_core.messagestore import MessageStore
 from chat_core.objectstore import ObjectStore
 from chat_core.realtime import EventBus
 

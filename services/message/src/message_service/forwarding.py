@@ -20,8 +20,8 @@ import asyncio
 import msgspec
 
 from chat_core import keys
+from chat_core.chatstore import ImageMetadata, ImageVariants, Message
 from chat_core.errors import ProblemError
-from chat_core.messagestore import ImageMetadata, ImageVariants, Message
 from chat_core.objectstore import ObjectNotFound, ObjectStore
 
 __all__ = ["CopiedImage", "copy_image", "forwardable_image", "message_deleted", "source_is_deleted"]

@@ -34,8 +34,8 @@ import structlog
 
 from chat_core import keys, metrics
 from chat_core.audit import audit
+from chat_core.chatstore import ConversationStore, DeviceStore, Message, MessageStore
 from chat_core.errors import ProblemError
-from chat_core.messagestore import ConversationStore, DeviceStore, Message, MessageStore
 from chat_core.objectstore import ObjectNotFound, ObjectStore
 from chat_core.quota import Quotas
 from message_service.events import MessageEvents

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chat_core.auth import TokenVerifier
+from chat_core.chatstore import ConversationStore, DeviceStore, MessageStore, OutboxStore
 from chat_core.jobqueue import JobQueue
 from chat_core.leases import WriteLeases
 from chat_core.ledger import StorageLedger
 from chat_core.media import MediaJob
-from chat_core.messagestore import ConversationStore, DeviceStore, MessageStore, OutboxStore
 from chat_core.notifications import Notification
 from chat_core.objectstore import ObjectStore
 from chat_core.quota import Quotas

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chat_core.chatstore import ConversationStore, DeviceStore, MessageStore, PushReceiptStore
 from chat_core.jobqueue import JobQueue
-from chat_core.messagestore import ConversationStore, DeviceStore, MessageStore, PushReceiptStore
 from chat_core.notifications import Notification
 from chat_core.push import PushRouter
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chat_core.chatstore import MessageStore
 from chat_core.ledger import StorageLedger
 from chat_core.membership import MembershipCache
-from chat_core.messagestore import MessageStore
 from chat_core.objectstore import ObjectStore
 from chat_core.quota import Quotas
 from chat_core.realtime import EventBus
