@@ -21,6 +21,7 @@ from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.composition import Composition
 from media_processor.imaging import Reason, Rejected, Sanitized
 from media_processor.pool import MediaProcessor, PoolSettings, PoolUnavailable
+from media_processor.worker import limits_from, pool_settings_from
 from tests.conftest import make_settings
 from tests.media import corpus
 from tests.media.inspect import metadata_left
@@ -51,6 +52,15 @@ async def test_a_worker_reads_an_ultra_hdr_jpeg_with_the_jpeg_loader(processor: 
 async def test_a_rejection_comes_back_with_its_reason(processor: MediaProcessor) -> None:
     result = await processor.process(corpus.png_declaring(100_000, 100_000), "image/png")
     assert result == Rejected(Reason.TOO_MANY_PIXELS, "10000000000 pixels, the limit is 50000000")
+
+
+async def test_an_image_limit_set_in_the_environment_reaches_the_worker_processes(tmp_path: Path) -> None:
+    # The service's path: settings from the environment -> limits_from -> the spawned decoder processes.
+    settings = make_settings(tmp_path, {"MAX_ANIMATION_PIXELS": "500000", "MEDIA_WORKERS": "1"})
+    async with MediaProcessor(limits_from(settings), pool_settings_from(settings)) as media:
+        result = await media.process(corpus.animated_gif(5, (480, 360)), "image/gif")  # 864,000 pixels
+    assert isinstance(result, Rejected)
+    assert result.reason == Reason.TOO_MANY_PIXELS
 
 
 async def test_a_job_past_its_time_is_killed_and_the_next_job_runs() -> None:
@@ -166,6 +176,7 @@ def test_a_50_mp_image_stays_under_300_mb_in_the_worker(tmp_path: Path, orientat
         f"""
         import asyncio, resource, sys
         from media_processor.pool import MediaProcessor, PoolSettings, PoolUnavailable
+from media_processor.worker import limits_from, pool_settings_from
 
         async def main() -> None:
             data = open({str(image)!r}, "rb").read()

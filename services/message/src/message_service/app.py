@@ -140,7 +140,9 @@ def build(settings: Settings, ports: MessagePorts, events: MessageEvents | None 
         events,
         conversations,
         retention_days=settings.lifecycle.retention_days,
+        export_expiry_days=settings.lifecycle.export_expiry_days,
         quotas=ports.quotas,
+        presence=ports.presence,
     )
     admin_jobs = AdminJobs(
         ports.object_store,
@@ -195,7 +197,9 @@ async def standalone_lifecycle(settings: Settings) -> AsyncIterator[Lifecycle]:
         fanout,
         ConversationService(root.conversations, fanout),
         retention_days=settings.lifecycle.retention_days,
+        export_expiry_days=settings.lifecycle.export_expiry_days,
         quotas=root.quotas,
+        presence=root.presence,
     )
     async with root, fanout.worker():
         yield lifecycle
