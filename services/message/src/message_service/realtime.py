@@ -49,7 +49,6 @@ from litestar.utils.scope.state import ScopeState
 
 from chat_core import metrics, ratelimit
 from chat_core.auth import AuthError, Principal, TokenVerifier, token_from_connection
-from chat_core.backends import Backends
 from chat_core.chatstore import ConversationStore
 from chat_core.errors import problem_body
 from chat_core.ratelimit import RateLimited, RateLimiter
@@ -64,6 +63,7 @@ from chat_core.realtime import (
 from chat_core.realtime.events import bus_event_for_client, decode_envelope
 from chat_core.settings import Settings
 from chat_core.websocket_server import ClientDisconnected, frame_writer, text_frame
+from message_service.ports import MessagePorts
 
 __all__ = [
     "CLOSE_POLICY",
@@ -455,16 +455,16 @@ class RealtimeSockets:
                 await socket.close(code=code, reason=reason)
 
     @classmethod
-    def from_backends(
-        cls, settings: Settings, backends: Backends, *, bus: EventBus | None = None
+    def from_ports(
+        cls, settings: Settings, ports: MessagePorts, *, bus: EventBus | None = None
     ) -> RealtimeSockets:
-        """The sockets of one replica, on ``backends`` (``bus``: another event bus, such as a wrapper)."""
+        """The sockets of one replica, on ``ports`` (``bus``: another event bus, such as a wrapper)."""
         return cls(
-            backends.verifier,
-            backends.conversations,
-            bus or backends.event_bus,
-            backends.presence,
-            backends.rate_limiter,
+            ports.verifier,
+            ports.conversations,
+            bus or ports.event_bus,
+            ports.presence,
+            ports.rate_limiter,
             ratelimit.in_process(settings.limits),
             presence_ttl_seconds=settings.presence.ttl_seconds,
             max_frame_bytes=settings.limits.socket_max_frame_bytes,
