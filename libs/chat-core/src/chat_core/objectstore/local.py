@@ -20,6 +20,7 @@ import datetime as dt
 import errno
 import hashlib
 import os
+import re
 import stat
 import uuid
 import weakref
@@ -88,6 +89,9 @@ class _Meta(msgspec.Struct, frozen=True):
     etag: str
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def key_segments(key: str) -> list[str]:
     """The path segments of ``key``; raises InvalidObjectKey for anything that could leave the root."""
     if not key or len(key.encode()) > _MAX_KEY_BYTES:
@@ -99,7 +103,7 @@ def key_segments(key: str) -> list[str]:
             or segment.startswith(".")
             or "\\" in segment
             or len(segment.encode()) > _MAX_SEGMENT_BYTES
-            or any(ord(char) < 32 or ord(char) == 127 for char in segment)
+            or _CONTROL.search(segment)
         ):
             raise InvalidObjectKey(f"object key {key!r} has a forbidden segment")
     return segments
