@@ -107,7 +107,20 @@ def wrk(
 ) -> Result:
     env = {**os.environ, "WRK_METHOD": method, "WRK_BODY": body, "WRK_TOKEN": token}
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(LUA), url],
+        # A request unanswered after 10 s counts as an error (wrk's default, 2 s, fails rows on a busy
+        # shared machine whose server answers every request).
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "--latency",
+            "-s",
+            str(LUA),
+            url,
+        ],
         env=env,
         capture_output=True,
         text=True,

@@ -253,7 +253,7 @@ class Route:
             raise guard.BenchFailure(f"the image send answered {sent.status_code}: {sent.text}")
         self.object_key = body["object_key"]
         self.file_path = body["file_url"].removeprefix(BASE)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240  # a shared machine can take minutes to start the media workers
         while True:
             answer = await self.http.get(f"{BASE}{self.file_path}", headers=self.headers)
             if answer.status_code == 302:

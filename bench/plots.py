@@ -214,10 +214,10 @@ def stacked_bars(
     parts = list(dict.fromkeys(part for _, values in bars for part in values))
     colors = {part: PALETTE[i % len(PALETTE)] for i, part in enumerate(parts)}
     top = _nice_max(max((sum(values.values()) for _, values in bars), default=1.0))
-    left, right = 150, 260
+    width, left, right = 980, 190, 320
     row_h = 34
     height = TOP + 30 + row_h * len(bars) + 40
-    plot_w = WIDTH - left - right
+    plot_w = width - left - right
     body = []
     for value in _ticks(top):
         x = left + plot_w * value / top
@@ -241,8 +241,8 @@ def stacked_bars(
             )
             x += width
         body.append(f'<text x="{x + 4:.1f}" y="{y + 16}">{sum(values.values()):,.0f}</text>')
-    body += _legend(parts, list(colors.values()), x=WIDTH - right + 20, y=TOP + 5)
-    return _svg(title, body, height=max(height, TOP + 20 + 18 * len(parts)), subtitle=subtitle)
+    body += _legend(parts, list(colors.values()), x=width - right + 20, y=TOP + 5)
+    return _svg(title, body, height=max(height, TOP + 20 + 18 * len(parts)), width=width, subtitle=subtitle)
 
 
 # --- the run's plots ------------------------------------------------------------------------------
@@ -349,7 +349,12 @@ def _firestore(data: dict[str, Any]) -> str | None:
 
 
 def _short(what: str) -> str:
-    head = what.split(":")[0].replace("index ", "").replace("document", "a busy conversation's document")
+    head = (
+        what.split(":")[0]
+        .replace("`", "")
+        .replace("index ", "")
+        .replace("document", "a busy conversation's document")
+    )
     words, lines, line = head.split(), [], ""
     for word in words:
         if len(line) + len(word) > 22 and line:
