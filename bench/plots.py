@@ -34,17 +34,17 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 FONT = 'font-family="DejaVu Sans, Helvetica, Arial, sans-serif"'
 
 
-def _svg(title: str, body: list[str], *, height: int = HEIGHT, subtitle: str = "") -> str:
+def _svg(title: str, body: list[str], *, height: int = HEIGHT, width: int = WIDTH, subtitle: str = "") -> str:
     head = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-        f'viewBox="0 0 {WIDTH} {height}" {FONT} font-size="12">',
-        f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
-        f'<text x="{WIDTH / 2}" y="22" text-anchor="middle" font-size="15" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" {FONT} font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="15" '
         f'font-weight="bold">{escape(title)}</text>',
     ]
     if subtitle:
         head.append(
-            f'<text x="{WIDTH / 2}" y="39" text-anchor="middle" fill="#555">{escape(subtitle)}</text>'
+            f'<text x="{width / 2}" y="39" text-anchor="middle" fill="#555">{escape(subtitle)}</text>'
         )
     return "\n".join([*head, *body, "</svg>"]) + "\n"
 
