@@ -289,7 +289,7 @@ async def measure_stack(name: str, workdir: Path, requests: int, repeats: int) -
 
     # A busy shared machine can take over a minute to start an image worker (a process importing libvips):
     # the setup's one image must not fail on that.
-    media_processor.pool._START_TIMEOUT_SECONDS = 300  # noqa: SLF001 - a benchmark's patience, not the service's
+    media_processor.pool._START_TIMEOUT_SECONDS = 300
     with stack_env(name, workdir) as env:
         settings = load_settings(env)
         # As `serve` does (JSON lines, the access log on), to one file for the run: structlog keeps the

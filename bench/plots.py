@@ -234,12 +234,12 @@ def stacked_bars(
         body.append(f'<text x="{left - 8}" y="{y + 16}" text-anchor="end">{escape(label)}</text>')
         x = float(left)
         for part, value in values.items():
-            width = plot_w * max(0.0, value) / top
+            bar_w = plot_w * max(0.0, value) / top
             body.append(
-                f'<rect x="{x:.1f}" y="{y}" width="{width:.1f}" height="{row_h - 10}" fill="{colors[part]}">'
+                f'<rect x="{x:.1f}" y="{y}" width="{bar_w:.1f}" height="{row_h - 10}" fill="{colors[part]}">'
                 f"<title>{escape(part)}: {value:.1f}</title></rect>"
             )
-            x += width
+            x += bar_w
         body.append(f'<text x="{x + 4:.1f}" y="{y + 16}">{sum(values.values()):,.0f}</text>')
     body += _legend(parts, list(colors.values()), x=width - right + 20, y=TOP + 5)
     return _svg(title, body, height=max(height, TOP + 20 + 18 * len(parts)), width=width, subtitle=subtitle)
