@@ -83,10 +83,12 @@ dev: test-deps ## each service as its own process with the cloud adapters, on lo
 	uv run --frozen chat-management dev
 
 .PHONY: bench
-bench: test-deps ## stacks under load (req/s, p50, p99 vs a bare route); limiter cost; images/s/core pyvips vs Pillow vs vips CLI; sockets; per-pod cost on a Redis Cluster; Firestore writes at 3,300 msg/s vs its limits
+bench: test-deps ## stacks under load (req/s, p50, p99 vs a bare route); CPU µs per layer; limiter cost; images/s/core pyvips vs Pillow vs vips CLI; sockets; per-pod cost on a Redis Cluster; Firestore writes at 3,300 msg/s vs its limits; JSON in bench/results/, SVG plots
 	@bash scripts/bootstrap.sh system wrk
+	uv run --frozen python -m bench.results --new
 	uv run --frozen python scripts/bench_presign.py
 	uv run --frozen python -m bench.http
+	uv run --frozen python -m bench.layers
 	uv run --frozen python -m bench.limiter
 	uv run --frozen python scripts/bench_consumer.py --queue sqlite
 	@command -v vipsthumbnail >/dev/null 2>&1 || { \
@@ -100,6 +102,7 @@ bench: test-deps ## stacks under load (req/s, p50, p99 vs a bare route); limiter
 	uv run --frozen python -m bench.socket_memory
 	uv run --frozen python -m bench.pods
 	uv run --frozen python -m bench.firestore_model
+	uv run --frozen python -m bench.plots
 
 .PHONY: clean
 clean: ## remove local data and caches (keeps the venvs)

@@ -46,6 +46,7 @@ import msgspec
 from google.cloud.firestore_v1.async_batch import AsyncWriteBatch
 
 import chat_devstack as devstack
+from bench import results
 from chat_core.chatstore import Conversation, ImageMetadata, LastMessage, Message, new_event
 from chat_core.chatstore.firestore import OUTBOX, OUTBOX_SHARDS, FirestoreChatStore, outbox_shard
 from chat_core.composition import Composition
@@ -347,6 +348,13 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "-" if row.limit is None else "yes" if row.ok else "NO"
         limit = "-" if row.limit is None else f"{row.limit:,.0f}"
         print(f"| {row.what:<84} | {row.per_second:>10,.1f} | {limit:>8} | {verdict:>3} |")
+    for row in table:
+        results.record(
+            "firestore_model",
+            {"what": row.what, "per_second": round(row.per_second, 1), "limit": row.limit, "ok": row.ok,
+             "rate": args.rate, "messages": args.messages},
+            key=("what",),
+        )  # fmt: skip
     failed = [row for row in table if not row.ok]
     for row in failed:
         print(f"!!! over Google's published limit: {row.what}", file=sys.stderr)

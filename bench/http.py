@@ -33,7 +33,7 @@ import msgspec
 from PIL import Image
 
 import chat_devstack as devstack
-from bench import guard
+from bench import guard, results
 from bench.guard import NEVER_REFUSING_LIMITS, require_clean
 from bench.openloop import run_open_loop
 from chat_core.auth import mint_token
@@ -55,6 +55,29 @@ class Result:
     p99_ms: float
     errors: int
     requests: int
+    p90_ms: float = 0.0
+    max_ms: float = 0.0
+
+    def record(self, stack: str, *, bare: Result | None = None, shape: str = "") -> None:
+        """Into the run's JSON (``bench.results``): one row per measured route or rate."""
+        results.record(
+            "http",
+            {
+                "stack": stack,
+                "row": self.name,
+                "requests_per_second": round(self.requests_per_second, 1),
+                "p50_ms": round(self.p50_ms, 3),
+                "p90_ms": round(self.p90_ms, 3),
+                "p99_ms": round(self.p99_ms, 3),
+                "max_ms": round(self.max_ms, 3),
+                "requests": self.requests,
+                "errors": self.errors,
+                "against": bare.name if bare else "",
+                "shape": shape,
+                "ratio": round(self.requests_per_second / bare.requests_per_second, 3) if bare else None,
+            },
+            key=("stack", "row"),
+        )
 
     def row(self, bare: Result | None, label: str = "") -> str:
         ratio = f"{self.requests_per_second / bare.requests_per_second:6.0%}" if bare else "     -"
@@ -84,7 +107,20 @@ def wrk(
 ) -> Result:
     env = {**os.environ, "WRK_METHOD": method, "WRK_BODY": body, "WRK_TOKEN": token}
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(LUA), url],
+        # A request unanswered after 10 s counts as an error (wrk's default, 2 s, fails rows on a busy
+        # shared machine whose server answers every request).
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "--latency",
+            "-s",
+            str(LUA),
+            url,
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -242,6 +278,8 @@ class Flow:
             outcome.percentile(0.99) * 1000,
             0,
             len(bodies),
+            p90_ms=outcome.percentile(0.9) * 1000,
+            max_ms=outcome.latencies[-1] * 1000 if outcome.latencies else 0.0,
         )
 
     async def sent_ready_image(self, seed: int) -> str:
@@ -313,6 +351,15 @@ async def measure(stack_name: str, urls: dict[str, str], bare: str, args: argpar
             sends.append(await flow.send_at_rate(keys, rate))
     finally:
         await flow.close()
+    stack = next(key for key, label in LABELS.items() if label == stack_name)
+    bare_result.record(stack)
+    bare_again.record(stack, bare=bare_result)
+    bare_upload.record(stack, bare=bare_result, shape="upload_url")
+    bare_proxy.record(stack, bare=bare_result, shape="proxy 302")
+    upload_url.record(stack, bare=bare_upload, shape="upload_url")
+    proxy.record(stack, bare=bare_proxy, shape="proxy 302")
+    for send in sends:
+        send.record(stack)
     lines = [f"\n{stack_name}", f"  {'':<34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6}   errors"]
     lines.append(bare_result.row(None))
     lines += [result.row(bare_result) for result in (upload_url, proxy, bare_again, *sends)]

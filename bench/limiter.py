@@ -33,6 +33,7 @@ from litestar import post
 from litestar.di import NamedDependency
 
 import chat_devstack as devstack
+from bench import results
 from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.auth import Principal, mint_token
 from chat_core.composition import Composition
@@ -249,6 +250,7 @@ def main() -> None:
     header = f"{'without':>9} {'with':>9} {'cost':>9}"
     print(f"  {'LIMIT_STORE':<12} {header} {header} {'hit() alone':>12}")
     for store, m in rows:
+        results.record("limiter", {"store": store, **{k: round(v, 1) for k, v in m.items()}}, key=("store",))
         print(
             f"  {store:<12} {m['without']:>9.1f} {m['with']:>9.1f} {m['with'] - m['without']:>9.1f}"
             f" {m['http_without']:>9.1f} {m['http_with']:>9.1f} {m['http_with'] - m['http_without']:>9.1f}"

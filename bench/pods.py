@@ -25,7 +25,7 @@ from typing import Any
 import redis
 
 import chat_devstack as devstack
-from bench import guard, rt
+from bench import guard, results, rt
 from bench.guard import BenchFailure, require_clean
 
 # conversation size -> messages per second (the same total for every pod count)
@@ -156,6 +156,11 @@ def _main() -> None:
               f"{row['upkeep']:>6.2f}")  # fmt: skip
         if args.verbose:
             print(f"      {row['calls']}")
+        results.record(
+            "pods",
+            {key: value for key, value in row.items() if key != "calls"} | {"sockets": args.sockets},
+            key=("pods", "size"),
+        )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import uvicorn
 
-from bench import guard, rt
+from bench import guard, results, rt
 from bench.guard import NEVER_REFUSING_LIMITS, BenchFailure
 from bench.sockets import verdict
 from chat_core.server import uvicorn_options
@@ -109,6 +109,12 @@ async def _measure(
             f"\nmemory per idle socket, embedded stack (serve all), {count} sockets after {WARM_UP}, traced"
         )
         rss = (rss_after - rss_before) / count / 1024
+        results.record(
+            "socket_memory",
+            {"process": "embedded (traced)", "sockets": count + WARM_UP, "kib_per_socket": round(rss, 2),
+             "traced_kib_per_socket": round(traced_bytes / count / 1024, 2)},
+            key=("process", "sockets"),
+        )  # fmt: skip
         print(f"  RSS {rss:.1f} KiB, tracemalloc {traced_bytes / count / 1024:.1f} KiB (RSS: +its records)")
         print(f"  {'bytes/socket':>12} {'blocks/socket':>13}  allocated at")
         for stat in stats[: args.top]:

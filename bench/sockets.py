@@ -23,7 +23,7 @@ import asyncio
 import time
 
 import chat_devstack as devstack
-from bench import guard, rt
+from bench import guard, results, rt
 from bench.guard import BenchFailure
 
 WARM_UP = 500
@@ -100,6 +100,12 @@ def _main() -> None:
             client_rss = rt.rss_bytes(client.pid) / 2**20
             print(f"  service RSS {rss_before / 2**20:.0f} MiB -> {rss_after / 2**20:.0f} MiB: "
                   f"{per_socket / 1024:.1f} KiB per socket; client RSS {client_rss:.0f} MiB")  # fmt: skip
+            results.record(
+                "socket_memory",
+                {"process": "message service", "sockets": total, "redis": args.redis,
+                 "kib_per_socket": round(per_socket / 1024, 2)},
+                key=("process", "sockets"),
+            )  # fmt: skip
             print(f"  memory per idle socket {per_socket / 1024:.1f} KiB "
                   f"({verdict('memory per idle socket', per_socket / 1024)})")  # fmt: skip
             print(f"\nfan-out latency, send -> last socket ({args.samples} messages each, one at a time, "
@@ -117,6 +123,14 @@ def _main() -> None:
                 if result["lost"]:
                     raise BenchFailure(f"fan-out to {size}: {result['lost']} events never arrived")
                 cpu_per_event = (rt.cpu_seconds(pid) - cpu_before) / (size * args.samples) * 1e6
+                results.record(
+                    "fanout",
+                    {"members": size, "sockets": total, "samples": args.samples, "redis": args.redis,
+                     "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
+                     "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+                     "cpu_us_per_event": round(cpu_per_event, 1)},
+                    key=("members",),
+                )  # fmt: skip
                 print(f"  {size:>15} {percentile(latencies, 0.5) * 1000:>9.1f} "
                       f"{percentile(latencies, 0.99) * 1000:>9.1f} {max(latencies, default=0) * 1000:>9.1f} "
                       f"{result['lost']:>6} {cpu_per_event:>12.1f}")  # fmt: skip

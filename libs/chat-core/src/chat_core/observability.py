@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -22,6 +23,7 @@ __all__ = ["ObservabilityMiddleware", "RequestInfo", "current_request", "set_req
 
 UNMATCHED_ROUTE = "unmatched"
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+_SPAN_NAMES = {m: f"HTTP {m}" for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")}
 
 
 class RequestInfo:
@@ -100,15 +102,17 @@ class ObservabilityMiddleware:
         histogram.observe(elapsed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind: str = str(scope["type"])
-        if kind not in ("http", "websocket"):
+        kind: str = scope["type"]
+        if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        method: str = str(scope.get("method", "WS")) if kind == "http" else "WS"
-        carrier: dict[str, str] = {}
+        method = str(scope.get("method", "WS")) if kind == "http" else "WS"
+        carrier: dict[str, str] | None = None
         for name, value in scope["headers"]:
-            if name in (b"traceparent", b"tracestate"):
+            if name == b"traceparent" or name == b"tracestate":
+                if carrier is None:
+                    carrier = {}
                 carrier[name.decode()] = value.decode("latin-1")
         client = scope.get("client")
         info = RequestInfo(client[0] if client else None)
@@ -125,39 +129,52 @@ class ObservabilityMiddleware:
 
         self._in_flight.inc()
         span = self._tracer.start_span(
-            f"{method} {scope['path']}" if kind == "websocket" else f"HTTP {method}",
+            f"{method} {scope['path']}"
+            if kind == "websocket"
+            else _SPAN_NAMES.get(method) or f"HTTP {method}",
             context=tracing.extract(carrier) if carrier else None,
             kind=SpanKind.SERVER,
         )
-        if span.is_recording():
+        recording = span.is_recording()
+        if recording:
             span.set_attributes(_server_attributes(scope, method, client))
+        # The span is made current by hand rather than with ``trace.use_span`` (a generator-based context
+        # manager, per request): spans are created for every request, recorded only when exported.
+        context_token = otel_context.attach(trace.set_span_in_context(span))
+        failure: BaseException | None = None
         try:
-            with trace.use_span(span, end_on_exit=True, record_exception=True, set_status_on_exception=True):
-                try:
-                    await self.app(scope, receive, send_wrapper)
-                finally:
-                    route = str(scope.get("path_template") or UNMATCHED_ROUTE)
-                    elapsed = time.perf_counter() - started
-                    span.update_name(f"{method} {route}")
-                    span.set_attribute("http.route", route)
-                    span.set_attribute("http.request.method", method)
-                    span.set_attribute("http.response.status_code", status)
-                    if info.user_id:
-                        span.set_attribute("enduser.id", info.user_id)
-                    if kind == "http" and status >= 500:
-                        span.set_status(Status(StatusCode.ERROR))
-                    self._observe(route, method, status, elapsed)
-                    if self.access_log and route not in QUIET_ROUTES:
-                        self._log.info(
-                            "request",
-                            method=method,
-                            route=route,
-                            path=scope["path"],
-                            status=status,
-                            duration_ms=round(elapsed * 1000, 3),
-                            user_id=info.user_id,
-                            client_ip=info.client_ip,
-                        )
+            await self.app(scope, receive, send_wrapper)
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
+            route: str = scope.get("path_template") or UNMATCHED_ROUTE
+            elapsed = time.perf_counter() - started
+            if recording:
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.request.method", method)
+                span.set_attribute("http.response.status_code", status)
+                if info.user_id:
+                    span.set_attribute("enduser.id", info.user_id)
+                if kind == "http" and status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                if failure is not None:  # as ``trace.use_span`` records it, after the attributes
+                    span.record_exception(failure)
+                    span.set_status(Status(StatusCode.ERROR, f"{type(failure).__name__}: {failure}"))
+            span.end()
+            self._observe(route, method, status, elapsed)
+            if self.access_log and route not in QUIET_ROUTES:
+                self._log.info(
+                    "request",
+                    method=method,
+                    route=route,
+                    path=scope["path"],
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 3),
+                    user_id=info.user_id,
+                    client_ip=info.client_ip,
+                )  # while the span is current: the line carries its trace and span ids
+            otel_context.detach(context_token)
             self._in_flight.dec()
             _current.reset(token)

@@ -78,6 +78,8 @@ RETRY_AFTER_SECONDS = 2
 IMMUTABLE_MAX_AGE = 365 * 24 * 3600  # derivatives never change under their key
 _MAX_LOGGED = 300
 _SEEN_MAX = 50_000  # finished images remembered (their messages: a few tens of MB at most)
+_SIGNED_MAX = 50_000  # signed redirect URLs of the current window (~300 bytes each)
+_OVERRIDES = {"Cache-Control": f"private, max-age={IMMUTABLE_MAX_AGE}, immutable"}
 
 
 class ImageProxy:
@@ -105,6 +107,9 @@ class ImageProxy:
         self._stored_key_of: dict[str, str] = {}  # message id -> its key in ``_finished``
         self._listening = False  # deletions are heard (else nothing is remembered)
         self._push_links = push_image_links(settings)
+        self._signed: dict[str, str] = {}  # derivative key -> its redirect URL, for ``_signed_window``
+        self._signed_window = -1
+        self._counters: dict[tuple[str, str], Any] = {}
 
     @property
     def waits(self) -> ProcessingWaits:
@@ -280,15 +285,21 @@ class ImageProxy:
         # Signed on the start of the current window: every request in the window gets the same URL, so
         # the browser's cache of that URL works. Valid for two windows, so a URL handed out at the end of
         # one still loads.
+        # The URL is a function of (key, window) alone, so it is signed once per window and image and
+        # remembered until the window ends (only ever handed out after this request's own checks).
         now = time.time()
         window_start = int(now // self._window) * self._window
-        overrides = {"Cache-Control": f"private, max-age={IMMUTABLE_MAX_AGE}, immutable"}
-        url = self._store.presign_get(
-            stored,
-            expires_in=2 * self._window,
-            signed_at=dt.datetime.fromtimestamp(window_start, dt.UTC),
-            response_headers=overrides,
-        )
+        if window_start != self._signed_window or len(self._signed) >= _SIGNED_MAX:
+            self._signed.clear()
+            self._signed_window = window_start
+        url = self._signed.get(stored)
+        if url is None:
+            url = self._signed[stored] = self._store.presign_get(
+                stored,
+                expires_in=2 * self._window,
+                signed_at=dt.datetime.fromtimestamp(window_start, dt.UTC),
+                response_headers=_OVERRIDES,
+            )
         remaining = max(1, int(window_start + self._window - now))
         return Response(
             b"",
@@ -325,7 +336,12 @@ class ImageProxy:
         status: int,
         via: str = "token",
     ) -> None:
-        metrics.IMAGE_PROXY_REQUESTS.labels(decision, reason).inc()
+        counter = self._counters.get((decision, reason))
+        if counter is None:  # a handful of (decision, reason) pairs: each child looked up once
+            counter = self._counters[(decision, reason)] = metrics.IMAGE_PROXY_REQUESTS.labels(
+                decision, reason
+            )
+        counter.inc()
         audit(
             "image_access",
             decision=decision,

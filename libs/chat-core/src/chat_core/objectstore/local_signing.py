@@ -13,6 +13,7 @@ import base64
 import datetime as dt
 import hmac
 import os
+import re
 import secrets
 import time
 import uuid
@@ -51,6 +52,9 @@ class InvalidObjectKey(ValueError):
     """A key the local store refuses: it could name something outside the objects directory."""
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def key_segments(key: str) -> list[str]:
     """The path segments of ``key``; raises InvalidObjectKey for anything that could leave the root."""
     if not key or len(key.encode()) > _MAX_KEY_BYTES:
@@ -62,7 +66,7 @@ def key_segments(key: str) -> list[str]:
             or segment.startswith(".")
             or "\\" in segment
             or len(segment.encode()) > _MAX_SEGMENT_BYTES
-            or any(ord(char) < 32 or ord(char) == 127 for char in segment)
+            or _CONTROL.search(segment)
         ):
             raise InvalidObjectKey(f"object key {key!r} has a forbidden segment")
     return segments
