@@ -176,7 +176,6 @@ def test_a_50_mp_image_stays_under_300_mb_in_the_worker(tmp_path: Path, orientat
         f"""
         import asyncio, resource, sys
         from media_processor.pool import MediaProcessor, PoolSettings, PoolUnavailable
-from media_processor.worker import limits_from, pool_settings_from
 
         async def main() -> None:
             data = open({str(image)!r}, "rb").read()

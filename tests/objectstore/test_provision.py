@@ -197,7 +197,9 @@ def test_lifecycle_expires_raw_uploads_and_refusal_notes_after_the_send_window(p
     raw = keys.stored_key("c1", keys.new_object_key("alice", "image/png"))
     assert raw.startswith(keys.RAW_UPLOAD_PREFIX)
     assert keys.refusal_key(raw).startswith(keys.REFUSAL_PREFIX)
-    assert expiring == {keys.RAW_UPLOAD_PREFIX: 4, keys.REFUSAL_PREFIX: 4}
+    # Operators' exports expire after EXPORT_EXPIRY_DAYS (the retention job deletes them too).
+    exports = {keys.EXPORT_PREFIX: settings.lifecycle.export_expiry_days}
+    assert expiring == {keys.RAW_UPLOAD_PREFIX: 4, keys.REFUSAL_PREFIX: 4, **exports}
     # Never within the window a send may still use the upload (or ask why it was refused).
     assert settings.images.orphan_grace_seconds < 4 * 86400
     aborts = [rule for rule in rules if "AbortIncompleteMultipartUpload" in rule]
