@@ -174,6 +174,27 @@ async def test_an_album_of_three_is_stored_in_order_and_each_image_gets_ready_on
             await asyncio.sleep(0.05)
     await subscription.close()
     assert sorted(e["index"] for e in updated if e["type"] == "message.updated") == [0, 1, 2]
+    # The alt text of one image changes alone.
+    edited = await albums.http.patch(
+        f"/conversations/{cid}/messages/{body['messageId']}",
+        json={"alt_text": "the boat", "index": 2},
+        headers=auth_header("alice"),
+    )
+    assert edited.status_code == 200, edited.text
+    assert [image["alt_text"] for image in edited.json()["metadata"]["images"]] == [None, None, "the boat"]
+    # Forwarded whole: every image copied, ready at once, served in the other conversation.
+    other = await albums.conversation("bob", "carol")
+    forwarded = await albums.http.post(
+        f"/conversations/{cid}/messages/{body['messageId']}/forward",
+        json={"conversationId": other},
+        headers=auth_header("bob"),
+    )
+    assert forwarded.status_code == 201, forwarded.text
+    copies = forwarded.json()["metadata"]["images"]
+    assert [image["blurhash"] for image in copies] == [image["blurhash"] for image in images]
+    assert [image["status"] for image in copies] == ["ready"] * 3
+    served = await albums.http.get(copies[2]["url"], headers=auth_header("carol"), follow_redirects=True)
+    assert served.status_code == 200
     # A retry (the same clientMessageId) gets the stored album, not a second one.
     retried = await albums.send("alice", cid, uploaded, content="the trip", clientMessageId="trip-1")
     assert retried.status_code == 200, retried.text
@@ -252,9 +273,11 @@ async def test_the_gallery_lists_every_image_newest_first_without_deleted_ones(a
     ]
     assert pages == 3
     item = (await albums.gallery("alice", cid, limit=1)).json()["items"][0]
-    assert set(item) == {
-        "messageId", "index", "url", "width", "height", "blurhash", "status", "senderId", "timestamp", "alt_text"
-    }  # fmt: skip
+    assert set(item) == {"messageId", "index", "url", "width", "height", "blurhash", "status"} | {
+        "senderId",
+        "timestamp",
+        "alt_text",
+    }
     assert item["url"] == last["metadata"]["images"][0]["url"]
     stranger = await albums.gallery("mallory", cid)
     assert stranger.status_code == 404

@@ -211,8 +211,8 @@ class ImageMetadataRequest(msgspec.Struct, frozen=True, kw_only=True):
                 extra_json_schema={"maxItems": DEFAULT_MAX_IMAGES},
             ),
         ]
-        | None
-    ) = None
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
 
     def single(self) -> ImageRequest | None:
         """The one image this names, when it is not an album and names one."""
@@ -230,7 +230,7 @@ class ImageMetadataRequest(msgspec.Struct, frozen=True, kw_only=True):
 
     def mixed(self) -> bool:
         """An album that also names fields of one image."""
-        return self.images is not None and any(
+        return self.images is not msgspec.UNSET and any(
             value is not None
             for value in (
                 self.object_key,

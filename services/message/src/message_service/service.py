@@ -433,7 +433,7 @@ class MessageService:
     def _images_requested(self, request: SendImage) -> list[ImageRequest]:
         """The images a send names, in order: one, or an album's (checked for its shape and size)."""
         metadata = request.metadata
-        if metadata.images is None:
+        if metadata.images is msgspec.UNSET:
             single = metadata.single()
             if single is None:
                 raise ProblemError(
