@@ -225,6 +225,12 @@ async def test_a_failing_image_fails_the_whole_album_and_names_its_index(albums:
     listed = await albums.http.get(f"/conversations/{cid}/messages", headers=auth_header("alice"))
     assert listed.json()["items"] == []
     assert (await albums.send("alice", cid, [good, other])).status_code == 201
+    # An object already in an album cannot join another, and the other album's new image stays free.
+    fresh = await albums.upload("alice", cid, photo(COLOURS[2]))
+    reused = await albums.send("alice", cid, [fresh, other])
+    assert reused.status_code == 409
+    assert reused.json()["code"] == "object_already_used"
+    assert (await albums.send("alice", cid, [fresh])).status_code == 201
 
 
 async def test_the_gallery_lists_every_image_newest_first_without_deleted_ones(albums: Albums) -> None:

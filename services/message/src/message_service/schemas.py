@@ -52,6 +52,20 @@ SEND_EXAMPLES = [
             "clientMessageId": "c-7f3a91",
         },
     ),
+    Example(
+        summary="An album (2..MAX_IMAGES_PER_MESSAGE images, in the order shown)",
+        value={
+            "content": "The trip",
+            "messageType": "image",
+            "metadata": {
+                "images": [
+                    {"object_key": _KEY, "content_type": "image/jpeg", "alt_text": "The lake at dawn"},
+                    {"object_key": _KEY.replace("0f8e4c2a", "1a2b3c4d"), "content_type": "image/jpeg"},
+                ]
+            },
+            "clientMessageId": "c-7f3a92",
+        },
+    ),
     Example(summary="A text message", value={"content": "See you at 8", "messageType": "text"}),
 ]
 MESSAGE_EXAMPLE = Example(
