@@ -144,6 +144,7 @@ async def run(iterations: int, count: int) -> None:
     print(f"  send -> all {count} ready       p50 {_ms(all_ready, 0.5)}   p99 {_ms(all_ready, 0.99)}")
     print(f"  send (201), 1 image         p50 {_ms(single_sends, 0.5)}   p99 {_ms(single_sends, 0.99)}")
     print(f"  send (201), {count} images       p50 {_ms(album_sends, 0.5)}   p99 {_ms(album_sends, 0.99)}")
+    print(f"  each album, all ready (ms): {', '.join(f'{v * 1000:.0f}' for v in all_ready)}")
 
 
 def main() -> None:
