@@ -47,9 +47,9 @@ from google.cloud.firestore_v1.async_batch import AsyncWriteBatch
 
 import chat_devstack as devstack
 from chat_core.backends import Backends
+from chat_core.chatstore import Conversation, ImageMetadata, LastMessage, Message, new_event
+from chat_core.chatstore.firestore import OUTBOX, OUTBOX_SHARDS, FirestoreChatStore, outbox_shard
 from chat_core.leases.memory import MemoryWriteLeases
-from chat_core.messagestore import Conversation, ImageMetadata, LastMessage, Message, new_event
-from chat_core.messagestore.firestore import OUTBOX, OUTBOX_SHARDS, FirestoreChatStore, outbox_shard
 from chat_core.settings import load_settings
 from message_service.last_message import LastMessageWriter
 

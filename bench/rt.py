@@ -29,7 +29,7 @@ import chat_devstack as devstack
 from bench.guard import NEVER_REFUSING_LIMITS, BenchFailure
 from chat_core.auth import mint_token
 from chat_core.backends import Backends
-from chat_core.messagestore import Conversation
+from chat_core.chatstore import Conversation
 from chat_core.settings import load_settings
 
 SECRET = "bench-secret-0123456789abcdef-0123456789"  # noqa: S105 - a throwaway dev secret

@@ -1,6 +1,6 @@
 """Keep the chart's ``values.schema.json`` in step with the settings (``make docs`` runs this).
 
-``config`` of the chart accepts exactly the variables of ``chat_core/settings.py``: a typo is refused at
+``config`` of the chart accepts exactly the variables of ``chat_core/settings/``: a typo is refused at
 ``helm install`` instead of being silently ignored by the services. This rewrites that list from the
 settings declarations; ``--check`` exits 1 when the file is stale.
 """

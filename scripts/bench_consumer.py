@@ -25,8 +25,8 @@ import uvloop
 
 from chat_core import metrics
 from chat_core.backends import Backends
+from chat_core.chatstore import Device
 from chat_core.logging import configure_logging
-from chat_core.messagestore import Device
 from chat_core.notifications import Notification
 from chat_core.settings import load_settings
 from notification_consumer.consumer import NotificationConsumer

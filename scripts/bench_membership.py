@@ -32,9 +32,9 @@ import image_proxy.app
 from chat_core import keys
 from chat_core.auth import mint_token
 from chat_core.backends import Backends
+from chat_core.chatstore import ChatStore, Conversation
 from chat_core.logging import configure_logging
 from chat_core.membership import MembershipCache
-from chat_core.messagestore import ChatStore, Conversation
 from chat_core.settings import Settings, load_settings
 
 SECRET = "bench-secret-0123456789abcdef0123456789"  # noqa: S105 - a throwaway HS256 key for the run

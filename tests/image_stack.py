@@ -32,7 +32,7 @@ import upload_service.app
 from chat_core import keys
 from chat_core.app_factory import create_service_app
 from chat_core.backends import Backends
-from chat_core.messagestore import Conversation, Message
+from chat_core.chatstore import Conversation, Message
 from chat_core.objectstore import ObjectStore
 from tests import harness
 from tests.conftest import auth_header, make_settings, unique

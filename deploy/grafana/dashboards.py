@@ -601,6 +601,75 @@ def limits_row() -> Row:
     )
 
 
+def lifecycle_row() -> Row:
+    """Unsend, edit, forward, the erasure of bytes behind them, retention and the operators' jobs."""
+    return Row(
+        "Message lifecycle",
+        [
+            Panel(
+                "Messages deleted by reason",
+                [(f"sum by (reason) (rate(chat_messages_deleted_total{{{NS}}}[{RATE}]))", "{{reason}}")],
+                unit="ops",
+                stack=True,
+                description="Tombstones: an unsend by the sender or an admin, retention, a user's erasure.",
+            ),
+            Panel(
+                "Edits and forwards",
+                [
+                    (f"sum(rate(chat_messages_edited_total{{{NS}}}[{RATE}]))", "edited"),
+                    (
+                        f"sum by (type) (rate(chat_messages_forwarded_total{{{NS}}}[{RATE}]))",
+                        "forwarded {{type}}",
+                    ),
+                ],
+                unit="ops",
+            ),
+            Panel(
+                "Deletion to last byte gone p50 / p95 / p99",
+                [
+                    (
+                        f"histogram_quantile({q}, sum by (le) (rate("
+                        f"chat_image_erasure_seconds_bucket{{{NS}}}[{RATE}])))",
+                        f"p{int(q * 100)}",
+                    )
+                    for q in (0.5, 0.95, 0.99)
+                ],
+                unit="s",
+                description="From an image message's deletion to its raw upload, variants and notes gone.",
+            ),
+            Panel(
+                "Objects erased by kind",
+                [(f"sum by (kind) (rate(chat_erased_objects_total{{{NS}}}[{RATE}]))", "{{kind}}")],
+                unit="ops",
+                stack=True,
+            ),
+            Panel(
+                "Operators' jobs by kind and outcome",
+                [
+                    (
+                        f"sum by (kind, outcome) (increase(chat_admin_jobs_total{{{NS}}}[{RATE}]))",
+                        "{{kind}} {{outcome}}",
+                    )
+                ],
+                description="User erasures and exports (the /admin API and the command line).",
+            ),
+            Panel(
+                "Retention: since the last full pass, oldest message left behind",
+                [
+                    (
+                        f"time() - max(chat_retention_last_success_timestamp_seconds{{{NS}}} > 0)",
+                        "since the last full pass",
+                    ),
+                    (f"max(chat_retention_oldest_expired_age_seconds{{{NS}}})", "oldest left behind"),
+                ],
+                unit="s",
+                description="The ChatRetentionBehind alert watches the second: growing means the job falls "
+                "behind.",
+            ),
+        ],
+    )
+
+
 DASHBOARDS = [
     Dashboard(
         "chat-mgmt-overview",
@@ -618,8 +687,8 @@ DASHBOARDS = [
     Dashboard(
         "chat-mgmt-message",
         "chat-management / Message",
-        "Conversations, messages, image checks, the real-time socket and the outbox.",
-        [red_row("message"), images_row(), realtime_row(), limits_row()],
+        "Conversations, messages, image checks, the real-time socket and the outbox, the message lifecycle.",
+        [red_row("message"), images_row(), realtime_row(), lifecycle_row(), limits_row()],
     ),
     Dashboard(
         "chat-mgmt-image-proxy",

@@ -13,7 +13,8 @@ Everything is derived from the settings the workers read:
   canned ACLs, default encryption (SSE-S3, or SSE-KMS with ``S3_KMS_KEY_ID``, S3 Bucket Key on), the
   browser-upload CORS rule (``CORS_ALLOW_ORIGINS``), a lifecycle (abort incomplete multipart uploads after a
   day; raw uploads ``uploads/`` and refusal notes ``refused/`` expire after ``RAW_UPLOAD_EXPIRY_DAYS``, a
-  backstop behind the media pipeline and the orphan cleanup), and the object-created notification for
+  backstop behind the media pipeline and the orphan cleanup; users' exports ``_admin/exports/`` after
+  ``EXPORT_EXPIRY_DAYS``, as the retention pass does), and the object-created notification for
   ``uploads/`` to the media queue when it is on SQS (docs/adr/0005-raw-upload-prefix.md explains the
   prefix; with the SQLite queue nothing would read what S3 sent, and uploads are checked at send);
 * with ``NOTIFICATION_QUEUE=sqs``, the notification and the media queue, each from the ``JobKind`` its
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from chat_core.jobqueue import JobKind
-from chat_core.keys import RAW_UPLOAD_PREFIX, REFUSAL_PREFIX
+from chat_core.keys import EXPORT_PREFIX, RAW_UPLOAD_PREFIX, REFUSAL_PREFIX
 from chat_core.media import media_jobs
 from chat_core.notifications import notification_jobs
 from chat_core.objectstore.s3 import CORS_ALLOWED_METHODS, CORS_MAX_AGE_SECONDS
@@ -145,7 +146,7 @@ def cors(origins: tuple[str, ...]) -> JsonDict | None:
     }
 
 
-def lifecycle(expiry_days: int) -> JsonDict:
+def lifecycle(expiry_days: int, export_expiry_days: int) -> JsonDict:
     rules: list[JsonDict] = [
         {
             "ID": "abort-incomplete-multipart-uploads",
@@ -170,6 +171,16 @@ def lifecycle(expiry_days: int) -> JsonDict:
                     "Expiration": {"Days": expiry_days},
                 }
             )
+    # Users' exports: the retention pass deletes them after EXPORT_EXPIRY_DAYS; this rule does it even where
+    # no retention pass runs (RETENTION_INTERVAL_SECONDS=0 and no CronJob).
+    rules.append(
+        {
+            "ID": "expire-user-exports",
+            "Status": "Enabled",
+            "Filter": {"Prefix": EXPORT_PREFIX},
+            "Expiration": {"Days": export_expiry_days},
+        }
+    )
     return {"Rules": rules}
 
 
@@ -255,6 +266,7 @@ class BucketSpec:
     cors_origins: tuple[str, ...]
     kms_key_id: str
     expiry_days: int  # raw uploads and refusal notes; 0: no expiry rule
+    export_expiry_days: int  # users' exports
 
 
 @dataclass(frozen=True)
@@ -274,6 +286,7 @@ class Plan:
                 cors_origins=settings.service.cors_allow_origins,
                 kms_key_id=settings.s3.kms_key_id,
                 expiry_days=settings.s3.raw_upload_expiry_days,
+                export_expiry_days=settings.lifecycle.export_expiry_days,
             )
             if s3
             else None
@@ -449,7 +462,7 @@ def _bucket_steps(spec: BucketSpec, s3: Any) -> list[Step]:
         return _converge(current, wanted, lambda: s3.put_bucket_cors(Bucket=bucket, CORSConfiguration=wanted))
 
     def ensure_lifecycle() -> str:
-        wanted = lifecycle(spec.expiry_days)
+        wanted = lifecycle(spec.expiry_days, spec.export_expiry_days)
         current = _read(
             lambda: {"Rules": s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]},
             "NoSuchLifecycleConfiguration",
@@ -466,6 +479,7 @@ def _bucket_steps(spec: BucketSpec, s3: Any) -> list[Step]:
         if spec.expiry_days
         else "no raw-upload expiry"
     )
+    expiry += f", {EXPORT_PREFIX} after {spec.export_expiry_days} d"
     return [
         (f"object store (s3): bucket {bucket}", ensure_bucket),
         ("bucket: object ownership enforced (ACLs off)", ensure_ownership),
@@ -598,7 +612,9 @@ def deploy_documents() -> dict[str, JsonDict]:
         "encryption-sse-s3.json": encryption(""),
         "encryption-sse-kms.json": encryption(PLACEHOLDER_KMS_KEY),
         "cors.json": cors_rule,
-        "lifecycle.json": lifecycle(defaults.s3.raw_upload_expiry_days),
+        "lifecycle.json": lifecycle(
+            defaults.s3.raw_upload_expiry_days, defaults.lifecycle.export_expiry_days
+        ),
         "notification.json": {"QueueConfigurations": [notification(PLACEHOLDER_QUEUE_ARN)]},
         "media-queue-policy.json": queue_policy(PLACEHOLDER_QUEUE_ARN, PLACEHOLDER_BUCKET),
         "media-queue-attributes.json": _queue_attributes(media, PLACEHOLDER_QUEUE_ARN, PLACEHOLDER_DLQ_ARN),

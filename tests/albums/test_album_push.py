@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from chat_core.messagestore import Device, ImageMetadata, Message, created_event
-from chat_core.messagestore.albums import album_of
+from chat_core.chatstore import Device, ImageMetadata, Message, created_event
+from chat_core.chatstore.albums import album_of
 from message_service.fanout import notifications_for
 from notification_consumer.consumer import push_message_for
 

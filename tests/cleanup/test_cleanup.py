@@ -24,10 +24,10 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from chat_core.backends import Backends
+from chat_core.chatstore import ChatStore, Conversation, ImageMetadata, Message, MessageStore
 from chat_core.keys import derivative_key, new_object_key, refusal_key, stored_key
 from chat_core.ledger import Usage
 from chat_core.ledger.redis import RedisStorageLedger
-from chat_core.messagestore import ChatStore, Conversation, ImageMetadata, Message, MessageStore
 from chat_core.objectstore import ObjectStore
 from chat_core.settings import Settings
 from tests import harness

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from chat_core.backends import Backends
-from chat_core.messagestore import Device
+from chat_core.chatstore import Device
 from chat_core.notifications import Notification
 from chat_core.push import PushMessage, PushRouter
 from chat_core.push.apns import ENDPOINTS, ApnsPushProvider

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from chat_core import tracing
 from chat_core.backends import Backends
-from chat_core.messagestore import ChatStore, Conversation, Device, Message
+from chat_core.chatstore import ChatStore, Conversation, Device, Message
 from chat_core.notifications import Notification, NotificationQueue
 from notification_consumer import app as consumer_app
 from notification_consumer.consumer import NotificationConsumer

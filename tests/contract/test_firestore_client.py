@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from chat_core.backends import Backends
-from chat_core.messagestore import firestore
+from chat_core.chatstore import firestore
 from tests import harness
 from tests.conftest import make_settings
 
-ADAPTERS = Path(firestore.__file__).resolve().parents[1]  # chat_core: every adapter of every port
+ADAPTERS = Path(firestore.__file__).resolve().parents[2]  # chat_core: every adapter of every port
 
 
 def _private_writes(path: Path) -> list[str]:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from chat_core.messagestore import firestore
+from chat_core.chatstore import firestore
 
 INDEXES = Path(__file__).resolve().parents[2] / "firestore.indexes.json"
 # (collection, field) pairs the adapter's queries filter or order on with a single-field index.

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from chat_core.backends import Backends
-from chat_core.messagestore import Conversation, Message
-from chat_core.messagestore.firestore import (
+from chat_core.chatstore import Conversation, Message
+from chat_core.chatstore.firestore import (
     OUTBOX,
     OUTBOX_SHARD_LEASES,
     OUTBOX_SHARDS,

@@ -295,6 +295,15 @@ async def test_disconnecting_an_unknown_connection_is_harmless(realtime: Realtim
     assert await realtime.presence.online([alice]) == set()
 
 
+async def test_forgetting_a_user_takes_every_connection_offline_at_once(realtime: Realtime) -> None:
+    alice, bob = _user(), _user()
+    for user, connection in ((alice, "phone"), (alice, "laptop"), (bob, "phone")):
+        await realtime.presence.heartbeat(user, connection)
+    await realtime.presence.forget(alice)
+    assert await realtime.presence.online([alice, bob]) == {bob}
+    await realtime.presence.forget(alice)  # again: harmless
+
+
 async def test_presence_expires_without_heartbeats(realtime: Realtime) -> None:
     alice = _user()
     await realtime.short_presence.heartbeat(alice, "phone")

@@ -36,8 +36,12 @@ def test_the_policy_grants_nothing_and_covers_the_bucket_and_its_objects() -> No
 def test_lifecycle_and_notification_select_raw_uploads_only() -> None:
     lifecycle = json.loads((DOCS / "lifecycle.json").read_text())
     expiring = [rule for rule in lifecycle["Rules"] if "Expiration" in rule]
-    # Raw uploads, and the notes of why one was refused: never a derivative.
-    assert [rule["Filter"] for rule in expiring] == [{"Prefix": "uploads/"}, {"Prefix": "refused/"}]
+    # Raw uploads, the notes of why one was refused, and users' exports: never a derivative.
+    assert [rule["Filter"] for rule in expiring] == [
+        {"Prefix": "uploads/"},
+        {"Prefix": "refused/"},
+        {"Prefix": "_admin/exports/"},
+    ]
     notification = json.loads((DOCS / "notification.json").read_text())
     (queue,) = notification["QueueConfigurations"]
     assert queue["Filter"]["Key"]["FilterRules"] == [{"Name": "Prefix", "Value": "uploads/"}]

@@ -63,13 +63,15 @@ EXPECTED = {
         ("s3:PutObject", DERIVATIVES),
         ("s3:ListBucket", BUCKET),
         # Unsend, retention and erasure delete every byte of an image (chat_core/erasure.py); an export
-        # reads the originals it hands over and writes its zip, and the jobs keep their records.
+        # reads the originals it hands over and writes its zip (deleted when it expires), and the jobs keep
+        # their records.
         ("s3:DeleteObject", OBJECTS),
         ("s3:DeleteObject", DERIVATIVES),
         ("s3:DeleteObject", REFUSALS),
         ("s3:GetObject", DERIVATIVES),
         ("s3:GetObject", ADMIN_OBJECTS),
         ("s3:PutObject", ADMIN_OBJECTS),
+        ("s3:DeleteObject", ADMIN_OBJECTS),
         ("sqs:SendMessage", QUEUE),
         ("sqs:GetQueueUrl", QUEUE),
         ("sqs:GetQueueAttributes", QUEUE),
@@ -361,10 +363,12 @@ LIFECYCLE_PAIRS = {
         ("s3:ListBucket", BUCKET),
         ("s3:DeleteObject", DERIVATIVES),
     },
-    # AdminJobs and Lifecycle: job records and exports under _admin/, the originals an export reads.
+    # AdminJobs and Lifecycle: job records and exports under _admin/ (expired exports deleted), the
+    # originals an export reads.
     "AdminJobs": {
         ("s3:PutObject", ADMIN_OBJECTS),
         ("s3:GetObject", ADMIN_OBJECTS),
+        ("s3:DeleteObject", ADMIN_OBJECTS),
         ("s3:GetObject", DERIVATIVES),
         ("s3:ListBucket", BUCKET),
     },

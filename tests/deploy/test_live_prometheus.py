@@ -45,7 +45,8 @@ from tests.conftest import TEST_SECRET, auth_header, token_for, unique
 from tests.consumer.receivers import WebhookReceiver
 from tests.deploy.conftest import CHART
 
-pytestmark = [pytest.mark.e2e, pytest.mark.prometheus]
+# The first test also starts the stack and drives it (two rounds of the spec, then the lifecycle).
+pytestmark = [pytest.mark.e2e, pytest.mark.prometheus, pytest.mark.timeout(180)]
 
 ALERTS = CHART / "files" / "alerts.yaml"
 DASHBOARDS = CHART / "files" / "dashboards"
@@ -321,6 +322,66 @@ async def _walk_the_spec(live: Live, http: httpx.AsyncClient, round_: int) -> No
     assert listed.status_code == 200
 
 
+async def _walk_the_lifecycle(live: Live, http: httpx.AsyncClient) -> None:
+    """An edit, a forward, an unsend of an image (its bytes erased) and an operator's export: what the
+    dashboards' lifecycle row counts."""
+    upload, message = live.stack.url("upload"), live.stack.url("message")
+    cids = []
+    for _ in range(2):
+        created = await http.post(
+            f"{message}/conversations", json={"participantIds": ["bob"]}, headers=auth_header("dora")
+        )
+        assert created.status_code == 201, created.text
+        cids.append(created.json()["conversationId"])
+    cid, other = cids
+    text = await http.post(
+        f"{message}/conversations/{cid}/messages",
+        json={"content": "helo", "messageType": "text"},
+        headers=auth_header("dora"),
+    )
+    assert text.status_code == 201, text.text
+    text_url = f"{message}/conversations/{cid}/messages/{text.json()['messageId']}"
+    edited = await http.patch(text_url, json={"content": "hello"}, headers=auth_header("dora"))
+    assert edited.status_code == 200, edited.text
+    forwarded = await http.post(
+        f"{text_url}/forward", json={"conversationId": other}, headers=auth_header("dora")
+    )
+    assert forwarded.status_code == 201, forwarded.text
+    grant = await http.post(
+        f"{upload}/conversations/{cid}/images/upload_url",
+        json={"content_type": "image/jpeg"},
+        headers=auth_header("dora"),
+    )
+    assert grant.status_code == 200, grant.text
+    put = await http.put(grant.json()["upload_url"], content=jpeg(), headers={"Content-Type": "image/jpeg"})
+    assert put.status_code == 200, put.text
+    metadata = {
+        "object_key": grant.json()["object_key"],
+        "url": grant.json()["file_url"],
+        "content_type": "image/jpeg",
+    }
+    photo = await http.post(
+        f"{message}/conversations/{cid}/messages",
+        json={"messageType": "image", "metadata": metadata},
+        headers=auth_header("dora"),
+    )
+    assert photo.status_code == 201, photo.text
+    unsent = await http.delete(
+        f"{message}/conversations/{cid}/messages/{photo.json()['messageId']}", headers=auth_header("dora")
+    )
+    assert unsent.status_code == 204, unsent.text
+    operator = {"Authorization": f"Bearer {token_for('ops', roles=['chat-admin'])}"}
+    job = await http.post(f"{message}/admin/users/dora/export", headers=operator)
+    assert job.status_code == 202, job.text
+    async with asyncio.timeout(20):
+        while True:
+            status = await http.get(f"{message}/admin/jobs/{job.json()['jobId']}", headers=operator)
+            if status.json()["status"] == "done":
+                break
+            assert status.json()["status"] in ("queued", "running"), status.text
+            await asyncio.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 async def driven(live: Live) -> Live:
     """Two rounds a few scrapes apart: counters born in the first have a rate by the end of the second."""
@@ -331,6 +392,7 @@ async def driven(live: Live) -> Live:
                 while len(live.webhook.accepted()) < round_ + 1:
                     await asyncio.sleep(0.05)
             await asyncio.sleep(3 * SCRAPE_SECONDS)
+        await _walk_the_lifecycle(live, http)
     # Every target scraped after the last request, and the rules evaluated on that.
     await asyncio.sleep(3 * SCRAPE_SECONDS)
     return live

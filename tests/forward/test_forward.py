@@ -15,7 +15,7 @@ import httpx
 from prometheus_client import REGISTRY
 
 from chat_core import keys
-from chat_core.messagestore import Message
+from chat_core.chatstore import Message
 from tests.conftest import auth_header
 from tests.image_stack import ImageStack, image_bytes
 

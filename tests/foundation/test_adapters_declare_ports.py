@@ -11,6 +11,16 @@ import pytest
 
 import chat_core
 from chat_core import ratelimit
+from chat_core.chatstore import (
+    ChatStore,
+    ConversationStore,
+    DeviceStore,
+    MessageStore,
+    OutboxStore,
+    PushReceiptStore,
+)
+from chat_core.chatstore.firestore import FirestoreChatStore
+from chat_core.chatstore.sqlite import SqliteChatStore
 from chat_core.jobqueue import JobQueue
 from chat_core.jobqueue.sqlite import SqliteJobQueue
 from chat_core.jobqueue.sqs import SqsJobQueue
@@ -20,16 +30,6 @@ from chat_core.leases.redis import RedisWriteLeases
 from chat_core.ledger import StorageLedger
 from chat_core.ledger.memory import MemoryStorageLedger
 from chat_core.ledger.redis import RedisStorageLedger
-from chat_core.messagestore import (
-    ChatStore,
-    ConversationStore,
-    DeviceStore,
-    MessageStore,
-    OutboxStore,
-    PushReceiptStore,
-)
-from chat_core.messagestore.firestore import FirestoreChatStore
-from chat_core.messagestore.sqlite import SqliteChatStore
 from chat_core.objectstore import ObjectStore
 from chat_core.objectstore.local import LocalObjectStore
 from chat_core.objectstore.s3 import S3ObjectStore
@@ -75,14 +75,17 @@ def test_a_chat_store_declares_every_narrow_store(store: type) -> None:
 
 
 def _port_protocols() -> set[type]:
-    """The Protocols defined in each port module (chat_core/<port>/__init__.py)."""
+    """The Protocols each port package (chat_core/<port>/) exports, defined in it or in one of its modules."""
     found: set[type] = set()
     for info in pkgutil.iter_modules(chat_core.__path__):
         if not info.ispkg:
             continue
         module = importlib.import_module(f"chat_core.{info.name}")
         for _name, value in inspect.getmembers(module, inspect.isclass):
-            if value.__module__ == module.__name__ and getattr(value, "_is_protocol", False):
+            defined_here = value.__module__ == module.__name__ or value.__module__.startswith(
+                f"{module.__name__}."
+            )
+            if defined_here and getattr(value, "_is_protocol", False):
                 found.add(value)
     return found
 

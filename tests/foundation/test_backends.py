@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from chat_core.backends import Backends, ReadinessProbe, ServesRoutes, UsesAws
+from chat_core.chatstore.firestore import FirestoreChatStore
+from chat_core.chatstore.sqlite import SqliteChatStore
 from chat_core.jobqueue.sqlite import SqliteJobQueue
 from chat_core.jobqueue.sqs import SqsJobQueue
-from chat_core.messagestore.firestore import FirestoreChatStore
-from chat_core.messagestore.sqlite import SqliteChatStore
 from chat_core.objectstore.local import LocalObjectStore
 from chat_core.objectstore.s3 import S3ObjectStore
 from chat_core.realtime.memory import MemoryEventBus, MemoryPresence

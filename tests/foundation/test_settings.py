@@ -86,6 +86,11 @@ def test_values_are_typed_from_strings() -> None:
         ({"AUTH_JWT_SECRET": "", "AUTH_JWKS_URL": "https://x/jwks"}, "AUTH_ISSUER and AUTH_AUDIENCE"),
         # The raw-upload expiry must not beat the send window (uploads still sendable would vanish).
         ({"RAW_UPLOAD_EXPIRY_DAYS": "1"}, "RAW_UPLOAD_EXPIRY_DAYS: must be longer than ORPHAN_GRACE_SECONDS"),
+        # A download URL handed out must not outlive the export it points at.
+        (
+            {"EXPORT_EXPIRY_DAYS": "1", "EXPORT_URL_TTL_SECONDS": "172800"},
+            "EXPORT_EXPIRY_DAYS: must be at least EXPORT_URL_TTL_SECONDS",
+        ),
     ],
 )
 def test_a_bad_value_names_the_variable(env: dict[str, str], message: str) -> None:

@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from chat_core.backends import Backends
-from chat_core.messagestore import Conversation, Device
+from chat_core.chatstore import Conversation, Device
 from chat_core.objectstore import ByteRange
 from chat_core.push import PushRouter
 from chat_core.realtime import EventBusUnavailable, conversation_channel

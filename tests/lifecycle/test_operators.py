@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from chat_core import keys
-from chat_core.messagestore import Message
+from chat_core.chatstore import Message
 from message_service.app import standalone_lifecycle
 from tests.conftest import TEST_SECRET, auth_header, token_for
 from tests.image_stack import ImageStack
@@ -89,6 +89,8 @@ async def test_an_erased_user_leaves_only_tombstones_and_no_bytes(
         f"/me/devices/tok-{uuid.uuid4().hex}", json={"platform": "android"}, headers=auth_header(user)
     )
     assert device.status_code in (200, 201, 204), device.text
+    await stack.backends.presence.heartbeat(user, "phone")
+    await stack.backends.presence.heartbeat("bob", "phone")
 
     job = await submit(stack, "erase", user)
     assert job["status"] == "done", job
@@ -108,6 +110,7 @@ async def test_an_erased_user_leaves_only_tombstones_and_no_bytes(
         assert conversation is not None
         assert user not in conversation.participants
     assert await stack.backends.devices.devices_for([user]) == {}
+    assert await stack.backends.presence.online([user, "bob"]) == {"bob"}  # not after the presence TTL
     again = await submit(stack, "erase", user)  # harmless
     assert again["erasure"] == {"messagesDeleted": 0, "conversationsLeft": 0, "devicesDeleted": 0}
 
@@ -148,6 +151,35 @@ async def test_an_export_is_a_zip_of_the_users_messages_and_images_behind_a_sign
     )
     async with httpx.AsyncClient() as plain:
         assert (await plain.get(tampered)).status_code in (400, 403)
+
+
+async def test_an_export_expires_after_its_days_and_then_offers_no_download(
+    make_lifecycle_stack: LifecycleStackFactory,
+) -> None:
+    stack = await make_lifecycle_stack({"EXPORT_EXPIRY_DAYS": "2"})
+    user = f"exp-{uuid.uuid4().hex[:6]}"
+    cid = await stack.conversation(user, "bob")
+    sent = await stack.http.post(
+        f"/conversations/{cid}/messages",
+        json={"messageType": "text", "content": "hi"},
+        headers=auth_header(user),
+    )
+    assert sent.status_code == 201
+    job = await submit(stack, "export", user)
+    key = job["export"]["objectKey"]
+    assert key.startswith("_admin/exports/")
+    async with standalone_lifecycle(stack.backends.settings) as lifecycle:
+        now = dt.datetime.now(dt.UTC)
+        younger = await lifecycle.apply_retention(now + dt.timedelta(days=1, hours=23))
+        assert await stack.store.head(key) is not None
+        report = await lifecycle.apply_retention(now + dt.timedelta(days=2, minutes=1))
+    assert younger.exports_expired == 0
+    assert report.exports_expired >= 1  # this one (others of tests sharing the bucket may go too)
+    assert await stack.store.head(key) is None
+    after = await stack.http.get(f"/admin/jobs/{job['jobId']}", headers=operator())
+    assert after.status_code == 200
+    assert after.json()["status"] == "done"
+    assert "downloadUrl" not in after.json()
 
 
 async def test_retention_deletes_what_is_older_than_the_conversations_retention_with_its_bytes(

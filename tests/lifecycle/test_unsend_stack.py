@@ -19,8 +19,8 @@ import pytest
 import image_proxy.app
 from chat_core import keys
 from chat_core.backends import Backends
+from chat_core.chatstore import Message
 from chat_core.media import MediaJob
-from chat_core.messagestore import Message
 from media_processor.worker import MediaWorker
 from message_service.service import delete_message
 from tests.chaos.faultproxy import running_proxy

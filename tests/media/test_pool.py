@@ -21,6 +21,7 @@ from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.backends import Backends
 from media_processor.imaging import Reason, Rejected, Sanitized
 from media_processor.pool import MediaProcessor, PoolSettings, PoolUnavailable
+from media_processor.worker import limits_from, pool_settings_from
 from tests.conftest import make_settings
 from tests.media import corpus
 from tests.media.inspect import metadata_left
@@ -53,6 +54,15 @@ async def test_a_rejection_comes_back_with_its_reason(processor: MediaProcessor)
     assert result == Rejected(Reason.TOO_MANY_PIXELS, "10000000000 pixels, the limit is 50000000")
 
 
+async def test_an_image_limit_set_in_the_environment_reaches_the_worker_processes(tmp_path: Path) -> None:
+    # The service's path: settings from the environment -> limits_from -> the spawned decoder processes.
+    settings = make_settings(tmp_path, {"MAX_ANIMATION_PIXELS": "500000", "MEDIA_WORKERS": "1"})
+    async with MediaProcessor(limits_from(settings), pool_settings_from(settings)) as media:
+        result = await media.process(corpus.animated_gif(5, (480, 360)), "image/gif")  # 864,000 pixels
+    assert isinstance(result, Rejected)
+    assert result.reason == Reason.TOO_MANY_PIXELS
+
+
 async def test_a_job_past_its_time_is_killed_and_the_next_job_runs() -> None:
     async with MediaProcessor(pool=PoolSettings(workers=1, timeout_seconds=0.05)) as media:
         [before] = media.worker_pids
@@ -63,6 +73,24 @@ async def test_a_job_past_its_time_is_killed_and_the_next_job_runs() -> None:
         assert after != before
     async with MediaProcessor(pool=PoolSettings(workers=1)) as media:
         assert isinstance(await media.process(corpus.jpeg_oriented(1), "image/jpeg"), Sanitized)
+
+
+async def test_a_job_stopped_mid_decode_gives_its_slot_back_and_the_next_job_runs(
+    processor: MediaProcessor,
+) -> None:
+    # What a media job's bound (MediaWorker, longest_job_seconds) does to a decode still running: cancel
+    # it. Its worker is killed (its state is unknown), the slot goes back, the next job starts a worker.
+    [before] = processor.worker_pids
+    image = corpus.large_jpeg(30)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(processor.process(image, "image/jpeg"), 0.3)
+    assert before not in processor.worker_pids
+    health = processor.health()
+    assert (health.size, health.problem()) == (1, None)  # readiness stays ok: a worker can be started
+    result = await asyncio.wait_for(processor.process(corpus.jpeg_oriented(1), "image/jpeg"), 30)
+    assert isinstance(result, Sanitized), result
+    assert len(processor.worker_pids) == 1
+    assert processor.health().alive == 1
 
 
 async def test_a_job_past_its_memory_fails_with_memory_and_the_worker_is_replaced() -> None:
@@ -148,6 +176,7 @@ def test_a_50_mp_image_stays_under_300_mb_in_the_worker(tmp_path: Path, orientat
         f"""
         import asyncio, resource, sys
         from media_processor.pool import MediaProcessor, PoolSettings, PoolUnavailable
+from media_processor.worker import limits_from, pool_settings_from
 
         async def main() -> None:
             data = open({str(image)!r}, "rb").read()

@@ -17,8 +17,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from chat_core.backends import Backends
+from chat_core.chatstore import ChatStore, Conversation, ConversationStore
 from chat_core.membership import MembershipCache
-from chat_core.messagestore import ChatStore, Conversation, ConversationStore
 from chat_core.realtime import MEMBERSHIP_CHANNEL, EventBus
 from tests import harness
 from tests.conftest import make_settings

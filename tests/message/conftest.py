@@ -18,7 +18,7 @@ from PIL import Image
 
 from chat_core import keys
 from chat_core.backends import Backends
-from chat_core.messagestore import Message, OutboxEntry
+from chat_core.chatstore import Message, OutboxEntry
 from chat_core.settings import Settings
 from message_service.app import create_app
 from tests.conftest import auth_header, make_settings

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from chat_core.chatstore import Conversation, LastMessage
+from chat_core.chatstore.sqlite import SqliteChatStore
 from chat_core.leases import summary_lease
 from chat_core.leases.redis import RedisWriteLeases
-from chat_core.messagestore import Conversation, LastMessage
-from chat_core.messagestore.sqlite import SqliteChatStore
 from message_service.last_message import LastMessageWriter
 
 T0 = dt.datetime(2024, 4, 19, 12, 0, tzinfo=dt.UTC)

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from chat_core.messagestore import Message
+from chat_core.chatstore import Message
 from tests.conftest import auth_header
 from tests.message.conftest import Chat, ChatFactory, image_bytes
 
@@ -97,7 +97,7 @@ async def test_the_conversations_last_message_becomes_the_tombstone(chat: Chat) 
     # The fan-out revises lastMessage; here the recording seam does nothing, so ask the store what the
     # relay would write (the fan-out's own test drives it end to end).
     entry = chat.events.changed[0]
-    from chat_core.messagestore import LastMessage
+    from chat_core.chatstore import LastMessage
 
     assert entry.message is not None
     await chat.backends.conversations.revise_last_message(cid, LastMessage.of(entry.message))

@@ -133,13 +133,20 @@ def test_cors_is_the_browser_upload_rule(hardened: SetUpBucket) -> None:
     assert {"CORSRules": rules} == provision.cors((ORIGIN,))
 
 
-def test_lifecycle_aborts_multipart_uploads_and_expires_only_raw_uploads_and_notes(
+def test_lifecycle_aborts_multipart_uploads_and_expires_only_raw_uploads_notes_and_exports(
     hardened: SetUpBucket,
 ) -> None:
     rules = hardened.s3.get_bucket_lifecycle_configuration(Bucket=hardened.name)["Rules"]
-    assert provision._contains(rules, provision.lifecycle(5)["Rules"])
+    assert provision._contains(rules, provision.lifecycle(5, 7)["Rules"])
     by_id = {rule["ID"]: rule for rule in rules}
-    assert set(by_id) == {"abort-incomplete-multipart-uploads", "expire-raw-uploads", "expire-refusal-notes"}
+    assert set(by_id) == {
+        "abort-incomplete-multipart-uploads",
+        "expire-raw-uploads",
+        "expire-refusal-notes",
+        "expire-user-exports",
+    }
+    exports = by_id["expire-user-exports"]
+    assert (exports["Filter"], exports["Expiration"]) == ({"Prefix": "_admin/exports/"}, {"Days": 7})
     notes = by_id["expire-refusal-notes"]
     assert notes["Expiration"] == {"Days": 5}
     assert keys.refusal_key(keys.stored_key("c1", keys.new_object_key("alice", "image/png"))).startswith(
@@ -236,7 +243,7 @@ def test_a_kms_key_setting_makes_the_default_encryption_sse_kms(
     assert config == provision.encryption("alias/chat-images")
 
 
-def test_no_expiry_rule_when_the_backstop_is_off_and_cors_off_removes_the_rule(
+def test_no_raw_upload_expiry_rule_when_the_backstop_is_off_and_cors_off_removes_the_rule(
     localstack: harness.Backend, tmp_path: Path
 ) -> None:
     env = setup_env(localstack, tmp_path)
@@ -246,7 +253,8 @@ def test_no_expiry_rule_when_the_backstop_is_off_and_cors_off_removes_the_rule(
     assert "removed (CORS off)" in changed.stdout
     s3, _ = provision.clients(make_settings(tmp_path, env))
     rules = s3.get_bucket_lifecycle_configuration(Bucket=env["S3_BUCKET_NAME"])["Rules"]
-    assert [rule["ID"] for rule in rules] == ["abort-incomplete-multipart-uploads"]
+    # exports expire whatever RAW_UPLOAD_EXPIRY_DAYS says
+    assert [rule["ID"] for rule in rules] == ["abort-incomplete-multipart-uploads", "expire-user-exports"]
     with pytest.raises(Exception, match="NoSuchCORSConfiguration"):
         s3.get_bucket_cors(Bucket=env["S3_BUCKET_NAME"])
 

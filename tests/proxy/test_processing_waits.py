@@ -19,8 +19,8 @@ from litestar.di import Provide
 from chat_core import keys
 from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.backends import Backends
+from chat_core.chatstore import Conversation, ImageMetadata, Message, MessageStore
 from chat_core.membership import MembershipCache
-from chat_core.messagestore import Conversation, ImageMetadata, Message, MessageStore
 from image_proxy.routes import get_image
 from image_proxy.service import ImageProxy
 from tests.conftest import auth_header, make_settings, running

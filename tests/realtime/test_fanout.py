@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from chat_core.backends import Backends
-from chat_core.messagestore import Conversation, Message, OutboxEntry, created_event
+from chat_core.chatstore import Conversation, Message, OutboxEntry, created_event
 from chat_core.realtime import conversation_channel
 from chat_core.realtime.events import decode_envelope
 from message_service.fanout import RECIPIENTS_PER_NOTIFICATION, Fanout, notifications_for

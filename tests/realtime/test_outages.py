@@ -4,7 +4,8 @@ Each test stops a backend of its own (a private redis-server or a private LocalS
 
 Every event a client acts on is an event outbox entry (``chat_core.outbox``): one test per kind makes the
 change while Redis is down and waits for the event after Redis is back (``message.updated``, made by the
-media processor, is in ``tests/media/test_outage.py``). Each waits until the change's own immediate
+media processor, is in ``tests/media/test_outage.py``; ``message.edited`` and ``message.deleted`` share one
+test). Each waits until the change's own immediate
 publish has failed before Redis comes back: a publish that reaches a Redis already back, but before a
 socket's subscription is (its reconnect backs off up to 2 s), is not kept by Redis for that socket, which
 is told ``session.resync`` instead (the last test here).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -240,3 +242,41 @@ async def test_members_added_and_removed_while_redis_is_down_are_told_after_it_i
     left = await bob_socket.next_of("conversation.left", timeout=30)
     assert joined["conversationId"] == left["conversationId"] == conversation
     await until(lambda: gauge("chat_outbox_depth") == 0, timeout=20)
+
+
+async def test_an_edit_and_an_unsend_made_while_redis_is_down_arrive_after_it_is_back(
+    deploy: DeployFactory,
+    private_redis: harness.Backend,
+    localstack: harness.Backend,
+    users: Users,
+) -> None:
+    deployment = await deploy("distributed", distributed_env(private_redis.address, localstack.address))
+    alice, bob = users("alice", "bob")
+    conversation = await deployment.create_conversation(alice, bob)
+    bob_socket = await deployment.connect(bob)
+    edited_id = (await deployment.send_text(alice, conversation, "see you at 8")).json()["messageId"]
+    unsent_id = (await deployment.send_text(alice, conversation, "oops")).json()["messageId"]
+    await bob_socket.next_of("message.created")
+    await bob_socket.next_of("message.created")
+
+    await asyncio.to_thread(private_redis.stop)
+    failures = bus_failures()
+    url = f"/conversations/{conversation}/messages"
+    edited = await deployment.http.patch(
+        f"{url}/{edited_id}", json={"content": "see you at 9"}, headers=auth_header(alice)
+    )
+    assert edited.status_code == 200, edited.text
+    unsent = await deployment.http.delete(f"{url}/{unsent_id}", headers=auth_header(alice))
+    assert unsent.status_code == 204, unsent.text
+    await until_publish_failed(failures, changes=2)
+    await asyncio.to_thread(private_redis.start)
+
+    seen: dict[str, dict[str, Any]] = {}  # in whichever order the relay publishes them
+    async with asyncio.timeout(30):
+        while not {"message.edited", "message.deleted"} <= seen.keys():
+            event = await bob_socket.next_event(30)
+            seen.setdefault(event["type"], event)
+    edit = seen["message.edited"]["message"]
+    assert (edit["messageId"], edit["content"]) == (edited_id, "see you at 9")
+    assert seen["message.deleted"]["messageId"] == unsent_id
+    await until(lambda: gauge("chat_outbox_depth") == 0, timeout=30)

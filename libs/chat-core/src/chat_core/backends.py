@@ -29,11 +29,7 @@ from chat_core.settings import PushKind, Settings
 if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
 
-    from chat_core.jobqueue import Job, JobKind, JobQueue
-    from chat_core.leases import WriteLeases
-    from chat_core.ledger import StorageLedger
-    from chat_core.media import MediaJob
-    from chat_core.messagestore import (
+    from chat_core.chatstore import (
         ChatStore,
         ConversationStore,
         DeviceStore,
@@ -41,6 +37,10 @@ if TYPE_CHECKING:
         OutboxStore,
         PushReceiptStore,
     )
+    from chat_core.jobqueue import Job, JobKind, JobQueue
+    from chat_core.leases import WriteLeases
+    from chat_core.ledger import StorageLedger
+    from chat_core.media import MediaJob
     from chat_core.notifications import Notification
     from chat_core.objectstore import ObjectInfo, ObjectStore
     from chat_core.push import PushProvider, PushRouter
@@ -141,13 +141,13 @@ def object_store(backends: Backends) -> ObjectStore:
 def chat_store(backends: Backends) -> ChatStore:
     match backends.settings.backends.message_store:
         case "sqlite":
-            from chat_core.messagestore import sqlite
+            from chat_core.chatstore import sqlite
 
-            return sqlite.create(backends)
+            return sqlite.create(backends.settings.service.data_dir)
         case "firestore":
-            from chat_core.messagestore import firestore
+            from chat_core.chatstore import firestore
 
-            return firestore.create(backends)
+            return firestore.create(backends.settings.firestore)
 
 
 def event_bus(backends: Backends) -> EventBus:

@@ -32,6 +32,7 @@ from chat_core.errors import ProblemError
 __all__ = [
     "CONVERSATION_ID_PATTERN",
     "DERIVATIVE_EXTENSIONS",
+    "EXPORT_PREFIX",
     "EXTENSIONS",
     "OBJECT_KEY_PATTERN",
     "OBJECT_REFERENCE_PATTERN",
@@ -74,6 +75,9 @@ CONVERSATION_ID_PATTERN = re.compile(r"^(?!(?:uploads|refused)(?!\n)$)[A-Za-z0-9
 RAW_UPLOAD_PREFIX = "uploads/"
 # Why a raw upload was deleted on arrival (server-only: no upload URL, no proxy path reaches it).
 REFUSAL_PREFIX = "refused/"
+# Users' exports (server-only, handed out as signed GETs): "_" starts no conversation id, so never a
+# derivative's or an upload's key.
+EXPORT_PREFIX = "_admin/exports/"
 EXTENSIONS = {
     "image/jpeg": "jpg",
     "image/png": "png",

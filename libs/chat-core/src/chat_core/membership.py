@@ -43,7 +43,7 @@ from chat_core.realtime.events import decode_membership_changed
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
-    from chat_core.messagestore import ConversationStore
+    from chat_core.chatstore import ConversationStore
 
 __all__ = [
     "DEFAULT_MAX_ENTRIES",

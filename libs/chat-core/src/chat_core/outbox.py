@@ -1,7 +1,7 @@
 """The event outbox's bus side: what each kind of entry publishes, shared by every service that relays.
 
 A change and the ``OutboxEntry`` announcing it commit in one store transaction
-(``chat_core.messagestore``); then two things may publish the entry:
+(``chat_core.chatstore``); then two things may publish the entry:
 
 * the **immediate attempt** of the process that made the change (the message service for sends, read
   receipts and membership; the media processor for ``message.updated``): publish, then delete the entry;
@@ -33,7 +33,7 @@ import structlog
 from opentelemetry.trace import SpanKind
 
 from chat_core import metrics, tracing
-from chat_core.messagestore import ConversationStore, OutboxEntry, OutboxStore
+from chat_core.chatstore import ConversationStore, OutboxEntry, OutboxStore
 from chat_core.realtime import (
     DELETIONS_CHANNEL,
     MEMBERSHIP_CHANNEL,

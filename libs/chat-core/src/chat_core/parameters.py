@@ -15,8 +15,8 @@ from typing import Annotated
 from litestar.openapi.spec import Example
 from litestar.params import PathParameter, QueryParameter
 
+from chat_core.chatstore import CURSOR_PATTERN
 from chat_core.keys import CONVERSATION_ID_PATTERN, OBJECT_KEY_PATTERN, USER_ID_PATTERN, UUID_PATTERN
-from chat_core.messagestore import CURSOR_PATTERN
 
 __all__ = ["SHAPES", "ConversationId", "Cursor", "MessageId", "ObjectKey", "UserId"]
 

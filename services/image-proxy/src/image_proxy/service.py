@@ -45,9 +45,9 @@ from chat_core import keys, metrics
 from chat_core.app_factory import provide_principal_or_cookie
 from chat_core.audit import audit
 from chat_core.backends import Backends
+from chat_core.chatstore import Message, MessageStore, albums
 from chat_core.errors import ProblemError
 from chat_core.membership import MembershipCache, conversation_not_found
-from chat_core.messagestore import Message, MessageStore, albums
 from chat_core.objectstore import ObjectNotFound, ObjectStore, RangeNotSatisfiable
 from chat_core.objectstore.serving import serve_object
 from chat_core.push.image_links import push_image_links

@@ -20,7 +20,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from chat_core.messagestore import Message, albums
+from chat_core.chatstore import Message, albums
 
 __all__ = ["FIRST_INTERVAL_SECONDS", "MAX_INTERVAL_SECONDS", "ProcessingWaits", "finished"]
 

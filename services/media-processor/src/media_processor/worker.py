@@ -68,12 +68,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from chat_core import images, keys, ledger, metrics, outbox, tracing
 from chat_core.backends import AnnouncesUploads, Backends
-from chat_core.erasure import ImageEraser
-from chat_core.jobqueue import JobQueue
-from chat_core.jobqueue.runner import JobRunner
-from chat_core.ledger import StorageLedger
-from chat_core.media import MediaJob, ObjectCreated, ReceivedMediaJob, UploadRefusal, object_created_job
-from chat_core.messagestore import (
+from chat_core.chatstore import (
     ConversationStore,
     ImageMetadata,
     ImageVariant,
@@ -85,6 +80,11 @@ from chat_core.messagestore import (
     event_done,
     new_event,
 )
+from chat_core.erasure import ImageEraser
+from chat_core.jobqueue import JobQueue
+from chat_core.jobqueue.runner import JobRunner
+from chat_core.ledger import StorageLedger
+from chat_core.media import MediaJob, ObjectCreated, ReceivedMediaJob, UploadRefusal, object_created_job
 from chat_core.objectstore import ObjectChanged, ObjectInfo, ObjectNotFound, ObjectStore
 from chat_core.realtime import EventBus
 from chat_core.settings import MEDIA_JOBS_PER_IMAGE_WORKER, Settings

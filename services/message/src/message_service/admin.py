@@ -3,8 +3,9 @@
 ``POST /admin/users/{userId}/erase`` and ``.../export`` answer 202 ``{jobId}`` at once; the job runs in
 the background and ``GET /admin/jobs/{jobId}`` tells its status (``queued``, ``running``, ``done``,
 ``failed``), its report, and for a done export a ``downloadUrl`` (a signed GET of the zip, valid
-``EXPORT_URL_TTL_SECONDS`` from that answer). Only a token whose ``AUTH_ROLES_CLAIM`` holds
-``AUTH_ADMIN_ROLE`` may call them (403 ``admin_role_required`` otherwise).
+``EXPORT_URL_TTL_SECONDS`` from that answer; none once the zip has expired after ``EXPORT_EXPIRY_DAYS``).
+Only a token whose ``AUTH_ROLES_CLAIM`` holds ``AUTH_ADMIN_ROLE`` may call them (403
+``admin_role_required`` otherwise).
 
 Jobs are records in the object store (``_admin/jobs/{jobId}.json``, a prefix no conversation id or
 upload key can have), so every replica sees them and they survive restarts: each message service
@@ -27,6 +28,7 @@ import msgspec
 import structlog
 from litestar import Response, get, post
 from litestar.di import NamedDependency
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 
@@ -111,6 +113,8 @@ class AdminJobs:
         if job is None:
             raise ProblemError(404, "job_not_found", "no such job")
         if job.status == "done" and job.export is not None:
+            if await self._objects.head(job.export.object_key) is None:
+                return job  # expired (EXPORT_EXPIRY_DAYS): nothing to download any more
             expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._url_ttl)
             url = self._objects.presign_get(
                 job.export.object_key,
@@ -199,41 +203,39 @@ class AdminJobs:
 _ADMIN_PROBLEMS = problem_responses(400, 401, 403)
 
 
-@post(
-    "/admin/users/{user_id:str}/erase",
-    status_code=202,
-    summary="Erase a user (operators)",
-    description=(
-        "Needs the admin role (`AUTH_ROLES_CLAIM` holding `AUTH_ADMIN_ROLE`). Every message the user sent "
-        "becomes a tombstone and its image bytes are deleted; the user leaves every conversation; their "
-        "devices are deleted. 202 with a job; `GET /admin/jobs/{jobId}` for its status."
-    ),
-    tags=["admin"],
-    responses={202: ResponseSpec(JobAccepted, description="The job, queued"), **_ADMIN_PROBLEMS},
-)
-async def erase_user(
-    user_id: UserId, principal: NamedDependency[Principal], admin_jobs: NamedDependency[AdminJobs]
-) -> Response[JobAccepted]:
-    job = await admin_jobs.submit("erase", user_id, principal)
-    return Response(JobAccepted(job.job_id, job.status), status_code=202)
+def _submit_route(kind: JobKind, summary: str, description: str) -> HTTPRouteHandler:
+    """``POST /admin/users/{user_id}/<kind>``: queue one job of ``kind``, answer 202 with it."""
+
+    async def submit(
+        user_id: UserId, principal: NamedDependency[Principal], admin_jobs: NamedDependency[AdminJobs]
+    ) -> Response[JobAccepted]:
+        job = await admin_jobs.submit(kind, user_id, principal)
+        return Response(JobAccepted(job.job_id, job.status), status_code=202)
+
+    submit.__name__ = submit.__qualname__ = f"{kind}_user"  # the OpenAPI operationId is made from it
+    return post(
+        f"/admin/users/{{user_id:str}}/{kind}",
+        status_code=202,
+        summary=summary,
+        description=description,
+        tags=["admin"],
+        responses={202: ResponseSpec(JobAccepted, description="The job, queued"), **_ADMIN_PROBLEMS},
+    )(submit)
 
 
-@post(
-    "/admin/users/{user_id:str}/export",
-    status_code=202,
-    summary="Export a user's data (operators)",
-    description=(
-        "Needs the admin role. A zip of the user's messages (JSON), their conversations and their images "
-        "as served; 202 with a job; once done, `GET /admin/jobs/{jobId}` carries a short-lived `downloadUrl`."
-    ),
-    tags=["admin"],
-    responses={202: ResponseSpec(JobAccepted, description="The job, queued"), **_ADMIN_PROBLEMS},
+erase_user = _submit_route(
+    "erase",
+    "Erase a user (operators)",
+    "Needs the admin role (`AUTH_ROLES_CLAIM` holding `AUTH_ADMIN_ROLE`). Every message the user sent "
+    "becomes a tombstone and its image bytes are deleted; the user leaves every conversation; their "
+    "devices are deleted. 202 with a job; `GET /admin/jobs/{jobId}` for its status.",
 )
-async def export_user(
-    user_id: UserId, principal: NamedDependency[Principal], admin_jobs: NamedDependency[AdminJobs]
-) -> Response[JobAccepted]:
-    job = await admin_jobs.submit("export", user_id, principal)
-    return Response(JobAccepted(job.job_id, job.status), status_code=202)
+export_user = _submit_route(
+    "export",
+    "Export a user's data (operators)",
+    "Needs the admin role. A zip of the user's messages (JSON), their conversations and their images "
+    "as served; 202 with a job; once done, `GET /admin/jobs/{jobId}` carries a short-lived `downloadUrl`.",
+)
 
 
 @get(

@@ -159,7 +159,9 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
         events,
         conversations,
         retention_days=settings.lifecycle.retention_days,
+        export_expiry_days=settings.lifecycle.export_expiry_days,
         quotas=backends.quotas,
+        presence=backends.presence,
     )
     admin_jobs = AdminJobs(
         backends.object_store,
@@ -214,7 +216,9 @@ async def standalone_lifecycle(settings: Settings) -> AsyncIterator[Lifecycle]:
         fanout,
         ConversationService(backends.conversations, fanout),
         retention_days=settings.lifecycle.retention_days,
+        export_expiry_days=settings.lifecycle.export_expiry_days,
         quotas=backends.quotas,
+        presence=backends.presence,
     )
     async with backends, fanout.worker():
         yield lifecycle

@@ -25,8 +25,8 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter
 
 from chat_core.auth import Principal
+from chat_core.chatstore import Device, DeviceProvider, DeviceStore, Platform
 from chat_core.errors import ProblemError
-from chat_core.messagestore import Device, DeviceProvider, DeviceStore, Platform
 
 __all__ = ["ROUTES", "DeviceRegistration", "DeviceService"]
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from chat_core.messagestore import OutboxEntry
+from chat_core.chatstore import OutboxEntry
 
 __all__ = ["MessageEvents"]
 
@@ -35,4 +35,4 @@ class MessageEvents(Protocol):
         """``members``: the conversation's members as the send read them (so fan-out need not)."""
 
     async def event_stored(self, entry: OutboxEntry) -> None:
-        """Any other kind (``chat_core.messagestore.EventKind``)."""
+        """Any other kind (``chat_core.chatstore.EventKind``)."""

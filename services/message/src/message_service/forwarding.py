@@ -23,8 +23,8 @@ import asyncio
 import msgspec
 
 from chat_core import keys
+from chat_core.chatstore import ImageMetadata, ImageVariants, Message, albums
 from chat_core.errors import ProblemError
-from chat_core.messagestore import ImageMetadata, ImageVariants, Message, albums
 from chat_core.objectstore import ObjectNotFound, ObjectStore
 
 __all__ = [

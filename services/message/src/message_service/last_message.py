@@ -31,8 +31,8 @@ from collections.abc import AsyncIterator, Callable
 
 import structlog
 
+from chat_core.chatstore import ConversationStore, LastMessage
 from chat_core.leases import WriteLeases, summary_lease
-from chat_core.messagestore import ConversationStore, LastMessage
 
 __all__ = ["LastMessageWriter"]
 

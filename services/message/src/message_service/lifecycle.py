@@ -5,19 +5,23 @@
   same path as an unsend (``service.delete_message``: the ``message.deleted`` entry in the event outbox,
   so the image bytes are erased by the relay, durably); then the user leaves every conversation (an admin
   who leaves hands the role on, as a leave always does); their push devices and upload quota records are
-  deleted. Presence entries expire by themselves within ``PRESENCE_TTL_SECONDS`` (and the user is no
-  longer a member anywhere). Erasing twice is harmless.
+  deleted, and their presence is dropped (a presence store that cannot be reached is logged: its entries
+  expire by themselves within ``PRESENCE_TTL_SECONDS``). Erasing twice is harmless.
 * **Export** (Art. 20; ``.../export``, ``chat-management export-user``): a zip of the user's messages as
   JSON (``messages.json``: conversation id and the message as the API shows it, tombstones left out), the
   conversations they are in (``conversations.json``: id and name) and their images as served (the
-  sanitized ``original`` of each ready image, ``images/{conversationId}/{messageId}.{ext}``), stored at
+  sanitized ``original`` of each ready image, ``images/{conversationId}/{messageId}.{ext}``, an album's
+  ``{messageId}-{index}.{ext}``), stored at
   ``_admin/exports/{jobId}.zip`` (a prefix no conversation id can have) and handed out as a signed GET of
-  ``EXPORT_URL_TTL_SECONDS``.
+  ``EXPORT_URL_TTL_SECONDS``. The zip is written to a temporary file as each image is read (one image in
+  memory at a time, not all of them), then stored. It is kept ``EXPORT_EXPIRY_DAYS``: each retention pass
+  deletes older exports (and ``setup`` writes the same as a bucket lifecycle rule).
 * **Retention**: a conversation's ``retentionDays``, else ``MESSAGE_RETENTION_DAYS`` (0: off): messages
   older than that become tombstones (``deletedBy: "retention"``) and their bytes go the same durable way.
   One pass visits every conversation; the message service runs one every ``RETENTION_INTERVAL_SECONDS``,
-  and ``chat-management apply-retention`` runs one (the chart's CronJob). Metrics: runs by outcome, the
-  last success time, and how far past its retention the oldest message left behind was (the alert's).
+  and ``chat-management apply-retention`` runs one (the chart's CronJob); the same pass expires exports.
+  Metrics: runs by outcome, the last success time, and how far past its retention the oldest message left
+  behind was (the alert's).
 
 Every erasure and export writes an audit line (``user_erased``, ``user_exported``), as each deletion does.
 """
@@ -26,18 +30,21 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import io
+import tempfile
 import zipfile
+from collections.abc import AsyncIterator
+from typing import IO
 
 import msgspec
 import structlog
 
 from chat_core import keys, metrics
 from chat_core.audit import audit
+from chat_core.chatstore import ConversationStore, DeviceStore, Message, MessageStore, albums
 from chat_core.errors import ProblemError
-from chat_core.messagestore import ConversationStore, DeviceStore, Message, MessageStore, albums
 from chat_core.objectstore import ObjectNotFound, ObjectStore
 from chat_core.quota import Quotas
+from chat_core.realtime import EventBusUnavailable, Presence
 from message_service.events import MessageEvents
 from message_service.service import ConversationService, delete_message
 
@@ -49,7 +56,7 @@ __all__ = [
     "RetentionReport",
 ]
 
-EXPORT_PREFIX = "_admin/exports/"  # "_" starts no conversation id: never a derivative's or an upload's key
+EXPORT_PREFIX = keys.EXPORT_PREFIX
 RETENTION_ACTOR = "retention"
 _log = structlog.get_logger("message_service.lifecycle")
 
@@ -70,6 +77,7 @@ class ExportReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 class RetentionReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     conversations: int
     messages_deleted: int
+    exports_expired: int = 0
 
 
 class _ExportedMessage(msgspec.Struct, frozen=True, rename="camel"):
@@ -93,9 +101,13 @@ class Lifecycle:
         conversation_service: ConversationService,
         *,
         retention_days: int,
+        export_expiry_days: int,
         quotas: Quotas | None = None,
+        presence: Presence | None = None,
     ) -> None:
         self._quotas = quotas
+        self._presence = presence
+        self._export_expiry = dt.timedelta(days=export_expiry_days)
         self._conversations = conversations
         self._messages = messages
         self._devices = devices
@@ -135,6 +147,11 @@ class Lifecycle:
             await self._devices.delete_device(user_id, device.token)
         if self._quotas is not None:
             await self._quotas.forget_user(user_id)
+        if self._presence is not None:
+            try:
+                await self._presence.forget(user_id)
+            except EventBusUnavailable as exc:  # it expires by itself within PRESENCE_TTL_SECONDS
+                _log.warning("erasure_presence_not_cleared", user_id=user_id, error=repr(exc))
         report = ErasureReport(
             messages_deleted=deleted, conversations_left=left, devices_deleted=len(devices)
         )
@@ -156,13 +173,22 @@ class Lifecycle:
             if page.next_cursor is None:
                 break
             cursor = page.next_cursor
-        images: list[tuple[str, bytes]] = []
-        for item in sent:
-            images.extend(await self._served_originals(item.conversation_id, item.message))
-        archive = await asyncio.to_thread(_zip, sent, conversations, images)
         key = f"{EXPORT_PREFIX}{export_id}.zip"
-        await self._objects.put(key, archive, content_type="application/zip")
-        report = ExportReport(messages=len(sent), images=len(images), size_bytes=len(archive), object_key=key)
+        with tempfile.TemporaryFile(prefix="export-") as spool:
+            images = 0
+            archive = await asyncio.to_thread(_open_zip, spool, sent, conversations)
+            try:
+                for item in sent:
+                    async for name, data in self._served_originals(item.conversation_id, item.message):
+                        # already compressed: stored as is
+                        await asyncio.to_thread(archive.writestr, name, data, zipfile.ZIP_STORED)
+                        images += 1
+            finally:
+                await asyncio.to_thread(archive.close)
+            size = spool.seek(0, 2)
+            spool.seek(0)
+            await self._objects.put(key, await asyncio.to_thread(spool.read), content_type="application/zip")
+        report = ExportReport(messages=len(sent), images=images, size_bytes=size, object_key=key)
         audit(
             "user_exported",
             actor=actor,
@@ -173,11 +199,12 @@ class Lifecycle:
         )
         return report
 
-    async def _served_originals(self, conversation_id: str, message: Message) -> list[tuple[str, bytes]]:
+    async def _served_originals(
+        self, conversation_id: str, message: Message
+    ) -> AsyncIterator[tuple[str, bytes]]:
         """The message's images as the proxy serves them (the sanitized originals), named for the zip
         (an album's as ``{messageId}-{index}.{ext}``)."""
         album = albums.is_album(message.metadata)
-        served = []
         for index, metadata in enumerate(albums.images_of(message.metadata)):
             if metadata.status != "ready":
                 continue
@@ -191,8 +218,16 @@ class Lifecycle:
                 continue
             ext = keys.DERIVATIVE_EXTENSIONS[metadata.content_type]
             name = message.message_id if place is None else f"{message.message_id}-{place}"
-            served.append((f"images/{conversation_id}/{name}.{ext}", data))
-        return served
+            yield f"images/{conversation_id}/{name}.{ext}", data
+
+    async def expire_exports(self, now: dt.datetime | None = None) -> int:
+        """Delete the export zips older than ``EXPORT_EXPIRY_DAYS``; how many went."""
+        cutoff = (now or dt.datetime.now(dt.UTC)) - self._export_expiry
+        expired = [info async for info in self._objects.list(EXPORT_PREFIX) if info.last_modified < cutoff]
+        for info in expired:
+            await self._objects.delete(info.key)
+            _log.info("export_expired", key=info.key, size=info.size)
+        return len(expired)
 
     # --- retention ----------------------------------------------------------------------------------
     async def apply_retention(self, now: dt.datetime | None = None) -> RetentionReport:
@@ -224,6 +259,7 @@ class Lifecycle:
                         behind = (cutoff - message.timestamp).total_seconds()
                         oldest_behind = max(oldest_behind, behind)
                         raise
+            exports = await self.expire_exports(now)
         except Exception:
             metrics.RETENTION_RUNS.labels("error").inc()
             metrics.RETENTION_OLDEST_EXPIRED_AGE.set(oldest_behind)
@@ -231,19 +267,17 @@ class Lifecycle:
         metrics.RETENTION_RUNS.labels("ok").inc()
         metrics.RETENTION_LAST_SUCCESS.set(now.timestamp())
         metrics.RETENTION_OLDEST_EXPIRED_AGE.set(0.0)
-        report = RetentionReport(conversations=visited, messages_deleted=deleted)
-        if deleted:
+        report = RetentionReport(conversations=visited, messages_deleted=deleted, exports_expired=exports)
+        if deleted or exports:
             _log.info("retention_applied", **msgspec.to_builtins(report))
         return report
 
 
-def _zip(
-    sent: list[_ExportedMessage], conversations: list[_ExportedConversation], images: list[tuple[str, bytes]]
-) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("messages.json", msgspec.json.format(msgspec.json.encode(sent)))
-        archive.writestr("conversations.json", msgspec.json.format(msgspec.json.encode(conversations)))
-        for name, data in images:
-            archive.writestr(name, data, compress_type=zipfile.ZIP_STORED)  # already compressed
-    return buffer.getvalue()
+def _open_zip(
+    spool: IO[bytes], sent: list[_ExportedMessage], conversations: list[_ExportedConversation]
+) -> zipfile.ZipFile:
+    """The export's zip on ``spool``, with its two JSON files written; the images are added after."""
+    archive = zipfile.ZipFile(spool, "w", compression=zipfile.ZIP_DEFLATED)
+    archive.writestr("messages.json", msgspec.json.format(msgspec.json.encode(sent)))
+    archive.writestr("conversations.json", msgspec.json.format(msgspec.json.encode(conversations)))
+    return archive

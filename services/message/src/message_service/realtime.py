@@ -49,8 +49,8 @@ from litestar.types import WebSocketSendEvent
 from chat_core import metrics, ratelimit
 from chat_core.auth import AuthError, Principal, TokenVerifier, token_from_connection
 from chat_core.backends import Backends
+from chat_core.chatstore import ConversationStore
 from chat_core.errors import problem_body
-from chat_core.messagestore import ConversationStore
 from chat_core.ratelimit import RateLimited, RateLimiter
 from chat_core.realtime import (
     EventBus,

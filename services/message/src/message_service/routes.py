@@ -11,8 +11,8 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import BodyKwarg, JSONBody, QueryParameter
 
 from chat_core.auth import Principal
+from chat_core.chatstore import Conversation, Message
 from chat_core.errors import ProblemError, problem_responses
-from chat_core.messagestore import Conversation, Message
 from chat_core.parameters import ConversationId, Cursor, MessageId, UserId
 from chat_core.ratelimit import RATE_LIMIT_OPT
 from message_service.schemas import (

@@ -2,7 +2,7 @@
 
 The send request is exactly the spec's (camelCase message fields, snake_case image metadata), plus an
 optional ``clientMessageId`` for idempotent retries. Stored messages are returned as
-``chat_core.messagestore.Message``, the spec's "Message Data Structure".
+``chat_core.chatstore.Message``, the spec's "Message Data Structure".
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import msgspec
 from litestar.openapi.spec import Example
 
 from chat_core.auth import USER_ID_PATTERN
+from chat_core.chatstore import CURSOR_PATTERN, Conversation, Message
+from chat_core.chatstore.albums import DEFAULT_MAX_IMAGES
 from chat_core.keys import CONVERSATION_ID_PATTERN, OBJECT_REFERENCE_PATTERN
-from chat_core.messagestore import CURSOR_PATTERN, Conversation, Message
-from chat_core.messagestore.albums import DEFAULT_MAX_IMAGES
 
 __all__ = [
     "MAX_ALT_TEXT_CHARS",

@@ -24,9 +24,7 @@ import structlog
 from chat_core import keys, ledger, metrics, tracing
 from chat_core.audit import audit
 from chat_core.auth import USER_ID_PATTERN
-from chat_core.errors import ProblemError
-from chat_core.membership import conversation_not_found, require_member
-from chat_core.messagestore import (
+from chat_core.chatstore import (
     Conversation,
     ConversationExists,
     ConversationNotFound,
@@ -49,6 +47,8 @@ from chat_core.messagestore import (
     event_done,
     new_event,
 )
+from chat_core.errors import ProblemError
+from chat_core.membership import conversation_not_found, require_member
 from chat_core.objectstore import ObjectStore
 from chat_core.quota import Quotas
 from chat_core.ratelimit import RateLimiter

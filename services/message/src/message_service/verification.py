@@ -38,9 +38,9 @@ import msgspec
 import structlog
 
 from chat_core import images, keys
+from chat_core.chatstore import ImageMetadata
 from chat_core.errors import ProblemError
 from chat_core.media import UploadRefusal
-from chat_core.messagestore import ImageMetadata
 from chat_core.objectstore import ObjectNotFound, ObjectStore
 from chat_core.settings import Settings
 from message_service.schemas import ImageRequest

@@ -45,8 +45,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from chat_core import metrics, tracing
 from chat_core.backends import Backends
+from chat_core.chatstore import ConversationStore, Device, DeviceStore, MessageStore, PushReceiptStore
 from chat_core.jobqueue.runner import JobRunner
-from chat_core.messagestore import ConversationStore, Device, DeviceStore, MessageStore, PushReceiptStore
 from chat_core.notifications import Notification, NotificationQueue, ReceivedNotification
 from chat_core.push import PushMessage, PushRouter
 from chat_core.push.image_links import PushImageLinks, push_image_links

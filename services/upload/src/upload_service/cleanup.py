@@ -51,9 +51,9 @@ from prometheus_client import CollectorRegistry, push_to_gateway
 
 from chat_core import ledger, metrics
 from chat_core.backends import Backends
+from chat_core.chatstore import MessageStore
 from chat_core.keys import REFUSAL_PREFIX, InvalidKey, parse_refusal_key
 from chat_core.ledger import Kind, Usage
-from chat_core.messagestore import MessageStore
 from chat_core.objectstore import ObjectInfo, ObjectStore
 from chat_core.settings import Settings
 

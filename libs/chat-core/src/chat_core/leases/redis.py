@@ -7,10 +7,8 @@ so replicas' clocks need not agree.
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-
 from chat_core.leases import WriteLeases
+from chat_core.redis_client import redis_client
 
 __all__ = ["RedisWriteLeases"]
 
@@ -22,16 +20,7 @@ class RedisWriteLeases(WriteLeases):
         self, url: str, prefix: str = "chat", *, mode: str = "standalone", ca_cert: str = ""
     ) -> None:
         self._prefix = prefix
-        tls: dict[str, str] = {"ssl_ca_data": ca_cert} if ca_cert and url.startswith("rediss:") else {}
-        self._client: aioredis.Redis | RedisCluster
-        if mode == "cluster":
-            self._client = RedisCluster.from_url(
-                url, socket_connect_timeout=TIMEOUT_SECONDS, socket_timeout=TIMEOUT_SECONDS, **tls
-            )
-        else:
-            self._client = aioredis.from_url(
-                url, socket_connect_timeout=TIMEOUT_SECONDS, socket_timeout=TIMEOUT_SECONDS, **tls
-            )
+        self._client = redis_client(url, mode=mode, ca_cert=ca_cert, timeout_seconds=TIMEOUT_SECONDS)
 
     def key(self, name: str) -> str:
         return f"{self._prefix}:lease:{name}"

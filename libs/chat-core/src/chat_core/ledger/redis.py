@@ -9,10 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-
 from chat_core.ledger import KINDS, Kind, StorageLedger, Usage
+from chat_core.redis_client import redis_client
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
@@ -38,16 +36,7 @@ class RedisStorageLedger(StorageLedger):
         self, url: str, prefix: str = "chat", *, mode: str = "standalone", ca_cert: str = ""
     ) -> None:
         self._key = ledger_key(prefix)
-        tls: dict[str, str] = {"ssl_ca_data": ca_cert} if ca_cert and url.startswith("rediss:") else {}
-        self._client: aioredis.Redis | RedisCluster
-        if mode == "cluster":
-            self._client = RedisCluster.from_url(
-                url, socket_connect_timeout=TIMEOUT_SECONDS, socket_timeout=TIMEOUT_SECONDS, **tls
-            )
-        else:
-            self._client = aioredis.from_url(
-                url, socket_connect_timeout=TIMEOUT_SECONDS, socket_timeout=TIMEOUT_SECONDS, **tls
-            )
+        self._client = redis_client(url, mode=mode, ca_cert=ca_cert, timeout_seconds=TIMEOUT_SECONDS)
         self._add = self._client.register_script(_ADD)
 
     async def add(self, kind: Kind, objects: int, size: int) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from chat_core.chatstore import MessageType
 from chat_core.jobqueue import Job, JobKind, JobQueue, Received
-from chat_core.messagestore import MessageType
 from chat_core.settings import Settings
 
 __all__ = ["Notification", "NotificationQueue", "ReceivedNotification", "notification_jobs"]

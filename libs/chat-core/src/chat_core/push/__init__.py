@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from chat_core.messagestore import DeviceProvider, Platform
+from chat_core.chatstore import DeviceProvider, Platform
 
 __all__ = ["GENERIC_PROVIDERS", "PushMessage", "PushOutcome", "PushProvider", "PushRouter"]
 

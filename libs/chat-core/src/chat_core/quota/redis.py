@@ -13,10 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-
 from chat_core.quota import DAY_SECONDS, QuotaRefusal, QuotaStore, seconds_to_next_day
+from chat_core.redis_client import redis_client
 
 if TYPE_CHECKING:
     from chat_core.backends import Backends
@@ -88,16 +86,8 @@ class RedisQuotaStore(QuotaStore):
         self, url: str, prefix: str = "chat", *, mode: str = "standalone", ca_cert: str = ""
     ) -> None:
         self._prefix = prefix
-        tls: dict[str, str] = {"ssl_ca_data": ca_cert} if ca_cert and url.startswith("rediss:") else {}
-        self._client: aioredis.Redis | RedisCluster
-        if mode == "cluster":  # both keys of a script carry the user's hash tag: one slot
-            self._client = RedisCluster.from_url(
-                url, socket_connect_timeout=TIMEOUT_SECONDS, socket_timeout=TIMEOUT_SECONDS, **tls
-            )
-        else:
-            self._client = aioredis.from_url(
-                url, socket_connect_timeout=TIMEOUT_SECONDS, socket_timeout=TIMEOUT_SECONDS, **tls
-            )
+        # in a cluster both keys of a script carry the user's hash tag: one slot
+        self._client = redis_client(url, mode=mode, ca_cert=ca_cert, timeout_seconds=TIMEOUT_SECONDS)
         self._reserve = self._client.register_script(_RESERVE)
         self._charge = self._client.register_script(_CHARGE)
 

@@ -100,6 +100,12 @@ class Presence(Protocol):
 
     async def disconnect(self, user_id: str, connection_id: str) -> None: ...
 
+    async def forget(self, user_id: str) -> None:
+        """Drop every connection of ``user_id`` at once (an erased user), instead of waiting for the TTL.
+
+        Raises ``EventBusUnavailable`` when presence cannot be written.
+        """
+
     async def online(self, user_ids: Collection[str]) -> set[str]:
         """Which of ``user_ids`` have at least one live connection, in one round trip.
 

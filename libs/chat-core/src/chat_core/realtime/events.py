@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import msgspec
 
-from chat_core.messagestore import Message
+from chat_core.chatstore import Message
 
 __all__ = [
     "Envelope",

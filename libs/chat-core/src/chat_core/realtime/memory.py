@@ -121,6 +121,9 @@ class MemoryPresence(Presence):
             if not connections:
                 del self._connections[user_id]
 
+    async def forget(self, user_id: str) -> None:
+        self._connections.pop(user_id, None)
+
     async def online(self, user_ids: Collection[str]) -> set[str]:
         now = time.monotonic()
         present: set[str] = set()

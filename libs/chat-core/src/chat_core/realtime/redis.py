@@ -210,6 +210,12 @@ class RedisPresence(_OnSharedConnections, Presence):
         except (RedisError, OSError) as exc:
             raise EventBusUnavailable(f"redis presence update failed: {exc}") from exc
 
+    async def forget(self, user_id: str) -> None:
+        try:
+            await self._client.delete(presence_key(user_id))
+        except (RedisError, OSError) as exc:
+            raise EventBusUnavailable(f"redis presence update failed: {exc}") from exc
+
     async def online(self, user_ids: Collection[str]) -> set[str]:
         users = list(dict.fromkeys(user_ids))
         if not users:

@@ -14,7 +14,7 @@ import pytest
 from msgspec.structs import replace as msgspec_replace
 
 from chat_core.backends import Backends
-from chat_core.messagestore import (
+from chat_core.chatstore import (
     ChatStore,
     Conversation,
     ConversationExists,
@@ -35,7 +35,7 @@ from chat_core.messagestore import (
     event_done,
     new_event,
 )
-from chat_core.messagestore.sqlite import SqliteChatStore
+from chat_core.chatstore.sqlite import SqliteChatStore
 from chat_core.timestamps import micros
 from tests.conftest import make_settings
 

@@ -23,7 +23,7 @@ import msgspec
 from chat_core import keys
 
 if TYPE_CHECKING:
-    from chat_core.messagestore import ImageMetadata
+    from chat_core.chatstore.models import ImageMetadata
 
 __all__ = [
     "DEFAULT_MAX_IMAGES",
