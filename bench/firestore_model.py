@@ -46,9 +46,9 @@ import msgspec
 from google.cloud.firestore_v1.async_batch import AsyncWriteBatch
 
 import chat_devstack as devstack
-from chat_core.backends import Backends
 from chat_core.chatstore import Conversation, ImageMetadata, LastMessage, Message, new_event
 from chat_core.chatstore.firestore import OUTBOX, OUTBOX_SHARDS, FirestoreChatStore, outbox_shard
+from chat_core.composition import Composition
 from chat_core.leases.memory import MemoryWriteLeases
 from chat_core.settings import load_settings
 from message_service.last_message import LastMessageWriter
@@ -204,7 +204,7 @@ async def measure(address: str, *, rate: float, messages: int, busy_seconds: flo
                 "AUTH_JWT_SECRET": "model-secret-0123456789abcdef-0123456789",
             }
         )
-        backends = Backends(settings)
+        backends = Composition(settings)
         store = backends.chat_store
         assert isinstance(store, FirestoreChatStore)
         async with backends:

@@ -35,7 +35,7 @@ from litestar.di import NamedDependency
 import chat_devstack as devstack
 from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.auth import Principal, mint_token
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.ratelimit import RATE_LIMIT_OPT
 from chat_core.settings import load_settings
 
@@ -173,7 +173,7 @@ async def side_by_side(caller: Caller, requests: int, repeats: int = 5) -> tuple
     return min(without), min(with_limit)
 
 
-async def hit_us(backends: Backends, requests: int, repeats: int = 5) -> float:
+async def hit_us(backends: Composition, requests: int, repeats: int = 5) -> float:
     limiter = backends.rate_limiter
     subject = f"user:bench-{uuid.uuid4().hex[:8]}"
     runs = []
@@ -185,7 +185,7 @@ async def hit_us(backends: Backends, requests: int, repeats: int = 5) -> float:
     return min(runs)
 
 
-def bench_app(store: str, redis_url: str) -> tuple[Any, Backends]:
+def bench_app(store: str, redis_url: str) -> tuple[Any, Composition]:
     env = {
         "AUTH_JWT_SECRET": SECRET,
         "LIMIT_STORE": store,
@@ -195,7 +195,7 @@ def bench_app(store: str, redis_url: str) -> tuple[Any, Backends]:
         "CORS_ALLOW_ORIGINS": "",
     }
     settings = load_settings(env)
-    backends = Backends(settings)
+    backends = Composition(settings)
     parts = ServiceParts(component="bench", route_handlers=[unlimited, limited])
     return create_service_app(settings, backends, [parts], component="bench", title="limiter bench"), backends
 

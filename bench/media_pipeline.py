@@ -27,7 +27,7 @@ import uvicorn
 from bench import guard
 from bench.guard import NEVER_REFUSING_LIMITS, BenchFailure
 from chat_core.auth import mint_token
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.realtime import conversation_channel
 from chat_core.realtime.events import decode_envelope
 from chat_core.settings import load_settings
@@ -39,7 +39,7 @@ SECRET = "bench-secret-0123456789abcdef0123456789"  # noqa: S105 - a throwaway d
 
 
 @contextlib.asynccontextmanager
-async def running_stack(data_dir: str) -> AsyncIterator[tuple[str, Backends]]:
+async def running_stack(data_dir: str) -> AsyncIterator[tuple[str, Composition]]:
     port = free_port()
     settings = load_settings(
         {
@@ -51,7 +51,7 @@ async def running_stack(data_dir: str) -> AsyncIterator[tuple[str, Backends]]:
             **NEVER_REFUSING_LIMITS,
         }
     )
-    backends = Backends(settings)
+    backends = Composition(settings)
     app = all_in_one.create_app(settings, backends)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())

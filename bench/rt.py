@@ -28,8 +28,8 @@ from typing import Any, cast
 import chat_devstack as devstack
 from bench.guard import NEVER_REFUSING_LIMITS, BenchFailure
 from chat_core.auth import mint_token
-from chat_core.backends import Backends
 from chat_core.chatstore import Conversation
+from chat_core.composition import Composition
 from chat_core.settings import load_settings
 
 SECRET = "bench-secret-0123456789abcdef-0123456789"  # noqa: S105 - a throwaway dev secret
@@ -89,7 +89,7 @@ def service_env(data_dir: Path, redis_url: str, redis_mode: str) -> dict[str, st
 async def seed(env: dict[str, str], groups: Mapping[str, Sequence[str]]) -> None:
     """Conversations straight into the store (the API caps a group at 500 members; this measures past it)."""
     now = dt.datetime.now(dt.UTC)
-    backends = Backends(load_settings(env))
+    backends = Composition(load_settings(env))
     store = backends.conversations
     async with backends:
         for conversation_id, members in groups.items():

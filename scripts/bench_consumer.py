@@ -23,9 +23,10 @@ from typing import BinaryIO
 
 import uvloop
 
+import notification_consumer.app
 from chat_core import metrics
-from chat_core.backends import Backends
 from chat_core.chatstore import Device
+from chat_core.composition import Composition
 from chat_core.logging import configure_logging
 from chat_core.notifications import Notification
 from chat_core.settings import load_settings
@@ -62,8 +63,8 @@ async def run(args: argparse.Namespace, log_sink: BinaryIO) -> None:
         }
     settings = load_settings(env)
     configure_logging("INFO", service="bench", stream=log_sink)
-    backends = Backends(settings)
-    consumer = NotificationConsumer.from_backends(settings, backends)
+    backends = Composition(settings)
+    consumer = NotificationConsumer.from_ports(settings, notification_consumer.app.ports(backends))
     async with backends:
         store, queue = backends.chat_store, backends.notification_queue
         now = dt.datetime.now(dt.UTC)

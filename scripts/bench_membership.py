@@ -31,8 +31,8 @@ import httpx
 import image_proxy.app
 from chat_core import keys
 from chat_core.auth import mint_token
-from chat_core.backends import Backends
 from chat_core.chatstore import ChatStore, Conversation
+from chat_core.composition import Composition
 from chat_core.logging import configure_logging
 from chat_core.membership import MembershipCache
 from chat_core.settings import Settings, load_settings
@@ -84,7 +84,7 @@ async def make_conversations(store: ChatStore, count: int, members: int) -> list
 
 async def lookups(args: argparse.Namespace, cache_seconds: float) -> tuple[float, int, float]:
     with tempfile.TemporaryDirectory() as data_dir:
-        backends = Backends(settings_for(args.store, data_dir, cache_seconds))
+        backends = Composition(settings_for(args.store, data_dir, cache_seconds))
         store = backends.chat_store
         async with backends:
             conversations = await make_conversations(store, args.conversations, args.members)
@@ -109,9 +109,9 @@ async def lookups(args: argparse.Namespace, cache_seconds: float) -> tuple[float
 async def proxy(args: argparse.Namespace, cache_seconds: float) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as data_dir:
         settings = settings_for(args.store, data_dir, cache_seconds)
-        backends = Backends(settings)
+        backends = Composition(settings)
         app: Any = image_proxy.app.create_app(settings, backends)
-        membership = MembershipCache.of(backends)
+        membership = backends.membership
         counting = CountingStore(backends.chat_store)
         membership._store = counting  # type: ignore[assignment] # count the reads of the real store
         transport = httpx.ASGITransport(app=app)

@@ -1,13 +1,13 @@
-"""The shape of the import graph: its cycles, the arrows running back up to the locator, the largest files.
+"""The import graph's shape: its cycles, the arrows back up to the composition root, the largest files.
 
     uv run python scripts/import_graph.py [--runtime-only] [--top N]
 
 Built with grimp (import-linter's own graph), over the same packages as the import-linter contracts in
 pyproject.toml. A cycle is a strongly connected component of modules (every module in it reaches every
-other); an arrow back up is a module that imports ``chat_core.backends`` while ``chat_core.backends``
-(directly or not) imports it. ``--runtime-only`` leaves out imports under ``if TYPE_CHECKING:``, which
-Python never runs but mypy and an IDE follow. The numbers go into docs/architecture.md ("Layers a tool
-checks") and into the closing note of a change that moves them.
+other); an arrow back up is a module that imports ``chat_core.composition`` while the composition root
+(directly or not) imports it: an adapter reaching back up to what builds it. ``--runtime-only`` leaves
+out imports under ``if TYPE_CHECKING:``, which Python never runs but mypy and an IDE follow. The numbers
+go into docs/architecture.md ("Layers a tool checks") and into the closing note of a change that moves them.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import grimp
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCATOR = "chat_core.backends"
+ROOT_MODULE = "chat_core.composition"
 
 
 def packages() -> list[str]:
@@ -78,8 +78,10 @@ def strongly_connected(graph: grimp.ImportGraph) -> list[list[str]]:
 
 
 def arrows_back_up(graph: grimp.ImportGraph) -> list[str]:
-    reached = graph.find_upstream_modules(LOCATOR, as_package=False)  # what the locator imports, at any depth
-    return sorted(m for m in graph.find_modules_that_directly_import(LOCATOR) if m in reached)
+    reached = graph.find_upstream_modules(
+        ROOT_MODULE, as_package=False
+    )  # what the root imports, at any depth
+    return sorted(m for m in graph.find_modules_that_directly_import(ROOT_MODULE) if m in reached)
 
 
 def largest_files(top: int) -> list[tuple[int, str]]:
@@ -109,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         out.write(f"  {len(component)} modules: {', '.join(component)}\n")
 
     back = arrows_back_up(graph)
-    out.write(f"\narrows running back up to {LOCATOR} (it imports them, they import it): {len(back)}\n")
+    out.write(f"\narrows running back up to {ROOT_MODULE} (it imports them, they import it): {len(back)}\n")
     for module in back:
-        out.write(f"  {module} -> {LOCATOR}\n")
+        out.write(f"  {module} -> {ROOT_MODULE}\n")
 
     out.write("\nlargest files (lines):\n")
     for lines, name in largest_files(args.top):

@@ -18,6 +18,7 @@ from litestar import Litestar
 
 from chat_core.auth import mint_token
 from chat_core.settings import Settings, load_settings
+from chat_core.websocket_server import LeanWebSocketProtocol
 from tests import harness
 
 TEST_SECRET = "test-secret-0123456789abcdef-0123456789"
@@ -280,7 +281,7 @@ async def client_for() -> AsyncIterator[Any]:
 async def _uvicorn_servers() -> AsyncIterator[Any]:
     servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
-    async def start(app: Litestar, port: int | None = None) -> str:
+    async def start(app: Litestar, port: int | None = None, ws: Any = LeanWebSocketProtocol) -> str:
         port = port or harness.free_port()
         config = uvicorn.Config(
             app,
@@ -289,7 +290,7 @@ async def _uvicorn_servers() -> AsyncIterator[Any]:
             lifespan="on",
             log_config=None,
             access_log=False,
-            ws="websockets-sansio",
+            ws=ws,  # by default as the services run (chat_core.server.uvicorn_options)
         )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
@@ -314,7 +315,8 @@ async def serve() -> AsyncIterator[Any]:
     """``await serve(app)`` -> base URL of a real uvicorn server (HTTP and WebSocket) on a free port.
 
     ``serve(app, port)`` takes a port chosen beforehand, for apps that must know their own URL
-    (``PUBLIC_BASE_URL``: the local object store's signed links point at it).
+    (``PUBLIC_BASE_URL``: the local object store's signed links point at it); ``ws`` another WebSocket
+    protocol than the services' (``"websockets-sansio"``: uvicorn's own, plain ASGI sends).
     """
     async with _uvicorn_servers() as start:
         yield start

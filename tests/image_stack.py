@@ -31,8 +31,8 @@ import notification_consumer.app
 import upload_service.app
 from chat_core import keys
 from chat_core.app_factory import create_service_app
-from chat_core.backends import Backends
 from chat_core.chatstore import Conversation, Message
+from chat_core.composition import Composition
 from chat_core.objectstore import ObjectStore
 from tests import harness
 from tests.conftest import auth_header, make_settings, unique
@@ -61,7 +61,7 @@ class Uploaded:
 class ImageStack:
     kind: str
     base_url: str
-    backends: Backends
+    backends: Composition
     http: httpx.AsyncClient  # talks to the app (base_url) and to presigned URLs (absolute)
 
     @property
@@ -170,18 +170,20 @@ async def stack_factory(
                     "AWS_ENDPOINT_URL": localstack.address,
                 }
             data_dir = tmp_path / uuid.uuid4().hex[:8]
-            backends = Backends(make_settings(data_dir, settings_env))
+            backends = Composition(make_settings(data_dir, settings_env))
             settings = backends.settings
             parts = [
-                module.build(settings, backends)
+                module.build(settings, module.ports(backends))
                 for module in (upload_service.app, message_service.app, image_proxy.app)
             ]
             if processor:  # without: media jobs wait in the queue (a test runs MediaWorker by hand)
-                parts.append(media_processor.app.build(settings, backends))
+                parts.append(media_processor.app.build(settings, media_processor.app.ports(backends)))
             else:  # ports are asked for before start-up: the one a MediaWorker built later needs
                 _ = backends.storage_ledger
             if consumer:  # the notification consumer too: pushes go to the PUSH_PROVIDER of ``env``
-                parts.append(notification_consumer.app.build(settings, backends))
+                parts.append(
+                    notification_consumer.app.build(settings, notification_consumer.app.ports(backends))
+                )
             app: Litestar = create_service_app(settings, backends, parts, component="images", title="images")
             base_url = await serve(app, port)
             if kind == "s3" and bucket not in _buckets_ready:

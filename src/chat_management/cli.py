@@ -16,7 +16,7 @@ import msgspec
 from litestar import Litestar
 
 from chat_core.auth import USER_ID_PATTERN, mint_token
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.server import load_or_exit, serve
 from chat_core.settings import Settings, markdown_table
 from chat_management import all as all_in_one
@@ -203,7 +203,7 @@ def _smoke(args: argparse.Namespace) -> int:
     return smoke.main(targets)
 
 
-def _setup_steps(backends: Backends) -> list[tuple[str, Callable[[], Awaitable[str | None]]]]:
+def _setup_steps(root: Composition) -> list[tuple[str, Callable[[], Awaitable[str | None]]]]:
     """What ``setup`` makes exist: one idempotent step per thing to ensure, each saying what it did.
 
     The cloud (an S3 bucket, SQS queues) is ``chat_management.provision``'s alone; the embedded object
@@ -211,11 +211,11 @@ def _setup_steps(backends: Backends) -> list[tuple[str, Callable[[], Awaitable[s
     """
     from chat_management import provision
 
-    settings = backends.settings
+    settings = root.settings
     steps: list[tuple[str, Callable[[], Awaitable[str | None]]]] = []
     plan = provision.Plan.from_settings(settings)
     if plan.bucket is None:
-        store = backends.object_store
+        store = root.object_store
 
         async def ensure_store() -> None:
             await store.start()
@@ -232,9 +232,9 @@ def _setup(_args: argparse.Namespace) -> int:
     settings = load_or_exit()
 
     async def run() -> int:
-        backends = Backends(settings)
-        steps = _setup_steps(backends)
-        async with backends:
+        root = Composition(settings)
+        steps = _setup_steps(root)
+        async with root:
             # Stops at the first failure (later steps may need it); every step is idempotent, so the
             # fix is to run setup again.
             for what, ensure in steps:

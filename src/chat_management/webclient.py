@@ -31,7 +31,7 @@ from litestar.params import FromPath, JSONBody
 
 from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.auth import USER_ID_PATTERN, mint_token
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.cors import CREDENTIAL_ROUTE_OPT
 from chat_core.errors import ProblemError
 from chat_core.settings import Settings
@@ -185,11 +185,11 @@ def build(settings: Settings) -> ServiceParts:
     return ServiceParts(component=COMPONENT, route_handlers=handlers, description="the web client")
 
 
-def create_app(settings: Settings, backends: Backends | None = None) -> Litestar:
+def create_app(settings: Settings, root: Composition | None = None) -> Litestar:
     """The page and its files alone (``serve web``): no API, no backend but the token verifier's."""
     return create_service_app(
         settings,
-        backends or Backends(settings),
+        root or Composition(settings),
         [build(settings)],
         component=COMPONENT,
         title="chat-management web client",

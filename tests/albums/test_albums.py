@@ -26,7 +26,7 @@ import message_service.app
 import upload_service.app
 from chat_core import keys
 from chat_core.app_factory import create_service_app
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.realtime import conversation_channel
 from tests import harness
 from tests.conftest import auth_header, make_settings, unique
@@ -42,7 +42,7 @@ def photo(colour: tuple[int, int, int], size: tuple[int, int] = (320, 240)) -> b
 
 
 class Albums:
-    def __init__(self, http: httpx.AsyncClient, backends: Backends) -> None:
+    def __init__(self, http: httpx.AsyncClient, backends: Composition) -> None:
         self.http = http
         self.backends = backends
 
@@ -122,10 +122,10 @@ def stack_env(request: pytest.FixtureRequest, album_bucket: str) -> dict[str, st
 @pytest.fixture
 async def albums(tmp_path: Path, stack_env: dict[str, str], serve: Any) -> AsyncIterator[Albums]:
     port = harness.free_port()
-    backends = Backends(make_settings(tmp_path, {"PORT": str(port), "MEDIA_WORKERS": "2", **stack_env}))
+    backends = Composition(make_settings(tmp_path, {"PORT": str(port), "MEDIA_WORKERS": "2", **stack_env}))
     settings = backends.settings
     parts = [
-        module.build(settings, backends)
+        module.build(settings, module.ports(backends))
         for module in (upload_service.app, message_service.app, image_proxy.app, media_processor.app)
     ]
     app = create_service_app(settings, backends, parts, component="albums", title="albums")

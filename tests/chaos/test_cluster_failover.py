@@ -32,7 +32,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 from websockets.asyncio.client import connect
 
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.ratelimit import RateLimited
 from chat_core.realtime import EventBusUnavailable, conversation_channel
 from chat_devstack import kill_cluster_node
@@ -59,7 +59,7 @@ def replicated_cluster() -> Iterator[harness.Backend]:
 
 
 @pytest.fixture
-async def backends(replicated_cluster: harness.Backend, tmp_path: Path) -> AsyncIterator[Backends]:
+async def backends(replicated_cluster: harness.Backend, tmp_path: Path) -> AsyncIterator[Composition]:
     settings = make_settings(
         tmp_path,
         {
@@ -70,7 +70,7 @@ async def backends(replicated_cluster: harness.Backend, tmp_path: Path) -> Async
             "RATE_LIMIT_SENDS": "5/minute",
         },
     )
-    opened = Backends(settings)
+    opened = Composition(settings)
     _ = opened.event_bus, opened.presence, opened.rate_limiter  # ports are asked for before start-up
     async with opened:
         yield opened
@@ -99,7 +99,7 @@ async def _primary_of(address: str, channel: str) -> str:
     return (await _owners(address, [channel]))[channel]
 
 
-async def _publish_until_done(backends: Backends, channel: str, payload: bytes, stop_at: float) -> bool:
+async def _publish_until_done(backends: Composition, channel: str, payload: bytes, stop_at: float) -> bool:
     """What the outbox relay does: publish, and on failure try again until it goes through."""
     while time.monotonic() < stop_at:
         try:
@@ -112,7 +112,7 @@ async def _publish_until_done(backends: Backends, channel: str, payload: bytes, 
 
 @pytest.mark.timeout(120)
 async def test_a_primary_killed_under_load_is_followed_by_bus_presence_and_limiter(
-    replicated_cluster: harness.Backend, backends: Backends
+    replicated_cluster: harness.Backend, backends: Composition
 ) -> None:
     channels = [conversation_channel(uuid.uuid4().hex) for _ in range(CHANNELS)]
     owners = await _owners(replicated_cluster.address, channels)

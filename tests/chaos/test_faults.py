@@ -52,7 +52,7 @@ import redis.asyncio
 from websockets.asyncio.client import connect
 
 from chat_core import keys
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.realtime import conversation_channel, user_channel
 from tests import harness
 from tests.chaos.cluster import Cluster, running_cluster
@@ -447,7 +447,7 @@ async def _bytes_left(
         "S3_BUCKET_NAME": cluster.stack.env()["S3_BUCKET_NAME"],
         "AWS_ENDPOINT_URL": localstack.address,
     }
-    backends = Backends(make_settings(tmp_path / "bytes", env))
+    backends = Composition(make_settings(tmp_path / "bytes", env))
     store = backends.object_store
     # A phase may unsend a message an earlier phase sent.
     object_keys = {m: key for p in phases for m, key in p.object_keys.items()}

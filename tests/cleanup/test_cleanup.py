@@ -23,8 +23,8 @@ from litestar.params import FromPath
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from chat_core.backends import Backends
 from chat_core.chatstore import ChatStore, Conversation, ImageMetadata, Message, MessageStore
+from chat_core.composition import Composition
 from chat_core.keys import derivative_key, new_object_key, refusal_key, stored_key
 from chat_core.ledger import Usage
 from chat_core.ledger.redis import RedisStorageLedger
@@ -120,7 +120,7 @@ def _env(kind: str, request: pytest.FixtureRequest) -> dict[str, str]:
 )
 async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
     kind = str(request.param)
-    backends = Backends(make_settings(tmp_path, _env(kind, request)))
+    backends = Composition(make_settings(tmp_path, _env(kind, request)))
     objects, messages = backends.object_store, backends.chat_store
     await harness.provision(backends.settings)
     async with backends:
@@ -129,7 +129,7 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 @contextlib.asynccontextmanager
 async def embedded(settings: Settings) -> AsyncIterator[Stores]:
-    backends = Backends(settings)
+    backends = Composition(settings)
     objects, messages = backends.object_store, backends.chat_store  # asked for before start-up
     async with backends:
         yield Stores("embedded", settings, objects, messages)
@@ -245,7 +245,7 @@ async def test_streams_the_listing_and_asks_about_references_in_bounded_batches(
 # --- S3 through boto3: DeleteObjects, 1,000 keys a request -----------------------------------------------
 @pytest.fixture
 async def cloud(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
-    backends = Backends(make_settings(tmp_path, _env("cloud", request)))
+    backends = Composition(make_settings(tmp_path, _env("cloud", request)))
     objects, messages = backends.object_store, backends.chat_store
     await harness.provision(backends.settings)
     async with backends:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from chat_core.backends import Backends
 from chat_core.chatstore import Device
+from chat_core.composition import Composition
 from chat_core.notifications import Notification
 from chat_core.push import PushMessage, PushRouter
 from chat_core.push.apns import ENDPOINTS, ApnsPushProvider
@@ -61,7 +61,7 @@ async def apns(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
             key_file, public_key = auth_key(tmp_path)
             receiver = ApnsReceiver(public_key)
             endpoint = await opened.enter_async_context(served(receiver))
-            backends = Backends(make_settings(tmp_path, {**apns_env(key_file, endpoint), **env}))
+            backends = Composition(make_settings(tmp_path, {**apns_env(key_file, endpoint), **env}))
             router = backends.push_provider
             await opened.enter_async_context(backends)
             return receiver, router
@@ -164,7 +164,7 @@ async def test_a_key_that_is_not_p256_is_refused_at_start(tmp_path: Path) -> Non
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
-    backends = Backends(make_settings(tmp_path, apns_env(key_file, "http://127.0.0.1:9")))
+    backends = Composition(make_settings(tmp_path, apns_env(key_file, "http://127.0.0.1:9")))
     _ = backends.push_provider
     with pytest.raises(ValueError, match="APNS_KEY_FILE"):
         await backends.start()
@@ -199,7 +199,7 @@ async def test_a_device_no_configured_provider_can_reach_is_skipped_and_kept(
     apns: Callable[..., Awaitable[Rig]], tmp_path: Path
 ) -> None:
     receiver, router = await apns()
-    backends = Backends(make_settings(tmp_path / "store"))
+    backends = Composition(make_settings(tmp_path / "store"))
     devices, receipts, queue = backends.devices, backends.push_receipts, backends.notification_queue
     async with backends:
         now = dt.datetime.now(dt.UTC)

@@ -16,9 +16,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
+import notification_consumer.app
 from chat_core import tracing
-from chat_core.backends import Backends
 from chat_core.chatstore import ChatStore, Conversation, Device, Message
+from chat_core.composition import Composition
 from chat_core.notifications import Notification, NotificationQueue
 from notification_consumer import app as consumer_app
 from notification_consumer.consumer import NotificationConsumer
@@ -58,7 +59,7 @@ def notification(recipients: tuple[str, ...], **fields: Any) -> Notification:
 
 @dataclass
 class Rig:
-    backends: Backends
+    backends: Composition
     queue: NotificationQueue
     store: ChatStore
     receiver: WebhookReceiver
@@ -77,7 +78,7 @@ class Rig:
 async def rig(
     request: pytest.FixtureRequest, tmp_path: Path, serve: Callable[[Any], Awaitable[str]]
 ) -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
-    made: list[Backends] = []
+    made: list[Composition] = []
 
     async def make(**env: str) -> Rig:
         receiver = WebhookReceiver()
@@ -98,8 +99,8 @@ async def rig(
             settings_env["SQS_DLQ_NAME"] = settings_env["SQS_QUEUE_NAME"] + "-dlq"
         settings = make_settings(tmp_path / uuid.uuid4().hex, settings_env)
         await harness.provision(settings)
-        backends = Backends(settings)
-        consumer = NotificationConsumer.from_backends(settings, backends)
+        backends = Composition(settings)
+        consumer = NotificationConsumer.from_ports(settings, notification_consumer.app.ports(backends))
         await backends.start()
         made.append(backends)
         return Rig(backends, backends.notification_queue, backends.chat_store, receiver, consumer)
@@ -333,14 +334,14 @@ async def test_the_consumer_app_runs_the_worker_and_reports_readiness(
     await r.backends.close()
     app = consumer_app.create_app(r.backends.settings)
     client = await client_for(app)
-    store: ChatStore = app.state.backends.chat_store
+    store: ChatStore = app.state.root.chat_store
     await store.put_device(
         Device(token="bob-phone-0001", platform="android", user_id="bob", updated_at=dt.datetime.now(dt.UTC))
     )
     ready = await client.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert {"notification_queue", "sqs"} & set(ready.json()["checks"])
-    await app.state.backends.notification_queue.send([notification(("bob",))])
+    await app.state.root.notification_queue.send([notification(("bob",))])
     await r.receiver.wait_for(1)
     metrics = await client.get("/metrics")
     assert "chat_notifications_sent_total" in metrics.text

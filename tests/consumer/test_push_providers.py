@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.push import PushMessage, PushProvider
 from tests import harness
 from tests.conftest import make_settings
@@ -35,10 +35,10 @@ def push(token: str = "device-token-1", **fields: Any) -> PushMessage:  # noqa: 
 
 @pytest.fixture
 async def open_provider(tmp_path: Path) -> AsyncIterator[Callable[[dict[str, str]], Awaitable[PushProvider]]]:
-    opened: list[Backends] = []
+    opened: list[Composition] = []
 
     async def open_(env: dict[str, str]) -> PushProvider:
-        backends = Backends(make_settings(tmp_path, env))
+        backends = Composition(make_settings(tmp_path, env))
         provider = backends.push_provider
         await backends.start()
         opened.append(backends)

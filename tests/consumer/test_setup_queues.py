@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgspec
 
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.jobqueue.sqs import SqsJobQueue
 from tests import harness
 from tests.conftest import TEST_SECRET, make_settings, unique
@@ -46,7 +46,7 @@ async def test_setup_creates_the_queue_and_its_dead_letter_queue_and_can_run_aga
     assert again.returncode == 0, again.stderr
     assert "ok: notification queue (sqs)" in again.stdout
     assert "ok: media queue (sqs)" in again.stdout  # without S3 no bucket step makes it
-    backends = Backends(make_settings(tmp_path, env))
+    backends = Composition(make_settings(tmp_path, env))
     queue = backends.notification_queue
     assert isinstance(queue, SqsJobQueue)
     async with backends:

@@ -13,7 +13,7 @@ from typing import Any
 import botocore.session
 import pytest
 
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.jobqueue.sqs import SqsJobQueue
 from chat_core.notifications import Notification
 from chat_core.objectstore.s3 import S3ObjectStore
@@ -41,7 +41,7 @@ def _sdk(service: str, endpoint: str) -> Any:
 
 
 @pytest.fixture
-async def aws(tmp_path: Path, localstack: harness.Backend) -> AsyncIterator[tuple[Backends, Any, Any]]:
+async def aws(tmp_path: Path, localstack: harness.Backend) -> AsyncIterator[tuple[Composition, Any, Any]]:
     settings = make_settings(
         tmp_path,
         {
@@ -54,7 +54,7 @@ async def aws(tmp_path: Path, localstack: harness.Backend) -> AsyncIterator[tupl
             "AWS_ENDPOINT_URL": localstack.address,
         },
     )
-    backends = Backends(settings)
+    backends = Composition(settings)
     store = backends.object_store
     queue = backends.notification_queue
     assert isinstance(store, S3ObjectStore)
@@ -65,7 +65,7 @@ async def aws(tmp_path: Path, localstack: harness.Backend) -> AsyncIterator[tupl
 
 
 @pytest.mark.parametrize("key", KEYS)
-async def test_what_we_write_the_sdk_reads_and_back(aws: tuple[Backends, Any, Any], key: str) -> None:
+async def test_what_we_write_the_sdk_reads_and_back(aws: tuple[Composition, Any, Any], key: str) -> None:
     backends, s3, _ = aws
     store = backends.object_store
     assert isinstance(store, S3ObjectStore)
@@ -96,7 +96,7 @@ async def test_what_we_write_the_sdk_reads_and_back(aws: tuple[Backends, Any, An
     )
 
 
-async def test_queue_messages_cross_between_our_client_and_the_sdk(aws: tuple[Backends, Any, Any]) -> None:
+async def test_queue_messages_cross_between_our_client_and_the_sdk(aws: tuple[Composition, Any, Any]) -> None:
     backends, _, sqs = aws
     queue = backends.notification_queue
     assert isinstance(queue, SqsJobQueue)

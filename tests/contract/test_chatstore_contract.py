@@ -13,7 +13,6 @@ import msgspec
 import pytest
 from msgspec.structs import replace as msgspec_replace
 
-from chat_core.backends import Backends
 from chat_core.chatstore import (
     ChatStore,
     Conversation,
@@ -36,6 +35,7 @@ from chat_core.chatstore import (
     new_event,
 )
 from chat_core.chatstore.sqlite import SqliteChatStore
+from chat_core.composition import Composition
 from chat_core.timestamps import micros
 from tests.conftest import make_settings
 
@@ -44,13 +44,13 @@ T0 = dt.datetime(2024, 4, 19, 12, 35, 0, 123456, tzinfo=dt.UTC)
 
 @pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.firestore)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChatStore]:
-    """The adapter as a service gets it: built by ``Backends`` from settings, started, closed."""
+    """The adapter as a service gets it: built by the composition root from settings, started, closed."""
     env = {"MESSAGE_STORE": request.param}
     if request.param == "firestore":
         project = request.getfixturevalue("firestore_project")
         emulator = request.getfixturevalue("firestore_emulator")
         env |= {"FIRESTORE_PROJECT_ID": project, "FIRESTORE_EMULATOR_HOST": emulator.address}
-    backends = Backends(make_settings(tmp_path, env))
+    backends = Composition(make_settings(tmp_path, env))
     message_store = backends.chat_store
     assert message_store.name == request.param
     async with backends:
@@ -59,7 +59,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 async def test_every_narrow_store_is_served_by_the_one_adapter(tmp_path: Path) -> None:
     """A message, its image reference and its outbox entry commit together: one adapter behind all ports."""
-    backends = Backends(make_settings(tmp_path))
+    backends = Composition(make_settings(tmp_path))
     adapter = backends.chat_store
     narrow = [backends.conversations, backends.messages, backends.devices, backends.outbox]
     assert all(store is adapter for store in [*narrow, backends.push_receipts])

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from chat_core.backends import Backends
 from chat_core.chatstore import firestore
+from chat_core.composition import Composition
 from tests import harness
 from tests.conftest import make_settings
 
@@ -60,7 +60,7 @@ async def test_the_settings_emulator_wins_over_the_environment(
             "FIRESTORE_EMULATOR_HOST": firestore_emulator.address,
         },
     )
-    backends = Backends(settings)
+    backends = Composition(settings)
     store = backends.chat_store  # asked for before start-up, as a service does
     async with backends:
         await store.ping()

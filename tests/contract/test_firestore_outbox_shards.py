@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from chat_core.backends import Backends
 from chat_core.chatstore import Conversation, Message
 from chat_core.chatstore.firestore import (
     OUTBOX,
@@ -20,6 +19,7 @@ from chat_core.chatstore.firestore import (
     FirestoreChatStore,
     outbox_shard,
 )
+from chat_core.composition import Composition
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.firestore
@@ -35,7 +35,7 @@ async def store(
         "FIRESTORE_PROJECT_ID": firestore_project,
         "FIRESTORE_EMULATOR_HOST": firestore_emulator.address,
     }
-    backends = Backends(make_settings(tmp_path, env))
+    backends = Composition(make_settings(tmp_path, env))
     store = backends.chat_store
     assert isinstance(store, FirestoreChatStore)
     async with backends:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from chat_core.app_factory import create_service_app
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.objectstore import ByteRange, ObjectChanged, ObjectNotFound, ObjectStore, RangeNotSatisfiable
 from tests import harness
 from tests.conftest import make_settings, unique
@@ -34,10 +34,10 @@ def bucket(localstack: harness.Backend) -> str:
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.localstack)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path, serve: Any) -> AsyncIterator[ObjectStore]:
-    """The adapter as a service gets it (built by ``Backends``, started by the app's lifespan)."""
+    """The adapter as a service gets it (built by the composition root, started by the app's lifespan)."""
     if request.param == "local":
         port = harness.free_port()
-        backends = Backends(make_settings(tmp_path, {"PORT": str(port)}))
+        backends = Composition(make_settings(tmp_path, {"PORT": str(port)}))
         local = backends.object_store
         # The local store's signed URLs point at the process's own /_storage route: serve it for real.
         await serve(create_service_app(backends.settings, backends, [], component="test", title="t"), port)
@@ -46,7 +46,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path, serve: Any) -> A
     localstack: harness.Backend = request.getfixturevalue("localstack")
     bucket: str = request.getfixturevalue("bucket")
     env = {"OBJECT_STORE": "s3", "S3_BUCKET_NAME": bucket, "AWS_ENDPOINT_URL": localstack.address}
-    backends = Backends(make_settings(tmp_path, env))
+    backends = Composition(make_settings(tmp_path, env))
     s3 = backends.object_store
     if bucket not in _buckets_ready:
         await harness.provision(backends.settings)

@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from chat_core.aws import AwsError
-from chat_core.backends import Backends, job_queue
+from chat_core.composition import Composition
 from chat_core.jobqueue import Job, JobKind, JobQueue, Received
 from chat_core.jobqueue.sqs import SqsJobQueue
 from chat_core.media import MediaJob, S3Entity, S3Object, S3Record, media_jobs
@@ -134,7 +134,7 @@ async def open_queue(
 ) -> AsyncIterator[OpenQueue]:
     """``await open_queue(visibility_timeout=30)`` -> a started queue of the parametrised adapter and job
     type, under fresh private names."""
-    opened: list[Backends] = []
+    opened: list[Composition] = []
 
     async def open_(*, visibility_timeout: int = 30) -> Queue:
         env = {"NOTIFICATION_QUEUE": request.param}
@@ -151,8 +151,8 @@ async def open_queue(
         )
         if request.param == "sqs":
             await harness.provision_queue(settings, kind)
-        backends = Backends(settings)
-        queue = job_queue(backends, kind)
+        backends = Composition(settings)
+        queue = backends.job_queue(kind)
         opened.append(backends)
         await backends.start()
         await queue.start()
@@ -342,11 +342,13 @@ async def test_depth_counts_waiting_and_in_flight_messages(queue: Queue, job: Ca
 
 # --- SQS only ---------------------------------------------------------------------------------------
 @pytest.fixture
-async def sqs_backends(localstack: harness.Backend, tmp_path: Path) -> AsyncIterator[Callable[..., Backends]]:
-    made: list[Backends] = []
+async def sqs_backends(
+    localstack: harness.Backend, tmp_path: Path
+) -> AsyncIterator[Callable[..., Composition]]:
+    made: list[Composition] = []
     name = unique("notifications")
 
-    def make(**overrides: str) -> Backends:
+    def make(**overrides: str) -> Composition:
         env = {
             "NOTIFICATION_QUEUE": "sqs",
             "AWS_ENDPOINT_URL": localstack.address,
@@ -355,7 +357,7 @@ async def sqs_backends(localstack: harness.Backend, tmp_path: Path) -> AsyncIter
             "NOTIFICATION_MAX_RECEIVES": str(MAX_RECEIVES),
             **overrides,
         }
-        backends = Backends(make_settings(tmp_path, env))
+        backends = Composition(make_settings(tmp_path, env))
         made.append(backends)
         return backends
 
@@ -364,7 +366,7 @@ async def sqs_backends(localstack: harness.Backend, tmp_path: Path) -> AsyncIter
         await backends.close()
 
 
-def _sqs(backends: Backends) -> SqsJobQueue[Notification]:
+def _sqs(backends: Composition) -> SqsJobQueue[Notification]:
     queue = backends.notification_queue
     assert isinstance(queue, SqsJobQueue)
     return queue
@@ -378,7 +380,7 @@ async def _redrive_policy(queue: SqsJobQueue[Notification], name: str) -> dict[s
 
 
 async def test_setup_creates_both_queues_with_the_redrive_policy(
-    sqs_backends: Callable[..., Backends],
+    sqs_backends: Callable[..., Composition],
 ) -> None:
     backends = sqs_backends()
     queue = _sqs(backends)
@@ -391,7 +393,7 @@ async def test_setup_creates_both_queues_with_the_redrive_policy(
 
 
 async def test_setup_brings_an_existing_queue_in_line_with_the_settings(
-    sqs_backends: Callable[..., Backends],
+    sqs_backends: Callable[..., Composition],
 ) -> None:
     first = sqs_backends()
     await harness.provision(first.settings)
@@ -404,7 +406,7 @@ async def test_setup_brings_an_existing_queue_in_line_with_the_settings(
 
 
 async def test_a_queue_that_vanished_is_not_recreated_by_the_service_and_works_again_after_setup(
-    sqs_backends: Callable[..., Backends],
+    sqs_backends: Callable[..., Composition],
 ) -> None:
     """The adapter would make it without its redrive, retention and policy: setup is the one writer."""
     backends = sqs_backends()
@@ -430,7 +432,7 @@ async def test_start_survives_an_unreachable_sqs_and_readiness_reports_it(tmp_pa
     settings = make_settings(
         tmp_path, {"NOTIFICATION_QUEUE": "sqs", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{harness.free_port()}"}
     )
-    backends = Backends(settings)
+    backends = Composition(settings)
     queue = backends.notification_queue
     async with backends:
         with pytest.raises(Exception):  # noqa: B017, PT011 - whichever transport error httpx raises

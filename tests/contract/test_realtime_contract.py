@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.realtime import (
     MEMBERSHIP_CHANNEL,
     EventBus,
@@ -93,14 +93,13 @@ async def _open(kind: str, tmp_path: Path, env: dict[str, str]) -> AsyncIterator
     if kind == "redis-cluster":
         env = {"REDIS_MODE": "cluster", **env}
     settings = make_settings(tmp_path, {"EVENT_BUS": kind.partition("-")[0], **env})
-    backends = Backends(settings)
-    factories: dict[str, Callable[..., Presence]] = {
-        "memory": memory_adapter.create_presence,
-        "redis": redis_adapter.create_presence,
-        "redis-cluster": redis_adapter.create_presence,
-    }
+    backends = Composition(settings)
     bus, presence = backends.event_bus, backends.presence
-    short = factories[kind](backends, ttl_seconds=SHORT_TTL)
+    short: Presence  # a second presence with a short TTL, on the same connections as the root's
+    if kind == "memory":
+        short = memory_adapter.MemoryPresence(SHORT_TTL)
+    else:
+        short = redis_adapter.RedisPresence(backends.redis_connections, SHORT_TTL)
     await short.start()
     async with backends:
         yield Realtime(kind, bus, presence, short)

@@ -427,7 +427,7 @@ def port_calls(role: str, methods: Iterable[str], receiver: str, port: str = "ob
                 and pattern.search(ast.unparse(node.func.value))
             ):
                 called.add(node.func.attr)
-            # Holding the port means /readyz pings it (and Backends starts it).
+            # Holding the port means /readyz pings it (and the composition root starts it).
             if isinstance(node, ast.Attribute) and node.attr == port:
                 called |= {"ping", "start"} & wanted
     return called

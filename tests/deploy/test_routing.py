@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from chat_core.app_factory import create_service_app
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_devstack import gateway
 from chat_management import all as all_in_one
 from chat_management import webclient
@@ -230,10 +230,10 @@ def served_paths(component: str, tmp_path: Path) -> list[str]:
     """Concrete paths for every route the service itself adds (not health, metrics, docs or storage)."""
     module = all_in_one.SERVICES[component]
     settings = make_settings(tmp_path)
-    backends = Backends(settings)
-    parts = module.build(settings, backends)
+    backends = Composition(settings)
+    parts = module.build(settings, module.ports(backends))
     app = create_service_app(settings, backends, [parts], component=component, title=component)
-    bare = create_service_app(settings, Backends(settings), [], component="bare", title="bare")
+    bare = create_service_app(settings, Composition(settings), [], component="bare", title="bare")
     adapter_paths = {path for handler in backends.route_handlers() for path in handler.paths}
     templates = {route.path for route in app.routes} - {route.path for route in bare.routes} - adapter_paths
     object_key = OBJECT_PATH.split("/", 3)[3]
@@ -320,7 +320,7 @@ def test_no_profile_routes_the_dev_sign_in(profile_name: str) -> None:
 def test_every_route_of_serve_web_reaches_the_web_pods(tmp_path: Path) -> None:
     app = webclient.create_app(make_settings(tmp_path))
     bare = create_service_app(
-        make_settings(tmp_path), Backends(make_settings(tmp_path)), [], component="b", title="b"
+        make_settings(tmp_path), Composition(make_settings(tmp_path)), [], component="b", title="b"
     )
     templates = {route.path for route in app.routes} - {route.path for route in bare.routes}
     assert templates == {"/", "/web/{name:path}"}

@@ -1,31 +1,27 @@
 """What each rendered workload is, read from the chart and from the code: its environment as the pod would
 see it, and the backends the code wires for it under that environment.
 
-The backends come from the code's own wiring, not from a list: a service's ``build`` (each target of
-its ``serve`` arguments) runs on a fresh ``Backends`` from the pod's settings, and the adapters it asks
-for are the ones it uses. The cleanup job's are the ``backends.<port>`` its ``run`` reads; the test
+The backends come from the code's own wiring, not from a list: a service's ``ports`` and ``build`` (each
+target of its ``serve`` arguments) run on a fresh composition root from the pod's settings, and the
+adapters it picks are the ones it uses. The cleanup job's are the ones its ``ports`` picks; the test
 profile's setup Job's are the ones ``chat-management setup`` asks for. Nothing is started.
 """
 
 from __future__ import annotations
 
-import ast
-import functools
 import ipaddress
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from chat_core.backends import Backends, ReadinessProbe, UsesAws
+from chat_core.capabilities import ReadinessProbe, UsesAws
+from chat_core.composition import Composition
 from chat_core.settings import iter_env_vars, load_settings
 from tests.deploy.conftest import NAMESPACE, Rendered
-from tests.harness import ROOT
 
 POD_KINDS = {"Deployment", "Job", "CronJob"}
-CLEANUP_SOURCE = ROOT / "services" / "upload" / "src" / "upload_service" / "cleanup.py"
 # Variables that carry one backend's credentials: what the profile gives one workload on that backend
 # it must give every workload on it, and none off it.
 CREDENTIAL_FAMILIES = {
@@ -122,37 +118,19 @@ def settings_env(workload: Workload) -> dict[str, str]:
     return {**workload.env, **stand_ins}
 
 
-@functools.cache
-def _cleanup_ports() -> tuple[str, ...]:
-    """The ``backends.<port>`` the cleanup job's ``run`` reads, from its source."""
-    tree = ast.parse(Path(CLEANUP_SOURCE).read_text())
-    (run,) = [n for n in tree.body if isinstance(n, ast.AsyncFunctionDef) and n.name == "run"]
-    return tuple(
-        sorted(
-            {
-                node.attr
-                for node in ast.walk(run)
-                if isinstance(node, ast.Attribute)
-                and isinstance(node.value, ast.Name)
-                and node.value.id == "backends"
-            }
-        )
-    )
-
-
-def wired(workload: Workload) -> Backends | None:
-    """The code's ``Backends`` for this workload with the adapters it asks for; None: it uses none."""
+def wired(workload: Workload) -> Composition | None:
+    """The code's composition root for this workload with the adapters it picks; None: it uses none."""
     from chat_management import all as all_in_one
     from chat_management.cli import _setup_steps
+    from upload_service import cleanup
 
     settings = load_settings(settings_env(workload))
-    backends = Backends(settings)
+    backends = Composition(settings)
     if workload.serves:
-        for target in workload.serves:  # `serve message upload`: both services' parts on one Backends
-            all_in_one.SERVICES[target].build(settings, backends)
+        for target in workload.serves:  # `serve message upload`: both services' parts on one root
+            all_in_one.build(target, settings, backends)
     elif workload.args[:1] == ["cleanup-orphans"]:
-        for port in _cleanup_ports():
-            getattr(backends, port)
+        cleanup.ports(backends)
     elif workload.args[:1] == ["setup"]:
         _setup_steps(backends)
     else:
@@ -160,10 +138,10 @@ def wired(workload: Workload) -> Backends | None:
     return backends
 
 
-def kinds_of(backends: Backends) -> dict[str, set[str]]:
+def kinds_of(backends: Composition) -> dict[str, set[str]]:
     """Backend kind (redis, aws, google, fcm) -> the ports that use it."""
     kinds: dict[str, set[str]] = {}
-    for port, adapter in backends._adapters.items():
+    for port, adapter in backends.adapters().items():
         name = f"{type(adapter).__module__}.{type(adapter).__name__}".lower()
         if isinstance(adapter, UsesAws):
             kind = "aws"
@@ -179,9 +157,9 @@ def kinds_of(backends: Backends) -> dict[str, set[str]]:
     return kinds
 
 
-def readiness_kinds(backends: Backends) -> set[str]:
+def readiness_kinds(backends: Composition) -> set[str]:
     """The backend kinds /readyz asks (one check per adapter that can be asked)."""
-    probed = {port for port, adapter in backends._adapters.items() if isinstance(adapter, ReadinessProbe)}
+    probed = {port for port, adapter in backends.adapters().items() if isinstance(adapter, ReadinessProbe)}
     return {kind for kind, ports in kinds_of(backends).items() if ports & probed}
 
 
@@ -199,7 +177,7 @@ def _endpoint(why: str, url: str, default_port: int) -> Endpoint:
     return Endpoint(why, parts.hostname or "", parts.port or scheme_port)
 
 
-def endpoints(workload: Workload, backends: Backends | None) -> list[Endpoint]:
+def endpoints(workload: Workload, backends: Composition | None) -> list[Endpoint]:
     env = settings_env(workload)
     kinds = kinds_of(backends) if backends is not None else {}
     found: list[Endpoint] = []

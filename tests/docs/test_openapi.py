@@ -17,7 +17,7 @@ import message_service.app
 import upload_service.app
 from chat_core import keys
 from chat_core.app_factory import ServiceParts, create_service_app
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.openapi import openapi_document
 from tests.conftest import make_settings
 
@@ -192,9 +192,9 @@ def test_a_route_added_with_bare_ids_still_gets_their_shapes_and_links(tmp_path:
         return {}
 
     settings = make_settings(tmp_path)
-    backends = Backends(settings)
+    backends = Composition(settings)
     parts = [
-        message_service.app.build(settings, backends),
+        message_service.app.build(settings, message_service.app.ports(backends)),
         ServiceParts(component="pins", route_handlers=[pinned]),
     ]
     document = openapi_document(create_service_app(settings, backends, parts, component="t", title="t"))

@@ -16,7 +16,7 @@ from litestar.di import NamedDependency
 
 from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.auth import AuthError, CachingVerifier, HS256Verifier, JwksVerifier, Principal
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.settings import Settings
 from tests.conftest import TEST_SECRET, token_for
 from tests.jwks_server import JwksServer
@@ -213,7 +213,7 @@ def whoami(principal: NamedDependency[Principal]) -> dict[str, str]:
 
 @pytest.fixture
 async def whoami_client(settings: Settings, client_for: Any) -> Any:
-    backends = Backends(settings)
+    backends = Composition(settings)
     app = create_service_app(
         settings,
         backends,

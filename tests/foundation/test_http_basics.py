@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from chat_core import tracing
 from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.auth import Principal
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.errors import ProblemError
 from chat_core.logging import configure_logging
 from chat_core.settings import Settings
@@ -48,7 +48,7 @@ def boom() -> None:
 
 
 def _app(settings: Settings, readiness: dict[str, Any] | None = None) -> Any:
-    backends = Backends(settings)
+    backends = Composition(settings)
     part = ServiceParts(component="things", route_handlers=[get_thing, create_thing, boom])
     app = create_service_app(settings, backends, [part], component="things", title="things")
     if readiness:

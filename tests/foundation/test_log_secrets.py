@@ -29,7 +29,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from chat_core.auth import mint_token
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.logging import HandshakeRefusals, configure_logging
 from chat_core.redaction import redact_text
 from chat_management import all as all_in_one
@@ -235,7 +235,7 @@ async def test_a_run_of_the_main_flows_logs_no_secret_and_no_message_text(
         **(_cloud_env(request) if stack == "cloud" else {}),
     }
     settings = make_settings(tmp_path, env)
-    backends = Backends(settings)
+    backends = Composition(settings)
     app = all_in_one.create_app(settings, backends)
     minted = Minted()
     if stack == "cloud":

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from chat_core.auth import JwksVerifier
 from chat_core.aws import AwsError, AwsHttp, aws_endpoint, aws_partition
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.jobqueue.sqs import SqsJobQueue
 from chat_core.notifications import Notification
 from chat_core.objectstore.s3 import S3ObjectStore
@@ -47,7 +47,7 @@ def _hostport(url: str) -> str:
 @pytest.fixture
 async def proxied_aws(
     tmp_path: Path, localstack: harness.Backend
-) -> AsyncIterator[tuple[FaultProxy, Backends]]:
+) -> AsyncIterator[tuple[FaultProxy, Composition]]:
     async with running_proxy(_hostport(localstack.address)) as proxy:
         settings = make_settings(
             tmp_path,
@@ -61,7 +61,7 @@ async def proxied_aws(
                 "AWS_ENDPOINT_URL": f"http://{proxy.address}",
             },
         )
-        backends = Backends(settings)
+        backends = Composition(settings)
         store = backends.object_store
         assert isinstance(store, S3ObjectStore)
         assert backends.notification_queue is not None
@@ -72,7 +72,7 @@ async def proxied_aws(
 
 @pytest.mark.parametrize("how", ["503", "reset"])
 async def test_s3_calls_survive_transient_failures(
-    proxied_aws: tuple[FaultProxy, Backends], how: Any
+    proxied_aws: tuple[FaultProxy, Composition], how: Any
 ) -> None:
     proxy, backends = proxied_aws
     store = backends.object_store
@@ -89,7 +89,7 @@ async def test_s3_calls_survive_transient_failures(
     assert retries("s3", "GET", reason) == before + (3 if how == "503" else 1)
 
 
-async def test_a_client_error_is_never_tried_again(proxied_aws: tuple[FaultProxy, Backends]) -> None:
+async def test_a_client_error_is_never_tried_again(proxied_aws: tuple[FaultProxy, Composition]) -> None:
     proxy, backends = proxied_aws
     store = backends.object_store
     connections = proxy.connections
@@ -104,7 +104,7 @@ async def test_a_client_error_is_never_tried_again(proxied_aws: tuple[FaultProxy
 
 
 async def test_the_budget_bounds_the_attempts_and_the_answer_is_the_last_one(
-    proxied_aws: tuple[FaultProxy, Backends],
+    proxied_aws: tuple[FaultProxy, Composition],
 ) -> None:
     proxy, backends = proxied_aws
     await backends.aws_http.close()
@@ -122,7 +122,7 @@ async def test_the_budget_bounds_the_attempts_and_the_answer_is_the_last_one(
     proxy.fail_next(0)
 
 
-async def test_sqs_calls_survive_transient_failures(proxied_aws: tuple[FaultProxy, Backends]) -> None:
+async def test_sqs_calls_survive_transient_failures(proxied_aws: tuple[FaultProxy, Composition]) -> None:
     proxy, backends = proxied_aws
     queue = backends.notification_queue
     assert isinstance(queue, SqsJobQueue)
@@ -157,7 +157,7 @@ async def test_a_streamed_body_is_bounded_per_read_not_in_total(
         tmp_path,
         {"OBJECT_STORE": "s3", "S3_BUCKET_NAME": unique("stream"), "AWS_ENDPOINT_URL": localstack.address},
     )
-    backends = Backends(settings)
+    backends = Composition(settings)
     backends.aws_http = AwsHttp(timeout=1.0, read_timeout=1.0)
     store = backends.object_store
     assert isinstance(store, S3ObjectStore)
@@ -202,7 +202,7 @@ async def test_fcm_token_fetch_survives_transient_failures(serve: Serve, tmp_pat
     credentials.write_text(json.dumps(account))
     async with running_proxy(_hostport(base)) as proxy:
         receiver.base_url = f"http://{proxy.address}"  # the assertion's audience is the URL we call
-        backends = Backends(
+        backends = Composition(
             make_settings(
                 tmp_path,
                 {
@@ -243,7 +243,7 @@ def test_aws_conventions_region_endpoints_and_partitions(tmp_path: Path) -> None
         }
     )
     assert settings.aws.region == "cn-north-1"
-    backends = Backends(settings)
+    backends = Composition(settings)
     store = backends.object_store
     queue = backends.notification_queue
     assert isinstance(store, S3ObjectStore)
@@ -265,5 +265,5 @@ def test_aws_conventions_region_endpoints_and_partitions(tmp_path: Path) -> None
     plain = load_settings(
         {"AUTH_JWT_SECRET": "x" * 40, "AWS_REGION": "cn-north-1", "OBJECT_STORE": "s3", "S3_BUCKET_NAME": "b"}
     )
-    assert isinstance(s3 := Backends(plain).object_store, S3ObjectStore)
+    assert isinstance(s3 := Composition(plain).object_store, S3ObjectStore)
     assert s3.public_endpoint_url == "https://s3.cn-north-1.amazonaws.com.cn"

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from chat_core import keys
 from chat_core.auth import JwksVerifier
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.errors import ProblemError
 from chat_core.objectstore.local import SIGNING_KEY_FILE, LocalObjectStore, SigningKeyError
 from chat_core.objectstore.serving import BYTES_CSP
@@ -58,7 +58,7 @@ async def test_storage_bytes_carry_nosniff_csp_and_a_safe_disposition(
     client_for: Any, tmp_path: Path, content_type: str, disposition: str
 ) -> None:
     settings = make_settings(tmp_path)
-    backends = Backends(settings)
+    backends = Composition(settings)
     http = await client_for(create_app(settings, backends))
     key = f"uploads/room/images/alice/20260101-000000-{'0' * 8}-0000-0000-0000-{'0' * 12}.jpg"
     await backends.object_store.put(key, JPEG, content_type=content_type)

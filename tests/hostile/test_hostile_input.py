@@ -215,8 +215,8 @@ async def test_an_identifier_with_a_trailing_newline_is_refused(
         method, url, content=body, headers={"Content-Type": "application/json", **auth_header("alice")}
     )
     assert_clean_refusal(response)
-    assert not (await app.state.backends.conversations.get_participants(CONVERSATION + "\n"))
-    devices = await app.state.backends.devices.devices_for(["alice"])
+    assert not (await app.state.root.conversations.get_participants(CONVERSATION + "\n"))
+    devices = await app.state.root.devices.devices_for(["alice"])
     assert all(not device.token.endswith("\n") for device in devices.get("alice", []))
 
 
@@ -234,9 +234,9 @@ async def test_a_body_identifier_with_a_newline_is_refused_and_never_stored(
 ) -> None:
     response = await client.post("/conversations", json=body, headers=auth_header("alice"))
     assert_clean_refusal(response, statuses=range(400, 401))
-    page = await app.state.backends.conversations.list_conversations("bob\n", limit=10)
+    page = await app.state.root.conversations.list_conversations("bob\n", limit=10)
     assert page.items == []
-    assert await app.state.backends.conversations.get_participants("fresh-room\n") is None
+    assert await app.state.root.conversations.get_participants("fresh-room\n") is None
 
 
 @pytest.mark.parametrize(("method", "path"), ALL_ROUTES, ids=[f"{m} {p}" for m, p in ALL_ROUTES])
@@ -305,7 +305,7 @@ async def test_a_storage_put_with_a_hostile_content_length_is_refused(
     client: httpx.AsyncClient, length: str
 ) -> None:
     # Reaches the length check only with a valid signature: presign one through the store.
-    store = client._transport.app.state.backends.object_store  # type: ignore[attr-defined]
+    store = client._transport.app.state.root.object_store  # type: ignore[attr-defined]
     upload = store.presign_put(
         f"uploads/{CONVERSATION}/{IMAGE_KEY}", content_type="image/jpeg", content_length=None, expires_in=60
     )
@@ -321,7 +321,7 @@ async def test_after_the_hostile_rounds_the_app_is_healthy_and_nothing_malformed
 ) -> None:
     assert (await client.get("/readyz")).status_code == 200
     for user in ("alice", "bob"):
-        page = await app.state.backends.conversations.list_conversations(user, limit=100)
+        page = await app.state.root.conversations.list_conversations(user, limit=100)
         for conversation in page.items:
             assert "\n" not in conversation.conversation_id
             assert all("\n" not in member for member in conversation.participants)

@@ -18,8 +18,9 @@ from litestar import Litestar
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from chat_core.backends import Backends
+import message_service.app
 from chat_core.chatstore import Conversation, Device
+from chat_core.composition import Composition
 from chat_core.objectstore import ByteRange
 from chat_core.push import PushRouter
 from chat_core.realtime import EventBusUnavailable, conversation_channel
@@ -45,7 +46,7 @@ def open_fds(under: Path) -> int:
 
 
 async def test_a_body_never_read_does_not_leak_its_file_descriptor(tmp_path: Path) -> None:
-    backends = Backends(make_settings(tmp_path))
+    backends = Composition(make_settings(tmp_path))
     store = backends.object_store
     async with backends:
         await store.put(KEY, JPEG, content_type="image/jpeg")
@@ -65,7 +66,7 @@ async def test_a_body_never_read_does_not_leak_its_file_descriptor(tmp_path: Pat
 
 async def test_aborted_storage_requests_close_their_file_descriptors(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    backends = Backends(settings)
+    backends = Composition(settings)
     app: Any = create_app(settings, backends)
     async with running(app):
         await backends.object_store.put(KEY, JPEG, content_type="image/jpeg")
@@ -160,7 +161,7 @@ class _FailingForOneToken:
 
 async def test_one_failing_push_leaves_no_sibling_push_running(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, {"PUSH_PROVIDER": "log"})
-    backends = Backends(settings)
+    backends = Composition(settings)
     push, devices, receipts, queue = (
         backends.push_provider,
         backends.devices,
@@ -233,9 +234,10 @@ async def test_a_bus_failing_under_a_live_socket_closes_it_with_1013_not_1011(
     tmp_path: Path, serve: Any
 ) -> None:
     settings = make_settings(tmp_path)
-    backends = Backends(settings)
+    backends = Composition(settings)
     bus = backends.event_bus
-    sockets = RealtimeSockets.from_backends(settings, backends, bus=_BusFailingOnResubscribe(bus))  # type: ignore[arg-type]
+    failing: Any = _BusFailingOnResubscribe(bus)
+    sockets = RealtimeSockets.from_ports(settings, message_service.app.ports(backends), bus=failing)
     async with backends:
         now = dt.datetime.now(dt.UTC)
         await backends.conversations.create_conversation(

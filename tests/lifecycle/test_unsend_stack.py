@@ -17,9 +17,10 @@ import msgspec
 import pytest
 
 import image_proxy.app
+import media_processor.app
 from chat_core import keys
-from chat_core.backends import Backends
 from chat_core.chatstore import Message
+from chat_core.composition import Composition
 from chat_core.media import MediaJob
 from media_processor.worker import MediaWorker
 from message_service.service import delete_message
@@ -166,7 +167,7 @@ async def test_a_media_job_for_an_unsent_message_does_nothing_but_make_sure_its_
         f"/conversations/{cid}/messages/{message_id}", headers=auth_header("alice")
     )
     assert deleted.status_code == 204
-    worker = MediaWorker.from_backends(stack.backends.settings, stack.backends)
+    worker = MediaWorker.from_ports(stack.backends.settings, media_processor.app.ports(stack.backends))
     job = MediaJob(message_id=message_id, conversation_id=cid, object_key=raw_key, object_etag=info.etag)
     assert await worker.process(job) == "skipped"
     assert await remaining_objects(stack, cid, message_id, raw_key) == []
@@ -186,7 +187,9 @@ async def test_every_proxy_replica_forgets_an_unsent_image_at_once(
     redis = request.getfixturevalue("redis_backend")
     bus = {"EVENT_BUS": "redis", "REDIS_URL": redis.address, "LIMIT_KEY_PREFIX": f"t{uuid.uuid4().hex[:8]}"}
     stack = await make_lifecycle_stack(bus)
-    other = Backends(msgspec.structs.replace(stack.backends.settings))  # same stores, its own process state
+    other = Composition(
+        msgspec.structs.replace(stack.backends.settings)
+    )  # same stores, its own process state
     other_url = await serve(image_proxy.app.create_app(other.settings, other))
     cid = await stack.conversation("alice", "bob")
     shared = await stack.share("alice", cid)

@@ -23,7 +23,7 @@ import message_service.app
 import upload_service.app
 from chat_core import ratelimit
 from chat_core.app_factory import create_service_app
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.quota import QuotaStore, utc_day
 from chat_core.quota import memory as memory_quota
 from chat_core.quota import redis as redis_quota
@@ -210,12 +210,12 @@ async def images_api(tmp_path: Path, serve: Any) -> AsyncIterator[Any]:
 
         async def make(env: Mapping[str, str]) -> httpx.AsyncClient:
             port = harness.free_port()
-            backends = Backends(make_settings(tmp_path / str(port), {"PORT": str(port), **env}))
+            backends = Composition(make_settings(tmp_path / str(port), {"PORT": str(port), **env}))
             settings = backends.settings
             parts = [
-                upload_service.app.build(settings, backends),
-                message_service.app.build(settings, backends),
-                image_proxy.app.build(settings, backends),
+                upload_service.app.build(settings, upload_service.app.ports(backends)),
+                message_service.app.build(settings, message_service.app.ports(backends)),
+                image_proxy.app.build(settings, image_proxy.app.ports(backends)),
             ]
             app = create_service_app(settings, backends, parts, component="limits", title="limits")
             http.base_url = httpx.URL(await serve(app, port))

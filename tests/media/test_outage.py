@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from prometheus_client import REGISTRY
 
+import media_processor.app
 from chat_core.realtime import conversation_channel
 from chat_core.realtime.events import Envelope, decode_envelope
 from media_processor.worker import MediaWorker
@@ -61,7 +62,7 @@ async def test_an_image_finished_while_redis_is_down_is_announced_after_it_is_ba
 
     await asyncio.to_thread(private_redis.stop)
     failures = bus_failures()
-    worker = MediaWorker.from_backends(stack.backends.settings, stack.backends)
+    worker = MediaWorker.from_ports(stack.backends.settings, media_processor.app.ports(stack.backends))
     async with worker.worker():
         finished = await stack.finished(cid, sent.json()["messageId"])
         async with asyncio.timeout(20):

@@ -16,6 +16,7 @@ import msgspec
 import pytest
 from PIL import Image
 
+import media_processor.app
 from chat_core import keys
 from chat_core.media import MediaJob, ObjectCreated
 from chat_core.realtime import conversation_channel
@@ -189,7 +190,7 @@ async def test_an_overwrite_before_processing_fails_the_job_and_is_never_served(
     assert waiting.status_code == 503
     assert waiting.headers["retry-after"]
     await _put_again(stack, cid, uploaded, corpus.jpeg_oriented(3))
-    worker = MediaWorker.from_backends(stack.backends.settings, stack.backends)
+    worker = MediaWorker.from_ports(stack.backends.settings, media_processor.app.ports(stack.backends))
     async with worker.worker():
         message = await stack.finished(cid, sent.json()["messageId"])
     assert message.metadata is not None
@@ -228,7 +229,7 @@ async def test_a_redelivered_job_writes_nothing_and_announces_nothing(stack: Ima
         object_key=keys.stored_key(cid, image.object_key),
         object_etag='"whatever-was-verified"',
     )
-    worker = MediaWorker.from_backends(stack.backends.settings, stack.backends)
+    worker = MediaWorker.from_ports(stack.backends.settings, media_processor.app.ports(stack.backends))
     assert await worker.process(job) == "skipped"
     await stack.backends.media_queue.send([job])  # and through the running processor
     await asyncio.sleep(1.0)
@@ -242,7 +243,7 @@ async def test_a_refused_upload_waits_out_its_grace_outside_the_job(make_stack: 
     # The job is done at once, so refused uploads never hold the runner's slots the images need.
     stack = await make_stack(processor=False)
     cid = await stack.conversation("alice")
-    worker = MediaWorker.from_backends(stack.backends.settings, stack.backends)
+    worker = MediaWorker.from_ports(stack.backends.settings, media_processor.app.ports(stack.backends))
     raws = []
     for _ in range(3):
         object_key = keys.new_object_key("alice", "image/png")

@@ -18,7 +18,7 @@ import pytest
 
 import media_processor.app
 from chat_core.app_factory import ServiceParts, create_service_app
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from media_processor.imaging import Reason, Rejected, Sanitized
 from media_processor.pool import MediaProcessor, PoolSettings, PoolUnavailable
 from media_processor.worker import limits_from, pool_settings_from
@@ -208,8 +208,8 @@ from media_processor.worker import limits_from, pool_settings_from
 async def test_the_media_processor_reports_its_pool_in_readyz(tmp_path: Path, client_for: Any) -> None:
     # ``media_pool`` is one of its checks; a failing one (a pool short of workers it cannot start) is a 503.
     settings = make_settings(tmp_path)
-    backends = Backends(settings)
-    part = media_processor.app.build(settings, backends)
+    backends = Composition(settings)
+    part = media_processor.app.build(settings, media_processor.app.ports(backends))
     assert set(part.readiness) == {"media_pool"}
     client = await client_for(media_processor.app.create_app(settings, backends))
     ready = await client.get("/readyz")
@@ -220,7 +220,7 @@ async def test_the_media_processor_reports_its_pool_in_readyz(tmp_path: Path, cl
 
     failing = ServiceParts(component="media-processor", readiness={"media_pool": short_of_workers})
     client = await client_for(
-        create_service_app(settings, Backends(settings), [failing], component="m", title="m")
+        create_service_app(settings, Composition(settings), [failing], component="m", title="m")
     )
     down = await client.get("/readyz")
     assert down.status_code == 503

@@ -16,8 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+import media_processor.app
 from chat_core import keys
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from media_processor.worker import MediaWorker
 from tests import harness
 from tests.conftest import TEST_SECRET, make_settings, unique
@@ -27,7 +28,7 @@ from tests.media import corpus
 pytestmark = pytest.mark.localstack
 
 
-async def _put(backends: Backends, key: str, data: bytes, content_type: str) -> None:
+async def _put(backends: Composition, key: str, data: bytes, content_type: str) -> None:
     upload = backends.object_store.presign_put(
         key, content_type=content_type, content_length=None, expires_in=60
     )
@@ -36,7 +37,7 @@ async def _put(backends: Backends, key: str, data: bytes, content_type: str) -> 
     assert response.status_code == 200, response.text
 
 
-async def _gone(backends: Backends, key: str, seconds: float = 30.0) -> bool:
+async def _gone(backends: Composition, key: str, seconds: float = 30.0) -> bool:
     deadline = asyncio.get_running_loop().time() + seconds
     while asyncio.get_running_loop().time() < deadline:
         if await backends.object_store.head(key) is None:
@@ -73,8 +74,8 @@ async def test_the_bucket_announces_uploads_and_the_processor_deletes_what_can_n
         check=False,
     )
     assert setup.returncode == 0, setup.stderr
-    backends = Backends(make_settings(tmp_path, env))
-    worker = MediaWorker.from_backends(backends.settings, backends)
+    backends = Composition(make_settings(tmp_path, env))
+    worker = MediaWorker.from_ports(backends.settings, media_processor.app.ports(backends))
     good = keys.stored_key("c1", keys.new_object_key("alice", "image/png"))
     html = keys.stored_key("c1", keys.new_object_key("alice", "image/png"))
     bomb = keys.stored_key("c1", keys.new_object_key("alice", "image/png"))

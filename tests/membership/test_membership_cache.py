@@ -16,8 +16,8 @@ from typing import cast
 import pytest
 from prometheus_client import REGISTRY
 
-from chat_core.backends import Backends
 from chat_core.chatstore import ChatStore, Conversation, ConversationStore
+from chat_core.composition import Composition
 from chat_core.membership import MembershipCache
 from chat_core.realtime import MEMBERSHIP_CHANNEL, EventBus
 from tests import harness
@@ -55,15 +55,15 @@ class Clock:
 
 
 @pytest.fixture
-async def backends(tmp_path: Path) -> AsyncIterator[Backends]:
-    backends = Backends(make_settings(tmp_path))
+async def backends(tmp_path: Path) -> AsyncIterator[Composition]:
+    backends = Composition(make_settings(tmp_path))
     _ = backends.chat_store
     async with backends:
         yield backends
 
 
 @pytest.fixture
-def store(backends: Backends) -> ReadCounter:
+def store(backends: Composition) -> ReadCounter:
     return ReadCounter(backends.chat_store)
 
 
@@ -77,7 +77,7 @@ def cache(store: ReadCounter, clock: Clock) -> MembershipCache:
     return MembershipCache(cast(ConversationStore, store), ttl_seconds=5.0, clock=clock)
 
 
-async def _conversation(backends: Backends, *members: str) -> str:
+async def _conversation(backends: Composition, *members: str) -> str:
     conversation_id = uuid.uuid4().hex
     now = dt.datetime.now(dt.UTC)
     await backends.chat_store.create_conversation(
@@ -90,7 +90,7 @@ async def _conversation(backends: Backends, *members: str) -> str:
 
 # --- caching --------------------------------------------------------------------------------------
 async def test_a_member_is_answered_from_the_cache_within_the_ttl(
-    cache: MembershipCache, store: ReadCounter, backends: Backends, clock: Clock
+    cache: MembershipCache, store: ReadCounter, backends: Composition, clock: Clock
 ) -> None:
     cid = await _conversation(backends, "alice", "bob")
     first = await cache.check(cid, "alice")
@@ -102,7 +102,7 @@ async def test_a_member_is_answered_from_the_cache_within_the_ttl(
 
 
 async def test_the_store_is_asked_again_once_the_ttl_has_passed(
-    cache: MembershipCache, store: ReadCounter, backends: Backends, clock: Clock
+    cache: MembershipCache, store: ReadCounter, backends: Composition, clock: Clock
 ) -> None:
     cid = await _conversation(backends, "alice")
     await cache.check(cid, "alice")
@@ -112,7 +112,7 @@ async def test_the_store_is_asked_again_once_the_ttl_has_passed(
 
 
 async def test_a_removed_member_is_refused_after_the_ttl_even_without_an_invalidation(
-    cache: MembershipCache, backends: Backends, clock: Clock
+    cache: MembershipCache, backends: Composition, clock: Clock
 ) -> None:
     cid = await _conversation(backends, "alice", "bob")
     await cache.check(cid, "bob")
@@ -122,7 +122,7 @@ async def test_a_removed_member_is_refused_after_the_ttl_even_without_an_invalid
 
 
 async def test_concurrent_misses_for_one_conversation_are_one_store_read(
-    cache: MembershipCache, store: ReadCounter, backends: Backends
+    cache: MembershipCache, store: ReadCounter, backends: Composition
 ) -> None:
     cid = await _conversation(backends, "alice", "bob")
     store.gate = asyncio.Event()
@@ -135,7 +135,7 @@ async def test_concurrent_misses_for_one_conversation_are_one_store_read(
 
 
 async def test_misses_for_different_conversations_are_not_coalesced(
-    cache: MembershipCache, store: ReadCounter, backends: Backends
+    cache: MembershipCache, store: ReadCounter, backends: Composition
 ) -> None:
     first = await _conversation(backends, "alice")
     second = await _conversation(backends, "alice")
@@ -144,7 +144,7 @@ async def test_misses_for_different_conversations_are_not_coalesced(
 
 
 async def test_a_caller_that_gives_up_does_not_cancel_the_read_others_wait_on(
-    cache: MembershipCache, store: ReadCounter, backends: Backends
+    cache: MembershipCache, store: ReadCounter, backends: Composition
 ) -> None:
     cid = await _conversation(backends, "alice")
     store.gate = asyncio.Event()
@@ -158,7 +158,7 @@ async def test_a_caller_that_gives_up_does_not_cancel_the_read_others_wait_on(
 
 
 async def test_a_store_error_reaches_every_waiter_and_is_not_cached(
-    cache: MembershipCache, store: ReadCounter, backends: Backends
+    cache: MembershipCache, store: ReadCounter, backends: Composition
 ) -> None:
     cid = await _conversation(backends, "alice")
     store.gate = asyncio.Event()
@@ -175,7 +175,7 @@ async def test_a_store_error_reaches_every_waiter_and_is_not_cached(
 
 # --- what is never cached -------------------------------------------------------------------------
 async def test_a_non_member_answer_is_never_served_from_the_cache(
-    cache: MembershipCache, store: ReadCounter, backends: Backends
+    cache: MembershipCache, store: ReadCounter, backends: Composition
 ) -> None:
     cid = await _conversation(backends, "alice")
     await cache.check(cid, "alice")
@@ -184,7 +184,7 @@ async def test_a_non_member_answer_is_never_served_from_the_cache(
 
 
 async def test_a_member_added_after_a_refusal_is_let_in_at_once(
-    cache: MembershipCache, backends: Backends
+    cache: MembershipCache, backends: Composition
 ) -> None:
     cid = await _conversation(backends, "alice")
     assert not (await cache.check(cid, "carol")).member
@@ -192,7 +192,7 @@ async def test_a_member_added_after_a_refusal_is_let_in_at_once(
     assert (await cache.check(cid, "carol")).member
 
 
-async def test_an_unknown_conversation_is_not_cached(cache: MembershipCache, backends: Backends) -> None:
+async def test_an_unknown_conversation_is_not_cached(cache: MembershipCache, backends: Composition) -> None:
     cid = uuid.uuid4().hex
     assert not (await cache.check(cid, "alice")).exists
     now = dt.datetime.now(dt.UTC)
@@ -204,7 +204,7 @@ async def test_an_unknown_conversation_is_not_cached(cache: MembershipCache, bac
 
 # --- invalidation ---------------------------------------------------------------------------------
 async def test_invalidate_makes_a_removed_member_refused_at_once(
-    cache: MembershipCache, backends: Backends
+    cache: MembershipCache, backends: Composition
 ) -> None:
     cid = await _conversation(backends, "alice", "bob")
     await cache.check(cid, "bob")
@@ -214,7 +214,7 @@ async def test_invalidate_makes_a_removed_member_refused_at_once(
 
 
 async def test_an_answer_read_before_an_invalidation_is_not_kept(
-    cache: MembershipCache, store: ReadCounter, backends: Backends
+    cache: MembershipCache, store: ReadCounter, backends: Composition
 ) -> None:
     cid = await _conversation(backends, "alice", "bob")
     store.gate = asyncio.Event()
@@ -227,7 +227,7 @@ async def test_an_answer_read_before_an_invalidation_is_not_kept(
 
 
 async def test_a_lookup_after_an_invalidation_does_not_join_the_older_read(
-    cache: MembershipCache, store: ReadCounter, backends: Backends
+    cache: MembershipCache, store: ReadCounter, backends: Composition
 ) -> None:
     cid = await _conversation(backends, "alice", "bob")
     store.gate = asyncio.Event()
@@ -242,7 +242,7 @@ async def test_a_lookup_after_an_invalidation_does_not_join_the_older_read(
 
 
 # --- bounds and switches --------------------------------------------------------------------------
-async def test_the_cache_holds_at_most_max_entries(store: ReadCounter, backends: Backends) -> None:
+async def test_the_cache_holds_at_most_max_entries(store: ReadCounter, backends: Composition) -> None:
     cache = MembershipCache(cast(ConversationStore, store), ttl_seconds=60, max_entries=3)
     conversations = [await _conversation(backends, "alice") for _ in range(5)]
     for cid in conversations:
@@ -255,7 +255,7 @@ async def test_the_cache_holds_at_most_max_entries(store: ReadCounter, backends:
 
 
 async def test_a_ttl_of_zero_reads_the_store_for_every_lookup_even_concurrent_ones(
-    store: ReadCounter, backends: Backends
+    store: ReadCounter, backends: Composition
 ) -> None:
     cache = MembershipCache(cast(ConversationStore, store), ttl_seconds=0)
     cid = await _conversation(backends, "alice")
@@ -266,7 +266,7 @@ async def test_a_ttl_of_zero_reads_the_store_for_every_lookup_even_concurrent_on
     assert not cache.enabled
 
 
-async def test_hits_and_misses_are_counted(cache: MembershipCache, backends: Backends) -> None:
+async def test_hits_and_misses_are_counted(cache: MembershipCache, backends: Composition) -> None:
     def sample(result: str) -> float:
         return REGISTRY.get_sample_value("chat_membership_cache_lookups_total", {"result": result}) or 0.0
 
@@ -278,9 +278,9 @@ async def test_hits_and_misses_are_counted(cache: MembershipCache, backends: Bac
     assert (sample("hit"), sample("miss")) == (hits + 2, misses + 1)
 
 
-def test_one_cache_per_backends(backends: Backends, tmp_path: Path) -> None:
-    assert MembershipCache.of(backends) is MembershipCache.of(backends)
-    assert MembershipCache.of(Backends(make_settings(tmp_path / "other"))) is not MembershipCache.of(backends)
+def test_one_cache_per_root(backends: Composition, tmp_path: Path) -> None:
+    assert backends.membership is backends.membership
+    assert Composition(make_settings(tmp_path / "other")).membership is not backends.membership
 
 
 # --- the invalidation worker on the real buses ----------------------------------------------------
@@ -289,7 +289,7 @@ async def bus(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[E
     env = {"EVENT_BUS": request.param}
     if request.param == "redis":
         env["REDIS_URL"] = request.getfixturevalue("redis_backend").address
-    bus_backends = Backends(make_settings(tmp_path / "bus", env))
+    bus_backends = Composition(make_settings(tmp_path / "bus", env))
     event_bus = bus_backends.event_bus
     async with bus_backends:
         yield event_bus
@@ -314,7 +314,7 @@ async def _until_subscribed(cache: MembershipCache) -> None:
 
 
 async def test_the_worker_drops_the_conversation_named_on_the_membership_channel(
-    cache: MembershipCache, backends: Backends, bus: EventBus
+    cache: MembershipCache, backends: Composition, bus: EventBus
 ) -> None:
     cid = await _conversation(backends, "alice", "bob")
     other = await _conversation(backends, "alice")
@@ -329,7 +329,7 @@ async def test_the_worker_drops_the_conversation_named_on_the_membership_channel
 
 
 async def test_a_malformed_membership_event_is_ignored(
-    cache: MembershipCache, backends: Backends, bus: EventBus
+    cache: MembershipCache, backends: Composition, bus: EventBus
 ) -> None:
     cid = await _conversation(backends, "alice")
     async with cache.invalidation_worker(bus):
@@ -350,13 +350,13 @@ async def test_the_worker_is_shared_and_unsubscribes_when_the_last_user_stops(
 
 
 async def test_the_worker_starts_while_redis_is_down_and_subscribes_once_it_is_back(
-    private_redis: harness.Backend, store: ReadCounter, backends: Backends, tmp_path: Path
+    private_redis: harness.Backend, store: ReadCounter, backends: Composition, tmp_path: Path
 ) -> None:
     cache = MembershipCache(
         cast(ConversationStore, store), ttl_seconds=60, resubscribe_seconds=0.2, startup_wait_seconds=0.2
     )
     env = {"EVENT_BUS": "redis", "REDIS_URL": private_redis.address}
-    bus_backends = Backends(make_settings(tmp_path / "bus", env))
+    bus_backends = Composition(make_settings(tmp_path / "bus", env))
     redis_bus = bus_backends.event_bus
     cid = await _conversation(backends, "alice", "bob")
     async with bus_backends:
@@ -377,11 +377,11 @@ async def test_the_worker_starts_while_redis_is_down_and_subscribes_once_it_is_b
 
 
 async def test_changes_missed_during_a_redis_outage_empty_the_cache_once_it_is_back(
-    private_redis: harness.Backend, store: ReadCounter, backends: Backends, tmp_path: Path
+    private_redis: harness.Backend, store: ReadCounter, backends: Composition, tmp_path: Path
 ) -> None:
     cache = MembershipCache(cast(ConversationStore, store), ttl_seconds=60)
     env = {"EVENT_BUS": "redis", "REDIS_URL": private_redis.address}
-    bus_backends = Backends(make_settings(tmp_path / "bus", env))
+    bus_backends = Composition(make_settings(tmp_path / "bus", env))
     redis_bus = bus_backends.event_bus
     cid = await _conversation(backends, "alice", "bob")
     async with bus_backends, cache.invalidation_worker(redis_bus):

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from chat_core import keys
-from chat_core.backends import Backends
 from chat_core.chatstore import Message, OutboxEntry
+from chat_core.composition import Composition
 from chat_core.settings import Settings
 from message_service.app import create_app
 from tests.conftest import auth_header, make_settings
@@ -63,7 +63,7 @@ class Chat:
     """An httpx client on the message service plus the backends behind it."""
 
     def __init__(
-        self, client: httpx.AsyncClient, backends: Backends, settings: Settings, events: RecordingEvents
+        self, client: httpx.AsyncClient, backends: Composition, settings: Settings, events: RecordingEvents
     ) -> None:
         self.client = client
         self.backends = backends
@@ -149,7 +149,7 @@ def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
 def make_chat(tmp_path: Path, store_env: dict[str, str], client_for: Any) -> ChatFactory:
     async def make(env: Mapping[str, str] | None = None) -> Chat:
         settings = make_settings(tmp_path, {"PUBLIC_BASE_URL": PUBLIC_BASE_URL, **store_env, **(env or {})})
-        backends = Backends(settings)
+        backends = Composition(settings)
         events = RecordingEvents()
         client = await client_for(create_app(settings, backends, events))
         return Chat(client, backends, settings, events)

@@ -20,7 +20,7 @@ import media_processor.app
 import message_service.app
 import upload_service.app
 from chat_core.app_factory import create_service_app
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from tests import harness
 from tests.conftest import auth_header, make_settings, unique
 from tests.message.conftest import image_bytes
@@ -47,13 +47,13 @@ async def api(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client on the app's base URL (it also follows absolute presigned URLs)."""
     port = harness.free_port()
-    backends = Backends(make_settings(tmp_path, {"PORT": str(port), **store_env, **object_env}))
+    backends = Composition(make_settings(tmp_path, {"PORT": str(port), **store_env, **object_env}))
     settings = backends.settings
     parts = [
-        upload_service.app.build(settings, backends),
-        message_service.app.build(settings, backends),
-        image_proxy.app.build(settings, backends),
-        media_processor.app.build(settings, backends),
+        upload_service.app.build(settings, upload_service.app.ports(backends)),
+        message_service.app.build(settings, message_service.app.ports(backends)),
+        image_proxy.app.build(settings, image_proxy.app.ports(backends)),
+        media_processor.app.build(settings, media_processor.app.ports(backends)),
     ]
     app = create_service_app(settings, backends, parts, component="spec-flow", title="spec flow")
     base_url = await serve(app, port)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from chat_core.app_factory import create_service_app
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.objectstore import ObjectNotFound
 from chat_core.objectstore.local import SIGNING_KEY_FILE, InvalidObjectKey, LocalObjectStore
 from tests import harness
@@ -34,7 +34,7 @@ class Served:
 @pytest.fixture
 async def served(tmp_path: Path, serve: Any) -> Served:
     port = harness.free_port()
-    backends = Backends(make_settings(tmp_path, {"PORT": str(port), "MAX_IMAGE_BYTES": "4096"}))
+    backends = Composition(make_settings(tmp_path, {"PORT": str(port), "MAX_IMAGE_BYTES": "4096"}))
     store = backends.object_store
     assert isinstance(store, LocalObjectStore)
     await serve(create_service_app(backends.settings, backends, [], component="test", title="t"), port)

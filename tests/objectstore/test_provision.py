@@ -23,7 +23,7 @@ import pytest
 from botocore.config import Config
 
 from chat_core import keys
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.jobqueue import JobKind
 from chat_core.media import media_jobs
 from chat_core.notifications import notification_jobs
@@ -205,7 +205,7 @@ def test_lifecycle_expires_raw_uploads_and_refusal_notes_after_the_send_window(p
 
 
 async def test_the_services_adapters_use_what_setup_made(provisioned: ReadBack) -> None:
-    backends = Backends(provisioned.settings)
+    backends = Composition(provisioned.settings)
     queues = (backends.notification_queue, backends.media_queue)
     store = backends.object_store
     async with backends:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.objectstore import ObjectStore
 from chat_core.objectstore.s3 import S3ObjectStore
 from tests import harness
@@ -43,7 +43,7 @@ async def _store(
             **(env or {}),
         },
     )
-    backends = Backends(settings)
+    backends = Composition(settings)
     store = backends.object_store
     if provisioned:
         await harness.provision(settings)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from tests import harness
 from tests.conftest import TEST_SECRET, make_settings, unique
 
@@ -47,7 +47,7 @@ async def test_setup_creates_the_bucket_with_its_cors_rule_and_can_run_again(
     assert first.returncode == 0, first.stderr
     assert again.returncode == 0, again.stderr
     assert "ok: object store (s3)" in again.stdout
-    backends = Backends(make_settings(tmp_path, env))
+    backends = Composition(make_settings(tmp_path, env))
     store = backends.object_store
     async with backends, httpx.AsyncClient() as http:
         await store.ping()

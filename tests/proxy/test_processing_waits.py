@@ -18,9 +18,8 @@ from litestar.di import Provide
 
 from chat_core import keys
 from chat_core.app_factory import ServiceParts, create_service_app
-from chat_core.backends import Backends
 from chat_core.chatstore import Conversation, ImageMetadata, Message, MessageStore
-from chat_core.membership import MembershipCache
+from chat_core.composition import Composition
 from image_proxy.routes import get_image
 from image_proxy.service import ImageProxy
 from tests.conftest import auth_header, make_settings, running
@@ -45,11 +44,11 @@ class CountedReads:
 
 async def _proxy_with_processing_image(
     tmp_path: Path, env: dict[str, str]
-) -> tuple[Any, CountedReads, Backends, str, Message]:
+) -> tuple[Any, CountedReads, Composition, str, Message]:
     settings = make_settings(tmp_path, env)
-    backends = Backends(settings)
+    backends = Composition(settings)
     counted = CountedReads(backends.messages)
-    proxy = ImageProxy(settings, backends, backends.object_store, counted, MembershipCache.of(backends))
+    proxy = ImageProxy(settings, backends.verifier, backends.object_store, counted, backends.membership)
     part = ServiceParts(
         component="image-proxy",
         route_handlers=[get_image],
@@ -78,7 +77,7 @@ async def _proxy_with_processing_image(
     return app, counted, backends, cid, message
 
 
-async def _store(backends: Backends, cid: str, message: Message) -> None:
+async def _store(backends: Composition, cid: str, message: Message) -> None:
     now = dt.datetime.now(dt.UTC)
     await backends.conversations.create_conversation(
         Conversation(conversation_id=cid, participants=MEMBERS, name=None, created_at=now, updated_at=now)

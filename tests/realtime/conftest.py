@@ -25,7 +25,7 @@ import msgspec
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.settings import Settings
 from chat_management import all as all_in_one
 from message_service import app as message_app
@@ -68,8 +68,8 @@ class Deployment:
     http: httpx.AsyncClient
     receiver: WebhookReceiver
     settings: Settings
-    message_backends: Backends  # the message service's (in embedded: everyone's)
-    consumer_backends: Backends
+    message_backends: Composition  # the message service's (in embedded: everyone's)
+    consumer_backends: Composition
     stack: contextlib.AsyncExitStack = field(repr=False, default_factory=contextlib.AsyncExitStack)
 
     @property
@@ -142,10 +142,11 @@ DeployFactory = Callable[..., Awaitable[Deployment]]
 
 @pytest.fixture
 async def deploy(serve: Serve, tmp_path: Path) -> AsyncIterator[DeployFactory]:
-    """``await deploy(kind, env)`` -> a running deployment (``embedded`` or ``distributed``)."""
+    """``await deploy(kind, env)`` -> a running deployment (``embedded`` or ``distributed``); ``ws``: the
+    WebSocket protocol of its message service (default: the services' own)."""
     deployments: list[Deployment] = []
 
-    async def make(kind: str, env: Mapping[str, str] | None = None) -> Deployment:
+    async def make(kind: str, env: Mapping[str, str] | None = None, *, ws: Any = None) -> Deployment:
         receiver = WebhookReceiver()
         hook = await serve(receiver.app())
         base_env = {
@@ -160,13 +161,13 @@ async def deploy(serve: Serve, tmp_path: Path) -> AsyncIterator[DeployFactory]:
         settings = make_settings(tmp_path / uuid.uuid4().hex, base_env)
         await harness.provision(settings)
         if kind == "embedded":
-            backends = Backends(settings)
-            base_url = await serve(all_in_one.create_app(settings, backends))
+            backends = Composition(settings)
+            base_url = await serve(all_in_one.create_app(settings, backends), **({"ws": ws} if ws else {}))
             consumer_backends = backends
         else:
-            backends = Backends(settings)
-            base_url = await serve(message_app.create_app(settings, backends))
-            consumer_backends = Backends(settings)
+            backends = Composition(settings)
+            base_url = await serve(message_app.create_app(settings, backends), **({"ws": ws} if ws else {}))
+            consumer_backends = Composition(settings)
             await serve(consumer_app.create_app(settings, consumer_backends))
         deployment = Deployment(
             kind,

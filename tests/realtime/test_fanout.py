@@ -14,8 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
-from chat_core.backends import Backends
 from chat_core.chatstore import Conversation, Message, OutboxEntry, created_event
+from chat_core.composition import Composition
 from chat_core.realtime import conversation_channel
 from chat_core.realtime.events import decode_envelope
 from message_service.fanout import RECIPIENTS_PER_NOTIFICATION, Fanout, notifications_for
@@ -36,7 +36,7 @@ def message(sender: str = "alice", *, age: float = 0.0, content: str = "hi") -> 
 
 @dataclass
 class Rig:
-    backends: Backends
+    backends: Composition
     fanout: Fanout
     events: asyncio.Queue[tuple[str, bytes]]
 
@@ -74,10 +74,10 @@ class Rig:
 
 @pytest.fixture
 async def make_rig(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    opened: list[Backends] = []
+    opened: list[Composition] = []
 
     async def make(env: dict[str, str] | None = None, *, start_queue: bool = True) -> Rig:
-        backends = Backends(make_settings(tmp_path / uuid.uuid4().hex, env))
+        backends = Composition(make_settings(tmp_path / uuid.uuid4().hex, env))
         fanout = Fanout(
             backends.conversations,
             backends.outbox,

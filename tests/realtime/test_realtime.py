@@ -292,12 +292,43 @@ async def test_the_server_keeps_an_open_socket_present_past_the_presence_ttl(
     assert await deployment.message_backends.presence.online([bob]) == {bob}
 
 
-async def test_a_client_too_slow_to_read_is_closed_with_1013(deploy: DeployFactory, users: Users) -> None:
-    deployment = await deploy("embedded")
+# The services' WebSocket protocol writes ready frames straight to the transport (FrameWriter); under any
+# other server (uvicorn's own protocol here) the sessions fall back on ASGI sends from their backlog.
+SERVER_PROTOCOLS = pytest.mark.parametrize("ws", [None, "websockets-sansio"], ids=["frames", "asgi-sends"])
+
+
+@SERVER_PROTOCOLS
+async def test_events_and_pongs_reach_the_socket_in_order(
+    deploy: DeployFactory, users: Users, ws: str
+) -> None:
+    deployment = await deploy("embedded", ws=ws)
     alice, bob = users("alice", "bob")
     conversation = await deployment.create_conversation(alice, bob)
     socket = await deployment.connect(bob)
-    event = msgspec.json.encode(Envelope(type="message.read", conversation_id=conversation, message_id="m"))
+    bus = deployment.message_backends.event_bus
+    for index in range(5):
+        event = Envelope(type="message.read", conversation_id=conversation, message_id=f"m{index}")
+        await bus.publish(conversation_channel(conversation), msgspec.json.encode(event))
+    await socket.send({"type": "ping"})
+    assert [(await socket.next_event())["messageId"] for _ in range(5)] == [f"m{i}" for i in range(5)]
+    assert await socket.next_event() == {"type": "pong"}
+
+
+@SERVER_PROTOCOLS
+async def test_a_client_too_slow_to_read_is_closed_with_1013(
+    deploy: DeployFactory, users: Users, ws: str
+) -> None:
+    deployment = await deploy("embedded", ws=ws)
+    alice, bob = users("alice", "bob")
+    conversation = await deployment.create_conversation(alice, bob)
+    socket = await deployment.connect(bob)
+    # Frames are written straight to the connection while it takes them: the burst (~14 MB, published
+    # without yielding, so the client reads none of it meanwhile) must outgrow the kernel's and the
+    # transport's buffers before OUTBOUND_LIMIT events queue behind them.
+    readers = tuple(f"reader-{index:05d}" for index in range(300))
+    event = msgspec.json.encode(
+        Envelope(type="message.read", conversation_id=conversation, message_id="m", read_by=readers)
+    )
     for _ in range(OUTBOUND_LIMIT * 3):
         await deployment.message_backends.event_bus.publish(conversation_channel(conversation), event)
     with pytest.raises(ConnectionClosed) as closed:

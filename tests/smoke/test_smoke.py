@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from chat_core.auth import mint_token
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_management import all as all_in_one
 from chat_management import smoke
 from tests import harness
@@ -56,7 +56,7 @@ async def start(tmp_path: Path, serve: Any, env: Mapping[str, str]) -> str:
         "SQS_WAIT_SECONDS": "1",
     }
     settings = make_settings(tmp_path, {**fast, **env})
-    backends = Backends(settings)
+    backends = Composition(settings)
     app = all_in_one.create_app(settings, backends)
     if not any(route.path == "/conversations" for route in app.routes):
         pytest.skip("the message service's routes are not in this build yet")

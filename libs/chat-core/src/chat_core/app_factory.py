@@ -2,8 +2,8 @@
 
 ``create_service_app`` adds what all services have — problem-details errors, CORS, OpenAPI at ``/docs``,
 ``/healthz``, ``/readyz``, ``/metrics``, the observability wrapper, the auth dependency — and a lifespan
-that starts the backends, then the workers, and stops them in reverse order. The all-in-one process
-passes the parts of all five services to one call.
+that starts the composition root's adapters (``chat_core.composition``), then the workers, and stops them
+in reverse order. The all-in-one process passes the parts of all five services to one call.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import structlog
 from litestar import Litestar, Request, Response, get
 from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
-from litestar.di import NamedDependency, Provide
+from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
@@ -28,14 +28,15 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from chat_core import metrics, tracing
 from chat_core.auth import Principal, TokenVerifier, token_from_connection
-from chat_core.backends import PORTS, Backends, ReadinessCheck
+from chat_core.capabilities import PORTS, ReadinessCheck
+from chat_core.composition import Composition
 from chat_core.cors import CredentialRouteCors, credential_paths
 from chat_core.deadline import DeadlineMiddleware
 from chat_core.errors import exception_handlers, outage_handlers, problem_response, problem_responses
 from chat_core.json_guard import JsonGuard
 from chat_core.observability import ObservabilityMiddleware, set_request_user
 from chat_core.openapi import DocumentRefinement, complete_error_responses, finish_document, fix_options_allow
-from chat_core.ratelimit import RATE_LIMIT_OPT
+from chat_core.ratelimit import RATE_LIMIT_OPT, RateLimiter
 from chat_core.settings import Settings
 
 __all__ = [
@@ -43,8 +44,6 @@ __all__ = [
     "Worker",
     "authenticate",
     "create_service_app",
-    "provide_principal",
-    "provide_principal_or_cookie",
 ]
 
 Worker = Callable[[], contextlib.AbstractAsyncContextManager[None]]
@@ -106,22 +105,8 @@ async def _bearer_principal(
     return known
 
 
-async def provide_principal(
-    request: Request[Any, Any, Any], backends: NamedDependency[Backends]
-) -> Principal:
-    """The caller, from ``Authorization: Bearer <JWT>``; 401 otherwise."""
-    return await authenticate(request, backends.verifier)
-
-
-async def provide_principal_or_cookie(
-    request: Request[Any, Any, Any], backends: NamedDependency[Backends]
-) -> Principal:
-    """Like ``provide_principal``, also reading the token cookie (``<img>`` tags cannot send headers)."""
-    return await authenticate(request, backends.verifier, cookie_name=backends.settings.auth.cookie_name)
-
-
 def _principal_provider(verifier: TokenVerifier) -> Provide:
-    # Bound to the verifier rather than depending on ``backends``: every extra dependency level costs a
+    # Bound to the verifier rather than a dependency of its own: every extra dependency level costs a
     # resolution per request, and Litestar resolves sibling dependencies in an anyio task group.
     async def principal(request: Request[Any, Any, Any]) -> Principal:
         return await _bearer_principal(request, verifier)
@@ -133,11 +118,9 @@ def _names_a_limit(route_handlers: Sequence[Any]) -> bool:
     return any(RATE_LIMIT_OPT in (getattr(handler, "opt", None) or {}) for handler in route_handlers)
 
 
-def _rate_limit_guard(backends: Backends) -> Any:
+def _rate_limit_guard(limiter: RateLimiter, verifier: TokenVerifier) -> Any:
     """One app-wide guard: a route naming a limit in its ``opt`` (``opt={"rate_limit": "sends"}``) counts
     one hit per request against the caller, before its body is read (429 ``rate_limited`` when over)."""
-    limiter = backends.rate_limiter
-    verifier = backends.verifier
 
     async def rate_limit(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
         limit = handler.opt.get(RATE_LIMIT_OPT)
@@ -150,7 +133,7 @@ def _rate_limit_guard(backends: Backends) -> Any:
 
 
 def _health_handlers(
-    backends: Backends, essential_ports: frozenset[str], own_checks: dict[str, ReadinessCheck]
+    root: Composition, essential_ports: frozenset[str], own_checks: dict[str, ReadinessCheck]
 ) -> list[Any]:
     @get(
         "/healthz",
@@ -175,7 +158,7 @@ def _health_handlers(
         },
     )
     async def readyz() -> Response[Any]:
-        checks = {**backends.readiness_checks(), **own_checks}
+        checks = {**root.readiness_checks(), **own_checks}
 
         async def run(name: str, check: Callable[[], Any]) -> tuple[str, str | None]:
             try:
@@ -189,7 +172,7 @@ def _health_handlers(
         report = {name: failing.get(name, "ok") for name in checks}
         # A check shared by an essential and another port (one Redis for bus and presence) is essential;
         # checks that are no port's (JWKS) are always essential.
-        degradable = backends.check_names(ALL_PORTS - essential_ports) - backends.check_names(essential_ports)
+        degradable = root.check_names(ALL_PORTS - essential_ports) - root.check_names(essential_ports)
         blocking = {name: error for name, error in failing.items() if name not in degradable}
         if blocking:
             detail = "not ready: " + ", ".join(f"{name} ({error})" for name, error in blocking.items())
@@ -216,7 +199,7 @@ def _health_handlers(
 
 def create_service_app(
     settings: Settings,
-    backends: Backends,
+    root: Composition,
     parts: Sequence[ServiceParts],
     *,
     component: str,
@@ -226,26 +209,25 @@ def create_service_app(
     tracing.configure_tracing(settings.telemetry.service_name or component, settings.telemetry.otlp_endpoint)
     essential = frozenset(port for part in parts for port in part.essential)
     own_checks = {name: check for part in parts for name, check in part.readiness.items()}
-    route_handlers: list[Any] = [*_health_handlers(backends, essential, own_checks)]
+    route_handlers: list[Any] = [*_health_handlers(root, essential, own_checks)]
     dependencies: dict[str, Provide] = {
         "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
-        "backends": Provide(lambda: backends, use_cache=True, sync_to_thread=False),
-        "principal": _principal_provider(backends.verifier),
+        "principal": _principal_provider(root.verifier),
     }
     workers: list[Worker] = []
     for part in parts:
         route_handlers.extend(part.route_handlers)
         dependencies.update(part.dependencies)
         workers.extend(part.workers)
-    route_handlers.extend(backends.route_handlers())
+    route_handlers.extend(root.route_handlers())
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(backends)
+            await stack.enter_async_context(root)
             for worker in workers:
                 await stack.enter_async_context(worker())
-            _log.info("started", component=component, backends=sorted(backends.readiness_checks()))
+            _log.info("started", component=component, backends=sorted(root.readiness_checks()))
             yield
         _log.info("stopped", component=component)
 
@@ -253,10 +235,12 @@ def create_service_app(
     app = Litestar(
         route_handlers=route_handlers,
         dependencies=dependencies,
-        exception_handlers={**exception_handlers, **outage_handlers(backends.outage_reporters())},
+        exception_handlers={**exception_handlers, **outage_handlers(root.outage_reporters())},
         lifespan=[lifespan],
         # Only apps with a limited route build the limiter (the consumer and the proxy have none).
-        guards=[_rate_limit_guard(backends)] if _names_a_limit(route_handlers) else [],
+        guards=[_rate_limit_guard(root.rate_limiter, root.verifier)]
+        if _names_a_limit(route_handlers)
+        else [],
         # 413 before parsing: Content-Length is checked first, then the streamed count (chunked bodies).
         # Routes that take images (the local store's PUT) set their own limit.
         request_max_body_size=settings.limits.max_request_body_bytes,
@@ -294,7 +278,7 @@ def create_service_app(
         debug=False,
         logging_config=None,  # logging is ours (chat_core.logging): JSON lines, trace ids
     )
-    app.state.backends = backends
+    app.state.root = root
     app.state.settings = settings
     fix_options_allow(app)
     complete_error_responses(app)

@@ -12,8 +12,8 @@ Freshness, in the direction that matters for safety:
 * A new member never waits for the TTL: a cached answer is only trusted when it says "member"; "not a
   member" and "no such conversation" are always read again (and never cached).
 
-One cache per process (``MembershipCache.of(backends)``), so the upload service and the image proxy share it
-and its bus subscription in the all-in-one process.
+One cache per process (the composition root builds it, ``chat_core.composition``), so the upload service
+and the image proxy share it and its bus subscription in the all-in-one process.
 
 The access decision is made here, once, for every entry point (upload, proxy, messages, and the socket,
 which only ever subscribes to the caller's own conversations): a malformed id, a conversation that does
@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -42,7 +41,6 @@ from chat_core.realtime import MEMBERSHIP_CHANNEL, EventBus, Subscription
 from chat_core.realtime.events import decode_membership_changed
 
 if TYPE_CHECKING:
-    from chat_core.backends import Backends
     from chat_core.chatstore import ConversationStore
 
 __all__ = [
@@ -59,7 +57,6 @@ STARTUP_WAIT_SECONDS = 1.0  # a healthy bus confirms in milliseconds; a dead one
 _log = structlog.get_logger("chat_core.membership")
 _HIT = metrics.MEMBERSHIP_CACHE.labels("hit")
 _MISS = metrics.MEMBERSHIP_CACHE.labels("miss")
-_caches: weakref.WeakKeyDictionary[Backends, MembershipCache] = weakref.WeakKeyDictionary()
 
 
 class Membership(msgspec.Struct, frozen=True):
@@ -108,23 +105,11 @@ class MembershipCache:
         self._subscription: Subscription | None = None
         self._subscriber: asyncio.Task[None] | None = None
 
-    @classmethod
-    def of(cls, backends: Backends) -> MembershipCache:
-        """The process's cache over ``backends.conversations`` (one per ``Backends``)."""
-        cache = _caches.get(backends)
-        if cache is None:
-            cache = cls(backends.conversations, ttl_seconds=backends.settings.images.membership_cache_seconds)
-            _caches[backends] = cache
-        return cache
-
-    def workers(self, backends: Backends) -> list[Callable[[], AbstractAsyncContextManager[None]]]:
-        """The service workers that keep this cache honest: the invalidation subscription, when caching.
-
-        Asks for the event bus now, in ``build()``: Backends builds adapters before start-up only.
-        """
+    def workers(self, bus: EventBus) -> list[Callable[[], AbstractAsyncContextManager[None]]]:
+        """The service workers that keep this cache honest: the invalidation subscription over ``bus``,
+        when caching."""
         if not self.enabled:
             return []
-        bus = backends.event_bus
         return [lambda: self.invalidation_worker(bus)]
 
     @property

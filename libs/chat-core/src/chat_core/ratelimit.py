@@ -28,7 +28,7 @@ import ipaddress
 import math
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
+from typing import Any, Literal, Protocol, TypedDict
 
 import structlog
 from limits.aio.storage import Storage
@@ -41,10 +41,7 @@ from litestar.connection import ASGIConnection
 import limits
 from chat_core import metrics
 from chat_core.errors import ProblemError
-from chat_core.settings import LimitSettings
-
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
+from chat_core.settings import LimitSettings, RedisSettings
 
 __all__ = [
     "RATE_LIMIT_OPT",
@@ -53,7 +50,6 @@ __all__ = [
     "RateLimiter",
     "StoreHealth",
     "client_ip",
-    "create_memory",
     "create_redis",
     "in_process",
     "rate_limit_headers",
@@ -276,11 +272,6 @@ def in_process(settings: LimitSettings) -> RateLimiter:
     return RateLimiter(MemoryWindows(), settings, name="memory")
 
 
-def create_memory(backends: Backends) -> RateLimiter:
-    """The embedded limiter: in-process moving windows (one replica)."""
-    return in_process(backends.settings.limits)
-
-
 class _RedisOptions(TypedDict, total=False):
     socket_connect_timeout: float
     socket_timeout: float
@@ -288,14 +279,13 @@ class _RedisOptions(TypedDict, total=False):
     ssl_ca_data: str
 
 
-def create_redis(backends: Backends) -> RateLimiter:
+def create_redis(redis: RedisSettings, limits: LimitSettings) -> RateLimiter:
     """The cloud limiter: moving windows in Redis (REDIS_URL, REDIS_MODE), atomic across replicas.
 
     Each window is one key, so a Redis Cluster spreads them over its shards with no hash tag.
     """
     from limits.aio.storage import RedisClusterStorage, RedisStorage
 
-    redis = backends.settings.redis
     url = redis.address()
     options: _RedisOptions = {
         "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
@@ -306,7 +296,7 @@ def create_redis(backends: Backends) -> RateLimiter:
             options["ssl_ca_data"] = redis.tls_ca_cert
         if redis.mode == "cluster":
             options["ssl"] = True  # limits' cluster scheme does not carry rediss:// through
-    key_prefix = f"{backends.settings.limits.key_prefix}:{KEY_PREFIX}"
+    key_prefix = f"{limits.key_prefix}:{KEY_PREFIX}"
     storage: RedisStorage
     if redis.mode == "cluster":
         storage = RedisClusterStorage(
@@ -319,4 +309,4 @@ def create_redis(backends: Backends) -> RateLimiter:
         storage = RedisStorage(
             redis_storage_uri(url), implementation="redispy", key_prefix=key_prefix, **options
         )
-    return RateLimiter(StoreWindows(storage), backends.settings.limits, name="redis")
+    return RateLimiter(StoreWindows(storage), limits, name="redis")

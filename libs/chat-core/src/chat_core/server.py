@@ -12,6 +12,7 @@ from litestar import Litestar
 
 from chat_core.logging import configure_logging
 from chat_core.settings import Settings, SettingsError, is_loopback, load_settings, refuse_dev_secret
+from chat_core.websocket_server import LeanWebSocketProtocol
 
 __all__ = ["load_or_exit", "refuse_unset_endpoints", "serve", "uvicorn_options"]
 
@@ -80,7 +81,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return {
         "loop": "uvloop" if sys.platform != "win32" else "asyncio",
         "http": "httptools",
-        "ws": "websockets-sansio",
+        # uvicorn's websockets-sansio protocol cut down for idle sockets, writing ready frames as they are
+        # (chat_core.websocket_server: ~14 KiB less per socket, no task or await per delivered event).
+        "ws": LeanWebSocketProtocol,
         "ws_max_size": settings.limits.socket_max_frame_bytes,  # bigger frames: close 1009 by the server
         # No permessage-deflate: its zlib state (a compressor and a decompressor, ~40 KiB at uvicorn's
         # window of 2^12) would live as long as each socket, for JSON events of a few hundred bytes that
@@ -94,4 +97,5 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "proxy_headers": True,
         "server_header": False,
         "timeout_graceful_shutdown": int(settings.service.drain_seconds),
+        "timeout_keep_alive": int(settings.service.keep_alive_seconds),
     }

@@ -6,36 +6,46 @@ from litestar import Litestar
 from litestar.di import Provide
 
 from chat_core.app_factory import ServiceParts, create_service_app
-from chat_core.backends import Backends
-from chat_core.membership import MembershipCache
+from chat_core.composition import Composition
 from chat_core.settings import Settings
+from image_proxy.ports import ProxyPorts
 from image_proxy.routes import get_image
 from image_proxy.service import ImageProxy
 
 COMPONENT = "image-proxy"
 
 
-def build(settings: Settings, backends: Backends) -> ServiceParts:
-    """This service's routes, dependencies and workers, wired to ``backends``."""
-    membership = MembershipCache.of(backends)
-    proxy = ImageProxy(settings, backends, backends.object_store, backends.messages, membership)
-    bus = backends.event_bus  # asked for now: Backends builds adapters before start-up only
+def ports(root: Composition) -> ProxyPorts:
+    """This service's ports, picked from the process's composition root."""
+    return ProxyPorts(
+        object_store=root.object_store,
+        messages=root.messages,
+        membership=root.membership,
+        event_bus=root.event_bus,
+        verifier=root.verifier,
+    )
+
+
+def build(settings: Settings, ports: ProxyPorts) -> ServiceParts:
+    """This service's routes, dependencies and workers, wired to ``ports``."""
+    membership, bus = ports.membership, ports.event_bus
+    proxy = ImageProxy(settings, ports.verifier, ports.object_store, ports.messages, membership)
     return ServiceParts(
         component=COMPONENT,
         essential=("message_store", "object_store"),
         route_handlers=[get_image],
         dependencies={"image_proxy": Provide(lambda: proxy, use_cache=True, sync_to_thread=False)},
-        workers=[*membership.workers(backends), proxy.waits.running, lambda: proxy.deletions_worker(bus)],
+        workers=[*membership.workers(bus), proxy.waits.running, lambda: proxy.deletions_worker(bus)],
         description="serves images to conversation members only.",
     )
 
 
-def create_app(settings: Settings, backends: Backends | None = None) -> Litestar:
-    backends = backends or Backends(settings)
+def create_app(settings: Settings, root: Composition | None = None) -> Litestar:
+    root = root or Composition(settings)
     return create_service_app(
         settings,
-        backends,
-        [build(settings, backends)],
+        root,
+        [build(settings, ports(root))],
         component=COMPONENT,
         title="chat-management image-proxy",
     )

@@ -42,9 +42,9 @@ import structlog
 from litestar import Request, Response
 
 from chat_core import keys, metrics
-from chat_core.app_factory import provide_principal_or_cookie
+from chat_core.app_factory import authenticate
 from chat_core.audit import audit
-from chat_core.backends import Backends
+from chat_core.auth import TokenVerifier
 from chat_core.chatstore import Message, MessageStore, albums
 from chat_core.errors import ProblemError
 from chat_core.membership import MembershipCache, conversation_not_found
@@ -84,12 +84,13 @@ class ImageProxy:
     def __init__(
         self,
         settings: Settings,
-        backends: Backends,
+        verifier: TokenVerifier,
         store: ObjectStore,
         messages: MessageStore,
         membership: MembershipCache,
     ) -> None:
-        self._backends = backends
+        self._verifier = verifier
+        self._cookie_name = settings.auth.cookie_name
         self._store = store
         self._membership = membership
         self._mode = settings.images.proxy_mode
@@ -120,7 +121,8 @@ class ImageProxy:
             if via == "push_link":
                 user_id = self._push_link_user(request, conversation_id, object_key)
             else:
-                principal = await provide_principal_or_cookie(request, self._backends)
+                # the bearer token, or its cookie (``<img>`` tags cannot send headers)
+                principal = await authenticate(request, self._verifier, cookie_name=self._cookie_name)
                 user_id = principal.user_id
             response, reason = await self._authorised(request, user_id, conversation_id, object_key)
         except ProblemError as exc:

@@ -12,18 +12,33 @@ from __future__ import annotations
 from litestar import Litestar
 
 from chat_core.app_factory import ServiceParts, create_service_app
-from chat_core.backends import AnnouncesUploads, Backends
+from chat_core.capabilities import AnnouncesUploads
+from chat_core.composition import Composition
 from chat_core.settings import Settings
+from media_processor.ports import MediaPorts
 from media_processor.worker import MediaWorker
 
 COMPONENT = "media-processor"
 
 
-def build(settings: Settings, backends: Backends) -> ServiceParts:
-    """This service's routes, dependencies and workers, wired to ``backends``."""
-    worker = MediaWorker.from_backends(settings, backends)
-    if isinstance(backends.object_store, AnnouncesUploads):
-        worker.listen_to_uploads(backends.object_store)
+def ports(root: Composition) -> MediaPorts:
+    """This service's ports, picked from the process's composition root."""
+    return MediaPorts(
+        media_queue=root.media_queue,
+        messages=root.messages,
+        conversations=root.conversations,
+        outbox=root.outbox,
+        object_store=root.object_store,
+        event_bus=root.event_bus,
+        storage_ledger=root.storage_ledger,
+    )
+
+
+def build(settings: Settings, ports: MediaPorts) -> ServiceParts:
+    """This service's routes, dependencies and workers, wired to ``ports``."""
+    worker = MediaWorker.from_ports(settings, ports)
+    if isinstance(ports.object_store, AnnouncesUploads):
+        worker.listen_to_uploads(ports.object_store)
     return ServiceParts(
         component=COMPONENT,
         # A job's `message.updated` leaves through the event outbox (committed with the image's new state,
@@ -37,12 +52,12 @@ def build(settings: Settings, backends: Backends) -> ServiceParts:
     )
 
 
-def create_app(settings: Settings, backends: Backends | None = None) -> Litestar:
-    backends = backends or Backends(settings)
+def create_app(settings: Settings, root: Composition | None = None) -> Litestar:
+    root = root or Composition(settings)
     return create_service_app(
         settings,
-        backends,
-        [build(settings, backends)],
+        root,
+        [build(settings, ports(root))],
         component=COMPONENT,
         title="chat-management media-processor",
     )

@@ -67,7 +67,7 @@ import structlog
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from chat_core import images, keys, ledger, metrics, outbox, tracing
-from chat_core.backends import AnnouncesUploads, Backends
+from chat_core.capabilities import AnnouncesUploads
 from chat_core.chatstore import (
     ConversationStore,
     ImageMetadata,
@@ -90,6 +90,7 @@ from chat_core.realtime import EventBus
 from chat_core.settings import MEDIA_JOBS_PER_IMAGE_WORKER, Settings
 from media_processor.imaging import ImageLimits, Rejected, Sanitized, Variant
 from media_processor.pool import MediaProcessor, PoolSettings, PoolUnavailable
+from media_processor.ports import MediaPorts
 
 __all__ = ["MediaWorker", "limits_from", "pool_settings_from"]
 
@@ -193,16 +194,16 @@ class MediaWorker:
         self._refusals: set[asyncio.Task[None]] = set()  # refused uploads in their grace
 
     @classmethod
-    def from_backends(cls, settings: Settings, backends: Backends) -> MediaWorker:
+    def from_ports(cls, settings: Settings, ports: MediaPorts) -> MediaWorker:
         return cls(
-            backends.media_queue,
-            backends.messages,
-            backends.conversations,
-            backends.outbox,
-            backends.object_store,
-            backends.event_bus,
+            ports.media_queue,
+            ports.messages,
+            ports.conversations,
+            ports.outbox,
+            ports.object_store,
+            ports.event_bus,
             MediaProcessor(limits_from(settings), pool_settings_from(settings)),
-            backends.storage_ledger,
+            ports.storage_ledger,
             max_bytes=settings.images.max_bytes,
             max_pixels=settings.media.max_image_pixels,
             wait_seconds=settings.sqs.wait_seconds,

@@ -15,7 +15,7 @@ from litestar.di import Provide
 
 from chat_core import keys
 from chat_core.app_factory import ServiceParts, create_service_app
-from chat_core.backends import Backends
+from chat_core.composition import Composition
 from chat_core.erasure import ImageEraser
 from chat_core.openapi import DocumentRefinement, constrain
 from chat_core.settings import Settings
@@ -26,6 +26,7 @@ from message_service.events import MessageEvents
 from message_service.fanout import Fanout
 from message_service.last_message import LastMessageWriter
 from message_service.lifecycle import Lifecycle
+from message_service.ports import MessagePorts
 from message_service.realtime import RealtimeSockets
 from message_service.service import ConversationService, MessageService
 from message_service.verification import ImageVerifier
@@ -115,56 +116,76 @@ def document_refinement(settings: Settings) -> DocumentRefinement:
     return refine
 
 
-def build(settings: Settings, backends: Backends, events: MessageEvents | None = None) -> ServiceParts:
-    """This service's routes, dependencies and workers, wired to ``backends``.
+def ports(root: Composition) -> MessagePorts:
+    """This service's ports, picked from the process's composition root."""
+    return MessagePorts(
+        conversations=root.conversations,
+        messages=root.messages,
+        devices=root.devices,
+        outbox=root.outbox,
+        object_store=root.object_store,
+        event_bus=root.event_bus,
+        presence=root.presence,
+        notification_queue=root.notification_queue,
+        media_queue=root.media_queue,
+        storage_ledger=root.storage_ledger,
+        write_leases=root.write_leases,
+        quotas=root.quotas,
+        rate_limiter=root.rate_limiter,
+        verifier=root.verifier,
+    )
+
+
+def build(settings: Settings, ports: MessagePorts, events: MessageEvents | None = None) -> ServiceParts:
+    """This service's routes, dependencies and workers, wired to ``ports``.
 
     ``events`` is the fan-out after a change is stored (publish, notifications, membership events; see
     ``events.py``); tests pass their own.
     """
-    last_messages = LastMessageWriter(backends.conversations, leases=backends.write_leases)
+    last_messages = LastMessageWriter(ports.conversations, leases=ports.write_leases)
     fanout: Fanout | None = None
     if events is None:
         events = fanout = Fanout(
-            backends.conversations,
-            backends.outbox,
-            backends.event_bus,
-            backends.presence,
-            backends.notification_queue,
-            media_queue=backends.media_queue,
-            eraser=ImageEraser(backends.object_store, backends.storage_ledger),
+            ports.conversations,
+            ports.outbox,
+            ports.event_bus,
+            ports.presence,
+            ports.notification_queue,
+            media_queue=ports.media_queue,
+            eraser=ImageEraser(ports.object_store, ports.storage_ledger),
             drain_seconds=settings.service.drain_seconds,
         )
-    sockets = RealtimeSockets.from_backends(settings, backends)
-    device_service = DeviceService(backends.devices, max_devices=settings.limits.max_devices_per_user)
-    conversations = ConversationService(backends.conversations, events)
+    sockets = RealtimeSockets.from_ports(settings, ports)
+    device_service = DeviceService(ports.devices, max_devices=settings.limits.max_devices_per_user)
+    conversations = ConversationService(ports.conversations, events)
     messages = MessageService(
-        backends.conversations,
-        backends.messages,
-        ImageVerifier(settings, backends.object_store),
+        ports.conversations,
+        ports.messages,
+        ImageVerifier(settings, ports.object_store),
         last_messages,
         events,
-        backends.quotas,
+        ports.quotas,
         edit_window_seconds=settings.lifecycle.edit_window_seconds,
-        objects=backends.object_store,
-        storage=backends.storage_ledger,
+        objects=ports.object_store,
+        storage=ports.storage_ledger,
         base_url=settings.service.base_url(),
         max_images=settings.images.max_images_per_message,
-        limiter=backends.rate_limiter,
+        limiter=ports.rate_limiter,
     )
     lifecycle = Lifecycle(
-        backends.conversations,
-        backends.messages,
-        backends.devices,
-        backends.object_store,
+        ports.conversations,
+        ports.messages,
+        ports.devices,
+        ports.object_store,
         events,
         conversations,
         retention_days=settings.lifecycle.retention_days,
         export_expiry_days=settings.lifecycle.export_expiry_days,
-        quotas=backends.quotas,
-        presence=backends.presence,
+        quotas=ports.quotas,
+        presence=ports.presence,
     )
     admin_jobs = AdminJobs(
-        backends.object_store,
+        ports.object_store,
         lifecycle,
         admin_role=settings.auth.admin_role,
         url_ttl_seconds=settings.lifecycle.export_url_ttl_seconds,
@@ -196,31 +217,31 @@ async def standalone_lifecycle(settings: Settings) -> AsyncIterator[Lifecycle]:
     """The lifecycle jobs outside a server (the CLI): backends started, the fan-out's relay running, so
     events and byte deletions go out at once; what is left when it closes stays in the outbox for the
     message service's relay."""
-    backends = Backends(settings)
+    root = Composition(settings)
     fanout = Fanout(
-        backends.conversations,
-        backends.outbox,
-        backends.event_bus,
-        backends.presence,
-        backends.notification_queue,
-        media_queue=backends.media_queue,
-        eraser=ImageEraser(backends.object_store, backends.storage_ledger),
+        root.conversations,
+        root.outbox,
+        root.event_bus,
+        root.presence,
+        root.notification_queue,
+        media_queue=root.media_queue,
+        eraser=ImageEraser(root.object_store, root.storage_ledger),
         drain_seconds=settings.service.drain_seconds,
     )
-    # Every port is asked for before start-up (Backends builds adapters then only).
+    # Every port is picked before start-up (the root builds adapters then only).
     lifecycle = Lifecycle(
-        backends.conversations,
-        backends.messages,
-        backends.devices,
-        backends.object_store,
+        root.conversations,
+        root.messages,
+        root.devices,
+        root.object_store,
         fanout,
-        ConversationService(backends.conversations, fanout),
+        ConversationService(root.conversations, fanout),
         retention_days=settings.lifecycle.retention_days,
         export_expiry_days=settings.lifecycle.export_expiry_days,
-        quotas=backends.quotas,
-        presence=backends.presence,
+        quotas=root.quotas,
+        presence=root.presence,
     )
-    async with backends, fanout.worker():
+    async with root, fanout.worker():
         yield lifecycle
 
 
@@ -252,13 +273,13 @@ def retention_worker(
 
 
 def create_app(
-    settings: Settings, backends: Backends | None = None, events: MessageEvents | None = None
+    settings: Settings, root: Composition | None = None, events: MessageEvents | None = None
 ) -> Litestar:
-    backends = backends or Backends(settings)
+    root = root or Composition(settings)
     return create_service_app(
         settings,
-        backends,
-        [build(settings, backends, events)],
+        root,
+        [build(settings, ports(root), events)],
         component=COMPONENT,
         title="chat-management message",
     )

@@ -44,11 +44,11 @@ import structlog
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.handlers import WebsocketRouteHandler
-from litestar.types import WebSocketSendEvent
+from litestar.types import Empty, WebSocketSendEvent
+from litestar.utils.scope.state import ScopeState
 
 from chat_core import metrics, ratelimit
 from chat_core.auth import AuthError, Principal, TokenVerifier, token_from_connection
-from chat_core.backends import Backends
 from chat_core.chatstore import ConversationStore
 from chat_core.errors import problem_body
 from chat_core.ratelimit import RateLimited, RateLimiter
@@ -62,6 +62,8 @@ from chat_core.realtime import (
 )
 from chat_core.realtime.events import bus_event_for_client, decode_envelope
 from chat_core.settings import Settings
+from chat_core.websocket_server import ClientDisconnected, frame_writer, text_frame
+from message_service.ports import MessagePorts
 
 __all__ = [
     "CLOSE_POLICY",
@@ -80,6 +82,7 @@ CLOSE_TOO_BIG = 1009  # a frame over SOCKET_MAX_FRAME_BYTES
 CLOSE_TOO_MANY_SOCKETS = 4429  # over MAX_SOCKETS_PER_USER
 CLOSE_INTERNAL_ERROR = 1011
 OUTBOUND_LIMIT = 1000  # events queued for one socket before it counts as too slow
+PRESENCE_CALLS_AT_ONCE = 32  # timed presence heartbeats and disconnects in flight at once, per process
 _PAGE = 100
 _log = structlog.get_logger("message_service.realtime")
 
@@ -88,67 +91,82 @@ class _Ping(msgspec.Struct):
     type: str = ""
 
 
-_PONG = '{"type":"pong"}'
-_RESYNC = '{"type":"session.resync"}'
 _CLIENT_FRAME = msgspec.json.Decoder(_Ping)
 CLOSE_SECONDS = 2.0  # a close frame that cannot be written by then (the client stopped reading): abort
 _DECODED_EVENTS = 256  # bus events whose decoded form is kept for the sockets still receiving them
 
-# What a socket's queue holds: a text frame ready to write, or an event of the user's own channel or a
-# change of subscription, which need a round trip to the bus (done by the socket's sender, in order).
-_Outbound = tuple[str, str | bytes]  # ("", frame) | (own channel, payload) | ("-", channel to drop)
-
 
 class _Decoded:
-    """One bus event as every socket of this process needs it: decoded and re-encoded once, not once per
-    socket (a message to 1,000 members would otherwise be parsed 1,000 times, members list included)."""
+    """One bus event as every socket of this process needs it: decoded and encoded once, not once per
+    socket (a message to 1,000 members would otherwise be parsed 1,000 times, members list included),
+    down to the WebSocket frame written as is to every transport (``frame``; ``text`` for ASGI sends)."""
 
-    __slots__ = ("frame", "members")
+    __slots__ = ("frame", "members", "text")
 
-    def __init__(self, frame: str, members: frozenset[str] | None) -> None:
-        self.frame = frame
+    def __init__(self, text: str, members: frozenset[str] | None) -> None:
+        self.text = text
+        self.frame = text_frame(text.encode())
         self.members = members
 
 
-class _Session:
-    """One open socket: its subscription, its outbound queue and its presence.
+_PONG = _Decoded('{"type":"pong"}', None)
+_RESYNC = _Decoded('{"type":"session.resync"}', None)
 
-    Three tasks per socket: the receiver (client frames), the sender (the queue to the socket) and the
-    timer (presence heartbeats, token expiry). Events are routed in the bus's callback, so a delivery is
-    one queue entry of a frame already encoded for every socket.
+# What a socket's backlog holds, in order: a frame to write, or an event of the user's own channel or a
+# change of subscription, which need a round trip to the bus first.
+_Outbound = _Decoded | tuple[str, bytes | str]  # frame | (own channel, payload) | ("-", channel to drop)
+
+
+class _Session:
+    """One open socket: its subscription, its presence, and its backlog when it has one.
+
+    No task of its own while it keeps up: the handler's task (the server's, per connection) reads client
+    frames; events are routed in the bus's callback and each written there to the socket's transport, a
+    frame encoded once per process (``FrameWriter``); a timer handle refreshes presence and ends the
+    session when the token expires. A backlog (a deque, and one task draining it) exists only while
+    something must wait: the transport above its high-water mark, a frame behind a resubscription, the
+    server without ``FrameWriter`` (ASGI sends). ``OUTBOUND_LIMIT`` entries behind: the socket is dropped.
     """
 
     __slots__ = (
+        "beat",
         "connection_id",
+        "drainer",
         "expires_at",
+        "held",
         "outbound",
-        "overflowed",
         "own_channel",
-        "sender",
-        "socket",
+        "send",
         "sockets",
+        "stop",
         "subscription",
+        "task",
+        "timer",
         "user_id",
-        "wakeup",
+        "writer",
     )
 
     def __init__(
         self, sockets: RealtimeSockets, socket: WebSocket[Any, Any, Any], principal: Principal
     ) -> None:
         self.sockets = sockets
-        self.socket = socket
+        self.send = socket.send
+        self.writer = frame_writer(socket.scope)
         self.user_id = principal.user_id
         self.expires_at = principal.expires_at
         self.connection_id = uuid.uuid4().hex
         self.own_channel = user_channel(self.user_id)
-        # A deque and one future while the sender waits, not an asyncio.Queue: a Queue carries three
-        # deques and an Event (~2.5 KiB) for every idle socket.
-        self.outbound: collections.deque[_Outbound] = collections.deque()
-        self.wakeup: asyncio.Future[None] | None = None
-        self.overflowed = False
-        self.sender: asyncio.Task[None] | None = None
+        # Until session.ready is written, events wait here (then None: no backlog, frames go straight out).
+        self.outbound: collections.deque[_Outbound] | None = collections.deque()
+        self.held = True
+        self.drainer: asyncio.Task[None] | None = None
         self.subscription: Subscription | None = None
+        self.stop: tuple[int, str] | None = None  # why the session ends, when something else than a read
+        self.task: asyncio.Task[Any] | None = None  # the handler's, while it reads client frames
+        self.timer: asyncio.TimerHandle | None = None
+        self.beat: asyncio.Task[None] | None = None  # a presence heartbeat of the timer, while it runs
 
+    # --- delivery: in the bus's callback ---------------------------------------------------------------
     def on_event(self, channel: str, payload: bytes) -> None:
         if channel == self.own_channel:
             self._queue((channel, payload))
@@ -160,27 +178,94 @@ class _Session:
             # Removed while connected, and the conversation.left was lost: stop listening.
             self._queue(("-", channel))
             return
-        self._queue(("", decoded.frame))
+        self._deliver(decoded)
+
+    def _deliver(self, decoded: _Decoded) -> None:
+        """Write now when nothing is ahead and the transport takes it; else behind the backlog."""
+        if self.outbound is None and self.writer is not None and self.writer.write_frame(decoded.frame):
+            return
+        self._queue(decoded)
 
     def _queue(self, item: _Outbound) -> None:
-        if self.overflowed:
+        if self.stop is not None:
             return
-        if len(self.outbound) < OUTBOUND_LIMIT:
-            self.outbound.append(item)
-            if self.wakeup is not None and not self.wakeup.done():
-                self.wakeup.set_result(None)
-        else:
+        outbound = self.outbound
+        if outbound is None:
+            outbound = self.outbound = collections.deque()
+        if len(outbound) >= OUTBOUND_LIMIT:
             # The client reads slower than its events come: drop the socket (1013) rather than buffer
-            # without bound; the sender may be stuck on a socket that does not drain, so cancel it.
-            self.overflowed = True
-            if self.sender is not None:
-                self.sender.cancel()
+            # without bound.
+            self.end(CLOSE_TRY_AGAIN, "too slow: events were dropped")
+            return
+        outbound.append(item)
+        if self.drainer is None and not self.held:
+            self.drainer = asyncio.get_running_loop().create_task(self._drain())
 
     def on_gap(self) -> None:
         """The bus lost events of this subscription: the client resyncs (queued ahead of later events)."""
         metrics.WEBSOCKET_RESYNCS.inc()
-        self._queue(("", _RESYNC))
+        self._queue(_RESYNC)
 
+    def end(self, code: int, reason: str) -> None:
+        """End the session with ``code``: the handler stops reading and closes (the first reason wins)."""
+        if self.stop is not None:
+            return
+        self.stop = (code, reason)
+        if self.drainer is not None and self.drainer is not asyncio.current_task():
+            self.drainer.cancel()  # it may be stuck on a transport that never drains
+        if self.task is not None:
+            self.task.cancel()
+
+    def release(self) -> None:
+        """session.ready is written: what came meanwhile goes out, then frames go straight out."""
+        self.held = False
+        if self.outbound:
+            self.drainer = asyncio.get_running_loop().create_task(self._drain())
+        else:
+            self.outbound = None
+
+    async def _drain(self) -> None:
+        """Writes the backlog in order until it is empty (then frames go straight out again)."""
+        outbound = self.outbound
+        assert outbound is not None
+        try:
+            while outbound:
+                item = outbound.popleft()
+                if isinstance(item, _Decoded):
+                    if item is _RESYNC:
+                        await self._catch_up_on_membership()
+                    await self._write(item)
+                elif isinstance(data := item[1], str):  # ("-", channel)
+                    assert self.subscription is not None
+                    await self.subscription.remove([data])
+                elif (frame := await self._own_event(data)) is not None:
+                    await self._write(frame)
+        except (ClientDisconnected, WebSocketDisconnect):
+            self.end(0, "")
+        except Exception as exc:
+            # The bus failing under a live socket (a resubscribe) is "try again later" like a bus that is
+            # down at connect time; anything else is our error.
+            unavailable = isinstance(exc, EventBusUnavailable)
+            _log.warning("socket_failed", user_id=self.user_id, error=repr(exc))
+            if unavailable:
+                self.end(CLOSE_TRY_AGAIN, "real-time events are unavailable")
+            else:
+                self.end(CLOSE_INTERNAL_ERROR, "internal error")
+        finally:
+            self.drainer = None
+            if not outbound and self.outbound is outbound:
+                self.outbound = None
+
+    async def _write(self, decoded: _Decoded) -> None:
+        writer = self.writer
+        if writer is None:
+            # The raw ASGI send: the frame is already text, Litestar's send_data would only re-check it.
+            await self.send(WebSocketSendEvent(type="websocket.send", text=decoded.text, bytes=None))
+            return
+        while not writer.write_frame(decoded.frame):
+            await writer.drained()
+
+    # --- the subscription and presence -----------------------------------------------------------------
     async def open(self) -> None:
         bus = self.sockets.bus
         # The user's own channel first: a conversation joined while the list below is read is not missed.
@@ -210,50 +295,7 @@ class _Session:
             raise EventBusUnavailable(f"conversations unreadable after a bus gap: {exc!r}") from exc
         await self.subscription.add(channels)  # channels already held are left as they are
 
-    async def heartbeat(self) -> None:
-        try:
-            await self.sockets.presence.heartbeat(self.user_id, self.connection_id)
-        except Exception as exc:
-            # Without presence the user merely gets pushes while online; the socket itself still works.
-            _log.warning("presence_heartbeat_failed", user_id=self.user_id, error=repr(exc))
-
-    async def close(self) -> None:
-        if self.subscription is not None:
-            with contextlib.suppress(Exception):
-                await self.subscription.close()
-        try:
-            await self.sockets.presence.disconnect(self.user_id, self.connection_id)
-        except Exception as exc:
-            _log.warning("presence_disconnect_failed", user_id=self.user_id, error=repr(exc))
-
-    # --- the tasks of a session ---------------------------------------------------------------------
-    async def send_events(self) -> None:
-        send = self.socket.send
-        outbound = self.outbound
-        loop = asyncio.get_running_loop()
-        while True:
-            while not outbound:
-                self.wakeup = loop.create_future()
-                try:
-                    await self.wakeup
-                finally:
-                    self.wakeup = None
-            channel, data = outbound.popleft()
-            if channel == "":
-                frame: str | None = data  # type: ignore[assignment]
-                if data is _RESYNC:
-                    await self._catch_up_on_membership()
-            elif channel == "-":
-                assert self.subscription is not None
-                await self.subscription.remove([data])  # type: ignore[list-item]
-                continue
-            else:
-                frame = await self._own_event(data)  # type: ignore[arg-type]
-            if frame is not None:
-                # The raw ASGI send: the frame is already text, Litestar's send_data would only re-check it.
-                await send(WebSocketSendEvent(type="websocket.send", text=frame, bytes=None))
-
-    async def _own_event(self, payload: bytes) -> str | None:
+    async def _own_event(self, payload: bytes) -> _Decoded | None:
         envelope = decode_envelope(payload)
         if envelope is None:
             return None
@@ -266,33 +308,92 @@ class _Session:
                 await self.subscription.remove([target])
         except EventBusUnavailable as exc:
             _log.warning("socket_resubscribe_failed", user_id=self.user_id, error=repr(exc))
-        return bus_event_for_client(envelope).decode()
+        return _Decoded(bus_event_for_client(envelope).decode(), None)
 
-    async def receive_frames(self) -> int:
-        """Answers pings until the client leaves (0) or breaks a limit (the close code)."""
-        while True:
-            try:
-                raw = await self.socket.receive_data(mode="text")
-            except WebSocketDisconnect:
-                return 0
-            if len(raw) > self.sockets.max_frame_bytes:  # the server's ws_max_size catches it first
-                return CLOSE_TOO_BIG
-            try:
-                await self.sockets.frames.hit("socket_messages", self.connection_id)
-            except RateLimited:
-                return CLOSE_POLICY
-            with contextlib.suppress(msgspec.DecodeError):
-                if _CLIENT_FRAME.decode(raw).type == "ping":
-                    await self.heartbeat()
-                    self._queue(("", _PONG))
+    async def heartbeat(self) -> None:
+        try:
+            await self.sockets.presence.heartbeat(self.user_id, self.connection_id)
+        except Exception as exc:
+            # Without presence the user merely gets pushes while online; the socket itself still works.
+            _log.warning("presence_heartbeat_failed", user_id=self.user_id, error=repr(exc))
 
-    async def keep_presence(self) -> int:
-        """Presence heartbeats until the token expires; returns the close code then (4401)."""
-        while (left := self.expires_at - time.time()) > 0:
-            await asyncio.sleep(min(self.sockets.heartbeat_seconds, left))
-            if self.expires_at - time.time() > 0:
+    def schedule(self) -> None:
+        """The next presence heartbeat, or the end of the session when the token expires first."""
+        left = self.expires_at - time.time()
+        if left <= 0:
+            self.timer = None
+            self.end(CLOSE_UNAUTHORIZED, "token expired")
+            return
+        self.timer = asyncio.get_running_loop().call_later(
+            min(self.sockets.heartbeat_seconds, left), self._on_timer
+        )
+
+    def _on_timer(self) -> None:
+        if self.expires_at - time.time() > 0 and self.beat is None:  # the last one still waiting: skip
+            self.beat = asyncio.get_running_loop().create_task(self._timed_heartbeat())
+        self.schedule()
+
+    async def _timed_heartbeat(self) -> None:
+        try:
+            # A few at once per process: 10,000 sockets' timers must not open 10,000 Redis connections
+            # (redis-py's pool refuses past 100) when Redis answers slowly.
+            async with self.sockets.presence_calls:
                 await self.heartbeat()
-        return CLOSE_UNAUTHORIZED
+        finally:
+            self.beat = None
+
+    async def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.beat is not None:  # not after the disconnect below: it would mark the user online again
+            self.beat.cancel()
+            with contextlib.suppress(BaseException):
+                await self.beat
+        if self.drainer is not None:
+            self.drainer.cancel()
+        if self.subscription is not None:
+            with contextlib.suppress(Exception):
+                await self.subscription.close()
+        try:
+            async with self.sockets.presence_calls:  # a server shutting down closes every socket at once
+                await self.sockets.presence.disconnect(self.user_id, self.connection_id)
+        except Exception as exc:
+            _log.warning("presence_disconnect_failed", user_id=self.user_id, error=repr(exc))
+
+    # --- client frames: in the handler's task ----------------------------------------------------------
+    async def receive_frames(self, socket: WebSocket[Any, Any, Any]) -> tuple[int, str]:
+        """Answers pings until the client leaves (0), breaks a limit, or ``end`` is called (its code)."""
+        task = self.task = asyncio.current_task()
+        assert task is not None
+        try:
+            while True:
+                try:
+                    raw = await socket.receive_data(mode="text")
+                except WebSocketDisconnect:
+                    return 0, ""
+                if len(raw) > self.sockets.max_frame_bytes:  # the server's ws_max_size catches it first
+                    return CLOSE_TOO_BIG, "frame too big"
+                try:
+                    await self.sockets.frames.hit("socket_messages", self.connection_id)
+                except RateLimited:
+                    return CLOSE_POLICY, "too many frames: slow down"
+                with contextlib.suppress(msgspec.DecodeError):
+                    if _CLIENT_FRAME.decode(raw).type == "ping":
+                        await self.heartbeat()
+                        self._deliver(_PONG)
+        except asyncio.CancelledError:
+            if self.stop is None or task.uncancel() > 0:
+                raise  # cancelled from outside (the server's shutdown), not by end()
+            return self.stop
+        finally:
+            self.task = None
+
+
+def _forget_handshake(socket: WebSocket[Any, Any, Any]) -> None:
+    """The handshake's headers, raw in the scope and as Litestar parsed and cached them (~2.5 KiB), are not
+    read once the socket is authenticated and counted: not kept for as long as it stays open."""
+    socket.scope["headers"] = []
+    ScopeState.from_scope(socket.scope).headers = Empty
 
 
 class RealtimeSockets:
@@ -320,6 +421,7 @@ class RealtimeSockets:
         self.presence = presence
         self.heartbeat_seconds = max(1.0, presence_ttl_seconds / 3)
         self._decoded: dict[bytes, _Decoded | None] = {}
+        self.presence_calls = asyncio.Semaphore(PRESENCE_CALLS_AT_ONCE)
 
     def decoded(self, payload: bytes) -> _Decoded | None:
         """``payload`` as its sockets send it (None: not an event), decoded once for all of them: the bus
@@ -343,24 +445,26 @@ class RealtimeSockets:
         return decoded
 
     @staticmethod
-    async def _close(session: _Session, code: int, reason: str) -> None:
+    async def _close(session: _Session, socket: WebSocket[Any, Any, Any], code: int, reason: str) -> None:
         """Close with ``code``; a client that stopped reading cannot take even the close frame, so after
         ``CLOSE_SECONDS`` the handler returns anyway and the server drops the connection."""
+        if session.drainer is not None:
+            session.drainer.cancel()  # nothing more is written after the close frame
         with contextlib.suppress(Exception):
             async with asyncio.timeout(CLOSE_SECONDS):
-                await session.socket.close(code=code, reason=reason)
+                await socket.close(code=code, reason=reason)
 
     @classmethod
-    def from_backends(
-        cls, settings: Settings, backends: Backends, *, bus: EventBus | None = None
+    def from_ports(
+        cls, settings: Settings, ports: MessagePorts, *, bus: EventBus | None = None
     ) -> RealtimeSockets:
-        """The sockets of one replica, on ``backends`` (``bus``: another event bus, such as a wrapper)."""
+        """The sockets of one replica, on ``ports`` (``bus``: another event bus, such as a wrapper)."""
         return cls(
-            backends.verifier,
-            backends.conversations,
-            bus or backends.event_bus,
-            backends.presence,
-            backends.rate_limiter,
+            ports.verifier,
+            ports.conversations,
+            bus or ports.event_bus,
+            ports.presence,
+            ports.rate_limiter,
             ratelimit.in_process(settings.limits),
             presence_ttl_seconds=settings.presence.ttl_seconds,
             max_frame_bytes=settings.limits.socket_max_frame_bytes,
@@ -376,21 +480,15 @@ class RealtimeSockets:
 
         return realtime_socket
 
-    async def _authenticate(self, socket: WebSocket[Any, Any, Any]) -> Principal | None:
+    async def _verify(self, socket: WebSocket[Any, Any, Any]) -> Principal | AuthError:
+        """The socket's principal, or why it has none (told after the accept, with 4401): verified once."""
         try:
             return await self.verifier.verify(token_from_connection(socket, query_param="access_token"))
         except AuthError as exc:
-            await socket.close(code=CLOSE_UNAUTHORIZED, reason=(exc.detail or "unauthorized")[:120])
-            return None
+            return exc
 
-    async def _connect_allowed(self, socket: WebSocket[Any, Any, Any]) -> bool:
+    async def _connect_allowed(self, socket: WebSocket[Any, Any, Any], principal: Principal | None) -> bool:
         """Counts the connect (per user, or per client IP without a valid token); refuses it when over."""
-        try:
-            principal: Principal | None = await self.verifier.verify(
-                token_from_connection(socket, query_param="access_token")
-            )
-        except AuthError:
-            principal = None  # told after the accept, with 4401; counted against its IP meanwhile
         try:
             await self.limiter.hit(
                 "socket_connects", self.limiter.subject(socket, principal.user_id if principal else None)
@@ -417,13 +515,15 @@ class RealtimeSockets:
         await socket.close(code=CLOSE_POLICY, reason=f"rate limited; retry in {refused.retry_after} s")
 
     async def serve(self, socket: WebSocket[Any, Any, Any]) -> None:
-        if not await self._connect_allowed(socket):
+        principal = await self._verify(socket)
+        if not await self._connect_allowed(socket, None if isinstance(principal, AuthError) else principal):
             return
         # Accept first: a browser cannot read the HTTP status of a refused handshake, only a close code.
         await socket.accept()
-        principal = await self._authenticate(socket)
-        if principal is None:
+        if isinstance(principal, AuthError):
+            await socket.close(code=CLOSE_UNAUTHORIZED, reason=(principal.detail or "unauthorized")[:120])
             return
+        _forget_handshake(socket)
         user_id = principal.user_id
         if self._open.get(user_id, 0) >= self.sockets_per_user:
             await socket.close(code=CLOSE_TOO_MANY_SOCKETS, reason="too many open sockets for this user")
@@ -454,50 +554,12 @@ class RealtimeSockets:
                     "heartbeatSeconds": self.heartbeat_seconds,
                 }
             )
-            await self._run(session)
+            session.release()
+            session.schedule()
+            # end() may have been called already (an overflow while session.ready was written)
+            code, reason = session.stop or await session.receive_frames(socket)
+            if code:
+                await self._close(session, socket, code, reason)
         finally:
             metrics.WEBSOCKET_CONNECTIONS.dec()
             await session.close()
-
-    async def _run(self, session: _Session) -> None:
-        timer = asyncio.ensure_future(session.keep_presence())
-        receiver = asyncio.ensure_future(session.receive_frames())
-        sender = session.sender = asyncio.ensure_future(session.send_events())
-        tasks: set[asyncio.Future[Any]] = {receiver, sender, timer}
-        try:
-            done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if session.overflowed:
-            await self._close(session, CLOSE_TRY_AGAIN, "too slow: events were dropped")
-            return
-        if timer in done and not timer.cancelled() and timer.exception() is None:
-            await self._close(session, CLOSE_UNAUTHORIZED, "token expired")
-            return
-        if (
-            receiver in done
-            and not receiver.cancelled()
-            and receiver.exception() is None
-            and receiver.result()
-        ):
-            code = receiver.result()
-            reason = "frame too big" if code == CLOSE_TOO_BIG else "too many frames: slow down"
-            await self._close(session, code, reason)
-            return
-        for task in done:
-            if (
-                not task.cancelled()
-                and (error := task.exception()) is not None
-                and not isinstance(error, WebSocketDisconnect)
-            ):
-                # The bus failing under a live socket (a resubscribe while routing) is "try again later"
-                # like a bus that is down at connect time; anything else is our error.
-                unavailable = isinstance(error, EventBusUnavailable)
-                _log.warning("socket_failed", user_id=session.user_id, error=repr(error))
-                await self._close(
-                    session,
-                    CLOSE_TRY_AGAIN if unavailable else CLOSE_INTERNAL_ERROR,
-                    "real-time events are unavailable" if unavailable else "internal error",
-                )

@@ -44,13 +44,13 @@ import structlog
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from chat_core import metrics, tracing
-from chat_core.backends import Backends
 from chat_core.chatstore import ConversationStore, Device, DeviceStore, MessageStore, PushReceiptStore
 from chat_core.jobqueue.runner import JobRunner
 from chat_core.notifications import Notification, NotificationQueue, ReceivedNotification
 from chat_core.push import PushMessage, PushRouter
 from chat_core.push.image_links import PushImageLinks, push_image_links
 from chat_core.settings import Settings
+from notification_consumer.ports import NotificationPorts
 
 __all__ = ["MAX_RETRY_DELAY_SECONDS", "NotificationConsumer", "push_message_for"]
 
@@ -136,20 +136,20 @@ class NotificationConsumer:
         )
 
     @classmethod
-    def from_backends(cls, settings: Settings, backends: Backends) -> NotificationConsumer:
+    def from_ports(cls, settings: Settings, ports: NotificationPorts) -> NotificationConsumer:
         return cls(
-            backends.notification_queue,
-            backends.devices,
-            backends.push_receipts,
-            backends.push_provider,
+            ports.notification_queue,
+            ports.devices,
+            ports.push_receipts,
+            ports.push_provider,
             concurrency=settings.notifications.concurrency,
             wait_seconds=settings.sqs.wait_seconds,
             max_receives=settings.notifications.max_receives,
             retry_base_seconds=settings.notifications.retry_base_seconds,
             drain_seconds=settings.service.drain_seconds,
             claim_lease_seconds=settings.notifications.push_claim_lease_seconds,
-            messages=backends.messages,
-            conversations=backends.conversations,
+            messages=ports.messages,
+            conversations=ports.conversations,
             image_links=push_image_links(settings) if settings.push.image_previews else None,
         )
 

@@ -8,10 +8,10 @@ from litestar import Litestar
 
 from chat_core import keys
 from chat_core.app_factory import ServiceParts, create_service_app
-from chat_core.backends import Backends
-from chat_core.membership import MembershipCache
+from chat_core.composition import Composition
 from chat_core.openapi import DocumentRefinement, add_link, constrain
 from chat_core.settings import Settings
+from upload_service.ports import UploadPorts
 from upload_service.routes import route_handlers
 from upload_service.service import UploadService
 
@@ -45,22 +45,31 @@ def document_refinement(settings: Settings) -> DocumentRefinement:
     return refine
 
 
-def build(settings: Settings, backends: Backends) -> ServiceParts:
-    """This service's routes, dependencies and workers, wired to ``backends``."""
-    membership = MembershipCache.of(backends)
-    service = UploadService(settings, backends.object_store, membership, backends.quotas)
+def ports(root: Composition) -> UploadPorts:
+    """This service's ports, picked from the process's composition root."""
+    return UploadPorts(
+        object_store=root.object_store,
+        membership=root.membership,
+        quotas=root.quotas,
+        event_bus=root.event_bus,
+    )
+
+
+def build(settings: Settings, ports: UploadPorts) -> ServiceParts:
+    """This service's routes, dependencies and workers, wired to ``ports``."""
+    service = UploadService(settings, ports.object_store, ports.membership, ports.quotas)
     return ServiceParts(
         component=COMPONENT,
         essential=("message_store",),
         route_handlers=route_handlers(service),
-        workers=membership.workers(backends),
+        workers=ports.membership.workers(ports.event_bus),
         description="issues presigned upload URLs for image messages.",
         document=[document_refinement(settings)],
     )
 
 
-def create_app(settings: Settings, backends: Backends | None = None) -> Litestar:
-    backends = backends or Backends(settings)
+def create_app(settings: Settings, root: Composition | None = None) -> Litestar:
+    root = root or Composition(settings)
     return create_service_app(
-        settings, backends, [build(settings, backends)], component=COMPONENT, title="chat-management upload"
+        settings, root, [build(settings, ports(root))], component=COMPONENT, title="chat-management upload"
     )

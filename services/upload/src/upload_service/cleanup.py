@@ -25,7 +25,7 @@ delete, each logged as ``orphan_delete_failed``), botocore's ``standard`` retry 
 attempts. Orphans are gathered across reference batches until a full request's worth is due, so ``n``
 orphans take ``ceil(n / 1000)`` requests. The local disk keeps its own path through the ``ObjectStore`` port
 (one delete per key, ``delete_concurrency`` at a time). The job stays async because the message store and
-``Backends`` are; each blocking boto3 call runs in a worker thread, one at a time, off the event loop.
+the other adapters are; each blocking boto3 call runs in a worker thread, one at a time, off the event loop.
 
 A run with keys S3 would not delete still finishes (the rest are deleted, the counts recorded), then fails:
 the command exits 1 and the last-success time is not moved, so the staleness alert fires.
@@ -50,12 +50,13 @@ import structlog
 from prometheus_client import CollectorRegistry, push_to_gateway
 
 from chat_core import ledger, metrics
-from chat_core.backends import Backends
 from chat_core.chatstore import MessageStore
+from chat_core.composition import Composition
 from chat_core.keys import REFUSAL_PREFIX, InvalidKey, parse_refusal_key
 from chat_core.ledger import Kind, Usage
 from chat_core.objectstore import ObjectInfo, ObjectStore
 from chat_core.settings import Settings
+from upload_service.ports import CleanupPorts
 
 __all__ = [
     "DELETE_OBJECTS_MAX_KEYS",
@@ -65,6 +66,7 @@ __all__ = [
     "S3Objects",
     "cleanup_orphans",
     "objects_for",
+    "ports",
     "push_instance",
     "push_metrics",
     "run",
@@ -398,16 +400,23 @@ async def push_metrics(url: str, *, instance: str, job: str = PUSH_JOB) -> None:
     )
 
 
+def ports(root: Composition) -> CleanupPorts:
+    """The job's ports, picked from its composition root: the objects, the messages, the ledger."""
+    return CleanupPorts(
+        object_store=root.object_store, messages=root.messages, storage_ledger=root.storage_ledger
+    )
+
+
 async def run(settings: Settings, *, dry_run: bool) -> CleanupReport:
     """The ``chat-management cleanup-orphans`` command: scan, delete, record, push, summarise."""
-    backends = Backends(settings)
-    object_store, message_store = backends.object_store, backends.messages
-    storage = backends.storage_ledger
+    root = Composition(settings)
+    job = ports(root)
+    storage = job.storage_ledger
     started = time.monotonic()
-    async with backends:
+    async with root:
         report = await cleanup_orphans(
-            objects_for(settings, object_store),
-            message_store,
+            objects_for(settings, job.object_store),
+            job.messages,
             grace_seconds=settings.images.orphan_grace_seconds,
             dry_run=dry_run,
         )

@@ -14,8 +14,8 @@ from chat_core.chatstore.receipts import PushReceiptStore
 class ChatStore(ConversationStore, MessageStore, DeviceStore, OutboxStore, PushReceiptStore, Protocol):
     """One adapter (one database, one transaction engine) serving every narrow store of the package.
 
-    ``Backends`` builds one per process and hands each caller only the narrow store it uses
-    (``backends.conversations``, ``backends.messages``, ...), as Synapse composes its stores.
+    The composition root builds one per process and hands each caller only the narrow store it uses
+    (``conversations``, ``messages``, ...), as Synapse composes its stores.
     """
 
     name: str  # "firestore" or "sqlite"

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import msgspec
 import structlog
@@ -31,9 +31,6 @@ from chat_core.batching import Coalescer
 from chat_core.jobqueue import Job, JobKind, JobQueue, Received
 from chat_core.sqlite_engine import SqliteEngine
 from chat_core.timestamps import from_micros
-
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
 
 __all__ = ["SqliteJobQueue", "create"]
 
@@ -242,5 +239,6 @@ class SqliteJobQueue(JobQueue[J]):
         return await self._db.write(count)
 
 
-def create(backends: Backends, kind: JobKind[J]) -> SqliteJobQueue[J]:
-    return SqliteJobQueue(Path(backends.settings.service.data_dir) / f"{kind.name}s.sqlite3", kind)
+def create(data_dir: str, kind: JobKind[J]) -> SqliteJobQueue[J]:
+    """The queue of ``kind`` in its own SQLite file under ``data_dir`` (``notifications.sqlite3``)."""
+    return SqliteJobQueue(Path(data_dir) / f"{kind.name}s.sqlite3", kind)

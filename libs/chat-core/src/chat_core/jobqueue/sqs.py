@@ -17,17 +17,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
 
-from chat_core.aws import AwsClient, AwsError, aws_endpoint
+from chat_core.aws import AwsClient, AwsCredentialSource, AwsError, AwsHttp, aws_endpoint
 from chat_core.batching import Coalescer
 from chat_core.jobqueue import Job, JobKind, JobQueue, Received
-
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
+from chat_core.settings import AwsSettings
 
 __all__ = ["SqsJobQueue", "create"]
 
@@ -294,15 +292,10 @@ def _batches(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return batches
 
 
-def create(backends: Backends, kind: JobKind[J]) -> SqsJobQueue[J]:
-    settings = backends.settings
-    aws = settings.aws
+def create(
+    aws: AwsSettings, kind: JobKind[J], *, http: AwsHttp, credentials: AwsCredentialSource
+) -> SqsJobQueue[J]:
+    """The queue of ``kind`` in SQS, signed with ``credentials`` over the process's shared ``http``."""
     endpoint = aws_endpoint("sqs", aws.region, override=aws.sqs_endpoint_url or aws.endpoint_url)
-    client = AwsClient(
-        settings.aws,
-        "sqs",
-        endpoint_url=endpoint,
-        http=backends.aws_http,
-        credentials=backends.aws_credentials,
-    )
+    client = AwsClient(aws, "sqs", endpoint_url=endpoint, http=http, credentials=credentials)
     return SqsJobQueue(kind, client)

@@ -7,14 +7,10 @@ store at start-up (``MediaWorker``), and the cleanup scan does again whenever it
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from chat_core.ledger import KINDS, Kind, StorageLedger, Usage
 
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
-
-__all__ = ["MemoryStorageLedger", "create"]
+__all__ = ["MemoryStorageLedger"]
 
 
 class MemoryStorageLedger(StorageLedger):
@@ -38,7 +34,3 @@ class MemoryStorageLedger(StorageLedger):
 
     async def close(self) -> None:
         return None
-
-
-def create(_backends: Backends) -> MemoryStorageLedger:
-    return MemoryStorageLedger()

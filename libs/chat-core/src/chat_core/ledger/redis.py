@@ -7,15 +7,11 @@ script that moves both fields of a kind at once runs there; the hash never expir
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from chat_core.ledger import KINDS, Kind, StorageLedger, Usage
 from chat_core.redis_client import redis_client
 
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
-
-__all__ = ["RedisStorageLedger", "create"]
+__all__ = ["RedisStorageLedger"]
 
 TIMEOUT_SECONDS = 0.5
 
@@ -60,10 +56,3 @@ class RedisStorageLedger(StorageLedger):
 
     async def close(self) -> None:
         await self._client.aclose()
-
-
-def create(backends: Backends) -> RedisStorageLedger:
-    redis = backends.settings.redis
-    return RedisStorageLedger(
-        redis.address(), backends.settings.limits.key_prefix, mode=redis.mode, ca_cert=redis.tls_ca_cert
-    )

@@ -47,8 +47,10 @@ from chat_core.objectstore.local_signing import (
     MIN_SIGNING_KEY_BYTES,
     SIGNING_KEY_FILE,
     STORAGE_ROUTE,
+    InvalidObjectKey,
     SigningKeyError,
     UrlSigner,
+    key_segments,
     load_signing_key,
 )
 from chat_core.settings import Settings
@@ -56,7 +58,6 @@ from chat_core.settings import Settings
 if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
 
-    from chat_core.backends import Backends
 
 __all__ = [
     "MIN_SIGNING_KEY_BYTES",
@@ -66,43 +67,19 @@ __all__ = [
     "LocalObjectStore",
     "SigningKeyError",
     "Upload",
-    "create",
     "key_segments",
 ]
 
 T = TypeVar("T")
 _log = structlog.get_logger("chat_core.objectstore.local")
-_MAX_KEY_BYTES = 1024
-_MAX_SEGMENT_BYTES = 200  # leaves room for the sidecar and temporary names within NAME_MAX (255)
 _READ_CHUNK = 256 * 1024
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _CREATE_FLAGS = CREATE_FLAGS
 
 
-class InvalidObjectKey(ValueError):
-    """A key the local store refuses: it could name something outside the objects directory."""
-
-
 class _Meta(msgspec.Struct, frozen=True):
     content_type: str
     etag: str
-
-
-def key_segments(key: str) -> list[str]:
-    """The path segments of ``key``; raises InvalidObjectKey for anything that could leave the root."""
-    if not key or len(key.encode()) > _MAX_KEY_BYTES:
-        raise InvalidObjectKey("an object key must have 1 to 1024 bytes")
-    segments = key.split("/")
-    for segment in segments:
-        if (
-            not segment
-            or segment.startswith(".")
-            or "\\" in segment
-            or len(segment.encode()) > _MAX_SEGMENT_BYTES
-            or any(ord(char) < 32 or ord(char) == 127 for char in segment)
-        ):
-            raise InvalidObjectKey(f"object key {key!r} has a forbidden segment")
-    return segments
 
 
 class Upload:
@@ -125,7 +102,7 @@ class Upload:
 
     def commit(self, content_type: str) -> os.stat_result:
         os.fsync(self.fd)  # a 200 to the uploader means the bytes are on disk
-        meta = msgspec.json.encode(_Meta(content_type=content_type, etag=f'"{self.md5.hexdigest()}"'))
+        meta = msgspec.json.encode(_Meta(content_type=content_type, etag=self.etag()))
         directory, name = os.path.split(self.path)
         meta_temp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
         meta_fd = os.open(meta_temp, _CREATE_FLAGS, 0o644)
@@ -139,6 +116,10 @@ class Upload:
         result = os.fstat(self.fd)
         os.close(self.fd)
         return result
+
+    def etag(self) -> str:
+        """The bytes written so far's ETag, as S3 computes it for a single-part upload."""
+        return f'"{self.md5.hexdigest()}"'
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
@@ -301,6 +282,10 @@ class LocalObjectStore(ObjectStore):
     @property
     def limiter(self) -> anyio.CapacityLimiter:
         return self._limiter
+
+    def open_upload(self, key: str) -> Upload:
+        """A new file for ``key`` (blocking: call it through ``run``)."""
+        return Upload(self, key)
 
     def presign_put(
         self, key: str, *, content_type: str, content_length: int | None, expires_in: int
@@ -498,7 +483,3 @@ class LocalObjectStore(ObjectStore):
                 yield msgspec.structs.replace(info, content_type="")
             if len(page) < page_size:
                 return
-
-
-def create(backends: Backends) -> LocalObjectStore:
-    return LocalObjectStore(backends.settings)

@@ -9,7 +9,8 @@ over the limit (413). Uploads stream to disk under the grant's limits; downloads
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from xml.sax.saxutils import escape
 
 import anyio
@@ -19,16 +20,59 @@ from litestar.enums import HttpMethod
 from litestar.exceptions import InternalServerException
 from litestar.params import FromPath
 
-from chat_core.objectstore import ObjectNotFound, RangeNotSatisfiable
-from chat_core.objectstore.local_signing import STORAGE_ROUTE, Grant, Refusal
+from chat_core.objectstore import ObjectNotFound, ObjectStore, RangeNotSatisfiable
+from chat_core.objectstore.local_signing import (
+    STORAGE_ROUTE,
+    Grant,
+    InvalidObjectKey,
+    Refusal,
+    UrlSigner,
+    key_segments,
+)
 from chat_core.objectstore.serving import serve_object
 
 if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
 
-    from chat_core.objectstore.local import LocalObjectStore
+__all__ = ["LocalStorage", "ReceivedUpload", "storage_route"]
 
-__all__ = ["storage_route"]
+T = TypeVar("T")
+
+
+class ReceivedUpload(Protocol):
+    """A file being written for one PUT (``local.Upload``); each call blocks (run it on the store's pool)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def commit(self, content_type: str) -> object: ...
+
+    def abort(self) -> None: ...
+
+    def etag(self) -> str: ...
+
+
+class LocalStorage(ObjectStore, Protocol):
+    """What the route needs of the store it serves (``local.LocalObjectStore``): the route imports no
+    store, so the store can import the route (it serves it)."""
+
+    @property
+    def signer(self) -> UrlSigner: ...
+
+    @property
+    def max_bytes(self) -> int: ...
+
+    @property
+    def limiter(self) -> anyio.CapacityLimiter: ...
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T: ...
+
+    async def announce(self, key: str) -> None: ...
+
+    def open_upload(self, key: str) -> ReceivedUpload: ...
+
 
 _WRITE_BUFFER = 1024 * 1024
 _DECIMAL = re.compile(r"[0-9]{1,18}")  # str.isdigit() also takes "²" and thousands of digits
@@ -42,9 +86,7 @@ def _s3_error(status: int, code: str, message: str) -> Response[bytes]:
     return Response(body.encode(), status_code=status, media_type="application/xml")
 
 
-def storage_route(store: LocalObjectStore) -> HTTPRouteHandler:
-    from chat_core.objectstore.local import InvalidObjectKey, key_segments
-
+def storage_route(store: LocalStorage) -> HTTPRouteHandler:
     @route(
         f"{STORAGE_ROUTE}/{{key:path}}",
         http_method=[HttpMethod.GET, HttpMethod.PUT],
@@ -84,10 +126,8 @@ def storage_route(store: LocalObjectStore) -> HTTPRouteHandler:
     return local_storage
 
 
-async def _receive(store: LocalObjectStore, request: Request[Any, Any, Any], key: str, grant: Grant) -> str:
+async def _receive(store: LocalStorage, request: Request[Any, Any, Any], key: str, grant: Grant) -> str:
     """Stream the body to disk under the grant's limits; the new object's ETag."""
-    from chat_core.objectstore.local import Upload
-
     if request.headers.get("content-type", "") != grant.content_type:
         raise Refusal(403, "SignatureDoesNotMatch", "Content-Type is not the signed one")
     declared = request.headers.get("content-length")
@@ -98,7 +138,7 @@ async def _receive(store: LocalObjectStore, request: Request[Any, Any, Any], key
         raise Refusal(403, "SignatureDoesNotMatch", "Content-Length is not the signed one")
     if length > store.max_bytes:
         raise Refusal(413, "EntityTooLarge", f"Your proposed upload exceeds {store.max_bytes} bytes")
-    upload = await store.run(Upload, store, key)
+    upload = await store.run(store.open_upload, key)
     try:
         buffer = bytearray()
         async for chunk in request.stream():
@@ -118,4 +158,4 @@ async def _receive(store: LocalObjectStore, request: Request[Any, Any, Any], key
     except BaseException:
         await anyio.to_thread.run_sync(upload.abort, limiter=store.limiter, abandon_on_cancel=False)
         raise
-    return f'"{upload.md5.hexdigest()}"'
+    return upload.etag()

@@ -34,13 +34,40 @@ __all__ = [
     "SIGNING_KEY_FILE",
     "STORAGE_ROUTE",
     "Grant",
+    "InvalidObjectKey",
     "Refusal",
     "SigningKeyError",
     "UrlSigner",
+    "key_segments",
     "load_signing_key",
 ]
 
 STORAGE_ROUTE = "/_storage"
+_MAX_KEY_BYTES = 1024
+_MAX_SEGMENT_BYTES = 200  # leaves room for the sidecar and temporary names within NAME_MAX (255)
+
+
+class InvalidObjectKey(ValueError):
+    """A key the local store refuses: it could name something outside the objects directory."""
+
+
+def key_segments(key: str) -> list[str]:
+    """The path segments of ``key``; raises InvalidObjectKey for anything that could leave the root."""
+    if not key or len(key.encode()) > _MAX_KEY_BYTES:
+        raise InvalidObjectKey("an object key must have 1 to 1024 bytes")
+    segments = key.split("/")
+    for segment in segments:
+        if (
+            not segment
+            or segment.startswith(".")
+            or "\\" in segment
+            or len(segment.encode()) > _MAX_SEGMENT_BYTES
+            or any(ord(char) < 32 or ord(char) == 127 for char in segment)
+        ):
+            raise InvalidObjectKey(f"object key {key!r} has a forbidden segment")
+    return segments
+
+
 SIGNING_KEY_FILE = "object-url-signing.key"
 MIN_SIGNING_KEY_BYTES = 32
 CREATE_FLAGS = (

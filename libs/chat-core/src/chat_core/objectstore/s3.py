@@ -14,7 +14,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 from urllib.parse import quote
 
 from chat_core.aws import (
@@ -38,10 +38,7 @@ from chat_core.objectstore import (
 )
 from chat_core.settings import Settings
 
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
-
-__all__ = ["RESPONSE_OVERRIDES", "S3ObjectStore", "create"]
+__all__ = ["RESPONSE_OVERRIDES", "S3ObjectStore"]
 
 # Response headers a presigned GET may override (S3's ``response-*`` query parameters).
 RESPONSE_OVERRIDES = frozenset(
@@ -111,7 +108,7 @@ def _range_header(byte_range: ByteRange) -> str:
 class S3ObjectStore(ObjectStore):
     name = "s3"
     readiness_name = "s3"
-    uses_aws = True  # Backends resolves credentials before start()
+    uses_aws = True  # the composition root resolves credentials before start()
 
     def __init__(self, settings: Settings, *, http: AwsHttp, credentials: AwsCredentialSource) -> None:
         self.bucket = settings.s3.bucket
@@ -130,7 +127,7 @@ class S3ObjectStore(ObjectStore):
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
-        return None  # the HTTP client and the credentials belong to Backends
+        return None  # the HTTP client and the credentials belong to the composition root
 
     async def close(self) -> None:
         return None
@@ -323,7 +320,3 @@ class S3ObjectStore(ObjectStore):
             token = _xml_text(root, "NextContinuationToken")
             if _xml_text(root, "IsTruncated") != "true" or not token:
                 return
-
-
-def create(backends: Backends) -> S3ObjectStore:
-    return S3ObjectStore(backends.settings, http=backends.aws_http, credentials=backends.aws_credentials)

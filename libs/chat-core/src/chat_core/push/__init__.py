@@ -50,9 +50,10 @@ class PushProvider(Protocol):
 class PushRouter:
     """The configured providers (``PUSH_PROVIDER``, one or more), and which one a device's push takes.
 
-    The providers themselves are ``Backends``' adapters (started, closed and asked for readiness there);
-    the router only picks: the provider named like the device's ``provider``, else the first generic one
-    configured (webhook or log), else none (the device cannot be reached with this configuration).
+    The providers themselves are the composition root's adapters (started, closed and asked for readiness
+    there); the router only picks: the provider named like the device's ``provider``, else the first
+    generic one configured (webhook or log), else none (the device cannot be reached with this
+    configuration).
     """
 
     def __init__(self, providers: Sequence[PushProvider]) -> None:
@@ -65,7 +66,7 @@ class PushRouter:
         return self._by_name.get(provider, self._generic)
 
     async def start(self) -> None:
-        return None  # the providers are Backends' adapters
+        return None  # the providers are the composition root's adapters
 
     async def close(self) -> None:
         return None

@@ -18,7 +18,7 @@ own payload is ``retry`` too, never ``invalid_token``: it must end in the DLQ, n
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import google.auth
 import google.auth.exceptions
@@ -34,10 +34,7 @@ from chat_core.push import PushMessage, PushOutcome, PushProvider
 from chat_core.retries import RetryableAnswer, RetryBudget, retrying
 from chat_core.settings import PushSettings
 
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
-
-__all__ = ["FCM_SCOPE", "FcmPushProvider", "create", "load_credentials"]
+__all__ = ["FCM_SCOPE", "FcmPushProvider", "load_credentials"]
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 _TIMEOUT = httpx.Timeout(10.0, connect=3.0)
@@ -201,7 +198,3 @@ def _outcome(response: httpx.Response) -> PushOutcome:
         return "invalid_token"
     _log.warning("fcm_refused", status=response.status_code, error=error_code or status, message=text[:200])
     return "retry"
-
-
-def create(backends: Backends) -> FcmPushProvider:
-    return FcmPushProvider(backends.http, backends.settings.push)

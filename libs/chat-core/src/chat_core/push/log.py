@@ -6,16 +6,12 @@ body are, never the text: logs hold no message content."""
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
 
 import structlog
 
 from chat_core.push import PushMessage, PushOutcome, PushProvider
 
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
-
-__all__ = ["LogPushProvider", "create"]
+__all__ = ["LogPushProvider"]
 
 _log = structlog.get_logger("chat_core.push")
 
@@ -49,7 +45,3 @@ class LogPushProvider(PushProvider):
             with_image=message.image_url is not None,  # never the link: it is a bearer credential
         )
         return "sent"
-
-
-def create(backends: Backends) -> LogPushProvider:
-    return LogPushProvider()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from typing import TYPE_CHECKING
 
 import httpx
 import msgspec
@@ -22,10 +21,7 @@ import structlog
 
 from chat_core.push import PushMessage, PushOutcome, PushProvider
 
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
-
-__all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "WebhookPushProvider", "create", "sign"]
+__all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "WebhookPushProvider", "sign"]
 
 SIGNATURE_HEADER = "X-Chat-Signature"
 TIMESTAMP_HEADER = "X-Chat-Timestamp"
@@ -94,8 +90,3 @@ class WebhookPushProvider(PushProvider):
             return "invalid_token"
         _log.warning("webhook_refused", status=response.status_code)
         return "retry"
-
-
-def create(backends: Backends) -> WebhookPushProvider:
-    push = backends.settings.push
-    return WebhookPushProvider(backends.http, push.webhook_url, push.webhook_secret)

@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import heapq
 import time
-from typing import TYPE_CHECKING
 
 from chat_core.quota import QuotaRefusal, QuotaStore, seconds_to_next_day
 
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
-
-__all__ = ["MemoryQuotaStore", "create"]
+__all__ = ["MemoryQuotaStore"]
 
 
 class _Day:
@@ -119,7 +115,3 @@ class MemoryQuotaStore(QuotaStore):
 
     async def close(self) -> None:
         return None
-
-
-def create(_backends: Backends) -> MemoryQuotaStore:
-    return MemoryQuotaStore()

@@ -11,15 +11,10 @@ touches two of them (a cluster keeps them in one slot):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from chat_core.quota import DAY_SECONDS, QuotaRefusal, QuotaStore, seconds_to_next_day
 from chat_core.redis_client import redis_client
 
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
-
-__all__ = ["RedisQuotaStore", "create"]
+__all__ = ["RedisQuotaStore"]
 
 TIMEOUT_SECONDS = 0.5
 
@@ -132,10 +127,3 @@ class RedisQuotaStore(QuotaStore):
 
     async def close(self) -> None:
         await self._client.aclose()
-
-
-def create(backends: Backends) -> RedisQuotaStore:
-    redis = backends.settings.redis
-    return RedisQuotaStore(
-        redis.address(), backends.settings.limits.key_prefix, mode=redis.mode, ca_cert=redis.tls_ca_cert
-    )

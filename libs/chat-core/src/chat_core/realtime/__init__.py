@@ -50,6 +50,8 @@ class EventBusUnavailable(ConnectionError):
 class Subscription(Protocol):
     """A set of channels delivered to one handler; channels can change while it is open."""
 
+    __slots__ = ()  # one per open socket: adapters may use slots
+
     async def add(self, channels: Iterable[str]) -> None: ...
 
     async def remove(self, channels: Iterable[str]) -> None: ...

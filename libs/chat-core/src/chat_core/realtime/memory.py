@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Iterable
-from typing import TYPE_CHECKING
 
 import structlog
 
 from chat_core.realtime import EventBus, EventHandler, GapHandler, Presence, Subscription
 
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
-
-__all__ = ["MemoryEventBus", "MemoryPresence", "create_event_bus", "create_presence"]
+__all__ = ["MemoryEventBus", "MemoryPresence"]
 
 _log = structlog.get_logger("chat_core.realtime.memory")
 
 
 class _MemorySubscription(Subscription):
+    __slots__ = ("_bus", "_channels", "_closed", "_handler")
+
     def __init__(self, bus: MemoryEventBus, handler: EventHandler) -> None:
         self._bus = bus
         self._handler = handler
@@ -139,11 +137,3 @@ class MemoryPresence(Presence):
             else:
                 del self._connections[user_id]
         return present
-
-
-def create_event_bus(backends: Backends) -> MemoryEventBus:
-    return MemoryEventBus()
-
-
-def create_presence(backends: Backends, ttl_seconds: float | None = None) -> MemoryPresence:
-    return MemoryPresence(backends.settings.presence.ttl_seconds if ttl_seconds is None else ttl_seconds)

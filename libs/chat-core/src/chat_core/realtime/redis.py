@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import weakref
 from collections.abc import Collection, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -41,10 +40,7 @@ from chat_core.realtime.resp_subscriber import (
 )
 from chat_core.redis_keys import presence_key
 
-if TYPE_CHECKING:
-    from chat_core.backends import Backends
-
-__all__ = ["RedisEventBus", "RedisPresence", "create_event_bus", "create_presence"]
+__all__ = ["RedisConnections", "RedisEventBus", "RedisPresence"]
 
 _log = structlog.get_logger("chat_core.realtime.redis")
 
@@ -87,8 +83,11 @@ return counts
 _ONLINE_CROSS_SLOT_SHA = hashlib.sha1(_ONLINE_CROSS_SLOT.encode()).hexdigest()  # noqa: S324 - Redis's id
 
 
-class _RedisConnections:
-    """What the bus and presence of one process share: the pooled client and the subscriber."""
+class RedisConnections:
+    """What the bus and presence of one process share: the pooled client and the subscriber.
+
+    The composition root builds one per process and hands it to both adapters (``RedisEventBus(connections)``,
+    ``RedisPresence(connections, ttl)``); each starts and closes it by reference count."""
 
     def __init__(self, url: str, mode: str = "standalone", ca_cert: str = "") -> None:
         self.cluster: RedisCluster | None = None
@@ -134,24 +133,13 @@ class _RedisConnections:
             await self.client.aclose()
 
 
-_shared: weakref.WeakKeyDictionary[Backends, _RedisConnections] = weakref.WeakKeyDictionary()
-
-
-def _connections(backends: Backends) -> _RedisConnections:
-    connections = _shared.get(backends)
-    if connections is None:
-        redis = backends.settings.redis
-        connections = _shared[backends] = _RedisConnections(redis.address(), redis.mode, redis.tls_ca_cert)
-    return connections
-
-
 class _OnSharedConnections:
     """Bus and presence share the process's Redis connections (started and closed by reference count)."""
 
     name = "redis"
     readiness_name = "redis"
 
-    def __init__(self, connections: _RedisConnections) -> None:
+    def __init__(self, connections: RedisConnections) -> None:
         self._connections = connections
         self._client = connections.client
 
@@ -192,7 +180,7 @@ class RedisEventBus(_OnSharedConnections, EventBus):
 
 
 class RedisPresence(_OnSharedConnections, Presence):
-    def __init__(self, connections: _RedisConnections, ttl_seconds: float) -> None:
+    def __init__(self, connections: RedisConnections, ttl_seconds: float) -> None:
         super().__init__(connections)
         self._ttl_ms = max(1, round(ttl_seconds * 1000))
         self._heartbeat = self._client.register_script(_HEARTBEAT)
@@ -267,12 +255,3 @@ class RedisPresence(_OnSharedConnections, Presence):
         except NoScriptError:
             counts = await cluster.execute_command("EVAL", _ONLINE_CROSS_SLOT, 0, *keys, target_nodes=node)
         return {user for user, count in zip(users, counts, strict=True) if int(count) > 0}
-
-
-def create_event_bus(backends: Backends) -> RedisEventBus:
-    return RedisEventBus(_connections(backends))
-
-
-def create_presence(backends: Backends, ttl_seconds: float | None = None) -> RedisPresence:
-    ttl = backends.settings.presence.ttl_seconds if ttl_seconds is None else ttl_seconds
-    return RedisPresence(_connections(backends), ttl)

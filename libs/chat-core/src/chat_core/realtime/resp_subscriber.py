@@ -78,6 +78,9 @@ class _Op:
 
 
 class RespSubscription(Subscription):
+    # One per open socket: slots, and the set of interrupted channels only while there are some.
+    __slots__ = ("_closed", "_interrupted", "_on_gap", "_subscriber", "channels", "handler")
+
     def __init__(
         self, subscriber: _Multiplexer, handler: EventHandler, on_gap: GapHandler | None = None
     ) -> None:
@@ -88,18 +91,21 @@ class RespSubscription(Subscription):
         self._on_gap = on_gap
         # Channels whose connection was lost (or that left their node) while subscribed, not yet confirmed
         # again. The gap is reported once, when the last of them is back: one outage, one report.
-        self._interrupted: set[str] = set()
+        self._interrupted: set[str] | None = None
 
     def interrupted(self, channel: str) -> None:
         """Events published on ``channel`` from now until it is confirmed again are lost."""
         if self._on_gap is not None and not self._closed and channel in self.channels:
+            if self._interrupted is None:
+                self._interrupted = set()
             self._interrupted.add(channel)
 
     def confirmed(self, channel: str) -> None:
         """``channel`` is subscribed (again): events published from now on reach the handler."""
-        if channel in self._interrupted:
+        if self._interrupted is not None and channel in self._interrupted:
             self._interrupted.discard(channel)
             if not self._interrupted:
+                self._interrupted = None
                 self._report_gap()
 
     def _report_gap(self) -> None:
@@ -129,6 +135,7 @@ class RespSubscription(Subscription):
         if self._interrupted and gone:
             self._interrupted.difference_update(gone)
             if not self._interrupted:
+                self._interrupted = None
                 self._report_gap()  # what is left is whole again; what was removed lost events too
 
     async def close(self) -> None:

@@ -47,6 +47,16 @@ class ServiceSettings(Frozen, frozen=True, kw_only=True):
         env("SHUTDOWN_DRAIN_SECONDS", "Grace given to in-flight requests and jobs on SIGTERM."),
         msgspec.Meta(ge=0),
     ] = 10.0
+    keep_alive_seconds: Annotated[
+        float,
+        env(
+            "HTTP_KEEP_ALIVE_SECONDS",
+            "How long an idle HTTP/1.1 connection is kept open. Keep it above the load balancer's idle "
+            "timeout (ALB: 60 s, GKE/Envoy: 60 s), so the balancer, not the server, closes idle connections "
+            "and never sends a request on one the server has just closed (a 502).",
+        ),
+        msgspec.Meta(gt=0),
+    ] = 75.0
 
     def base_url(self) -> str:
         return (self.public_base_url or f"http://127.0.0.1:{self.port}").rstrip("/")
