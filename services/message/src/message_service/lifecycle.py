@@ -10,7 +10,8 @@
 * **Export** (Art. 20; ``.../export``, ``chat-management export-user``): a zip of the user's messages as
   JSON (``messages.json``: conversation id and the message as the API shows it, tombstones left out), the
   conversations they are in (``conversations.json``: id and name) and their images as served (the
-  sanitized ``original`` of each ready image, ``images/{conversationId}/{messageId}.{ext}``), stored at
+  sanitized ``original`` of each ready image, ``images/{conversationId}/{messageId}.{ext}``, an album's
+  ``{messageId}-{index}.{ext}``), stored at
   ``_admin/exports/{jobId}.zip`` (a prefix no conversation id can have) and handed out as a signed GET of
   ``EXPORT_URL_TTL_SECONDS``. The zip is written to a temporary file as each image is read (one image in
   memory at a time, not all of them), then stored. It is kept ``EXPORT_EXPIRY_DAYS``: each retention pass
@@ -31,6 +32,7 @@ import asyncio
 import datetime as dt
 import tempfile
 import zipfile
+from collections.abc import AsyncIterator
 from typing import IO
 
 import msgspec
@@ -38,7 +40,7 @@ import structlog
 
 from chat_core import keys, metrics
 from chat_core.audit import audit
-from chat_core.chatstore import ConversationStore, DeviceStore, Message, MessageStore
+from chat_core.chatstore import ConversationStore, DeviceStore, Message, MessageStore, albums
 from chat_core.errors import ProblemError
 from chat_core.objectstore import ObjectNotFound, ObjectStore
 from chat_core.quota import Quotas
@@ -177,9 +179,8 @@ class Lifecycle:
             archive = await asyncio.to_thread(_open_zip, spool, sent, conversations)
             try:
                 for item in sent:
-                    served = await self._served_original(item.conversation_id, item.message)
-                    if served is not None:
-                        name, data = served  # already compressed: stored as is
+                    async for name, data in self._served_originals(item.conversation_id, item.message):
+                        # already compressed: stored as is
                         await asyncio.to_thread(archive.writestr, name, data, zipfile.ZIP_STORED)
                         images += 1
             finally:
@@ -198,18 +199,26 @@ class Lifecycle:
         )
         return report
 
-    async def _served_original(self, conversation_id: str, message: Message) -> tuple[str, bytes] | None:
-        """The image as the proxy serves it (the sanitized original), named for the zip."""
-        metadata = message.metadata
-        if metadata is None or metadata.status != "ready":
-            return None
-        try:
-            key = keys.derivative_key(conversation_id, message.message_id, "original", metadata.content_type)
-            _info, data = await self._objects.read(key)
-        except (keys.InvalidKey, ObjectNotFound):
-            return None
-        ext = keys.DERIVATIVE_EXTENSIONS[metadata.content_type]
-        return f"images/{conversation_id}/{message.message_id}.{ext}", data
+    async def _served_originals(
+        self, conversation_id: str, message: Message
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        """The message's images as the proxy serves them (the sanitized originals), named for the zip
+        (an album's as ``{messageId}-{index}.{ext}``)."""
+        album = albums.is_album(message.metadata)
+        for index, metadata in enumerate(albums.images_of(message.metadata)):
+            if metadata.status != "ready":
+                continue
+            place = index if album else None
+            try:
+                key = keys.derivative_key(
+                    conversation_id, message.message_id, "original", metadata.content_type, place
+                )
+                _info, data = await self._objects.read(key)
+            except (keys.InvalidKey, ObjectNotFound):
+                continue
+            ext = keys.DERIVATIVE_EXTENSIONS[metadata.content_type]
+            name = message.message_id if place is None else f"{message.message_id}-{place}"
+            yield f"images/{conversation_id}/{name}.{ext}", data
 
     async def expire_exports(self, now: dt.datetime | None = None) -> int:
         """Delete the export zips older than ``EXPORT_EXPIRY_DAYS``; how many went."""

@@ -9,7 +9,8 @@ narrow port (``tests/contract/test_chatstore_contract.py``).
 
 One module per concern, as Synapse splits its stores: the records (``models``), the outbox's entries
 (``events``), keyset pages (``paging``), then one port each (``conversations``, ``messages``, ``devices``,
-``outbox``, ``receipts``) and their union (``store.ChatStore``); everything is re-exported here. Each
+``outbox``, ``receipts``) and their union (``store.ChatStore``); everything is re-exported here, but
+``albums`` (how an image message holds 2..``MAX_IMAGES_PER_MESSAGE`` images), imported as a module. Each
 adapter is a package with the same concerns, each a class subclassing its port over one shared base
 (``firestore.base.FirestoreBase``: the client; ``sqlite.base.SqliteBase``: the engine), composed into
 the chat store; its ``create(...)`` takes its settings and a clock, never the composition root.
@@ -43,7 +44,7 @@ from chat_core.chatstore.events import (
     legacy_outbox_fields,
     new_event,
 )
-from chat_core.chatstore.messages import MessageStore
+from chat_core.chatstore.messages import MessageStore, edited, finished
 from chat_core.chatstore.models import (
     Conversation,
     ConversationExists,
@@ -61,9 +62,8 @@ from chat_core.chatstore.models import (
     MessageType,
     ObjectAlreadyUsed,
     Platform,
+    StoredImage,
     TooManyParticipants,
-    edited,
-    finished,
 )
 from chat_core.chatstore.outbox import OutboxStore
 from chat_core.chatstore.paging import (
@@ -108,6 +108,7 @@ __all__ = [
     "PushClaim",
     "PushClaimState",
     "PushReceiptStore",
+    "StoredImage",
     "TooManyParticipants",
     "created_event",
     "decode_cursor",

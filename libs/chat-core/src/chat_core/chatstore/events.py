@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Literal
 
 import msgspec
 
-from chat_core.chatstore.models import Message
+from chat_core.chatstore.models import Message, StoredImage
 
 # What the event outbox carries (the wire names clients get are in ``chat_core.outbox``, which turns each
 # kind into what is published). A new kind is added here, in ``chat_core.outbox.bus_events`` and, when it
@@ -56,6 +56,11 @@ class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
     # message.created of an image: the stored (raw upload) key and its ETag as verified at send.
     object_key: str | None = None
     object_etag: str | None = None
+    # An album's images (``object_key`` is then the first's): message.created queues a media job per
+    # image; message.deleted erases every image's raw upload.
+    images: tuple[StoredImage, ...] = ()
+    # message.updated of an album: the image that changed.
+    index: int | None = None
 
     @property
     def message_id(self) -> str | None:
@@ -69,6 +74,7 @@ def created_event(
     trace: Mapping[str, str] | None = None,
     object_key: str | None = None,
     object_etag: str | None = None,
+    images: Sequence[StoredImage] = (),
 ) -> OutboxEntry:
     """The ``message.created`` entry ``create_message`` stores with ``message``."""
     return OutboxEntry(
@@ -80,6 +86,7 @@ def created_event(
         trace=dict(trace or {}),
         object_key=object_key,
         object_etag=object_etag,
+        images=tuple(images),
     )
 
 
@@ -89,6 +96,7 @@ def deleted_event(
     *,
     object_key: str | None = None,
     trace: Mapping[str, str] | None = None,
+    images: Sequence[StoredImage] = (),
 ) -> OutboxEntry:
     """The ``message.deleted`` entry ``delete_message`` stores with the tombstone: one per message."""
     return OutboxEntry(
@@ -101,6 +109,7 @@ def deleted_event(
         message=tombstone,
         trace=dict(trace or {}),
         object_key=object_key,
+        images=tuple(images),
     )
 
 

@@ -6,9 +6,37 @@ import datetime as dt
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol
 
+import msgspec
+
+from chat_core.chatstore import albums
 from chat_core.chatstore.events import OutboxEntry
-from chat_core.chatstore.models import ImageMetadata, Message, MessageEdit
+from chat_core.chatstore.models import ImageMetadata, Message, MessageEdit, StoredImage
 from chat_core.chatstore.paging import Page
+
+
+def edited(message: Message, edit: MessageEdit, edited_at: dt.datetime) -> Message:
+    """``message`` with ``edit`` applied (both adapters apply it the same way)."""
+    content = message.content if edit.content is msgspec.UNSET else edit.content
+    metadata = message.metadata
+    if metadata is not None and edit.alt_text is not msgspec.UNSET:
+        metadata = albums.with_alt_text(metadata, edit.index, edit.alt_text)
+    return msgspec.structs.replace(message, content=content, metadata=metadata, edited_at=edited_at)
+
+
+def finished(current: Message, metadata: ImageMetadata) -> Message | None:
+    """``current`` with its image finished as ``metadata``; None when it may not be (see ``finish_image``).
+
+    For an album, ``metadata`` is the one image finished (found by its ``object_key``): only that image
+    changes, so the images of one album finish independently, each once."""
+    if current.deleted or current.metadata is None:
+        return None
+    index = albums.index_of(current.metadata, metadata.object_key)
+    image = albums.image_at(current.metadata, index)
+    if image is None or image.status not in (None, "processing"):
+        return None
+    # The media job built ``metadata`` from the message it read; an edit since then wins.
+    done = msgspec.structs.replace(metadata, alt_text=image.alt_text, images=msgspec.UNSET)
+    return msgspec.structs.replace(current, metadata=albums.with_image(current.metadata, index, done))
 
 
 class MessageStore(Protocol):
@@ -23,8 +51,12 @@ class MessageStore(Protocol):
         object_etag: str | None = None,
         trace: Mapping[str, str] | None = None,
         conversation_checked: bool = False,
+        images: Sequence[StoredImage] = (),
     ) -> tuple[Message, bool]:
         """Store ``message`` atomically with its image reference and its outbox entry (``created_event``).
+
+        An album passes every image as ``images`` (``object_key`` is its first's): each stored key gets
+        its reference, all or none (ObjectAlreadyUsed when any is taken), and the entry lists them all.
 
         The outbox entry carries ``object_key`` and ``object_etag`` (the ETag verified at send): the
         media job the relay queues for an image message.
@@ -48,6 +80,7 @@ class MessageStore(Protocol):
         deleted_at: dt.datetime,
         object_key: str | None = None,
         trace: Mapping[str, str] | None = None,
+        images: Sequence[StoredImage] = (),
     ) -> tuple[Message, bool] | None:
         """Turn the message into a tombstone (``Message.tombstone``), in one transaction with its
         ``message.deleted`` entry (``deleted_event``; ``object_key``: the image's stored raw key, whose
@@ -112,7 +145,8 @@ class MessageStore(Protocol):
         event: OutboxEntry | None = None,
     ) -> Message | None:
         """Replace the image metadata of a message still ``processing`` (or without a status), with
-        ``event`` (its ``message.updated``).
+        ``event`` (its ``message.updated``). For an album, ``metadata`` is one image (found by its
+        ``object_key``) and only that image must still be processing (``finished``).
 
         Returns the updated message; None when there is no such message, it is already ready or
         failed (a redelivered media job changes nothing twice), or it was deleted. An ``alt_text`` edited

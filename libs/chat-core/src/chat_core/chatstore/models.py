@@ -50,6 +50,9 @@ class ImageMetadata(msgspec.Struct, frozen=True, kw_only=True):
     blurhash: str | None = None
     error: str | None = None
     alt_text: str | None = None  # the image's description for screen readers (sender's, editable)
+    # An album (2..MAX_IMAGES_PER_MESSAGE images): every image in order, each with its own status,
+    # variants and BlurHash; the fields above repeat the first image's (``chatstore.albums``).
+    images: tuple[ImageMetadata, ...] | msgspec.UnsetType = msgspec.UNSET
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -143,34 +146,24 @@ class Device(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     provider: DeviceProvider = "fcm"  # devices registered before it existed are FCM's
 
 
+class StoredImage(msgspec.Struct, frozen=True, kw_only=True):
+    """One image of an album as the store holds it: its raw upload's key and the ETag verified at send."""
+
+    key: str
+    etag: str | None = None
+
+
 class MessageEdit(msgspec.Struct, frozen=True, kw_only=True):
-    """What an edit changes: ``content`` (text or caption) and/or the image's ``alt_text`` (UNSET: kept)."""
+    """What an edit changes: ``content`` (text or caption) and/or the image's ``alt_text`` (UNSET: kept);
+    ``index`` names an album's image whose ``alt_text`` it is."""
 
     content: str | msgspec.UnsetType | None = msgspec.UNSET
     alt_text: str | msgspec.UnsetType | None = msgspec.UNSET
+    index: int | None = None
 
 
 class MessageDeleted(Exception):
     """The message is a tombstone: nothing of it can change any more."""
-
-
-def edited(message: Message, edit: MessageEdit, edited_at: dt.datetime) -> Message:
-    """``message`` with ``edit`` applied (both adapters apply it the same way)."""
-    content = message.content if edit.content is msgspec.UNSET else edit.content
-    metadata = message.metadata
-    if metadata is not None and edit.alt_text is not msgspec.UNSET:
-        metadata = msgspec.structs.replace(metadata, alt_text=edit.alt_text)
-    return msgspec.structs.replace(message, content=content, metadata=metadata, edited_at=edited_at)
-
-
-def finished(current: Message, metadata: ImageMetadata) -> Message | None:
-    """``current`` with its image finished as ``metadata``; None when it may not be (see ``finish_image``)."""
-    if current.deleted or current.metadata is None or current.metadata.status not in (None, "processing"):
-        return None
-    # The media job built ``metadata`` from the message it read; an edit since then wins.
-    return msgspec.structs.replace(
-        current, metadata=msgspec.structs.replace(metadata, alt_text=current.metadata.alt_text)
-    )
 
 
 class ConversationNotFound(LookupError):

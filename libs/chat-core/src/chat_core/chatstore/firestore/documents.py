@@ -80,6 +80,8 @@ _OUTBOX_FIELDS = {
     "trace": "trace",
     "objectKey": "object_key",
     "objectEtag": "object_etag",
+    "images": "images",
+    "index": "index",
 }
 
 
