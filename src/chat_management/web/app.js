@@ -763,9 +763,11 @@ function Attachments({ attachments }) {
           <input class="alt" maxlength="1000" placeholder="Describe it (alt text)" value=${item.alt || ""}
             aria-label=${`Description of ${name}`} onInput=${(e) => describe(item, e.currentTarget.value)} />
         </div>
-        ${item.state === "failed" &&
-        html`<button type="button" class="secondary" onClick=${() => retry(item)} aria-label=${`Retry ${name}`}>Retry</button>`}
-        <button type="button" class="secondary" onClick=${() => remove(item)} aria-label=${`Remove ${name}`}>Remove</button>
+        <span class="actions">
+          ${item.state === "failed" &&
+          html`<button type="button" onClick=${() => retry(item)} aria-label=${`Retry ${name}`}>Retry</button>`}
+          <button type="button" class="secondary" onClick=${() => remove(item)} aria-label=${`Remove ${name}`}>Remove</button>
+        </span>
       </li>`;
     })}
   </ul>`;

@@ -94,6 +94,37 @@ function opening(store, target) {
   };
 }
 
+/** Adds gallery items, keeping the photo on screen where it is (they sort in around it). */
+function take(state, more, wanted) {
+  const onScreen = state.items[state.position];
+  const key = onScreen ? keyOf(onScreen) : wanted;
+  const byKey = new Map(state.items.map((item) => [keyOf(item), item]));
+  for (const item of more) byKey.set(keyOf(item), item);
+  state.items = [...byKey.values()].sort(chronological);
+  state.position = Math.max(0, state.items.findIndex((item) => keyOf(item) === key));
+}
+
+/** The gallery's next page back (older images), if there is one and none is on its way. */
+async function loadOlder(store, state, onChange) {
+  if (state.loading || !state.cursor || state.closed) return;
+  state.loading = true;
+  try {
+    // a page of a conversation that is mostly text may hold no image: on to the next one
+    for (let pages = 0; pages < PAGES_TO_FIND && state.cursor; pages++) {
+      const page = await store.api.images(state.conversationId, state.cursor, PAGE);
+      if (state.closed) return;
+      take(state, page.items, null);
+      state.cursor = page.nextCursor || null;
+      if (page.items.length) break;
+    }
+  } catch {
+    // tried again at the next step back
+  } finally {
+    state.loading = false;
+    onChange();
+  }
+}
+
 /** ``target``: `{conversationId, messageId, index}` of the photo to open, or null (closed). */
 export function Viewer({ store, target, onClose }) {
   const dialog = useRef(null);
@@ -104,16 +135,6 @@ export function Viewer({ store, target, onClose }) {
   const gesture = useRef(null);
   const [, setTick] = useState(0);
   const refresh = () => setTick((t) => t + 1);
-
-  // Keeps the photo on screen where it is while more items arrive (they sort in around it).
-  const take = (state, more, wanted) => {
-    const onScreen = state.items[state.position];
-    const key = onScreen ? keyOf(onScreen) : wanted;
-    const byKey = new Map(state.items.map((item) => [keyOf(item), item]));
-    for (const item of more) byKey.set(keyOf(item), item);
-    state.items = [...byKey.values()].sort(chronological);
-    state.position = Math.max(0, state.items.findIndex((item) => keyOf(item) === key));
-  };
 
   if (view.current?.target !== target) view.current = target ? opening(store, target) : null;
   const state = view.current;
@@ -138,6 +159,7 @@ export function Viewer({ store, target, onClose }) {
       }
       state.loading = false;
       refresh();
+      if (state.position <= 2) loadOlder(store, state, refresh); // ahead of the person browsing back
     })();
     return () => {
       state.closed = true;
@@ -153,38 +175,28 @@ export function Viewer({ store, target, onClose }) {
       if (src) new Image().src = src;
     }
   });
+  // Keys on the document, not the dialog: a button that goes disabled (Next on the last photo) drops the
+  // focus to the page's body, and the keys must still work.
+  const keys = useRef(null);
+  useEffect(() => {
+    if (!state) return undefined;
+    const listener = (event) => keys.current?.(event);
+    document.addEventListener("keydown", listener);
+    return () => document.removeEventListener("keydown", listener);
+  }, [state]);
   if (!target || !state) return null;
 
-  async function loadOlder() {
-    if (state.loading || !state.cursor || state.closed) return;
-    state.loading = true;
-    try {
-      // a page of a conversation that is mostly text may hold no image: on to the next one
-      for (let pages = 0; pages < PAGES_TO_FIND && state.cursor; pages++) {
-        const page = await store.api.images(state.conversationId, state.cursor, PAGE);
-        if (state.closed) return;
-        take(state, page.items, null);
-        state.cursor = page.nextCursor || null;
-        if (page.items.length) break;
-      }
-    } catch {
-      // tried again at the next step back
-    } finally {
-      state.loading = false;
-      refresh();
-    }
-  }
   async function go(delta) {
     if (state.position + delta < 0) {
       if (!state.cursor) return;
-      await loadOlder();
+      await loadOlder(store, state, refresh);
       if (state.position + delta < 0) return;
     }
     if (state.position + delta >= state.items.length) return;
     state.position += delta;
     state.zoom = UNZOOMED;
     refresh();
-    if (state.position <= 2) loadOlder(); // ahead of the person browsing back
+    if (state.position <= 2) loadOlder(store, state, refresh); // ahead of the person browsing back
   }
 
   const sizeOf = () => ({ width: frame.current?.offsetWidth || 0, height: frame.current?.offsetHeight || 0 });
@@ -224,7 +236,10 @@ export function Viewer({ store, target, onClose }) {
       const focusable = [...dialog.current.querySelectorAll("button:not([disabled]), a[href]")];
       const first = focusable[0];
       const last = focusable[focusable.length - 1];
-      if (event.shiftKey && document.activeElement === first) {
+      if (!dialog.current.contains(document.activeElement)) {
+        event.preventDefault();
+        (event.shiftKey ? last : first).focus();
+      } else if (event.shiftKey && document.activeElement === first) {
         event.preventDefault();
         last.focus();
       } else if (!event.shiftKey && document.activeElement === last) {
@@ -284,9 +299,10 @@ export function Viewer({ store, target, onClose }) {
   const close = () => dialog.current?.close();
   const when = shown ? new Date(shown.timestamp) : null;
 
-  return html`<dialog ref=${dialog} class="viewer" aria-label="Photo" onClose=${onClose} onKeyDown=${keyDown}>
+  keys.current = keyDown;
+  return html`<dialog ref=${dialog} class="viewer" aria-label="Photo" onClose=${onClose}>
     <div ref=${stage} class=${`viewer-stage${scale > 1 ? " zoomed" : ""}`} onPointerDown=${pointerDown}
-        onPointerMove=${pointerMove} onPointerUp=${pointerUp} onPointerCancel=${pointerUp}
+        onPointerMove=${pointerMove} onPointerUp=${pointerUp} onPointerCancel=${pointerUp} onDragStart=${(e) => e.preventDefault()}
         onWheel=${(e) => {
           e.preventDefault();
           zoomTo(scale * Math.exp(-e.deltaY * 0.0015), ...fromCentre(e.clientX, e.clientY));
@@ -299,7 +315,7 @@ export function Viewer({ store, target, onClose }) {
         ${hash && html`<${Blurhash} key=${hash} hash=${hash} width=${shown.width} height=${shown.height} />`}
         ${shown.src &&
         html`<img key=${keyOf(shown)} src=${shown.src} alt=${shown.alt || shown.caption || "Photo"} width=${shown.width}
-            height=${shown.height} draggable="false" />`}
+            height=${shown.height} draggable=${false} />`}
         ${shown.deleted && html`<p class="badge">This photo was deleted</p>`}
         ${shown.status === "processing" && !shown.deleted && html`<p class="badge">Processing…</p>`}
         ${shown.status === "failed" && !shown.deleted &&
