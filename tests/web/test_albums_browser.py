@@ -186,8 +186,10 @@ async def test_a_three_photo_album_fills_in_and_the_viewer_browses_the_conversat
     await bob.locator("button.conversation", has_text="Weekend").click()
     await alice.locator("button.conversation", has_text="Weekend").click()
 
-    # alice drops three photos at once: three uploads side by side, each with its own progress bar
-    await drop_files(alice, files(3, "lake"))
+    # alice picks three photos at once: three uploads side by side, each with its own progress bar
+    await alice.get_by_label("Photos", exact=True).set_input_files(
+        [{"name": name, "mimeType": kind, "buffer": data} for data, name, kind in files(3, "lake")]
+    )
     bars = alice.get_by_label(re.compile(r"^Upload progress of lake\d\.jpg$"))
     await alice.wait_for_function(
         "() => { const p = [...document.querySelectorAll('.attachments progress')];"
