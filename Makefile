@@ -96,6 +96,7 @@ bench: test-deps ## stacks under load (req/s, p50, p99 vs a bare route); limiter
 	  echo "!!! libvips-tools could not be installed: bench.media skips its C floor"
 	uv run --frozen python -m bench.media
 	uv run --frozen python -m bench.media_pipeline
+	uv run --frozen python -m bench.albums
 	uv run --frozen python -m bench.sockets
 	uv run --frozen python -m bench.socket_memory
 	uv run --frozen python -m bench.pods

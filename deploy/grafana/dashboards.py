@@ -270,6 +270,23 @@ def images_row() -> Row:
                 ],
                 unit="bytes",
             ),
+            Panel(
+                "Images per image message (average, p95)",
+                [
+                    (
+                        f"sum(rate(chat_images_per_message_sum{{{NS}}}[{RATE}])) / "
+                        f"sum(rate(chat_images_per_message_count{{{NS}}}[{RATE}]))",
+                        "average",
+                    ),
+                    (
+                        f"histogram_quantile(0.95, sum by (le) (rate(chat_images_per_message_bucket{{{NS}}}"
+                        f"[{RATE}])))",
+                        "p95",
+                    ),
+                ],
+                unit="short",
+                description="1: a single image; 2..MAX_IMAGES_PER_MESSAGE: an album.",
+            ),
         ],
     )
 

@@ -57,6 +57,7 @@ class ProblemDetails(msgspec.Struct, frozen=True, omit_defaults=True):
     instance: str | None = None
     trace_id: str | None = None
     errors: list[FieldError] | None = None  # request validation: the bad fields
+    index: int | None = None  # an album's failing image (0-based), when the problem is one image's
 
 
 def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:

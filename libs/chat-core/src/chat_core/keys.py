@@ -227,18 +227,22 @@ def derivative_prefix(conversation_id: str, message_id: str) -> str:
     return f"{conversation_id}/media/{message_id}/"
 
 
-def derivative_key(conversation_id: str, message_id: str, variant: str, content_type: str) -> str:
-    """``{conversation_id}/media/{message_id}/{variant}.{ext}``; raises InvalidKey."""
+def derivative_key(
+    conversation_id: str, message_id: str, variant: str, content_type: str, index: int | None = None
+) -> str:
+    """``{conversation_id}/media/{message_id}/{variant}.{ext}``, or for image ``index`` of an album
+    ``{conversation_id}/media/{message_id}/{index}/{variant}.{ext}``; raises InvalidKey."""
     if variant not in VARIANTS:
         raise InvalidKey(f"no variant {variant!r}; one of {', '.join(VARIANTS)}")
     ext = DERIVATIVE_EXTENSIONS.get(content_type)
     if ext is None:
         raise InvalidKey(f"no derivative layout for content type {content_type!r}")
-    return f"{derivative_prefix(conversation_id, message_id)}{variant}.{ext}"
+    folder = "" if index is None else f"{int(index)}/"
+    return f"{derivative_prefix(conversation_id, message_id)}{folder}{variant}.{ext}"
 
 
 _DERIVATIVE_KEY = re.compile(
-    rf"^(?P<conversation>[A-Za-z0-9][A-Za-z0-9_-]{{0,63}})/media/(?P<message>{UUID})/"
+    rf"^(?P<conversation>[A-Za-z0-9][A-Za-z0-9_-]{{0,63}})/media/(?P<message>{UUID})/(?:[0-9]{{1,2}}/)?"
     rf"(?P<variant>{'|'.join(VARIANTS)})\.(?P<ext>{'|'.join(sorted(set(DERIVATIVE_EXTENSIONS.values())))})\Z"
 )
 

@@ -50,6 +50,11 @@ IMAGE_MESSAGES_REJECTED = Counter(
     "chat_image_messages_rejected", "Image messages refused, by reason (the problem code).", ["reason"]
 )
 IMAGE_SIZE = Histogram("chat_image_size_bytes", "Size of images in sent messages.", buckets=_SIZE_BUCKETS)
+IMAGES_PER_MESSAGE = Histogram(
+    "chat_images_per_message",
+    "Images in each image message sent (1: a single image; 2..MAX_IMAGES_PER_MESSAGE: an album).",
+    buckets=(1, 2, 3, 4, 5, 6, 8, 10, 15, 20),
+)
 UPLOAD_TO_SEND = Histogram(
     "chat_image_upload_to_send_seconds",
     "From the object's last-modified time to the send that references it.",

@@ -73,7 +73,13 @@ def bus_events(entry: OutboxEntry, members: frozenset[str]) -> list[tuple[str, B
             return [
                 (
                     conversation_channel(cid),
-                    Envelope(type=entry.kind, conversation_id=cid, message=entry.message, members=routed),
+                    Envelope(
+                        type=entry.kind,
+                        conversation_id=cid,
+                        message=entry.message,
+                        members=routed,
+                        index=entry.index if entry.kind == "message.updated" else None,
+                    ),
                 )
             ]
         case "message.read":

@@ -142,7 +142,7 @@ class StoreHealth:
 class Windows(Protocol):
     """Moving windows: ``limits``' strategy over one storage."""
 
-    async def hit(self, item: limits.RateLimitItem, *identifiers: str) -> bool: ...
+    async def hit(self, item: limits.RateLimitItem, *identifiers: str, cost: int = 1) -> bool: ...
 
     async def get_window_stats(self, item: limits.RateLimitItem, *identifiers: str) -> WindowStats: ...
 
@@ -156,8 +156,8 @@ class StoreWindows(Windows):
         self._storage = storage
         self._strategy = MovingWindowRateLimiter(storage)
 
-    async def hit(self, item: limits.RateLimitItem, *identifiers: str) -> bool:
-        return await self._strategy.hit(item, *identifiers)
+    async def hit(self, item: limits.RateLimitItem, *identifiers: str, cost: int = 1) -> bool:
+        return await self._strategy.hit(item, *identifiers, cost=cost)
 
     async def get_window_stats(self, item: limits.RateLimitItem, *identifiers: str) -> WindowStats:
         return await self._strategy.get_window_stats(item, *identifiers)
@@ -175,8 +175,8 @@ class MemoryWindows(Windows):
         self._storage = MemoryStorage()
         self._strategy = SyncMovingWindowRateLimiter(self._storage)
 
-    async def hit(self, item: limits.RateLimitItem, *identifiers: str) -> bool:
-        return self._strategy.hit(item, *identifiers)
+    async def hit(self, item: limits.RateLimitItem, *identifiers: str, cost: int = 1) -> bool:
+        return self._strategy.hit(item, *identifiers, cost=cost)
 
     async def get_window_stats(self, item: limits.RateLimitItem, *identifiers: str) -> WindowStats:
         return self._strategy.get_window_stats(item, *identifiers)
@@ -201,13 +201,14 @@ class RateLimiter:
     def item(self, limit: LimitName) -> limits.RateLimitItem:
         return self._items[limit]
 
-    async def hit(self, limit: LimitName, subject: str) -> None:
-        """Count one hit; ``RateLimited`` when the subject is over ``limit``. Fails open."""
+    async def hit(self, limit: LimitName, subject: str, *, cost: int = 1) -> None:
+        """Count ``cost`` hits (an album counts one per image); ``RateLimited`` when the subject is over
+        ``limit``. Fails open."""
         if self._health.skipping():
             return
         item = self._items[limit]
         try:
-            allowed = await self._strategy.hit(item, limit, subject)
+            allowed = await self._strategy.hit(item, limit, subject, cost=cost)
             if allowed:
                 self._health.succeeded()
                 return

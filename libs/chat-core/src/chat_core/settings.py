@@ -540,6 +540,14 @@ class ImageSettings(_Frozen, frozen=True, kw_only=True):
         env("ORPHAN_GRACE_SECONDS", "Uploaded objects no message references are deleted after this long."),
         msgspec.Meta(ge=0),
     ] = 24 * 3600
+    max_images_per_message: Annotated[
+        int,
+        env(
+            "MAX_IMAGES_PER_MESSAGE",
+            "Most images one image message (an album) carries; more is 400 `too_many_images` (1: no albums).",
+        ),
+        msgspec.Meta(ge=1, le=20),
+    ] = 10
 
 
 def _rate(name: str, default_meaning: str) -> msgspec.Meta:

@@ -47,7 +47,7 @@ from chat_core.audit import audit
 from chat_core.backends import Backends
 from chat_core.errors import ProblemError
 from chat_core.membership import MembershipCache, conversation_not_found
-from chat_core.messagestore import Message, MessageStore
+from chat_core.messagestore import Message, MessageStore, albums
 from chat_core.objectstore import ObjectNotFound, ObjectStore, RangeNotSatisfiable
 from chat_core.objectstore.serving import serve_object
 from chat_core.push.image_links import push_image_links
@@ -101,7 +101,8 @@ class ImageProxy:
         self._wait_seconds = settings.media.wait_seconds
         self._waits = ProcessingWaits(max_waiters=settings.media.max_waiters)
         self._finished: OrderedDict[str, Message] = OrderedDict()
-        self._stored_key_of: dict[str, str] = {}  # message id -> its key in ``_finished``
+        # message id -> its keys in ``_finished`` (an album's: one per image asked for)
+        self._stored_key_of: dict[str, set[str]] = {}
         self._listening = False  # deletions are heard (else nothing is remembered)
         self._push_links = push_image_links(settings)
 
@@ -170,7 +171,7 @@ class ImageProxy:
         message = await self._image_message(conversation_id, stored)
         if message is not None and message.deleted:
             raise ProblemError(404, "message_deleted", "the message this image belonged to was deleted")
-        metadata = message.metadata if message else None
+        index, metadata = albums.image_for_stored_key(message.metadata if message else None, stored)
         if message is None or metadata is None:
             raise ProblemError(404, "image_not_found", "no such image in this conversation")
         if metadata.status == "failed":
@@ -187,7 +188,7 @@ class ImageProxy:
             if metadata.variants is None:
                 raise ProblemError(404, "image_not_found", "no such image in this conversation")
             content_type = getattr(metadata.variants, variant).content_type
-        return keys.derivative_key(conversation_id, message.message_id, variant, content_type)
+        return keys.derivative_key(conversation_id, message.message_id, variant, content_type, index)
 
     async def _image_message(self, conversation_id: str, stored: str) -> Message | None:
         """The message ``stored`` backs, waiting up to MEDIA_WAIT_SECONDS while it is processing.
@@ -203,7 +204,7 @@ class ImageProxy:
         message, waited = await self._waits.wait(
             stored, lambda: self._messages.image_message(conversation_id, stored), self._wait_seconds
         )
-        if not finished(message):
+        if not finished(message, stored):
             raise ProblemError(
                 503,
                 "image_processing",
@@ -214,17 +215,20 @@ class ImageProxy:
             )
         if message is not None and self._listening:
             self._finished[stored] = message
-            self._stored_key_of[message.message_id] = stored
+            self._stored_key_of.setdefault(message.message_id, set()).add(stored)
             if len(self._finished) > _SEEN_MAX:
-                _key, evicted = self._finished.popitem(last=False)
-                self._stored_key_of.pop(evicted.message_id, None)
+                evicted_key, evicted = self._finished.popitem(last=False)
+                held = self._stored_key_of.get(evicted.message_id)
+                if held is not None:
+                    held.discard(evicted_key)
+                    if not held:
+                        del self._stored_key_of[evicted.message_id]
         return message
 
     # --- deletions from other processes ------------------------------------------------------------
     def forget(self, message_id: str) -> None:
         """Drop what is remembered of ``message_id``: its next request reads the store."""
-        stored = self._stored_key_of.pop(message_id, None)
-        if stored is not None:
+        for stored in self._stored_key_of.pop(message_id, set()):
             self._finished.pop(stored, None)
 
     def forget_all(self) -> None:

@@ -20,7 +20,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from chat_core.messagestore import Message
+from chat_core.messagestore import Message, albums
 
 __all__ = ["FIRST_INTERVAL_SECONDS", "MAX_INTERVAL_SECONDS", "ProcessingWaits", "finished"]
 
@@ -30,9 +30,11 @@ MAX_INTERVAL_SECONDS = 1.0
 Lookup = Callable[[], Awaitable[Message | None]]
 
 
-def finished(message: Message | None) -> bool:
-    """No point in asking again: the image is ready, failed, or there is no such image."""
-    return message is None or message.metadata is None or message.metadata.status in ("ready", "failed")
+def finished(message: Message | None, stored_key: str) -> bool:
+    """No point in asking again: the image (an album's: the one ``stored_key`` names) is ready, failed,
+    or there is no such image."""
+    _index, image = albums.image_for_stored_key(message.metadata if message else None, stored_key)
+    return image is None or image.status in ("ready", "failed")
 
 
 class _Poll:
@@ -99,7 +101,7 @@ class ProcessingWaits:
             while True:
                 poll.latest = await self._read(lookup)
                 poll.answered.set()
-                if finished(poll.latest):
+                if finished(poll.latest, key):
                     break
                 await asyncio.sleep(interval)
                 interval = min(interval * 2, MAX_INTERVAL_SECONDS)

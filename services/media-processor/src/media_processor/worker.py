@@ -1,6 +1,8 @@
 """The media queue worker: raw upload -> sanitized derivatives -> message ready (or failed) -> event.
 
-For a **process** job (one per image message, queued by the message service's outbox relay):
+For a **process** job (one per image, queued by the message service's outbox relay: an album gets one per
+image, each finishing its own image, found by its raw upload's key; its derivatives go under
+``{cid}/media/{messageId}/{index}/`` and its ``message.updated`` names the ``index``):
 
 1. the message is read; one already ``ready`` or ``failed`` is done: a redelivered job writes nothing and
    publishes nothing again (it only makes sure the raw upload is gone);
@@ -79,6 +81,7 @@ from chat_core.messagestore import (
     Message,
     MessageStore,
     OutboxStore,
+    albums,
     event_done,
     new_event,
 )
@@ -120,6 +123,21 @@ def _variant(url: str, variant: Variant) -> ImageVariant:
         content_type=variant.content_type,
         size_bytes=variant.size,
     )
+
+
+class _Target(msgspec.Struct, frozen=True, kw_only=True):
+    """The image a process job finishes: its message, its metadata, its index in an album (None: alone)."""
+
+    message: Message
+    image: ImageMetadata
+    index: int | None
+
+
+def _image_of(
+    message: Message | None, _conversation_id: str, raw_key: str
+) -> tuple[int | None, ImageMetadata | None]:
+    """(index, image) of the message's image whose raw upload is ``raw_key`` (index None: not an album)."""
+    return albums.image_for_stored_key(message.metadata if message else None, raw_key)
 
 
 class MediaWorker:
@@ -330,34 +348,36 @@ class MediaWorker:
             metrics.MEDIA_JOBS.labels("skipped", "deleted").inc()
             metrics.DELETED_SKIPPED.labels("media_job").inc()
             return "skipped"
-        if message is None or message.metadata is None:
+        index, image = _image_of(message, conversation_id, raw_key)
+        if message is None or image is None:
             metrics.MEDIA_JOBS.labels("skipped", "no_message").inc()
             return "skipped"
-        if message.metadata.status in ("ready", "failed"):
+        if image.status in ("ready", "failed"):
             # A crash may have come between finishing and this (the ledger counted that deletion, if
             # it happened: this one is not counted again).
             await self._objects.delete(raw_key)
             metrics.MEDIA_JOBS.labels("skipped", "already_done").inc()
             return "skipped"
+        target = _Target(message=message, image=image, index=index)
         try:
             _info, data = await self._objects.read(raw_key, if_match=job.object_etag)
         except (ObjectChanged, ObjectNotFound):
-            return await self._fail(message, conversation_id, raw_key, None, "object_changed", started)
+            return await self._fail(target, conversation_id, raw_key, None, "object_changed", started)
         raw_size = len(data)
         metrics.MEDIA_BYTES.labels("in").inc(raw_size)
         if raw_size > self._max_bytes:  # the ETag pins the object verified at send: cannot happen
-            return await self._fail(message, conversation_id, raw_key, raw_size, "image_too_large", started)
+            return await self._fail(target, conversation_id, raw_key, raw_size, "image_too_large", started)
         pool = await self._pool()
-        result = await pool.process(data, message.metadata.content_type)
+        result = await pool.process(data, image.content_type)
         del data
         if isinstance(result, Rejected):
             _log.info(
                 "media_rejected", message_id=message_id, reason=str(result.reason), detail=result.detail
             )
-            return await self._fail(message, conversation_id, raw_key, raw_size, str(result.reason), started)
-        metadata, derived_bytes = await self._write_derivatives(conversation_id, message, result)
+            return await self._fail(target, conversation_id, raw_key, raw_size, str(result.reason), started)
+        metadata, derived_bytes = await self._write_derivatives(conversation_id, target, result)
         return await self._finish(
-            message,
+            target,
             conversation_id,
             (raw_key, raw_size),
             metadata,
@@ -368,23 +388,23 @@ class MediaWorker:
         )
 
     async def _write_derivatives(
-        self, conversation_id: str, message: Message, result: Sanitized
+        self, conversation_id: str, target: _Target, result: Sanitized
     ) -> tuple[ImageMetadata, int]:
-        """The finished metadata, and the bytes written."""
-        if message.metadata is None:
-            raise ValueError("not an image message")
+        """The finished metadata of the image, and the bytes written."""
         written = 0
         for name in keys.VARIANTS:
             variant: Variant = getattr(result, name)
-            key = keys.derivative_key(conversation_id, message.message_id, name, variant.content_type)
+            key = keys.derivative_key(
+                conversation_id, target.message.message_id, name, variant.content_type, target.index
+            )
             await self._objects.put(key, variant.data, content_type=variant.content_type)
             written += variant.size
         metrics.MEDIA_BYTES.labels("out").inc(written)
         metrics.MEDIA_PIXELS.observe(result.original.width * result.original.height * result.frames)
-        file_url = message.metadata.url
+        file_url = target.image.url
         original = result.original
         metadata = msgspec.structs.replace(
-            message.metadata,
+            target.image,
             status="ready",
             width=original.width,
             height=original.height,
@@ -401,23 +421,21 @@ class MediaWorker:
 
     async def _fail(
         self,
-        message: Message,
+        target: _Target,
         conversation_id: str,
         raw_key: str,
         raw_size: int | None,
         reason: str,
         started: float,
     ) -> Outcome:
-        if message.metadata is None:
-            raise ValueError("not an image message")
-        metadata = msgspec.structs.replace(message.metadata, status="failed", error=reason)
+        metadata = msgspec.structs.replace(target.image, status="failed", error=reason)
         return await self._finish(
-            message, conversation_id, (raw_key, raw_size), metadata, "failed", reason, started
+            target, conversation_id, (raw_key, raw_size), metadata, "failed", reason, started
         )
 
     async def _finish(
         self,
-        message: Message,
+        target: _Target,
         conversation_id: str,
         raw: tuple[str, int | None],
         metadata: ImageMetadata,
@@ -427,9 +445,12 @@ class MediaWorker:
         *,
         derived_bytes: int | None = None,
     ) -> Outcome:
-        """Finish the message once; ``raw`` is the upload's key and size (None: not read, not counted)."""
+        """Finish the image once; ``raw`` is the upload's key and size (None: not read, not counted)."""
         raw_key, raw_size = raw
-        announced = new_event("message.updated", conversation_id, trace=tracing.inject())
+        message = target.message
+        announced = msgspec.structs.replace(
+            new_event("message.updated", conversation_id, trace=tracing.inject()), index=target.index
+        )
         updated = await self._messages.finish_image(
             conversation_id, message.message_id, metadata, event=announced
         )
@@ -478,7 +499,8 @@ class MediaWorker:
         verdict = refusal.reason if refusal else None
         if verdict is None:
             message = await self._messages.image_message(conversation_id, key)
-            status = message.metadata.status if message and message.metadata else None
+            _index, image = _image_of(message, conversation_id, key)
+            status = image.status if image else None
             if status in ("ready", "failed"):
                 verdict = "already_processed"  # an overwrite after processing: never served
         await self._landed(created, parsed, info.size, verdict, stored_at=info.last_modified)

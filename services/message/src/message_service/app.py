@@ -64,14 +64,52 @@ def _message_union(document: dict[str, Any]) -> None:
     }
 
 
+def _album_shapes(document: dict[str, Any], max_images: int) -> None:
+    """An image message's metadata is one image or an album, never a mix: ``oneOf`` the two (the decoder
+    takes a struct with both sets of fields; the service refuses a mix with ``invalid_album``)."""
+    schemas = document["components"]["schemas"]
+    request = schemas.get("ImageMetadataRequest")
+    if request is None or "properties" not in request:
+        return
+    images = copy.deepcopy(request["properties"]["images"])
+    album = next(b for b in images.get("anyOf", [images]) if b.get("type") == "array")
+    album["maxItems"] = max_images
+    schemas["ImageMetadataRequest"] = {
+        "title": "ImageMetadataRequest",
+        "description": request.get("description", ""),
+        "oneOf": [
+            {
+                "title": "OneImage",
+                "allOf": [{"$ref": "#/components/schemas/ImageRequest"}],
+                "not": {"required": ["images"]},
+            },
+            {
+                "title": "Album",
+                "type": "object",
+                "properties": {"images": album},
+                "required": ["images"],
+                "additionalProperties": False,
+            },
+        ],
+    }
+    stored = schemas.get("ImageMetadata", {}).get("properties", {}).get("images")
+    if stored is not None:
+        stored.update(
+            minItems=2,
+            maxItems=max_images,
+            description="An album's images in order, each with its own status, variants and BlurHash "
+            "(absent for one image). The album's other fields repeat its first image's.",
+        )
+
+
 def document_refinement(settings: Settings) -> DocumentRefinement:
-    """The accepted image types (settings), and the message shapes as a discriminated union."""
+    """The accepted image types and the album limit (settings), and the message shapes as a
+    discriminated union."""
     allowed = frozenset(settings.images.allowed_types) & keys.EXTENSIONS.keys()
 
     def refine(document: dict[str, Any]) -> None:
-        constrain(
-            document, "ImageMetadataRequest", "content_type", pattern=keys.content_type_pattern(allowed)
-        )
+        constrain(document, "ImageRequest", "content_type", pattern=keys.content_type_pattern(allowed))
+        _album_shapes(document, settings.images.max_images_per_message)
         _message_union(document)
 
     return refine
@@ -110,6 +148,8 @@ def build(settings: Settings, backends: Backends, events: MessageEvents | None =
         objects=backends.object_store,
         storage=backends.storage_ledger,
         base_url=settings.service.base_url(),
+        max_images=settings.images.max_images_per_message,
+        limiter=backends.rate_limiter,
     )
     lifecycle = Lifecycle(
         backends.conversations,

@@ -58,7 +58,7 @@ from chat_core.batching import Coalescer
 from chat_core.erasure import ImageEraser
 from chat_core.jobqueue import JobQueue
 from chat_core.media import MediaJob
-from chat_core.messagestore import ConversationStore, LastMessage, Message, OutboxEntry, OutboxStore
+from chat_core.messagestore import ConversationStore, LastMessage, Message, OutboxEntry, OutboxStore, albums
 from chat_core.notifications import Notification, NotificationQueue
 from chat_core.realtime import EventBus, Presence
 
@@ -107,6 +107,7 @@ def notifications_for(
             recipient_ids=tuple(ordered[start : start + RECIPIENTS_PER_NOTIFICATION]),
             created_at=message.timestamp,
             object_key=message.metadata.object_key if message.metadata else None,
+            images=len(albums.images_of(message.metadata)),
             trace=trace,
         )
         for chunk, start in enumerate(range(0, len(ordered), RECIPIENTS_PER_NOTIFICATION))
@@ -256,7 +257,10 @@ class Fanout:
     async def _erase(self, entry: OutboxEntry, message: Message) -> None:
         if self._eraser is None:
             return
-        await self._eraser.erase(entry.conversation_id, message.message_id, entry.object_key)
+        # An album: every image's raw upload (its derivatives are all under the message's one prefix).
+        raw_keys = list(dict.fromkeys([entry.object_key, *(image.key for image in entry.images)]))
+        for raw_key in raw_keys:
+            await self._eraser.erase(entry.conversation_id, message.message_id, raw_key)
         if message.message_type == "image" and isinstance(message.deleted_at, dt.datetime):
             waited = (dt.datetime.now(dt.UTC) - message.deleted_at).total_seconds()
             metrics.IMAGE_BYTES_ERASED.observe(max(0.0, waited))
@@ -367,16 +371,24 @@ class Fanout:
         """An image message's media job: what to process, pinned to the ETag verified at send."""
         if self._media_queue is None or not (entry.object_key and entry.object_etag) or entry.message is None:
             return
+        # An album: one job per image, each finishing its own image (the worker finds it by its key).
+        objects = [(image.key, image.etag) for image in entry.images] or [
+            (entry.object_key, entry.object_etag)
+        ]
         with _tracer.start_as_current_span("enqueue media job", kind=SpanKind.PRODUCER):
-            job = MediaJob(
-                message_id=entry.message.message_id,
-                conversation_id=entry.conversation_id,
-                object_key=entry.object_key,
-                object_etag=entry.object_etag,
-                trace=tracing.inject(),
-            )
-            await self._media_queue.send([job])
-        metrics.MEDIA_JOBS_QUEUED.inc()
+            trace = tracing.inject()
+            jobs = [
+                MediaJob(
+                    message_id=entry.message.message_id,
+                    conversation_id=entry.conversation_id,
+                    object_key=key,
+                    object_etag=etag,
+                    trace=trace,
+                )
+                for key, etag in objects
+            ]
+            await self._media_queue.send(jobs)
+        metrics.MEDIA_JOBS_QUEUED.inc(len(jobs))
 
     @contextlib.asynccontextmanager
     async def _conversation_lock(self, conversation_id: str) -> AsyncIterator[None]:

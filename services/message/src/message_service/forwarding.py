@@ -11,6 +11,9 @@ other's objects alone.
 The copies are made before the message is stored: a stored ``ready`` message always has its objects. A
 crash between the two leaves copies no message names, under the new message's own prefix; a retry with
 the same ``clientMessageId`` writes the same keys again.
+
+An album is forwarded whole: every image must be ready, and each is copied (in parallel) to the same
+index of the new album, with a fresh ``object_key`` each.
 """
 
 from __future__ import annotations
@@ -21,10 +24,17 @@ import msgspec
 
 from chat_core import keys
 from chat_core.errors import ProblemError
-from chat_core.messagestore import ImageMetadata, ImageVariants, Message
+from chat_core.messagestore import ImageMetadata, ImageVariants, Message, albums
 from chat_core.objectstore import ObjectNotFound, ObjectStore
 
-__all__ = ["CopiedImage", "copy_image", "forwardable_image", "message_deleted", "source_is_deleted"]
+__all__ = [
+    "CopiedImage",
+    "copy_image",
+    "forwardable_image",
+    "forwardable_images",
+    "message_deleted",
+    "source_is_deleted",
+]
 
 
 class CopiedImage(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,11 +55,16 @@ def source_is_deleted(message: Message) -> bool:
     return bool(getattr(message, "deleted", False))
 
 
-def forwardable_image(message: Message) -> ImageMetadata:
-    """The image of ``message`` when it can be forwarded now; otherwise the problem a client gets."""
-    metadata = message.metadata
-    if metadata is None:
+def forwardable_images(message: Message) -> tuple[ImageMetadata, ...]:
+    """Every image of ``message`` (one, or an album's) when all can be forwarded now; otherwise the
+    problem a client gets (an album forwards whole or not at all)."""
+    if message.metadata is None:
         raise ProblemError(400, "invalid_request", "this message has no image")
+    return tuple(forwardable_image(image) for image in albums.images_of(message.metadata))
+
+
+def forwardable_image(metadata: ImageMetadata) -> ImageMetadata:
+    """``metadata`` when its image can be forwarded now; otherwise the problem a client gets."""
     if metadata.status == "processing":
         raise ProblemError(
             409, "image_not_ready", "the image is still being processed; forward it once it is ready"
@@ -74,6 +89,7 @@ async def copy_image(
     target_conversation: str,
     target_message_id: str,
     forwarder_id: str,
+    index: int | None = None,
 ) -> CopiedImage:
     """Copy the ready variants of ``source`` to the new message's keys; raises ``message_deleted`` when
     the source's objects are gone (the source was deleted meanwhile)."""
@@ -86,8 +102,8 @@ async def copy_image(
     }
     copies = [
         object_store.copy(
-            keys.derivative_key(source_conversation, source_message_id, variant, content_type),
-            keys.derivative_key(target_conversation, target_message_id, variant, content_type),
+            keys.derivative_key(source_conversation, source_message_id, variant, content_type, index),
+            keys.derivative_key(target_conversation, target_message_id, variant, content_type, index),
         )
         for variant, content_type in content_types.items()
     ]

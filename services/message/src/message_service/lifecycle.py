@@ -35,7 +35,7 @@ import structlog
 from chat_core import keys, metrics
 from chat_core.audit import audit
 from chat_core.errors import ProblemError
-from chat_core.messagestore import ConversationStore, DeviceStore, Message, MessageStore
+from chat_core.messagestore import ConversationStore, DeviceStore, Message, MessageStore, albums
 from chat_core.objectstore import ObjectNotFound, ObjectStore
 from chat_core.quota import Quotas
 from message_service.events import MessageEvents
@@ -158,9 +158,7 @@ class Lifecycle:
             cursor = page.next_cursor
         images: list[tuple[str, bytes]] = []
         for item in sent:
-            served = await self._served_original(item.conversation_id, item.message)
-            if served is not None:
-                images.append(served)
+            images.extend(await self._served_originals(item.conversation_id, item.message))
         archive = await asyncio.to_thread(_zip, sent, conversations, images)
         key = f"{EXPORT_PREFIX}{export_id}.zip"
         await self._objects.put(key, archive, content_type="application/zip")
@@ -175,18 +173,26 @@ class Lifecycle:
         )
         return report
 
-    async def _served_original(self, conversation_id: str, message: Message) -> tuple[str, bytes] | None:
-        """The image as the proxy serves it (the sanitized original), named for the zip."""
-        metadata = message.metadata
-        if metadata is None or metadata.status != "ready":
-            return None
-        try:
-            key = keys.derivative_key(conversation_id, message.message_id, "original", metadata.content_type)
-            _info, data = await self._objects.read(key)
-        except (keys.InvalidKey, ObjectNotFound):
-            return None
-        ext = keys.DERIVATIVE_EXTENSIONS[metadata.content_type]
-        return f"images/{conversation_id}/{message.message_id}.{ext}", data
+    async def _served_originals(self, conversation_id: str, message: Message) -> list[tuple[str, bytes]]:
+        """The message's images as the proxy serves them (the sanitized originals), named for the zip
+        (an album's as ``{messageId}-{index}.{ext}``)."""
+        album = albums.is_album(message.metadata)
+        served = []
+        for index, metadata in enumerate(albums.images_of(message.metadata)):
+            if metadata.status != "ready":
+                continue
+            place = index if album else None
+            try:
+                key = keys.derivative_key(
+                    conversation_id, message.message_id, "original", metadata.content_type, place
+                )
+                _info, data = await self._objects.read(key)
+            except (keys.InvalidKey, ObjectNotFound):
+                continue
+            ext = keys.DERIVATIVE_EXTENSIONS[metadata.content_type]
+            name = message.message_id if place is None else f"{message.message_id}-{place}"
+            served.append((f"images/{conversation_id}/{name}.{ext}", data))
+        return served
 
     # --- retention ----------------------------------------------------------------------------------
     async def apply_retention(self, now: dt.datetime | None = None) -> RetentionReport:

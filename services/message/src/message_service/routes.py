@@ -23,6 +23,7 @@ from message_service.schemas import (
     CreateConversation,
     EditMessage,
     ForwardMessage,
+    GalleryPage,
     MessagePage,
     SendMessage,
     UpdateConversation,
@@ -141,7 +142,11 @@ async def remove_participant(
     description=(
         "201 with the stored message. For an image, the uploaded object is verified (exists, uploaded by "
         "you to this conversation, declared type, size limit, magic bytes) and its width/height are read "
-        "from the image header. A retry with the same `clientMessageId` returns the same message (200)."
+        "from the image header. An album (`metadata.images`, 2..`MAX_IMAGES_PER_MESSAGE`) is verified "
+        "image by image, side by side, and stored whole or not at all: a failing image's problem names its "
+        "`index`; 400 `too_many_images` past the limit, `duplicate_image` for one object twice. Rate "
+        "limits and quotas count images. A retry with the same `clientMessageId` returns the same message "
+        "(200)."
     ),
     tags=["messages"],
     opt={RATE_LIMIT_OPT: "sends"},
@@ -178,6 +183,28 @@ async def list_messages(
     before: Cursor = None,
 ) -> MessagePage:
     return await message_service.list(principal.user_id, conversation_id, limit=limit, before=before)
+
+
+@get(
+    "/conversations/{conversation_id:str}/images",
+    summary="The conversation's images, newest first",
+    description=(
+        "One item per image: an album gives one per image, in the album's order (`index`, 0-based), "
+        "messages newest first; deleted messages never appear, images still processing or failed do "
+        "(`status`). Members only (404 `conversation_not_found` otherwise). A page may hold fewer than "
+        "`limit` items when the conversation is mostly text; follow `nextCursor` (as `before`) until it "
+        "is null."
+    ),
+    tags=["messages"],
+)
+async def list_images(
+    conversation_id: ConversationId,
+    principal: NamedDependency[Principal],
+    message_service: NamedDependency[MessageService],
+    limit: Limit = 50,
+    before: Cursor = None,
+) -> GalleryPage:
+    return await message_service.gallery(principal.user_id, conversation_id, limit=limit, before=before)
 
 
 @post(
@@ -290,6 +317,7 @@ ROUTES = [
     remove_participant,
     send_message,
     list_messages,
+    list_images,
     mark_read,
     forward_message,
     delete_message,

@@ -7,6 +7,7 @@ optional ``clientMessageId`` for idempotent retries. Stored messages are returne
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Literal
 
 import msgspec
@@ -15,6 +16,7 @@ from litestar.openapi.spec import Example
 from chat_core.auth import USER_ID_PATTERN
 from chat_core.keys import CONVERSATION_ID_PATTERN, OBJECT_REFERENCE_PATTERN
 from chat_core.messagestore import CURSOR_PATTERN, Conversation, Message
+from chat_core.messagestore.albums import DEFAULT_MAX_IMAGES
 
 __all__ = [
     "MAX_ALT_TEXT_CHARS",
@@ -27,7 +29,10 @@ __all__ = [
     "CreateConversation",
     "EditMessage",
     "ForwardMessage",
+    "GalleryImage",
+    "GalleryPage",
     "ImageMetadataRequest",
+    "ImageRequest",
     "MessagePage",
     "SendImage",
     "SendMessage",
@@ -45,6 +50,20 @@ SEND_EXAMPLES = [
             "messageType": "image",
             "metadata": {"object_key": _KEY, "url": _URL, "content_type": "image/jpeg"},
             "clientMessageId": "c-7f3a91",
+        },
+    ),
+    Example(
+        summary="An album (2..MAX_IMAGES_PER_MESSAGE images, in the order shown)",
+        value={
+            "content": "The trip",
+            "messageType": "image",
+            "metadata": {
+                "images": [
+                    {"object_key": _KEY, "content_type": "image/jpeg", "alt_text": "The lake at dawn"},
+                    {"object_key": _KEY.replace("0f8e4c2a", "1a2b3c4d"), "content_type": "image/jpeg"},
+                ]
+            },
+            "clientMessageId": "c-7f3a92",
         },
     ),
     Example(summary="A text message", value={"content": "See you at 8", "messageType": "text"}),
@@ -147,34 +166,96 @@ class AddParticipants(msgspec.Struct, frozen=True, kw_only=True, rename="camel")
     ] = "member"
 
 
-class ImageMetadataRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """The spec's image metadata as a client sends it. Only ``object_key`` and ``content_type`` are used:
-    size, width and height are measured by the server and ``url`` is always the proxy URL."""
+ObjectKeyField = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=512,
+        description="`object_key` from the upload URL response: "
+        "`images/{uploader}/{yyyymmdd-HHMMSS}-{uuid}.{ext}` (or `{conversationId}/images/...`).",
+        # Documented, checked by the service (400 `invalid_object_key`, its stable code).
+        extra_json_schema={"pattern": OBJECT_REFERENCE_PATTERN.pattern},
+    ),
+]
+ContentTypeField = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=127,
+        description="The type the image was uploaded as (any letter case); one of `ALLOWED_IMAGE_TYPES`.",
+    ),
+]
+UrlField = Annotated[str, msgspec.Meta(max_length=2048)]
 
-    object_key: Annotated[
-        str,
-        msgspec.Meta(
-            min_length=1,
-            max_length=512,
-            description="`object_key` from the upload URL response: "
-            "`images/{uploader}/{yyyymmdd-HHMMSS}-{uuid}.{ext}` (or `{conversationId}/images/...`).",
-            # Documented, checked by the service (400 `invalid_object_key`, its stable code).
-            extra_json_schema={"pattern": OBJECT_REFERENCE_PATTERN.pattern},
-        ),
-    ]
-    content_type: Annotated[
-        str,
-        msgspec.Meta(
-            min_length=1,
-            max_length=127,
-            description="The type the image was uploaded as (any letter case); one of `ALLOWED_IMAGE_TYPES`.",
-        ),
-    ]
-    url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
+
+class ImageRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One image as a client names it (the spec's metadata, or one of an album's ``images``). Only
+    ``object_key``, ``content_type`` and ``alt_text`` are used: size, width and height are measured by the
+    server and ``url`` is always the proxy URL."""
+
+    object_key: ObjectKeyField
+    content_type: ContentTypeField
+    url: UrlField | None = None
     width: int | None = None
     height: int | None = None
     size_bytes: int | None = None
     alt_text: AltText | None = None
+
+
+class ImageMetadataRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """The spec's image metadata as a client sends it (one image: ``object_key`` and ``content_type``), or
+    an album: ``images`` alone, 2..``MAX_IMAGES_PER_MESSAGE`` of them (the OpenAPI document publishes the
+    two as ``oneOf``; the service refuses a mix with 400 ``invalid_album``)."""
+
+    object_key: ObjectKeyField | None = None
+    content_type: ContentTypeField | None = None
+    url: UrlField | None = None
+    width: int | None = None
+    height: int | None = None
+    size_bytes: int | None = None
+    alt_text: AltText | None = None
+    images: (
+        Annotated[
+            list[ImageRequest],
+            msgspec.Meta(
+                min_length=1,
+                description="An album: the images in the order shown, each uploaded as for one image. "
+                "Checked by the service: more than `MAX_IMAGES_PER_MESSAGE` is 400 `too_many_images`, one "
+                "object twice is 400 `duplicate_image`; a failing image's problem names its `index`.",
+                extra_json_schema={"maxItems": DEFAULT_MAX_IMAGES},
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+
+    def single(self) -> ImageRequest | None:
+        """The one image this names, when it is not an album and names one."""
+        if self.object_key is None or self.content_type is None:
+            return None
+        return ImageRequest(
+            object_key=self.object_key,
+            content_type=self.content_type,
+            url=self.url,
+            width=self.width,
+            height=self.height,
+            size_bytes=self.size_bytes,
+            alt_text=self.alt_text,
+        )
+
+    def mixed(self) -> bool:
+        """An album that also names fields of one image."""
+        return self.images is not msgspec.UNSET and any(
+            value is not None
+            for value in (
+                self.object_key,
+                self.content_type,
+                self.url,
+                self.width,
+                self.height,
+                self.size_bytes,
+                self.alt_text,
+            )
+        )
 
 
 ClientMessageId = Annotated[
@@ -264,6 +345,17 @@ class EditMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     content: EditedContent | msgspec.UnsetType | None = msgspec.UNSET
     alt_text: AltText | msgspec.UnsetType | None = msgspec.UNSET
+    index: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                description="An album's image whose `alt_text` this is (0-based; omitted: the first). "
+                "422 `no_such_image` past the album's last image or for a single image other than 0.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ConversationPage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -273,4 +365,25 @@ class ConversationPage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"
 
 class MessagePage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     items: list[Message]
+    next_cursor: NextCursor | None
+
+
+class GalleryImage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """One image of a conversation's gallery (an album gives one item per image)."""
+
+    message_id: str
+    index: Annotated[int, msgspec.Meta(ge=0, description="The image's place in its message (0: the first).")]
+    url: str
+    width: int | None
+    height: int | None
+    blurhash: str | None
+    status: Literal["processing", "ready", "failed"] | None
+    sender_id: str
+    timestamp: dt.datetime
+    # snake_case like the image metadata it comes from
+    alt_text: str | None = msgspec.field(name="alt_text", default=None)
+
+
+class GalleryPage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    items: list[GalleryImage]
     next_cursor: NextCursor | None

@@ -12,7 +12,9 @@ is kept; the stored message has exactly the spec's fields. Without one, every se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import re
 import uuid
 from collections.abc import Awaitable
 
@@ -29,6 +31,7 @@ from chat_core.messagestore import (
     ConversationExists,
     ConversationNotFound,
     ConversationStore,
+    ImageMetadata,
     InvalidCursor,
     LastMessage,
     Message,
@@ -36,14 +39,19 @@ from chat_core.messagestore import (
     MessageEdit,
     MessageStore,
     ObjectAlreadyUsed,
+    OutboxEntry,
+    StoredImage,
     TooManyParticipants,
+    albums,
     created_event,
     deleted_event,
+    encode_cursor,
     event_done,
     new_event,
 )
 from chat_core.objectstore import ObjectStore
 from chat_core.quota import Quotas
+from chat_core.ratelimit import RateLimiter
 from message_service import forwarding
 from message_service.events import MessageEvents
 from message_service.last_message import LastMessageWriter
@@ -54,6 +62,9 @@ from message_service.schemas import (
     CreateConversation,
     EditMessage,
     ForwardMessage,
+    GalleryImage,
+    GalleryPage,
+    ImageRequest,
     MessagePage,
     SendImage,
     SendMessage,
@@ -97,6 +108,53 @@ async def _emit(event: str, call: Awaitable[None]) -> None:
     except Exception:
         # The change is stored; fan-out has its own recovery (the outbox). Never fail the request.
         _log.exception("message_event_failed", event=event)
+
+
+GALLERY_SCAN_MESSAGES = 500  # messages read at most for one gallery page
+_GALLERY_POSITION = re.compile(rf"^([0-9]+)\.({keys.UUID})_([0-9]{{1,2}})$")
+
+
+def _gallery_resume(cursor: str | None) -> tuple[str, str, int] | None:
+    """(micros, message id, index shown last) of a cursor inside a message; None for a message position."""
+    match = _GALLERY_POSITION.fullmatch(cursor) if cursor else None
+    return None if match is None else (match[1], match[2], int(match[3]))
+
+
+def _gallery_images(message: Message, *, after: int) -> list[tuple[int, ImageMetadata]]:
+    if message.deleted or message.message_type != "image":
+        return []
+    return [(index, image) for index, image in enumerate(albums.images_of(message.metadata)) if index > after]
+
+
+def _gallery_item(message: Message, index: int, image: ImageMetadata) -> GalleryImage:
+    return GalleryImage(
+        message_id=message.message_id,
+        index=index,
+        url=image.url,
+        width=image.width,
+        height=image.height,
+        blurhash=image.blurhash,
+        status=image.status,
+        sender_id=message.sender_id,
+        timestamp=message.timestamp,
+        alt_text=image.alt_text,
+    )
+
+
+def _gallery_cursor(message: Message, index: int) -> str:
+    return f"{encode_cursor(message.timestamp, message.message_id)}_{index}"
+
+
+def _at_index(problem: ProblemError, index: int) -> ProblemError:
+    """An album image's problem: the same status and code, naming the image (``index``, 0-based)."""
+    return ProblemError(
+        problem.status,
+        problem.code,
+        f"image {index}: {problem.detail or problem.code}",
+        title=problem.title,
+        headers=problem.headers,
+        extra={**problem.extra, "index": index},
+    )
 
 
 def _now() -> dt.datetime:
@@ -291,7 +349,11 @@ class MessageService:
         storage: ledger.StorageLedger,
         base_url: str,
         edit_window_seconds: int = 48 * 3600,
+        max_images: int = albums.DEFAULT_MAX_IMAGES,
+        limiter: RateLimiter | None = None,
     ) -> None:
+        self._max_images = max_images
+        self._limiter = limiter
         self._quotas = quotas
         self._edit_window = dt.timedelta(seconds=edit_window_seconds)
         self._objects = objects
@@ -305,7 +367,7 @@ class MessageService:
 
     async def send(self, user_id: str, conversation_id: str, request: SendMessage) -> tuple[Message, bool]:
         """Store a message; ``(message, True)`` when new, ``(stored, False)`` for a retry of one."""
-        verified: VerifiedImage | None = None
+        verified: list[VerifiedImage] = []
         message_id = message_id_for(conversation_id, user_id, request.client_message_id)
         if isinstance(request, SendText):
             members = await _participants_for(self._conversations, conversation_id, user_id)
@@ -313,15 +375,17 @@ class MessageService:
                 raise ProblemError(400, "empty_message", "a text message needs some content")
             content: str | None = request.content
         else:
-            members, earlier, verified = await self._member_and_image(
-                user_id, conversation_id, request, message_id
+            wanted = self._images_requested(request)
+            members, earlier, verified = await self._member_and_images(
+                user_id, conversation_id, request, wanted, message_id
             )
             if earlier is not None:
                 return earlier, False
-            assert verified is not None  # no earlier message: the image was verified (or raised)
-            # Frees the upload's slot and counts its verified size (once per upload, so a retry is free).
-            await self._quotas.charge_send(user_id, verified.stored_key, verified.metadata.size_bytes)
+            # Frees each upload's slot and counts its verified size (once per upload, so a retry is free).
+            for image in verified:
+                await self._quotas.charge_send(user_id, image.stored_key, image.metadata.size_bytes)
             content = request.content if (request.content or "").strip() else None
+        album = len(verified) > 1
         message = Message(
             message_id=message_id,
             content=content,
@@ -329,17 +393,22 @@ class MessageService:
             sender_id=user_id,
             timestamp=_now(),
             read_by=(user_id,),
-            metadata=verified.metadata if verified else None,
+            metadata=albums.album_of([image.metadata for image in verified]) if verified else None,
+        )
+        cover = verified[0] if verified else None
+        stored_images = (
+            [StoredImage(key=image.stored_key, etag=image.etag) for image in verified] if album else []
         )
         trace = tracing.inject()
         try:
             stored, created = await self._store.create_message(
                 conversation_id,
                 message,
-                object_key=verified.stored_key if verified else None,
-                object_etag=verified.etag if verified else None,
+                object_key=cover.stored_key if cover else None,
+                object_etag=cover.etag if cover else None,
                 trace=trace,
                 conversation_checked=True,  # membership was just read
+                images=stored_images,
             )
         except ObjectAlreadyUsed:
             metrics.IMAGE_MESSAGES_REJECTED.labels("object_already_used").inc()
@@ -350,8 +419,40 @@ class MessageService:
             raise _no_such_conversation() from None
         if created:
             self._record(stored, verified)
-            await self._after_send(conversation_id, stored, trace, members, verified)
+            entry = created_event(
+                conversation_id,
+                stored,
+                trace=trace,
+                object_key=cover.stored_key if cover else None,
+                object_etag=cover.etag if cover else None,
+                images=stored_images,
+            )
+            await self._after_send(conversation_id, stored, entry, members)
         return stored, created
+
+    def _images_requested(self, request: SendImage) -> list[ImageRequest]:
+        """The images a send names, in order: one, or an album's (checked for its shape and size)."""
+        metadata = request.metadata
+        if metadata.images is msgspec.UNSET:
+            single = metadata.single()
+            if single is None:
+                raise ProblemError(
+                    400, "invalid_request", "metadata needs object_key and content_type, or images"
+                )
+            return [single]
+        if metadata.mixed():
+            raise ProblemError(
+                400, "invalid_album", "an album's metadata holds only `images`; each image its own fields"
+            )
+        if len(metadata.images) > self._max_images:
+            metrics.IMAGE_MESSAGES_REJECTED.labels("too_many_images").inc()
+            raise ProblemError(
+                400,
+                "too_many_images",
+                f"a message carries at most {self._max_images} images, not {len(metadata.images)}",
+                extra={"limit": self._max_images},
+            )
+        return list(metadata.images)
 
     async def forward(
         self, user_id: str, conversation_id: str, message_id: str, request: ForwardMessage
@@ -378,21 +479,31 @@ class MessageService:
                 return existing, False
         content = source.content if request.content is None else request.content
         content = content if (content or "").strip() else None
-        copied: forwarding.CopiedImage | None = None
+        copied: list[forwarding.CopiedImage] = []
         if source.message_type == "image":
-            image = forwarding.forwardable_image(source)
-            copied = await forwarding.copy_image(
-                self._objects,
-                base_url=self._base_url,
-                source_conversation=conversation_id,
-                source_message_id=source.message_id,
-                source=image,
-                target_conversation=target,
-                target_message_id=new_id,
-                forwarder_id=user_id,
+            images = forwarding.forwardable_images(source)
+            album = len(images) > 1
+            copied = list(
+                await asyncio.gather(
+                    *(
+                        forwarding.copy_image(
+                            self._objects,
+                            base_url=self._base_url,
+                            source_conversation=conversation_id,
+                            source_message_id=source.message_id,
+                            source=image,
+                            target_conversation=target,
+                            target_message_id=new_id,
+                            forwarder_id=user_id,
+                            index=index if album else None,
+                        )
+                        for index, image in enumerate(images)
+                    )
+                )
             )
-            await ledger.record(self._storage, "derived", len(keys.VARIANTS), copied.copied_bytes)
-            await self._quotas.charge_send(user_id, copied.stored_key, copied.copied_bytes)
+            for copy in copied:
+                await ledger.record(self._storage, "derived", len(keys.VARIANTS), copy.copied_bytes)
+                await self._quotas.charge_send(user_id, copy.stored_key, copy.copied_bytes)
         elif content is None:
             raise ProblemError(400, "empty_message", "a text message needs some content")
         message = Message(
@@ -402,55 +513,97 @@ class MessageService:
             sender_id=user_id,
             timestamp=_now(),
             read_by=(user_id,),
-            metadata=copied.metadata if copied else None,
+            metadata=albums.album_of([copy.metadata for copy in copied]) if copied else None,
             forwarded=True,
         )
+        # No ETags: the outbox entry carries no media job (the copies are already the variants).
+        stored_images = [StoredImage(key=copy.stored_key) for copy in copied] if len(copied) > 1 else []
         trace = tracing.inject()
         try:
-            # No ETag: the outbox entry carries no media job (the copies are already the variants).
             stored, created = await self._store.create_message(
                 target,
                 message,
-                object_key=copied.stored_key if copied else None,
+                object_key=copied[0].stored_key if copied else None,
                 trace=trace,
                 conversation_checked=True,
+                images=stored_images,
             )
         except ConversationNotFound:
             raise _no_such_conversation() from None
         if created:
             metrics.MESSAGES_SENT.labels(stored.message_type).inc()
             metrics.MESSAGES_FORWARDED.labels(stored.message_type).inc()
-            await self._after_send(target, stored, trace, members, None)
+            entry = created_event(
+                target,
+                stored,
+                trace=trace,
+                object_key=copied[0].stored_key if copied else None,
+                images=stored_images,
+            )
+            await self._after_send(target, stored, entry, members)
         return stored, created
 
-    async def _member_and_image(
-        self, user_id: str, conversation_id: str, request: SendImage, message_id: str
-    ) -> tuple[frozenset[str], Message | None, VerifiedImage | None]:
-        """Membership, the earlier message of a retry and the object check, overlapped: independent
-        round trips, one wait.
+    async def _member_and_images(
+        self,
+        user_id: str,
+        conversation_id: str,
+        request: SendImage,
+        wanted: list[ImageRequest],
+        message_id: str,
+    ) -> tuple[frozenset[str], Message | None, list[VerifiedImage]]:
+        """Membership, the earlier message of a retry and every image's check, overlapped: independent
+        round trips, one wait (an album's images are checked side by side).
 
-        Membership is judged first: a non-member learns nothing about the image, and the rejection
+        Membership is judged first: a non-member learns nothing about the images, and the rejection
         metric only counts what members sent. A retry (its ``clientMessageId`` already stored) is
-        answered with the stored message whatever the check says: by then the media processor may have
-        deleted the raw upload, and a client that lost the 201 must not be told to upload again.
+        answered with the stored message whatever the checks say: by then the media processor may have
+        deleted the raw uploads, and a client that lost the 201 must not be told to upload again.
+        An album is all or nothing: the first failing image (by index) is the answer, with its ``index``
+        in the problem details, and nothing is stored.
         """
-        membership, earlier, verification = await asyncio.gather(
-            _participants_for(self._conversations, conversation_id, user_id),
-            self._earlier_send(conversation_id, message_id, request),
-            self._verifier.verify(user_id, conversation_id, request.metadata),
-            return_exceptions=True,
+        if len(wanted) > 1 and self._limiter is not None:
+            # Rate limits count images: the route counted the send as one, an album counts the others.
+            await self._limiter.hit("sends", f"user:{user_id}", cost=len(wanted) - 1)
+        (membership, earlier), checks = await asyncio.gather(
+            asyncio.gather(
+                _participants_for(self._conversations, conversation_id, user_id),
+                self._earlier_send(conversation_id, message_id, request),
+                return_exceptions=True,
+            ),
+            asyncio.gather(
+                *(self._verifier.verify(user_id, conversation_id, image) for image in wanted),
+                return_exceptions=True,
+            ),
         )
         if isinstance(membership, BaseException):
             raise membership
         if isinstance(earlier, BaseException):
             raise earlier
         if earlier is not None:
-            return membership, earlier, None
-        if isinstance(verification, ProblemError):
-            metrics.IMAGE_MESSAGES_REJECTED.labels(verification.code).inc()
-        if isinstance(verification, BaseException):
-            raise verification
-        return membership, None, verification
+            return membership, earlier, []
+        album = len(wanted) > 1
+        verified: list[VerifiedImage] = []
+        for index, check in enumerate(checks):
+            if isinstance(check, ProblemError):
+                metrics.IMAGE_MESSAGES_REJECTED.labels(check.code).inc()
+                if album:
+                    raise _at_index(check, index) from None
+            if isinstance(check, BaseException):
+                raise check
+            assert isinstance(check, VerifiedImage)
+            verified.append(check)
+        seen: dict[str, int] = {}
+        for index, image in enumerate(verified):
+            first = seen.setdefault(image.stored_key, index)
+            if first != index:
+                metrics.IMAGE_MESSAGES_REJECTED.labels("duplicate_image").inc()
+                raise ProblemError(
+                    400,
+                    "duplicate_image",
+                    f"images {first} and {index} are the same object: each image is its own upload",
+                    extra={"index": index},
+                )
+        return membership, None, verified
 
     async def _earlier_send(
         self, conversation_id: str, message_id: str, request: SendMessage
@@ -461,30 +614,20 @@ class MessageService:
         return await self._store.get_message(conversation_id, message_id)
 
     @staticmethod
-    def _record(message: Message, verified: VerifiedImage | None) -> None:
+    def _record(message: Message, verified: list[VerifiedImage]) -> None:
         metrics.MESSAGES_SENT.labels(message.message_type).inc()
-        if verified is not None:
-            metrics.IMAGE_SIZE.observe(verified.metadata.size_bytes)
-            waited = (message.timestamp - verified.last_modified).total_seconds()
+        if verified:
+            metrics.IMAGES_PER_MESSAGE.observe(len(verified))
+        for image in verified:
+            metrics.IMAGE_SIZE.observe(image.metadata.size_bytes)
+            waited = (message.timestamp - image.last_modified).total_seconds()
             metrics.UPLOAD_TO_SEND.observe(max(0.0, waited))  # clocks of store and server may differ
 
     async def _after_send(
-        self,
-        conversation_id: str,
-        message: Message,
-        trace: dict[str, str],
-        members: frozenset[str],
-        verified: VerifiedImage | None,
+        self, conversation_id: str, message: Message, entry: OutboxEntry, members: frozenset[str]
     ) -> None:
         # Fan-out first: real-time delivery should not wait for the conversation summary's write.
-        # The entry is the one stored with the message (media job included).
-        entry = created_event(
-            conversation_id,
-            message,
-            trace=trace,
-            object_key=verified.stored_key if verified else None,
-            object_etag=verified.etag if verified else None,
-        )
+        # ``entry`` is the one stored with the message (media jobs included).
         await _emit("message_created", self._events.message_created(entry, members))
         await self._last_messages.touch(conversation_id, LastMessage.of(message, _PREVIEW_CHARS))
 
@@ -497,6 +640,52 @@ class MessageService:
         except InvalidCursor as exc:
             raise ProblemError(400, "invalid_cursor", str(exc)) from None
         return MessagePage(items=page.items, next_cursor=page.next_cursor)
+
+    async def gallery(
+        self, user_id: str, conversation_id: str, *, limit: int, before: str | None
+    ) -> GalleryPage:
+        """The conversation's images, newest message first, an album's in its order; deleted messages
+        never appear. Reads at most ``GALLERY_SCAN_MESSAGES`` messages per page: a page may hold fewer
+        than ``limit`` items (even none) with a ``nextCursor`` when the conversation is mostly text.
+
+        A cursor is the position of the last item shown: ``{micros}.{messageId}_{index}`` (the rest of
+        that message's images come first), or any other cursor of the pattern, a message position.
+        """
+        await _participants_for(self._conversations, conversation_id, user_id)
+        items: list[GalleryImage] = []
+        resume = _gallery_resume(before)
+        store_cursor = before
+        if resume is not None:
+            stamp, message_id, shown = resume
+            store_cursor = f"{stamp}.{message_id}"
+            message = await self._store.get_message(conversation_id, message_id)
+            if message is not None:
+                for index, image in _gallery_images(message, after=shown):
+                    if len(items) == limit:
+                        return GalleryPage(items=items, next_cursor=_gallery_cursor(message, index - 1))
+                    items.append(_gallery_item(message, index, image))
+        scanned = 0
+        last: tuple[Message, int] | None = None  # the last item's message and index
+        while scanned < GALLERY_SCAN_MESSAGES:
+            try:
+                page = await self._store.list_messages(
+                    conversation_id, limit=min(100, GALLERY_SCAN_MESSAGES - scanned), before=store_cursor
+                )
+            except InvalidCursor as exc:
+                raise ProblemError(400, "invalid_cursor", str(exc)) from None
+            for message in page.items:
+                scanned += 1
+                for index, image in _gallery_images(message, after=-1):
+                    if len(items) == limit:
+                        assert last is not None
+                        return GalleryPage(items=items, next_cursor=_gallery_cursor(*last))
+                    items.append(_gallery_item(message, index, image))
+                    last = (message, index)
+                store_cursor = encode_cursor(message.timestamp, message.message_id)
+            if page.next_cursor is None:
+                return GalleryPage(items=items, next_cursor=None)
+        # The scan's budget is spent: go on from the last message read.
+        return GalleryPage(items=items, next_cursor=store_cursor)
 
     async def mark_read(self, user_id: str, conversation_id: str, message_id: str) -> Message:
         await _participants_for(self._conversations, conversation_id, user_id)
@@ -597,7 +786,15 @@ class MessageService:
                 raise ProblemError(422, "empty_message", "a text message needs some content")
         elif content is not msgspec.UNSET and not (content or "").strip():
             content = None  # an image without a caption, as at send
-        return MessageEdit(content=content, alt_text=request.alt_text)
+        if request.index is not None:
+            count = len(albums.images_of(message.metadata))
+            if request.alt_text is msgspec.UNSET or request.index >= count:
+                raise ProblemError(
+                    422,
+                    "no_such_image",
+                    f"index names an image of this message (0..{count - 1}) whose alt_text is given",
+                )
+        return MessageEdit(content=content, alt_text=request.alt_text, index=request.index)
 
 
 async def delete_message(
@@ -612,12 +809,14 @@ async def delete_message(
     """Turn ``message`` into a tombstone with its durable ``deleted`` outbox entry, and start its fan-out
     (events, lastMessage, the image's bytes). False when it already was one. Shared by unsend, retention
     and a user's erasure."""
-    raw_key: str | None = None
-    if message.metadata is not None:
-        try:
-            raw_key = keys.stored_key(conversation_id, message.metadata.object_key)
-        except keys.InvalidKey:
-            raw_key = None  # not a key of ours: the derivatives are still found by the message id
+    raw_keys: list[str] = []
+    for image in albums.images_of(message.metadata):
+        # Not a key of ours: the derivatives are still found by the message id.
+        with contextlib.suppress(keys.InvalidKey):
+            raw_keys.append(keys.stored_key(conversation_id, image.object_key))
+    raw_key = raw_keys[0] if raw_keys else None
+    # An album: every image's raw upload goes too (the relay erases each).
+    stored_images = [StoredImage(key=key) for key in raw_keys] if albums.is_album(message.metadata) else []
     now = _now()
     trace = tracing.inject()
     result = await store.delete_message(
@@ -627,6 +826,7 @@ async def delete_message(
         deleted_at=now,
         object_key=raw_key,
         trace=trace,
+        images=stored_images,
     )
     if result is None or not result[1]:
         return False
@@ -641,6 +841,6 @@ async def delete_message(
         sender_id=message.sender_id,
         message_type=message.message_type,
     )
-    entry = deleted_event(conversation_id, tombstone, object_key=raw_key, trace=trace)
+    entry = deleted_event(conversation_id, tombstone, object_key=raw_key, trace=trace, images=stored_images)
     await _emit("message.deleted", events.event_stored(entry))
     return True

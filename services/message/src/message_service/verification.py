@@ -43,7 +43,7 @@ from chat_core.media import UploadRefusal
 from chat_core.messagestore import ImageMetadata
 from chat_core.objectstore import ObjectNotFound, ObjectStore
 from chat_core.settings import Settings
-from message_service.schemas import ImageMetadataRequest
+from message_service.schemas import ImageRequest
 
 __all__ = ["ImageVerifier", "VerifiedImage"]
 
@@ -69,9 +69,7 @@ class ImageVerifier:
         grace = settings.images.orphan_grace_seconds
         self._send_window = dt.timedelta(seconds=grace - min(grace / 2, 3600)) if grace else None
 
-    async def verify(
-        self, sender_id: str, conversation_id: str, requested: ImageMetadataRequest
-    ) -> VerifiedImage:
+    async def verify(self, sender_id: str, conversation_id: str, requested: ImageRequest) -> VerifiedImage:
         content_type = keys.accepted_content_type(requested.content_type, self._allowed)
         object_key, parsed = self._locate(conversation_id, requested)
         if parsed.uploader_id != sender_id:
@@ -153,7 +151,7 @@ class ImageVerifier:
         )
 
     @staticmethod
-    def _locate(conversation_id: str, requested: ImageMetadataRequest) -> tuple[str, keys.ParsedKey]:
+    def _locate(conversation_id: str, requested: ImageRequest) -> tuple[str, keys.ParsedKey]:
         """(object_key, parsed) of the object meant, refusing one that lies in another conversation.
 
         ``object_key`` is normally the upload response's ``images/...`` (under this conversation by

@@ -73,7 +73,7 @@ def push_message_for(notification: Notification, device: Device, image_url: str 
     if notification.preview:
         body = notification.preview
     elif notification.message_type == "image":
-        body = "sent a photo"
+        body = "sent a photo" if notification.images <= 1 else f"sent {notification.images} photos"
     else:
         body = "sent a message"
     return PushMessage(

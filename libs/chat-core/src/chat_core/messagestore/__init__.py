@@ -33,6 +33,7 @@ from typing import Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
+from chat_core.messagestore import albums
 from chat_core.timestamps import from_micros, micros
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "PushClaim",
     "PushClaimState",
     "PushReceiptStore",
+    "StoredImage",
     "TooManyParticipants",
     "created_event",
     "decode_cursor",
@@ -126,6 +128,9 @@ class ImageMetadata(msgspec.Struct, frozen=True, kw_only=True):
     blurhash: str | None = None
     error: str | None = None
     alt_text: str | None = None  # the image's description for screen readers (sender's, editable)
+    # An album (2..MAX_IMAGES_PER_MESSAGE images): every image in order, each with its own status,
+    # variants and BlurHash; the fields above repeat the first image's (``messagestore.albums``).
+    images: tuple[ImageMetadata, ...] | msgspec.UnsetType = msgspec.UNSET
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -232,6 +237,13 @@ EventKind = Literal[
 ]
 
 
+class StoredImage(msgspec.Struct, frozen=True, kw_only=True):
+    """One image of an album as the store holds it: its raw upload's key and the ETag verified at send."""
+
+    key: str
+    etag: str | None = None
+
+
 class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
     """An event still to relay, stored in the same transaction as the change it announces.
 
@@ -264,6 +276,11 @@ class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
     # message.created of an image: the stored (raw upload) key and its ETag as verified at send.
     object_key: str | None = None
     object_etag: str | None = None
+    # An album's images (``object_key`` is then the first's): message.created queues a media job per
+    # image; message.deleted erases every image's raw upload.
+    images: tuple[StoredImage, ...] = ()
+    # message.updated of an album: the image that changed.
+    index: int | None = None
 
     @property
     def message_id(self) -> str | None:
@@ -271,10 +288,12 @@ class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class MessageEdit(msgspec.Struct, frozen=True, kw_only=True):
-    """What an edit changes: ``content`` (text or caption) and/or the image's ``alt_text`` (UNSET: kept)."""
+    """What an edit changes: ``content`` (text or caption) and/or the image's ``alt_text`` (UNSET: kept);
+    ``index`` names an album's image whose ``alt_text`` it is."""
 
     content: str | msgspec.UnsetType | None = msgspec.UNSET
     alt_text: str | msgspec.UnsetType | None = msgspec.UNSET
+    index: int | None = None
 
 
 class MessageDeleted(Exception):
@@ -288,6 +307,7 @@ def created_event(
     trace: Mapping[str, str] | None = None,
     object_key: str | None = None,
     object_etag: str | None = None,
+    images: Sequence[StoredImage] = (),
 ) -> OutboxEntry:
     """The ``message.created`` entry ``create_message`` stores with ``message``."""
     return OutboxEntry(
@@ -299,6 +319,7 @@ def created_event(
         trace=dict(trace or {}),
         object_key=object_key,
         object_etag=object_etag,
+        images=tuple(images),
     )
 
 
@@ -308,6 +329,7 @@ def deleted_event(
     *,
     object_key: str | None = None,
     trace: Mapping[str, str] | None = None,
+    images: Sequence[StoredImage] = (),
 ) -> OutboxEntry:
     """The ``message.deleted`` entry ``delete_message`` stores with the tombstone: one per message."""
     return OutboxEntry(
@@ -320,6 +342,7 @@ def deleted_event(
         message=tombstone,
         trace=dict(trace or {}),
         object_key=object_key,
+        images=tuple(images),
     )
 
 
@@ -369,18 +392,24 @@ def edited(message: Message, edit: MessageEdit, edited_at: dt.datetime) -> Messa
     content = message.content if edit.content is msgspec.UNSET else edit.content
     metadata = message.metadata
     if metadata is not None and edit.alt_text is not msgspec.UNSET:
-        metadata = msgspec.structs.replace(metadata, alt_text=edit.alt_text)
+        metadata = albums.with_alt_text(metadata, edit.index, edit.alt_text)
     return msgspec.structs.replace(message, content=content, metadata=metadata, edited_at=edited_at)
 
 
 def finished(current: Message, metadata: ImageMetadata) -> Message | None:
-    """``current`` with its image finished as ``metadata``; None when it may not be (see ``finish_image``)."""
-    if current.deleted or current.metadata is None or current.metadata.status not in (None, "processing"):
+    """``current`` with its image finished as ``metadata``; None when it may not be (see ``finish_image``).
+
+    For an album, ``metadata`` is the one image finished (found by its ``object_key``): only that image
+    changes, so the images of one album finish independently, each once."""
+    if current.deleted or current.metadata is None:
+        return None
+    index = albums.index_of(current.metadata, metadata.object_key)
+    image = albums.image_at(current.metadata, index)
+    if image is None or image.status not in (None, "processing"):
         return None
     # The media job built ``metadata`` from the message it read; an edit since then wins.
-    return msgspec.structs.replace(
-        current, metadata=msgspec.structs.replace(metadata, alt_text=current.metadata.alt_text)
-    )
+    done = msgspec.structs.replace(metadata, alt_text=image.alt_text, images=msgspec.UNSET)
+    return msgspec.structs.replace(current, metadata=albums.with_image(current.metadata, index, done))
 
 
 def page_of(rows: list[T], limit: int, position: Callable[[T], tuple[dt.datetime, str]]) -> Page[T]:
@@ -510,8 +539,12 @@ class MessageStore(Protocol):
         object_etag: str | None = None,
         trace: Mapping[str, str] | None = None,
         conversation_checked: bool = False,
+        images: Sequence[StoredImage] = (),
     ) -> tuple[Message, bool]:
         """Store ``message`` atomically with its image reference and its outbox entry (``created_event``).
+
+        An album passes every image as ``images`` (``object_key`` is its first's): each stored key gets
+        its reference, all or none (ObjectAlreadyUsed when any is taken), and the entry lists them all.
 
         The outbox entry carries ``object_key`` and ``object_etag`` (the ETag verified at send): the
         media job the relay queues for an image message.
@@ -535,6 +568,7 @@ class MessageStore(Protocol):
         deleted_at: dt.datetime,
         object_key: str | None = None,
         trace: Mapping[str, str] | None = None,
+        images: Sequence[StoredImage] = (),
     ) -> tuple[Message, bool] | None:
         """Turn the message into a tombstone (``Message.tombstone``), in one transaction with its
         ``message.deleted`` entry (``deleted_event``; ``object_key``: the image's stored raw key, whose
@@ -599,7 +633,8 @@ class MessageStore(Protocol):
         event: OutboxEntry | None = None,
     ) -> Message | None:
         """Replace the image metadata of a message still ``processing`` (or without a status), with
-        ``event`` (its ``message.updated``).
+        ``event`` (its ``message.updated``). For an album, ``metadata`` is one image (found by its
+        ``object_key``) and only that image must still be processing (``finished``).
 
         Returns the updated message; None when there is no such message, it is already ready or
         failed (a redelivered media job changes nothing twice), or it was deleted. An ``alt_text`` edited

@@ -65,6 +65,7 @@ from chat_core.messagestore import (
     OutboxEntry,
     Page,
     PushClaim,
+    StoredImage,
     TooManyParticipants,
     created_event,
     decode_cursor,
@@ -190,6 +191,8 @@ _OUTBOX_FIELDS = {
     "trace": "trace",
     "objectKey": "object_key",
     "objectEtag": "object_etag",
+    "images": "images",
+    "index": "index",
 }
 
 
@@ -521,6 +524,7 @@ class FirestoreChatStore(ChatStore):
         object_etag: str | None = None,
         trace: Mapping[str, str] | None = None,
         conversation_checked: bool = False,
+        images: Sequence[StoredImage] = (),
     ) -> tuple[Message, bool]:
         if not conversation_checked:
             # A plain read, outside any transaction: it takes no lock on the busy conversation document.
@@ -532,18 +536,27 @@ class FirestoreChatStore(ChatStore):
         # existing document, which is both the idempotency check (same message id) and the
         # one-object-one-message rule (same object reference); only then do we read to say which.
         message_ref = self._message_ref(conversation_id, message.message_id)
-        image_ref = self.client.collection(IMAGE_REFS).document(_doc_id(object_key)) if object_key else None
+        referenced = list(dict.fromkeys([*([object_key] if object_key else []), *(i.key for i in images)]))
+        image_refs = [
+            (stored_key, self.client.collection(IMAGE_REFS).document(_doc_id(stored_key)))
+            for stored_key in referenced
+        ]
         batch = self.client.batch()
         batch.create(message_ref, _fields(message))
-        if image_ref is not None:
+        for stored_key, image_ref in image_refs:
             batch.create(
                 image_ref,
-                {"storedKey": object_key, "conversationId": conversation_id, "messageId": message.message_id},
+                {"storedKey": stored_key, "conversationId": conversation_id, "messageId": message.message_id},
             )
         self._append_event(
             batch,
             created_event(
-                conversation_id, message, trace=trace, object_key=object_key, object_etag=object_etag
+                conversation_id,
+                message,
+                trace=trace,
+                object_key=object_key,
+                object_etag=object_etag,
+                images=images,
             ),
         )
         try:
@@ -552,9 +565,10 @@ class FirestoreChatStore(ChatStore):
             existing = await message_ref.get()
             if existing.exists:
                 return _message(existing), False
-            holder = await image_ref.get() if image_ref is not None else None
-            if holder is not None and holder.exists:
-                raise ObjectAlreadyUsed(str(holder.get("messageId"))) from None
+            for _stored_key, image_ref in image_refs:
+                holder = await image_ref.get()
+                if holder.exists:
+                    raise ObjectAlreadyUsed(str(holder.get("messageId"))) from None
             raise  # an outbox entry without its message: a message id reused elsewhere
         return message, True
 
@@ -571,12 +585,15 @@ class FirestoreChatStore(ChatStore):
         deleted_at: dt.datetime,
         object_key: str | None = None,
         trace: Mapping[str, str] | None = None,
+        images: Sequence[StoredImage] = (),
     ) -> tuple[Message, bool] | None:
         def change(current: Message) -> tuple[Message, OutboxEntry] | None:
             if current.deleted:
                 return None
             tombstone = current.tombstone(deleted_by, deleted_at)
-            return tombstone, deleted_event(conversation_id, tombstone, object_key=object_key, trace=trace)
+            return tombstone, deleted_event(
+                conversation_id, tombstone, object_key=object_key, trace=trace, images=images
+            )
 
         # The message's own fan-out, if still pending, would announce, notify and process what is gone.
         result = await self._change_message(conversation_id, message_id, change, drop_created=True)

@@ -34,6 +34,7 @@ from chat_core.messagestore import (
     OutboxEntry,
     Page,
     PushClaim,
+    StoredImage,
     TooManyParticipants,
     created_event,
     decode_cursor,
@@ -522,10 +523,17 @@ class SqliteChatStore(ChatStore):
         object_etag: str | None = None,
         trace: Mapping[str, str] | None = None,
         conversation_checked: bool = False,  # the check is free inside the write transaction
+        images: Sequence[StoredImage] = (),
     ) -> tuple[Message, bool]:
         entry = created_event(
-            conversation_id, message, trace=trace, object_key=object_key, object_etag=object_etag
+            conversation_id,
+            message,
+            trace=trace,
+            object_key=object_key,
+            object_etag=object_etag,
+            images=images,
         )
+        referenced = list(dict.fromkeys([*([object_key] if object_key else []), *(i.key for i in images)]))
 
         def insert(conn: sqlite3.Connection) -> tuple[Message, bool]:
             exists = conn.execute("SELECT 1 FROM conversations WHERE conversation_id = ?", (conversation_id,))
@@ -537,16 +545,16 @@ class SqliteChatStore(ChatStore):
             ).fetchone()
             if row is not None:
                 return msgspec.json.decode(row[0], type=Message), False
-            if object_key is not None:
+            for stored_key in referenced:
                 holder = conn.execute(
-                    "SELECT message_id FROM image_refs WHERE stored_key = ?", (object_key,)
+                    "SELECT message_id FROM image_refs WHERE stored_key = ?", (stored_key,)
                 ).fetchone()
                 if holder is not None:
                     raise ObjectAlreadyUsed(holder[0])
-                conn.execute(
-                    "INSERT INTO image_refs (stored_key, conversation_id, message_id) VALUES (?, ?, ?)",
-                    (object_key, conversation_id, message.message_id),
-                )
+            conn.executemany(
+                "INSERT INTO image_refs (stored_key, conversation_id, message_id) VALUES (?, ?, ?)",
+                [(stored_key, conversation_id, message.message_id) for stored_key in referenced],
+            )
             conn.execute(
                 "INSERT INTO messages (conversation_id, message_id, timestamp, body, sender_id)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -575,6 +583,7 @@ class SqliteChatStore(ChatStore):
         deleted_at: dt.datetime,
         object_key: str | None = None,
         trace: Mapping[str, str] | None = None,
+        images: Sequence[StoredImage] = (),
     ) -> tuple[Message, bool] | None:
         def delete(conn: sqlite3.Connection) -> tuple[Message, bool] | None:
             current = _select_message(conn, conversation_id, message_id)
@@ -586,7 +595,10 @@ class SqliteChatStore(ChatStore):
             _update_message(conn, conversation_id, tombstone)
             # Its message.created, if still pending, would announce, notify and process what is gone.
             conn.execute("DELETE FROM outbox WHERE event_id = ?", (message_id,))
-            _append_event(conn, deleted_event(conversation_id, tombstone, object_key=object_key, trace=trace))
+            _append_event(
+                conn,
+                deleted_event(conversation_id, tombstone, object_key=object_key, trace=trace, images=images),
+            )
             return tombstone, True
 
         return await self._db.write(delete)

@@ -27,6 +27,8 @@ class Notification(Job, frozen=True, kw_only=True, rename="camel"):
     # An image message's ``object_key`` (what its ``file_url`` names): the push's thumbnail link is built
     # from it. Never the source of a forward: a forwarded message has its own key.
     object_key: str | None = None
+    # How many images the message carries (an album: 2..MAX_IMAGES_PER_MESSAGE): "sent 3 photos".
+    images: int = 1
 
 
 NotificationQueue = JobQueue[Notification]

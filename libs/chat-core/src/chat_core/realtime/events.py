@@ -38,6 +38,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_d
     message_id: str | None = None  # message.read, message.deleted
     user_id: str | None = None  # message.read: the reader
     read_by: tuple[str, ...] | None = None  # message.read
+    index: int | None = None  # message.updated of an album: the image that changed (0-based)
     members: tuple[str, ...] | None = None  # never forwarded to clients
     trace: dict[str, str] = {}  # never forwarded to clients
 
