@@ -217,7 +217,7 @@ async def test_a_three_photo_album_fills_in_and_the_viewer_browses_the_conversat
 
     # one image's event: that tile (its index) shows its BlurHash, the others still wait
     first = updates.release_one()
-    index = first.get("index", 0)  # TEMP
+    index = first["index"]
     assert [image["status"] == "ready" for image in first["message"]["metadata"]["images"]] == [
         n == index for n in range(3)
     ]
