@@ -78,8 +78,14 @@ function newestOf(known, incoming) {
   if (known.deleted || incoming.deleted) return { ...(known.deleted ? known : incoming), readBy };
   const edited = (known.editedAt || "") > (incoming.editedAt || "") ? known : incoming;
   let metadata = furtherMetadata(known.metadata, incoming.metadata);
-  // an edit's alt_text is the one image's (an album's images each keep their own, as sent)
-  if (metadata && edited.metadata && !Array.isArray(metadata.images)) metadata = { ...metadata, alt_text: edited.metadata.alt_text ?? null };
+  // the alt texts are the newer edit's: the one image's, or each of an album's images'
+  if (metadata && edited.metadata) {
+    if (!Array.isArray(metadata.images)) metadata = { ...metadata, alt_text: edited.metadata.alt_text ?? null };
+    else if (Array.isArray(edited.metadata.images)) {
+      const altOf = (i) => edited.metadata.images[i]?.alt_text ?? null;
+      metadata = { ...metadata, images: metadata.images.map((image, i) => ({ ...image, alt_text: altOf(i) })) };
+    }
+  }
   return { ...incoming, readBy, metadata, content: edited.content, editedAt: edited.editedAt };
 }
 
@@ -506,29 +512,39 @@ function Receipt({ message, me }) {
     ${readers.length ? `Read by ${readers.join(", ")}` : "Sent"}</span>`;
 }
 
-/** Edit the text (or caption) and the photo's description of one of my messages, in place. */
+/**
+ * Edit the text (or caption) and the photos' descriptions of one of my messages, in place. The API takes one
+ * image's `alt_text` per edit (`index` names an album's image), so an album's changed descriptions go one
+ * request each, after the caption.
+ */
 function EditForm({ store, conversationId, message, onDone }) {
+  const images = message.messageType === "image" ? imagesOf(message) : [];
   const [content, setContent] = useState(message.content || "");
-  const [altText, setAltText] = useState(message.metadata?.alt_text || "");
+  const [altTexts, setAltTexts] = useState(() => images.map((image) => image.alt_text || ""));
   const [error, setError] = useState(null);
-  const onePhoto = message.messageType === "image" && imagesOf(message).length === 1; // an album's alt texts stay as sent
   async function save(event) {
     event.preventDefault();
-    const changes = { content: content.trim() ? content : null };
-    if (onePhoto) changes.alt_text = altText.trim() ? altText : null;
+    const edits = [{ content: content.trim() ? content : null }];
+    if (images.length === 1) edits[0].alt_text = altTexts[0].trim() ? altTexts[0] : null;
+    else {
+      altTexts.forEach((text, index) => {
+        if (text !== (images[index].alt_text || "")) edits.push({ alt_text: text.trim() ? text : null, index });
+      });
+    }
     try {
-      await store.editMessage(conversationId, message, changes);
+      for (const changes of edits) await store.editMessage(conversationId, message, changes);
       onDone();
     } catch (e) {
       setError(describeError(e));
     }
   }
+  const describe = (index, text) => setAltTexts(altTexts.map((old, i) => (i === index ? text : old)));
   return html`<form class="edit" onSubmit=${save}>
-    <label>${message.messageType === "image" ? "Edit caption" : "Edit message"}
+    <label>${images.length ? "Edit caption" : "Edit message"}
       <textarea value=${content} onInput=${(e) => setContent(e.target.value)} maxlength="4000"></textarea></label>
-    ${onePhoto &&
-    html`<label>Edit description (alt text)
-      <input value=${altText} onInput=${(e) => setAltText(e.target.value)} maxlength="1000" /></label>`}
+    ${altTexts.map((text, index) => html`<label key=${index}>${images.length === 1
+        ? "Edit description (alt text)" : `Edit description of photo ${index + 1} (alt text)`}
+      <input value=${text} onInput=${(e) => describe(index, e.target.value)} maxlength="1000" /></label>`)}
     ${error && html`<p class="error" role="alert">${error}</p>`}
     <div class="row"><button type="submit">Save</button><button type="button" onClick=${onDone}>Cancel</button></div>
   </form>`;
