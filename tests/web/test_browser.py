@@ -8,12 +8,9 @@ The media pipeline is the real one (``serve all`` runs the media processor in-pr
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import json
-import os
 import re
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,161 +18,22 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from PIL import ExifTags, Image, ImageDraw
 
-from chat_core.settings import Settings
 from chat_devstack import Stack
-from chat_management import all as all_in_one
 from tests import harness
-from tests.conftest import auth_header, make_settings, unique
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = harness.ROOT / ".artifacts" / "web"
-# What the browser itself logs for refusals the test provokes on purpose: the 415 of an SVG upload and the
-# socket's reconnect attempts while the server is down. Anything else in the console fails the test.
-EXPECTED_CONSOLE = (
-    re.compile(r"^Failed to load resource: the server responded with a status of (41[35]|429)"),
-    re.compile(r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws\?access_token=[^']*' failed"),
+from tests.conftest import auth_header, unique
+from tests.web.browsing import (
+    ARTIFACTS,
+    Server,
+    Watch,
+    drop_file,
+    open_as,
+    shot,
+    thumbnail_shown,
 )
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (`make test-deps` installs it)")
-        pytest.skip("chromium is not installed (`make test-deps` installs it)")
-    return CHROMIUM
-
-
-class Server:
-    """``serve all`` under a real uvicorn on a fixed port, so the test can stop and restart it."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.url = settings.service.base_url()
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        config = uvicorn.Config(
-            all_in_one.create_app(self.settings),
-            host="127.0.0.1",
-            port=self.settings.service.port,
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-            ws="websockets-sansio",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-                raise RuntimeError("uvicorn exited during start-up")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
-            self._server = self._task = None
-
-
-@pytest.fixture
-async def server_with(tmp_path: Path) -> AsyncIterator[Any]:
-    """``await server_with({"MAX_IMAGE_BYTES": "1000"})`` -> a started ``Server`` with those settings."""
-    started: list[Server] = []
-
-    async def start(env: dict[str, str]) -> Server:
-        port = harness.free_port()
-        running = Server(make_settings(tmp_path, {"PORT": str(port), "DEV_LOGIN": "true", **env}))
-        await running.start()
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        await running.stop()
-
-
-@pytest.fixture
-async def server(server_with: Any) -> Server:
-    started: Server = await server_with({})
-    return started
-
-
-class Watch:
-    """What the pages of a test did: console errors, uncaught exceptions, every URL they asked for."""
-
-    def __init__(self) -> None:
-        self.console: list[str] = []
-        self.exceptions: list[str] = []
-        self.urls: list[str] = []
-        self.failed: list[str] = []  # "who: status method url" of every answer >= 400, for the report
-
-    def page(self, page: Any, who: str) -> None:
-        def console(message: Any) -> None:
-            if message.type == "error":
-                self.console.append(f"{who}: {message.text}")
-
-        page.on("console", console)
-        page.on("pageerror", lambda e: self.exceptions.append(f"{who}: {e}"))
-        page.on("websocket", lambda ws: self.urls.append(ws.url))
-
-        def response(answer: Any) -> None:
-            if answer.status >= 400:
-                self.failed.append(f"{who}: {answer.status} {answer.request.method} {answer.url}")
-
-        page.on("response", response)
-
-    def check(self) -> None:
-        assert self.exceptions == []
-        unexpected = [
-            line
-            for line in self.console
-            if not any(p.match(line.split(": ", 1)[1]) for p in EXPECTED_CONSOLE)
-        ]
-        assert unexpected == [], self.failed
-        assert self.urls, "no request was watched"
-        for url in self.urls:
-            parts = urlsplit(url)
-            assert parts.scheme in ("blob", "data") or parts.hostname == "127.0.0.1", url
-
-
-@pytest.fixture
-async def browser(chromium: str) -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=chromium, headless=True, args=["--no-sandbox"]
-        )
-        yield launched
-        await launched.close()
-
-
-async def open_as(browser: Any, watch: Watch, url: str, who: str, *, phone: bool = False) -> Any:
-    viewport = {"width": 390, "height": 780} if phone else {"width": 1100, "height": 720}
-    context = await browser.new_context(viewport=viewport, service_workers="block")
-    context.on("request", lambda request: watch.urls.append(request.url))
-    page = await context.new_page()
-    watch.page(page, who)
-    await page.goto(url + "/")
-    # keyboard only: type the user id and press Enter
-    await page.get_by_label("User id").fill(who)
-    await page.get_by_label("User id").press("Enter")
-    await page.get_by_role("status", name="Connection: online").wait_for()
-    return page
-
-
-async def shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
 def side_by_side(names: list[str], name: str) -> None:
@@ -211,29 +69,6 @@ def photo_with_gps() -> bytes:
     data = buffer.getvalue()
     assert Image.open(io.BytesIO(data)).getexif().get_ifd(ExifTags.IFD.GPSInfo), "the photo has no GPS"
     return data
-
-
-DROP = """([b64, name, type]) => {
-  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-  const data = new DataTransfer();
-  data.items.add(new File([bytes], name, { type }));
-  const target = document.querySelector(".conversation-pane");
-  for (const kind of ["dragenter", "dragover", "drop"]) {
-    target.dispatchEvent(new DragEvent(kind, { dataTransfer: data, bubbles: true, cancelable: true }));
-  }
-}"""
-
-
-async def drop_file(page: Any, data: bytes, name: str, content_type: str) -> None:
-    await page.evaluate(DROP, [base64.b64encode(data).decode(), name, content_type])
-
-
-def thumbnail_shown(selector: str) -> str:
-    """A predicate: the pipeline's thumbnail variant (320 px wide for the 640x480 photo) has loaded."""
-    return (
-        f'() => {{ const i = document.querySelector("{selector}"); '
-        "return !!i && i.complete && i.naturalWidth === 320 && i.src.endsWith('?variant=thumbnail'); }"
-    )
 
 
 FIRST_LOAD = """() => {

@@ -3,12 +3,13 @@
 
 /** A refusal, from the problem details the server answers with (RFC 9457: detail, code, status). */
 export class ApiError extends Error {
-  constructor(status, code, detail, retryAfter = null) {
+  constructor(status, code, detail, retryAfter = null, index = null) {
     super(detail || `HTTP ${status}`);
     this.status = status;
     this.code = code || "";
     this.detail = detail || "";
     this.retryAfter = retryAfter;
+    this.index = index; // an album's send names the image it refused
   }
 }
 
@@ -37,7 +38,8 @@ async function errorFrom(response) {
     // not JSON: the status alone
   }
   const detail = body.detail || body.title || response.statusText || `HTTP ${response.status}`;
-  return new ApiError(response.status, body.code, detail, retryAfterOf(response.headers.get("Retry-After")));
+  const index = Number.isInteger(body.index) ? body.index : null;
+  return new ApiError(response.status, body.code, detail, retryAfterOf(response.headers.get("Retry-After")), index);
 }
 
 /** A small client of the REST API for one token. */
@@ -77,6 +79,11 @@ export class Api {
   messages(id, before, limit = 30) {
     const query = new URLSearchParams({ limit: String(limit), ...(before ? { before } : {}) });
     return this.request("GET", `/conversations/${encodeURIComponent(id)}/messages?${query}`);
+  }
+  /** The conversation's images, newest first, one item per image of an album (`nextCursor` as `before`). */
+  images(id, before, limit = 30) {
+    const query = new URLSearchParams({ limit: String(limit), ...(before ? { before } : {}) });
+    return this.request("GET", `/conversations/${encodeURIComponent(id)}/images?${query}`);
   }
   send(id, body) {
     return this.request("POST", `/conversations/${encodeURIComponent(id)}/messages`, body);

@@ -4,12 +4,14 @@ import { useCallback, useEffect, useMemo, useRef, useState } from "./vendor/hook
 import htm from "./vendor/htm.mjs";
 import { Api, ApiError, connectSocket, describeError, putFile } from "./api.js";
 import { drawBlurhash, isValidBlurhash } from "./blurhash.js";
+import { Viewer, imagesOf } from "./viewer.js";
 
 const html = htm.bind(h);
 const meta = (name) => document.querySelector(`meta[name="${name}"]`)?.content || "";
 const COOKIE_NAME = meta("chat-cookie-name") || "access_token";
 const DEV_LOGIN = meta("chat-dev-login") === "on";
 const SESSION_KEY = "chat-management.session"; // sessionStorage: each window may be another user
+const MAX_IMAGES_PER_MESSAGE = 10; // the server's limit (400 too_many_images past it)
 
 // --- session: the token, and the image proxy's cookie (an <img> cannot send a header) ---------------
 function claimsOf(token) {
@@ -51,7 +53,17 @@ function randomId() {
 // --- the store: conversations and their messages, merged by id from pages and events -----------------
 const byNewest = (a, b) => (a.timestamp < b.timestamp ? 1 : a.timestamp > b.timestamp ? -1 : a.messageId < b.messageId ? 1 : -1);
 const activity = (c) => c.lastMessage?.timestamp || c.updatedAt || c.createdAt || "";
-const finished = (m) => m.metadata?.status === "ready" || m.metadata?.status === "failed";
+const finished = (image) => image?.status === "ready" || image?.status === "failed";
+
+/** The further of two copies of a message's metadata, image by image (an album's images finish one by one). */
+function furtherMetadata(known, incoming) {
+  if (!known || !incoming) return incoming;
+  if (Array.isArray(known.images) && Array.isArray(incoming.images) && known.images.length === incoming.images.length) {
+    const images = incoming.images.map((image, i) => (finished(known.images[i]) && !finished(image) ? known.images[i] : image));
+    return { ...incoming, images };
+  }
+  return finished(known) && !finished(incoming) ? known : incoming;
+}
 
 /**
  * A message as known, merged with another copy of it. Answers and events race: a read receipt's answer
@@ -65,8 +77,15 @@ function newestOf(known, incoming) {
   const readBy = [...new Set([...known.readBy, ...incoming.readBy])];
   if (known.deleted || incoming.deleted) return { ...(known.deleted ? known : incoming), readBy };
   const edited = (known.editedAt || "") > (incoming.editedAt || "") ? known : incoming;
-  let metadata = finished(known) && !finished(incoming) ? known.metadata : incoming.metadata;
-  if (metadata && edited.metadata) metadata = { ...metadata, alt_text: edited.metadata.alt_text ?? null };
+  let metadata = furtherMetadata(known.metadata, incoming.metadata);
+  // the alt texts are the newer edit's: the one image's, or each of an album's images'
+  if (metadata && edited.metadata) {
+    if (!Array.isArray(metadata.images)) metadata = { ...metadata, alt_text: edited.metadata.alt_text ?? null };
+    else if (Array.isArray(edited.metadata.images)) {
+      const altOf = (i) => edited.metadata.images[i]?.alt_text ?? null;
+      metadata = { ...metadata, images: metadata.images.map((image, i) => ({ ...image, alt_text: altOf(i) })) };
+    }
+  }
   return { ...incoming, readBy, metadata, content: edited.content, editedAt: edited.editedAt };
 }
 
@@ -120,6 +139,7 @@ class Store {
         senderId: message.senderId,
         messageType: message.messageType,
         preview: message.content || "",
+        photos: message.messageType === "image" ? imagesOf(message).length : 0,
         timestamp: message.timestamp,
         deleted: Boolean(message.deleted),
       };
@@ -309,6 +329,11 @@ function titleOf(conversation, me) {
   return conversation.name || others.join(", ") || "Just you";
 }
 
+function photoPreview(last) {
+  const what = last.photos > 1 ? `${last.photos} photos` : "Photo";
+  return last.preview ? `${what}: ${last.preview}` : what;
+}
+
 function ConversationList({ store, selected, onSelect }) {
   const conversations = store.sortedConversations();
   return html`<nav aria-label="Conversations">
@@ -318,7 +343,7 @@ function ConversationList({ store, selected, onSelect }) {
         const unread = store.unread(c.conversationId);
         const last = c.lastMessage;
         const preview = !last ? "No messages" : last.deleted ? "Message deleted"
-          : last.messageType === "image" ? (last.preview ? `Photo: ${last.preview}` : "Photo") : last.preview;
+          : last.messageType === "image" ? photoPreview(last) : last.preview;
         return html`<li key=${c.conversationId}>
           <button type="button" class="conversation" aria-current=${selected === c.conversationId ? "true" : undefined}
             data-conversation=${c.conversationId} onClick=${() => onSelect(c.conversationId)}>
@@ -373,18 +398,20 @@ function NewConversation({ store, onCreated }) {
   </form>`;
 }
 
-/** The image of a message: BlurHash at once, then the thumbnail (or, before the pipeline, the image). */
-function MessageImage({ message, onOpen }) {
-  const metadata = message.metadata || {};
-  const thumbnail = metadata.variants?.thumbnail;
-  const width = thumbnail?.width || metadata.width || 4;
-  const height = thumbnail?.height || metadata.height || 3;
-  const status = metadata.status;
-  const src = thumbnail?.url || (status === "processing" || status === "failed" ? null : metadata.url);
+/**
+ * One image: its BlurHash at once, then the thumbnail (or, before the pipeline, the image itself). Alone it
+ * keeps the photo's proportions; in an album it fills its cell of the grid.
+ */
+function ImageTile({ image, label, onOpen, more = 0, index = 0, alone = false }) {
+  const thumbnail = image.variants?.thumbnail;
+  const width = thumbnail?.width || image.width || 4;
+  const height = thumbnail?.height || image.height || 3;
+  const status = image.status;
+  const src = thumbnail?.url || (status === "processing" || status === "failed" ? null : image.url);
   const canvas = useRef(null);
   const [loaded, setLoaded] = useState(false);
   const [broken, setBroken] = useState(false);
-  const hash = isValidBlurhash(metadata.blurhash) ? metadata.blurhash : null;
+  const hash = isValidBlurhash(image.blurhash) ? image.blurhash : null;
 
   useEffect(() => {
     if (hash && canvas.current) drawBlurhash(canvas.current, hash);
@@ -394,11 +421,10 @@ function MessageImage({ message, onOpen }) {
     setBroken(false);
   }, [src]);
 
-  const ratio = { aspectRatio: `${width} / ${height}` };
-  const described = metadata.alt_text || message.content;
-  const label = described ? `Photo: ${described}` : "Photo";
-  return html`<button type="button" class="photo" style=${ratio} onClick=${() => onOpen(message)}
-      aria-label=${`Open ${label}`} data-status=${status || "none"} disabled=${!src && status === "failed"}>
+  const opens = more ? `Open ${label} (${more} more)` : `Open ${label}`;
+  return html`<button type="button" class=${alone ? "photo" : "photo tile"} style=${alone ? { aspectRatio: `${width} / ${height}` } : undefined}
+      onClick=${() => onOpen(index)} aria-label=${opens} data-status=${status || "none"} data-index=${index}
+      disabled=${!src && status === "failed"}>
     ${hash
       ? html`<canvas ref=${canvas} class="blurhash" width="32" height=${Math.max(1, Math.round((32 * height) / width))}
           aria-hidden="true"></canvas>`
@@ -406,31 +432,33 @@ function MessageImage({ message, onOpen }) {
     ${src && !broken &&
     html`<img src=${src} alt=${label} width=${width} height=${height} decoding="async" loading="lazy"
         class=${loaded ? "loaded" : ""} onLoad=${() => setLoaded(true)} onError=${() => setBroken(true)} />`}
+    ${more > 0 && html`<span class="more" aria-hidden="true">+${more}</span>`}
     ${status === "processing" && html`<span class="badge">Processing…</span>`}
-    ${status === "failed" && html`<span class="badge error">Could not be processed${metadata.error ? `: ${metadata.error}` : ""}</span>`}
+    ${status === "failed" && html`<span class="badge error">Could not be processed${image.error ? `: ${image.error}` : ""}</span>`}
     ${broken && html`<span class="badge error">Image unavailable</span>`}
   </button>`;
 }
 
-function Viewer({ message, onClose }) {
-  const dialog = useRef(null);
-  useEffect(() => {
-    const element = dialog.current;
-    if (message && element && !element.open) element.showModal();
-  }, [message]);
-  if (!message) return null;
-  const metadata = message.metadata || {};
-  const preview = metadata.variants?.preview;
-  const src = preview?.url || metadata.url;
-  return html`<dialog ref=${dialog} class="viewer" aria-label="Photo" onClose=${onClose}>
-    <img src=${src} alt=${metadata.alt_text || message.content || "Photo"} width=${preview?.width || metadata.width || undefined}
-      height=${preview?.height || metadata.height || undefined} />
-    ${message.content && html`<p>${message.content}</p>`}
-    <div class="row">
-      <a href=${metadata.url} target="_blank" rel="noopener noreferrer">Open original</a>
-      <button type="button" onClick=${() => dialog.current?.close()} autofocus>Close</button>
-    </div>
-  </dialog>`;
+/**
+ * The images of a message: one alone, or an album as a grid (1, 2, 3 or 4 cells; past four the fourth says
+ * "+N"). Each cell moves on by itself, as its `message.updated` (its `index`) says it is ready.
+ */
+function MessageImages({ message, onOpen }) {
+  const images = imagesOf(message);
+  const labelOf = (image, i) => {
+    const described = image.alt_text || (images.length === 1 ? message.content : "");
+    const name = images.length === 1 ? "Photo" : `Photo ${i + 1} of ${images.length}`;
+    return described ? `${name}: ${described}` : name;
+  };
+  if (images.length === 1) {
+    return html`<${ImageTile} image=${images[0]} label=${labelOf(images[0], 0)} onOpen=${onOpen} alone />`;
+  }
+  const shown = images.slice(0, 4);
+  return html`<div class=${`album album-${shown.length}`} role="group" data-count=${images.length}
+      aria-label=${`Album of ${images.length} photos${message.content ? `: ${message.content}` : ""}`}>
+    ${shown.map((image, i) => html`<${ImageTile} key=${i} image=${image} label=${labelOf(image, i)} index=${i}
+      onOpen=${onOpen} more=${i === 3 ? images.length - 4 : 0} />`)}
+  </div>`;
 }
 
 /**
@@ -484,28 +512,39 @@ function Receipt({ message, me }) {
     ${readers.length ? `Read by ${readers.join(", ")}` : "Sent"}</span>`;
 }
 
-/** Edit the text (or caption) and the photo's description of one of my messages, in place. */
+/**
+ * Edit the text (or caption) and the photos' descriptions of one of my messages, in place. The API takes one
+ * image's `alt_text` per edit (`index` names an album's image), so an album's changed descriptions go one
+ * request each, after the caption.
+ */
 function EditForm({ store, conversationId, message, onDone }) {
+  const images = message.messageType === "image" ? imagesOf(message) : [];
   const [content, setContent] = useState(message.content || "");
-  const [altText, setAltText] = useState(message.metadata?.alt_text || "");
+  const [altTexts, setAltTexts] = useState(() => images.map((image) => image.alt_text || ""));
   const [error, setError] = useState(null);
   async function save(event) {
     event.preventDefault();
-    const changes = { content: content.trim() ? content : null };
-    if (message.messageType === "image") changes.alt_text = altText.trim() ? altText : null;
+    const edits = [{ content: content.trim() ? content : null }];
+    if (images.length === 1) edits[0].alt_text = altTexts[0].trim() ? altTexts[0] : null;
+    else {
+      altTexts.forEach((text, index) => {
+        if (text !== (images[index].alt_text || "")) edits.push({ alt_text: text.trim() ? text : null, index });
+      });
+    }
     try {
-      await store.editMessage(conversationId, message, changes);
+      for (const changes of edits) await store.editMessage(conversationId, message, changes);
       onDone();
     } catch (e) {
       setError(describeError(e));
     }
   }
+  const describe = (index, text) => setAltTexts(altTexts.map((old, i) => (i === index ? text : old)));
   return html`<form class="edit" onSubmit=${save}>
-    <label>${message.messageType === "image" ? "Edit caption" : "Edit message"}
+    <label>${images.length ? "Edit caption" : "Edit message"}
       <textarea value=${content} onInput=${(e) => setContent(e.target.value)} maxlength="4000"></textarea></label>
-    ${message.messageType === "image" &&
-    html`<label>Edit description (alt text)
-      <input value=${altText} onInput=${(e) => setAltText(e.target.value)} maxlength="1000" /></label>`}
+    ${altTexts.map((text, index) => html`<label key=${index}>${images.length === 1
+        ? "Edit description (alt text)" : `Edit description of photo ${index + 1} (alt text)`}
+      <input value=${text} onInput=${(e) => describe(index, e.target.value)} maxlength="1000" /></label>`)}
     ${error && html`<p class="error" role="alert">${error}</p>`}
     <div class="row"><button type="submit">Save</button><button type="button" onClick=${onDone}>Cancel</button></div>
   </form>`;
@@ -553,7 +592,8 @@ function MessageItem({ store, conversationId, message, observer, onOpen, onForwa
   }
   return html`<li ref=${element} class=${`message ${mine ? "mine" : "theirs"}`} data-message=${message.messageId}>
     ${!mine && html`<span class="sender">${message.senderId}</span>`}
-    ${message.messageType === "image" && html`<${MessageImage} message=${message} onOpen=${onOpen} />`}
+    ${message.messageType === "image" &&
+    html`<${MessageImages} message=${message} onOpen=${(index) => onOpen({ conversationId, messageId: message.messageId, index })} />`}
     ${editing
       ? html`<${EditForm} store=${store} conversationId=${conversationId} message=${message} onDone=${() => setEditing(false)} />`
       : message.content && html`<p class="text">${message.content}</p>`}
@@ -624,29 +664,170 @@ function MessageList({ store, conversationId, onOpen, onForward }) {
   </div>`;
 }
 
-function Composer({ store, conversationId, attachment, setAttachment, notice }) {
+const fileName = (file) => file.name || "pasted image";
+const plural = (n, one, many) => (n === 1 ? one : many);
+
+/** Worth another try: the network, a timeout, a limit or the server's own trouble (a 415 or 413 is not). */
+function retryable(error) {
+  if (!(error instanceof ApiError)) return true;
+  return error.status === 0 || error.status === 403 || error.status === 408 || error.status === 429 || error.status >= 500;
+}
+
+/**
+ * The photos attached to the next message, up to MAX_IMAGES_PER_MESSAGE: each uploads at once and in
+ * parallel (upload URL, then the PUT with its own progress), a failure worth retrying stays with a Retry
+ * button, one that is not (415, 413) is taken out with the server's words. ``clientMessageId`` is one per
+ * set of photos, so a send tried again after a network error is not stored twice.
+ */
+function useAttachments(store, conversationId) {
+  const [items, setItems] = useState([]);
+  const [notice, setNotice] = useState(null);
+  const live = useRef([]);
+  const batch = useRef(randomId());
+  const publish = () => setItems([...live.current]);
+
+  const forget = (item) => {
+    item.abort?.();
+    URL.revokeObjectURL(item.previewUrl);
+    live.current = live.current.filter((other) => other !== item);
+    batch.current = randomId();
+  };
+  const upload = (item) => {
+    Object.assign(item, { state: "uploading", progress: 0, error: "", abort: null });
+    const uploaded = (async () => {
+      const ticket = await store.api.uploadUrl(conversationId, item.file);
+      const contentType = item.file.type || "application/octet-stream";
+      const put = putFile(ticket.upload_url, item.file, contentType, (progress) => {
+        item.progress = progress;
+        publish();
+      });
+      item.abort = put.abort;
+      await put.done;
+      return { ...ticket, content_type: contentType };
+    })();
+    item.uploaded = uploaded;
+    uploaded.then(
+      () => {
+        item.state = "done";
+        publish();
+      },
+      (e) => {
+        if (!live.current.includes(item) || item.uploaded !== uploaded) return; // removed or retried meanwhile
+        if (retryable(e)) {
+          Object.assign(item, { state: "failed", error: describeError(e) });
+        } else {
+          forget(item);
+          setNotice({ text: `Couldn't upload ${fileName(item.file)}: ${describeError(e)}` });
+        }
+        publish();
+      },
+    );
+  };
+  const add = useCallback(
+    (files) => {
+      if (files.length === 0) return;
+      const room = Math.max(0, MAX_IMAGES_PER_MESSAGE - live.current.length);
+      const left = files.slice(room);
+      setNotice(
+        left.length
+          ? { text: `One message holds at most ${MAX_IMAGES_PER_MESSAGE} photos: ${left.map(fileName).join(", ")} ${plural(left.length, "was", "were")} left out.` }
+          : null,
+      );
+      for (const file of files.slice(0, room)) {
+        const item = { id: randomId(), file, previewUrl: URL.createObjectURL(file) };
+        live.current = [...live.current, item];
+        upload(item);
+      }
+      batch.current = randomId();
+      publish();
+    },
+    [store, conversationId],
+  );
+  const remove = (item) => {
+    forget(item);
+    publish();
+  };
+  const retry = (item) => {
+    upload(item);
+    publish();
+  };
+  const clear = () => {
+    for (const item of live.current) forget(item);
+    publish();
+  };
+  const describe = (item, text) => {
+    item.alt = text;
+    publish();
+  };
+  useEffect(() => clear, [conversationId]);
+  return { items, notice, add, remove, retry, clear, describe, clientMessageId: () => batch.current };
+}
+
+function Attachments({ attachments }) {
+  const { items, remove, retry, describe } = attachments;
+  if (items.length === 0) return null;
+  return html`<ul class="attachments" aria-label=${`${items.length} ${plural(items.length, "photo", "photos")} attached`}>
+    ${items.map((item) => {
+      const name = fileName(item.file);
+      return html`<li key=${item.id} class="attachment" data-state=${item.state}>
+        <img src=${item.previewUrl} alt=${`Attached: ${name}`} />
+        <div class="upload">
+          <span class="name">${name}</span>
+          ${item.state === "failed"
+            ? html`<span class="error" role="alert">${item.error}</span>`
+            : html`<progress max="1" value=${item.progress} aria-label=${`Upload progress of ${name}`}>${Math.round(item.progress * 100)}%</progress>`}
+          <input class="alt" maxlength="1000" placeholder="Describe it (alt text)" value=${item.alt || ""}
+            aria-label=${`Description of ${name}`} onInput=${(e) => describe(item, e.currentTarget.value)} />
+        </div>
+        <span class="actions">
+          ${item.state === "failed" &&
+          html`<button type="button" onClick=${() => retry(item)} aria-label=${`Retry ${name}`}>Retry</button>`}
+          <button type="button" class="secondary" onClick=${() => remove(item)} aria-label=${`Remove ${name}`}>Remove</button>
+        </span>
+      </li>`;
+    })}
+  </ul>`;
+}
+
+function Composer({ store, conversationId, attachments }) {
   const [text, setText] = useState("");
   const [error, setError] = useState("");
   const [sending, setSending] = useState(false);
-  const fileInput = useRef(null);
   const textInput = useRef(null);
+  const { items, notice } = attachments;
 
   async function send(event) {
     event.preventDefault();
     if (sending) return;
     const caption = text.trim();
-    if (!attachment && !caption) return;
+    if (items.length === 0 && !caption) return;
+    if (items.some((item) => item.state === "failed")) {
+      setError("Some photos did not upload: retry or remove them first.");
+      return;
+    }
     setSending(true);
     setError("");
+    const sent = items;
     try {
       let body;
-      if (attachment) {
-        const uploaded = await attachment.uploaded;
+      if (sent.length) {
+        let uploaded;
+        try {
+          uploaded = await Promise.all(sent.map((item) => item.uploaded));
+        } catch {
+          return; // the photo that failed says why (or was taken out, with the server's words)
+        }
+        const images = uploaded.map((u, i) => ({
+          object_key: u.object_key,
+          url: u.file_url,
+          content_type: u.content_type,
+          alt_text: sent[i].alt?.trim() || undefined,
+        }));
         body = {
           messageType: "image",
           content: caption || undefined,
-          metadata: { object_key: uploaded.object_key, url: uploaded.file_url, content_type: uploaded.content_type },
-          clientMessageId: attachment.clientMessageId,
+          metadata: images.length === 1 ? images[0] : { images }, // one photo keeps the spec's shape
+          clientMessageId: attachments.clientMessageId(),
         };
       } else {
         body = { messageType: "text", content: caption, clientMessageId: randomId() };
@@ -655,55 +836,49 @@ function Composer({ store, conversationId, attachment, setAttachment, notice }) 
       store.putMessage(conversationId, message);
       store.changed();
       setText("");
-      if (attachment) {
-        URL.revokeObjectURL(attachment.previewUrl);
-        setAttachment(null);
-      }
+      if (sent.length) attachments.clear();
       textInput.current?.focus();
     } catch (e) {
-      setError(describeError(e));
-      if (attachment && e instanceof ApiError && e.status >= 400 && e.status !== 429 && e.status !== 503) {
-        setAttachment(null); // this upload cannot be sent: choose the photo again
+      const refused = e instanceof ApiError && e.status >= 400 && e.status !== 429 && e.status !== 503;
+      const culprit = e instanceof ApiError && e.index !== null ? sent[e.index] : null;
+      if (culprit) {
+        setError(`Couldn't send ${fileName(culprit.file)}: ${describeError(e)}`);
+        attachments.remove(culprit); // the others stay, to send again
+      } else {
+        setError(describeError(e));
+        if (sent.length && refused) attachments.clear(); // these uploads cannot be sent: choose the photos again
       }
     } finally {
       setSending(false);
     }
   }
 
-  useEffect(() => notice && setError(notice.text), [notice]);
-  useEffect(() => attachment && setError(""), [attachment?.clientMessageId]);
+  useEffect(() => setError(notice ? notice.text : ""), [notice]);
 
   const pick = (e) => {
-    const file = e.currentTarget.files?.[0];
+    const files = [...(e.currentTarget.files || [])];
     e.currentTarget.value = "";
-    if (file) setAttachment(file);
+    attachments.add(files);
   };
   const paste = (e) => {
-    const file = [...(e.clipboardData?.files || [])][0];
-    if (file) {
+    const files = [...(e.clipboardData?.files || [])];
+    if (files.length) {
       e.preventDefault();
-      setAttachment(file);
+      attachments.add(files);
     }
   };
 
   return html`<form class="composer" onSubmit=${send} aria-label="Send a message">
-    ${attachment &&
-    html`<div class="attachment">
-      <img src=${attachment.previewUrl} alt=${`Attached: ${attachment.file.name || "pasted image"}`} />
-      <div class="upload">
-        <span>${attachment.file.name || "Pasted image"}</span>
-        <progress max="1" value=${attachment.progress} aria-label="Upload progress">${Math.round(attachment.progress * 100)}%</progress>
-      </div>
-      <button type="button" class="secondary" onClick=${() => setAttachment(null)}>Remove</button>
-    </div>`}
+    <${Attachments} attachments=${attachments} />
     ${error && html`<p class="error" role="alert">${error}
       <button type="button" class="link" onClick=${() => setError("")} aria-label="Dismiss">✕</button></p>`}
     <div class="row">
-      <input ref=${fileInput} id="photo-input" type="file" accept="image/*" class="visually-hidden" onChange=${pick} />
-      <label for="photo-input" class="button secondary" title="Attach a photo (or drop or paste one)">Photo</label>
-      <label for="message-input" class="visually-hidden">${attachment ? "Caption" : "Message"}</label>
+      <input id="photo-input" type="file" accept="image/*" multiple class="visually-hidden" onChange=${pick} />
+      <label for="photo-input" class="button secondary"
+        title=${`Attach photos, up to ${MAX_IMAGES_PER_MESSAGE} (or drop or paste them)`}>Photos</label>
+      <label for="message-input" class="visually-hidden">${items.length ? "Caption" : "Message"}</label>
       <input ref=${textInput} id="message-input" autocomplete="off" maxlength="4000" value=${text}
-        placeholder=${attachment ? "Add a caption…" : "Message"} onInput=${(e) => setText(e.currentTarget.value)}
+        placeholder=${items.length ? "Add a caption…" : "Message"} onInput=${(e) => setText(e.currentTarget.value)}
         onPaste=${paste} />
       <button type="submit" disabled=${sending}>Send</button>
     </div>
@@ -712,57 +887,13 @@ function Composer({ store, conversationId, attachment, setAttachment, notice }) 
 
 function Conversation({ store, conversationId, onBack, onOpen, onForward }) {
   const conversation = store.conversations.get(conversationId);
-  const [attachment, setAttachmentState] = useState(null);
-  const [notice, setNotice] = useState(null);
+  const attachments = useAttachments(store, conversationId);
   const [dragging, setDragging] = useState(false);
-  const current = useRef(null);
-
-  // An attached file is uploaded at once (progress while the caption is typed); Send waits for it.
-  const setAttachment = useCallback(
-    (file) => {
-      const previous = current.current;
-      current.current = null;
-      if (previous) {
-        previous.abort?.();
-        URL.revokeObjectURL(previous.previewUrl);
-      }
-      if (!file) {
-        setAttachmentState(null);
-        return;
-      }
-      setNotice(null);
-      const item = { file, previewUrl: URL.createObjectURL(file), progress: 0, clientMessageId: randomId() };
-      current.current = item;
-      const update = (changes) => {
-        Object.assign(item, changes);
-        if (current.current === item) setAttachmentState({ ...item });
-      };
-      item.uploaded = (async () => {
-        const ticket = await store.api.uploadUrl(conversationId, file);
-        const contentType = file.type || "application/octet-stream";
-        const put = putFile(ticket.upload_url, file, contentType, (progress) => update({ progress }));
-        item.abort = put.abort;
-        await put.done;
-        return { ...ticket, content_type: contentType };
-      })();
-      item.uploaded.catch((e) => {
-        if (current.current !== item) return; // removed or replaced meanwhile
-        current.current = null;
-        URL.revokeObjectURL(item.previewUrl);
-        setAttachmentState(null);
-        setNotice({ text: `Couldn't upload ${file.name || "the image"}: ${describeError(e)}` });
-      });
-      setAttachmentState({ ...item });
-    },
-    [conversationId, store],
-  );
-  useEffect(() => () => setAttachment(null), [conversationId]);
 
   const drop = (e) => {
     e.preventDefault();
     setDragging(false);
-    const file = [...(e.dataTransfer?.files || [])][0];
-    if (file) setAttachment(file);
+    attachments.add([...(e.dataTransfer?.files || [])]);
   };
   if (!conversation) return html`<section class="conversation-pane empty"><p>Choose a conversation.</p></section>`;
   return html`<section class="conversation-pane" aria-labelledby="conversation-title"
@@ -773,9 +904,8 @@ function Conversation({ store, conversationId, onBack, onOpen, onForward }) {
       <span class="members">${conversation.participants.join(", ")}</span>
     </header>
     <${MessageList} store=${store} conversationId=${conversationId} onOpen=${onOpen} onForward=${onForward} />
-    <${Composer} key=${conversationId} store=${store} conversationId=${conversationId} attachment=${attachment}
-      setAttachment=${setAttachment} notice=${notice} />
-    ${dragging && html`<div class="dropzone" aria-hidden="true">Drop a photo to send it</div>`}
+    <${Composer} key=${conversationId} store=${store} conversationId=${conversationId} attachments=${attachments} />
+    ${dragging && html`<div class="dropzone" aria-hidden="true">Drop photos to send them (up to ${MAX_IMAGES_PER_MESSAGE})</div>`}
   </section>`;
 }
 
@@ -840,7 +970,7 @@ function Chat({ session, onSignOut }) {
     </aside>
     <${Conversation} store=${store} conversationId=${selected} onBack=${() => setSelected(null)} onOpen=${setViewing}
       onForward=${(conversationId, message) => setForwarding({ conversationId, message })} />
-    <${Viewer} message=${viewing} onClose=${() => setViewing(null)} />
+    <${Viewer} store=${store} target=${viewing} onClose=${() => setViewing(null)} />
     <${ForwardDialog} store=${store} forwarding=${forwarding} onClose=${() => setForwarding(null)}
       onForwarded=${setSelected} />
   </div>`;
