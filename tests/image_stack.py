@@ -130,6 +130,17 @@ class ImageStack:
             assert asyncio.get_running_loop().time() < deadline, "the image was not processed in time"
             await asyncio.sleep(0.05)
 
+    async def raw_gone(self, conversation_id: str, object_key: str, timeout: float = 10.0) -> bool:
+        """Whether the raw upload is deleted within ``timeout``: the processor deletes it last, after
+        the finished message is stored and announced, so a test that saw "ready" waits for it."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        key = keys.stored_key(conversation_id, object_key)
+        while await self.store.head(key) is not None:
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
     async def share(
         self, user: str, conversation_id: str, data: bytes | None = None, content_type: str = "image/jpeg"
     ) -> Uploaded:

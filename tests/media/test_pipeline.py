@@ -102,7 +102,7 @@ async def test_a_photo_is_sanitized_turned_and_announced(stack: ImageStack) -> N
     assert blurhash.components(metadata.blurhash) in ((3, 4), (4, 3))
     blurhash.decode(metadata.blurhash, 8, 8)
     # The raw upload held what was stripped: it is gone.
-    assert await stack.store.head(keys.stored_key(cid, uploaded.object_key)) is None
+    assert await stack.raw_gone(cid, uploaded.object_key)
     # The stored message and the list say the same as the event.
     listed = await stack.http.get(f"/conversations/{cid}/messages", headers=auth_header("bob"))
     assert listed.json()["items"][0]["metadata"] == msgspec.to_builtins(metadata)
@@ -117,7 +117,7 @@ async def test_a_retry_after_processing_returns_the_finished_message(stack: Imag
     assert finished.metadata is not None
     assert finished.metadata.status == "ready"
     # The processor deleted the raw upload: only the message remembers it.
-    assert await stack.store.head(keys.stored_key(cid, uploaded.object_key)) is None
+    assert await stack.raw_gone(cid, uploaded.object_key)
     retry = await stack.send("alice", cid, uploaded, clientMessageId="lost-201")
     assert retry.status_code == 200, retry.text
     assert retry.json() == msgspec.json.decode(msgspec.json.encode(finished))
@@ -156,10 +156,7 @@ async def test_a_truncated_image_fails_with_its_reason_and_is_never_served(stack
     assert response.status_code == 422
     assert (response.json()["code"], response.json()["reason"]) == ("image_unavailable", "truncated")
     # The raw upload is deleted last, after the event is out (a loaded machine may take a moment).
-    raw = keys.stored_key(cid, uploaded.object_key)
-    async with asyncio.timeout(10):
-        while await stack.store.head(raw) is not None:
-            await asyncio.sleep(0.05)
+    assert await stack.raw_gone(cid, uploaded.object_key)
 
 
 async def _put_again(stack: ImageStack, cid: str, uploaded: Uploaded, data: bytes) -> None:
@@ -206,12 +203,7 @@ async def test_an_overwrite_after_processing_is_never_served(stack: ImageStack) 
     await _put_again(stack, cid, image, corpus.jpeg_oriented(1))
     assert (await _served(stack, image.file_url, "bob")) == image.data
     if stack.kind == "local":  # the local store announces the upload: the processor deletes it at once
-        raw = keys.stored_key(cid, image.object_key)
-        for _ in range(100):
-            if await stack.store.head(raw) is None:
-                break
-            await asyncio.sleep(0.05)
-        assert await stack.store.head(raw) is None
+        assert await stack.raw_gone(cid, image.object_key, timeout=5)
 
 
 async def test_a_redelivered_job_writes_nothing_and_announces_nothing(stack: ImageStack) -> None:
