@@ -40,7 +40,7 @@ import blurhash
 import PIL
 from PIL import Image, ImageCms, ImageOps, ImageSequence
 
-from media_processor.imaging import ImageLimits, Reason, Rejected, Sanitized, Variant, sanitize
+from media_processor.transforms import ImageLimits, Reason, Rejected, Sanitized, Variant, sanitize
 from tests.media import corpus
 
 LIMITS = ImageLimits()
@@ -216,7 +216,7 @@ if sys.argv[1] == "pyvips":
     import pyvips
     pyvips.cache_set_max(0)
     pyvips.concurrency_set(1)
-    from media_processor.imaging import sanitize
+    from media_processor.transforms import sanitize
 else:
     from bench.media import pillow_sanitize as sanitize
 result = sanitize(data, "image/jpeg")

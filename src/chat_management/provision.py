@@ -41,7 +41,7 @@ from typing import Any
 
 from chat_core.jobqueue import JobKind
 from chat_core.keys import EXPORT_PREFIX, RAW_UPLOAD_PREFIX, REFUSAL_PREFIX
-from chat_core.media import media_jobs
+from chat_core.media_jobs import media_jobs
 from chat_core.notifications import notification_jobs
 from chat_core.objectstore.s3 import CORS_ALLOWED_METHODS, CORS_MAX_AGE_SECONDS
 from chat_core.settings import Settings

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
-from chat_core import images
+from chat_core import image_headers
 
 __all__ = ["SmokeFailed", "SmokeTargets", "png", "walk"]
 
@@ -233,8 +233,8 @@ async def walk(targets: SmokeTargets, emit: Callable[[dict[str, Any]], None] = l
                 _expect(response, 200)
                 # The media processor's sanitized copy, not the upload's bytes: the same picture.
                 try:
-                    served = images.inspect_image(response.content, total_size=len(response.content))
-                except images.NotAnImage as exc:
+                    served = image_headers.inspect_image(response.content, total_size=len(response.content))
+                except image_headers.NotAnImage as exc:
                     raise SmokeFailed(f"the proxy served {len(response.content)} bytes: {exc}") from None
                 if (served.content_type, served.width, served.height) != ("image/png", *PNG_SIZE):
                     raise SmokeFailed(

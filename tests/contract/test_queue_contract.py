@@ -22,7 +22,7 @@ from chat_core.aws import AwsError
 from chat_core.composition import Composition
 from chat_core.jobqueue import Job, JobKind, JobQueue, Received
 from chat_core.jobqueue.sqs import SqsJobQueue
-from chat_core.media import MediaJob, S3Entity, S3Object, S3Record, media_jobs
+from chat_core.media_jobs import MediaJob, S3Entity, S3Object, S3Record, media_jobs
 from chat_core.notifications import Notification, notification_jobs
 from chat_core.settings import Settings
 from tests import harness

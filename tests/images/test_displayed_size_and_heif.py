@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chat_core.images import (
+from chat_core.image_headers import (
     HEADER_BYTES,
     ImageHeader,
     NotAnImage,

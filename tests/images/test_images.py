@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from chat_core.images import HEADER_BYTES, ImageHeader, NotAnImage, inspect_image, sniff_type
+from chat_core.image_headers import HEADER_BYTES, ImageHeader, NotAnImage, inspect_image, sniff_type
 
 
 def encode(fmt: str, size: tuple[int, int] = (800, 600), mode: str = "RGB", **options: Any) -> bytes:

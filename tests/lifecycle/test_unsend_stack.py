@@ -21,7 +21,7 @@ import media_processor.app
 from chat_core import keys
 from chat_core.chatstore import Message
 from chat_core.composition import Composition
-from chat_core.media import MediaJob
+from chat_core.media_jobs import MediaJob
 from media_processor.worker import MediaWorker
 from message_service.service import delete_message
 from tests.chaos.faultproxy import running_proxy

@@ -18,7 +18,7 @@ from PIL import Image
 
 import media_processor.app
 from chat_core import keys
-from chat_core.media import MediaJob, ObjectCreated
+from chat_core.media_jobs import MediaJob, ObjectCreated
 from chat_core.realtime import conversation_channel
 from chat_core.realtime.events import Envelope, decode_envelope
 from media_processor.worker import MediaWorker

@@ -19,8 +19,8 @@ import pytest
 import media_processor.app
 from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.composition import Composition
-from media_processor.imaging import Reason, Rejected, Sanitized
 from media_processor.pool import MediaProcessor, PoolSettings, PoolUnavailable
+from media_processor.transforms import Reason, Rejected, Sanitized
 from media_processor.worker import limits_from, pool_settings_from
 from tests.conftest import make_settings
 from tests.media import corpus

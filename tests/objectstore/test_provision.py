@@ -25,7 +25,7 @@ from botocore.config import Config
 from chat_core import keys
 from chat_core.composition import Composition
 from chat_core.jobqueue import JobKind
-from chat_core.media import media_jobs
+from chat_core.media_jobs import media_jobs
 from chat_core.notifications import notification_jobs
 from chat_core.settings import Settings
 from tests import harness

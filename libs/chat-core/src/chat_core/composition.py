@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from chat_core.jobqueue import Job, JobKind, JobQueue
     from chat_core.leases import WriteLeases
     from chat_core.ledger import StorageLedger
-    from chat_core.media import MediaJob
+    from chat_core.media_jobs import MediaJob
     from chat_core.membership import MembershipCache
     from chat_core.notifications import Notification
     from chat_core.objectstore import ObjectStore
@@ -312,7 +312,7 @@ class Composition:
     @property
     def media_queue(self) -> JobQueue[MediaJob]:
         if self._media_queue is None:
-            from chat_core.media import media_jobs
+            from chat_core.media_jobs import media_jobs
 
             queue = self.job_queue(media_jobs(self.settings))
             self._media_queue = self._adopt("media_queue", queue)

@@ -1,4 +1,4 @@
-"""Worker processes that run ``imaging.sanitize`` with a time and a memory bound per job.
+"""Worker processes that run ``transforms.sanitize`` with a time and a memory bound per job.
 
 A queue worker calls ``await processor.process(data, content_type)`` and always gets a ``Sanitized`` or
 a ``Rejected``: a job past its time is killed (``timeout``); one past its memory fails inside the worker
@@ -37,7 +37,7 @@ from types import TracebackType
 
 import structlog
 
-from media_processor.imaging import DEFAULT_LIMITS, ImageLimits, Reason, Rejected, Sanitized, sanitize
+from media_processor.transforms import DEFAULT_LIMITS, ImageLimits, Reason, Rejected, Sanitized, sanitize
 
 __all__ = [
     "DEFAULT_JOB_MEMORY_BYTES",
@@ -115,7 +115,7 @@ def _worker_main(connection: Connection, limits: ImageLimits, memory_bytes: int,
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     import pyvips
 
-    from media_processor.imaging import restrict_loaders
+    from media_processor.transforms import restrict_loaders
 
     restrict_loaders()  # already done at import; said again here, where hostile bytes are decoded
     pyvips.cache_set_max(0)  # no operation cache across jobs: a job's memory goes when it ends

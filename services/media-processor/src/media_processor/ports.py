@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from chat_core.chatstore import ConversationStore, MessageStore, OutboxStore
 from chat_core.jobqueue import JobQueue
 from chat_core.ledger import StorageLedger
-from chat_core.media import MediaJob
+from chat_core.media_jobs import MediaJob
 from chat_core.objectstore import ObjectStore
 from chat_core.realtime import EventBus
 

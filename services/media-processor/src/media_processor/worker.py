@@ -9,7 +9,7 @@ image, each finishing its own image, found by its raw upload's key; its derivati
 2. the raw upload is fetched pinned to the ETag verified at send (``If-Match`` on S3; the local store
    compares the ETag of the bytes it read): another object under that key (a second PUT to the upload
    URL) or none fails the job with ``object_changed``, so what was swapped in is never served;
-3. ``imaging.sanitize`` runs in the worker-process pool (limits from the header first, then a bounded
+3. ``transforms.sanitize`` runs in the worker-process pool (limits from the header first, then a bounded
    decode; a breach is a reason code, never a crash);
 4. ``original``, ``preview`` and ``thumbnail`` are written under ``{cid}/media/{messageId}/``;
 5. the message is finished in the store (only if still ``processing``: the store's compare-and-set is
@@ -66,7 +66,7 @@ import msgspec
 import structlog
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from chat_core import images, keys, ledger, metrics, outbox, tracing
+from chat_core import image_headers, keys, ledger, metrics, outbox, tracing
 from chat_core.capabilities import AnnouncesUploads
 from chat_core.chatstore import (
     ConversationStore,
@@ -84,13 +84,13 @@ from chat_core.erasure import ImageEraser
 from chat_core.jobqueue import JobQueue
 from chat_core.jobqueue.runner import JobRunner
 from chat_core.ledger import StorageLedger
-from chat_core.media import MediaJob, ObjectCreated, ReceivedMediaJob, UploadRefusal, object_created_job
+from chat_core.media_jobs import MediaJob, ObjectCreated, ReceivedMediaJob, UploadRefusal, object_created_job
 from chat_core.objectstore import ObjectChanged, ObjectInfo, ObjectNotFound, ObjectStore
 from chat_core.realtime import EventBus
 from chat_core.settings import MEDIA_JOBS_PER_IMAGE_WORKER, Settings
-from media_processor.imaging import ImageLimits, Rejected, Sanitized, Variant
 from media_processor.pool import MediaProcessor, PoolSettings, PoolUnavailable
 from media_processor.ports import MediaPorts
+from media_processor.transforms import ImageLimits, Rejected, Sanitized, Variant
 
 __all__ = ["MediaWorker", "limits_from", "pool_settings_from"]
 
@@ -487,7 +487,7 @@ class MediaWorker:
             conversation_id, _object_key, parsed = keys.parse_stored_key(key)
         except keys.InvalidKey:
             return self._verdict("ignored")  # not a raw upload of ours: nothing to say about it
-        found = await self._objects.read_prefix(key, images.HEADER_BYTES)
+        found = await self._objects.read_prefix(key, image_headers.HEADER_BYTES)
         if found is None:
             # Already taken by its message's media job (which counted the deletion), or deleted by an
             # earlier delivery of this event: it landed, and is counted as stored.
@@ -571,11 +571,11 @@ class MediaWorker:
                 "image_too_large", f"the image is {info.size} bytes; the limit is {self._max_bytes}"
             )
         try:
-            header = images.inspect_image(prefix, total_size=info.size)
-            images.refuse_too_many_pixels(header, self._max_pixels)
-        except images.NotAnImage as exc:
+            header = image_headers.inspect_image(prefix, total_size=info.size)
+            image_headers.refuse_too_many_pixels(header, self._max_pixels)
+        except image_headers.NotAnImage as exc:
             return refused("not_an_image", str(exc))
-        except images.TooManyPixels as exc:
+        except image_headers.TooManyPixels as exc:
             return refused("too_many_pixels", str(exc))
         return None
 

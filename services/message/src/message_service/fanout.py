@@ -58,7 +58,7 @@ from chat_core.batching import Coalescer
 from chat_core.chatstore import ConversationStore, LastMessage, Message, OutboxEntry, OutboxStore, albums
 from chat_core.erasure import ImageEraser
 from chat_core.jobqueue import JobQueue
-from chat_core.media import MediaJob
+from chat_core.media_jobs import MediaJob
 from chat_core.notifications import Notification, NotificationQueue
 from chat_core.realtime import EventBus, Presence
 

@@ -13,7 +13,7 @@ from chat_core.chatstore import ConversationStore, DeviceStore, MessageStore, Ou
 from chat_core.jobqueue import JobQueue
 from chat_core.leases import WriteLeases
 from chat_core.ledger import StorageLedger
-from chat_core.media import MediaJob
+from chat_core.media_jobs import MediaJob
 from chat_core.notifications import Notification
 from chat_core.objectstore import ObjectStore
 from chat_core.quota import Quotas

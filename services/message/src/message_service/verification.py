@@ -22,7 +22,7 @@ could otherwise check an object, cleanup find it unreferenced and delete it, and
 message whose image is gone. So an upload must be sent within the grace period minus a margin
 (half of it, at most an hour: 23 h by default); ``ORPHAN_GRACE_SECONDS=0`` turns the window off.
 
-Width and height come from the image header (``chat_core.images``, as displayed: EXIF orientation and
+Width and height come from the image header (``chat_core.image_headers``, as displayed: EXIF orientation and
 HEIF rotation applied); ``size_bytes`` from the store; the ``url`` is the proxy URL. The message starts
 ``processing``: the media processor finishes it. The store being unreachable is a 503, never a verdict
 on the image.
@@ -37,10 +37,10 @@ from urllib.parse import urlsplit
 import msgspec
 import structlog
 
-from chat_core import images, keys
+from chat_core import image_headers, keys
 from chat_core.chatstore import ImageMetadata
 from chat_core.errors import ProblemError
-from chat_core.media import UploadRefusal
+from chat_core.media_jobs import UploadRefusal
 from chat_core.objectstore import ObjectNotFound, ObjectStore
 from chat_core.settings import Settings
 from message_service.schemas import ImageRequest
@@ -82,7 +82,7 @@ class ImageVerifier:
             )
         stored_key = keys.stored_key(conversation_id, object_key)
         try:
-            found = await self._objects.read_prefix(stored_key, images.HEADER_BYTES)
+            found = await self._objects.read_prefix(stored_key, image_headers.HEADER_BYTES)
         except Exception as exc:
             _log.warning("image_read_failed", key=stored_key, error=repr(exc))
             raise ProblemError(
@@ -109,12 +109,12 @@ class ImageVerifier:
                 f"uploaded more than {self._send_window} ago, so it may be cleaned up: upload it again",
             )
         try:
-            header = images.inspect_image(prefix, total_size=info.size)
-        except images.NotAnImage as exc:
+            header = image_headers.inspect_image(prefix, total_size=info.size)
+        except image_headers.NotAnImage as exc:
             raise ProblemError(422, "not_an_image", str(exc)) from None
         try:
-            images.refuse_too_many_pixels(header, self._max_pixels)
-        except images.TooManyPixels as exc:
+            image_headers.refuse_too_many_pixels(header, self._max_pixels)
+        except image_headers.TooManyPixels as exc:
             raise ProblemError(422, "too_many_pixels", str(exc)) from None
         if header.content_type != content_type:
             raise ProblemError(

@@ -20,7 +20,7 @@ class MediaSettings(Frozen, frozen=True, kw_only=True):
     """The media pipeline: its job queue and the processor's limits.
 
     The one declaration of every image limit: the send's header check, the check of uploads as they land
-    and the processor's ``media_processor.imaging.ImageLimits`` (its defaults included) all read these.
+    and the processor's ``media_processor.transforms.ImageLimits`` (its defaults included) all read these.
     """
 
     queue_name: Annotated[

@@ -14,7 +14,7 @@ worker's bound must hold the worst image, not the average one. HEIC/HEIF is deco
 Order of work, so that no hostile header ever reaches a full decode:
 
 1. the magic bytes must name the declared type (``content_type_mismatch`` / ``unsupported_type``);
-2. width, height and frame count come from the header alone (``chat_core.images`` in pure Python, then
+2. width, height and frame count come from the header alone (``chat_core.image_headers`` in pure Python, then
    the decoder's lazy header read) and are checked against ``MAX_IMAGE_PIXELS``, ``MAX_IMAGE_FRAMES``
    and ``MAX_ANIMATION_PIXELS`` (settings: ``chat_core.settings.MediaSettings`` declares every limit once);
 3. decode (truncated files fail: ``fail_on=truncated``), apply the EXIF orientation to the pixels,
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import blurhash
 import pyvips
 
-from chat_core import images
+from chat_core import image_headers
 from chat_core.settings import MediaSettings
 
 __all__ = [
@@ -191,14 +191,14 @@ def sanitize(data: bytes, content_type: str, limits: ImageLimits = DEFAULT_LIMIT
 
 
 def _sanitize(data: bytes, content_type: str, limits: ImageLimits) -> Sanitized:
-    found = images.sniff_type(data[: images.HEADER_BYTES])
+    found = image_headers.sniff_type(data[: image_headers.HEADER_BYTES])
     if found is None or found not in SUPPORTED_TYPES:
         raise _Refused(Reason.UNSUPPORTED_TYPE, "the bytes are not a JPEG, PNG, GIF, WebP or HEIC/HEIF image")
     if found != content_type and not (found in HEIF_TYPES and content_type in HEIF_TYPES):
         raise _Refused(Reason.CONTENT_TYPE_MISMATCH, f"declared {content_type}, the bytes are {found}")
     try:
-        header = images.inspect_image(data[: images.HEADER_BYTES], total_size=len(data))
-    except images.NotAnImage as error:
+        header = image_headers.inspect_image(data[: image_headers.HEADER_BYTES], total_size=len(data))
+    except image_headers.NotAnImage as error:
         raise _Refused(_truncated_or_corrupt(data, found, str(error)), str(error)) from None
     if header.width and header.height:
         _check_pixels(header.width * header.height, limits)

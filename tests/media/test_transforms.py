@@ -1,4 +1,4 @@
-"""imaging.sanitize on the generated corpus: assertions on the bytes it writes."""
+"""transforms.sanitize on the generated corpus: assertions on the bytes it writes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import pyvips
 from PIL import Image
 
-from media_processor.imaging import (
+from media_processor.transforms import (
     ImageLimits,
     Reason,
     Rejected,
@@ -310,7 +310,7 @@ def test_a_file_another_loader_would_read_is_refused() -> None:
 
 
 def test_the_animation_limit_is_a_setting_the_processor_honours(tmp_path: Path) -> None:
-    """MAX_ANIMATION_PIXELS was a constant of imaging.py alone; now every image limit is one setting."""
+    """MAX_ANIMATION_PIXELS was a constant of one module alone; now every image limit is one setting."""
     settings = make_settings(tmp_path, {"MAX_ANIMATION_PIXELS": "500000"})
     result = sanitize(corpus.animated_gif(5, (480, 360)), "image/gif", limits_from(settings))
     assert isinstance(result, Rejected)
