@@ -20,11 +20,13 @@ OUT = Path(__file__).resolve().parent.parent / "tests" / "durations.json"
 
 
 def main(log: str) -> None:
-    seconds: collections.Counter[str] = collections.Counter()
+    seconds: collections.defaultdict[str, float] = collections.defaultdict(float)
     for line in Path(log).read_text().splitlines():
         if match := LINE.match(line):
             seconds[match.group(2)] += float(match.group(1))
-    heavy = {name: round(total, 1) for name, total in seconds.most_common() if total >= 2}
+    heavy = {
+        name: round(total, 1) for name, total in sorted(seconds.items(), key=lambda kv: -kv[1]) if total >= 2
+    }
     OUT.write_text(json.dumps(heavy, indent=1) + "\n")
     print(f"{OUT}: {len(heavy)} files, {sum(heavy.values()):.0f} s")
 
