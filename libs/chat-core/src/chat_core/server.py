@@ -89,6 +89,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # window of 2^12) would live as long as each socket, for JSON events of a few hundred bytes that
         # compress to little. Browsers offer it; the server declines and frames go uncompressed.
         "ws_per_message_deflate": False,
+        # Keepalive pings hold idle sockets open through the load balancer; each costs CPU per socket.
+        "ws_ping_interval": settings.service.ws_ping_interval_seconds,
         # The same trusted proxies as the per-IP limits: the access log and the limits see one client.
         "forwarded_allow_ips": list(settings.limits.trusted_proxies),
         "lifespan": "on",
