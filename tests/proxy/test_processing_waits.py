@@ -48,7 +48,16 @@ async def _proxy_with_processing_image(
     settings = make_settings(tmp_path, env)
     backends = Composition(settings)
     counted = CountedReads(backends.messages)
-    proxy = ImageProxy(settings, backends.verifier, backends.object_store, counted, backends.membership)
+    proxy = ImageProxy(
+        settings.images,
+        settings.media,
+        cookie_name=settings.auth.cookie_name,
+        push_links=None,
+        verifier=backends.verifier,
+        store=backends.object_store,
+        messages=counted,
+        membership=backends.membership,
+    )
     part = ServiceParts(
         component="image-proxy",
         route_handlers=[get_image],

@@ -7,6 +7,7 @@ from litestar.di import Provide
 
 from chat_core.app_factory import ServiceParts, create_service_app
 from chat_core.composition import Composition
+from chat_core.push.image_links import push_image_links
 from chat_core.settings import Settings
 from image_proxy.ports import ProxyPorts
 from image_proxy.routes import get_image
@@ -29,7 +30,16 @@ def ports(root: Composition) -> ProxyPorts:
 def build(settings: Settings, ports: ProxyPorts) -> ServiceParts:
     """This service's routes, dependencies and workers, wired to ``ports``."""
     membership, bus = ports.membership, ports.event_bus
-    proxy = ImageProxy(settings, ports.verifier, ports.object_store, ports.messages, membership)
+    proxy = ImageProxy(
+        settings.images,
+        settings.media,
+        cookie_name=settings.auth.cookie_name,
+        push_links=push_image_links(settings),
+        verifier=ports.verifier,
+        store=ports.object_store,
+        messages=ports.messages,
+        membership=membership,
+    )
     return ServiceParts(
         component=COMPONENT,
         essential=("message_store", "object_store"),

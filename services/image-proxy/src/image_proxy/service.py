@@ -50,10 +50,10 @@ from chat_core.errors import ProblemError
 from chat_core.membership import MembershipCache, conversation_not_found
 from chat_core.objectstore import ObjectNotFound, ObjectStore, RangeNotSatisfiable
 from chat_core.objectstore.serving import serve_object
-from chat_core.push.image_links import push_image_links
+from chat_core.push.image_links import PushImageLinks
 from chat_core.realtime import DELETIONS_CHANNEL, EventBus, Subscription
 from chat_core.realtime.events import decode_message_gone
-from chat_core.settings import Settings
+from chat_core.settings import ImageSettings, MediaSettings
 from image_proxy.waits import ProcessingWaits, finished
 
 __all__ = ["ImageProxy"]
@@ -85,29 +85,33 @@ _OVERRIDES = {"Cache-Control": f"private, max-age={IMMUTABLE_MAX_AGE}, immutable
 class ImageProxy:
     def __init__(
         self,
-        settings: Settings,
+        images: ImageSettings,
+        media: MediaSettings,
+        *,
+        cookie_name: str,
+        push_links: PushImageLinks | None,
         verifier: TokenVerifier,
         store: ObjectStore,
         messages: MessageStore,
         membership: MembershipCache,
     ) -> None:
         self._verifier = verifier
-        self._cookie_name = settings.auth.cookie_name
+        self._cookie_name = cookie_name
         self._store = store
         self._membership = membership
-        self._mode = settings.images.proxy_mode
-        self._window = settings.images.proxy_url_window_seconds
+        self._mode = images.proxy_mode
+        self._window = images.proxy_url_window_seconds
         self._safe_types = frozenset(keys.DERIVATIVE_EXTENSIONS)  # what the media processor writes
         # A ready or failed image never changes: one lookup per image (per process) is enough, so a
         # chat screen's repeated views, and a group's many viewers, then cost no store round trip.
         self._messages = messages
-        self._wait_seconds = settings.media.wait_seconds
-        self._waits = ProcessingWaits(max_waiters=settings.media.max_waiters)
+        self._wait_seconds = media.wait_seconds
+        self._waits = ProcessingWaits(max_waiters=media.max_waiters)
         self._finished: OrderedDict[str, Message] = OrderedDict()
         # message id -> its keys in ``_finished`` (an album's: one per image asked for)
         self._stored_key_of: dict[str, set[str]] = {}
         self._listening = False  # deletions are heard (else nothing is remembered)
-        self._push_links = push_image_links(settings)
+        self._push_links = push_links
         self._signed: dict[str, str] = {}  # derivative key -> its redirect URL, for ``_signed_window``
         self._signed_window = -1
         self._counters: dict[tuple[str, str], Any] = {}

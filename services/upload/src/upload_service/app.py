@@ -57,7 +57,9 @@ def ports(root: Composition) -> UploadPorts:
 
 def build(settings: Settings, ports: UploadPorts) -> ServiceParts:
     """This service's routes, dependencies and workers, wired to ``ports``."""
-    service = UploadService(settings, ports.object_store, ports.membership, ports.quotas)
+    service = UploadService(
+        settings.images, settings.service.base_url(), ports.object_store, ports.membership, ports.quotas
+    )
     return ServiceParts(
         component=COMPONENT,
         essential=("message_store",),

@@ -9,7 +9,7 @@ from chat_core.errors import ProblemError
 from chat_core.membership import MembershipCache
 from chat_core.objectstore import ObjectStore
 from chat_core.quota import Quotas
-from chat_core.settings import Settings
+from chat_core.settings import ImageSettings
 from upload_service.schemas import UploadUrlRequest, UploadUrlResponse
 
 __all__ = ["UploadService"]
@@ -19,15 +19,20 @@ _log = structlog.get_logger("upload_service")
 
 class UploadService:
     def __init__(
-        self, settings: Settings, store: ObjectStore, membership: MembershipCache, quotas: Quotas
+        self,
+        images: ImageSettings,
+        base_url: str,
+        store: ObjectStore,
+        membership: MembershipCache,
+        quotas: Quotas,
     ) -> None:
         self._store = store
         self._quotas = quotas
         self._membership = membership
-        self._base_url = settings.service.base_url()
-        self._allowed = frozenset(settings.images.allowed_types) & keys.EXTENSIONS.keys()
-        self._max_bytes = settings.images.max_bytes
-        self._ttl = settings.images.upload_url_ttl_seconds
+        self._base_url = base_url
+        self._allowed = frozenset(images.allowed_types) & keys.EXTENSIONS.keys()
+        self._max_bytes = images.max_bytes
+        self._ttl = images.upload_url_ttl_seconds
 
     async def issue_upload_url(
         self, user_id: str, conversation_id: str, request: UploadUrlRequest
