@@ -59,13 +59,12 @@ fmt: install ## format and fix what ruff can
 
 # pytest-xdist workers: the suite waits on backends and subprocesses far more than it computes, so more
 # workers than cores pays off (measured in docs/getting-started.md, `make test`); files stay whole on one worker,
-# the heaviest first (tests/durations.json, refreshed by scripts/test_durations.py; --no-loadscope-reorder
-# keeps that order: xdist would otherwise reorder files by their number of tests).
+# the heaviest first (tests/durations.json, refreshed by scripts/test_durations.py).
 PYTEST_WORKERS ?= 4
 
 .PHONY: test
 test: test-deps lint deps-check ## everything CI runs: lint, types, and all tests against real backends (PYTEST_WORKERS=4 in parallel)
-	uv run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	uv run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: docs
 docs: install ## regenerate the configuration table (docs/operations/configuration.md) and the chart's list of settings

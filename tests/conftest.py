@@ -128,8 +128,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(getattr(pytest.mark, marker))
     # Heaviest files first (each file stays whole on one worker, `--dist loadfile`): the workers then end
     # together instead of two waiting while the third runs a long file that happened to come last.
-    # Stable: a file's tests keep their order; every worker computes the same order. xdist keeps it with
-    # `--no-loadscope-reorder` (`make test`); without, it sorts files by their number of tests instead.
+    # Stable: a file's tests keep their order; every worker computes the same order.
     items.sort(key=lambda item: -_DURATIONS.get(item.location[0], _UNKNOWN_FILE_SECONDS))
 
 
