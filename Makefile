@@ -58,8 +58,7 @@ fmt: install ## format and fix what ruff can
 	uv run --frozen ruff check --fix .
 
 # pytest-xdist workers: the suite waits on backends and subprocesses far more than it computes, so more
-# workers than cores pays off (measured in docs/getting-started.md, `make test`); files stay whole on one worker,
-# the heaviest first (tests/durations.json, refreshed by scripts/test_durations.py).
+# workers than cores pays off (measured in docs/getting-started.md, `make test`); files stay whole on one worker.
 PYTEST_WORKERS ?= 4
 
 .PHONY: test

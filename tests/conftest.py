@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -115,21 +114,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             backend.stop()
 
 
-# Seconds per file from a recent run (scripts/test_durations.py); a file not in it counts as this much.
-_DURATIONS = json.loads((Path(__file__).parent / "durations.json").read_text())
-_UNKNOWN_FILE_SECONDS = 5.0
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # A test that uses a backend fixture carries that backend's marker, so `-m "not firestore"` works.
     for item in items:
         for fixture, marker in BACKEND_FIXTURES.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(getattr(pytest.mark, marker))
-    # Heaviest files first (each file stays whole on one worker, `--dist loadfile`): the workers then end
-    # together instead of two waiting while the third runs a long file that happened to come last.
-    # Stable: a file's tests keep their order; every worker computes the same order.
-    items.sort(key=lambda item: -_DURATIONS.get(item.location[0], _UNKNOWN_FILE_SECONDS))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
