@@ -88,6 +88,29 @@ async def test_the_429_carries_retry_after_and_ratelimit_headers(
     assert (await client.get("/conversations", headers=auth_header(user))).status_code == 200
 
 
+async def test_a_limited_route_checks_the_caller_and_the_limit_before_the_body(
+    tmp_path: Path, client_for: Any
+) -> None:
+    """Authentication, then the limit, then the body: a caller without a token learns nothing about what
+    the route accepts (401, whatever the body), and a malformed body still counts against the limit."""
+    env = {"LIMIT_STORE": "memory", "RATE_LIMIT_CONVERSATIONS": "2/minute"}
+    client = await client_for(message_service.app.create_app(make_settings(tmp_path, env)))
+    json_type = {"Content-Type": "application/json"}
+    anonymous = await client.post("/conversations", content=b"{not json", headers=json_type)
+    assert anonymous.status_code == 401
+    user = unique("u")
+    for _ in range(2):
+        answer = await client.post(
+            "/conversations", content=b"{not json", headers={**json_type, **auth_header(user)}
+        )
+        assert answer.status_code == 400
+    refused = await client.post("/conversations", json={"participantIds": []}, headers=auth_header(user))
+    assert refused.status_code == 429
+    assert refused.json()["code"] == "rate_limited"
+    # A route naming no limit never counts: reading the conversations is not refused.
+    assert (await client.get("/conversations", headers=auth_header(user))).status_code == 200
+
+
 async def test_a_limit_holds_across_two_replicas_sharing_redis(
     redis_backend: harness.Backend, tmp_path: Path, client_for: Any
 ) -> None:

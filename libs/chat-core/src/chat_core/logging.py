@@ -7,11 +7,12 @@ line a service writes is JSON, and every line, at every level, has its credentia
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import sys
 import time
 from contextvars import ContextVar
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import msgspec
 import structlog
@@ -19,9 +20,9 @@ from opentelemetry import trace
 from structlog.types import EventDict, Processor, WrappedLogger
 
 from chat_core.audit import configure_audit
-from chat_core.redaction import redact_event
+from chat_core.redaction import redact, redact_event, redact_text
 
-__all__ = ["HandshakeRefusals", "configure_logging"]
+__all__ = ["HandshakeRefusals", "configure_logging", "info_line"]
 
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 
@@ -32,6 +33,43 @@ def add_trace_ids(_logger: WrappedLogger, _method: str, event_dict: EventDict) -
         event_dict["trace_id"] = format(context.trace_id, "032x")
         event_dict["span_id"] = format(context.span_id, "016x")
     return event_dict
+
+
+class _Lines:
+    """Where ``info_line`` writes, as ``configure_logging`` last set it."""
+
+    __slots__ = ("info", "out", "service")
+
+    def __init__(self) -> None:
+        self.out: BinaryIO | None = None  # None: the process's stdout at the time of writing
+        self.service = "chat-management"
+        self.info = True
+
+
+_lines = _Lines()
+
+
+def info_line(event: str, fields: dict[str, Any]) -> None:
+    """One INFO line, exactly as a structlog ``info`` call renders it, without its processor chain.
+
+    For the line written on every request (the access log): structlog's chain (contextvars, level,
+    timestamp, trace ids, service, exception formatting, redaction, JSON) cost ~35 µs a line, a sixth of a
+    hot route. Here the same fields in the same order, every string masked the same way (``redact``), for
+    ~6 µs. Nothing binds structlog contextvars in this codebase, so there are none to merge."""
+    if not _lines.info:
+        return
+    line = {key: redact_text(value) if type(value) is str else redact(value) for key, value in fields.items()}
+    line["event"] = event
+    line["level"] = "info"
+    line["timestamp"] = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        line["trace_id"] = format(context.trace_id, "032x")
+        line["span_id"] = format(context.span_id, "016x")
+    line["service"] = _lines.service
+    out = _lines.out if _lines.out is not None else sys.stdout.buffer
+    out.write(msgspec.json.encode(line, enc_hook=str) + b"\n")
+    out.flush()
 
 
 def _json_bytes(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> bytes:
@@ -138,6 +176,7 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     configure_audit(out, service=service)  # its own logger and level: LOG_LEVEL never silences it
+    _lines.out, _lines.service, _lines.info = stream, service, _LEVELS[level] <= logging.INFO
     root.setLevel(_LEVELS[level])
     # Our middleware writes the access line; uvicorn's own would duplicate it.
     logging.getLogger("uvicorn.access").disabled = True

@@ -10,13 +10,13 @@ import time
 from contextvars import ContextVar
 from typing import Any
 
-import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from chat_core import metrics, tracing
+from chat_core.logging import info_line
 from chat_core.redaction import redact_text
 
 __all__ = ["ObservabilityMiddleware", "RequestInfo", "current_request", "set_request_user"]
@@ -82,7 +82,6 @@ class ObservabilityMiddleware:
         self.component = component
         self.access_log = access_log
         self._tracer = tracing.get_tracer("chat_core.http")
-        self._log = structlog.get_logger("access")
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
         self._in_flight = metrics.HTTP_IN_FLIGHT.labels(component)
@@ -165,15 +164,17 @@ class ObservabilityMiddleware:
             span.end()
             self._observe(route, method, status, elapsed)
             if self.access_log and route not in QUIET_ROUTES:
-                self._log.info(
+                info_line(
                     "request",
-                    method=method,
-                    route=route,
-                    path=scope["path"],
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 3),
-                    user_id=info.user_id,
-                    client_ip=info.client_ip,
+                    {
+                        "method": method,
+                        "route": route,
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 3),
+                        "user_id": info.user_id,
+                        "client_ip": info.client_ip,
+                    },
                 )  # while the span is current: the line carries its trace and span ids
             otel_context.detach(context_token)
             self._in_flight.dec()
