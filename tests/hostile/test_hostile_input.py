@@ -186,6 +186,20 @@ async def test_deeply_nested_json_is_a_400_before_anything_parses_it(
         assert response.json()["code"] == "json_too_deep"
 
 
+async def test_a_chunked_deep_body_is_refused_as_one_with_a_length(client: httpx.AsyncClient) -> None:
+    """The guard reads any body the request declares, by ``Content-Length`` or ``Transfer-Encoding``."""
+
+    async def chunks() -> Any:
+        for start in range(0, len(DEEP_ARRAY), 512):
+            yield DEEP_ARRAY[start : start + 512]
+
+    headers = {"Content-Type": "application/json", **auth_header("alice")}
+    response = await client.post("/conversations", content=chunks(), headers=headers)
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert response.status_code == 400
+    assert response.json()["code"] == "json_too_deep"
+
+
 async def test_json_at_the_depth_limit_is_still_parsed(client: httpx.AsyncClient) -> None:
     nested = (
         b'{"participantIds": ["carol"], "name": "'

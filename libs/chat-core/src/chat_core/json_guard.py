@@ -58,7 +58,11 @@ class JsonGuard:
         self._max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or scope["path"].startswith(_UNGUARDED_PREFIXES):
+        if (
+            scope["type"] != ScopeType.HTTP
+            or scope["path"].startswith(_UNGUARDED_PREFIXES)
+            or not _declares_a_body(scope["headers"])
+        ):
             await self._app(scope, receive, send)
             return
         chunks: list[bytes] = []
@@ -92,6 +96,16 @@ class JsonGuard:
             )
             return
         await self._app(scope, _replay([body], None, receive), send)
+
+
+def _declares_a_body(headers: Any) -> bool:
+    """Whether the request says a body follows (a ``Transfer-Encoding``, or a ``Content-Length`` other than
+    0). One that does not has none (HTTP/1.1 frames bodies by these two headers; the server reads nothing
+    more), so there is nothing to guard, and a GET is not made to wait on ``receive`` for an empty body."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"0", b"")):
+            return True
+    return False
 
 
 def _is_utf8(body: bytes) -> bool:
