@@ -298,7 +298,10 @@ def _layers(data: dict[str, Any]) -> str | None:
             parts = {
                 str(row["layer"]): float(row["cpu_us"])
                 for row in rows
-                if row["stack"] == stack and row["route"] == route and row["layer"] not in skip
+                if row["stack"] == stack
+                and row["route"] == route
+                and row["layer"] not in skip
+                and not str(row["layer"]).startswith("in the route")
             }
             if parts:
                 bars.append((f"{stack} {route}", parts))
