@@ -111,6 +111,27 @@ async def test_a_limited_route_checks_the_caller_and_the_limit_before_the_body(
     assert (await client.get("/conversations", headers=auth_header(user))).status_code == 200
 
 
+def test_a_limited_route_with_its_own_before_request_is_refused_at_start(tmp_path: Path) -> None:
+    """Litestar runs the nearest ``before_request`` only: a route's own would silently drop its limit."""
+    from litestar import post
+    from litestar.exceptions import ImproperlyConfiguredException
+
+    from chat_core.app_factory import ServiceParts
+    from chat_core.ratelimit import RATE_LIMIT_OPT
+
+    async def own_hook(_request: Any) -> None:
+        return None
+
+    @post("/limited", opt={RATE_LIMIT_OPT: "sends"}, before_request=own_hook)
+    async def limited() -> None:
+        return None
+
+    settings = make_settings(tmp_path, {"LIMIT_STORE": "memory"})
+    part = ServiceParts(component="things", route_handlers=[limited])
+    with pytest.raises(ImproperlyConfiguredException, match="replaces the app's rate-limit hook"):
+        create_service_app(settings, Composition(settings), [part], component="things", title="things")
+
+
 async def test_a_limit_holds_across_two_replicas_sharing_redis(
     redis_backend: harness.Backend, tmp_path: Path, client_for: Any
 ) -> None:

@@ -20,6 +20,7 @@ from litestar import Litestar, Request, Response, get
 from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
+from litestar.exceptions import ImproperlyConfiguredException
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
@@ -135,6 +136,19 @@ def _rate_limit_hook(limiter: RateLimiter, verifier: TokenVerifier) -> Any:
     return rate_limit
 
 
+def _require_the_limit_hook(app: Litestar, hook: Any) -> None:
+    """Refuse to start when a route naming a limit would not count it: Litestar runs the nearest
+    ``before_request`` only, so one set on a route, controller or router replaces the limit's hook."""
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            limit = (handler.opt or {}).get(RATE_LIMIT_OPT)
+            if limit is not None and handler.resolve_before_request() is not hook:
+                raise ImproperlyConfiguredException(
+                    f"{handler.handler_name} names the rate limit {limit!r} but sets its own before_request, "
+                    "which replaces the app's rate-limit hook: call the limiter from it instead"
+                )
+
+
 def _health_handlers(
     root: Composition, essential_ports: frozenset[str], own_checks: dict[str, ReadinessCheck]
 ) -> list[Any]:
@@ -235,15 +249,16 @@ def create_service_app(
         _log.info("stopped", component=component)
 
     origins = list(settings.service.cors_allow_origins)
+    rate_limit = (
+        _rate_limit_hook(root.rate_limiter, root.verifier) if _names_a_limit(route_handlers) else None
+    )
     app = Litestar(
         route_handlers=route_handlers,
         dependencies=dependencies,
         exception_handlers={**exception_handlers, **outage_handlers(root.outage_reporters())},
         lifespan=[lifespan],
         # Only apps with a limited route build the limiter (the consumer and the proxy have none).
-        before_request=_rate_limit_hook(root.rate_limiter, root.verifier)
-        if _names_a_limit(route_handlers)
-        else None,
+        before_request=rate_limit,
         # 413 before parsing: Content-Length is checked first, then the streamed count (chunked bodies).
         # Routes that take images (the local store's PUT) set their own limit.
         request_max_body_size=settings.limits.max_request_body_bytes,
@@ -283,6 +298,7 @@ def create_service_app(
     )
     app.state.root = root
     app.state.settings = settings
+    _require_the_limit_hook(app, rate_limit)
     fix_options_allow(app)
     complete_error_responses(app)
     finish_document(app, [refine for part in parts for refine in part.document])
