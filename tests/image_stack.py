@@ -63,6 +63,7 @@ class ImageStack:
     base_url: str
     backends: Composition
     http: httpx.AsyncClient  # talks to the app (base_url) and to presigned URLs (absolute)
+    app: Litestar | None = None
 
     @property
     def store(self) -> ObjectStore:
@@ -203,7 +204,7 @@ async def stack_factory(
             http = await stack.enter_async_context(
                 httpx.AsyncClient(base_url=base_url, timeout=10, follow_redirects=False)
             )
-            return ImageStack(kind, base_url, backends, http)
+            return ImageStack(kind, base_url, backends, http, app)
 
         yield make
 

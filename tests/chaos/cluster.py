@@ -40,7 +40,8 @@ class Cluster:
         process = self.stack.services[service].process
         assert process is not None
         process.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(process.wait, 30)
+        # Drain (5 s) and the workers stopping: a loaded 2-core runner has taken over 30 s.
+        return await asyncio.to_thread(process.wait, 60)
 
     async def restart(self, service: str) -> None:
         one = self.stack.services[service]

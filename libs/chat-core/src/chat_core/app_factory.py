@@ -33,6 +33,7 @@ from chat_core.composition import Composition
 from chat_core.cors import CredentialRouteCors, credential_paths
 from chat_core.deadline import DeadlineMiddleware
 from chat_core.errors import exception_handlers, outage_handlers, problem_response, problem_responses
+from chat_core.hot_routes import HotRoute, HotRoutes
 from chat_core.json_guard import JsonGuard
 from chat_core.observability import ObservabilityMiddleware, set_request_user
 from chat_core.openapi import DocumentRefinement, complete_error_responses, finish_document, fix_options_allow
@@ -71,6 +72,9 @@ class ServiceParts:
     readiness: dict[str, ReadinessCheck] = field(default_factory=dict)
     # Changes to the served OpenAPI document that depend on settings (``chat_core.openapi``).
     document: list[DocumentRefinement] = field(default_factory=list)
+    # Routes of ``route_handlers`` also served on the lean path when a request is plain
+    # (``chat_core.hot_routes``).
+    hot_routes: list[HotRoute] = field(default_factory=list)
 
 
 class Health(msgspec.Struct, frozen=True):
@@ -134,6 +138,18 @@ def _rate_limit_hook(limiter: RateLimiter, verifier: TokenVerifier) -> Any:
         await limiter.hit(limit, limiter.subject(request, principal.user_id))
 
     return rate_limit
+
+
+def _authorizer(rate_limit: Any, verifier: TokenVerifier) -> Any:
+    """What runs before a handler on the lean path: the rate limit's hook when the app has one (it
+    authenticates first), then the caller (``chat_core.hot_routes``)."""
+
+    async def authorize(request: Request[Any, Any, Any]) -> Principal:
+        if rate_limit is not None:
+            await rate_limit(request)
+        return await _bearer_principal(request, verifier)
+
+    return authorize
 
 
 def _require_the_limit_hook(app: Litestar, hook: Any) -> None:
@@ -303,6 +319,13 @@ def create_service_app(
     complete_error_responses(app)
     finish_document(app, [refine for part in parts for refine in part.document])
     handler = app.asgi_handler
+    if hot := [route for part in parts for route in part.hot_routes]:
+        handler = HotRoutes(
+            handler,
+            hot,
+            max_body_bytes=settings.limits.max_request_body_bytes,
+            authorize=_authorizer(rate_limit, root.verifier),
+        )
     if paths := credential_paths(route_handlers):
         handler = CredentialRouteCors(handler, paths=paths, allowed_origins=origins)
     app.asgi_handler = ObservabilityMiddleware(

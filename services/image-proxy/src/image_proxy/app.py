@@ -10,7 +10,7 @@ from chat_core.composition import Composition
 from chat_core.push.image_links import push_image_links
 from chat_core.settings import Settings
 from image_proxy.ports import ProxyPorts
-from image_proxy.routes import get_image
+from image_proxy.routes import get_image, hot_get_image
 from image_proxy.service import ImageProxy
 
 COMPONENT = "image-proxy"
@@ -44,6 +44,7 @@ def build(settings: Settings, ports: ProxyPorts) -> ServiceParts:
         component=COMPONENT,
         essential=("message_store", "object_store"),
         route_handlers=[get_image],
+        hot_routes=[hot_get_image(proxy)],
         dependencies={"image_proxy": Provide(lambda: proxy, use_cache=True, sync_to_thread=False)},
         workers=[*membership.workers(bus), proxy.waits.running, lambda: proxy.deletions_worker(bus)],
         description="serves images to conversation members only.",

@@ -9,10 +9,11 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 
 from chat_core.errors import problem_responses
+from chat_core.hot_routes import HotCall, HotRoute
 from chat_core.parameters import ConversationId, ObjectKey
 from image_proxy.service import ImageProxy
 
-__all__ = ["get_image"]
+__all__ = ["get_image", "hot_get_image"]
 
 
 @get(
@@ -44,3 +45,15 @@ async def get_image(
     image_proxy: NamedDependency[ImageProxy],
 ) -> Response[Any]:
     return await image_proxy.serve(request, conversation_id, object_key)
+
+
+def hot_get_image(image_proxy: ImageProxy) -> HotRoute:
+    """``get_image`` on the lean path (``chat_core.hot_routes``): the same call, without Litestar's router,
+    dependency resolution and middlewares around it."""
+
+    async def serve(call: HotCall) -> Response[Any]:
+        return await image_proxy.serve(
+            call.request, call.params["conversation_id"], call.params["object_key"]
+        )
+
+    return HotRoute("GET", get_image, serve)

@@ -12,7 +12,7 @@ from chat_core.composition import Composition
 from chat_core.openapi import DocumentRefinement, add_link, constrain
 from chat_core.settings import Settings
 from upload_service.ports import UploadPorts
-from upload_service.routes import route_handlers
+from upload_service.routes import hot_upload_url, route_handlers
 from upload_service.service import UploadService
 
 COMPONENT = "upload"
@@ -60,10 +60,12 @@ def build(settings: Settings, ports: UploadPorts) -> ServiceParts:
     service = UploadService(
         settings.images, settings.service.base_url(), ports.object_store, ports.membership, ports.quotas
     )
+    handlers = route_handlers(service)
     return ServiceParts(
         component=COMPONENT,
         essential=("message_store",),
-        route_handlers=route_handlers(service),
+        route_handlers=handlers,
+        hot_routes=[hot_upload_url(service, handlers[0])],
         workers=ports.membership.workers(ports.event_bus),
         description="issues presigned upload URLs for image messages.",
         document=[document_refinement(settings)],

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import msgspec
 from litestar import post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import BodyKwarg
+from litestar.types import ASGIApp
 
+from chat_core import keys
 from chat_core.auth import Principal
 from chat_core.errors import problem_responses
+from chat_core.hot_routes import HotCall, HotRoute, json_answer
 from chat_core.parameters import ConversationId
 from chat_core.ratelimit import RATE_LIMIT_OPT
 from upload_service.schemas import REQUEST_EXAMPLES, RESPONSE_EXAMPLE, UploadUrlRequest, UploadUrlResponse
 from upload_service.service import UploadService
 
-__all__ = ["route_handlers"]
+__all__ = ["hot_upload_url", "route_handlers"]
 
 
 def route_handlers(upload_service: UploadService) -> list[HTTPRouteHandler]:
@@ -56,3 +60,27 @@ def route_handlers(upload_service: UploadService) -> list[HTTPRouteHandler]:
         return await upload_service.issue_upload_url(principal.user_id, conversation_id, data)
 
     return [create_upload_url]
+
+
+def hot_upload_url(upload_service: UploadService, handler: HTTPRouteHandler) -> HotRoute:
+    """``create_upload_url`` on the lean path (``chat_core.hot_routes``): a plain request with a body that
+    decodes strictly is answered here; anything else (a body Litestar's laxer parsing might still take, a
+    malformed conversation id, another content type) goes to Litestar, which answers it as it always has."""
+    decoder = msgspec.json.Decoder(UploadUrlRequest)
+    encoder = msgspec.json.Encoder()
+
+    async def serve(call: HotCall) -> ASGIApp | None:
+        conversation_id = call.params["conversation_id"]
+        if not keys.CONVERSATION_ID_PATTERN.fullmatch(conversation_id):
+            return None
+        if call.content_type != "application/json":
+            return None
+        try:
+            data = decoder.decode(call.body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        principal = await call.caller()
+        answer = await upload_service.issue_upload_url(principal.user_id, conversation_id, data)
+        return json_answer(encoder.encode(answer))
+
+    return HotRoute("POST", handler, serve)
