@@ -34,7 +34,7 @@ def _lean(stack: ImageStack) -> HotRoutes:
 
 
 def _same(value: Any) -> Any:
-    """``value`` with what is new on every request (keys, signatures, expiry, trace ids) made a placeholder."""
+    """``value`` with what is new on every request (keys, signatures, expiry, trace ids) as placeholders."""
     if isinstance(value, dict):
         return {key: _same(item) for key, item in value.items() if key not in ("trace_id", "expires_at")}
     if isinstance(value, list):
