@@ -86,7 +86,9 @@ class Readiness(msgspec.Struct, frozen=True):
     checks: dict[str, str]  # each backend check: "ok" or why it failed
 
 
-_PRINCIPAL_STATE = "chat_principal"  # the caller, once authenticated for this request (by the guard)
+# The caller, once authenticated for this request (by the rate limit's hook), kept in the ASGI scope
+# itself: ``request.state`` builds a ``State`` around the scope's dict on every access.
+_PRINCIPAL_KEY = "chat.principal"
 
 
 async def authenticate(
@@ -101,11 +103,11 @@ async def authenticate(
 async def _bearer_principal(
     connection: ASGIConnection[Any, Any, Any, Any], verifier: TokenVerifier
 ) -> Principal:
-    """``authenticate`` once per request: the rate-limit guard and the ``principal`` dependency share it."""
-    known: Principal | None = connection.state.get(_PRINCIPAL_STATE)
+    """``authenticate`` once per request: the rate limit's hook and the ``principal`` dependency share it."""
+    scope: Any = connection.scope
+    known: Principal | None = scope.get(_PRINCIPAL_KEY)
     if known is None:
-        known = await authenticate(connection, verifier)
-        connection.state[_PRINCIPAL_STATE] = known
+        known = scope[_PRINCIPAL_KEY] = await authenticate(connection, verifier)
     return known
 
 

@@ -142,13 +142,16 @@ class ParsedKey(msgspec.Struct, frozen=True):
     issued_at: dt.datetime | None = None  # when the upload URL was issued (None: not a valid stamp)
 
 
-def uuid7(now: dt.datetime | None = None) -> uuid.UUID:
-    """A version 7 UUID (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits."""
-    millis = int((now or dt.datetime.now(dt.UTC)).timestamp() * 1000) & ((1 << 48) - 1)
+def _uuid7_int(now: dt.datetime) -> int:
+    millis = int(now.timestamp() * 1000) & ((1 << 48) - 1)
     value = (millis << 80) | (int.from_bytes(os.urandom(10)) & ((1 << 80) - 1))
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
-    return uuid.UUID(int=value)
+    return (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
+
+
+def uuid7(now: dt.datetime | None = None) -> uuid.UUID:
+    """A version 7 UUID (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits."""
+    return uuid.UUID(int=_uuid7_int(now or dt.datetime.now(dt.UTC)))
 
 
 def new_object_key(uploader_id: str, content_type: str, now: dt.datetime | None = None) -> str:
@@ -156,7 +159,11 @@ def new_object_key(uploader_id: str, content_type: str, now: dt.datetime | None 
     if ext is None:
         raise InvalidKey(f"no key layout for content type {content_type!r}")
     now = now or dt.datetime.now(dt.UTC)
-    return f"images/{uploader_id}/{now.strftime('%Y%m%d-%H%M%S')}-{uuid7(now)}.{ext}"
+    hexed = f"{_uuid7_int(now):032x}"  # str(uuid.UUID(...)), without building the UUID (one per upload URL)
+    return (
+        f"images/{uploader_id}/{now:%Y%m%d-%H%M%S}-"
+        f"{hexed[:8]}-{hexed[8:12]}-{hexed[12:16]}-{hexed[16:20]}-{hexed[20:]}.{ext}"
+    )
 
 
 def _issued_at(stamp: str, key_uuid: str) -> dt.datetime | None:

@@ -74,7 +74,17 @@ class QuotaStore(Protocol):
 
 
 def utc_day(now: float | None = None) -> str:
-    return dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC).strftime("%Y%m%d")
+    day = int((time.time() if now is None else now) // DAY_SECONDS)
+    text = _day_text.get(day)
+    if text is None:  # once a day (formatting it cost 2 µs on every upload URL and send)
+        text = dt.datetime.fromtimestamp(day * DAY_SECONDS, dt.UTC).strftime("%Y%m%d")
+        if len(_day_text) > 4:
+            _day_text.clear()
+        _day_text[day] = text
+    return text
+
+
+_day_text: dict[int, str] = {}
 
 
 def seconds_to_next_day(now: float | None = None) -> float:
