@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Response
-from litestar.enums import ScopeType
+from litestar.enums import MediaType, ScopeType
 from litestar.handlers import HTTPRouteHandler
 from litestar.middleware._internal.exceptions.middleware import get_exception_handler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.utils.helpers import get_enum_string_value
 
 from chat_core.auth import Principal
 
@@ -158,7 +159,7 @@ class HotRoutes:
             return
         self.served += 1
         if isinstance(answer, Response):
-            await answer.to_asgi_response(None, request)(scope, replay, send)
+            await (_plain(answer) or answer.to_asgi_response(None, request))(scope, replay, send)
         else:
             await answer(scope, replay, send)
 
@@ -186,6 +187,43 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+def _plain(response: Response[Any]) -> ASGIApp | None:
+    """The answer Litestar's ``to_asgi_response`` makes of a plain ``Response`` (bytes, not text, no
+    cookies, no background task, a status with a body), without its header machinery; None for any
+    other, which Litestar then converts itself."""
+    content = response.content
+    status = response.status_code or 200
+    if (
+        type(response) is not Response
+        or not isinstance(content, bytes)
+        or response.cookies
+        or response.background is not None
+        or status < 200
+        or status in (204, 304)
+    ):
+        return None
+    media_type = get_enum_string_value(response.media_type or MediaType.JSON)
+    if media_type.startswith("text/"):
+        return None
+    headers = [
+        (name.lower().encode("latin-1"), str(value).encode("latin-1"))
+        for name, value in response.headers.items()
+    ]
+    present = {name for name, _ in headers}
+    if b"content-type" not in present:
+        headers.append((b"content-type", media_type.encode("latin-1")))
+    if b"content-length" not in present:
+        headers.append((b"content-length", str(len(content)).encode()))
+    start: Message = {"type": "http.response.start", "status": status, "headers": headers}
+    end: Message = {"type": "http.response.body", "body": content, "more_body": False}
+
+    async def answer(_scope: Scope, _receive: Receive, send: Send) -> None:
+        await send(start)
+        await send(end)
+
+    return answer
 
 
 def json_answer(body: bytes, status: int = 200) -> ASGIApp:
