@@ -19,11 +19,12 @@ Every figure is **CPU time of the event loop's thread** (``time.thread_time``) p
 runs: what a layer costs the pod's core. A Redis round trip's wait is not CPU and is not counted (the
 wall time is printed beside it). A layer timed alone runs with warm caches; inside a route it costs more,
 so the wrappers are also measured **in the route**: the real app with its access log, then its whole
-observability wrapper, then the deadline and JSON guard taken off in turn ("in the route: ..." rows), down to
-Litestar, the handler and its layers. "The rest" (the route minus the layers timed alone minus the bare
-route) is therefore mostly our own layers' extra cost in the route, not the framework's: with the upload
-service's answer stubbed, the route through Litestar (hook, auth, limiter, dependency, response) cost 43 µs
-against the bare shape's 34 (2026-12-07). The machine is shared: compare within one run.
+observability wrapper, then the request deadline taken off in turn ("in the route: ..." rows), down to
+the handler and its layers on the lean path (``chat_core.hot_routes``; the JSON guard is behind it).
+"The rest" (the route minus the layers timed alone minus the bare route) is mostly our own layers' extra
+cost in the route, not the framework's: with the upload service's answer stubbed, the route through
+Litestar (hook, auth, limiter, dependency, response) cost 43 µs against the bare shape's 34 (2026-12-07,
+before the lean path). The machine is shared: compare within one run.
 """
 
 from __future__ import annotations
@@ -468,9 +469,8 @@ async def _measure(
             "in the route: access log line": cpu(key) - cpu(f"{key} no access log"),
             "in the route: span, metrics, context": cpu(f"{key} no access log")
             - cpu(f"{key} no observability"),
-            "in the route: deadline + JSON guard": cpu(f"{key} no observability")
-            - cpu(f"{key} litestar only"),
-            "in the route: Litestar, the handler and its layers": cpu(f"{key} litestar only"),
+            "in the route: request deadline": cpu(f"{key} no observability") - cpu(f"{key} no deadline"),
+            "in the route: the handler and its layers (lean path)": cpu(f"{key} no deadline"),
         }
         rows += [
             {"stack": stack, "route": route_name, "layer": layer, "cpu_us": round(value, 1)}
@@ -528,16 +528,15 @@ async def _measure(
 
 def _peeled(app: Any, settings: Settings) -> dict[str, Any]:
     """The real app with its wrappers taken off one at a time (``create_service_app`` builds
-    observability(deadline(JSON guard(Litestar's handler)))): each difference is a wrapper's cost in the
-    route."""
+    observability(deadline(lean path(JSON guard(Litestar's handler))))): each difference is a wrapper's
+    cost in the route."""
     deadline = app.asgi_handler.app
-    guard = deadline._app
-    handler = guard._app
+    inner = deadline._app  # the lean path of the hot routes (which skips the JSON guard for them)
 
-    def entered(inner: Any) -> Any:
+    def entered(handler: Any) -> Any:
         async def call(scope: Any, receive: Any, send: Any) -> None:
             scope["app"] = scope["litestar_app"] = app  # what ``Litestar.__call__`` sets before its handler
-            await inner(scope, receive, send)
+            await handler(scope, receive, send)
 
         return call
 
@@ -546,7 +545,7 @@ def _peeled(app: Any, settings: Settings) -> dict[str, Any]:
             observability.ObservabilityMiddleware(deadline, component="bench", access_log=False)
         ),
         "no observability": entered(deadline),
-        "litestar only": entered(handler),
+        "no deadline": entered(inner),
     }
 
 

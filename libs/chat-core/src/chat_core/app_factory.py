@@ -34,7 +34,7 @@ from chat_core.cors import CredentialRouteCors, credential_paths
 from chat_core.deadline import DeadlineMiddleware
 from chat_core.errors import exception_handlers, outage_handlers, problem_response, problem_responses
 from chat_core.hot_routes import HotRoute, HotRoutes
-from chat_core.json_guard import JsonGuard
+from chat_core.json_guard import MAX_BODY_BYTES, JsonGuard
 from chat_core.observability import ObservabilityMiddleware, set_request_user
 from chat_core.openapi import DocumentRefinement, complete_error_responses, finish_document, fix_options_allow
 from chat_core.ratelimit import RATE_LIMIT_OPT, RateLimiter
@@ -321,17 +321,20 @@ def create_service_app(
     complete_error_responses(app)
     finish_document(app, [refine for part in parts for refine in part.document])
     handler = app.asgi_handler
+    if paths := credential_paths(route_handlers):
+        handler = CredentialRouteCors(handler, paths=paths, allowed_origins=origins)
+    handler = JsonGuard(handler)
     if hot := [route for part in parts for route in part.hot_routes]:
+        # Outside the JSON guard: a hot route decodes its body into a closed type and hands anything that
+        # does not decode to the guard, then Litestar (``chat_core.hot_routes``).
         handler = HotRoutes(
             handler,
             hot,
-            max_body_bytes=settings.limits.max_request_body_bytes,
+            max_body_bytes=min(settings.limits.max_request_body_bytes, MAX_BODY_BYTES),
             authorize=_authorizer(rate_limit, root.verifier),
         )
-    if paths := credential_paths(route_handlers):
-        handler = CredentialRouteCors(handler, paths=paths, allowed_origins=origins)
     app.asgi_handler = ObservabilityMiddleware(
-        DeadlineMiddleware(JsonGuard(handler), seconds=settings.service.request_timeout_seconds),
+        DeadlineMiddleware(handler, seconds=settings.service.request_timeout_seconds),
         component=component,
         access_log=settings.service.access_log,
     )

@@ -12,6 +12,11 @@ router, the ``Request`` kwargs model, dependency resolution, the response object
 exception middlewares cost more than the route's own work (``docs/benchmarks.md``). An exception ``serve``
 raises is answered by the route's exception handlers, as Litestar would (problem details, stable codes).
 
+The lean path sits in front of the JSON guard (``chat_core.json_guard``): a body reaches ``serve`` unguarded,
+so ``serve`` decodes it into a closed type (no ``Any``, nothing recursive) and returns ``None`` on any
+failure to decode (invalid UTF-8, nesting, a wrong type), and the guard then refuses it or Litestar
+answers it, as for any request.
+
 ``tests/foundation/test_hot_routes.py`` checks, request by request, that both paths give the same answer.
 """
 

@@ -77,8 +77,8 @@ def hot_upload_url(upload_service: UploadService, handler: HTTPRouteHandler) -> 
             return None
         try:
             data = decoder.decode(call.body)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return None
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+            return None  # the JSON guard or Litestar answers it
         principal = await call.caller()
         answer = await upload_service.issue_upload_url(principal.user_id, conversation_id, data)
         return json_answer(encoder.encode(answer))
