@@ -63,6 +63,45 @@ def test_otel_traces_sampler_and_its_ratio_are_honoured() -> None:
     assert line.startswith("RECORDED 0 ")
 
 
+_SERVER_SPAN_SCRIPT = """
+from opentelemetry import trace
+from chat_core import tracing
+tracing.configure_tracing("probe", "")
+tracer = tracing.get_tracer("probe")
+assert not tracing._sampler.exporting
+parents = [None]
+for flags in ("00", "01", "02", "03"):
+    header = f"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-{flags}"
+    parents.append(tracing.extract({"traceparent": header}))
+for parent in parents:
+    ours = tracing.start_server_span(tracer, "HTTP GET", parent)
+    sdk = tracer.start_span("HTTP GET", context=parent, kind=trace.SpanKind.SERVER)
+    a, b = ours.get_span_context(), sdk.get_span_context()
+    assert type(ours) is type(sdk), (type(ours), type(sdk))
+    assert a.is_valid and not a.is_remote and not ours.is_recording()
+    assert a.trace_flags == b.trace_flags and a.trace_state == b.trace_state, (a, b)
+    assert (a.trace_id == b.trace_id) == (parent is not None), (a, b)
+    assert a.span_id != b.span_id
+print("SAME")
+"""
+
+
+def test_a_server_span_nobody_records_is_the_one_the_sdk_would_make() -> None:
+    """``start_server_span`` skips the SDK's sampling path when no exporter is set: same trace id (a
+    caller's trace continued), same flags, a fresh span id, not recording."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    result = subprocess.run(
+        [sys.executable, "-c", _SERVER_SPAN_SCRIPT],
+        env={**clean, "OTEL_TRACES_EXPORTER": "none"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.stdout.strip() == "SAME", result.stderr
+
+
 def test_otel_sdk_disabled_installs_nothing() -> None:
     line, _ = _probe({"OTEL_SDK_DISABLED": "true"}, endpoint="http://127.0.0.1:9")
     assert line == "RECORDED 0 IDS 0 EXPORTING False"

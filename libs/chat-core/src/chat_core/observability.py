@@ -13,7 +13,7 @@ from typing import Any
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 
 from chat_core import metrics, tracing
 from chat_core.logging import info_line
@@ -127,12 +127,12 @@ class ObservabilityMiddleware:
             await send(message)
 
         self._in_flight.inc()
-        span = self._tracer.start_span(
+        span = tracing.start_server_span(
+            self._tracer,
             f"{method} {scope['path']}"
             if kind == "websocket"
             else _SPAN_NAMES.get(method) or f"HTTP {method}",
-            context=tracing.extract(carrier) if carrier else None,
-            kind=SpanKind.SERVER,
+            tracing.extract(carrier) if carrier else None,
         )
         recording = span.is_recording()
         if recording:
