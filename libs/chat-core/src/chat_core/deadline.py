@@ -39,45 +39,69 @@ class DeadlineMiddleware:
         ):
             await self._app(scope, receive, send)
             return
-        started = False
-        deadline: Any = None
+        # ``asyncio.timeout``'s protocol (cancel the task on expiry, uncancel it after, TimeoutError only
+        # for our own cancellation) on a bare timer handle: the ``Timeout`` context manager and its
+        # rescheduling were a few µs of every request.
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        started = expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            if not started:
+                expired = True
+                task.cancel()
+
+        handle = loop.call_at(loop.time() + self._seconds, expire)
 
         async def send_once_started(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                # The answer is on its way: no deadline on the body. Unless the deadline expired in this
-                # very instant and the app swallowed its cancellation: it cannot be rescheduled then, and
-                # the answer the app made is the one to give (leaving ``async with`` raises nothing).
-                if not deadline.expired():
-                    deadline.reschedule(None)
+                handle.cancel()  # the answer is on its way: no deadline on the body
             await send(message)
 
         try:
-            async with asyncio.timeout(self._seconds) as deadline:
-                await self._app(scope, receive, send_once_started)
-        except TimeoutError:
-            if started:
-                raise
-            path = str(scope.get("path", ""))
-            _log.warning("request_deadline_exceeded", path=path, seconds=self._seconds)
-            body = problem_body(
-                503,
-                "backend_timeout",
-                "Service Unavailable",
-                "a backend did not answer in time; retry shortly",
-                path,
-            )
-            payload = msgspec.json.encode(body)
-            start: Any = {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", PROBLEM_JSON.encode()),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"retry-after", RETRY_AFTER_SECONDS.encode()),
-                ],
-            }
-            body_event: Any = {"type": "http.response.body", "body": payload}
-            await send(start)
-            await send(body_event)
+            await self._app(scope, receive, send_once_started)
+        except asyncio.CancelledError:
+            if not expired or task.uncancel() > cancelling:
+                raise  # not (only) ours: the server is stopping, or the client left
+            if started:  # the app answered in the very instant, then let our cancellation through
+                raise TimeoutError from None
+        except BaseException:
+            if expired:  # the app turned our cancellation into another error: that error stands
+                task.uncancel()
+            raise
+        else:
+            if expired:  # the app swallowed our cancellation and answered: that answer stands
+                task.uncancel()
+            return
+        finally:
+            handle.cancel()
+        await self._answer_timeout(scope, send)
+
+    async def _answer_timeout(self, scope: Scope, send: Send) -> None:
+        path = str(scope.get("path", ""))
+        _log.warning("request_deadline_exceeded", path=path, seconds=self._seconds)
+        body = problem_body(
+            503,
+            "backend_timeout",
+            "Service Unavailable",
+            "a backend did not answer in time; retry shortly",
+            path,
+        )
+        payload = msgspec.json.encode(body)
+        start: Any = {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(payload)).encode()),
+                (b"retry-after", RETRY_AFTER_SECONDS.encode()),
+            ],
+        }
+        body_event: Any = {"type": "http.response.body", "body": payload}
+        await send(start)
+        await send(body_event)
