@@ -41,21 +41,33 @@ __all__ = ["HotCall", "HotRoute", "HotRoutes", "json_answer"]
 _PARAMETER = re.compile(r"\{(\w+)(?::(\w+))?\}")
 
 
-@dataclass(frozen=True)
 class HotCall:
-    """One request on the lean path: its Litestar ``Request`` (built once), path parameters and body."""
+    """One request on the lean path: its Litestar ``Request`` (built once), path parameters and body.
 
-    request: Request[Any, Any, Any]
-    params: Mapping[str, str]
-    body: bytes
-    content_type: str  # the media type of the body, lower case, without parameters ("" when none)
-    # What the app does before any handler: authenticate the caller, then count the route's rate limit
-    # (``app_factory``'s hook). ``serve`` awaits it once it has decided to answer, before anything else
-    # with a side effect; the caller comes back.
-    authorize: Callable[[Request[Any, Any, Any]], Awaitable[Principal]]
+    (A class with slots, not a frozen dataclass: one is made per request, and a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``.)"""
+
+    __slots__ = ("_authorize", "body", "content_type", "params", "request")
+
+    def __init__(
+        self,
+        request: Request[Any, Any, Any],
+        params: Mapping[str, str],
+        body: bytes,
+        content_type: str,
+        authorize: Callable[[Request[Any, Any, Any]], Awaitable[Principal]],
+    ) -> None:
+        self.request = request
+        self.params = params
+        self.body = body
+        self.content_type = content_type  # the body's media type, lower case, no parameters ("": none)
+        # What the app does before any handler: authenticate the caller, then count the route's rate
+        # limit (``app_factory``'s hook). ``serve`` awaits ``caller`` once it has decided to answer,
+        # before anything else with a side effect.
+        self._authorize = authorize
 
     async def caller(self) -> Principal:
-        return await self.authorize(self.request)
+        return await self._authorize(self.request)
 
 
 # An answer (an ASGI app, or a Litestar ``Response``), or None: "not mine", Litestar answers the request.

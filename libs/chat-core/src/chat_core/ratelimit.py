@@ -178,14 +178,19 @@ class MemoryWindows(Windows):
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._hits: dict[str, tuple[float, deque[float]]] = {}  # key -> (window seconds, hit times)
+        self._entries: dict[tuple[Any, tuple[str, ...]], tuple[float, deque[float]]] = {}  # the same, by hit
         self._until_sweep = self.SWEEP_EVERY
 
     def _recent(self, item: limits.RateLimitItem, identifiers: tuple[str, ...], now: float) -> deque[float]:
-        key = item.key_for(*identifiers)
-        expiry = item.get_expiry()
-        entry = self._hits.get(key)
+        # By (item, identifiers) first: ``limits``' ``key_for`` builds the same string on every hit.
+        entry = self._entries.get((item, identifiers))
         if entry is None:
-            entry = self._hits[key] = (expiry, deque())
+            key = item.key_for(*identifiers)
+            entry = self._hits.get(key)
+            if entry is None:
+                entry = self._hits[key] = (item.get_expiry(), deque())
+            self._entries[(item, identifiers)] = entry
+        expiry = entry[0]
         times = entry[1]
         oldest = now - expiry
         while times and times[0] <= oldest:
@@ -216,9 +221,11 @@ class MemoryWindows(Windows):
         stale = [key for key, (expiry, times) in self._hits.items() if not times or times[-1] <= now - expiry]
         for key in stale:
             del self._hits[key]
+        self._entries.clear()  # refilled from ``_hits`` on the next hit of each live key
 
     async def close(self) -> None:
         self._hits.clear()
+        self._entries.clear()
 
 
 class RateLimiter:
