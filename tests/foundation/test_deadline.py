@@ -37,6 +37,9 @@ async def test_an_answer_started_as_the_deadline_expires_goes_out_whole() -> Non
     assert sent[1]["body"] == b"stored"
 
 
+_SCOPE: Any = {"type": "http", "path": "/x"}
+
+
 def _collect() -> tuple[list[dict[str, Any]], Any, Any]:
     sent: list[dict[str, Any]] = []
 
@@ -54,7 +57,7 @@ async def test_a_request_that_outlasts_the_deadline_is_a_503_with_retry_after() 
         await asyncio.sleep(30)
 
     sent, send, receive = _collect()
-    await DeadlineMiddleware(hung, seconds=0.05)({"type": "http", "path": "/x"}, receive, send)
+    await DeadlineMiddleware(hung, seconds=0.05)(_SCOPE, receive, send)
     assert sent[0]["status"] == 503
     assert any(name == b"retry-after" for name, _ in sent[0]["headers"])
     assert b"backend_timeout" in sent[1]["body"]
@@ -70,7 +73,7 @@ async def test_a_slow_body_after_the_answer_started_is_not_cut() -> None:
         await send({"type": "http.response.body", "body": b"late"})
 
     sent, send, receive = _collect()
-    await DeadlineMiddleware(streaming, seconds=0.05)({"type": "http", "path": "/x"}, receive, send)
+    await DeadlineMiddleware(streaming, seconds=0.05)(_SCOPE, receive, send)
     assert [m.get("status") or m.get("body") for m in sent] == [200, b"late"]
 
 
@@ -83,9 +86,7 @@ async def test_a_cancellation_that_is_not_the_deadlines_goes_through() -> None:
         await asyncio.sleep(30)
 
     sent, send, receive = _collect()
-    request = asyncio.create_task(
-        DeadlineMiddleware(slow, seconds=10)({"type": "http", "path": "/x"}, receive, send)
-    )
+    request = asyncio.create_task(DeadlineMiddleware(slow, seconds=10)(_SCOPE, receive, send))
     await entered.wait()
     request.cancel()
     with contextlib.suppress(asyncio.CancelledError):
